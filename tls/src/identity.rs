@@ -1,0 +1,218 @@
+//! Roles and the caller identity carried in a client certificate.
+//!
+//! A Tandem identity is one SAN URI `<prefix><role>/<name>`, where the prefix defaults to
+//! `spiffe://tandem.local/` and is configurable per deployment. A certificate with no such URI,
+//! with two of them, or with an unknown role is refused: ambiguity is never resolved in the
+//! caller's favour.
+
+use std::fmt;
+
+use rustls::pki_types::CertificateDer;
+
+/// The default SAN URI prefix of Tandem identities.
+pub const DEFAULT_URI_PREFIX: &str = "spiffe://tandem.local/";
+
+/// Longest accepted identity name, in bytes.
+const NAME_BYTES_MAX: usize = 64;
+
+/// Every role a Tandem certificate can carry (DESIGN section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Vault: issues, reads and revokes tokens.
+    Tokenizer,
+    /// Vault: reads tokens and charges them (the orchestrator service's identity).
+    Orchestrator,
+    /// Vault: key administration and audit.
+    Admin,
+    /// Vault: reads the audit log only.
+    Auditor,
+    /// Orchestrator: creates and refunds payments.
+    Payer,
+    /// Orchestrator: card groups, policies and ledger reads.
+    Treasury,
+    /// Orchestrator: read-only access.
+    Reader,
+    /// A Tandem server's own certificate (not a caller role).
+    Service,
+}
+
+impl Role {
+    /// Every role, in a stable order.
+    pub const ALL: [Role; 8] = [
+        Role::Tokenizer,
+        Role::Orchestrator,
+        Role::Admin,
+        Role::Auditor,
+        Role::Payer,
+        Role::Treasury,
+        Role::Reader,
+        Role::Service,
+    ];
+
+    /// The caller roles, for which `tandemctl` issues client identities.
+    pub const CALLERS: [Role; 7] = [
+        Role::Tokenizer,
+        Role::Orchestrator,
+        Role::Admin,
+        Role::Auditor,
+        Role::Payer,
+        Role::Treasury,
+        Role::Reader,
+    ];
+
+    /// The role as it appears in certificates, file names and audit rows.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Tokenizer => "tokenizer",
+            Role::Orchestrator => "orchestrator",
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+            Role::Payer => "payer",
+            Role::Treasury => "treasury",
+            Role::Reader => "reader",
+            Role::Service => "service",
+        }
+    }
+
+    /// Parses a role name as written by [`Role::as_str`].
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.as_str() == text)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An authenticated caller: the role and name proven by its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// What the caller may do.
+    pub role: Role,
+    /// Which instance of that role it is (for the audit log), e.g. `billing-api`.
+    pub name: String,
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.role, self.name)
+    }
+}
+
+/// Why a peer certificate does not name a caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// The connection carried no client certificate (impossible behind [`crate::server`]).
+    #[error("no client certificate")]
+    NoCertificate,
+    /// The certificate is not valid DER X.509.
+    #[error("client certificate cannot be parsed")]
+    Malformed,
+    /// No SAN URI starts with the configured prefix.
+    #[error("client certificate has no identity URI")]
+    NoIdentity,
+    /// More than one SAN URI starts with the configured prefix.
+    #[error("client certificate has more than one identity URI")]
+    Ambiguous,
+    /// The URI's role is not a Tandem role, or its name is empty, too long or not
+    /// `[a-z0-9._-]`.
+    #[error("client certificate identity is not <role>/<name>")]
+    Invalid,
+}
+
+/// Reads the caller from the leaf certificate of a verified chain.
+pub fn caller_from_certificate(
+    leaf: &CertificateDer<'_>,
+    uri_prefix: &str,
+) -> Result<Caller, IdentityError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(leaf).map_err(|_| IdentityError::Malformed)?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| IdentityError::Malformed)?
+        .ok_or(IdentityError::NoIdentity)?;
+    let mut identities = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(uri_prefix),
+            _ => None,
+        });
+    let identity = identities.next().ok_or(IdentityError::NoIdentity)?;
+    if identities.next().is_some() {
+        return Err(IdentityError::Ambiguous);
+    }
+    parse_identity(identity)
+}
+
+/// Parses `<role>/<name>`, the part of the identity URI after the prefix.
+pub fn parse_identity(identity: &str) -> Result<Caller, IdentityError> {
+    let (role, name) = identity.split_once('/').ok_or(IdentityError::Invalid)?;
+    let role = Role::parse(role).ok_or(IdentityError::Invalid)?;
+    let name_ok = !name.is_empty()
+        && name.len() <= NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if !name_ok {
+        return Err(IdentityError::Invalid);
+    }
+    Ok(Caller {
+        role,
+        name: name.to_owned(),
+    })
+}
+
+/// Reads the caller of a tonic request from the peer certificates of its TLS connection.
+pub fn caller_of<T>(
+    request: &tonic::Request<T>,
+    uri_prefix: &str,
+) -> Result<Caller, IdentityError> {
+    let certs = request.peer_certs().ok_or(IdentityError::NoCertificate)?;
+    let leaf = certs.first().ok_or(IdentityError::NoCertificate)?;
+    caller_from_certificate(leaf, uri_prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Identities parse only in the exact `<role>/<name>` form with a known role.
+    #[test]
+    fn parse_identity_table() {
+        let cases: &[(&str, Option<(Role, &str)>)] = &[
+            (
+                "tokenizer/billing-api",
+                Some((Role::Tokenizer, "billing-api")),
+            ),
+            ("admin/alice.smith", Some((Role::Admin, "alice.smith"))),
+            ("orchestrator/orch_1", Some((Role::Orchestrator, "orch_1"))),
+            ("tokenizer/", None),
+            ("tokenizer", None),
+            ("root/alice", None),
+            ("Tokenizer/alice", None),
+            ("tokenizer/Alice", None),
+            ("tokenizer/a/b", None),
+            ("tokenizer/a b", None),
+            ("", None),
+        ];
+        for (text, expected) in cases {
+            let got = parse_identity(text).ok().map(|c| (c.role, c.name));
+            let expected = expected.map(|(role, name)| (role, name.to_owned()));
+            assert_eq!(got, expected, "{text:?}");
+        }
+        let long = format!("reader/{}", "a".repeat(NAME_BYTES_MAX + 1));
+        assert_eq!(parse_identity(&long), Err(IdentityError::Invalid));
+    }
+
+    /// Every role round-trips through its text form.
+    #[test]
+    fn roles_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+    }
+}

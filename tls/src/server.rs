@@ -1,0 +1,99 @@
+//! The server side: a TLS 1.3-only configuration that requires client certificates, and an
+//! accept loop with bounded, time-limited handshakes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{TlsError, TlsFiles, load_certs, load_key};
+
+/// Builds the server configuration: TLS 1.3 only, ALPN `h2`, and a client certificate that
+/// chains to `files.ca_path` required on every connection.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for ca in load_certs(&files.ca_path, "CA certificate")? {
+        roots.add(ca)?;
+    }
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            load_certs(&files.cert_path, "certificate")?,
+            load_key(&files.key_path)?,
+        )?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Limits of the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptLimits {
+    /// Time a peer has to finish its TLS handshake before the connection is dropped.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once; further connections wait in the kernel's backlog.
+    pub handshakes_max: usize,
+}
+
+/// Accepts TCP connections on `listener`, completes their TLS handshakes concurrently (each
+/// bounded by `limits`), and yields only the connections whose handshake succeeded: plaintext,
+/// certificate-less and foreign-CA peers are dropped here, before any gRPC code sees them.
+///
+/// Pass the stream to `tonic::transport::Server::serve_with_incoming_shutdown`; tonic reads the
+/// peer certificates from each stream for [`crate::identity::caller_of`]. The loop ends when the
+/// stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    limits: AcceptLimits,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    assert!(limits.handshakes_max > 0, "handshakes_max must be positive");
+    let acceptor = TlsAcceptor::from(config);
+    let (sender, receiver) = mpsc::channel(limits.handshakes_max);
+    tokio::spawn(async move {
+        let permits = Arc::new(Semaphore::new(limits.handshakes_max));
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = sender.closed() => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning on the error.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        // The receiver is gone only when the server is shutting down.
+                        let _ = sender.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::info!(%peer, %error, "tls handshake refused");
+                    }
+                    Err(_) => tracing::info!(%peer, "tls handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(receiver)
+}
