@@ -1,0 +1,496 @@
+//! Typed, validated settings: a TOML file plus `TANDEM_VAULT__<SECTION>__<KEY>` environment
+//! overrides (e.g. `TANDEM_VAULT__DATABASE__URL`). Every limit carries its unit in its name.
+//! A bad value stops the process at start with one line naming the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "TANDEM_VAULT__";
+
+/// A secret string (for example a database URL with a password): redacted in `Debug`.
+#[derive(Clone, Deserialize, Default)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// All vault settings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The gRPC server.
+    pub server: ServerSettings,
+    /// Mutual TLS.
+    pub tls: TlsSettings,
+    /// The vault's own Postgres database.
+    pub database: DatabaseSettings,
+    /// Root and data keys.
+    pub keys: KeySettings,
+    /// Token lifecycle and listing.
+    pub tokens: TokenSettings,
+    /// The audit writer.
+    pub audit: AuditSettings,
+}
+
+/// The gRPC server's limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub listen_addr: SocketAddr,
+    /// Largest request or response message, in bytes.
+    pub message_bytes_max: usize,
+    /// Longest a request may run before it is cancelled with DEADLINE_EXCEEDED.
+    pub request_timeout_ms: u64,
+    /// Concurrent requests per connection.
+    pub concurrency_per_connection_max: usize,
+    /// Time a client has to complete its TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// TLS handshakes in progress at once.
+    pub handshakes_max: usize,
+    /// Interval of HTTP/2 pings on an idle connection, so dead peers release their slot.
+    pub http2_keepalive_interval_ms: u64,
+    /// A connection whose ping is not answered within this is closed.
+    pub http2_keepalive_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            message_bytes_max: 64 * 1024,
+            request_timeout_ms: 10_000,
+            concurrency_per_connection_max: 256,
+            handshake_timeout_ms: 5_000,
+            handshakes_max: 256,
+            http2_keepalive_interval_ms: 30_000,
+            http2_keepalive_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Mutual TLS material and identity rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's PEM certificate chain.
+    pub cert_path: PathBuf,
+    /// The server's PEM private key.
+    pub key_path: PathBuf,
+    /// The CA that client certificates must chain to.
+    pub ca_path: PathBuf,
+    /// SAN URI prefix of caller identities: `<prefix><role>/<name>`.
+    pub identity_uri_prefix: String,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        let files = tandem_tls::TlsFiles::in_dir(Path::new(".tandem/dev"), "vault-server");
+        Self {
+            cert_path: files.cert_path,
+            key_path: files.key_path,
+            ca_path: files.ca_path,
+            identity_uri_prefix: tandem_tls::identity::DEFAULT_URI_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl TlsSettings {
+    /// The files as `tandem-tls` takes them.
+    pub fn files(&self) -> tandem_tls::TlsFiles {
+        tandem_tls::TlsFiles {
+            cert_path: self.cert_path.clone(),
+            key_path: self.key_path.clone(),
+            ca_path: self.ca_path.clone(),
+        }
+    }
+}
+
+/// The database connection pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Postgres URL of the vault's own database (not the orchestrator's).
+    pub url: SecretString,
+    /// Pool size.
+    pub connections_max: u32,
+    /// Longest wait for a pooled connection.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::new("postgres://postgres@127.0.0.1:5432/tandem_vault"),
+            connections_max: 16,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Where the root key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootKeySource {
+    /// A key file made at first start (mode 0600), for development only.
+    Dev,
+}
+
+/// Key settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeySettings {
+    /// Root key source.
+    pub root_key_source: RootKeySource,
+    /// The dev root key file (`root_key_source = "dev"`).
+    pub dev_root_key_path: PathBuf,
+    /// Encryptions one data key version may perform: well under the 2^32 random-nonce bound.
+    pub dek_encryptions_max: u64,
+    /// Encryptions reserved from the database per round trip; unused ones at a crash are lost
+    /// from the budget, never reused.
+    pub dek_reservation_block: u64,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            root_key_source: RootKeySource::Dev,
+            dev_root_key_path: PathBuf::from(".tandem/dev/root.key"),
+            dek_encryptions_max: 1 << 30,
+            dek_reservation_block: 4096,
+        }
+    }
+}
+
+/// Token lifecycle and listing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Longest time to live a token may be given, in seconds.
+    pub ttl_seconds_max: i64,
+    /// Default page size of `ListTokens`.
+    pub page_size_default: u32,
+    /// Largest page size of `ListTokens`; larger requests are clamped.
+    pub page_size_max: u32,
+    /// How often the purge job looks for tokens past their time to live.
+    pub purge_interval_ms: u64,
+    /// Tokens purged per purge transaction.
+    pub purge_batch_max: u32,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            ttl_seconds_max: 5 * 365 * 24 * 3600,
+            page_size_default: 50,
+            page_size_max: 100,
+            purge_interval_ms: 60_000,
+            purge_batch_max: 500,
+        }
+    }
+}
+
+/// The audit writer: every mutation and its audit row commit together in batches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Most operations committed in one transaction.
+    pub batch_size_max: usize,
+    /// Operations waiting for the writer; callers beyond this wait for room.
+    pub queue_max: usize,
+    /// Writer tasks committing batches at once, each on its own connection (at most
+    /// `database.connections_max - 1`, leaving one for reads).
+    pub writer_tasks: usize,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            batch_size_max: 256,
+            queue_max: 4096,
+            writer_tasks: 4,
+        }
+    }
+}
+
+/// A configuration error: one line naming the file or key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or an override is not valid for the settings.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A value is out of its range.
+    #[error("invalid configuration: {key} {problem}")]
+    Invalid {
+        /// The dotted key, e.g. `server.request_timeout_ms`.
+        key: &'static str,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+impl Settings {
+    /// Reads `path` (if any), applies overrides from `env` (pairs of name and value; pass
+    /// `std::env::vars()`), and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            if let Some(key) = name.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut table, key, &value)?;
+            }
+        }
+        let settings: Settings = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.message().to_owned()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let prefix = &self.tls.identity_uri_prefix;
+        let checks: [(bool, &'static str, &'static str); 17] = [
+            (
+                (1_000..=3_600_000).contains(&self.server.http2_keepalive_interval_ms)
+                    && (1..=600_000).contains(&self.server.http2_keepalive_timeout_ms),
+                "server.http2_keepalive_interval_ms",
+                "must be 1000 to 3600000 (and server.http2_keepalive_timeout_ms 1 to 600000)",
+            ),
+            (
+                prefix.contains("://")
+                    && prefix.ends_with('/')
+                    && !prefix.contains(char::is_whitespace),
+                "tls.identity_uri_prefix",
+                "must be a URI prefix such as spiffe://tandem.local/ (scheme, and a trailing /)",
+            ),
+            (
+                (1024..=16 * 1024 * 1024).contains(&self.server.message_bytes_max),
+                "server.message_bytes_max",
+                "must be 1024 to 16777216",
+            ),
+            (
+                (1..=600_000).contains(&self.server.request_timeout_ms),
+                "server.request_timeout_ms",
+                "must be 1 to 600000",
+            ),
+            (
+                (1..=10_000).contains(&self.server.concurrency_per_connection_max),
+                "server.concurrency_per_connection_max",
+                "must be 1 to 10000",
+            ),
+            (
+                (1..=60_000).contains(&self.server.handshake_timeout_ms),
+                "server.handshake_timeout_ms",
+                "must be 1 to 60000",
+            ),
+            (
+                (1..=100_000).contains(&self.server.handshakes_max),
+                "server.handshakes_max",
+                "must be 1 to 100000",
+            ),
+            (
+                (1..=1000).contains(&self.database.connections_max),
+                "database.connections_max",
+                "must be 1 to 1000",
+            ),
+            (
+                (1..=600_000).contains(&self.database.acquire_timeout_ms),
+                "database.acquire_timeout_ms",
+                "must be 1 to 600000",
+            ),
+            (
+                (1..=1 << 32).contains(&self.keys.dek_encryptions_max),
+                "keys.dek_encryptions_max",
+                "must be 1 to 4294967296",
+            ),
+            (
+                (1..=1 << 20).contains(&self.keys.dek_reservation_block)
+                    && self.keys.dek_reservation_block <= self.keys.dek_encryptions_max,
+                "keys.dek_reservation_block",
+                "must be 1 to 1048576 and at most keys.dek_encryptions_max",
+            ),
+            (
+                self.tokens.ttl_seconds_max > 0,
+                "tokens.ttl_seconds_max",
+                "must be positive",
+            ),
+            (
+                (1..=1000).contains(&self.tokens.page_size_max)
+                    && (1..=self.tokens.page_size_max).contains(&self.tokens.page_size_default),
+                "tokens.page_size_default",
+                "must be 1 to tokens.page_size_max (at most 1000)",
+            ),
+            (
+                (100..=86_400_000).contains(&self.tokens.purge_interval_ms)
+                    && (1..=100_000).contains(&self.tokens.purge_batch_max),
+                "tokens.purge_interval_ms",
+                "must be 100 to 86400000 (and tokens.purge_batch_max 1 to 100000)",
+            ),
+            (
+                (1..=10_000).contains(&self.audit.batch_size_max),
+                "audit.batch_size_max",
+                "must be 1 to 10000",
+            ),
+            (
+                (1..=1_000_000).contains(&self.audit.queue_max),
+                "audit.queue_max",
+                "must be 1 to 1000000",
+            ),
+            (
+                (1..=64).contains(&self.audit.writer_tasks)
+                    && (self.audit.writer_tasks as u32) < self.database.connections_max,
+                "audit.writer_tasks",
+                "must be 1 to 64 and less than database.connections_max",
+            ),
+        ];
+        match checks.into_iter().find(|(ok, _, _)| !ok) {
+            Some((_, key, problem)) => Err(ConfigError::Invalid { key, problem }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// `request_timeout_ms` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Sets `SECTION__KEY` (any depth, case-insensitive) in `table`. The value is read as a TOML
+/// value when it parses as one (numbers, booleans, arrays) and as a string otherwise.
+fn apply_override(table: &mut toml::Table, key: &str, raw: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = key.split("__").map(str::to_lowercase).collect();
+    let (leaf, sections) = path
+        .split_last()
+        .filter(|(leaf, _)| !leaf.is_empty())
+        .ok_or_else(|| ConfigError::Parse(format!("bad override name {ENV_PREFIX}{key}")))?;
+    let mut current = table;
+    for section in sections {
+        let entry = current
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| {
+            ConfigError::Parse(format!("{ENV_PREFIX}{key}: {section} is not a section"))
+        })?;
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    current.insert(leaf.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// Defaults are valid; overrides reach nested keys with their types.
+    #[test]
+    fn overrides_apply() {
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("TANDEM_VAULT__SERVER__LISTEN_ADDR", "127.0.0.1:0"),
+                ("TANDEM_VAULT__DATABASE__CONNECTIONS_MAX", "6"),
+                ("TANDEM_VAULT__DATABASE__URL", "postgres://u:p@h/db"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.server.listen_addr.port(), 0);
+        assert_eq!(settings.database.connections_max, 6);
+        assert_eq!(settings.database.url.expose(), "postgres://u:p@h/db");
+        assert!(!format!("{settings:?}").contains("u:p@"));
+    }
+
+    /// The example file documents every key with its default: it parses, and it says what the
+    /// code's defaults are.
+    #[test]
+    fn example_file_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vault.example.toml");
+        let example = Settings::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(format!("{example:?}"), format!("{:?}", Settings::default()));
+    }
+
+    /// Bad values stop with a message naming the key.
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            (
+                "TANDEM_VAULT__SERVER__REQUEST_TIMEOUT_MS",
+                "0",
+                "request_timeout_ms",
+            ),
+            (
+                "TANDEM_VAULT__SERVER__LISTEN_ADDR",
+                "nowhere",
+                "invalid socket address",
+            ),
+            ("TANDEM_VAULT__SERVER__NO_SUCH_KEY", "1", "no_such_key"),
+            (
+                "TANDEM_VAULT__AUDIT__BATCH_SIZE_MAX",
+                "0",
+                "audit.batch_size_max",
+            ),
+        ];
+        for (key, value, expected) in cases {
+            let error = Settings::load(None, env(&[(key, value)])).unwrap_err();
+            assert!(error.to_string().contains(expected), "{key}: {error}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The vault's error type: one enum for the service layer, mapped to gRPC in
+//! `grpc::status` by one exhaustive match.
+
+use tandem_tls::identity::Role;
+
+/// One violated field of a request, for `google.rpc.BadRequest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field's path in the request, e.g. `pan` or `expiry_month`.
+    pub field: &'static str,
+    /// What is wrong, never echoing the value.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: &'static str, description: impl ToString) -> Self {
+        Self {
+            field,
+            description: description.to_string(),
+        }
+    }
+}
+
+/// Everything a vault operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; each violation names its field.
+    #[error("invalid argument")]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The caller's role may not call this RPC.
+    #[error("role {role} may not call this method")]
+    PermissionDenied {
+        /// The caller's role.
+        role: Role,
+    },
+    /// The peer certificate names no valid caller.
+    #[error("client certificate does not carry a valid identity")]
+    Unauthenticated,
+    /// No such token.
+    #[error("token not found")]
+    TokenNotFound,
+    /// The token was revoked.
+    #[error("token has been revoked")]
+    TokenRevoked,
+    /// The token's time to live ran out.
+    #[error("token has expired")]
+    TokenExpired,
+    /// The request id was used before with different parameters.
+    #[error("request_id was already used for a different request")]
+    RequestIdReused,
+    /// Another transaction recorded this request id first; handled inside the writer by
+    /// replaying that result, and surfaced only if even the replay races.
+    #[error("the same request is being processed; retry")]
+    RequestIdTaken,
+    /// The card changed while an update was being prepared, more often than retries allow.
+    #[error("the card changed concurrently; retry")]
+    ConcurrentUpdate,
+    /// The vault is sealed: no data operation until custodians unseal it.
+    #[error("vault is sealed")]
+    Sealed,
+    /// The active data key used up its encryption budget and no new key is active yet.
+    #[error("data key encryption budget exhausted")]
+    KeyBudgetExhausted,
+    /// The service is shutting down.
+    #[error("vault is shutting down")]
+    ShuttingDown,
+    /// A stored record failed an integrity check (a ciphertext that does not open).
+    #[error("stored record failed an integrity check: {0}")]
+    Corrupt(&'static str),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl Error {
+    /// A single-field `InvalidArgument`.
+    pub fn invalid(field: &'static str, description: impl ToString) -> Error {
+        Error::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// The `google.rpc.ErrorInfo` reason clients switch on; also the audit row's outcome.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::PermissionDenied { .. } => "ROLE_NOT_ALLOWED",
+            Error::Unauthenticated => "IDENTITY_INVALID",
+            Error::TokenNotFound => "TOKEN_NOT_FOUND",
+            Error::TokenRevoked => "TOKEN_REVOKED",
+            Error::TokenExpired => "TOKEN_EXPIRED",
+            Error::RequestIdReused => "REQUEST_ID_REUSED",
+            Error::RequestIdTaken => "REQUEST_IN_PROGRESS",
+            Error::ConcurrentUpdate => "CONCURRENT_UPDATE",
+            Error::Sealed => "VAULT_SEALED",
+            Error::KeyBudgetExhausted => "KEY_BUDGET_EXHAUSTED",
+            Error::ShuttingDown => "SHUTTING_DOWN",
+            Error::Corrupt(_) => "INTERNAL",
+            Error::Database(e) if is_unavailable(e) => "STORAGE_UNAVAILABLE",
+            Error::Database(_) => "INTERNAL",
+        }
+    }
+
+    /// True for a database error that aborts the surrounding transaction.
+    pub(crate) fn aborts_transaction(&self) -> bool {
+        matches!(self, Error::Database(_))
+    }
+}
+
+/// Database errors that a retry may cure: the pool or the server is unreachable or busy.
+pub(crate) fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    ) || error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| {
+            // serialization_failure, deadlock_detected, admin_shutdown, cannot_connect_now
+            matches!(&*code, "40001" | "40P01" | "57P01" | "57P03")
+        })
+}

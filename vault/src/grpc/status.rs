@@ -1,0 +1,122 @@
+//! The one map from [`Error`] to `tonic::Status` (AIP-193): every status carries an
+//! `ErrorInfo` with a reason clients can switch on and the domain `vault.tandem`;
+//! `INVALID_ARGUMENT` also carries a `BadRequest` naming each field. Internal failures give the
+//! client a generic message; their detail goes to the log only.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use crate::error::Error;
+
+/// The `ErrorInfo` domain of every vault error.
+pub const DOMAIN: &str = "vault.tandem";
+
+/// Converts a vault error into a gRPC status.
+pub fn to_status(error: Error) -> Status {
+    let reason = error.reason();
+    let (code, message) = match &error {
+        Error::InvalidArgument(_) => (Code::InvalidArgument, "the request has invalid fields"),
+        Error::PermissionDenied { .. } => (
+            Code::PermissionDenied,
+            "the caller's role may not call this method",
+        ),
+        Error::Unauthenticated => (
+            Code::Unauthenticated,
+            "the client certificate does not carry a valid Tandem identity",
+        ),
+        Error::TokenNotFound => (Code::NotFound, "token not found"),
+        Error::TokenRevoked => (Code::FailedPrecondition, "token has been revoked"),
+        Error::TokenExpired => (Code::FailedPrecondition, "token has expired"),
+        Error::RequestIdReused => (
+            Code::AlreadyExists,
+            "request_id was already used for a different request",
+        ),
+        Error::RequestIdTaken => (Code::Aborted, "the same request is being processed; retry"),
+        Error::ConcurrentUpdate => (Code::Aborted, "the card changed concurrently; retry"),
+        Error::Sealed => (Code::Unavailable, "the vault is sealed"),
+        Error::KeyBudgetExhausted => (
+            Code::Unavailable,
+            "the data key's encryption budget is exhausted; an operator must rotate it",
+        ),
+        Error::ShuttingDown => (Code::Unavailable, "the vault is shutting down"),
+        Error::Corrupt(what) => {
+            tracing::error!(detail = what, "integrity check failed");
+            (Code::Internal, "internal error")
+        }
+        Error::Database(e) if crate::error::is_unavailable(e) => {
+            tracing::warn!(error = %e, "database unavailable");
+            (
+                Code::Unavailable,
+                "storage is temporarily unavailable; retry",
+            )
+        }
+        Error::Database(e) => {
+            tracing::error!(error = %e, "database error");
+            (Code::Internal, "internal error")
+        }
+    };
+    let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+    if let Error::InvalidArgument(violations) = &error {
+        for violation in violations {
+            details.add_bad_request_violation(violation.field, &violation.description);
+        }
+    }
+    Status::with_error_details(code, message, details)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::FieldViolation;
+
+    /// Every error carries ErrorInfo with its reason and the vault domain; invalid input also
+    /// carries the violated fields.
+    #[test]
+    fn statuses_carry_error_details() {
+        let status = to_status(Error::InvalidArgument(vec![
+            FieldViolation::new("pan", "fails the Luhn check"),
+            FieldViolation::new("expiry_month", "must be 1 to 12"),
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("INVALID_ARGUMENT", DOMAIN)
+        );
+        let fields: Vec<String> = status
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["pan", "expiry_month"]);
+
+        let cases = [
+            (
+                Error::TokenRevoked,
+                Code::FailedPrecondition,
+                "TOKEN_REVOKED",
+            ),
+            (
+                Error::RequestIdReused,
+                Code::AlreadyExists,
+                "REQUEST_ID_REUSED",
+            ),
+            (Error::Sealed, Code::Unavailable, "VAULT_SEALED"),
+            (Error::Corrupt("x"), Code::Internal, "INTERNAL"),
+            (
+                Error::Database(sqlx::Error::PoolTimedOut),
+                Code::Unavailable,
+                "STORAGE_UNAVAILABLE",
+            ),
+        ];
+        for (error, code, reason) in cases {
+            let status = to_status(error);
+            assert_eq!(status.code(), code);
+            assert_eq!(status.get_details_error_info().unwrap().reason, reason);
+        }
+    }
+}

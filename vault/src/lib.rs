@@ -1,0 +1,48 @@
+//! tandem-vault: the hardened card vault.
+//!
+//! It issues and revokes opaque tokens, stores card data under AES-256-GCM envelope encryption
+//! in its own Postgres database, and writes a hash-chained audit row for every call. It serves
+//! gRPC only over mutual TLS.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed settings from TOML and `TANDEM_VAULT__...` overrides, validated at start.
+//! - [`server`]: assembles everything and runs the tonic server (mTLS, limits, health,
+//!   reflection, graceful shutdown).
+//! - [`grpc`]: thin handlers; [`grpc::convert`] checks wire input once and builds domain
+//!   types; [`grpc::status`] is the one map from [`error::Error`] to `Status`.
+//! - [`auth`]: the table of which role may call which RPC.
+//! - [`service`]: the operations, over checked domain types.
+//! - [`domain`]: pure types: PAN, expiry, token, fingerprint, commands.
+//! - [`crypto`]: key wrapping, card sealing, keyed fingerprints (pure).
+//! - [`keys`]: the key ring in memory and the encryption budget.
+//! - [`writer`]: group commit of every mutation with its audit row.
+//! - [`audit`]: the hash chain and its verification.
+//! - [`storage`]: all SQL (run-time checked queries, each covered by a Postgres test).
+//!
+//! # Invariants
+//!
+//! - Only [`crypto`] (and, later, a processor connector) sees a PAN in clear; [`domain::Pan`]
+//!   zeroizes, redacts its `Debug`, and cannot be cloned or displayed.
+//! - No RPC returns a PAN; no log line, error or audit row contains one, nor a key.
+//! - A sealed card opens only under its own token and data key version (AAD-bound).
+//! - Domain code does no IO and knows no wire types.
+//! - Every call is answered only after its audit row has committed, in the same transaction
+//!   as the records it describes.
+//! - Every mutating RPC is idempotent by `request_id`.
+
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod keys;
+pub mod server;
+pub mod service;
+pub mod storage;
+pub mod telemetry;
+pub mod writer;
+
+pub use server::run;

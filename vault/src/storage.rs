@@ -1,0 +1,660 @@
+//! The vault's SQL. Every query lives here and takes an executor; the caller (the writer or
+//! the service layer) decides transaction bounds.
+//!
+//! Queries are checked at run time, not compile time (no database is needed to build); each one
+//! is exercised by the crate's Postgres-backed tests.
+
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgConnection, PgExecutor, Row as _};
+use time::OffsetDateTime;
+
+use crate::audit::{AuditEntry, AuditRow};
+use crate::crypto::{NONCE_BYTES, SealedCard, WrappedKey};
+use crate::domain::{Brand, CardView, Expiry, Fingerprint, Token, TokenState};
+use crate::error::Error;
+
+/// The columns of `cards` that [`StoredCard`] reads.
+const CARD_COLUMNS: &str = "id, token, fingerprint, brand, bin, last4, expiry_month, expiry_year, \
+     state, dek_version, nonce, ciphertext, created_at, updated_at, expires_at";
+
+/// A card row: its metadata and, unless purged, its sealed data.
+#[derive(Debug)]
+pub struct StoredCard {
+    /// Insertion order, for paging.
+    pub id: i64,
+    /// What clients see.
+    pub view: CardView,
+    /// The sealed PAN and name; `None` once purged.
+    pub sealed: Option<SealedCard>,
+}
+
+impl FromRow<'_, PgRow> for StoredCard {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        let corrupt = |column: &str| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: "value violates the vault's invariants".into(),
+        };
+        let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
+        let brand: String = row.try_get("brand")?;
+        let state: String = row.try_get("state")?;
+        let dek_version: Option<i32> = row.try_get("dek_version")?;
+        let nonce: Option<Vec<u8>> = row.try_get("nonce")?;
+        let ciphertext: Option<Vec<u8>> = row.try_get("ciphertext")?;
+        let sealed = match (dek_version, nonce, ciphertext) {
+            (Some(version), Some(nonce), Some(ciphertext)) => Some(SealedCard {
+                dek_version: u32::try_from(version).map_err(|_| corrupt("dek_version"))?,
+                nonce: <[u8; NONCE_BYTES]>::try_from(nonce).map_err(|_| corrupt("nonce"))?,
+                ciphertext,
+            }),
+            (None, None, None) => None,
+            _ => return Err(corrupt("ciphertext")),
+        };
+        Ok(StoredCard {
+            id: row.try_get("id")?,
+            view: CardView {
+                token: Token::from_stored(row.try_get("token")?),
+                brand: Brand::parse(&brand).ok_or_else(|| corrupt("brand"))?,
+                bin: row.try_get("bin")?,
+                last4: row.try_get("last4")?,
+                expiry: Expiry::from_stored(
+                    row.try_get("expiry_month")?,
+                    row.try_get("expiry_year")?,
+                ),
+                fingerprint: Fingerprint(
+                    fingerprint.try_into().map_err(|_| corrupt("fingerprint"))?,
+                ),
+                state: TokenState::parse(&state).ok_or_else(|| corrupt("state"))?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                expires_at: row.try_get("expires_at")?,
+            },
+            sealed,
+        })
+    }
+}
+
+/// The card fields written by `Tokenize` and `UpdateCard`.
+#[derive(Debug)]
+pub struct CardWrite<'a> {
+    /// The token.
+    pub token: &'a Token,
+    /// Keyed fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Brand.
+    pub brand: Brand,
+    /// Leading digits.
+    pub bin: &'a str,
+    /// Last four.
+    pub last4: &'a str,
+    /// Expiry.
+    pub expiry: Expiry,
+    /// Sealed PAN and name.
+    pub sealed: &'a SealedCard,
+    /// Time of the write.
+    pub now: OffsetDateTime,
+}
+
+/// Binds `$1`-`$11` of the card statements: token, fingerprint, brand, bin, last4, expiry
+/// month and year, key version, nonce, ciphertext, time.
+fn bind_card<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    card: &'q CardWrite<'_>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(card.token.as_str())
+        .bind(card.fingerprint.as_bytes().as_slice())
+        .bind(card.brand.as_str())
+        .bind(card.bin)
+        .bind(card.last4)
+        .bind(i16::from(card.expiry.month()))
+        .bind(card.expiry.year() as i16)
+        .bind(card.sealed.dek_version as i32)
+        .bind(card.sealed.nonce.as_slice())
+        .bind(card.sealed.ciphertext.as_slice())
+        .bind(card.now)
+}
+
+/// Records a new `Tokenize` request and inserts its card, in one statement (one round trip):
+/// the card is inserted only if the request id was new. Returns false, writing nothing, if
+/// the request id already exists.
+pub async fn insert_card_for_new_request(
+    conn: &mut PgConnection,
+    card: &CardWrite<'_>,
+    expires_at: Option<OffsetDateTime>,
+    request_id: &str,
+    rpc: &str,
+    request_hash: &[u8; 32],
+) -> Result<bool, Error> {
+    let inserted = bind_card(
+        sqlx::query(
+            "WITH request AS (INSERT INTO token_requests \
+         (request_id, rpc, request_hash, result_tokens, created) \
+         VALUES ($13, $14, $15, ARRAY[$1], true) ON CONFLICT (request_id) DO NOTHING \
+         RETURNING request_id) \
+         INSERT INTO cards (token, fingerprint, brand, bin, last4, expiry_month, expiry_year, \
+         state, dek_version, nonce, ciphertext, created_at, updated_at, expires_at) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $10, $11, $11, $12 \
+         WHERE EXISTS (SELECT 1 FROM request)",
+        ),
+        card,
+    )
+    .bind(expires_at)
+    .bind(request_id)
+    .bind(rpc)
+    .bind(request_hash.as_slice())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Replaces the card data behind an existing token.
+pub async fn update_card(conn: &mut PgConnection, card: &CardWrite<'_>) -> Result<(), Error> {
+    bind_card(
+        sqlx::query(
+            "UPDATE cards SET fingerprint = $2, brand = $3, bin = $4, last4 = $5, expiry_month = $6, \
+         expiry_year = $7, dek_version = $8, nonce = $9, ciphertext = $10, updated_at = $11 \
+         WHERE token = $1",
+        ),
+        card,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Reads one card.
+pub async fn card(
+    executor: impl PgExecutor<'_>,
+    token: &Token,
+) -> Result<Option<StoredCard>, Error> {
+    let sql = format!("SELECT {CARD_COLUMNS} FROM cards WHERE token = $1");
+    Ok(sqlx::query_as(&sql)
+        .bind(token.as_str())
+        .fetch_optional(executor)
+        .await?)
+}
+
+/// Reads one card and locks its row until the transaction ends.
+pub async fn card_for_update(
+    conn: &mut PgConnection,
+    token: &Token,
+) -> Result<Option<StoredCard>, Error> {
+    let sql = format!("SELECT {CARD_COLUMNS} FROM cards WHERE token = $1 FOR UPDATE");
+    Ok(sqlx::query_as(&sql)
+        .bind(token.as_str())
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// The newest active, unexpired card with this fingerprint, for `reuse_existing`.
+pub async fn active_card_by_fingerprint(
+    conn: &mut PgConnection,
+    fingerprint: &Fingerprint,
+    now: OffsetDateTime,
+) -> Result<Option<StoredCard>, Error> {
+    let sql = format!(
+        "SELECT {CARD_COLUMNS} FROM cards WHERE fingerprint = $1 AND state = 'active' \
+         AND (expires_at IS NULL OR expires_at > $2) ORDER BY id DESC LIMIT 1"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(fingerprint.as_bytes().as_slice())
+        .bind(now)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// Locks the fingerprint's row (creating it if needed) until the transaction ends, so that
+/// concurrent `reuse_existing` tokenizations of one card serialize.
+pub async fn lock_fingerprint(
+    conn: &mut PgConnection,
+    fingerprint: &Fingerprint,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO card_fingerprints (fingerprint) VALUES ($1) \
+         ON CONFLICT (fingerprint) DO UPDATE SET fingerprint = EXCLUDED.fingerprint",
+    )
+    .bind(fingerprint.as_bytes().as_slice())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks one card revoked.
+pub async fn revoke_card(
+    conn: &mut PgConnection,
+    token: &Token,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE cards SET state = 'revoked', revoke_reason = $2, updated_at = $3 \
+         WHERE token = $1 AND state = 'active'",
+    )
+    .bind(token.as_str())
+    .bind(reason)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Revokes every active card with this fingerprint; returns the tokens revoked.
+pub async fn revoke_by_fingerprint(
+    conn: &mut PgConnection,
+    fingerprint: &Fingerprint,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<Token>, Error> {
+    let tokens: Vec<String> = sqlx::query_scalar(
+        "UPDATE cards SET state = 'revoked', revoke_reason = $2, updated_at = $3 \
+         WHERE fingerprint = $1 AND state = 'active' RETURNING token",
+    )
+    .bind(fingerprint.as_bytes().as_slice())
+    .bind(reason)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    let mut tokens: Vec<Token> = tokens.into_iter().map(Token::from_stored).collect();
+    tokens.sort();
+    Ok(tokens)
+}
+
+/// Deletes the card data of up to `limit` tokens past their time to live and marks them
+/// expired; returns the tokens purged.
+pub async fn purge_expired(
+    conn: &mut PgConnection,
+    now: OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<Token>, Error> {
+    let tokens: Vec<String> = sqlx::query_scalar(
+        "UPDATE cards SET state = 'expired', dek_version = NULL, nonce = NULL, \
+         ciphertext = NULL, updated_at = $1 \
+         WHERE token IN (SELECT token FROM cards WHERE state <> 'expired' \
+         AND expires_at IS NOT NULL AND expires_at <= $1 ORDER BY expires_at LIMIT $2 \
+         FOR UPDATE SKIP LOCKED) RETURNING token",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(tokens.into_iter().map(Token::from_stored).collect())
+}
+
+/// True if some token is past its time to live and not yet purged.
+pub async fn any_expired(
+    executor: impl PgExecutor<'_>,
+    now: OffsetDateTime,
+) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM cards WHERE state <> 'expired' \
+         AND expires_at IS NOT NULL AND expires_at <= $1)",
+    )
+    .bind(now)
+    .fetch_one(executor)
+    .await?)
+}
+
+/// Filters of `ListTokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CardFilter {
+    /// Only this fingerprint.
+    pub fingerprint: Option<Fingerprint>,
+    /// Only this state.
+    pub state: Option<TokenState>,
+}
+
+/// Cards newest first with `id < before_id`, at most `limit`.
+pub async fn list_cards(
+    executor: impl PgExecutor<'_>,
+    filter: &CardFilter,
+    before_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<StoredCard>, Error> {
+    let sql = format!(
+        "SELECT {CARD_COLUMNS} FROM cards WHERE ($1::bigint IS NULL OR id < $1) \
+         AND ($2::bytea IS NULL OR fingerprint = $2) AND ($3::text IS NULL OR state = $3) \
+         ORDER BY id DESC LIMIT $4"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(before_id)
+        .bind(filter.fingerprint.map(|fp| fp.as_bytes().to_vec()))
+        .bind(filter.state.map(TokenState::as_str))
+        .bind(limit)
+        .fetch_all(executor)
+        .await?)
+}
+
+/// A stored idempotency record of a `TokenService` mutation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRequest {
+    /// The RPC that used the id.
+    pub rpc: String,
+    /// Keyed hash of the request.
+    pub request_hash: [u8; 32],
+    /// The tokens the first execution returned.
+    pub result_tokens: Vec<Token>,
+    /// Whether the first execution created a token.
+    pub created: bool,
+}
+
+/// Reads the idempotency record of `request_id`.
+pub async fn request(
+    conn: &mut PgConnection,
+    request_id: &str,
+) -> Result<Option<StoredRequest>, Error> {
+    let row: Option<(String, Vec<u8>, Vec<String>, bool)> = sqlx::query_as(
+        "SELECT rpc, request_hash, result_tokens, created FROM token_requests \
+         WHERE request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|(rpc, hash, tokens, created)| {
+        Ok(StoredRequest {
+            rpc,
+            request_hash: hash
+                .try_into()
+                .map_err(|_| Error::Corrupt("token_requests.request_hash"))?,
+            result_tokens: tokens.into_iter().map(Token::from_stored).collect(),
+            created,
+        })
+    })
+    .transpose()
+}
+
+/// Records the result of a mutation under its request id. Returns false, writing nothing, if
+/// another transaction recorded the id first (it waits for that one to finish).
+pub async fn insert_request(
+    conn: &mut PgConnection,
+    request_id: &str,
+    record: &StoredRequest,
+) -> Result<bool, Error> {
+    let tokens: Vec<&str> = record.result_tokens.iter().map(Token::as_str).collect();
+    let inserted = sqlx::query(
+        "INSERT INTO token_requests (request_id, rpc, request_hash, result_tokens, created) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(request_id)
+    .bind(&record.rpc)
+    .bind(record.request_hash.as_slice())
+    .bind(tokens)
+    .bind(record.created)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Marks the start of one job's writes inside a batch transaction.
+pub async fn savepoint(conn: &mut PgConnection) -> Result<(), Error> {
+    sqlx::query("SAVEPOINT tandem_job").execute(conn).await?;
+    Ok(())
+}
+
+/// Undoes the current job's writes, keeping the rest of the batch.
+pub async fn rollback_to_savepoint(conn: &mut PgConnection) -> Result<(), Error> {
+    sqlx::query("ROLLBACK TO SAVEPOINT tandem_job")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Keeps the current job's writes.
+pub async fn release_savepoint(conn: &mut PgConnection) -> Result<(), Error> {
+    sqlx::query("RELEASE SAVEPOINT tandem_job")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A data key as stored.
+#[derive(Debug, Clone)]
+pub struct StoredDataKey {
+    /// Version.
+    pub version: u32,
+    /// `active`, `decrypt_only` or `retired`.
+    pub state: String,
+    /// The wrapped key; `None` once retired.
+    pub wrapped: Option<WrappedKey>,
+    /// The root key that wrapped it.
+    pub root_key_id: String,
+    /// Encryptions reserved so far.
+    pub encryptions_reserved: i64,
+}
+
+/// Every data key, oldest first.
+pub async fn data_keys(executor: impl PgExecutor<'_>) -> Result<Vec<StoredDataKey>, Error> {
+    type DataKeyRow = (i32, String, Option<Vec<u8>>, Option<Vec<u8>>, String, i64);
+    let rows: Vec<DataKeyRow> = sqlx::query_as(
+        "SELECT version, state, wrap_nonce, wrapped_key, root_key_id, encryptions_reserved \
+         FROM data_keys ORDER BY version",
+    )
+    .fetch_all(executor)
+    .await?;
+    rows.into_iter()
+        .map(|(version, state, nonce, wrapped, root_key_id, reserved)| {
+            let wrapped = match (nonce, wrapped) {
+                (Some(nonce), Some(ciphertext)) => Some(WrappedKey {
+                    nonce: nonce
+                        .try_into()
+                        .map_err(|_| Error::Corrupt("data_keys.wrap_nonce"))?,
+                    ciphertext,
+                }),
+                _ => None,
+            };
+            Ok(StoredDataKey {
+                version: u32::try_from(version).map_err(|_| Error::Corrupt("data_keys.version"))?,
+                state,
+                wrapped,
+                root_key_id,
+                encryptions_reserved: reserved,
+            })
+        })
+        .collect()
+}
+
+/// Inserts data key `version` as the active key unless one with that version exists
+/// (several vault instances may start at once; the first insert wins).
+pub async fn insert_first_data_key(
+    executor: impl PgExecutor<'_>,
+    version: u32,
+    wrapped: &WrappedKey,
+    root_key_id: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO data_keys (version, state, wrap_nonce, wrapped_key, root_key_id) \
+         VALUES ($1, 'active', $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(version as i32)
+    .bind(wrapped.nonce.as_slice())
+    .bind(wrapped.ciphertext.as_slice())
+    .bind(root_key_id)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Reserves `count` encryptions of the active key `version`; returns the new reserved total, or
+/// `None` if `version` is no longer active.
+pub async fn reserve_encryptions(
+    executor: impl PgExecutor<'_>,
+    version: u32,
+    count: u64,
+) -> Result<Option<i64>, Error> {
+    Ok(sqlx::query_scalar(
+        "UPDATE data_keys SET encryptions_reserved = encryptions_reserved + $2 \
+         WHERE version = $1 AND state = 'active' RETURNING encryptions_reserved",
+    )
+    .bind(version as i32)
+    .bind(count as i64)
+    .fetch_optional(executor)
+    .await?)
+}
+
+/// Reads a wrapped vault secret.
+pub async fn secret(
+    executor: impl PgExecutor<'_>,
+    name: &str,
+) -> Result<Option<(WrappedKey, String)>, Error> {
+    let row: Option<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+        "SELECT wrap_nonce, wrapped_key, root_key_id FROM vault_secrets WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(executor)
+    .await?;
+    row.map(|(nonce, ciphertext, root_key_id)| {
+        Ok((
+            WrappedKey {
+                nonce: nonce
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("vault_secrets.wrap_nonce"))?,
+                ciphertext,
+            },
+            root_key_id,
+        ))
+    })
+    .transpose()
+}
+
+/// Stores a wrapped vault secret unless one with that name exists.
+pub async fn insert_secret(
+    executor: impl PgExecutor<'_>,
+    name: &str,
+    wrapped: &WrappedKey,
+    root_key_id: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO vault_secrets (name, wrap_nonce, wrapped_key, root_key_id) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(name)
+    .bind(wrapped.nonce.as_slice())
+    .bind(wrapped.ciphertext.as_slice())
+    .bind(root_key_id)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Locks the audit head and reads it.
+pub async fn audit_head_for_update(conn: &mut PgConnection) -> Result<(i64, [u8; 32]), Error> {
+    let (seq, hash): (i64, Vec<u8>) = sqlx::query_as("SELECT seq, hash FROM audit_head FOR UPDATE")
+        .fetch_one(conn)
+        .await?;
+    Ok((
+        seq,
+        hash.try_into()
+            .map_err(|_| Error::Corrupt("audit_head.hash"))?,
+    ))
+}
+
+/// Reads the audit head.
+pub async fn audit_head(executor: impl PgExecutor<'_>) -> Result<(i64, [u8; 32]), sqlx::Error> {
+    let (seq, hash): (i64, Vec<u8>) = sqlx::query_as("SELECT seq, hash FROM audit_head")
+        .fetch_one(executor)
+        .await?;
+    let hash = hash.try_into().map_err(|_| sqlx::Error::ColumnDecode {
+        index: "hash".into(),
+        source: "audit head hash is not 32 bytes".into(),
+    })?;
+    Ok((seq, hash))
+}
+
+/// Appends chained rows and moves the head to the last one, in one statement each.
+pub async fn append_audit_rows(conn: &mut PgConnection, rows: &[AuditRow]) -> Result<(), Error> {
+    let Some(last) = rows.last() else {
+        return Ok(());
+    };
+    let mut seqs = Vec::with_capacity(rows.len());
+    let mut times = Vec::with_capacity(rows.len());
+    let mut callers = Vec::with_capacity(rows.len());
+    let mut roles = Vec::with_capacity(rows.len());
+    let mut rpcs = Vec::with_capacity(rows.len());
+    let mut tokens = Vec::with_capacity(rows.len());
+    let mut outcomes = Vec::with_capacity(rows.len());
+    let mut reasons = Vec::with_capacity(rows.len());
+    let mut correlations = Vec::with_capacity(rows.len());
+    let mut prev_hashes = Vec::with_capacity(rows.len());
+    let mut hashes = Vec::with_capacity(rows.len());
+    for row in rows {
+        seqs.push(row.seq);
+        times.push(row.occurred_at);
+        callers.push(row.entry.caller.as_str());
+        roles.push(row.entry.role.as_str());
+        rpcs.push(row.entry.rpc.as_str());
+        tokens.push(row.entry.token.as_deref());
+        outcomes.push(row.entry.outcome.as_str());
+        reasons.push(row.entry.reason.as_str());
+        correlations.push(row.entry.correlation_id.as_str());
+        prev_hashes.push(row.prev_hash.to_vec());
+        hashes.push(row.hash.to_vec());
+    }
+    sqlx::query(
+        "INSERT INTO audit_events (seq, occurred_at, caller, role, rpc, token, outcome, reason, \
+         correlation_id, prev_hash, hash) SELECT * FROM UNNEST($1::bigint[], \
+         $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+         $8::text[], $9::text[], $10::bytea[], $11::bytea[])",
+    )
+    .bind(seqs)
+    .bind(times)
+    .bind(callers)
+    .bind(roles)
+    .bind(rpcs)
+    .bind(tokens)
+    .bind(outcomes)
+    .bind(reasons)
+    .bind(correlations)
+    .bind(prev_hashes)
+    .bind(hashes)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2")
+        .bind(last.seq)
+        .bind(last.hash.as_slice())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Audit rows with `seq > after_seq`, in order, at most `limit`.
+pub async fn audit_page(
+    executor: impl PgExecutor<'_>,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<AuditRow>, sqlx::Error> {
+    let rows: Vec<PgRow> = sqlx::query(
+        "SELECT seq, occurred_at, caller, role, rpc, token, outcome, reason, correlation_id, \
+         prev_hash, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(executor)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let hash = |column: &str| -> Result<[u8; 32], sqlx::Error> {
+                let bytes: Vec<u8> = row.try_get(column)?;
+                bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
+                    index: column.to_owned(),
+                    source: "hash is not 32 bytes".into(),
+                })
+            };
+            Ok(AuditRow {
+                seq: row.try_get("seq")?,
+                occurred_at: row.try_get("occurred_at")?,
+                entry: AuditEntry {
+                    caller: row.try_get("caller")?,
+                    role: row.try_get("role")?,
+                    rpc: row.try_get("rpc")?,
+                    token: row.try_get("token")?,
+                    outcome: row.try_get("outcome")?,
+                    reason: row.try_get("reason")?,
+                    correlation_id: row.try_get("correlation_id")?,
+                },
+                prev_hash: hash("prev_hash")?,
+                hash: hash("hash")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,275 @@
+//! The writer: a few tasks that commit every mutation together with its audit row, in batches.
+//!
+//! Handlers do their CPU work (validation, sealing, hashing) concurrently, then hand a
+//! [`Mutation`] to the writer and wait. A writer task takes up to `audit.batch_size_max` queued
+//! jobs, applies them in one transaction, appends their audit rows (the hash chain computed in
+//! memory from the head row it locks last), commits, and answers each job. `audit.writer_tasks`
+//! tasks do this at once on separate connections; the head lock orders their commits. A response is therefore
+//! never sent before its audit row is durable, and the chain never becomes a per-request lock:
+//! one commit covers a whole batch (group commit).
+//!
+//! If a batch fails with a database error, the writer replays its jobs one per transaction so
+//! that only the job at fault fails. Jobs are written to be replayable: all their randomness
+//! (tokens, nonces) is fixed before they are queued.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::audit::{self, AuditEntry};
+use crate::error::Error;
+use crate::storage;
+
+/// A boxed future borrowing the transaction.
+pub type Apply<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// One operation the writer commits with its audit row.
+pub trait Mutation: Send + 'static {
+    /// What the caller gets back once committed.
+    type Output: Send + 'static;
+
+    /// Applies the writes in the batch's transaction. A business outcome (request id reused,
+    /// token revoked) is an `Err` that leaves the transaction usable; a database error
+    /// ([`Error::aborts_transaction`]) aborts the batch.
+    fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Self::Output>;
+
+    /// The token the audit row names, given the result (a reused token is known only after
+    /// `apply`).
+    fn audit_token(&self, output: &Result<Self::Output, Error>) -> Option<String>;
+
+    /// The audit row's outcome: `OK` or the error's reason.
+    fn audit_outcome(&self, output: &Result<Self::Output, Error>) -> &'static str {
+        match output {
+            Ok(_) => "OK",
+            Err(error) => error.reason(),
+        }
+    }
+}
+
+/// A mutation that writes nothing: the audit row of a read or a refused call.
+#[derive(Debug)]
+pub struct AuditOnly {
+    /// The token concerned, if one.
+    pub token: Option<String>,
+    /// `OK` for a read, the error reason for a refusal.
+    pub outcome: &'static str,
+}
+
+impl Mutation for AuditOnly {
+    type Output = ();
+
+    fn apply<'a>(&'a self, _conn: &'a mut PgConnection) -> Apply<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn audit_token(&self, _output: &Result<(), Error>) -> Option<String> {
+        self.token.clone()
+    }
+
+    fn audit_outcome(&self, _output: &Result<(), Error>) -> &'static str {
+        self.outcome
+    }
+}
+
+/// The audit fields known before a job runs; the outcome is filled in from its result.
+#[derive(Debug, Clone)]
+pub struct AuditContext {
+    /// `<role>/<name>` of the caller.
+    pub caller: String,
+    /// The caller's role.
+    pub role: String,
+    /// The full gRPC method.
+    pub rpc: &'static str,
+    /// Free text for the audit row (never card data).
+    pub reason: String,
+    /// Correlation id of the request.
+    pub correlation_id: String,
+}
+
+/// The object-safe side of a queued job.
+trait Job: Send {
+    fn apply<'a>(&'a mut self, conn: &'a mut PgConnection) -> Apply<'a, ()>;
+    fn audit_entry(&self) -> AuditEntry;
+    fn complete(self: Box<Self>, committed: Result<(), Error>);
+}
+
+struct Pending<M: Mutation> {
+    mutation: M,
+    context: AuditContext,
+    output: Option<Result<M::Output, Error>>,
+    reply: oneshot::Sender<Result<M::Output, Error>>,
+}
+
+impl<M: Mutation> Job for Pending<M> {
+    fn apply<'a>(&'a mut self, conn: &'a mut PgConnection) -> Apply<'a, ()> {
+        Box::pin(async move {
+            self.output = None;
+            let result = self.mutation.apply(conn).await;
+            match result {
+                Err(error) if error.aborts_transaction() => Err(error),
+                result => {
+                    self.output = Some(result);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn audit_entry(&self) -> AuditEntry {
+        let output = self
+            .output
+            .as_ref()
+            .expect("audit_entry is only called after a successful apply");
+        let outcome = self.mutation.audit_outcome(output);
+        AuditEntry {
+            caller: self.context.caller.clone(),
+            role: self.context.role.clone(),
+            rpc: self.context.rpc.to_owned(),
+            token: self.mutation.audit_token(output),
+            outcome: outcome.to_owned(),
+            reason: self.context.reason.clone(),
+            correlation_id: self.context.correlation_id.clone(),
+        }
+    }
+
+    fn complete(self: Box<Self>, committed: Result<(), Error>) {
+        let answer = match committed {
+            Ok(()) => self
+                .output
+                .expect("a committed job has an output from its apply"),
+            Err(error) => Err(error),
+        };
+        // The caller may have gone (cancelled request); its job is committed regardless.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// A handle to the writer task. Cloning is cheap; the task stops when every handle is dropped.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    sender: mpsc::Sender<Box<dyn Job>>,
+}
+
+impl Writer {
+    /// Starts `tasks` writer tasks on `pool`, sharing one queue. Several tasks overlap their
+    /// batches' statements on separate connections; the audit head lock, taken last in each
+    /// transaction, orders their commits into one chain.
+    pub fn spawn(
+        pool: PgPool,
+        batch_size_max: usize,
+        queue_max: usize,
+        tasks: usize,
+    ) -> (Writer, tokio::task::JoinHandle<()>) {
+        assert!(batch_size_max > 0 && queue_max > 0 && tasks > 0);
+        let (sender, receiver) = mpsc::channel(queue_max);
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let workers: Vec<_> = (0..tasks)
+            .map(|_| tokio::spawn(run(pool.clone(), receiver.clone(), batch_size_max)))
+            .collect();
+        let task = tokio::spawn(async move {
+            for worker in workers {
+                // A panicking worker is a bug; surface it instead of hiding it.
+                if let Err(error) = worker.await {
+                    tracing::error!(%error, "writer task failed");
+                }
+            }
+        });
+        (Writer { sender }, task)
+    }
+
+    /// Queues `mutation` and waits until it and its audit row are committed (or failed).
+    pub async fn submit<M: Mutation>(
+        &self,
+        mutation: M,
+        context: AuditContext,
+    ) -> Result<M::Output, Error> {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Pending {
+            mutation,
+            context,
+            output: None,
+            reply,
+        });
+        self.sender
+            .send(job)
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Writes only an audit row, with `outcome` (`OK` or an error reason).
+    pub async fn audit(
+        &self,
+        token: Option<String>,
+        outcome: &'static str,
+        context: AuditContext,
+    ) -> Result<(), Error> {
+        self.submit(AuditOnly { token, outcome }, context).await
+    }
+}
+
+async fn run(pool: PgPool, receiver: SharedReceiver, batch_size_max: usize) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(batch_size_max);
+    loop {
+        // Hold the queue only while taking a batch, never while committing it.
+        let received = receiver
+            .lock()
+            .await
+            .recv_many(&mut batch, batch_size_max)
+            .await;
+        if received == 0 {
+            return;
+        }
+        commit(&pool, std::mem::take(&mut batch)).await;
+        batch.reserve(batch_size_max);
+    }
+}
+
+type SharedReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<Box<dyn Job>>>>;
+
+/// Commits a batch and answers every job in it.
+async fn commit(pool: &PgPool, mut jobs: Vec<Box<dyn Job>>) {
+    match try_commit(pool, &mut jobs).await {
+        Ok(()) => jobs.into_iter().for_each(|job| job.complete(Ok(()))),
+        Err(error) if jobs.len() == 1 => {
+            tracing::error!(error = %error, "vault write failed");
+            if let Some(job) = jobs.pop() {
+                job.complete(Err(error));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, jobs = jobs.len(), "batch failed; retrying one by one");
+            for job in jobs {
+                let mut single = vec![job];
+                let result = try_commit(pool, &mut single).await;
+                if let Err(error) = &result {
+                    tracing::error!(error = %error, "vault write failed");
+                }
+                let job = single.pop().expect("one job in a single batch");
+                job.complete(result);
+            }
+        }
+    }
+}
+
+async fn try_commit(pool: &PgPool, jobs: &mut [Box<dyn Job>]) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    for job in jobs.iter_mut() {
+        job.apply(&mut tx).await?;
+    }
+    // Lock the chain head last, so it is held only for the audit insert and the commit.
+    let (head_seq, head_hash) = storage::audit_head_for_update(&mut tx).await?;
+    let rows = audit::chain(
+        head_seq,
+        head_hash,
+        OffsetDateTime::now_utc(),
+        jobs.iter().map(|job| job.audit_entry()),
+    );
+    storage::append_audit_rows(&mut tx, &rows).await?;
+    tx.commit().await?;
+    Ok(())
+}
