@@ -1,0 +1,533 @@
+//! `tandemctl bench`: throughput and latency over real mutual TLS and Postgres.
+//!
+//! `tandemctl bench tokenize --concurrency 64 --duration 30s` starts a vault in this process on
+//! a fresh `tandem_bench_vault` database (or targets `--vault https://host:port`), runs
+//! `concurrency` clients that tokenize distinct PANs back to back over a few HTTP/2
+//! connections, discards a warm-up, and prints throughput and latency percentiles.
+//!
+//! `tandemctl bench ledger --accounts 50 --concurrency 20 --duration 30s` creates single
+//! transfers between random accounts of a fresh `tandem_bench_ledger` database through the
+//! batching writer, checks the ledger invariants, then runs `pgbench -b tpcb-like` with as many
+//! clients against the same server and prints the ratio.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sqlx::{Connection as _, Executor as _, PgConnection};
+use tandem_proto::tandem::vault::v1 as pb;
+use tandem_tls::TlsFiles;
+use tandem_tls::identity::Role;
+
+use crate::dev;
+
+/// Connections the clients share; HTTP/2 multiplexes the rest.
+const CONNECTIONS_MAX: usize = 8;
+/// Most clients a run may start.
+const CONCURRENCY_MAX: usize = 4096;
+/// Longest measured duration.
+const DURATION_MAX: Duration = Duration::from_secs(3600);
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Tokenize distinct PANs as fast as the vault allows.
+    Tokenize(LoadArgs),
+    /// Create ledger transfers through the batching writer, beside pgbench TPC-B.
+    Ledger(LedgerArgs),
+}
+
+/// Arguments of `tandemctl bench ledger`.
+#[derive(Debug, clap::Args)]
+pub struct LedgerArgs {
+    /// Accounts the transfers move between (fewer means hotter rows).
+    #[arg(long, default_value_t = 50)]
+    accounts: u32,
+    /// Callers submitting at once.
+    #[arg(long, default_value_t = 20)]
+    concurrency: usize,
+    /// Measured time, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before the measurement.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Writer tasks of the batching writer.
+    #[arg(long, default_value_t = tandem_ledger::batch::WriterLimits::default().tasks)]
+    writer_tasks: usize,
+    /// Longest a ledger batch waits for more submissions, e.g. `1ms` or `0ms`.
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    batch_wait: Duration,
+    /// Skip the pgbench TPC-B baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Postgres server.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+}
+
+/// Load shape and target of a benchmark.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Measured time, e.g. `30s`, `500ms`, `2m`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before the measurement.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// A running vault to target (`https://host:port`); by default one is started in this
+    /// process on a fresh database.
+    #[arg(long)]
+    vault: Option<String>,
+    /// Directory of the certificates (`ca.pem`, `tokenizer.pem`, `tokenizer.key`).
+    #[arg(long, default_value = dev::DEV_DIR)]
+    certs: PathBuf,
+    /// Postgres server for the in-process vault.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+}
+
+/// Parses `30s`, `500ms`, `2m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or("a duration needs a unit: ms, s or m")?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| "a duration starts with a number")?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("unknown unit {unit:?}: use ms, s or m")),
+    }
+}
+
+/// Runs a benchmark.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Tokenize(args) => tokenize(args).await,
+        BenchCommand::Ledger(args) => ledger(args).await,
+    }
+}
+
+async fn tokenize(args: LoadArgs) -> anyhow::Result<()> {
+    check_load(args.concurrency, args.duration)?;
+    dev::ensure_certificates(&args.certs)?;
+    let (uri, server) = match &args.vault {
+        Some(uri) => (uri.clone(), None),
+        None => {
+            let (uri, server) = start_vault(&args).await?;
+            (uri, Some(server))
+        }
+    };
+    let files = TlsFiles::in_dir(&args.certs, Role::Tokenizer.as_str());
+    let mut clients = Vec::new();
+    for _ in 0..args.concurrency.min(CONNECTIONS_MAX) {
+        let channel =
+            tandem_tls::client::connect(&uri, &files, "localhost", Duration::from_secs(10))
+                .await
+                .context("connecting to the vault")?;
+        clients.push(pb::token_service_client::TokenServiceClient::new(channel));
+    }
+    // Distinct PANs per request, and distinct across runs against the same vault.
+    let sequence = Arc::new(AtomicU64::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64 % 10_000_000_000),
+    ));
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let clients = Arc::new(clients);
+    let report = run_load(
+        args.concurrency,
+        args.warmup,
+        args.duration,
+        move |worker, n| {
+            let mut client = clients[worker % clients.len()].clone();
+            let request = pb::TokenizeRequest {
+                request_id: format!("bench-{run_id}-{worker}-{n}"),
+                pan: visa_pan(sequence.fetch_add(1, Ordering::Relaxed)),
+                expiry_month: 12,
+                expiry_year: 2030,
+                holder_name: String::new(),
+                reuse_existing: false,
+                ttl_seconds: 0,
+            };
+            async move { client.tokenize(request).await.is_ok() }
+        },
+    )
+    .await?;
+    println!(
+        "tokenize: concurrency {} duration {:?} (warm-up {:?})",
+        args.concurrency, args.duration, args.warmup
+    );
+    println!("{report}");
+
+    if let Some((stop, task)) = server {
+        let _ = stop.send(());
+        task.await.context("vault task")??;
+    }
+    Ok(())
+}
+
+fn check_load(concurrency: usize, duration: Duration) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=CONCURRENCY_MAX).contains(&concurrency),
+        "--concurrency must be 1 to {CONCURRENCY_MAX}"
+    );
+    anyhow::ensure!(
+        !duration.is_zero() && duration <= DURATION_MAX,
+        "--duration must be positive and at most 1h"
+    );
+    Ok(())
+}
+
+/// Runs `concurrency` workers that call `operation(worker, n)` back to back for `warmup` and
+/// then `duration`, and reports the operations that started and finished inside the measured
+/// window (`true`: succeeded).
+async fn run_load<F, Fut>(
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    operation: F,
+) -> anyhow::Result<Report>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let measure_from = Instant::now() + warmup;
+    let stop_at = measure_from + duration;
+    let mut workers = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let operation = operation.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies_us = Vec::new();
+            let mut errors = 0u64;
+            let mut n = 0u64;
+            while Instant::now() < stop_at {
+                n += 1;
+                let sent = Instant::now();
+                let ok = operation(worker, n).await;
+                let done = Instant::now();
+                if sent >= measure_from && done <= stop_at {
+                    if ok {
+                        latencies_us.push((done - sent).as_micros() as u64);
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies_us, errors)
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        let (mut lat, err) = worker.await.context("bench worker")?;
+        latencies_us.append(&mut lat);
+        errors += err;
+    }
+    latencies_us.sort_unstable();
+    Ok(Report::new(&latencies_us, errors, duration))
+}
+
+async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
+    use tandem_ledger::types::{
+        AccountCode, AccountId, AccountRefs, BalanceLimit, Currency, NewAccount, Transfer,
+        TransferId, TransferKind, TransferRefs, TransferResult,
+    };
+    anyhow::ensure!(
+        (2..=100_000).contains(&args.accounts),
+        "--accounts must be 2 to 100000"
+    );
+    check_load(args.concurrency, args.duration)?;
+    let url = fresh_database(&args.database_url, "tandem_bench_ledger").await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(args.writer_tasks as u32 + 1)
+        .connect(&url)
+        .await?;
+    tandem_ledger::MIGRATOR.run(&pool).await?;
+    let usd = Currency::new("USD").expect("USD is a currency code");
+    let accounts: Vec<NewAccount> = (0..args.accounts)
+        .map(|i| NewAccount {
+            id: AccountId::new(format!("bench:{i}")).expect("valid id"),
+            currency: usd,
+            code: AccountCode::FundingSource,
+            limit: BalanceLimit::None,
+            refs: AccountRefs::default(),
+        })
+        .collect();
+    let mut conn = pool.acquire().await?;
+    tandem_ledger::ledger::create_accounts(&mut conn, &accounts).await?;
+    drop(conn);
+
+    anyhow::ensure!(
+        (1..=7).contains(&args.writer_tasks),
+        "--writer-tasks must be 1 to 7"
+    );
+    let limits = tandem_ledger::batch::WriterLimits {
+        tasks: args.writer_tasks,
+        batch_wait: args.batch_wait,
+        ..Default::default()
+    };
+    let writer = tandem_ledger::batch::LedgerWriter::spawn(pool.clone(), limits);
+    let accounts = u64::from(args.accounts);
+    let report = run_load(
+        args.concurrency,
+        args.warmup,
+        args.duration,
+        move |worker, n| {
+            let writer = writer.clone();
+            // A cheap deterministic spread over the accounts.
+            let debit = (worker as u64 * 7919 + n * 104_729) % accounts;
+            let credit = (debit + 1 + (n % (accounts - 1))) % accounts;
+            let transfer = Transfer {
+                id: TransferId::new(format!("w{worker}/{n}")).expect("valid id"),
+                kind: TransferKind::Single {
+                    debit: AccountId::new(format!("bench:{debit}")).expect("valid id"),
+                    credit: AccountId::new(format!("bench:{credit}")).expect("valid id"),
+                    amount: 1 + (n % 1000) as i64,
+                },
+                linked: false,
+                refs: TransferRefs::default(),
+            };
+            async move {
+                matches!(
+                    writer.create_transfers(vec![transfer]).await.as_deref(),
+                    Ok([TransferResult::Ok])
+                )
+            }
+        },
+    )
+    .await?;
+    let check = tandem_ledger::invariants::check(&pool, time::OffsetDateTime::now_utc()).await?;
+    pool.close().await;
+    println!(
+        "ledger: {} accounts, concurrency {}, duration {:?} (warm-up {:?})",
+        args.accounts, args.concurrency, args.duration, args.warmup
+    );
+    println!("{report}");
+    println!(
+        "  invariants: {} ({} transfers, {} accounts)",
+        if check.holds() { "hold" } else { "VIOLATED" },
+        check.transfers,
+        check.accounts
+    );
+    anyhow::ensure!(
+        check.holds(),
+        "ledger invariants violated: {:?}",
+        check.violations
+    );
+    if !args.no_baseline {
+        let tps = pgbench_tpcb(&args.database_url, args.concurrency, args.duration).await?;
+        println!(
+            "  baseline: pgbench TPC-B (scale 10, -c {} -j 2) {tps:.0} tps; ratio {:.2}x",
+            args.concurrency,
+            report.per_second / tps
+        );
+    }
+    Ok(())
+}
+
+/// Drops and recreates `database` on the server of `server_url`; returns its URL.
+async fn fresh_database(server_url: &str, database: &str) -> anyhow::Result<String> {
+    let mut admin = PgConnection::connect(server_url)
+        .await
+        .context("cannot connect to Postgres")?;
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str())
+        .await?;
+    admin.close().await.ok();
+    dev::ensure_database(server_url, database).await
+}
+
+/// Runs `pgbench -b tpcb-like` against the same server and returns its tps.
+async fn pgbench_tpcb(server_url: &str, clients: usize, duration: Duration) -> anyhow::Result<f64> {
+    let url = fresh_database(server_url, "tandem_bench_pgbench").await?;
+    let init = tokio::process::Command::new("pgbench")
+        .args(["-i", "-q", "-s", "10", &url])
+        .output()
+        .await
+        .context("running pgbench -i (is pgbench installed?)")?;
+    anyhow::ensure!(
+        init.status.success(),
+        "pgbench -i failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let run = tokio::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-b",
+            "tpcb-like",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &duration.as_secs().max(1).to_string(),
+            &url,
+        ])
+        .output()
+        .await
+        .context("running pgbench")?;
+    anyhow::ensure!(
+        run.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse().ok())
+        .context("pgbench printed no tps")
+}
+
+type ServerHandle = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tandem_vault::server::RunError>>,
+);
+
+async fn start_vault(args: &LoadArgs) -> anyhow::Result<(String, ServerHandle)> {
+    let url = fresh_database(&args.database_url, "tandem_bench_vault").await?;
+    let mut settings = dev::vault_settings(&args.certs, &url)?;
+    settings.keys.dev_root_key_path = std::env::temp_dir()
+        .join(format!("tandem-bench-{}", std::process::id()))
+        .join("root.key");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let uri = format!("https://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(tandem_vault::run(listener, settings, async {
+        let _ = stopped.await;
+    }));
+    // Wait until it accepts connections.
+    let files = TlsFiles::in_dir(&args.certs, Role::Tokenizer.as_str());
+    for _ in 0..100 {
+        if tandem_tls::client::connect(&uri, &files, "localhost", Duration::from_secs(1))
+            .await
+            .is_ok()
+        {
+            return Ok((uri, (stop, task)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the in-process vault did not start")
+}
+
+/// A Luhn-valid 16-digit Visa number from a sequence number.
+fn visa_pan(sequence: u64) -> String {
+    let body = format!("4{:014}", sequence % 100_000_000_000_000);
+    (0..=9)
+        .map(|check| format!("{body}{check}"))
+        .find(|pan| tandem_vault::domain::pan::luhn_valid(pan.as_bytes()))
+        .expect("exactly one check digit makes a number Luhn-valid")
+}
+
+/// Throughput and latency of one run.
+#[derive(Debug)]
+struct Report {
+    ok: usize,
+    errors: u64,
+    per_second: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    max_us: u64,
+}
+
+impl Report {
+    fn new(sorted_us: &[u64], errors: u64, duration: Duration) -> Report {
+        let at = |q: f64| -> u64 {
+            if sorted_us.is_empty() {
+                return 0;
+            }
+            let index = ((sorted_us.len() as f64 * q).ceil() as usize).clamp(1, sorted_us.len());
+            sorted_us[index - 1]
+        };
+        Report {
+            ok: sorted_us.len(),
+            errors,
+            per_second: sorted_us.len() as f64 / duration.as_secs_f64(),
+            p50_us: at(0.50),
+            p90_us: at(0.90),
+            p99_us: at(0.99),
+            max_us: sorted_us.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |us: u64| us as f64 / 1000.0;
+        write!(
+            f,
+            "  {:.0} ops/s  ok {}  errors {}  latency ms p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            self.per_second,
+            self.ok,
+            self.errors,
+            ms(self.p50_us),
+            ms(self.p90_us),
+            ms(self.p99_us),
+            ms(self.max_us)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Generated PANs are distinct Luhn-valid Visa numbers.
+    #[test]
+    fn generated_pans_are_valid() {
+        let mut seen = std::collections::HashSet::new();
+        for n in [0, 1, 42, 99_999_999_999_999, 123_456_789] {
+            let pan = visa_pan(n);
+            assert_eq!(pan.len(), 16);
+            assert!(
+                tandem_vault::domain::pan::luhn_valid(pan.as_bytes()),
+                "{pan}"
+            );
+            assert!(tandem_vault::domain::Pan::parse(&pan).is_ok(), "{pan}");
+            assert!(seen.insert(pan));
+        }
+    }
+
+    /// Durations parse with their unit and refuse anything else.
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["30", "s", "1h", "-1s", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Percentiles pick the nearest rank.
+    #[test]
+    fn percentiles() {
+        let sorted: Vec<u64> = (1..=100).collect();
+        let report = Report::new(&sorted, 0, Duration::from_secs(2));
+        assert_eq!(
+            (report.p50_us, report.p90_us, report.p99_us, report.max_us),
+            (50, 90, 99, 100)
+        );
+        assert_eq!(report.per_second, 50.0);
+    }
+}

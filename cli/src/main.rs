@@ -1,0 +1,57 @@
+//! tandemctl: the operator CLI for Tandem.
+//!
+//! - `tandemctl certs`: a CA plus one client identity per role and the servers' certificates,
+//!   for a deployment.
+//! - `tandemctl dev`: the whole stack in one process on the local Postgres, with dev
+//!   certificates and a dev root key under `.tandem/dev/`.
+//! - `tandemctl bench`: throughput and latency over real mTLS and Postgres.
+
+// A CLI's output is its stdout.
+#![allow(clippy::print_stdout)]
+
+mod bench;
+mod certs;
+mod dev;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandemctl",
+    version,
+    about = "Operate Tandem: certificates, the dev stack, benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make a CA, one client identity per role and the servers' certificates.
+    Certs(certs::CertsArgs),
+    /// Run the whole stack locally with dev certificates and a dev root key.
+    Dev(dev::DevArgs),
+    /// Measure throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Certs(args) => certs::run(&args),
+        Command::Dev(args) => dev::run(args).await,
+        Command::Bench(command) => bench::run(command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tandemctl: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

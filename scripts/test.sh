@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every test of Tandem on a fresh machine: starts Postgres if it is down, installs the
+# Python tools into .venv, lints the protos with buf, runs the Rust suite (unit, Postgres and
+# end-to-end over mTLS), the Python client suite, and a smoke run of `tandemctl dev --demo`.
+# CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+step() { printf '\n== %s\n' "$*"; }
+
+step "postgres"
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+  for _ in $(seq 1 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+pg_isready -h 127.0.0.1 -p 5432
+# Databases left by earlier test runs (each test makes its own).
+psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'tandem_test_%'" |
+  while read -r db; do psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
+
+step "python tools (.venv)"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+step "buf lint"
+(cd proto && ../.venv/bin/buf lint)
+
+step "cargo build"
+cargo build --workspace --all-targets --locked
+
+step "rust tests"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+
+step "python client suite"
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/pytest -q tests/python
+
+step "tandemctl dev --demo"
+dev_dir="$(mktemp -d)"
+TANDEM_VAULT__SERVER__LISTEN_ADDR="127.0.0.1:50151" \
+  ./target/debug/tandemctl dev --demo --exit --dir "$dev_dir" \
+  --vault-database "tandem_test_dev_$$" | tee "$dev_dir/out.txt"
+grep -q "corporate Visa" "$dev_dir/out.txt"
+rm -rf "$dev_dir"
+
+printf '\nall tests passed\n'

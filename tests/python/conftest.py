@@ -1,0 +1,115 @@
+"""Fixtures of the Python client suite.
+
+Stubs are generated from ``proto/`` with grpcio-tools into ``gen/`` (git-ignored) when the
+session starts, exactly as a Python team consuming Tandem would generate them. A vault is
+started with ``tandemctl dev`` on a free port, with its own certificates directory and a
+fresh database, and stopped at the end of the session.
+"""
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import grpc
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+GEN = pathlib.Path(__file__).resolve().parent / "gen"
+TANDEMCTL = ROOT / "target" / "debug" / "tandemctl"
+
+
+def _generate_stubs():
+    from grpc_tools import protoc
+
+    shutil.rmtree(GEN, ignore_errors=True)
+    GEN.mkdir()
+    protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto" / "tandem").rglob("*.proto"))
+    well_known = pathlib.Path(protoc.__file__).parent / "_proto"
+    args = [
+        "grpc_tools.protoc",
+        f"-I{ROOT / 'proto'}",
+        f"-I{well_known}",
+        f"--python_out={GEN}",
+        f"--grpc_python_out={GEN}",
+        *protos,
+    ]
+    if protoc.main(args) != 0:
+        raise RuntimeError("grpc_tools.protoc failed")
+    sys.path.insert(0, str(GEN))
+
+
+_generate_stubs()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Vault:
+    """A running vault and how to reach it."""
+
+    def __init__(self, address, certs):
+        self.address = address
+        self.certs = certs
+
+    def credentials(self, role):
+        read = lambda name: (self.certs / name).read_bytes()
+        return grpc.ssl_channel_credentials(
+            root_certificates=read("ca.pem"),
+            private_key=read(f"{role}.key"),
+            certificate_chain=read(f"{role}.pem"),
+        )
+
+    def channel(self, role):
+        # The server certificate names localhost; connect by address, verify by name.
+        return grpc.secure_channel(
+            self.address,
+            self.credentials(role),
+            options=[("grpc.ssl_target_name_override", "localhost")],
+        )
+
+
+@pytest.fixture(scope="session")
+def vault():
+    if not TANDEMCTL.exists():
+        pytest.fail(f"{TANDEMCTL} is missing: run `cargo build -p tandemctl` first")
+    port = _free_port()
+    certs = pathlib.Path(tempfile.mkdtemp(prefix="tandem-py-"))
+    env = dict(os.environ, TANDEM_VAULT__SERVER__LISTEN_ADDR=f"127.0.0.1:{port}")
+    database = f"tandem_test_py_{uuid.uuid4().hex[:12]}"
+    log = open(certs / "vault.log", "wb")
+    process = subprocess.Popen(
+        [str(TANDEMCTL), "dev", "--dir", str(certs), "--vault-database", database],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.close()
+                pytest.fail("tandemctl dev did not start:\n" + (certs / "vault.log").read_text())
+            time.sleep(0.1)
+    yield Vault(f"127.0.0.1:{port}", certs)
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    shutil.rmtree(certs, ignore_errors=True)

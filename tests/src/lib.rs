@@ -1,0 +1,276 @@
+//! Test harness for Tandem's end-to-end tests: a fresh Postgres database per test, a test PKI,
+//! an in-process vault on `127.0.0.1:0` over real mutual TLS, and log capture.
+//!
+//! Every test gets its own database (`tandem_test_<uuid>`) on the server named by
+//! `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`), so tests run in
+//! parallel without sharing state. `scripts/test.sh` drops databases left by earlier runs.
+
+#![allow(clippy::print_stdout)]
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use sqlx::{Connection as _, Executor as _, PgConnection};
+use tandem_tls::TlsFiles;
+use tandem_tls::identity::Role;
+use tandem_vault::config::Settings;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// Test card numbers (Stripe's test mode), used to grep logs and tables for leaks.
+pub const TEST_PANS: [&str; 4] = [
+    "4242424242424242",
+    "5555555555554444",
+    "378282246310005",
+    "4000056655665556",
+];
+
+/// The admin URL of the Postgres server tests create their databases on.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `url` with its database name replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("a database URL has a path");
+    format!("{base}/{database}")
+}
+
+/// A fresh, empty database for one test.
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    /// Its name.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates the database.
+    pub async fn create() -> TestDatabase {
+        let name = format!("tandem_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url())
+            .await
+            .expect("connect to the test Postgres (is it running? see scripts/test.sh)");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let url = with_database(&admin_url(), &name);
+        TestDatabase { name, url }
+    }
+
+    /// Connects to the database.
+    pub async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url)
+            .await
+            .expect("connect to test database")
+    }
+}
+
+/// A test PKI: a CA with every role's identity and the servers' certificates, plus a second,
+/// untrusted CA with its own tokenizer identity.
+#[derive(Debug)]
+pub struct TestPki {
+    /// Directory of the trusted set.
+    pub dir: PathBuf,
+    /// Directory of the untrusted set.
+    pub rogue_dir: PathBuf,
+}
+
+impl TestPki {
+    /// The client identity of `role`.
+    pub fn client(&self, role: Role) -> TlsFiles {
+        TlsFiles::in_dir(&self.dir, role.as_str())
+    }
+
+    /// A tokenizer identity issued by a CA the servers do not trust.
+    pub fn rogue_client(&self) -> TlsFiles {
+        TlsFiles::in_dir(&self.rogue_dir, Role::Tokenizer.as_str())
+    }
+
+    /// The vault server's files.
+    pub fn vault_server(&self) -> TlsFiles {
+        TlsFiles::in_dir(&self.dir, "vault-server")
+    }
+}
+
+/// The process-wide test PKI, made once.
+pub fn pki() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("tandem-test-pki-{}", std::process::id()));
+        let dir = root.join("trusted");
+        let rogue_dir = root.join("rogue");
+        let hosts = ["localhost", "127.0.0.1"];
+        let prefix = tandem_tls::identity::DEFAULT_URI_PREFIX;
+        tandem_tls::issue::write_set(&dir, prefix, &hosts, "test", 1).expect("test PKI");
+        tandem_tls::issue::write_set(&rogue_dir, prefix, &hosts, "test", 1).expect("rogue PKI");
+        TestPki { dir, rogue_dir }
+    })
+}
+
+/// Vault settings for a test: port 0, the test PKI, the test database, a root key in a
+/// temporary file, fast purge.
+pub fn vault_settings(database: &TestDatabase) -> Settings {
+    let mut settings = Settings::default();
+    let pki = pki();
+    let server = pki.vault_server();
+    settings.tls.cert_path = server.cert_path;
+    settings.tls.key_path = server.key_path;
+    settings.tls.ca_path = server.ca_path;
+    settings.database.url = tandem_vault::config::SecretString::new(database.url.clone());
+    settings.database.connections_max = 8;
+    settings.keys.dev_root_key_path = std::env::temp_dir()
+        .join(format!("tandem-test-keys-{}", database.name))
+        .join("root.key");
+    settings.tokens.purge_interval_ms = 200;
+    settings
+}
+
+/// A vault running in this process.
+#[derive(Debug)]
+pub struct RunningVault {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its database.
+    pub database: TestDatabase,
+    /// Its settings.
+    pub settings: Settings,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), tandem_vault::server::RunError>>>,
+}
+
+impl RunningVault {
+    /// Starts a vault on a fresh database and waits until it answers health checks.
+    pub async fn start() -> RunningVault {
+        let database = TestDatabase::create().await;
+        RunningVault::start_with(vault_settings(&database), database).await
+    }
+
+    /// Starts a vault with `settings` on `database`.
+    pub async fn start_with(settings: Settings, database: TestDatabase) -> RunningVault {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(tandem_vault::run(listener, settings.clone(), async {
+            let _ = stopped.await;
+        }));
+        let vault = RunningVault {
+            addr,
+            database,
+            settings,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        vault.wait_until_serving().await;
+        vault
+    }
+
+    async fn wait_until_serving(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(channel) = self.try_channel(&pki().client(Role::Tokenizer)).await {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let request = tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                };
+                if health.check(request).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "vault did not start within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The `https://` URI of the vault.
+    pub fn uri(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// A channel authenticated as `files`.
+    pub async fn try_channel(&self, files: &TlsFiles) -> Result<Channel, String> {
+        tandem_tls::client::connect(&self.uri(), files, "localhost", Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// A channel authenticated as `role`.
+    pub async fn channel(&self, role: Role) -> Channel {
+        self.try_channel(&pki().client(role))
+            .await
+            .expect("connect to vault")
+    }
+
+    /// Stops the vault and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("vault task panicked")
+                .expect("vault stopped with an error");
+        }
+    }
+}
+
+/// Captured log output of this test process.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Installs a global subscriber at TRACE level (everything, including dependencies) that
+    /// writes JSON lines into the capture. Every call in a process returns the same capture
+    /// (tests sharing a process, as under `cargo test`, share it).
+    pub fn install() -> LogCapture {
+        static CAPTURE: OnceLock<LogCapture> = OnceLock::new();
+        CAPTURE
+            .get_or_init(|| {
+                let capture = LogCapture::default();
+                let writer = capture.clone();
+                tracing_subscriber::fmt()
+                    .json()
+                    .with_max_level(tracing::Level::TRACE)
+                    .with_writer(move || writer.clone())
+                    .init();
+                capture
+            })
+            .clone()
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes `contents` to `path`, creating parent directories.
+pub fn write_file(path: &Path, contents: &[u8]) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(contents))
+        .expect("write file");
+}
