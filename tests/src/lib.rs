@@ -215,6 +215,10 @@ impl RunningVault {
 
     /// Stops the vault and waits for it to finish.
     pub async fn stop(mut self) {
+        self.shut_down().await;
+    }
+
+    async fn shut_down(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -223,6 +227,13 @@ impl RunningVault {
                 .expect("vault task panicked")
                 .expect("vault stopped with an error");
         }
+    }
+
+    /// Stops the vault and starts a new one on the same database, keys and settings (a
+    /// restart, on a new port).
+    pub async fn restart(mut self) -> RunningVault {
+        self.shut_down().await;
+        RunningVault::start_with(self.settings.clone(), self.database.clone()).await
     }
 }
 

@@ -17,17 +17,47 @@ pub enum Rpc {
     RevokeToken,
     /// `TokenService/RevokeByFingerprint`
     RevokeByFingerprint,
+    /// `ChargeService/Authorize`
+    Authorize,
+    /// `ChargeService/Capture`
+    Capture,
+    /// `ChargeService/Void`
+    Void,
+    /// `ChargeService/Refund`
+    Refund,
+    /// `ChargeService/GetCharge`
+    GetCharge,
+    /// `SandboxService/ConfigureSandboxCard`
+    ConfigureSandboxCard,
+    /// `SandboxService/GetSandboxCard`
+    GetSandboxCard,
+    /// `SandboxService/ListSandboxOperations`
+    ListSandboxOperations,
+    /// `SandboxService/ListSettlementRecords`
+    ListSettlementRecords,
+    /// The vault's own recovery job; no caller may invoke it.
+    RecoverCharges,
 }
 
 impl Rpc {
     /// Every RPC, for tests that check the table is complete.
-    pub const ALL: [Rpc; 6] = [
+    pub const ALL: [Rpc; 16] = [
         Rpc::Tokenize,
         Rpc::GetToken,
         Rpc::ListTokens,
         Rpc::UpdateCard,
         Rpc::RevokeToken,
         Rpc::RevokeByFingerprint,
+        Rpc::Authorize,
+        Rpc::Capture,
+        Rpc::Void,
+        Rpc::Refund,
+        Rpc::GetCharge,
+        Rpc::ConfigureSandboxCard,
+        Rpc::GetSandboxCard,
+        Rpc::ListSandboxOperations,
+        Rpc::ListSettlementRecords,
+        Rpc::RecoverCharges,
     ];
 
     /// The full gRPC method name, as written to audit rows.
@@ -39,6 +69,16 @@ impl Rpc {
             Rpc::UpdateCard => "tandem.vault.v1.TokenService/UpdateCard",
             Rpc::RevokeToken => "tandem.vault.v1.TokenService/RevokeToken",
             Rpc::RevokeByFingerprint => "tandem.vault.v1.TokenService/RevokeByFingerprint",
+            Rpc::Authorize => "tandem.vault.v1.ChargeService/Authorize",
+            Rpc::Capture => "tandem.vault.v1.ChargeService/Capture",
+            Rpc::Void => "tandem.vault.v1.ChargeService/Void",
+            Rpc::Refund => "tandem.vault.v1.ChargeService/Refund",
+            Rpc::GetCharge => "tandem.vault.v1.ChargeService/GetCharge",
+            Rpc::ConfigureSandboxCard => "tandem.vault.v1.SandboxService/ConfigureSandboxCard",
+            Rpc::GetSandboxCard => "tandem.vault.v1.SandboxService/GetSandboxCard",
+            Rpc::ListSandboxOperations => "tandem.vault.v1.SandboxService/ListSandboxOperations",
+            Rpc::ListSettlementRecords => "tandem.vault.v1.SandboxService/ListSettlementRecords",
+            Rpc::RecoverCharges => "tandem.vault.internal/RecoverCharges",
         }
     }
 
@@ -51,6 +91,14 @@ impl Rpc {
             | Rpc::RevokeToken
             | Rpc::RevokeByFingerprint => &[Role::Tokenizer],
             Rpc::GetToken => &[Role::Tokenizer, Role::Orchestrator],
+            Rpc::Authorize | Rpc::Capture | Rpc::Void | Rpc::Refund | Rpc::GetCharge => {
+                &[Role::Orchestrator]
+            }
+            Rpc::ConfigureSandboxCard
+            | Rpc::GetSandboxCard
+            | Rpc::ListSandboxOperations
+            | Rpc::ListSettlementRecords => &[Role::Admin],
+            Rpc::RecoverCharges => &[],
         }
     }
 
@@ -64,19 +112,34 @@ impl Rpc {
 mod tests {
     use super::*;
 
-    /// The table matches DESIGN section 2: tokenizers hold TokenService, the orchestrator may
-    /// only read tokens, and no other role reaches TokenService at all.
+    /// The table matches DESIGN section 2: tokenizers hold TokenService, the orchestrator
+    /// charges and may only read tokens, admins run the sandbox, nobody calls the internal
+    /// recovery job, and the other roles reach none of it.
     #[test]
     fn role_table() {
+        let charge = [
+            Rpc::Authorize,
+            Rpc::Capture,
+            Rpc::Void,
+            Rpc::Refund,
+            Rpc::GetCharge,
+        ];
+        let sandbox = [
+            Rpc::ConfigureSandboxCard,
+            Rpc::GetSandboxCard,
+            Rpc::ListSandboxOperations,
+            Rpc::ListSettlementRecords,
+        ];
         for rpc in Rpc::ALL {
-            assert!(rpc.allows(Role::Tokenizer), "{rpc:?}");
+            let token_service = rpc.method().starts_with("tandem.vault.v1.TokenService/");
+            assert_eq!(rpc.allows(Role::Tokenizer), token_service, "{rpc:?}");
             assert_eq!(
                 rpc.allows(Role::Orchestrator),
-                rpc == Rpc::GetToken,
+                rpc == Rpc::GetToken || charge.contains(&rpc),
                 "{rpc:?}"
             );
+            assert_eq!(rpc.allows(Role::Admin), sandbox.contains(&rpc), "{rpc:?}");
             for role in [
-                Role::Admin,
                 Role::Auditor,
                 Role::Payer,
                 Role::Treasury,
@@ -86,5 +149,6 @@ mod tests {
                 assert!(!rpc.allows(role), "{rpc:?} {role}");
             }
         }
+        assert!(Rpc::RecoverCharges.roles().is_empty());
     }
 }

@@ -51,6 +51,10 @@ pub struct Settings {
     pub tokens: TokenSettings,
     /// The audit writer.
     pub audit: AuditSettings,
+    /// Charging limits.
+    pub charges: ChargeSettings,
+    /// The processor connector.
+    pub connector: ConnectorSettings,
 }
 
 /// The gRPC server's limits.
@@ -237,6 +241,63 @@ impl Default for AuditSettings {
     }
 }
 
+/// Charging limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChargeSettings {
+    /// Largest amount one `Authorize` may hold, in minor units of any currency.
+    pub amount_minor_max: i64,
+    /// How often the recovery job re-drives charges whose processor call was interrupted
+    /// (a crash, a timeout, a cancelled caller).
+    pub recovery_interval_ms: u64,
+    /// A pending charge or operation is left to its caller for this long before the recovery
+    /// job resolves it.
+    pub recovery_after_ms: u64,
+    /// Charges resolved per recovery pass.
+    pub recovery_batch_max: u32,
+}
+
+impl Default for ChargeSettings {
+    fn default() -> Self {
+        Self {
+            amount_minor_max: 100_000_000_000,
+            recovery_interval_ms: 10_000,
+            recovery_after_ms: 30_000,
+            recovery_batch_max: 100,
+        }
+    }
+}
+
+/// The processor connector that charges cards.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectorSettings {
+    /// The connector: `sandbox` (the built-in simulated acquirer) is the only one built in.
+    pub kind: String,
+    /// Longest wait for one processor call; after it the outcome is unknown and the charge
+    /// stays pending until resolved.
+    pub timeout_ms: u64,
+    /// Consecutive transport failures (timeouts, unreachable processor) that open the circuit
+    /// breaker.
+    pub breaker_failures_max: u32,
+    /// How long an open breaker refuses calls before it lets one probe through.
+    pub breaker_open_ms: u64,
+    /// The statement descriptor used when a charge gives none.
+    pub statement_descriptor_default: String,
+}
+
+impl Default for ConnectorSettings {
+    fn default() -> Self {
+        Self {
+            kind: "sandbox".to_owned(),
+            timeout_ms: 5_000,
+            breaker_failures_max: 5,
+            breaker_open_ms: 10_000,
+            statement_descriptor_default: "TANDEM".to_owned(),
+        }
+    }
+}
+
 /// A configuration error: one line naming the file or key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -294,7 +355,7 @@ impl Settings {
     /// Checks every range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let prefix = &self.tls.identity_uri_prefix;
-        let checks: [(bool, &'static str, &'static str); 17] = [
+        let checks: [(bool, &'static str, &'static str); 23] = [
             (
                 (1_000..=3_600_000).contains(&self.server.http2_keepalive_interval_ms)
                     && (1..=600_000).contains(&self.server.http2_keepalive_timeout_ms),
@@ -386,6 +447,45 @@ impl Settings {
                     && (self.audit.writer_tasks as u32) < self.database.connections_max,
                 "audit.writer_tasks",
                 "must be 1 to 64 and less than database.connections_max",
+            ),
+            (
+                (1..=1_000_000_000_000_000).contains(&self.charges.amount_minor_max),
+                "charges.amount_minor_max",
+                "must be 1 to 1000000000000000",
+            ),
+            (
+                (100..=3_600_000).contains(&self.charges.recovery_interval_ms)
+                    && (1..=10_000).contains(&self.charges.recovery_batch_max),
+                "charges.recovery_interval_ms",
+                "must be 100 to 3600000 (and charges.recovery_batch_max 1 to 10000)",
+            ),
+            (
+                self.charges.recovery_after_ms > self.connector.timeout_ms
+                    && self.charges.recovery_after_ms <= 86_400_000,
+                "charges.recovery_after_ms",
+                "must exceed connector.timeout_ms and be at most 86400000",
+            ),
+            (
+                self.connector.kind == "sandbox",
+                "connector.kind",
+                "must be \"sandbox\" (the only connector built in)",
+            ),
+            (
+                (1..=600_000).contains(&self.connector.timeout_ms)
+                    && self.connector.timeout_ms < self.server.request_timeout_ms,
+                "connector.timeout_ms",
+                "must be 1 to 600000 and less than server.request_timeout_ms",
+            ),
+            (
+                (1..=1000).contains(&self.connector.breaker_failures_max)
+                    && (1..=3_600_000).contains(&self.connector.breaker_open_ms)
+                    && crate::domain::charge::StatementDescriptor::parse(
+                        &self.connector.statement_descriptor_default,
+                    )
+                    .is_ok_and(|d| !d.as_str().is_empty()),
+                "connector.breaker_failures_max",
+                "must be 1 to 1000 (and connector.breaker_open_ms 1 to 3600000, \
+                 connector.statement_descriptor_default a valid descriptor)",
             ),
         ];
         match checks.into_iter().find(|(ok, _, _)| !ok) {

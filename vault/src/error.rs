@@ -56,6 +56,45 @@ pub enum Error {
     /// The card changed while an update was being prepared, more often than retries allow.
     #[error("the card changed concurrently; retry")]
     ConcurrentUpdate,
+    /// No such charge.
+    #[error("charge not found")]
+    ChargeNotFound,
+    /// The charge is not AUTHORIZED (declined, voided, pending or captured).
+    #[error("charge is not authorized")]
+    ChargeNotAuthorized,
+    /// The charge was captured; it can only be refunded.
+    #[error("charge was already captured")]
+    ChargeAlreadyCaptured,
+    /// The charge has nothing captured to refund.
+    #[error("charge is not captured")]
+    ChargeNotCaptured,
+    /// The amount's currency is not the charge's.
+    #[error("currency differs from the charge's")]
+    CurrencyMismatch,
+    /// A capture above the approved amount.
+    #[error("amount exceeds the approved amount")]
+    AmountExceedsApproved,
+    /// A refund above what remains refundable.
+    #[error("amount exceeds the refundable amount")]
+    AmountExceedsRefundable,
+    /// The charge has its maximum number of refunds.
+    #[error("the charge has the maximum number of refunds")]
+    RefundLimitReached,
+    /// Another capture or void of the charge is still in flight.
+    #[error("another operation on the charge is in progress; retry")]
+    ChargeBusy,
+    /// The processor's answer about a pending charge is not known yet.
+    #[error("the outcome of the authorization is not known yet; retry")]
+    OutcomeUnknown,
+    /// The processor is unreachable or its circuit breaker is open; nothing was done.
+    #[error("processor unavailable")]
+    ProcessorUnavailable,
+    /// The processor did not answer in time; the outcome is unknown until resolved.
+    #[error("processor did not answer in time")]
+    ProcessorTimeout,
+    /// The processor refused a capture, void or refund.
+    #[error("processor refused the operation ({0})")]
+    ProcessorRefused(&'static str),
     /// The vault is sealed: no data operation until custodians unseal it.
     #[error("vault is sealed")]
     Sealed,
@@ -91,6 +130,19 @@ impl Error {
             Error::RequestIdReused => "REQUEST_ID_REUSED",
             Error::RequestIdTaken => "REQUEST_IN_PROGRESS",
             Error::ConcurrentUpdate => "CONCURRENT_UPDATE",
+            Error::ChargeNotFound => "CHARGE_NOT_FOUND",
+            Error::ChargeNotAuthorized => "CHARGE_NOT_AUTHORIZED",
+            Error::ChargeAlreadyCaptured => "CHARGE_ALREADY_CAPTURED",
+            Error::ChargeNotCaptured => "CHARGE_NOT_CAPTURED",
+            Error::CurrencyMismatch => "CURRENCY_MISMATCH",
+            Error::AmountExceedsApproved => "AMOUNT_EXCEEDS_APPROVED",
+            Error::AmountExceedsRefundable => "AMOUNT_EXCEEDS_REFUNDABLE",
+            Error::RefundLimitReached => "REFUND_LIMIT_REACHED",
+            Error::ChargeBusy => "CHARGE_OPERATION_IN_PROGRESS",
+            Error::OutcomeUnknown => "OUTCOME_UNKNOWN",
+            Error::ProcessorUnavailable => "PROCESSOR_UNAVAILABLE",
+            Error::ProcessorTimeout => "PROCESSOR_TIMEOUT",
+            Error::ProcessorRefused(_) => "PROCESSOR_REFUSED",
             Error::Sealed => "VAULT_SEALED",
             Error::KeyBudgetExhausted => "KEY_BUDGET_EXHAUSTED",
             Error::ShuttingDown => "SHUTTING_DOWN",

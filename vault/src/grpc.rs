@@ -1,6 +1,7 @@
 //! The gRPC edge: thin handlers that identify the caller, check its role, convert the request,
 //! call the service layer and convert back. No business logic lives here.
 
+pub mod charge;
 pub mod convert;
 pub mod status;
 
@@ -39,24 +40,35 @@ impl TokenApi {
 
     /// Identifies and authorizes the caller of `request` for `rpc`.
     async fn context<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<RequestContext, Status> {
-        let ctx = RequestContext {
-            caller: tandem_tls::identity::caller_of(request, &self.uri_prefix).ok(),
-            rpc,
-            correlation_id: correlation_id(request),
-        };
-        let span = tracing::Span::current();
-        span.record("correlation_id", ctx.correlation_id.as_str());
-        if let Some(caller) = &ctx.caller {
-            span.record("caller", tracing::field::display(caller));
-        }
-        self.vault.authorize(&ctx).await.map_err(to_status)?;
-        Ok(ctx)
+        context(&self.vault, &self.uri_prefix, request, rpc).await
     }
 
     /// Audits a conversion failure and turns it into a status.
     async fn refuse(&self, ctx: &RequestContext, error: Error) -> Status {
         to_status(self.vault.refuse(ctx, None, error).await)
     }
+}
+
+/// Identifies the caller of `request` from its certificate (identities under `uri_prefix`),
+/// records it on the current span, and checks its role for `rpc` (a refusal is audited).
+pub(crate) async fn context<T>(
+    vault: &Vault,
+    uri_prefix: &str,
+    request: &Request<T>,
+    rpc: Rpc,
+) -> Result<RequestContext, Status> {
+    let ctx = RequestContext {
+        caller: tandem_tls::identity::caller_of(request, uri_prefix).ok(),
+        rpc,
+        correlation_id: correlation_id(request),
+    };
+    let span = tracing::Span::current();
+    span.record("correlation_id", ctx.correlation_id.as_str());
+    if let Some(caller) = &ctx.caller {
+        span.record("caller", tracing::field::display(caller));
+    }
+    vault.authorize(&ctx).await.map_err(to_status)?;
+    Ok(ctx)
 }
 
 /// The client's `x-request-id` if it is short printable ASCII holding no card number,
@@ -75,7 +87,7 @@ fn correlation_id<T>(request: &Request<T>) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
-fn respond<T>(ctx: &RequestContext, message: T) -> Response<T> {
+pub(crate) fn respond<T>(ctx: &RequestContext, message: T) -> Response<T> {
     let mut response = Response::new(message);
     if let Ok(value) = MetadataValue::try_from(ctx.correlation_id.as_str()) {
         response.metadata_mut().insert(CORRELATION_HEADER, value);
@@ -83,7 +95,7 @@ fn respond<T>(ctx: &RequestContext, message: T) -> Response<T> {
     response
 }
 
-fn today() -> time::Date {
+pub(crate) fn today() -> time::Date {
     time::OffsetDateTime::now_utc().date()
 }
 

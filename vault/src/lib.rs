@@ -33,7 +33,9 @@
 
 pub mod audit;
 pub mod auth;
+pub mod charging;
 pub mod config;
+pub mod connector;
 pub mod crypto;
 pub mod domain;
 pub mod error;

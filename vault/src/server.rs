@@ -7,19 +7,28 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tandem_proto::tandem::vault::v1::charge_service_server::ChargeServiceServer;
+use tandem_proto::tandem::vault::v1::sandbox_service_server::SandboxServiceServer;
 use tandem_proto::tandem::vault::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::charging::Charges;
 use crate::config::{RootKeySource, Settings};
+use crate::connector::Guarded;
+use crate::connector::breaker::{Breaker, BreakerState};
+use crate::connector::sandbox::Sandbox;
 use crate::grpc::TokenApi;
+use crate::grpc::charge::{ChargeApi, SandboxApi};
 use crate::keys::{KeyLoadError, KeyRing, load_or_create_dev_root_key};
 use crate::service::Vault;
 use crate::writer::Writer;
 
 /// The gRPC services this server registers, as reflection advertises them.
-const SERVED_SERVICES: [&str; 4] = [
+const SERVED_SERVICES: [&str; 6] = [
     "tandem.vault.v1.TokenService",
+    "tandem.vault.v1.ChargeService",
+    "tandem.vault.v1.SandboxService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -86,6 +95,23 @@ pub async fn run(
         settings.tokens.clone(),
     ));
 
+    let sandbox = Sandbox::new(pool.clone());
+    let connector = Guarded::new(
+        Arc::new(sandbox.clone()),
+        Duration::from_millis(settings.connector.timeout_ms),
+        Breaker::new(
+            settings.connector.breaker_failures_max,
+            Duration::from_millis(settings.connector.breaker_open_ms),
+        ),
+    );
+    let charges = Arc::new(Charges::new(
+        vault.clone(),
+        connector,
+        sandbox,
+        settings.charges.clone(),
+        &settings.connector,
+    ));
+
     let (stop_sender, stop) = watch::channel(false);
     let purge_task = tokio::spawn(purge_loop(
         vault.clone(),
@@ -97,6 +123,16 @@ pub async fn run(
     health_reporter
         .set_serving::<TokenServiceServer<TokenApi>>()
         .await;
+    health_reporter
+        .set_serving::<SandboxServiceServer<SandboxApi>>()
+        .await;
+    // ChargeService's health follows the connector's circuit breaker: NOT_SERVING while it
+    // is open, so that load balancers and the orchestrator see the processor outage.
+    let recovery_task = tokio::spawn(charge_loop(
+        charges.clone(),
+        health_reporter.clone(),
+        stop.clone(),
+    ));
     // Reflection advertises exactly the services served here: the descriptor set also holds
     // the orchestrator's, which this server does not serve.
     let reflection = || {
@@ -118,6 +154,13 @@ pub async fn run(
     ))
     .max_decoding_message_size(message_bytes_max)
     .max_encoding_message_size(message_bytes_max);
+    let uri_prefix = &settings.tls.identity_uri_prefix;
+    let charge_service = ChargeServiceServer::new(ChargeApi::new(charges.clone(), uri_prefix))
+        .max_decoding_message_size(message_bytes_max)
+        .max_encoding_message_size(message_bytes_max);
+    let sandbox_service = SandboxServiceServer::new(SandboxApi::new(charges.clone(), uri_prefix))
+        .max_decoding_message_size(message_bytes_max)
+        .max_encoding_message_size(message_bytes_max);
 
     let address = listener.local_addr().ok();
     let incoming = tandem_tls::server::incoming(
@@ -141,6 +184,8 @@ pub async fn run(
             settings.server.http2_keepalive_timeout_ms,
         )))
         .add_service(token_service)
+        .add_service(charge_service)
+        .add_service(sandbox_service)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -152,10 +197,13 @@ pub async fn run(
     let stopper = async move {
         shutdown.await;
         tracing::info!("vault shutting down");
+        let _ = stop_sender.send(true);
         health_reporter
             .set_not_serving::<TokenServiceServer<TokenApi>>()
             .await;
-        let _ = stop_sender.send(true);
+        health_reporter
+            .set_not_serving::<ChargeServiceServer<ChargeApi>>()
+            .await;
         // Keep the sender alive until the grace period is over.
         tokio::time::sleep(grace).await;
         drop(stop_sender);
@@ -171,7 +219,9 @@ pub async fn run(
         }
     };
     purge_task.abort();
+    recovery_task.abort();
     // The writer stops once the last handle (inside `vault`) is gone; let it drain first.
+    drop(charges);
     drop(vault);
     let _ = tokio::time::timeout(grace, writer_task).await;
     pool.close().await;
@@ -190,6 +240,45 @@ async fn purge_loop(vault: Arc<Vault>, interval: Duration, mut stop: watch::Rece
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "purged expired tokens"),
             Err(error) => tracing::warn!(%error, "purge of expired tokens failed"),
+        }
+    }
+}
+
+/// Every `charges.recovery_interval_ms`, finishes charge work left pending; every second,
+/// reports ChargeService's health from the connector's circuit breaker.
+async fn charge_loop(
+    charges: Arc<Charges>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let recovery_interval = Duration::from_millis(charges.settings().recovery_interval_ms);
+    let mut recovery = tokio::time::interval(recovery_interval);
+    recovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut health_check = tokio::time::interval(Duration::from_secs(1));
+    let mut serving = None;
+    loop {
+        tokio::select! {
+            _ = recovery.tick() => {
+                match charges.recover().await {
+                    Ok(0) => {}
+                    Ok(resumed) => tracing::info!(resumed, "recovery resumed pending charges"),
+                    Err(error) => tracing::warn!(%error, "charge recovery failed"),
+                }
+            }
+            _ = health_check.tick() => {
+                let state = charges.connector().breaker_state();
+                let now_serving = state != BreakerState::Open;
+                if serving != Some(now_serving) {
+                    serving = Some(now_serving);
+                    if now_serving {
+                        health.set_serving::<ChargeServiceServer<ChargeApi>>().await;
+                    } else {
+                        tracing::warn!(connector = charges.connector().name(), "circuit breaker open");
+                        health.set_not_serving::<ChargeServiceServer<ChargeApi>>().await;
+                    }
+                }
+            }
+            () = async { let _ = stop.wait_for(|stopped| *stopped).await; } => return,
         }
     }
 }

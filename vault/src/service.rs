@@ -38,6 +38,10 @@ impl RequestContext {
     fn audit(&self, reason: impl Into<String>) -> AuditContext {
         let (caller, role) = match &self.caller {
             Some(caller) => (caller.to_string(), caller.role.to_string()),
+            // The vault's own jobs run without a peer certificate.
+            None if self.rpc == Rpc::RecoverCharges => {
+                ("system/recovery".to_owned(), "system".to_owned())
+            }
             None => ("unknown".to_owned(), "none".to_owned()),
         };
         AuditContext {
@@ -77,6 +81,38 @@ impl Vault {
             writer,
             settings,
         }
+    }
+
+    /// The key ring, for the charging side.
+    pub(crate) fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// Commits `mutation` with its audit row (`reason` is the row's free text).
+    pub(crate) async fn submit<M: Mutation>(
+        &self,
+        mutation: M,
+        ctx: &RequestContext,
+        reason: &str,
+    ) -> Result<M::Output, Error> {
+        self.writer.submit(mutation, ctx.audit(reason)).await
+    }
+
+    /// Writes only an audit row, for a read or a call that changed nothing.
+    pub(crate) async fn audit(
+        &self,
+        ctx: &RequestContext,
+        token: Option<&Token>,
+        outcome: &'static str,
+        reason: &str,
+    ) -> Result<(), Error> {
+        self.writer
+            .audit(
+                token.map(|t| t.as_str().to_owned()),
+                outcome,
+                ctx.audit(reason),
+            )
+            .await
     }
 
     /// The token settings (limits the edge enforces).
@@ -390,7 +426,7 @@ impl Vault {
 
 /// The current time at the precision Postgres stores (microseconds), so that a value returned
 /// right after a write equals the value read back later.
-fn now_micros() -> OffsetDateTime {
+pub(crate) fn now_micros() -> OffsetDateTime {
     crate::audit::truncate_to_micros(OffsetDateTime::now_utc())
 }
 

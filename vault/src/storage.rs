@@ -4,6 +4,8 @@
 //! Queries are checked at run time, not compile time (no database is needed to build); each one
 //! is exercised by the crate's Postgres-backed tests.
 
+pub mod charges;
+
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgExecutor, Row as _};
 use time::OffsetDateTime;

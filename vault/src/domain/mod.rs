@@ -4,7 +4,7 @@
 //! Pure code: no IO, no tonic, no sqlx. Every type here is valid by construction; the gRPC edge
 //! builds them from wire messages and the service layer trusts them.
 
-
+pub mod charge;
 pub mod expiry;
 pub mod pan;
 pub mod token;

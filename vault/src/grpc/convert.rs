@@ -17,16 +17,22 @@ use crate::storage::CardFilter;
 
 /// Collects violations while fields are checked.
 #[derive(Default)]
-struct Violations(Vec<FieldViolation>);
+pub(crate) struct Violations(Vec<FieldViolation>);
 
 impl Violations {
-    fn check<T, E: ToString>(&mut self, field: &'static str, result: Result<T, E>) -> Option<T> {
+    /// Keeps `result`'s value, or records its error against `field`.
+    pub(crate) fn check<T, E: ToString>(
+        &mut self,
+        field: &'static str,
+        result: Result<T, E>,
+    ) -> Option<T> {
         result
             .map_err(|e| self.0.push(FieldViolation::new(field, e)))
             .ok()
     }
 
-    fn finish<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T, Error> {
+    /// The checked value if no field was violated, else every violation.
+    pub(crate) fn finish<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T, Error> {
         if self.0.is_empty() {
             // Every field was Some when nothing was violated.
             value().ok_or_else(|| Error::InvalidArgument(Vec::new()))
@@ -206,26 +212,45 @@ pub fn list_tokens(
 
 /// An opaque page token: the last id of the page and a digest of the filters, base64url.
 pub fn encode_page_token(before_id: i64, filter: &CardFilter) -> String {
-    let mut bytes = before_id.to_be_bytes().to_vec();
-    bytes.extend_from_slice(&filter_digest(filter));
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    encode_cursor(before_id, &card_filter_scope(filter))
 }
 
 fn decode_page_token(text: &str, filter: &CardFilter) -> Option<i64> {
+    decode_cursor(text, &card_filter_scope(filter))
+}
+
+fn card_filter_scope(filter: &CardFilter) -> Vec<u8> {
+    let mut scope = filter
+        .fingerprint
+        .map_or([0; 32], |fp| *fp.as_bytes())
+        .to_vec();
+    scope.extend_from_slice(filter.state.map_or("", TokenState::as_str).as_bytes());
+    scope
+}
+
+/// An opaque AIP-158 page token: a position in a list and a digest of the query it belongs
+/// to (`scope`: the RPC and its filters), so a token used with other filters is refused.
+pub(crate) fn encode_cursor(position: i64, scope: &[u8]) -> String {
+    let mut bytes = position.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&scope_digest(scope));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The position in a page token of the query `scope`, if it is one.
+pub(crate) fn decode_cursor(text: &str, scope: &[u8]) -> Option<i64> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text)
         .ok()?;
-    let (id, digest) = bytes.split_at_checked(8)?;
-    (digest == filter_digest(filter)).then_some(())?;
-    let id = i64::from_be_bytes(id.try_into().ok()?);
-    (id > 0).then_some(id)
+    let (position, digest) = bytes.split_at_checked(8)?;
+    (digest == scope_digest(scope)).then_some(())?;
+    let position = i64::from_be_bytes(position.try_into().ok()?);
+    (position > 0).then_some(position)
 }
 
-fn filter_digest(filter: &CardFilter) -> [u8; 8] {
+fn scope_digest(scope: &[u8]) -> [u8; 8] {
     let mut hasher = Sha256::new();
     hasher.update(b"tandem/vault/page/v1");
-    hasher.update(filter.fingerprint.map_or([0; 32], |fp| *fp.as_bytes()));
-    hasher.update(filter.state.map_or("", TokenState::as_str).as_bytes());
+    hasher.update(scope);
     let digest = hasher.finalize();
     digest[..8].try_into().expect("8 of 32 bytes")
 }
@@ -260,7 +285,7 @@ pub fn card(view: &CardView) -> pb::Card {
     }
 }
 
-fn brand(brand: Brand) -> pb::CardBrand {
+pub(crate) fn brand(brand: Brand) -> pb::CardBrand {
     match brand {
         Brand::Visa => pb::CardBrand::Visa,
         Brand::Mastercard => pb::CardBrand::Mastercard,
@@ -272,7 +297,7 @@ fn brand(brand: Brand) -> pb::CardBrand {
     }
 }
 
-fn timestamp(time: OffsetDateTime) -> prost_types::Timestamp {
+pub(crate) fn timestamp(time: OffsetDateTime) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: time.unix_timestamp(),
         nanos: time.nanosecond() as i32,

@@ -35,6 +35,55 @@ pub fn to_status(error: Error) -> Status {
         ),
         Error::RequestIdTaken => (Code::Aborted, "the same request is being processed; retry"),
         Error::ConcurrentUpdate => (Code::Aborted, "the card changed concurrently; retry"),
+        Error::ChargeNotFound => (Code::NotFound, "charge not found"),
+        Error::ChargeNotAuthorized => (
+            Code::FailedPrecondition,
+            "the charge is not authorized (declined, voided, pending or already captured)",
+        ),
+        Error::ChargeAlreadyCaptured => (
+            Code::FailedPrecondition,
+            "the charge was captured; refund it instead",
+        ),
+        Error::ChargeNotCaptured => (
+            Code::FailedPrecondition,
+            "the charge has no captured amount to refund",
+        ),
+        Error::CurrencyMismatch => (
+            Code::FailedPrecondition,
+            "the amount's currency differs from the charge's",
+        ),
+        Error::AmountExceedsApproved => (
+            Code::FailedPrecondition,
+            "the amount exceeds the approved amount",
+        ),
+        Error::AmountExceedsRefundable => (
+            Code::FailedPrecondition,
+            "the amount exceeds what remains refundable",
+        ),
+        Error::RefundLimitReached => (
+            Code::FailedPrecondition,
+            "the charge already has the maximum number of refunds",
+        ),
+        Error::ChargeBusy => (
+            Code::Aborted,
+            "another capture or void of this charge is in progress; retry",
+        ),
+        Error::OutcomeUnknown => (
+            Code::Unavailable,
+            "the processor's answer is not known yet; retry with the same request_id",
+        ),
+        Error::ProcessorUnavailable => (
+            Code::Unavailable,
+            "the processor is unavailable; nothing was charged",
+        ),
+        Error::ProcessorTimeout => (
+            Code::DeadlineExceeded,
+            "the processor did not answer in time; resolve the outcome with GetCharge",
+        ),
+        Error::ProcessorRefused(_) => (
+            Code::FailedPrecondition,
+            "the processor refused the operation",
+        ),
         Error::Sealed => (Code::Unavailable, "the vault is sealed"),
         Error::KeyBudgetExhausted => (
             Code::Unavailable,

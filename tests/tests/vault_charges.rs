@@ -1,0 +1,1010 @@
+//! End-to-end tests of the vault's `ChargeService` and `SandboxService` over real gRPC, mutual
+//! TLS and Postgres, against the built-in sandbox acquirer.
+
+use std::time::Duration;
+
+use sqlx::Row as _;
+use tandem_proto::tandem::r#type::v1 as types;
+use tandem_proto::tandem::vault::v1 as pb;
+use tandem_proto::tandem::vault::v1::charge_service_client::ChargeServiceClient;
+use tandem_proto::tandem::vault::v1::sandbox_service_client::SandboxServiceClient;
+use tandem_proto::tandem::vault::v1::token_service_client::TokenServiceClient;
+use tandem_tests::{LogCapture, RunningVault, TEST_PANS, TestDatabase, vault_settings};
+use tandem_tls::identity::Role;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
+
+type Charges = ChargeServiceClient<Channel>;
+
+/// Tokenizes `pan` and returns its token.
+async fn token_for(vault: &RunningVault, pan: &str) -> String {
+    let mut tokens = TokenServiceClient::new(vault.channel(Role::Tokenizer).await);
+    tokens
+        .tokenize(pb::TokenizeRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            pan: pan.to_owned(),
+            expiry_month: 12,
+            expiry_year: 2030,
+            holder_name: "Grace Hopper".to_owned(),
+            reuse_existing: false,
+            ttl_seconds: 0,
+        })
+        .await
+        .expect("tokenize")
+        .into_inner()
+        .card
+        .expect("card")
+        .token
+}
+
+async fn charges(vault: &RunningVault) -> Charges {
+    ChargeServiceClient::new(vault.channel(Role::Orchestrator).await)
+}
+
+async fn sandbox(vault: &RunningVault) -> SandboxServiceClient<Channel> {
+    SandboxServiceClient::new(vault.channel(Role::Admin).await)
+}
+
+fn usd(minor_units: i64) -> types::Money {
+    types::Money {
+        currency_code: "USD".to_owned(),
+        minor_units,
+    }
+}
+
+fn authorize_request(request_id: &str, token: &str, minor_units: i64) -> pb::AuthorizeRequest {
+    pb::AuthorizeRequest {
+        request_id: request_id.to_owned(),
+        token: token.to_owned(),
+        amount: Some(usd(minor_units)),
+        allow_partial_approval: false,
+        description: "invoice INV-7".to_owned(),
+        statement_descriptor: "TANDEM CLOUD".to_owned(),
+        reference: "payment/7/leg/1".to_owned(),
+        metadata: [("invoice".to_owned(), "INV-7".to_owned())].into(),
+    }
+}
+
+async fn authorize(client: &mut Charges, request: pb::AuthorizeRequest) -> pb::Charge {
+    client
+        .authorize(request)
+        .await
+        .expect("authorize")
+        .into_inner()
+        .charge
+        .expect("charge")
+}
+
+async fn capture(client: &mut Charges, charge_id: &str, amount: Option<i64>) -> pb::Charge {
+    client
+        .capture(pb::CaptureRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            charge_id: charge_id.to_owned(),
+            amount: amount.map(usd),
+        })
+        .await
+        .expect("capture")
+        .into_inner()
+        .charge
+        .expect("charge")
+}
+
+fn refund_request(charge_id: &str, minor_units: i64) -> pb::RefundRequest {
+    pb::RefundRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        charge_id: charge_id.to_owned(),
+        amount: Some(usd(minor_units)),
+        reason: "duplicate line".to_owned(),
+    }
+}
+
+async fn get_by_request(
+    client: &mut Charges,
+    request_id: &str,
+) -> Result<pb::Charge, tonic::Status> {
+    Ok(client
+        .get_charge(pb::GetChargeRequest {
+            lookup: Some(pb::get_charge_request::Lookup::RequestId(
+                request_id.to_owned(),
+            )),
+        })
+        .await?
+        .into_inner()
+        .charge
+        .expect("charge"))
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|info| {
+            assert_eq!(info.domain, "vault.tandem");
+            info.reason
+        })
+        .unwrap_or_default()
+}
+
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+fn state(charge: &pb::Charge) -> pb::ChargeState {
+    pb::ChargeState::try_from(charge.state).expect("known state")
+}
+
+fn minor(money: &Option<types::Money>) -> i64 {
+    money.as_ref().expect("amount").minor_units
+}
+
+/// Authorization calls the sandbox received for `token`, replays included: the vault itself
+/// must not repeat a call its own records already answer.
+async fn sandbox_authorizations(vault: &RunningVault, token: &str) -> usize {
+    let operations = sandbox(vault)
+        .await
+        .list_sandbox_operations(pb::ListSandboxOperationsRequest {
+            page_size: 1000,
+            token: token.to_owned(),
+            r#type: pb::SandboxOperationType::Authorize as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("list operations")
+        .into_inner()
+        .operations;
+    operations.len()
+}
+
+/// Every documented test card behaves as documented, end to end: approvals, each decline
+/// with its code and next action, partial approval on the limited-balance card (and a decline
+/// when partial approval is not allowed), the slow card's latency, and the card that fails its
+/// first two attempts.
+#[tokio::test]
+async fn test_cards_behave_as_documented() {
+    use types::DeclineCode as D;
+    use types::NextAction as N;
+    let vault = RunningVault::start().await;
+    let mut client = charges(&vault).await;
+    let cases: [(&str, Option<(D, N)>); 11] = [
+        ("4242424242424242", None),
+        ("5555555555554444", None),
+        ("378282246310005", None),
+        ("4000000000000002", Some((D::DoNotHonor, N::TryNextCard))),
+        (
+            "4000000000009995",
+            Some((D::InsufficientFunds, N::TryNextCard)),
+        ),
+        ("4000000000009987", Some((D::LostCard, N::TryNextCard))),
+        ("4000000000009979", Some((D::StolenCard, N::TryNextCard))),
+        ("4000000000000069", Some((D::ExpiredCard, N::TryNextCard))),
+        (
+            "4000000000000119",
+            Some((D::ProcessingError, N::RetrySameCard)),
+        ),
+        (
+            "4000002760003184",
+            Some((D::AuthenticationRequired, N::TryNextCard)),
+        ),
+        ("4100000000000019", Some((D::Blocked, N::TryNextCard))),
+    ];
+    for (pan, expected) in cases {
+        let token = token_for(&vault, pan).await;
+        let charge = authorize(
+            &mut client,
+            authorize_request(&format!("card-{}", &pan[pan.len() - 4..]), &token, 1000),
+        )
+        .await;
+        match expected {
+            None => {
+                assert_eq!(state(&charge), pb::ChargeState::Authorized, "{pan}");
+                assert_eq!(minor(&charge.approved), 1000, "{pan}");
+                assert_eq!(charge.authorization_code.len(), 6, "{pan}");
+                assert!(charge.processor_reference.starts_with("sbx_"), "{pan}");
+            }
+            Some((code, action)) => {
+                assert_eq!(state(&charge), pb::ChargeState::Declined, "{pan}");
+                assert_eq!(charge.decline_code, code as i32, "{pan}");
+                assert_eq!(charge.next_action, action as i32, "{pan}");
+                assert_eq!(minor(&charge.approved), 0, "{pan}");
+                assert!(!charge.processor_decline_code.is_empty(), "{pan}");
+            }
+        }
+        assert_eq!(charge.last4, &pan[pan.len() - 4..]);
+        assert_eq!(charge.processor, "sandbox");
+    }
+
+    // Limited balance (50.00 USD): a partial approval when allowed, a decline otherwise, and
+    // holds use up the balance.
+    let limited = token_for(&vault, "4000009900000012").await;
+    let refused = authorize(&mut client, authorize_request("limited-1", &limited, 8000)).await;
+    assert_eq!(refused.decline_code, D::InsufficientFunds as i32);
+    let mut partial_request = authorize_request("limited-2", &limited, 8000);
+    partial_request.allow_partial_approval = true;
+    let partial = authorize(&mut client, partial_request).await;
+    assert_eq!(state(&partial), pb::ChargeState::Authorized);
+    assert_eq!(
+        (minor(&partial.requested), minor(&partial.approved)),
+        (8000, 5000)
+    );
+    let exhausted = authorize(&mut client, authorize_request("limited-3", &limited, 100)).await;
+    assert_eq!(exhausted.decline_code, D::InsufficientFunds as i32);
+
+    // Slow: answers after about a second.
+    let slow = token_for(&vault, "4000009900000020").await;
+    let started = std::time::Instant::now();
+    let charge = authorize(&mut client, authorize_request("slow-1", &slow, 1000)).await;
+    assert_eq!(state(&charge), pb::ChargeState::Authorized);
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+
+    // Fails the first two attempts (retry the same card, new request id), then approves.
+    let flaky = token_for(&vault, "4000009900000046").await;
+    for attempt in 1..=3 {
+        let charge = authorize(
+            &mut client,
+            authorize_request(&format!("flaky-{attempt}"), &flaky, 1000),
+        )
+        .await;
+        if attempt < 3 {
+            assert_eq!(
+                charge.decline_code,
+                D::ProcessingError as i32,
+                "attempt {attempt}"
+            );
+            assert_eq!(charge.next_action, N::RetrySameCard as i32);
+        } else {
+            assert_eq!(
+                state(&charge),
+                pb::ChargeState::Authorized,
+                "attempt {attempt}"
+            );
+        }
+    }
+    vault.stop().await;
+}
+
+/// Capture, void and refund follow the charge lifecycle and its preconditions, and every
+/// capture and refund appears in the settlement report.
+#[tokio::test]
+async fn capture_void_refund_lifecycle() {
+    let vault = RunningVault::start().await;
+    let mut client = charges(&vault).await;
+    let token = token_for(&vault, TEST_PANS[0]).await;
+
+    let charge = authorize(&mut client, authorize_request("life-1", &token, 10_000)).await;
+    let over = client
+        .capture(pb::CaptureRequest {
+            request_id: "life-over".to_owned(),
+            charge_id: charge.id.clone(),
+            amount: Some(usd(10_001)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (over.code(), reason(&over).as_str()),
+        (Code::FailedPrecondition, "AMOUNT_EXCEEDS_APPROVED")
+    );
+    let mismatch = client
+        .capture(pb::CaptureRequest {
+            request_id: "life-eur".to_owned(),
+            charge_id: charge.id.clone(),
+            amount: Some(types::Money {
+                currency_code: "EUR".to_owned(),
+                minor_units: 100,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&mismatch), "CURRENCY_MISMATCH");
+
+    let captured = capture(&mut client, &charge.id, Some(7_000)).await;
+    assert_eq!(state(&captured), pb::ChargeState::Captured);
+    assert_eq!(minor(&captured.captured), 7_000);
+    assert!(captured.capture_time.is_some());
+    let again = client
+        .capture(pb::CaptureRequest {
+            request_id: "life-again".to_owned(),
+            charge_id: charge.id.clone(),
+            amount: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&again), "CHARGE_NOT_AUTHORIZED");
+    let void = client
+        .void(pb::VoidRequest {
+            request_id: "life-void".to_owned(),
+            charge_id: charge.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&void), "CHARGE_ALREADY_CAPTURED");
+
+    let first = client
+        .refund(refund_request(&charge.id, 2_000))
+        .await
+        .expect("refund")
+        .into_inner();
+    assert_eq!(
+        state(first.charge.as_ref().unwrap()),
+        pb::ChargeState::PartiallyRefunded
+    );
+    assert_eq!(
+        first.refund.as_ref().unwrap().state,
+        pb::RefundState::Succeeded as i32
+    );
+    let too_much = client
+        .refund(refund_request(&charge.id, 5_001))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&too_much), "AMOUNT_EXCEEDS_REFUNDABLE");
+    let rest = client
+        .refund(refund_request(&charge.id, 5_000))
+        .await
+        .expect("refund")
+        .into_inner();
+    let refunded = rest.charge.unwrap();
+    assert_eq!(state(&refunded), pb::ChargeState::Refunded);
+    assert_eq!(
+        (minor(&refunded.refunded), refunded.refunds.len()),
+        (7_000, 2)
+    );
+    let none_left = client
+        .refund(refund_request(&charge.id, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&none_left), "CHARGE_NOT_CAPTURED");
+
+    // Void releases an uncaptured hold; voiding a declined charge changes nothing.
+    let second = authorize(&mut client, authorize_request("life-2", &token, 500)).await;
+    let voided = client
+        .void(pb::VoidRequest {
+            request_id: "life-void-2".to_owned(),
+            charge_id: second.id.clone(),
+            reason: "order cancelled".to_owned(),
+        })
+        .await
+        .expect("void")
+        .into_inner()
+        .charge
+        .unwrap();
+    assert_eq!(state(&voided), pb::ChargeState::Voided);
+    let not_refundable = client
+        .refund(refund_request(&second.id, 100))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&not_refundable), "CHARGE_NOT_CAPTURED");
+    let declined_token = token_for(&vault, "4000000000000002").await;
+    let declined = authorize(
+        &mut client,
+        authorize_request("life-3", &declined_token, 500),
+    )
+    .await;
+    let still = client
+        .void(pb::VoidRequest {
+            request_id: "life-void-3".to_owned(),
+            charge_id: declined.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect("void of a declined charge")
+        .into_inner()
+        .charge
+        .unwrap();
+    assert_eq!(state(&still), pb::ChargeState::Declined);
+    let missing = client
+        .get_charge(pb::GetChargeRequest {
+            lookup: Some(pb::get_charge_request::Lookup::ChargeId(
+                "ch_".to_owned() + &"a".repeat(26),
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (missing.code(), reason(&missing).as_str()),
+        (Code::NotFound, "CHARGE_NOT_FOUND")
+    );
+
+    // The settlement report: one capture and two refunds, referencing the authorization.
+    let report = sandbox(&vault)
+        .await
+        .list_settlement_records(pb::ListSettlementRecordsRequest {
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("settlement")
+        .into_inner();
+    assert_eq!(report.records.len(), 2);
+    assert!(!report.next_page_token.is_empty());
+    let rest_page = sandbox(&vault)
+        .await
+        .list_settlement_records(pb::ListSettlementRecordsRequest {
+            page_size: 2,
+            page_token: report.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("settlement page 2")
+        .into_inner();
+    let records: Vec<_> = report.records.iter().chain(&rest_page.records).collect();
+    assert_eq!(records.len(), 3);
+    assert!(rest_page.next_page_token.is_empty());
+    assert!(
+        records
+            .iter()
+            .all(|r| r.authorization_reference == charge.processor_reference)
+    );
+    let kinds: Vec<i32> = records.iter().map(|r| r.r#type).collect();
+    assert_eq!(kinds, [1, 2, 2]);
+    let amounts: Vec<i64> = records.iter().map(|r| minor(&r.amount)).collect();
+    assert_eq!(amounts, [7_000, 2_000, 5_000]);
+    vault.stop().await;
+}
+
+/// Replaying a request returns its first result without a second processor call; the same
+/// id with other parameters is refused; 50 identical concurrent authorizations make exactly
+/// one sandbox authorization and all return the same charge.
+#[tokio::test]
+async fn requests_are_idempotent() {
+    let vault = RunningVault::start().await;
+    let mut client = charges(&vault).await;
+    let token = token_for(&vault, TEST_PANS[0]).await;
+    let first = authorize(&mut client, authorize_request("idem-1", &token, 1234)).await;
+    let replay = authorize(&mut client, authorize_request("idem-1", &token, 1234)).await;
+    assert_eq!(replay.id, first.id);
+    assert_eq!(replay.authorization_code, first.authorization_code);
+    let reused = client
+        .authorize(authorize_request("idem-1", &token, 999))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (reused.code(), reason(&reused).as_str()),
+        (Code::AlreadyExists, "REQUEST_ID_REUSED")
+    );
+    let cross_rpc = client
+        .capture(pb::CaptureRequest {
+            request_id: "idem-1".to_owned(),
+            charge_id: first.id.clone(),
+            amount: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&cross_rpc), "REQUEST_ID_REUSED");
+    assert_eq!(sandbox_authorizations(&vault, &token).await, 1);
+
+    // A capture replayed returns the captured charge, not an error.
+    let capture_request = pb::CaptureRequest {
+        request_id: "idem-cap".to_owned(),
+        charge_id: first.id.clone(),
+        amount: None,
+    };
+    let captured = client
+        .capture(capture_request.clone())
+        .await
+        .expect("capture")
+        .into_inner()
+        .charge
+        .unwrap();
+    let replayed = client
+        .capture(capture_request)
+        .await
+        .expect("replayed capture")
+        .into_inner()
+        .charge
+        .unwrap();
+    assert_eq!(
+        (state(&captured), state(&replayed)),
+        (pb::ChargeState::Captured, pb::ChargeState::Captured)
+    );
+
+    let concurrent_token = token_for(&vault, TEST_PANS[1]).await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let mut client = client.clone();
+        let request = authorize_request("idem-50", &concurrent_token, 500);
+        tasks.push(tokio::spawn(async move { client.authorize(request).await }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for task in tasks {
+        let charge = task
+            .await
+            .unwrap()
+            .expect("authorize")
+            .into_inner()
+            .charge
+            .unwrap();
+        assert_eq!(state(&charge), pb::ChargeState::Authorized);
+        ids.insert(charge.id);
+    }
+    assert_eq!(ids.len(), 1, "every copy returns the same charge");
+    assert_eq!(sandbox_authorizations(&vault, &concurrent_token).await, 1);
+    vault.stop().await;
+}
+
+/// A restart between authorize and capture loses nothing: capture works on the new process,
+/// and replaying the authorize returns the original charge.
+#[tokio::test]
+async fn restart_between_authorize_and_capture() {
+    let vault = RunningVault::start().await;
+    let token = token_for(&vault, TEST_PANS[2]).await;
+    let charge = authorize(
+        &mut charges(&vault).await,
+        authorize_request("restart-1", &token, 4200),
+    )
+    .await;
+    let vault = vault.restart().await;
+    let mut client = charges(&vault).await;
+    let replay = authorize(&mut client, authorize_request("restart-1", &token, 4200)).await;
+    assert_eq!(replay.id, charge.id);
+    let captured = capture(&mut client, &charge.id, None).await;
+    assert_eq!(
+        (state(&captured), minor(&captured.captured)),
+        (pb::ChargeState::Captured, 4200)
+    );
+    assert_eq!(sandbox_authorizations(&vault, &token).await, 1);
+    vault.stop().await;
+}
+
+async fn vault_with_connector(timeout_ms: u64, failures_max: u32, open_ms: u64) -> RunningVault {
+    let database = TestDatabase::create().await;
+    let mut settings = vault_settings(&database);
+    settings.connector.timeout_ms = timeout_ms;
+    settings.connector.breaker_failures_max = failures_max;
+    settings.connector.breaker_open_ms = open_ms;
+    settings.charges.recovery_after_ms = timeout_ms + 300;
+    settings.charges.recovery_interval_ms = 100;
+    RunningVault::start_with(settings, database).await
+}
+
+/// The card that times out after taking the authorization: the caller sees
+/// DEADLINE_EXCEEDED, `GetCharge` by request id shows it approved, a replay returns the same
+/// charge, and the sandbox holds exactly one authorization.
+#[tokio::test]
+async fn timeout_card_is_resolved_by_get_charge() {
+    let vault = vault_with_connector(300, 50, 1000).await;
+    let mut client = charges(&vault).await;
+    let token = token_for(&vault, "4000009900000038").await;
+    let timed_out = client
+        .authorize(authorize_request("timeout-1", &token, 700))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (timed_out.code(), reason(&timed_out).as_str()),
+        (Code::DeadlineExceeded, "PROCESSOR_TIMEOUT")
+    );
+    let resolved = get_by_request(&mut client, "timeout-1")
+        .await
+        .expect("get charge");
+    assert_eq!(state(&resolved), pb::ChargeState::Authorized);
+    assert_eq!(minor(&resolved.approved), 700);
+    let replay = authorize(&mut client, authorize_request("timeout-1", &token, 700)).await;
+    assert_eq!(replay.id, resolved.id);
+    assert_eq!(sandbox_authorizations(&vault, &token).await, 1);
+    let unknown = get_by_request(&mut client, "never-sent").await.unwrap_err();
+    assert_eq!(reason(&unknown), "CHARGE_NOT_FOUND");
+    vault.stop().await;
+}
+
+/// The recovery job finishes work nobody came back for: a timed-out authorization resolves
+/// without any `GetCharge`, and a capture whose intent committed before a crash (simulated in
+/// the database) is sent again and completes.
+#[tokio::test]
+async fn recovery_finishes_interrupted_work() {
+    let vault = vault_with_connector(300, 50, 1000).await;
+    let mut client = charges(&vault).await;
+    let token = token_for(&vault, "4000009900000038").await;
+    client
+        .authorize(authorize_request("recover-1", &token, 900))
+        .await
+        .unwrap_err();
+
+    let good = token_for(&vault, TEST_PANS[0]).await;
+    let charge = authorize(&mut client, authorize_request("recover-2", &good, 1500)).await;
+    let mut db = vault.database.connect().await;
+    // The state a crash right after the capture intent leaves behind.
+    sqlx::query(
+        "WITH request AS (INSERT INTO charge_requests (request_id, rpc, request_hash, charge_id, \
+         amount_minor) VALUES ('recover-cap', 'Capture', decode(repeat('00', 32), 'hex'), $1, 1500)) \
+         UPDATE charges SET pending_request_id = 'recover-cap', updated_at = now() - interval '1 hour' \
+         WHERE id = $1",
+    )
+    .bind(&charge.id)
+    .execute(&mut db)
+    .await
+    .expect("simulate a crash");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = sqlx::query(
+            "SELECT (SELECT state FROM charges WHERE request_id = 'recover-1') AS timed_out, \
+             (SELECT state FROM charges WHERE id = $1) AS crashed",
+        )
+        .bind(&charge.id)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        let (timed_out, crashed): (String, String) = (row.get("timed_out"), row.get("crashed"));
+        if (timed_out.as_str(), crashed.as_str()) == ("authorized", "captured") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "recovery did not finish: {timed_out} {crashed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sandbox_authorizations(&vault, &token).await, 1);
+    vault.stop().await;
+}
+
+/// After consecutive transport failures the breaker opens: calls fail fast with
+/// PROCESSOR_UNAVAILABLE (no charge recorded) and health reports ChargeService NOT_SERVING;
+/// after the open period one probe goes through and the breaker closes again.
+#[tokio::test]
+async fn circuit_breaker_opens_and_recovers() {
+    let vault = vault_with_connector(200, 2, 1500).await;
+    let mut client = charges(&vault).await;
+    let hanging = token_for(&vault, "4000009900000038").await;
+    let good = token_for(&vault, TEST_PANS[0]).await;
+    for attempt in 0..2 {
+        let error = client
+            .authorize(authorize_request(&format!("brk-{attempt}"), &hanging, 100))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&error), "PROCESSOR_TIMEOUT");
+    }
+    let refused = client
+        .authorize(authorize_request("brk-good-1", &good, 100))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::Unavailable, "PROCESSOR_UNAVAILABLE")
+    );
+    assert_eq!(
+        get_by_request(&mut client, "brk-good-1")
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(vault.channel(Role::Orchestrator).await);
+    let check = || tonic_health::pb::HealthCheckRequest {
+        service: "tandem.vault.v1.ChargeService".to_owned(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let status = health
+            .check(check())
+            .await
+            .expect("health")
+            .into_inner()
+            .status;
+        if status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never showed the open breaker"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Once the open period is over, one probe closes the breaker (the recovery job may be the
+    // one that sends it, so a call may still be refused while that probe is in flight).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for attempt in 0.. {
+        match client
+            .authorize(authorize_request(
+                &format!("brk-good-{attempt}-late"),
+                &good,
+                100,
+            ))
+            .await
+        {
+            Ok(response) => {
+                assert_eq!(
+                    state(response.get_ref().charge.as_ref().unwrap()),
+                    pb::ChargeState::Authorized
+                );
+                break;
+            }
+            Err(error) => assert_eq!(reason(&error), "PROCESSOR_UNAVAILABLE"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the breaker never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = authorize(&mut client, authorize_request("brk-good-after", &good, 100)).await;
+    assert_eq!(state(&after), pb::ChargeState::Authorized);
+    vault.stop().await;
+}
+
+/// Only the orchestrator charges; only admins run the sandbox; refusals are audited.
+#[tokio::test]
+async fn roles_are_enforced() {
+    let vault = RunningVault::start().await;
+    let token = token_for(&vault, TEST_PANS[0]).await;
+    for role in [Role::Tokenizer, Role::Payer, Role::Admin, Role::Auditor] {
+        let mut client = ChargeServiceClient::new(vault.channel(role).await);
+        let denied = client
+            .authorize(authorize_request(&format!("role-{role}"), &token, 100))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (denied.code(), reason(&denied).as_str()),
+            (Code::PermissionDenied, "ROLE_NOT_ALLOWED"),
+            "{role}"
+        );
+    }
+    let mut as_orchestrator = SandboxServiceClient::new(vault.channel(Role::Orchestrator).await);
+    let denied = as_orchestrator
+        .get_sandbox_card(pb::GetSandboxCardRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let mut db = vault.database.connect().await;
+    let refusals: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE outcome = 'ROLE_NOT_ALLOWED' AND rpc LIKE '%ChargeService/Authorize'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(refusals, 4);
+    vault.stop().await;
+}
+
+/// Bad input is INVALID_ARGUMENT naming every bad field, records nothing, and no card number
+/// reaches the logs, the audit log or the charge tables.
+#[tokio::test]
+async fn bad_input_is_refused_and_no_pan_leaks() {
+    let logs = LogCapture::install();
+    let vault = RunningVault::start().await;
+    let mut client = charges(&vault).await;
+    let token = token_for(&vault, TEST_PANS[0]).await;
+    let bad = pb::AuthorizeRequest {
+        request_id: "bad id with spaces".to_owned(),
+        token: "tok_nope".to_owned(),
+        amount: Some(types::Money {
+            currency_code: "XYZ".to_owned(),
+            minor_units: 0,
+        }),
+        allow_partial_approval: false,
+        description: "ok".to_owned(),
+        statement_descriptor: "BAD*DESCRIPTOR".to_owned(),
+        reference: TEST_PANS[1].to_owned(),
+        metadata: [("Bad Key".to_owned(), "x".to_owned())].into(),
+    };
+    let error = client.authorize(bad).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&error),
+        [
+            "request_id",
+            "token",
+            "amount",
+            "statement_descriptor",
+            "reference",
+            "metadata"
+        ]
+    );
+    let mut too_big = authorize_request("bad-2", &token, 1);
+    too_big.amount = Some(usd(vault.settings.charges.amount_minor_max + 1));
+    assert_eq!(
+        violated_fields(&client.authorize(too_big).await.unwrap_err()),
+        ["amount"]
+    );
+    let mut missing = authorize_request("bad-3", &token, 1);
+    missing.amount = None;
+    assert_eq!(
+        violated_fields(&client.authorize(missing).await.unwrap_err()),
+        ["amount"]
+    );
+    let mut pan_in_metadata = authorize_request("bad-4", &token, 1);
+    pan_in_metadata
+        .metadata
+        .insert("note".to_owned(), TEST_PANS[2].to_owned());
+    assert_eq!(
+        violated_fields(&client.authorize(pan_in_metadata).await.unwrap_err()),
+        ["metadata"]
+    );
+    let bad_capture = client
+        .capture(pb::CaptureRequest {
+            request_id: String::new(),
+            charge_id: "ch_x".to_owned(),
+            amount: Some(usd(-5)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&bad_capture),
+        ["request_id", "charge_id", "amount"]
+    );
+    let get = client
+        .get_charge(pb::GetChargeRequest { lookup: None })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&get), ["charge_id"]);
+    let unknown_token = client
+        .authorize(authorize_request(
+            "bad-5",
+            &format!("tok_{}", "a".repeat(26)),
+            100,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (unknown_token.code(), reason(&unknown_token).as_str()),
+        (Code::NotFound, "TOKEN_NOT_FOUND")
+    );
+
+    // Revoked tokens cannot be charged.
+    let mut tokens = TokenServiceClient::new(vault.channel(Role::Tokenizer).await);
+    tokens
+        .revoke_token(pb::RevokeTokenRequest {
+            request_id: "bad-revoke".to_owned(),
+            token: token.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect("revoke");
+    let revoked = client
+        .authorize(authorize_request("bad-6", &token, 100))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (revoked.code(), reason(&revoked).as_str()),
+        (Code::FailedPrecondition, "TOKEN_REVOKED")
+    );
+
+    // A successful charge of every test PAN, then scan everything for the numbers.
+    for pan in TEST_PANS {
+        let token = token_for(&vault, pan).await;
+        let charge = authorize(
+            &mut client,
+            authorize_request(&format!("scan-{}", &pan[pan.len() - 4..]), &token, 100),
+        )
+        .await;
+        capture(&mut client, &charge.id, None).await;
+    }
+    let mut db = vault.database.connect().await;
+    let charges_written: i64 = sqlx::query_scalar("SELECT count(*) FROM charges")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(
+        charges_written,
+        TEST_PANS.len() as i64,
+        "refused requests record no charge"
+    );
+    let dump: String =
+        sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM (SELECT * FROM charges) t")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    let audit: String = sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM audit_events t")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let sandbox_dump: String = sqlx::query_scalar(
+        "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM sandbox_operations) t",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    let text = logs.text();
+    assert!(text.contains("Authorize"), "the log capture works");
+    for pan in TEST_PANS {
+        for (name, haystack) in [
+            ("logs", &text),
+            ("charges", &dump),
+            ("audit", &audit),
+            ("sandbox", &sandbox_dump),
+        ] {
+            assert!(!haystack.contains(pan), "a test PAN leaked into {name}");
+        }
+    }
+    vault.stop().await;
+}
+
+/// The sandbox is configurable at run time: a balance and a forced decline take effect on the
+/// next authorization, `GetSandboxCard` shows holds and the available balance, and a reset
+/// returns the card to its test card behaviour.
+#[tokio::test]
+async fn sandbox_cards_are_configurable() {
+    let vault = RunningVault::start().await;
+    let mut client = charges(&vault).await;
+    let mut admin = sandbox(&vault).await;
+    let token = token_for(&vault, TEST_PANS[0]).await;
+    let configure =
+        |request_id: &str, config: Option<pb::SandboxCardConfig>| pb::ConfigureSandboxCardRequest {
+            request_id: request_id.to_owned(),
+            token: token.clone(),
+            config,
+        };
+    let card = admin
+        .configure_sandbox_card(configure(
+            "cfg-1",
+            Some(pb::SandboxCardConfig {
+                balance: Some(usd(3000)),
+                ..Default::default()
+            }),
+        ))
+        .await
+        .expect("configure")
+        .into_inner()
+        .card
+        .unwrap();
+    assert!(card.configured);
+    assert_eq!(minor(&card.available), 3000);
+    let charge = authorize(&mut client, authorize_request("cfg-a", &token, 1000)).await;
+    assert_eq!(state(&charge), pb::ChargeState::Authorized);
+    let card = admin
+        .get_sandbox_card(pb::GetSandboxCardRequest {
+            token: token.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .card
+        .unwrap();
+    assert_eq!((minor(&card.available), minor(&card.held)), (2000, 1000));
+
+    admin
+        .configure_sandbox_card(configure(
+            "cfg-2",
+            Some(pb::SandboxCardConfig {
+                decline_code: types::DeclineCode::FraudSuspected as i32,
+                ..Default::default()
+            }),
+        ))
+        .await
+        .expect("configure");
+    let declined = authorize(&mut client, authorize_request("cfg-b", &token, 1000)).await;
+    assert_eq!(
+        declined.decline_code,
+        types::DeclineCode::FraudSuspected as i32
+    );
+    let reused = admin
+        .configure_sandbox_card(configure("cfg-2", None))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&reused), "REQUEST_ID_REUSED");
+    let invalid = admin
+        .configure_sandbox_card(configure(
+            "cfg-3",
+            Some(pb::SandboxCardConfig {
+                latency_ms: 60_001,
+                fail_first_attempts: -1,
+                ..Default::default()
+            }),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&invalid),
+        ["config.latency_ms", "config.fail_first_attempts"]
+    );
+
+    let reset = admin
+        .configure_sandbox_card(configure("cfg-4", None))
+        .await
+        .expect("reset")
+        .into_inner()
+        .card
+        .unwrap();
+    assert!(!reset.configured);
+    let approved = authorize(&mut client, authorize_request("cfg-c", &token, 1000)).await;
+    assert_eq!(state(&approved), pb::ChargeState::Authorized);
+    vault.stop().await;
+}

@@ -1,0 +1,1133 @@
+//! Charging: `ChargeService`'s operations over checked commands.
+//!
+//! Every processor call follows the same recipe:
+//!
+//! 1. **Intent.** The request and its effect-to-be (a pending charge, a capture or void marked
+//!    in flight, a pending refund) commit through the writer with an audit row, *before* the
+//!    processor is called. A request id seen before is replayed from here.
+//! 2. **Call.** The connector is called with an idempotency key derived from the request id,
+//!    under a timeout and a circuit breaker, in a task of its own so that a cancelled caller
+//!    cannot interrupt it half way.
+//! 3. **Result.** The processor's answer commits with its audit row.
+//!
+//! A crash or timeout between 1 and 3 leaves the intent pending. It is finished by a replay of
+//! the same request id (which sends the call again; the idempotency key makes that safe), by
+//! `GetCharge` (which asks the processor with `inquire`), or by the recovery job, which does
+//! both for work left pending longer than `charges.recovery_after_ms`.
+//!
+//! Copies of one request id in this process serialize on a per-id lock ([`RequestLocks`]), so
+//! that 50 identical requests make one processor call and 49 replays.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use tandem_money::Money;
+use time::OffsetDateTime;
+
+use crate::auth::Rpc;
+use crate::config::{ChargeSettings, ConnectorSettings};
+use crate::connector::sandbox::Sandbox;
+use crate::connector::{
+    AuthorizeAnswer, AuthorizeCall, ConnectorError, FollowUpAnswer, FollowUpCall, Guarded,
+    idempotency_key,
+};
+use crate::domain::charge::{
+    AuthorizeCommand, CaptureCommand, ChargeId, ChargeLookup, ChargeState, ChargeView, Decline,
+    DeclineCode, REFUNDS_PER_CHARGE_MAX, RefundCommand, RefundId, RefundState, RefundView,
+    VoidCommand,
+};
+use crate::domain::{RequestId, TokenState};
+use crate::error::Error;
+use crate::service::{RequestContext, Vault, now_micros};
+use crate::storage::charges::{self as store, AuthorizationOutcome, NewCharge};
+use crate::storage::{self};
+use crate::writer::{Apply, Mutation};
+
+/// Per-request-id locks: copies of one request in this process run one after another.
+#[derive(Debug, Default)]
+pub struct RequestLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds one request id's lock; dropping it releases the lock and forgets an idle entry.
+pub struct RequestGuard<'a> {
+    owner: &'a RequestLocks,
+    key: String,
+    lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl RequestLocks {
+    fn entry(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Waits for the lock of `key`.
+    pub async fn lock(&self, key: &str) -> RequestGuard<'_> {
+        let lock = self.entry(key).lock_owned().await;
+        RequestGuard {
+            owner: self,
+            key: key.to_owned(),
+            lock: Some(lock),
+        }
+    }
+
+    /// The lock of `key` if nobody holds it.
+    pub fn try_lock(&self, key: &str) -> Option<RequestGuard<'_>> {
+        let lock = self.entry(key).try_lock_owned().ok()?;
+        Some(RequestGuard {
+            owner: self,
+            key: key.to_owned(),
+            lock: Some(lock),
+        })
+    }
+
+    /// Ids currently locked or awaited, for tests of the map's bound.
+    pub fn len(&self) -> usize {
+        self.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// True when no id is locked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for RequestGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.lock.take());
+        let mut locks = self
+            .owner
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only the map holds the entry now: nobody waits for it.
+        if locks
+            .get(&self.key)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            locks.remove(&self.key);
+        }
+    }
+}
+
+/// The charging side of the vault.
+#[derive(Debug)]
+pub struct Charges {
+    vault: Arc<Vault>,
+    connector: Guarded,
+    sandbox: Sandbox,
+    settings: ChargeSettings,
+    statement_descriptor_default: String,
+    locks: RequestLocks,
+}
+
+/// What a capture, void or refund asks of the processor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FollowUp {
+    Capture,
+    Void,
+    Refund,
+}
+
+impl FollowUp {
+    fn rpc(self) -> &'static str {
+        match self {
+            FollowUp::Capture => "Capture",
+            FollowUp::Void => "Void",
+            FollowUp::Refund => "Refund",
+        }
+    }
+
+    fn from_rpc(rpc: &str) -> Option<FollowUp> {
+        match rpc {
+            "Capture" => Some(FollowUp::Capture),
+            "Void" => Some(FollowUp::Void),
+            "Refund" => Some(FollowUp::Refund),
+            _ => None,
+        }
+    }
+}
+
+impl Charges {
+    /// Charging over `vault`, through `connector`.
+    pub fn new(
+        vault: Arc<Vault>,
+        connector: Guarded,
+        sandbox: Sandbox,
+        settings: ChargeSettings,
+        connector_settings: &ConnectorSettings,
+    ) -> Charges {
+        Charges {
+            vault,
+            connector,
+            sandbox,
+            settings,
+            statement_descriptor_default: connector_settings.statement_descriptor_default.clone(),
+            locks: RequestLocks::default(),
+        }
+    }
+
+    /// The vault (authorization, audit, keys).
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// The guarded connector, for health.
+    pub fn connector(&self) -> &Guarded {
+        &self.connector
+    }
+
+    /// The sandbox acquirer.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// The charging limits.
+    pub fn settings(&self) -> &ChargeSettings {
+        &self.settings
+    }
+
+    /// Request ids with a lock entry (bounded by requests in flight).
+    pub fn locked_requests(&self) -> usize {
+        self.locks.len()
+    }
+
+    /// Runs `work` in a task of its own, so that a caller who goes away does not cut a
+    /// processor call in half; the work always runs to its end.
+    async fn detached<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl Future<Output = Result<T, Error>> + Send + 'static,
+    ) -> Result<T, Error> {
+        tokio::spawn(work).await.map_err(|error| {
+            tracing::error!(%error, "charge task failed");
+            Error::Corrupt("charge task failed")
+        })?
+    }
+
+    fn request_hash(&self, ctx: &RequestContext, parts: &[&[u8]]) -> [u8; 32] {
+        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        all.push(ctx.rpc.method().as_bytes());
+        all.extend_from_slice(parts);
+        self.vault.keys().request_hash(&all)
+    }
+
+    /// Places a hold; see the module docs for the recipe.
+    pub async fn authorize(
+        self: &Arc<Self>,
+        ctx: RequestContext,
+        command: AuthorizeCommand,
+    ) -> Result<ChargeView, Error> {
+        let this = self.clone();
+        self.detached(async move { this.authorize_detached(&ctx, command).await })
+            .await
+    }
+
+    async fn authorize_detached(
+        &self,
+        ctx: &RequestContext,
+        command: AuthorizeCommand,
+    ) -> Result<ChargeView, Error> {
+        let metadata = serde_json::to_vec(command.metadata.entries()).unwrap_or_default();
+        let request_hash = self.request_hash(
+            ctx,
+            &[
+                command.token.as_str().as_bytes(),
+                command.amount.currency.code().as_bytes(),
+                &command.amount.minor_units.to_be_bytes(),
+                &[u8::from(command.allow_partial_approval)],
+                command.description.as_str().as_bytes(),
+                command.statement_descriptor.as_str().as_bytes(),
+                command.reference.as_str().as_bytes(),
+                &metadata,
+            ],
+        );
+        let _guard = self.locks.lock(command.request_id.as_str()).await;
+
+        // A request id seen before replays its charge, whatever the card's state is now.
+        let mut conn = self.vault.pool().acquire().await?;
+        if let Some(stored) = store::charge_request(&mut *conn, command.request_id.as_str()).await?
+        {
+            drop(conn);
+            if stored.rpc != "Authorize" || stored.request_hash != request_hash {
+                return Err(self
+                    .vault
+                    .refuse(ctx, Some(&command.token), Error::RequestIdReused)
+                    .await);
+            }
+            return self
+                .replay_authorization(ctx, &stored.charge_id, &command)
+                .await;
+        }
+        let card = match storage::card(&mut *conn, &command.token).await? {
+            Some(card) => card,
+            None => {
+                drop(conn);
+                return Err(self
+                    .vault
+                    .refuse(ctx, Some(&command.token), Error::TokenNotFound)
+                    .await);
+            }
+        };
+        drop(conn);
+        let now = now_micros();
+        let refusal = match card.view.state_at(now) {
+            TokenState::Active => None,
+            TokenState::Revoked => Some(Error::TokenRevoked),
+            TokenState::Expired => Some(Error::TokenExpired),
+        };
+        let refusal = refusal.or_else(|| {
+            (self.connector.breaker_state() == crate::connector::breaker::BreakerState::Open)
+                .then_some(Error::ProcessorUnavailable)
+        });
+        if let Some(error) = refusal {
+            return Err(self.vault.refuse(ctx, Some(&command.token), error).await);
+        }
+
+        let currency = command.amount.currency;
+        let view = ChargeView {
+            id: ChargeId::generate(),
+            request_id: command.request_id.as_str().to_owned(),
+            token: command.token.clone(),
+            brand: card.view.brand,
+            last4: card.view.last4.clone(),
+            requested: command.amount,
+            approved: Money::zero(currency),
+            captured: Money::zero(currency),
+            refunded: Money::zero(currency),
+            allow_partial_approval: command.allow_partial_approval,
+            state: ChargeState::Pending,
+            decline: None,
+            processor: self.connector.name().to_owned(),
+            processor_reference: String::new(),
+            authorization_code: String::new(),
+            description: command.description.as_str().to_owned(),
+            statement_descriptor: command.statement_descriptor.as_str().to_owned(),
+            reference: command.reference.as_str().to_owned(),
+            metadata: command.metadata.clone(),
+            pending_request_id: None,
+            refunds: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            authorize_time: None,
+            capture_time: None,
+            void_time: None,
+        };
+        let intent = AuthorizeIntent { view, request_hash };
+        let charge = self.vault.submit(intent, ctx, "intent").await?;
+        if charge.state != ChargeState::Pending {
+            return Ok(charge);
+        }
+        self.send_authorization(ctx, charge, &command).await
+    }
+
+    /// Replays an `Authorize`: the recorded charge, finished first if it is still pending.
+    async fn replay_authorization(
+        &self,
+        ctx: &RequestContext,
+        charge_id: &ChargeId,
+        command: &AuthorizeCommand,
+    ) -> Result<ChargeView, Error> {
+        let charge = self.load(charge_id).await?;
+        if charge.state != ChargeState::Pending {
+            self.vault
+                .audit(ctx, Some(&charge.token), "OK", "replay")
+                .await?;
+            return Ok(charge);
+        }
+        self.send_authorization(ctx, charge, command).await
+    }
+
+    /// Sends (or sends again) the authorization of a pending charge and records the answer.
+    async fn send_authorization(
+        &self,
+        ctx: &RequestContext,
+        charge: ChargeView,
+        command: &AuthorizeCommand,
+    ) -> Result<ChargeView, Error> {
+        let mut conn = self.vault.pool().acquire().await?;
+        let card = storage::card(&mut *conn, &charge.token)
+            .await?
+            .ok_or(Error::TokenNotFound)?;
+        drop(conn);
+        let sealed = card
+            .sealed
+            .as_ref()
+            .ok_or(Error::Corrupt("charged card without data"))?;
+        let secret = self.vault.keys().open(&charge.token, sealed)?;
+        let key = idempotency_key("authorize", &charge.request_id);
+        let descriptor = if command.statement_descriptor.as_str().is_empty() {
+            self.statement_descriptor_default.as_str()
+        } else {
+            command.statement_descriptor.as_str()
+        };
+        let answer = self
+            .connector
+            .authorize(AuthorizeCall {
+                idempotency_key: &key,
+                token: &charge.token,
+                fingerprint: card.view.fingerprint,
+                card: &secret,
+                expiry: card.view.expiry,
+                amount: charge.requested,
+                allow_partial_approval: charge.allow_partial_approval,
+                statement_descriptor: descriptor,
+                reference: &charge.reference,
+            })
+            .await;
+        drop(secret);
+        match answer {
+            Ok(answer) => self.record_authorization(ctx, &charge, answer).await,
+            Err(error) => Err(self.connector_failure(ctx, &charge, error).await),
+        }
+    }
+
+    /// Audits a failed processor call and maps it to the caller's error.
+    async fn connector_failure(
+        &self,
+        ctx: &RequestContext,
+        charge: &ChargeView,
+        error: ConnectorError,
+    ) -> Error {
+        tracing::warn!(charge = %charge.id, %error, "processor call failed");
+        let error = match error {
+            ConnectorError::Timeout => Error::ProcessorTimeout,
+            ConnectorError::Unavailable(_) | ConnectorError::CircuitOpen => {
+                Error::ProcessorUnavailable
+            }
+        };
+        self.vault.refuse(ctx, Some(&charge.token), error).await
+    }
+
+    async fn record_authorization(
+        &self,
+        ctx: &RequestContext,
+        charge: &ChargeView,
+        answer: AuthorizeAnswer,
+    ) -> Result<ChargeView, Error> {
+        let outcome = authorization_outcome(answer);
+        let label = match &outcome {
+            AuthorizationOutcome::Approved { .. } => "authorized".to_owned(),
+            AuthorizationOutcome::Declined { decline, .. } => {
+                format!("declined: {}", decline.code.as_str())
+            }
+        };
+        let mutation = RecordAuthorization {
+            charge_id: charge.id.clone(),
+            token: charge.token.clone(),
+            outcome,
+        };
+        self.vault.submit(mutation, ctx, &label).await
+    }
+
+    /// Captures an authorized charge.
+    pub async fn capture(
+        self: &Arc<Self>,
+        ctx: RequestContext,
+        command: CaptureCommand,
+    ) -> Result<ChargeView, Error> {
+        let this = self.clone();
+        self.detached(async move {
+            let amount = command.amount;
+            let hash = this.request_hash(
+                &ctx,
+                &[
+                    command.charge_id.as_str().as_bytes(),
+                    amount.map_or(&b""[..], |m| m.currency.code().as_bytes()),
+                    &amount.map_or(-1, |m| m.minor_units).to_be_bytes(),
+                ],
+            );
+            let intent = FollowUpIntent::new(
+                FollowUp::Capture,
+                &command.request_id,
+                hash,
+                &command.charge_id,
+                amount,
+                "",
+            );
+            this.follow_up(&ctx, intent).await.map(|(charge, _)| charge)
+        })
+        .await
+    }
+
+    /// Releases the hold of an authorized charge.
+    pub async fn void(
+        self: &Arc<Self>,
+        ctx: RequestContext,
+        command: VoidCommand,
+    ) -> Result<ChargeView, Error> {
+        let this = self.clone();
+        self.detached(async move {
+            let hash = this.request_hash(
+                &ctx,
+                &[
+                    command.charge_id.as_str().as_bytes(),
+                    command.reason.as_str().as_bytes(),
+                ],
+            );
+            // A pending authorization is resolved first: a hold it turns out to have placed
+            // is then voided like any other.
+            if let Ok(charge) = this.load(&command.charge_id).await
+                && charge.state == ChargeState::Pending
+            {
+                this.resolve_pending(&ctx, charge, Duration::ZERO).await?;
+            }
+            let intent = FollowUpIntent::new(
+                FollowUp::Void,
+                &command.request_id,
+                hash,
+                &command.charge_id,
+                None,
+                command.reason.as_str(),
+            );
+            this.follow_up(&ctx, intent).await.map(|(charge, _)| charge)
+        })
+        .await
+    }
+
+    /// Refunds captured money.
+    pub async fn refund(
+        self: &Arc<Self>,
+        ctx: RequestContext,
+        command: RefundCommand,
+    ) -> Result<(RefundView, ChargeView), Error> {
+        let this = self.clone();
+        self.detached(async move {
+            let hash = this.request_hash(
+                &ctx,
+                &[
+                    command.charge_id.as_str().as_bytes(),
+                    command.amount.currency.code().as_bytes(),
+                    &command.amount.minor_units.to_be_bytes(),
+                    command.reason.as_str().as_bytes(),
+                ],
+            );
+            let intent = FollowUpIntent::new(
+                FollowUp::Refund,
+                &command.request_id,
+                hash,
+                &command.charge_id,
+                Some(command.amount),
+                command.reason.as_str(),
+            );
+            let (charge, refund) = this.follow_up(&ctx, intent).await?;
+            let refund = refund.ok_or(Error::Corrupt("refund request without refund"))?;
+            Ok((refund, charge))
+        })
+        .await
+    }
+
+    /// The intent, call and result of a capture, void or refund.
+    async fn follow_up(
+        &self,
+        ctx: &RequestContext,
+        intent: FollowUpIntent,
+    ) -> Result<(ChargeView, Option<RefundView>), Error> {
+        let request_id = intent.request_id.clone();
+        let kind = intent.kind;
+        let _guard = self.locks.lock(&request_id).await;
+        let label = if intent.reason.is_empty() {
+            "intent".to_owned()
+        } else {
+            format!("intent: {}", intent.reason)
+        };
+        match self.vault.submit(intent, ctx, &label).await? {
+            Intended::Done(charge, refund) => Ok((charge, refund)),
+            Intended::Send(charge, refund) => {
+                self.send_follow_up(ctx, kind, &request_id, charge, refund)
+                    .await
+            }
+        }
+    }
+
+    /// Sends a capture, void or refund recorded as pending and records the answer.
+    async fn send_follow_up(
+        &self,
+        ctx: &RequestContext,
+        kind: FollowUp,
+        request_id: &str,
+        charge: ChargeView,
+        refund: Option<RefundView>,
+    ) -> Result<(ChargeView, Option<RefundView>), Error> {
+        let key = idempotency_key(&kind.rpc().to_lowercase(), request_id);
+        let amount = match kind {
+            FollowUp::Capture => {
+                let stored = store::charge_request(self.vault.pool(), request_id)
+                    .await?
+                    .ok_or(Error::Corrupt("capture without request"))?;
+                Some(Money::new(
+                    charge.requested.currency,
+                    stored.amount_minor.unwrap_or(charge.approved.minor_units),
+                ))
+            }
+            FollowUp::Void => None,
+            FollowUp::Refund => refund.as_ref().map(|r| r.amount),
+        };
+        let call = FollowUpCall {
+            idempotency_key: &key,
+            authorization_reference: &charge.processor_reference,
+            amount,
+            token: &charge.token,
+        };
+        let answer = match kind {
+            FollowUp::Capture => self.connector.capture(call).await,
+            FollowUp::Void => self.connector.void(call).await,
+            FollowUp::Refund => self.connector.refund(call).await,
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(error) => return Err(self.connector_failure(ctx, &charge, error).await),
+        };
+        let label = match &answer {
+            FollowUpAnswer::Done { .. } => format!("{} confirmed", kind.rpc().to_lowercase()),
+            FollowUpAnswer::Refused { code, .. } => format!("refused: {}", code.as_str()),
+        };
+        let result = FollowUpResult {
+            kind,
+            request_id: request_id.to_owned(),
+            charge_id: charge.id.clone(),
+            token: charge.token.clone(),
+            refund_id: refund.map(|r| r.id),
+            amount_minor: amount.map(|m| m.minor_units),
+            answer,
+            now: now_micros(),
+        };
+        self.vault.submit(result, ctx, &label).await
+    }
+
+    /// Reads a charge, resolving a pending authorization with the processor when its call is
+    /// over (at least one connector timeout old and not in flight here).
+    pub async fn get(
+        self: &Arc<Self>,
+        ctx: RequestContext,
+        lookup: ChargeLookup,
+    ) -> Result<ChargeView, Error> {
+        let this = self.clone();
+        self.detached(async move {
+            let mut conn = this.vault.pool().acquire().await?;
+            let charge = match &lookup {
+                ChargeLookup::Id(id) => store::charge(&mut conn, id, false).await?,
+                ChargeLookup::RequestId(request_id) => {
+                    store::charge_by_request(&mut conn, request_id.as_str()).await?
+                }
+            };
+            drop(conn);
+            let Some(charge) = charge else {
+                return Err(this.vault.refuse(&ctx, None, Error::ChargeNotFound).await);
+            };
+            if charge.state == ChargeState::Pending {
+                let timeout = this.connector.timeout();
+                return this.resolve_pending(&ctx, charge, timeout).await;
+            }
+            this.vault
+                .audit(&ctx, Some(&charge.token), "OK", "")
+                .await?;
+            Ok(charge)
+        })
+        .await
+    }
+
+    /// Resolves a pending authorization older than `min_age` by asking the processor. A
+    /// charge the processor never received is declined with `PROCESSING_ERROR` once older than
+    /// `charges.recovery_after_ms` (its call is long over; the caller may retry). A charge
+    /// whose call is in flight here is returned as it is.
+    async fn resolve_pending(
+        &self,
+        ctx: &RequestContext,
+        charge: ChargeView,
+        min_age: Duration,
+    ) -> Result<ChargeView, Error> {
+        let age = OffsetDateTime::now_utc() - charge.created_at;
+        let Some(_guard) = self.locks.try_lock(&charge.request_id) else {
+            return Ok(charge);
+        };
+        if age < min_age {
+            return Ok(charge);
+        }
+        let key = idempotency_key("authorize", &charge.request_id);
+        match self.connector.inquire(&key, &charge.token).await {
+            Ok(Some(answer)) => self.record_authorization(ctx, &charge, answer).await,
+            Ok(None) if age >= Duration::from_millis(self.settings.recovery_after_ms) => {
+                let answer = AuthorizeAnswer::Declined {
+                    reference: String::new(),
+                    code: DeclineCode::ProcessingError,
+                    processor_code: String::new(),
+                };
+                self.record_authorization(ctx, &charge, answer).await
+            }
+            Ok(None) => {
+                self.vault
+                    .audit(ctx, Some(&charge.token), "OK", "pending")
+                    .await?;
+                Ok(charge)
+            }
+            Err(error) => {
+                tracing::warn!(charge = %charge.id, %error, "inquiry failed");
+                self.vault
+                    .audit(ctx, Some(&charge.token), "OK", "pending")
+                    .await?;
+                Ok(charge)
+            }
+        }
+    }
+
+    /// One pass of the recovery job: finishes work left pending by a crash, a timeout or a
+    /// cancelled caller. Returns how many charges it looked at.
+    pub async fn recover(&self) -> Result<usize, Error> {
+        let before =
+            OffsetDateTime::now_utc() - Duration::from_millis(self.settings.recovery_after_ms);
+        let ids = store::stale_charges(
+            self.vault.pool(),
+            before,
+            i64::from(self.settings.recovery_batch_max),
+        )
+        .await?;
+        let ctx = RequestContext {
+            caller: None,
+            rpc: Rpc::RecoverCharges,
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+        };
+        for id in &ids {
+            if let Err(error) = self.recover_one(&ctx, id).await {
+                tracing::warn!(charge = %id, %error, "recovery of a charge failed");
+            }
+        }
+        Ok(ids.len())
+    }
+
+    async fn recover_one(&self, ctx: &RequestContext, id: &ChargeId) -> Result<(), Error> {
+        let charge = self.load(id).await?;
+        if charge.state == ChargeState::Pending {
+            self.resolve_pending(ctx, charge, Duration::ZERO).await?;
+            return Ok(());
+        }
+        let mut pending: Vec<(String, Option<RefundView>)> = charge
+            .refunds
+            .iter()
+            .filter(|r| r.state == RefundState::Pending)
+            .map(|r| (r.request_id.clone(), Some(r.clone())))
+            .collect();
+        if let Some(request_id) = &charge.pending_request_id {
+            pending.push((request_id.clone(), None));
+        }
+        for (request_id, refund) in pending {
+            let Some(_guard) = self.locks.try_lock(&request_id) else {
+                continue;
+            };
+            let stored = store::charge_request(self.vault.pool(), &request_id)
+                .await?
+                .ok_or(Error::Corrupt("pending operation without request"))?;
+            let kind = FollowUp::from_rpc(&stored.rpc)
+                .ok_or(Error::Corrupt("pending operation of unknown kind"))?;
+            let charge = self.load(id).await?;
+            self.send_follow_up(ctx, kind, &request_id, charge, refund)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn load(&self, id: &ChargeId) -> Result<ChargeView, Error> {
+        let mut conn = self.vault.pool().acquire().await?;
+        store::charge(&mut conn, id, false)
+            .await?
+            .ok_or(Error::ChargeNotFound)
+    }
+}
+
+fn authorization_outcome(answer: AuthorizeAnswer) -> AuthorizationOutcome {
+    match answer {
+        AuthorizeAnswer::Approved {
+            reference,
+            approved,
+            authorization_code,
+        } => AuthorizationOutcome::Approved {
+            approved_minor: approved.minor_units,
+            reference,
+            authorization_code,
+        },
+        AuthorizeAnswer::Declined {
+            reference,
+            code,
+            processor_code,
+        } => AuthorizationOutcome::Declined {
+            reference,
+            decline: Decline {
+                code,
+                next_action: code.default_next_action(),
+                processor_code,
+            },
+        },
+    }
+}
+
+async fn reload(conn: &mut PgConnection, id: &ChargeId) -> Result<ChargeView, Error> {
+    store::charge(conn, id, false)
+        .await?
+        .ok_or(Error::ChargeNotFound)
+}
+
+/// Records a new `Authorize` as a pending charge, or finds the charge of a repeated one.
+#[derive(Debug)]
+struct AuthorizeIntent {
+    view: ChargeView,
+    request_hash: [u8; 32],
+}
+
+impl Mutation for AuthorizeIntent {
+    type Output = ChargeView;
+
+    fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, ChargeView> {
+        Box::pin(async move {
+            let new = NewCharge {
+                view: &self.view,
+                request_hash: &self.request_hash,
+            };
+            if store::insert_pending_charge(conn, &new).await? {
+                return Ok(self.view.clone());
+            }
+            // A copy of this request (from another vault process) recorded it first.
+            let stored = store::charge_request(&mut *conn, &self.view.request_id)
+                .await?
+                .ok_or(Error::RequestIdTaken)?;
+            if stored.rpc != "Authorize" || stored.request_hash != self.request_hash {
+                return Err(Error::RequestIdReused);
+            }
+            reload(conn, &stored.charge_id).await
+        })
+    }
+
+    fn audit_token(&self, _output: &Result<ChargeView, Error>) -> Option<String> {
+        Some(self.view.token.as_str().to_owned())
+    }
+}
+
+/// Records the processor's answer to an authorization.
+#[derive(Debug)]
+struct RecordAuthorization {
+    charge_id: ChargeId,
+    token: crate::domain::Token,
+    outcome: AuthorizationOutcome,
+}
+
+impl Mutation for RecordAuthorization {
+    type Output = ChargeView;
+
+    fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, ChargeView> {
+        Box::pin(async move {
+            store::record_authorization(conn, &self.charge_id, &self.outcome, now_micros()).await?;
+            reload(conn, &self.charge_id).await
+        })
+    }
+
+    fn audit_token(&self, _output: &Result<ChargeView, Error>) -> Option<String> {
+        Some(self.token.as_str().to_owned())
+    }
+}
+
+/// What a capture, void or refund intent decided.
+#[derive(Debug)]
+enum Intended {
+    /// Call the processor (first time, or again for a call left pending).
+    Send(ChargeView, Option<RefundView>),
+    /// Nothing to send: a replay of a finished request, or a void with no hold to release.
+    Done(ChargeView, Option<RefundView>),
+}
+
+/// Checks the preconditions of a capture, void or refund and records it as sent.
+#[derive(Debug)]
+struct FollowUpIntent {
+    kind: FollowUp,
+    request_id: String,
+    request_hash: [u8; 32],
+    charge_id: ChargeId,
+    amount: Option<Money>,
+    reason: String,
+    /// The id a new refund gets (fixed before queuing, so that a retried batch reuses it).
+    refund_id: RefundId,
+    now: OffsetDateTime,
+}
+
+impl FollowUpIntent {
+    fn new(
+        kind: FollowUp,
+        request_id: &RequestId,
+        request_hash: [u8; 32],
+        charge_id: &ChargeId,
+        amount: Option<Money>,
+        reason: &str,
+    ) -> FollowUpIntent {
+        FollowUpIntent {
+            kind,
+            request_id: request_id.as_str().to_owned(),
+            request_hash,
+            charge_id: charge_id.clone(),
+            amount,
+            reason: reason.to_owned(),
+            refund_id: RefundId::generate(),
+            now: now_micros(),
+        }
+    }
+
+    async fn replay(
+        &self,
+        conn: &mut PgConnection,
+        stored: store::ChargeRequest,
+    ) -> Result<Intended, Error> {
+        if stored.rpc != self.kind.rpc() || stored.request_hash != self.request_hash {
+            return Err(Error::RequestIdReused);
+        }
+        let charge = reload(conn, &stored.charge_id).await?;
+        let refund = stored
+            .refund_id
+            .and_then(|id| charge.refunds.iter().find(|r| r.id == id).cloned());
+        let pending = match self.kind {
+            FollowUp::Refund => refund
+                .as_ref()
+                .is_some_and(|r| r.state == RefundState::Pending),
+            FollowUp::Capture | FollowUp::Void => {
+                charge.pending_request_id.as_deref() == Some(self.request_id.as_str())
+            }
+        };
+        Ok(if pending {
+            Intended::Send(charge, refund)
+        } else {
+            Intended::Done(charge, refund)
+        })
+    }
+
+    async fn record(
+        &self,
+        conn: &mut PgConnection,
+        refund_id: Option<&RefundId>,
+        amount_minor: Option<i64>,
+    ) -> Result<(), Error> {
+        if store::insert_charge_request(
+            conn,
+            &self.request_id,
+            self.kind.rpc(),
+            &self.request_hash,
+            &self.charge_id,
+            refund_id,
+            amount_minor,
+        )
+        .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::RequestIdTaken)
+        }
+    }
+
+    async fn decide(&self, conn: &mut PgConnection) -> Result<Intended, Error> {
+        if let Some(stored) = store::charge_request(&mut *conn, &self.request_id).await? {
+            return self.replay(conn, stored).await;
+        }
+        let charge = store::charge(conn, &self.charge_id, true)
+            .await?
+            .ok_or(Error::ChargeNotFound)?;
+        let currency = charge.requested.currency;
+        if self.amount.is_some_and(|m| m.currency != currency) {
+            return Err(Error::CurrencyMismatch);
+        }
+        match self.kind {
+            FollowUp::Capture => {
+                if charge.state != ChargeState::Authorized {
+                    return Err(Error::ChargeNotAuthorized);
+                }
+                if charge.pending_request_id.is_some() {
+                    return Err(Error::ChargeBusy);
+                }
+                let amount = self.amount.unwrap_or(charge.approved);
+                if amount.minor_units > charge.approved.minor_units {
+                    return Err(Error::AmountExceedsApproved);
+                }
+                self.record(conn, None, Some(amount.minor_units)).await?;
+                store::set_pending_request(conn, &self.charge_id, Some(&self.request_id), self.now)
+                    .await?;
+            }
+            FollowUp::Void => match charge.state {
+                ChargeState::Voided | ChargeState::Declined => {
+                    self.record(conn, None, None).await?;
+                    return Ok(Intended::Done(charge, None));
+                }
+                ChargeState::Captured | ChargeState::PartiallyRefunded | ChargeState::Refunded => {
+                    return Err(Error::ChargeAlreadyCaptured);
+                }
+                ChargeState::Pending => return Err(Error::OutcomeUnknown),
+                ChargeState::Authorized if charge.pending_request_id.is_some() => {
+                    return Err(Error::ChargeBusy);
+                }
+                ChargeState::Authorized => {
+                    self.record(conn, None, None).await?;
+                    store::set_pending_request(
+                        conn,
+                        &self.charge_id,
+                        Some(&self.request_id),
+                        self.now,
+                    )
+                    .await?;
+                }
+            },
+            FollowUp::Refund => {
+                if !matches!(
+                    charge.state,
+                    ChargeState::Captured | ChargeState::PartiallyRefunded
+                ) {
+                    return Err(Error::ChargeNotCaptured);
+                }
+                if charge.refunds.len() >= REFUNDS_PER_CHARGE_MAX {
+                    return Err(Error::RefundLimitReached);
+                }
+                let amount = self.amount.ok_or(Error::Corrupt("refund without amount"))?;
+                if amount.minor_units > charge.refundable_minor() {
+                    return Err(Error::AmountExceedsRefundable);
+                }
+                let refund = RefundView {
+                    id: self.refund_id.clone(),
+                    request_id: self.request_id.clone(),
+                    amount,
+                    state: RefundState::Pending,
+                    processor_reference: String::new(),
+                    reason: self.reason.clone(),
+                    created_at: self.now,
+                    complete_time: None,
+                };
+                store::insert_refund(conn, &refund, &self.charge_id).await?;
+                self.record(conn, Some(&refund.id), Some(amount.minor_units))
+                    .await?;
+            }
+        }
+        let charge = reload(conn, &self.charge_id).await?;
+        let refund = charge
+            .refunds
+            .iter()
+            .find(|r| r.id == self.refund_id)
+            .cloned();
+        Ok(Intended::Send(charge, refund))
+    }
+}
+
+impl Mutation for FollowUpIntent {
+    type Output = Intended;
+
+    fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Intended> {
+        Box::pin(async move {
+            // Under a savepoint: a copy of this request recorded by another writer between
+            // the lookup and the insert rolls back this job only, which then replays it.
+            storage::savepoint(conn).await?;
+            match self.decide(conn).await {
+                Err(Error::RequestIdTaken) => {
+                    storage::rollback_to_savepoint(conn).await?;
+                    self.decide(conn).await
+                }
+                Err(error) if error.aborts_transaction() => Err(error),
+                result => {
+                    storage::release_savepoint(conn).await?;
+                    result
+                }
+            }
+        })
+    }
+
+    fn audit_token(&self, output: &Result<Intended, Error>) -> Option<String> {
+        match output {
+            Ok(Intended::Send(charge, _) | Intended::Done(charge, _)) => {
+                Some(charge.token.as_str().to_owned())
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// Records the processor's answer to a capture, void or refund.
+#[derive(Debug)]
+struct FollowUpResult {
+    kind: FollowUp,
+    request_id: String,
+    charge_id: ChargeId,
+    token: crate::domain::Token,
+    refund_id: Option<RefundId>,
+    amount_minor: Option<i64>,
+    answer: FollowUpAnswer,
+    now: OffsetDateTime,
+}
+
+impl Mutation for FollowUpResult {
+    type Output = (ChargeView, Option<RefundView>);
+
+    fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Self::Output> {
+        Box::pin(async move {
+            let reference = match &self.answer {
+                FollowUpAnswer::Done { reference } => Some(reference.as_str()),
+                FollowUpAnswer::Refused { .. } => None,
+            };
+            match (self.kind, reference) {
+                (FollowUp::Capture, Some(_)) => {
+                    let amount = self
+                        .amount_minor
+                        .ok_or(Error::Corrupt("capture without amount"))?;
+                    store::record_capture(conn, &self.charge_id, amount, self.now).await?;
+                }
+                (FollowUp::Void, Some(_)) => {
+                    store::record_void(conn, &self.charge_id, self.now).await?;
+                }
+                (FollowUp::Capture | FollowUp::Void, None) => {
+                    store::set_pending_request(conn, &self.charge_id, None, self.now).await?;
+                    store::delete_charge_request(conn, &self.request_id).await?;
+                }
+                (FollowUp::Refund, reference) => {
+                    let refund_id = self
+                        .refund_id
+                        .as_ref()
+                        .ok_or(Error::Corrupt("refund result without refund"))?;
+                    store::record_refund(conn, refund_id, reference, self.now).await?;
+                }
+            }
+            let charge = reload(conn, &self.charge_id).await?;
+            if let (FollowUp::Capture | FollowUp::Void, FollowUpAnswer::Refused { code, .. }) =
+                (self.kind, &self.answer)
+            {
+                return Err(Error::ProcessorRefused(code.as_str()));
+            }
+            let refund = self
+                .refund_id
+                .as_ref()
+                .and_then(|id| charge.refunds.iter().find(|r| &r.id == id).cloned());
+            Ok((charge, refund))
+        })
+    }
+
+    fn audit_token(&self, _output: &Result<Self::Output, Error>) -> Option<String> {
+        Some(self.token.as_str().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request id's lock serializes its holders and is forgotten when the last one leaves,
+    /// so the map stays bounded by requests in flight.
+    #[tokio::test]
+    async fn request_locks_serialize_and_forget() {
+        let locks = RequestLocks::default();
+        let first = locks.lock("a").await;
+        assert!(locks.try_lock("a").is_none());
+        assert!(locks.try_lock("b").is_some());
+        assert_eq!(locks.len(), 1, "an idle entry is removed on release");
+        drop(first);
+        assert!(locks.is_empty());
+        let again = locks.try_lock("a");
+        assert!(again.is_some());
+        drop(again);
+        assert!(locks.is_empty());
+    }
+}

@@ -1,0 +1,981 @@
+//! The sandbox: a simulated acquirer built into the vault, deterministic and configurable per
+//! card, with its state in the vault database so that it behaves the same across restarts.
+//!
+//! It stands in for an external system, so it keeps its own tables (`sandbox_*`) and its own
+//! SQL here rather than in [`crate::storage`]; the vault's charge records never read them.
+//!
+//! # Test cards
+//!
+//! Every card starts with the behaviour of its number ([`CardBehaviour::for_test_card`]); any
+//! other number is approved with an unlimited balance. Any future expiry works.
+//!
+//! | number | behaviour |
+//! |---|---|
+//! | 4242 4242 4242 4242, 5555 5555 5555 4444, 3782 822463 10005 | approved |
+//! | 4000 0000 0000 0002 | declined, `DO_NOT_HONOR` (05) |
+//! | 4000 0000 0000 9995 | declined, `INSUFFICIENT_FUNDS` (51) |
+//! | 4000 0000 0000 9987 | declined, `LOST_CARD` (41) |
+//! | 4000 0000 0000 9979 | declined, `STOLEN_CARD` (43) |
+//! | 4000 0000 0000 0069 | declined, `EXPIRED_CARD` (54) |
+//! | 4000 0000 0000 0119 | declined, `PROCESSING_ERROR` (96), every time |
+//! | 4000 0027 6000 3184 | declined, `AUTHENTICATION_REQUIRED` (1A) |
+//! | 4100 0000 0000 0019 | declined, `BLOCKED` (62): blocked by the risk engine |
+//! | 4000 0099 0000 0012 | balance of 50.00 USD: partial approval when allowed, else `INSUFFICIENT_FUNDS` |
+//! | 4000 0099 0000 0020 | slow: every operation answers after 1000 ms |
+//! | 4000 0099 0000 0038 | takes the authorization, then never answers (the call times out) |
+//! | 4000 0099 0000 0046 | the first 2 authorizations fail with `PROCESSING_ERROR`, then approved |
+//!
+//! `ConfigureSandboxCard` replaces a card's behaviour at run time.
+
+use std::time::Duration;
+
+use aes_gcm::aead::OsRng;
+use aes_gcm::aead::rand_core::RngCore as _;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row as _};
+use tandem_money::{Currency, Money};
+use time::OffsetDateTime;
+
+use super::{
+    AuthorizeAnswer, AuthorizeCall, Connector, ConnectorError, FollowUpAnswer, FollowUpCall,
+};
+use crate::domain::charge::DeclineCode;
+use crate::domain::token::random_id;
+use crate::domain::{Fingerprint, Pan, Token};
+
+/// The connector's name, recorded on every charge.
+pub const NAME: &str = "sandbox";
+
+/// Latency of the slow test card, in milliseconds.
+const SLOW_CARD_LATENCY_MS: u32 = 1000;
+/// Failures of the fail-first test card before it approves.
+const FLAKY_CARD_FAILURES: u32 = 2;
+/// Balance of the limited-balance test card, in US cents.
+const LIMITED_CARD_BALANCE_CENTS: i64 = 5000;
+/// Longest latency a card may be given, in milliseconds.
+pub const LATENCY_MS_MAX: u32 = 60_000;
+/// Most failures a card may be told to produce first.
+pub const FAIL_FIRST_ATTEMPTS_MAX: u32 = 100;
+
+/// How the sandbox treats one card (`SandboxCardConfig` in the proto).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CardBehaviour {
+    /// Decline every authorization with this code.
+    pub decline: Option<DeclineCode>,
+    /// A limited balance; `None` is unlimited.
+    pub balance: Option<Money>,
+    /// Delay before answering any operation on the card.
+    pub latency_ms: u32,
+    /// Authorizations that fail with `PROCESSING_ERROR` before the card behaves normally.
+    pub fail_first_attempts: u32,
+    /// Take an approved authorization, then never answer.
+    pub timeout_after_authorize: bool,
+}
+
+impl CardBehaviour {
+    /// The documented behaviour of a test card number (see the module docs).
+    pub fn for_test_card(pan: &Pan) -> CardBehaviour {
+        let declined = |code| CardBehaviour {
+            decline: Some(code),
+            ..CardBehaviour::default()
+        };
+        match pan.expose_digits() {
+            "4000000000000002" => declined(DeclineCode::DoNotHonor),
+            "4000000000009995" => declined(DeclineCode::InsufficientFunds),
+            "4000000000009987" => declined(DeclineCode::LostCard),
+            "4000000000009979" => declined(DeclineCode::StolenCard),
+            "4000000000000069" => declined(DeclineCode::ExpiredCard),
+            "4000000000000119" => declined(DeclineCode::ProcessingError),
+            "4000002760003184" => declined(DeclineCode::AuthenticationRequired),
+            "4100000000000019" => declined(DeclineCode::Blocked),
+            "4000009900000012" => CardBehaviour {
+                balance: Currency::parse("USD")
+                    .ok()
+                    .map(|usd| Money::new(usd, LIMITED_CARD_BALANCE_CENTS)),
+                ..CardBehaviour::default()
+            },
+            "4000009900000020" => CardBehaviour {
+                latency_ms: SLOW_CARD_LATENCY_MS,
+                ..CardBehaviour::default()
+            },
+            "4000009900000038" => CardBehaviour {
+                timeout_after_authorize: true,
+                ..CardBehaviour::default()
+            },
+            "4000009900000046" => CardBehaviour {
+                fail_first_attempts: FLAKY_CARD_FAILURES,
+                ..CardBehaviour::default()
+            },
+            _ => CardBehaviour::default(),
+        }
+    }
+}
+
+/// The ISO 8583-style code the sandbox reports with each decline.
+fn processor_code(code: DeclineCode) -> &'static str {
+    match code {
+        DeclineCode::DoNotHonor => "05",
+        DeclineCode::InsufficientFunds => "51",
+        DeclineCode::LimitExceeded => "61",
+        DeclineCode::Blocked => "62",
+        DeclineCode::FraudSuspected => "59",
+        DeclineCode::LostCard => "41",
+        DeclineCode::StolenCard => "43",
+        DeclineCode::ExpiredCard => "54",
+        DeclineCode::InvalidCard => "14",
+        DeclineCode::AuthenticationRequired => "1A",
+        DeclineCode::TransactionNotAllowed => "57",
+        DeclineCode::CurrencyNotSupported => "N3",
+        DeclineCode::ProcessingError => "96",
+        DeclineCode::InvalidAmount => "13",
+        DeclineCode::Other => "XX",
+    }
+}
+
+/// A card as the sandbox sees it (`SandboxCard` in the proto).
+#[derive(Debug, Clone)]
+pub struct SandboxCard {
+    /// The token the card was last addressed by.
+    pub token: String,
+    /// Last four digits.
+    pub last4: String,
+    /// Set by `ConfigureSandboxCard` rather than by the test card number.
+    pub configured: bool,
+    /// The behaviour in force.
+    pub behaviour: CardBehaviour,
+    /// Balance minus holds minus captured money not refunded; `None` when unlimited.
+    pub available: Option<Money>,
+    /// Sum of open holds in the balance's currency (any currency if unlimited and uniform).
+    pub held: Option<Money>,
+    /// Failures still to come.
+    pub fail_remaining: u32,
+    /// Last change.
+    pub updated_at: OffsetDateTime,
+}
+
+/// One operation the sandbox received (`SandboxOperation` in the proto).
+#[derive(Debug, Clone)]
+pub struct SandboxOperation {
+    /// Order of arrival.
+    pub seq: i64,
+    /// Its reference.
+    pub reference: String,
+    /// The authorization it acts on (empty for an authorization).
+    pub authorization_reference: String,
+    /// `authorize`, `capture`, `void`, `refund` or `inquire`.
+    pub kind: String,
+    /// The caller's idempotency key.
+    pub idempotency_key: String,
+    /// The vault token.
+    pub token: String,
+    /// Requested amount.
+    pub requested: Option<Money>,
+    /// Approved amount.
+    pub approved: Option<Money>,
+    /// `approved`, `partially_approved`, `declined` or `replayed`.
+    pub outcome: String,
+    /// Why declined.
+    pub decline: Option<DeclineCode>,
+    /// Approval code.
+    pub authorization_code: String,
+    /// When received.
+    pub created_at: OffsetDateTime,
+}
+
+/// One line of the settlement report.
+#[derive(Debug, Clone)]
+pub struct SettlementRecord {
+    /// Order of writing.
+    pub seq: i64,
+    /// `stl_` id.
+    pub id: String,
+    /// Settlement day (UTC).
+    pub settlement_date: time::Date,
+    /// `capture` or `refund`.
+    pub kind: String,
+    /// The capture's or refund's reference.
+    pub processor_reference: String,
+    /// The authorization's reference.
+    pub authorization_reference: String,
+    /// Amount settled.
+    pub amount: Money,
+    /// When it happened.
+    pub created_at: OffsetDateTime,
+}
+
+/// Filters of [`Sandbox::operations`].
+#[derive(Debug, Clone, Default)]
+pub struct OperationFilter {
+    /// Only this token.
+    pub token: Option<String>,
+    /// Only this type.
+    pub kind: Option<&'static str>,
+    /// Only this authorization and the operations on it.
+    pub authorization_reference: Option<String>,
+}
+
+/// The sandbox acquirer.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pool: PgPool,
+}
+
+fn database_error(error: sqlx::Error) -> ConnectorError {
+    ConnectorError::Unavailable(format!("sandbox storage: {error}"))
+}
+
+fn reference() -> String {
+    random_id("sbx_")
+}
+
+/// A six-character approval code.
+fn authorization_code() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 6];
+    OsRng.fill_bytes(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
+fn money(currency: Option<String>, minor: Option<i64>) -> Option<Money> {
+    let currency = Currency::parse(currency.as_deref()?).ok()?;
+    Some(Money::new(currency, minor?))
+}
+
+impl Sandbox {
+    /// A sandbox keeping its state in `pool` (the vault's database).
+    pub fn new(pool: PgPool) -> Sandbox {
+        Sandbox { pool }
+    }
+
+    /// Creates the card's row with its test card behaviour unless it exists.
+    pub async fn ensure_card(
+        &self,
+        fingerprint: Fingerprint,
+        token: &Token,
+        pan: &Pan,
+    ) -> Result<(), sqlx::Error> {
+        let behaviour = CardBehaviour::for_test_card(pan);
+        write_card(
+            &self.pool,
+            fingerprint,
+            token,
+            &pan.last4(),
+            false,
+            &behaviour,
+            false,
+        )
+        .await
+    }
+
+    /// Replaces a card's behaviour (`Some`) or resets it to its test card's (`None`).
+    pub async fn configure(
+        &self,
+        fingerprint: Fingerprint,
+        token: &Token,
+        pan: &Pan,
+        behaviour: Option<CardBehaviour>,
+    ) -> Result<SandboxCard, sqlx::Error> {
+        let configured = behaviour.is_some();
+        let behaviour = behaviour.unwrap_or_else(|| CardBehaviour::for_test_card(pan));
+        write_card(
+            &self.pool,
+            fingerprint,
+            token,
+            &pan.last4(),
+            configured,
+            &behaviour,
+            true,
+        )
+        .await?;
+        self.card(fingerprint)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// A card's state, if the sandbox has seen it.
+    pub async fn card(&self, fingerprint: Fingerprint) -> Result<Option<SandboxCard>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT c.*, \
+             (SELECT sum(approved_minor) FROM sandbox_authorizations a \
+              WHERE a.fingerprint = c.fingerprint AND a.state = 'held')::bigint AS held_minor, \
+             (SELECT min(currency) FROM sandbox_authorizations a \
+              WHERE a.fingerprint = c.fingerprint AND a.state = 'held') AS held_currency, \
+             (SELECT sum(captured_minor - refunded_minor) FROM sandbox_authorizations a \
+              WHERE a.fingerprint = c.fingerprint AND a.state = 'captured' \
+              AND a.currency = c.balance_currency)::bigint AS spent_minor \
+             FROM sandbox_cards c WHERE c.fingerprint = $1",
+        )
+        .bind(fingerprint.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| card_from_row(&row)).transpose()
+    }
+
+    /// Operations after `after_seq`, oldest first, at most `limit`.
+    pub async fn operations(
+        &self,
+        filter: &OperationFilter,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<SandboxOperation>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT * FROM sandbox_operations WHERE seq > $1 \
+             AND ($2::text IS NULL OR token = $2) AND ($3::text IS NULL OR type = $3) \
+             AND ($4::text IS NULL OR reference = $4 OR authorization_reference = $4) \
+             ORDER BY seq LIMIT $5",
+        )
+        .bind(after_seq)
+        .bind(filter.token.as_deref())
+        .bind(filter.kind)
+        .bind(filter.authorization_reference.as_deref())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SandboxOperation {
+                    seq: row.try_get("seq")?,
+                    reference: row.try_get("reference")?,
+                    authorization_reference: row.try_get("authorization_reference")?,
+                    kind: row.try_get("type")?,
+                    idempotency_key: row.try_get("idempotency_key")?,
+                    token: row.try_get("token")?,
+                    requested: money(row.try_get("currency")?, row.try_get("requested_minor")?),
+                    approved: money(row.try_get("currency")?, row.try_get("approved_minor")?),
+                    outcome: row.try_get("outcome")?,
+                    decline: row
+                        .try_get::<Option<String>, _>("decline_code")?
+                        .as_deref()
+                        .and_then(DeclineCode::parse),
+                    authorization_code: row.try_get("authorization_code")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Settlement records after position (`settlement_date`, `seq`) `after`, within the days,
+    /// of the type, at most `limit`.
+    pub async fn settlement_records(
+        &self,
+        start: Option<time::Date>,
+        end: Option<time::Date>,
+        kind: Option<&'static str>,
+        after: Option<(time::Date, i64)>,
+        limit: i64,
+    ) -> Result<Vec<SettlementRecord>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT * FROM sandbox_settlement_records \
+             WHERE ($1::date IS NULL OR settlement_date >= $1) \
+             AND ($2::date IS NULL OR settlement_date <= $2) \
+             AND ($3::text IS NULL OR type = $3) \
+             AND ($4::date IS NULL OR (settlement_date, seq) > ($4, $5)) \
+             ORDER BY settlement_date, seq LIMIT $6",
+        )
+        .bind(start)
+        .bind(end)
+        .bind(kind)
+        .bind(after.map(|(date, _)| date))
+        .bind(after.map_or(0, |(_, seq)| seq))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let currency: String = row.try_get("currency")?;
+                Ok(SettlementRecord {
+                    seq: row.try_get("seq")?,
+                    id: row.try_get("id")?,
+                    settlement_date: row.try_get("settlement_date")?,
+                    kind: row.try_get("type")?,
+                    processor_reference: row.try_get("processor_reference")?,
+                    authorization_reference: row.try_get("authorization_reference")?,
+                    amount: money(Some(currency), Some(row.try_get("amount_minor")?)).ok_or_else(
+                        || sqlx::Error::ColumnDecode {
+                            index: "currency".into(),
+                            source: "unknown currency".into(),
+                        },
+                    )?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The (settlement day, seq) of the settlement record `seq`, for paging.
+    pub async fn settlement_record_position(
+        &self,
+        seq: i64,
+    ) -> Result<Option<(time::Date, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT settlement_date, seq FROM sandbox_settlement_records WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// The card's latency, if the sandbox knows the card.
+    async fn latency(&self, fingerprint: Fingerprint) -> Result<Duration, sqlx::Error> {
+        let latency: Option<i32> =
+            sqlx::query_scalar("SELECT latency_ms FROM sandbox_cards WHERE fingerprint = $1")
+                .bind(fingerprint.as_bytes().as_slice())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(Duration::from_millis(latency.unwrap_or(0).max(0) as u64))
+    }
+
+    async fn authorize_once(
+        &self,
+        call: &AuthorizeCall<'_>,
+    ) -> Result<(AuthorizeAnswer, bool), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Lock the card first: concurrent operations on one card (and copies of one request)
+        // serialize here, and each then sees what the others committed.
+        let card = sqlx::query("SELECT * FROM sandbox_cards WHERE fingerprint = $1 FOR UPDATE")
+            .bind(call.fingerprint.as_bytes().as_slice())
+            .fetch_one(&mut *tx)
+            .await?;
+        if let Some(answer) = replay_authorization(&mut tx, call.idempotency_key).await? {
+            record_replay(&mut tx, "authorize", call.idempotency_key, call.token, "").await?;
+            tx.commit().await?;
+            return Ok((answer, false));
+        }
+        let behaviour = card_from_row(&card)?.behaviour;
+        let fail_remaining: i32 = card.try_get("fail_remaining")?;
+        let today = OffsetDateTime::now_utc().date();
+        let decision = if fail_remaining > 0 {
+            sqlx::query(
+                "UPDATE sandbox_cards SET fail_remaining = fail_remaining - 1, updated_at = now() \
+                 WHERE fingerprint = $1",
+            )
+            .bind(call.fingerprint.as_bytes().as_slice())
+            .execute(&mut *tx)
+            .await?;
+            Err(DeclineCode::ProcessingError)
+        } else if let Some(code) = behaviour.decline {
+            Err(code)
+        } else if call.expiry.has_expired(today) {
+            Err(DeclineCode::ExpiredCard)
+        } else if let Some(balance) = behaviour.balance {
+            if balance.currency != call.amount.currency {
+                Err(DeclineCode::CurrencyNotSupported)
+            } else {
+                let available = available_minor(&mut tx, call.fingerprint, balance).await?;
+                if call.amount.minor_units <= available {
+                    Ok(call.amount.minor_units)
+                } else if call.allow_partial_approval && available > 0 {
+                    Ok(available)
+                } else {
+                    Err(DeclineCode::InsufficientFunds)
+                }
+            }
+        } else {
+            Ok(call.amount.minor_units)
+        };
+        let reference = reference();
+        let now = OffsetDateTime::now_utc();
+        let answer = match decision {
+            Ok(approved_minor) => {
+                let code = authorization_code();
+                sqlx::query(
+                    "INSERT INTO sandbox_authorizations \
+                     (reference, fingerprint, currency, approved_minor, state, created_at) \
+                     VALUES ($1, $2, $3, $4, 'held', $5)",
+                )
+                .bind(&reference)
+                .bind(call.fingerprint.as_bytes().as_slice())
+                .bind(call.amount.currency.code())
+                .bind(approved_minor)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                AuthorizeAnswer::Approved {
+                    reference: reference.clone(),
+                    approved: Money::new(call.amount.currency, approved_minor),
+                    authorization_code: code,
+                }
+            }
+            Err(code) => AuthorizeAnswer::Declined {
+                reference: reference.clone(),
+                code,
+                processor_code: processor_code(code).to_owned(),
+            },
+        };
+        let (outcome, approved_minor, decline, auth_code) = match &answer {
+            AuthorizeAnswer::Approved {
+                approved,
+                authorization_code,
+                ..
+            } => (
+                if approved.minor_units < call.amount.minor_units {
+                    "partially_approved"
+                } else {
+                    "approved"
+                },
+                approved.minor_units,
+                None,
+                authorization_code.as_str(),
+            ),
+            AuthorizeAnswer::Declined { code, .. } => ("declined", 0, Some(*code), ""),
+        };
+        sqlx::query(
+            "INSERT INTO sandbox_operations (reference, type, idempotency_key, token, currency, \
+             requested_minor, approved_minor, outcome, decline_code, processor_decline_code, \
+             authorization_code, created_at) \
+             VALUES ($1, 'authorize', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&reference)
+        .bind(call.idempotency_key)
+        .bind(call.token.as_str())
+        .bind(call.amount.currency.code())
+        .bind(call.amount.minor_units)
+        .bind(approved_minor)
+        .bind(outcome)
+        .bind(decline.map(DeclineCode::as_str))
+        .bind(decline.map_or("", processor_code))
+        .bind(auth_code)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let hang = behaviour.timeout_after_authorize && decline.is_none();
+        Ok((answer, hang))
+    }
+
+    async fn follow_up_once(
+        &self,
+        kind: &'static str,
+        call: &FollowUpCall<'_>,
+    ) -> Result<FollowUpAnswer, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let authorization =
+            sqlx::query("SELECT * FROM sandbox_authorizations WHERE reference = $1 FOR UPDATE")
+                .bind(call.authorization_reference)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let previous = sqlx::query(
+            "SELECT reference, outcome, decline_code, processor_decline_code \
+             FROM sandbox_operations WHERE type = $1 AND idempotency_key = $2 \
+             AND outcome <> 'replayed'",
+        )
+        .bind(kind)
+        .bind(call.idempotency_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(previous) = previous {
+            record_replay(
+                &mut tx,
+                kind,
+                call.idempotency_key,
+                call.token,
+                call.authorization_reference,
+            )
+            .await?;
+            tx.commit().await?;
+            return follow_up_answer(&previous);
+        }
+        let Some(authorization) = authorization else {
+            return refuse(tx, kind, call, DeclineCode::InvalidCard).await;
+        };
+        let state: String = authorization.try_get("state")?;
+        let currency: String = authorization.try_get("currency")?;
+        let approved: i64 = authorization.try_get("approved_minor")?;
+        let captured: i64 = authorization.try_get("captured_minor")?;
+        let refunded: i64 = authorization.try_get("refunded_minor")?;
+        let amount = call.amount.map(|m| m.minor_units);
+        let amount_currency_ok = call.amount.is_none_or(|m| m.currency.code() == currency);
+        let reference = reference();
+        let update = match (kind, state.as_str(), amount) {
+            _ if !amount_currency_ok => None,
+            ("capture", "held", Some(amount)) if amount > 0 && amount <= approved => Some(
+                "UPDATE sandbox_authorizations SET state = 'captured', captured_minor = $2 \
+                 WHERE reference = $1",
+            ),
+            ("void", "held", None) => Some(
+                "UPDATE sandbox_authorizations SET state = 'voided' WHERE reference = $1 \
+                 AND $2::bigint IS NULL",
+            ),
+            ("refund", "captured", Some(amount)) if amount > 0 && amount <= captured - refunded => {
+                Some(
+                    "UPDATE sandbox_authorizations SET refunded_minor = refunded_minor + $2 \
+                     WHERE reference = $1",
+                )
+            }
+            _ => None,
+        };
+        let Some(update) = update else {
+            let code = if amount_currency_ok {
+                DeclineCode::TransactionNotAllowed
+            } else {
+                DeclineCode::CurrencyNotSupported
+            };
+            return refuse(tx, kind, call, code).await;
+        };
+        sqlx::query(update)
+            .bind(call.authorization_reference)
+            .bind(amount)
+            .execute(&mut *tx)
+            .await?;
+        let now = OffsetDateTime::now_utc();
+        sqlx::query(
+            "INSERT INTO sandbox_operations (reference, authorization_reference, type, \
+             idempotency_key, token, currency, requested_minor, approved_minor, outcome, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 'approved', $8)",
+        )
+        .bind(&reference)
+        .bind(call.authorization_reference)
+        .bind(kind)
+        .bind(call.idempotency_key)
+        .bind(call.token.as_str())
+        .bind(amount.map(|_| currency.as_str()))
+        .bind(amount)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if let (Some(amount), "capture" | "refund") = (amount, kind) {
+            sqlx::query(
+                "INSERT INTO sandbox_settlement_records (id, settlement_date, type, \
+                 processor_reference, authorization_reference, currency, amount_minor, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(random_id("stl_"))
+            .bind(now.date())
+            .bind(kind)
+            .bind(&reference)
+            .bind(call.authorization_reference)
+            .bind(&currency)
+            .bind(amount)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(FollowUpAnswer::Done { reference })
+    }
+
+    /// The latency of the card an authorization belongs to.
+    async fn latency_of_authorization(&self, reference: &str) -> Result<Duration, sqlx::Error> {
+        let latency: Option<i32> = sqlx::query_scalar(
+            "SELECT c.latency_ms FROM sandbox_authorizations a \
+             JOIN sandbox_cards c USING (fingerprint) WHERE a.reference = $1",
+        )
+        .bind(reference)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(Duration::from_millis(latency.unwrap_or(0).max(0) as u64))
+    }
+
+    async fn follow_up(
+        &self,
+        kind: &'static str,
+        call: FollowUpCall<'_>,
+    ) -> Result<FollowUpAnswer, ConnectorError> {
+        let latency = self
+            .latency_of_authorization(call.authorization_reference)
+            .await
+            .map_err(database_error)?;
+        tokio::time::sleep(latency).await;
+        self.follow_up_once(kind, &call)
+            .await
+            .map_err(database_error)
+    }
+}
+
+/// Inserts or (with `replace`) overwrites a card's behaviour.
+async fn write_card(
+    pool: &PgPool,
+    fingerprint: Fingerprint,
+    token: &Token,
+    last4: &str,
+    configured: bool,
+    behaviour: &CardBehaviour,
+    replace: bool,
+) -> Result<(), sqlx::Error> {
+    let conflict = if replace {
+        "ON CONFLICT (fingerprint) DO UPDATE SET token = EXCLUDED.token, \
+         configured = EXCLUDED.configured, decline_code = EXCLUDED.decline_code, \
+         balance_currency = EXCLUDED.balance_currency, balance_minor = EXCLUDED.balance_minor, \
+         latency_ms = EXCLUDED.latency_ms, fail_first_attempts = EXCLUDED.fail_first_attempts, \
+         fail_remaining = EXCLUDED.fail_remaining, \
+         timeout_after_authorize = EXCLUDED.timeout_after_authorize, updated_at = now()"
+    } else {
+        "ON CONFLICT (fingerprint) DO NOTHING"
+    };
+    let sql = format!(
+        "INSERT INTO sandbox_cards (fingerprint, token, last4, configured, decline_code, \
+         balance_currency, balance_minor, latency_ms, fail_first_attempts, fail_remaining, \
+         timeout_after_authorize, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, now()) {conflict}"
+    );
+    sqlx::query(&sql)
+        .bind(fingerprint.as_bytes().as_slice())
+        .bind(token.as_str())
+        .bind(last4)
+        .bind(configured)
+        .bind(behaviour.decline.map(DeclineCode::as_str))
+        .bind(behaviour.balance.map(|b| b.currency.code()))
+        .bind(behaviour.balance.map(|b| b.minor_units))
+        .bind(behaviour.latency_ms as i32)
+        .bind(behaviour.fail_first_attempts as i32)
+        .bind(behaviour.timeout_after_authorize)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+fn card_from_row(row: &PgRow) -> Result<SandboxCard, sqlx::Error> {
+    let balance = money(
+        row.try_get("balance_currency")?,
+        row.try_get("balance_minor")?,
+    );
+    let held_minor: Option<i64> = row.try_get("held_minor").unwrap_or(None);
+    let held_currency: Option<String> = row.try_get("held_currency").unwrap_or(None);
+    let spent_minor: Option<i64> = row.try_get("spent_minor").unwrap_or(None);
+    let held = money(held_currency, held_minor);
+    let available = balance.map(|balance| {
+        let held_same = held
+            .filter(|h| h.currency == balance.currency)
+            .map_or(0, |h| h.minor_units);
+        Money::new(
+            balance.currency,
+            balance.minor_units - held_same - spent_minor.unwrap_or(0),
+        )
+    });
+    Ok(SandboxCard {
+        token: row.try_get("token")?,
+        last4: row.try_get("last4")?,
+        configured: row.try_get("configured")?,
+        behaviour: CardBehaviour {
+            decline: row
+                .try_get::<Option<String>, _>("decline_code")?
+                .as_deref()
+                .and_then(DeclineCode::parse),
+            balance,
+            latency_ms: row.try_get::<i32, _>("latency_ms")?.max(0) as u32,
+            fail_first_attempts: row.try_get::<i32, _>("fail_first_attempts")?.max(0) as u32,
+            timeout_after_authorize: row.try_get("timeout_after_authorize")?,
+        },
+        available,
+        held,
+        fail_remaining: row.try_get::<i32, _>("fail_remaining")?.max(0) as u32,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// What the card can still authorize in the balance's currency.
+async fn available_minor(
+    conn: &mut PgConnection,
+    fingerprint: Fingerprint,
+    balance: Money,
+) -> Result<i64, sqlx::Error> {
+    let used: Option<i64> = sqlx::query_scalar(
+        "SELECT sum(CASE state WHEN 'held' THEN approved_minor \
+         ELSE captured_minor - refunded_minor END)::bigint \
+         FROM sandbox_authorizations WHERE fingerprint = $1 AND currency = $2 \
+         AND state IN ('held', 'captured')",
+    )
+    .bind(fingerprint.as_bytes().as_slice())
+    .bind(balance.currency.code())
+    .fetch_one(conn)
+    .await?;
+    Ok(balance.minor_units - used.unwrap_or(0))
+}
+
+/// The answer the sandbox gave to an earlier authorization with this key.
+async fn replay_authorization(
+    conn: &mut PgConnection,
+    idempotency_key: &str,
+) -> Result<Option<AuthorizeAnswer>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT reference, currency, approved_minor, outcome, decline_code, \
+         processor_decline_code, authorization_code FROM sandbox_operations \
+         WHERE type = 'authorize' AND idempotency_key = $1 AND outcome <> 'replayed'",
+    )
+    .bind(idempotency_key)
+    .fetch_optional(conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let reference: String = row.try_get("reference")?;
+    let decline: Option<String> = row.try_get("decline_code")?;
+    let answer = match decline.as_deref().and_then(DeclineCode::parse) {
+        Some(code) => AuthorizeAnswer::Declined {
+            reference,
+            code,
+            processor_code: row.try_get("processor_decline_code")?,
+        },
+        None => AuthorizeAnswer::Approved {
+            reference,
+            approved: money(row.try_get("currency")?, row.try_get("approved_minor")?).ok_or_else(
+                || sqlx::Error::ColumnDecode {
+                    index: "approved_minor".into(),
+                    source: "approved authorization without an amount".into(),
+                },
+            )?,
+            authorization_code: row.try_get("authorization_code")?,
+        },
+    };
+    Ok(Some(answer))
+}
+
+async fn record_replay(
+    conn: &mut PgConnection,
+    kind: &str,
+    idempotency_key: &str,
+    token: &Token,
+    authorization_reference: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sandbox_operations (reference, authorization_reference, type, \
+         idempotency_key, token, outcome, created_at) \
+         VALUES ($1, $2, $3, $4, $5, 'replayed', now())",
+    )
+    .bind(reference())
+    .bind(authorization_reference)
+    .bind(kind)
+    .bind(idempotency_key)
+    .bind(token.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn follow_up_answer(row: &PgRow) -> Result<FollowUpAnswer, sqlx::Error> {
+    let decline: Option<String> = row.try_get("decline_code")?;
+    Ok(match decline.as_deref().and_then(DeclineCode::parse) {
+        Some(code) => FollowUpAnswer::Refused {
+            code,
+            processor_code: row.try_get("processor_decline_code")?,
+        },
+        None => FollowUpAnswer::Done {
+            reference: row.try_get("reference")?,
+        },
+    })
+}
+
+/// Records and returns a refused capture, void or refund.
+async fn refuse(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    kind: &str,
+    call: &FollowUpCall<'_>,
+    code: DeclineCode,
+) -> Result<FollowUpAnswer, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sandbox_operations (reference, authorization_reference, type, \
+         idempotency_key, token, outcome, decline_code, processor_decline_code, created_at) \
+         VALUES ($1, $2, $3, $4, $5, 'declined', $6, $7, now())",
+    )
+    .bind(reference())
+    .bind(call.authorization_reference)
+    .bind(kind)
+    .bind(call.idempotency_key)
+    .bind(call.token.as_str())
+    .bind(code.as_str())
+    .bind(processor_code(code))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(FollowUpAnswer::Refused {
+        code,
+        processor_code: processor_code(code).to_owned(),
+    })
+}
+
+#[async_trait::async_trait]
+impl Connector for Sandbox {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn authorize(&self, call: AuthorizeCall<'_>) -> Result<AuthorizeAnswer, ConnectorError> {
+        self.ensure_card(call.fingerprint, call.token, &call.card.pan)
+            .await
+            .map_err(database_error)?;
+        let latency = self
+            .latency(call.fingerprint)
+            .await
+            .map_err(database_error)?;
+        tokio::time::sleep(latency).await;
+        let (answer, hang) = self.authorize_once(&call).await.map_err(database_error)?;
+        if hang {
+            // The hold is taken and committed; the answer never comes. The connector's
+            // timeout ends the call, and `inquire` (or a replay) later finds the hold.
+            std::future::pending::<()>().await;
+        }
+        Ok(answer)
+    }
+
+    async fn capture(&self, call: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
+        self.follow_up("capture", call).await
+    }
+
+    async fn void(&self, call: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
+        self.follow_up("void", call).await
+    }
+
+    async fn refund(&self, call: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
+        self.follow_up("refund", call).await
+    }
+
+    async fn inquire(
+        &self,
+        idempotency_key: &str,
+        token: &Token,
+    ) -> Result<Option<AuthorizeAnswer>, ConnectorError> {
+        let mut tx = self.pool.begin().await.map_err(database_error)?;
+        let answer = replay_authorization(&mut tx, idempotency_key)
+            .await
+            .map_err(database_error)?;
+        if let Some(AuthorizeAnswer::Approved { reference, .. })
+        | Some(AuthorizeAnswer::Declined { reference, .. }) = &answer
+        {
+            sqlx::query(
+                "INSERT INTO sandbox_operations (reference, authorization_reference, type, \
+                 idempotency_key, token, outcome, created_at) \
+                 VALUES ($1, $2, 'inquire', $3, $4, 'approved', now())",
+            )
+            .bind(self::reference())
+            .bind(reference)
+            .bind(idempotency_key)
+            .bind(token.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(database_error)?;
+        }
+        tx.commit().await.map_err(database_error)?;
+        Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented numbers map to their behaviour; other numbers are plainly approved.
+    #[test]
+    fn test_cards() {
+        let behaviour = |digits: &str| CardBehaviour::for_test_card(&Pan::parse(digits).unwrap());
+        assert_eq!(behaviour("4242424242424242"), CardBehaviour::default());
+        assert_eq!(
+            behaviour("4000 0000 0000 9995").decline,
+            Some(DeclineCode::InsufficientFunds)
+        );
+        assert_eq!(
+            behaviour("4100000000000019").decline,
+            Some(DeclineCode::Blocked)
+        );
+        assert_eq!(
+            behaviour("4000009900000012").balance.map(|b| b.to_string()),
+            Some("50.00 USD".to_owned())
+        );
+        assert_eq!(behaviour("4000009900000020").latency_ms, 1000);
+        assert!(behaviour("4000009900000038").timeout_after_authorize);
+        assert_eq!(behaviour("4000009900000046").fail_first_attempts, 2);
+        for code in DeclineCode::ALL {
+            assert!(processor_code(*code).len() <= 32);
+        }
+    }
+}
