@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize as _, Zeroizing};
 
 /// Fewest digits in a PAN (ISO/IEC 7812 allows 8, but no brand Tandem accepts issues fewer
 /// than 12).
@@ -176,45 +176,112 @@ impl fmt::Debug for Pan {
     }
 }
 
-/// True if `text` contains something Tandem would accept as a card number: a run of 12-19
-/// digits (single spaces or dashes between them allowed) that parses as a [`Pan`]. Free-text
-/// fields that reach logs, audit rows or storage in clear (reasons, request ids, correlation
-/// ids) are refused or replaced when this holds, so a careless caller cannot leak a PAN
-/// through them.
+/// True if `text` contains something Tandem would accept as a card number: 12-19 digits that
+/// parse as a [`Pan`], either contiguous or written in the groups card numbers are printed in
+/// (a whole word of groups of 4 or 6 digits joined by single spaces or dashes, the last group
+/// 1-6 digits: `4242 4242 4242 4242`, `3782-822463-10005`). Free-text fields that reach logs,
+/// audit rows or storage in clear (reasons, request ids, correlation ids) are refused or
+/// replaced when this holds, so a careless caller cannot leak a PAN through them.
+///
+/// Digit groups in other shapes, or glued to letters, are checked one by one but never joined,
+/// so identifiers such as UUIDs (hex groups of 8-4-4-4-12) are never mistaken for a card
+/// number, whatever their digits.
 pub fn contains_card_number(text: &str) -> bool {
-    let mut digits: Vec<u8> = Vec::with_capacity(DIGITS_MAX);
-    let mut previous_was_separator = false;
-    let check_run = |digits: &mut Vec<u8>| -> bool {
-        let found = (0..digits.len()).any(|start| {
+    /// A run of digit groups separated by single spaces or dashes.
+    struct Run {
+        digits: Zeroizing<Vec<u8>>,
+        /// Length of each group, in order.
+        groups: Vec<usize>,
+        current: usize,
+        /// The run's first digit follows the start of the text or a character that is not
+        /// a letter or digit.
+        starts_at_boundary: bool,
+    }
+
+    fn has_pan(digits: &[u8]) -> bool {
+        (0..digits.len()).any(|start| {
             (DIGITS_MIN..=DIGITS_MAX)
                 .filter(|len| start + len <= digits.len())
                 .any(|len| {
                     std::str::from_utf8(&digits[start..start + len])
                         .is_ok_and(|window| Pan::parse(window).is_ok())
                 })
-        });
-        zeroize::Zeroize::zeroize(digits);
-        digits.clear();
-        found
+        })
+    }
+
+    impl Run {
+        fn push_digit(&mut self, digit: u8) {
+            self.digits.push(digit);
+            self.current += 1;
+        }
+
+        fn end_group(&mut self) {
+            if self.current > 0 {
+                self.groups.push(self.current);
+                self.current = 0;
+            }
+        }
+
+        /// Checks the run and empties it; `ends_at_boundary` says whether what follows its
+        /// last digit is a separator, the end of the text, or another non-alphanumeric.
+        fn finish(&mut self, ends_at_boundary: bool) -> bool {
+            self.end_group();
+            let card_grouping = self.groups.len() > 1
+                && self.starts_at_boundary
+                && ends_at_boundary
+                && self.groups[..self.groups.len() - 1]
+                    .iter()
+                    .all(|len| *len == 4 || *len == 6)
+                && self.groups.last().is_some_and(|len| (1..=6).contains(len));
+            let found = if card_grouping {
+                has_pan(&self.digits)
+            } else {
+                let mut offset = 0;
+                self.groups.iter().any(|len| {
+                    let group = &self.digits[offset..offset + len];
+                    offset += len;
+                    has_pan(group)
+                })
+            };
+            self.digits.zeroize();
+            self.digits.clear();
+            self.groups.clear();
+            found
+        }
+    }
+
+    let mut run = Run {
+        digits: Zeroizing::new(Vec::with_capacity(DIGITS_MAX * 2)),
+        groups: Vec::new(),
+        current: 0,
+        starts_at_boundary: true,
     };
+    let mut previous: Option<u8> = None;
+    let mut previous_was_separator = false;
     for byte in text.bytes() {
         match byte {
             b'0'..=b'9' => {
-                digits.push(byte);
+                if run.digits.is_empty() {
+                    run.starts_at_boundary = !previous.is_some_and(|b| b.is_ascii_alphanumeric());
+                }
+                run.push_digit(byte);
                 previous_was_separator = false;
             }
-            b' ' | b'-' if !digits.is_empty() && !previous_was_separator => {
+            b' ' | b'-' if run.current > 0 && !previous_was_separator => {
+                run.end_group();
                 previous_was_separator = true;
             }
             _ => {
-                if check_run(&mut digits) {
+                let boundary = previous_was_separator || !byte.is_ascii_alphanumeric();
+                if !run.digits.is_empty() && run.finish(boundary) {
                     return true;
                 }
                 previous_was_separator = false;
             }
         }
+        previous = Some(byte);
     }
-    check_run(&mut digits)
+    !run.digits.is_empty() && run.finish(true)
 }
 
 /// The Luhn (mod 10) check over ASCII digits.
@@ -337,6 +404,7 @@ mod tests {
         let flagged = [
             "customer said 4242 4242 4242 4242 was stolen",
             "4242-4242-4242-4242",
+            "3782-822463-10005",
             "ref4242424242424242x",
             "card 378282246310005",
         ];
@@ -345,6 +413,10 @@ mod tests {
         }
         let clean = [
             "5f0c3a4e-7d1b-4c38-9a52-0e7b0e3c8c11",
+            // A UUID whose digits would make a Luhn-valid Visa number if its groups were
+            // joined (4-4-4-12 across the dashes).
+            "4242aaaa-4242-4242-4242-424242424242",
+            "12345678-4000-4000-8000-000000000002",
             "pay_1/leg_2/attempt_1/authorize",
             "reported lost on 2026-11-23",
             "4242 4242",
@@ -357,6 +429,27 @@ mod tests {
     }
 
     /// Neither Debug nor any error text contains the digits.
+    /// UUIDs, the request ids AIP-155 recommends, are never taken for a card number, whatever
+    /// digits they happen to hold.
+    #[test]
+    fn uuids_are_never_card_numbers() {
+        for _ in 0..20_000 {
+            let id = uuid::Uuid::new_v4().to_string();
+            assert!(!contains_card_number(&id), "{id}");
+            let digits_only: String = id
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_hexdigit() && !c.is_ascii_digit() {
+                        '4'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            assert!(!contains_card_number(&digits_only), "{digits_only}");
+        }
+    }
+
     #[test]
     fn debug_is_redacted() {
         let pan = Pan::parse("4242424242424242").unwrap();
