@@ -45,6 +45,7 @@ TANDEM_VAULT__SERVER__LISTEN_ADDR="127.0.0.1:50151" \
   ./target/debug/tandemctl dev --demo --exit --dir "$dev_dir" \
   --vault-database "tandem_test_dev_$$" | tee "$dev_dir/out.txt"
 grep -q "corporate Visa" "$dev_dir/out.txt"
+grep -q "captured, authorization code" "$dev_dir/out.txt"
 rm -rf "$dev_dir"
 
 printf '\nall tests passed\n'

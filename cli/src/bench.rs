@@ -5,6 +5,10 @@
 //! `concurrency` clients that tokenize distinct PANs back to back over a few HTTP/2
 //! connections, discards a warm-up, and prints throughput and latency percentiles.
 //!
+//! `tandemctl bench charge --concurrency 64 --duration 30s` tokenizes a pool of cards, then
+//! runs `concurrency` clients that each authorize and capture a charge through the sandbox
+//! connector, back to back, and reports authorize+capture pairs per second and their latency.
+//!
 //! `tandemctl bench ledger --accounts 50 --concurrency 20 --duration 30s` creates single
 //! transfers between random accounts of a fresh `tandem_bench_ledger` database through the
 //! batching writer, checks the ledger invariants, then runs `pgbench -b tpcb-like` with as many
@@ -35,6 +39,8 @@ const DURATION_MAX: Duration = Duration::from_secs(3600);
 pub enum BenchCommand {
     /// Tokenize distinct PANs as fast as the vault allows.
     Tokenize(LoadArgs),
+    /// Authorize and capture charges through the sandbox connector.
+    Charge(LoadArgs),
     /// Create ledger transfers through the batching writer, beside pgbench TPC-B.
     Ledger(LedgerArgs),
 }
@@ -121,6 +127,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Tokenize(args) => tokenize(args).await,
+        BenchCommand::Charge(args) => charge(args).await,
         BenchCommand::Ledger(args) => ledger(args).await,
     }
 }
@@ -135,15 +142,11 @@ async fn tokenize(args: LoadArgs) -> anyhow::Result<()> {
             (uri, Some(server))
         }
     };
-    let files = TlsFiles::in_dir(&args.certs, Role::Tokenizer.as_str());
-    let mut clients = Vec::new();
-    for _ in 0..args.concurrency.min(CONNECTIONS_MAX) {
-        let channel =
-            tandem_tls::client::connect(&uri, &files, "localhost", Duration::from_secs(10))
-                .await
-                .context("connecting to the vault")?;
-        clients.push(pb::token_service_client::TokenServiceClient::new(channel));
-    }
+    let clients: Vec<_> = channels(&uri, &args.certs, Role::Tokenizer, args.concurrency)
+        .await?
+        .into_iter()
+        .map(pb::token_service_client::TokenServiceClient::new)
+        .collect();
     // Distinct PANs per request, and distinct across runs against the same vault.
     let sequence = Arc::new(AtomicU64::new(
         std::time::SystemTime::now()
@@ -177,6 +180,125 @@ async fn tokenize(args: LoadArgs) -> anyhow::Result<()> {
     );
     println!("{report}");
 
+    if let Some((stop, task)) = server {
+        let _ = stop.send(());
+        task.await.context("vault task")??;
+    }
+    Ok(())
+}
+
+/// Up to [`CONNECTIONS_MAX`] connections to the vault as `role`; HTTP/2 multiplexes the
+/// `concurrency` clients over them.
+async fn channels(
+    uri: &str,
+    certs: &std::path::Path,
+    role: Role,
+    concurrency: usize,
+) -> anyhow::Result<Vec<tonic::transport::Channel>> {
+    let files = TlsFiles::in_dir(certs, role.as_str());
+    let mut channels = Vec::new();
+    for _ in 0..concurrency.min(CONNECTIONS_MAX) {
+        let channel =
+            tandem_tls::client::connect(uri, &files, "localhost", Duration::from_secs(10))
+                .await
+                .context("connecting to the vault")?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+async fn charge(args: LoadArgs) -> anyhow::Result<()> {
+    use tandem_proto::tandem::r#type::v1::Money;
+    check_load(args.concurrency, args.duration)?;
+    dev::ensure_certificates(&args.certs)?;
+    let (uri, server) = match &args.vault {
+        Some(uri) => (uri.clone(), None),
+        None => {
+            let (uri, server) = start_vault(&args).await?;
+            (uri, Some(server))
+        }
+    };
+    // Cards to charge: four per client, so that the sandbox's per-card lock is not the
+    // bottleneck being measured.
+    let mut tokenizer = pb::token_service_client::TokenServiceClient::new(
+        channels(&uri, &args.certs, Role::Tokenizer, 1)
+            .await?
+            .remove(0),
+    );
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64 % 10_000_000_000);
+    let mut tokens = Vec::new();
+    for i in 0..args.concurrency * 4 {
+        let card = tokenizer
+            .tokenize(pb::TokenizeRequest {
+                request_id: format!("bench-{run_id}-card-{i}"),
+                pan: visa_pan(seed + i as u64),
+                expiry_month: 12,
+                expiry_year: 2030,
+                holder_name: String::new(),
+                reuse_existing: false,
+                ttl_seconds: 0,
+            })
+            .await
+            .context("tokenizing the bench cards")?
+            .into_inner()
+            .card
+            .context("tokenize returned no card")?;
+        tokens.push(card.token);
+    }
+    let clients: Vec<_> = channels(&uri, &args.certs, Role::Orchestrator, args.concurrency)
+        .await?
+        .into_iter()
+        .map(pb::charge_service_client::ChargeServiceClient::new)
+        .collect();
+    let clients = Arc::new(clients);
+    let tokens = Arc::new(tokens);
+    let report = run_load(
+        args.concurrency,
+        args.warmup,
+        args.duration,
+        move |worker, n| {
+            let mut client = clients[worker % clients.len()].clone();
+            let token = tokens[(worker + n as usize * 7) % tokens.len()].clone();
+            let id = format!("bench-{run_id}-{worker}-{n}");
+            async move {
+                let authorize = pb::AuthorizeRequest {
+                    request_id: format!("{id}/authorize"),
+                    token,
+                    amount: Some(Money {
+                        currency_code: "USD".to_owned(),
+                        minor_units: 1000 + (n % 100) as i64,
+                    }),
+                    ..Default::default()
+                };
+                let Ok(response) = client.authorize(authorize).await else {
+                    return false;
+                };
+                let Some(charge) = response.into_inner().charge else {
+                    return false;
+                };
+                let capture = pb::CaptureRequest {
+                    request_id: format!("{id}/capture"),
+                    charge_id: charge.id,
+                    amount: None,
+                };
+                client.capture(capture).await.is_ok_and(|r| {
+                    r.get_ref()
+                        .charge
+                        .as_ref()
+                        .is_some_and(|c| c.state == pb::ChargeState::Captured as i32)
+                })
+            }
+        },
+    )
+    .await?;
+    println!(
+        "charge (authorize + capture pairs): concurrency {} duration {:?} (warm-up {:?})",
+        args.concurrency, args.duration, args.warmup
+    );
+    println!("{report}");
     if let Some((stop, task)) = server {
         let _ = stop.send(());
         task.await.context("vault task")??;

@@ -2,7 +2,8 @@
 //!
 //! It creates the databases if missing, writes a dev CA and one identity per role under
 //! `.tandem/dev/` (once; kept across runs), a dev root key, and serves the vault on
-//! `127.0.0.1:50051`. With `--demo` it also tokenizes the demo cards and prints them.
+//! `127.0.0.1:50051`. With `--demo` it also tokenizes the demo cards, prints them, and charges
+//! one of them through the sandbox acquirer (authorize, then capture).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,7 +21,7 @@ pub const DEV_DIR: &str = ".tandem/dev";
 /// Arguments of `tandemctl dev`.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// Also run the demo: tokenize the demo cards and print them.
+    /// Also run the demo: tokenize the demo cards, print them, and charge one.
     #[arg(long)]
     demo: bool,
     /// Stop after start-up (and the demo) instead of serving until Ctrl-C.
@@ -67,7 +68,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await?;
     print_instructions(&args.dir, vault_addr);
     if args.demo {
-        demo(channel).await?;
+        let tokens = demo(channel).await?;
+        let orchestrator = connect_when_ready(
+            vault_addr,
+            &TlsFiles::in_dir(&args.dir, Role::Orchestrator.as_str()),
+        )
+        .await?;
+        demo_charge(orchestrator, &tokens[0]).await?;
     }
     if !args.exit {
         println!("\nserving; press Ctrl-C to stop");
@@ -189,7 +196,8 @@ const DEMO_CARDS: [(&str, &str); 4] = [
     ("backup Visa debit", "4000 0566 5566 5556"),
 ];
 
-async fn demo(channel: tonic::transport::Channel) -> anyhow::Result<()> {
+/// Tokenizes the demo cards, prints them, and returns their tokens in `DEMO_CARDS` order.
+async fn demo(channel: tonic::transport::Channel) -> anyhow::Result<Vec<String>> {
     let mut tokens = pb::token_service_client::TokenServiceClient::new(channel);
     println!(
         "\ndemo: tokenizing the demo cards (reuse_existing, so reruns return the same tokens)\n"
@@ -198,6 +206,7 @@ async fn demo(channel: tonic::transport::Channel) -> anyhow::Result<()> {
         "{:<22} {:<32} {:<11} {:<9} {:<6} {:<7}",
         "card", "token", "brand", "bin", "last4", "expiry"
     );
+    let mut issued = Vec::new();
     for (label, pan) in DEMO_CARDS {
         let card = tokens
             .tokenize(pb::TokenizeRequest {
@@ -225,6 +234,55 @@ async fn demo(channel: tonic::transport::Channel) -> anyhow::Result<()> {
             "{:<22} {:<32} {:<11} {:<9} {:<6} {:02}/{}",
             label, card.token, brand, card.bin, card.last4, card.expiry_month, card.expiry_year
         );
+        issued.push(card.token);
     }
+    Ok(issued)
+}
+
+/// Authorizes 125.00 USD on `token` through the sandbox acquirer, captures it, and prints the
+/// charge, as the orchestrator would.
+async fn demo_charge(channel: tonic::transport::Channel, token: &str) -> anyhow::Result<()> {
+    use tandem_proto::tandem::r#type::v1::Money;
+    let mut charges = pb::charge_service_client::ChargeServiceClient::new(channel);
+    let run = uuid::Uuid::new_v4();
+    let charge = charges
+        .authorize(pb::AuthorizeRequest {
+            request_id: format!("dev-demo-{run}/authorize"),
+            token: token.to_owned(),
+            amount: Some(Money {
+                currency_code: "USD".to_owned(),
+                minor_units: 12_500,
+            }),
+            description: "demo invoice INV-1".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .context("authorizing the demo charge")?
+        .into_inner()
+        .charge
+        .context("authorize returned no charge")?;
+    let captured = charges
+        .capture(pb::CaptureRequest {
+            request_id: format!("dev-demo-{run}/capture"),
+            charge_id: charge.id.clone(),
+            amount: None,
+        })
+        .await
+        .context("capturing the demo charge")?
+        .into_inner()
+        .charge
+        .context("capture returned no charge")?;
+    let state = pb::ChargeState::try_from(captured.state)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("CHARGE_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_default();
+    println!(
+        "\ndemo: charged 125.00 USD to the corporate Visa through the sandbox acquirer\n\
+         {} {state}, authorization code {}, processor reference {}",
+        captured.id, captured.authorization_code, captured.processor_reference
+    );
     Ok(())
 }

@@ -4,6 +4,8 @@
 //!   for a deployment.
 //! - `tandemctl dev`: the whole stack in one process on the local Postgres, with dev
 //!   certificates and a dev root key under `.tandem/dev/`.
+//! - `tandemctl charge`: authorize, capture, void, refund and read charges on a running vault;
+//!   read the sandbox acquirer's settlement report.
 //! - `tandemctl bench`: throughput and latency over real mTLS and Postgres.
 
 // A CLI's output is its stdout.
@@ -11,6 +13,7 @@
 
 mod bench;
 mod certs;
+mod charge;
 mod dev;
 
 use std::process::ExitCode;
@@ -21,7 +24,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "tandemctl",
     version,
-    about = "Operate Tandem: certificates, the dev stack, benchmarks"
+    about = "Operate Tandem: certificates, the dev stack, charges, benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,6 +37,9 @@ enum Command {
     Certs(certs::CertsArgs),
     /// Run the whole stack locally with dev certificates and a dev root key.
     Dev(dev::DevArgs),
+    /// Operate charges on a running vault.
+    #[command(subcommand)]
+    Charge(charge::ChargeCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -45,6 +51,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Certs(args) => certs::run(&args),
         Command::Dev(args) => dev::run(args).await,
+        Command::Charge(command) => charge::run(command).await,
         Command::Bench(command) => bench::run(command).await,
     };
     match result {

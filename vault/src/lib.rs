@@ -1,8 +1,9 @@
 //! tandem-vault: the hardened card vault.
 //!
 //! It issues and revokes opaque tokens, stores card data under AES-256-GCM envelope encryption
-//! in its own Postgres database, and writes a hash-chained audit row for every call. It serves
-//! gRPC only over mutual TLS.
+//! in its own Postgres database, charges cards through processor connectors (a sandbox acquirer
+//! built in), and writes a hash-chained audit row for every call. It serves gRPC only over
+//! mutual TLS.
 //!
 //! # Layout
 //!
@@ -12,8 +13,11 @@
 //! - [`grpc`]: thin handlers; [`grpc::convert`] checks wire input once and builds domain
 //!   types; [`grpc::status`] is the one map from [`error::Error`] to `Status`.
 //! - [`auth`]: the table of which role may call which RPC.
-//! - [`service`]: the operations, over checked domain types.
-//! - [`domain`]: pure types: PAN, expiry, token, fingerprint, commands.
+//! - [`service`]: the token operations, over checked domain types.
+//! - [`charging`]: the charge operations: intent, processor call, result; replay and recovery.
+//! - [`connector`]: the `Connector` trait, its timeout and circuit breaker, and the sandbox
+//!   acquirer (which keeps its own tables and SQL, as an external system would).
+//! - [`domain`]: pure types: PAN, expiry, token, fingerprint, charges, commands.
 //! - [`crypto`]: key wrapping, card sealing, keyed fingerprints (pure).
 //! - [`keys`]: the key ring in memory and the encryption budget.
 //! - [`writer`]: group commit of every mutation with its audit row.
@@ -22,7 +26,7 @@
 //!
 //! # Invariants
 //!
-//! - Only [`crypto`] (and, later, a processor connector) sees a PAN in clear; [`domain::Pan`]
+//! - Only [`crypto`] and a processor [`connector`] see a PAN in clear; [`domain::Pan`]
 //!   zeroizes, redacts its `Debug`, and cannot be cloned or displayed.
 //! - No RPC returns a PAN; no log line, error or audit row contains one, nor a key.
 //! - A sealed card opens only under its own token and data key version (AAD-bound).
@@ -30,6 +34,8 @@
 //! - Every call is answered only after its audit row has committed, in the same transaction
 //!   as the records it describes.
 //! - Every mutating RPC is idempotent by `request_id`.
+//! - Every processor call is preceded by a committed intent and carries an idempotency key
+//!   derived from its `request_id`; a charge is never sent twice for one request.
 
 pub mod audit;
 pub mod auth;
