@@ -1008,3 +1008,53 @@ async fn sandbox_cards_are_configurable() {
     assert_eq!(state(&approved), pb::ChargeState::Authorized);
     vault.stop().await;
 }
+
+/// A capture the processor refuses (here: its hold was released on the acquirer's side) is
+/// FAILED_PRECONDITION `PROCESSOR_REFUSED`, leaves the charge AUTHORIZED and not busy, and stays
+/// the answer to its request id: a replay gets the same refusal, other parameters under that
+/// id are `REQUEST_ID_REUSED`. A 128-character request id works end to end.
+#[tokio::test]
+async fn processor_refusals_are_final_for_their_request_id() {
+    let vault = RunningVault::start().await;
+    let mut client = charges(&vault).await;
+    let token = token_for(&vault, TEST_PANS[0]).await;
+    let long_id = "r".repeat(128);
+    let charge = authorize(&mut client, authorize_request(&long_id, &token, 900)).await;
+    assert_eq!(state(&charge), pb::ChargeState::Authorized);
+    let mut db = vault.database.connect().await;
+    sqlx::query("UPDATE sandbox_authorizations SET state = 'voided' WHERE reference = $1")
+        .bind(&charge.processor_reference)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let request = pb::CaptureRequest {
+        request_id: "refused-capture".to_owned(),
+        charge_id: charge.id.clone(),
+        amount: None,
+    };
+    for _ in 0..2 {
+        let refused = client.capture(request.clone()).await.unwrap_err();
+        assert_eq!(
+            (refused.code(), reason(&refused).as_str()),
+            (Code::FailedPrecondition, "PROCESSOR_REFUSED")
+        );
+    }
+    let other = client
+        .capture(pb::CaptureRequest {
+            amount: Some(usd(100)),
+            ..request.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&other), "REQUEST_ID_REUSED");
+    let after = get_by_request(&mut client, &long_id).await.unwrap();
+    assert_eq!(state(&after), pb::ChargeState::Authorized);
+    let captures: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sandbox_operations WHERE type = 'capture' AND outcome <> 'replayed'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(captures, 1, "the refused capture reached the acquirer once");
+    vault.stop().await;
+}

@@ -77,6 +77,9 @@ CREATE TABLE charge_requests (
     -- The amount sent to the processor (capture and refund), so that an interrupted call can
     -- be sent again exactly.
     amount_minor bigint CHECK (amount_minor > 0),
+    -- The decline code with which the processor refused a capture or void, replayed to a
+    -- caller who sends the request again.
+    refusal      text,
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 

@@ -386,6 +386,16 @@ impl Charges {
         drop(secret);
         match answer {
             Ok(answer) => self.record_authorization(ctx, &charge, answer).await,
+            // The breaker refused the call, so the processor never saw it: no hold exists.
+            // That is a transient processing error of this charge, final and retryable.
+            Err(ConnectorError::CircuitOpen) => {
+                let answer = AuthorizeAnswer::Declined {
+                    reference: String::new(),
+                    code: DeclineCode::ProcessingError,
+                    processor_code: String::new(),
+                };
+                self.record_authorization(ctx, &charge, answer).await
+            }
             Err(error) => Err(self.connector_failure(ctx, &charge, error).await),
         }
     }
@@ -398,11 +408,11 @@ impl Charges {
         error: ConnectorError,
     ) -> Error {
         tracing::warn!(charge = %charge.id, %error, "processor call failed");
+        // Either way the intent stays pending: a replay with the same request id, GetCharge
+        // or the recovery job finishes it.
         let error = match error {
             ConnectorError::Timeout => Error::ProcessorTimeout,
-            ConnectorError::Unavailable(_) | ConnectorError::CircuitOpen => {
-                Error::ProcessorUnavailable
-            }
+            ConnectorError::Unavailable(_) | ConnectorError::CircuitOpen => Error::OutcomeUnknown,
         };
         self.vault.refuse(ctx, Some(&charge.token), error).await
     }
@@ -646,14 +656,20 @@ impl Charges {
         min_age: Duration,
     ) -> Result<ChargeView, Error> {
         let age = OffsetDateTime::now_utc() - charge.created_at;
-        let Some(_guard) = self.locks.try_lock(&charge.request_id) else {
-            return Ok(charge);
-        };
-        if age < min_age {
+        let guard = self.locks.try_lock(&charge.request_id);
+        if guard.is_none() || age < min_age {
+            // Its call may still be in flight: report it pending.
+            self.vault
+                .audit(ctx, Some(&charge.token), "OK", "pending")
+                .await?;
             return Ok(charge);
         }
         let key = idempotency_key("authorize", &charge.request_id);
-        match self.connector.inquire(&key, &charge.token).await {
+        match self
+            .connector
+            .inquire(&key, &charge.token, charge.requested)
+            .await
+        {
             Ok(Some(answer)) => self.record_authorization(ctx, &charge, answer).await,
             Ok(None) if age >= Duration::from_millis(self.settings.recovery_after_ms) => {
                 let answer = AuthorizeAnswer::Declined {
@@ -884,6 +900,9 @@ impl FollowUpIntent {
         if stored.rpc != self.kind.rpc() || stored.request_hash != self.request_hash {
             return Err(Error::RequestIdReused);
         }
+        if let Some(code) = stored.refusal {
+            return Err(Error::ProcessorRefused(code.as_str()));
+        }
         let charge = reload(conn, &stored.charge_id).await?;
         let refund = stored
             .refund_id
@@ -927,12 +946,13 @@ impl FollowUpIntent {
     }
 
     async fn decide(&self, conn: &mut PgConnection) -> Result<Intended, Error> {
+        // Lock the charge first: a copy of this request from another vault process then waits
+        // here and, once this one commits, finds its record and replays it.
+        let charge = store::charge(conn, &self.charge_id, true).await?;
         if let Some(stored) = store::charge_request(&mut *conn, &self.request_id).await? {
             return self.replay(conn, stored).await;
         }
-        let charge = store::charge(conn, &self.charge_id, true)
-            .await?
-            .ok_or(Error::ChargeNotFound)?;
+        let charge = charge.ok_or(Error::ChargeNotFound)?;
         let currency = charge.requested.currency;
         if self.amount.is_some_and(|m| m.currency != currency) {
             return Err(Error::CurrencyMismatch);
@@ -950,7 +970,7 @@ impl FollowUpIntent {
                     return Err(Error::AmountExceedsApproved);
                 }
                 self.record(conn, None, Some(amount.minor_units)).await?;
-                store::set_pending_request(conn, &self.charge_id, Some(&self.request_id), self.now)
+                store::set_pending_request(conn, &self.charge_id, &self.request_id, self.now)
                     .await?;
             }
             FollowUp::Void => match charge.state {
@@ -967,13 +987,8 @@ impl FollowUpIntent {
                 }
                 ChargeState::Authorized => {
                     self.record(conn, None, None).await?;
-                    store::set_pending_request(
-                        conn,
-                        &self.charge_id,
-                        Some(&self.request_id),
-                        self.now,
-                    )
-                    .await?;
+                    store::set_pending_request(conn, &self.charge_id, &self.request_id, self.now)
+                        .await?;
                 }
             },
             FollowUp::Refund => {
@@ -1080,8 +1095,11 @@ impl Mutation for FollowUpResult {
                     store::record_void(conn, &self.charge_id, self.now).await?;
                 }
                 (FollowUp::Capture | FollowUp::Void, None) => {
-                    store::set_pending_request(conn, &self.charge_id, None, self.now).await?;
-                    store::delete_charge_request(conn, &self.request_id).await?;
+                    store::clear_pending_request(conn, &self.charge_id, &self.request_id, self.now)
+                        .await?;
+                    if let FollowUpAnswer::Refused { code, .. } = &self.answer {
+                        store::record_refusal(conn, &self.request_id, *code).await?;
+                    }
                 }
                 (FollowUp::Refund, reference) => {
                     let refund_id = self

@@ -22,11 +22,72 @@ use crate::domain::charge::DeclineCode;
 use crate::domain::{CardSecret, Expiry, Fingerprint, Token};
 use breaker::{Breaker, BreakerState};
 
-/// The processor's key for a vault operation: the RPC's short name and the caller's
-/// `request_id`, so each request reaches the processor as one operation however often it is
-/// sent.
+/// The processor's key for a vault operation: the operation's name and a SHA-256 digest of
+/// the caller's `request_id`, so each request reaches the processor as one operation however
+/// often it is sent. The digest keeps the key at a fixed length (57 characters at most), within
+/// what processors accept, whatever the request id's length.
 pub fn idempotency_key(operation: &str, request_id: &str) -> String {
-    format!("tandem:{operation}:{request_id}")
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(request_id.as_bytes());
+    format!("tandem:{operation}:{}", hex::encode(&digest[..20]))
+}
+
+/// Longest processor reference or raw decline code the vault stores (the schema's bounds).
+const REFERENCE_CHARS_MAX: usize = 128;
+const PROCESSOR_CODE_CHARS_MAX: usize = 32;
+
+/// Checks an authorization answer against the call: a processor that answers outside its
+/// contract (an approval above the request or in another currency, an oversized reference)
+/// is treated as unreachable rather than recorded.
+fn check_authorize_answer(
+    call_amount: Money,
+    answer: AuthorizeAnswer,
+) -> Result<AuthorizeAnswer, ConnectorError> {
+    let ok = match &answer {
+        AuthorizeAnswer::Approved {
+            reference,
+            approved,
+            authorization_code,
+        } => {
+            approved.currency == call_amount.currency
+                && (1..=call_amount.minor_units).contains(&approved.minor_units)
+                && reference.chars().count() <= REFERENCE_CHARS_MAX
+                && authorization_code.chars().count() <= PROCESSOR_CODE_CHARS_MAX
+        }
+        AuthorizeAnswer::Declined {
+            reference,
+            processor_code,
+            ..
+        } => {
+            reference.chars().count() <= REFERENCE_CHARS_MAX
+                && processor_code.chars().count() <= PROCESSOR_CODE_CHARS_MAX
+        }
+    };
+    if ok {
+        Ok(answer)
+    } else {
+        tracing::error!("processor answered an authorization outside its contract");
+        Err(ConnectorError::Unavailable(
+            "authorization answer outside the connector contract".to_owned(),
+        ))
+    }
+}
+
+fn check_follow_up_answer(answer: FollowUpAnswer) -> Result<FollowUpAnswer, ConnectorError> {
+    let ok = match &answer {
+        FollowUpAnswer::Done { reference } => reference.chars().count() <= REFERENCE_CHARS_MAX,
+        FollowUpAnswer::Refused { processor_code, .. } => {
+            processor_code.chars().count() <= PROCESSOR_CODE_CHARS_MAX
+        }
+    };
+    if ok {
+        Ok(answer)
+    } else {
+        tracing::error!("processor answered a follow-up outside its contract");
+        Err(ConnectorError::Unavailable(
+            "answer outside the connector contract".to_owned(),
+        ))
+    }
 }
 
 /// An authorization to send. Holds the card in clear: never log it.
@@ -218,30 +279,81 @@ impl Guarded {
         &self,
         call: AuthorizeCall<'_>,
     ) -> Result<AuthorizeAnswer, ConnectorError> {
-        self.call(self.inner.authorize(call)).await
+        let amount = call.amount;
+        let answer = self.call(self.inner.authorize(call)).await?;
+        check_authorize_answer(amount, answer)
     }
 
     /// [`Connector::capture`], guarded.
     pub async fn capture(&self, call: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
-        self.call(self.inner.capture(call)).await
+        check_follow_up_answer(self.call(self.inner.capture(call)).await?)
     }
 
     /// [`Connector::void`], guarded.
     pub async fn void(&self, call: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
-        self.call(self.inner.void(call)).await
+        check_follow_up_answer(self.call(self.inner.void(call)).await?)
     }
 
     /// [`Connector::refund`], guarded.
     pub async fn refund(&self, call: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
-        self.call(self.inner.refund(call)).await
+        check_follow_up_answer(self.call(self.inner.refund(call)).await?)
     }
 
-    /// [`Connector::inquire`], guarded.
+    /// [`Connector::inquire`], guarded; `requested` is the amount of the authorization asked
+    /// about, to check the answer against.
     pub async fn inquire(
         &self,
         idempotency_key: &str,
         token: &Token,
+        requested: Money,
     ) -> Result<Option<AuthorizeAnswer>, ConnectorError> {
-        self.call(self.inner.inquire(idempotency_key, token)).await
+        match self
+            .call(self.inner.inquire(idempotency_key, token))
+            .await?
+        {
+            Some(answer) => check_authorize_answer(requested, answer).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Idempotency keys have a fixed length whatever the request id, differ per operation and
+    /// per request id, and are stable.
+    #[test]
+    fn idempotency_keys() {
+        let long = "x".repeat(128);
+        let key = idempotency_key("capture", &long);
+        assert!(key.len() <= 57, "{key}");
+        assert_eq!(key, idempotency_key("capture", &long));
+        assert_ne!(key, idempotency_key("void", &long));
+        assert_ne!(key, idempotency_key("capture", "y"));
+    }
+
+    /// Answers outside the contract are refused before they reach storage.
+    #[test]
+    fn answers_are_checked() {
+        let usd = tandem_money::Currency::parse("USD").unwrap();
+        let eur = tandem_money::Currency::parse("EUR").unwrap();
+        let approved = |minor, currency, reference: &str| AuthorizeAnswer::Approved {
+            reference: reference.to_owned(),
+            approved: Money::new(currency, minor),
+            authorization_code: "A1B2C3".to_owned(),
+        };
+        let call = Money::new(usd, 1000);
+        assert!(check_authorize_answer(call, approved(1000, usd, "r")).is_ok());
+        assert!(check_authorize_answer(call, approved(400, usd, "r")).is_ok());
+        assert!(check_authorize_answer(call, approved(1001, usd, "r")).is_err());
+        assert!(check_authorize_answer(call, approved(0, usd, "r")).is_err());
+        assert!(check_authorize_answer(call, approved(1000, eur, "r")).is_err());
+        assert!(check_authorize_answer(call, approved(1000, usd, &"r".repeat(129))).is_err());
+        let refused = FollowUpAnswer::Refused {
+            code: DeclineCode::Other,
+            processor_code: "c".repeat(33),
+        };
+        assert!(check_follow_up_answer(refused).is_err());
     }
 }

@@ -242,6 +242,9 @@ impl StatementDescriptor {
         if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b' ') {
             return Err(TextError::Format("must contain at least one letter"));
         }
+        if pan::contains_card_number(text) {
+            return Err(TextError::CardNumber);
+        }
         Ok(StatementDescriptor(text.to_owned()))
     }
 
@@ -542,6 +545,10 @@ mod tests {
         assert!(StatementDescriptor::parse("TANDEM* CLOUD").is_err());
         assert!(StatementDescriptor::parse("TANDEM CLOUD INV 42").is_ok());
         assert!(StatementDescriptor::parse("12345").is_err());
+        assert_eq!(
+            StatementDescriptor::parse("CARD 4242424242424242"),
+            Err(TextError::CardNumber)
+        );
         assert!(StatementDescriptor::parse("A VERY LONG DESCRIPTOR TEXT").is_err());
         assert!(MerchantReference::parse("pay_1/leg_2").is_ok());
         assert_eq!(

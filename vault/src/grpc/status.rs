@@ -70,7 +70,8 @@ pub fn to_status(error: Error) -> Status {
         ),
         Error::OutcomeUnknown => (
             Code::Unavailable,
-            "the processor's answer is not known yet; retry with the same request_id",
+            "the processor's answer is not known yet; send the request again with the same \
+             request_id",
         ),
         Error::ProcessorUnavailable => (
             Code::Unavailable,
@@ -78,7 +79,8 @@ pub fn to_status(error: Error) -> Status {
         ),
         Error::ProcessorTimeout => (
             Code::DeadlineExceeded,
-            "the processor did not answer in time; resolve the outcome with GetCharge",
+            "the processor did not answer in time; send the request again with the same \
+             request_id, or read the charge with GetCharge",
         ),
         Error::ProcessorRefused(_) => (
             Code::FailedPrecondition,

@@ -146,6 +146,8 @@ pub struct ChargeRequest {
     pub refund_id: Option<RefundId>,
     /// The amount sent to the processor (capture, refund).
     pub amount_minor: Option<i64>,
+    /// The decline code of a capture or void the processor refused.
+    pub refusal: Option<DeclineCode>,
 }
 
 /// Reads the idempotency record of `request_id`.
@@ -154,8 +156,8 @@ pub async fn charge_request(
     request_id: &str,
 ) -> Result<Option<ChargeRequest>, Error> {
     let row = sqlx::query(
-        "SELECT rpc, request_hash, charge_id, refund_id, amount_minor FROM charge_requests \
-         WHERE request_id = $1",
+        "SELECT rpc, request_hash, charge_id, refund_id, amount_minor, refusal \
+         FROM charge_requests WHERE request_id = $1",
     )
     .bind(request_id)
     .fetch_optional(executor)
@@ -172,6 +174,10 @@ pub async fn charge_request(
                 .try_get::<Option<String>, _>("refund_id")?
                 .map(RefundId::from_stored),
             amount_minor: row.try_get("amount_minor")?,
+            refusal: row
+                .try_get::<Option<String>, _>("refusal")?
+                .map(|code| DeclineCode::parse(&code).ok_or(Error::Corrupt("refusal")))
+                .transpose()?,
         })
     })
     .transpose()
@@ -203,10 +209,15 @@ pub async fn insert_charge_request(
     Ok(inserted == 1)
 }
 
-/// Forgets a request whose processor call was refused, so that a retry asks again.
-pub async fn delete_charge_request(conn: &mut PgConnection, request_id: &str) -> Result<(), Error> {
-    sqlx::query("DELETE FROM charge_requests WHERE request_id = $1")
+/// Records that the processor refused a capture or void, for replays.
+pub async fn record_refusal(
+    conn: &mut PgConnection,
+    request_id: &str,
+    code: DeclineCode,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE charge_requests SET refusal = $2 WHERE request_id = $1")
         .bind(request_id)
+        .bind(code.as_str())
         .execute(conn)
         .await?;
     Ok(())
@@ -327,7 +338,7 @@ pub async fn record_authorization(
 pub async fn set_pending_request(
     conn: &mut PgConnection,
     id: &ChargeId,
-    request_id: Option<&str>,
+    request_id: &str,
     now: OffsetDateTime,
 ) -> Result<(), Error> {
     sqlx::query("UPDATE charges SET pending_request_id = $2, updated_at = $3 WHERE id = $1")
@@ -336,6 +347,26 @@ pub async fn set_pending_request(
         .bind(now)
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// Clears the in-flight marker of `request_id` (and only of it: a late answer to one request
+/// never clears another's).
+pub async fn clear_pending_request(
+    conn: &mut PgConnection,
+    id: &ChargeId,
+    request_id: &str,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE charges SET pending_request_id = NULL, updated_at = $3 \
+         WHERE id = $1 AND pending_request_id = $2",
+    )
+    .bind(id.as_str())
+    .bind(request_id)
+    .bind(now)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
