@@ -37,11 +37,27 @@ pub enum Rpc {
     ListSettlementRecords,
     /// The vault's own recovery job; no caller may invoke it.
     RecoverCharges,
+    /// `KeyAdminService/GetKeyStatus`
+    GetKeyStatus,
+    /// `KeyAdminService/RotateDataKey`
+    RotateDataKey,
+    /// `KeyAdminService/RetireKeyVersion`
+    RetireKeyVersion,
+    /// `KeyAdminService/RotateRootKey`
+    RotateRootKey,
+    /// `KeyAdminService/Unseal`
+    Unseal,
+    /// `KeyAdminService/Seal`
+    Seal,
+    /// `KeyAdminService/ListAuditEvents`
+    ListAuditEvents,
+    /// `KeyAdminService/VerifyAuditLog`
+    VerifyAuditLog,
 }
 
 impl Rpc {
     /// Every RPC, for tests that check the table is complete.
-    pub const ALL: [Rpc; 16] = [
+    pub const ALL: [Rpc; 24] = [
         Rpc::Tokenize,
         Rpc::GetToken,
         Rpc::ListTokens,
@@ -58,6 +74,14 @@ impl Rpc {
         Rpc::ListSandboxOperations,
         Rpc::ListSettlementRecords,
         Rpc::RecoverCharges,
+        Rpc::GetKeyStatus,
+        Rpc::RotateDataKey,
+        Rpc::RetireKeyVersion,
+        Rpc::RotateRootKey,
+        Rpc::Unseal,
+        Rpc::Seal,
+        Rpc::ListAuditEvents,
+        Rpc::VerifyAuditLog,
     ];
 
     /// The full gRPC method name, as written to audit rows.
@@ -79,6 +103,14 @@ impl Rpc {
             Rpc::ListSandboxOperations => "tandem.vault.v1.SandboxService/ListSandboxOperations",
             Rpc::ListSettlementRecords => "tandem.vault.v1.SandboxService/ListSettlementRecords",
             Rpc::RecoverCharges => "tandem.vault.internal/RecoverCharges",
+            Rpc::GetKeyStatus => "tandem.vault.v1.KeyAdminService/GetKeyStatus",
+            Rpc::RotateDataKey => "tandem.vault.v1.KeyAdminService/RotateDataKey",
+            Rpc::RetireKeyVersion => "tandem.vault.v1.KeyAdminService/RetireKeyVersion",
+            Rpc::RotateRootKey => "tandem.vault.v1.KeyAdminService/RotateRootKey",
+            Rpc::Unseal => "tandem.vault.v1.KeyAdminService/Unseal",
+            Rpc::Seal => "tandem.vault.v1.KeyAdminService/Seal",
+            Rpc::ListAuditEvents => "tandem.vault.v1.KeyAdminService/ListAuditEvents",
+            Rpc::VerifyAuditLog => "tandem.vault.v1.KeyAdminService/VerifyAuditLog",
         }
     }
 
@@ -99,7 +131,33 @@ impl Rpc {
             | Rpc::ListSandboxOperations
             | Rpc::ListSettlementRecords => &[Role::Admin],
             Rpc::RecoverCharges => &[],
+            Rpc::GetKeyStatus
+            | Rpc::RotateDataKey
+            | Rpc::RetireKeyVersion
+            | Rpc::RotateRootKey
+            | Rpc::Unseal
+            | Rpc::Seal => &[Role::Admin],
+            Rpc::ListAuditEvents | Rpc::VerifyAuditLog => &[Role::Admin, Role::Auditor],
         }
+    }
+
+    /// True if the RPC needs the vault's keys, so that a sealed vault refuses it with
+    /// `VAULT_SEALED`.
+    pub const fn needs_keys(self) -> bool {
+        // Key administration decides per operation: status, unseal, seal and the audit log
+        // work while sealed; rotations and retirement need the keys.
+        !matches!(
+            self,
+            Rpc::RecoverCharges
+                | Rpc::GetKeyStatus
+                | Rpc::RotateDataKey
+                | Rpc::RetireKeyVersion
+                | Rpc::RotateRootKey
+                | Rpc::Unseal
+                | Rpc::Seal
+                | Rpc::ListAuditEvents
+                | Rpc::VerifyAuditLog
+        )
     }
 
     /// True if `role` may call this RPC.
@@ -113,8 +171,9 @@ mod tests {
     use super::*;
 
     /// The table matches DESIGN section 2: tokenizers hold TokenService, the orchestrator
-    /// charges and may only read tokens, admins run the sandbox, nobody calls the internal
-    /// recovery job, and the other roles reach none of it.
+    /// charges and may only read tokens, admins run the sandbox and the keys, auditors read
+    /// the audit log only, nobody calls the internal recovery job, and the other roles reach
+    /// none of it.
     #[test]
     fn role_table() {
         let charge = [
@@ -138,14 +197,18 @@ mod tests {
                 rpc == Rpc::GetToken || charge.contains(&rpc),
                 "{rpc:?}"
             );
-            assert_eq!(rpc.allows(Role::Admin), sandbox.contains(&rpc), "{rpc:?}");
-            for role in [
-                Role::Auditor,
-                Role::Payer,
-                Role::Treasury,
-                Role::Reader,
-                Role::Service,
-            ] {
+            let key_admin = rpc.method().starts_with("tandem.vault.v1.KeyAdminService/");
+            assert_eq!(
+                rpc.allows(Role::Admin),
+                sandbox.contains(&rpc) || key_admin,
+                "{rpc:?}"
+            );
+            assert_eq!(
+                rpc.allows(Role::Auditor),
+                matches!(rpc, Rpc::ListAuditEvents | Rpc::VerifyAuditLog),
+                "{rpc:?}"
+            );
+            for role in [Role::Payer, Role::Treasury, Role::Reader, Role::Service] {
                 assert!(!rpc.allows(role), "{rpc:?} {role}");
             }
         }

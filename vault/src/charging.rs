@@ -213,11 +213,11 @@ impl Charges {
         })?
     }
 
-    fn request_hash(&self, ctx: &RequestContext, parts: &[&[u8]]) -> [u8; 32] {
+    fn request_hash(&self, ctx: &RequestContext, parts: &[&[u8]]) -> Result<[u8; 32], Error> {
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(ctx.rpc.method().as_bytes());
         all.extend_from_slice(parts);
-        self.vault.keys().request_hash(&all)
+        Ok(self.vault.keys()?.request_hash(&all))
     }
 
     /// Places a hold; see the module docs for the recipe.
@@ -249,7 +249,7 @@ impl Charges {
                 command.reference.as_str().as_bytes(),
                 &metadata,
             ],
-        );
+        )?;
         let _guard = self.locks.lock(command.request_id.as_str()).await;
 
         // A request id seen before replays its charge, whatever the card's state is now.
@@ -362,7 +362,11 @@ impl Charges {
             .sealed
             .as_ref()
             .ok_or(Error::Corrupt("charged card without data"))?;
-        let secret = self.vault.keys().open(&charge.token, sealed)?;
+        let secret = self
+            .vault
+            .keys()?
+            .open_fresh(self.vault.pool(), &charge.token, sealed)
+            .await?;
         let key = idempotency_key("authorize", &charge.request_id);
         let descriptor = if command.statement_descriptor.as_str().is_empty() {
             self.statement_descriptor_default.as_str()
@@ -454,7 +458,7 @@ impl Charges {
                     amount.map_or(&b""[..], |m| m.currency.code().as_bytes()),
                     &amount.map_or(-1, |m| m.minor_units).to_be_bytes(),
                 ],
-            );
+            )?;
             let intent = FollowUpIntent::new(
                 FollowUp::Capture,
                 &command.request_id,
@@ -482,7 +486,7 @@ impl Charges {
                     command.charge_id.as_str().as_bytes(),
                     command.reason.as_str().as_bytes(),
                 ],
-            );
+            )?;
             // A pending authorization is resolved first: a hold it turns out to have placed
             // is then voided like any other.
             if let Ok(charge) = this.load(&command.charge_id).await
@@ -519,7 +523,7 @@ impl Charges {
                     &command.amount.minor_units.to_be_bytes(),
                     command.reason.as_str().as_bytes(),
                 ],
-            );
+            )?;
             let intent = FollowUpIntent::new(
                 FollowUp::Refund,
                 &command.request_id,

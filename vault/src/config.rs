@@ -162,6 +162,9 @@ impl Default for DatabaseSettings {
 pub enum RootKeySource {
     /// A key file made at first start (mode 0600), for development only.
     Dev,
+    /// Shamir shares held by custodians: the vault starts sealed and is unsealed through
+    /// `KeyAdminService/Unseal` (`tandemctl keys init` makes the key and its shares).
+    Shares,
 }
 
 /// Key settings.
@@ -177,6 +180,12 @@ pub struct KeySettings {
     /// Encryptions reserved from the database per round trip; unused ones at a crash are lost
     /// from the budget, never reused.
     pub dek_reservation_block: u64,
+    /// Most card rows the background rewrap re-encrypts per second.
+    pub rewrap_rows_per_s_max: u64,
+    /// Rows re-encrypted per rewrap transaction.
+    pub rewrap_batch_max: u32,
+    /// How often the rewrap looks for rows under older data-key versions when idle.
+    pub rewrap_interval_ms: u64,
 }
 
 impl Default for KeySettings {
@@ -186,6 +195,9 @@ impl Default for KeySettings {
             dev_root_key_path: PathBuf::from(".tandem/dev/root.key"),
             dek_encryptions_max: 1 << 30,
             dek_reservation_block: 4096,
+            rewrap_rows_per_s_max: 1000,
+            rewrap_batch_max: 100,
+            rewrap_interval_ms: 1000,
         }
     }
 }
@@ -355,7 +367,7 @@ impl Settings {
     /// Checks every range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let prefix = &self.tls.identity_uri_prefix;
-        let checks: [(bool, &'static str, &'static str); 23] = [
+        let checks: [(bool, &'static str, &'static str); 24] = [
             (
                 (1_000..=3_600_000).contains(&self.server.http2_keepalive_interval_ms)
                     && (1..=600_000).contains(&self.server.http2_keepalive_timeout_ms),
@@ -447,6 +459,14 @@ impl Settings {
                     && (self.audit.writer_tasks as u32) < self.database.connections_max,
                 "audit.writer_tasks",
                 "must be 1 to 64 and less than database.connections_max",
+            ),
+            (
+                (1..=1_000_000).contains(&self.keys.rewrap_rows_per_s_max)
+                    && (1..=10_000).contains(&self.keys.rewrap_batch_max)
+                    && (10..=3_600_000).contains(&self.keys.rewrap_interval_ms),
+                "keys.rewrap_rows_per_s_max",
+                "must be 1 to 1000000 (and keys.rewrap_batch_max 1 to 10000, \
+                 keys.rewrap_interval_ms 10 to 3600000)",
             ),
             (
                 (1..=1_000_000_000_000_000).contains(&self.charges.amount_minor_max),

@@ -95,6 +95,27 @@ pub enum Error {
     /// The processor refused a capture, void or refund.
     #[error("processor refused the operation ({0})")]
     ProcessorRefused(&'static str),
+    /// No such data-key version.
+    #[error("data key version not found")]
+    KeyVersionNotFound,
+    /// The version is the active one.
+    #[error("the data key version is active; rotate first")]
+    KeyVersionActive,
+    /// Rows still use the version.
+    #[error("rows still use the data key version")]
+    KeyVersionInUse,
+    /// An unseal share is not a share.
+    #[error("malformed share: {0}")]
+    ShareMalformed(&'static str),
+    /// The collected shares do not rebuild the root key.
+    #[error("the shares do not rebuild the root key")]
+    UnsealFailed,
+    /// The vault's keys were never initialised (`tandemctl keys init`).
+    #[error("the vault's keys are not initialised")]
+    NotInitialised,
+    /// The vault's keys exist already.
+    #[error("the vault's keys are already initialised")]
+    AlreadyInitialised,
     /// The vault is sealed: no data operation until custodians unseal it.
     #[error("vault is sealed")]
     Sealed,
@@ -143,6 +164,13 @@ impl Error {
             Error::ProcessorUnavailable => "PROCESSOR_UNAVAILABLE",
             Error::ProcessorTimeout => "PROCESSOR_TIMEOUT",
             Error::ProcessorRefused(_) => "PROCESSOR_REFUSED",
+            Error::KeyVersionNotFound => "KEY_VERSION_NOT_FOUND",
+            Error::KeyVersionActive => "KEY_VERSION_ACTIVE",
+            Error::KeyVersionInUse => "KEY_VERSION_IN_USE",
+            Error::ShareMalformed(_) => "SHARE_MALFORMED",
+            Error::UnsealFailed => "UNSEAL_FAILED",
+            Error::NotInitialised => "VAULT_NOT_INITIALISED",
+            Error::AlreadyInitialised => "VAULT_ALREADY_INITIALISED",
             Error::Sealed => "VAULT_SEALED",
             Error::KeyBudgetExhausted => "KEY_BUDGET_EXHAUSTED",
             Error::ShuttingDown => "SHUTTING_DOWN",

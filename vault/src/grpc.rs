@@ -3,6 +3,7 @@
 
 pub mod charge;
 pub mod convert;
+pub mod key_admin;
 pub mod status;
 
 use std::sync::Arc;

@@ -18,6 +18,7 @@ use crate::crypto::{DataKey, FingerprintKey, KEY_BYTES, RootKey, SealedCard, Sec
 use crate::domain::{CardSecret, Fingerprint, Pan, Token};
 use crate::error::Error;
 use crate::storage;
+use crate::storage::keys as keys_storage;
 
 /// Name of the fingerprint key in `vault_secrets`.
 const FINGERPRINT_SECRET: &str = "fingerprint";
@@ -104,12 +105,16 @@ struct Reservation {
     remaining: u64,
 }
 
-/// The vault's keys in memory.
+/// The vault's keys in memory. Dropping the ring (sealing) zeroizes every key in it.
 pub struct KeyRing {
+    root: RootKey,
+    /// The root key's version (`root_keys.version`).
+    root_version: i32,
     data_keys: RwLock<BTreeMap<u32, Arc<DataKey>>>,
     fingerprint: FingerprintKey,
     reservation: Mutex<Reservation>,
-    /// Single-flights block reservations so concurrent sealers do not each reserve one.
+    /// Single-flights block reservations and rotations, so concurrent sealers do not each
+    /// reserve a block or rotate.
     refill: tokio::sync::Mutex<()>,
     settings: KeySettings,
 }
@@ -120,11 +125,38 @@ impl std::fmt::Debug for KeyRing {
     }
 }
 
+/// How a root key is split, for its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootKeySplit {
+    /// Shares needed (k); 0 for the dev source.
+    pub threshold: i32,
+    /// Shares issued (n); 0 for the dev source.
+    pub shares_total: i32,
+}
+
+impl RootKeySplit {
+    /// The dev key file: no shares.
+    pub const DEV: RootKeySplit = RootKeySplit {
+        threshold: 0,
+        shares_total: 0,
+    };
+
+    fn source(self) -> &'static str {
+        if self.shares_total == 0 {
+            "dev"
+        } else {
+            "shares"
+        }
+    }
+}
+
 impl KeyRing {
     /// Loads (or at first start creates) the data keys and the fingerprint key under `root`.
+    /// At first start `split` records how the root key is held.
     pub async fn load(
         pool: &PgPool,
-        root: &RootKey,
+        root: RootKey,
+        split: RootKeySplit,
         settings: KeySettings,
     ) -> Result<KeyRing, KeyLoadError> {
         let root_id = root.id();
@@ -145,6 +177,21 @@ impl KeyRing {
             )
             .await?;
         }
+        keys_storage::insert_first_root_key(
+            pool,
+            &keys_storage::RootKeyRecord {
+                version: 1,
+                root_key_id: root_id.clone(),
+                source: split.source().to_owned(),
+                threshold: split.threshold,
+                shares_total: split.shares_total,
+            },
+        )
+        .await?;
+        let record = keys_storage::current_root_key(pool)
+            .await?
+            .ok_or_else(|| KeyLoadError::Unwrap("root key record".into()))?;
+        check_root(&root_id, &record.root_key_id)?;
 
         let (wrapped, stored_id) = storage::secret(pool, FINGERPRINT_SECRET)
             .await?
@@ -154,7 +201,26 @@ impl KeyRing {
             root.unwrap_secret(FINGERPRINT_SECRET, &wrapped)
                 .map_err(|_| KeyLoadError::Unwrap(FINGERPRINT_SECRET.into()))?,
         );
+        let ring = KeyRing {
+            root,
+            root_version: record.version,
+            data_keys: RwLock::new(BTreeMap::new()),
+            fingerprint,
+            reservation: Mutex::new(Reservation {
+                version: 0,
+                remaining: 0,
+            }),
+            refill: tokio::sync::Mutex::new(()),
+            settings,
+        };
+        ring.refresh(pool).await?;
+        Ok(ring)
+    }
 
+    /// Re-reads the data keys: unwraps versions this process has not seen (another process
+    /// rotated), forgets retired ones, and follows the active version.
+    async fn refresh(&self, pool: &PgPool) -> Result<(), KeyLoadError> {
+        let root_id = self.root.id();
         let mut data_keys = BTreeMap::new();
         let mut active = None;
         for stored in storage::data_keys(pool).await? {
@@ -162,25 +228,47 @@ impl KeyRing {
                 continue; // retired: its key material is destroyed
             };
             check_root(&root_id, &stored.root_key_id)?;
-            let key = root
-                .unwrap_data_key(stored.version, wrapped)
-                .map_err(|_| KeyLoadError::Unwrap(format!("data key v{}", stored.version)))?;
             if stored.state == "active" {
                 active = Some(stored.version);
             }
+            if let Some(known) = self.data_key(stored.version) {
+                data_keys.insert(stored.version, known);
+                continue;
+            }
+            let key = self
+                .root
+                .unwrap_data_key(stored.version, wrapped)
+                .map_err(|_| KeyLoadError::Unwrap(format!("data key v{}", stored.version)))?;
             data_keys.insert(stored.version, Arc::new(DataKey::new(stored.version, &key)));
         }
         let active = active.ok_or_else(|| KeyLoadError::Unwrap("active data key".into()))?;
-        Ok(KeyRing {
-            data_keys: RwLock::new(data_keys),
-            fingerprint,
-            reservation: Mutex::new(Reservation {
+        *self
+            .data_keys
+            .write()
+            .expect("key ring lock is never poisoned: no panics while held") = data_keys;
+        let mut reservation = self.lock_reservation();
+        if reservation.version != active {
+            *reservation = Reservation {
                 version: active,
                 remaining: 0,
-            }),
-            refill: tokio::sync::Mutex::new(()),
-            settings,
-        })
+            };
+        }
+        Ok(())
+    }
+
+    /// The version that seals new writes.
+    pub fn active_version(&self) -> u32 {
+        self.lock_reservation().version
+    }
+
+    /// The root key's version.
+    pub fn root_version(&self) -> i32 {
+        self.root_version
+    }
+
+    /// The root key's id.
+    pub fn root_id(&self) -> String {
+        self.root.id()
     }
 
     /// The keyed fingerprint of a PAN.
@@ -214,6 +302,135 @@ impl KeyRing {
             .map_err(|_| Error::Corrupt("card ciphertext does not open"))
     }
 
+    /// Opens a sealed card, first learning data keys another vault process created if the
+    /// card's version is not known here yet.
+    pub async fn open_fresh(
+        &self,
+        pool: &PgPool,
+        token: &Token,
+        sealed: &SealedCard,
+    ) -> Result<CardSecret, Error> {
+        if self.data_key(sealed.dek_version).is_none() {
+            self.refresh(pool).await.map_err(refresh_error)?;
+        }
+        self.open(token, sealed)
+    }
+
+    /// Makes a new data-key version active for every new write; the previous one becomes
+    /// decrypt-only. Returns the new version.
+    pub async fn rotate(&self, pool: &PgPool) -> Result<u32, Error> {
+        let _single_flight = self.refill.lock().await;
+        self.rotate_locked(pool).await
+    }
+
+    async fn rotate_locked(&self, pool: &PgPool) -> Result<u32, Error> {
+        // A bounded retry: another process may take the next version first.
+        for _ in 0..4 {
+            let newest = storage::data_keys(pool)
+                .await?
+                .iter()
+                .map(|k| k.version)
+                .max()
+                .unwrap_or(0);
+            let version = newest + 1;
+            let key = SecretKey::generate();
+            let wrapped = self.root.wrap_data_key(version, &key);
+            let rotated = keys_storage::rotate_data_key(
+                pool,
+                version,
+                &wrapped,
+                &self.root.id(),
+                self.root_version,
+            )
+            .await?;
+            if rotated {
+                self.data_keys
+                    .write()
+                    .expect("key ring lock is never poisoned: no panics while held")
+                    .insert(version, Arc::new(DataKey::new(version, &key)));
+                *self.lock_reservation() = Reservation {
+                    version,
+                    remaining: 0,
+                };
+                tracing::info!(version, "data key rotated");
+                return Ok(version);
+            }
+            self.refresh(pool).await.map_err(refresh_error)?;
+        }
+        Err(Error::ConcurrentUpdate)
+    }
+
+    /// Retires `version` if no row uses it, destroying its wrapped key, and forgets it here.
+    pub async fn retire(
+        &self,
+        pool: &PgPool,
+        version: u32,
+    ) -> Result<keys_storage::Retirement, Error> {
+        let outcome = keys_storage::retire_data_key(pool, version).await?;
+        if outcome == keys_storage::Retirement::Retired {
+            self.data_keys
+                .write()
+                .expect("key ring lock is never poisoned: no panics while held")
+                .remove(&version);
+        }
+        Ok(outcome)
+    }
+
+    /// Re-wraps every data key and vault secret under `new_root` in one transaction and
+    /// records it as the next root key version with `split`. Returns how many data keys were
+    /// re-wrapped. The ring itself keeps the old root: the caller replaces the ring.
+    pub async fn rewrap_under(
+        &self,
+        pool: &PgPool,
+        new_root: &RootKey,
+        split: RootKeySplit,
+    ) -> Result<usize, Error> {
+        let mut tx = pool.begin().await?;
+        // Serializes with rotations, which lock the active row first.
+        sqlx::query("SELECT version FROM data_keys WHERE state = 'active' FOR UPDATE")
+            .execute(&mut *tx)
+            .await?;
+        let current = keys_storage::current_root_key(&mut *tx)
+            .await?
+            .ok_or(Error::Corrupt("no root key record"))?;
+        if current.root_key_id != self.root.id() {
+            return Err(Error::ConcurrentUpdate);
+        }
+        let mut data_keys = Vec::new();
+        for stored in storage::data_keys(&mut *tx).await? {
+            let Some(wrapped) = &stored.wrapped else {
+                continue;
+            };
+            let key = self
+                .root
+                .unwrap_data_key(stored.version, wrapped)
+                .map_err(|_| Error::Corrupt("data key does not unwrap"))?;
+            data_keys.push((stored.version, new_root.wrap_data_key(stored.version, &key)));
+        }
+        let mut secrets = Vec::new();
+        for name in keys_storage::secret_names(&mut *tx).await? {
+            let (wrapped, _) = storage::secret(&mut *tx, &name)
+                .await?
+                .ok_or(Error::Corrupt("vault secret vanished"))?;
+            let key = self
+                .root
+                .unwrap_secret(&name, &wrapped)
+                .map_err(|_| Error::Corrupt("vault secret does not unwrap"))?;
+            let rewrapped = new_root.wrap_secret(&name, &key);
+            secrets.push((name, rewrapped));
+        }
+        let record = keys_storage::RootKeyRecord {
+            version: current.version + 1,
+            root_key_id: new_root.id(),
+            source: split.source().to_owned(),
+            threshold: split.threshold,
+            shares_total: split.shares_total,
+        };
+        keys_storage::rotate_root_key(&mut tx, &record, &data_keys, &secrets).await?;
+        tx.commit().await?;
+        Ok(data_keys.len())
+    }
+
     fn data_key(&self, version: u32) -> Option<Arc<DataKey>> {
         self.data_keys
             .read()
@@ -223,8 +440,9 @@ impl KeyRing {
     }
 
     /// Takes one encryption from the reserved block, reserving a new block when it is empty.
+    /// A version that reaches its budget is rotated here, automatically.
     async fn take_encryption(&self, pool: &PgPool) -> Result<u32, Error> {
-        // A bounded loop: the first pass either succeeds or refills; the second succeeds
+        // A bounded loop: the first pass either succeeds or refills; later passes succeed
         // unless other sealers drained the fresh block first.
         for _ in 0..8 {
             if let Some(version) = self.try_take() {
@@ -236,16 +454,19 @@ impl KeyRing {
             }
             let version = self.lock_reservation().version;
             let block = self.settings.dek_reservation_block;
-            let reserved = storage::reserve_encryptions(pool, version, block)
-                .await?
-                .ok_or(Error::KeyBudgetExhausted)?;
+            let Some(reserved) = storage::reserve_encryptions(pool, version, block).await? else {
+                // Another process rotated: follow the new active version.
+                self.refresh(pool).await.map_err(refresh_error)?;
+                continue;
+            };
             if reserved as u64 > self.settings.dek_encryptions_max {
-                tracing::error!(
+                tracing::warn!(
                     version,
                     reserved,
-                    "data key reached its encryption budget; rotate the data key"
+                    "data key reached its encryption budget; rotating automatically"
                 );
-                return Err(Error::KeyBudgetExhausted);
+                self.rotate_locked(pool).await?;
+                continue;
             }
             self.lock_reservation().remaining += block;
         }
@@ -264,6 +485,16 @@ impl KeyRing {
         self.reservation
             .lock()
             .expect("reservation lock is never poisoned: no panics while held")
+    }
+}
+
+fn refresh_error(error: KeyLoadError) -> Error {
+    match error {
+        KeyLoadError::Storage(error) => error,
+        other => {
+            tracing::error!(error = %other, "data keys failed to reload");
+            Error::Corrupt("data keys failed to reload")
+        }
     }
 }
 

@@ -19,7 +19,9 @@
 //!   acquirer (which keeps its own tables and SQL, as an external system would).
 //! - [`domain`]: pure types: PAN, expiry, token, fingerprint, charges, commands.
 //! - [`crypto`]: key wrapping, card sealing, keyed fingerprints (pure).
-//! - [`keys`]: the key ring in memory and the encryption budget.
+//! - [`keys`]: the key ring in memory, the encryption budget, data-key rotation.
+//! - [`key_admin`]: sealing and unsealing with Shamir shares, rotation with the background
+//!   rewrap, root-key rotation, the audit log's reading side.
 //! - [`writer`]: group commit of every mutation with its audit row.
 //! - [`audit`]: the hash chain and its verification.
 //! - [`storage`]: all SQL (run-time checked queries, each covered by a Postgres test).
@@ -46,6 +48,7 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod key_admin;
 pub mod keys;
 pub mod server;
 pub mod service;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tandem_proto::tandem::vault::v1::charge_service_server::ChargeServiceServer;
+use tandem_proto::tandem::vault::v1::key_admin_service_server::KeyAdminServiceServer;
 use tandem_proto::tandem::vault::v1::sandbox_service_server::SandboxServiceServer;
 use tandem_proto::tandem::vault::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
@@ -20,15 +21,18 @@ use crate::connector::breaker::{Breaker, BreakerState};
 use crate::connector::sandbox::Sandbox;
 use crate::grpc::TokenApi;
 use crate::grpc::charge::{ChargeApi, SandboxApi};
-use crate::keys::{KeyLoadError, KeyRing, load_or_create_dev_root_key};
+use crate::grpc::key_admin::KeyAdminApi;
+use crate::key_admin::KeyAdmin;
+use crate::keys::{KeyLoadError, KeyRing, RootKeySplit, load_or_create_dev_root_key};
 use crate::service::Vault;
 use crate::writer::Writer;
 
 /// The gRPC services this server registers, as reflection advertises them.
-const SERVED_SERVICES: [&str; 6] = [
+const SERVED_SERVICES: [&str; 7] = [
     "tandem.vault.v1.TokenService",
     "tandem.vault.v1.ChargeService",
     "tandem.vault.v1.SandboxService",
+    "tandem.vault.v1.KeyAdminService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -49,6 +53,12 @@ pub enum RunError {
     /// Keys could not be loaded.
     #[error("keys: {0}")]
     Keys(#[from] KeyLoadError),
+    /// The `shares` root-key source needs keys made by `tandemctl keys init`.
+    #[error(
+        "keys: root_key_source is \"shares\" but the vault's keys are not initialised; \
+         run tandemctl keys init"
+    )]
+    NotInitialised,
     /// Reflection descriptors are invalid (a build problem).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -77,11 +87,24 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let tls = tandem_tls::server::server_config(&settings.tls.files())?;
     let pool = connect_database(&settings).await?;
-    let root = match settings.keys.root_key_source {
-        RootKeySource::Dev => load_or_create_dev_root_key(&settings.keys.dev_root_key_path)?,
+    let keys = match settings.keys.root_key_source {
+        RootKeySource::Dev => {
+            let path = &settings.keys.dev_root_key_path;
+            finish_dev_root_rotation(&pool, path).await?;
+            let root = load_or_create_dev_root_key(path)?;
+            Some(KeyRing::load(&pool, root, RootKeySplit::DEV, settings.keys.clone()).await?)
+        }
+        RootKeySource::Shares => {
+            let record = crate::storage::keys::current_root_key(&pool)
+                .await
+                .map_err(KeyLoadError::Storage)?;
+            if record.is_none() {
+                return Err(RunError::NotInitialised);
+            }
+            tracing::warn!("vault starts sealed: custodians must unseal it with their shares");
+            None
+        }
     };
-    let keys = KeyRing::load(&pool, &root, settings.keys.clone()).await?;
-    drop(root);
     let (writer, writer_task) = Writer::spawn(
         pool.clone(),
         settings.audit.batch_size_max,
@@ -112,7 +135,10 @@ pub async fn run(
         &settings.connector,
     ));
 
+    let key_admin = Arc::new(KeyAdmin::new(vault.clone(), settings.keys.clone()));
+
     let (stop_sender, stop) = watch::channel(false);
+    let rewrap_task = tokio::spawn(key_admin.clone().rewrap_loop(stop.clone()));
     let purge_task = tokio::spawn(purge_loop(
         vault.clone(),
         Duration::from_millis(settings.tokens.purge_interval_ms),
@@ -121,13 +147,11 @@ pub async fn run(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<TokenServiceServer<TokenApi>>()
+        .set_serving::<KeyAdminServiceServer<KeyAdminApi>>()
         .await;
-    health_reporter
-        .set_serving::<SandboxServiceServer<SandboxApi>>()
-        .await;
-    // ChargeService's health follows the connector's circuit breaker: NOT_SERVING while it
-    // is open, so that load balancers and the orchestrator see the processor outage.
+    // The data services' health follows the seal (NOT_SERVING while sealed) and, for
+    // ChargeService, the connector's circuit breaker, so that load balancers and the
+    // orchestrator see a sealed vault or a processor outage.
     let recovery_task = tokio::spawn(charge_loop(
         charges.clone(),
         health_reporter.clone(),
@@ -161,6 +185,9 @@ pub async fn run(
     let sandbox_service = SandboxServiceServer::new(SandboxApi::new(charges.clone(), uri_prefix))
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(message_bytes_max);
+    let key_admin_service = KeyAdminServiceServer::new(KeyAdminApi::new(key_admin, uri_prefix))
+        .max_decoding_message_size(message_bytes_max)
+        .max_encoding_message_size(message_bytes_max);
 
     let address = listener.local_addr().ok();
     let incoming = tandem_tls::server::incoming(
@@ -186,6 +213,7 @@ pub async fn run(
         .add_service(token_service)
         .add_service(charge_service)
         .add_service(sandbox_service)
+        .add_service(key_admin_service)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -220,6 +248,7 @@ pub async fn run(
     };
     purge_task.abort();
     recovery_task.abort();
+    rewrap_task.abort();
     // The writer stops once the last handle (inside `vault`) is gone; let it drain first.
     drop(charges);
     drop(vault);
@@ -244,8 +273,9 @@ async fn purge_loop(vault: Arc<Vault>, interval: Duration, mut stop: watch::Rece
     }
 }
 
-/// Every `charges.recovery_interval_ms`, finishes charge work left pending; every second,
-/// reports ChargeService's health from the connector's circuit breaker.
+/// Every `charges.recovery_interval_ms`, finishes charge work left pending; four times a
+/// second, reports the data services' health from the seal and ChargeService's also from the
+/// connector's circuit breaker.
 async fn charge_loop(
     charges: Arc<Charges>,
     health: tonic_health::server::HealthReporter,
@@ -254,8 +284,9 @@ async fn charge_loop(
     let recovery_interval = Duration::from_millis(charges.settings().recovery_interval_ms);
     let mut recovery = tokio::time::interval(recovery_interval);
     recovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut health_check = tokio::time::interval(Duration::from_secs(1));
+    let mut health_check = tokio::time::interval(Duration::from_millis(250));
     let mut serving = None;
+    let mut unsealed = None;
     loop {
         tokio::select! {
             _ = recovery.tick() => {
@@ -266,14 +297,30 @@ async fn charge_loop(
                 }
             }
             _ = health_check.tick() => {
+                let now_unsealed = !charges.vault().is_sealed();
+                if unsealed != Some(now_unsealed) {
+                    unsealed = Some(now_unsealed);
+                    if now_unsealed {
+                        health.set_serving::<TokenServiceServer<TokenApi>>().await;
+                        health.set_serving::<SandboxServiceServer<SandboxApi>>().await;
+                    } else {
+                        health.set_not_serving::<TokenServiceServer<TokenApi>>().await;
+                        health.set_not_serving::<SandboxServiceServer<SandboxApi>>().await;
+                    }
+                }
                 let state = charges.connector().breaker_state();
-                let now_serving = state != BreakerState::Open;
+                let now_serving = now_unsealed && state != BreakerState::Open;
                 if serving != Some(now_serving) {
                     serving = Some(now_serving);
                     if now_serving {
                         health.set_serving::<ChargeServiceServer<ChargeApi>>().await;
                     } else {
-                        tracing::warn!(connector = charges.connector().name(), "circuit breaker open");
+                        if state == BreakerState::Open {
+                            tracing::warn!(
+                                connector = charges.connector().name(),
+                                "circuit breaker open"
+                            );
+                        }
                         health.set_not_serving::<ChargeServiceServer<ChargeApi>>().await;
                     }
                 }
@@ -281,4 +328,28 @@ async fn charge_loop(
             () = async { let _ = stop.wait_for(|stopped| *stopped).await; } => return,
         }
     }
+}
+
+/// Completes a dev root-key rotation interrupted between its database commit and the key file
+/// replacement: the new key, written beside the file first, is moved in place if the database
+/// already uses it, and discarded otherwise.
+async fn finish_dev_root_rotation(pool: &PgPool, path: &std::path::Path) -> Result<(), RunError> {
+    let pending = path.with_extension("key.new");
+    if !pending.exists() {
+        return Ok(());
+    }
+    let record = crate::storage::keys::current_root_key(pool)
+        .await
+        .map_err(KeyLoadError::Storage)?;
+    let new_root = load_or_create_dev_root_key(&pending)?;
+    if record.is_some_and(|r| r.root_key_id == new_root.id()) {
+        std::fs::rename(&pending, path).map_err(|e| KeyLoadError::DevKeyFile {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        tracing::warn!("completed an interrupted dev root-key rotation");
+    } else {
+        let _ = std::fs::remove_file(&pending);
+    }
+    Ok(())
 }

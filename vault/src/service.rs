@@ -4,6 +4,8 @@
 //!
 //! Every operation writes exactly one audit row, whatever its outcome.
 
+use std::sync::Arc;
+
 use sqlx::{PgConnection, PgPool};
 use tandem_tls::identity::Caller;
 use time::OffsetDateTime;
@@ -67,25 +69,64 @@ pub struct CardPage {
 #[derive(Debug)]
 pub struct Vault {
     pool: PgPool,
-    keys: KeyRing,
+    /// The key ring while unsealed; `None` while sealed.
+    keys: std::sync::RwLock<Option<Arc<KeyRing>>>,
     writer: Writer,
     settings: TokenSettings,
 }
 
 impl Vault {
-    /// Assembles the vault from its parts.
-    pub fn new(pool: PgPool, keys: KeyRing, writer: Writer, settings: TokenSettings) -> Vault {
+    /// Assembles the vault from its parts; `keys` is `None` for a vault that starts sealed.
+    pub fn new(
+        pool: PgPool,
+        keys: Option<KeyRing>,
+        writer: Writer,
+        settings: TokenSettings,
+    ) -> Vault {
         Vault {
             pool,
-            keys,
+            keys: std::sync::RwLock::new(keys.map(Arc::new)),
             writer,
             settings,
         }
     }
 
-    /// The key ring, for the charging side.
-    pub(crate) fn keys(&self) -> &KeyRing {
-        &self.keys
+    /// The key ring, or `Sealed`.
+    pub(crate) fn keys(&self) -> Result<Arc<KeyRing>, Error> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(Error::Sealed)
+    }
+
+    /// True while the vault holds no keys.
+    pub fn is_sealed(&self) -> bool {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none()
+    }
+
+    /// Installs a key ring: unseals, or replaces the ring after a root-key rotation.
+    pub(crate) fn install_keys(&self, ring: KeyRing) {
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(ring));
+    }
+
+    /// Drops the key ring: every key in it is zeroized once the last operation using it ends.
+    pub(crate) fn seal(&self) {
+        self.keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+
+    /// The writer, for the key administration jobs.
+    pub(crate) fn writer(&self) -> &Writer {
+        &self.writer
     }
 
     /// Commits `mutation` with its audit row (`reason` is the row's free text).
@@ -127,6 +168,7 @@ impl Vault {
             Some(caller) if !ctx.rpc.allows(caller.role) => {
                 Error::PermissionDenied { role: caller.role }
             }
+            Some(_) if ctx.rpc.needs_keys() && self.is_sealed() => Error::Sealed,
             Some(_) => return Ok(()),
         };
         Err(self.refuse(ctx, None, error).await)
@@ -161,12 +203,13 @@ impl Vault {
         ctx: &RequestContext,
         command: TokenizeCommand,
     ) -> Result<(CardView, bool), Error> {
+        let keys = self.keys()?;
         let now = now_micros();
         let token = Token::generate();
         let pan = &command.secret.pan;
-        let fingerprint = self.keys.fingerprint(pan);
+        let fingerprint = keys.fingerprint(pan);
         let ttl_seconds = command.ttl.map_or(0, |ttl| ttl.whole_seconds());
-        let request_hash = self.keys.request_hash(&[
+        let request_hash = keys.request_hash(&[
             ctx.rpc.method().as_bytes(),
             pan.expose_digits().as_bytes(),
             &[command.expiry.month()],
@@ -175,7 +218,7 @@ impl Vault {
             &[u8::from(command.reuse_existing)],
             &ttl_seconds.to_be_bytes(),
         ]);
-        let sealed = match self.keys.seal(&self.pool, &token, &command.secret).await {
+        let sealed = match keys.seal(&self.pool, &token, &command.secret).await {
             Ok(sealed) => sealed,
             Err(error) => return Err(self.refuse(ctx, None, error).await),
         };
@@ -250,7 +293,7 @@ impl Vault {
         ctx: &RequestContext,
         command: UpdateCardCommand,
     ) -> Result<CardView, Error> {
-        let request_hash = self.keys.request_hash(&[
+        let request_hash = self.keys()?.request_hash(&[
             ctx.rpc.method().as_bytes(),
             command.token.as_str().as_bytes(),
             command
@@ -284,6 +327,7 @@ impl Vault {
         command: &UpdateCardCommand,
         request_hash: [u8; 32],
     ) -> Result<UpdateMutation, Error> {
+        let keys = self.keys()?;
         let now = now_micros();
         let stored = storage::card(&self.pool, &command.token).await?;
         let (expected_nonce, current) = match stored {
@@ -292,7 +336,7 @@ impl Vault {
                 let sealed = card
                     .sealed
                     .ok_or(Error::Corrupt("active card without data"))?;
-                let current = self.keys.open(&command.token, &sealed)?;
+                let current = keys.open_fresh(&self.pool, &command.token, &sealed).await?;
                 (Some(sealed.nonce), Some(current))
             }
             _ => (None, None),
@@ -300,10 +344,10 @@ impl Vault {
         let update = match current {
             Some(current) => {
                 let secret = merge_secret(current, command);
-                let sealed = self.keys.seal(&self.pool, &command.token, &secret).await?;
+                let sealed = keys.seal(&self.pool, &command.token, &secret).await?;
                 Some(NewCard {
                     token: command.token.clone(),
-                    fingerprint: self.keys.fingerprint(&secret.pan),
+                    fingerprint: keys.fingerprint(&secret.pan),
                     brand: secret.pan.brand(),
                     bin: secret.pan.bin(),
                     last4: secret.pan.last4(),
@@ -333,7 +377,7 @@ impl Vault {
         token: Token,
         reason: Reason,
     ) -> Result<CardView, Error> {
-        let request_hash = self.keys.request_hash(&[
+        let request_hash = self.keys()?.request_hash(&[
             ctx.rpc.method().as_bytes(),
             token.as_str().as_bytes(),
             reason.as_str().as_bytes(),
@@ -359,11 +403,12 @@ impl Vault {
         selector: CardSelector,
         reason: Reason,
     ) -> Result<Vec<Token>, Error> {
+        let keys = self.keys()?;
         let fingerprint = match selector {
             CardSelector::Fingerprint(fingerprint) => fingerprint,
-            CardSelector::Pan(pan) => self.keys.fingerprint(&pan),
+            CardSelector::Pan(pan) => keys.fingerprint(&pan),
         };
-        let request_hash = self.keys.request_hash(&[
+        let request_hash = keys.request_hash(&[
             ctx.rpc.method().as_bytes(),
             fingerprint.as_bytes(),
             reason.as_str().as_bytes(),

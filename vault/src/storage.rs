@@ -5,6 +5,7 @@
 //! is exercised by the crate's Postgres-backed tests.
 
 pub mod charges;
+pub mod keys;
 
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgExecutor, Row as _};
@@ -633,30 +634,91 @@ pub async fn audit_page(
     .bind(limit)
     .fetch_all(executor)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let hash = |column: &str| -> Result<[u8; 32], sqlx::Error> {
-                let bytes: Vec<u8> = row.try_get(column)?;
-                bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
-                    index: column.to_owned(),
-                    source: "hash is not 32 bytes".into(),
-                })
-            };
-            Ok(AuditRow {
-                seq: row.try_get("seq")?,
-                occurred_at: row.try_get("occurred_at")?,
-                entry: AuditEntry {
-                    caller: row.try_get("caller")?,
-                    role: row.try_get("role")?,
-                    rpc: row.try_get("rpc")?,
-                    token: row.try_get("token")?,
-                    outcome: row.try_get("outcome")?,
-                    reason: row.try_get("reason")?,
-                    correlation_id: row.try_get("correlation_id")?,
-                },
-                prev_hash: hash("prev_hash")?,
-                hash: hash("hash")?,
-            })
+    rows.iter().map(audit_row).collect()
+}
+
+/// Filters of `ListAuditEvents`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// At or after.
+    pub start: Option<OffsetDateTime>,
+    /// Before.
+    pub end: Option<OffsetDateTime>,
+    /// This token.
+    pub token: Option<String>,
+    /// This method or job.
+    pub rpc: Option<String>,
+    /// This caller.
+    pub caller: Option<String>,
+    /// `succeeded`, `denied` or `failed`.
+    pub outcome: Option<&'static str>,
+    /// This correlation id.
+    pub correlation_id: Option<String>,
+    /// Newest first.
+    pub descending: bool,
+}
+
+/// Audit rows matching `filter` after (or, descending, before) `cursor`, at most `limit`.
+pub async fn audit_events(
+    executor: impl PgExecutor<'_>,
+    filter: &AuditFilter,
+    cursor: Option<i64>,
+    limit: i64,
+) -> Result<Vec<AuditRow>, sqlx::Error> {
+    let (position, order) = if filter.descending {
+        ("($1::bigint IS NULL OR seq < $1)", "DESC")
+    } else {
+        ("($1::bigint IS NULL OR seq > $1)", "ASC")
+    };
+    let sql = format!(
+        "SELECT seq, occurred_at, caller, role, rpc, token, outcome, reason, correlation_id, \
+         prev_hash, hash FROM audit_events WHERE {position} \
+         AND ($2::timestamptz IS NULL OR occurred_at >= $2) \
+         AND ($3::timestamptz IS NULL OR occurred_at < $3) \
+         AND ($4::text IS NULL OR token = $4) AND ($5::text IS NULL OR rpc = $5) \
+         AND ($6::text IS NULL OR caller = $6) AND ($7::text IS NULL OR correlation_id = $7) \
+         AND (CASE $8::text WHEN 'succeeded' THEN outcome = 'OK' \
+              WHEN 'denied' THEN outcome IN ('ROLE_NOT_ALLOWED', 'IDENTITY_INVALID') \
+              WHEN 'failed' THEN outcome NOT IN ('OK', 'ROLE_NOT_ALLOWED', 'IDENTITY_INVALID') \
+              ELSE true END) \
+         ORDER BY seq {order} LIMIT $9"
+    );
+    let rows: Vec<PgRow> = sqlx::query(&sql)
+        .bind(cursor)
+        .bind(filter.start)
+        .bind(filter.end)
+        .bind(filter.token.as_deref())
+        .bind(filter.rpc.as_deref())
+        .bind(filter.caller.as_deref())
+        .bind(filter.correlation_id.as_deref())
+        .bind(filter.outcome)
+        .bind(limit)
+        .fetch_all(executor)
+        .await?;
+    rows.iter().map(audit_row).collect()
+}
+
+fn audit_row(row: &PgRow) -> Result<AuditRow, sqlx::Error> {
+    let hash = |column: &str| -> Result<[u8; 32], sqlx::Error> {
+        let bytes: Vec<u8> = row.try_get(column)?;
+        bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: "hash is not 32 bytes".into(),
         })
-        .collect()
+    };
+    Ok(AuditRow {
+        seq: row.try_get("seq")?,
+        occurred_at: row.try_get("occurred_at")?,
+        entry: AuditEntry {
+            caller: row.try_get("caller")?,
+            role: row.try_get("role")?,
+            rpc: row.try_get("rpc")?,
+            token: row.try_get("token")?,
+            outcome: row.try_get("outcome")?,
+            reason: row.try_get("reason")?,
+            correlation_id: row.try_get("correlation_id")?,
+        },
+        prev_hash: hash("prev_hash")?,
+        hash: hash("hash")?,
+    })
 }

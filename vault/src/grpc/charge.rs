@@ -470,7 +470,11 @@ impl SandboxApi {
         let Some(sealed) = stored.sealed.as_ref() else {
             return Err(self.refuse(ctx, Some(token), Error::TokenNotFound).await);
         };
-        match vault.keys().open(token, sealed) {
+        let keys = match vault.keys() {
+            Ok(keys) => keys,
+            Err(error) => return Err(self.refuse(ctx, Some(token), error).await),
+        };
+        match keys.open_fresh(vault.pool(), token, sealed).await {
             Ok(secret) => Ok((stored.view.fingerprint, secret)),
             Err(error) => Err(self.refuse(ctx, Some(token), error).await),
         }
@@ -656,7 +660,8 @@ impl pb::sandbox_service_server::SandboxService for SandboxApi {
         let (fingerprint, secret) = self.card(&ctx, &token).await?;
         let vault = self.charges.vault();
         let config_text = format!("{config:?}");
-        let hash = vault.keys().request_hash(&[
+        let keys = vault.keys().map_err(to_status)?;
+        let hash = keys.request_hash(&[
             Rpc::ConfigureSandboxCard.method().as_bytes(),
             token.as_str().as_bytes(),
             config_text.as_bytes(),

@@ -86,6 +86,28 @@ pub fn to_status(error: Error) -> Status {
             Code::FailedPrecondition,
             "the processor refused the operation",
         ),
+        Error::KeyVersionNotFound => (Code::NotFound, "data key version not found"),
+        Error::KeyVersionActive => (
+            Code::FailedPrecondition,
+            "the data key version is active; rotate the data key first",
+        ),
+        Error::KeyVersionInUse => (
+            Code::FailedPrecondition,
+            "rows still use the data key version; wait for the rewrap to finish",
+        ),
+        Error::ShareMalformed(_) => (Code::InvalidArgument, "the share is malformed"),
+        Error::UnsealFailed => (
+            Code::FailedPrecondition,
+            "the shares do not rebuild the root key; unseal progress was reset",
+        ),
+        Error::NotInitialised => (
+            Code::FailedPrecondition,
+            "the vault's keys are not initialised; run tandemctl keys init",
+        ),
+        Error::AlreadyInitialised => (
+            Code::FailedPrecondition,
+            "the vault's keys are already initialised",
+        ),
         Error::Sealed => (Code::Unavailable, "the vault is sealed"),
         Error::KeyBudgetExhausted => (
             Code::Unavailable,
@@ -109,12 +131,41 @@ pub fn to_status(error: Error) -> Status {
         }
     };
     let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
-    if let Error::InvalidArgument(violations) = &error {
-        for violation in violations {
-            details.add_bad_request_violation(violation.field, &violation.description);
+    match &error {
+        Error::InvalidArgument(violations) => {
+            for violation in violations {
+                details.add_bad_request_violation(violation.field, &violation.description);
+            }
         }
+        Error::ShareMalformed(problem) => {
+            details.add_bad_request_violation("share", *problem);
+        }
+        _ => {}
     }
     Status::with_error_details(code, message, details)
+}
+
+/// The gRPC status code name of an audited outcome (`OK` or an `ErrorInfo` reason), for
+/// `AuditEvent.status_code`.
+pub fn code_name(outcome: &str) -> &'static str {
+    match outcome {
+        "OK" => "OK",
+        "INVALID_ARGUMENT" | "SHARE_MALFORMED" => "INVALID_ARGUMENT",
+        "ROLE_NOT_ALLOWED" => "PERMISSION_DENIED",
+        "IDENTITY_INVALID" => "UNAUTHENTICATED",
+        "TOKEN_NOT_FOUND" | "CHARGE_NOT_FOUND" | "KEY_VERSION_NOT_FOUND" => "NOT_FOUND",
+        "REQUEST_ID_REUSED" => "ALREADY_EXISTS",
+        "REQUEST_IN_PROGRESS" | "CONCURRENT_UPDATE" | "CHARGE_OPERATION_IN_PROGRESS" => "ABORTED",
+        "VAULT_SEALED"
+        | "KEY_BUDGET_EXHAUSTED"
+        | "SHUTTING_DOWN"
+        | "STORAGE_UNAVAILABLE"
+        | "PROCESSOR_UNAVAILABLE"
+        | "OUTCOME_UNKNOWN" => "UNAVAILABLE",
+        "PROCESSOR_TIMEOUT" => "DEADLINE_EXCEEDED",
+        "INTERNAL" => "INTERNAL",
+        _ => "FAILED_PRECONDITION",
+    }
 }
 
 #[cfg(test)]
@@ -169,5 +220,56 @@ mod tests {
             assert_eq!(status.code(), code);
             assert_eq!(status.get_details_error_info().unwrap().reason, reason);
         }
+    }
+
+    /// The audit log's status code names agree with the statuses actually returned.
+    #[test]
+    fn code_names_match_statuses() {
+        let errors = [
+            Error::invalid("x", "y"),
+            Error::PermissionDenied {
+                role: tandem_tls::identity::Role::Payer,
+            },
+            Error::Unauthenticated,
+            Error::TokenNotFound,
+            Error::TokenRevoked,
+            Error::TokenExpired,
+            Error::RequestIdReused,
+            Error::RequestIdTaken,
+            Error::ConcurrentUpdate,
+            Error::ChargeNotFound,
+            Error::ChargeNotAuthorized,
+            Error::ChargeAlreadyCaptured,
+            Error::ChargeNotCaptured,
+            Error::CurrencyMismatch,
+            Error::AmountExceedsApproved,
+            Error::AmountExceedsRefundable,
+            Error::RefundLimitReached,
+            Error::ChargeBusy,
+            Error::OutcomeUnknown,
+            Error::ProcessorUnavailable,
+            Error::ProcessorTimeout,
+            Error::ProcessorRefused("other"),
+            Error::KeyVersionNotFound,
+            Error::KeyVersionActive,
+            Error::KeyVersionInUse,
+            Error::ShareMalformed("x"),
+            Error::UnsealFailed,
+            Error::NotInitialised,
+            Error::AlreadyInitialised,
+            Error::Sealed,
+            Error::KeyBudgetExhausted,
+            Error::ShuttingDown,
+            Error::Corrupt("x"),
+            Error::Database(sqlx::Error::PoolTimedOut),
+        ];
+        for error in errors {
+            let reason = error.reason();
+            let code = to_status(error).code();
+            let expected = format!("{code:?}");
+            let name = code_name(reason).replace('_', "").to_lowercase();
+            assert_eq!(name, expected.to_lowercase(), "{reason}");
+        }
+        assert_eq!(code_name("OK"), "OK");
     }
 }
