@@ -29,7 +29,7 @@ use crate::dev;
 
 /// Where the vault is and who we are.
 #[derive(Debug, clap::Args)]
-pub struct Target {
+pub(crate) struct Target {
     /// The vault (`https://host:port`).
     #[arg(
         long,
@@ -225,7 +225,10 @@ fn print_charge(charge: &pb::Charge) {
     }
 }
 
-async fn channel(target: &Target, role: Role) -> anyhow::Result<tonic::transport::Channel> {
+pub(crate) async fn channel(
+    target: &Target,
+    role: Role,
+) -> anyhow::Result<tonic::transport::Channel> {
     let files = TlsFiles::in_dir(&target.certs, role.as_str());
     tandem_tls::client::connect(
         &target.vault,
@@ -237,12 +240,12 @@ async fn channel(target: &Target, role: Role) -> anyhow::Result<tonic::transport
     .context("connecting to the vault")
 }
 
-fn request_id(given: Option<String>) -> String {
+pub(crate) fn request_id(given: Option<String>) -> String {
     given.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 /// A failed call as one line: the status code, the ErrorInfo reason and any bad fields.
-fn failure(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn failure(status: tonic::Status) -> anyhow::Error {
     use tonic_types::StatusExt as _;
     let reason = status
         .get_details_error_info()

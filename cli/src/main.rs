@@ -6,6 +6,8 @@
 //!   certificates and a dev root key under `.tandem/dev/`.
 //! - `tandemctl charge`: authorize, capture, void, refund and read charges on a running vault;
 //!   read the sandbox acquirer's settlement report.
+//! - `tandemctl keys`, `tandemctl audit`: the security team's key operations (init, unseal,
+//!   seal, rotate, retire, rotate-root) and the audit log (list, verify).
 //! - `tandemctl bench`: throughput and latency over real mTLS and Postgres.
 
 // A CLI's output is its stdout.
@@ -15,6 +17,7 @@ mod bench;
 mod certs;
 mod charge;
 mod dev;
+mod keys;
 
 use std::process::ExitCode;
 
@@ -24,7 +27,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "tandemctl",
     version,
-    about = "Operate Tandem: certificates, the dev stack, charges, benchmarks"
+    about = "Operate Tandem: certificates, the dev stack, charges, keys, audit, benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,6 +43,12 @@ enum Command {
     /// Operate charges on a running vault.
     #[command(subcommand)]
     Charge(charge::ChargeCommand),
+    /// Administer the vault's keys: init, status, unseal, seal, rotate, retire, rotate-root.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Read and verify the vault's audit log.
+    #[command(subcommand)]
+    Audit(keys::AuditCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -52,6 +61,8 @@ async fn main() -> ExitCode {
         Command::Certs(args) => certs::run(&args),
         Command::Dev(args) => dev::run(args).await,
         Command::Charge(command) => charge::run(command).await,
+        Command::Keys(command) => keys::run(command).await,
+        Command::Audit(command) => keys::run_audit(command).await,
         Command::Bench(command) => bench::run(command).await,
     };
     match result {
