@@ -531,6 +531,8 @@ async fn start_vault(args: &LoadArgs) -> anyhow::Result<(String, ServerHandle)> 
     settings.keys.dev_root_key_path = std::env::temp_dir()
         .join(format!("tandem-bench-{}", std::process::id()))
         .join("root.key");
+    // Beside a running `tandemctl dev`, the bench vault takes any free metrics port.
+    settings.metrics.listen_addr = "127.0.0.1:0".parse()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let uri = format!("https://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel();

@@ -130,6 +130,8 @@ pub fn vault_settings(database: &TestDatabase) -> Settings {
         .join(format!("tandem-test-keys-{}", database.name))
         .join("root.key");
     settings.tokens.purge_interval_ms = 200;
+    // Tests run in parallel: each vault's metrics endpoint takes a free port.
+    settings.metrics.listen_addr = "127.0.0.1:0".parse().expect("socket address");
     settings
 }
 
@@ -284,4 +286,31 @@ pub fn write_file(path: &Path, contents: &[u8]) {
     std::fs::File::create(path)
         .and_then(|mut f| f.write_all(contents))
         .expect("write file");
+}
+
+/// A loopback address with a port that was free a moment ago, for a server that must be
+/// configured with a fixed address (the vault's metrics endpoint).
+pub fn free_local_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+}
+
+/// `GET /metrics` from a vault's metrics endpoint: the exposition text.
+pub async fn scrape_metrics(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("send the scrape");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read the scrape");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    response
 }

@@ -556,6 +556,7 @@ async fn vault_with_connector(timeout_ms: u64, failures_max: u32, open_ms: u64) 
     settings.connector.breaker_open_ms = open_ms;
     settings.charges.recovery_after_ms = timeout_ms + 300;
     settings.charges.recovery_interval_ms = 100;
+    settings.metrics.listen_addr = tandem_tests::free_local_addr();
     RunningVault::start_with(settings, database).await
 }
 
@@ -656,6 +657,16 @@ async fn circuit_breaker_opens_and_recovers() {
             .unwrap_err();
         assert_eq!(reason(&error), "PROCESSOR_TIMEOUT");
     }
+    // The open breaker and the failures are visible in the metrics.
+    let metrics = tandem_tests::scrape_metrics(vault.settings.metrics.listen_addr).await;
+    for line in [
+        "tandem_vault_connector_breaker_state{connector=\"sandbox\"} 2",
+        "tandem_vault_connector_breaker_opened_total{connector=\"sandbox\"} 1",
+        "tandem_vault_operations_total{rpc=\"tandem.vault.v1.ChargeService/Authorize\",\
+         outcome=\"PROCESSOR_TIMEOUT\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
     let refused = client
         .authorize(authorize_request("brk-good-1", &good, 100))
         .await
@@ -725,6 +736,8 @@ async fn circuit_breaker_opens_and_recovers() {
     }
     let after = authorize(&mut client, authorize_request("brk-good-after", &good, 100)).await;
     assert_eq!(state(&after), pb::ChargeState::Authorized);
+    let metrics = tandem_tests::scrape_metrics(vault.settings.metrics.listen_addr).await;
+    assert!(metrics.contains("tandem_vault_connector_breaker_state{connector=\"sandbox\"} 0"));
     vault.stop().await;
 }
 

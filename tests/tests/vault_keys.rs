@@ -709,6 +709,16 @@ async fn tampering_with_the_audit_log_is_detected() {
         ),
         (false, 5, pb::AuditChainBreak::SequenceGap as i32)
     );
+    // A range ending at the deleted row reports it too (and returns).
+    let ending = auditor
+        .verify_audit_log(pb::VerifyAuditLogRequest {
+            start_sequence: 1,
+            end_sequence: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ending.intact, ending.first_broken_sequence), (false, 5));
     // Verifying from after the gap trusts the starting row's link and finds the rest intact.
     assert!(
         auditor
@@ -811,4 +821,54 @@ async fn key_admin_roles_are_enforced() {
     let mut tokens = TokenServiceClient::new(vault.channel(Role::Tokenizer).await);
     tokenize(&mut tokens, 6_000).await.expect("serving again");
     vault.stop().await;
+}
+
+/// Two vault processes on one database: B holds a reservation of encryptions under data key
+/// v1 when A rotates, rewraps and retires v1. B's next tokenization must not write a card
+/// under the retired key (its material is gone): it is sealed again under v2, and every card
+/// opens through A.
+#[tokio::test]
+async fn a_second_vault_process_never_writes_under_a_retired_key() {
+    let database = TestDatabase::create().await;
+    let mut settings = vault_settings(&database);
+    fast_rewrap(&mut settings, 5000, 50);
+    let a = RunningVault::start_with(settings.clone(), database.clone()).await;
+    // B's own rewrap job would notice the rotation and follow it; keep it asleep so that B
+    // still seals under v1 when A retires it.
+    settings.keys.rewrap_interval_ms = 3_600_000;
+    let b = RunningVault::start_with(settings, database).await;
+    let mut tokens_b = TokenServiceClient::new(b.channel(Role::Tokenizer).await);
+    let first = tokenize(&mut tokens_b, 7_000).await.unwrap();
+
+    let mut admin = keys(&a, Role::Admin).await;
+    admin
+        .rotate_data_key(pb::RotateDataKeyRequest {
+            request_id: request_id(),
+        })
+        .await
+        .unwrap();
+    wait_for_rewrap(&mut admin, Duration::from_secs(10)).await;
+    admin
+        .retire_key_version(pb::RetireKeyVersionRequest {
+            request_id: request_id(),
+            version: 1,
+        })
+        .await
+        .expect("retire v1");
+
+    let second = tokenize(&mut tokens_b, 7_001)
+        .await
+        .expect("B tokenizes after the retirement");
+    let mut db = a.database.connect().await;
+    let versions: Vec<i32> = sqlx::query_scalar("SELECT dek_version FROM cards ORDER BY id")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(versions, [2, 2], "no card is written under the retired v1");
+    let mut charges = ChargeServiceClient::new(a.channel(Role::Orchestrator).await);
+    for token in [&first, &second] {
+        charge(&mut charges, token).await.expect("every card opens");
+    }
+    b.stop().await;
+    a.stop().await;
 }

@@ -41,3 +41,6 @@ CREATE TABLE key_requests (
     result       integer NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now()
 );
+
+-- The rewrap walks rows under older versions in id order.
+CREATE INDEX cards_dek_version_id ON cards (dek_version, id) WHERE dek_version IS NOT NULL;

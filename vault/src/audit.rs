@@ -219,9 +219,8 @@ pub async fn verify_range(pool: &PgPool, start: i64, end: i64) -> Result<RangeCh
             return Ok(check);
         }
         for row in page {
-            if row.seq > end {
-                break;
-            }
+            // A row past the expected one means the expected one is missing, even when the row
+            // found lies past the end of the range.
             if row.seq != expected_seq {
                 check.broken = Some((expected_seq, Break::SequenceGap));
                 return Ok(check);

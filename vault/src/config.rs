@@ -55,6 +55,27 @@ pub struct Settings {
     pub charges: ChargeSettings,
     /// The processor connector.
     pub connector: ConnectorSettings,
+    /// The Prometheus metrics endpoint.
+    pub metrics: MetricsSettings,
+}
+
+/// The Prometheus metrics endpoint (plain HTTP: keep it on loopback or a private network).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Whether to serve `/metrics`.
+    pub enabled: bool,
+    /// Address of the metrics endpoint.
+    pub listen_addr: SocketAddr,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
 }
 
 /// The gRPC server's limits.

@@ -95,6 +95,10 @@ pub enum Error {
     /// The processor refused a capture, void or refund.
     #[error("processor refused the operation ({0})")]
     ProcessorRefused(&'static str),
+    /// A card was sealed under a data-key version retired meanwhile; it must be sealed again
+    /// under the current one (handled inside the vault; surfaced only if retries run out).
+    #[error("the data key version was retired; retry")]
+    KeyRetired,
     /// No such data-key version.
     #[error("data key version not found")]
     KeyVersionNotFound,
@@ -164,6 +168,7 @@ impl Error {
             Error::ProcessorUnavailable => "PROCESSOR_UNAVAILABLE",
             Error::ProcessorTimeout => "PROCESSOR_TIMEOUT",
             Error::ProcessorRefused(_) => "PROCESSOR_REFUSED",
+            Error::KeyRetired => "KEY_ROTATED",
             Error::KeyVersionNotFound => "KEY_VERSION_NOT_FOUND",
             Error::KeyVersionActive => "KEY_VERSION_ACTIVE",
             Error::KeyVersionInUse => "KEY_VERSION_IN_USE",

@@ -19,7 +19,7 @@ use crate::config::{KeySettings, RootKeySource};
 use crate::crypto::{KEY_BYTES, RootKey, SealedCard, SecretKey};
 use crate::domain::{RequestId, Token};
 use crate::error::Error;
-use crate::keys::{KeyLoadError, KeyRing, RootKeySplit, load_or_create_dev_root_key};
+use crate::keys::{KeyLoadError, KeyRequest, KeyRing, RootKeySplit, load_or_create_dev_root_key};
 use crate::service::{RequestContext, Vault};
 use crate::storage::keys::{self as store, DataKeyInfo, Retirement};
 use crate::writer::{Apply, AuditContext, Mutation};
@@ -109,6 +109,8 @@ struct Unseal {
 struct Meter {
     samples: VecDeque<(Instant, u64)>,
     running: bool,
+    /// The last card id the rewrap looked at in its current pass.
+    cursor: i64,
 }
 
 impl Meter {
@@ -145,6 +147,8 @@ pub struct KeyAdmin {
     settings: KeySettings,
     unseal: Mutex<Unseal>,
     meter: Mutex<Meter>,
+    /// Serializes root-key rotations in this process.
+    rotation: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for KeyAdmin {
@@ -179,6 +183,7 @@ impl KeyAdmin {
                 unsealed_at: (!sealed).then_some(now),
             }),
             meter: Mutex::new(Meter::default()),
+            rotation: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -385,9 +390,14 @@ impl KeyAdmin {
             return Ok(status);
         };
         let split = self.current_split().await?;
+        let generation = self.vault.seal_generation();
         match KeyRing::load(self.vault.pool(), root, split, self.settings.clone()).await {
             Ok(ring) => {
-                self.vault.install_keys(ring);
+                if !self.vault.install_keys_if(ring, generation) {
+                    // A Seal arrived while the keys loaded: it wins.
+                    self.lock_unseal().shares.clear();
+                    return self.seal_status().await;
+                }
                 let mut unseal = self.lock_unseal();
                 unseal.shares.clear();
                 unseal.unsealed_at = Some(OffsetDateTime::now_utc());
@@ -436,6 +446,19 @@ impl KeyAdmin {
             return Err(self.vault.refuse(ctx, None, Error::NotInitialised).await);
         };
         let threshold = u8::try_from(record.threshold).map_err(|_| Error::Corrupt("threshold"))?;
+        let conflict = {
+            let unseal = self.lock_unseal();
+            unseal
+                .shares
+                .get(&share[0])
+                .is_some_and(|held| held.as_slice() != share)
+        };
+        if conflict {
+            // Keep the share already held; a custodian who mistyped can seal and start again.
+            let error =
+                Error::ShareMalformed("a different share with this index was already received");
+            return Err(self.vault.refuse(ctx, None, error).await);
+        }
         let collected: Vec<blahaj::Share> = {
             let mut unseal = self.lock_unseal();
             unseal
@@ -472,8 +495,22 @@ impl KeyAdmin {
         Ok(Some(root))
     }
 
-    /// Seals: drops every key from memory and discards unseal progress.
-    pub async fn seal(&self, ctx: &RequestContext, reason: &str) -> Result<SealStatus, Error> {
+    /// Seals: drops every key from memory and discards unseal progress. A replay of the same
+    /// request id (a delayed retry) changes nothing, so it cannot re-seal a vault that
+    /// custodians unsealed since.
+    pub async fn seal(
+        &self,
+        ctx: &RequestContext,
+        request_id: RequestId,
+        reason: &str,
+    ) -> Result<SealStatus, Error> {
+        let rpc = ctx.rpc.method();
+        let hash = request_hash(rpc, &[reason.as_bytes()]);
+        if self.replay(&request_id, rpc, &hash).await?.is_some() {
+            self.vault.audit(ctx, None, "OK", "replay").await?;
+            return self.seal_status().await;
+        }
+        self.record(&request_id, rpc, &hash, 0).await?;
         let was_sealed = self.vault.is_sealed();
         self.vault.seal();
         {
@@ -539,6 +576,8 @@ impl KeyAdmin {
                 }
             }
         };
+        // One root rotation at a time in this process: they share the pending key file.
+        let _rotation = self.rotation.lock().await;
         if self.replay(&request_id, rpc, &hash).await?.is_some() {
             self.vault.audit(ctx, None, "OK", "replay").await?;
             return Ok(RootRotation {
@@ -548,9 +587,20 @@ impl KeyAdmin {
                 data_keys_rewrapped: 0,
             });
         }
+        let generation = self.vault.seal_generation();
         let keys = self.vault.keys()?;
         let secret = SecretKey::generate();
         let new_root = RootKey::new(SecretKey::from_bytes(*secret.expose()));
+        // The shares exist before the database switches to the new root, so that whatever
+        // fails after the commit, the custodians can still be given them.
+        let shares: Vec<Zeroizing<Vec<u8>>> = match self.settings.root_key_source {
+            RootKeySource::Dev => Vec::new(),
+            RootKeySource::Shares => blahaj::Sharks(split.threshold as u8)
+                .dealer(secret.expose())
+                .take(split.shares_total as usize)
+                .map(|share| Zeroizing::new(Vec::from(&share)))
+                .collect(),
+        };
         let pending_file = match self.settings.root_key_source {
             RootKeySource::Dev => Some(write_pending_dev_key(
                 &self.settings.dev_root_key_path,
@@ -558,13 +608,33 @@ impl KeyAdmin {
             )?),
             RootKeySource::Shares => None,
         };
-        let rewrapped = match keys.rewrap_under(self.vault.pool(), &new_root, split).await {
+        drop(secret);
+        let request = KeyRequest {
+            request_id: request_id.as_str(),
+            rpc,
+            hash: &hash,
+        };
+        let rewrapped = match keys
+            .rewrap_under(self.vault.pool(), &new_root, split, &request)
+            .await
+        {
             Ok(rewrapped) => rewrapped,
             Err(error) => {
-                if let Some(pending) = &pending_file {
-                    let _ = std::fs::remove_file(pending);
+                // The commit may have happened even though its answer was lost: then the new
+                // root is in force and its key file must not be thrown away.
+                let current = store::current_root_key(self.vault.pool())
+                    .await
+                    .ok()
+                    .flatten();
+                if current.is_some_and(|r| r.root_key_id == new_root.id()) {
+                    tracing::warn!("root rotation committed despite an error; completing it");
+                    0
+                } else {
+                    if let Some(pending) = &pending_file {
+                        let _ = std::fs::remove_file(pending);
+                    }
+                    return Err(error);
                 }
-                return Err(error);
             }
         };
         if let Some(pending) = &pending_file {
@@ -573,23 +643,19 @@ impl KeyAdmin {
                 Error::Corrupt("dev root key file")
             })?;
         }
-        let shares = match self.settings.root_key_source {
-            RootKeySource::Dev => Vec::new(),
-            RootKeySource::Shares => {
-                let dealer = blahaj::Sharks(split.threshold as u8).dealer(secret.expose());
-                dealer
-                    .take(split.shares_total as usize)
-                    .map(|share| Zeroizing::new(Vec::from(&share)))
-                    .collect()
+        match KeyRing::load(self.vault.pool(), new_root, split, self.settings.clone()).await {
+            Ok(ring) => {
+                // A Seal that arrived meanwhile wins: the vault stays sealed.
+                self.vault.install_keys_if(ring, generation);
             }
-        };
-        drop(secret);
-        let ring = KeyRing::load(self.vault.pool(), new_root, split, self.settings.clone())
-            .await
-            .map_err(|error| self.key_load_error(error))?;
-        let version = ring.root_version();
-        self.vault.install_keys(ring);
-        self.record(&request_id, rpc, &hash, version).await?;
+            Err(error) => {
+                tracing::error!(error = %error, "keys did not load under the new root; sealing");
+                self.vault.seal();
+            }
+        }
+        let version = store::current_root_key(self.vault.pool())
+            .await?
+            .map_or(0, |r| r.version);
         tracing::warn!(root_key_version = version, "root key rotated");
         self.vault
             .audit(
@@ -608,31 +674,56 @@ impl KeyAdmin {
     }
 
     /// One rewrap batch: re-encrypts up to `keys.rewrap_batch_max` rows under the active
-    /// version. Returns how many rows moved (0: nothing to do or sealed).
+    /// version (as the database has it), walking rows in id order from a cursor. A row that
+    /// fails to open is reported and skipped, never retried in a tight loop; it keeps its
+    /// version from being retired. Returns how many rows moved (0: nothing to do or sealed).
     pub async fn rewrap_batch(&self) -> Result<usize, Error> {
         let Ok(keys) = self.vault.keys() else {
             self.lock_meter().running = false;
             return Ok(0);
         };
         let pool = self.vault.pool();
-        let active = keys.active_version();
-        let rows =
-            store::rows_to_rewrap(pool, active, i64::from(self.settings.rewrap_batch_max)).await?;
-        if rows.is_empty() {
-            store::finish_rewrap(pool).await?;
-            self.lock_meter().running = false;
+        let Some(active) = store::active_version(pool).await? else {
             return Ok(0);
+        };
+        if keys.active_version() != active {
+            keys.refresh_keys(pool).await?;
         }
+        let after = self.lock_meter().cursor;
+        let limit = i64::from(self.settings.rewrap_batch_max);
+        let rows = store::rows_to_rewrap(pool, active, after, limit).await?;
+        let Some(last_id) = rows.last().map(|row| row.id) else {
+            let done = {
+                let mut meter = self.lock_meter();
+                meter.cursor = 0;
+                // A whole pass from the start found nothing under older versions.
+                if after == 0 {
+                    meter.running = false;
+                }
+                after == 0
+            };
+            if done {
+                store::finish_rewrap(pool).await?;
+            }
+            return Ok(0);
+        };
         if store::rewrap_progress(pool).await?.is_none() {
             let remaining = store::rows_remaining(pool, active).await?;
             store::start_rewrap(pool, active, remaining).await?;
         }
         let mut moves = Vec::with_capacity(rows.len());
         for row in rows {
-            let secret = keys.open_fresh(pool, &row.token, &row.sealed).await?;
+            let secret = match keys.open_fresh(pool, &row.token, &row.sealed).await {
+                Ok(secret) => secret,
+                Err(error) => {
+                    tracing::error!(token = %row.token, %error, "card cannot be rewrapped; skipped");
+                    continue;
+                }
+            };
             let sealed = keys.seal(pool, &row.token, &secret).await?;
             moves.push((row.token, row.sealed.nonce, sealed));
         }
+        self.lock_meter().cursor = last_id;
         let context = AuditContext {
             caller: "system/rewrap".into(),
             role: "system".into(),
@@ -722,6 +813,12 @@ impl Mutation for RewrapMutation {
 
     fn apply<'a>(&'a self, conn: &'a mut sqlx::PgConnection) -> Apply<'a, usize> {
         Box::pin(async move {
+            // Rows move only under a key that is not retired, and it stays so until commit.
+            if let Some((_, _, sealed)) = self.moves.first()
+                && !crate::storage::lock_data_key_for_write(conn, sealed.dek_version).await?
+            {
+                return Err(Error::KeyRetired);
+            }
             let mut moved = 0;
             for (token, old_nonce, sealed) in &self.moves {
                 if store::rewrap_row(conn, token, old_nonce, sealed).await? {

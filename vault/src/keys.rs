@@ -125,6 +125,17 @@ impl std::fmt::Debug for KeyRing {
     }
 }
 
+/// The idempotency record of a key-administration request, written with its effect.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRequest<'a> {
+    /// The request id.
+    pub request_id: &'a str,
+    /// The method.
+    pub rpc: &'a str,
+    /// Hash of its parameters.
+    pub hash: &'a [u8; 32],
+}
+
 /// How a root key is split, for its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RootKeySplit {
@@ -256,6 +267,12 @@ impl KeyRing {
         Ok(())
     }
 
+    /// Re-reads the data keys from the database (another process rotated or retired one).
+    pub(crate) async fn refresh_keys(&self, pool: &PgPool) -> Result<(), Error> {
+        let _single_flight = self.refill.lock().await;
+        self.refresh(pool).await.map_err(refresh_error)
+    }
+
     /// The version that seals new writes.
     pub fn active_version(&self) -> u32 {
         self.lock_reservation().version
@@ -343,7 +360,11 @@ impl KeyRing {
                 self.root_version,
             )
             .await?;
-            if rotated {
+            if rotated == keys_storage::Rotation::RootChanged {
+                // This ring's root was replaced: the vault holds a newer ring by now.
+                return Err(Error::ConcurrentUpdate);
+            }
+            if rotated == keys_storage::Rotation::Rotated {
                 self.data_keys
                     .write()
                     .expect("key ring lock is never poisoned: no panics while held")
@@ -384,6 +405,7 @@ impl KeyRing {
         pool: &PgPool,
         new_root: &RootKey,
         split: RootKeySplit,
+        request: &KeyRequest<'_>,
     ) -> Result<usize, Error> {
         let mut tx = pool.begin().await?;
         // Serializes with rotations, which lock the active row first.
@@ -427,6 +449,19 @@ impl KeyRing {
             shares_total: split.shares_total,
         };
         keys_storage::rotate_root_key(&mut tx, &record, &data_keys, &secrets).await?;
+        // The request is recorded in the same transaction: a retry finds it and never rotates
+        // a second time.
+        if !keys_storage::insert_key_request(
+            &mut *tx,
+            request.request_id,
+            request.rpc,
+            request.hash,
+            record.version,
+        )
+        .await?
+        {
+            return Err(Error::ConcurrentUpdate);
+        }
         tx.commit().await?;
         Ok(data_keys.len())
     }
@@ -468,7 +503,12 @@ impl KeyRing {
                 self.rotate_locked(pool).await?;
                 continue;
             }
-            self.lock_reservation().remaining += block;
+            let mut reservation = self.lock_reservation();
+            // A refresh may have moved to a newer version meanwhile; this block belongs to
+            // `version` only.
+            if reservation.version == version {
+                reservation.remaining += block;
+            }
         }
         Err(Error::KeyBudgetExhausted)
     }

@@ -24,6 +24,7 @@
 //!   rewrap, root-key rotation, the audit log's reading side.
 //! - [`writer`]: group commit of every mutation with its audit row.
 //! - [`audit`]: the hash chain and its verification.
+//! - [`metrics`]: Prometheus metrics on a loopback port, counted from committed audit rows.
 //! - [`storage`]: all SQL (run-time checked queries, each covered by a Postgres test).
 //!
 //! # Invariants
@@ -50,6 +51,7 @@ pub mod error;
 pub mod grpc;
 pub mod key_admin;
 pub mod keys;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -65,6 +65,9 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The metrics endpoint could not listen.
+    #[error("metrics: cannot listen: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// Opens the vault's pool and applies its migrations.
@@ -105,11 +108,13 @@ pub async fn run(
             None
         }
     };
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let (writer, writer_task) = Writer::spawn(
         pool.clone(),
         settings.audit.batch_size_max,
         settings.audit.queue_max,
         settings.audit.writer_tasks,
+        metrics.clone(),
     );
     let vault = Arc::new(Vault::new(
         pool.clone(),
@@ -138,6 +143,24 @@ pub async fn run(
     let key_admin = Arc::new(KeyAdmin::new(vault.clone(), settings.keys.clone()));
 
     let (stop_sender, stop) = watch::channel(false);
+    let metrics_task = if settings.metrics.enabled {
+        let listener = TcpListener::bind(settings.metrics.listen_addr)
+            .await
+            .map_err(RunError::Metrics)?;
+        tracing::info!(address = ?listener.local_addr().ok(), "metrics serving");
+        let sources = crate::metrics::Sources {
+            metrics,
+            charges: charges.clone(),
+            keys: key_admin.clone(),
+        };
+        Some(tokio::spawn(crate::metrics::serve(
+            listener,
+            sources,
+            stop.clone(),
+        )))
+    } else {
+        None
+    };
     let rewrap_task = tokio::spawn(key_admin.clone().rewrap_loop(stop.clone()));
     let purge_task = tokio::spawn(purge_loop(
         vault.clone(),
@@ -249,6 +272,9 @@ pub async fn run(
     purge_task.abort();
     recovery_task.abort();
     rewrap_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     // The writer stops once the last handle (inside `vault`) is gone; let it drain first.
     drop(charges);
     drop(vault);

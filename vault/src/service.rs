@@ -71,6 +71,8 @@ pub struct Vault {
     pool: PgPool,
     /// The key ring while unsealed; `None` while sealed.
     keys: std::sync::RwLock<Option<Arc<KeyRing>>>,
+    /// Counts seals, so that keys loaded across a seal are not installed after it.
+    seal_generation: std::sync::atomic::AtomicU64,
     writer: Writer,
     settings: TokenSettings,
 }
@@ -86,6 +88,7 @@ impl Vault {
         Vault {
             pool,
             keys: std::sync::RwLock::new(keys.map(Arc::new)),
+            seal_generation: std::sync::atomic::AtomicU64::new(0),
             writer,
             settings,
         }
@@ -108,20 +111,35 @@ impl Vault {
             .is_none()
     }
 
-    /// Installs a key ring: unseals, or replaces the ring after a root-key rotation.
-    pub(crate) fn install_keys(&self, ring: KeyRing) {
-        *self
+    /// The number of seals so far; pass it to [`Vault::install_keys_if`].
+    pub(crate) fn seal_generation(&self) -> u64 {
+        self.seal_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Installs a key ring (unseals, or replaces the ring after a root-key rotation) unless
+    /// the vault was sealed since `generation` was read: a seal always wins.
+    pub(crate) fn install_keys_if(&self, ring: KeyRing, generation: u64) -> bool {
+        let mut keys = self
             .keys
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(ring));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.seal_generation() != generation {
+            return false;
+        }
+        *keys = Some(Arc::new(ring));
+        true
     }
 
     /// Drops the key ring: every key in it is zeroized once the last operation using it ends.
     pub(crate) fn seal(&self) {
-        self.keys
+        let mut keys = self
+            .keys
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.seal_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        keys.take();
     }
 
     /// The writer, for the key administration jobs.
@@ -218,28 +236,39 @@ impl Vault {
             &[u8::from(command.reuse_existing)],
             &ttl_seconds.to_be_bytes(),
         ]);
-        let sealed = match keys.seal(&self.pool, &token, &command.secret).await {
+        let mut sealed = match keys.seal(&self.pool, &token, &command.secret).await {
             Ok(sealed) => sealed,
             Err(error) => return Err(self.refuse(ctx, None, error).await),
         };
-        let mutation = TokenizeMutation {
-            request_id: command.request_id,
-            request_hash,
-            rpc: ctx.rpc.method(),
-            card: NewCard {
-                token,
-                fingerprint,
-                brand: pan.brand(),
-                bin: pan.bin(),
-                last4: pan.last4(),
-                expiry: command.expiry,
-                sealed,
-                now,
-                expires_at: command.ttl.map(|ttl| now + ttl),
-            },
-            reuse_existing: command.reuse_existing,
-        };
-        self.writer.submit(mutation, ctx.audit("")).await
+        // A bounded retry: a card sealed under a data key retired meanwhile (another vault
+        // process rotated and retired it) is sealed again under the current key.
+        for attempt in 1..=UPDATE_ATTEMPTS_MAX {
+            let mutation = TokenizeMutation {
+                request_id: command.request_id.clone(),
+                request_hash,
+                rpc: ctx.rpc.method(),
+                card: NewCard {
+                    token: token.clone(),
+                    fingerprint,
+                    brand: pan.brand(),
+                    bin: pan.bin(),
+                    last4: pan.last4(),
+                    expiry: command.expiry,
+                    sealed,
+                    now,
+                    expires_at: command.ttl.map(|ttl| now + ttl),
+                },
+                reuse_existing: command.reuse_existing,
+            };
+            match self.writer.submit(mutation, ctx.audit("")).await {
+                Err(Error::KeyRetired) if attempt < UPDATE_ATTEMPTS_MAX => {
+                    keys.refresh_keys(&self.pool).await?;
+                    sealed = keys.seal(&self.pool, &token, &command.secret).await?;
+                }
+                result => return result,
+            }
+        }
+        Err(Error::KeyRetired)
     }
 
     /// Reads a token's metadata.
@@ -316,6 +345,9 @@ impl Vault {
             };
             match self.writer.submit(mutation, ctx.audit("")).await {
                 Err(Error::ConcurrentUpdate) if attempt < UPDATE_ATTEMPTS_MAX => continue,
+                Err(Error::KeyRetired) if attempt < UPDATE_ATTEMPTS_MAX => {
+                    self.keys()?.refresh_keys(&self.pool).await?;
+                }
                 result => return result,
             }
         }
@@ -621,7 +653,7 @@ struct TokenizeMutation {
 impl TokenizeMutation {
     /// Inserts the card with its request record; false if the request id exists.
     async fn insert(&self, conn: &mut PgConnection) -> Result<bool, Error> {
-        storage::insert_card_for_new_request(
+        let inserted = storage::insert_card_for_new_request(
             conn,
             &self.card.write(),
             self.card.expires_at,
@@ -629,7 +661,15 @@ impl TokenizeMutation {
             self.rpc,
             &self.request_hash,
         )
-        .await
+        .await?;
+        // Nothing inserted: the request id exists, or the card was sealed under a data key
+        // retired meanwhile (then it must be sealed again under the current key).
+        if !inserted
+            && !storage::lock_data_key_for_write(conn, self.card.sealed.dek_version).await?
+        {
+            return Err(Error::KeyRetired);
+        }
+        Ok(inserted)
     }
 }
 
@@ -752,6 +792,9 @@ impl Recorded for UpdateMutation {
             };
             if current.sealed.as_ref().map(|s| s.nonce) != Some(expected) {
                 return Err(Error::ConcurrentUpdate);
+            }
+            if !storage::lock_data_key_for_write(conn, update.sealed.dek_version).await? {
+                return Err(Error::KeyRetired);
             }
             storage::update_card(conn, &update.write()).await?;
             record(

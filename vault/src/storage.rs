@@ -118,8 +118,9 @@ fn bind_card<'q>(
 }
 
 /// Records a new `Tokenize` request and inserts its card, in one statement (one round trip):
-/// the card is inserted only if the request id was new. Returns false, writing nothing, if
-/// the request id already exists.
+/// the card is inserted only if the request id was new and its data key is not retired (the
+/// key's row is locked against retirement until commit). Returns false, writing nothing,
+/// otherwise.
 pub async fn insert_card_for_new_request(
     conn: &mut PgConnection,
     card: &CardWrite<'_>,
@@ -130,10 +131,12 @@ pub async fn insert_card_for_new_request(
 ) -> Result<bool, Error> {
     let inserted = bind_card(
         sqlx::query(
-            "WITH request AS (INSERT INTO token_requests \
+            "WITH data_key AS (SELECT 1 FROM data_keys WHERE version = $8 \
+         AND state <> 'retired' FOR SHARE), \
+         request AS (INSERT INTO token_requests \
          (request_id, rpc, request_hash, result_tokens, created) \
-         VALUES ($13, $14, $15, ARRAY[$1], true) ON CONFLICT (request_id) DO NOTHING \
-         RETURNING request_id) \
+         SELECT $13, $14, $15, ARRAY[$1], true WHERE EXISTS (SELECT 1 FROM data_key) \
+         ON CONFLICT (request_id) DO NOTHING RETURNING request_id) \
          INSERT INTO cards (token, fingerprint, brand, bin, last4, expiry_month, expiry_year, \
          state, dek_version, nonce, ciphertext, created_at, updated_at, expires_at) \
          SELECT $1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $10, $11, $11, $12 \
@@ -149,6 +152,17 @@ pub async fn insert_card_for_new_request(
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// Locks data key `version` against retirement until the transaction ends; false if it is
+/// already retired (a card must never be written under a retired key: its material is gone).
+pub async fn lock_data_key_for_write(conn: &mut PgConnection, version: u32) -> Result<bool, Error> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM data_keys WHERE version = $1 FOR SHARE")
+            .bind(version as i32)
+            .fetch_optional(conn)
+            .await?;
+    Ok(state.is_some_and(|state| state != "retired"))
 }
 
 /// Replaces the card data behind an existing token.

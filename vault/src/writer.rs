@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{self, AuditEntry};
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::storage;
 
 /// A boxed future borrowing the transaction.
@@ -163,12 +164,20 @@ impl Writer {
         batch_size_max: usize,
         queue_max: usize,
         tasks: usize,
+        metrics: Arc<Metrics>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         assert!(batch_size_max > 0 && queue_max > 0 && tasks > 0);
         let (sender, receiver) = mpsc::channel(queue_max);
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         let workers: Vec<_> = (0..tasks)
-            .map(|_| tokio::spawn(run(pool.clone(), receiver.clone(), batch_size_max)))
+            .map(|_| {
+                tokio::spawn(run(
+                    pool.clone(),
+                    receiver.clone(),
+                    batch_size_max,
+                    metrics.clone(),
+                ))
+            })
             .collect();
         let task = tokio::spawn(async move {
             for worker in workers {
@@ -212,7 +221,7 @@ impl Writer {
     }
 }
 
-async fn run(pool: PgPool, receiver: SharedReceiver, batch_size_max: usize) {
+async fn run(pool: PgPool, receiver: SharedReceiver, batch_size_max: usize, metrics: Arc<Metrics>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(batch_size_max);
     loop {
         // Hold the queue only while taking a batch, never while committing it.
@@ -224,7 +233,7 @@ async fn run(pool: PgPool, receiver: SharedReceiver, batch_size_max: usize) {
         if received == 0 {
             return;
         }
-        commit(&pool, std::mem::take(&mut batch)).await;
+        commit(&pool, std::mem::take(&mut batch), &metrics).await;
         batch.reserve(batch_size_max);
     }
 }
@@ -232,8 +241,8 @@ async fn run(pool: PgPool, receiver: SharedReceiver, batch_size_max: usize) {
 type SharedReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<Box<dyn Job>>>>;
 
 /// Commits a batch and answers every job in it.
-async fn commit(pool: &PgPool, mut jobs: Vec<Box<dyn Job>>) {
-    match try_commit(pool, &mut jobs).await {
+async fn commit(pool: &PgPool, mut jobs: Vec<Box<dyn Job>>, metrics: &Metrics) {
+    match try_commit(pool, &mut jobs, metrics).await {
         Ok(()) => jobs.into_iter().for_each(|job| job.complete(Ok(()))),
         Err(error) if jobs.len() == 1 => {
             tracing::error!(error = %error, "vault write failed");
@@ -245,7 +254,7 @@ async fn commit(pool: &PgPool, mut jobs: Vec<Box<dyn Job>>) {
             tracing::warn!(error = %error, jobs = jobs.len(), "batch failed; retrying one by one");
             for job in jobs {
                 let mut single = vec![job];
-                let result = try_commit(pool, &mut single).await;
+                let result = try_commit(pool, &mut single, metrics).await;
                 if let Err(error) = &result {
                     tracing::error!(error = %error, "vault write failed");
                 }
@@ -256,7 +265,11 @@ async fn commit(pool: &PgPool, mut jobs: Vec<Box<dyn Job>>) {
     }
 }
 
-async fn try_commit(pool: &PgPool, jobs: &mut [Box<dyn Job>]) -> Result<(), Error> {
+async fn try_commit(
+    pool: &PgPool,
+    jobs: &mut [Box<dyn Job>],
+    metrics: &Metrics,
+) -> Result<(), Error> {
     let mut tx = pool.begin().await?;
     for job in jobs.iter_mut() {
         job.apply(&mut tx).await?;
@@ -271,5 +284,8 @@ async fn try_commit(pool: &PgPool, jobs: &mut [Box<dyn Job>]) -> Result<(), Erro
     );
     storage::append_audit_rows(&mut tx, &rows).await?;
     tx.commit().await?;
+    for row in &rows {
+        metrics.record_operation(&row.entry.rpc, &row.entry.outcome);
+    }
     Ok(())
 }

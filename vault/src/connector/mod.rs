@@ -259,6 +259,11 @@ impl Guarded {
         self.breaker.state()
     }
 
+    /// How many times the breaker has opened, for metrics.
+    pub fn breaker_opened_total(&self) -> u64 {
+        self.breaker.opened_total()
+    }
+
     /// Runs one call under the timeout and the breaker. A timeout or an unreachable processor
     /// counts as a transport failure; any answer (a decline included) as a success.
     async fn call<T>(

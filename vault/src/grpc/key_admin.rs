@@ -332,12 +332,15 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
             let reason = v.check("reason", Reason::parse(&request.get_ref().reason));
             v.finish(|| Some((request_id?, reason?)))
         };
-        let (_request_id, reason) = match checked {
+        let (request_id, reason) = match checked {
             Ok(checked) => checked,
             Err(error) => return Err(self.refuse(&ctx, error).await),
         };
         let status = self
-            .audited(&ctx, self.admin.seal(&ctx, reason.as_str()).await)
+            .audited(
+                &ctx,
+                self.admin.seal(&ctx, request_id, reason.as_str()).await,
+            )
             .await?;
         Ok(respond(
             &ctx,

@@ -86,6 +86,10 @@ pub fn to_status(error: Error) -> Status {
             Code::FailedPrecondition,
             "the processor refused the operation",
         ),
+        Error::KeyRetired => (
+            Code::Aborted,
+            "the data key rotated while the request was processed; retry",
+        ),
         Error::KeyVersionNotFound => (Code::NotFound, "data key version not found"),
         Error::KeyVersionActive => (
             Code::FailedPrecondition,
@@ -155,7 +159,10 @@ pub fn code_name(outcome: &str) -> &'static str {
         "IDENTITY_INVALID" => "UNAUTHENTICATED",
         "TOKEN_NOT_FOUND" | "CHARGE_NOT_FOUND" | "KEY_VERSION_NOT_FOUND" => "NOT_FOUND",
         "REQUEST_ID_REUSED" => "ALREADY_EXISTS",
-        "REQUEST_IN_PROGRESS" | "CONCURRENT_UPDATE" | "CHARGE_OPERATION_IN_PROGRESS" => "ABORTED",
+        "REQUEST_IN_PROGRESS"
+        | "CONCURRENT_UPDATE"
+        | "CHARGE_OPERATION_IN_PROGRESS"
+        | "KEY_ROTATED" => "ABORTED",
         "VAULT_SEALED"
         | "KEY_BUDGET_EXHAUSTED"
         | "SHUTTING_DOWN"
@@ -250,6 +257,7 @@ mod tests {
             Error::ProcessorUnavailable,
             Error::ProcessorTimeout,
             Error::ProcessorRefused("other"),
+            Error::KeyRetired,
             Error::KeyVersionNotFound,
             Error::KeyVersionActive,
             Error::KeyVersionInUse,

@@ -57,28 +57,45 @@ pub async fn data_key_infos(executor: impl PgExecutor<'_>) -> Result<Vec<DataKey
         .collect()
 }
 
+/// What a data-key rotation found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// The new version is active.
+    Rotated,
+    /// Another process took that version number first.
+    Raced,
+    /// The root key changed since the caller loaded its keys: its wrapping would be stale.
+    RootChanged,
+}
+
 /// Makes `version` (wrapped as `wrapped` under root key `root_key_id`, version
 /// `root_key_version`) the active data key and the previous active one decrypt-only, in one
-/// transaction. Returns false, changing nothing, if `version` is not the next version (another
-/// vault process rotated first).
+/// transaction, unless another process rotated first or the root key is no longer
+/// `root_key_id`.
 pub async fn rotate_data_key(
     pool: &PgPool,
     version: u32,
     wrapped: &WrappedKey,
     root_key_id: &str,
     root_key_version: i32,
-) -> Result<bool, Error> {
+) -> Result<Rotation, Error> {
     let mut tx = pool.begin().await?;
-    // The active row's lock serializes rotations.
+    // The active row's lock serializes rotations, and root-key rotations, which take it too.
     let active: Option<i32> =
         sqlx::query_scalar("SELECT version FROM data_keys WHERE state = 'active' FOR UPDATE")
             .fetch_optional(&mut *tx)
             .await?;
+    if current_root_key(&mut *tx)
+        .await?
+        .is_some_and(|root| root.root_key_id != root_key_id)
+    {
+        return Ok(Rotation::RootChanged);
+    }
     let newest: Option<i32> = sqlx::query_scalar("SELECT max(version) FROM data_keys")
         .fetch_one(&mut *tx)
         .await?;
     if newest.map_or(1, |v| v + 1) != version as i32 {
-        return Ok(false);
+        return Ok(Rotation::Raced);
     }
     if let Some(active) = active {
         sqlx::query(
@@ -100,7 +117,7 @@ pub async fn rotate_data_key(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(Rotation::Rotated)
 }
 
 /// What retiring a version found.
@@ -265,23 +282,40 @@ pub async fn secret_names(executor: impl PgExecutor<'_>) -> Result<Vec<String>, 
 /// A card row to re-encrypt.
 #[derive(Debug)]
 pub struct RewrapRow {
+    /// Its position, for the rewrap's cursor.
+    pub id: i64,
     /// Its token (part of the AAD).
     pub token: Token,
     /// Its current sealing.
     pub sealed: SealedCard,
 }
 
-/// Up to `limit` card rows sealed under a version other than `active`, oldest first.
+/// The active data-key version, as the database has it.
+pub async fn active_version(executor: impl PgExecutor<'_>) -> Result<Option<u32>, Error> {
+    let version: Option<i32> =
+        sqlx::query_scalar("SELECT version FROM data_keys WHERE state = 'active'")
+            .fetch_optional(executor)
+            .await?;
+    version
+        .map(|v| u32::try_from(v).map_err(|_| Error::Corrupt("data_keys.version")))
+        .transpose()
+}
+
+/// Up to `limit` card rows sealed under versions older than `active`, with `id > after`, in
+/// id order (the caller keeps `after` as its cursor, so a row that fails is not retried in a
+/// loop).
 pub async fn rows_to_rewrap(
     executor: impl PgExecutor<'_>,
     active: u32,
+    after: i64,
     limit: i64,
 ) -> Result<Vec<RewrapRow>, Error> {
     let rows = sqlx::query(
-        "SELECT token, dek_version, nonce, ciphertext FROM cards \
-         WHERE dek_version IS NOT NULL AND dek_version <> $1 ORDER BY id LIMIT $2",
+        "SELECT id, token, dek_version, nonce, ciphertext FROM cards \
+         WHERE dek_version < $1 AND id > $2 ORDER BY id LIMIT $3",
     )
     .bind(active as i32)
+    .bind(after)
     .bind(limit)
     .fetch_all(executor)
     .await?;
@@ -290,6 +324,7 @@ pub async fn rows_to_rewrap(
             let version: i32 = row.try_get("dek_version")?;
             let nonce: Vec<u8> = row.try_get("nonce")?;
             Ok(RewrapRow {
+                id: row.try_get("id")?,
                 token: Token::from_stored(row.try_get("token")?),
                 sealed: SealedCard {
                     dek_version: u32::try_from(version)
@@ -326,14 +361,14 @@ pub async fn rewrap_row(
     Ok(updated == 1)
 }
 
-/// Rows still under versions other than `active`.
+/// Rows still under versions older than `active`.
 pub async fn rows_remaining(executor: impl PgExecutor<'_>, active: u32) -> Result<i64, Error> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM cards WHERE dek_version IS NOT NULL AND dek_version <> $1",
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM cards WHERE dek_version < $1")
+            .bind(active as i32)
+            .fetch_one(executor)
+            .await?,
     )
-    .bind(active as i32)
-    .fetch_one(executor)
-    .await?)
 }
 
 /// The rewrap's recorded progress.
