@@ -328,6 +328,7 @@ async fn rewrap_resumes_after_restart() {
 /// and the vault restarts on the new root with every token usable.
 #[tokio::test]
 async fn root_key_rotation_with_the_dev_source() {
+    let logs = LogCapture::install();
     let vault = RunningVault::start().await;
     let mut tokens = TokenServiceClient::new(vault.channel(Role::Tokenizer).await);
     let token = tokenize(&mut tokens, 3_000).await.unwrap();
@@ -871,4 +872,41 @@ async fn a_second_vault_process_never_writes_under_a_retired_key() {
     }
     b.stop().await;
     a.stop().await;
+}
+
+/// A data-key version that reaches its encryption budget is rotated automatically: with a
+/// budget of 8 encryptions, 30 tokenizations spread over several versions, each within its
+/// budget, and every card opens.
+#[tokio::test]
+async fn data_keys_rotate_automatically_at_their_budget() {
+    let database = TestDatabase::create().await;
+    let mut settings = vault_settings(&database);
+    settings.keys.dek_encryptions_max = 8;
+    settings.keys.dek_reservation_block = 4;
+    let vault = RunningVault::start_with(settings, database).await;
+    let mut tokens = TokenServiceClient::new(vault.channel(Role::Tokenizer).await);
+    let mut all = Vec::new();
+    for n in 0..30 {
+        all.push(tokenize(&mut tokens, 8_000 + n).await.expect("tokenize"));
+    }
+    let status = status(&mut keys(&vault, Role::Admin).await).await;
+    assert!(
+        status.data_keys.len() >= 4,
+        "rotated automatically: {:?}",
+        status.data_keys
+    );
+    for key in &status.data_keys {
+        assert!(
+            key.rows <= 8,
+            "version {} sealed {} rows",
+            key.version,
+            key.rows
+        );
+    }
+    let mut charges = ChargeServiceClient::new(vault.channel(Role::Orchestrator).await);
+    for token in &all {
+        charge(&mut charges, token).await.expect("every card opens");
+    }
+    assert_nonces_unique(&vault).await;
+    vault.stop().await;
 }
