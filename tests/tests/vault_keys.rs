@@ -372,6 +372,13 @@ async fn root_key_rotation_with_the_dev_source() {
     tokenize(&mut tokens, 3_001)
         .await
         .expect("new cards are sealed");
+    // Neither root key reached the logs.
+    let text = logs.text();
+    for file in [&before, &after] {
+        let key = file.lines().find(|l| !l.starts_with('#')).unwrap().trim();
+        assert_eq!(key.len(), 64);
+        assert!(!text.contains(key), "a root key reached the logs");
+    }
     vault.stop().await;
 }
 
