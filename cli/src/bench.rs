@@ -135,13 +135,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
 async fn tokenize(args: LoadArgs) -> anyhow::Result<()> {
     check_load(args.concurrency, args.duration)?;
     dev::ensure_certificates(&args.certs)?;
-    let (uri, server) = match &args.vault {
-        Some(uri) => (uri.clone(), None),
-        None => {
-            let (uri, server) = start_vault(&args).await?;
-            (uri, Some(server))
-        }
-    };
+    let (uri, server) = target(&args).await?;
     let clients: Vec<_> = channels(&uri, &args.certs, Role::Tokenizer, args.concurrency)
         .await?
         .into_iter()
@@ -180,11 +174,7 @@ async fn tokenize(args: LoadArgs) -> anyhow::Result<()> {
     );
     println!("{report}");
 
-    if let Some((stop, task)) = server {
-        let _ = stop.send(());
-        task.await.context("vault task")??;
-    }
-    Ok(())
+    stop_vault(server).await
 }
 
 /// Up to [`CONNECTIONS_MAX`] connections to the vault as `role`; HTTP/2 multiplexes the
@@ -211,13 +201,7 @@ async fn charge(args: LoadArgs) -> anyhow::Result<()> {
     use tandem_proto::tandem::r#type::v1::Money;
     check_load(args.concurrency, args.duration)?;
     dev::ensure_certificates(&args.certs)?;
-    let (uri, server) = match &args.vault {
-        Some(uri) => (uri.clone(), None),
-        None => {
-            let (uri, server) = start_vault(&args).await?;
-            (uri, Some(server))
-        }
-    };
+    let (uri, server) = target(&args).await?;
     // Cards to charge: four per client, so that the sandbox's per-card lock is not the
     // bottleneck being measured.
     let mut tokenizer = pb::token_service_client::TokenServiceClient::new(
@@ -299,11 +283,7 @@ async fn charge(args: LoadArgs) -> anyhow::Result<()> {
         args.concurrency, args.duration, args.warmup
     );
     println!("{report}");
-    if let Some((stop, task)) = server {
-        let _ = stop.send(());
-        task.await.context("vault task")??;
-    }
-    Ok(())
+    stop_vault(server).await
 }
 
 fn check_load(concurrency: usize, duration: Duration) -> anyhow::Result<()> {
@@ -524,6 +504,26 @@ type ServerHandle = (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), tandem_vault::server::RunError>>,
 );
+
+/// The vault to load: `--vault`, or one started in this process (with its handle).
+async fn target(args: &LoadArgs) -> anyhow::Result<(String, Option<ServerHandle>)> {
+    match &args.vault {
+        Some(uri) => Ok((uri.clone(), None)),
+        None => {
+            let (uri, server) = start_vault(args).await?;
+            Ok((uri, Some(server)))
+        }
+    }
+}
+
+/// Stops a vault started by [`target`].
+async fn stop_vault(server: Option<ServerHandle>) -> anyhow::Result<()> {
+    if let Some((stop, task)) = server {
+        let _ = stop.send(());
+        task.await.context("vault task")??;
+    }
+    Ok(())
+}
 
 async fn start_vault(args: &LoadArgs) -> anyhow::Result<(String, ServerHandle)> {
     let url = fresh_database(&args.database_url, "tandem_bench_vault").await?;

@@ -315,11 +315,7 @@ pub async fn run(command: ChargeCommand) -> anyhow::Result<()> {
             let amount = match amount {
                 None => None,
                 Some(text) => {
-                    let current = get(&mut client, Some(charge_id.clone()), None).await?;
-                    let currency = current
-                        .requested
-                        .map(|m| m.currency_code)
-                        .unwrap_or_default();
+                    let currency = charge_currency(&mut client, &charge_id).await?;
                     Some(wire(parse_amount(&text, &currency)?))
                 }
             };
@@ -364,11 +360,7 @@ pub async fn run(command: ChargeCommand) -> anyhow::Result<()> {
             request_id: id,
         } => {
             let mut client = ChargeServiceClient::new(channel(&target, Role::Orchestrator).await?);
-            let current = get(&mut client, Some(charge_id.clone()), None).await?;
-            let currency = current
-                .requested
-                .map(|m| m.currency_code)
-                .unwrap_or_default();
+            let currency = charge_currency(&mut client, &charge_id).await?;
             let response = client
                 .refund(pb::RefundRequest {
                     request_id: request_id(id),
@@ -433,6 +425,18 @@ pub async fn run(command: ChargeCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The currency of a charge, to read a decimal amount in its exponent.
+async fn charge_currency(
+    client: &mut pb::charge_service_client::ChargeServiceClient<tonic::transport::Channel>,
+    charge_id: &str,
+) -> anyhow::Result<String> {
+    let current = get(client, Some(charge_id.to_owned()), None).await?;
+    Ok(current
+        .requested
+        .map(|m| m.currency_code)
+        .unwrap_or_default())
 }
 
 async fn get(

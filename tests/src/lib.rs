@@ -314,3 +314,47 @@ pub async fn scrape_metrics(addr: SocketAddr) -> String {
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     response
 }
+
+/// The `ErrorInfo` reason of a vault error (checking its domain), or empty.
+pub fn vault_reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_error_info()
+        .map(|info| {
+            assert_eq!(info.domain, "vault.tandem");
+            info.reason
+        })
+        .unwrap_or_default()
+}
+
+/// The fields a `BadRequest` names, in order.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until the vault's health service reports `service` NOT_SERVING; fails after 3 s.
+pub async fn wait_until_not_serving(vault: &RunningVault, service: &str, why: &str) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(vault.channel(Role::Tokenizer).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        if status == ServingStatus::NotServing as i32 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -9,11 +9,13 @@ use tandem_proto::tandem::vault::v1 as pb;
 use tandem_proto::tandem::vault::v1::charge_service_client::ChargeServiceClient;
 use tandem_proto::tandem::vault::v1::sandbox_service_client::SandboxServiceClient;
 use tandem_proto::tandem::vault::v1::token_service_client::TokenServiceClient;
-use tandem_tests::{LogCapture, RunningVault, TEST_PANS, TestDatabase, vault_settings};
+use tandem_tests::{
+    LogCapture, RunningVault, TEST_PANS, TestDatabase, vault_reason, vault_settings,
+    violated_fields,
+};
 use tandem_tls::identity::Role;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt as _;
 
 type Charges = ChargeServiceClient<Channel>;
 
@@ -113,23 +115,6 @@ async fn get_by_request(
         .into_inner()
         .charge
         .expect("charge"))
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| {
-            assert_eq!(info.domain, "vault.tandem");
-            info.reason
-        })
-        .unwrap_or_default()
-}
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
 }
 
 fn state(charge: &pb::Charge) -> pb::ChargeState {
@@ -283,7 +268,7 @@ async fn capture_void_refund_lifecycle() {
         .await
         .unwrap_err();
     assert_eq!(
-        (over.code(), reason(&over).as_str()),
+        (over.code(), vault_reason(&over).as_str()),
         (Code::FailedPrecondition, "AMOUNT_EXCEEDS_APPROVED")
     );
     let mismatch = client
@@ -297,7 +282,7 @@ async fn capture_void_refund_lifecycle() {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&mismatch), "CURRENCY_MISMATCH");
+    assert_eq!(vault_reason(&mismatch), "CURRENCY_MISMATCH");
 
     let captured = capture(&mut client, &charge.id, Some(7_000)).await;
     assert_eq!(state(&captured), pb::ChargeState::Captured);
@@ -311,7 +296,7 @@ async fn capture_void_refund_lifecycle() {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&again), "CHARGE_NOT_AUTHORIZED");
+    assert_eq!(vault_reason(&again), "CHARGE_NOT_AUTHORIZED");
     let void = client
         .void(pb::VoidRequest {
             request_id: "life-void".to_owned(),
@@ -320,7 +305,7 @@ async fn capture_void_refund_lifecycle() {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&void), "CHARGE_ALREADY_CAPTURED");
+    assert_eq!(vault_reason(&void), "CHARGE_ALREADY_CAPTURED");
 
     let first = client
         .refund(refund_request(&charge.id, 2_000))
@@ -339,7 +324,7 @@ async fn capture_void_refund_lifecycle() {
         .refund(refund_request(&charge.id, 5_001))
         .await
         .unwrap_err();
-    assert_eq!(reason(&too_much), "AMOUNT_EXCEEDS_REFUNDABLE");
+    assert_eq!(vault_reason(&too_much), "AMOUNT_EXCEEDS_REFUNDABLE");
     let rest = client
         .refund(refund_request(&charge.id, 5_000))
         .await
@@ -355,7 +340,7 @@ async fn capture_void_refund_lifecycle() {
         .refund(refund_request(&charge.id, 1))
         .await
         .unwrap_err();
-    assert_eq!(reason(&none_left), "CHARGE_NOT_CAPTURED");
+    assert_eq!(vault_reason(&none_left), "CHARGE_NOT_CAPTURED");
 
     // Void releases an uncaptured hold; voiding a declined charge changes nothing.
     let second = authorize(&mut client, authorize_request("life-2", &token, 500)).await;
@@ -375,7 +360,7 @@ async fn capture_void_refund_lifecycle() {
         .refund(refund_request(&second.id, 100))
         .await
         .unwrap_err();
-    assert_eq!(reason(&not_refundable), "CHARGE_NOT_CAPTURED");
+    assert_eq!(vault_reason(&not_refundable), "CHARGE_NOT_CAPTURED");
     let declined_token = token_for(&vault, "4000000000000002").await;
     let declined = authorize(
         &mut client,
@@ -403,7 +388,7 @@ async fn capture_void_refund_lifecycle() {
         .await
         .unwrap_err();
     assert_eq!(
-        (missing.code(), reason(&missing).as_str()),
+        (missing.code(), vault_reason(&missing).as_str()),
         (Code::NotFound, "CHARGE_NOT_FOUND")
     );
 
@@ -461,7 +446,7 @@ async fn requests_are_idempotent() {
         .await
         .unwrap_err();
     assert_eq!(
-        (reused.code(), reason(&reused).as_str()),
+        (reused.code(), vault_reason(&reused).as_str()),
         (Code::AlreadyExists, "REQUEST_ID_REUSED")
     );
     let cross_rpc = client
@@ -472,7 +457,7 @@ async fn requests_are_idempotent() {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&cross_rpc), "REQUEST_ID_REUSED");
+    assert_eq!(vault_reason(&cross_rpc), "REQUEST_ID_REUSED");
     assert_eq!(sandbox_authorizations(&vault, &token).await, 1);
 
     // A capture replayed returns the captured charge, not an error.
@@ -573,7 +558,7 @@ async fn timeout_card_is_resolved_by_get_charge() {
         .await
         .unwrap_err();
     assert_eq!(
-        (timed_out.code(), reason(&timed_out).as_str()),
+        (timed_out.code(), vault_reason(&timed_out).as_str()),
         (Code::DeadlineExceeded, "PROCESSOR_TIMEOUT")
     );
     let resolved = get_by_request(&mut client, "timeout-1")
@@ -585,7 +570,7 @@ async fn timeout_card_is_resolved_by_get_charge() {
     assert_eq!(replay.id, resolved.id);
     assert_eq!(sandbox_authorizations(&vault, &token).await, 1);
     let unknown = get_by_request(&mut client, "never-sent").await.unwrap_err();
-    assert_eq!(reason(&unknown), "CHARGE_NOT_FOUND");
+    assert_eq!(vault_reason(&unknown), "CHARGE_NOT_FOUND");
     vault.stop().await;
 }
 
@@ -655,7 +640,7 @@ async fn circuit_breaker_opens_and_recovers() {
             .authorize(authorize_request(&format!("brk-{attempt}"), &hanging, 100))
             .await
             .unwrap_err();
-        assert_eq!(reason(&error), "PROCESSOR_TIMEOUT");
+        assert_eq!(vault_reason(&error), "PROCESSOR_TIMEOUT");
     }
     // The open breaker and the failures are visible in the metrics.
     let metrics = tandem_tests::scrape_metrics(vault.settings.metrics.listen_addr).await;
@@ -672,7 +657,7 @@ async fn circuit_breaker_opens_and_recovers() {
         .await
         .unwrap_err();
     assert_eq!(
-        (refused.code(), reason(&refused).as_str()),
+        (refused.code(), vault_reason(&refused).as_str()),
         (Code::Unavailable, "PROCESSOR_UNAVAILABLE")
     );
     assert_eq!(
@@ -683,28 +668,12 @@ async fn circuit_breaker_opens_and_recovers() {
         Code::NotFound
     );
 
-    let mut health =
-        tonic_health::pb::health_client::HealthClient::new(vault.channel(Role::Orchestrator).await);
-    let check = || tonic_health::pb::HealthCheckRequest {
-        service: "tandem.vault.v1.ChargeService".to_owned(),
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let status = health
-            .check(check())
-            .await
-            .expect("health")
-            .into_inner()
-            .status;
-        if status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "health never showed the open breaker"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tandem_tests::wait_until_not_serving(
+        &vault,
+        "tandem.vault.v1.ChargeService",
+        "health never showed the open breaker",
+    )
+    .await;
 
     // Once the open period is over, one probe closes the breaker (the recovery job may be the
     // one that sends it, so a call may still be refused while that probe is in flight).
@@ -726,7 +695,7 @@ async fn circuit_breaker_opens_and_recovers() {
                 );
                 break;
             }
-            Err(error) => assert_eq!(reason(&error), "PROCESSOR_UNAVAILABLE"),
+            Err(error) => assert_eq!(vault_reason(&error), "PROCESSOR_UNAVAILABLE"),
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -753,7 +722,7 @@ async fn roles_are_enforced() {
             .await
             .unwrap_err();
         assert_eq!(
-            (denied.code(), reason(&denied).as_str()),
+            (denied.code(), vault_reason(&denied).as_str()),
             (Code::PermissionDenied, "ROLE_NOT_ALLOWED"),
             "{role}"
         );
@@ -857,7 +826,7 @@ async fn bad_input_is_refused_and_no_pan_leaks() {
         .await
         .unwrap_err();
     assert_eq!(
-        (unknown_token.code(), reason(&unknown_token).as_str()),
+        (unknown_token.code(), vault_reason(&unknown_token).as_str()),
         (Code::NotFound, "TOKEN_NOT_FOUND")
     );
 
@@ -876,7 +845,7 @@ async fn bad_input_is_refused_and_no_pan_leaks() {
         .await
         .unwrap_err();
     assert_eq!(
-        (revoked.code(), reason(&revoked).as_str()),
+        (revoked.code(), vault_reason(&revoked).as_str()),
         (Code::FailedPrecondition, "TOKEN_REVOKED")
     );
 
@@ -992,7 +961,7 @@ async fn sandbox_cards_are_configurable() {
         .configure_sandbox_card(configure("cfg-2", None))
         .await
         .unwrap_err();
-    assert_eq!(reason(&reused), "REQUEST_ID_REUSED");
+    assert_eq!(vault_reason(&reused), "REQUEST_ID_REUSED");
     let invalid = admin
         .configure_sandbox_card(configure(
             "cfg-3",
@@ -1048,7 +1017,7 @@ async fn processor_refusals_are_final_for_their_request_id() {
     for _ in 0..2 {
         let refused = client.capture(request.clone()).await.unwrap_err();
         assert_eq!(
-            (refused.code(), reason(&refused).as_str()),
+            (refused.code(), vault_reason(&refused).as_str()),
             (Code::FailedPrecondition, "PROCESSOR_REFUSED")
         );
     }
@@ -1059,7 +1028,7 @@ async fn processor_refusals_are_final_for_their_request_id() {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&other), "REQUEST_ID_REUSED");
+    assert_eq!(vault_reason(&other), "REQUEST_ID_REUSED");
     let after = get_by_request(&mut client, &long_id).await.unwrap();
     assert_eq!(state(&after), pb::ChargeState::Authorized);
     let captures: i64 = sqlx::query_scalar(

@@ -11,24 +11,16 @@ use tandem_proto::tandem::vault::v1 as pb;
 use tandem_proto::tandem::vault::v1::charge_service_client::ChargeServiceClient;
 use tandem_proto::tandem::vault::v1::key_admin_service_client::KeyAdminServiceClient;
 use tandem_proto::tandem::vault::v1::token_service_client::TokenServiceClient;
-use tandem_tests::{LogCapture, RunningVault, TestDatabase, vault_settings};
+use tandem_tests::{LogCapture, RunningVault, TestDatabase, vault_reason, vault_settings};
 use tandem_tls::identity::Role;
 use tandem_vault::config::{RootKeySource, Settings};
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt as _;
 
 type Keys = KeyAdminServiceClient<Channel>;
 
 async fn keys(vault: &RunningVault, role: Role) -> Keys {
     KeyAdminServiceClient::new(vault.channel(role).await)
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
 }
 
 fn request_id() -> String {
@@ -239,7 +231,7 @@ async fn rotation_under_load() {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&active), "KEY_VERSION_ACTIVE");
+    assert_eq!(vault_reason(&active), "KEY_VERSION_ACTIVE");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for task in load {
@@ -428,30 +420,15 @@ async fn sealed_start_and_unseal_with_shares() {
     let mut tokens = TokenServiceClient::new(vault.channel(Role::Tokenizer).await);
     let sealed = tokenize(&mut tokens, 4_000).await.unwrap_err();
     assert_eq!(
-        (sealed.code(), reason(&sealed).as_str()),
+        (sealed.code(), vault_reason(&sealed).as_str()),
         (Code::Unavailable, "VAULT_SEALED")
     );
-    let mut health =
-        tonic_health::pb::health_client::HealthClient::new(vault.channel(Role::Tokenizer).await);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: "tandem.vault.v1.TokenService".to_owned(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        if status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "health never reported the seal"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tandem_tests::wait_until_not_serving(
+        &vault,
+        "tandem.vault.v1.TokenService",
+        "health never reported the seal",
+    )
+    .await;
 
     let mut admin = keys(&vault, Role::Admin).await;
     let seal = status(&mut admin).await.seal.unwrap();
@@ -469,7 +446,7 @@ async fn sealed_start_and_unseal_with_shares() {
     assert_eq!(denied.code(), Code::PermissionDenied);
     let malformed = unseal(&mut admin, &shares[0][..10]).await.unwrap_err();
     assert_eq!(
-        (malformed.code(), reason(&malformed).as_str()),
+        (malformed.code(), vault_reason(&malformed).as_str()),
         (Code::InvalidArgument, "SHARE_MALFORMED")
     );
     assert_eq!(
@@ -498,7 +475,7 @@ async fn sealed_start_and_unseal_with_shares() {
     wrong[5] ^= 0x5a;
     let failed = unseal(&mut admin, &wrong).await.unwrap_err();
     assert_eq!(
-        (failed.code(), reason(&failed).as_str()),
+        (failed.code(), vault_reason(&failed).as_str()),
         (Code::FailedPrecondition, "UNSEAL_FAILED")
     );
     assert_eq!(
@@ -547,7 +524,7 @@ async fn sealed_start_and_unseal_with_shares() {
         .await
         .expect("seal");
     assert_eq!(
-        reason(&tokenize(&mut tokens, 4_002).await.unwrap_err()),
+        vault_reason(&tokenize(&mut tokens, 4_002).await.unwrap_err()),
         "VAULT_SEALED"
     );
 
@@ -557,7 +534,7 @@ async fn sealed_start_and_unseal_with_shares() {
     assert_eq!(unseal(&mut admin, &shares[0]).await.unwrap().threshold, 2);
     let old = unseal(&mut admin, &shares[1]).await.unwrap_err();
     assert_eq!(
-        reason(&old),
+        vault_reason(&old),
         "UNSEAL_FAILED",
         "the old shares are useless after rotation"
     );
@@ -814,7 +791,7 @@ async fn key_admin_roles_are_enforced() {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&sealed), "VAULT_SEALED");
+    assert_eq!(vault_reason(&sealed), "VAULT_SEALED");
     let mut charges = ChargeServiceClient::new(vault.channel(Role::Orchestrator).await);
     let refused = charges
         .get_charge(pb::GetChargeRequest {
@@ -822,7 +799,7 @@ async fn key_admin_roles_are_enforced() {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&refused), "VAULT_SEALED");
+    assert_eq!(vault_reason(&refused), "VAULT_SEALED");
     // The dev source unseals with an empty share, which reloads the key file.
     let unsealed = unseal(&mut admin, &[]).await.unwrap();
     assert_eq!(unsealed.state, pb::SealState::Unsealed as i32);

@@ -5,11 +5,10 @@ use std::time::Duration;
 use sqlx::{Executor as _, Row as _};
 use tandem_proto::tandem::vault::v1 as pb;
 use tandem_proto::tandem::vault::v1::token_service_client::TokenServiceClient;
-use tandem_tests::{LogCapture, RunningVault, TEST_PANS, pki};
+use tandem_tests::{LogCapture, RunningVault, TEST_PANS, pki, vault_reason, violated_fields};
 use tandem_tls::identity::Role;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt as _;
 
 type Client = TokenServiceClient<Channel>;
 
@@ -37,23 +36,6 @@ async fn tokenize(client: &mut Client, request_id: &str, pan: &str) -> pb::Card 
         .into_inner()
         .card
         .expect("card")
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| {
-            assert_eq!(info.domain, "vault.tandem");
-            info.reason
-        })
-        .unwrap_or_default()
-}
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
 }
 
 /// Every value stored in the vault's tables, as text, for leak scans.
@@ -215,7 +197,7 @@ async fn token_lifecycle_leaks_no_card_number() {
         .await
         .unwrap_err();
     assert_eq!(
-        (status.code(), reason(&status)),
+        (status.code(), vault_reason(&status)),
         (Code::FailedPrecondition, "TOKEN_REVOKED".into())
     );
 
@@ -321,7 +303,7 @@ async fn wrong_role_is_permission_denied_and_audited() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{role}");
-        assert_eq!(reason(&status), "ROLE_NOT_ALLOWED");
+        assert_eq!(vault_reason(&status), "ROLE_NOT_ALLOWED");
         let status = denied
             .revoke_token(pb::RevokeTokenRequest {
                 request_id: format!("role-revoke-{role}"),
@@ -494,7 +476,7 @@ async fn bad_input_names_the_field() {
     for (request, fields) in cases {
         let status = tokenizer.tokenize(request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert_eq!(reason(&status), "INVALID_ARGUMENT");
+        assert_eq!(vault_reason(&status), "INVALID_ARGUMENT");
         assert_eq!(violated_fields(&status), fields);
         assert!(!status.message().contains("4242"));
     }
@@ -561,7 +543,7 @@ async fn tokenize_is_idempotent_and_dedupes() {
         .await
         .unwrap_err();
     assert_eq!(
-        (status.code(), reason(&status)),
+        (status.code(), vault_reason(&status)),
         (Code::AlreadyExists, "REQUEST_ID_REUSED".into())
     );
 
@@ -756,7 +738,7 @@ async fn ttl_purge_deletes_card_data() {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&status), "TOKEN_EXPIRED");
+    assert_eq!(vault_reason(&status), "TOKEN_EXPIRED");
     vault.stop().await;
 }
 
@@ -839,7 +821,7 @@ async fn ciphertext_moved_to_another_row_does_not_open() {
         .await
         .unwrap_err();
     assert_eq!(
-        (status.code(), reason(&status)),
+        (status.code(), vault_reason(&status)),
         (Code::Internal, "INTERNAL".into())
     );
     vault.stop().await;
