@@ -1,0 +1,3 @@
+//! The orchestrator's domain: pure, deterministic decision code.
+
+pub mod allocation;
