@@ -310,7 +310,8 @@ pub fn allocate(
 
 /// Moves `amount` not covered (a decline, a partial approval) to the eligible members not in
 /// `excluded`, in priority order, within what their room leaves after `already` (the amounts
-/// this payment already asks of them). The runtime side of the fallback policy.
+/// this payment already asks of them; a member may appear several times). The runtime side of
+/// the fallback policy.
 pub fn reallocate(
     amount: Money,
     members: &[Member],
@@ -320,8 +321,7 @@ pub fn reallocate(
     let ordered = by_priority(members);
     let mut book = Book::default();
     for part in already {
-        book.already
-            .insert(part.token.clone(), part.amount.minor_units);
+        *book.already.entry(part.token.clone()).or_default() += part.amount.minor_units;
     }
     let rest = fill_in_order(
         &mut book,
@@ -842,6 +842,19 @@ mod tests {
         }];
         let result = reallocate(Money::new(usd(), 500), &group, &["a"], &already);
         assert_eq!(amounts(&result), pairs(&[("b", 200), ("c", 300)]));
+        // A member carrying two legs has the room both leave.
+        let twice = [
+            Part {
+                token: "b".into(),
+                amount: Money::new(usd(), 300),
+            },
+            Part {
+                token: "b".into(),
+                amount: Money::new(usd(), 600),
+            },
+        ];
+        let result = reallocate(Money::new(usd(), 500), &group, &["a"], &twice);
+        assert_eq!(amounts(&result), pairs(&[("b", 100), ("c", 400)]));
         let none_left = reallocate(Money::new(usd(), 500), &group[..2], &["a"], &already);
         assert_eq!(amounts(&none_left), pairs(&[("b", 200)]));
         assert_eq!(none_left.uncovered, [Money::new(usd(), 300)]);

@@ -1,3 +1,4 @@
 //! The orchestrator's domain: pure, deterministic decision code.
 
 pub mod allocation;
+pub mod saga;

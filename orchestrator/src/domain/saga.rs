@@ -1,0 +1,803 @@
+//! The payment saga's decisions, free of IO: one pure transition function for the payment's
+//! state, and one pure function from a payment to the vault operations to run next.
+//!
+//! The workflow (the IO side, built next) records an intent, runs the commands [`decide`]
+//! returns, records each result as an [`Outcome`] with [`apply`], and asks again, until the
+//! payment is terminal. Because the decisions are pure, a seeded simulator can drive them
+//! through any schedule of declines, partial approvals and unknown outcomes (the property tests
+//! below do).
+//!
+//! The rules (DESIGN section 5): authorize every leg first and capture only when the amount is
+//! covered (a failure then needs voids, not refunds); a decline whose `next_action` is
+//! `TRY_NEXT_CARD` moves its amount to the next eligible members when fallback is enabled,
+//! `RETRY_SAME_CARD` retries the same card, `DO_NOT_RETRY` stops; a partial approval's
+//! uncovered rest is moved on like a decline; attempts over every card are bounded; under
+//! `ALL_OR_NOTHING` a shortfall voids every authorized leg and ends `FAILED`, under
+//! `ALLOW_PARTIAL` the covered legs are captured and the payment ends `PARTIALLY_PAID`.
+
+use tandem_money::{Currency, Money};
+
+use super::allocation::{Member, Part, reallocate};
+
+/// The lifecycle of a payment (`PaymentState` in the proto, refunds aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PaymentState {
+    /// Recorded and allocated; nothing sent yet.
+    Pending,
+    /// Legs are being authorized, reallocated or retried.
+    Authorizing,
+    /// Covered (or as covered as it will be): legs are being captured.
+    Capturing,
+    /// Every leg captured, the whole amount paid. Final (but for refunds).
+    Succeeded,
+    /// Under `ALLOW_PARTIAL`: the covered legs captured, the rest unpaid. Final (but for
+    /// refunds).
+    PartiallyPaid,
+    /// Under `ALL_OR_NOTHING`, not covered: every authorized leg is being voided.
+    Reversing,
+    /// No financial effect: every hold voided, nothing captured. Final.
+    Failed,
+}
+
+/// What moves a payment from one state to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateEvent {
+    /// The first leg is sent.
+    Start,
+    /// Every leg is settled and the amount is covered (or covered enough for
+    /// `ALLOW_PARTIAL`).
+    Covered,
+    /// Every leg is settled, the amount is not covered, and the policy does not keep a part.
+    ShortfallWithHolds,
+    /// As [`StateEvent::ShortfallWithHolds`], with no hold to release.
+    ShortfallWithoutHolds,
+    /// Every covered leg is captured; `complete` tells whether the whole amount was.
+    AllCaptured {
+        /// The whole amount was captured.
+        complete: bool,
+    },
+    /// Every hold is voided.
+    AllVoided,
+}
+
+/// A transition the state machine does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("payment cannot go from {from:?} on {event:?}")]
+pub struct InvalidTransition {
+    /// The state.
+    pub from: PaymentState,
+    /// The event.
+    pub event: StateEvent,
+}
+
+/// The payment state machine: the only way a payment's state changes.
+pub fn transition(
+    from: PaymentState,
+    event: StateEvent,
+) -> Result<PaymentState, InvalidTransition> {
+    use PaymentState as S;
+    use StateEvent as E;
+    let to = match (from, event) {
+        (S::Pending, E::Start) => S::Authorizing,
+        (S::Pending | S::Authorizing, E::Covered) => S::Capturing,
+        (S::Pending | S::Authorizing, E::ShortfallWithHolds) => S::Reversing,
+        (S::Pending | S::Authorizing, E::ShortfallWithoutHolds) => S::Failed,
+        (S::Capturing, E::AllCaptured { complete: true }) => S::Succeeded,
+        (S::Capturing, E::AllCaptured { complete: false }) => S::PartiallyPaid,
+        (S::Reversing, E::AllVoided) => S::Failed,
+        (
+            S::Pending
+            | S::Authorizing
+            | S::Capturing
+            | S::Succeeded
+            | S::PartiallyPaid
+            | S::Reversing
+            | S::Failed,
+            _,
+        ) => return Err(InvalidTransition { from, event }),
+    };
+    Ok(to)
+}
+
+impl PaymentState {
+    /// True once nothing more happens without a refund.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            PaymentState::Succeeded | PaymentState::PartiallyPaid | PaymentState::Failed
+        )
+    }
+}
+
+/// What the payment does when the amount cannot be covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Fully paid or no financial effect.
+    AllOrNothing,
+    /// Keep what was covered.
+    AllowPartial,
+}
+
+/// How legs are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    /// One authorization at a time, in leg order (SEQUENTIAL, WEIGHTED, FIXED, BY_CURRENCY).
+    OneAtATime,
+    /// Every pending leg at once (PARALLEL).
+    AllAtOnce,
+}
+
+/// A decline's advice (`NextAction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextAction {
+    /// Transient: retry the same card.
+    RetrySameCard,
+    /// Move the amount to another card.
+    TryNextCard,
+    /// Stop: no card will do.
+    DoNotRetry,
+}
+
+/// The lifecycle of a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegState {
+    /// Not sent yet.
+    Pending,
+    /// An authorization is in flight (or its outcome is being resolved).
+    Authorizing,
+    /// A hold of `approved` is in place.
+    Authorized,
+    /// Declined; covers nothing.
+    Declined,
+    /// A capture is in flight.
+    Capturing,
+    /// Captured.
+    Captured,
+    /// A void is in flight.
+    Voiding,
+    /// Voided.
+    Voided,
+}
+
+/// One member's part of a payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leg {
+    /// The member's token.
+    pub token: String,
+    /// The amount asked.
+    pub amount: i64,
+    /// The amount approved (0 until authorized).
+    pub approved: i64,
+    /// State.
+    pub state: LegState,
+    /// Authorization attempts made on this leg (retries of the same card count).
+    pub attempts: u32,
+}
+
+/// A payment as the saga sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    /// State.
+    pub state: PaymentState,
+    /// The invoice amount's currency.
+    pub currency: Currency,
+    /// The invoice amount, in minor units.
+    pub amount: i64,
+    /// The legs, in the order they were allocated.
+    pub legs: Vec<Leg>,
+    /// The group's members, with their room for this payment.
+    pub members: Vec<Member>,
+    /// Move declined amounts to other members.
+    pub fallback: bool,
+    /// Bound on authorization attempts over every leg.
+    pub attempts_max: u32,
+    /// What happens on a shortfall.
+    pub completion: Completion,
+    /// How legs are sent.
+    pub dispatch: Dispatch,
+    /// A `DO_NOT_RETRY` decline stopped all further authorization.
+    pub stopped: bool,
+}
+
+/// A vault operation to run for leg `leg` (its index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Authorize the leg's amount.
+    Authorize(usize),
+    /// Capture the leg's approved amount.
+    Capture(usize),
+    /// Void the leg's hold.
+    Void(usize),
+}
+
+/// The result of a command, recorded with [`apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The leg is authorized for `approved` (at most its amount: less is a partial approval).
+    Authorized {
+        /// The leg.
+        leg: usize,
+        /// Approved minor units, positive.
+        approved: i64,
+    },
+    /// The leg was declined.
+    Declined {
+        /// The leg.
+        leg: usize,
+        /// The decline's advice.
+        next_action: NextAction,
+    },
+    /// The leg's capture is confirmed.
+    Captured {
+        /// The leg.
+        leg: usize,
+    },
+    /// The leg's void is confirmed.
+    Voided {
+        /// The leg.
+        leg: usize,
+    },
+}
+
+/// Why an outcome cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SagaError {
+    /// The outcome names no leg of the payment.
+    #[error("no leg {0}")]
+    NoSuchLeg(usize),
+    /// The outcome does not fit the leg's state (a duplicate or a bug).
+    #[error("leg {leg} is {state:?}; outcome {outcome:?} does not apply")]
+    UnexpectedOutcome {
+        /// The leg.
+        leg: usize,
+        /// Its state.
+        state: LegState,
+        /// The outcome.
+        outcome: Outcome,
+    },
+    /// The payment state machine refused the move.
+    #[error(transparent)]
+    Transition(#[from] InvalidTransition),
+}
+
+impl Payment {
+    fn covered(&self) -> i64 {
+        self.legs
+            .iter()
+            .filter(|l| {
+                matches!(
+                    l.state,
+                    LegState::Authorized | LegState::Capturing | LegState::Captured
+                )
+            })
+            .map(|l| l.approved)
+            .sum()
+    }
+
+    fn attempts(&self) -> u32 {
+        self.legs.iter().map(|l| l.attempts).sum()
+    }
+
+    fn holds(&self) -> bool {
+        self.legs
+            .iter()
+            .any(|l| matches!(l.state, LegState::Authorized | LegState::Voiding))
+    }
+}
+
+/// Records `outcome` in `payment`: leg states, retries and reallocation after declines or
+/// partial approvals, and any state transition that follows. Rejects an outcome that does not
+/// fit (a command's result is applied once).
+pub fn apply(payment: &mut Payment, outcome: Outcome) -> Result<(), SagaError> {
+    let index = match outcome {
+        Outcome::Authorized { leg, .. }
+        | Outcome::Declined { leg, .. }
+        | Outcome::Captured { leg }
+        | Outcome::Voided { leg } => leg,
+    };
+    let leg = payment
+        .legs
+        .get_mut(index)
+        .ok_or(SagaError::NoSuchLeg(index))?;
+    let unexpected = SagaError::UnexpectedOutcome {
+        leg: index,
+        state: leg.state,
+        outcome,
+    };
+    match outcome {
+        Outcome::Authorized { approved, .. } => {
+            if leg.state != LegState::Authorizing || !(1..=leg.amount).contains(&approved) {
+                return Err(unexpected);
+            }
+            leg.state = LegState::Authorized;
+            leg.approved = approved;
+            let short = leg.amount - approved;
+            if short > 0 {
+                move_on(payment, index, short);
+            }
+        }
+        Outcome::Declined { next_action, .. } => {
+            if leg.state != LegState::Authorizing {
+                return Err(unexpected);
+            }
+            match next_action {
+                NextAction::RetrySameCard if payment.attempts() < payment.attempts_max => {
+                    payment.legs[index].state = LegState::Pending;
+                }
+                NextAction::DoNotRetry => {
+                    payment.legs[index].state = LegState::Declined;
+                    payment.stopped = true;
+                }
+                NextAction::RetrySameCard | NextAction::TryNextCard => {
+                    payment.legs[index].state = LegState::Declined;
+                    let amount = payment.legs[index].amount;
+                    move_on(payment, index, amount);
+                }
+            }
+        }
+        Outcome::Captured { .. } => {
+            if leg.state != LegState::Capturing {
+                return Err(unexpected);
+            }
+            leg.state = LegState::Captured;
+        }
+        Outcome::Voided { .. } => {
+            if leg.state != LegState::Voiding {
+                return Err(unexpected);
+            }
+            leg.state = LegState::Voided;
+        }
+    }
+    settle(payment)?;
+    Ok(())
+}
+
+/// Moves `amount` that leg `from` did not cover to new legs on other members, when fallback is
+/// enabled and attempts remain; otherwise it stays uncovered. Members that declined are never
+/// used again in the payment; members carrying no leg yet come first (in priority order: the
+/// amount replaces the card), then members already carrying legs, within the room those legs
+/// leave.
+fn move_on(payment: &mut Payment, from: usize, amount: i64) {
+    if !payment.fallback || payment.stopped || payment.attempts() >= payment.attempts_max {
+        return;
+    }
+    let declined: Vec<String> = payment
+        .legs
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| *i == from || l.state == LegState::Declined)
+        .map(|(_, l)| l.token.clone())
+        .collect();
+    let carrying: Vec<String> = payment.legs.iter().map(|l| l.token.clone()).collect();
+    let already: Vec<Part> = payment
+        .legs
+        .iter()
+        .filter(|l| l.state != LegState::Declined)
+        .map(|l| Part {
+            token: l.token.clone(),
+            amount: Money::new(
+                payment.currency,
+                if l.state == LegState::Pending || l.state == LegState::Authorizing {
+                    l.amount
+                } else {
+                    l.approved
+                },
+            ),
+        })
+        .collect();
+    let first_excluded: Vec<&str> = declined
+        .iter()
+        .chain(&carrying)
+        .map(String::as_str)
+        .collect();
+    let first = reallocate(
+        Money::new(payment.currency, amount),
+        &payment.members,
+        &first_excluded,
+        &already,
+    );
+    let rest = first.uncovered.iter().map(|m| m.minor_units).sum::<i64>();
+    let declined: Vec<&str> = declined.iter().map(String::as_str).collect();
+    let second = reallocate(
+        Money::new(payment.currency, rest),
+        &payment.members,
+        &declined,
+        &already,
+    );
+    for part in first.parts.into_iter().chain(second.parts) {
+        payment.legs.push(Leg {
+            token: part.token,
+            amount: part.amount.minor_units,
+            approved: 0,
+            state: LegState::Pending,
+            attempts: 0,
+        });
+    }
+}
+
+/// Advances the payment's state once its legs allow it.
+fn settle(payment: &mut Payment) -> Result<(), InvalidTransition> {
+    loop {
+        let event = match payment.state {
+            PaymentState::Pending | PaymentState::Authorizing => {
+                let can_authorize = !payment.stopped && payment.attempts() < payment.attempts_max;
+                let pending = payment.legs.iter().any(|l| l.state == LegState::Pending);
+                let in_flight = payment
+                    .legs
+                    .iter()
+                    .any(|l| l.state == LegState::Authorizing);
+                if in_flight || (pending && can_authorize) {
+                    return Ok(());
+                }
+                // Pending legs that can no longer be sent cover nothing.
+                for leg in &mut payment.legs {
+                    if leg.state == LegState::Pending {
+                        leg.state = LegState::Declined;
+                    }
+                }
+                let covered = payment.covered();
+                let keep = payment.completion == Completion::AllowPartial && covered > 0;
+                if covered == payment.amount || keep {
+                    StateEvent::Covered
+                } else if payment.holds() {
+                    StateEvent::ShortfallWithHolds
+                } else {
+                    StateEvent::ShortfallWithoutHolds
+                }
+            }
+            PaymentState::Capturing => {
+                if payment
+                    .legs
+                    .iter()
+                    .any(|l| matches!(l.state, LegState::Authorized | LegState::Capturing))
+                {
+                    return Ok(());
+                }
+                StateEvent::AllCaptured {
+                    complete: payment.covered() == payment.amount,
+                }
+            }
+            PaymentState::Reversing => {
+                if payment.holds() {
+                    return Ok(());
+                }
+                StateEvent::AllVoided
+            }
+            PaymentState::Succeeded | PaymentState::PartiallyPaid | PaymentState::Failed => {
+                return Ok(());
+            }
+        };
+        payment.state = transition(payment.state, event)?;
+    }
+}
+
+/// The vault operations to run now, marking their legs in flight. Empty when the payment waits
+/// for outcomes or is terminal.
+pub fn decide(payment: &mut Payment) -> Result<Vec<Command>, InvalidTransition> {
+    if payment.state == PaymentState::Pending {
+        payment.state = transition(payment.state, StateEvent::Start)?;
+    }
+    settle(payment)?;
+    let mut commands = Vec::new();
+    match payment.state {
+        PaymentState::Authorizing => {
+            if payment.dispatch == Dispatch::OneAtATime
+                && payment
+                    .legs
+                    .iter()
+                    .any(|l| l.state == LegState::Authorizing)
+            {
+                return Ok(commands);
+            }
+            let mut budget = payment.attempts_max.saturating_sub(payment.attempts());
+            for (index, leg) in payment.legs.iter_mut().enumerate() {
+                if leg.state != LegState::Pending || budget == 0 {
+                    continue;
+                }
+                leg.state = LegState::Authorizing;
+                leg.attempts += 1;
+                budget -= 1;
+                commands.push(Command::Authorize(index));
+                if payment.dispatch == Dispatch::OneAtATime {
+                    break;
+                }
+            }
+        }
+        PaymentState::Capturing => {
+            for (index, leg) in payment.legs.iter_mut().enumerate() {
+                if leg.state == LegState::Authorized {
+                    leg.state = LegState::Capturing;
+                    commands.push(Command::Capture(index));
+                }
+            }
+        }
+        PaymentState::Reversing => {
+            for (index, leg) in payment.legs.iter_mut().enumerate() {
+                if leg.state == LegState::Authorized {
+                    leg.state = LegState::Voiding;
+                    commands.push(Command::Void(index));
+                }
+            }
+        }
+        PaymentState::Pending
+        | PaymentState::Succeeded
+        | PaymentState::PartiallyPaid
+        | PaymentState::Failed => {}
+    }
+    Ok(commands)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest};
+
+    fn usd() -> Currency {
+        Currency::parse("USD").unwrap()
+    }
+
+    fn member(token: &str, priority: u16, room: Option<i64>) -> Member {
+        Member {
+            token: token.to_owned(),
+            priority,
+            currency: usd(),
+            active: true,
+            room,
+        }
+    }
+
+    fn payment(
+        legs: &[(&str, i64)],
+        members: Vec<Member>,
+        completion: Completion,
+        dispatch: Dispatch,
+    ) -> Payment {
+        Payment {
+            state: PaymentState::Pending,
+            currency: usd(),
+            amount: legs.iter().map(|(_, a)| a).sum(),
+            legs: legs
+                .iter()
+                .map(|(token, amount)| Leg {
+                    token: (*token).to_owned(),
+                    amount: *amount,
+                    approved: 0,
+                    state: LegState::Pending,
+                    attempts: 0,
+                })
+                .collect(),
+            members,
+            fallback: true,
+            attempts_max: 10,
+            completion,
+            dispatch,
+            stopped: false,
+        }
+    }
+
+    /// Every transition the machine allows, and a sample of the ones it refuses.
+    #[test]
+    fn the_state_machine() {
+        use PaymentState as S;
+        use StateEvent as E;
+        let allowed = [
+            (S::Pending, E::Start, S::Authorizing),
+            (S::Authorizing, E::Covered, S::Capturing),
+            (S::Authorizing, E::ShortfallWithHolds, S::Reversing),
+            (S::Authorizing, E::ShortfallWithoutHolds, S::Failed),
+            (
+                S::Capturing,
+                E::AllCaptured { complete: true },
+                S::Succeeded,
+            ),
+            (
+                S::Capturing,
+                E::AllCaptured { complete: false },
+                S::PartiallyPaid,
+            ),
+            (S::Reversing, E::AllVoided, S::Failed),
+        ];
+        for (from, event, to) in allowed {
+            assert_eq!(transition(from, event), Ok(to));
+        }
+        for (from, event) in [
+            (S::Failed, E::Start),
+            (S::Succeeded, E::AllVoided),
+            (S::Capturing, E::ShortfallWithHolds),
+            (S::Reversing, E::Covered),
+            (S::Authorizing, E::AllCaptured { complete: true }),
+        ] {
+            assert!(transition(from, event).is_err(), "{from:?} {event:?}");
+        }
+    }
+
+    /// The design's scenario: card B declines for insufficient funds, its part moves to card C,
+    /// everything is captured once covered.
+    #[test]
+    fn a_decline_moves_to_the_next_card_and_then_everything_captures() {
+        let members = vec![
+            member("a", 1, None),
+            member("b", 2, None),
+            member("c", 3, None),
+        ];
+        let mut p = payment(
+            &[("a", 700), ("b", 1300)],
+            members,
+            Completion::AllOrNothing,
+            Dispatch::OneAtATime,
+        );
+        assert_eq!(decide(&mut p).unwrap(), [Command::Authorize(0)]);
+        apply(
+            &mut p,
+            Outcome::Authorized {
+                leg: 0,
+                approved: 700,
+            },
+        )
+        .unwrap();
+        assert_eq!(decide(&mut p).unwrap(), [Command::Authorize(1)]);
+        apply(
+            &mut p,
+            Outcome::Declined {
+                leg: 1,
+                next_action: NextAction::TryNextCard,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.legs[2].token, "c");
+        assert_eq!(decide(&mut p).unwrap(), [Command::Authorize(2)]);
+        apply(
+            &mut p,
+            Outcome::Authorized {
+                leg: 2,
+                approved: 1300,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.state, PaymentState::Capturing);
+        assert_eq!(
+            decide(&mut p).unwrap(),
+            [Command::Capture(0), Command::Capture(2)]
+        );
+        apply(&mut p, Outcome::Captured { leg: 0 }).unwrap();
+        apply(&mut p, Outcome::Captured { leg: 2 }).unwrap();
+        assert_eq!(p.state, PaymentState::Succeeded);
+        assert!(decide(&mut p).unwrap().is_empty());
+        assert!(
+            apply(&mut p, Outcome::Captured { leg: 2 }).is_err(),
+            "an outcome applies once"
+        );
+    }
+
+    /// All or nothing: a shortfall voids every hold and ends FAILED; allow partial keeps the
+    /// covered leg.
+    #[test]
+    fn shortfalls_follow_the_completion_policy() {
+        for (completion, end, commands) in [
+            (
+                Completion::AllOrNothing,
+                PaymentState::Failed,
+                vec![Command::Void(0)],
+            ),
+            (
+                Completion::AllowPartial,
+                PaymentState::PartiallyPaid,
+                vec![Command::Capture(0)],
+            ),
+        ] {
+            let members = vec![member("a", 1, None), member("b", 2, None)];
+            let mut p = payment(
+                &[("a", 500), ("b", 500)],
+                members,
+                completion,
+                Dispatch::AllAtOnce,
+            );
+            p.fallback = false;
+            assert_eq!(
+                decide(&mut p).unwrap(),
+                [Command::Authorize(0), Command::Authorize(1)]
+            );
+            apply(
+                &mut p,
+                Outcome::Authorized {
+                    leg: 0,
+                    approved: 500,
+                },
+            )
+            .unwrap();
+            apply(
+                &mut p,
+                Outcome::Declined {
+                    leg: 1,
+                    next_action: NextAction::TryNextCard,
+                },
+            )
+            .unwrap();
+            assert_eq!(decide(&mut p).unwrap(), commands);
+            match commands[0] {
+                Command::Void(leg) => apply(&mut p, Outcome::Voided { leg }).unwrap(),
+                Command::Capture(leg) => apply(&mut p, Outcome::Captured { leg }).unwrap(),
+                Command::Authorize(_) => unreachable!("no authorization left"),
+            }
+            assert_eq!(p.state, end);
+        }
+    }
+
+    proptest! {
+        /// Driven through any schedule of approvals (full or partial) and declines: the saga
+        /// terminates within its attempt bound; SUCCEEDED means exactly the amount captured;
+        /// FAILED means nothing captured and every hold voided; PARTIALLY_PAID happens only
+        /// under ALLOW_PARTIAL; nothing is captured before the payment stops authorizing.
+        #[test]
+        fn any_schedule_ends_in_a_consistent_state(
+            seed in proptest::collection::vec((any::<u8>(), any::<u16>()), 64),
+            allow_partial in any::<bool>(),
+            parallel in any::<bool>(),
+            fallback in any::<bool>(),
+        ) {
+            let members = vec![
+                member("a", 1, Some(2_000)),
+                member("b", 2, None),
+                member("c", 3, Some(800)),
+                member("d", 4, None),
+            ];
+            let completion = if allow_partial { Completion::AllowPartial } else { Completion::AllOrNothing };
+            let dispatch = if parallel { Dispatch::AllAtOnce } else { Dispatch::OneAtATime };
+            let mut p = payment(&[("a", 1_000), ("b", 1_500)], members, completion, dispatch);
+            p.fallback = fallback;
+            p.attempts_max = 6;
+            let mut draws = seed.into_iter().cycle();
+            let mut captured_while_authorizing = false;
+            for _ in 0..200 {
+                let commands = decide(&mut p).unwrap();
+                if commands.is_empty() {
+                    break;
+                }
+                for command in commands {
+                    let (kind, value) = draws.next().unwrap();
+                    let outcome = match command {
+                        Command::Authorize(leg) => {
+                            let asked = p.legs[leg].amount;
+                            match kind % 5 {
+                                0 => Outcome::Declined { leg, next_action: NextAction::TryNextCard },
+                                1 => Outcome::Declined { leg, next_action: NextAction::RetrySameCard },
+                                2 if kind % 7 == 0 => Outcome::Declined { leg, next_action: NextAction::DoNotRetry },
+                                3 => Outcome::Authorized { leg, approved: 1 + i64::from(value) % asked },
+                                _ => Outcome::Authorized { leg, approved: asked },
+                            }
+                        }
+                        Command::Capture(leg) => {
+                            captured_while_authorizing |= p.legs.iter().any(|l| l.state == LegState::Authorizing);
+                            Outcome::Captured { leg }
+                        }
+                        Command::Void(leg) => Outcome::Voided { leg },
+                    };
+                    apply(&mut p, outcome).unwrap();
+                }
+            }
+            prop_assert!(p.state.is_terminal(), "stuck in {:?}", p.state);
+            prop_assert!(p.attempts() <= p.attempts_max);
+            prop_assert!(!captured_while_authorizing);
+            let captured: i64 = p.legs.iter().filter(|l| l.state == LegState::Captured).map(|l| l.approved).sum();
+            match p.state {
+                PaymentState::Succeeded => prop_assert_eq!(captured, p.amount),
+                PaymentState::PartiallyPaid => {
+                    prop_assert!(allow_partial);
+                    prop_assert!(captured > 0 && captured < p.amount);
+                }
+                PaymentState::Failed => {
+                    prop_assert_eq!(captured, 0);
+                    prop_assert!(p.legs.iter().all(|l| matches!(l.state, LegState::Voided | LegState::Declined)));
+                }
+                other => prop_assert!(false, "not terminal: {:?}", other),
+            }
+            for leg in &p.legs {
+                let member = p.members.iter().find(|m| m.token == leg.token).unwrap();
+                if let Some(room) = member.room {
+                    let asked: i64 = p.legs.iter().filter(|l| l.token == leg.token && l.state != LegState::Declined).map(|l| l.approved.max(0)).sum();
+                    prop_assert!(asked <= room, "{} over its room: {:?}", leg.token, p.legs);
+                }
+            }
+        }
+    }
+}
