@@ -533,13 +533,18 @@ async fn restart_between_authorize_and_capture() {
     vault.stop().await;
 }
 
-async fn vault_with_connector(timeout_ms: u64, failures_max: u32, open_ms: u64) -> RunningVault {
+async fn vault_with_connector(
+    timeout_ms: u64,
+    failures_max: u32,
+    open_ms: u64,
+    recovery_after_ms: u64,
+) -> RunningVault {
     let database = TestDatabase::create().await;
     let mut settings = vault_settings(&database);
     settings.connector.timeout_ms = timeout_ms;
     settings.connector.breaker_failures_max = failures_max;
     settings.connector.breaker_open_ms = open_ms;
-    settings.charges.recovery_after_ms = timeout_ms + 300;
+    settings.charges.recovery_after_ms = recovery_after_ms;
     settings.charges.recovery_interval_ms = 100;
     settings.metrics.listen_addr = tandem_tests::free_local_addr();
     RunningVault::start_with(settings, database).await
@@ -550,7 +555,7 @@ async fn vault_with_connector(timeout_ms: u64, failures_max: u32, open_ms: u64) 
 /// charge, and the sandbox holds exactly one authorization.
 #[tokio::test]
 async fn timeout_card_is_resolved_by_get_charge() {
-    let vault = vault_with_connector(300, 50, 1000).await;
+    let vault = vault_with_connector(800, 50, 1000, 1100).await;
     let mut client = charges(&vault).await;
     let token = token_for(&vault, "4000009900000038").await;
     let timed_out = client
@@ -579,7 +584,7 @@ async fn timeout_card_is_resolved_by_get_charge() {
 /// the database) is sent again and completes.
 #[tokio::test]
 async fn recovery_finishes_interrupted_work() {
-    let vault = vault_with_connector(300, 50, 1000).await;
+    let vault = vault_with_connector(800, 50, 1000, 1100).await;
     let mut client = charges(&vault).await;
     let token = token_for(&vault, "4000009900000038").await;
     client
@@ -631,7 +636,9 @@ async fn recovery_finishes_interrupted_work() {
 /// after the open period one probe goes through and the breaker closes again.
 #[tokio::test]
 async fn circuit_breaker_opens_and_recovers() {
-    let vault = vault_with_connector(200, 2, 1500).await;
+    // The recovery job stays out of the way: its inquiries would count as successes between
+    // the two timeouts.
+    let vault = vault_with_connector(200, 2, 1500, 60_000).await;
     let mut client = charges(&vault).await;
     let hanging = token_for(&vault, "4000009900000038").await;
     let good = token_for(&vault, TEST_PANS[0]).await;
@@ -676,7 +683,8 @@ async fn circuit_breaker_opens_and_recovers() {
     .await;
 
     // Once the open period is over, one probe closes the breaker (the recovery job may be the
-    // one that sends it, so a call may still be refused while that probe is in flight).
+    // one that sends it, so a call may still be refused, before or after its intent is
+    // recorded, while that probe is in flight).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     for attempt in 0.. {
@@ -689,13 +697,27 @@ async fn circuit_breaker_opens_and_recovers() {
             .await
         {
             Ok(response) => {
+                let charge = response.into_inner().charge.unwrap();
+                if state(&charge) == pb::ChargeState::Authorized {
+                    break;
+                }
+                // Refused by the breaker after its intent was recorded (the probe was taken):
+                // a processing error to retry on the same card.
                 assert_eq!(
-                    state(response.get_ref().charge.as_ref().unwrap()),
-                    pb::ChargeState::Authorized
+                    (state(&charge), charge.decline_code, charge.next_action),
+                    (
+                        pb::ChargeState::Declined,
+                        types::DeclineCode::ProcessingError as i32,
+                        types::NextAction::RetrySameCard as i32
+                    )
                 );
-                break;
             }
-            Err(error) => assert_eq!(vault_reason(&error), "PROCESSOR_UNAVAILABLE"),
+            // Refused before its intent, or (on a loaded machine) past the short timeout.
+            Err(error) => assert!(
+                ["PROCESSOR_UNAVAILABLE", "PROCESSOR_TIMEOUT"]
+                    .contains(&vault_reason(&error).as_str()),
+                "{error:?}"
+            ),
         }
         assert!(
             tokio::time::Instant::now() < deadline,

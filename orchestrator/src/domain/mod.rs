@@ -1,4 +1,5 @@
 //! The orchestrator's domain: pure, deterministic decision code.
 
 pub mod allocation;
+pub mod booking;
 pub mod saga;
