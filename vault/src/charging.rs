@@ -326,7 +326,8 @@ impl Charges {
         if charge.state != ChargeState::Pending {
             return Ok(charge);
         }
-        self.send_authorization(ctx, charge, &command).await
+        self.send_authorization(ctx, charge, &command, Some(card))
+            .await
     }
 
     /// Replays an `Authorize`: the recorded charge, finished first if it is still pending.
@@ -343,7 +344,7 @@ impl Charges {
                 .await?;
             return Ok(charge);
         }
-        self.send_authorization(ctx, charge, command).await
+        self.send_authorization(ctx, charge, command, None).await
     }
 
     /// Sends (or sends again) the authorization of a pending charge and records the answer.
@@ -352,12 +353,15 @@ impl Charges {
         ctx: &RequestContext,
         charge: ChargeView,
         command: &AuthorizeCommand,
+        card: Option<storage::StoredCard>,
     ) -> Result<ChargeView, Error> {
-        let mut conn = self.vault.pool().acquire().await?;
-        let card = storage::card(&mut *conn, &charge.token)
-            .await?
-            .ok_or(Error::TokenNotFound)?;
-        drop(conn);
+        // The card as read before the intent, or read now for a replay.
+        let card = match card {
+            Some(card) => card,
+            None => storage::card(self.vault.pool(), &charge.token)
+                .await?
+                .ok_or(Error::TokenNotFound)?,
+        };
         let sealed = card
             .sealed
             .as_ref()
@@ -555,8 +559,8 @@ impl Charges {
         };
         match self.vault.submit(intent, ctx, &label).await? {
             Intended::Done(charge, refund) => Ok((charge, refund)),
-            Intended::Send(charge, refund) => {
-                self.send_follow_up(ctx, kind, &request_id, charge, refund)
+            Intended::Send(charge, refund, amount_minor) => {
+                self.send_follow_up(ctx, kind, &request_id, charge, refund, amount_minor)
                     .await
             }
         }
@@ -570,18 +574,14 @@ impl Charges {
         request_id: &str,
         charge: ChargeView,
         refund: Option<RefundView>,
+        amount_minor: Option<i64>,
     ) -> Result<(ChargeView, Option<RefundView>), Error> {
         let key = idempotency_key(&kind.rpc().to_lowercase(), request_id);
         let amount = match kind {
-            FollowUp::Capture => {
-                let stored = store::charge_request(self.vault.pool(), request_id)
-                    .await?
-                    .ok_or(Error::Corrupt("capture without request"))?;
-                Some(Money::new(
-                    charge.requested.currency,
-                    stored.amount_minor.unwrap_or(charge.approved.minor_units),
-                ))
-            }
+            FollowUp::Capture => Some(Money::new(
+                charge.requested.currency,
+                amount_minor.unwrap_or(charge.approved.minor_units),
+            )),
             FollowUp::Void => None,
             FollowUp::Refund => refund.as_ref().map(|r| r.amount),
         };
@@ -748,7 +748,7 @@ impl Charges {
             let kind = FollowUp::from_rpc(&stored.rpc)
                 .ok_or(Error::Corrupt("pending operation of unknown kind"))?;
             let charge = self.load(id).await?;
-            self.send_follow_up(ctx, kind, &request_id, charge, refund)
+            self.send_follow_up(ctx, kind, &request_id, charge, refund, stored.amount_minor)
                 .await?;
         }
         Ok(())
@@ -855,8 +855,9 @@ impl Mutation for RecordAuthorization {
 /// What a capture, void or refund intent decided.
 #[derive(Debug)]
 enum Intended {
-    /// Call the processor (first time, or again for a call left pending).
-    Send(ChargeView, Option<RefundView>),
+    /// Call the processor (first time, or again for a call left pending), with the amount to
+    /// send for a capture or refund.
+    Send(ChargeView, Option<RefundView>, Option<i64>),
     /// Nothing to send: a replay of a finished request, or a void with no hold to release.
     Done(ChargeView, Option<RefundView>),
 }
@@ -920,7 +921,7 @@ impl FollowUpIntent {
             }
         };
         Ok(if pending {
-            Intended::Send(charge, refund)
+            Intended::Send(charge, refund, stored.amount_minor)
         } else {
             Intended::Done(charge, refund)
         })
@@ -961,6 +962,7 @@ impl FollowUpIntent {
         if self.amount.is_some_and(|m| m.currency != currency) {
             return Err(Error::CurrencyMismatch);
         }
+        let mut sent_minor = None;
         match self.kind {
             FollowUp::Capture => {
                 if charge.state != ChargeState::Authorized {
@@ -973,6 +975,7 @@ impl FollowUpIntent {
                 if amount.minor_units > charge.approved.minor_units {
                     return Err(Error::AmountExceedsApproved);
                 }
+                sent_minor = Some(amount.minor_units);
                 self.record(conn, None, Some(amount.minor_units)).await?;
                 store::set_pending_request(conn, &self.charge_id, &self.request_id, self.now)
                     .await?;
@@ -1009,6 +1012,7 @@ impl FollowUpIntent {
                 if amount.minor_units > charge.refundable_minor() {
                     return Err(Error::AmountExceedsRefundable);
                 }
+                sent_minor = Some(amount.minor_units);
                 let refund = RefundView {
                     id: self.refund_id.clone(),
                     request_id: self.request_id.clone(),
@@ -1030,7 +1034,7 @@ impl FollowUpIntent {
             .iter()
             .find(|r| r.id == self.refund_id)
             .cloned();
-        Ok(Intended::Send(charge, refund))
+        Ok(Intended::Send(charge, refund, sent_minor))
     }
 }
 
@@ -1058,7 +1062,7 @@ impl Mutation for FollowUpIntent {
 
     fn audit_token(&self, output: &Result<Intended, Error>) -> Option<String> {
         match output {
-            Ok(Intended::Send(charge, _) | Intended::Done(charge, _)) => {
+            Ok(Intended::Send(charge, _, _) | Intended::Done(charge, _)) => {
                 Some(charge.token.as_str().to_owned())
             }
             Err(_) => None,

@@ -416,33 +416,37 @@ impl Sandbox {
             .await
     }
 
-    /// The card's latency, if the sandbox knows the card.
-    async fn latency(&self, fingerprint: Fingerprint) -> Result<Duration, sqlx::Error> {
-        let latency: Option<i32> =
-            sqlx::query_scalar("SELECT latency_ms FROM sandbox_cards WHERE fingerprint = $1")
-                .bind(fingerprint.as_bytes().as_slice())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(Duration::from_millis(latency.unwrap_or(0).max(0) as u64))
-    }
-
+    /// Decides and records an authorization in one transaction; returns the answer, whether
+    /// the sandbox then hangs (timeout card), and the card's latency.
     async fn authorize_once(
         &self,
         call: &AuthorizeCall<'_>,
-    ) -> Result<(AuthorizeAnswer, bool), sqlx::Error> {
+    ) -> Result<(AuthorizeAnswer, bool, Duration), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        // A card seen for the first time starts with its test card's behaviour.
+        write_card(
+            &mut *tx,
+            call.fingerprint,
+            call.token,
+            &call.card.pan.last4(),
+            false,
+            &CardBehaviour::for_test_card(&call.card.pan),
+            false,
+        )
+        .await?;
         // Lock the card first: concurrent operations on one card (and copies of one request)
         // serialize here, and each then sees what the others committed.
         let card = sqlx::query("SELECT * FROM sandbox_cards WHERE fingerprint = $1 FOR UPDATE")
             .bind(call.fingerprint.as_bytes().as_slice())
             .fetch_one(&mut *tx)
             .await?;
+        let behaviour = card_from_row(&card)?.behaviour;
+        let latency = Duration::from_millis(u64::from(behaviour.latency_ms));
         if let Some(answer) = replay_authorization(&mut tx, call.idempotency_key).await? {
             record_replay(&mut tx, "authorize", call.idempotency_key, call.token, "").await?;
             tx.commit().await?;
-            return Ok((answer, false));
+            return Ok((answer, false, latency));
         }
-        let behaviour = card_from_row(&card)?.behaviour;
         let fail_remaining: i32 = card.try_get("fail_remaining")?;
         let today = OffsetDateTime::now_utc().date();
         let decision = if fail_remaining > 0 {
@@ -541,20 +545,28 @@ impl Sandbox {
         .await?;
         tx.commit().await?;
         let hang = behaviour.timeout_after_authorize && decline.is_none();
-        Ok((answer, hang))
+        Ok((answer, hang, latency))
     }
 
+    /// Decides and records a capture, void or refund in one transaction; returns the answer
+    /// and the card's latency.
     async fn follow_up_once(
         &self,
         kind: &'static str,
         call: &FollowUpCall<'_>,
-    ) -> Result<FollowUpAnswer, sqlx::Error> {
+    ) -> Result<(FollowUpAnswer, Duration), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let authorization =
-            sqlx::query("SELECT * FROM sandbox_authorizations WHERE reference = $1 FOR UPDATE")
-                .bind(call.authorization_reference)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let authorization = sqlx::query(
+            "SELECT a.*, c.latency_ms FROM sandbox_authorizations a \
+             JOIN sandbox_cards c USING (fingerprint) WHERE a.reference = $1 FOR UPDATE OF a",
+        )
+        .bind(call.authorization_reference)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let latency = match &authorization {
+            Some(row) => Duration::from_millis(row.try_get::<i32, _>("latency_ms")?.max(0) as u64),
+            None => Duration::ZERO,
+        };
         let previous = sqlx::query(
             "SELECT reference, outcome, decline_code, processor_decline_code \
              FROM sandbox_operations WHERE type = $1 AND idempotency_key = $2 \
@@ -574,10 +586,13 @@ impl Sandbox {
             )
             .await?;
             tx.commit().await?;
-            return follow_up_answer(&previous);
+            return Ok((follow_up_answer(&previous)?, latency));
         }
         let Some(authorization) = authorization else {
-            return refuse(tx, kind, call, DeclineCode::InvalidCard).await;
+            return Ok((
+                refuse(tx, kind, call, DeclineCode::InvalidCard).await?,
+                latency,
+            ));
         };
         let state: String = authorization.try_get("state")?;
         let currency: String = authorization.try_get("currency")?;
@@ -611,7 +626,7 @@ impl Sandbox {
             } else {
                 DeclineCode::CurrencyNotSupported
             };
-            return refuse(tx, kind, call, code).await;
+            return Ok((refuse(tx, kind, call, code).await?, latency));
         };
         sqlx::query(update)
             .bind(call.authorization_reference)
@@ -652,19 +667,7 @@ impl Sandbox {
             .await?;
         }
         tx.commit().await?;
-        Ok(FollowUpAnswer::Done { reference })
-    }
-
-    /// The latency of the card an authorization belongs to.
-    async fn latency_of_authorization(&self, reference: &str) -> Result<Duration, sqlx::Error> {
-        let latency: Option<i32> = sqlx::query_scalar(
-            "SELECT c.latency_ms FROM sandbox_authorizations a \
-             JOIN sandbox_cards c USING (fingerprint) WHERE a.reference = $1",
-        )
-        .bind(reference)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(Duration::from_millis(latency.unwrap_or(0).max(0) as u64))
+        Ok((FollowUpAnswer::Done { reference }, latency))
     }
 
     async fn follow_up(
@@ -672,20 +675,18 @@ impl Sandbox {
         kind: &'static str,
         call: FollowUpCall<'_>,
     ) -> Result<FollowUpAnswer, ConnectorError> {
-        let latency = self
-            .latency_of_authorization(call.authorization_reference)
+        let (answer, latency) = self
+            .follow_up_once(kind, &call)
             .await
             .map_err(database_error)?;
         tokio::time::sleep(latency).await;
-        self.follow_up_once(kind, &call)
-            .await
-            .map_err(database_error)
+        Ok(answer)
     }
 }
 
 /// Inserts or (with `replace`) overwrites a card's behaviour.
 async fn write_card(
-    pool: &PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     fingerprint: Fingerprint,
     token: &Token,
     last4: &str,
@@ -720,7 +721,7 @@ async fn write_card(
         .bind(behaviour.latency_ms as i32)
         .bind(behaviour.fail_first_attempts as i32)
         .bind(behaviour.timeout_after_authorize)
-        .execute(pool)
+        .execute(executor)
         .await?;
     Ok(())
 }
@@ -891,15 +892,10 @@ impl Connector for Sandbox {
     }
 
     async fn authorize(&self, call: AuthorizeCall<'_>) -> Result<AuthorizeAnswer, ConnectorError> {
-        self.ensure_card(call.fingerprint, call.token, &call.card.pan)
-            .await
-            .map_err(database_error)?;
-        let latency = self
-            .latency(call.fingerprint)
-            .await
-            .map_err(database_error)?;
+        let (answer, hang, latency) = self.authorize_once(&call).await.map_err(database_error)?;
+        // A slow card answers late (its decision is already recorded, as at a real acquirer
+        // whose response is delayed).
         tokio::time::sleep(latency).await;
-        let (answer, hang) = self.authorize_once(&call).await.map_err(database_error)?;
         if hang {
             // The hold is taken and committed; the answer never comes. The connector's
             // timeout ends the call, and `inquire` (or a replay) later finds the hold.
