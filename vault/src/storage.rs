@@ -132,7 +132,7 @@ pub async fn insert_card_for_new_request(
     let inserted = bind_card(
         sqlx::query(
             "WITH data_key AS (SELECT 1 FROM data_keys WHERE version = $8 \
-         AND state <> 'retired' FOR SHARE), \
+         AND state <> 'retired' FOR KEY SHARE), \
          request AS (INSERT INTO token_requests \
          (request_id, rpc, request_hash, result_tokens, created) \
          SELECT $13, $14, $15, ARRAY[$1], true WHERE EXISTS (SELECT 1 FROM data_key) \
@@ -156,9 +156,12 @@ pub async fn insert_card_for_new_request(
 
 /// Locks data key `version` against retirement until the transaction ends; false if it is
 /// already retired (a card must never be written under a retired key: its material is gone).
+/// `FOR KEY SHARE` is the lock the cards' foreign key takes anyway, so it costs nothing extra;
+/// retirement's `FOR UPDATE` waits for it, and a write that waited for a retirement re-reads
+/// the key's state and sees it retired.
 pub async fn lock_data_key_for_write(conn: &mut PgConnection, version: u32) -> Result<bool, Error> {
     let state: Option<String> =
-        sqlx::query_scalar("SELECT state FROM data_keys WHERE version = $1 FOR SHARE")
+        sqlx::query_scalar("SELECT state FROM data_keys WHERE version = $1 FOR KEY SHARE")
             .bind(version as i32)
             .fetch_optional(conn)
             .await?;
