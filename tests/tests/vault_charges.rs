@@ -758,6 +758,24 @@ async fn roles_are_enforced() {
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
     let mut db = vault.database.connect().await;
+    // Charge audit rows name the charge and the request id.
+    let mut orchestrator = charges(&vault).await;
+    let charge = authorize(
+        &mut orchestrator,
+        authorize_request("audited-1", &token, 100),
+    )
+    .await;
+    let named: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE request_id = 'audited-1' AND resource = $1",
+    )
+    .bind(&charge.id)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        named, 2,
+        "the intent and the result are audited with the charge"
+    );
     let refusals: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit_events WHERE outcome = 'ROLE_NOT_ALLOWED' AND rpc LIKE '%ChargeService/Authorize'",
     )

@@ -635,6 +635,30 @@ async fn tampering_with_the_audit_log_is_detected() {
         .await
         .unwrap_err();
     assert_eq!(wrong_scope.code(), Code::InvalidArgument);
+    // Rotations name the data-key version and carry their request id.
+    let mut admin = keys(&vault, Role::Admin).await;
+    admin
+        .rotate_data_key(pb::RotateDataKeyRequest {
+            request_id: "audit-rotate".to_owned(),
+        })
+        .await
+        .unwrap();
+    let rotation = auditor
+        .list_audit_events(pb::ListAuditEventsRequest {
+            rpc: "tandem.vault.v1.KeyAdminService/RotateDataKey".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(
+        (
+            rotation[0].request_id.as_str(),
+            rotation[0].resource.as_str()
+        ),
+        ("audit-rotate", "dek/2")
+    );
     let denied = auditor
         .get_key_status(pb::GetKeyStatusRequest {})
         .await

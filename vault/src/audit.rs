@@ -35,6 +35,10 @@ pub struct AuditEntry {
     pub reason: String,
     /// The request's correlation id (`x-request-id`).
     pub correlation_id: String,
+    /// The call's AIP-155 request id, if it had a valid one; empty otherwise.
+    pub request_id: String,
+    /// The other resource acted on (a charge id, a refund id, `dek/3`); empty if none.
+    pub resource: String,
 }
 
 /// A numbered, chained audit row as stored.
@@ -95,7 +99,7 @@ pub fn row_hash(
     hasher.update(seq.to_be_bytes());
     hasher.update(micros.to_be_bytes());
     let token_present = [u8::from(entry.token.is_some())];
-    let fields: [&[u8]; 8] = [
+    let fields: [&[u8]; 10] = [
         entry.caller.as_bytes(),
         entry.role.as_bytes(),
         entry.rpc.as_bytes(),
@@ -104,6 +108,8 @@ pub fn row_hash(
         entry.outcome.as_bytes(),
         entry.reason.as_bytes(),
         entry.correlation_id.as_bytes(),
+        entry.request_id.as_bytes(),
+        entry.resource.as_bytes(),
     ];
     for field in fields {
         hasher.update((field.len() as u64).to_be_bytes());
@@ -263,6 +269,8 @@ mod tests {
             outcome: "OK".into(),
             reason: String::new(),
             correlation_id: format!("c{n}"),
+            request_id: format!("r{n}"),
+            resource: String::new(),
         }
     }
 
@@ -318,6 +326,14 @@ mod tests {
             },
             AuditEntry {
                 correlation_id: "x".into(),
+                ..base.clone()
+            },
+            AuditEntry {
+                request_id: "x".into(),
+                ..base.clone()
+            },
+            AuditEntry {
+                resource: "x".into(),
                 ..base.clone()
             },
         ];

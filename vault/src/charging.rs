@@ -714,6 +714,7 @@ impl Charges {
             caller: None,
             rpc: Rpc::RecoverCharges,
             correlation_id: uuid::Uuid::new_v4().to_string(),
+            request_id: None,
         };
         for id in &ids {
             if let Err(error) = self.recover_one(&ctx, id).await {
@@ -827,6 +828,14 @@ impl Mutation for AuthorizeIntent {
     fn audit_token(&self, _output: &Result<ChargeView, Error>) -> Option<String> {
         Some(self.view.token.as_str().to_owned())
     }
+
+    fn audit_resource(&self, output: &Result<ChargeView, Error>) -> Option<String> {
+        // A replay names the charge recorded first.
+        Some(match output {
+            Ok(charge) => charge.id.as_str().to_owned(),
+            Err(_) => self.view.id.as_str().to_owned(),
+        })
+    }
 }
 
 /// Records the processor's answer to an authorization.
@@ -849,6 +858,10 @@ impl Mutation for RecordAuthorization {
 
     fn audit_token(&self, _output: &Result<ChargeView, Error>) -> Option<String> {
         Some(self.token.as_str().to_owned())
+    }
+
+    fn audit_resource(&self, _output: &Result<ChargeView, Error>) -> Option<String> {
+        Some(self.charge_id.as_str().to_owned())
     }
 }
 
@@ -1068,6 +1081,16 @@ impl Mutation for FollowUpIntent {
             Err(_) => None,
         }
     }
+
+    fn audit_resource(&self, output: &Result<Intended, Error>) -> Option<String> {
+        match (self.kind, output) {
+            (
+                FollowUp::Refund,
+                Ok(Intended::Send(_, Some(refund), _) | Intended::Done(_, Some(refund))),
+            ) => Some(refund.id.as_str().to_owned()),
+            _ => Some(self.charge_id.as_str().to_owned()),
+        }
+    }
 }
 
 /// Records the processor's answer to a capture, void or refund.
@@ -1133,6 +1156,13 @@ impl Mutation for FollowUpResult {
 
     fn audit_token(&self, _output: &Result<Self::Output, Error>) -> Option<String> {
         Some(self.token.as_str().to_owned())
+    }
+
+    fn audit_resource(&self, _output: &Result<Self::Output, Error>) -> Option<String> {
+        Some(match &self.refund_id {
+            Some(refund) => refund.as_str().to_owned(),
+            None => self.charge_id.as_str().to_owned(),
+        })
     }
 }
 

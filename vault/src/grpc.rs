@@ -40,7 +40,11 @@ impl TokenApi {
     }
 
     /// Identifies and authorizes the caller of `request` for `rpc`.
-    async fn context<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<RequestContext, Status> {
+    async fn context<T: RequestIdField>(
+        &self,
+        request: &Request<T>,
+        rpc: Rpc,
+    ) -> Result<RequestContext, Status> {
         context(&self.vault, &self.uri_prefix, request, rpc).await
     }
 
@@ -50,18 +54,57 @@ impl TokenApi {
     }
 }
 
+/// A request message's AIP-155 `request_id`, for the audit row ("" for a request without one).
+pub(crate) trait RequestIdField {
+    /// The raw field.
+    fn request_id_field(&self) -> &str;
+}
+
+macro_rules! request_id_fields {
+    (with: $($with:ty),* ; without: $($without:ty),* $(,)?) => {
+        $(impl RequestIdField for $with {
+            fn request_id_field(&self) -> &str {
+                &self.request_id
+            }
+        })*
+        $(impl RequestIdField for $without {
+            fn request_id_field(&self) -> &str {
+                ""
+            }
+        })*
+    };
+}
+
+request_id_fields!(
+    with: pb::TokenizeRequest, pb::UpdateCardRequest, pb::RevokeTokenRequest,
+        pb::RevokeByFingerprintRequest, pb::AuthorizeRequest, pb::CaptureRequest,
+        pb::VoidRequest, pb::RefundRequest, pb::ConfigureSandboxCardRequest,
+        pb::RotateDataKeyRequest, pb::RetireKeyVersionRequest, pb::RotateRootKeyRequest,
+        pb::UnsealRequest, pb::SealRequest;
+    without: pb::GetTokenRequest, pb::ListTokensRequest, pb::GetChargeRequest,
+        pb::GetSandboxCardRequest, pb::ListSandboxOperationsRequest,
+        pb::ListSettlementRecordsRequest, pb::GetKeyStatusRequest, pb::ListAuditEventsRequest,
+        pb::VerifyAuditLogRequest,
+);
+
 /// Identifies the caller of `request` from its certificate (identities under `uri_prefix`),
-/// records it on the current span, and checks its role for `rpc` (a refusal is audited).
-pub(crate) async fn context<T>(
+/// records it on the current span, and checks its role for `rpc` (a refusal is audited). The
+/// request id is kept for the audit row only if it is a valid one (so nothing unchecked, a card
+/// number least of all, reaches the log).
+pub(crate) async fn context<T: RequestIdField>(
     vault: &Vault,
     uri_prefix: &str,
     request: &Request<T>,
     rpc: Rpc,
 ) -> Result<RequestContext, Status> {
+    let request_id = crate::domain::RequestId::parse(request.get_ref().request_id_field())
+        .ok()
+        .map(|id| id.as_str().to_owned());
     let ctx = RequestContext {
         caller: tandem_tls::identity::caller_of(request, uri_prefix).ok(),
         rpc,
         correlation_id: correlation_id(request),
+        request_id,
     };
     let span = tracing::Span::current();
     span.record("correlation_id", ctx.correlation_id.as_str());

@@ -320,7 +320,13 @@ impl KeyAdmin {
         let remaining = store::rows_remaining(self.vault.pool(), version).await?;
         store::start_rewrap(self.vault.pool(), version, remaining).await?;
         self.vault
-            .audit(ctx, None, "OK", &format!("dek/{version} active"))
+            .audit_on(
+                ctx,
+                None,
+                &format!("dek/{version}"),
+                "OK",
+                "rotated: active",
+            )
             .await?;
         self.data_key(version).await
     }
@@ -351,7 +357,7 @@ impl KeyAdmin {
         }
         self.record(&request_id, rpc, &hash, version as i32).await?;
         self.vault
-            .audit(ctx, None, "OK", &format!("{reason} retired"))
+            .audit_on(ctx, None, &reason, "OK", "retired")
             .await?;
         self.data_key(version).await
     }
@@ -730,6 +736,8 @@ impl KeyAdmin {
             rpc: "tandem.vault.internal/Rewrap",
             reason: format!("{} rows to dek/{active}", moves.len()),
             correlation_id: uuid::Uuid::new_v4().to_string(),
+            request_id: String::new(),
+            resource: format!("dek/{active}"),
         };
         let moved = self
             .vault

@@ -34,6 +34,8 @@ pub struct RequestContext {
     pub rpc: Rpc,
     /// The correlation id (`x-request-id`).
     pub correlation_id: String,
+    /// The request's AIP-155 `request_id` when it is a valid one (audited with the call).
+    pub request_id: Option<String>,
 }
 
 impl RequestContext {
@@ -52,6 +54,8 @@ impl RequestContext {
             rpc: self.rpc.method(),
             reason: reason.into(),
             correlation_id: self.correlation_id.clone(),
+            request_id: self.request_id.clone().unwrap_or_default(),
+            resource: String::new(),
         }
     }
 }
@@ -165,12 +169,22 @@ impl Vault {
         outcome: &'static str,
         reason: &str,
     ) -> Result<(), Error> {
+        self.audit_on(ctx, token, "", outcome, reason).await
+    }
+
+    /// [`Vault::audit`], naming the resource acted on (a charge, `dek/3`).
+    pub(crate) async fn audit_on(
+        &self,
+        ctx: &RequestContext,
+        token: Option<&Token>,
+        resource: &str,
+        outcome: &'static str,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let mut context = ctx.audit(reason);
+        context.resource = resource.to_owned();
         self.writer
-            .audit(
-                token.map(|t| t.as_str().to_owned()),
-                outcome,
-                ctx.audit(reason),
-            )
+            .audit(token.map(|t| t.as_str().to_owned()), outcome, context)
             .await
     }
 
@@ -476,6 +490,8 @@ impl Vault {
                 rpc: "tandem.vault.internal/PurgeExpiredTokens",
                 reason: String::new(),
                 correlation_id: uuid::Uuid::new_v4().to_string(),
+                request_id: String::new(),
+                resource: String::new(),
             };
             let tokens = self
                 .writer

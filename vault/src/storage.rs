@@ -595,6 +595,8 @@ pub async fn append_audit_rows(conn: &mut PgConnection, rows: &[AuditRow]) -> Re
     let mut outcomes = Vec::with_capacity(rows.len());
     let mut reasons = Vec::with_capacity(rows.len());
     let mut correlations = Vec::with_capacity(rows.len());
+    let mut request_ids = Vec::with_capacity(rows.len());
+    let mut resources = Vec::with_capacity(rows.len());
     let mut prev_hashes = Vec::with_capacity(rows.len());
     let mut hashes = Vec::with_capacity(rows.len());
     for row in rows {
@@ -607,14 +609,16 @@ pub async fn append_audit_rows(conn: &mut PgConnection, rows: &[AuditRow]) -> Re
         outcomes.push(row.entry.outcome.as_str());
         reasons.push(row.entry.reason.as_str());
         correlations.push(row.entry.correlation_id.as_str());
+        request_ids.push(row.entry.request_id.as_str());
+        resources.push(row.entry.resource.as_str());
         prev_hashes.push(row.prev_hash.to_vec());
         hashes.push(row.hash.to_vec());
     }
     sqlx::query(
         "INSERT INTO audit_events (seq, occurred_at, caller, role, rpc, token, outcome, reason, \
-         correlation_id, prev_hash, hash) SELECT * FROM UNNEST($1::bigint[], \
+         correlation_id, prev_hash, hash, request_id, resource) SELECT * FROM UNNEST($1::bigint[], \
          $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-         $8::text[], $9::text[], $10::bytea[], $11::bytea[])",
+         $8::text[], $9::text[], $10::bytea[], $11::bytea[], $12::text[], $13::text[])",
     )
     .bind(seqs)
     .bind(times)
@@ -627,6 +631,8 @@ pub async fn append_audit_rows(conn: &mut PgConnection, rows: &[AuditRow]) -> Re
     .bind(correlations)
     .bind(prev_hashes)
     .bind(hashes)
+    .bind(request_ids)
+    .bind(resources)
     .execute(&mut *conn)
     .await?;
     sqlx::query("UPDATE audit_head SET seq = $1, hash = $2")
@@ -645,7 +651,8 @@ pub async fn audit_page(
 ) -> Result<Vec<AuditRow>, sqlx::Error> {
     let rows: Vec<PgRow> = sqlx::query(
         "SELECT seq, occurred_at, caller, role, rpc, token, outcome, reason, correlation_id, \
-         prev_hash, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+         prev_hash, hash, request_id, resource FROM audit_events WHERE seq > $1 ORDER BY seq \
+         LIMIT $2",
     )
     .bind(after_seq)
     .bind(limit)
@@ -689,7 +696,7 @@ pub async fn audit_events(
     };
     let sql = format!(
         "SELECT seq, occurred_at, caller, role, rpc, token, outcome, reason, correlation_id, \
-         prev_hash, hash FROM audit_events WHERE {position} \
+         prev_hash, hash, request_id, resource FROM audit_events WHERE {position} \
          AND ($2::timestamptz IS NULL OR occurred_at >= $2) \
          AND ($3::timestamptz IS NULL OR occurred_at < $3) \
          AND ($4::text IS NULL OR token = $4) AND ($5::text IS NULL OR rpc = $5) \
@@ -734,6 +741,8 @@ fn audit_row(row: &PgRow) -> Result<AuditRow, sqlx::Error> {
             outcome: row.try_get("outcome")?,
             reason: row.try_get("reason")?,
             correlation_id: row.try_get("correlation_id")?,
+            request_id: row.try_get("request_id")?,
+            resource: row.try_get("resource")?,
         },
         prev_hash: hash("prev_hash")?,
         hash: hash("hash")?,

@@ -42,6 +42,11 @@ pub trait Mutation: Send + 'static {
     /// `apply`).
     fn audit_token(&self, output: &Result<Self::Output, Error>) -> Option<String>;
 
+    /// The other resource the audit row names (a charge, a refund), given the result.
+    fn audit_resource(&self, _output: &Result<Self::Output, Error>) -> Option<String> {
+        None
+    }
+
     /// The audit row's outcome: `OK` or the error's reason.
     fn audit_outcome(&self, output: &Result<Self::Output, Error>) -> &'static str {
         match output {
@@ -89,6 +94,10 @@ pub struct AuditContext {
     pub reason: String,
     /// Correlation id of the request.
     pub correlation_id: String,
+    /// The call's request id, if it had a valid one.
+    pub request_id: String,
+    /// The resource acted on, when the caller knows it (a mutation may name it instead).
+    pub resource: String,
 }
 
 /// The object-safe side of a queued job.
@@ -134,6 +143,11 @@ impl<M: Mutation> Job for Pending<M> {
             outcome: outcome.to_owned(),
             reason: self.context.reason.clone(),
             correlation_id: self.context.correlation_id.clone(),
+            request_id: self.context.request_id.clone(),
+            resource: self
+                .mutation
+                .audit_resource(output)
+                .unwrap_or_else(|| self.context.resource.clone()),
         }
     }
 

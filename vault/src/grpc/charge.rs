@@ -274,7 +274,11 @@ impl ChargeApi {
         }
     }
 
-    async fn context<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<RequestContext, Status> {
+    async fn context<T: super::RequestIdField>(
+        &self,
+        request: &Request<T>,
+        rpc: Rpc,
+    ) -> Result<RequestContext, Status> {
         context(self.charges.vault(), &self.uri_prefix, request, rpc).await
     }
 
@@ -447,7 +451,11 @@ impl SandboxApi {
         }
     }
 
-    async fn context<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<RequestContext, Status> {
+    async fn context<T: super::RequestIdField>(
+        &self,
+        request: &Request<T>,
+        rpc: Rpc,
+    ) -> Result<RequestContext, Status> {
         context(self.charges.vault(), &self.uri_prefix, request, rpc).await
     }
 

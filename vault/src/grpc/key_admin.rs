@@ -40,7 +40,11 @@ impl KeyAdminApi {
         }
     }
 
-    async fn context<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<RequestContext, Status> {
+    async fn context<T: super::RequestIdField>(
+        &self,
+        request: &Request<T>,
+        rpc: Rpc,
+    ) -> Result<RequestContext, Status> {
         context(self.admin.vault(), &self.uri_prefix, request, rpc).await
     }
 
@@ -150,7 +154,7 @@ fn audit_event(row: &AuditRow) -> pb::AuditEvent {
         role: entry.role.clone(),
         rpc: entry.rpc.clone(),
         token: entry.token.clone().unwrap_or_default(),
-        resource: String::new(),
+        resource: entry.resource.clone(),
         outcome: outcome(&entry.outcome) as i32,
         status_code: code_name(&entry.outcome).to_owned(),
         reason: if failed {
@@ -159,7 +163,7 @@ fn audit_event(row: &AuditRow) -> pb::AuditEvent {
             entry.reason.clone()
         },
         correlation_id: entry.correlation_id.clone(),
-        request_id: String::new(),
+        request_id: entry.request_id.clone(),
         hash: hex::encode(row.hash),
         previous_hash: hex::encode(row.prev_hash),
     }
