@@ -2,4 +2,5 @@
 
 pub mod allocation;
 pub mod booking;
+pub mod group;
 pub mod saga;
