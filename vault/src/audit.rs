@@ -99,7 +99,7 @@ pub fn row_hash(
     hasher.update(seq.to_be_bytes());
     hasher.update(micros.to_be_bytes());
     let token_present = [u8::from(entry.token.is_some())];
-    let fields: [&[u8]; 10] = [
+    let fields: [&[u8]; 8] = [
         entry.caller.as_bytes(),
         entry.role.as_bytes(),
         entry.rpc.as_bytes(),
@@ -108,10 +108,17 @@ pub fn row_hash(
         entry.outcome.as_bytes(),
         entry.reason.as_bytes(),
         entry.correlation_id.as_bytes(),
-        entry.request_id.as_bytes(),
-        entry.resource.as_bytes(),
     ];
-    for field in fields {
+    // Rows from before request ids and resources were recorded (schema version 4) carry
+    // neither and keep their original hash; any row carrying one hashes both. The fields are
+    // length-prefixed, so the two forms cannot collide.
+    let recorded: [&[u8]; 2] = [entry.request_id.as_bytes(), entry.resource.as_bytes()];
+    let extra: &[&[u8]] = if recorded.iter().all(|f| f.is_empty()) {
+        &[]
+    } else {
+        &recorded
+    };
+    for field in fields.iter().chain(extra) {
         hasher.update((field.len() as u64).to_be_bytes());
         hasher.update(field);
     }
@@ -286,6 +293,44 @@ mod tests {
         assert_eq!(
             all.iter().map(|r| r.seq).collect::<Vec<_>>(),
             [1, 2, 3, 4, 5, 6]
+        );
+    }
+
+    /// A row without request id and resource hashes exactly as rows did before those fields
+    /// existed (eight length-prefixed fields), so chains written before schema version 4 still
+    /// verify.
+    #[test]
+    fn rows_without_the_new_fields_keep_the_old_hash() {
+        let now = OffsetDateTime::now_utc();
+        let old = AuditEntry {
+            request_id: String::new(),
+            resource: String::new(),
+            ..entry(3)
+        };
+        let micros = i64::try_from(truncate_to_micros(now).unix_timestamp_nanos() / 1000).unwrap();
+        let mut hasher = Sha256::new();
+        hasher.update(HASH_LABEL);
+        hasher.update(GENESIS_HASH);
+        hasher.update(1i64.to_be_bytes());
+        hasher.update(micros.to_be_bytes());
+        let token_present = [u8::from(old.token.is_some())];
+        for field in [
+            old.caller.as_bytes(),
+            old.role.as_bytes(),
+            old.rpc.as_bytes(),
+            &token_present,
+            old.token.as_deref().unwrap_or("").as_bytes(),
+            old.outcome.as_bytes(),
+            old.reason.as_bytes(),
+            old.correlation_id.as_bytes(),
+        ] {
+            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update(field);
+        }
+        let expected: [u8; 32] = hasher.finalize().into();
+        assert_eq!(
+            row_hash(1, truncate_to_micros(now), &old, &GENESIS_HASH),
+            expected
         );
     }
 

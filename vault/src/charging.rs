@@ -362,15 +362,30 @@ impl Charges {
                 .await?
                 .ok_or(Error::TokenNotFound)?,
         };
-        let sealed = card
-            .sealed
-            .as_ref()
-            .ok_or(Error::Corrupt("charged card without data"))?;
-        let secret = self
-            .vault
-            .keys()?
-            .open_fresh(self.vault.pool(), &charge.token, sealed)
-            .await?;
+        let keys = self.vault.keys()?;
+        let open = |card: &storage::StoredCard| {
+            let sealed = card
+                .sealed
+                .clone()
+                .ok_or(Error::Corrupt("charged card without data"));
+            let keys = keys.clone();
+            let pool = self.vault.pool().clone();
+            let token = charge.token.clone();
+            async move { keys.open_fresh(&pool, &token, &sealed?).await }
+        };
+        // The card read before the intent may have been re-encrypted (and its old key retired)
+        // since: read it again once before giving up.
+        let (card, secret) = match open(&card).await {
+            Ok(secret) => (card, secret),
+            Err(Error::Corrupt(_)) => {
+                let card = storage::card(self.vault.pool(), &charge.token)
+                    .await?
+                    .ok_or(Error::TokenNotFound)?;
+                let secret = open(&card).await?;
+                (card, secret)
+            }
+            Err(error) => return Err(error),
+        };
         let key = idempotency_key("authorize", &charge.request_id);
         let descriptor = if command.statement_descriptor.as_str().is_empty() {
             self.statement_descriptor_default.as_str()
@@ -830,11 +845,11 @@ impl Mutation for AuthorizeIntent {
     }
 
     fn audit_resource(&self, output: &Result<ChargeView, Error>) -> Option<String> {
-        // A replay names the charge recorded first.
-        Some(match output {
-            Ok(charge) => charge.id.as_str().to_owned(),
-            Err(_) => self.view.id.as_str().to_owned(),
-        })
+        // A replay names the charge recorded first; a refused intent recorded none.
+        output
+            .as_ref()
+            .ok()
+            .map(|charge| charge.id.as_str().to_owned())
     }
 }
 

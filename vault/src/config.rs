@@ -67,6 +67,9 @@ pub struct MetricsSettings {
     pub enabled: bool,
     /// Address of the metrics endpoint.
     pub listen_addr: SocketAddr,
+    /// The endpoint is unauthenticated plain HTTP: a non-loopback `listen_addr` is refused
+    /// unless this is set (for a private network or a scraping sidecar).
+    pub allow_non_loopback: bool,
 }
 
 impl Default for MetricsSettings {
@@ -74,6 +77,7 @@ impl Default for MetricsSettings {
         Self {
             enabled: true,
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            allow_non_loopback: false,
         }
     }
 }
@@ -388,7 +392,7 @@ impl Settings {
     /// Checks every range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let prefix = &self.tls.identity_uri_prefix;
-        let checks: [(bool, &'static str, &'static str); 24] = [
+        let checks: [(bool, &'static str, &'static str); 25] = [
             (
                 (1_000..=3_600_000).contains(&self.server.http2_keepalive_interval_ms)
                     && (1..=600_000).contains(&self.server.http2_keepalive_timeout_ms),
@@ -488,6 +492,14 @@ impl Settings {
                 "keys.rewrap_rows_per_s_max",
                 "must be 1 to 1000000 (and keys.rewrap_batch_max 1 to 10000, \
                  keys.rewrap_interval_ms 10 to 3600000)",
+            ),
+            (
+                !self.metrics.enabled
+                    || self.metrics.allow_non_loopback
+                    || self.metrics.listen_addr.ip().is_loopback(),
+                "metrics.listen_addr",
+                "must be a loopback address (the endpoint is plain, unauthenticated HTTP), \
+                 or set metrics.allow_non_loopback",
             ),
             (
                 (1..=1_000_000_000_000_000).contains(&self.charges.amount_minor_max),
@@ -597,6 +609,21 @@ mod tests {
         assert_eq!(settings.database.connections_max, 6);
         assert_eq!(settings.database.url.expose(), "postgres://u:p@h/db");
         assert!(!format!("{settings:?}").contains("u:p@"));
+    }
+
+    /// The unauthenticated metrics endpoint stays on loopback unless explicitly allowed off it.
+    #[test]
+    fn metrics_stay_on_loopback() {
+        let wide = [("TANDEM_VAULT__METRICS__LISTEN_ADDR", "0.0.0.0:9464")];
+        match Settings::load(None, env(&wide)) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "metrics.listen_addr"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let allowed = [
+            ("TANDEM_VAULT__METRICS__LISTEN_ADDR", "0.0.0.0:9464"),
+            ("TANDEM_VAULT__METRICS__ALLOW_NON_LOOPBACK", "true"),
+        ];
+        assert!(Settings::load(None, env(&allowed)).is_ok());
     }
 
     /// The example file documents every key with its default: it parses, and it says what the

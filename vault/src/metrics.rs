@@ -56,6 +56,9 @@ impl Metrics {
     }
 }
 
+/// How long a scrape's key section (which counts card rows) is reused by later scrapes.
+const KEY_SECTION_TTL: Duration = Duration::from_secs(5);
+
 /// Everything a scrape reads.
 #[derive(Debug, Clone)]
 pub struct Sources {
@@ -65,6 +68,29 @@ pub struct Sources {
     pub charges: Arc<Charges>,
     /// Key administration (seal, data keys, rewrap).
     pub keys: Arc<KeyAdmin>,
+    /// The key section of the last scrape and when it was rendered: scrapes share it for
+    /// [`KEY_SECTION_TTL`], so frequent scrapes do not keep counting the cards table.
+    pub key_section: Arc<tokio::sync::Mutex<Option<(std::time::Instant, String)>>>,
+}
+
+impl Sources {
+    /// Sources with an empty key-section cache.
+    pub fn new(metrics: Arc<Metrics>, charges: Arc<Charges>, keys: Arc<KeyAdmin>) -> Sources {
+        Sources {
+            metrics,
+            charges,
+            keys,
+            key_section: Arc::new(tokio::sync::Mutex::new(None)),
+        }
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the exposition format requires.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Renders the exposition text.
@@ -78,7 +104,9 @@ pub async fn render(sources: &Sources) -> String {
     for ((rpc, outcome), count) in sources.metrics.operations() {
         let _ = writeln!(
             out,
-            "tandem_vault_operations_total{{rpc=\"{rpc}\",outcome=\"{outcome}\"}} {count}"
+            "tandem_vault_operations_total{{rpc=\"{}\",outcome=\"{}\"}} {count}",
+            label(&rpc),
+            label(&outcome)
         );
     }
     let vault = sources.charges.vault();
@@ -110,8 +138,17 @@ pub async fn render(sources: &Sources) -> String {
         connector.name(),
         connector.breaker_opened_total()
     );
+    let mut cached = sources.key_section.lock().await;
+    if let Some((at, section)) = cached.as_ref()
+        && at.elapsed() < KEY_SECTION_TTL
+    {
+        out.push_str(section);
+        return out;
+    }
+    let mut section = String::new();
     match sources.keys.status().await {
         Ok(status) => {
+            let out = &mut section;
             let _ = writeln!(
                 out,
                 "# HELP tandem_vault_data_key_rows Card rows sealed under each data-key version.\n\
@@ -155,6 +192,8 @@ pub async fn render(sources: &Sources) -> String {
             tracing::warn!(%error, "key status unavailable for metrics");
         }
     }
+    out.push_str(&section);
+    *cached = Some((std::time::Instant::now(), section));
     out
 }
 
@@ -208,4 +247,19 @@ async fn answer(stream: &mut tokio::net::TcpStream, sources: &Sources) -> std::i
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Label values are escaped as the exposition format requires.
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(
+            label("tandem.vault.v1.ChargeService/Authorize"),
+            "tandem.vault.v1.ChargeService/Authorize"
+        );
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }

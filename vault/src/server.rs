@@ -148,11 +148,7 @@ pub async fn run(
             .await
             .map_err(RunError::Metrics)?;
         tracing::info!(address = ?listener.local_addr().ok(), "metrics serving");
-        let sources = crate::metrics::Sources {
-            metrics,
-            charges: charges.clone(),
-            keys: key_admin.clone(),
-        };
+        let sources = crate::metrics::Sources::new(metrics, charges.clone(), key_admin.clone());
         Some(tokio::spawn(crate::metrics::serve(
             listener,
             sources,

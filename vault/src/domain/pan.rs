@@ -178,8 +178,9 @@ impl fmt::Debug for Pan {
 
 /// True if `text` contains something Tandem would accept as a card number: 12-19 digits that
 /// parse as a [`Pan`], either contiguous or written in the groups card numbers are printed in
-/// (a whole word of groups of 4 or 6 digits joined by single spaces or dashes, the last group
-/// 1-6 digits: `4242 4242 4242 4242`, `3782-822463-10005`). Free-text fields that reach logs,
+/// (a whole word of groups of 4 or 6 digits joined by single spaces, dashes, dots, colons or
+/// slashes, the last group 1-6 digits: `4242 4242 4242 4242`, `3782-822463-10005`,
+/// `4111.1111.1111.1111`; request ids allow `. : /`, so those separate groups too). Free-text fields that reach logs,
 /// audit rows or storage in clear (reasons, request ids, correlation ids) are refused or
 /// replaced when this holds, so a careless caller cannot leak a PAN through them.
 ///
@@ -267,7 +268,7 @@ pub fn contains_card_number(text: &str) -> bool {
                 run.push_digit(byte);
                 previous_was_separator = false;
             }
-            b' ' | b'-' if run.current > 0 && !previous_was_separator => {
+            b' ' | b'-' | b'.' | b':' | b'/' if run.current > 0 && !previous_was_separator => {
                 run.end_group();
                 previous_was_separator = true;
             }
@@ -405,6 +406,9 @@ mod tests {
             "customer said 4242 4242 4242 4242 was stolen",
             "4242-4242-4242-4242",
             "3782-822463-10005",
+            "4242.4242.4242.4242",
+            "pay/4242/4242/4242/4242",
+            "id:4242:4242:4242:4242",
             "ref4242424242424242x",
             "card 378282246310005",
         ];
@@ -419,6 +423,8 @@ mod tests {
             "12345678-4000-4000-8000-000000000002",
             "pay_1/leg_2/attempt_1/authorize",
             "reported lost on 2026-11-23",
+            "payment/7/leg/2/attempt/1/authorize",
+            "v2026.11.24",
             "4242 4242",
             "invoice 12345 for 20.50 USD",
             "order 98765432 of 2026",

@@ -136,6 +136,10 @@ pub enum Retirement {
 /// Retires a decrypt-only version no row uses, destroying its wrapped key.
 pub async fn retire_data_key(pool: &PgPool, version: u32) -> Result<Retirement, Error> {
     let mut tx = pool.begin().await?;
+    // FOR UPDATE (not FOR NO KEY UPDATE): it conflicts with the FOR KEY SHARE that every card
+    // write takes on its key's row, so in-flight writes finish before the count below, and
+    // writes that waited re-read the row and see it retired. Weakening it would let a card be
+    // written under a retired key.
     let state: Option<String> =
         sqlx::query_scalar("SELECT state FROM data_keys WHERE version = $1 FOR UPDATE")
             .bind(version as i32)
