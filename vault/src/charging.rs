@@ -40,7 +40,7 @@ use crate::domain::charge::{
 };
 use crate::domain::{RequestId, TokenState};
 use crate::error::Error;
-use crate::service::{RequestContext, Vault, now_micros};
+use crate::service::{Recorded, RequestContext, Vault, now_micros, once_per_request};
 use crate::storage::charges::{self as store, AuthorizationOutcome, NewCharge};
 use crate::storage::{self};
 use crate::writer::{Apply, Mutation};
@@ -1066,26 +1066,21 @@ impl FollowUpIntent {
     }
 }
 
+impl Recorded for FollowUpIntent {
+    type Output = Intended;
+
+    fn apply_once<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Intended> {
+        Box::pin(self.decide(conn))
+    }
+}
+
 impl Mutation for FollowUpIntent {
     type Output = Intended;
 
     fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Intended> {
-        Box::pin(async move {
-            // Under a savepoint: a copy of this request recorded by another writer between
-            // the lookup and the insert rolls back this job only, which then replays it.
-            storage::savepoint(conn).await?;
-            match self.decide(conn).await {
-                Err(Error::RequestIdTaken) => {
-                    storage::rollback_to_savepoint(conn).await?;
-                    self.decide(conn).await
-                }
-                Err(error) if error.aborts_transaction() => Err(error),
-                result => {
-                    storage::release_savepoint(conn).await?;
-                    result
-                }
-            }
-        })
+        // Under a savepoint: a copy of this request recorded by another writer between the
+        // lookup and the insert rolls back this job only, which then replays it.
+        Box::pin(once_per_request(self, conn))
     }
 
     fn audit_token(&self, output: &Result<Intended, Error>) -> Option<String> {

@@ -628,7 +628,7 @@ async fn record(
 }
 
 /// A job that looks up its request id first and records it last.
-trait Recorded: Sync {
+pub(crate) trait Recorded: Sync {
     type Output: Send;
 
     /// Replays a recorded request, or does the work and records it.
@@ -639,7 +639,7 @@ trait Recorded: Sync {
 /// request id between this job's lookup and its record (two copies of one request in flight
 /// at once), this job's writes are rolled back and it runs again, now replaying the first
 /// copy's result, without failing the rest of the batch.
-async fn once_per_request<R: Recorded>(
+pub(crate) async fn once_per_request<R: Recorded>(
     job: &R,
     conn: &mut PgConnection,
 ) -> Result<R::Output, Error> {

@@ -262,18 +262,7 @@ pub struct MerchantReference(String);
 impl MerchantReference {
     /// Validates a merchant reference.
     pub fn parse(text: &str) -> Result<MerchantReference, TextError> {
-        if text.len() > MERCHANT_REFERENCE_BYTES_MAX {
-            return Err(TextError::TooLong);
-        }
-        if !text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
-        {
-            return Err(TextError::Characters);
-        }
-        if pan::contains_card_number(text) {
-            return Err(TextError::CardNumber);
-        }
+        super::check_id_text(text, MERCHANT_REFERENCE_BYTES_MAX)?;
         Ok(MerchantReference(text.to_owned()))
     }
 

@@ -44,6 +44,24 @@ pub enum TextError {
     Format(&'static str),
 }
 
+/// Checks an identifier-like text stored and logged in clear (request ids, merchant
+/// references): at most `bytes_max` bytes of `A-Z a-z 0-9 . _ : / -`, and no card number.
+pub(crate) fn check_id_text(text: &str, bytes_max: usize) -> Result<(), TextError> {
+    if text.len() > bytes_max {
+        return Err(TextError::TooLong);
+    }
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
+    {
+        return Err(TextError::Characters);
+    }
+    if pan::contains_card_number(text) {
+        return Err(TextError::CardNumber);
+    }
+    Ok(())
+}
+
 /// An AIP-155 request id: 1-128 bytes of `A-Z a-z 0-9 . _ : / -`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestId(String);
@@ -54,18 +72,7 @@ impl RequestId {
         if text.is_empty() {
             return Err(TextError::Missing);
         }
-        if text.len() > REQUEST_ID_BYTES_MAX {
-            return Err(TextError::TooLong);
-        }
-        if !text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
-        {
-            return Err(TextError::Characters);
-        }
-        if pan::contains_card_number(text) {
-            return Err(TextError::CardNumber);
-        }
+        check_id_text(text, REQUEST_ID_BYTES_MAX)?;
         Ok(RequestId(text.to_owned()))
     }
 
