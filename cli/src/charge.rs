@@ -161,14 +161,16 @@ pub fn parse_amount(text: &str, currency: &str) -> anyhow::Result<Money> {
     Ok(Money::new(currency, minor_units))
 }
 
-fn wire(money: Money) -> types::Money {
+/// An amount as the wire's `Money`.
+pub(crate) fn wire(money: Money) -> types::Money {
     types::Money {
         currency_code: money.currency.code().to_owned(),
         minor_units: money.minor_units,
     }
 }
 
-fn show(money: Option<&types::Money>) -> String {
+/// An amount as a decimal with its currency (`20.50 USD`), or `-` when unset or unknown.
+pub(crate) fn show(money: Option<&types::Money>) -> String {
     money
         .and_then(|m| {
             Currency::parse(&m.currency_code)

@@ -45,7 +45,7 @@ pub struct DevArgs {
 /// Runs the dev stack.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Warnings only by default, so the demo's tables stay readable; RUST_LOG=info for more.
-    tandem_vault::telemetry::init(tandem_vault::telemetry::LogFormat::Text, "warn");
+    tandem_runtime::telemetry::init(tandem_runtime::telemetry::LogFormat::Text, "warn");
     ensure_certificates(&args.dir)?;
     let vault_url = ensure_database(&args.database_url, &args.vault_database).await?;
     let settings = vault_settings(&args.dir, &vault_url)?;

@@ -8,6 +8,10 @@
 //!   read the sandbox acquirer's settlement report.
 //! - `tandemctl keys`, `tandemctl audit`: the security team's key operations (init, unseal,
 //!   seal, rotate, retire, rotate-root) and the audit log (list, verify).
+//! - `tandemctl groups`: create, read, list, archive card groups on a running orchestrator;
+//!   suspend and resume their members.
+//! - `tandemctl pay`, `tandemctl payments`, `tandemctl refund`: pay an invoice from a card
+//!   group, read, list and watch payments, refund them.
 //! - `tandemctl bench`: throughput and latency over real mTLS and Postgres.
 
 // A CLI's output is its stdout.
@@ -17,7 +21,9 @@ mod bench;
 mod certs;
 mod charge;
 mod dev;
+mod groups;
 mod keys;
+mod payments;
 
 use std::process::ExitCode;
 
@@ -27,7 +33,8 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "tandemctl",
     version,
-    about = "Operate Tandem: certificates, the dev stack, charges, keys, audit, benchmarks"
+    about = "Operate Tandem: certificates, the dev stack, charges, keys, audit, card groups, \
+             payments, benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,6 +56,16 @@ enum Command {
     /// Read and verify the vault's audit log.
     #[command(subcommand)]
     Audit(keys::AuditCommand),
+    /// Administer card groups on a running orchestrator.
+    #[command(subcommand)]
+    Groups(groups::GroupsCommand),
+    /// Pay an invoice from a card group.
+    Pay(payments::PayArgs),
+    /// Show, list and watch payments.
+    #[command(subcommand)]
+    Payments(payments::PaymentsCommand),
+    /// Refund all or part of a payment.
+    Refund(payments::RefundArgs),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -63,6 +80,10 @@ async fn main() -> ExitCode {
         Command::Charge(command) => charge::run(command).await,
         Command::Keys(command) => keys::run(command).await,
         Command::Audit(command) => keys::run_audit(command).await,
+        Command::Groups(command) => groups::run(command).await,
+        Command::Pay(args) => payments::pay(args).await,
+        Command::Payments(command) => payments::run(command).await,
+        Command::Refund(args) => payments::refund(args).await,
         Command::Bench(command) => bench::run(command).await,
     };
     match result {

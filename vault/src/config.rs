@@ -2,41 +2,19 @@
 //! overrides (e.g. `TANDEM_VAULT__DATABASE__URL`). Every limit carries its unit in its name.
 //! A bad value stops the process at start with one line naming the key.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
+pub use tandem_runtime::settings::{
+    Check, ConfigError, DatabaseSettings, SecretString, ServerSettings, TlsSettings, first_failure,
+};
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "TANDEM_VAULT__";
 
-/// A secret string (for example a database URL with a password): redacted in `Debug`.
-#[derive(Clone, Deserialize, Default)]
-#[serde(transparent)]
-pub struct SecretString(String);
-
-impl SecretString {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
 /// All vault settings.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// The gRPC server.
@@ -59,6 +37,22 @@ pub struct Settings {
     pub metrics: MetricsSettings,
 }
 
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::listening_on(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            tls: TlsSettings::dev("vault-server"),
+            database: DatabaseSettings::local("tandem_vault"),
+            keys: KeySettings::default(),
+            tokens: TokenSettings::default(),
+            audit: AuditSettings::default(),
+            charges: ChargeSettings::default(),
+            connector: ConnectorSettings::default(),
+            metrics: MetricsSettings::default(),
+        }
+    }
+}
+
 /// The Prometheus metrics endpoint (plain HTTP: keep it on loopback or a private network).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -78,105 +72,6 @@ impl Default for MetricsSettings {
             enabled: true,
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             allow_non_loopback: false,
-        }
-    }
-}
-
-/// The gRPC server's limits.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerSettings {
-    /// Address to listen on.
-    pub listen_addr: SocketAddr,
-    /// Largest request or response message, in bytes.
-    pub message_bytes_max: usize,
-    /// Longest a request may run before it is cancelled with DEADLINE_EXCEEDED.
-    pub request_timeout_ms: u64,
-    /// Concurrent requests per connection.
-    pub concurrency_per_connection_max: usize,
-    /// Time a client has to complete its TLS handshake.
-    pub handshake_timeout_ms: u64,
-    /// TLS handshakes in progress at once.
-    pub handshakes_max: usize,
-    /// Interval of HTTP/2 pings on an idle connection, so dead peers release their slot.
-    pub http2_keepalive_interval_ms: u64,
-    /// A connection whose ping is not answered within this is closed.
-    pub http2_keepalive_timeout_ms: u64,
-    /// On shutdown, how long in-flight requests may take to finish.
-    pub shutdown_grace_ms: u64,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        Self {
-            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            message_bytes_max: 64 * 1024,
-            request_timeout_ms: 10_000,
-            concurrency_per_connection_max: 256,
-            handshake_timeout_ms: 5_000,
-            handshakes_max: 256,
-            http2_keepalive_interval_ms: 30_000,
-            http2_keepalive_timeout_ms: 10_000,
-            shutdown_grace_ms: 10_000,
-        }
-    }
-}
-
-/// Mutual TLS material and identity rules.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsSettings {
-    /// The server's PEM certificate chain.
-    pub cert_path: PathBuf,
-    /// The server's PEM private key.
-    pub key_path: PathBuf,
-    /// The CA that client certificates must chain to.
-    pub ca_path: PathBuf,
-    /// SAN URI prefix of caller identities: `<prefix><role>/<name>`.
-    pub identity_uri_prefix: String,
-}
-
-impl Default for TlsSettings {
-    fn default() -> Self {
-        let files = tandem_tls::TlsFiles::in_dir(Path::new(".tandem/dev"), "vault-server");
-        Self {
-            cert_path: files.cert_path,
-            key_path: files.key_path,
-            ca_path: files.ca_path,
-            identity_uri_prefix: tandem_tls::identity::DEFAULT_URI_PREFIX.to_owned(),
-        }
-    }
-}
-
-impl TlsSettings {
-    /// The files as `tandem-tls` takes them.
-    pub fn files(&self) -> tandem_tls::TlsFiles {
-        tandem_tls::TlsFiles {
-            cert_path: self.cert_path.clone(),
-            key_path: self.key_path.clone(),
-            ca_path: self.ca_path.clone(),
-        }
-    }
-}
-
-/// The database connection pool.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatabaseSettings {
-    /// Postgres URL of the vault's own database (not the orchestrator's).
-    pub url: SecretString,
-    /// Pool size.
-    pub connections_max: u32,
-    /// Longest wait for a pooled connection.
-    pub acquire_timeout_ms: u64,
-}
-
-impl Default for DatabaseSettings {
-    fn default() -> Self {
-        Self {
-            url: SecretString::new("postgres://postgres@127.0.0.1:5432/tandem_vault"),
-            connections_max: 16,
-            acquire_timeout_ms: 5_000,
         }
     }
 }
@@ -335,30 +230,6 @@ impl Default for ConnectorSettings {
     }
 }
 
-/// A configuration error: one line naming the file or key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file or an override is not valid for the settings.
-    #[error("invalid configuration: {0}")]
-    Parse(String),
-    /// A value is out of its range.
-    #[error("invalid configuration: {key} {problem}")]
-    Invalid {
-        /// The dotted key, e.g. `server.request_timeout_ms`.
-        key: &'static str,
-        /// What is wrong.
-        problem: &'static str,
-    },
-}
-
 impl Settings {
     /// Reads `path` (if any), applies overrides from `env` (pairs of name and value; pass
     /// `std::env::vars()`), and validates the result.
@@ -366,81 +237,22 @@ impl Settings {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let mut table = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?
-            }
-            None => toml::Table::new(),
-        };
-        for (name, value) in env {
-            if let Some(key) = name.strip_prefix(ENV_PREFIX) {
-                apply_override(&mut table, key, &value)?;
-            }
-        }
-        let settings: Settings = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.message().to_owned()))?;
+        let defaults = Settings::default();
+        let base = tandem_runtime::settings::service_base(
+            &defaults.server,
+            &defaults.tls,
+            &defaults.database,
+        );
+        let settings: Settings = tandem_runtime::settings::load(base, path, env, ENV_PREFIX)?;
         settings.validate()?;
         Ok(settings)
     }
 
-    /// Checks every range.
+    /// Checks every value's range; the first failure names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let prefix = &self.tls.identity_uri_prefix;
-        let checks: [(bool, &'static str, &'static str); 25] = [
-            (
-                (1_000..=3_600_000).contains(&self.server.http2_keepalive_interval_ms)
-                    && (1..=600_000).contains(&self.server.http2_keepalive_timeout_ms),
-                "server.http2_keepalive_interval_ms",
-                "must be 1000 to 3600000 (and server.http2_keepalive_timeout_ms 1 to 600000)",
-            ),
-            (
-                prefix.contains("://")
-                    && prefix.ends_with('/')
-                    && !prefix.contains(char::is_whitespace),
-                "tls.identity_uri_prefix",
-                "must be a URI prefix such as spiffe://tandem.local/ (scheme, and a trailing /)",
-            ),
-            (
-                (1024..=16 * 1024 * 1024).contains(&self.server.message_bytes_max),
-                "server.message_bytes_max",
-                "must be 1024 to 16777216",
-            ),
-            (
-                (1..=600_000).contains(&self.server.request_timeout_ms),
-                "server.request_timeout_ms",
-                "must be 1 to 600000",
-            ),
-            (
-                (1..=10_000).contains(&self.server.concurrency_per_connection_max),
-                "server.concurrency_per_connection_max",
-                "must be 1 to 10000",
-            ),
-            (
-                (1..=60_000).contains(&self.server.handshake_timeout_ms),
-                "server.handshake_timeout_ms",
-                "must be 1 to 60000",
-            ),
-            (
-                (1..=100_000).contains(&self.server.handshakes_max),
-                "server.handshakes_max",
-                "must be 1 to 100000",
-            ),
-            (
-                (1..=1000).contains(&self.database.connections_max),
-                "database.connections_max",
-                "must be 1 to 1000",
-            ),
-            (
-                (1..=600_000).contains(&self.database.acquire_timeout_ms),
-                "database.acquire_timeout_ms",
-                "must be 1 to 600000",
-            ),
+        let common =
+            tandem_runtime::settings::common_checks(&self.server, &self.tls, &self.database);
+        let checks: [Check; 16] = [
             (
                 (1..=1 << 32).contains(&self.keys.dek_encryptions_max),
                 "keys.dek_encryptions_max",
@@ -541,44 +353,8 @@ impl Settings {
                  connector.statement_descriptor_default a valid descriptor)",
             ),
         ];
-        match checks.into_iter().find(|(ok, _, _)| !ok) {
-            Some((_, key, problem)) => Err(ConfigError::Invalid { key, problem }),
-            None => Ok(()),
-        }
+        first_failure(common.into_iter().chain(checks))
     }
-}
-
-impl ServerSettings {
-    /// `request_timeout_ms` as a duration.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-}
-
-/// Sets `SECTION__KEY` (any depth, case-insensitive) in `table`. The value is read as a TOML
-/// value when it parses as one (numbers, booleans, arrays) and as a string otherwise.
-fn apply_override(table: &mut toml::Table, key: &str, raw: &str) -> Result<(), ConfigError> {
-    let path: Vec<String> = key.split("__").map(str::to_lowercase).collect();
-    let (leaf, sections) = path
-        .split_last()
-        .filter(|(leaf, _)| !leaf.is_empty())
-        .ok_or_else(|| ConfigError::Parse(format!("bad override name {ENV_PREFIX}{key}")))?;
-    let mut current = table;
-    for section in sections {
-        let entry = current
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry.as_table_mut().ok_or_else(|| {
-            ConfigError::Parse(format!("{ENV_PREFIX}{key}: {section} is not a section"))
-        })?;
-    }
-    let value = format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
-    current.insert(leaf.clone(), value);
-    Ok(())
 }
 
 #[cfg(test)]

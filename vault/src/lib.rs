@@ -55,7 +55,6 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod storage;
-pub mod telemetry;
 pub mod writer;
 
 pub use server::run;

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use tandem_runtime::telemetry::{self, LogFormat};
 use tandem_vault::config::Settings;
-use tandem_vault::telemetry::{self, LogFormat};
 
 #[tokio::main]
 async fn main() -> ExitCode {
