@@ -94,3 +94,50 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::Cli;
+
+    /// The command line is consistent: no clashing flags between flattened argument groups
+    /// (clap checks this only when a command is parsed).
+    #[test]
+    fn command_line() {
+        Cli::command().debug_assert();
+    }
+
+    /// `groups create` needs `--strategy` for the group's default policy; `pay` uses the
+    /// group's default without one.
+    #[test]
+    fn strategy_required_only_for_groups() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("tandemctl").chain(args.iter().copied()))
+        };
+        let create = [
+            "groups",
+            "create",
+            "--billing-account",
+            "a",
+            "--name",
+            "n",
+            "--member",
+            "tok_a:A:1",
+        ];
+        assert!(parse(&create).is_err());
+        assert!(parse(&[&create[..], &["--strategy", "sequential"]].concat()).is_ok());
+        assert!(
+            parse(&[
+                "pay",
+                "--group",
+                "cg_1",
+                "--invoice",
+                "INV-1",
+                "--amount",
+                "1.00"
+            ])
+            .is_ok()
+        );
+    }
+}
