@@ -285,24 +285,57 @@ impl fmt::Debug for Money {
     }
 }
 
-impl fmt::Display for Money {
-    /// The amount in major units with the currency's exponent, e.g. `20.50 USD`, `-3 JPY`.
+impl Money {
+    /// The amount in major units with the currency's exponent and without the code, e.g.
+    /// `20.50`, `-3`: for tables and summaries that name the currency once.
+    pub fn decimal(self) -> Decimal {
+        Decimal(self)
+    }
+}
+
+/// [`Money::decimal`]'s display.
+#[derive(Debug, Clone, Copy)]
+pub struct Decimal(Money);
+
+impl fmt::Display for Decimal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let exponent = u32::from(self.currency.exponent());
-        let sign = if self.minor_units < 0 { "-" } else { "" };
-        let magnitude = self.minor_units.unsigned_abs();
+        let money = self.0;
+        let exponent = u32::from(money.currency.exponent());
+        let sign = if money.minor_units < 0 { "-" } else { "" };
+        let magnitude = money.minor_units.unsigned_abs();
         if exponent == 0 {
-            return write!(f, "{sign}{magnitude} {}", self.currency);
+            return write!(f, "{sign}{magnitude}");
         }
         let scale = 10u64.pow(exponent);
         write!(
             f,
-            "{sign}{}.{:0width$} {}",
+            "{sign}{}.{:0width$}",
             magnitude / scale,
             magnitude % scale,
-            self.currency,
             width = exponent as usize
         )
+    }
+}
+
+impl fmt::Display for Money {
+    /// The amount in major units with the currency's exponent, e.g. `20.50 USD`, `-3 JPY`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.decimal(), self.currency)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.code())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Currency::parse(&code).map_err(serde::de::Error::custom)
     }
 }
 

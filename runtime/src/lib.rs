@@ -4,7 +4,25 @@
 //! - [`settings`]: a TOML file plus `TANDEM_<SERVICE>__<SECTION>__<KEY>` environment overrides,
 //!   and the sections every server has (gRPC server limits, mutual TLS, the database pool),
 //!   with their range checks.
+//! - [`ids`]: random ids of 128 bits with a type prefix.
 //! - [`telemetry`]: `tracing` with JSON output.
 
+pub mod ids;
 pub mod settings;
 pub mod telemetry;
+
+/// Completes on SIGINT or SIGTERM: the binaries' shutdown trigger.
+pub async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -20,6 +20,8 @@ use tandem_vault::config::Settings;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+pub mod stack;
+
 /// Test card numbers (Stripe's test mode), used to grep logs and tables for leaks.
 pub const TEST_PANS: [&str; 4] = [
     "4242424242424242",
@@ -97,6 +99,11 @@ impl TestPki {
     /// The vault server's files.
     pub fn vault_server(&self) -> TlsFiles {
         TlsFiles::in_dir(&self.dir, "vault-server")
+    }
+
+    /// The orchestrator's server certificate and key.
+    pub fn orchestrator_server(&self) -> TlsFiles {
+        TlsFiles::in_dir(&self.dir, "orchestrator-server")
     }
 }
 
@@ -237,6 +244,174 @@ impl RunningVault {
         self.shut_down().await;
         RunningVault::start_with(self.settings.clone(), self.database.clone()).await
     }
+
+    /// Tokenizes `pan` (expiry 12/2030) and returns its token.
+    pub async fn tokenize(&self, pan: &str) -> String {
+        use tandem_proto::tandem::vault::v1 as pb;
+        let mut tokens =
+            pb::token_service_client::TokenServiceClient::new(self.channel(Role::Tokenizer).await);
+        tokens
+            .tokenize(pb::TokenizeRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                pan: pan.to_owned(),
+                expiry_month: 12,
+                expiry_year: 2030,
+                holder_name: "Grace Hopper".to_owned(),
+                reuse_existing: false,
+                ttl_seconds: 0,
+            })
+            .await
+            .expect("tokenize")
+            .into_inner()
+            .card
+            .expect("card")
+            .token
+    }
+}
+
+/// Orchestrator settings for a test: the test PKI, its own database, the vault at `vault`,
+/// short leases so recovery tests do not wait long.
+pub fn orchestrator_settings(
+    database: &TestDatabase,
+    vault: &RunningVault,
+) -> tandem_orchestrator::config::Settings {
+    let mut settings = tandem_orchestrator::config::Settings::default();
+    let pki = pki();
+    let server = pki.orchestrator_server();
+    settings.tls.cert_path = server.cert_path;
+    settings.tls.key_path = server.key_path;
+    settings.tls.ca_path = server.ca_path;
+    settings.database.url = tandem_vault::config::SecretString::new(database.url.clone());
+    settings.database.connections_max = 8;
+    let client = pki.client(Role::Orchestrator);
+    settings.vault.endpoint = vault.uri();
+    settings.vault.cert_path = client.cert_path;
+    settings.vault.key_path = client.key_path;
+    settings.vault.ca_path = client.ca_path;
+    settings.vault.timeout_ms = 3_000;
+    settings.payments.lease_ms = 4_000;
+    settings.payments.recovery_interval_ms = 200;
+    settings.payments.watch_poll_ms = 50;
+    settings.server.shutdown_grace_ms = 2_000;
+    settings
+}
+
+/// An in-process orchestrator over real mutual TLS.
+#[derive(Debug)]
+pub struct RunningOrchestrator {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its database (with the ledger).
+    pub database: TestDatabase,
+    /// Its settings.
+    pub settings: tandem_orchestrator::config::Settings,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), tandem_orchestrator::server::RunError>>>,
+}
+
+impl RunningOrchestrator {
+    /// Starts an orchestrator with its own database in front of `vault`.
+    pub async fn start(vault: &RunningVault) -> RunningOrchestrator {
+        let database = TestDatabase::create().await;
+        let settings = orchestrator_settings(&database, vault);
+        RunningOrchestrator::start_with(settings, database, None).await
+    }
+
+    /// Starts an orchestrator with `settings`, optionally set to crash a payment's drive.
+    pub async fn start_with(
+        settings: tandem_orchestrator::config::Settings,
+        database: TestDatabase,
+        crash: Option<Arc<tandem_orchestrator::workflow::CrashPlan>>,
+    ) -> RunningOrchestrator {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(tandem_orchestrator::run_with(
+            listener,
+            settings.clone(),
+            async {
+                let _ = stopped.await;
+            },
+            crash,
+        ));
+        let orchestrator = RunningOrchestrator {
+            addr,
+            database,
+            settings,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while orchestrator.try_channel(Role::Reader).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "orchestrator did not start within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        orchestrator
+    }
+
+    async fn try_channel(&self, role: Role) -> Result<Channel, String> {
+        tandem_tls::client::connect(
+            &format!("https://{}", self.addr),
+            &pki().client(role),
+            "localhost",
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// A channel with the identity of `role`.
+    pub async fn channel(&self, role: Role) -> Channel {
+        self.try_channel(role)
+            .await
+            .expect("connect to orchestrator")
+    }
+
+    /// The orchestrator's database (holding the ledger too).
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.database.url)
+            .await
+            .expect("connect to the orchestrator database")
+    }
+
+    /// Stops the server; payments being driven stop where they are, as in a crash.
+    pub async fn stop(mut self) {
+        self.shut_down().await;
+    }
+
+    async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("orchestrator task panicked")
+                .expect("orchestrator stopped with an error");
+        }
+    }
+
+    /// Stops it and starts a new instance on the same database (with a new lease owner).
+    pub async fn restart(mut self) -> RunningOrchestrator {
+        self.shut_down().await;
+        RunningOrchestrator::start_with(self.settings.clone(), self.database.clone(), None).await
+    }
+}
+
+/// The `ErrorInfo` reason of an orchestrator status (its domain checked).
+pub fn orchestrator_reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_error_info()
+        .map(|info| {
+            assert_eq!(info.domain, "orchestrator.tandem");
+            info.reason
+        })
+        .unwrap_or_default()
 }
 
 /// Captured log output of this test process.

@@ -38,26 +38,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match tandem_vault::run(listener, settings, shutdown_signal()).await {
+    match tandem_vault::run(listener, settings, tandem_runtime::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tandem-vault: {error}");
             ExitCode::from(1)
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
     }
 }

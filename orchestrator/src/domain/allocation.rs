@@ -34,7 +34,7 @@ use tandem_money::{Currency, Money};
 pub const BASIS_POINTS_TOTAL: u32 = 10_000;
 
 /// A card group member as allocation sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     /// The vault token: the member's identity within the group.
     pub token: String,
@@ -433,13 +433,13 @@ fn fill_in_order(
 
 /// Splits `amount` in proportion to `shares` by the largest-remainder method, ties broken by
 /// the order of `shares` (priority order). The parts sum exactly to `amount`.
-fn split<'m>(amount: i64, shares: &[(&'m Member, u64)]) -> Vec<(&'m Member, i64)> {
+pub fn split<T: Copy>(amount: i64, shares: &[(T, u64)]) -> Vec<(T, i64)> {
     let total: u128 = shares.iter().map(|(_, s)| u128::from(*s)).sum();
     if total == 0 || amount <= 0 {
         return Vec::new();
     }
     let amount_u = amount as u128;
-    let mut parts: Vec<(&Member, i64, u128)> = shares
+    let mut parts: Vec<(T, i64, u128)> = shares
         .iter()
         .map(|(member, share)| {
             let exact = amount_u * u128::from(*share);

@@ -4,7 +4,7 @@
 //! A leg's authorization is a *pending* transfer from the card's `funding_source` account to
 //! the billing account's `receivable` (the hold); its capture *posts* that transfer; its void
 //! *voids* it. A decline books nothing. Transfer ids are deterministic
-//! (`<payment>/leg/<n>/hold|capture|void`), so a booking written twice after a crash is the
+//! (`<payment>/leg/<n>/hold|capture|void`, legs numbered from 1 as on the wire), so a booking written twice after a crash is the
 //! ledger's `Exists`, never a second entry.
 
 use tandem_ledger::types::{
@@ -74,7 +74,7 @@ pub fn accounts(context: &BookingContext, payment: &Payment) -> Result<Vec<NewAc
 }
 
 fn transfer_id(context: &BookingContext, leg: usize, step: &str) -> Result<TransferId, IdError> {
-    TransferId::new(format!("{}/leg/{leg}/{step}", context.payment_id))
+    TransferId::new(format!("{}/leg/{}/{step}", context.payment_id, leg + 1))
 }
 
 /// The transfer `outcome` books, if any. Call it with the payment as it was *after* the
@@ -88,7 +88,7 @@ pub fn booking(
     let refs = |leg: usize| TransferRefs {
         payment_id: Some(context.payment_id.clone()),
         invoice_id: Some(context.invoice_id.clone()),
-        leg_id: Some(format!("{}/leg/{leg}", context.payment_id)),
+        leg_id: Some(format!("{}/leg/{}", context.payment_id, leg + 1)),
         cost_center: context.cost_center.clone(),
     };
     let transfer = match *outcome {
@@ -126,4 +126,37 @@ pub fn booking(
         Outcome::Declined { .. } => return Ok(None),
     };
     Ok(Some(transfer))
+}
+
+/// The transfer a succeeded refund part books: `amount` back from the billing account's
+/// receivable to the card's funding source, with a deterministic id
+/// (`<payment>/refund/<refund>/leg/<n>`).
+pub fn refund_booking(
+    context: &BookingContext,
+    payment: &Payment,
+    leg: usize,
+    refund_id: &str,
+    amount: i64,
+) -> Result<Transfer, IdError> {
+    let currency = currency(payment)?;
+    let token = &payment.legs[leg].token;
+    Ok(Transfer {
+        id: TransferId::new(format!(
+            "{}/refund/{refund_id}/leg/{}",
+            context.payment_id,
+            leg + 1
+        ))?,
+        kind: TransferKind::Single {
+            debit: receivable(&context.billing_account, currency.as_str())?,
+            credit: funding_source(token, currency.as_str())?,
+            amount,
+        },
+        linked: false,
+        refs: TransferRefs {
+            payment_id: Some(context.payment_id.clone()),
+            invoice_id: Some(context.invoice_id.clone()),
+            leg_id: Some(format!("{}/leg/{}", context.payment_id, leg + 1)),
+            cost_center: context.cost_center.clone(),
+        },
+    })
 }

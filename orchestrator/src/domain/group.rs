@@ -9,7 +9,39 @@ use time::OffsetDateTime;
 
 use tandem_money::Currency;
 
-use super::allocation::{Member, PolicyError};
+use super::allocation::{Member, PolicyError, Strategy};
+use super::saga::{Completion, Dispatch};
+
+/// Most authorization attempts per payment when the policy does not say.
+pub const ATTEMPTS_DEFAULT: u32 = 10;
+/// The bound on `attempts_max`.
+pub const ATTEMPTS_MAX: u32 = 50;
+
+/// An allocation policy: a group's default or a payment's override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// How the amount is first divided.
+    pub strategy: Strategy,
+    /// Move declined amounts to other members.
+    pub fallback: bool,
+    /// Bound on authorization attempts in one payment.
+    pub attempts_max: u32,
+    /// What happens on a shortfall.
+    pub completion: Completion,
+    /// Windows of other limits.
+    pub windows: Vec<CeilingWindow>,
+}
+
+impl Policy {
+    /// How the saga sends legs under this policy: all at once for `PARALLEL`, one after
+    /// another otherwise.
+    pub fn dispatch(&self) -> Dispatch {
+        match self.strategy {
+            Strategy::Parallel { .. } => Dispatch::AllAtOnce,
+            _ => Dispatch::OneAtATime,
+        }
+    }
+}
 
 /// Most members in a group.
 pub const MEMBERS_MAX: usize = 32;
@@ -210,12 +242,7 @@ pub fn check_members(members: &[MemberRules], windows: &[CeilingWindow]) -> Vec<
 
 /// True for `tok_` followed by 26 characters of the lower-case base32 alphabet.
 fn is_token(text: &str) -> bool {
-    text.strip_prefix("tok_").is_some_and(|body| {
-        body.len() == 26
-            && body
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
-    })
+    tandem_runtime::ids::is_random_id("tok_", text)
 }
 
 #[cfg(test)]

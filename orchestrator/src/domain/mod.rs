@@ -3,4 +3,5 @@
 pub mod allocation;
 pub mod booking;
 pub mod group;
+pub mod record;
 pub mod saga;

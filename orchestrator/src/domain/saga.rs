@@ -20,7 +20,7 @@ use tandem_money::{Currency, Money};
 use super::allocation::{Member, Part, reallocate};
 
 /// The lifecycle of a payment (`PaymentState` in the proto, refunds aside).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PaymentState {
     /// Recorded and allocated; nothing sent yet.
     Pending,
@@ -110,7 +110,7 @@ impl PaymentState {
 }
 
 /// What the payment does when the amount cannot be covered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Completion {
     /// Fully paid or no financial effect.
     AllOrNothing,
@@ -119,7 +119,7 @@ pub enum Completion {
 }
 
 /// How legs are sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Dispatch {
     /// One authorization at a time, in leg order (SEQUENTIAL, WEIGHTED, FIXED, BY_CURRENCY).
     OneAtATime,
@@ -128,7 +128,7 @@ pub enum Dispatch {
 }
 
 /// A decline's advice (`NextAction`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NextAction {
     /// Transient: retry the same card.
     RetrySameCard,
@@ -139,7 +139,7 @@ pub enum NextAction {
 }
 
 /// The lifecycle of a leg.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LegState {
     /// Not sent yet.
     Pending,
@@ -160,7 +160,7 @@ pub enum LegState {
 }
 
 /// One member's part of a payment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Leg {
     /// The member's token.
     pub token: String,
@@ -175,7 +175,7 @@ pub struct Leg {
 }
 
 /// A payment as the saga sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Payment {
     /// State.
     pub state: PaymentState,

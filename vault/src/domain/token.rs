@@ -3,45 +3,10 @@
 //! Tokens are random, never derived from the PAN, so a token reveals nothing about its card.
 
 use std::fmt;
-use std::sync::LazyLock;
-
-use aes_gcm::aead::OsRng;
-use aes_gcm::aead::rand_core::RngCore as _;
 
 const PREFIX: &str = "tok_";
-/// Base32 characters for 128 bits: ceil(128 / 5).
-const BODY_CHARS: usize = 26;
 
-/// RFC 4648 base32 alphabet in lower case, without padding.
-static BASE32_LOWER: LazyLock<data_encoding::Encoding> = LazyLock::new(|| {
-    let mut spec = data_encoding::Specification::new();
-    spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
-    // A constant specification that data-encoding accepts; every token test exercises it.
-    spec.encoding().expect("valid base32 specification")
-});
-
-/// A new random id: `prefix` followed by 26 lower-case base32 characters of 128 bits from the
-/// operating system's CSPRNG. Tokens, charge ids and refund ids share this shape.
-pub(crate) fn random_id(prefix: &str) -> String {
-    let mut bytes = [0u8; 16];
-    OsRng.fill_bytes(&mut bytes);
-    let body = BASE32_LOWER.encode(&bytes);
-    debug_assert_eq!(body.len(), BODY_CHARS);
-    format!("{prefix}{body}")
-}
-
-/// True if `text` is `prefix` followed by the canonical base32 form of 128 bits.
-pub(crate) fn is_random_id(prefix: &str, text: &str) -> bool {
-    let Some(body) = text.strip_prefix(prefix) else {
-        return false;
-    };
-    // Decoding checks the alphabet; the length check rejects non-canonical trailing bits
-    // only together with decode, so do both.
-    body.len() == BODY_CHARS
-        && BASE32_LOWER
-            .decode(body.as_bytes())
-            .is_ok_and(|bytes| bytes.len() == 16 && BASE32_LOWER.encode(&bytes) == body)
-}
+pub(crate) use tandem_runtime::ids::{is_random_id, random_id};
 
 /// An opaque card token.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -110,7 +75,10 @@ mod tests {
         let mut seen = HashSet::new();
         for _ in 0..10_000 {
             let token = Token::generate();
-            assert_eq!(token.as_str().len(), PREFIX.len() + BODY_CHARS);
+            assert_eq!(
+                token.as_str().len(),
+                PREFIX.len() + tandem_runtime::ids::BODY_CHARS
+            );
             assert_eq!(Token::parse(token.as_str()), Ok(token.clone()));
             assert!(seen.insert(token));
         }

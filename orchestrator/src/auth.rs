@@ -1,0 +1,134 @@
+//! Who may call what: one table from RPC to the roles allowed (DESIGN section 2), and the
+//! check every handler runs first.
+
+use tandem_tls::identity::{Caller, Role, caller_of};
+
+use crate::error::Error;
+
+/// Every RPC the orchestrator serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    /// `CardGroupService/CreateCardGroup`
+    CreateCardGroup,
+    /// `CardGroupService/GetCardGroup`
+    GetCardGroup,
+    /// `CardGroupService/ListCardGroups`
+    ListCardGroups,
+    /// `CardGroupService/UpdateCardGroup`
+    UpdateCardGroup,
+    /// `CardGroupService/DeleteCardGroup`
+    DeleteCardGroup,
+    /// `PaymentService/CreatePayment`
+    CreatePayment,
+    /// `PaymentService/GetPayment`
+    GetPayment,
+    /// `PaymentService/ListPayments`
+    ListPayments,
+    /// `PaymentService/RefundPayment`
+    RefundPayment,
+    /// `PaymentService/WatchPayment`
+    WatchPayment,
+}
+
+impl Rpc {
+    /// Every RPC, for tests that check the table is complete.
+    pub const ALL: [Rpc; 10] = [
+        Rpc::CreateCardGroup,
+        Rpc::GetCardGroup,
+        Rpc::ListCardGroups,
+        Rpc::UpdateCardGroup,
+        Rpc::DeleteCardGroup,
+        Rpc::CreatePayment,
+        Rpc::GetPayment,
+        Rpc::ListPayments,
+        Rpc::RefundPayment,
+        Rpc::WatchPayment,
+    ];
+
+    /// The full gRPC method name.
+    pub const fn method(self) -> &'static str {
+        match self {
+            Rpc::CreateCardGroup => "tandem.orchestrator.v1.CardGroupService/CreateCardGroup",
+            Rpc::GetCardGroup => "tandem.orchestrator.v1.CardGroupService/GetCardGroup",
+            Rpc::ListCardGroups => "tandem.orchestrator.v1.CardGroupService/ListCardGroups",
+            Rpc::UpdateCardGroup => "tandem.orchestrator.v1.CardGroupService/UpdateCardGroup",
+            Rpc::DeleteCardGroup => "tandem.orchestrator.v1.CardGroupService/DeleteCardGroup",
+            Rpc::CreatePayment => "tandem.orchestrator.v1.PaymentService/CreatePayment",
+            Rpc::GetPayment => "tandem.orchestrator.v1.PaymentService/GetPayment",
+            Rpc::ListPayments => "tandem.orchestrator.v1.PaymentService/ListPayments",
+            Rpc::RefundPayment => "tandem.orchestrator.v1.PaymentService/RefundPayment",
+            Rpc::WatchPayment => "tandem.orchestrator.v1.PaymentService/WatchPayment",
+        }
+    }
+
+    /// The roles allowed to call this RPC.
+    pub const fn roles(self) -> &'static [Role] {
+        match self {
+            Rpc::CreateCardGroup | Rpc::UpdateCardGroup | Rpc::DeleteCardGroup => &[Role::Treasury],
+            Rpc::GetCardGroup | Rpc::ListCardGroups => &[Role::Treasury, Role::Payer, Role::Reader],
+            Rpc::CreatePayment | Rpc::RefundPayment => &[Role::Payer],
+            Rpc::GetPayment | Rpc::ListPayments | Rpc::WatchPayment => {
+                &[Role::Payer, Role::Treasury, Role::Reader]
+            }
+        }
+    }
+
+    /// True if `role` may call this RPC.
+    pub fn allows(self, role: Role) -> bool {
+        self.roles().contains(&role)
+    }
+}
+
+/// The caller of `request`, if its role may call `rpc`.
+pub fn authorize<T>(
+    request: &tonic::Request<T>,
+    uri_prefix: &str,
+    rpc: Rpc,
+) -> Result<Caller, Error> {
+    let caller = caller_of(request, uri_prefix).map_err(|_| Error::Unauthenticated)?;
+    if !rpc.allows(caller.role) {
+        tracing::warn!(
+            method = rpc.method(),
+            role = %caller.role,
+            caller = %caller.name,
+            "role not allowed"
+        );
+        return Err(Error::PermissionDenied { role: caller.role });
+    }
+    Ok(caller)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table matches DESIGN section 2 and the services' docs: treasury manages card groups,
+    /// payers pay and refund, every orchestrator role reads, and the vault's roles reach
+    /// nothing here.
+    #[test]
+    fn role_table() {
+        for rpc in Rpc::ALL {
+            let groups = rpc.method().contains("CardGroupService/");
+            let reads = matches!(
+                rpc,
+                Rpc::GetCardGroup
+                    | Rpc::ListCardGroups
+                    | Rpc::GetPayment
+                    | Rpc::ListPayments
+                    | Rpc::WatchPayment
+            );
+            assert_eq!(rpc.allows(Role::Treasury), groups || reads, "{rpc:?}");
+            assert_eq!(rpc.allows(Role::Payer), !groups || reads, "{rpc:?}");
+            assert_eq!(rpc.allows(Role::Reader), reads, "{rpc:?}");
+            for role in [
+                Role::Tokenizer,
+                Role::Orchestrator,
+                Role::Admin,
+                Role::Auditor,
+                Role::Service,
+            ] {
+                assert!(!rpc.allows(role), "{rpc:?} {role}");
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Typed, validated settings: a TOML file plus `TANDEM_ORCHESTRATOR__<SECTION>__<KEY>`
+//! environment overrides (e.g. `TANDEM_ORCHESTRATOR__VAULT__ENDPOINT`). Every limit carries its
+//! unit in its name. A bad value stops the process at start with one line naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+pub use tandem_runtime::settings::{
+    Check, ConfigError, DatabaseSettings, SecretString, ServerSettings, TlsSettings, first_failure,
+};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "TANDEM_ORCHESTRATOR__";
+
+/// All orchestrator settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The gRPC server.
+    pub server: ServerSettings,
+    /// Mutual TLS of the server.
+    pub tls: TlsSettings,
+    /// The orchestrator's Postgres database, which also holds the ledger.
+    pub database: DatabaseSettings,
+    /// How the orchestrator reaches the vault.
+    pub vault: VaultSettings,
+    /// Payment limits and the workflow's timing.
+    pub payments: PaymentSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::listening_on(SocketAddr::from(([127, 0, 0, 1], 50052))),
+            tls: TlsSettings::dev("orchestrator-server"),
+            database: DatabaseSettings::local("tandem_orchestrator"),
+            vault: VaultSettings::default(),
+            payments: PaymentSettings::default(),
+        }
+    }
+}
+
+/// The vault client: its address and the orchestrator's client identity (role
+/// `orchestrator`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VaultSettings {
+    /// The vault's URI, `https://host:port`.
+    pub endpoint: String,
+    /// The DNS name the vault's certificate must carry.
+    pub server_name: String,
+    /// The orchestrator's client certificate chain.
+    pub cert_path: PathBuf,
+    /// Its private key.
+    pub key_path: PathBuf,
+    /// The CA the vault's certificate must chain to.
+    pub ca_path: PathBuf,
+    /// Longest wait for one vault call (connection set-up included).
+    pub timeout_ms: u64,
+}
+
+impl Default for VaultSettings {
+    fn default() -> Self {
+        let files = tandem_tls::TlsFiles::in_dir(Path::new(".tandem/dev"), "orchestrator");
+        Self {
+            endpoint: "https://127.0.0.1:50051".to_owned(),
+            server_name: "localhost".to_owned(),
+            cert_path: files.cert_path,
+            key_path: files.key_path,
+            ca_path: files.ca_path,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+impl VaultSettings {
+    /// The client identity as `tandem-tls` takes it.
+    pub fn files(&self) -> tandem_tls::TlsFiles {
+        tandem_tls::TlsFiles {
+            cert_path: self.cert_path.clone(),
+            key_path: self.key_path.clone(),
+            ca_path: self.ca_path.clone(),
+        }
+    }
+}
+
+/// Payment limits and the workflow's timing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentSettings {
+    /// The largest invoice amount, in minor units.
+    pub amount_minor_max: i64,
+    /// How long an instance owns a payment it drives without renewing its lease; after that,
+    /// another instance's recovery worker resumes it.
+    pub lease_ms: u64,
+    /// How often the recovery worker looks for payments whose lease expired.
+    pub recovery_interval_ms: u64,
+    /// Most payments the recovery worker takes per round.
+    pub recovery_batch_max: i64,
+    /// Payments driven at once by one instance (new and recovered); more wait for a slot.
+    pub workflows_max: usize,
+    /// How long a request waits for another transaction holding its `request_id` before it is
+    /// told REQUEST_IN_PROGRESS.
+    pub request_id_wait_ms: u64,
+    /// Re-sends of a vault call whose answer was lost, within one drive of a payment, before
+    /// leaving it to the recovery worker.
+    pub vault_retries_max: u32,
+    /// The longest `CreatePayment.wait_timeout_ms`.
+    pub wait_timeout_ms_max: u64,
+    /// The longest a `WatchPayment` stream stays open.
+    pub watch_ms_max: u64,
+    /// How often a `WatchPayment` stream looks for new events when not woken by this
+    /// instance's own commits.
+    pub watch_poll_ms: u64,
+    /// Most card groups and payments per list page.
+    pub page_size_max: i32,
+}
+
+impl Default for PaymentSettings {
+    fn default() -> Self {
+        Self {
+            amount_minor_max: 100_000_000_000,
+            lease_ms: 15_000,
+            recovery_interval_ms: 1_000,
+            recovery_batch_max: 100,
+            workflows_max: 512,
+            request_id_wait_ms: 2_000,
+            vault_retries_max: 3,
+            wait_timeout_ms_max: 120_000,
+            watch_ms_max: 300_000,
+            watch_poll_ms: 250,
+            page_size_max: 100,
+        }
+    }
+}
+
+impl PaymentSettings {
+    /// `lease_ms` as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+}
+
+impl Settings {
+    /// Reads `path` (if any), applies overrides from `env` (pairs of name and value; pass
+    /// `std::env::vars()`), and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let defaults = Settings::default();
+        let base = tandem_runtime::settings::service_base(
+            &defaults.server,
+            &defaults.tls,
+            &defaults.database,
+        );
+        let settings: Settings = tandem_runtime::settings::load(base, path, env, ENV_PREFIX)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value's range; the first failure names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let common =
+            tandem_runtime::settings::common_checks(&self.server, &self.tls, &self.database);
+        let p = &self.payments;
+        let checks: [Check; 9] = [
+            (
+                self.vault.endpoint.starts_with("https://"),
+                "vault.endpoint",
+                "must be an https:// URI (the vault speaks only mutual TLS)",
+            ),
+            (
+                (1..=600_000).contains(&self.vault.timeout_ms),
+                "vault.timeout_ms",
+                "must be 1 to 600000",
+            ),
+            (
+                (1..=1_000_000_000_000_000).contains(&p.amount_minor_max),
+                "payments.amount_minor_max",
+                "must be 1 to 1000000000000000",
+            ),
+            (
+                p.lease_ms > self.vault.timeout_ms && p.lease_ms <= 3_600_000,
+                "payments.lease_ms",
+                "must exceed vault.timeout_ms and be at most 3600000",
+            ),
+            (
+                (10..=3_600_000).contains(&p.recovery_interval_ms)
+                    && (1..=10_000).contains(&p.recovery_batch_max),
+                "payments.recovery_interval_ms",
+                "must be 10 to 3600000 (and payments.recovery_batch_max 1 to 10000)",
+            ),
+            (
+                (1..=100_000).contains(&p.workflows_max)
+                    && (1..=60_000).contains(&p.request_id_wait_ms)
+                    && p.vault_retries_max <= 100,
+                "payments.workflows_max",
+                "must be 1 to 100000 (and payments.request_id_wait_ms 1 to 60000, \
+                 payments.vault_retries_max at most 100)",
+            ),
+            (
+                (1..=3_600_000).contains(&p.wait_timeout_ms_max),
+                "payments.wait_timeout_ms_max",
+                "must be 1 to 3600000",
+            ),
+            (
+                (1..=86_400_000).contains(&p.watch_ms_max)
+                    && (10..=60_000).contains(&p.watch_poll_ms),
+                "payments.watch_ms_max",
+                "must be 1 to 86400000 (and payments.watch_poll_ms 10 to 60000)",
+            ),
+            (
+                (1..=1000).contains(&p.page_size_max),
+                "payments.page_size_max",
+                "must be 1 to 1000",
+            ),
+        ];
+        first_failure(common.into_iter().chain(checks))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/orchestrator.example.toml");
+        let example = Settings::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(format!("{example:?}"), format!("{:?}", Settings::default()));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let env = |k: &str, v: &str| vec![(format!("{ENV_PREFIX}{k}"), v.to_owned())];
+        let error = Settings::load(None, env("VAULT__ENDPOINT", "http://vault")).unwrap_err();
+        assert!(error.to_string().contains("vault.endpoint"), "{error}");
+        let error = Settings::load(None, env("PAYMENTS__LEASE_MS", "10")).unwrap_err();
+        assert!(error.to_string().contains("payments.lease_ms"), "{error}");
+        let settings = Settings::load(None, env("SERVER__LISTEN_ADDR", "127.0.0.1:7052")).unwrap();
+        assert_eq!(settings.server.listen_addr.port(), 7052);
+    }
+}

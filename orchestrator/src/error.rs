@@ -1,0 +1,152 @@
+//! The orchestrator's error type: one enum for the service layer, mapped to gRPC in
+//! [`crate::grpc::status`] by one exhaustive match.
+
+use tandem_tls::identity::Role;
+
+/// One violated field of a request, for `google.rpc.BadRequest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field's path in the request, e.g. `card_group.members[2].priority`.
+    pub field: String,
+    /// What is wrong, never echoing the value.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl ToString) -> Self {
+        Self {
+            field: field.into(),
+            description: description.to_string(),
+        }
+    }
+}
+
+/// Everything an orchestrator operation can fail with. A payment that cannot be covered is not
+/// an error: it is a payment that ends FAILED or PARTIALLY_PAID.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; each violation names its field.
+    #[error("invalid argument")]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The caller's role may not call this RPC.
+    #[error("role {role} may not call this method")]
+    PermissionDenied {
+        /// The caller's role.
+        role: Role,
+    },
+    /// The peer certificate names no valid caller.
+    #[error("client certificate does not carry a valid identity")]
+    Unauthenticated,
+    /// No such card group.
+    #[error("card group not found")]
+    CardGroupNotFound,
+    /// The card group is archived.
+    #[error("card group is archived")]
+    CardGroupArchived,
+    /// The etag sent is not the group's current one.
+    #[error("etag does not match")]
+    EtagMismatch,
+    /// A member's token is unknown to the vault, revoked or expired.
+    #[error("a member's token is not usable")]
+    TokenNotUsable {
+        /// The member's field path, e.g. `card_group.members[1].token`.
+        member: String,
+        /// Why (the vault's reason).
+        reason: String,
+    },
+    /// No such payment.
+    #[error("payment not found")]
+    PaymentNotFound,
+    /// The payment is not in a refundable state, or captured nothing.
+    #[error("payment is not refundable")]
+    PaymentNotRefundable,
+    /// The refund's currency is not the payment's.
+    #[error("currency differs from the payment's")]
+    CurrencyMismatch,
+    /// The refund exceeds what remains refundable.
+    #[error("amount exceeds the refundable amount")]
+    AmountExceedsRefundable,
+    /// The payment has its maximum number of refunds.
+    #[error("refund limit reached")]
+    RefundLimitReached,
+    /// The request id was used before for a different request.
+    #[error("request_id was already used for a different request")]
+    RequestIdReused,
+    /// Another call with the same request id is being processed.
+    #[error("the same request is being processed; retry")]
+    RequestInProgress,
+    /// The vault could not be reached to check tokens.
+    #[error("the vault is unavailable")]
+    VaultUnavailable,
+    /// The server is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// Stored data does not decode or breaks an invariant: a bug or tampering.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<tandem_ledger::LedgerError> for Error {
+    fn from(error: tandem_ledger::LedgerError) -> Self {
+        match error {
+            tandem_ledger::LedgerError::Database(e) => Error::Database(e),
+            other => Error::Corrupt(format!("ledger: {other}")),
+        }
+    }
+}
+
+impl Error {
+    /// The `ErrorInfo` reason clients switch on.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::PermissionDenied { .. } => "ROLE_NOT_ALLOWED",
+            Error::Unauthenticated => "IDENTITY_INVALID",
+            Error::CardGroupNotFound => "CARD_GROUP_NOT_FOUND",
+            Error::CardGroupArchived => "CARD_GROUP_ARCHIVED",
+            Error::EtagMismatch => "ETAG_MISMATCH",
+            Error::TokenNotUsable { .. } => "TOKEN_NOT_USABLE",
+            Error::PaymentNotFound => "PAYMENT_NOT_FOUND",
+            Error::PaymentNotRefundable => "PAYMENT_NOT_REFUNDABLE",
+            Error::CurrencyMismatch => "CURRENCY_MISMATCH",
+            Error::AmountExceedsRefundable => "AMOUNT_EXCEEDS_REFUNDABLE",
+            Error::RefundLimitReached => "REFUND_LIMIT_REACHED",
+            Error::RequestIdReused => "REQUEST_ID_REUSED",
+            Error::RequestInProgress => "REQUEST_IN_PROGRESS",
+            Error::VaultUnavailable => "VAULT_UNAVAILABLE",
+            Error::ShuttingDown => "SHUTTING_DOWN",
+            Error::Database(e) if is_unavailable(e) => "STORAGE_UNAVAILABLE",
+            Error::Corrupt(_) | Error::Database(_) => "INTERNAL",
+        }
+    }
+
+    /// An `INVALID_ARGUMENT` for one field.
+    pub fn invalid(field: impl Into<String>, description: impl ToString) -> Error {
+        Error::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+}
+
+/// True for database failures worth retrying (the pool, the connection, a serialization
+/// failure or deadlock), as opposed to bugs.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    ) || error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| matches!(&*code, "40001" | "40P01" | "57P01" | "57P03"))
+}
+
+/// True when a statement gave up waiting for a lock (`lock_not_available`): another
+/// transaction holds the row, for example the first call of a request id.
+pub fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "55P03")
+}

@@ -1,0 +1,239 @@
+//! Thin gRPC handlers: check the caller's role, hand the request to [`crate::groups`] or
+//! [`crate::payments`], map errors with [`status::to_status`].
+
+pub mod convert;
+pub mod status;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt as _};
+use tandem_proto::tandem::orchestrator::v1 as pb;
+use tandem_proto::tandem::orchestrator::v1::card_group_service_server::CardGroupService;
+use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentService;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Rpc, authorize};
+use crate::groups::Groups;
+use crate::payments::Payments;
+use status::to_status;
+
+/// The caller's deadline from `grpc-timeout`, if any.
+fn deadline<T>(request: &Request<T>) -> Option<std::time::Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    let millis = match unit {
+        "H" => amount.checked_mul(3_600_000)?,
+        "M" => amount.checked_mul(60_000)?,
+        "S" => amount.checked_mul(1_000)?,
+        "m" => amount,
+        "u" => amount / 1_000,
+        "n" => amount / 1_000_000,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(millis))
+}
+
+/// `CardGroupService`.
+pub struct CardGroupApi {
+    groups: Arc<Groups>,
+    uri_prefix: String,
+}
+
+impl CardGroupApi {
+    /// The service over `groups`; callers are read from certificates with `uri_prefix`.
+    pub fn new(groups: Arc<Groups>, uri_prefix: &str) -> Self {
+        Self {
+            groups,
+            uri_prefix: uri_prefix.to_owned(),
+        }
+    }
+
+    fn check<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<(), Status> {
+        authorize(request, &self.uri_prefix, rpc)
+            .map(|_| ())
+            .map_err(to_status)
+    }
+}
+
+#[tonic::async_trait]
+impl CardGroupService for CardGroupApi {
+    async fn create_card_group(
+        &self,
+        request: Request<pb::CreateCardGroupRequest>,
+    ) -> Result<Response<pb::CreateCardGroupResponse>, Status> {
+        self.check(&request, Rpc::CreateCardGroup)?;
+        let group = self
+            .groups
+            .create(request.into_inner())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::CreateCardGroupResponse {
+            card_group: Some(group),
+        }))
+    }
+
+    async fn get_card_group(
+        &self,
+        request: Request<pb::GetCardGroupRequest>,
+    ) -> Result<Response<pb::GetCardGroupResponse>, Status> {
+        self.check(&request, Rpc::GetCardGroup)?;
+        let group = self
+            .groups
+            .get(request.into_inner())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::GetCardGroupResponse {
+            card_group: Some(group),
+        }))
+    }
+
+    async fn list_card_groups(
+        &self,
+        request: Request<pb::ListCardGroupsRequest>,
+    ) -> Result<Response<pb::ListCardGroupsResponse>, Status> {
+        self.check(&request, Rpc::ListCardGroups)?;
+        let page = self
+            .groups
+            .list(request.into_inner())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(page))
+    }
+
+    async fn update_card_group(
+        &self,
+        request: Request<pb::UpdateCardGroupRequest>,
+    ) -> Result<Response<pb::UpdateCardGroupResponse>, Status> {
+        self.check(&request, Rpc::UpdateCardGroup)?;
+        let group = self
+            .groups
+            .update(request.into_inner())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::UpdateCardGroupResponse {
+            card_group: Some(group),
+        }))
+    }
+
+    async fn delete_card_group(
+        &self,
+        request: Request<pb::DeleteCardGroupRequest>,
+    ) -> Result<Response<pb::DeleteCardGroupResponse>, Status> {
+        self.check(&request, Rpc::DeleteCardGroup)?;
+        let group = self
+            .groups
+            .delete(request.into_inner())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::DeleteCardGroupResponse {
+            card_group: Some(group),
+        }))
+    }
+}
+
+/// `PaymentService`.
+pub struct PaymentApi {
+    payments: Arc<Payments>,
+    uri_prefix: String,
+}
+
+impl PaymentApi {
+    /// The service over `payments`; callers are read from certificates with `uri_prefix`.
+    pub fn new(payments: Arc<Payments>, uri_prefix: &str) -> Self {
+        Self {
+            payments,
+            uri_prefix: uri_prefix.to_owned(),
+        }
+    }
+
+    fn check<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<(), Status> {
+        authorize(request, &self.uri_prefix, rpc)
+            .map(|_| ())
+            .map_err(to_status)
+    }
+}
+
+/// The `WatchPayment` stream.
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchPaymentResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PaymentService for PaymentApi {
+    async fn create_payment(
+        &self,
+        request: Request<pb::CreatePaymentRequest>,
+    ) -> Result<Response<pb::CreatePaymentResponse>, Status> {
+        self.check(&request, Rpc::CreatePayment)?;
+        let deadline = deadline(&request);
+        let payment = self
+            .payments
+            .create(request.into_inner(), deadline)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::CreatePaymentResponse {
+            payment: Some(payment),
+        }))
+    }
+
+    async fn get_payment(
+        &self,
+        request: Request<pb::GetPaymentRequest>,
+    ) -> Result<Response<pb::GetPaymentResponse>, Status> {
+        self.check(&request, Rpc::GetPayment)?;
+        let payment = self
+            .payments
+            .get(request.into_inner())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::GetPaymentResponse {
+            payment: Some(payment),
+        }))
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<pb::ListPaymentsRequest>,
+    ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        self.check(&request, Rpc::ListPayments)?;
+        let page = self
+            .payments
+            .list(request.into_inner())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(page))
+    }
+
+    async fn refund_payment(
+        &self,
+        request: Request<pb::RefundPaymentRequest>,
+    ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
+        self.check(&request, Rpc::RefundPayment)?;
+        let deadline = deadline(&request);
+        let response = self
+            .payments
+            .refund(request.into_inner(), deadline)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(response))
+    }
+
+    type WatchPaymentStream = EventStream;
+
+    async fn watch_payment(
+        &self,
+        request: Request<pb::WatchPaymentRequest>,
+    ) -> Result<Response<Self::WatchPaymentStream>, Status> {
+        self.check(&request, Rpc::WatchPayment)?;
+        let stream = self
+            .payments
+            .watch(request.into_inner())
+            .map_err(to_status)?;
+        let stream = stream.map(|event| {
+            event
+                .map(|event| pb::WatchPaymentResponse { event: Some(event) })
+                .map_err(to_status)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

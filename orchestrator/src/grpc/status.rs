@@ -1,0 +1,156 @@
+//! The one map from [`Error`] to `tonic::Status` (AIP-193): every status carries an
+//! `ErrorInfo` with a reason clients can switch on and the domain `orchestrator.tandem`;
+//! `INVALID_ARGUMENT` also carries a `BadRequest` naming each field, `TOKEN_NOT_USABLE` a
+//! `PreconditionFailure` naming the member. Internal failures give the client a generic
+//! message; their detail goes to the log only.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use crate::error::{Error, is_unavailable};
+
+/// The `ErrorInfo` domain of every orchestrator error.
+pub const DOMAIN: &str = "orchestrator.tandem";
+
+/// Converts an orchestrator error into a gRPC status.
+pub fn to_status(error: Error) -> Status {
+    let reason = error.reason();
+    let (code, message) = match &error {
+        Error::InvalidArgument(_) => (Code::InvalidArgument, "the request has invalid fields"),
+        Error::PermissionDenied { .. } => (
+            Code::PermissionDenied,
+            "the caller's role may not call this method",
+        ),
+        Error::Unauthenticated => (
+            Code::Unauthenticated,
+            "the client certificate does not carry a valid Tandem identity",
+        ),
+        Error::CardGroupNotFound => (Code::NotFound, "card group not found"),
+        Error::CardGroupArchived => (Code::FailedPrecondition, "the card group is archived"),
+        Error::EtagMismatch => (
+            Code::Aborted,
+            "the card group changed since it was read; read it again",
+        ),
+        Error::TokenNotUsable { .. } => (
+            Code::FailedPrecondition,
+            "a member's token is unknown to the vault, revoked or expired",
+        ),
+        Error::PaymentNotFound => (Code::NotFound, "payment not found"),
+        Error::PaymentNotRefundable => (
+            Code::FailedPrecondition,
+            "the payment is not refundable (not paid, or nothing left to refund)",
+        ),
+        Error::CurrencyMismatch => (
+            Code::FailedPrecondition,
+            "the amount's currency differs from the payment's",
+        ),
+        Error::AmountExceedsRefundable => (
+            Code::FailedPrecondition,
+            "the amount exceeds what remains refundable",
+        ),
+        Error::RefundLimitReached => (
+            Code::FailedPrecondition,
+            "the payment already has the maximum number of refunds",
+        ),
+        Error::RequestIdReused => (
+            Code::AlreadyExists,
+            "request_id was already used for a different request",
+        ),
+        Error::RequestInProgress => (
+            Code::Aborted,
+            "the same request is being processed; retry with the same request_id",
+        ),
+        Error::VaultUnavailable => (
+            Code::Unavailable,
+            "the vault is unavailable; nothing was changed, retry",
+        ),
+        Error::ShuttingDown => (Code::Unavailable, "the orchestrator is shutting down"),
+        Error::Corrupt(what) => {
+            tracing::error!(detail = %what, "integrity check failed");
+            (Code::Internal, "internal error")
+        }
+        Error::Database(e) if is_unavailable(e) => {
+            tracing::warn!(error = %e, "database unavailable");
+            (
+                Code::Unavailable,
+                "storage is temporarily unavailable; retry",
+            )
+        }
+        Error::Database(e) => {
+            tracing::error!(error = %e, "database error");
+            (Code::Internal, "internal error")
+        }
+    };
+    let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+    match &error {
+        Error::InvalidArgument(violations) => {
+            for violation in violations {
+                details.add_bad_request_violation(&violation.field, &violation.description);
+            }
+        }
+        Error::TokenNotUsable { member, reason } => {
+            details.add_precondition_failure_violation("TOKEN_NOT_USABLE", member, reason);
+        }
+        _ => {}
+    }
+    Status::with_error_details(code, message, details)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::FieldViolation;
+
+    /// Every error carries ErrorInfo with its reason and the orchestrator domain; invalid input
+    /// also carries the violated fields, an unusable token the member.
+    #[test]
+    fn statuses_carry_error_details() {
+        let status = to_status(Error::InvalidArgument(vec![FieldViolation::new(
+            "card_group.default_policy.weights[1].basis_points",
+            "must be 1-10000",
+        )]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("INVALID_ARGUMENT", DOMAIN)
+        );
+        let violation = &status.get_details_bad_request().unwrap().field_violations[0];
+        assert_eq!(
+            violation.field,
+            "card_group.default_policy.weights[1].basis_points"
+        );
+        let status = to_status(Error::TokenNotUsable {
+            member: "card_group.members[0].token".into(),
+            reason: "TOKEN_REVOKED".into(),
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let failure = status.get_details_precondition_failure().unwrap();
+        assert_eq!(failure.violations[0].subject, "card_group.members[0].token");
+        for (error, code, reason) in [
+            (
+                Error::RequestInProgress,
+                Code::Aborted,
+                "REQUEST_IN_PROGRESS",
+            ),
+            (
+                Error::RequestIdReused,
+                Code::AlreadyExists,
+                "REQUEST_ID_REUSED",
+            ),
+            (Error::EtagMismatch, Code::Aborted, "ETAG_MISMATCH"),
+            (Error::Corrupt("x".into()), Code::Internal, "INTERNAL"),
+            (
+                Error::Database(sqlx::Error::PoolTimedOut),
+                Code::Unavailable,
+                "STORAGE_UNAVAILABLE",
+            ),
+        ] {
+            let status = to_status(error);
+            assert_eq!(status.code(), code);
+            assert_eq!(status.get_details_error_info().unwrap().reason, reason);
+        }
+    }
+}

@@ -1,0 +1,585 @@
+//! Payments: create (allocate and start the saga), read, list, refund, watch. Creating and
+//! refunding are idempotent by `request_id`: the id is claimed in the same transaction that
+//! records the payment or the refund, so a retry returns the same payment and never a second
+//! one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use tandem_proto::tandem::orchestrator::v1 as pb;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::domain::allocation::{allocate, check_policy};
+use crate::domain::booking::{self, BookingContext};
+use crate::domain::group::{MemberRules, member_at};
+use crate::domain::record::{MemberSnapshot, PaymentRecord, RefundError};
+use crate::domain::saga::{Leg, LegState, Payment, PaymentState};
+use crate::error::Error;
+use crate::grpc::convert::{self, Violations};
+use crate::storage::{self, StoredPayment};
+use crate::workflow::{Workflow, now};
+
+/// The payment operations.
+pub struct Payments {
+    workflow: Arc<Workflow>,
+}
+
+impl Payments {
+    /// Payments driven by `workflow`.
+    pub fn new(workflow: Arc<Workflow>) -> Self {
+        Self { workflow }
+    }
+
+    /// `CreatePayment`: records the payment with its allocation and starts it; with `wait`,
+    /// returns once it is terminal or the wait is over.
+    pub async fn create(
+        &self,
+        request: pb::CreatePaymentRequest,
+        deadline: Option<Duration>,
+    ) -> Result<pb::Payment, Error> {
+        let settings = self.workflow.settings();
+        let mut v = Violations::default();
+        convert::request_id(&mut v, "request_id", &request.request_id);
+        let group_id = convert::resource_id(&mut v, "card_group_id", "cg_", &request.card_group_id);
+        let invoice = convert::invoice(&mut v, request.invoice.as_ref(), settings.amount_minor_max);
+        let wait_ms = match request.wait_timeout_ms {
+            0 => 30_000,
+            ms if (1..=i64::try_from(settings.wait_timeout_ms_max).unwrap_or(i64::MAX))
+                .contains(&ms) =>
+            {
+                ms as u64
+            }
+            _ => {
+                v.add(
+                    "wait_timeout_ms",
+                    format!("must be 0 or 1-{}", settings.wait_timeout_ms_max),
+                );
+                0
+            }
+        };
+        let invoice = v
+            .finish(invoice)?
+            .ok_or_else(|| Error::invalid("invoice", "is invalid"))?;
+        // `wait` and its timeout are not part of the request's identity.
+        let mut identity = request.clone();
+        identity.wait = false;
+        identity.wait_timeout_ms = 0;
+        let hash = convert::request_hash("CreatePayment", &identity);
+        let id = tandem_runtime::ids::random_id("pay_");
+        let pool = self.workflow.pool();
+        let mut tx = pool.begin().await?;
+        if let Some(earlier) = storage::claim_request_id(
+            &mut tx,
+            &request.request_id,
+            "CreatePayment",
+            &hash,
+            &id,
+            settings.request_id_wait_ms,
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            if earlier.method != "CreatePayment" || earlier.request_hash != hash {
+                return Err(Error::RequestIdReused);
+            }
+            return self
+                .answer(&earlier.resource_id, request.wait, wait_ms, deadline)
+                .await;
+        }
+        let group = storage::group(&mut *tx, &group_id, false)
+            .await?
+            .ok_or(Error::CardGroupNotFound)?;
+        if group.archived {
+            return Err(Error::CardGroupArchived);
+        }
+        let wire_group = convert::group_to_wire(&group)?;
+        let mut v = Violations::default();
+        let input = convert::group_input(&mut v, &wire_group)
+            .ok_or_else(|| Error::Corrupt(format!("card group {group_id} does not check")))?;
+        let (policy, prefix) = match request.policy_override.as_ref() {
+            Some(wire) => (
+                convert::policy(
+                    &mut v,
+                    "policy_override",
+                    wire,
+                    &input.members,
+                    Some(invoice.amount.currency),
+                ),
+                "policy_override",
+            ),
+            None => (Some(input.policy.clone()), "card_group.default_policy"),
+        };
+        let policy = v
+            .finish(policy)?
+            .ok_or_else(|| Error::invalid(prefix, "is invalid"))?;
+        let now = now();
+        let month = storage::month_of(now);
+        let mut members = Vec::with_capacity(input.members.len());
+        for rules in &input.members {
+            let spent = storage::month_to_date(
+                &mut *tx,
+                std::slice::from_ref(&rules.token),
+                rules.currency.code(),
+                month,
+            )
+            .await?;
+            members.push(member_at(
+                rules,
+                &policy.windows,
+                now,
+                spent.get(&rules.token).copied().unwrap_or(0),
+            ));
+        }
+        if let Err(errors) =
+            check_policy(&policy.strategy, &members, invoice.amount, &invoice.lines)
+        {
+            let mut v = Violations::default();
+            if request.policy_override.is_some() {
+                v.add_policy(errors, "policy_override");
+            } else {
+                for error in errors {
+                    if error.field.starts_with("policy") {
+                        v.add(
+                            "card_group_id",
+                            format!("the group's default policy: {}", error.description),
+                        );
+                    } else {
+                        v.add(error.field, error.description);
+                    }
+                }
+            }
+            return v.finish(()).map(|()| pb::Payment::default());
+        }
+        let allocation = allocate(
+            invoice.amount,
+            &invoice.lines,
+            &members,
+            &policy.strategy,
+            policy.fallback,
+        );
+        let saga = Payment {
+            state: PaymentState::Pending,
+            currency: invoice.amount.currency,
+            amount: invoice.amount.minor_units,
+            legs: allocation
+                .parts
+                .iter()
+                .map(|part| Leg {
+                    token: part.token.clone(),
+                    amount: part.amount.minor_units,
+                    approved: 0,
+                    state: LegState::Pending,
+                    attempts: 0,
+                })
+                .collect(),
+            members,
+            fallback: policy.fallback,
+            attempts_max: policy.attempts_max,
+            completion: policy.completion,
+            dispatch: policy.dispatch(),
+            stopped: false,
+        };
+        let (limits, last4): (Vec<_>, Vec<_>) = wire_group
+            .members
+            .iter()
+            .map(|m| (m.token.clone(), m.last4.clone()))
+            .unzip();
+        let snapshots = snapshots(&input.members, &policy.windows, now, &limits, &last4);
+        let (record, created) = PaymentRecord::new(
+            id.clone(),
+            invoice.id.clone(),
+            invoice.cost_center.clone(),
+            saga,
+            snapshots,
+            now,
+        );
+        let context = BookingContext {
+            payment_id: id.clone(),
+            invoice_id: invoice.id.clone(),
+            billing_account: input.billing_account_id.clone(),
+            cost_center: invoice.cost_center.clone(),
+        };
+        let accounts = booking::accounts(&context, &record.saga)
+            .map_err(|e| Error::Corrupt(format!("ledger id: {e}")))?;
+        tandem_ledger::ledger::create_accounts(&mut tx, &accounts).await?;
+        let mut stored = StoredPayment {
+            record,
+            request: identity.encode_to_vec(),
+            card_group_id: group_id,
+            billing_account_id: input.billing_account_id,
+            events: 0,
+            lease_owner: Some(self.workflow.owner().to_owned()),
+            lease_until: self.workflow.lease_until(now),
+            update_time: now,
+        };
+        storage::insert_payment(&mut tx, &stored, &request.request_id).await?;
+        self.workflow
+            .publish(&mut tx, &mut stored, &[created], now)
+            .await?;
+        storage::save_payment(&mut tx, &stored, now).await?;
+        tx.commit().await?;
+        self.workflow.announce(&id);
+        self.workflow.spawn(id.clone());
+        self.answer(&id, request.wait, wait_ms, deadline).await
+    }
+
+    /// The payment `id`, after waiting for its end when asked.
+    async fn answer(
+        &self,
+        id: &str,
+        wait: bool,
+        wait_ms: u64,
+        deadline: Option<Duration>,
+    ) -> Result<pb::Payment, Error> {
+        if !wait {
+            return self.read(id).await;
+        }
+        let mut limit = Duration::from_millis(wait_ms);
+        if let Some(deadline) = deadline {
+            // Leave the response time to travel before the caller's deadline.
+            limit = limit.min(deadline.saturating_sub(Duration::from_millis(100)));
+        }
+        let until = tokio::time::Instant::now() + limit;
+        let mut committed = self.workflow.subscribe();
+        loop {
+            let payment = self.load(id).await?;
+            if payment.record.saga.state.is_terminal() {
+                return Ok(convert::payment_to_wire(&payment, payment.update_time));
+            }
+            let poll = tokio::time::sleep(Duration::from_millis(
+                self.workflow.settings().watch_poll_ms,
+            ));
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {
+                    return Ok(convert::payment_to_wire(&payment, payment.update_time));
+                }
+                () = wait_for(&mut committed, id) => {}
+                () = poll => {}
+            }
+        }
+    }
+
+    async fn load(&self, id: &str) -> Result<StoredPayment, Error> {
+        storage::payment(self.workflow.pool(), id, false)
+            .await?
+            .ok_or(Error::PaymentNotFound)
+    }
+
+    async fn read(&self, id: &str) -> Result<pb::Payment, Error> {
+        let payment = self.load(id).await?;
+        Ok(convert::payment_to_wire(&payment, payment.update_time))
+    }
+
+    /// `GetPayment`.
+    pub async fn get(&self, request: pb::GetPaymentRequest) -> Result<pb::Payment, Error> {
+        let mut v = Violations::default();
+        let id = convert::resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
+        v.finish(())?;
+        self.read(&id).await
+    }
+
+    /// `ListPayments`, newest first.
+    pub async fn list(
+        &self,
+        request: pb::ListPaymentsRequest,
+    ) -> Result<pb::ListPaymentsResponse, Error> {
+        let mut v = Violations::default();
+        if request.page_size < 0 {
+            v.add("page_size", "must not be negative");
+        }
+        if !request.card_group_id.is_empty() {
+            convert::resource_id(&mut v, "card_group_id", "cg_", &request.card_group_id);
+        }
+        let state = convert::state_filter(&mut v, request.state);
+        let mut filter = storage::PaymentFilter {
+            card_group_id: Some(request.card_group_id.clone()).filter(|s| !s.is_empty()),
+            state,
+            invoice_id: Some(request.invoice_id.clone()).filter(|s| !s.is_empty()),
+            billing_account_id: Some(request.billing_account_id.clone()).filter(|s| !s.is_empty()),
+        };
+        let scope = format!(
+            "{}|{}|{}|{}",
+            request.card_group_id, request.state, request.invoice_id, request.billing_account_id
+        );
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            let cursor = convert::decode_page_token(&request.page_token, scope.as_bytes());
+            if cursor.is_none() {
+                v.add(
+                    "page_token",
+                    "is not a page token of this list with these filters",
+                );
+            }
+            cursor
+        };
+        v.finish(())?;
+        filter.state = state;
+        let max = self.workflow.settings().page_size_max;
+        let size = if request.page_size == 0 {
+            50.min(max)
+        } else {
+            request.page_size.min(max)
+        };
+        let mut rows = storage::list_payments(
+            self.workflow.pool(),
+            &filter,
+            after.as_ref(),
+            i64::from(size) + 1,
+        )
+        .await?;
+        let more = rows.len() > size as usize;
+        rows.truncate(size as usize);
+        let next_page_token = match (more, rows.last()) {
+            (true, Some((last, create_time))) => convert::encode_page_token(
+                &storage::Cursor {
+                    create_time: *create_time,
+                    id: last.record.id.clone(),
+                },
+                scope.as_bytes(),
+            ),
+            _ => String::new(),
+        };
+        Ok(pb::ListPaymentsResponse {
+            payments: rows
+                .iter()
+                .map(|(p, _)| convert::payment_to_wire(p, p.update_time))
+                .collect(),
+            next_page_token,
+        })
+    }
+
+    /// `RefundPayment`: records the refund spread over the captured legs, drives it, and
+    /// answers once it is done or the deadline nears.
+    pub async fn refund(
+        &self,
+        request: pb::RefundPaymentRequest,
+        deadline: Option<Duration>,
+    ) -> Result<pb::RefundPaymentResponse, Error> {
+        let mut v = Violations::default();
+        convert::request_id(&mut v, "request_id", &request.request_id);
+        let id = convert::resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
+        if request.reason.chars().count() > 200 || request.reason.chars().any(char::is_control) {
+            v.add(
+                "reason",
+                "must be at most 200 characters without control characters",
+            );
+        }
+        if let Some(amount) = &request.amount {
+            if tandem_money::Currency::parse(&amount.currency_code).is_err() {
+                v.add(
+                    "amount.currency_code",
+                    "must be a known ISO 4217 currency code",
+                );
+            }
+            if amount.minor_units <= 0 {
+                v.add("amount.minor_units", "must be positive");
+            }
+        }
+        v.finish(())?;
+        let hash = convert::request_hash("RefundPayment", &request);
+        let refund_id = tandem_runtime::ids::random_id("prf_");
+        let mut tx = self.workflow.pool().begin().await?;
+        let refund_id = match storage::claim_request_id(
+            &mut tx,
+            &request.request_id,
+            "RefundPayment",
+            &hash,
+            &refund_id,
+            self.workflow.settings().request_id_wait_ms,
+        )
+        .await?
+        {
+            Some(earlier) => {
+                tx.rollback().await?;
+                if earlier.method != "RefundPayment" || earlier.request_hash != hash {
+                    return Err(Error::RequestIdReused);
+                }
+                earlier.resource_id
+            }
+            None => {
+                let mut stored = storage::payment(&mut *tx, &id, true)
+                    .await?
+                    .ok_or(Error::PaymentNotFound)?;
+                if let Some(amount) = &request.amount
+                    && amount.currency_code != stored.record.currency().code()
+                {
+                    return Err(Error::CurrencyMismatch);
+                }
+                let now = now();
+                let (_, events) = stored
+                    .record
+                    .plan_refund(
+                        refund_id.clone(),
+                        request.request_id.clone(),
+                        request.amount.as_ref().map(|a| a.minor_units),
+                        request.reason.clone(),
+                        now,
+                    )
+                    .map_err(|e| match e {
+                        RefundError::NotRefundable => Error::PaymentNotRefundable,
+                        RefundError::AmountExceedsRefundable => Error::AmountExceedsRefundable,
+                        RefundError::LimitReached => Error::RefundLimitReached,
+                    })?;
+                // The refund is driven by whoever holds the payment's lease; a settled payment
+                // is leased to this instance now.
+                let take = stored.lease_owner.is_none() || stored.lease_until <= now;
+                if take {
+                    stored.lease_owner = Some(self.workflow.owner().to_owned());
+                    stored.lease_until = self.workflow.lease_until(now);
+                }
+                self.workflow
+                    .publish(&mut tx, &mut stored, &events, now)
+                    .await?;
+                storage::save_payment(&mut tx, &stored, now).await?;
+                tx.commit().await?;
+                self.workflow.announce(&id);
+                if take {
+                    self.workflow.spawn(id.clone());
+                }
+                refund_id
+            }
+        };
+        let limit = deadline
+            .map(|d| d.saturating_sub(Duration::from_millis(100)))
+            .unwrap_or(Duration::from_secs(30));
+        let until = tokio::time::Instant::now() + limit;
+        let mut committed = self.workflow.subscribe();
+        loop {
+            let payment = self.load(&id).await?;
+            let refund = payment
+                .record
+                .refunds
+                .iter()
+                .find(|r| r.id == refund_id)
+                .ok_or_else(|| Error::Corrupt(format!("refund {refund_id} missing")))?;
+            let done = refund.state != crate::domain::record::RefundState::Pending;
+            if done || tokio::time::Instant::now() >= until {
+                return Ok(pb::RefundPaymentResponse {
+                    refund: Some(convert::refund_to_wire(&payment.record, refund)),
+                    payment: Some(convert::payment_to_wire(&payment, payment.update_time)),
+                });
+            }
+            let poll = tokio::time::sleep(Duration::from_millis(
+                self.workflow.settings().watch_poll_ms,
+            ));
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = wait_for(&mut committed, &id) => {}
+                () = poll => {}
+            }
+        }
+    }
+
+    /// `WatchPayment`: the events after `after_sequence`, then new ones as they commit, until
+    /// the payment is settled and every event was sent, or `watch_ms_max`.
+    pub fn watch(
+        &self,
+        request: pb::WatchPaymentRequest,
+    ) -> Result<impl futures::Stream<Item = Result<pb::PaymentEvent, Error>> + use<>, Error> {
+        let mut v = Violations::default();
+        let id = convert::resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
+        if request.after_sequence < 0 {
+            v.add("after_sequence", "must not be negative");
+        }
+        v.finish(())?;
+        let workflow = self.workflow.clone();
+        let mut after = request.after_sequence;
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let settings = workflow.settings().clone();
+            let until = tokio::time::Instant::now() + Duration::from_millis(settings.watch_ms_max);
+            let mut committed = workflow.subscribe();
+            let mut first = true;
+            loop {
+                let payment = match storage::payment(workflow.pool(), &id, false).await {
+                    Ok(Some(payment)) => payment,
+                    Ok(None) if first => {
+                        let _ = sender.send(Err(Error::PaymentNotFound)).await;
+                        return;
+                    }
+                    Ok(None) => return,
+                    Err(error) => {
+                        let _ = sender.send(Err(error)).await;
+                        return;
+                    }
+                };
+                first = false;
+                let events = match storage::events_after(workflow.pool(), &id, after, 100).await {
+                    Ok(events) => events,
+                    Err(error) => {
+                        let _ = sender.send(Err(error)).await;
+                        return;
+                    }
+                };
+                let caught_up = events.len() < 100;
+                for (sequence, body) in events {
+                    let event = pb::PaymentEvent::decode(body.as_slice())
+                        .map_err(|e| Error::Corrupt(format!("event: {e}")));
+                    if sender.send(event).await.is_err() {
+                        return;
+                    }
+                    after = sequence;
+                }
+                if caught_up && payment.record.is_settled() && after >= payment.events {
+                    return;
+                }
+                if !caught_up {
+                    continue;
+                }
+                let poll = tokio::time::sleep(Duration::from_millis(settings.watch_poll_ms));
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => return,
+                    () = sender.closed() => return,
+                    () = wait_for(&mut committed, &id) => {}
+                    () = poll => {}
+                }
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(receiver))
+    }
+}
+
+/// Returns once a commit of payment `id` is announced (or announcements were missed).
+async fn wait_for(committed: &mut tokio::sync::broadcast::Receiver<String>, id: &str) {
+    loop {
+        match committed.recv().await {
+            Ok(changed) if changed == id => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// The members as the payment keeps them: labels, cost centers, the monthly limit in force
+/// now (windows applied) and the last four digits the group knows.
+fn snapshots(
+    members: &[MemberRules],
+    windows: &[crate::domain::group::CeilingWindow],
+    now: time::OffsetDateTime,
+    tokens: &[String],
+    last4: &[String],
+) -> Vec<MemberSnapshot> {
+    members
+        .iter()
+        .map(|m| {
+            let (_, per_month) = crate::domain::group::limits_at(m, windows, now);
+            MemberSnapshot {
+                token: m.token.clone(),
+                label: m.label.clone(),
+                priority: m.priority,
+                cost_center: m.cost_center.clone(),
+                limit_per_month: per_month,
+                last4: tokens
+                    .iter()
+                    .position(|t| *t == m.token)
+                    .map(|i| last4[i].clone())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect()
+}

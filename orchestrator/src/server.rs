@@ -1,0 +1,185 @@
+//! Assembles and runs the orchestrator: database (its schema and the ledger's), the vault
+//! client, the workflow and its recovery worker, and the tonic server with mutual TLS, limits,
+//! health and reflection, until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tandem_proto::tandem::orchestrator::v1::card_group_service_server::CardGroupServiceServer;
+use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::groups::Groups;
+use crate::grpc::{CardGroupApi, PaymentApi};
+use crate::payments::Payments;
+use crate::vault::VaultClient;
+use crate::workflow::{CrashPlan, Workflow};
+
+/// The gRPC services this server registers, as reflection advertises them.
+const SERVED_SERVICES: [&str; 5] = [
+    "tandem.orchestrator.v1.CardGroupService",
+    "tandem.orchestrator.v1.PaymentService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Why the orchestrator could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// TLS material is missing or invalid.
+    #[error(transparent)]
+    Tls(#[from] tandem_tls::TlsError),
+    /// The vault client could not be set up.
+    #[error("vault client: {0}")]
+    Vault(#[from] tandem_tls::client::ConnectError),
+    /// The database could not be reached.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Reflection descriptors are invalid (a build problem).
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens the orchestrator's pool and applies its and the ledger's migrations.
+pub async fn connect_database(settings: &Settings) -> Result<PgPool, RunError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.database.connections_max)
+        .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
+        .connect(settings.database.url.expose())
+        .await?;
+    crate::storage::migrator().run(&pool).await?;
+    Ok(pool)
+}
+
+/// Runs the orchestrator on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    run_with(listener, settings, shutdown, None).await
+}
+
+/// As [`run`], with a simulated crash of the workflow for tests of recovery: at the planned
+/// point the payment's drive stops dead, as if the process had died there.
+pub async fn run_with(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    crash: Option<Arc<CrashPlan>>,
+) -> Result<(), RunError> {
+    let tls = tandem_tls::server::server_config(&settings.tls.files())?;
+    let pool = connect_database(&settings).await?;
+    let vault = VaultClient::connect_lazy(&settings.vault)?;
+    let (stop_sender, stop) = watch::channel(false);
+    let workflow = Workflow::new(
+        pool.clone(),
+        vault,
+        settings.payments.clone(),
+        crash,
+        stop.clone(),
+    );
+    let groups = Arc::new(Groups::new(workflow.clone()));
+    let payments = Arc::new(Payments::new(workflow.clone()));
+    let recovery_task = tokio::spawn(workflow.clone().recovery_loop());
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<CardGroupServiceServer<CardGroupApi>>()
+        .await;
+    health_reporter
+        .set_serving::<PaymentServiceServer<PaymentApi>>()
+        .await;
+    // Reflection advertises exactly the services served here: the descriptor set also holds
+    // the vault's, which this server does not serve.
+    let reflection = || {
+        SERVED_SERVICES.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET),
+            |builder, service| builder.with_service_name(*service),
+        )
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let message_bytes_max = settings.server.message_bytes_max;
+    let uri_prefix = &settings.tls.identity_uri_prefix;
+    let card_group_service = CardGroupServiceServer::new(CardGroupApi::new(groups, uri_prefix))
+        .max_decoding_message_size(message_bytes_max)
+        .max_encoding_message_size(message_bytes_max);
+    let payment_service = PaymentServiceServer::new(PaymentApi::new(payments, uri_prefix))
+        .max_decoding_message_size(message_bytes_max)
+        .max_encoding_message_size(message_bytes_max);
+
+    let address = listener.local_addr().ok();
+    let incoming = tandem_tls::server::incoming(
+        listener,
+        tls,
+        tandem_tls::server::AcceptLimits {
+            handshake_timeout: Duration::from_millis(settings.server.handshake_timeout_ms),
+            handshakes_max: settings.server.handshakes_max,
+        },
+    );
+    tracing::info!(?address, owner = workflow.owner(), "orchestrator serving");
+
+    let mut shutdown_signal = stop.clone();
+    let serve = tonic::transport::Server::builder()
+        .timeout(settings.server.request_timeout())
+        .concurrency_limit_per_connection(settings.server.concurrency_per_connection_max)
+        .http2_keepalive_interval(Some(Duration::from_millis(
+            settings.server.http2_keepalive_interval_ms,
+        )))
+        .http2_keepalive_timeout(Some(Duration::from_millis(
+            settings.server.http2_keepalive_timeout_ms,
+        )))
+        .add_service(card_group_service)
+        .add_service(payment_service)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown_signal.wait_for(|stopped| *stopped).await;
+        });
+    let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
+    let mut grace_signal = stop.clone();
+    let stopper = async move {
+        shutdown.await;
+        tracing::info!("orchestrator shutting down");
+        let _ = stop_sender.send(true);
+        health_reporter
+            .set_not_serving::<PaymentServiceServer<PaymentApi>>()
+            .await;
+        // Keep the sender alive until the grace period is over.
+        tokio::time::sleep(grace).await;
+        drop(stop_sender);
+    };
+    tokio::pin!(serve);
+    let result = tokio::select! {
+        result = &mut serve => result,
+        () = async {
+            tokio::join!(stopper, async { let _ = grace_signal.wait_for(|s| *s).await; });
+        } => {
+            tracing::warn!("shutdown grace elapsed with requests in flight");
+            Ok(())
+        }
+    };
+    recovery_task.abort();
+    // Payments still being driven keep their leases; another instance (or this one after a
+    // restart) resumes them once the leases expire.
+    pool.close().await;
+    result.map_err(RunError::from)
+}

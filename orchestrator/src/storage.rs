@@ -1,0 +1,536 @@
+//! All of the orchestrator's SQL (run-time checked queries, each exercised by the end-to-end
+//! tests against Postgres). Functions that change state take the caller's transaction, so a
+//! payment's state, its events, its ledger transfers and its spend commit together.
+
+use std::collections::HashMap;
+
+use sqlx::{PgConnection, PgExecutor, PgPool, Row as _};
+use time::{Date, OffsetDateTime};
+
+use crate::domain::record::PaymentRecord;
+use crate::error::{Error, is_lock_timeout};
+
+/// The orchestrator's migrations (the ledger's are numbered from 10001 and share the table of
+/// applied migrations).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The orchestrator's and the ledger's migrations as one list (versions 1.. then 10001..), so
+/// one run applies both to the shared database and checks both against its history.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let migrations: Vec<sqlx::migrate::Migration> = MIGRATOR
+        .iter()
+        .chain(tandem_ledger::MIGRATOR.iter())
+        .cloned()
+        .collect();
+    // The fields are what `migrate!` itself fills in; sqlx has no constructor from a list.
+    sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(migrations),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+/// A card group as stored.
+#[derive(Debug, Clone)]
+pub struct StoredGroup {
+    /// The id.
+    pub id: String,
+    /// The encoded `CardGroup` (members, policy, names); output-only fields are filled from the
+    /// columns.
+    pub body: Vec<u8>,
+    /// Changes on every update: the etag's source.
+    pub version: i64,
+    /// Archived by DeleteCardGroup.
+    pub archived: bool,
+    /// Created.
+    pub create_time: OffsetDateTime,
+    /// Last changed.
+    pub update_time: OffsetDateTime,
+    /// Archived at.
+    pub archive_time: Option<OffsetDateTime>,
+}
+
+const GROUP_COLUMNS: &str = "id, body, version, archived, create_time, update_time, archive_time";
+
+fn group_row(row: sqlx::postgres::PgRow) -> Result<StoredGroup, sqlx::Error> {
+    Ok(StoredGroup {
+        id: row.try_get("id")?,
+        body: row.try_get("body")?,
+        version: row.try_get("version")?,
+        archived: row.try_get("archived")?,
+        create_time: row.try_get("create_time")?,
+        update_time: row.try_get("update_time")?,
+        archive_time: row.try_get("archive_time")?,
+    })
+}
+
+/// Inserts a new group.
+pub async fn insert_group(
+    conn: &mut PgConnection,
+    group: &StoredGroup,
+    billing_account_id: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO card_groups (id, billing_account_id, archived, version, body, create_time, \
+         update_time, archive_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&group.id)
+    .bind(billing_account_id)
+    .bind(group.archived)
+    .bind(group.version)
+    .bind(&group.body)
+    .bind(group.create_time)
+    .bind(group.update_time)
+    .bind(group.archive_time)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Reads a group; with `lock`, locks it for the rest of the transaction.
+pub async fn group(
+    executor: impl PgExecutor<'_>,
+    id: &str,
+    lock: bool,
+) -> Result<Option<StoredGroup>, Error> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    let row = sqlx::query(&format!(
+        "SELECT {GROUP_COLUMNS} FROM card_groups WHERE id = $1{lock}"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.map(group_row).transpose()?)
+}
+
+/// Replaces a group's body, version and archive state.
+pub async fn update_group(conn: &mut PgConnection, group: &StoredGroup) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE card_groups SET body = $2, version = $3, archived = $4, update_time = $5, \
+         archive_time = $6 WHERE id = $1",
+    )
+    .bind(&group.id)
+    .bind(&group.body)
+    .bind(group.version)
+    .bind(group.archived)
+    .bind(group.update_time)
+    .bind(group.archive_time)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Where a newest-first page starts: after this row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The last row's creation time.
+    pub create_time: OffsetDateTime,
+    /// The last row's id.
+    pub id: String,
+}
+
+/// A page of groups, newest first, optionally of one billing account.
+pub async fn list_groups(
+    pool: &PgPool,
+    billing_account_id: Option<&str>,
+    show_archived: bool,
+    after: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<StoredGroup>, Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {GROUP_COLUMNS} FROM card_groups \
+         WHERE ($1::text IS NULL OR billing_account_id = $1) AND ($2 OR NOT archived) \
+         AND ($3::timestamptz IS NULL OR (create_time, id) < ($3, $4)) \
+         ORDER BY create_time DESC, id DESC LIMIT $5"
+    ))
+    .bind(billing_account_id)
+    .bind(show_archived)
+    .bind(after.map(|c| c.create_time))
+    .bind(after.map(|c| c.id.as_str()))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(group_row).collect::<Result<_, _>>()?)
+}
+
+/// What a committed request id holds.
+#[derive(Debug, Clone)]
+pub struct StoredRequest {
+    /// The method it was used for.
+    pub method: String,
+    /// The hash of that request.
+    pub request_hash: Vec<u8>,
+    /// What it created.
+    pub resource_id: String,
+    /// The stored response, for card-group mutations.
+    pub response: Option<Vec<u8>>,
+}
+
+/// Claims `request_id` in the caller's transaction: `None` when it is new (the row is written
+/// and commits with the transaction), the earlier request otherwise. Waits at most
+/// `wait_ms` for another transaction holding the id, then fails with REQUEST_IN_PROGRESS.
+pub async fn claim_request_id(
+    conn: &mut PgConnection,
+    request_id: &str,
+    method: &str,
+    request_hash: &[u8],
+    resource_id: &str,
+    wait_ms: u64,
+) -> Result<Option<StoredRequest>, Error> {
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{wait_ms}ms'"))
+        .execute(&mut *conn)
+        .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (request_id, method, request_hash, resource_id, \
+         create_time) VALUES ($1, $2, $3, $4, now()) ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(request_id)
+    .bind(method)
+    .bind(request_hash)
+    .bind(resource_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| {
+        if is_lock_timeout(&e) {
+            Error::RequestInProgress
+        } else {
+            Error::Database(e)
+        }
+    })?
+    .rows_affected();
+    sqlx::query("SET LOCAL lock_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    if inserted == 1 {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "SELECT method, request_hash, resource_id, response FROM idempotency_keys \
+         WHERE request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Some(StoredRequest {
+        method: row.try_get("method")?,
+        request_hash: row.try_get("request_hash")?,
+        resource_id: row.try_get("resource_id")?,
+        response: row.try_get("response")?,
+    }))
+}
+
+/// Stores the response of a claimed request id.
+pub async fn store_response(
+    conn: &mut PgConnection,
+    request_id: &str,
+    response: &[u8],
+) -> Result<(), Error> {
+    sqlx::query("UPDATE idempotency_keys SET response = $2 WHERE request_id = $1")
+        .bind(request_id)
+        .bind(response)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A payment as stored.
+#[derive(Debug, Clone)]
+pub struct StoredPayment {
+    /// The record.
+    pub record: PaymentRecord,
+    /// The encoded `CreatePaymentRequest` (invoice and policy as given).
+    pub request: Vec<u8>,
+    /// The card group.
+    pub card_group_id: String,
+    /// Its billing account.
+    pub billing_account_id: String,
+    /// Events written so far (the last sequence).
+    pub events: i64,
+    /// The instance driving it.
+    pub lease_owner: Option<String>,
+    /// Until when.
+    pub lease_until: OffsetDateTime,
+    /// Last changed.
+    pub update_time: OffsetDateTime,
+}
+
+const PAYMENT_COLUMNS: &str = "record, request, card_group_id, billing_account_id, events, \
+     lease_owner, lease_until, update_time";
+
+fn payment_row(row: sqlx::postgres::PgRow) -> Result<StoredPayment, Error> {
+    let record: sqlx::types::Json<PaymentRecord> = row
+        .try_get("record")
+        .map_err(|e| Error::Corrupt(format!("payment record: {e}")))?;
+    Ok(StoredPayment {
+        record: record.0,
+        request: row.try_get("request")?,
+        card_group_id: row.try_get("card_group_id")?,
+        billing_account_id: row.try_get("billing_account_id")?,
+        events: row.try_get("events")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_until: row.try_get("lease_until")?,
+        update_time: row.try_get("update_time")?,
+    })
+}
+
+/// The status name stored in `payments.state`, for filters.
+pub fn state_name(record: &PaymentRecord) -> &'static str {
+    use crate::domain::record::Status;
+    use crate::domain::saga::PaymentState as S;
+    match record.status() {
+        Status::Saga(S::Pending) => "pending",
+        Status::Saga(S::Authorizing) => "authorizing",
+        Status::Saga(S::Capturing) => "capturing",
+        Status::Saga(S::Succeeded) => "succeeded",
+        Status::Saga(S::PartiallyPaid) => "partially_paid",
+        Status::Saga(S::Reversing) => "reversing",
+        Status::Saga(S::Failed) => "failed",
+        Status::PartiallyRefunded => "partially_refunded",
+        Status::Refunded => "refunded",
+    }
+}
+
+/// Inserts a new payment, leased to `owner` until `lease_until`.
+pub async fn insert_payment(
+    conn: &mut PgConnection,
+    payment: &StoredPayment,
+    request_id: &str,
+) -> Result<(), Error> {
+    let record = &payment.record;
+    sqlx::query(
+        "INSERT INTO payments (id, request_id, card_group_id, billing_account_id, invoice_id, \
+         state, settled, record, request, events, lease_owner, lease_until, create_time, \
+         update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+    )
+    .bind(&record.id)
+    .bind(request_id)
+    .bind(&payment.card_group_id)
+    .bind(&payment.billing_account_id)
+    .bind(&record.invoice_id)
+    .bind(state_name(record))
+    .bind(record.is_settled())
+    .bind(sqlx::types::Json(record))
+    .bind(&payment.request)
+    .bind(payment.events)
+    .bind(&payment.lease_owner)
+    .bind(payment.lease_until)
+    .bind(record.create_time)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Reads a payment; with `lock`, locks it for the rest of the transaction.
+pub async fn payment(
+    executor: impl PgExecutor<'_>,
+    id: &str,
+    lock: bool,
+) -> Result<Option<StoredPayment>, Error> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    let row = sqlx::query(&format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1{lock}"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await?;
+    row.map(payment_row).transpose()
+}
+
+/// Writes a payment's record, event count and lease.
+pub async fn save_payment(
+    conn: &mut PgConnection,
+    payment: &StoredPayment,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    let record = &payment.record;
+    sqlx::query(
+        "UPDATE payments SET state = $2, settled = $3, record = $4, events = $5, \
+         lease_owner = $6, lease_until = $7, update_time = $8 WHERE id = $1",
+    )
+    .bind(&record.id)
+    .bind(state_name(record))
+    .bind(record.is_settled())
+    .bind(sqlx::types::Json(record))
+    .bind(payment.events)
+    .bind(&payment.lease_owner)
+    .bind(payment.lease_until)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Filters of a payment list.
+#[derive(Debug, Clone, Default)]
+pub struct PaymentFilter {
+    /// Of this card group.
+    pub card_group_id: Option<String>,
+    /// In this state (a [`state_name`]).
+    pub state: Option<&'static str>,
+    /// Of this invoice.
+    pub invoice_id: Option<String>,
+    /// Of this billing account.
+    pub billing_account_id: Option<String>,
+}
+
+/// A page of payments, newest first.
+pub async fn list_payments(
+    pool: &PgPool,
+    filter: &PaymentFilter,
+    after: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<(StoredPayment, OffsetDateTime)>, Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {PAYMENT_COLUMNS}, create_time FROM payments \
+         WHERE ($1::text IS NULL OR card_group_id = $1) AND ($2::text IS NULL OR state = $2) \
+         AND ($3::text IS NULL OR invoice_id = $3) \
+         AND ($4::text IS NULL OR billing_account_id = $4) \
+         AND ($5::timestamptz IS NULL OR (create_time, id) < ($5, $6)) \
+         ORDER BY create_time DESC, id DESC LIMIT $7"
+    ))
+    .bind(filter.card_group_id.as_deref())
+    .bind(filter.state)
+    .bind(filter.invoice_id.as_deref())
+    .bind(filter.billing_account_id.as_deref())
+    .bind(after.map(|c| c.create_time))
+    .bind(after.map(|c| c.id.as_str()))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let create_time: OffsetDateTime = row.try_get("create_time")?;
+            Ok((payment_row(row)?, create_time))
+        })
+        .collect()
+}
+
+/// Leases up to `limit` unsettled payments whose lease expired to `owner` until
+/// `lease_until`, skipping rows another instance is taking at the same moment. Returns their
+/// ids.
+pub async fn lease_expired(
+    pool: &PgPool,
+    owner: &str,
+    lease_until: OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<String>, Error> {
+    let rows = sqlx::query(
+        "UPDATE payments SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
+           SELECT id FROM payments WHERE NOT settled AND lease_until < now() \
+           ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id",
+    )
+    .bind(owner)
+    .bind(lease_until)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| row.try_get("id"))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Appends an event to a payment's outbox.
+pub async fn insert_event(
+    conn: &mut PgConnection,
+    payment_id: &str,
+    sequence: i64,
+    id: &str,
+    kind: &str,
+    body: &[u8],
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO payment_events (payment_id, sequence, id, type, body, create_time) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(payment_id)
+    .bind(sequence)
+    .bind(id)
+    .bind(kind)
+    .bind(body)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A payment's events after `after`, in sequence order, at most `limit`.
+pub async fn events_after(
+    pool: &PgPool,
+    payment_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, Error> {
+    let rows = sqlx::query(
+        "SELECT sequence, body FROM payment_events WHERE payment_id = $1 AND sequence > $2 \
+         ORDER BY sequence LIMIT $3",
+    )
+    .bind(payment_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| Ok((row.try_get("sequence")?, row.try_get("body")?)))
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
+/// The first day of `time`'s calendar month (UTC), the key of monthly spend.
+pub fn month_of(time: OffsetDateTime) -> Date {
+    time.to_offset(time::UtcOffset::UTC)
+        .date()
+        .replace_day(1)
+        .expect("day 1 exists in every month")
+}
+
+/// What counts against each of `tokens`' monthly limits in `currency` and `month`.
+pub async fn month_to_date(
+    executor: impl PgExecutor<'_>,
+    tokens: &[String],
+    currency: &str,
+    month: Date,
+) -> Result<HashMap<String, i64>, Error> {
+    let rows = sqlx::query(
+        "SELECT token, amount FROM member_spend WHERE token = ANY($1) AND currency = $2 \
+         AND month = $3",
+    )
+    .bind(tokens)
+    .bind(currency)
+    .bind(month)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| Ok((row.try_get("token")?, row.try_get("amount")?)))
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
+/// Adds `delta` to a card's spend for `month`. A positive delta with a `limit` is added only
+/// if the spend stays within it; returns whether it was added.
+pub async fn add_spend(
+    conn: &mut PgConnection,
+    token: &str,
+    currency: &str,
+    month: Date,
+    delta: i64,
+    limit: Option<i64>,
+) -> Result<bool, Error> {
+    let added = sqlx::query(
+        "INSERT INTO member_spend AS s (token, currency, month, amount) \
+         SELECT $1, $2, $3, $4 WHERE $5::bigint IS NULL OR $4 <= $5 \
+         ON CONFLICT (token, currency, month) DO UPDATE SET amount = s.amount + $4 \
+         WHERE $5::bigint IS NULL OR s.amount + $4 <= $5",
+    )
+    .bind(token)
+    .bind(currency)
+    .bind(month)
+    .bind(delta)
+    .bind(limit.filter(|_| delta > 0))
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(added == 1)
+}

@@ -1,0 +1,601 @@
+//! The payment workflow: the thin IO shell around the saga's pure decisions (DESIGN section 5,
+//! the Stripe idempotency-key recipe).
+//!
+//! Driving a payment is a loop of three steps:
+//!
+//! 1. **Intents**, one transaction: lock the payment, check this instance holds its lease, ask
+//!    the record for the vault operations to run (recording each new authorization attempt and
+//!    holding its amount against the card's monthly limit), write the events, renew the lease,
+//!    commit.
+//! 2. **Calls**: every operation goes to the vault with its deterministic request id, in
+//!    parallel. An operation found in flight from before (a crash, a lost answer) is first
+//!    looked up with `GetCharge` and re-sent only if the vault has no answer.
+//! 3. **Results**, one transaction: lock the payment again, check the lease, record every
+//!    answer (saga outcome, attempt, events), book its ledger transfer and adjust the spend,
+//!    commit.
+//!
+//! A crash between any two steps leaves a committed intent whose operation is re-sent (the
+//! vault replays it) by whoever drives the payment next: this instance's next round, or, once
+//! the lease expires, any instance's recovery worker, which leases expired payments with
+//! `FOR UPDATE SKIP LOCKED`. Every write checks the lease, so an instance that lost it stops
+//! at its next step without writing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use sqlx::PgPool;
+use tandem_ledger::types::TransferResult;
+use time::OffsetDateTime;
+use tokio::sync::{Semaphore, broadcast, watch};
+
+use crate::config::PaymentSettings;
+use crate::domain::booking::{self, BookingContext};
+use crate::domain::record::{AuthorizeAnswer, Event, PaymentRecord, RefundStep, SpendChange, Step};
+use crate::domain::saga::{Command, Outcome};
+use crate::error::Error;
+use crate::grpc::convert;
+use crate::storage::{self, StoredPayment};
+use crate::vault::{RefundAnswer, Unknown, VaultClient};
+
+/// Where a test may stop the workflow dead, as a crash would: the drive never returns and
+/// writes nothing more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// After the intents committed, before any vault call.
+    AfterIntent,
+    /// After the vault answered, before the results committed.
+    AfterCall,
+    /// After the results committed, before the next round.
+    AfterResult,
+}
+
+/// A crash to simulate: at `point`, the `nth` time (from 1) any drive reaches it.
+#[derive(Debug)]
+pub struct CrashPlan {
+    /// Where.
+    pub point: CrashPoint,
+    /// The how-manieth time.
+    pub nth: u32,
+    reached: std::sync::atomic::AtomicU32,
+    /// Signalled when the crash happened.
+    pub crashed: tokio::sync::Notify,
+}
+
+impl CrashPlan {
+    /// A plan to crash at the `nth` passage of `point`.
+    pub fn new(point: CrashPoint, nth: u32) -> Arc<Self> {
+        Arc::new(Self {
+            point,
+            nth,
+            reached: Default::default(),
+            crashed: tokio::sync::Notify::new(),
+        })
+    }
+
+    async fn check(&self, point: CrashPoint) {
+        if point == self.point
+            && self
+                .reached
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1
+                == self.nth
+        {
+            tracing::warn!(?point, "simulated crash: this drive stops here");
+            self.crashed.notify_waiters();
+            self.crashed.notify_one();
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Drives payments to their end; shared by the gRPC handlers and the recovery worker.
+pub struct Workflow {
+    pool: PgPool,
+    vault: VaultClient,
+    owner: String,
+    settings: PaymentSettings,
+    committed: broadcast::Sender<String>,
+    slots: Arc<Semaphore>,
+    crash: Option<Arc<CrashPlan>>,
+    stop: watch::Receiver<bool>,
+}
+
+/// How a drive ended.
+enum Round {
+    /// Operations to run.
+    Steps(Vec<Step>, Vec<RefundStep>, Box<PaymentRecord>),
+    /// Nothing left to do.
+    Settled,
+    /// Another instance holds the lease.
+    Lost,
+}
+
+impl Workflow {
+    /// A workflow for this instance (`owner` names it in leases).
+    pub fn new(
+        pool: PgPool,
+        vault: VaultClient,
+        settings: PaymentSettings,
+        crash: Option<Arc<CrashPlan>>,
+        stop: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let (committed, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            pool,
+            vault,
+            owner: format!("orchestrator-{}", uuid::Uuid::new_v4()),
+            slots: Arc::new(Semaphore::new(settings.workflows_max)),
+            settings,
+            committed,
+            crash,
+            stop,
+        })
+    }
+
+    /// The database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The vault client.
+    pub fn vault(&self) -> &VaultClient {
+        &self.vault
+    }
+
+    /// This instance's name in leases.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &PaymentSettings {
+        &self.settings
+    }
+
+    /// Payment ids, each sent after a transaction that wrote events of that payment committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.committed.subscribe()
+    }
+
+    pub(crate) fn announce(&self, payment_id: &str) {
+        let _ = self.committed.send(payment_id.to_owned());
+    }
+
+    /// The lease a write taken now grants.
+    pub fn lease_until(&self, now: OffsetDateTime) -> OffsetDateTime {
+        now + self.settings.lease()
+    }
+
+    /// Drives `payment_id` in the background, within the instance's bound on concurrent
+    /// drives. On shutdown the drive stops where it is, as a crash would, and the payment's
+    /// lease expires for another instance (or this one after a restart) to resume it.
+    pub fn spawn(self: &Arc<Self>, payment_id: String) {
+        let workflow = self.clone();
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            let drive = async {
+                let Ok(_slot) = workflow.slots.clone().acquire_owned().await else {
+                    return;
+                };
+                if let Err(error) = workflow.drive(&payment_id).await {
+                    tracing::warn!(
+                        payment_id,
+                        %error,
+                        "payment drive stopped; recovery resumes it"
+                    );
+                }
+            };
+            tokio::select! {
+                () = drive => {}
+                _ = stop.wait_for(|stopped| *stopped) => {}
+            }
+        });
+    }
+
+    /// Drives a payment (leased to this instance) until nothing is left to do, the lease is
+    /// lost, or the vault's answers stay unknown for `vault_retries_max` rounds (recovery then
+    /// resumes it once the lease expires).
+    pub async fn drive(&self, payment_id: &str) -> Result<(), Error> {
+        let mut unknown_rounds = 0;
+        loop {
+            let (steps, refunds, record) = match self.intents(payment_id).await? {
+                Round::Steps(steps, refunds, record) => (steps, refunds, record),
+                Round::Settled | Round::Lost => return Ok(()),
+            };
+            self.crash_point(CrashPoint::AfterIntent).await;
+            let answers = join_all(steps.iter().map(|step| self.call(&record, step))).await;
+            let refund_answers =
+                join_all(refunds.iter().map(|step| self.call_refund(&record, step))).await;
+            self.crash_point(CrashPoint::AfterCall).await;
+            let unknown = answers.iter().filter(|a| a.is_err()).count()
+                + refund_answers.iter().filter(|a| a.is_err()).count();
+            let known: Vec<(Step, Answer)> = steps
+                .into_iter()
+                .zip(answers)
+                .filter_map(|(step, answer)| answer.ok().map(|a| (step, a)))
+                .collect();
+            let known_refunds: Vec<(RefundStep, RefundAnswer)> = refunds
+                .into_iter()
+                .zip(refund_answers)
+                .filter_map(|(step, answer)| answer.ok().map(|a| (step, a)))
+                .collect();
+            if !known.is_empty() || !known_refunds.is_empty() {
+                if !self.results(payment_id, known, known_refunds).await? {
+                    return Ok(());
+                }
+                self.crash_point(CrashPoint::AfterResult).await;
+            }
+            if unknown > 0 {
+                unknown_rounds += 1;
+                if unknown_rounds > self.settings.vault_retries_max {
+                    tracing::warn!(
+                        payment_id,
+                        unknown,
+                        "vault outcomes still unknown; leaving the payment to recovery"
+                    );
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(100 << unknown_rounds.min(6))).await;
+            }
+        }
+    }
+
+    async fn crash_point(&self, point: CrashPoint) {
+        if let Some(plan) = &self.crash {
+            plan.check(point).await;
+        }
+    }
+
+    /// Step 1: records the intents of the next operations and renews the lease.
+    async fn intents(&self, payment_id: &str) -> Result<Round, Error> {
+        let mut tx = self.pool.begin().await?;
+        let Some(mut stored) = storage::payment(&mut *tx, payment_id, true).await? else {
+            return Err(Error::PaymentNotFound);
+        };
+        if stored.lease_owner.as_deref() != Some(&self.owner) {
+            return Ok(Round::Lost);
+        }
+        let now = now();
+        let month = storage::month_of(stored.record.create_time);
+        let currency = stored.record.currency().code();
+        let mut steps = Vec::new();
+        let mut events = Vec::new();
+        // A step refused locally (the card's monthly limit) is recorded like a vault refusal,
+        // and the saga decides again: a fallback leg may take its place.
+        loop {
+            steps.clear();
+            let (next, mut new_events) = stored
+                .record
+                .next_steps(now)
+                .map_err(|e| Error::Corrupt(format!("saga: {e}")))?;
+            events.append(&mut new_events);
+            let mut refused = false;
+            for step in next {
+                if step.new
+                    && let Command::Authorize(leg) = step.command
+                {
+                    let hold = stored.record.reservation(&step);
+                    let held = storage::add_spend(
+                        &mut tx,
+                        &hold.token,
+                        currency,
+                        month,
+                        hold.delta,
+                        hold.limit,
+                    )
+                    .await?;
+                    if !held {
+                        let answer = AuthorizeAnswer::Refused {
+                            reason: "MEMBER_LIMIT_REACHED".into(),
+                        };
+                        if let Some((_, mut more, _)) = stored
+                            .record
+                            .record_authorization(leg, answer, now)
+                            .map_err(|e| Error::Corrupt(format!("saga: {e}")))?
+                        {
+                            events.append(&mut more);
+                        }
+                        refused = true;
+                        continue;
+                    }
+                }
+                steps.push(step);
+            }
+            if !refused {
+                break;
+            }
+        }
+        let refunds = stored.record.refund_steps();
+        let settled = stored.record.is_settled();
+        if settled {
+            stored.lease_owner = None;
+            stored.lease_until = now;
+        } else {
+            stored.lease_until = self.lease_until(now);
+        }
+        self.publish(&mut tx, &mut stored, &events, now).await?;
+        storage::save_payment(&mut tx, &stored, now).await?;
+        tx.commit().await?;
+        if !events.is_empty() {
+            self.announce(payment_id);
+        }
+        if steps.is_empty() && refunds.is_empty() {
+            return Ok(if settled { Round::Settled } else { Round::Lost });
+        }
+        Ok(Round::Steps(steps, refunds, Box::new(stored.record)))
+    }
+
+    /// Step 2 for one operation.
+    async fn call(&self, record: &PaymentRecord, step: &Step) -> Result<Answer, Unknown> {
+        let currency = record.currency();
+        match step.command {
+            Command::Authorize(_) => {
+                if !step.new
+                    && let Some(answer) = self.vault.find_authorization(&step.request_id).await?
+                {
+                    return Ok(Answer::Authorization(answer));
+                }
+                let description = format!("Invoice {}", record.invoice_id);
+                self.vault
+                    .authorize(
+                        &step.request_id,
+                        &step.token,
+                        currency,
+                        step.amount,
+                        &description,
+                        &record.id,
+                    )
+                    .await
+                    .map(Answer::Authorization)
+            }
+            Command::Capture(_) => {
+                let charge = step.charge_id.as_deref().unwrap_or_default();
+                self.vault
+                    .capture(&step.request_id, charge, currency, step.amount)
+                    .await
+                    .map(|()| Answer::Settled)
+            }
+            Command::Void(_) => {
+                let charge = step.charge_id.as_deref().unwrap_or_default();
+                self.vault
+                    .void(&step.request_id, charge)
+                    .await
+                    .map(|()| Answer::Settled)
+            }
+        }
+    }
+
+    async fn call_refund(
+        &self,
+        record: &PaymentRecord,
+        step: &RefundStep,
+    ) -> Result<RefundAnswer, Unknown> {
+        let reason = record
+            .refunds
+            .iter()
+            .find(|r| r.id == step.refund)
+            .map(|r| r.reason.clone())
+            .unwrap_or_default();
+        self.vault
+            .refund(
+                &step.request_id,
+                &step.charge_id,
+                record.currency(),
+                step.amount,
+                &reason,
+            )
+            .await
+    }
+
+    /// Step 3: records the known answers with their bookings. Returns false if the lease was
+    /// lost (nothing written).
+    async fn results(
+        &self,
+        payment_id: &str,
+        answers: Vec<(Step, Answer)>,
+        refunds: Vec<(RefundStep, RefundAnswer)>,
+    ) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        let Some(mut stored) = storage::payment(&mut *tx, payment_id, true).await? else {
+            return Err(Error::PaymentNotFound);
+        };
+        if stored.lease_owner.as_deref() != Some(&self.owner) {
+            return Ok(false);
+        }
+        let now = now();
+        let mut events = Vec::new();
+        let mut transfers = Vec::new();
+        let mut spend: Vec<SpendChange> = Vec::new();
+        let context = booking_context(&stored);
+        for (step, answer) in answers {
+            let recorded = match (step.command, answer) {
+                (Command::Authorize(leg), Answer::Authorization(answer)) => {
+                    stored.record.record_authorization(leg, answer, now)
+                }
+                (command, _) => stored.record.record_settlement(command, now),
+            }
+            .map_err(|e| Error::Corrupt(format!("saga: {e}")))?;
+            let Some((outcome, mut new_events, mut changes)) = recorded else {
+                continue;
+            };
+            events.append(&mut new_events);
+            spend.append(&mut changes);
+            if let Some(transfer) = self.booking(&context, &stored.record, &outcome)? {
+                transfers.push(transfer);
+            }
+        }
+        for (step, answer) in refunds {
+            let (succeeded, id) = match answer {
+                RefundAnswer::Succeeded(id) => (true, Some(id)),
+                RefundAnswer::Failed(id) => (false, id),
+            };
+            let Some((mut new_events, mut changes)) =
+                stored.record.record_refund(&step, succeeded, id, now)
+            else {
+                continue;
+            };
+            events.append(&mut new_events);
+            spend.append(&mut changes);
+            if succeeded {
+                let context = leg_context(&context, &stored.record, step.leg);
+                transfers.push(
+                    booking::refund_booking(
+                        &context,
+                        &stored.record.saga,
+                        step.leg,
+                        &step.refund,
+                        step.amount,
+                    )
+                    .map_err(|e| Error::Corrupt(format!("ledger id: {e}")))?,
+                );
+            }
+        }
+        let results = tandem_ledger::ledger::create_transfers(&mut tx, &transfers).await?;
+        if let Some((transfer, result)) = transfers
+            .iter()
+            .zip(&results)
+            .find(|(_, r)| !matches!(r, TransferResult::Ok | TransferResult::Exists))
+        {
+            return Err(Error::Corrupt(format!(
+                "ledger refused {}: {result:?}",
+                transfer.id.as_str()
+            )));
+        }
+        let month = storage::month_of(stored.record.create_time);
+        let currency = stored.record.currency().code();
+        for change in spend {
+            storage::add_spend(&mut tx, &change.token, currency, month, change.delta, None).await?;
+        }
+        stored.lease_until = self.lease_until(now);
+        self.publish(&mut tx, &mut stored, &events, now).await?;
+        storage::save_payment(&mut tx, &stored, now).await?;
+        tx.commit().await?;
+        if !events.is_empty() {
+            self.announce(payment_id);
+        }
+        Ok(true)
+    }
+
+    fn booking(
+        &self,
+        context: &BookingContext,
+        record: &PaymentRecord,
+        outcome: &Outcome,
+    ) -> Result<Option<tandem_ledger::types::Transfer>, Error> {
+        let leg = match *outcome {
+            Outcome::Authorized { leg, .. }
+            | Outcome::Declined { leg, .. }
+            | Outcome::Captured { leg }
+            | Outcome::Voided { leg } => leg,
+        };
+        let context = leg_context(context, record, leg);
+        booking::booking(&context, &record.saga, outcome)
+            .map_err(|e| Error::Corrupt(format!("ledger id: {e}")))
+    }
+
+    /// Writes `events` to the outbox, each with the payment as it is after the change.
+    pub(crate) async fn publish(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        stored: &mut StoredPayment,
+        events: &[Event],
+        now: OffsetDateTime,
+    ) -> Result<(), Error> {
+        for event in events {
+            stored.events += 1;
+            let id = tandem_runtime::ids::random_id("evt_");
+            let (kind, body) = convert::event_body(stored, event, &id, stored.events, now)?;
+            storage::insert_event(
+                conn,
+                &stored.record.id,
+                stored.events,
+                &id,
+                kind,
+                &body,
+                now,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// One round of the recovery worker: leases payments whose lease expired and drives each.
+    /// Returns how many it took.
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, Error> {
+        let available = self
+            .slots
+            .available_permits()
+            .min(usize::try_from(self.settings.recovery_batch_max).unwrap_or(usize::MAX));
+        if available == 0 {
+            return Ok(0);
+        }
+        let ids = storage::lease_expired(
+            &self.pool,
+            &self.owner,
+            self.lease_until(now()),
+            i64::try_from(available).unwrap_or(i64::MAX),
+        )
+        .await?;
+        for id in &ids {
+            tracing::info!(payment_id = %id, "resuming payment");
+            self.spawn(id.clone());
+        }
+        Ok(ids.len())
+    }
+
+    /// Runs [`Workflow::recover`] every `recovery_interval_ms` until `stop`.
+    pub async fn recovery_loop(self: Arc<Self>) {
+        let mut stop = self.stop.clone();
+        let mut ticker =
+            tokio::time::interval(Duration::from_millis(self.settings.recovery_interval_ms));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            if let Err(error) = self.recover().await {
+                tracing::warn!(%error, "payment recovery failed");
+            }
+        }
+    }
+}
+
+/// A vault answer the results step records.
+#[derive(Debug)]
+enum Answer {
+    Authorization(AuthorizeAnswer),
+    Settled,
+}
+
+fn booking_context(stored: &StoredPayment) -> BookingContext {
+    BookingContext {
+        payment_id: stored.record.id.clone(),
+        invoice_id: stored.record.invoice_id.clone(),
+        billing_account: stored.billing_account_id.clone(),
+        cost_center: stored.record.cost_center.clone(),
+    }
+}
+
+/// The context of one leg's booking: the member's cost center, else the invoice's.
+fn leg_context(context: &BookingContext, record: &PaymentRecord, leg: usize) -> BookingContext {
+    let member = record
+        .saga
+        .legs
+        .get(leg)
+        .and_then(|l| record.member(&l.token));
+    BookingContext {
+        cost_center: member
+            .and_then(|m| m.cost_center.clone())
+            .or_else(|| context.cost_center.clone()),
+        ..context.clone()
+    }
+}
+
+/// The current time at Postgres's precision (microseconds), so stored and read times agree.
+pub fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now)
+}

@@ -1,0 +1,318 @@
+//! The whole stack for end-to-end payment tests: a vault with its sandbox acquirer and an
+//! orchestrator in front of it, each with its own database, plus builders for card groups and
+//! payments and readers for what the sandbox and the ledger recorded.
+
+use std::time::Duration;
+
+use tandem_proto::tandem::orchestrator::v1 as pb;
+use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
+use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
+use tandem_proto::tandem::r#type::v1 as types;
+use tandem_proto::tandem::vault::v1 as vault_pb;
+use tandem_proto::tandem::vault::v1::sandbox_service_client::SandboxServiceClient;
+use tandem_tls::identity::Role;
+use tonic::transport::Channel;
+
+use crate::{RunningOrchestrator, RunningVault};
+
+/// A vault and an orchestrator in front of it.
+#[derive(Debug)]
+pub struct Stack {
+    /// The vault (sandbox connector).
+    pub vault: RunningVault,
+    /// The orchestrator.
+    pub orchestrator: RunningOrchestrator,
+}
+
+impl Stack {
+    /// Starts both, each on its own fresh database.
+    pub async fn start() -> Stack {
+        let vault = RunningVault::start().await;
+        let orchestrator = RunningOrchestrator::start(&vault).await;
+        Stack {
+            vault,
+            orchestrator,
+        }
+    }
+
+    /// A CardGroupService client as `treasury`.
+    pub async fn groups(&self) -> CardGroupServiceClient<Channel> {
+        CardGroupServiceClient::new(self.orchestrator.channel(Role::Treasury).await)
+    }
+
+    /// A PaymentService client as `payer`.
+    pub async fn payments(&self) -> PaymentServiceClient<Channel> {
+        PaymentServiceClient::new(self.orchestrator.channel(Role::Payer).await)
+    }
+
+    /// Creates `group` and returns it.
+    pub async fn create_group(&self, group: pb::CardGroup) -> pb::CardGroup {
+        self.groups()
+            .await
+            .create_card_group(pb::CreateCardGroupRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                card_group: Some(group),
+            })
+            .await
+            .expect("create card group")
+            .into_inner()
+            .card_group
+            .expect("card group")
+    }
+
+    /// Pays `amount` minor units of USD on invoice `invoice` from `group`, waiting for the end.
+    pub async fn pay(
+        &self,
+        group: &str,
+        invoice: &str,
+        amount: i64,
+        policy: Option<pb::AllocationPolicy>,
+    ) -> pb::Payment {
+        self.payments()
+            .await
+            .create_payment(payment_request(group, invoice, amount, policy))
+            .await
+            .expect("create payment")
+            .into_inner()
+            .payment
+            .expect("payment")
+    }
+
+    /// Every sandbox operation on `token`'s card, oldest first.
+    pub async fn sandbox_operations(&self, token: &str) -> Vec<vault_pb::SandboxOperation> {
+        let mut sandbox = SandboxServiceClient::new(self.vault.channel(Role::Admin).await);
+        let mut operations = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = sandbox
+                .list_sandbox_operations(vault_pb::ListSandboxOperationsRequest {
+                    page_size: 100,
+                    page_token,
+                    token: token.to_owned(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list sandbox operations")
+                .into_inner();
+            operations.extend(page.operations);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        operations.sort_by_key(|o| o.create_time.map(|t| (t.seconds, t.nanos)));
+        operations
+    }
+
+    /// The sandbox card's open holds, in minor units.
+    pub async fn sandbox_held(&self, token: &str) -> i64 {
+        let mut sandbox = SandboxServiceClient::new(self.vault.channel(Role::Admin).await);
+        sandbox
+            .get_sandbox_card(vault_pb::GetSandboxCardRequest {
+                token: token.to_owned(),
+            })
+            .await
+            .map(|r| {
+                r.into_inner()
+                    .card
+                    .and_then(|c| c.held)
+                    .map_or(0, |m| m.minor_units)
+            })
+            .unwrap_or(0)
+    }
+
+    /// A card's funding-source balances in the ledger (USD): (pending debits, posted debits,
+    /// posted credits).
+    pub async fn ledger_card(&self, token: &str) -> (i64, i64, i64) {
+        let pool = self.orchestrator.pool().await;
+        let id =
+            tandem_orchestrator::domain::booking::funding_source(token, "USD").expect("account id");
+        let balances = tandem_ledger::ledger::accounts_by_id(&pool, &[id])
+            .await
+            .expect("ledger account")
+            .pop()
+            .map(|a| a.balances)
+            .unwrap_or_default();
+        pool.close().await;
+        (
+            balances.debits_pending,
+            balances.debits_posted,
+            balances.credits_posted,
+        )
+    }
+
+    /// Runs the ledger's invariant check on the orchestrator's database and asserts it holds.
+    pub async fn assert_ledger_invariants(&self) {
+        let pool = self.orchestrator.pool().await;
+        let report = tandem_ledger::invariants::check(&pool, time::OffsetDateTime::now_utc())
+            .await
+            .expect("invariant check");
+        assert!(report.holds(), "ledger invariants: {:?}", report.violations);
+        pool.close().await;
+    }
+
+    /// Waits until payment `id` is settled (terminal with no refund pending) and returns it.
+    pub async fn settled(&self, id: &str) -> pb::Payment {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut payments = PaymentServiceClient::new(self.orchestrator.channel(Role::Reader).await);
+        loop {
+            let payment = payments
+                .get_payment(pb::GetPaymentRequest {
+                    payment_id: id.to_owned(),
+                })
+                .await
+                .expect("get payment")
+                .into_inner()
+                .payment
+                .expect("payment");
+            let terminal = matches!(
+                pb::PaymentState::try_from(payment.state),
+                Ok(pb::PaymentState::Succeeded
+                    | pb::PaymentState::PartiallyPaid
+                    | pb::PaymentState::Failed
+                    | pb::PaymentState::PartiallyRefunded
+                    | pb::PaymentState::Refunded)
+            );
+            let refunding = payment
+                .refunds
+                .iter()
+                .any(|r| r.state == pb::PaymentRefundState::Pending as i32);
+            if terminal && !refunding {
+                return payment;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "payment {id} not settled within 60 s: {payment:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `minor_units` of USD.
+pub fn usd(minor_units: i64) -> types::Money {
+    types::Money {
+        currency_code: "USD".to_owned(),
+        minor_units,
+    }
+}
+
+/// A USD member with a label, priority and optional limits.
+pub fn member(
+    token: &str,
+    label: &str,
+    priority: i32,
+    limit_per_payment: Option<i64>,
+    limit_per_month: Option<i64>,
+) -> pb::CardGroupMember {
+    pb::CardGroupMember {
+        token: token.to_owned(),
+        label: label.to_owned(),
+        currency_code: "USD".to_owned(),
+        priority,
+        cost_center: format!("cc-{}", label.replace(' ', "-")),
+        limit_per_payment: limit_per_payment.map(usd),
+        limit_per_month: limit_per_month.map(usd),
+        state: pb::CardGroupMemberState::Active as i32,
+        ..Default::default()
+    }
+}
+
+/// A policy of `strategy` with fallback on and the given completion.
+pub fn policy(
+    strategy: pb::AllocationStrategy,
+    weights: &[(&str, i32)],
+    completion: pb::Completion,
+) -> pb::AllocationPolicy {
+    pb::AllocationPolicy {
+        strategy: strategy as i32,
+        weights: weights
+            .iter()
+            .map(|(token, basis_points)| pb::MemberWeight {
+                token: (*token).to_owned(),
+                basis_points: *basis_points,
+            })
+            .collect(),
+        fallback: Some(pb::FallbackPolicy {
+            enabled: true,
+            attempts_max: 0,
+        }),
+        completion: completion as i32,
+        ..Default::default()
+    }
+}
+
+/// A USD group of billing account `acct-1` with `members` and `policy`.
+pub fn group(members: Vec<pb::CardGroupMember>, policy: pb::AllocationPolicy) -> pb::CardGroup {
+    pb::CardGroup {
+        billing_account_id: "acct-1".to_owned(),
+        display_name: "GlobalOps".to_owned(),
+        default_currency_code: "USD".to_owned(),
+        members,
+        default_policy: Some(policy),
+        ..Default::default()
+    }
+}
+
+/// A CreatePayment request that waits for the end.
+pub fn payment_request(
+    group: &str,
+    invoice: &str,
+    amount: i64,
+    policy: Option<pb::AllocationPolicy>,
+) -> pb::CreatePaymentRequest {
+    pb::CreatePaymentRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        invoice: Some(pb::Invoice {
+            id: invoice.to_owned(),
+            amount: Some(usd(amount)),
+            description: format!("Invoice {invoice}"),
+            cost_center: "cc-invoice".to_owned(),
+            lines: Vec::new(),
+        }),
+        card_group_id: group.to_owned(),
+        policy_override: policy,
+        wait: true,
+        wait_timeout_ms: 30_000,
+    }
+}
+
+/// Each leg as (label, amount covered, state name without prefix).
+pub fn legs(payment: &pb::Payment) -> Vec<(String, i64, String)> {
+    payment
+        .legs
+        .iter()
+        .map(|leg| {
+            (
+                leg.label.clone(),
+                leg.amount.as_ref().map_or(0, |m| m.minor_units),
+                pb::LegState::try_from(leg.state)
+                    .unwrap_or_default()
+                    .as_str_name()
+                    .trim_start_matches("LEG_STATE_")
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The payment's state name without prefix.
+pub fn state(payment: &pb::Payment) -> &'static str {
+    pb::PaymentState::try_from(payment.state)
+        .unwrap_or_default()
+        .as_str_name()
+        .trim_start_matches("PAYMENT_STATE_")
+}
+
+/// Authorizations the sandbox processed (not replays) among `operations`.
+pub fn authorizations(
+    operations: &[vault_pb::SandboxOperation],
+) -> Vec<&vault_pb::SandboxOperation> {
+    operations
+        .iter()
+        .filter(|o| {
+            o.r#type == vault_pb::SandboxOperationType::Authorize as i32
+                && o.outcome != vault_pb::SandboxOperationOutcome::Replayed as i32
+        })
+        .collect()
+}

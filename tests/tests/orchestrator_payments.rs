@@ -1,0 +1,572 @@
+//! End-to-end payments over mutual TLS: the orchestrator in front of the vault and its sandbox
+//! acquirer, each on its own database. Every test checks what the sandbox saw and what the
+//! ledger booked, not only what the API answered.
+
+use std::collections::HashSet;
+
+use tandem_proto::tandem::orchestrator::v1 as pb;
+use tandem_tests::stack::{
+    Stack, authorizations, group, legs, member, payment_request, policy, state, usd,
+};
+use tandem_tests::{orchestrator_reason, violated_fields};
+use tonic::Code;
+
+const VISA: &str = "4242424242424242";
+const MASTERCARD: &str = "5555555555554444";
+const AMEX: &str = "378282246310005";
+const DEBIT: &str = "4000056655665556";
+const INSUFFICIENT_FUNDS: &str = "4000000000009995";
+const BLOCKED: &str = "4100000000000019";
+const AUTHENTICATION_REQUIRED: &str = "4000002760003184";
+const BALANCE_50_USD: &str = "4000009900000012";
+
+use pb::AllocationStrategy as S;
+use pb::Completion as C;
+
+fn leg(label: &str, amount: i64, state: &str) -> (String, i64, String) {
+    (label.to_owned(), amount, state.to_owned())
+}
+
+/// WEIGHTED 6000/2000/2000: 20.50 USD splits 12.30 / 4.10 / 4.10, every leg is authorized
+/// then captured once at the sandbox, and each card's ledger account posted exactly its part.
+#[tokio::test]
+async fn weighted_split_pays_exact_parts_and_books_them() {
+    let stack = Stack::start().await;
+    let a = stack.vault.tokenize(VISA).await;
+    let b = stack.vault.tokenize(MASTERCARD).await;
+    let c = stack.vault.tokenize(AMEX).await;
+    let group = stack
+        .create_group(group(
+            vec![
+                member(&a, "card A", 1, None, None),
+                member(&b, "card B", 2, None, None),
+                member(&c, "card C", 3, None, None),
+            ],
+            policy(
+                S::Weighted,
+                &[(&a, 6000), (&b, 2000), (&c, 2000)],
+                C::AllOrNothing,
+            ),
+        ))
+        .await;
+    assert_eq!(group.members[0].last4, "4242");
+    let payment = stack.pay(&group.id, "INV-1", 2050, None).await;
+    assert_eq!(state(&payment), "SUCCEEDED", "{}", payment.summary);
+    assert_eq!(
+        legs(&payment),
+        vec![
+            leg("card A", 1230, "CAPTURED"),
+            leg("card B", 410, "CAPTURED"),
+            leg("card C", 410, "CAPTURED"),
+        ]
+    );
+    assert_eq!(payment.captured, Some(usd(2050)));
+    assert_eq!(payment.remaining, Some(usd(0)));
+    assert_eq!(
+        payment.summary,
+        "Invoice INV-1 paid 20.50 USD: card A ·4242 12.30, card B ·4444 4.10, card C ·0005 4.10"
+    );
+    for (token, part) in [(&a, 1230), (&b, 410), (&c, 410)] {
+        let operations = stack.sandbox_operations(token).await;
+        let kinds: Vec<i32> = operations.iter().map(|o| o.r#type).collect();
+        assert_eq!(
+            kinds,
+            [1, 2],
+            "one authorization then one capture: {operations:?}"
+        );
+        assert_eq!(operations[0].approved, Some(usd(part)));
+        assert_eq!(stack.ledger_card(token).await, (0, part, 0));
+    }
+    assert!(
+        payment
+            .legs
+            .iter()
+            .all(|l| !l.authorization_code.is_empty())
+    );
+    stack.assert_ledger_invariants().await;
+}
+
+/// SEQUENTIAL fills cards in priority order up to their per-payment limits; PARALLEL splits
+/// evenly and authorizes every leg at once.
+#[tokio::test]
+async fn sequential_respects_limits_and_parallel_splits_evenly() {
+    let stack = Stack::start().await;
+    let a = stack.vault.tokenize(VISA).await;
+    let b = stack.vault.tokenize(MASTERCARD).await;
+    let c = stack.vault.tokenize(AMEX).await;
+    let group = stack
+        .create_group(group(
+            vec![
+                member(&a, "card A", 1, Some(1000), None),
+                member(&b, "card B", 2, Some(700), None),
+                member(&c, "card C", 3, None, None),
+            ],
+            policy(S::Sequential, &[], C::AllOrNothing),
+        ))
+        .await;
+    let payment = stack.pay(&group.id, "INV-SEQ", 2500, None).await;
+    assert_eq!(state(&payment), "SUCCEEDED", "{}", payment.summary);
+    assert_eq!(
+        legs(&payment),
+        vec![
+            leg("card A", 1000, "CAPTURED"),
+            leg("card B", 700, "CAPTURED"),
+            leg("card C", 800, "CAPTURED"),
+        ]
+    );
+    let parallel = policy(S::Parallel, &[], C::AllOrNothing);
+    let payment = stack.pay(&group.id, "INV-PAR", 1001, Some(parallel)).await;
+    assert_eq!(state(&payment), "SUCCEEDED", "{}", payment.summary);
+    let amounts: Vec<i64> = legs(&payment).iter().map(|l| l.1).collect();
+    assert_eq!(amounts, [334, 334, 333]);
+    assert_eq!(payment.policy.unwrap().strategy, S::Parallel as i32);
+    stack.assert_ledger_invariants().await;
+}
+
+/// A card declining for insufficient funds, a blocked card and a card that needs 3-D Secure
+/// are each replaced by the next member with room; the summary says who replaced whom.
+#[tokio::test]
+async fn declines_fall_back_to_the_next_card() {
+    let stack = Stack::start().await;
+    let backup = stack.vault.tokenize(VISA).await;
+    for (pan, why) in [
+        (INSUFFICIENT_FUNDS, "insufficient funds"),
+        (BLOCKED, "blocked"),
+        (AUTHENTICATION_REQUIRED, "authentication required"),
+    ] {
+        let failing = stack.vault.tokenize(pan).await;
+        let group = stack
+            .create_group(group(
+                vec![
+                    member(&failing, "card D", 1, None, None),
+                    member(&backup, "card B", 2, None, None),
+                ],
+                policy(S::Sequential, &[], C::AllOrNothing),
+            ))
+            .await;
+        let payment = stack.pay(&group.id, "INV-FB", 1300, None).await;
+        assert_eq!(state(&payment), "SUCCEEDED", "{}", payment.summary);
+        assert_eq!(
+            legs(&payment),
+            vec![
+                leg("card D", 0, "DECLINED"),
+                leg("card B", 1300, "CAPTURED")
+            ]
+        );
+        assert!(
+            payment
+                .summary
+                .ends_with(&format!("(card B replaced card D after {why})")),
+            "{}",
+            payment.summary
+        );
+        assert_eq!(payment.attempts.len(), 2);
+        assert_eq!(
+            payment.attempts[0].outcome,
+            pb::AttemptOutcome::Declined as i32
+        );
+        assert_eq!(stack.ledger_card(&failing).await, (0, 0, 0));
+    }
+    stack.assert_ledger_invariants().await;
+}
+
+/// A card with 50.00 USD left approves part of 80.00; the rest moves to the next card.
+/// Under ALLOW_PARTIAL without a backup, the covered part is captured and the rest remains;
+/// under ALL_OR_NOTHING the hold is voided and nothing is left anywhere.
+#[tokio::test]
+async fn partial_approvals_allow_partial_and_all_or_nothing() {
+    let stack = Stack::start().await;
+    let limited = stack.vault.tokenize(BALANCE_50_USD).await;
+    let backup = stack.vault.tokenize(VISA).await;
+    let both = stack
+        .create_group(group(
+            vec![
+                member(&limited, "card L", 1, None, None),
+                member(&backup, "card B", 2, None, None),
+            ],
+            policy(S::Sequential, &[], C::AllOrNothing),
+        ))
+        .await;
+    let payment = stack.pay(&both.id, "INV-PA", 8000, None).await;
+    assert_eq!(state(&payment), "SUCCEEDED", "{}", payment.summary);
+    assert_eq!(
+        legs(&payment),
+        vec![
+            leg("card L", 5000, "CAPTURED"),
+            leg("card B", 3000, "CAPTURED")
+        ]
+    );
+    assert_eq!(
+        payment.attempts[0].outcome,
+        pb::AttemptOutcome::PartiallyApproved as i32
+    );
+
+    // The card is now empty: alone, under ALLOW_PARTIAL, it covers nothing -> FAILED; give it
+    // 20.00 back through a refund of the first payment and pay 30.00.
+    let payer = stack.payments().await;
+    let mut refunds = payer.clone();
+    let refunded = refunds
+        .refund_payment(pb::RefundPaymentRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            payment_id: payment.id.clone(),
+            amount: Some(usd(3200)),
+            reason: "credit note".into(),
+        })
+        .await
+        .expect("refund")
+        .into_inner();
+    let refund = refunded.refund.unwrap();
+    assert_eq!(refund.state, pb::PaymentRefundState::Succeeded as i32);
+    // 32.00 over captured 50.00 and 30.00: 20.00 and 12.00.
+    let parts: Vec<(i32, i64)> = refund
+        .parts
+        .iter()
+        .map(|p| (p.leg_index, p.amount.as_ref().unwrap().minor_units))
+        .collect();
+    assert_eq!(parts, [(1, 2000), (2, 1200)]);
+    assert_eq!(state(&refunded.payment.unwrap()), "PARTIALLY_REFUNDED");
+
+    let alone = stack
+        .create_group(group(
+            vec![member(&limited, "card L", 1, None, None)],
+            policy(S::Sequential, &[], C::AllowPartial),
+        ))
+        .await;
+    let partial = stack.pay(&alone.id, "INV-AP", 3000, None).await;
+    assert_eq!(state(&partial), "PARTIALLY_PAID", "{}", partial.summary);
+    assert_eq!(partial.captured, Some(usd(2000)));
+    assert_eq!(partial.remaining, Some(usd(1000)));
+    assert!(
+        partial.summary.ends_with("10.00 USD remaining"),
+        "{}",
+        partial.summary
+    );
+
+    // Refill the card with another refund, then fail under ALL_OR_NOTHING: the hold is voided.
+    let mut refunds = payer.clone();
+    refunds
+        .refund_payment(pb::RefundPaymentRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            payment_id: partial.id.clone(),
+            amount: None,
+            reason: String::new(),
+        })
+        .await
+        .expect("refund all");
+    let strict = policy(S::Sequential, &[], C::AllOrNothing);
+    let before = stack.ledger_card(&limited).await;
+    let failed = stack.pay(&alone.id, "INV-AON", 3000, Some(strict)).await;
+    assert_eq!(state(&failed), "FAILED", "{}", failed.summary);
+    assert_eq!(legs(&failed), vec![leg("card L", 2000, "VOIDED")]);
+    assert!(
+        failed.summary.ends_with("no financial effect"),
+        "{}",
+        failed.summary
+    );
+    assert_eq!(
+        stack.sandbox_held(&limited).await,
+        0,
+        "the sandbox hold is voided"
+    );
+    let after = stack.ledger_card(&limited).await;
+    assert_eq!(
+        after, before,
+        "the failed payment left no balance in the ledger"
+    );
+    let operations = stack.sandbox_operations(&limited).await;
+    assert_eq!(
+        operations.last().map(|o| o.r#type),
+        Some(tandem_proto::tandem::vault::v1::SandboxOperationType::Void as i32)
+    );
+    stack.assert_ledger_invariants().await;
+}
+
+/// Refunds: a partial refund spreads over the captured legs in proportion, a second refund
+/// takes the rest, the payment ends REFUNDED, and more is refused.
+#[tokio::test]
+async fn refunds_partial_then_full() {
+    let stack = Stack::start().await;
+    let a = stack.vault.tokenize(VISA).await;
+    let b = stack.vault.tokenize(DEBIT).await;
+    let group = stack
+        .create_group(group(
+            vec![
+                member(&a, "card A", 1, None, None),
+                member(&b, "card B", 2, None, None),
+            ],
+            policy(S::Weighted, &[(&a, 7000), (&b, 3000)], C::AllOrNothing),
+        ))
+        .await;
+    let payment = stack.pay(&group.id, "INV-R", 1000, None).await;
+    assert_eq!(state(&payment), "SUCCEEDED");
+    let mut payer = stack.payments().await;
+    let refund = |amount: Option<i64>| pb::RefundPaymentRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        payment_id: payment.id.clone(),
+        amount: amount.map(usd),
+        reason: "returned goods".into(),
+    };
+    let first = payer
+        .refund_payment(refund(Some(101)))
+        .await
+        .unwrap()
+        .into_inner();
+    let parts: Vec<i64> = first
+        .refund
+        .unwrap()
+        .parts
+        .iter()
+        .map(|p| p.amount.as_ref().unwrap().minor_units)
+        .collect();
+    assert_eq!(parts, [71, 30]);
+    let rest = payer
+        .refund_payment(refund(None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.refund.unwrap().amount, Some(usd(899)));
+    let done = rest.payment.unwrap();
+    assert_eq!(state(&done), "REFUNDED");
+    assert_eq!(done.refunded, Some(usd(1000)));
+    for (token, part) in [(&a, 700), (&b, 300)] {
+        assert_eq!(stack.ledger_card(token).await, (0, part, part));
+    }
+    let error = payer.refund_payment(refund(Some(1))).await.unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert_eq!(orchestrator_reason(&error), "PAYMENT_NOT_REFUNDABLE");
+    stack.assert_ledger_invariants().await;
+}
+
+/// 50 concurrent CreatePayment calls with one request id make one payment and one
+/// authorization per card; the same id with another amount is ALREADY_EXISTS; an id held by
+/// an uncommitted first call is ABORTED REQUEST_IN_PROGRESS.
+#[tokio::test]
+async fn create_payment_is_idempotent_under_concurrency() {
+    let stack = Stack::start().await;
+    let a = stack.vault.tokenize(VISA).await;
+    let b = stack.vault.tokenize(MASTERCARD).await;
+    let group = stack
+        .create_group(group(
+            vec![
+                member(&a, "card A", 1, None, None),
+                member(&b, "card B", 2, None, None),
+            ],
+            policy(S::Weighted, &[(&a, 5000), (&b, 5000)], C::AllOrNothing),
+        ))
+        .await;
+    let request = payment_request(&group.id, "INV-DUP", 2000, None);
+    let payer = stack.payments().await;
+    let calls = (0..50).map(|_| {
+        let mut payer = payer.clone();
+        let request = request.clone();
+        async move { payer.create_payment(request).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut ids = HashSet::new();
+    for result in results {
+        match result {
+            Ok(response) => {
+                ids.insert(response.into_inner().payment.unwrap().id);
+            }
+            Err(status) => {
+                assert_eq!(
+                    orchestrator_reason(&status),
+                    "REQUEST_IN_PROGRESS",
+                    "{status:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(ids.len(), 1, "one payment for one request id");
+    let id = ids.into_iter().next().unwrap();
+    let payment = stack.settled(&id).await;
+    assert_eq!(state(&payment), "SUCCEEDED");
+    for token in [&a, &b] {
+        assert_eq!(
+            authorizations(&stack.sandbox_operations(token).await).len(),
+            1
+        );
+    }
+    let pool = stack.orchestrator.pool().await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+
+    let mut other = request.clone();
+    other.invoice.as_mut().unwrap().amount = Some(usd(2001));
+    let error = payer.clone().create_payment(other).await.unwrap_err();
+    assert_eq!(error.code(), Code::AlreadyExists);
+    assert_eq!(orchestrator_reason(&error), "REQUEST_ID_REUSED");
+    // A retry may wait differently: same payment.
+    let mut retry = request.clone();
+    retry.wait = false;
+    let again = payer
+        .clone()
+        .create_payment(retry)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.payment.unwrap().id, id);
+
+    // An uncommitted first call holding an id: the second is told to retry.
+    let mut first = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (request_id, method, request_hash, resource_id, \
+         create_time) VALUES ('held-id', 'CreatePayment', $1, 'pay_x', now())",
+    )
+    .bind(vec![0u8; 32])
+    .execute(&mut *first)
+    .await
+    .unwrap();
+    let mut held = payment_request(&group.id, "INV-HELD", 100, None);
+    held.request_id = "held-id".into();
+    let error = payer.clone().create_payment(held).await.unwrap_err();
+    assert_eq!(error.code(), Code::Aborted);
+    assert_eq!(orchestrator_reason(&error), "REQUEST_IN_PROGRESS");
+    first.rollback().await.unwrap();
+    stack.assert_ledger_invariants().await;
+}
+
+/// Bad input names its field and writes nothing; roles are checked per RPC.
+#[tokio::test]
+async fn bad_input_and_roles() {
+    use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
+    use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
+    use tandem_tls::identity::Role;
+    let stack = Stack::start().await;
+    let a = stack.vault.tokenize(VISA).await;
+    let mut treasury = stack.groups().await;
+    let mut bad = group(
+        vec![member(&a, "card A", 1, None, None)],
+        policy(S::Weighted, &[(&a, 6000)], C::AllOrNothing),
+    );
+    bad.members.push(member(&a, "card A", 0, Some(-5), None));
+    let error = treasury
+        .create_card_group(pb::CreateCardGroupRequest {
+            request_id: "bad-group".into(),
+            card_group: Some(bad),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    let fields = violated_fields(&error);
+    for field in [
+        "card_group.members[1].limit_per_payment.minor_units",
+        "card_group.default_policy.weights",
+    ] {
+        assert!(fields.iter().any(|f| f == field), "{field} in {fields:?}");
+    }
+    let revoked = {
+        use tandem_proto::tandem::vault::v1 as vpb;
+        let token = stack.vault.tokenize(MASTERCARD).await;
+        let mut tokens = vpb::token_service_client::TokenServiceClient::new(
+            stack.vault.channel(Role::Tokenizer).await,
+        );
+        tokens
+            .revoke_token(vpb::RevokeTokenRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("revoke");
+        token
+    };
+    let error = treasury
+        .create_card_group(pb::CreateCardGroupRequest {
+            request_id: "revoked-member".into(),
+            card_group: Some(group(
+                vec![member(&revoked, "card R", 1, None, None)],
+                policy(S::Sequential, &[], C::AllOrNothing),
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert_eq!(orchestrator_reason(&error), "TOKEN_NOT_USABLE");
+
+    let group = stack
+        .create_group(group(
+            vec![member(&a, "card A", 1, None, None)],
+            policy(S::Sequential, &[], C::AllOrNothing),
+        ))
+        .await;
+    let mut payer = stack.payments().await;
+    let mut request = payment_request(&group.id, "bad id", 0, None);
+    request.invoice.as_mut().unwrap().amount = Some(pb_money("XXX", 5));
+    request.request_id = String::new();
+    let error = payer.create_payment(request).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&error),
+        ["request_id", "invoice.id", "invoice.amount.currency_code"]
+    );
+    let weighted = policy(S::Weighted, &[(&a, 5000)], C::AllOrNothing);
+    let error = payer
+        .create_payment(payment_request(&group.id, "INV-W", 100, Some(weighted)))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&error), ["policy_override.weights"]);
+    let error = payer
+        .get_payment(pb::GetPaymentRequest {
+            payment_id: "pay_nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&error), ["payment_id"]);
+    let missing = format!("pay_{}", "a".repeat(26));
+    let error = payer
+        .get_payment(pb::GetPaymentRequest {
+            payment_id: missing,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(orchestrator_reason(&error), "PAYMENT_NOT_FOUND");
+
+    // Roles: a reader reads but neither pays nor manages groups; a payer cannot manage groups;
+    // the vault's roles reach nothing here.
+    let reader = stack.orchestrator.channel(Role::Reader).await;
+    let error = PaymentServiceClient::new(reader.clone())
+        .create_payment(payment_request(&group.id, "INV-RO", 100, None))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::PermissionDenied);
+    let error = CardGroupServiceClient::new(stack.orchestrator.channel(Role::Payer).await)
+        .delete_card_group(pb::DeleteCardGroupRequest {
+            request_id: "payer-delete".into(),
+            card_group_id: group.id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::PermissionDenied);
+    let error = PaymentServiceClient::new(stack.orchestrator.channel(Role::Tokenizer).await)
+        .list_payments(pb::ListPaymentsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::PermissionDenied);
+    let listed = PaymentServiceClient::new(reader)
+        .list_payments(pb::ListPaymentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.payments.is_empty(),
+        "nothing was written by the refused calls"
+    );
+    let pool = stack.orchestrator.pool().await;
+    let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM card_groups")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(groups, 1, "refused group requests wrote nothing");
+}
+
+fn pb_money(code: &str, minor_units: i64) -> tandem_proto::tandem::r#type::v1::Money {
+    tandem_proto::tandem::r#type::v1::Money {
+        currency_code: code.into(),
+        minor_units,
+    }
+}
