@@ -570,3 +570,247 @@ fn pb_money(code: &str, minor_units: i64) -> tandem_proto::tandem::r#type::v1::M
         minor_units,
     }
 }
+
+/// WatchPayment streams every event in sequence without gaps, ends after the terminal event,
+/// whose summary is the payment's; resuming after a sequence sends only the rest.
+#[tokio::test]
+async fn watch_streams_the_outbox_in_order() {
+    let stack = Stack::start().await;
+    let a = stack.vault.tokenize(INSUFFICIENT_FUNDS).await;
+    let b = stack.vault.tokenize(VISA).await;
+    let group = stack
+        .create_group(group(
+            vec![
+                member(&a, "card D", 1, None, None),
+                member(&b, "card B", 2, None, None),
+            ],
+            policy(S::Sequential, &[], C::AllOrNothing),
+        ))
+        .await;
+    let mut request = payment_request(&group.id, "INV-W", 1500, None);
+    request.wait = false;
+    let mut payer = stack.payments().await;
+    let created = payer
+        .create_payment(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    let watch = |after: i64| {
+        let mut payer = payer.clone();
+        let id = created.id.clone();
+        async move {
+            let mut stream = payer
+                .watch_payment(pb::WatchPaymentRequest {
+                    payment_id: id,
+                    after_sequence: after,
+                })
+                .await
+                .expect("watch")
+                .into_inner();
+            let mut events = Vec::new();
+            while let Some(message) = stream.message().await.expect("stream") {
+                events.push(message.event.unwrap());
+            }
+            events
+        }
+    };
+    let events = tokio::time::timeout(std::time::Duration::from_secs(30), watch(0))
+        .await
+        .expect("the stream ends once the payment is settled");
+    let sequences: Vec<i64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=events.len() as i64).collect::<Vec<_>>());
+    let kinds: Vec<pb::PaymentEventType> = events
+        .iter()
+        .map(|e| pb::PaymentEventType::try_from(e.r#type).unwrap())
+        .collect();
+    use pb::PaymentEventType as E;
+    assert_eq!(
+        kinds,
+        [
+            E::PaymentCreated,
+            E::PaymentAuthorizing,
+            E::LegDeclined,
+            E::LegReallocated,
+            E::LegAuthorized,
+            E::PaymentCapturing,
+            E::LegCaptured,
+            E::PaymentSucceeded,
+        ]
+    );
+    let last = events.last().unwrap();
+    let payment = stack.settled(&created.id).await;
+    assert_eq!(last.summary, payment.summary);
+    assert_eq!(
+        last.summary,
+        "Invoice INV-W paid 15.00 USD: card B ·4242 15.00 (card B replaced card D after \
+         insufficient funds)"
+    );
+    assert_eq!(
+        events[2].summary,
+        "card D ·9995 declined 15.00 USD (insufficient funds)"
+    );
+    assert_eq!(events[2].attempt_number, 1);
+    let rest = watch(3).await;
+    assert_eq!(rest.first().map(|e| e.sequence), Some(4));
+    assert_eq!(rest.len(), events.len() - 3);
+    let unknown = format!("pay_{}", "b".repeat(25) + "a");
+    let error = payer
+        .watch_payment(pb::WatchPaymentRequest {
+            payment_id: unknown,
+            after_sequence: 0,
+        })
+        .await;
+    let error = match error {
+        Err(status) => status,
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(orchestrator_reason(&error), "PAYMENT_NOT_FOUND");
+}
+
+/// Card groups: create is idempotent by request id, reads carry month-to-date spend, lists
+/// page, updates need the current etag, archiving refuses new payments; monthly limits hold
+/// across payments.
+#[tokio::test]
+async fn card_group_lifecycle_and_monthly_limits() {
+    let stack = Stack::start().await;
+    let a = stack.vault.tokenize(VISA).await;
+    let b = stack.vault.tokenize(MASTERCARD).await;
+    let mut treasury = stack.groups().await;
+    let create = pb::CreateCardGroupRequest {
+        request_id: "create-monthly".into(),
+        card_group: Some(group(
+            vec![
+                member(&a, "card A", 1, None, Some(1000)),
+                member(&b, "card B", 2, None, None),
+            ],
+            policy(S::Sequential, &[], C::AllOrNothing),
+        )),
+    };
+    let created = treasury
+        .create_card_group(create.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .card_group
+        .unwrap();
+    let replay = treasury
+        .create_card_group(create.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .card_group
+        .unwrap();
+    assert_eq!(replay.id, created.id);
+    let mut other = create.clone();
+    other.card_group.as_mut().unwrap().display_name = "Other".into();
+    let error = treasury.create_card_group(other).await.unwrap_err();
+    assert_eq!(orchestrator_reason(&error), "REQUEST_ID_REUSED");
+
+    let first = stack.pay(&created.id, "INV-M1", 800, None).await;
+    assert_eq!(legs(&first), vec![leg("card A", 800, "CAPTURED")]);
+    let second = stack.pay(&created.id, "INV-M2", 800, None).await;
+    assert_eq!(
+        legs(&second),
+        vec![
+            leg("card A", 200, "CAPTURED"),
+            leg("card B", 600, "CAPTURED")
+        ],
+        "card A has 2.00 left of its 10.00 monthly limit"
+    );
+    let read = treasury
+        .get_card_group(pb::GetCardGroupRequest {
+            card_group_id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .card_group
+        .unwrap();
+    assert_eq!(read.members[0].month_to_date_spend, Some(usd(1000)));
+
+    let mut update = read.clone();
+    update.display_name = "GlobalOps EU".into();
+    update.etag = "\"v0\"".into();
+    let request = |group: pb::CardGroup, id: &str| pb::UpdateCardGroupRequest {
+        request_id: id.into(),
+        card_group: Some(group),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["display_name".into()],
+        }),
+    };
+    let error = treasury
+        .update_card_group(request(update.clone(), "update-stale"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Aborted);
+    assert_eq!(orchestrator_reason(&error), "ETAG_MISMATCH");
+    update.etag = read.etag.clone();
+    let updated = treasury
+        .update_card_group(request(update, "update-current"))
+        .await
+        .unwrap()
+        .into_inner()
+        .card_group
+        .unwrap();
+    assert_eq!(updated.display_name, "GlobalOps EU");
+    assert_ne!(updated.etag, read.etag);
+
+    let second_group = stack
+        .create_group(group(
+            vec![member(&b, "card B", 1, None, None)],
+            policy(S::Sequential, &[], C::AllOrNothing),
+        ))
+        .await;
+    let page = |token: String| pb::ListCardGroupsRequest {
+        page_size: 1,
+        page_token: token,
+        billing_account_id: "acct-1".into(),
+        show_archived: false,
+    };
+    let one = treasury
+        .list_card_groups(page(String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one.card_groups[0].id, second_group.id, "newest first");
+    let two = treasury
+        .list_card_groups(page(one.next_page_token.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(two.card_groups[0].id, created.id);
+    assert!(two.next_page_token.is_empty());
+
+    let archived = treasury
+        .delete_card_group(pb::DeleteCardGroupRequest {
+            request_id: "archive".into(),
+            card_group_id: created.id.clone(),
+            etag: updated.etag.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .card_group
+        .unwrap();
+    assert_eq!(archived.state, pb::CardGroupState::Archived as i32);
+    let error = stack
+        .payments()
+        .await
+        .create_payment(payment_request(&created.id, "INV-ARCH", 100, None))
+        .await
+        .unwrap_err();
+    assert_eq!(orchestrator_reason(&error), "CARD_GROUP_ARCHIVED");
+    let listed = treasury
+        .list_card_groups(page(String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.card_groups.len(),
+        1,
+        "archived groups are hidden by default"
+    );
+    stack.assert_ledger_invariants().await;
+}
