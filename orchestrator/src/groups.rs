@@ -121,9 +121,11 @@ impl Groups {
         request: pb::ListCardGroupsRequest,
     ) -> Result<pb::ListCardGroupsResponse, Error> {
         let mut v = Violations::default();
-        if request.page_size < 0 {
-            v.add("page_size", "must not be negative");
-        }
+        let size = convert::page_size(
+            &mut v,
+            request.page_size,
+            self.workflow.settings().page_size_max,
+        );
         let scope = format!("{}|{}", request.billing_account_id, request.show_archived);
         let after = if request.page_token.is_empty() {
             None
@@ -138,12 +140,6 @@ impl Groups {
             cursor
         };
         v.finish(())?;
-        let max = self.workflow.settings().page_size_max;
-        let size = if request.page_size == 0 {
-            50.min(max)
-        } else {
-            request.page_size.min(max)
-        };
         let billing = Some(request.billing_account_id.as_str()).filter(|b| !b.is_empty());
         let mut rows = storage::list_groups(
             self.workflow.pool(),

@@ -228,6 +228,7 @@ impl PaymentService for PaymentApi {
         let stream = self
             .payments
             .watch(request.into_inner())
+            .await
             .map_err(to_status)?;
         let stream = stream.map(|event| {
             event

@@ -23,12 +23,27 @@ use crate::workflow::{Workflow, now};
 /// The payment operations.
 pub struct Payments {
     workflow: Arc<Workflow>,
+    request_timeout: Duration,
 }
 
 impl Payments {
-    /// Payments driven by `workflow`.
-    pub fn new(workflow: Arc<Workflow>) -> Self {
-        Self { workflow }
+    /// Payments driven by `workflow`; waits end before the server's `request_timeout`.
+    pub fn new(workflow: Arc<Workflow>, request_timeout: Duration) -> Self {
+        Self {
+            workflow,
+            request_timeout,
+        }
+    }
+
+    /// How long a call may wait: its own `wanted`, within the caller's deadline and the
+    /// server's request timeout, leaving the answer time to travel.
+    fn wait_limit(&self, wanted: Duration, deadline: Option<Duration>) -> Duration {
+        let margin = Duration::from_millis(100);
+        let mut limit = wanted.min(self.request_timeout.saturating_sub(margin));
+        if let Some(deadline) = deadline {
+            limit = limit.min(deadline.saturating_sub(margin));
+        }
+        limit
     }
 
     /// `CreatePayment`: records the payment with its allocation and starts it; with `wait`,
@@ -235,11 +250,7 @@ impl Payments {
         if !wait {
             return self.read(id).await;
         }
-        let mut limit = Duration::from_millis(wait_ms);
-        if let Some(deadline) = deadline {
-            // Leave the response time to travel before the caller's deadline.
-            limit = limit.min(deadline.saturating_sub(Duration::from_millis(100)));
-        }
+        let limit = self.wait_limit(Duration::from_millis(wait_ms), deadline);
         let until = tokio::time::Instant::now() + limit;
         let mut committed = self.workflow.subscribe();
         loop {
@@ -285,9 +296,11 @@ impl Payments {
         request: pb::ListPaymentsRequest,
     ) -> Result<pb::ListPaymentsResponse, Error> {
         let mut v = Violations::default();
-        if request.page_size < 0 {
-            v.add("page_size", "must not be negative");
-        }
+        let size = convert::page_size(
+            &mut v,
+            request.page_size,
+            self.workflow.settings().page_size_max,
+        );
         if !request.card_group_id.is_empty() {
             convert::resource_id(&mut v, "card_group_id", "cg_", &request.card_group_id);
         }
@@ -316,12 +329,6 @@ impl Payments {
         };
         v.finish(())?;
         filter.state = state;
-        let max = self.workflow.settings().page_size_max;
-        let size = if request.page_size == 0 {
-            50.min(max)
-        } else {
-            request.page_size.min(max)
-        };
         let mut rows = storage::list_payments(
             self.workflow.pool(),
             &filter,
@@ -441,9 +448,7 @@ impl Payments {
                 refund_id
             }
         };
-        let limit = deadline
-            .map(|d| d.saturating_sub(Duration::from_millis(100)))
-            .unwrap_or(Duration::from_secs(30));
+        let limit = self.wait_limit(Duration::from_secs(30), deadline);
         let until = tokio::time::Instant::now() + limit;
         let mut committed = self.workflow.subscribe();
         loop {
@@ -474,7 +479,7 @@ impl Payments {
 
     /// `WatchPayment`: the events after `after_sequence`, then new ones as they commit, until
     /// the payment is settled and every event was sent, or `watch_ms_max`.
-    pub fn watch(
+    pub async fn watch(
         &self,
         request: pb::WatchPaymentRequest,
     ) -> Result<impl futures::Stream<Item = Result<pb::PaymentEvent, Error>> + use<>, Error> {
@@ -484,6 +489,8 @@ impl Payments {
             v.add("after_sequence", "must not be negative");
         }
         v.finish(())?;
+        // An unknown payment is an error of the call, not of the stream.
+        self.load(&id).await?;
         let workflow = self.workflow.clone();
         let mut after = request.after_sequence;
         let (sender, receiver) = tokio::sync::mpsc::channel(64);

@@ -92,7 +92,10 @@ pub async fn run_with(
         stop.clone(),
     );
     let groups = Arc::new(Groups::new(workflow.clone()));
-    let payments = Arc::new(Payments::new(workflow.clone()));
+    let payments = Arc::new(Payments::new(
+        workflow.clone(),
+        settings.server.request_timeout(),
+    ));
     let recovery_task = tokio::spawn(workflow.clone().recovery_loop());
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -538,6 +538,18 @@ pub fn invoice(v: &mut Violations, wire: Option<&pb::Invoice>, max: i64) -> Opti
     })
 }
 
+/// The rows of a page: `requested` (0 means 50), at most `max`; a negative size is a
+/// violation of `page_size`.
+pub fn page_size(v: &mut Violations, requested: i32, max: i32) -> i32 {
+    if requested < 0 {
+        v.add("page_size", "must not be negative");
+    }
+    match requested {
+        0 => 50.min(max),
+        n => n.clamp(1, max),
+    }
+}
+
 /// A page token: the last row's position and a hash of the filters it belongs to.
 pub fn encode_page_token(cursor: &Cursor, scope: &[u8]) -> String {
     let micros = cursor.create_time.unix_timestamp_nanos() / 1000;
