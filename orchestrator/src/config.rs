@@ -122,7 +122,7 @@ impl Default for PaymentSettings {
     fn default() -> Self {
         Self {
             amount_minor_max: 100_000_000_000,
-            lease_ms: 15_000,
+            lease_ms: 30_000,
             recovery_interval_ms: 1_000,
             recovery_batch_max: 100,
             workflows_max: 512,
@@ -183,9 +183,11 @@ impl Settings {
                 "must be 1 to 1000000000000000",
             ),
             (
-                p.lease_ms > self.vault.timeout_ms && p.lease_ms <= 3_600_000,
+                // A round re-sends an authorization (GetCharge, then Authorize) and commits
+                // twice: its lease must outlast a few vault calls.
+                p.lease_ms >= 4 * self.vault.timeout_ms && p.lease_ms <= 3_600_000,
                 "payments.lease_ms",
-                "must exceed vault.timeout_ms and be at most 3600000",
+                "must be at least 4 times vault.timeout_ms and at most 3600000",
             ),
             (
                 (10..=3_600_000).contains(&p.recovery_interval_ms)

@@ -118,10 +118,19 @@ impl VaultClient {
         );
         match self.charges.clone().authorize(request).await {
             Ok(response) => answer(response.into_inner().charge.unwrap_or_default()),
-            Err(status) if is_unknown(&status) => Err(Unknown(describe(&status))),
-            Err(status) => Ok(AuthorizeAnswer::Refused {
+            Err(status) if is_refusal(&status) => Ok(AuthorizeAnswer::Refused {
                 reason: reason(&status),
             }),
+            Err(status) => {
+                if !is_unknown(&status) {
+                    tracing::error!(
+                        request_id,
+                        status = %describe(&status),
+                        "the vault answered an authorization unexpectedly; retrying later"
+                    );
+                }
+                Err(Unknown(describe(&status)))
+            }
         }
     }
 
@@ -325,13 +334,29 @@ fn answer(charge: pb::Charge) -> Result<AuthorizeAnswer, Unknown> {
         }
         // Authorized, or already moved on (captured, voided, refunded) by an earlier drive:
         // either way the authorization was approved for `approved`.
-        _ => Ok(AuthorizeAnswer::Approved {
-            charge_id: charge.id,
-            approved: charge.approved.map_or(0, |m| m.minor_units),
-            authorization_code: charge.authorization_code,
-            last4: charge.last4,
-        }),
+        _ => match charge.approved.map(|m| m.minor_units) {
+            Some(approved) if approved > 0 => Ok(AuthorizeAnswer::Approved {
+                charge_id: charge.id,
+                approved,
+                authorization_code: charge.authorization_code,
+                last4: charge.last4,
+            }),
+            _ => Err(Unknown(
+                "an approved charge without an approved amount".into(),
+            )),
+        },
     }
+}
+
+/// True when the vault refused the authorization for this card before any processor call:
+/// the token is unusable or the request does not fit it. Other failures (identity, a request
+/// id used before, transient errors) leave the outcome unknown, because a hold may exist.
+fn is_refusal(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument
+    )
 }
 
 /// True when the status leaves the outcome unknown: the call may or may not have happened.

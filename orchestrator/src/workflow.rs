@@ -99,6 +99,23 @@ pub struct Workflow {
     slots: Arc<Semaphore>,
     crash: Option<Arc<CrashPlan>>,
     stop: watch::Receiver<bool>,
+    /// Payments this instance is driving now: a payment is never driven twice at once here,
+    /// even when its lease expired mid-round and the recovery worker leased it again.
+    driving: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Removes a payment from [`Workflow::driving`] when its drive ends, however it ends.
+struct Driving<'w> {
+    workflow: &'w Workflow,
+    payment_id: String,
+}
+
+impl Drop for Driving<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut driving) = self.workflow.driving.lock() {
+            driving.remove(&self.payment_id);
+        }
+    }
 }
 
 /// How a drive ended.
@@ -130,6 +147,7 @@ impl Workflow {
             committed,
             crash,
             stop,
+            driving: Default::default(),
         })
     }
 
@@ -171,9 +189,21 @@ impl Workflow {
     /// drives. On shutdown the drive stops where it is, as a crash would, and the payment's
     /// lease expires for another instance (or this one after a restart) to resume it.
     pub fn spawn(self: &Arc<Self>, payment_id: String) {
+        let fresh = self
+            .driving
+            .lock()
+            .map(|mut driving| driving.insert(payment_id.clone()))
+            .unwrap_or(false);
+        if !fresh {
+            return;
+        }
         let workflow = self.clone();
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
+            let _driving = Driving {
+                workflow: &workflow,
+                payment_id: payment_id.clone(),
+            };
             let drive = async {
                 let Ok(_slot) = workflow.slots.clone().acquire_owned().await else {
                     return;
@@ -204,9 +234,10 @@ impl Workflow {
                 Round::Settled | Round::Lost => return Ok(()),
             };
             self.crash_point(CrashPoint::AfterIntent).await;
-            let answers = join_all(steps.iter().map(|step| self.call(&record, step))).await;
-            let refund_answers =
-                join_all(refunds.iter().map(|step| self.call_refund(&record, step))).await;
+            let (answers, refund_answers) = tokio::join!(
+                join_all(steps.iter().map(|step| self.call(&record, step))),
+                join_all(refunds.iter().map(|step| self.call_refund(&record, step))),
+            );
             self.crash_point(CrashPoint::AfterCall).await;
             let unknown = answers.iter().filter(|a| a.is_err()).count()
                 + refund_answers.iter().filter(|a| a.is_err()).count();
@@ -265,10 +296,13 @@ impl Workflow {
         // and the saga decides again: a fallback leg may take its place.
         loop {
             steps.clear();
-            let (next, mut new_events) = stored
+            let (mut next, mut new_events) = stored
                 .record
                 .next_steps(now)
                 .map_err(|e| Error::Corrupt(format!("saga: {e}")))?;
+            // Spend rows are locked in token order, so concurrent payments sharing cards
+            // never deadlock.
+            next.sort_by(|a, b| a.token.cmp(&b.token));
             events.append(&mut new_events);
             let mut refused = false;
             for step in next {
@@ -291,7 +325,7 @@ impl Workflow {
                         };
                         if let Some((_, mut more, _)) = stored
                             .record
-                            .record_authorization(leg, answer, now)
+                            .record_authorization(leg, step.attempt, answer, now)
                             .map_err(|e| Error::Corrupt(format!("saga: {e}")))?
                         {
                             events.append(&mut more);
@@ -410,9 +444,9 @@ impl Workflow {
         let context = booking_context(&stored);
         for (step, answer) in answers {
             let recorded = match (step.command, answer) {
-                (Command::Authorize(leg), Answer::Authorization(answer)) => {
-                    stored.record.record_authorization(leg, answer, now)
-                }
+                (Command::Authorize(leg), Answer::Authorization(answer)) => stored
+                    .record
+                    .record_authorization(leg, step.attempt, answer, now),
                 (command, _) => stored.record.record_settlement(command, now),
             }
             .map_err(|e| Error::Corrupt(format!("saga: {e}")))?;
@@ -464,6 +498,7 @@ impl Workflow {
         }
         let month = storage::month_of(stored.record.create_time);
         let currency = stored.record.currency().code();
+        spend.sort_by(|a, b| a.token.cmp(&b.token));
         for change in spend {
             storage::add_spend(&mut tx, &change.token, currency, month, change.delta, None).await?;
         }

@@ -288,7 +288,7 @@ pub fn orchestrator_settings(
     settings.vault.cert_path = client.cert_path;
     settings.vault.key_path = client.key_path;
     settings.vault.ca_path = client.ca_path;
-    settings.vault.timeout_ms = 3_000;
+    settings.vault.timeout_ms = 1_000;
     settings.payments.lease_ms = 4_000;
     settings.payments.recovery_interval_ms = 200;
     settings.payments.watch_poll_ms = 50;

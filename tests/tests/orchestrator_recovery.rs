@@ -23,7 +23,7 @@ const MASTERCARD: &str = "5555555555554444";
 /// Settings with short leases, so a crashed drive is resumed within about a second.
 fn quick(database: &TestDatabase, vault: &RunningVault) -> tandem_orchestrator::config::Settings {
     let mut settings = orchestrator_settings(database, vault);
-    settings.vault.timeout_ms = 800;
+    settings.vault.timeout_ms = 250;
     settings.payments.lease_ms = 1_000;
     settings.payments.recovery_interval_ms = 100;
     settings

@@ -270,6 +270,8 @@ pub struct Step {
     pub amount: i64,
     /// The charge, for capture and void.
     pub charge_id: Option<String>,
+    /// The attempt number, for an authorization: its answer is recorded only against it.
+    pub attempt: Option<u32>,
     /// True when the intent was recorded in this call (a new operation), false when it is
     /// in flight from before (a re-send after a crash or a lost answer).
     pub new: bool,
@@ -480,21 +482,28 @@ impl PaymentRecord {
     fn in_flight(&self, leg: usize) -> Option<Step> {
         let saga_leg = &self.saga.legs[leg];
         let detail = &self.legs[leg];
-        let (command, request_id, amount) = match saga_leg.state {
+        let (command, request_id, amount, attempt) = match saga_leg.state {
             LegState::Authorizing => {
                 let attempt = self.pending_attempt(leg)?;
                 (
                     Command::Authorize(leg),
                     self.authorize_request_id(leg, attempt.number),
                     attempt.requested,
+                    Some(attempt.number),
                 )
             }
             LegState::Capturing => (
                 Command::Capture(leg),
                 self.leg_request_id(leg, "capture"),
                 saga_leg.approved,
+                None,
             ),
-            LegState::Voiding => (Command::Void(leg), self.leg_request_id(leg, "void"), 0),
+            LegState::Voiding => (
+                Command::Void(leg),
+                self.leg_request_id(leg, "void"),
+                0,
+                None,
+            ),
             _ => return None,
         };
         Some(Step {
@@ -503,6 +512,7 @@ impl PaymentRecord {
             token: saga_leg.token.clone(),
             amount,
             charge_id: detail.charge_id.clone(),
+            attempt,
             new: false,
         })
     }
@@ -514,12 +524,14 @@ impl PaymentRecord {
             .find(|a| a.leg == leg && a.outcome == AttemptOutcome::Pending)
     }
 
-    /// Records the answer to `leg`'s pending authorization: the attempt, the saga outcome
-    /// (with any fallback legs), events and the spend to release. Returns the saga outcome to
-    /// book, `None` if the leg was not waiting for this answer (a duplicate).
+    /// Records the answer to `leg`'s pending authorization (attempt `attempt`, or whichever is
+    /// pending when `None`): the attempt, the saga outcome (with any fallback legs), events and
+    /// the spend to release. Returns `None` if the leg was not waiting for this answer (a
+    /// duplicate, or the answer of an earlier attempt).
     pub fn record_authorization(
         &mut self,
         leg: usize,
+        attempt: Option<u32>,
         answer: AuthorizeAnswer,
         now: OffsetDateTime,
     ) -> Result<Option<Recorded>, SagaError> {
@@ -533,6 +545,9 @@ impl PaymentRecord {
         else {
             return Ok(None);
         };
+        if attempt.is_some_and(|number| number != self.attempts[index].number) {
+            return Ok(None);
+        }
         let before = self.saga.state;
         let legs_before = self.saga.legs.len();
         let requested = self.attempts[index].requested;
@@ -1198,6 +1213,7 @@ mod tests {
         record
             .record_authorization(
                 leg,
+                None,
                 AuthorizeAnswer::Approved {
                     charge_id: format!("ch_{leg}"),
                     approved,
@@ -1222,7 +1238,9 @@ mod tests {
                 match step.command {
                     Command::Authorize(leg) => {
                         let reply = answer(&step);
-                        record.record_authorization(leg, reply, now()).unwrap();
+                        record
+                            .record_authorization(leg, None, reply, now())
+                            .unwrap();
                     }
                     command => {
                         record.record_settlement(command, now()).unwrap().unwrap();
@@ -1300,6 +1318,15 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert!(!again[0].new);
         assert_eq!(again[0].request_id, first[0].request_id);
+        assert_eq!(again[0].attempt, Some(1));
+        // The answer of another attempt than the pending one is not this attempt's.
+        let stale = AuthorizeAnswer::Refused { reason: "X".into() };
+        assert!(
+            record
+                .record_authorization(0, Some(7), stale, now())
+                .unwrap()
+                .is_none()
+        );
         approve(&mut record, 0, 500, "4242");
         let (capture, _) = record.next_steps(now()).unwrap();
         assert_eq!(capture[0].request_id, "pay_x/leg/1/capture");
@@ -1307,7 +1334,12 @@ mod tests {
         // A duplicate answer changes nothing.
         assert!(
             record
-                .record_authorization(0, AuthorizeAnswer::Refused { reason: "X".into() }, now())
+                .record_authorization(
+                    0,
+                    Some(1),
+                    AuthorizeAnswer::Refused { reason: "X".into() },
+                    now()
+                )
                 .unwrap()
                 .is_none()
         );
@@ -1346,7 +1378,9 @@ mod tests {
                                 next_action: NextAction::TryNextCard,
                             }
                         };
-                        record.record_authorization(leg, answer, now()).unwrap()
+                        record
+                            .record_authorization(leg, None, answer, now())
+                            .unwrap()
                     }
                     command => record.record_settlement(command, now()).unwrap(),
                 };

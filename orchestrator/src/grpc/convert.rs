@@ -568,7 +568,7 @@ pub fn decode_page_token(token: &str, scope: &[u8]) -> Option<Cursor> {
     let micros: i128 = parts.next()?.parse().ok()?;
     let id = parts.next()?.to_owned();
     (parts.next()? == hex_prefix(scope)).then_some(())?;
-    let create_time = OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).ok()?;
+    let create_time = OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1000)?).ok()?;
     Some(Cursor { create_time, id })
 }
 
