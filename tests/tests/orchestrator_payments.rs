@@ -525,6 +525,73 @@ async fn bad_input_and_roles() {
         .unwrap_err();
     assert_eq!(orchestrator_reason(&error), "PAYMENT_NOT_FOUND");
 
+    // Every other RPC names its bad field.
+    let error = treasury
+        .get_card_group(pb::GetCardGroupRequest {
+            card_group_id: "cg_short".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&error), ["card_group_id"]);
+    let error = treasury
+        .list_card_groups(pb::ListCardGroupsRequest {
+            page_size: -1,
+            page_token: "forged".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&error), ["page_size", "page_token"]);
+    let error = treasury
+        .update_card_group(pb::UpdateCardGroupRequest {
+            request_id: "update-bad".into(),
+            card_group: Some(pb::CardGroup {
+                id: group.id.clone(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["billing_account_id".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&error), ["update_mask.paths[0]"]);
+    let error = treasury
+        .delete_card_group(pb::DeleteCardGroupRequest {
+            request_id: "x y".into(),
+            card_group_id: group.id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&error), ["request_id"]);
+    let error = payer
+        .list_payments(pb::ListPaymentsRequest {
+            state: 99,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&error), ["state"]);
+    let error = payer
+        .refund_payment(pb::RefundPaymentRequest {
+            request_id: "refund-bad".into(),
+            payment_id: format!("pay_{}", "a".repeat(26)),
+            amount: Some(usd(-1)),
+            reason: "\u{7}".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&error), ["reason", "amount.minor_units"]);
+    let error = payer
+        .watch_payment(pb::WatchPaymentRequest {
+            payment_id: format!("pay_{}", "a".repeat(26)),
+            after_sequence: -1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&error), ["after_sequence"]);
+
     // Roles: a reader reads but neither pays nor manages groups; a payer cannot manage groups;
     // the vault's roles reach nothing here.
     let reader = stack.orchestrator.channel(Role::Reader).await;
