@@ -42,10 +42,14 @@ PATH="$PWD/.venv/bin:$PATH" .venv/bin/pytest -q tests/python
 step "tandemctl dev --demo"
 dev_dir="$(mktemp -d)"
 TANDEM_VAULT__SERVER__LISTEN_ADDR="127.0.0.1:50151" \
+  TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR="127.0.0.1:50152" \
   ./target/debug/tandemctl dev --demo --exit --dir "$dev_dir" \
-  --vault-database "tandem_test_dev_$$" | tee "$dev_dir/out.txt"
+  --vault-database "tandem_test_dev_$$" \
+  --orchestrator-database "tandem_test_dev_orchestrator_$$" | tee "$dev_dir/out.txt"
 grep -q "corporate Visa" "$dev_dir/out.txt"
 grep -q "captured, authorization code" "$dev_dir/out.txt"
+grep -q "Invoice 12345 paid 20.50 USD" "$dev_dir/out.txt"
+grep -q "^demo: 5 payments" "$dev_dir/out.txt"
 rm -rf "$dev_dir"
 
 printf '\nall tests passed\n'

