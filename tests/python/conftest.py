@@ -1,9 +1,9 @@
 """Fixtures of the Python client suite.
 
 Stubs are generated from ``proto/`` with grpcio-tools into ``gen/`` (git-ignored) when the
-session starts, exactly as a Python team consuming Tandem would generate them. A vault is
-started with ``tandemctl dev`` on a free port, with its own certificates directory and a
-fresh database, and stopped at the end of the session.
+session starts, exactly as a Python team consuming Tandem would generate them. The stack (vault
+and orchestrator) is started with ``tandemctl dev`` on free ports, with its own certificates
+directory and fresh databases, and stopped at the end of the session.
 """
 
 import os
@@ -55,11 +55,12 @@ def _free_port():
 
 
 class Vault:
-    """A running vault and how to reach it."""
+    """A running vault (and the orchestrator beside it) and how to reach them."""
 
-    def __init__(self, address, certs):
+    def __init__(self, address, certs, orchestrator_address):
         self.address = address
         self.certs = certs
+        self.orchestrator_address = orchestrator_address
 
     def credentials(self, role):
         read = lambda name: (self.certs / name).read_bytes()
@@ -69,13 +70,17 @@ class Vault:
             certificate_chain=read(f"{role}.pem"),
         )
 
-    def channel(self, role):
+    def channel(self, role, address=None):
         # The server certificate names localhost; connect by address, verify by name.
         return grpc.secure_channel(
-            self.address,
+            address or self.address,
             self.credentials(role),
             options=[("grpc.ssl_target_name_override", "localhost")],
         )
+
+    def orchestrator(self, role):
+        """A channel to the orchestrator with the identity of ``role``."""
+        return self.channel(role, self.orchestrator_address)
 
 
 @pytest.fixture(scope="session")
@@ -83,12 +88,26 @@ def vault():
     if not TANDEMCTL.exists():
         pytest.fail(f"{TANDEMCTL} is missing: run `cargo build -p tandemctl` first")
     port = _free_port()
+    orchestrator_port = _free_port()
     certs = pathlib.Path(tempfile.mkdtemp(prefix="tandem-py-"))
-    env = dict(os.environ, TANDEM_VAULT__SERVER__LISTEN_ADDR=f"127.0.0.1:{port}")
+    env = dict(
+        os.environ,
+        TANDEM_VAULT__SERVER__LISTEN_ADDR=f"127.0.0.1:{port}",
+        TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR=f"127.0.0.1:{orchestrator_port}",
+    )
     database = f"tandem_test_py_{uuid.uuid4().hex[:12]}"
     log = open(certs / "vault.log", "wb")
     process = subprocess.Popen(
-        [str(TANDEMCTL), "dev", "--dir", str(certs), "--vault-database", database],
+        [
+            str(TANDEMCTL),
+            "dev",
+            "--dir",
+            str(certs),
+            "--vault-database",
+            database,
+            "--orchestrator-database",
+            f"{database}_orchestrator",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -98,13 +117,15 @@ def vault():
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
+                pass
+            with socket.create_connection(("127.0.0.1", orchestrator_port), timeout=1):
                 break
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 log.close()
                 pytest.fail("tandemctl dev did not start:\n" + (certs / "vault.log").read_text())
             time.sleep(0.1)
-    yield Vault(f"127.0.0.1:{port}", certs)
+    yield Vault(f"127.0.0.1:{port}", certs, f"127.0.0.1:{orchestrator_port}")
     process.send_signal(signal.SIGINT)
     try:
         process.wait(timeout=30)

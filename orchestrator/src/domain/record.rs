@@ -1032,15 +1032,21 @@ impl PaymentRecord {
             let token = &self.saga.legs[i].token;
             (self.member(token).map_or(u16::MAX, |m| m.priority), i)
         });
-        let parts = covering
+        // One entry per card, its legs added up (a card may carry a fallback leg too).
+        let mut per_card: Vec<(usize, i64)> = Vec::new();
+        for &i in &covering {
+            let token = &self.saga.legs[i].token;
+            match per_card
+                .iter_mut()
+                .find(|(first, _)| self.saga.legs[*first].token == *token)
+            {
+                Some((_, total)) => *total += self.saga.legs[i].approved,
+                None => per_card.push((i, self.saga.legs[i].approved)),
+            }
+        }
+        let parts = per_card
             .iter()
-            .map(|&i| {
-                format!(
-                    "{} {}",
-                    self.card(i),
-                    self.money(self.saga.legs[i].approved).decimal()
-                )
-            })
+            .map(|&(i, total)| format!("{} {}", self.card(i), self.money(total).decimal()))
             .collect::<Vec<_>>()
             .join(", ");
         let mut replacements = Vec::new();
@@ -1297,6 +1303,39 @@ mod tests {
         assert_eq!(
             record.attempts[1].decline_code.as_deref(),
             Some("INSUFFICIENT_FUNDS")
+        );
+    }
+
+    /// A card that takes over a declined card's amount on a second leg appears once in the
+    /// summary, with its legs added up.
+    #[test]
+    fn summary_adds_up_a_cards_legs() {
+        let mut record = record(
+            &[("tok_a", 500), ("tok_d", 500)],
+            &[("tok_a", "card A", "4242"), ("tok_d", "card D", "0341")],
+        );
+        run(&mut record, |step| {
+            if step.token == "tok_d" {
+                AuthorizeAnswer::Declined {
+                    charge_id: "ch_d".into(),
+                    last4: "0341".into(),
+                    decline_code: "INSUFFICIENT_FUNDS".into(),
+                    next_action: NextAction::TryNextCard,
+                }
+            } else {
+                AuthorizeAnswer::Approved {
+                    charge_id: format!("ch_{}", step.amount),
+                    approved: step.amount,
+                    authorization_code: "A1".into(),
+                    last4: "4242".into(),
+                }
+            }
+        });
+        assert_eq!(record.saga.legs.len(), 3);
+        assert_eq!(
+            record.summary(),
+            "Invoice 12345 paid 10.00 USD: card A ·4242 10.00 \
+             (card A replaced card D after insufficient funds)"
         );
     }
 
