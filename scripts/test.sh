@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of Tandem on a fresh machine: starts Postgres if it is down, installs the
 # Python tools into .venv, lints the protos with buf, runs the Rust suite (unit, Postgres and
-# end-to-end over mTLS), the Python client suite, and a smoke run of `tandemctl dev --demo`.
+# end-to-end over mTLS), the Python client suite (which also drives the Node client and grpcurl),
+# and a smoke run of `tandemctl dev --demo`.
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,9 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+step "node client (npm ci)"
+npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
 step "python client suite"
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/pytest -q tests/python

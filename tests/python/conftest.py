@@ -83,6 +83,20 @@ class Vault:
         return self.channel(role, self.orchestrator_address)
 
 
+def grpcurl(stack, *args, role="tokenizer"):
+    """Runs grpcurl with the dev CA and the identity of ``role``; returns its output."""
+    certs = stack.certs
+    command = [
+        shutil.which("grpcurl") or "grpcurl",
+        "-cacert", str(certs / "ca.pem"),
+        "-cert", str(certs / f"{role}.pem"),
+        "-key", str(certs / f"{role}.key"),
+        "-authority", "localhost",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+
+
 @pytest.fixture(scope="session")
 def vault():
     if not TANDEMCTL.exists():

@@ -2,6 +2,10 @@
 orchestrator over mutual TLS: a weighted split, a decline covered by another card, a refund,
 idempotent replay, and errors decoded with grpcio-status (ErrorInfo, BadRequest)."""
 
+import json
+import os
+import pathlib
+import subprocess
 import uuid
 
 import grpc
@@ -10,6 +14,8 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from conftest import grpcurl
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tandem.orchestrator.v1 import card_group_service_pb2 as group_pb
 from tandem.orchestrator.v1 import card_group_service_pb2_grpc as group_grpc
 from tandem.orchestrator.v1 import payment_service_pb2 as pay_pb
@@ -178,3 +184,50 @@ def test_errors_carry_reason_and_fields(vault, group):
             )
     assert error.value.code() == grpc.StatusCode.ABORTED
     assert details(error.value)[0] == "ETAG_MISMATCH"
+
+
+def test_node_client_pays_and_reads_back(vault, group):
+    """The Node smoke client (tests/node, @grpc/grpc-js with protos loaded at run time)."""
+    card_group, _, _, _ = group
+    node = pathlib.Path(__file__).resolve().parents[1] / "node"
+    env = dict(
+        os.environ,
+        TANDEM_ORCHESTRATOR_ADDRESS=vault.orchestrator_address,
+        TANDEM_CERTS=str(vault.certs),
+        TANDEM_CARD_GROUP=card_group.id,
+    )
+    result = subprocess.run(
+        ["node", "smoke.mjs"], cwd=node, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    payment = json.loads(result.stdout.strip().splitlines()[-1])
+    assert payment["state"] == "PAYMENT_STATE_SUCCEEDED", payment
+    assert payment["captured"] == "1234"
+    assert payment["summary"].startswith("Invoice INV-NODE paid 12.34 USD")
+
+
+def test_orchestrator_reflection_and_health(vault):
+    listed = set(grpcurl(vault, vault.orchestrator_address, "list", role="reader").split())
+    assert {
+        "tandem.orchestrator.v1.CardGroupService",
+        "tandem.orchestrator.v1.PaymentService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } == listed
+    health = json.loads(
+        grpcurl(
+            vault,
+            "-d",
+            json.dumps({"service": "tandem.orchestrator.v1.PaymentService"}),
+            vault.orchestrator_address,
+            "grpc.health.v1.Health/Check",
+            role="reader",
+        )
+    )
+    assert health["status"] == "SERVING"
+    with vault.orchestrator("reader") as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="tandem.orchestrator.v1.CardGroupService")
+        )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING

@@ -2,8 +2,6 @@
 ErrorInfo and BadRequest with grpcio-status, checks health, and lists services by reflection."""
 
 import json
-import shutil
-import subprocess
 import uuid
 
 import grpc
@@ -12,6 +10,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from conftest import grpcurl
 from tandem.vault.v1 import token_service_pb2 as pb
 from tandem.vault.v1 import token_service_pb2_grpc as pb_grpc
 
@@ -105,19 +104,6 @@ def test_health(vault):
         for service in ["", "tandem.vault.v1.TokenService"]:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service))
             assert response.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def grpcurl(vault, *args):
-    certs = vault.certs
-    command = [
-        shutil.which("grpcurl") or "grpcurl",
-        "-cacert", str(certs / "ca.pem"),
-        "-cert", str(certs / "tokenizer.pem"),
-        "-key", str(certs / "tokenizer.key"),
-        "-authority", "localhost",
-        *args,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
 def reflection_services(vault, version):
