@@ -141,6 +141,62 @@ impl Stack {
         )
     }
 
+    /// Every ledger transfer matching `filter`, in ledger order.
+    pub async fn ledger_transfers(
+        &self,
+        filter: &tandem_ledger::ledger::TransferFilter,
+    ) -> Vec<tandem_ledger::types::StoredTransfer> {
+        let pool = self.orchestrator.pool().await;
+        let mut transfers = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = tandem_ledger::ledger::list_transfers(&pool, filter, 1000, token.as_deref())
+                .await
+                .expect("list transfers");
+            transfers.extend(page.transfers);
+            match page.next_page_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        pool.close().await;
+        transfers
+    }
+
+    /// What the ledger says was paid under `filter`: captured (posted) amounts less refunds.
+    pub async fn ledger_paid(&self, filter: &tandem_ledger::ledger::TransferFilter) -> i64 {
+        use tandem_ledger::types::StoredKind;
+        self.ledger_transfers(filter)
+            .await
+            .iter()
+            .map(|t| match t.kind {
+                StoredKind::PostPending => t.amount,
+                StoredKind::Single => -t.amount,
+                StoredKind::Pending | StoredKind::VoidPending => 0,
+            })
+            .sum()
+    }
+
+    /// Sets the sandbox behaviour of `token`'s card to decline with `code` (admin role).
+    pub async fn sandbox_decline(
+        &self,
+        token: &str,
+        code: tandem_proto::tandem::r#type::v1::DeclineCode,
+    ) {
+        let mut sandbox = SandboxServiceClient::new(self.vault.channel(Role::Admin).await);
+        sandbox
+            .configure_sandbox_card(vault_pb::ConfigureSandboxCardRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                token: token.to_owned(),
+                config: Some(vault_pb::SandboxCardConfig {
+                    decline_code: code as i32,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("configure sandbox card");
+    }
+
     /// Runs the ledger's invariant check on the orchestrator's database and asserts it holds.
     pub async fn assert_ledger_invariants(&self) {
         let pool = self.orchestrator.pool().await;
