@@ -2,7 +2,7 @@
 # Runs every test of Tandem on a fresh machine: starts Postgres if it is down, installs the
 # Python tools into .venv, lints the protos with buf, runs the Rust suite (unit, Postgres and
 # end-to-end over mTLS), the Python client suite (which also drives the Node client and grpcurl),
-# and a smoke run of `tandemctl dev --demo`.
+# a smoke run of `tandemctl dev --demo`, and the chaos harness (500 payments, 20+ kills).
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,5 +55,11 @@ grep -q "captured, authorization code" "$dev_dir/out.txt"
 grep -q "Invoice 12345 paid 20.50 USD" "$dev_dir/out.txt"
 grep -q "^demo: 5 payments" "$dev_dir/out.txt"
 rm -rf "$dev_dir"
+
+step "tandemctl chaos (kill -9 the servers while paying, then verify the money)"
+./target/debug/tandemctl chaos --payments 500 --kills-min 20 | tee /tmp/tandem-chaos-$$.txt
+grep -q "^chaos: 500 payments, [0-9]* kills, 0 double charges, 0 lost captures, 0 orphan holds" \
+  /tmp/tandem-chaos-$$.txt
+rm -f /tmp/tandem-chaos-$$.txt
 
 printf '\nall tests passed\n'

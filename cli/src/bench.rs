@@ -167,7 +167,7 @@ pub struct LoadArgs {
 }
 
 /// Parses `30s`, `500ms`, `2m`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .ok_or("a duration needs a unit: ms, s or m")?;

@@ -188,6 +188,32 @@ pub async fn ensure_database(server_url: &str, database: &str) -> anyhow::Result
     Ok(format!("{base}/{database}"))
 }
 
+/// Drops `database` (checked as in [`ensure_database`]) if it exists; failures are ignored,
+/// since this only cleans up after a run.
+pub async fn drop_database(server_url: &str, database: &str) {
+    let valid = !database.is_empty()
+        && database.len() <= 63
+        && database
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
+        return;
+    }
+    if let Ok(mut admin) = PgConnection::connect(server_url).await {
+        // The name was checked above: identifier characters only.
+        let _ = admin
+            .execute(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str())
+            .await;
+        admin.close().await.ok();
+    }
+}
+
+/// Creates `database` anew (dropping what a crashed earlier run left); returns its URL.
+pub async fn ensure_fresh_database(server_url: &str, database: &str) -> anyhow::Result<String> {
+    drop_database(server_url, database).await;
+    ensure_database(server_url, database).await
+}
+
 /// Vault settings for the dev stack: the defaults plus `TANDEM_VAULT__...` overrides, with the
 /// database, certificates and root key of `dir`.
 pub fn vault_settings(dir: &Path, database_url: &str) -> anyhow::Result<Settings> {

@@ -13,12 +13,14 @@
 //! - `tandemctl pay`, `tandemctl payments`, `tandemctl refund`: pay an invoice from a card
 //!   group, read, list and watch payments, refund them.
 //! - `tandemctl bench`: throughput and latency over real mTLS and Postgres.
+//! - `tandemctl chaos`: kills the servers at random while paying, then verifies the money.
 
 // A CLI's output is its stdout.
 #![allow(clippy::print_stdout)]
 
 mod bench;
 mod certs;
+mod chaos;
 mod charge;
 mod dev;
 mod groups;
@@ -69,6 +71,8 @@ enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Kill the servers at random while paying, then verify no money was lost or doubled.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[tokio::main]
@@ -85,6 +89,7 @@ async fn main() -> ExitCode {
         Command::Payments(command) => payments::run(command).await,
         Command::Refund(args) => payments::refund(args).await,
         Command::Bench(command) => bench::run(command).await,
+        Command::Chaos(args) => chaos::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

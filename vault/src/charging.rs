@@ -355,7 +355,8 @@ impl Charges {
         command: &AuthorizeCommand,
         card: Option<storage::StoredCard>,
     ) -> Result<ChargeView, Error> {
-        // The card as read before the intent, or read now for a replay.
+        // A first send carries the card read before the intent; a re-send reads it now.
+        let first_send = card.is_some();
         let card = match card {
             Some(card) => card,
             None => storage::card(self.vault.pool(), &charge.token)
@@ -409,9 +410,12 @@ impl Charges {
         drop(secret);
         match answer {
             Ok(answer) => self.record_authorization(ctx, &charge, answer).await,
-            // The breaker refused the call, so the processor never saw it: no hold exists.
-            // That is a transient processing error of this charge, final and retryable.
-            Err(ConnectorError::CircuitOpen) => {
+            // The breaker refused the first call, so the processor never saw this charge: no
+            // hold exists. That is a transient processing error of this charge, final and
+            // retryable. A re-send is different: the first call may have reached the
+            // processor (it timed out, or the vault died during it), so the charge stays
+            // pending until the processor can be asked.
+            Err(ConnectorError::CircuitOpen) if first_send => {
                 let answer = AuthorizeAnswer::Declined {
                     reference: String::new(),
                     code: DeclineCode::ProcessingError,

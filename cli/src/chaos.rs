@@ -1,0 +1,839 @@
+//! `tandemctl chaos`: the evidence that payments survive crashes.
+//!
+//! It runs the vault and the orchestrator as separate OS processes (the `tandem-vault` and
+//! `tandem-orchestrator` binaries beside `tandemctl`) on fresh databases, drives a stream of
+//! payments across policies and sandbox test cards (declines, partial approvals, latency,
+//! transient failures, timeouts after authorization), and meanwhile kills -9 the orchestrator
+//! and, separately, the vault at random moments and restarts them. At the end it verifies:
+//!
+//! - every payment is terminal;
+//! - no operation was authorized twice at the sandbox (the sandbox processed exactly as many
+//!   approvals as the payments recorded approved attempts);
+//! - every capture has its ledger post and every post its capture (counts and amounts per card);
+//! - each `ALL_OR_NOTHING` payment is fully captured or fully voided;
+//! - no hold is left open, at the sandbox or in the ledger;
+//! - the ledger's invariant check passes;
+//! - the sandbox's settlement report matches the ledger exactly.
+//!
+//! It prints one line such as `chaos: 500 payments, 37 kills, 0 double charges, 0 lost
+//! captures, 0 orphan holds` and exits non-zero on any violation.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tandem_proto::tandem::orchestrator::v1 as pb;
+use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
+use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
+use tandem_proto::tandem::r#type::v1 as types;
+use tandem_proto::tandem::vault::v1 as vault_pb;
+use tandem_proto::tandem::vault::v1::sandbox_service_client::SandboxServiceClient;
+use tandem_proto::tandem::vault::v1::token_service_client::TokenServiceClient;
+use tandem_tls::TlsFiles;
+use tandem_tls::identity::Role;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+/// Arguments of `tandemctl chaos`.
+#[derive(Debug, clap::Args)]
+pub struct ChaosArgs {
+    /// Payments to drive.
+    #[arg(long, default_value_t = 500)]
+    payments: usize,
+    /// Keep killing until at least this many kills happened (and every payment was created).
+    #[arg(long, default_value_t = 20)]
+    kills_min: u32,
+    /// Concurrent payment drivers.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seed of the random choices (payments, kill moments); printed so a run can be repeated.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long the stack may take to settle every payment after the last kill.
+    #[arg(long, default_value = "180s", value_parser = crate::bench::parse_duration)]
+    settle_timeout: Duration,
+    /// Postgres server URL (the chaos databases are created beside it).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+}
+
+/// A small deterministic generator (xorshift), so a run can be replayed from its seed.
+#[derive(Debug, Clone)]
+struct Draws(u64);
+
+impl Draws {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// One of the two servers, as a child process that can be killed and started again.
+struct Server {
+    name: &'static str,
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    address: String,
+}
+
+impl Server {
+    fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        let child = Command::new(&self.binary)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", self.binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// kill -9, as a crash.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn wait_ready(&mut self, certs: &Path) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "{} exited with {status} at start; see {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            if connect(&self.address, certs, Role::Reader).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not start within 60 s", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn connect(address: &str, certs: &Path, role: Role) -> anyhow::Result<Channel> {
+    Ok(tandem_tls::client::connect(
+        &format!("https://{address}"),
+        &TlsFiles::in_dir(certs, role.as_str()),
+        "localhost",
+        Duration::from_secs(5),
+    )
+    .await?)
+}
+
+fn free_address() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+fn usd(minor_units: i64) -> types::Money {
+    types::Money {
+        currency_code: "USD".to_owned(),
+        minor_units,
+    }
+}
+
+/// Runs the chaos harness.
+pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1
+    });
+    println!("chaos: seed {seed}");
+    let dir = std::env::temp_dir().join(format!("tandem-chaos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let certs = dir.join("certs");
+    tandem_tls::issue::write_set(
+        &certs,
+        tandem_tls::identity::DEFAULT_URI_PREFIX,
+        &["localhost", "127.0.0.1"],
+        "chaos",
+        1,
+    )?;
+    let suffix = std::process::id();
+    let vault_url = crate::dev::ensure_fresh_database(
+        &args.database_url,
+        &format!("tandem_test_chaos_vault_{suffix}"),
+    )
+    .await?;
+    let orchestrator_url = crate::dev::ensure_fresh_database(
+        &args.database_url,
+        &format!("tandem_test_chaos_orchestrator_{suffix}"),
+    )
+    .await?;
+    let binaries = std::env::current_exe()?
+        .parent()
+        .context("tandemctl has no directory")?
+        .to_owned();
+    let file = |name: &str| certs.join(name).display().to_string();
+    let vault_address = free_address()?;
+    let orchestrator_address = free_address()?;
+    let env = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    };
+    let mut vault = Server {
+        name: "vault",
+        binary: binaries.join("tandem-vault"),
+        env: env(&[
+            ("TANDEM_VAULT__SERVER__LISTEN_ADDR", vault_address.clone()),
+            ("TANDEM_VAULT__TLS__CERT_PATH", file("vault-server.pem")),
+            ("TANDEM_VAULT__TLS__KEY_PATH", file("vault-server.key")),
+            ("TANDEM_VAULT__TLS__CA_PATH", file("ca.pem")),
+            ("TANDEM_VAULT__DATABASE__URL", vault_url.clone()),
+            (
+                "TANDEM_VAULT__KEYS__DEV_ROOT_KEY_PATH",
+                dir.join("root.key").display().to_string(),
+            ),
+            ("TANDEM_VAULT__METRICS__ENABLED", "false".into()),
+            ("TANDEM_VAULT__CONNECTOR__TIMEOUT_MS", "300".into()),
+            ("TANDEM_VAULT__CHARGES__RECOVERY_AFTER_MS", "600".into()),
+            ("TANDEM_VAULT__CHARGES__RECOVERY_INTERVAL_MS", "200".into()),
+        ]),
+        log: dir.join("vault.log"),
+        child: None,
+        address: vault_address.clone(),
+    };
+    let mut orchestrator = Server {
+        name: "orchestrator",
+        binary: binaries.join("tandem-orchestrator"),
+        env: env(&[
+            (
+                "TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR",
+                orchestrator_address.clone(),
+            ),
+            (
+                "TANDEM_ORCHESTRATOR__TLS__CERT_PATH",
+                file("orchestrator-server.pem"),
+            ),
+            (
+                "TANDEM_ORCHESTRATOR__TLS__KEY_PATH",
+                file("orchestrator-server.key"),
+            ),
+            ("TANDEM_ORCHESTRATOR__TLS__CA_PATH", file("ca.pem")),
+            (
+                "TANDEM_ORCHESTRATOR__DATABASE__URL",
+                orchestrator_url.clone(),
+            ),
+            (
+                "TANDEM_ORCHESTRATOR__VAULT__ENDPOINT",
+                format!("https://{vault_address}"),
+            ),
+            (
+                "TANDEM_ORCHESTRATOR__VAULT__CERT_PATH",
+                file("orchestrator.pem"),
+            ),
+            (
+                "TANDEM_ORCHESTRATOR__VAULT__KEY_PATH",
+                file("orchestrator.key"),
+            ),
+            ("TANDEM_ORCHESTRATOR__VAULT__CA_PATH", file("ca.pem")),
+            ("TANDEM_ORCHESTRATOR__VAULT__TIMEOUT_MS", "1000".into()),
+            ("TANDEM_ORCHESTRATOR__PAYMENTS__LEASE_MS", "4000".into()),
+            (
+                "TANDEM_ORCHESTRATOR__PAYMENTS__RECOVERY_INTERVAL_MS",
+                "200".into(),
+            ),
+        ]),
+        log: dir.join("orchestrator.log"),
+        child: None,
+        address: orchestrator_address.clone(),
+    };
+    vault.start()?;
+    vault.wait_ready(&certs).await?;
+    orchestrator.start()?;
+    orchestrator.wait_ready(&certs).await?;
+
+    let groups = seed_groups(&vault_address, &orchestrator_address, &certs).await?;
+    let vault = Arc::new(Mutex::new(vault));
+    let orchestrator = Arc::new(Mutex::new(orchestrator));
+
+    // The payments, driven by `concurrency` workers; each request is retried with its own
+    // request id until the orchestrator answers (it may be down or restarting).
+    let next = Arc::new(AtomicUsize::new(0));
+    let created: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let done_creating = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU32::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..args.concurrency {
+        let next = next.clone();
+        let created = created.clone();
+        let groups = groups.clone();
+        let certs = certs.clone();
+        let address = orchestrator_address.clone();
+        let total = args.payments;
+        let mut draws = Draws(seed ^ (worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        workers.push(tokio::spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::SeqCst);
+                if index >= total {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let group = &groups[draws.below(groups.len() as u64) as usize];
+                let amount = 100 + draws.below(40_000) as i64;
+                let request = pb::CreatePaymentRequest {
+                    request_id: format!("chaos-{seed}-{index}"),
+                    invoice: Some(pb::Invoice {
+                        id: format!("CHAOS-{index}"),
+                        amount: Some(usd(amount)),
+                        description: "chaos".into(),
+                        cost_center: String::new(),
+                        lines: Vec::new(),
+                    }),
+                    card_group_id: group.0.clone(),
+                    policy_override: None,
+                    wait: false,
+                    wait_timeout_ms: 0,
+                };
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    let answer = match connect(&address, &certs, Role::Payer).await {
+                        Ok(channel) => PaymentServiceClient::new(channel)
+                            .create_payment(request.clone())
+                            .await
+                            .map_err(|s| s.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match answer {
+                        Ok(response) => {
+                            let id = response.into_inner().payment.map(|p| p.id);
+                            created
+                                .lock()
+                                .await
+                                .push((id.context("no payment")?, group.1));
+                            break;
+                        }
+                        Err(error) if Instant::now() > deadline => {
+                            bail!("payment {index} not accepted within 120 s: {error}")
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        }));
+    }
+
+    // The killer: every 150-650 ms, kill -9 the orchestrator (three times in four) or the
+    // vault, and start it again after a moment.
+    let killer = {
+        let vault = vault.clone();
+        let orchestrator = orchestrator.clone();
+        let done = done_creating.clone();
+        let kills = kills.clone();
+        let certs = certs.clone();
+        let kills_min = args.kills_min;
+        let mut draws = Draws(seed.rotate_left(17) | 1);
+        tokio::spawn(async move {
+            loop {
+                if done.load(Ordering::SeqCst) && kills.load(Ordering::SeqCst) >= kills_min {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                tokio::time::sleep(Duration::from_millis(150 + draws.below(500))).await;
+                let server = if draws.below(4) == 0 {
+                    &vault
+                } else {
+                    &orchestrator
+                };
+                let mut server = server.lock().await;
+                server.kill();
+                kills.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50 + draws.below(250))).await;
+                server.start()?;
+                server.wait_ready(&certs).await?;
+            }
+        })
+    };
+    for worker in workers {
+        worker.await??;
+    }
+    done_creating.store(true, Ordering::SeqCst);
+    killer.await??;
+
+    // Let everything settle, then verify.
+    let created = created.lock().await.clone();
+    let reader =
+        PaymentServiceClient::new(connect(&orchestrator_address, &certs, Role::Reader).await?);
+    let payments = settle(reader, &created, args.settle_timeout).await?;
+    let report = verify(&payments, &vault_address, &certs, &orchestrator_url).await?;
+    orchestrator.lock().await.kill();
+    vault.lock().await.kill();
+    println!(
+        "chaos: {} payments, {} kills, {} double charges, {} lost captures, {} orphan holds",
+        payments.len(),
+        kills.load(Ordering::SeqCst),
+        report.double_charges,
+        report.lost_captures,
+        report.orphan_holds
+    );
+    if report.violations.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::dev::drop_database(
+            &args.database_url,
+            &format!("tandem_test_chaos_vault_{suffix}"),
+        )
+        .await;
+        crate::dev::drop_database(
+            &args.database_url,
+            &format!("tandem_test_chaos_orchestrator_{suffix}"),
+        )
+        .await;
+        Ok(())
+    } else {
+        for violation in &report.violations {
+            eprintln!("chaos: violation: {violation}");
+        }
+        bail!(
+            "{} violations (seed {seed}; logs in {})",
+            report.violations.len(),
+            dir.display()
+        )
+    }
+}
+
+/// Card groups over the sandbox's test cards, one per policy; the bool says ALL_OR_NOTHING.
+async fn seed_groups(
+    vault: &str,
+    orchestrator: &str,
+    certs: &Path,
+) -> anyhow::Result<Vec<(String, bool)>> {
+    let mut tokens = TokenServiceClient::new(connect(vault, certs, Role::Tokenizer).await?);
+    let mut tokenized = Vec::new();
+    for pan in [
+        "4242424242424242",
+        "5555555555554444",
+        "378282246310005",
+        "4000000000009995",
+        "4100000000000019",
+        "4000009900000012",
+        "4000009900000046",
+        "4000009900000038",
+        "4000056655665556",
+    ] {
+        let card = tokens
+            .tokenize(vault_pb::TokenizeRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                pan: pan.to_owned(),
+                expiry_month: 12,
+                expiry_year: 2030,
+                holder_name: "Chaos Monkey".into(),
+                reuse_existing: false,
+                ttl_seconds: 0,
+            })
+            .await?
+            .into_inner()
+            .card
+            .context("no card")?;
+        tokenized.push(card.token);
+    }
+    let [
+        visa,
+        mastercard,
+        amex,
+        insufficient,
+        blocked,
+        limited,
+        flaky,
+        timeout,
+        slow,
+    ]: [String; 9] = tokenized
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("nine cards"))?;
+    // Faults injected at run time: latency on one card; transient failures come from the
+    // fail-first card and timeouts after authorization from the timeout card.
+    let mut sandbox = SandboxServiceClient::new(connect(vault, certs, Role::Admin).await?);
+    sandbox
+        .configure_sandbox_card(vault_pb::ConfigureSandboxCardRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            token: slow.clone(),
+            config: Some(vault_pb::SandboxCardConfig {
+                latency_ms: 120,
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let mut treasury =
+        CardGroupServiceClient::new(connect(orchestrator, certs, Role::Treasury).await?);
+    let member = |token: &str, label: &str, priority: i32| pb::CardGroupMember {
+        token: token.to_owned(),
+        label: label.to_owned(),
+        currency_code: "USD".into(),
+        priority,
+        state: pb::CardGroupMemberState::Active as i32,
+        ..Default::default()
+    };
+    let weights = |pairs: &[(&str, i32)]| {
+        pairs
+            .iter()
+            .map(|(token, basis_points)| pb::MemberWeight {
+                token: (*token).to_owned(),
+                basis_points: *basis_points,
+            })
+            .collect()
+    };
+    let fallback = Some(pb::FallbackPolicy {
+        enabled: true,
+        attempts_max: 0,
+    });
+    let plans: Vec<(Vec<pb::CardGroupMember>, pb::AllocationPolicy)> = vec![
+        (
+            vec![
+                member(&visa, "A", 1),
+                member(&mastercard, "B", 2),
+                member(&amex, "C", 3),
+            ],
+            pb::AllocationPolicy {
+                strategy: pb::AllocationStrategy::Weighted as i32,
+                weights: weights(&[(&visa, 6000), (&mastercard, 2000), (&amex, 2000)]),
+                fallback,
+                ..Default::default()
+            },
+        ),
+        (
+            vec![
+                member(&insufficient, "D", 1),
+                member(&flaky, "F", 2),
+                member(&visa, "A", 3),
+            ],
+            pb::AllocationPolicy {
+                strategy: pb::AllocationStrategy::Sequential as i32,
+                fallback,
+                ..Default::default()
+            },
+        ),
+        (
+            vec![
+                member(&blocked, "X", 1),
+                member(&timeout, "T", 2),
+                member(&slow, "S", 3),
+                member(&mastercard, "B", 4),
+            ],
+            pb::AllocationPolicy {
+                strategy: pb::AllocationStrategy::Parallel as i32,
+                fallback,
+                ..Default::default()
+            },
+        ),
+        (
+            vec![member(&limited, "L", 1), member(&insufficient, "D", 2)],
+            pb::AllocationPolicy {
+                strategy: pb::AllocationStrategy::Sequential as i32,
+                fallback,
+                completion: pb::Completion::AllowPartial as i32,
+                ..Default::default()
+            },
+        ),
+        (
+            vec![member(&limited, "L", 1), member(&amex, "C", 2)],
+            pb::AllocationPolicy {
+                strategy: pb::AllocationStrategy::Sequential as i32,
+                fallback: None,
+                ..Default::default()
+            },
+        ),
+    ];
+    let mut groups = Vec::new();
+    for (i, (members, policy)) in plans.into_iter().enumerate() {
+        let all_or_nothing = policy.completion != pb::Completion::AllowPartial as i32;
+        let group = treasury
+            .create_card_group(pb::CreateCardGroupRequest {
+                request_id: format!("chaos-group-{i}-{}", uuid::Uuid::new_v4()),
+                card_group: Some(pb::CardGroup {
+                    billing_account_id: format!("chaos-{i}"),
+                    display_name: format!("chaos {i}"),
+                    default_currency_code: "USD".into(),
+                    members,
+                    default_policy: Some(policy),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner()
+            .card_group
+            .context("no group")?;
+        groups.push((group.id, all_or_nothing));
+    }
+    Ok(groups)
+}
+
+/// Waits until every payment is settled (terminal, no refund pending); returns them with
+/// whether their policy is ALL_OR_NOTHING.
+async fn settle(
+    mut reader: PaymentServiceClient<Channel>,
+    created: &[(String, bool)],
+    timeout: Duration,
+) -> anyhow::Result<Vec<(pb::Payment, bool)>> {
+    let deadline = Instant::now() + timeout;
+    let mut settled = Vec::with_capacity(created.len());
+    for (id, all_or_nothing) in created {
+        loop {
+            let payment = reader
+                .get_payment(pb::GetPaymentRequest {
+                    payment_id: id.clone(),
+                })
+                .await?
+                .into_inner()
+                .payment
+                .context("no payment")?;
+            let terminal = matches!(
+                pb::PaymentState::try_from(payment.state),
+                Ok(pb::PaymentState::Succeeded
+                    | pb::PaymentState::PartiallyPaid
+                    | pb::PaymentState::Failed)
+            );
+            if terminal {
+                settled.push((payment, *all_or_nothing));
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "payment {id} not terminal after the settle timeout: {:?} {}",
+                    pb::PaymentState::try_from(payment.state),
+                    payment.summary
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(settled)
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    double_charges: usize,
+    lost_captures: usize,
+    orphan_holds: usize,
+    violations: Vec<String>,
+}
+
+/// Checks the end state against the sandbox and the ledger.
+async fn verify(
+    payments: &[(pb::Payment, bool)],
+    vault: &str,
+    certs: &Path,
+    orchestrator_url: &str,
+) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let mut sandbox = SandboxServiceClient::new(connect(vault, certs, Role::Admin).await?);
+    // Per card: the attempts the payments recorded as approved, and their captures. (A
+    // decline may come from the vault without reaching the sandbox, for example while its
+    // circuit breaker is open, so approvals are what must match one for one.)
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    let mut captured: HashMap<String, (usize, i64)> = HashMap::new();
+    for (payment, all_or_nothing) in payments {
+        for attempt in &payment.attempts {
+            let reached = matches!(
+                pb::AttemptOutcome::try_from(attempt.outcome),
+                Ok(pb::AttemptOutcome::Approved | pb::AttemptOutcome::PartiallyApproved)
+            );
+            if reached {
+                *answered.entry(attempt.token.clone()).or_default() += 1;
+            }
+        }
+        for leg in &payment.legs {
+            if leg.state == pb::LegState::Captured as i32 {
+                let entry = captured.entry(leg.token.clone()).or_default();
+                entry.0 += 1;
+                entry.1 += leg.captured.as_ref().map_or(0, |m| m.minor_units);
+            }
+        }
+        let amount = payment
+            .invoice
+            .as_ref()
+            .and_then(|i| i.amount.as_ref())
+            .map_or(0, |m| m.minor_units);
+        let paid = payment.captured.as_ref().map_or(0, |m| m.minor_units);
+        if *all_or_nothing && !(paid == 0 || paid == amount) {
+            report.violations.push(format!(
+                "{} is ALL_OR_NOTHING but captured {paid} of {amount}",
+                payment.id
+            ));
+        }
+    }
+    // What the sandbox processed, per card.
+    let mut tokens: Vec<String> = answered.keys().chain(captured.keys()).cloned().collect();
+    tokens.sort();
+    tokens.dedup();
+    let mut sandbox_captured_total = 0;
+    for token in &tokens {
+        let mut operations = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = sandbox
+                .list_sandbox_operations(vault_pb::ListSandboxOperationsRequest {
+                    page_size: 100,
+                    page_token,
+                    token: token.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            operations.extend(page.operations);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        let fresh = |kind: vault_pb::SandboxOperationType| {
+            operations
+                .iter()
+                .filter(move |o| {
+                    o.r#type == kind as i32
+                        && o.outcome != vault_pb::SandboxOperationOutcome::Replayed as i32
+                })
+                .collect::<Vec<_>>()
+        };
+        let authorizations = fresh(vault_pb::SandboxOperationType::Authorize)
+            .into_iter()
+            .filter(|o| {
+                matches!(
+                    vault_pb::SandboxOperationOutcome::try_from(o.outcome),
+                    Ok(vault_pb::SandboxOperationOutcome::Approved
+                        | vault_pb::SandboxOperationOutcome::PartiallyApproved)
+                )
+            })
+            .count();
+        let expected = answered.get(token).copied().unwrap_or(0);
+        if authorizations > expected {
+            report.double_charges += authorizations - expected;
+            report.violations.push(format!(
+                "card {token}: the sandbox approved {authorizations} authorizations for \
+                 {expected} approved attempts"
+            ));
+        } else if authorizations < expected {
+            report.violations.push(format!(
+                "card {token}: {expected} approved attempts but {authorizations} sandbox \
+                 approvals"
+            ));
+        }
+        let captures = fresh(vault_pb::SandboxOperationType::Capture);
+        let capture_amount: i64 = captures
+            .iter()
+            .map(|o| o.approved.as_ref().map_or(0, |m| m.minor_units))
+            .sum();
+        sandbox_captured_total += capture_amount;
+        let (legs, leg_amount) = captured.get(token).copied().unwrap_or_default();
+        if captures.len() != legs || capture_amount != leg_amount {
+            report.lost_captures += legs.abs_diff(captures.len()).max(1);
+            report.violations.push(format!(
+                "card {token}: {} sandbox captures of {capture_amount} vs {legs} captured legs \
+                 of {leg_amount}",
+                captures.len()
+            ));
+        }
+        let held = sandbox
+            .get_sandbox_card(vault_pb::GetSandboxCardRequest {
+                token: token.clone(),
+            })
+            .await?
+            .into_inner()
+            .card
+            .and_then(|c| c.held)
+            .map_or(0, |m| m.minor_units);
+        if held != 0 {
+            report.orphan_holds += 1;
+            report
+                .violations
+                .push(format!("card {token}: {held} still held at the sandbox"));
+        }
+    }
+    // The ledger: posts per card match the captures, nothing pending, invariants hold, and the
+    // settlement report matches it.
+    let pool = sqlx::PgPool::connect(orchestrator_url).await?;
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT card_token, debits_pending, debits_posted, \
+         (SELECT count(*) FROM ledger_transfers t WHERE t.kind = 'post_pending' \
+          AND t.debit_account_id = a.id) \
+         FROM ledger_accounts a WHERE code = 'funding_source'",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let mut ledger_posted_total = 0;
+    for (token, pending, posted, posts) in rows {
+        ledger_posted_total += posted;
+        if pending != 0 {
+            report.orphan_holds += 1;
+            report
+                .violations
+                .push(format!("card {token}: {pending} pending in the ledger"));
+        }
+        let (legs, amount) = captured.get(&token).copied().unwrap_or_default();
+        if posts as usize != legs || posted != amount {
+            report.lost_captures += 1;
+            report.violations.push(format!(
+                "card {token}: {posts} ledger posts of {posted} vs {legs} captured legs of {amount}"
+            ));
+        }
+    }
+    let invariants =
+        tandem_ledger::invariants::check(&pool, time::OffsetDateTime::now_utc()).await?;
+    for violation in invariants.violations {
+        report.violations.push(format!("ledger: {violation}"));
+    }
+    pool.close().await;
+    let mut settled_total = 0;
+    let mut page_token = String::new();
+    loop {
+        let page = sandbox
+            .list_settlement_records(vault_pb::ListSettlementRecordsRequest {
+                page_size: 100,
+                page_token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        for record in &page.records {
+            let amount = record.amount.as_ref().map_or(0, |m| m.minor_units);
+            settled_total += if record.r#type == vault_pb::SettlementRecordType::Refund as i32 {
+                -amount
+            } else {
+                amount
+            };
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    if settled_total != ledger_posted_total || sandbox_captured_total != ledger_posted_total {
+        report.violations.push(format!(
+            "settlement {settled_total} and sandbox captures {sandbox_captured_total} vs ledger \
+             posts {ledger_posted_total}"
+        ));
+    }
+    Ok(report)
+}
