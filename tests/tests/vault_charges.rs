@@ -579,6 +579,33 @@ async fn timeout_card_is_resolved_by_get_charge() {
     vault.stop().await;
 }
 
+/// A re-send of a pending authorization that meets an open circuit breaker leaves the charge
+/// pending: the first call reached the processor and took a hold, so declining it (as a first
+/// call the breaker refuses is) would leave that hold behind while the caller moves on.
+#[tokio::test]
+async fn a_resend_refused_by_the_breaker_stays_pending() {
+    let vault = vault_with_connector(200, 1, 60_000, 30_000).await;
+    let mut client = charges(&vault).await;
+    let token = token_for(&vault, "4000009900000038").await;
+    let timed_out = client
+        .authorize(authorize_request("resend-1", &token, 700))
+        .await
+        .unwrap_err();
+    assert_eq!(vault_reason(&timed_out), "PROCESSOR_TIMEOUT");
+    // The timeout opened the breaker (one failure allowed); the re-send meets it.
+    let resent = client
+        .authorize(authorize_request("resend-1", &token, 700))
+        .await;
+    match resent {
+        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        Ok(response) => panic!("a re-send refused by the breaker answered {response:?}"),
+    }
+    let charge = get_by_request(&mut client, "resend-1").await.expect("get charge");
+    assert_eq!(state(&charge), pb::ChargeState::Pending);
+    assert_eq!(sandbox_authorizations(&vault, &token).await, 1);
+    vault.stop().await;
+}
+
 /// The recovery job finishes work nobody came back for: a timed-out authorization resolves
 /// without any `GetCharge`, and a capture whose intent committed before a crash (simulated in
 /// the database) is sent again and completes.
