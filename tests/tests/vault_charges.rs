@@ -600,7 +600,9 @@ async fn a_resend_refused_by_the_breaker_stays_pending() {
         Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
         Ok(response) => panic!("a re-send refused by the breaker answered {response:?}"),
     }
-    let charge = get_by_request(&mut client, "resend-1").await.expect("get charge");
+    let charge = get_by_request(&mut client, "resend-1")
+        .await
+        .expect("get charge");
     assert_eq!(state(&charge), pb::ChargeState::Pending);
     assert_eq!(sandbox_authorizations(&vault, &token).await, 1);
     vault.stop().await;
