@@ -125,6 +125,18 @@ async fn globalops_primary_blocked_backups_cover() {
     assert_eq!(stack.ledger_paid(&by_card(&primary)).await, 60_000);
     assert_eq!(stack.ledger_paid(&by_card(&second)).await, 20_000 + 80_000);
     assert_eq!(stack.ledger_paid(&by_card(&third)).await, 20_000 + 20_000);
+    // And by cost center (each member books to its own).
+    for (cost_center, paid) in [
+        ("cc-corporate", 60_000),
+        ("cc-regional", 100_000),
+        ("cc-prepaid", 40_000),
+    ] {
+        let filter = TransferFilter {
+            cost_center: Some(cost_center.to_owned()),
+            ..TransferFilter::default()
+        };
+        assert_eq!(stack.ledger_paid(&filter).await, paid, "{cost_center}");
+    }
     stack.assert_ledger_invariants().await;
 }
 
@@ -241,6 +253,16 @@ async fn managed_service_provider_keeps_clients_apart() {
                 .unwrap();
             assert_eq!(state(&payment), "SUCCEEDED", "{}", payment.summary);
             assert_eq!(payment.billing_account_id, *client);
+            assert!(
+                payment.summary.starts_with(&format!(
+                    "Invoice {client}-{amount} paid {}.{:02} {currency}: {client} card 0",
+                    amount / 100,
+                    amount % 100
+                )),
+                "{}",
+                payment.summary
+            );
+            assert!(payment.legs.iter().all(|l| l.label.starts_with(client)));
         }
     }
     // Each client's cards carry exactly its own invoices, and its receivable their sum.
