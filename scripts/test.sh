@@ -2,7 +2,8 @@
 # Runs every test of Tandem on a fresh machine: starts Postgres if it is down, installs the
 # Python tools into .venv, lints the protos with buf, runs the Rust suite (unit, Postgres and
 # end-to-end over mTLS), the Python client suite (which also drives the Node client and grpcurl),
-# a smoke run of `tandemctl dev --demo`, and the chaos harness (500 payments, 20+ kills).
+# a smoke run of `tandemctl dev --demo`, the fuzz targets (30 s each) and the chaos harness
+# (500 payments, 20+ kills).
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +56,9 @@ grep -q "captured, authorization code" "$dev_dir/out.txt"
 grep -q "Invoice 12345 paid 20.50 USD" "$dev_dir/out.txt"
 grep -q "^demo: 5 payments" "$dev_dir/out.txt"
 rm -rf "$dev_dir"
+
+step "fuzzing (each target 30 s on its committed corpus)"
+bash scripts/fuzz.sh 30
 
 step "tandemctl chaos (kill -9 the servers while paying, then verify the money)"
 ./target/debug/tandemctl chaos --payments 500 --kills-min 20 | tee /tmp/tandem-chaos-$$.txt
