@@ -104,6 +104,8 @@ pub struct PaymentSettings {
     /// How long a request waits for another transaction holding its `request_id` before it is
     /// told REQUEST_IN_PROGRESS.
     pub request_id_wait_ms: u64,
+    /// Most payments' results written in one transaction by the results committer.
+    pub results_batch_max: usize,
     /// Re-sends of a vault call whose answer was lost, within one drive of a payment, before
     /// leaving it to the recovery worker.
     pub vault_retries_max: u32,
@@ -127,6 +129,7 @@ impl Default for PaymentSettings {
             recovery_batch_max: 100,
             workflows_max: 512,
             request_id_wait_ms: 2_000,
+            results_batch_max: 64,
             vault_retries_max: 3,
             wait_timeout_ms_max: 120_000,
             watch_ms_max: 300_000,
@@ -197,10 +200,12 @@ impl Settings {
             ),
             (
                 (1..=100_000).contains(&p.workflows_max)
+                    && (1..=1000).contains(&p.results_batch_max)
                     && (1..=60_000).contains(&p.request_id_wait_ms)
                     && p.vault_retries_max <= 100,
                 "payments.workflows_max",
-                "must be 1 to 100000 (and payments.request_id_wait_ms 1 to 60000, \
+                "must be 1 to 100000 (and payments.results_batch_max 1 to 1000, \
+                 payments.request_id_wait_ms 1 to 60000, \
                  payments.vault_retries_max at most 100)",
             ),
             (

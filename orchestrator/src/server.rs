@@ -97,6 +97,7 @@ pub async fn run_with(
         settings.server.request_timeout(),
     ));
     let recovery_task = tokio::spawn(workflow.clone().recovery_loop());
+    let committer_task = workflow.start_committer();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -181,6 +182,7 @@ pub async fn run_with(
         }
     };
     recovery_task.abort();
+    committer_task.abort();
     // Payments still being driven keep their leases; another instance (or this one after a
     // restart) resumes them once the leases expire.
     pool.close().await;

@@ -27,7 +27,7 @@ use futures::future::join_all;
 use sqlx::PgPool;
 use tandem_ledger::types::TransferResult;
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
 use crate::config::PaymentSettings;
 use crate::domain::booking::{self, BookingContext};
@@ -102,6 +102,8 @@ pub struct Workflow {
     /// Payments this instance is driving now: a payment is never driven twice at once here,
     /// even when its lease expired mid-round and the recovery worker leased it again.
     driving: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Where drives send their results while the results committer runs.
+    committer: std::sync::Mutex<Option<mpsc::Sender<(ResultsJob, Reply)>>>,
 }
 
 /// Removes a payment from [`Workflow::driving`] when its drive ends, however it ends.
@@ -148,7 +150,17 @@ impl Workflow {
             crash,
             stop,
             driving: Default::default(),
+            committer: Default::default(),
         })
+    }
+
+    /// Starts the results committer ([`Workflow::results_loop`]) on this runtime.
+    pub fn start_committer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let (sender, receiver) = mpsc::channel(self.settings.workflows_max.max(1));
+        if let Ok(mut committer) = self.committer.lock() {
+            *committer = Some(sender);
+        }
+        tokio::spawn(self.clone().results_loop(receiver))
     }
 
     /// The database.
@@ -252,7 +264,14 @@ impl Workflow {
                 .filter_map(|(step, answer)| answer.ok().map(|a| (step, a)))
                 .collect();
             if !known.is_empty() || !known_refunds.is_empty() {
-                if !self.results(payment_id, known, known_refunds).await? {
+                if !self
+                    .results(ResultsJob {
+                        payment_id: payment_id.to_owned(),
+                        answers: known,
+                        refunds: known_refunds,
+                    })
+                    .await?
+                {
                     return Ok(());
                 }
                 self.crash_point(CrashPoint::AfterResult).await;
@@ -308,6 +327,7 @@ impl Workflow {
             for step in next {
                 if step.new
                     && let Command::Authorize(leg) = step.command
+                    && stored.record.tracks_spend(&step.token)
                 {
                     let hold = stored.record.reservation(&step);
                     let held = storage::add_spend(
@@ -422,21 +442,52 @@ impl Workflow {
             .await
     }
 
-    /// Step 3: records the known answers with their bookings. Returns false if the lease was
-    /// lost (nothing written).
-    async fn results(
-        &self,
-        payment_id: &str,
-        answers: Vec<(Step, Answer)>,
-        refunds: Vec<(RefundStep, RefundAnswer)>,
-    ) -> Result<bool, Error> {
+    /// Step 3: records the known answers with their bookings, through the results committer
+    /// (one transaction for the results of many payments) when it runs. Returns false if the
+    /// lease was lost (nothing written).
+    async fn results(&self, job: ResultsJob) -> Result<bool, Error> {
+        let sender = self.committer.lock().ok().and_then(|c| c.clone());
+        let Some(sender) = sender else {
+            return self.results_alone(&job).await;
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if sender.send((job, reply)).await.is_err() {
+            return Err(Error::ShuttingDown);
+        }
+        answer.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Step 3 in a transaction of its own.
+    async fn results_alone(&self, job: &ResultsJob) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
-        let Some(mut stored) = storage::payment(&mut *tx, payment_id, true).await? else {
+        let Some(transfers) = self.prepare_results(&mut tx, job).await? else {
+            return Ok(false);
+        };
+        book(&mut tx, &[transfers.as_slice()]).await?;
+        tx.commit().await?;
+        self.announce(&job.payment_id);
+        Ok(true)
+    }
+
+    /// Writes a payment's results (record, spend, events) in `conn` and returns the ledger
+    /// transfers they book, which the caller creates last (the ledger's accounts are the rows
+    /// every payment shares, so they are locked just before the commit). `None` if this
+    /// instance no longer holds the payment's lease.
+    async fn prepare_results(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        job: &ResultsJob,
+    ) -> Result<Option<Vec<tandem_ledger::types::Transfer>>, Error> {
+        let payment_id = job.payment_id.as_str();
+        let answers = job.answers.clone();
+        let refunds = job.refunds.clone();
+        let Some(mut stored) = storage::payment(&mut *conn, payment_id, true).await? else {
             return Err(Error::PaymentNotFound);
         };
         if stored.lease_owner.as_deref() != Some(&self.owner) {
-            return Ok(false);
+            return Ok(None);
         }
+        let tx = conn;
         let now = now();
         let mut events = Vec::new();
         let mut transfers = Vec::new();
@@ -485,31 +536,91 @@ impl Workflow {
                 );
             }
         }
-        let results = tandem_ledger::ledger::create_transfers(&mut tx, &transfers).await?;
-        if let Some((transfer, result)) = transfers
-            .iter()
-            .zip(&results)
-            .find(|(_, r)| !matches!(r, TransferResult::Ok | TransferResult::Exists))
-        {
-            return Err(Error::Corrupt(format!(
-                "ledger refused {}: {result:?}",
-                transfer.id.as_str()
-            )));
-        }
         let month = storage::month_of(stored.record.create_time);
         let currency = stored.record.currency().code();
+        spend.retain(|change| stored.record.tracks_spend(&change.token));
         spend.sort_by(|a, b| a.token.cmp(&b.token));
         for change in spend {
-            storage::add_spend(&mut tx, &change.token, currency, month, change.delta, None).await?;
+            storage::add_spend(&mut *tx, &change.token, currency, month, change.delta, None)
+                .await?;
         }
         stored.lease_until = self.lease_until(now);
-        self.publish(&mut tx, &mut stored, &events, now).await?;
-        storage::save_payment(&mut tx, &stored, now).await?;
-        tx.commit().await?;
-        if !events.is_empty() {
-            self.announce(payment_id);
+        self.publish(&mut *tx, &mut stored, &events, now).await?;
+        storage::save_payment(&mut *tx, &stored, now).await?;
+        Ok(Some(transfers))
+    }
+
+    /// The results committer: takes the results jobs waiting (up to `results_batch_max`),
+    /// writes each under a savepoint, books all their transfers in one ledger call, and commits
+    /// once: one lock of the shared ledger accounts and one WAL flush for many payments
+    /// (TigerBeetle's batching, without weakening any guarantee: each payment's results still
+    /// commit with its transfers). If the batch fails as a whole, each job runs alone.
+    pub async fn results_loop(self: Arc<Self>, mut jobs: mpsc::Receiver<(ResultsJob, Reply)>) {
+        let mut stop = self.stop.clone();
+        loop {
+            let first = tokio::select! {
+                job = jobs.recv() => match job { Some(job) => job, None => return },
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.settings.results_batch_max {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            match self.commit_batch(&batch).await {
+                Ok(outcomes) => {
+                    for ((job, reply), outcome) in batch.into_iter().zip(outcomes) {
+                        if matches!(outcome, Ok(true)) {
+                            self.announce(&job.payment_id);
+                        }
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Err(error) => {
+                    if batch.len() > 1 {
+                        tracing::warn!(%error, jobs = batch.len(), "results batch failed; writing each alone");
+                    }
+                    for (job, reply) in batch {
+                        let _ = reply.send(self.results_alone(&job).await);
+                    }
+                }
+            }
         }
-        Ok(true)
+    }
+
+    /// One batch of results in one transaction; the outcome of each job, or the batch's error.
+    async fn commit_batch(
+        &self,
+        batch: &[(ResultsJob, Reply)],
+    ) -> Result<Vec<Result<bool, Error>>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut transfers = Vec::new();
+        for (job, _) in batch {
+            let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+            match self.prepare_results(&mut savepoint, job).await {
+                Ok(Some(booked)) => {
+                    savepoint.commit().await?;
+                    transfers.push(booked);
+                    outcomes.push(Ok(true));
+                }
+                Ok(None) => {
+                    savepoint.rollback().await?;
+                    outcomes.push(Ok(false));
+                }
+                Err(error) => {
+                    savepoint.rollback().await?;
+                    outcomes.push(Err(error));
+                }
+            }
+        }
+        let batches: Vec<&[tandem_ledger::types::Transfer]> =
+            transfers.iter().map(Vec::as_slice).collect();
+        book(&mut tx, &batches).await?;
+        tx.commit().await?;
+        Ok(outcomes)
     }
 
     fn booking(
@@ -597,8 +708,41 @@ impl Workflow {
     }
 }
 
-/// A vault answer the results step records.
+/// The answer to a results job.
+pub type Reply = tokio::sync::oneshot::Sender<Result<bool, Error>>;
+
+/// The known answers of one round of one payment, for the results step.
 #[derive(Debug)]
+pub struct ResultsJob {
+    payment_id: String,
+    answers: Vec<(Step, Answer)>,
+    refunds: Vec<(RefundStep, RefundAnswer)>,
+}
+
+/// Creates the transfers of several payments' results in one ledger call; any refusal is a
+/// broken invariant.
+async fn book(
+    conn: &mut sqlx::PgConnection,
+    batches: &[&[tandem_ledger::types::Transfer]],
+) -> Result<(), Error> {
+    let results = tandem_ledger::ledger::create_transfer_batches(conn, batches).await?;
+    for (transfers, results) in batches.iter().zip(&results) {
+        if let Some((transfer, result)) = transfers
+            .iter()
+            .zip(results)
+            .find(|(_, r)| !matches!(r, TransferResult::Ok | TransferResult::Exists))
+        {
+            return Err(Error::Corrupt(format!(
+                "ledger refused {}: {result:?}",
+                transfer.id.as_str()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A vault answer the results step records.
+#[derive(Debug, Clone)]
 enum Answer {
     Authorization(AuthorizeAnswer),
     Settled,

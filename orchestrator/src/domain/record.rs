@@ -633,6 +633,14 @@ impl PaymentRecord {
         Ok(Some((outcome, events, spend)))
     }
 
+    /// True if `token`'s spend is counted: its member has a monthly limit. Cards without one
+    /// are not counted, so their spend rows (hot when every payment uses the same cards) are
+    /// never locked.
+    pub fn tracks_spend(&self, token: &str) -> bool {
+        self.member(token)
+            .is_some_and(|m| m.limit_per_month.is_some())
+    }
+
     /// The spend an authorization intent holds: the amount asked, within the member's monthly
     /// limit.
     pub fn reservation(&self, step: &Step) -> SpendChange {
