@@ -4,9 +4,11 @@
 //! - [`settings`]: a TOML file plus `TANDEM_<SERVICE>__<SECTION>__<KEY>` environment overrides,
 //!   and the sections every server has (gRPC server limits, mutual TLS, the database pool),
 //!   with their range checks.
+//! - [`binary`]: the entry point of every server binary (`--config`, settings, listen, serve).
 //! - [`ids`]: random ids of 128 bits with a type prefix.
 //! - [`telemetry`]: `tracing` with JSON output.
 
+pub mod binary;
 pub mod ids;
 pub mod settings;
 pub mod telemetry;

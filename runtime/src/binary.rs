@@ -1,0 +1,63 @@
+//! The entry point every server binary shares: JSON logs, `--config PATH`, settings from the
+//! file and the environment, the listening socket, and serving until SIGINT or SIGTERM. A bad
+//! setting or an unusable address stops the process with one line on stderr.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+
+use crate::settings::ConfigError;
+use crate::telemetry::{self, LogFormat};
+
+/// Runs server binary `name`: `load` reads its settings (from the `--config` file, if given,
+/// and the environment), `listen_addr` says where it listens, and `run` serves until the
+/// shutdown future completes. Exit codes: 0 after a clean shutdown, 1 when serving fails, 2
+/// for bad usage or settings.
+pub async fn serve<S, E, Run, Served>(
+    name: &str,
+    load: impl FnOnce(Option<&Path>) -> Result<S, ConfigError>,
+    listen_addr: impl FnOnce(&S) -> SocketAddr,
+    run: Run,
+) -> ExitCode
+where
+    Run: FnOnce(TcpListener, S, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Served,
+    Served: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    telemetry::init(LogFormat::Json, "info");
+    let mut args = std::env::args().skip(1);
+    let config = match (args.next().as_deref(), args.next()) {
+        (None, _) => None,
+        (Some("--config"), Some(path)) => Some(PathBuf::from(path)),
+        _ => {
+            eprintln!("usage: {name} [--config PATH]");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match load(config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let address = listen_addr(&settings);
+    let listener = match TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("{name}: cannot listen on {address}: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match run(listener, settings, Box::pin(crate::shutdown_signal())).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
