@@ -98,18 +98,14 @@ impl Groups {
             .await?
             .ok_or(Error::CardGroupNotFound)?;
         let mut group = convert::group_to_wire(&stored)?;
-        let month = storage::month_of(now());
+        let tokens: Vec<String> = group.members.iter().map(|m| m.token.clone()).collect();
+        let spend =
+            storage::month_to_date(self.workflow.pool(), &tokens, storage::month_of(now())).await?;
         for member in &mut group.members {
-            let spend = storage::month_to_date(
-                self.workflow.pool(),
-                std::slice::from_ref(&member.token),
-                &member.currency_code,
-                month,
-            )
-            .await?;
+            let key = (member.token.clone(), member.currency_code.clone());
             member.month_to_date_spend = Some(tandem_proto::tandem::r#type::v1::Money {
                 currency_code: member.currency_code.clone(),
-                minor_units: spend.get(&member.token).copied().unwrap_or(0),
+                minor_units: spend.get(&key).copied().unwrap_or(0),
             });
         }
         Ok(group)
@@ -319,27 +315,10 @@ impl Groups {
         method: &str,
         hash: &[u8],
     ) -> Result<Option<pb::CardGroup>, Error> {
-        let row = sqlx::query_as::<_, (String, Vec<u8>, Option<Vec<u8>>, String)>(
-            "SELECT method, request_hash, response, resource_id FROM idempotency_keys \
-             WHERE request_id = $1",
-        )
-        .bind(request_id)
-        .fetch_optional(self.workflow.pool())
-        .await?;
-        match row {
-            None => Ok(None),
-            Some((stored_method, request_hash, response, resource_id)) => replayed(
-                storage::StoredRequest {
-                    method: stored_method,
-                    request_hash,
-                    resource_id,
-                    response,
-                },
-                method,
-                hash,
-            )
-            .map(Some),
-        }
+        storage::stored_request(self.workflow.pool(), request_id)
+            .await?
+            .map(|earlier| replayed(earlier, method, hash))
+            .transpose()
     }
 
     /// Checks with the vault every member token not in `known`; returns their last four

@@ -130,22 +130,21 @@ impl Payments {
             .ok_or_else(|| Error::invalid(prefix, "is invalid"))?;
         let now = now();
         let month = storage::month_of(now);
-        let mut members = Vec::with_capacity(input.members.len());
-        for rules in &input.members {
-            let spent = storage::month_to_date(
-                &mut *tx,
-                std::slice::from_ref(&rules.token),
-                rules.currency.code(),
-                month,
-            )
-            .await?;
-            members.push(member_at(
-                rules,
-                &policy.windows,
-                now,
-                spent.get(&rules.token).copied().unwrap_or(0),
-            ));
-        }
+        let tokens: Vec<String> = input.members.iter().map(|m| m.token.clone()).collect();
+        let spent = storage::month_to_date(&mut *tx, &tokens, month).await?;
+        let members: Vec<_> = input
+            .members
+            .iter()
+            .map(|rules| {
+                let key = (rules.token.clone(), rules.currency.code().to_owned());
+                member_at(
+                    rules,
+                    &policy.windows,
+                    now,
+                    spent.get(&key).copied().unwrap_or(0),
+                )
+            })
+            .collect();
         if let Err(errors) =
             check_policy(&policy.strategy, &members, invoice.amount, &invoice.lines)
         {

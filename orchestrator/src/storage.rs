@@ -205,19 +205,33 @@ pub async fn claim_request_id(
     if inserted == 1 {
         return Ok(None);
     }
+    stored_request(&mut *conn, request_id)
+        .await?
+        .map(Some)
+        .ok_or_else(|| Error::Corrupt("a conflicting request id vanished".into()))
+}
+
+/// The committed request of `request_id`, if any.
+pub async fn stored_request(
+    executor: impl PgExecutor<'_>,
+    request_id: &str,
+) -> Result<Option<StoredRequest>, Error> {
     let row = sqlx::query(
         "SELECT method, request_hash, resource_id, response FROM idempotency_keys \
          WHERE request_id = $1",
     )
     .bind(request_id)
-    .fetch_one(&mut *conn)
+    .fetch_optional(executor)
     .await?;
-    Ok(Some(StoredRequest {
-        method: row.try_get("method")?,
-        request_hash: row.try_get("request_hash")?,
-        resource_id: row.try_get("resource_id")?,
-        response: row.try_get("response")?,
-    }))
+    row.map(|row| {
+        Ok(StoredRequest {
+            method: row.try_get("method")?,
+            request_hash: row.try_get("request_hash")?,
+            resource_id: row.try_get("resource_id")?,
+            response: row.try_get("response")?,
+        })
+    })
+    .transpose()
 }
 
 /// Stores the response of a claimed request id.
@@ -486,25 +500,28 @@ pub fn month_of(time: OffsetDateTime) -> Date {
         .expect("day 1 exists in every month")
 }
 
-/// What counts against each of `tokens`' monthly limits in `currency` and `month`.
+/// What counts against each of `tokens`' monthly limits in `month`, by (token, currency), in
+/// one query.
 pub async fn month_to_date(
     executor: impl PgExecutor<'_>,
     tokens: &[String],
-    currency: &str,
     month: Date,
-) -> Result<HashMap<String, i64>, Error> {
+) -> Result<HashMap<(String, String), i64>, Error> {
     let rows = sqlx::query(
-        "SELECT token, amount FROM member_spend WHERE token = ANY($1) AND currency = $2 \
-         AND month = $3",
+        "SELECT token, currency, amount FROM member_spend WHERE token = ANY($1) AND month = $2",
     )
     .bind(tokens)
-    .bind(currency)
     .bind(month)
     .fetch_all(executor)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|row| Ok((row.try_get("token")?, row.try_get("amount")?)))
+        .map(|row| {
+            Ok((
+                (row.try_get("token")?, row.try_get("currency")?),
+                row.try_get("amount")?,
+            ))
+        })
         .collect::<Result<_, sqlx::Error>>()?)
 }
 
