@@ -1,34 +1,36 @@
-//! `tandemctl bench`: throughput and latency over real mutual TLS and Postgres.
+//! `tandemctl bench`: throughput and latency over real mutual TLS and Postgres, set beside
+//! the machine's own baselines measured in the same invocation.
 //!
-//! `tandemctl bench tokenize --concurrency 64 --duration 30s` starts a vault in this process on
-//! a fresh `tandem_bench_vault` database (or targets `--vault https://host:port`), runs
-//! `concurrency` clients that tokenize distinct PANs back to back over a few HTTP/2
-//! connections, discards a warm-up, and prints throughput and latency percentiles.
+//! Every benchmark runs the servers it needs as child processes (the `tandem-vault` and
+//! `tandem-orchestrator` binaries beside `tandemctl`, on fresh `tandem_bench_*` databases), or
+//! targets running ones with `--vault` / `--orchestrator`. It first measures the machine:
+//! pgbench's single-row insert and TPC-B with as many clients, against the same Postgres
+//! ([`postgres::Baseline`]); then loads the servers for a warm-up and a measured window, and
+//! prints throughput, p50/p90/p99/max latency, errors, Postgres transactions and WAL flushes
+//! per operation in the window, the servers' peak resident memory, and the ratios to the
+//! baselines. Load is closed-loop (`--concurrency` clients back to back) or open-loop
+//! (`--rate` operations per second, latency counted from each operation's scheduled time so
+//! that a stalled server cannot hide its queue).
 //!
-//! `tandemctl bench charge --concurrency 64 --duration 30s` tokenizes a pool of cards, then
-//! runs `concurrency` clients that each authorize and capture a charge through the sandbox
-//! connector, back to back, and reports authorize+capture pairs per second and their latency.
+//! - `tandemctl bench tokenize`: distinct PANs tokenized back to back.
+//! - `tandemctl bench charge`: an authorization and its capture through the sandbox connector.
+//! - `tandemctl bench pay --cards N`: `CreatePayment(wait)` from a card group of N sandbox
+//!   cards without limits, split evenly (WEIGHTED, legs one after another, or PARALLEL with
+//!   `--strategy parallel`): N authorizations, N captures, the ledger and the state.
+//! - `tandemctl bench ledger`: single transfers between random accounts through the ledger's
+//!   batching writer (in this process), then the ledger's invariant check.
 //!
-//! `tandemctl bench pay --cards 3 --concurrency 16 --duration 30s` starts a vault and an
-//! orchestrator in this process on fresh `tandem_bench_vault` and `tandem_bench_orchestrator`
-//! databases (or targets `--vault` and `--orchestrator`), makes a card group of `cards` sandbox
-//! cards without limits split evenly (WEIGHTED, or PARALLEL with `--strategy parallel`), then
-//! runs `concurrency` clients that each pay an invoice from it with `CreatePayment` (waiting
-//! until the payment is terminal), back to back, and reports payments per second and their
-//! latency. Every payment authorizes and captures one charge per card.
-//!
-//! `tandemctl bench ledger --accounts 50 --concurrency 20 --duration 30s` creates single
-//! transfers between random accounts of a fresh `tandem_bench_ledger` database through the
-//! batching writer, checks the ledger invariants, then runs `pgbench -b tpcb-like` with as many
-//! clients against the same server and prints the ratio.
+//! `scripts/bench.sh` builds a release and runs them all; BENCHMARKS.md has the method and the
+//! figures.
 
-use std::path::PathBuf;
+mod postgres;
+
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sqlx::{Connection as _, Executor as _, PgConnection};
 use tandem_proto::tandem::orchestrator::v1 as orchestrator_pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
@@ -37,7 +39,9 @@ use tandem_proto::tandem::vault::v1 as pb;
 use tandem_tls::TlsFiles;
 use tandem_tls::identity::Role;
 
+use self::postgres::{Baseline, Counters};
 use crate::dev;
+use crate::process::{Server, free_address};
 
 /// Connections the clients share; HTTP/2 multiplexes the rest.
 const CONNECTIONS_MAX: usize = 8;
@@ -51,10 +55,18 @@ const PAYMENT_WAIT_TIMEOUT_MS: i64 = 30_000;
 const PAYMENT_CALL_TIMEOUT: Duration = Duration::from_secs(40);
 /// Most cards in a card group (the orchestrator's limit).
 const GROUP_CARDS_MAX: usize = 32;
+/// Most card groups `bench pay` makes.
+const GROUPS_MAX: usize = 1024;
 /// Most clients a run may start.
 const CONCURRENCY_MAX: usize = 4096;
+/// Highest open-loop rate, operations per second.
+const RATE_MAX: u32 = 1_000_000;
 /// Longest measured duration.
 const DURATION_MAX: Duration = Duration::from_secs(3600);
+/// The benchmarks' databases.
+const VAULT_DATABASE: &str = "tandem_bench_vault";
+const ORCHESTRATOR_DATABASE: &str = "tandem_bench_orchestrator";
+const LEDGER_DATABASE: &str = "tandem_bench_ledger";
 
 /// The benchmarks.
 #[derive(Debug, clap::Subcommand)]
@@ -65,7 +77,7 @@ pub enum BenchCommand {
     Charge(LoadArgs),
     /// Pay invoices from a card group through the orchestrator, waiting for each payment.
     Pay(PayArgs),
-    /// Create ledger transfers through the batching writer, beside pgbench TPC-B.
+    /// Create ledger transfers through the batching writer.
     Ledger(LedgerArgs),
 }
 
@@ -78,8 +90,13 @@ pub struct PayArgs {
     /// How each payment is split over the cards.
     #[arg(long, value_enum, default_value = "weighted")]
     strategy: SplitStrategy,
-    /// A running orchestrator to target (`https://host:port`); by default one is started in
-    /// this process on a fresh database. It must use the vault of `--vault`, where the cards
+    /// Card groups paid from, each with its own cards and billing account, as when many
+    /// customers pay at once; client k pays from group k mod `groups`. One group puts every
+    /// payment on the same few cards and ledger accounts (the hottest rows there are).
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
+    /// A running orchestrator to target (`https://host:port`); by default one is started as a
+    /// child process on a fresh database. It must use the vault of `--vault`, where the cards
     /// are tokenized.
     #[arg(long, requires = "vault")]
     orchestrator: Option<String>,
@@ -111,25 +128,39 @@ pub struct LedgerArgs {
     /// Accounts the transfers move between (fewer means hotter rows).
     #[arg(long, default_value_t = 50)]
     accounts: u32,
-    /// Callers submitting at once.
-    #[arg(long, default_value_t = 20)]
-    concurrency: usize,
-    /// Measured time, e.g. `30s`.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Unmeasured time before the measurement.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    warmup: Duration,
     /// Writer tasks of the batching writer.
     #[arg(long, default_value_t = tandem_ledger::batch::WriterLimits::default().tasks)]
     writer_tasks: usize,
     /// Longest a ledger batch waits for more submissions, e.g. `1ms` or `0ms`.
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     batch_wait: Duration,
-    /// Skip the pgbench TPC-B baseline.
+    #[command(flatten)]
+    shape: Shape,
+}
+
+/// How hard, how long, and beside which baseline a benchmark runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Shape {
+    /// Requests in flight at once: closed-loop clients, or the most in flight at `--rate`.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Open loop: start this many operations per second, whatever the answers' pace
+    /// (0: closed loop, each client sends its next request when the last is answered).
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Measured time, e.g. `30s`, `500ms`, `2m`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before the measurement.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// How long each pgbench baseline runs.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    baseline_duration: Duration,
+    /// Skip the pgbench baselines.
     #[arg(long)]
     no_baseline: bool,
-    /// Postgres server.
+    /// Postgres server: the benchmark's databases and the baselines' are made beside it.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -138,32 +169,19 @@ pub struct LedgerArgs {
     database_url: String,
 }
 
-/// Load shape and target of a benchmark.
+/// Load shape and target of a benchmark over gRPC.
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// Measured time, e.g. `30s`, `500ms`, `2m`.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Unmeasured time before the measurement.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    warmup: Duration,
-    /// A running vault to target (`https://host:port`); by default one is started in this
+    /// A running vault to target (`https://host:port`); by default one is started as a child
     /// process on a fresh database.
     #[arg(long)]
     vault: Option<String>,
-    /// Directory of the certificates (`ca.pem`, `tokenizer.pem`, `tokenizer.key`).
+    /// Directory of the certificates (`ca.pem`, `tokenizer.pem`, `tokenizer.key`, ...), made
+    /// if missing.
     #[arg(long, default_value = dev::DEV_DIR)]
     certs: PathBuf,
-    /// Postgres server for the in-process vault.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    shape: Shape,
 }
 
 /// Parses `30s`, `500ms`, `2m`.
@@ -193,15 +211,132 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The servers a benchmark started and where they keep their logs.
+struct Stack {
+    dir: PathBuf,
+    vault: Option<Server>,
+    orchestrator: Option<Server>,
+}
+
+impl Stack {
+    fn new() -> anyhow::Result<Stack> {
+        let dir = std::env::temp_dir().join(format!("tandem-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(Stack {
+            dir,
+            vault: None,
+            orchestrator: None,
+        })
+    }
+
+    /// The vault to load: `--vault`, or one started as a child process on a fresh database.
+    async fn vault(&mut self, args: &LoadArgs) -> anyhow::Result<String> {
+        if let Some(uri) = &args.vault {
+            return Ok(uri.clone());
+        }
+        let url = dev::ensure_fresh_database(&args.shape.database_url, VAULT_DATABASE).await?;
+        let mut vault = Server::vault(
+            &free_address()?,
+            &args.certs,
+            &url,
+            &self.dir.join("root.key"),
+            self.dir.join("vault.log"),
+            // Beside a running `tandemctl dev`, the bench vault takes any free metrics port.
+            &[("TANDEM_VAULT__METRICS__LISTEN_ADDR", "127.0.0.1:0")],
+        )?;
+        vault.start()?;
+        vault.wait_ready(&args.certs).await?;
+        let uri = format!("https://{}", vault.address);
+        self.vault = Some(vault);
+        Ok(uri)
+    }
+
+    /// The orchestrator to load: `--orchestrator`, or one started as a child process on a
+    /// fresh database, paying through the vault this stack started.
+    async fn orchestrator(&mut self, args: &PayArgs) -> anyhow::Result<String> {
+        if let Some(uri) = &args.orchestrator {
+            return Ok(uri.clone());
+        }
+        let vault = self
+            .vault
+            .as_ref()
+            .context("an orchestrator needs the bench's own vault (or --orchestrator)")?;
+        let url = dev::ensure_fresh_database(&args.load.shape.database_url, ORCHESTRATOR_DATABASE)
+            .await?;
+        let mut orchestrator = Server::orchestrator(
+            &free_address()?,
+            &args.load.certs,
+            &url,
+            &vault.address,
+            self.dir.join("orchestrator.log"),
+            &[],
+        )?;
+        orchestrator.start()?;
+        orchestrator.wait_ready(&args.load.certs).await?;
+        let uri = format!("https://{}", orchestrator.address);
+        self.orchestrator = Some(orchestrator);
+        Ok(uri)
+    }
+
+    /// The databases of the servers this stack started, for [`Counters`].
+    fn databases(&self) -> Vec<(&'static str, &'static str)> {
+        let mut databases = Vec::new();
+        if self.vault.is_some() {
+            databases.push(("vault", VAULT_DATABASE));
+        }
+        if self.orchestrator.is_some() {
+            databases.push(("orchestrator", ORCHESTRATOR_DATABASE));
+        }
+        databases
+    }
+
+    /// The peak resident memory of each server this stack started.
+    fn peak_rss(&self) -> Vec<(&'static str, Option<u64>)> {
+        [&self.vault, &self.orchestrator]
+            .into_iter()
+            .flatten()
+            .map(|server| (server.name, server.peak_rss_bytes()))
+            .collect()
+    }
+
+    /// Stops the servers; their logs go with the directory.
+    fn stop(mut self) {
+        for server in [self.orchestrator.take(), self.vault.take()]
+            .into_iter()
+            .flatten()
+        {
+            drop(server);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The baselines of `shape`, measured now (before any server of the benchmark loads the
+/// machine), or `None` with `--no-baseline`.
+async fn baseline(shape: &Shape) -> anyhow::Result<Option<Baseline>> {
+    if shape.no_baseline {
+        return Ok(None);
+    }
+    Baseline::measure(
+        &shape.database_url,
+        shape.concurrency,
+        shape.baseline_duration,
+    )
+    .await
+    .map(Some)
+}
+
 async fn tokenize(args: LoadArgs) -> anyhow::Result<()> {
-    check_load(args.concurrency, args.duration)?;
+    check_shape(&args.shape)?;
     dev::ensure_certificates(&args.certs)?;
-    let (uri, server) = target(&args).await?;
+    let baseline = baseline(&args.shape).await?;
+    let mut stack = Stack::new()?;
+    let uri = stack.vault(&args).await?;
     let clients: Vec<_> = channels(
         &uri,
         &args.certs,
         Role::Tokenizer,
-        args.concurrency,
+        args.shape.concurrency,
         CALL_TIMEOUT,
     )
     .await?
@@ -216,39 +351,31 @@ async fn tokenize(args: LoadArgs) -> anyhow::Result<()> {
     ));
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let clients = Arc::new(clients);
-    let report = run_load(
-        args.concurrency,
-        args.warmup,
-        args.duration,
-        move |worker, n| {
-            let mut client = clients[worker % clients.len()].clone();
-            let request = pb::TokenizeRequest {
-                request_id: format!("bench-{run_id}-{worker}-{n}"),
-                pan: visa_pan(sequence.fetch_add(1, Ordering::Relaxed)),
-                expiry_month: 12,
-                expiry_year: 2030,
-                holder_name: String::new(),
-                reuse_existing: false,
-                ttl_seconds: 0,
-            };
-            async move { client.tokenize(request).await.is_ok() }
-        },
-    )
+    let measured = measure(&args.shape, &stack, "tokenizations", move |worker, n| {
+        let mut client = clients[worker % clients.len()].clone();
+        let request = pb::TokenizeRequest {
+            request_id: format!("bench-{run_id}-{worker}-{n}"),
+            pan: visa_pan(sequence.fetch_add(1, Ordering::Relaxed)),
+            expiry_month: 12,
+            expiry_year: 2030,
+            holder_name: String::new(),
+            reuse_existing: false,
+            ttl_seconds: 0,
+        };
+        async move { client.tokenize(request).await.is_ok() }
+    })
     .await?;
-    println!(
-        "tokenize: concurrency {} duration {:?} (warm-up {:?})",
-        args.concurrency, args.duration, args.warmup
-    );
-    println!("{report}");
-
-    stop(server).await
+    stack.stop();
+    println!("tokenize: {}", args.shape);
+    measured.print(baseline.as_ref());
+    Ok(())
 }
 
 /// Up to [`CONNECTIONS_MAX`] connections to the server at `uri` as `role`, on which each call
 /// may take up to `call_timeout`; HTTP/2 multiplexes the `concurrency` clients over them.
 async fn channels(
     uri: &str,
-    certs: &std::path::Path,
+    certs: &Path,
     role: Role,
     concurrency: usize,
     call_timeout: Duration,
@@ -269,18 +396,20 @@ async fn channels(
 }
 
 async fn charge(args: LoadArgs) -> anyhow::Result<()> {
-    check_load(args.concurrency, args.duration)?;
+    check_shape(&args.shape)?;
     dev::ensure_certificates(&args.certs)?;
-    let (uri, server) = target(&args).await?;
+    let baseline = baseline(&args.shape).await?;
+    let mut stack = Stack::new()?;
+    let uri = stack.vault(&args).await?;
     // Cards to charge: four per client, so that the sandbox's per-card lock is not the
     // bottleneck being measured.
     let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let tokens = tokenize_cards(&uri, &args.certs, &run_id, args.concurrency * 4).await?;
+    let tokens = tokenize_cards(&uri, &args.certs, &run_id, args.shape.concurrency * 4).await?;
     let clients: Vec<_> = channels(
         &uri,
         &args.certs,
         Role::Orchestrator,
-        args.concurrency,
+        args.shape.concurrency,
         CALL_TIMEOUT,
     )
     .await?
@@ -289,48 +418,41 @@ async fn charge(args: LoadArgs) -> anyhow::Result<()> {
     .collect();
     let clients = Arc::new(clients);
     let tokens = Arc::new(tokens);
-    let report = run_load(
-        args.concurrency,
-        args.warmup,
-        args.duration,
-        move |worker, n| {
-            let mut client = clients[worker % clients.len()].clone();
-            let token = tokens[(worker + n as usize * 7) % tokens.len()].clone();
-            let id = format!("bench-{run_id}-{worker}-{n}");
-            async move {
-                let authorize = pb::AuthorizeRequest {
-                    request_id: format!("{id}/authorize"),
-                    token,
-                    amount: Some(usd(1000 + (n % 100) as i64)),
-                    ..Default::default()
-                };
-                let Ok(response) = client.authorize(authorize).await else {
-                    return false;
-                };
-                let Some(charge) = response.into_inner().charge else {
-                    return false;
-                };
-                let capture = pb::CaptureRequest {
-                    request_id: format!("{id}/capture"),
-                    charge_id: charge.id,
-                    amount: None,
-                };
-                client.capture(capture).await.is_ok_and(|r| {
-                    r.get_ref()
-                        .charge
-                        .as_ref()
-                        .is_some_and(|c| c.state == pb::ChargeState::Captured as i32)
-                })
-            }
-        },
-    )
+    let measured = measure(&args.shape, &stack, "pairs", move |worker, n| {
+        let mut client = clients[worker % clients.len()].clone();
+        let token = tokens[(worker + n as usize * 7) % tokens.len()].clone();
+        let id = format!("bench-{run_id}-{worker}-{n}");
+        async move {
+            let authorize = pb::AuthorizeRequest {
+                request_id: format!("{id}/authorize"),
+                token,
+                amount: Some(usd(1000 + (n % 100) as i64)),
+                ..Default::default()
+            };
+            let Ok(response) = client.authorize(authorize).await else {
+                return false;
+            };
+            let Some(charge) = response.into_inner().charge else {
+                return false;
+            };
+            let capture = pb::CaptureRequest {
+                request_id: format!("{id}/capture"),
+                charge_id: charge.id,
+                amount: None,
+            };
+            client.capture(capture).await.is_ok_and(|r| {
+                r.get_ref()
+                    .charge
+                    .as_ref()
+                    .is_some_and(|c| c.state == pb::ChargeState::Captured as i32)
+            })
+        }
+    })
     .await?;
-    println!(
-        "charge (authorize + capture pairs): concurrency {} duration {:?} (warm-up {:?})",
-        args.concurrency, args.duration, args.warmup
-    );
-    println!("{report}");
-    stop(server).await
+    stack.stop();
+    println!("charge (authorize + capture pairs): {}", args.shape);
+    measured.print(baseline.as_ref());
+    Ok(())
 }
 
 /// Tokenizes `count` distinct sandbox cards without limits (Visa numbers no test card uses)
@@ -374,22 +496,22 @@ async fn tokenize_cards(
 
 async fn pay(args: PayArgs) -> anyhow::Result<()> {
     let load = &args.load;
-    check_load(load.concurrency, load.duration)?;
+    check_shape(&load.shape)?;
     anyhow::ensure!(
         (1..=GROUP_CARDS_MAX).contains(&args.cards),
         "--cards must be 1 to {GROUP_CARDS_MAX}"
     );
+    anyhow::ensure!(
+        (1..=GROUPS_MAX).contains(&args.groups),
+        "--groups must be 1 to {GROUPS_MAX}"
+    );
     dev::ensure_certificates(&load.certs)?;
-    let (vault_uri, vault) = target(load).await?;
-    let (orchestrator_uri, orchestrator) = match &args.orchestrator {
-        Some(uri) => (uri.clone(), None),
-        None => {
-            let server = start_orchestrator(load, &vault_uri).await?;
-            (server.uri(), Some(server))
-        }
-    };
+    let baseline = baseline(&load.shape).await?;
+    let mut stack = Stack::new()?;
+    let vault_uri = stack.vault(load).await?;
+    let orchestrator_uri = stack.orchestrator(&args).await?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let tokens = tokenize_cards(&vault_uri, &load.certs, &run_id, args.cards).await?;
+    let tokens = tokenize_cards(&vault_uri, &load.certs, &run_id, args.cards * args.groups).await?;
 
     let mut treasury = CardGroupServiceClient::new(
         channels(
@@ -402,23 +524,27 @@ async fn pay(args: PayArgs) -> anyhow::Result<()> {
         .await?
         .remove(0),
     );
-    let group = treasury
-        .create_card_group(orchestrator_pb::CreateCardGroupRequest {
-            request_id: format!("bench-{run_id}-group"),
-            card_group: Some(bench_group(&run_id, &tokens, args.strategy)),
-        })
-        .await
-        .map_err(crate::charge::failure)
-        .context("creating the bench card group")?
-        .into_inner()
-        .card_group
-        .context("no card group in the response")?;
+    let mut group_ids = Vec::with_capacity(args.groups);
+    for (index, cards) in tokens.chunks(args.cards).enumerate() {
+        let group = treasury
+            .create_card_group(orchestrator_pb::CreateCardGroupRequest {
+                request_id: format!("bench-{run_id}-group-{index}"),
+                card_group: Some(bench_group(&run_id, index, cards, args.strategy)),
+            })
+            .await
+            .map_err(crate::charge::failure)
+            .context("creating the bench card groups")?
+            .into_inner()
+            .card_group
+            .context("no card group in the response")?;
+        group_ids.push(group.id);
+    }
 
     let clients: Vec<_> = channels(
         &orchestrator_uri,
         &load.certs,
         Role::Payer,
-        load.concurrency,
+        load.shape.concurrency,
         PAYMENT_CALL_TIMEOUT,
     )
     .await?
@@ -426,80 +552,71 @@ async fn pay(args: PayArgs) -> anyhow::Result<()> {
     .map(PaymentServiceClient::new)
     .collect();
     let clients = Arc::new(clients);
-    let group_id = group.id;
+    let group_ids = Arc::new(group_ids);
     // The first failure, to say why payments failed.
     let first_error = Arc::new(OnceLock::<String>::new());
     let failed = first_error.clone();
-    let mut report = run_load(
-        load.concurrency,
-        load.warmup,
-        load.duration,
-        move |worker, n| {
-            let mut client = clients[worker % clients.len()].clone();
-            let request = orchestrator_pb::CreatePaymentRequest {
-                request_id: format!("bench-{run_id}-{worker}-{n}"),
-                invoice: Some(orchestrator_pb::Invoice {
-                    id: format!("BENCH-{worker}-{n}"),
-                    // 10.00 to 10.99 USD: at least a cent per card.
-                    amount: Some(usd(1000 + (n % 100) as i64)),
-                    ..Default::default()
-                }),
-                card_group_id: group_id.clone(),
-                policy_override: None,
-                wait: true,
-                wait_timeout_ms: PAYMENT_WAIT_TIMEOUT_MS,
-            };
-            let failed = failed.clone();
-            async move {
-                let error = match client.create_payment(request).await {
-                    Ok(response) => match response.into_inner().payment {
-                        Some(p)
-                            if p.state == i32::from(orchestrator_pb::PaymentState::Succeeded) =>
-                        {
-                            return true;
-                        }
-                        Some(p) => format!(
-                            "payment {} ended {}: {}",
-                            p.id,
-                            crate::groups::value_name(
-                                p.state,
-                                "PAYMENT_STATE_",
-                                orchestrator_pb::PaymentState::as_str_name
-                            ),
-                            p.summary
+    let measured = measure(&load.shape, &stack, "payments", move |worker, n| {
+        let mut client = clients[worker % clients.len()].clone();
+        let request = orchestrator_pb::CreatePaymentRequest {
+            request_id: format!("bench-{run_id}-{worker}-{n}"),
+            invoice: Some(orchestrator_pb::Invoice {
+                id: format!("BENCH-{worker}-{n}"),
+                // 10.00 to 10.99 USD: at least a cent per card.
+                amount: Some(usd(1000 + (n % 100) as i64)),
+                ..Default::default()
+            }),
+            card_group_id: group_ids[worker % group_ids.len()].clone(),
+            policy_override: None,
+            wait: true,
+            wait_timeout_ms: PAYMENT_WAIT_TIMEOUT_MS,
+        };
+        let failed = failed.clone();
+        async move {
+            let error = match client.create_payment(request).await {
+                Ok(response) => match response.into_inner().payment {
+                    Some(p) if p.state == i32::from(orchestrator_pb::PaymentState::Succeeded) => {
+                        return true;
+                    }
+                    Some(p) => format!(
+                        "payment {} ended {}: {}",
+                        p.id,
+                        crate::groups::value_name(
+                            p.state,
+                            "PAYMENT_STATE_",
+                            orchestrator_pb::PaymentState::as_str_name
                         ),
-                        None => "no payment in the response".to_owned(),
-                    },
-                    Err(status) => format!("{:#}", crate::charge::failure(status)),
-                };
-                let _ = failed.set(error);
-                false
-            }
-        },
-    )
+                        p.summary
+                    ),
+                    None => "no payment in the response".to_owned(),
+                },
+                Err(status) => format!("{:#}", crate::charge::failure(status)),
+            };
+            let _ = failed.set(error);
+            false
+        }
+    })
     .await?;
-    report.unit = "payments";
+    stack.stop();
     println!(
-        "pay ({} cards, {}; one authorize + capture per card): concurrency {} duration {:?} \
-         (warm-up {:?})",
+        "pay ({} cards, {}; one authorize + capture per card; {} card groups): {}",
         args.cards,
         args.strategy.name(),
-        load.concurrency,
-        load.duration,
-        load.warmup
+        args.groups,
+        load.shape
     );
-    println!("{report}");
+    measured.print(baseline.as_ref());
     if let Some(error) = first_error.get() {
         println!("  first error: {error}");
     }
-    stop(orchestrator).await?;
-    stop(vault).await
+    Ok(())
 }
 
-/// The card group of `bench pay`: the cards of `tokens`, without limits, split evenly by
-/// `strategy`, all or nothing.
+/// Card group `index` of `bench pay`: the cards of `tokens`, without limits, split evenly by
+/// `strategy`, all or nothing, on a billing account of its own.
 fn bench_group(
     run_id: &str,
+    index: usize,
     tokens: &[String],
     strategy: SplitStrategy,
 ) -> orchestrator_pb::CardGroup {
@@ -531,8 +648,8 @@ fn bench_group(
         SplitStrategy::Parallel => (orchestrator_pb::AllocationStrategy::Parallel, Vec::new()),
     };
     orchestrator_pb::CardGroup {
-        billing_account_id: "bench".to_owned(),
-        display_name: format!("bench {run_id}"),
+        billing_account_id: format!("bench-{index}"),
+        display_name: format!("bench {run_id} {index}"),
         default_currency_code: "USD".to_owned(),
         members,
         default_policy: Some(orchestrator_pb::AllocationPolicy {
@@ -564,64 +681,211 @@ fn even_basis_points(cards: usize) -> Vec<i32> {
     shares
 }
 
-/// Starts an orchestrator in this process on a fresh database, paying through the vault at
-/// `vault_uri`, and waits until it serves.
-async fn start_orchestrator(
-    args: &LoadArgs,
-    vault_uri: &str,
-) -> anyhow::Result<dev::Server<tandem_orchestrator::server::RunError>> {
-    let url = fresh_database(&args.database_url, "tandem_bench_orchestrator").await?;
-    let settings = dev::orchestrator_settings(&args.certs, &url, vault_uri)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let mut server = dev::Server::spawn("orchestrator", listener, move |listener, shutdown| {
-        tandem_orchestrator::run(listener, settings, shutdown)
-    })?;
-    server
-        .connect(&args.certs, Role::Payer, CALL_TIMEOUT)
-        .await?;
-    Ok(server)
-}
-
-fn check_load(concurrency: usize, duration: Duration) -> anyhow::Result<()> {
+fn check_shape(shape: &Shape) -> anyhow::Result<()> {
     anyhow::ensure!(
-        (1..=CONCURRENCY_MAX).contains(&concurrency),
+        (1..=CONCURRENCY_MAX).contains(&shape.concurrency),
         "--concurrency must be 1 to {CONCURRENCY_MAX}"
     );
     anyhow::ensure!(
-        !duration.is_zero() && duration <= DURATION_MAX,
+        shape.rate <= RATE_MAX,
+        "--rate must be at most {RATE_MAX} per second"
+    );
+    anyhow::ensure!(
+        !shape.duration.is_zero() && shape.duration <= DURATION_MAX,
         "--duration must be positive and at most 1h"
+    );
+    anyhow::ensure!(shape.warmup <= DURATION_MAX, "--warmup must be at most 1h");
+    anyhow::ensure!(
+        shape.no_baseline
+            || (shape.baseline_duration >= Duration::from_secs(1)
+                && shape.baseline_duration <= DURATION_MAX),
+        "--baseline-duration must be 1s to 1h"
     );
     Ok(())
 }
 
-/// Runs `concurrency` workers that call `operation(worker, n)` back to back for `warmup` and
-/// then `duration`, and reports the operations that started and finished inside the measured
-/// window (`true`: succeeded).
-async fn run_load<F, Fut>(
-    concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.rate > 0 {
+            write!(
+                f,
+                "open loop at {} per second, at most {} in flight",
+                self.rate, self.concurrency
+            )?;
+        } else {
+            write!(f, "concurrency {}", self.concurrency)?;
+        }
+        write!(
+            f,
+            ", duration {:?} (warm-up {:?})",
+            self.duration, self.warmup
+        )
+    }
+}
+
+/// The measured window of a run: after the warm-up, for the duration.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn after(warmup: Duration, duration: Duration) -> Window {
+        let start = Instant::now() + warmup;
+        Window {
+            start,
+            end: start + duration,
+        }
+    }
+
+    /// Whether an operation sent (or due) at `sent` and answered at `done` counts.
+    fn holds(&self, sent: Instant, done: Instant) -> bool {
+        sent >= self.start && done <= self.end
+    }
+}
+
+/// What one run measured, beside what the machine can do.
+struct Measured {
+    report: Report,
+    /// Per server: its name and the Postgres transactions it committed in the window.
+    commits: Vec<(&'static str, i64)>,
+    /// WAL flushes of the whole Postgres server in the window.
+    wal_syncs: i64,
+    /// Per server: its name and peak resident memory, in bytes, if known.
+    peak_rss: Vec<(&'static str, Option<u64>)>,
+}
+
+impl Measured {
+    fn print(&self, baseline: Option<&Baseline>) {
+        let report = &self.report;
+        println!("{report}");
+        let ops = report.ok as f64 + report.errors as f64;
+        if ops > 0.0 {
+            let total: i64 = self.commits.iter().map(|(_, n)| n).sum();
+            let each: Vec<String> = self
+                .commits
+                .iter()
+                .map(|(name, n)| format!("{name} {:.1}", *n as f64 / ops))
+                .collect();
+            println!(
+                "  postgres per operation: {:.1} transactions ({}), {:.2} WAL flushes",
+                total as f64 / ops,
+                each.join(", "),
+                self.wal_syncs as f64 / ops
+            );
+        }
+        if !self.peak_rss.is_empty() {
+            let each: Vec<String> = self
+                .peak_rss
+                .iter()
+                .map(|(name, bytes)| match bytes {
+                    Some(bytes) => format!("{name} {:.1} MiB", *bytes as f64 / 1048576.0),
+                    None => format!("{name} unknown"),
+                })
+                .collect();
+            println!("  peak RSS: {}", each.join(", "));
+        }
+        if let Some(baseline) = baseline {
+            println!("  {baseline}");
+            println!(
+                "  ratio: {:.2}x single-row insert, {:.2}x TPC-B",
+                report.per_second / baseline.insert_tps,
+                report.per_second / baseline.tpcb_tps
+            );
+        }
+    }
+}
+
+/// Loads the servers of `stack` with `operation` in the shape of `shape` and measures the
+/// window: the report (`unit` per second), Postgres's counts for the stack's databases, and
+/// the servers' peak memory.
+async fn measure<F, Fut>(
+    shape: &Shape,
+    stack: &Stack,
+    unit: &'static str,
     operation: F,
-) -> anyhow::Result<Report>
+) -> anyhow::Result<Measured>
 where
     F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let measure_from = Instant::now() + warmup;
-    let stop_at = measure_from + duration;
-    let mut workers = Vec::with_capacity(concurrency);
-    for worker in 0..concurrency {
+    let databases = stack.databases();
+    let window = Window::after(shape.warmup, shape.duration);
+    let names: Vec<&str> = databases.iter().map(|(_, db)| *db).collect();
+    let (report, counted) = tokio::join!(
+        run_load(shape, window, operation),
+        count_in(&shape.database_url, &names, window),
+    );
+    let report = {
+        let mut report = report?;
+        report.unit = unit;
+        report
+    };
+    let counted = counted?;
+    Ok(Measured {
+        report,
+        commits: databases
+            .iter()
+            .map(|(server, _)| *server)
+            .zip(counted.commits)
+            .collect(),
+        wal_syncs: counted.wal_syncs,
+        peak_rss: stack.peak_rss(),
+    })
+}
+
+/// Postgres's counts for `databases` over `window`.
+async fn count_in(
+    server_url: &str,
+    databases: &[&str],
+    window: Window,
+) -> anyhow::Result<Counters> {
+    tokio::time::sleep_until(window.start.into()).await;
+    let before = Counters::read(server_url, databases).await?;
+    tokio::time::sleep_until(window.end.into()).await;
+    let after = Counters::read(server_url, databases).await?;
+    Ok(before.until(&after))
+}
+
+/// Runs `operation(worker, n)` in the shape of `shape` until the end of `window` and reports
+/// the operations inside it (`true`: succeeded). Closed loop: `concurrency` workers call back
+/// to back. Open loop (`rate`): operation k is due at k / rate seconds from the start, the
+/// next free worker sends it then, and its latency counts from when it was due.
+async fn run_load<F, Fut>(shape: &Shape, window: Window, operation: F) -> anyhow::Result<Report>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let began = Instant::now();
+    // Seconds between two due times.
+    let interval = (shape.rate > 0).then(|| 1.0 / f64::from(shape.rate));
+    let due = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::with_capacity(shape.concurrency);
+    for worker in 0..shape.concurrency {
         let operation = operation.clone();
+        let due = due.clone();
         workers.push(tokio::spawn(async move {
             let mut latencies_us = Vec::new();
             let mut errors = 0u64;
             let mut n = 0u64;
-            while Instant::now() < stop_at {
+            loop {
+                let sent = match interval {
+                    None => Instant::now(),
+                    Some(interval) => {
+                        let k = due.fetch_add(1, Ordering::Relaxed);
+                        let at = began + Duration::from_secs_f64(k as f64 * interval);
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                };
+                if sent >= window.end {
+                    break;
+                }
                 n += 1;
-                let sent = Instant::now();
                 let ok = operation(worker, n).await;
                 let done = Instant::now();
-                if sent >= measure_from && done <= stop_at {
+                if window.holds(sent, done) {
                     if ok {
                         latencies_us.push((done - sent).as_micros() as u64);
                     } else {
@@ -640,7 +904,11 @@ where
         errors += err;
     }
     latencies_us.sort_unstable();
-    Ok(Report::new(&latencies_us, errors, duration))
+    Ok(Report::new(
+        &latencies_us,
+        errors,
+        window.end - window.start,
+    ))
 }
 
 async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
@@ -648,12 +916,18 @@ async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
         AccountCode, AccountId, AccountRefs, BalanceLimit, Currency, NewAccount, Transfer,
         TransferId, TransferKind, TransferRefs, TransferResult,
     };
+    let shape = &args.shape;
     anyhow::ensure!(
         (2..=100_000).contains(&args.accounts),
         "--accounts must be 2 to 100000"
     );
-    check_load(args.concurrency, args.duration)?;
-    let url = fresh_database(&args.database_url, "tandem_bench_ledger").await?;
+    anyhow::ensure!(
+        (1..=7).contains(&args.writer_tasks),
+        "--writer-tasks must be 1 to 7"
+    );
+    check_shape(shape)?;
+    let baseline = baseline(shape).await?;
+    let url = dev::ensure_fresh_database(&shape.database_url, LEDGER_DATABASE).await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(args.writer_tasks as u32 + 1)
         .connect(&url)
@@ -673,10 +947,6 @@ async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
     tandem_ledger::ledger::create_accounts(&mut conn, &accounts).await?;
     drop(conn);
 
-    anyhow::ensure!(
-        (1..=7).contains(&args.writer_tasks),
-        "--writer-tasks must be 1 to 7"
-    );
     let limits = tandem_ledger::batch::WriterLimits {
         tasks: args.writer_tasks,
         batch_wait: args.batch_wait,
@@ -684,11 +954,9 @@ async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
     };
     let writer = tandem_ledger::batch::LedgerWriter::spawn(pool.clone(), limits);
     let accounts = u64::from(args.accounts);
-    let report = run_load(
-        args.concurrency,
-        args.warmup,
-        args.duration,
-        move |worker, n| {
+    let window = Window::after(shape.warmup, shape.duration);
+    let (report, counted) = tokio::join!(
+        run_load(shape, window, move |worker, n| {
             let writer = writer.clone();
             // A cheap deterministic spread over the accounts.
             let debit = (worker as u64 * 7919 + n * 104_729) % accounts;
@@ -709,16 +977,31 @@ async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
                     Ok([TransferResult::Ok])
                 )
             }
-        },
-    )
-    .await?;
+        }),
+        count_in(&shape.database_url, &[LEDGER_DATABASE], window),
+    );
+    let mut report = report?;
+    report.unit = "transfers";
+    let counted = counted?;
     let check = tandem_ledger::invariants::check(&pool, time::OffsetDateTime::now_utc()).await?;
     pool.close().await;
+    let measured = Measured {
+        report,
+        commits: vec![("ledger", counted.commits.first().copied().unwrap_or(0))],
+        wal_syncs: counted.wal_syncs,
+        // The writer runs in this process: its memory is tandemctl's.
+        peak_rss: vec![(
+            "tandemctl (the writer)",
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|status| crate::process::peak_rss_from_status(&status)),
+        )],
+    };
     println!(
-        "ledger: {} accounts, concurrency {}, duration {:?} (warm-up {:?})",
-        args.accounts, args.concurrency, args.duration, args.warmup
+        "ledger ({} accounts, {} writer tasks): {shape}",
+        args.accounts, args.writer_tasks
     );
-    println!("{report}");
+    measured.print(baseline.as_ref());
     println!(
         "  invariants: {} ({} transfers, {} accounts)",
         if check.holds() { "hold" } else { "VIOLATED" },
@@ -730,113 +1013,7 @@ async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
         "ledger invariants violated: {:?}",
         check.violations
     );
-    if !args.no_baseline {
-        let tps = pgbench_tpcb(&args.database_url, args.concurrency, args.duration).await?;
-        println!(
-            "  baseline: pgbench TPC-B (scale 10, -c {} -j 2) {tps:.0} tps; ratio {:.2}x",
-            args.concurrency,
-            report.per_second / tps
-        );
-    }
     Ok(())
-}
-
-/// Drops and recreates `database` on the server of `server_url`; returns its URL.
-async fn fresh_database(server_url: &str, database: &str) -> anyhow::Result<String> {
-    let mut admin = PgConnection::connect(server_url)
-        .await
-        .context("cannot connect to Postgres")?;
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str())
-        .await?;
-    admin.close().await.ok();
-    dev::ensure_database(server_url, database).await
-}
-
-/// Runs `pgbench -b tpcb-like` against the same server and returns its tps.
-async fn pgbench_tpcb(server_url: &str, clients: usize, duration: Duration) -> anyhow::Result<f64> {
-    let url = fresh_database(server_url, "tandem_bench_pgbench").await?;
-    let init = tokio::process::Command::new("pgbench")
-        .args(["-i", "-q", "-s", "10", &url])
-        .output()
-        .await
-        .context("running pgbench -i (is pgbench installed?)")?;
-    anyhow::ensure!(
-        init.status.success(),
-        "pgbench -i failed: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let run = tokio::process::Command::new("pgbench")
-        .args([
-            "-n",
-            "-b",
-            "tpcb-like",
-            "-c",
-            &clients.to_string(),
-            "-j",
-            "2",
-            "-T",
-            &duration.as_secs().max(1).to_string(),
-            &url,
-        ])
-        .output()
-        .await
-        .context("running pgbench")?;
-    anyhow::ensure!(
-        run.status.success(),
-        "pgbench failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("tps = "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|tps| tps.parse().ok())
-        .context("pgbench printed no tps")
-}
-
-type VaultServer = dev::Server<tandem_vault::server::RunError>;
-
-/// The vault to load: `--vault`, or one started in this process (with its handle).
-async fn target(args: &LoadArgs) -> anyhow::Result<(String, Option<VaultServer>)> {
-    match &args.vault {
-        Some(uri) => Ok((uri.clone(), None)),
-        None => {
-            let server = start_vault(args).await?;
-            Ok((server.uri(), Some(server)))
-        }
-    }
-}
-
-/// Stops a server started by this process, if any.
-async fn stop<E>(server: Option<dev::Server<E>>) -> anyhow::Result<()>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    match server {
-        Some(server) => server.stop().await,
-        None => Ok(()),
-    }
-}
-
-async fn start_vault(args: &LoadArgs) -> anyhow::Result<VaultServer> {
-    let url = fresh_database(&args.database_url, "tandem_bench_vault").await?;
-    let mut settings = dev::vault_settings(&args.certs, &url)?;
-    settings.keys.dev_root_key_path = std::env::temp_dir()
-        .join(format!("tandem-bench-{}", std::process::id()))
-        .join("root.key");
-    // Beside a running `tandemctl dev`, the bench vault takes any free metrics port.
-    settings.metrics.listen_addr = "127.0.0.1:0".parse()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let mut server = dev::Server::spawn("vault", listener, move |listener, shutdown| {
-        tandem_vault::run(listener, settings, shutdown)
-    })?;
-    // Wait until it accepts connections.
-    server
-        .connect(&args.certs, Role::Tokenizer, CALL_TIMEOUT)
-        .await?;
-    Ok(server)
 }
 
 /// A Luhn-valid 16-digit Visa number from a sequence number.
@@ -951,7 +1128,7 @@ mod tests {
     #[test]
     fn bench_groups() {
         let tokens: Vec<String> = (1..=3).map(|i| format!("tok_{i}")).collect();
-        let group = bench_group("run", &tokens, SplitStrategy::Weighted);
+        let group = bench_group("run", 0, &tokens, SplitStrategy::Weighted);
         let members: Vec<(&str, i32)> = group
             .members
             .iter()
@@ -966,7 +1143,7 @@ mod tests {
             .collect();
         assert_eq!(weights, [("tok_1", 3334), ("tok_2", 3333), ("tok_3", 3333)]);
 
-        let policy = bench_group("run", &tokens, SplitStrategy::Parallel)
+        let policy = bench_group("run", 0, &tokens, SplitStrategy::Parallel)
             .default_policy
             .unwrap();
         assert_eq!(

@@ -19,8 +19,7 @@
 //! captures, 0 orphan holds` and exits non-zero on any violation.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -33,10 +32,11 @@ use tandem_proto::tandem::r#type::v1 as types;
 use tandem_proto::tandem::vault::v1 as vault_pb;
 use tandem_proto::tandem::vault::v1::sandbox_service_client::SandboxServiceClient;
 use tandem_proto::tandem::vault::v1::token_service_client::TokenServiceClient;
-use tandem_tls::TlsFiles;
 use tandem_tls::identity::Role;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
+
+use crate::process::{Server, connect, free_address};
 
 /// Arguments of `tandemctl chaos`.
 #[derive(Debug, clap::Args)]
@@ -82,81 +82,6 @@ impl Draws {
     }
 }
 
-/// One of the two servers, as a child process that can be killed and started again.
-struct Server {
-    name: &'static str,
-    binary: PathBuf,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-    child: Option<Child>,
-    address: String,
-}
-
-impl Server {
-    fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("open {}", self.log.display()))?;
-        let child = Command::new(&self.binary)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("start {}", self.binary.display()))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// kill -9, as a crash.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn wait_ready(&mut self, certs: &Path) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!(
-                    "{} exited with {status} at start; see {}",
-                    self.name,
-                    self.log.display()
-                );
-            }
-            if connect(&self.address, certs, Role::Reader).await.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not start within 60 s", self.name);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-async fn connect(address: &str, certs: &Path, role: Role) -> anyhow::Result<Channel> {
-    Ok(tandem_tls::client::connect(
-        &format!("https://{address}"),
-        &TlsFiles::in_dir(certs, role.as_str()),
-        "localhost",
-        Duration::from_secs(5),
-    )
-    .await?)
-}
-
-fn free_address() -> anyhow::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.to_string())
-}
-
 fn usd(minor_units: i64) -> types::Money {
     types::Money {
         currency_code: "USD".to_owned(),
@@ -194,86 +119,33 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         &format!("tandem_test_chaos_orchestrator_{suffix}"),
     )
     .await?;
-    let binaries = std::env::current_exe()?
-        .parent()
-        .context("tandemctl has no directory")?
-        .to_owned();
-    let file = |name: &str| certs.join(name).display().to_string();
     let vault_address = free_address()?;
     let orchestrator_address = free_address()?;
-    let env = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect()
-    };
-    let mut vault = Server {
-        name: "vault",
-        binary: binaries.join("tandem-vault"),
-        env: env(&[
-            ("TANDEM_VAULT__SERVER__LISTEN_ADDR", vault_address.clone()),
-            ("TANDEM_VAULT__TLS__CERT_PATH", file("vault-server.pem")),
-            ("TANDEM_VAULT__TLS__KEY_PATH", file("vault-server.key")),
-            ("TANDEM_VAULT__TLS__CA_PATH", file("ca.pem")),
-            ("TANDEM_VAULT__DATABASE__URL", vault_url.clone()),
-            (
-                "TANDEM_VAULT__KEYS__DEV_ROOT_KEY_PATH",
-                dir.join("root.key").display().to_string(),
-            ),
-            ("TANDEM_VAULT__METRICS__ENABLED", "false".into()),
-            ("TANDEM_VAULT__CONNECTOR__TIMEOUT_MS", "300".into()),
-            ("TANDEM_VAULT__CHARGES__RECOVERY_AFTER_MS", "600".into()),
-            ("TANDEM_VAULT__CHARGES__RECOVERY_INTERVAL_MS", "200".into()),
-        ]),
-        log: dir.join("vault.log"),
-        child: None,
-        address: vault_address.clone(),
-    };
-    let mut orchestrator = Server {
-        name: "orchestrator",
-        binary: binaries.join("tandem-orchestrator"),
-        env: env(&[
-            (
-                "TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR",
-                orchestrator_address.clone(),
-            ),
-            (
-                "TANDEM_ORCHESTRATOR__TLS__CERT_PATH",
-                file("orchestrator-server.pem"),
-            ),
-            (
-                "TANDEM_ORCHESTRATOR__TLS__KEY_PATH",
-                file("orchestrator-server.key"),
-            ),
-            ("TANDEM_ORCHESTRATOR__TLS__CA_PATH", file("ca.pem")),
-            (
-                "TANDEM_ORCHESTRATOR__DATABASE__URL",
-                orchestrator_url.clone(),
-            ),
-            (
-                "TANDEM_ORCHESTRATOR__VAULT__ENDPOINT",
-                format!("https://{vault_address}"),
-            ),
-            (
-                "TANDEM_ORCHESTRATOR__VAULT__CERT_PATH",
-                file("orchestrator.pem"),
-            ),
-            (
-                "TANDEM_ORCHESTRATOR__VAULT__KEY_PATH",
-                file("orchestrator.key"),
-            ),
-            ("TANDEM_ORCHESTRATOR__VAULT__CA_PATH", file("ca.pem")),
-            ("TANDEM_ORCHESTRATOR__VAULT__TIMEOUT_MS", "1000".into()),
-            ("TANDEM_ORCHESTRATOR__PAYMENTS__LEASE_MS", "4000".into()),
-            (
-                "TANDEM_ORCHESTRATOR__PAYMENTS__RECOVERY_INTERVAL_MS",
-                "200".into(),
-            ),
-        ]),
-        log: dir.join("orchestrator.log"),
-        child: None,
-        address: orchestrator_address.clone(),
-    };
+    let mut vault = Server::vault(
+        &vault_address,
+        &certs,
+        &vault_url,
+        &dir.join("root.key"),
+        dir.join("vault.log"),
+        &[
+            ("TANDEM_VAULT__METRICS__ENABLED", "false"),
+            ("TANDEM_VAULT__CONNECTOR__TIMEOUT_MS", "300"),
+            ("TANDEM_VAULT__CHARGES__RECOVERY_AFTER_MS", "600"),
+            ("TANDEM_VAULT__CHARGES__RECOVERY_INTERVAL_MS", "200"),
+        ],
+    )?;
+    let mut orchestrator = Server::orchestrator(
+        &orchestrator_address,
+        &certs,
+        &orchestrator_url,
+        &vault_address,
+        dir.join("orchestrator.log"),
+        &[
+            ("TANDEM_ORCHESTRATOR__VAULT__TIMEOUT_MS", "1000"),
+            ("TANDEM_ORCHESTRATOR__PAYMENTS__LEASE_MS", "4000"),
+            ("TANDEM_ORCHESTRATOR__PAYMENTS__RECOVERY_INTERVAL_MS", "200"),
+        ],
+    )?;
     vault.start()?;
     vault.wait_ready(&certs).await?;
     orchestrator.start()?;

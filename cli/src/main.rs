@@ -26,6 +26,7 @@ mod dev;
 mod groups;
 mod keys;
 mod payments;
+mod process;
 
 use std::process::ExitCode;
 

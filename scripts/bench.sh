@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every benchmark of BENCHMARKS.md on a release build, one after another, each with its
+# pgbench baselines measured in the same invocation, and writes what they print to
+# bench-results.txt (and the terminal).
+#
+#   bash scripts/bench.sh            # 30 s per benchmark, 10 s per baseline
+#   DURATION=10s bash scripts/bench.sh
+#
+# Needs the local Postgres of the README (DATABASE_URL for another) and pgbench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+duration="${DURATION:-30s}"
+baseline="${BASELINE_DURATION:-10s}"
+out="${OUT:-bench-results.txt}"
+
+cargo build --release --locked -p tandemctl -p tandem-vault -p tandem-orchestrator
+bench() { ./target/release/tandemctl bench "$@" --duration "$duration" --baseline-duration "$baseline"; }
+
+{
+  printf '# %s, %s cores, %s\n' "$(date -u +%FT%TZ)" "$(nproc)" \
+    "$(psql "$DATABASE_URL" -Atc 'SHOW server_version')"
+  bench tokenize --concurrency 64
+  bench ledger --accounts 50 --concurrency 20
+  bench charge --concurrency 64
+  bench pay --cards 3 --strategy parallel --concurrency 64
+  bench pay --cards 3 --strategy weighted --concurrency 64
+  # Latency at a fixed load: about half of what the parallel run above reached.
+  bench pay --cards 3 --strategy parallel --concurrency 64 --rate "${PAY_RATE:-100}"
+} 2>&1 | tee "$out"
