@@ -34,7 +34,13 @@ pub enum LedgerError {
     /// A call carried more transfers than [`TRANSFERS_PER_CALL_MAX`].
     #[error("too many transfers in one call: {0} (at most {TRANSFERS_PER_CALL_MAX})")]
     TooManyTransfers(usize),
+    /// A call carried more accounts than [`ACCOUNTS_PER_CALL_MAX`].
+    #[error("too many accounts in one call: {0} (at most {ACCOUNTS_PER_CALL_MAX})")]
+    TooManyAccounts(usize),
 }
+
+/// Most accounts one `create_accounts` call may carry: bounds one statement's parameters.
+pub const ACCOUNTS_PER_CALL_MAX: usize = 8190;
 
 /// Most transfers one call (or one writer batch) may carry: bounds the memory and the lock
 /// set of a transaction.
@@ -44,50 +50,88 @@ const TRANSFER_COLUMNS: &str = "t.seq, t.id, t.kind, t.debit_account_id, t.credi
      t.currency, t.amount, t.pending_id, t.timeout_at, t.payment_id, t.invoice_id, t.leg_id, \
      t.cost_center, t.created_at";
 
-/// Creates accounts; an existing id gives `Exists` or `ExistsWithDifferentFields`.
+/// Creates accounts; an existing id gives `Exists` or `ExistsWithDifferentFields`. One insert
+/// for all of them, and one read of those that existed (none on the common path).
 pub async fn create_accounts(
     conn: &mut PgConnection,
     accounts: &[NewAccount],
 ) -> Result<Vec<AccountResult>, LedgerError> {
-    let mut results = Vec::with_capacity(accounts.len());
-    for account in accounts {
-        let inserted = sqlx::query(
-            "INSERT INTO ledger_accounts (id, currency, code, debits_must_not_exceed_credits, \
-             credits_must_not_exceed_debits, owner, card_token, billing_account, cost_center) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(account.id.as_str())
-        .bind(account.currency.as_str())
-        .bind(account.code.as_str())
-        .bind(account.limit == BalanceLimit::DebitsMustNotExceedCredits)
-        .bind(account.limit == BalanceLimit::CreditsMustNotExceedDebits)
-        .bind(account.refs.owner.as_deref())
-        .bind(account.refs.card_token.as_deref())
-        .bind(account.refs.billing_account.as_deref())
-        .bind(account.refs.cost_center.as_deref())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        let result = if inserted == 1 {
-            AccountResult::Ok
-        } else {
-            let stored = accounts_by_id(&mut *conn, std::slice::from_ref(&account.id))
-                .await?
-                .pop()
+    if accounts.is_empty() {
+        return Ok(Vec::new());
+    }
+    if accounts.len() > ACCOUNTS_PER_CALL_MAX {
+        return Err(LedgerError::TooManyAccounts(accounts.len()));
+    }
+    let column = |f: fn(&NewAccount) -> Option<&str>| -> Vec<Option<&str>> {
+        accounts.iter().map(f).collect()
+    };
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO ledger_accounts (id, currency, code, debits_must_not_exceed_credits, \
+         credits_must_not_exceed_debits, owner, card_token, billing_account, cost_center) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::boolean[], $5::boolean[], \
+         $6::text[], $7::text[], $8::text[], $9::text[]) ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .bind(column(|a| Some(a.id.as_str())))
+    .bind(column(|a| Some(a.currency.as_str())))
+    .bind(column(|a| Some(a.code.as_str())))
+    .bind(
+        accounts
+            .iter()
+            .map(|a| a.limit == BalanceLimit::DebitsMustNotExceedCredits)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        accounts
+            .iter()
+            .map(|a| a.limit == BalanceLimit::CreditsMustNotExceedDebits)
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|a| a.refs.owner.as_deref()))
+    .bind(column(|a| a.refs.card_token.as_deref()))
+    .bind(column(|a| a.refs.billing_account.as_deref()))
+    .bind(column(|a| a.refs.cost_center.as_deref()))
+    .fetch_all(&mut *conn)
+    .await?;
+    // The first occurrence of an inserted id is new; every other account met an existing row
+    // (from before, or earlier in this call) and is compared with it.
+    let mut new: std::collections::HashSet<&str> = inserted.iter().map(String::as_str).collect();
+    let fresh: Vec<bool> = accounts
+        .iter()
+        .map(|account| new.remove(account.id.as_str()))
+        .collect();
+    let existing: Vec<AccountId> = accounts
+        .iter()
+        .zip(&fresh)
+        .filter(|(_, fresh)| !**fresh)
+        .map(|(account, _)| account.id.clone())
+        .collect();
+    let stored = if existing.is_empty() {
+        Vec::new()
+    } else {
+        accounts_by_id(&mut *conn, &existing).await?
+    };
+    accounts
+        .iter()
+        .zip(fresh)
+        .map(|(account, fresh)| {
+            if fresh {
+                return Ok(AccountResult::Ok);
+            }
+            let stored = stored
+                .iter()
+                .find(|s| s.id == account.id)
                 .ok_or_else(|| LedgerError::Corrupt("conflicting account vanished".into()))?;
             let same = stored.currency == account.currency
                 && stored.code == account.code
                 && stored.limit == account.limit
                 && stored.refs == account.refs;
-            if same {
+            Ok(if same {
                 AccountResult::Exists
             } else {
                 AccountResult::ExistsWithDifferentFields
-            }
-        };
-        results.push(result);
-    }
-    Ok(results)
+            })
+        })
+        .collect()
 }
 
 /// Creates transfers in order and returns one result per transfer. Accounts are locked in

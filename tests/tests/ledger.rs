@@ -169,6 +169,54 @@ async fn accounts_are_idempotent() {
     );
 }
 
+/// One call creating an id twice makes one account: the first is new, the second exists (with
+/// the same fields or not); an oversized call is refused whole.
+#[tokio::test]
+async fn accounts_repeated_within_one_call() {
+    let (_db, pool) = ledger_pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let results = ledger::create_accounts(
+        &mut conn,
+        &[
+            account("twice", "USD", BalanceLimit::None),
+            account("other", "USD", BalanceLimit::None),
+            account("twice", "USD", BalanceLimit::None),
+            account("twice", "EUR", BalanceLimit::None),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        results,
+        [
+            AccountResult::Ok,
+            AccountResult::Ok,
+            AccountResult::Exists,
+            AccountResult::ExistsWithDifferentFields
+        ]
+    );
+    let stored = ledger::accounts_by_id(
+        &mut *conn,
+        &[
+            AccountId::new("twice").unwrap(),
+            AccountId::new("other").unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|a| a.currency.as_str() == "USD"));
+
+    let many: Vec<_> = (0..=ledger::ACCOUNTS_PER_CALL_MAX)
+        .map(|i| account(&format!("many{i}"), "USD", BalanceLimit::None))
+        .collect();
+    let error = ledger::create_accounts(&mut conn, &many).await.unwrap_err();
+    assert!(
+        matches!(error, tandem_ledger::LedgerError::TooManyAccounts(n) if n == many.len()),
+        "{error}"
+    );
+}
+
 /// Every result code reaches the caller through Postgres, and failures write nothing.
 #[tokio::test]
 async fn result_codes_through_postgres() {
