@@ -18,7 +18,7 @@ use crate::domain::saga::{Leg, LegState, Payment, PaymentState};
 use crate::error::Error;
 use crate::grpc::convert::{self, Violations};
 use crate::storage::{self, StoredPayment};
-use crate::workflow::{Workflow, now};
+use crate::workflow::{Committed, Workflow, now};
 
 /// The payment operations.
 pub struct Payments {
@@ -214,9 +214,13 @@ impl Payments {
             billing_account: input.billing_account_id.clone(),
             cost_center: invoice.cost_center.clone(),
         };
-        let accounts = booking::accounts(&context, &record.saga)
-            .map_err(|e| Error::Corrupt(format!("ledger id: {e}")))?;
-        tandem_ledger::ledger::create_accounts(&mut tx, &accounts).await?;
+        let accounts = self.workflow.unknown_accounts(
+            booking::accounts(&context, &record.saga)
+                .map_err(|e| Error::Corrupt(format!("ledger id: {e}")))?,
+        );
+        if !accounts.is_empty() {
+            tandem_ledger::ledger::create_accounts(&mut tx, &accounts).await?;
+        }
         let mut stored = StoredPayment {
             record,
             request: identity.encode_to_vec(),
@@ -233,7 +237,9 @@ impl Payments {
             .await?;
         storage::save_payment(&mut tx, &stored, now).await?;
         tx.commit().await?;
-        self.workflow.announce(&id);
+        self.workflow.remember_accounts(accounts);
+        self.workflow
+            .announce(&id, stored.record.saga.state.is_terminal());
         self.workflow.spawn(id.clone());
         self.answer(&id, request.wait, wait_ms, deadline).await
     }
@@ -260,11 +266,11 @@ impl Payments {
             let poll = tokio::time::sleep(Duration::from_millis(
                 self.workflow.settings().watch_poll_ms,
             ));
+            // Only a commit that left the payment terminal is worth a read before the end of
+            // the wait; the answer at the end is read then, not the snapshot above.
             tokio::select! {
-                () = tokio::time::sleep_until(until) => {
-                    return Ok(convert::payment_to_wire(&payment, payment.update_time));
-                }
-                () = wait_for(&mut committed, id) => {}
+                () = tokio::time::sleep_until(until) => return self.read(id).await,
+                () = wait_for(&mut committed, id, true) => {}
                 () = poll => {}
             }
         }
@@ -440,7 +446,8 @@ impl Payments {
                     .await?;
                 storage::save_payment(&mut tx, &stored, now).await?;
                 tx.commit().await?;
-                self.workflow.announce(&id);
+                self.workflow
+                    .announce(&id, stored.record.saga.state.is_terminal());
                 if take {
                     self.workflow.spawn(id.clone());
                 }
@@ -470,7 +477,7 @@ impl Payments {
             ));
             tokio::select! {
                 () = tokio::time::sleep_until(until) => {}
-                () = wait_for(&mut committed, &id) => {}
+                () = wait_for(&mut committed, &id, false) => {}
                 () = poll => {}
             }
         }
@@ -538,7 +545,7 @@ impl Payments {
                 tokio::select! {
                     () = tokio::time::sleep_until(until) => return,
                     () = sender.closed() => return,
-                    () = wait_for(&mut committed, &id) => {}
+                    () = wait_for(&mut committed, &id, false) => {}
                     () = poll => {}
                 }
             }
@@ -547,11 +554,18 @@ impl Payments {
     }
 }
 
-/// Returns once a commit of payment `id` is announced (or announcements were missed).
-async fn wait_for(committed: &mut tokio::sync::broadcast::Receiver<String>, id: &str) {
+/// Returns once a commit of payment `id` is announced (with `terminal_only`, one that left it
+/// terminal), or announcements were missed.
+async fn wait_for(
+    committed: &mut tokio::sync::broadcast::Receiver<Committed>,
+    id: &str,
+    terminal_only: bool,
+) {
     loop {
         match committed.recv().await {
-            Ok(changed) if changed == id => return,
+            Ok(change) if change.payment_id == id && (change.terminal || !terminal_only) => {
+                return;
+            }
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => return,
             Err(RecvError::Closed) => {

@@ -445,26 +445,41 @@ pub async fn lease_expired(
         .collect::<Result<_, _>>()?)
 }
 
-/// Appends an event to a payment's outbox.
-pub async fn insert_event(
+/// One outbox row.
+#[derive(Debug)]
+pub struct NewEvent {
+    /// Its place in the payment's stream, from 1.
+    pub sequence: i64,
+    /// `evt_...`.
+    pub id: String,
+    /// `payment.succeeded`, `leg.authorized`, ...
+    pub kind: &'static str,
+    /// The encoded event.
+    pub body: Vec<u8>,
+}
+
+/// Appends events to a payment's outbox, in one statement.
+pub async fn insert_events(
     conn: &mut PgConnection,
     payment_id: &str,
-    sequence: i64,
-    id: &str,
-    kind: &str,
-    body: &[u8],
+    events: &[NewEvent],
     now: OffsetDateTime,
 ) -> Result<(), Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO payment_events (payment_id, sequence, id, type, body, create_time) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         SELECT $1, e.sequence, e.id, e.type, e.body, $5 \
+         FROM UNNEST($2::bigint[], $3::text[], $4::text[], $6::bytea[]) \
+         AS e (sequence, id, type, body)",
     )
     .bind(payment_id)
-    .bind(sequence)
-    .bind(id)
-    .bind(kind)
-    .bind(body)
+    .bind(events.iter().map(|e| e.sequence).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
     .bind(now)
+    .bind(events.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

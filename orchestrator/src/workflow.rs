@@ -20,12 +20,13 @@
 //! `FOR UPDATE SKIP LOCKED`. Every write checks the lease, so an instance that lost it stops
 //! at its next step without writing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
 use sqlx::PgPool;
-use tandem_ledger::types::TransferResult;
+use tandem_ledger::types::{NewAccount, TransferResult};
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
@@ -95,7 +96,7 @@ pub struct Workflow {
     vault: VaultClient,
     owner: String,
     settings: PaymentSettings,
-    committed: broadcast::Sender<String>,
+    committed: broadcast::Sender<Committed>,
     slots: Arc<Semaphore>,
     crash: Option<Arc<CrashPlan>>,
     stop: watch::Receiver<bool>,
@@ -104,7 +105,14 @@ pub struct Workflow {
     driving: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Where drives send their results while the results committer runs.
     committer: std::sync::Mutex<Option<mpsc::Sender<(ResultsJob, Reply)>>>,
+    /// Ledger accounts known to exist as they are here (a committed transaction created or
+    /// found them; accounts are never deleted), so that paying from the same cards again
+    /// does not ask the ledger to create them again. At most [`KNOWN_ACCOUNTS_MAX`].
+    known_accounts: std::sync::Mutex<HashMap<String, NewAccount>>,
 }
+
+/// Most ledger accounts [`Workflow`] remembers; past it, it forgets them all and starts over.
+const KNOWN_ACCOUNTS_MAX: usize = 100_000;
 
 /// Removes a payment from [`Workflow::driving`] when its drive ends, however it ends.
 struct Driving<'w> {
@@ -151,6 +159,7 @@ impl Workflow {
             stop,
             driving: Default::default(),
             committer: Default::default(),
+            known_accounts: Default::default(),
         })
     }
 
@@ -173,6 +182,26 @@ impl Workflow {
         &self.vault
     }
 
+    /// Of `accounts`, those not known to exist as they are: the ones to create.
+    pub(crate) fn unknown_accounts(&self, mut accounts: Vec<NewAccount>) -> Vec<NewAccount> {
+        if let Ok(known) = self.known_accounts.lock() {
+            accounts.retain(|account| known.get(account.id.as_str()) != Some(account));
+        }
+        accounts
+    }
+
+    /// Remembers `accounts` once a transaction that created them (or found them) committed.
+    pub(crate) fn remember_accounts(&self, accounts: Vec<NewAccount>) {
+        if let Ok(mut known) = self.known_accounts.lock() {
+            if known.len() + accounts.len() > KNOWN_ACCOUNTS_MAX {
+                known.clear();
+            }
+            for account in accounts {
+                known.insert(account.id.as_str().to_owned(), account);
+            }
+        }
+    }
+
     /// This instance's name in leases.
     pub fn owner(&self) -> &str {
         &self.owner
@@ -183,13 +212,18 @@ impl Workflow {
         &self.settings
     }
 
-    /// Payment ids, each sent after a transaction that wrote events of that payment committed.
-    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+    /// Announcements, each sent after a transaction that wrote events of a payment committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Committed> {
         self.committed.subscribe()
     }
 
-    pub(crate) fn announce(&self, payment_id: &str) {
-        let _ = self.committed.send(payment_id.to_owned());
+    /// Tells this instance's waiters that a change of `payment_id` committed, leaving the
+    /// payment in a terminal state or not.
+    pub(crate) fn announce(&self, payment_id: &str, terminal: bool) {
+        let _ = self.committed.send(Committed {
+            payment_id: payment_id.to_owned(),
+            terminal,
+        });
     }
 
     /// The lease a write taken now grants.
@@ -372,7 +406,7 @@ impl Workflow {
         storage::save_payment(&mut tx, &stored, now).await?;
         tx.commit().await?;
         if !events.is_empty() {
-            self.announce(payment_id);
+            self.announce(payment_id, stored.record.saga.state.is_terminal());
         }
         if steps.is_empty() && refunds.is_empty() {
             return Ok(if settled { Round::Settled } else { Round::Lost });
@@ -448,7 +482,10 @@ impl Workflow {
     async fn results(&self, job: ResultsJob) -> Result<bool, Error> {
         let sender = self.committer.lock().ok().and_then(|c| c.clone());
         let Some(sender) = sender else {
-            return self.results_alone(&job).await;
+            return self
+                .results_alone(&job)
+                .await
+                .map(|written| written.is_some());
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         if sender.send((job, reply)).await.is_err() {
@@ -457,27 +494,28 @@ impl Workflow {
         answer.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
-    /// Step 3 in a transaction of its own.
-    async fn results_alone(&self, job: &ResultsJob) -> Result<bool, Error> {
+    /// Step 3 in a transaction of its own: whether the payment is now terminal, or `None`
+    /// if the lease was lost (nothing written).
+    async fn results_alone(&self, job: &ResultsJob) -> Result<Option<bool>, Error> {
         let mut tx = self.pool.begin().await?;
-        let Some(transfers) = self.prepare_results(&mut tx, job).await? else {
-            return Ok(false);
+        let Some((transfers, terminal)) = self.prepare_results(&mut tx, job).await? else {
+            return Ok(None);
         };
         book(&mut tx, &[transfers.as_slice()]).await?;
         tx.commit().await?;
-        self.announce(&job.payment_id);
-        Ok(true)
+        self.announce(&job.payment_id, terminal);
+        Ok(Some(terminal))
     }
 
     /// Writes a payment's results (record, spend, events) in `conn` and returns the ledger
     /// transfers they book, which the caller creates last (the ledger's accounts are the rows
-    /// every payment shares, so they are locked just before the commit). `None` if this
-    /// instance no longer holds the payment's lease.
+    /// every payment shares, so they are locked just before the commit), and whether the
+    /// payment is now terminal. `None` if this instance no longer holds the payment's lease.
     async fn prepare_results(
         &self,
         conn: &mut sqlx::PgConnection,
         job: &ResultsJob,
-    ) -> Result<Option<Vec<tandem_ledger::types::Transfer>>, Error> {
+    ) -> Result<Option<(Vec<tandem_ledger::types::Transfer>, bool)>, Error> {
         let payment_id = job.payment_id.as_str();
         let answers = job.answers.clone();
         let refunds = job.refunds.clone();
@@ -547,7 +585,7 @@ impl Workflow {
         stored.lease_until = self.lease_until(now);
         self.publish(&mut *tx, &mut stored, &events, now).await?;
         storage::save_payment(&mut *tx, &stored, now).await?;
-        Ok(Some(transfers))
+        Ok(Some((transfers, stored.record.saga.state.is_terminal())))
     }
 
     /// The results committer: takes the results jobs waiting (up to `results_batch_max`),
@@ -572,10 +610,10 @@ impl Workflow {
             match self.commit_batch(&batch).await {
                 Ok(outcomes) => {
                     for ((job, reply), outcome) in batch.into_iter().zip(outcomes) {
-                        if matches!(outcome, Ok(true)) {
-                            self.announce(&job.payment_id);
+                        if let Ok(Some(terminal)) = outcome {
+                            self.announce(&job.payment_id, terminal);
                         }
-                        let _ = reply.send(outcome);
+                        let _ = reply.send(outcome.map(|written| written.is_some()));
                     }
                 }
                 Err(error) => {
@@ -583,32 +621,34 @@ impl Workflow {
                         tracing::warn!(%error, jobs = batch.len(), "results batch failed; writing each alone");
                     }
                     for (job, reply) in batch {
-                        let _ = reply.send(self.results_alone(&job).await);
+                        let written = self.results_alone(&job).await;
+                        let _ = reply.send(written.map(|written| written.is_some()));
                     }
                 }
             }
         }
     }
 
-    /// One batch of results in one transaction; the outcome of each job, or the batch's error.
+    /// One batch of results in one transaction; the outcome of each job (as
+    /// [`Workflow::results_alone`]'s), or the batch's error.
     async fn commit_batch(
         &self,
         batch: &[(ResultsJob, Reply)],
-    ) -> Result<Vec<Result<bool, Error>>, Error> {
+    ) -> Result<Vec<Result<Option<bool>, Error>>, Error> {
         let mut tx = self.pool.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut transfers = Vec::new();
         for (job, _) in batch {
             let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
             match self.prepare_results(&mut savepoint, job).await {
-                Ok(Some(booked)) => {
+                Ok(Some((booked, terminal))) => {
                     savepoint.commit().await?;
                     transfers.push(booked);
-                    outcomes.push(Ok(true));
+                    outcomes.push(Ok(Some(terminal)));
                 }
                 Ok(None) => {
                     savepoint.rollback().await?;
-                    outcomes.push(Ok(false));
+                    outcomes.push(Ok(None));
                 }
                 Err(error) => {
                     savepoint.rollback().await?;
@@ -648,22 +688,19 @@ impl Workflow {
         events: &[Event],
         now: OffsetDateTime,
     ) -> Result<(), Error> {
+        let mut rows = Vec::with_capacity(events.len());
         for event in events {
             stored.events += 1;
             let id = tandem_runtime::ids::random_id("evt_");
             let (kind, body) = convert::event_body(stored, event, &id, stored.events, now)?;
-            storage::insert_event(
-                conn,
-                &stored.record.id,
-                stored.events,
-                &id,
+            rows.push(storage::NewEvent {
+                sequence: stored.events,
+                id,
                 kind,
-                &body,
-                now,
-            )
-            .await?;
+                body,
+            });
         }
-        Ok(())
+        storage::insert_events(conn, &stored.record.id, &rows, now).await
     }
 
     /// One round of the recovery worker: leases payments whose lease expired and drives each.
@@ -706,6 +743,15 @@ impl Workflow {
             }
         }
     }
+}
+
+/// A committed change of a payment, as [`Workflow::subscribe`] announces it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The payment changed.
+    pub payment_id: String,
+    /// Whether the change left it in a terminal state.
+    pub terminal: bool,
 }
 
 /// The answer to a results job.
