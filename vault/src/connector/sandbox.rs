@@ -423,23 +423,34 @@ impl Sandbox {
         call: &AuthorizeCall<'_>,
     ) -> Result<(AuthorizeAnswer, bool, Duration), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        // A card seen for the first time starts with its test card's behaviour.
-        write_card(
-            &mut *tx,
-            call.fingerprint,
-            call.token,
-            &call.card.pan.last4(),
-            false,
-            &CardBehaviour::for_test_card(&call.card.pan),
-            false,
-        )
-        .await?;
         // Lock the card first: concurrent operations on one card (and copies of one request)
-        // serialize here, and each then sees what the others committed.
-        let card = sqlx::query("SELECT * FROM sandbox_cards WHERE fingerprint = $1 FOR UPDATE")
-            .bind(call.fingerprint.as_bytes().as_slice())
-            .fetch_one(&mut *tx)
+        // serialize here, and each then sees what the others committed. A card seen for the
+        // first time is written first, with its test card's behaviour, then locked.
+        let lock = "SELECT * FROM sandbox_cards WHERE fingerprint = $1 FOR UPDATE";
+        let fingerprint = call.fingerprint.as_bytes().as_slice();
+        let known = sqlx::query(lock)
+            .bind(fingerprint)
+            .fetch_optional(&mut *tx)
             .await?;
+        let card = match known {
+            Some(card) => card,
+            None => {
+                write_card(
+                    &mut *tx,
+                    call.fingerprint,
+                    call.token,
+                    &call.card.pan.last4(),
+                    false,
+                    &CardBehaviour::for_test_card(&call.card.pan),
+                    false,
+                )
+                .await?;
+                sqlx::query(lock)
+                    .bind(fingerprint)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+        };
         let behaviour = card_from_row(&card)?.behaviour;
         let latency = Duration::from_millis(u64::from(behaviour.latency_ms));
         if let Some(answer) = replay_authorization(&mut tx, call.idempotency_key).await? {

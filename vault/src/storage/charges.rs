@@ -230,6 +230,16 @@ async fn with_refunds(
     let Some(mut charge) = charge else {
         return Ok(None);
     };
+    // A refund is recorded only for a captured charge (charging refuses the others, under
+    // the charge's row lock), and a charge never leaves the captured states: a charge in any
+    // other state has no refunds to read.
+    match charge.state {
+        ChargeState::Pending
+        | ChargeState::Authorized
+        | ChargeState::Declined
+        | ChargeState::Voided => return Ok(Some(charge)),
+        ChargeState::Captured | ChargeState::PartiallyRefunded | ChargeState::Refunded => {}
+    }
     let rows =
         sqlx::query("SELECT * FROM charge_refunds WHERE charge_id = $1 ORDER BY created_at, id")
             .bind(charge.id.as_str())
