@@ -24,8 +24,10 @@ bench() { ./target/release/tandemctl bench "$@" --duration "$duration" --baselin
   bench tokenize --concurrency 64
   bench ledger --accounts 50 --concurrency 20
   bench charge --concurrency 64
-  bench pay --cards 3 --strategy parallel --concurrency 64
-  bench pay --cards 3 --strategy weighted --concurrency 64
-  # Latency at a fixed load: about half of what the parallel run above reached.
-  bench pay --cards 3 --strategy parallel --concurrency 64 --rate "${PAY_RATE:-100}"
+  bench pay --cards 3 --strategy parallel --groups 64 --concurrency 64
+  bench pay --cards 3 --strategy weighted --groups 64 --concurrency 64
+  # Every payment on the same three cards and billing account: the hottest rows there are.
+  bench pay --cards 3 --strategy parallel --groups 1 --concurrency 64
+  # Latency at a fixed load, about half of what the first pay run reached (PAY_RATE).
+  bench pay --cards 3 --strategy parallel --groups 64 --concurrency 64 --rate "${PAY_RATE:-30}"
 } 2>&1 | tee "$out"

@@ -881,3 +881,64 @@ async fn card_group_lifecycle_and_monthly_limits() {
     );
     stack.assert_ledger_invariants().await;
 }
+
+/// A waiting CreatePayment ends on the orchestrator's own announcement that a commit left the
+/// payment terminal, not on its polling nor at the end of its wait: with polling slowed to
+/// once a minute and a 40 s wait, payments from two groups (the second paid twice, so its
+/// ledger accounts are already known) answer SUCCEEDED long before the wait is over (a
+/// payment on the sandbox takes well under a second; 20 s is the slack for a loaded machine),
+/// and each card's ledger account posted its part.
+#[tokio::test]
+async fn waits_end_on_the_terminal_commit() {
+    let vault = tandem_tests::RunningVault::start().await;
+    let database = tandem_tests::TestDatabase::create().await;
+    let mut settings = tandem_tests::orchestrator_settings(&database, &vault);
+    settings.payments.watch_poll_ms = 60_000;
+    settings.server.request_timeout_ms = 60_000;
+    let orchestrator =
+        tandem_tests::RunningOrchestrator::start_with(settings, database, None).await;
+    let stack = Stack {
+        vault,
+        orchestrator,
+    };
+    let a = stack.vault.tokenize(VISA).await;
+    let b = stack.vault.tokenize(MASTERCARD).await;
+    let first = stack
+        .create_group(group(
+            vec![member(&a, "card A", 1, None, None)],
+            policy(S::Sequential, &[], C::AllOrNothing),
+        ))
+        .await;
+    let mut other = group(
+        vec![member(&b, "card B", 1, None, None)],
+        policy(S::Sequential, &[], C::AllOrNothing),
+    );
+    other.billing_account_id = "acct-2".to_owned();
+    let second = stack.create_group(other).await;
+    let mut payments = stack.payments().await;
+    for (group, invoice, amount) in [
+        (&first.id, "INV-W1", 700),
+        (&second.id, "INV-W2", 1300),
+        (&second.id, "INV-W3", 50),
+    ] {
+        let mut request = payment_request(group, invoice, amount, None);
+        request.wait_timeout_ms = 40_000;
+        let sent = std::time::Instant::now();
+        let payment = payments
+            .create_payment(request)
+            .await
+            .expect("create payment")
+            .into_inner()
+            .payment
+            .expect("payment");
+        assert_eq!(
+            state(&payment),
+            "SUCCEEDED",
+            "{invoice}: {}",
+            payment.summary
+        );
+    }
+    assert_eq!(stack.ledger_card(&a).await, (0, 700, 0));
+    assert_eq!(stack.ledger_card(&b).await, (0, 1350, 0));
+    stack.assert_ledger_invariants().await;
+}
