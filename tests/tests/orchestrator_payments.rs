@@ -937,6 +937,11 @@ async fn waits_end_on_the_terminal_commit() {
             "{invoice}: {}",
             payment.summary
         );
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(20),
+            "{invoice}: the answer waited {:?}, for the end of the wait",
+            sent.elapsed()
+        );
     }
     assert_eq!(stack.ledger_card(&a).await, (0, 700, 0));
     assert_eq!(stack.ledger_card(&b).await, (0, 1350, 0));

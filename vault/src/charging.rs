@@ -870,8 +870,14 @@ impl Mutation for RecordAuthorization {
 
     fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, ChargeView> {
         Box::pin(async move {
-            store::record_authorization(conn, &self.charge_id, &self.outcome, now_micros()).await?;
-            reload(conn, &self.charge_id).await
+            let settled =
+                store::record_authorization(conn, &self.charge_id, &self.outcome, now_micros())
+                    .await?;
+            // A charge settled before (by another vault process) is read as it is.
+            match settled {
+                Some(charge) => Ok(charge),
+                None => reload(conn, &self.charge_id).await,
+            }
         })
     }
 
@@ -1129,15 +1135,15 @@ impl Mutation for FollowUpResult {
                 FollowUpAnswer::Done { reference } => Some(reference.as_str()),
                 FollowUpAnswer::Refused { .. } => None,
             };
-            match (self.kind, reference) {
+            let settled = match (self.kind, reference) {
                 (FollowUp::Capture, Some(_)) => {
                     let amount = self
                         .amount_minor
                         .ok_or(Error::Corrupt("capture without amount"))?;
-                    store::record_capture(conn, &self.charge_id, amount, self.now).await?;
+                    store::record_capture(conn, &self.charge_id, amount, self.now).await?
                 }
                 (FollowUp::Void, Some(_)) => {
-                    store::record_void(conn, &self.charge_id, self.now).await?;
+                    store::record_void(conn, &self.charge_id, self.now).await?
                 }
                 (FollowUp::Capture | FollowUp::Void, None) => {
                     store::clear_pending_request(conn, &self.charge_id, &self.request_id, self.now)
@@ -1145,6 +1151,7 @@ impl Mutation for FollowUpResult {
                     if let FollowUpAnswer::Refused { code, .. } = &self.answer {
                         store::record_refusal(conn, &self.request_id, *code).await?;
                     }
+                    None
                 }
                 (FollowUp::Refund, reference) => {
                     let refund_id = self
@@ -1152,14 +1159,20 @@ impl Mutation for FollowUpResult {
                         .as_ref()
                         .ok_or(Error::Corrupt("refund result without refund"))?;
                     store::record_refund(conn, refund_id, reference, self.now).await?;
+                    None
                 }
-            }
-            let charge = reload(conn, &self.charge_id).await?;
+            };
             if let (FollowUp::Capture | FollowUp::Void, FollowUpAnswer::Refused { code, .. }) =
                 (self.kind, &self.answer)
             {
                 return Err(Error::ProcessorRefused(code.as_str()));
             }
+            // A capture or void settled now came back from its update; any other result (or a
+            // charge another vault process settled first) is read.
+            let charge = match settled {
+                Some(charge) => charge,
+                None => reload(conn, &self.charge_id).await?,
+            };
             let refund = self
                 .refund_id
                 .as_ref()

@@ -306,13 +306,14 @@ pub enum AuthorizationOutcome {
     },
 }
 
-/// Settles a pending charge; a charge no longer pending is left as it is.
+/// Settles a pending charge and returns it as settled; a charge no longer pending is left as
+/// it is (`None`: read it).
 pub async fn record_authorization(
     conn: &mut PgConnection,
     id: &ChargeId,
     outcome: &AuthorizationOutcome,
     now: OffsetDateTime,
-) -> Result<(), Error> {
+) -> Result<Option<ChargeView>, Error> {
     let query = match outcome {
         AuthorizationOutcome::Approved {
             approved_minor,
@@ -321,7 +322,7 @@ pub async fn record_authorization(
         } => sqlx::query(
             "UPDATE charges SET state = 'authorized', approved_minor = $2, \
              processor_reference = $3, authorization_code = $4, authorize_time = $5, \
-             updated_at = $5 WHERE id = $1 AND state = 'pending'",
+             updated_at = $5 WHERE id = $1 AND state = 'pending' RETURNING *",
         )
         .bind(id.as_str())
         .bind(*approved_minor)
@@ -331,7 +332,7 @@ pub async fn record_authorization(
         AuthorizationOutcome::Declined { reference, decline } => sqlx::query(
             "UPDATE charges SET state = 'declined', decline_code = $2, next_action = $3, \
              processor_decline_code = $4, processor_reference = $5, authorize_time = $6, \
-             updated_at = $6 WHERE id = $1 AND state = 'pending'",
+             updated_at = $6 WHERE id = $1 AND state = 'pending' RETURNING *",
         )
         .bind(id.as_str())
         .bind(decline.code.as_str())
@@ -340,8 +341,10 @@ pub async fn record_authorization(
         .bind(reference)
         .bind(now),
     };
-    query.execute(conn).await?;
-    Ok(())
+    let row = query.fetch_optional(conn).await?;
+    // Authorized or declined, it was never captured: it has no refunds.
+    let charge = row.as_ref().map(charge_from_row).transpose()?;
+    Ok(charge)
 }
 
 /// Marks a capture or void of an authorized charge as sent.
@@ -380,40 +383,48 @@ pub async fn clear_pending_request(
     Ok(())
 }
 
-/// Records a confirmed capture of `amount_minor`.
+/// Records a confirmed capture of `amount_minor` and returns the charge as captured; a
+/// charge no longer authorized is left as it is (`None`: read it).
 pub async fn record_capture(
     conn: &mut PgConnection,
     id: &ChargeId,
     amount_minor: i64,
     now: OffsetDateTime,
-) -> Result<(), Error> {
-    sqlx::query(
+) -> Result<Option<ChargeView>, Error> {
+    let row = sqlx::query(
         "UPDATE charges SET state = 'captured', captured_minor = $2, capture_time = $3, \
-         updated_at = $3, pending_request_id = NULL WHERE id = $1 AND state = 'authorized'",
+         updated_at = $3, pending_request_id = NULL WHERE id = $1 AND state = 'authorized' \
+         RETURNING *",
     )
     .bind(id.as_str())
     .bind(amount_minor)
     .bind(now)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    // Authorized until this statement (which holds its row lock), it was never captured
+    // before, so it has no refunds yet: they are recorded only for captured charges.
+    let charge = row.as_ref().map(charge_from_row).transpose()?;
+    Ok(charge)
 }
 
-/// Records a confirmed void.
+/// Records a confirmed void and returns the charge as voided; a charge no longer authorized
+/// is left as it is (`None`: read it).
 pub async fn record_void(
     conn: &mut PgConnection,
     id: &ChargeId,
     now: OffsetDateTime,
-) -> Result<(), Error> {
-    sqlx::query(
+) -> Result<Option<ChargeView>, Error> {
+    let row = sqlx::query(
         "UPDATE charges SET state = 'voided', void_time = $2, updated_at = $2, \
-         pending_request_id = NULL WHERE id = $1 AND state = 'authorized'",
+         pending_request_id = NULL WHERE id = $1 AND state = 'authorized' RETURNING *",
     )
     .bind(id.as_str())
     .bind(now)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    // Voided, it was never captured: it has no refunds.
+    let charge = row.as_ref().map(charge_from_row).transpose()?;
+    Ok(charge)
 }
 
 /// Records a new pending refund.
