@@ -301,12 +301,9 @@ impl Stack {
 
     /// Stops the servers; their logs go with the directory.
     fn stop(mut self) {
-        for server in [self.orchestrator.take(), self.vault.take()]
-            .into_iter()
-            .flatten()
-        {
-            drop(server);
-        }
+        // Killed on drop: the orchestrator first, so that it never sees its vault go away.
+        drop(self.orchestrator.take());
+        drop(self.vault.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -353,15 +350,10 @@ async fn tokenize(args: LoadArgs) -> anyhow::Result<()> {
     let clients = Arc::new(clients);
     let measured = measure(&args.shape, &stack, "tokenizations", move |worker, n| {
         let mut client = clients[worker % clients.len()].clone();
-        let request = pb::TokenizeRequest {
-            request_id: format!("bench-{run_id}-{worker}-{n}"),
-            pan: visa_pan(sequence.fetch_add(1, Ordering::Relaxed)),
-            expiry_month: 12,
-            expiry_year: 2030,
-            holder_name: String::new(),
-            reuse_existing: false,
-            ttl_seconds: 0,
-        };
+        let request = tokenize_request(
+            format!("bench-{run_id}-{worker}-{n}"),
+            sequence.fetch_add(1, Ordering::Relaxed),
+        );
         async move { client.tokenize(request).await.is_ok() }
     })
     .await?;
@@ -474,15 +466,10 @@ async fn tokenize_cards(
     let mut tokens = Vec::with_capacity(count);
     for i in 0..count {
         let card = tokenizer
-            .tokenize(pb::TokenizeRequest {
-                request_id: format!("bench-{run_id}-card-{i}"),
-                pan: visa_pan(seed + i as u64),
-                expiry_month: 12,
-                expiry_year: 2030,
-                holder_name: String::new(),
-                reuse_existing: false,
-                ttl_seconds: 0,
-            })
+            .tokenize(tokenize_request(
+                format!("bench-{run_id}-card-{i}"),
+                seed + i as u64,
+            ))
             .await
             .map_err(crate::charge::failure)
             .context("tokenizing the bench cards")?
@@ -1014,6 +1001,19 @@ async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
         check.violations
     );
     Ok(())
+}
+
+/// A tokenization of the generated card `sequence` (see [`visa_pan`]), without dedupe or TTL.
+fn tokenize_request(request_id: String, sequence: u64) -> pb::TokenizeRequest {
+    pb::TokenizeRequest {
+        request_id,
+        pan: visa_pan(sequence),
+        expiry_month: 12,
+        expiry_year: 2030,
+        holder_name: String::new(),
+        reuse_existing: false,
+        ttl_seconds: 0,
+    }
 }
 
 /// A Luhn-valid 16-digit Visa number from a sequence number.

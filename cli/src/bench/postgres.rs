@@ -110,10 +110,8 @@ async fn pgbench(
     duration: Duration,
     workload: &[&str],
 ) -> anyhow::Result<f64> {
+    let threads = PGBENCH_THREADS.min(clients).to_string();
     let clients = clients.to_string();
-    let threads = PGBENCH_THREADS
-        .min(clients.parse().unwrap_or(1))
-        .to_string();
     let seconds = duration.as_secs().max(1).to_string();
     let mut command = tokio::process::Command::new("pgbench");
     command
