@@ -631,6 +631,168 @@ async fn concurrent_copies_of_one_request_resolve_without_failing_a_batch() {
     assert!(!logs.contains("vault write failed"), "a write failed");
 }
 
+/// Tokenizations queued together are inserted by one statement per writer batch: distinct
+/// requests each get their own card with their own data, copies of one request id within the
+/// batch share one card, and a `reuse_existing` request in the same batch finds an earlier card.
+/// The test checks that batches of several tokenizations did form (one audit time per batch).
+#[tokio::test]
+async fn a_batch_of_tokenizations_writes_each_card_once_with_its_own_data() {
+    let logs = LogCapture::install();
+    let database = tandem_tests::TestDatabase::create().await;
+    let mut settings = tandem_tests::vault_settings(&database);
+    // One writer task: while it commits a batch, the next requests queue into the next one.
+    settings.audit.writer_tasks = 1;
+    let vault = RunningVault::start_with(settings, database).await;
+    let mut tokenizer = client(&vault, Role::Tokenizer).await;
+    let earlier = tokenize(&mut tokenizer, "batch-earlier", TEST_PANS[3]).await;
+
+    let request = |i: usize| {
+        // Copies are the same request; the others differ from their neighbours.
+        let expiry_month = (i % 12 + 1) as i32;
+        let (request_id, pan, reuse_existing, expiry_month) = match i % 6 {
+            // Copies of one request id.
+            0 => ("batch-copy".to_owned(), TEST_PANS[0], false, 12),
+            // The earlier card's PAN, deduplicated.
+            1 => (format!("batch-reuse-{i}"), TEST_PANS[3], true, expiry_month),
+            _ => (format!("batch-{i}"), TEST_PANS[i % 3], false, expiry_month),
+        };
+        pb::TokenizeRequest {
+            reuse_existing,
+            expiry_month,
+            ..tokenize_request(&request_id, pan)
+        }
+    };
+    let calls = (0..60).map(|i| {
+        let mut c = tokenizer.clone();
+        async move {
+            let response = c.tokenize(request(i)).await.expect("tokenize").into_inner();
+            (i, response)
+        }
+    });
+    let results = join_all_spawned(calls).await;
+
+    let copy_token = results[0].1.card.as_ref().unwrap().token.clone();
+    let mut distinct = std::collections::BTreeSet::new();
+    for (i, response) in &results {
+        let sent = request(*i);
+        let card = response.card.as_ref().expect("card");
+        match i % 6 {
+            0 => assert_eq!(card.token, copy_token, "copy {i}"),
+            1 => {
+                assert_eq!(card.token, earlier.token, "reuse {i}");
+                assert!(!response.created);
+                continue;
+            }
+            _ => assert!(response.created, "request {i}"),
+        }
+        // What was stored is this request's card, not a neighbour's in the batch.
+        let stored = tokenizer
+            .get_token(pb::GetTokenRequest {
+                token: card.token.clone(),
+            })
+            .await
+            .expect("get token")
+            .into_inner()
+            .card
+            .expect("card");
+        assert_eq!(stored.last4, sent.pan[sent.pan.len() - 4..], "request {i}");
+        assert_eq!(stored.expiry_month, sent.expiry_month, "request {i}");
+        distinct.insert(card.token.clone());
+    }
+    // 40 distinct requests, one shared by the 10 copies.
+    assert_eq!(distinct.len(), 41);
+
+    let mut conn = vault.database.connect().await;
+    let cards: i64 = sqlx::query_scalar("SELECT count(*) FROM cards")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        cards, 42,
+        "the earlier card, 40 distinct requests, one for the copies"
+    );
+    let largest_batch: i64 = sqlx::query_scalar(
+        "SELECT max(n) FROM (SELECT count(*) AS n FROM audit_events \
+         WHERE rpc LIKE '%/Tokenize' GROUP BY occurred_at) batches",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(largest_batch > 1, "no batch held two tokenizations");
+    vault.stop().await;
+    let logs = logs.text();
+    assert!(!logs.contains("retrying one by one"), "a batch failed");
+}
+
+/// A revoke by fingerprint and a tokenization of the same card, in flight at once, may land in
+/// one writer batch, where the batch's new cards are inserted first. The audit chain must then
+/// record the tokenization before the revoke that revoked its card: its order is the order
+/// things took effect in. The test checks that such a batch did occur.
+#[tokio::test]
+async fn the_audit_chain_orders_a_batch_as_it_took_effect() {
+    let database = tandem_tests::TestDatabase::create().await;
+    let mut settings = tandem_tests::vault_settings(&database);
+    settings.audit.writer_tasks = 1;
+    let vault = RunningVault::start_with(settings, database).await;
+    let tokenizer = client(&vault, Role::Tokenizer).await;
+    let mut revoked_in_same_batch = 0;
+    let mut conn = vault.database.connect().await;
+    for round in 0..30 {
+        let mut revoker = tokenizer.clone();
+        let revoke = tokio::spawn(async move {
+            revoker
+                .revoke_by_fingerprint(pb::RevokeByFingerprintRequest {
+                    request_id: format!("order-revoke-{round}"),
+                    card: Some(pb::revoke_by_fingerprint_request::Card::Pan(
+                        TEST_PANS[0].into(),
+                    )),
+                    reason: "lost".into(),
+                })
+                .await
+                .expect("revoke")
+                .into_inner()
+                .revoked_tokens
+        });
+        let calls = (0..4).map(|i| {
+            let mut c = tokenizer.clone();
+            let pan = TEST_PANS[if i == 0 { 0 } else { 1 }];
+            async move { tokenize(&mut c, &format!("order-{round}-{i}"), pan).await }
+        });
+        let cards = join_all_spawned(calls).await;
+        let revoked = revoke.await.expect("task");
+        let new_token = &cards[0].token;
+        if !revoked.contains(new_token) {
+            continue;
+        }
+        let seq_of = |request_id: String| {
+            sqlx::query_as::<_, (i64, time::OffsetDateTime)>(
+                "SELECT seq, occurred_at FROM audit_events WHERE request_id = $1",
+            )
+            .bind(request_id)
+        };
+        let (tokenized, tokenized_at) = seq_of(format!("order-{round}-0"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let (revoked_seq, revoked_at) = seq_of(format!("order-revoke-{round}"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            tokenized < revoked_seq,
+            "round {round}: the revoke of {new_token} is audited before its tokenization"
+        );
+        if tokenized_at == revoked_at {
+            revoked_in_same_batch += 1;
+        }
+    }
+    assert!(
+        revoked_in_same_batch > 0,
+        "no batch held a tokenization and the revoke of its card"
+    );
+    vault.stop().await;
+}
+
 /// Concurrent `reuse_existing` tokenizations of one card under different request ids, each in
 /// its own transaction, share one token.
 #[tokio::test]

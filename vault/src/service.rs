@@ -19,7 +19,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::keys::KeyRing;
-use crate::storage::{self, CardFilter, CardWrite, StoredRequest};
+use crate::storage::{self, CardFilter, CardInsert, CardWrite, StoredRequest};
 use crate::writer::{Apply, AuditContext, Mutation, Writer};
 
 /// How often `UpdateCard` re-reads and re-seals when the card changed under it.
@@ -667,25 +667,52 @@ struct TokenizeMutation {
 }
 
 impl TokenizeMutation {
+    /// The card with its request record, as one row of a batch insert.
+    fn card_insert(&self) -> CardInsert<'_> {
+        CardInsert {
+            card: self.card.write(),
+            expires_at: self.card.expires_at,
+            request_id: self.request_id.as_str(),
+            rpc: self.rpc,
+            request_hash: &self.request_hash,
+        }
+    }
+
+    /// Inserts the card with its request record on its own; false if nothing was written.
+    async fn insert_alone(&self, conn: &mut PgConnection) -> Result<bool, Error> {
+        let inserted = storage::insert_cards_for_new_requests(conn, &[self.card_insert()]).await?;
+        Ok(!inserted.is_empty())
+    }
+
     /// Inserts the card with its request record; false if the request id exists.
     async fn insert(&self, conn: &mut PgConnection) -> Result<bool, Error> {
-        let inserted = storage::insert_card_for_new_request(
-            conn,
-            &self.card.write(),
-            self.card.expires_at,
-            self.request_id.as_str(),
-            self.rpc,
-            &self.request_hash,
-        )
-        .await?;
-        // Nothing inserted: the request id exists, or the card was sealed under a data key
-        // retired meanwhile (then it must be sealed again under the current key).
+        let inserted = self.insert_alone(conn).await?;
+        self.check_inserted(conn, inserted).await
+    }
+
+    /// Passes on whether the card was inserted, once a card not inserted is known to have been
+    /// refused for its request id: a card sealed under a data key retired meanwhile is
+    /// `KeyRetired` (it must be sealed again under the current key).
+    async fn check_inserted(&self, conn: &mut PgConnection, inserted: bool) -> Result<bool, Error> {
         if !inserted
             && !storage::lock_data_key_for_write(conn, self.card.sealed.dek_version).await?
         {
             return Err(Error::KeyRetired);
         }
         Ok(inserted)
+    }
+
+    /// Continues a tokenization without dedupe after its card insert.
+    async fn after_insert(
+        &self,
+        conn: &mut PgConnection,
+        inserted: bool,
+    ) -> Result<(CardView, bool), Error> {
+        if self.check_inserted(conn, inserted).await? {
+            return Ok((self.card.view(), true));
+        }
+        // The request id exists: replay it (or refuse a reuse).
+        self.apply_once(conn).await
     }
 }
 
@@ -697,13 +724,23 @@ impl Mutation for TokenizeMutation {
             if self.reuse_existing {
                 return once_per_request(self, conn).await;
             }
-            // The common case, a new request without dedupe, is one statement that records
-            // the request and inserts the card only if the id was new.
-            if self.insert(conn).await? {
-                return Ok((self.card.view(), true));
-            }
-            self.apply_once(conn).await
+            let inserted = self.insert_alone(conn).await?;
+            self.after_insert(conn, inserted).await
         })
+    }
+
+    // The common case, a new request without dedupe, records the request and inserts the card
+    // in the batch's one insert, and only if the id was new.
+    fn card_insert(&self) -> Option<CardInsert<'_>> {
+        (!self.reuse_existing).then(|| TokenizeMutation::card_insert(self))
+    }
+
+    fn apply_inserted<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        inserted: bool,
+    ) -> Apply<'a, Self::Output> {
+        Box::pin(self.after_insert(conn, inserted))
     }
 
     fn audit_token(&self, output: &Result<Self::Output, Error>) -> Option<String> {

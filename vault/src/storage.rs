@@ -7,6 +7,8 @@
 pub mod charges;
 pub mod keys;
 
+use std::collections::HashSet;
+
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgExecutor, Row as _};
 use time::OffsetDateTime;
@@ -117,41 +119,108 @@ fn bind_card<'q>(
         .bind(card.now)
 }
 
-/// Records a new `Tokenize` request and inserts its card, in one statement (one round trip):
-/// the card is inserted only if the request id was new and its data key is not retired (the
-/// key's row is locked against retirement until commit). Returns false, writing nothing,
-/// otherwise.
-pub async fn insert_card_for_new_request(
+/// A new card with the `Tokenize` request that creates it.
+#[derive(Debug)]
+pub struct CardInsert<'a> {
+    /// The card.
+    pub card: CardWrite<'a>,
+    /// When the token expires, if it has a time to live.
+    pub expires_at: Option<OffsetDateTime>,
+    /// The request id recorded with it.
+    pub request_id: &'a str,
+    /// The RPC recorded with it.
+    pub rpc: &'a str,
+    /// The hash of the request recorded with it.
+    pub request_hash: &'a [u8; 32],
+}
+
+/// Records new `Tokenize` requests and inserts their cards, all in one statement (one round
+/// trip for a whole writer batch): a card is inserted only if its request id was new and its
+/// data key is not retired (the keys' rows are locked against retirement until commit).
+/// Returns the tokens inserted; the other cards wrote nothing.
+///
+/// Rows are written in request-id order, so that two batches holding copies of the same
+/// requests take their locks in the same order and wait for each other instead of deadlocking.
+/// Copies of one request id within `inserts` write once: the first in that order.
+pub async fn insert_cards_for_new_requests<'a>(
     conn: &mut PgConnection,
-    card: &CardWrite<'_>,
-    expires_at: Option<OffsetDateTime>,
-    request_id: &str,
-    rpc: &str,
-    request_hash: &[u8; 32],
-) -> Result<bool, Error> {
-    let inserted = bind_card(
-        sqlx::query(
-            "WITH data_key AS (SELECT 1 FROM data_keys WHERE version = $8 \
-         AND state <> 'retired' FOR KEY SHARE), \
+    inserts: &[CardInsert<'a>],
+) -> Result<HashSet<String>, Error> {
+    if inserts.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut order: Vec<&CardInsert<'a>> = inserts.iter().collect();
+    order.sort_by_key(|insert| insert.request_id);
+    let column = |field: for<'r> fn(&'r CardInsert<'a>) -> &'r str| -> Vec<&str> {
+        order.iter().map(|insert| field(insert)).collect()
+    };
+    let bytes = |field: for<'r> fn(&'r CardInsert<'a>) -> &'r [u8]| -> Vec<&[u8]> {
+        order.iter().map(|insert| field(insert)).collect()
+    };
+    let tokens: Vec<String> = sqlx::query_scalar(
+        "WITH input AS (SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::text[], \
+         $5::text[], $6::smallint[], $7::smallint[], $8::integer[], $9::bytea[], $10::bytea[], \
+         $11::timestamptz[], $12::timestamptz[], $13::text[], $14::text[], $15::bytea[]) \
+         WITH ORDINALITY AS input (token, fingerprint, brand, bin, last4, expiry_month, \
+         expiry_year, dek_version, nonce, ciphertext, now, expires_at, request_id, rpc, \
+         request_hash, position)), \
+         data_key AS (SELECT version FROM data_keys \
+         WHERE version IN (SELECT dek_version FROM input) AND state <> 'retired' FOR KEY SHARE), \
          request AS (INSERT INTO token_requests \
          (request_id, rpc, request_hash, result_tokens, created) \
-         SELECT $13, $14, $15, ARRAY[$1], true WHERE EXISTS (SELECT 1 FROM data_key) \
-         ON CONFLICT (request_id) DO NOTHING RETURNING request_id) \
+         SELECT request_id, rpc, request_hash, ARRAY[token], true FROM input \
+         WHERE dek_version IN (SELECT version FROM data_key) ORDER BY position \
+         ON CONFLICT (request_id) DO NOTHING RETURNING result_tokens[1] AS token) \
          INSERT INTO cards (token, fingerprint, brand, bin, last4, expiry_month, expiry_year, \
          state, dek_version, nonce, ciphertext, created_at, updated_at, expires_at) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $10, $11, $11, $12 \
-         WHERE EXISTS (SELECT 1 FROM request)",
-        ),
-        card,
+         SELECT token, fingerprint, brand, bin, last4, expiry_month, expiry_year, 'active', \
+         dek_version, nonce, ciphertext, now, now, expires_at FROM input \
+         WHERE token IN (SELECT token FROM request) ORDER BY position \
+         RETURNING token",
     )
-    .bind(expires_at)
-    .bind(request_id)
-    .bind(rpc)
-    .bind(request_hash.as_slice())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    .bind(column(|insert| insert.card.token.as_str()))
+    .bind(bytes(|insert| insert.card.fingerprint.as_bytes()))
+    .bind(column(|insert| insert.card.brand.as_str()))
+    .bind(column(|insert| insert.card.bin))
+    .bind(column(|insert| insert.card.last4))
+    .bind(
+        order
+            .iter()
+            .map(|insert| i16::from(insert.card.expiry.month()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        order
+            .iter()
+            .map(|insert| insert.card.expiry.year() as i16)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        order
+            .iter()
+            .map(|insert| insert.card.sealed.dek_version as i32)
+            .collect::<Vec<_>>(),
+    )
+    .bind(bytes(|insert| insert.card.sealed.nonce.as_slice()))
+    .bind(bytes(|insert| insert.card.sealed.ciphertext.as_slice()))
+    .bind(
+        order
+            .iter()
+            .map(|insert| insert.card.now)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        order
+            .iter()
+            .map(|insert| insert.expires_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|insert| insert.request_id))
+    .bind(column(|insert| insert.rpc))
+    .bind(bytes(|insert| insert.request_hash.as_slice()))
+    .fetch_all(conn)
+    .await?;
+    Ok(tokens.into_iter().collect())
 }
 
 /// Locks data key `version` against retirement until the transaction ends; false if it is

@@ -3,7 +3,8 @@
 //! Handlers do their CPU work (validation, sealing, hashing) concurrently, then hand a
 //! [`Mutation`] to the writer and wait. A writer task takes up to `audit.batch_size_max` queued
 //! jobs, applies them in one transaction, appends their audit rows (the hash chain computed in
-//! memory from the head row it locks last), commits, and answers each job. `audit.writer_tasks`
+//! memory from the head row it locks last), commits, and answers each job. The batch's new
+//! cards (tokenizations) are inserted first, together, in one statement. `audit.writer_tasks`
 //! tasks do this at once on separate connections; the head lock orders their commits. A response is therefore
 //! never sent before its audit row is durable, and the chain never becomes a per-request lock:
 //! one commit covers a whole batch (group commit).
@@ -23,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit::{self, AuditEntry};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::storage;
+use crate::storage::{self, CardInsert};
 
 /// A boxed future borrowing the transaction.
 pub type Apply<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
@@ -37,6 +38,25 @@ pub trait Mutation: Send + 'static {
     /// token revoked) is an `Err` that leaves the transaction usable; a database error
     /// ([`Error::aborts_transaction`]) aborts the batch.
     fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Self::Output>;
+
+    /// The new card this mutation inserts first, if any. The writer inserts the cards of a
+    /// whole batch in one statement ([`storage::insert_cards_for_new_requests`]) and then calls
+    /// [`Mutation::apply_inserted`] instead of [`Mutation::apply`].
+    fn card_insert(&self) -> Option<CardInsert<'_>> {
+        None
+    }
+
+    /// Goes on after the batch's card insert: `inserted` says whether this mutation's card and
+    /// request record were written. Called only when [`Mutation::card_insert`] gave a card.
+    /// The default applies the mutation as if nothing had been written for it, which a
+    /// replayable mutation survives (it finds its own request recorded), only slower.
+    fn apply_inserted<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        _inserted: bool,
+    ) -> Apply<'a, Self::Output> {
+        self.apply(conn)
+    }
 
     /// The token the audit row names, given the result (a reused token is known only after
     /// `apply`).
@@ -102,7 +122,10 @@ pub struct AuditContext {
 
 /// The object-safe side of a queued job.
 trait Job: Send {
-    fn apply<'a>(&'a mut self, conn: &'a mut PgConnection) -> Apply<'a, ()>;
+    fn card_insert(&self) -> Option<CardInsert<'_>>;
+    /// Applies the mutation; `inserted` is the outcome of its card insert, if it had one.
+    fn apply<'a>(&'a mut self, conn: &'a mut PgConnection, inserted: Option<bool>)
+    -> Apply<'a, ()>;
     fn audit_entry(&self) -> AuditEntry;
     fn complete(self: Box<Self>, committed: Result<(), Error>);
 }
@@ -115,10 +138,21 @@ struct Pending<M: Mutation> {
 }
 
 impl<M: Mutation> Job for Pending<M> {
-    fn apply<'a>(&'a mut self, conn: &'a mut PgConnection) -> Apply<'a, ()> {
+    fn card_insert(&self) -> Option<CardInsert<'_>> {
+        self.mutation.card_insert()
+    }
+
+    fn apply<'a>(
+        &'a mut self,
+        conn: &'a mut PgConnection,
+        inserted: Option<bool>,
+    ) -> Apply<'a, ()> {
         Box::pin(async move {
             self.output = None;
-            let result = self.mutation.apply(conn).await;
+            let result = match inserted {
+                Some(inserted) => self.mutation.apply_inserted(conn, inserted).await,
+                None => self.mutation.apply(conn).await,
+            };
             match result {
                 Err(error) if error.aborts_transaction() => Err(error),
                 result => {
@@ -284,9 +318,24 @@ async fn try_commit(
     jobs: &mut [Box<dyn Job>],
     metrics: &Metrics,
 ) -> Result<(), Error> {
+    // The jobs of a batch were all in flight at once, so any order of them is one they could
+    // have taken. The new cards go first, in one statement, and so do their jobs, so that the
+    // audit chain records the order the batch took effect in.
+    jobs.sort_by_key(|job| job.card_insert().is_none());
     let mut tx = pool.begin().await?;
-    for job in jobs.iter_mut() {
-        job.apply(&mut tx).await?;
+    let inserted: Vec<Option<bool>> = {
+        let inserts: Vec<CardInsert<'_>> =
+            jobs.iter().filter_map(|job| job.card_insert()).collect();
+        let tokens = storage::insert_cards_for_new_requests(&mut tx, &inserts).await?;
+        jobs.iter()
+            .map(|job| {
+                job.card_insert()
+                    .map(|insert| tokens.contains(insert.card.token.as_str()))
+            })
+            .collect()
+    };
+    for (job, inserted) in jobs.iter_mut().zip(inserted) {
+        job.apply(&mut tx, inserted).await?;
     }
     // Lock the chain head last, so it is held only for the audit insert and the commit.
     let (head_seq, head_hash) = storage::audit_head_for_update(&mut tx).await?;
