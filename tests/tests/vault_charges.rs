@@ -506,6 +506,40 @@ async fn requests_are_idempotent() {
     }
     assert_eq!(ids.len(), 1, "every copy returns the same charge");
     assert_eq!(sandbox_authorizations(&vault, &concurrent_token).await, 1);
+
+    // A request id seen before replays its charge whatever the card's state is now; a new one
+    // on the revoked card is refused, and so is the old id with other parameters.
+    let mut tokens = TokenServiceClient::new(vault.channel(Role::Tokenizer).await);
+    tokens
+        .revoke_token(pb::RevokeTokenRequest {
+            request_id: "idem-revoke".to_owned(),
+            token: concurrent_token.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect("revoke");
+    let replay = authorize(
+        &mut client,
+        authorize_request("idem-50", &concurrent_token, 500),
+    )
+    .await;
+    assert_eq!(Some(&replay.id), ids.iter().next());
+    assert_eq!(state(&replay), pb::ChargeState::Authorized);
+    for (request_id, minor_units, reason) in [
+        ("idem-51", 500, "TOKEN_REVOKED"),
+        ("idem-50", 501, "REQUEST_ID_REUSED"),
+    ] {
+        let refused = client
+            .authorize(authorize_request(
+                request_id,
+                &concurrent_token,
+                minor_units,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(vault_reason(&refused), reason, "{request_id}");
+    }
+    assert_eq!(sandbox_authorizations(&vault, &concurrent_token).await, 1);
     vault.stop().await;
 }
 
@@ -605,6 +639,63 @@ async fn a_resend_refused_by_the_breaker_stays_pending() {
         .expect("get charge");
     assert_eq!(state(&charge), pb::ChargeState::Pending);
     assert_eq!(sandbox_authorizations(&vault, &token).await, 1);
+    vault.stop().await;
+}
+
+/// A capture whose processor call times out leaves the charge marked as waiting for it: a void
+/// meanwhile is refused as in progress, and the capture's replay sends it again and finishes.
+#[tokio::test]
+async fn a_timed_out_capture_keeps_the_charge_busy_until_replayed() {
+    // Recovery far off, so that only the replay finishes the capture.
+    let vault = vault_with_connector(200, 100, 60_000, 3_600_000).await;
+    let mut client = charges(&vault).await;
+    let mut admin = sandbox(&vault).await;
+    let token = token_for(&vault, TEST_PANS[0]).await;
+    let charge = authorize(&mut client, authorize_request("busy-auth", &token, 900)).await;
+    let slow = |request_id: &str, latency_ms: i64| pb::ConfigureSandboxCardRequest {
+        request_id: request_id.to_owned(),
+        token: token.clone(),
+        config: Some(pb::SandboxCardConfig {
+            latency_ms,
+            ..Default::default()
+        }),
+    };
+    admin
+        .configure_sandbox_card(slow("busy-slow", 1_000))
+        .await
+        .expect("configure");
+    let capture_request = pb::CaptureRequest {
+        request_id: "busy-capture".to_owned(),
+        charge_id: charge.id.clone(),
+        amount: None,
+    };
+    let timed_out = client.capture(capture_request.clone()).await.unwrap_err();
+    assert_eq!(vault_reason(&timed_out), "PROCESSOR_TIMEOUT");
+    let void = client
+        .void(pb::VoidRequest {
+            request_id: "busy-void".to_owned(),
+            charge_id: charge.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(vault_reason(&void), "CHARGE_OPERATION_IN_PROGRESS");
+
+    admin
+        .configure_sandbox_card(slow("busy-fast", 0))
+        .await
+        .expect("configure");
+    let captured = client
+        .capture(capture_request)
+        .await
+        .expect("replayed capture")
+        .into_inner()
+        .charge
+        .unwrap();
+    assert_eq!(
+        (state(&captured), minor(&captured.captured)),
+        (pb::ChargeState::Captured, 900)
+    );
     vault.stop().await;
 }
 

@@ -252,45 +252,38 @@ impl Charges {
         )?;
         let _guard = self.locks.lock(command.request_id.as_str()).await;
 
-        // A request id seen before replays its charge, whatever the card's state is now.
-        let mut conn = self.vault.pool().acquire().await?;
-        if let Some(stored) = store::charge_request(&mut *conn, command.request_id.as_str()).await?
-        {
-            drop(conn);
-            if stored.rpc != "Authorize" || stored.request_hash != request_hash {
-                return Err(self
-                    .vault
-                    .refuse(ctx, Some(&command.token), Error::RequestIdReused)
-                    .await);
-            }
-            return self
-                .replay_authorization(ctx, &stored.charge_id, &command)
-                .await;
-        }
-        let card = match storage::card(&mut *conn, &command.token).await? {
-            Some(card) => card,
-            None => {
-                drop(conn);
-                return Err(self
-                    .vault
-                    .refuse(ctx, Some(&command.token), Error::TokenNotFound)
-                    .await);
-            }
-        };
-        drop(conn);
+        let card = storage::card(self.vault.pool(), &command.token).await?;
         let now = now_micros();
-        let refusal = match card.view.state_at(now) {
-            TokenState::Active => None,
-            TokenState::Revoked => Some(Error::TokenRevoked),
-            TokenState::Expired => Some(Error::TokenExpired),
+        let refusal = match card.as_ref().map(|card| card.view.state_at(now)) {
+            None => Some(Error::TokenNotFound),
+            Some(TokenState::Active) => None,
+            Some(TokenState::Revoked) => Some(Error::TokenRevoked),
+            Some(TokenState::Expired) => Some(Error::TokenExpired),
         };
         let refusal = refusal.or_else(|| {
             (self.connector.breaker_state() == crate::connector::breaker::BreakerState::Open)
                 .then_some(Error::ProcessorUnavailable)
         });
         if let Some(error) = refusal {
+            // A request id seen before replays its charge, whatever the card's state is now.
+            // (On the way to a new charge the intent finds it instead, in the same statement
+            // that records it.)
+            let stored =
+                store::charge_request(self.vault.pool(), command.request_id.as_str()).await?;
+            let error = match stored {
+                Some(stored)
+                    if stored.rpc == "Authorize" && stored.request_hash == request_hash =>
+                {
+                    return self
+                        .replay_authorization(ctx, &stored.charge_id, &command)
+                        .await;
+                }
+                Some(_) => Error::RequestIdReused,
+                None => error,
+            };
             return Err(self.vault.refuse(ctx, Some(&command.token), error).await);
         }
+        let card = card.ok_or(Error::TokenNotFound)?;
 
         let currency = command.amount.currency;
         let view = ChargeView {
@@ -321,12 +314,16 @@ impl Charges {
             capture_time: None,
             void_time: None,
         };
+        let new_id = view.id.clone();
         let intent = AuthorizeIntent { view, request_hash };
         let charge = self.vault.submit(intent, ctx, "intent").await?;
         if charge.state != ChargeState::Pending {
             return Ok(charge);
         }
-        self.send_authorization(ctx, charge, &command, Some(card))
+        // A charge recorded before under this request id (by an earlier call) may have reached
+        // the processor already: it is sent again as a re-send, not as a first call.
+        let first_send = charge.id == new_id;
+        self.send_authorization(ctx, charge, &command, first_send.then_some(card))
             .await
     }
 
@@ -833,7 +830,8 @@ impl Mutation for AuthorizeIntent {
             if store::insert_pending_charge(conn, &new).await? {
                 return Ok(self.view.clone());
             }
-            // A copy of this request (from another vault process) recorded it first.
+            // The request id was recorded before: by an earlier call (a retry) or by a copy of
+            // this one in another vault process.
             let stored = store::charge_request(&mut *conn, &self.view.request_id)
                 .await?
                 .ok_or(Error::RequestIdTaken)?;
@@ -988,6 +986,26 @@ impl FollowUpIntent {
         }
     }
 
+    /// Records a capture or void of an authorized charge and marks the charge as waiting for
+    /// it, in one statement; returns the charge as marked.
+    async fn record_pending(
+        &self,
+        conn: &mut PgConnection,
+        amount_minor: Option<i64>,
+    ) -> Result<ChargeView, Error> {
+        store::insert_pending_follow_up(
+            conn,
+            &self.request_id,
+            self.kind.rpc(),
+            &self.request_hash,
+            &self.charge_id,
+            amount_minor,
+            self.now,
+        )
+        .await?
+        .ok_or(Error::RequestIdTaken)
+    }
+
     async fn decide(&self, conn: &mut PgConnection) -> Result<Intended, Error> {
         // Lock the charge first: a copy of this request from another vault process then waits
         // here and, once this one commits, finds its record and replays it.
@@ -1000,7 +1018,6 @@ impl FollowUpIntent {
         if self.amount.is_some_and(|m| m.currency != currency) {
             return Err(Error::CurrencyMismatch);
         }
-        let mut sent_minor = None;
         match self.kind {
             FollowUp::Capture => {
                 if charge.state != ChargeState::Authorized {
@@ -1013,27 +1030,24 @@ impl FollowUpIntent {
                 if amount.minor_units > charge.approved.minor_units {
                     return Err(Error::AmountExceedsApproved);
                 }
-                sent_minor = Some(amount.minor_units);
-                self.record(conn, None, Some(amount.minor_units)).await?;
-                store::set_pending_request(conn, &self.charge_id, &self.request_id, self.now)
-                    .await?;
+                let charge = self.record_pending(conn, Some(amount.minor_units)).await?;
+                Ok(Intended::Send(charge, None, Some(amount.minor_units)))
             }
             FollowUp::Void => match charge.state {
                 ChargeState::Voided | ChargeState::Declined => {
                     self.record(conn, None, None).await?;
-                    return Ok(Intended::Done(charge, None));
+                    Ok(Intended::Done(charge, None))
                 }
                 ChargeState::Captured | ChargeState::PartiallyRefunded | ChargeState::Refunded => {
-                    return Err(Error::ChargeAlreadyCaptured);
+                    Err(Error::ChargeAlreadyCaptured)
                 }
-                ChargeState::Pending => return Err(Error::OutcomeUnknown),
+                ChargeState::Pending => Err(Error::OutcomeUnknown),
                 ChargeState::Authorized if charge.pending_request_id.is_some() => {
-                    return Err(Error::ChargeBusy);
+                    Err(Error::ChargeBusy)
                 }
                 ChargeState::Authorized => {
-                    self.record(conn, None, None).await?;
-                    store::set_pending_request(conn, &self.charge_id, &self.request_id, self.now)
-                        .await?;
+                    let charge = self.record_pending(conn, None).await?;
+                    Ok(Intended::Send(charge, None, None))
                 }
             },
             FollowUp::Refund => {
@@ -1050,7 +1064,6 @@ impl FollowUpIntent {
                 if amount.minor_units > charge.refundable_minor() {
                     return Err(Error::AmountExceedsRefundable);
                 }
-                sent_minor = Some(amount.minor_units);
                 let refund = RefundView {
                     id: self.refund_id.clone(),
                     request_id: self.request_id.clone(),
@@ -1064,15 +1077,15 @@ impl FollowUpIntent {
                 store::insert_refund(conn, &refund, &self.charge_id).await?;
                 self.record(conn, Some(&refund.id), Some(amount.minor_units))
                     .await?;
+                let charge = reload(conn, &self.charge_id).await?;
+                let refund = charge
+                    .refunds
+                    .iter()
+                    .find(|r| r.id == self.refund_id)
+                    .cloned();
+                Ok(Intended::Send(charge, refund, Some(amount.minor_units)))
             }
         }
-        let charge = reload(conn, &self.charge_id).await?;
-        let refund = charge
-            .refunds
-            .iter()
-            .find(|r| r.id == self.refund_id)
-            .cloned();
-        Ok(Intended::Send(charge, refund, sent_minor))
     }
 }
 
@@ -1088,9 +1101,20 @@ impl Mutation for FollowUpIntent {
     type Output = Intended;
 
     fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Intended> {
-        // Under a savepoint: a copy of this request recorded by another writer between the
-        // lookup and the insert rolls back this job only, which then replays it.
-        Box::pin(once_per_request(self, conn))
+        Box::pin(async move {
+            match self.kind {
+                // A refund writes its row before its request record, so it runs under a
+                // savepoint: a copy of this request recorded by another writer between the
+                // lookup and the insert rolls back this job only, which then replays it.
+                FollowUp::Refund => once_per_request(self, conn).await,
+                // A capture or void writes nothing before its request record, and nothing at
+                // all when the id is taken: the job replays the copy's record at once.
+                FollowUp::Capture | FollowUp::Void => match self.decide(conn).await {
+                    Err(Error::RequestIdTaken) => self.decide(conn).await,
+                    result => result,
+                },
+            }
+        })
     }
 
     fn audit_token(&self, output: &Result<Intended, Error>) -> Option<String> {

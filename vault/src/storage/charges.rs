@@ -347,20 +347,37 @@ pub async fn record_authorization(
     Ok(charge)
 }
 
-/// Marks a capture or void of an authorized charge as sent.
-pub async fn set_pending_request(
+/// Records a capture or void request of an authorized charge and marks the charge as waiting
+/// for its answer (`pending_request_id`), in one statement. Returns the charge as marked, or
+/// `None`, writing nothing, if the request id exists.
+///
+/// The charge is authorized and locked by the caller, so it has no refunds yet: they are
+/// recorded only for captured charges.
+pub async fn insert_pending_follow_up(
     conn: &mut PgConnection,
-    id: &ChargeId,
     request_id: &str,
+    rpc: &str,
+    request_hash: &[u8; 32],
+    charge_id: &ChargeId,
+    amount_minor: Option<i64>,
     now: OffsetDateTime,
-) -> Result<(), Error> {
-    sqlx::query("UPDATE charges SET pending_request_id = $2, updated_at = $3 WHERE id = $1")
-        .bind(id.as_str())
-        .bind(request_id)
-        .bind(now)
-        .execute(conn)
-        .await?;
-    Ok(())
+) -> Result<Option<ChargeView>, Error> {
+    let row = sqlx::query(
+        "WITH request AS (INSERT INTO charge_requests (request_id, rpc, request_hash, \
+         charge_id, amount_minor) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (request_id) DO NOTHING RETURNING charge_id) \
+         UPDATE charges SET pending_request_id = $1, updated_at = $6 \
+         WHERE id = (SELECT charge_id FROM request) RETURNING *",
+    )
+    .bind(request_id)
+    .bind(rpc)
+    .bind(request_hash.as_slice())
+    .bind(charge_id.as_str())
+    .bind(amount_minor)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.as_ref().map(charge_from_row).transpose()?)
 }
 
 /// Clears the in-flight marker of `request_id` (and only of it: a late answer to one request
