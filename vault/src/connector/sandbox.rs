@@ -492,26 +492,11 @@ impl Sandbox {
         let reference = reference();
         let now = OffsetDateTime::now_utc();
         let answer = match decision {
-            Ok(approved_minor) => {
-                let code = authorization_code();
-                sqlx::query(
-                    "INSERT INTO sandbox_authorizations \
-                     (reference, fingerprint, currency, approved_minor, state, created_at) \
-                     VALUES ($1, $2, $3, $4, 'held', $5)",
-                )
-                .bind(&reference)
-                .bind(call.fingerprint.as_bytes().as_slice())
-                .bind(call.amount.currency.code())
-                .bind(approved_minor)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                AuthorizeAnswer::Approved {
-                    reference: reference.clone(),
-                    approved: Money::new(call.amount.currency, approved_minor),
-                    authorization_code: code,
-                }
-            }
+            Ok(approved_minor) => AuthorizeAnswer::Approved {
+                reference: reference.clone(),
+                approved: Money::new(call.amount.currency, approved_minor),
+                authorization_code: authorization_code(),
+            },
             Err(code) => AuthorizeAnswer::Declined {
                 reference: reference.clone(),
                 code,
@@ -535,8 +520,12 @@ impl Sandbox {
             ),
             AuthorizeAnswer::Declined { code, .. } => ("declined", 0, Some(*code), ""),
         };
+        // The operation, and for an approval the hold it takes, in one statement.
         sqlx::query(
-            "INSERT INTO sandbox_operations (reference, type, idempotency_key, token, currency, \
+            "WITH hold AS (INSERT INTO sandbox_authorizations \
+             (reference, fingerprint, currency, approved_minor, state, created_at) \
+             SELECT $1, $12, $4, $6, 'held', $11 WHERE $8::text IS NULL) \
+             INSERT INTO sandbox_operations (reference, type, idempotency_key, token, currency, \
              requested_minor, approved_minor, outcome, decline_code, processor_decline_code, \
              authorization_code, created_at) \
              VALUES ($1, 'authorize', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -552,6 +541,7 @@ impl Sandbox {
         .bind(decline.map_or("", processor_code))
         .bind(auth_code)
         .bind(now)
+        .bind(call.fingerprint.as_bytes().as_slice())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -613,25 +603,18 @@ impl Sandbox {
         let amount = call.amount.map(|m| m.minor_units);
         let amount_currency_ok = call.amount.is_none_or(|m| m.currency.code() == currency);
         let reference = reference();
-        let update = match (kind, state.as_str(), amount) {
+        let change = match (kind, state.as_str(), amount) {
             _ if !amount_currency_ok => None,
-            ("capture", "held", Some(amount)) if amount > 0 && amount <= approved => Some(
-                "UPDATE sandbox_authorizations SET state = 'captured', captured_minor = $2 \
-                 WHERE reference = $1",
-            ),
-            ("void", "held", None) => Some(
-                "UPDATE sandbox_authorizations SET state = 'voided' WHERE reference = $1 \
-                 AND $2::bigint IS NULL",
-            ),
+            ("capture", "held", Some(amount)) if amount > 0 && amount <= approved => {
+                Some("state = 'captured', captured_minor = $2")
+            }
+            ("void", "held", None) => Some("state = 'voided'"),
             ("refund", "captured", Some(amount)) if amount > 0 && amount <= captured - refunded => {
-                Some(
-                    "UPDATE sandbox_authorizations SET refunded_minor = refunded_minor + $2 \
-                     WHERE reference = $1",
-                )
+                Some("refunded_minor = refunded_minor + $2")
             }
             _ => None,
         };
-        let Some(update) = update else {
+        let Some(change) = change else {
             let code = if amount_currency_ok {
                 DeclineCode::TransactionNotAllowed
             } else {
@@ -639,44 +622,35 @@ impl Sandbox {
             };
             return Ok((refuse(tx, kind, call, code).await?, latency));
         };
-        sqlx::query(update)
-            .bind(call.authorization_reference)
-            .bind(amount)
-            .execute(&mut *tx)
-            .await?;
+        // The authorization's change, the operation and (for money that moves: a capture or a
+        // refund) its settlement record, in one statement.
         let now = OffsetDateTime::now_utc();
-        sqlx::query(
-            "INSERT INTO sandbox_operations (reference, authorization_reference, type, \
-             idempotency_key, token, currency, requested_minor, approved_minor, outcome, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 'approved', $8)",
-        )
-        .bind(&reference)
+        let settles = amount.is_some() && matches!(kind, "capture" | "refund");
+        sqlx::query(&format!(
+            "WITH changed AS (UPDATE sandbox_authorizations SET {change} \
+             WHERE reference = $1 RETURNING reference), \
+             operation AS (INSERT INTO sandbox_operations (reference, authorization_reference, \
+             type, idempotency_key, token, currency, requested_minor, approved_minor, outcome, \
+             created_at) SELECT $3, $1, $4, $5, $6, $7, $2, $2, 'approved', $8 FROM changed \
+             RETURNING reference) \
+             INSERT INTO sandbox_settlement_records (id, settlement_date, type, \
+             processor_reference, authorization_reference, currency, amount_minor, created_at) \
+             SELECT $9, $10, $4, reference, $1, $11, $2, $8 FROM operation WHERE $12"
+        ))
         .bind(call.authorization_reference)
+        .bind(amount)
+        .bind(&reference)
         .bind(kind)
         .bind(call.idempotency_key)
         .bind(call.token.as_str())
         .bind(amount.map(|_| currency.as_str()))
-        .bind(amount)
         .bind(now)
+        .bind(random_id("stl_"))
+        .bind(now.date())
+        .bind(&currency)
+        .bind(settles)
         .execute(&mut *tx)
         .await?;
-        if let (Some(amount), "capture" | "refund") = (amount, kind) {
-            sqlx::query(
-                "INSERT INTO sandbox_settlement_records (id, settlement_date, type, \
-                 processor_reference, authorization_reference, currency, amount_minor, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(random_id("stl_"))
-            .bind(now.date())
-            .bind(kind)
-            .bind(&reference)
-            .bind(call.authorization_reference)
-            .bind(&currency)
-            .bind(amount)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
         tx.commit().await?;
         Ok((FollowUpAnswer::Done { reference }, latency))
     }
