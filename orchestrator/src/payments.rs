@@ -233,9 +233,8 @@ impl Payments {
         };
         storage::insert_payment(&mut tx, &stored, &request.request_id).await?;
         self.workflow
-            .publish(&mut tx, &mut stored, &[created], now)
+            .save(&mut tx, &mut stored, &[created], now)
             .await?;
-        storage::save_payment(&mut tx, &stored, now).await?;
         tx.commit().await?;
         self.workflow.remember_accounts(accounts);
         self.workflow
@@ -442,9 +441,8 @@ impl Payments {
                     stored.lease_until = self.workflow.lease_until(now);
                 }
                 self.workflow
-                    .publish(&mut tx, &mut stored, &events, now)
+                    .save(&mut tx, &mut stored, &events, now)
                     .await?;
-                storage::save_payment(&mut tx, &stored, now).await?;
                 tx.commit().await?;
                 self.workflow
                     .announce(&id, stored.record.saga.state.is_terminal());

@@ -351,15 +351,22 @@ pub async fn payment(
     row.map(payment_row).transpose()
 }
 
-/// Writes a payment's record, event count and lease.
+/// Writes a payment's record, event count and lease, and appends `events` (the change's, in
+/// sequence, up to `payment.events`) to its outbox, in one statement.
 pub async fn save_payment(
     conn: &mut PgConnection,
     payment: &StoredPayment,
+    events: &[NewEvent],
     now: OffsetDateTime,
 ) -> Result<(), Error> {
     let record = &payment.record;
     sqlx::query(
-        "UPDATE payments SET state = $2, settled = $3, record = $4, events = $5, \
+        "WITH outbox AS (INSERT INTO payment_events \
+         (payment_id, sequence, id, type, body, create_time) \
+         SELECT $1, e.sequence, e.id, e.type, e.body, $8 \
+         FROM UNNEST($9::bigint[], $10::text[], $11::text[], $12::bytea[]) \
+         AS e (sequence, id, type, body)) \
+         UPDATE payments SET state = $2, settled = $3, record = $4, events = $5, \
          lease_owner = $6, lease_until = $7, update_time = $8 WHERE id = $1",
     )
     .bind(&record.id)
@@ -370,6 +377,10 @@ pub async fn save_payment(
     .bind(&payment.lease_owner)
     .bind(payment.lease_until)
     .bind(now)
+    .bind(events.iter().map(|e| e.sequence).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
@@ -456,33 +467,6 @@ pub struct NewEvent {
     pub kind: &'static str,
     /// The encoded event.
     pub body: Vec<u8>,
-}
-
-/// Appends events to a payment's outbox, in one statement.
-pub async fn insert_events(
-    conn: &mut PgConnection,
-    payment_id: &str,
-    events: &[NewEvent],
-    now: OffsetDateTime,
-) -> Result<(), Error> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO payment_events (payment_id, sequence, id, type, body, create_time) \
-         SELECT $1, e.sequence, e.id, e.type, e.body, $5 \
-         FROM UNNEST($2::bigint[], $3::text[], $4::text[], $6::bytea[]) \
-         AS e (sequence, id, type, body)",
-    )
-    .bind(payment_id)
-    .bind(events.iter().map(|e| e.sequence).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
-    .bind(now)
-    .bind(events.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// A payment's events after `after`, in sequence order, at most `limit`.

@@ -402,8 +402,7 @@ impl Workflow {
         } else {
             stored.lease_until = self.lease_until(now);
         }
-        self.publish(&mut tx, &mut stored, &events, now).await?;
-        storage::save_payment(&mut tx, &stored, now).await?;
+        self.save(&mut tx, &mut stored, &events, now).await?;
         tx.commit().await?;
         if !events.is_empty() {
             self.announce(payment_id, stored.record.saga.state.is_terminal());
@@ -583,8 +582,7 @@ impl Workflow {
                 .await?;
         }
         stored.lease_until = self.lease_until(now);
-        self.publish(&mut *tx, &mut stored, &events, now).await?;
-        storage::save_payment(&mut *tx, &stored, now).await?;
+        self.save(&mut *tx, &mut stored, &events, now).await?;
         Ok(Some((transfers, stored.record.saga.state.is_terminal())))
     }
 
@@ -680,8 +678,9 @@ impl Workflow {
             .map_err(|e| Error::Corrupt(format!("ledger id: {e}")))
     }
 
-    /// Writes `events` to the outbox, each with the payment as it is after the change.
-    pub(crate) async fn publish(
+    /// Saves the payment with `events` appended to its outbox, each event with the payment as
+    /// it is after the change.
+    pub(crate) async fn save(
         &self,
         conn: &mut sqlx::PgConnection,
         stored: &mut StoredPayment,
@@ -700,7 +699,7 @@ impl Workflow {
                 body,
             });
         }
-        storage::insert_events(conn, &stored.record.id, &rows, now).await
+        storage::save_payment(conn, stored, &rows, now).await
     }
 
     /// One round of the recovery worker: leases payments whose lease expired and drives each.
