@@ -646,8 +646,9 @@ async fn a_resend_refused_by_the_breaker_stays_pending() {
 /// meanwhile is refused as in progress, and the capture's replay sends it again and finishes.
 #[tokio::test]
 async fn a_timed_out_capture_keeps_the_charge_busy_until_replayed() {
-    // Recovery far off, so that only the replay finishes the capture.
-    let vault = vault_with_connector(200, 100, 60_000, 3_600_000).await;
+    // Recovery far off, so that only the replay finishes the capture; a timeout that a loaded
+    // machine's ordinary calls stay well within.
+    let vault = vault_with_connector(2_000, 100, 60_000, 3_600_000).await;
     let mut client = charges(&vault).await;
     let mut admin = sandbox(&vault).await;
     let token = token_for(&vault, TEST_PANS[0]).await;
@@ -661,7 +662,7 @@ async fn a_timed_out_capture_keeps_the_charge_busy_until_replayed() {
         }),
     };
     admin
-        .configure_sandbox_card(slow("busy-slow", 1_000))
+        .configure_sandbox_card(slow("busy-slow", 10_000))
         .await
         .expect("configure");
     let capture_request = pb::CaptureRequest {

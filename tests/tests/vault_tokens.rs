@@ -719,6 +719,18 @@ async fn a_batch_of_tokenizations_writes_each_card_once_with_its_own_data() {
     .await
     .unwrap();
     assert!(largest_batch > 1, "no batch held two tokenizations");
+    // Within a batch the new cards are audited in the order they were inserted.
+    let out_of_order: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT row_number() OVER (PARTITION BY a.occurred_at ORDER BY a.seq) \
+         AS by_audit, row_number() OVER (PARTITION BY a.occurred_at ORDER BY c.id) AS by_insert \
+         FROM audit_events a JOIN cards c ON c.token = a.token \
+         WHERE a.rpc LIKE '%/Tokenize' AND a.request_id ~ '^batch-[0-9]+$') rows \
+         WHERE by_audit <> by_insert",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(out_of_order, 0, "audit order differs from insert order");
     vault.stop().await;
     let logs = logs.text();
     assert!(!logs.contains("retrying one by one"), "a batch failed");
@@ -737,7 +749,7 @@ async fn the_audit_chain_orders_a_batch_as_it_took_effect() {
     let tokenizer = client(&vault, Role::Tokenizer).await;
     let mut revoked_in_same_batch = 0;
     let mut conn = vault.database.connect().await;
-    for round in 0..30 {
+    for round in 0..60 {
         let mut revoker = tokenizer.clone();
         let revoke = tokio::spawn(async move {
             revoker

@@ -266,8 +266,8 @@ impl Charges {
         });
         if let Some(error) = refusal {
             // A request id seen before replays its charge, whatever the card's state is now.
-            // (On the way to a new charge the intent finds it instead, in the same statement
-            // that records it.)
+            // (On the way to a new charge the intent finds it instead: its insert records
+            // nothing for a known request id, and it then reads the recorded charge.)
             let stored =
                 store::charge_request(self.vault.pool(), command.request_id.as_str()).await?;
             let error = match stored {

@@ -139,8 +139,9 @@ pub struct CardInsert<'a> {
 /// data key is not retired (the keys' rows are locked against retirement until commit).
 /// Returns the tokens inserted; the other cards wrote nothing.
 ///
-/// Rows are written in request-id order, so that two batches holding copies of the same
-/// requests take their locks in the same order and wait for each other instead of deadlocking.
+/// Rows are written in request-id order (the order the writer audits them in), which also
+/// makes two batches holding copies of the same requests usually take those locks in the same
+/// order; a deadlock that remains fails the batch, which the writer then replays job by job.
 /// Copies of one request id within `inserts` write once: the first in that order.
 pub async fn insert_cards_for_new_requests<'a>(
     conn: &mut PgConnection,

@@ -47,9 +47,9 @@ pub trait Mutation: Send + 'static {
     }
 
     /// Goes on after the batch's card insert: `inserted` says whether this mutation's card and
-    /// request record were written. Called only when [`Mutation::card_insert`] gave a card.
-    /// The default applies the mutation as if nothing had been written for it, which a
-    /// replayable mutation survives (it finds its own request recorded), only slower.
+    /// request record were written. Called only when [`Mutation::card_insert`] gave a card, so
+    /// a mutation that gives one must override it; the default, [`Mutation::apply`], would
+    /// find its own request recorded and answer it as a replay.
     fn apply_inserted<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -319,9 +319,13 @@ async fn try_commit(
     metrics: &Metrics,
 ) -> Result<(), Error> {
     // The jobs of a batch were all in flight at once, so any order of them is one they could
-    // have taken. The new cards go first, in one statement, and so do their jobs, so that the
-    // audit chain records the order the batch took effect in.
-    jobs.sort_by_key(|job| job.card_insert().is_none());
+    // have taken. The new cards go first, in one statement and in request-id order, and so do
+    // their jobs, so that the audit chain records the order the batch took effect in.
+    fn batch_order(job: &dyn Job) -> (bool, Option<&str>) {
+        let request_id = job.card_insert().map(|insert| insert.request_id);
+        (request_id.is_none(), request_id)
+    }
+    jobs.sort_by(|a, b| batch_order(a.as_ref()).cmp(&batch_order(b.as_ref())));
     let mut tx = pool.begin().await?;
     let inserted: Vec<Option<bool>> = {
         let inserts: Vec<CardInsert<'_>> =
