@@ -811,6 +811,18 @@ async fn reload(conn: &mut PgConnection, id: &ChargeId) -> Result<ChargeView, Er
         .ok_or(Error::ChargeNotFound)
 }
 
+/// The charge a settling update returned, or (when it changed nothing) the charge as it is.
+async fn settled_or_reload(
+    conn: &mut PgConnection,
+    settled: Option<ChargeView>,
+    id: &ChargeId,
+) -> Result<ChargeView, Error> {
+    match settled {
+        Some(charge) => Ok(charge),
+        None => reload(conn, id).await,
+    }
+}
+
 /// Records a new `Authorize` as a pending charge, or finds the charge of a repeated one.
 #[derive(Debug)]
 struct AuthorizeIntent {
@@ -872,10 +884,7 @@ impl Mutation for RecordAuthorization {
                 store::record_authorization(conn, &self.charge_id, &self.outcome, now_micros())
                     .await?;
             // A charge settled before (by another vault process) is read as it is.
-            match settled {
-                Some(charge) => Ok(charge),
-                None => reload(conn, &self.charge_id).await,
-            }
+            settled_or_reload(conn, settled, &self.charge_id).await
         })
     }
 
@@ -1095,26 +1104,21 @@ impl Recorded for FollowUpIntent {
     fn apply_once<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Intended> {
         Box::pin(self.decide(conn))
     }
+
+    // A refund writes its row before its request record; a capture or void writes nothing
+    // before it (and nothing at all when the id is taken).
+    fn writes_before_record(&self) -> bool {
+        self.kind == FollowUp::Refund
+    }
 }
 
 impl Mutation for FollowUpIntent {
     type Output = Intended;
 
     fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Intended> {
-        Box::pin(async move {
-            match self.kind {
-                // A refund writes its row before its request record, so it runs under a
-                // savepoint: a copy of this request recorded by another writer between the
-                // lookup and the insert rolls back this job only, which then replays it.
-                FollowUp::Refund => once_per_request(self, conn).await,
-                // A capture or void writes nothing before its request record, and nothing at
-                // all when the id is taken: the job replays the copy's record at once.
-                FollowUp::Capture | FollowUp::Void => match self.decide(conn).await {
-                    Err(Error::RequestIdTaken) => self.decide(conn).await,
-                    result => result,
-                },
-            }
-        })
+        // A copy of this request recorded by another writer between the lookup and the insert
+        // undoes this job only, which then replays it.
+        Box::pin(once_per_request(self, conn))
     }
 
     fn audit_token(&self, output: &Result<Intended, Error>) -> Option<String> {
@@ -1193,10 +1197,7 @@ impl Mutation for FollowUpResult {
             }
             // A capture or void settled now came back from its update; any other result (or a
             // charge another vault process settled first) is read.
-            let charge = match settled {
-                Some(charge) => charge,
-                None => reload(conn, &self.charge_id).await?,
-            };
+            let charge = settled_or_reload(conn, settled, &self.charge_id).await?;
             let refund = self
                 .refund_id
                 .as_ref()

@@ -633,16 +633,29 @@ pub(crate) trait Recorded: Sync {
 
     /// Replays a recorded request, or does the work and records it.
     fn apply_once<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Self::Output>;
+
+    /// Whether the job may write before it records its request id. A job that does not
+    /// leaves nothing behind when the id turns out taken, so it needs no savepoint.
+    fn writes_before_record(&self) -> bool {
+        true
+    }
 }
 
-/// Runs a [`Recorded`] job under a savepoint. If another vault writer recorded the same
+/// Runs a [`Recorded`] job once per request id. If another vault writer recorded the same
 /// request id between this job's lookup and its record (two copies of one request in flight
-/// at once), this job's writes are rolled back and it runs again, now replaying the first
-/// copy's result, without failing the rest of the batch.
+/// at once), this job's writes are undone and it runs again, now replaying the first copy's
+/// result, without failing the rest of the batch. The writes are undone by a savepoint, taken
+/// only for a job that [writes before its record](Recorded::writes_before_record).
 pub(crate) async fn once_per_request<R: Recorded>(
     job: &R,
     conn: &mut PgConnection,
 ) -> Result<R::Output, Error> {
+    if !job.writes_before_record() {
+        return match job.apply_once(conn).await {
+            Err(Error::RequestIdTaken) => job.apply_once(conn).await,
+            result => result,
+        };
+    }
     storage::savepoint(conn).await?;
     match job.apply_once(conn).await {
         Err(Error::RequestIdTaken) => {
@@ -668,7 +681,7 @@ struct TokenizeMutation {
 
 impl TokenizeMutation {
     /// The card with its request record, as one row of a batch insert.
-    fn card_insert(&self) -> CardInsert<'_> {
+    fn card_row(&self) -> CardInsert<'_> {
         CardInsert {
             card: self.card.write(),
             expires_at: self.card.expires_at,
@@ -678,16 +691,10 @@ impl TokenizeMutation {
         }
     }
 
-    /// Inserts the card with its request record on its own; false if nothing was written.
-    async fn insert_alone(&self, conn: &mut PgConnection) -> Result<bool, Error> {
-        let inserted = storage::insert_cards_for_new_requests(conn, &[self.card_insert()]).await?;
-        Ok(!inserted.is_empty())
-    }
-
     /// Inserts the card with its request record; false if the request id exists.
     async fn insert(&self, conn: &mut PgConnection) -> Result<bool, Error> {
-        let inserted = self.insert_alone(conn).await?;
-        self.check_inserted(conn, inserted).await
+        let inserted = storage::insert_cards_for_new_requests(conn, &[self.card_row()]).await?;
+        self.check_inserted(conn, !inserted.is_empty()).await
     }
 
     /// Passes on whether the card was inserted, once a card not inserted is known to have been
@@ -719,20 +726,16 @@ impl TokenizeMutation {
 impl Mutation for TokenizeMutation {
     type Output = (CardView, bool);
 
+    // Only a `reuse_existing` tokenization comes here: the others give their card to the
+    // batch's one insert and go on in `apply_inserted`.
     fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Self::Output> {
-        Box::pin(async move {
-            if self.reuse_existing {
-                return once_per_request(self, conn).await;
-            }
-            let inserted = self.insert_alone(conn).await?;
-            self.after_insert(conn, inserted).await
-        })
+        Box::pin(once_per_request(self, conn))
     }
 
     // The common case, a new request without dedupe, records the request and inserts the card
     // in the batch's one insert, and only if the id was new.
     fn card_insert(&self) -> Option<CardInsert<'_>> {
-        (!self.reuse_existing).then(|| TokenizeMutation::card_insert(self))
+        (!self.reuse_existing).then(|| self.card_row())
     }
 
     fn apply_inserted<'a>(

@@ -244,6 +244,26 @@ fn money(currency: Option<String>, minor: Option<i64>) -> Option<Money> {
     Some(Money::new(currency, minor?))
 }
 
+/// The statement of a capture, void or refund the sandbox accepts: the authorization's change
+/// (`SET` clause; `$2` is the amount), the operation and, for money that moves (`$12`: a capture
+/// or a refund), its settlement record, in one statement.
+macro_rules! follow_up_statement {
+    ($change:literal) => {
+        concat!(
+            "WITH changed AS (UPDATE sandbox_authorizations SET ",
+            $change,
+            " WHERE reference = $1 RETURNING reference), \
+             operation AS (INSERT INTO sandbox_operations (reference, authorization_reference, \
+             type, idempotency_key, token, currency, requested_minor, approved_minor, outcome, \
+             created_at) SELECT $3, $1, $4, $5, $6, $7, $2, $2, 'approved', $8 FROM changed \
+             RETURNING reference) \
+             INSERT INTO sandbox_settlement_records (id, settlement_date, type, \
+             processor_reference, authorization_reference, currency, amount_minor, created_at) \
+             SELECT $9, $10, $4, reference, $1, $11, $2, $8 FROM operation WHERE $12"
+        )
+    };
+}
+
 impl Sandbox {
     /// A sandbox keeping its state in `pool` (the vault's database).
     pub fn new(pool: PgPool) -> Sandbox {
@@ -605,12 +625,12 @@ impl Sandbox {
         let reference = reference();
         let change = match (kind, state.as_str(), amount) {
             _ if !amount_currency_ok => None,
-            ("capture", "held", Some(amount)) if amount > 0 && amount <= approved => {
-                Some("state = 'captured', captured_minor = $2")
-            }
-            ("void", "held", None) => Some("state = 'voided'"),
+            ("capture", "held", Some(amount)) if amount > 0 && amount <= approved => Some(
+                follow_up_statement!("state = 'captured', captured_minor = $2"),
+            ),
+            ("void", "held", None) => Some(follow_up_statement!("state = 'voided'")),
             ("refund", "captured", Some(amount)) if amount > 0 && amount <= captured - refunded => {
-                Some("refunded_minor = refunded_minor + $2")
+                Some(follow_up_statement!("refunded_minor = refunded_minor + $2"))
             }
             _ => None,
         };
@@ -622,35 +642,23 @@ impl Sandbox {
             };
             return Ok((refuse(tx, kind, call, code).await?, latency));
         };
-        // The authorization's change, the operation and (for money that moves: a capture or a
-        // refund) its settlement record, in one statement.
         let now = OffsetDateTime::now_utc();
         let settles = amount.is_some() && matches!(kind, "capture" | "refund");
-        sqlx::query(&format!(
-            "WITH changed AS (UPDATE sandbox_authorizations SET {change} \
-             WHERE reference = $1 RETURNING reference), \
-             operation AS (INSERT INTO sandbox_operations (reference, authorization_reference, \
-             type, idempotency_key, token, currency, requested_minor, approved_minor, outcome, \
-             created_at) SELECT $3, $1, $4, $5, $6, $7, $2, $2, 'approved', $8 FROM changed \
-             RETURNING reference) \
-             INSERT INTO sandbox_settlement_records (id, settlement_date, type, \
-             processor_reference, authorization_reference, currency, amount_minor, created_at) \
-             SELECT $9, $10, $4, reference, $1, $11, $2, $8 FROM operation WHERE $12"
-        ))
-        .bind(call.authorization_reference)
-        .bind(amount)
-        .bind(&reference)
-        .bind(kind)
-        .bind(call.idempotency_key)
-        .bind(call.token.as_str())
-        .bind(amount.map(|_| currency.as_str()))
-        .bind(now)
-        .bind(random_id("stl_"))
-        .bind(now.date())
-        .bind(&currency)
-        .bind(settles)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(change)
+            .bind(call.authorization_reference)
+            .bind(amount)
+            .bind(&reference)
+            .bind(kind)
+            .bind(call.idempotency_key)
+            .bind(call.token.as_str())
+            .bind(amount.map(|_| currency.as_str()))
+            .bind(now)
+            .bind(random_id("stl_"))
+            .bind(now.date())
+            .bind(&currency)
+            .bind(settles)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok((FollowUpAnswer::Done { reference }, latency))
     }

@@ -306,6 +306,13 @@ pub enum AuthorizationOutcome {
     },
 }
 
+/// The charge a settling write returned (`RETURNING *`). Each such write requires a state that
+/// was never captured (pending or authorized, under the row's lock), and refunds are recorded
+/// only for captured charges, so the charge has none: there are no refunds to read.
+fn unrefunded_charge(row: Option<PgRow>) -> Result<Option<ChargeView>, Error> {
+    Ok(row.as_ref().map(charge_from_row).transpose()?)
+}
+
 /// Settles a pending charge and returns it as settled; a charge no longer pending is left as
 /// it is (`None`: read it).
 pub async fn record_authorization(
@@ -341,10 +348,7 @@ pub async fn record_authorization(
         .bind(reference)
         .bind(now),
     };
-    let row = query.fetch_optional(conn).await?;
-    // Authorized or declined, it was never captured: it has no refunds.
-    let charge = row.as_ref().map(charge_from_row).transpose()?;
-    Ok(charge)
+    unrefunded_charge(query.fetch_optional(conn).await?)
 }
 
 /// Records a capture or void request of an authorized charge and marks the charge as waiting
@@ -377,7 +381,7 @@ pub async fn insert_pending_follow_up(
     .bind(now)
     .fetch_optional(conn)
     .await?;
-    Ok(row.as_ref().map(charge_from_row).transpose()?)
+    unrefunded_charge(row)
 }
 
 /// Clears the in-flight marker of `request_id` (and only of it: a late answer to one request
@@ -418,10 +422,7 @@ pub async fn record_capture(
     .bind(now)
     .fetch_optional(conn)
     .await?;
-    // Authorized until this statement (which holds its row lock), it was never captured
-    // before, so it has no refunds yet: they are recorded only for captured charges.
-    let charge = row.as_ref().map(charge_from_row).transpose()?;
-    Ok(charge)
+    unrefunded_charge(row)
 }
 
 /// Records a confirmed void and returns the charge as voided; a charge no longer authorized
@@ -439,9 +440,7 @@ pub async fn record_void(
     .bind(now)
     .fetch_optional(conn)
     .await?;
-    // Voided, it was never captured: it has no refunds.
-    let charge = row.as_ref().map(charge_from_row).transpose()?;
-    Ok(charge)
+    unrefunded_charge(row)
 }
 
 /// Records a new pending refund.
