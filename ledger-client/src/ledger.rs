@@ -52,6 +52,11 @@ const TRANSFER_COLUMNS: &str = "t.seq, t.id, t.kind, t.debit_account_id, t.credi
 
 /// Creates accounts; an existing id gives `Exists` or `ExistsWithDifferentFields`. One insert
 /// for all of them, and one read of those that existed (none on the common path).
+///
+/// The insert names no conflict target, so that every unique index of `ledger_accounts` (the
+/// primary key and `(id, currency)`, which the transfers' foreign keys need) is an arbiter: a
+/// transaction creating the same account concurrently makes this one wait for it and then
+/// find the account, instead of failing on whichever index is not the arbiter.
 pub async fn create_accounts(
     conn: &mut PgConnection,
     accounts: &[NewAccount],
@@ -69,7 +74,7 @@ pub async fn create_accounts(
         "INSERT INTO ledger_accounts (id, currency, code, debits_must_not_exceed_credits, \
          credits_must_not_exceed_debits, owner, card_token, billing_account, cost_center) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::boolean[], $5::boolean[], \
-         $6::text[], $7::text[], $8::text[], $9::text[]) ON CONFLICT (id) DO NOTHING RETURNING id",
+         $6::text[], $7::text[], $8::text[], $9::text[]) ON CONFLICT DO NOTHING RETURNING id",
     )
     .bind(column(|a| Some(a.id.as_str())))
     .bind(column(|a| Some(a.currency.as_str())))

@@ -1,7 +1,7 @@
 //! Who may call what: one table from RPC to the roles allowed (DESIGN section 2), and the
 //! check every handler runs first.
 
-use tandem_tls::identity::{Caller, Role, caller_of};
+use tandem_tls::identity::{Caller, IdentityError, Role, caller_of};
 
 use crate::error::Error;
 
@@ -85,17 +85,25 @@ pub fn authorize<T>(
     uri_prefix: &str,
     rpc: Rpc,
 ) -> Result<Caller, Error> {
-    let caller = caller_of(request, uri_prefix).map_err(|_| Error::Unauthenticated)?;
-    if !rpc.allows(caller.role) {
+    let refuse = |identity: &str, role: &str| {
         tracing::warn!(
             method = rpc.method(),
-            role = %caller.role,
-            caller = %caller.name,
+            role,
+            caller = identity,
             "role not allowed"
         );
-        return Err(Error::PermissionDenied { role: caller.role });
+        Error::PermissionDenied {
+            role: role.to_owned(),
+        }
+    };
+    match caller_of(request, uri_prefix) {
+        Ok(caller) if rpc.allows(caller.role) => Ok(caller),
+        Ok(caller) => Err(refuse(&caller.to_string(), caller.role.as_str())),
+        // A proven caller whose role this orchestrator does not know lacks a role; it is not
+        // unauthenticated.
+        Err(IdentityError::UnknownRole { identity, role }) => Err(refuse(&identity, &role)),
+        Err(_) => Err(Error::Unauthenticated),
     }
-    Ok(caller)
 }
 
 #[cfg(test)]

@@ -1,8 +1,6 @@
 //! The orchestrator's error type: one enum for the service layer, mapped to gRPC in
 //! [`crate::grpc::status`] by one exhaustive match.
 
-use tandem_tls::identity::Role;
-
 /// One violated field of a request, for `google.rpc.BadRequest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
@@ -29,11 +27,11 @@ pub enum Error {
     /// The request is malformed; each violation names its field.
     #[error("invalid argument")]
     InvalidArgument(Vec<FieldViolation>),
-    /// The caller's role may not call this RPC.
+    /// The caller's role may not call this RPC (or is no role this orchestrator knows).
     #[error("role {role} may not call this method")]
     PermissionDenied {
-        /// The caller's role.
-        role: Role,
+        /// The caller's role as its certificate names it.
+        role: String,
     },
     /// The peer certificate names no valid caller.
     #[error("client certificate does not carry a valid identity")]
@@ -119,8 +117,8 @@ impl Error {
             Error::RequestInProgress => "REQUEST_IN_PROGRESS",
             Error::VaultUnavailable => "VAULT_UNAVAILABLE",
             Error::ShuttingDown => "SHUTTING_DOWN",
-            Error::Database(e) if is_unavailable(e) => "STORAGE_UNAVAILABLE",
-            Error::Corrupt(_) | Error::Database(_) => "INTERNAL",
+            Error::Database(e) => tandem_runtime::database::classify(e).reason(),
+            Error::Corrupt(_) => "INTERNAL",
         }
     }
 
@@ -128,18 +126,6 @@ impl Error {
     pub fn invalid(field: impl Into<String>, description: impl ToString) -> Error {
         Error::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
-}
-
-/// True for database failures worth retrying (the pool, the connection, a serialization
-/// failure or deadlock), as opposed to bugs.
-pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    ) || error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| matches!(&*code, "40001" | "40P01" | "57P01" | "57P03"))
 }
 
 /// True when a statement gave up waiting for a lock (`lock_not_available`): another

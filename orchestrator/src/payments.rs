@@ -224,6 +224,14 @@ impl Payments {
         let mut stored = StoredPayment {
             record,
             request: identity.encode_to_vec(),
+            policy: Some(
+                request
+                    .policy_override
+                    .as_ref()
+                    .or(wire_group.default_policy.as_ref())
+                    .map(prost::Message::encode_to_vec)
+                    .unwrap_or_default(),
+            ),
             card_group_id: group_id,
             billing_account_id: input.billing_account_id,
             events: 0,

@@ -255,6 +255,9 @@ pub struct StoredPayment {
     pub record: PaymentRecord,
     /// The encoded `CreatePaymentRequest` (invoice and policy as given).
     pub request: Vec<u8>,
+    /// The encoded `AllocationPolicy` in force: the override, or the group's default as it was
+    /// when the payment was created. `None` for payments stored before it was recorded.
+    pub policy: Option<Vec<u8>>,
     /// The card group.
     pub card_group_id: String,
     /// Its billing account.
@@ -269,8 +272,8 @@ pub struct StoredPayment {
     pub update_time: OffsetDateTime,
 }
 
-const PAYMENT_COLUMNS: &str = "record, request, card_group_id, billing_account_id, events, \
-     lease_owner, lease_until, update_time";
+const PAYMENT_COLUMNS: &str = "record, request, policy, card_group_id, billing_account_id, \
+     events, lease_owner, lease_until, update_time";
 
 fn payment_row(row: sqlx::postgres::PgRow) -> Result<StoredPayment, Error> {
     let record: sqlx::types::Json<PaymentRecord> = row
@@ -279,6 +282,7 @@ fn payment_row(row: sqlx::postgres::PgRow) -> Result<StoredPayment, Error> {
     Ok(StoredPayment {
         record: record.0,
         request: row.try_get("request")?,
+        policy: row.try_get("policy")?,
         card_group_id: row.try_get("card_group_id")?,
         billing_account_id: row.try_get("billing_account_id")?,
         events: row.try_get("events")?,
@@ -315,7 +319,8 @@ pub async fn insert_payment(
     sqlx::query(
         "INSERT INTO payments (id, request_id, card_group_id, billing_account_id, invoice_id, \
          state, settled, record, request, events, lease_owner, lease_until, create_time, \
-         update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+         update_time, policy) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
     )
     .bind(&record.id)
     .bind(request_id)
@@ -330,6 +335,7 @@ pub async fn insert_payment(
     .bind(&payment.lease_owner)
     .bind(payment.lease_until)
     .bind(record.create_time)
+    .bind(&payment.policy)
     .execute(conn)
     .await?;
     Ok(())

@@ -349,13 +349,15 @@ fn answer(charge: pb::Charge) -> Result<AuthorizeAnswer, Unknown> {
 }
 
 /// True when the vault refused the authorization for this card before any processor call:
-/// the token is unusable or the request does not fit it. Other failures (identity, a request
-/// id used before, transient errors) leave the outcome unknown, because a hold may exist.
+/// the token is unusable, its stored data does not open (`DATA_LOSS`, reason
+/// `CARD_DATA_UNREADABLE`: the vault committed nothing), or the request does not fit it. Other
+/// failures (identity, a request id used before, transient errors) leave the outcome unknown,
+/// because a hold may exist.
 fn is_refusal(status: &tonic::Status) -> bool {
     use tonic::Code;
     matches!(
         status.code(),
-        Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument
+        Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument | Code::DataLoss
     )
 }
 

@@ -581,6 +581,22 @@ impl Workflow {
             storage::add_spend(&mut *tx, &change.token, currency, month, change.delta, None)
                 .await?;
         }
+        // A card declined as lost or stolen is suspended in its group with the decline, so no
+        // later payment sends it again (a statement more only when that happens).
+        let suspensions: Vec<_> = events
+            .iter()
+            .filter_map(|event| stored.record.suspension(event))
+            .collect();
+        if !suspensions.is_empty() {
+            crate::groups::suspend_members(
+                &mut *tx,
+                &stored.card_group_id,
+                &stored.record.id,
+                &suspensions,
+                now,
+            )
+            .await?;
+        }
         stored.lease_until = self.lease_until(now);
         self.save(&mut *tx, &mut stored, &events, now).await?;
         Ok(Some((transfers, stored.record.saga.state.is_terminal())))

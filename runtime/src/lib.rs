@@ -5,10 +5,13 @@
 //!   and the sections every server has (gRPC server limits, mutual TLS, the database pool),
 //!   with their range checks.
 //! - [`binary`]: the entry point of every server binary (`--config`, settings, listen, serve).
+//! - [`database`]: what a failed statement means for the request (retry, conflict, broken
+//!   invariant), one classification for both services.
 //! - [`ids`]: random ids of 128 bits with a type prefix.
 //! - [`telemetry`]: `tracing` with JSON output.
 
 pub mod binary;
+pub mod database;
 pub mod ids;
 pub mod settings;
 pub mod telemetry;

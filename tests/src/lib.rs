@@ -96,6 +96,12 @@ impl TestPki {
         TlsFiles::in_dir(&self.rogue_dir, Role::Tokenizer.as_str())
     }
 
+    /// An identity from the trusted CA with a role no Tandem service knows:
+    /// [`UNKNOWN_ROLE_IDENTITY`].
+    pub fn unknown_role_client(&self) -> TlsFiles {
+        TlsFiles::in_dir(&self.dir, "unknown-role")
+    }
+
     /// The vault server's files.
     pub fn vault_server(&self) -> TlsFiles {
         TlsFiles::in_dir(&self.dir, "vault-server")
@@ -107,6 +113,10 @@ impl TestPki {
     }
 }
 
+/// The identity of [`TestPki::unknown_role_client`]: well formed, from the trusted CA, with a
+/// role no Tandem service knows.
+pub const UNKNOWN_ROLE_IDENTITY: &str = "superuser/mallory";
+
 /// The process-wide test PKI, made once.
 pub fn pki() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
@@ -116,7 +126,15 @@ pub fn pki() -> &'static TestPki {
         let rogue_dir = root.join("rogue");
         let hosts = ["localhost", "127.0.0.1"];
         let prefix = tandem_tls::identity::DEFAULT_URI_PREFIX;
-        tandem_tls::issue::write_set(&dir, prefix, &hosts, "test", 1).expect("test PKI");
+        let authority =
+            tandem_tls::issue::Authority::new("Tandem test CA", prefix, 1).expect("test CA");
+        authority.write_set(&dir, &hosts, "test").expect("test PKI");
+        let (role, name) = UNKNOWN_ROLE_IDENTITY
+            .split_once('/')
+            .expect("an identity is <role>/<name>");
+        authority
+            .write_identity(&dir, "unknown-role", role, name)
+            .expect("unknown-role identity");
         tandem_tls::issue::write_set(&rogue_dir, prefix, &hosts, "test", 1).expect("rogue PKI");
         TestPki { dir, rogue_dir }
     })
@@ -344,7 +362,11 @@ impl RunningOrchestrator {
             task: Some(task),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while orchestrator.try_channel(Role::Reader).await.is_err() {
+        while orchestrator
+            .try_channel(&pki().client(Role::Reader))
+            .await
+            .is_err()
+        {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "orchestrator did not start within 30 s"
@@ -354,10 +376,11 @@ impl RunningOrchestrator {
         orchestrator
     }
 
-    async fn try_channel(&self, role: Role) -> Result<Channel, String> {
+    /// A channel with the identity in `files`, or why it could not connect.
+    pub async fn try_channel(&self, files: &TlsFiles) -> Result<Channel, String> {
         tandem_tls::client::connect(
             &format!("https://{}", self.addr),
-            &pki().client(role),
+            files,
             "localhost",
             Duration::from_secs(30),
         )
@@ -367,7 +390,7 @@ impl RunningOrchestrator {
 
     /// A channel with the identity of `role`.
     pub async fn channel(&self, role: Role) -> Channel {
-        self.try_channel(role)
+        self.try_channel(&pki().client(role))
             .await
             .expect("connect to orchestrator")
     }

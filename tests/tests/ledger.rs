@@ -959,3 +959,55 @@ fn ledger_matches_the_model() {
         })?;
     });
 }
+
+/// Transactions creating the same new accounts at the same moment all succeed: the later ones
+/// wait for the first and find its accounts (`Exists`), none fails on a unique index (the
+/// primary key or `(id, currency)`), and each account exists once. Many rounds, so the race
+/// between the conflict check and the index insert is hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creators_of_one_account_all_succeed() {
+    const WRITERS: usize = 8;
+    const ROUNDS: usize = 40;
+    let (_database, pool) = ledger_pool().await;
+    for round in 0..ROUNDS {
+        let accounts = vec![
+            account(&format!("race-{round}"), "USD", BalanceLimit::None),
+            account(&format!("race-{round}-b"), "EUR", BalanceLimit::None),
+        ];
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(WRITERS));
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let pool = pool.clone();
+                let accounts = accounts.clone();
+                let start = start.clone();
+                tokio::spawn(async move {
+                    let mut tx = pool.begin().await.unwrap();
+                    start.wait().await;
+                    let results = ledger::create_accounts(&mut tx, &accounts).await?;
+                    tx.commit().await?;
+                    Ok::<_, ledger::LedgerError>(results)
+                })
+            })
+            .collect();
+        let mut created = 0;
+        for writer in writers {
+            let results = writer
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            for result in results {
+                match result {
+                    AccountResult::Ok => created += 1,
+                    AccountResult::Exists => {}
+                    other => panic!("round {round}: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(created, accounts.len(), "round {round}: each created once");
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_accounts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, (2 * ROUNDS) as i64);
+}

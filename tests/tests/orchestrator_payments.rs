@@ -947,3 +947,239 @@ async fn waits_end_on_the_terminal_commit() {
     assert_eq!(stack.ledger_card(&b).await, (0, 1350, 0));
     stack.assert_ledger_invariants().await;
 }
+
+/// The event types of payment `id`, in order, from the outbox.
+async fn event_types(stack: &Stack, id: &str) -> Vec<String> {
+    let pool = stack.orchestrator.pool().await;
+    let types = sqlx::query_scalar(
+        "SELECT type FROM payment_events WHERE payment_id = $1 ORDER BY sequence",
+    )
+    .bind(id)
+    .fetch_all(&pool)
+    .await
+    .expect("payment events");
+    pool.close().await;
+    types
+}
+
+/// A card whose data the vault cannot open is refused as CARD_DATA_UNREADABLE and the payment
+/// falls back to the next card at once: one attempt on that card, no retry of it, no hold.
+#[tokio::test]
+async fn unreadable_card_data_falls_back_at_once() {
+    let stack = Stack::start().await;
+    let broken = stack.vault.tokenize(VISA).await;
+    let backup = stack.vault.tokenize(MASTERCARD).await;
+    let mut conn = stack.vault.database.connect().await;
+    sqlx::query(
+        "UPDATE cards SET ciphertext = set_byte(ciphertext, 0, get_byte(ciphertext, 0) # 1) \
+         WHERE token = $1",
+    )
+    .bind(&broken)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let group = stack
+        .create_group(group(
+            vec![
+                member(&broken, "card A", 1, None, None),
+                member(&backup, "card B", 2, None, None),
+            ],
+            policy(S::Sequential, &[], C::AllOrNothing),
+        ))
+        .await;
+    let started = std::time::Instant::now();
+    let payment = stack.pay(&group.id, "INV-DL", 1300, None).await;
+    assert_eq!(state(&payment), "SUCCEEDED", "{}", payment.summary);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "fell back at once, not after retries: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        legs(&payment),
+        vec![
+            leg("card A", 0, "DECLINED"),
+            leg("card B", 1300, "CAPTURED")
+        ]
+    );
+    assert_eq!(payment.attempts.len(), 2, "{:?}", payment.attempts);
+    assert_eq!(
+        payment.attempts[0].outcome,
+        pb::AttemptOutcome::Error as i32
+    );
+    assert_eq!(payment.attempts[0].error_reason, "CARD_DATA_UNREADABLE");
+    assert!(stack.sandbox_operations(&broken).await.is_empty());
+    assert_eq!(stack.ledger_card(&broken).await, (0, 0, 0));
+    stack.assert_ledger_invariants().await;
+}
+
+/// A card declined as lost or stolen is suspended in its group by itself: the payment that
+/// learned it says so in a `card.ineligible` event, the group view names the decline and the
+/// payment, later payments never send the card again, and `UpdateCardGroup` reactivates it.
+#[tokio::test]
+async fn lost_and_stolen_cards_are_suspended_and_never_sent_again() {
+    let stack = Stack::start().await;
+    let lost = stack.vault.tokenize("4000000000009987").await;
+    let stolen = stack.vault.tokenize("4000000000009979").await;
+    let backup = stack.vault.tokenize(VISA).await;
+    let created = stack
+        .create_group(group(
+            vec![
+                member(&lost, "card L", 1, None, None),
+                member(&stolen, "card S", 2, None, None),
+                member(&backup, "card B", 3, None, None),
+            ],
+            policy(S::Parallel, &[], C::AllOrNothing),
+        ))
+        .await;
+    let first = stack.pay(&created.id, "INV-L1", 3000, None).await;
+    assert_eq!(state(&first), "SUCCEEDED", "{}", first.summary);
+    let types = event_types(&stack, &first.id).await;
+    assert_eq!(
+        types.iter().filter(|t| *t == "card.ineligible").count(),
+        2,
+        "{types:?}"
+    );
+
+    let mut groups = stack.groups().await;
+    let read = groups
+        .get_card_group(pb::GetCardGroupRequest {
+            card_group_id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .card_group
+        .unwrap();
+    assert_ne!(read.etag, created.etag, "the suspension is a new version");
+    for (token, code) in [
+        (
+            &lost,
+            tandem_proto::tandem::r#type::v1::DeclineCode::LostCard,
+        ),
+        (
+            &stolen,
+            tandem_proto::tandem::r#type::v1::DeclineCode::StolenCard,
+        ),
+    ] {
+        let member = read.members.iter().find(|m| &m.token == token).unwrap();
+        assert_eq!(member.state, pb::CardGroupMemberState::Suspended as i32);
+        let suspension = member.suspension.as_ref().expect("suspension");
+        assert_eq!(suspension.decline_code, code as i32);
+        assert_eq!(suspension.payment_id, first.id);
+    }
+    let backup_member = read.members.iter().find(|m| m.token == backup).unwrap();
+    assert_eq!(backup_member.state, pb::CardGroupMemberState::Active as i32);
+    assert!(backup_member.suspension.is_none());
+
+    let second = stack.pay(&created.id, "INV-L2", 1000, None).await;
+    assert_eq!(state(&second), "SUCCEEDED", "{}", second.summary);
+    assert_eq!(legs(&second), vec![leg("card B", 1000, "CAPTURED")]);
+    for token in [&lost, &stolen] {
+        assert_eq!(
+            stack.sandbox_operations(token).await.len(),
+            1,
+            "a suspended card is never sent again"
+        );
+    }
+
+    // An update that keeps the suspension keeps its reason; one that reactivates clears it.
+    let mut members = read.members.clone();
+    for member in &mut members {
+        member.label = format!("{} (checked)", member.label);
+    }
+    let kept = update_members(&mut groups, &read, members.clone()).await;
+    let lost_member = kept.members.iter().find(|m| m.token == lost).unwrap();
+    assert_eq!(
+        lost_member.state,
+        pb::CardGroupMemberState::Suspended as i32
+    );
+    assert!(lost_member.suspension.is_some());
+    for member in &mut members {
+        member.state = pb::CardGroupMemberState::Active as i32;
+    }
+    let reactivated = update_members(&mut groups, &kept, members).await;
+    assert!(
+        reactivated.members.iter().all(|m| {
+            m.state == pb::CardGroupMemberState::Active as i32 && m.suspension.is_none()
+        })
+    );
+    stack.assert_ledger_invariants().await;
+}
+
+async fn update_members(
+    groups: &mut tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient<tonic::transport::Channel>,
+    current: &pb::CardGroup,
+    members: Vec<pb::CardGroupMember>,
+) -> pb::CardGroup {
+    groups
+        .update_card_group(pb::UpdateCardGroupRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            card_group: Some(pb::CardGroup {
+                id: current.id.clone(),
+                etag: current.etag.clone(),
+                members,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["members".into()],
+            }),
+        })
+        .await
+        .expect("update card group")
+        .into_inner()
+        .card_group
+        .expect("card group")
+}
+
+/// A payment shows the policy it was allocated under: the group's default as it was when the
+/// payment was created (not as it is after the group changed), or the override it was given.
+#[tokio::test]
+async fn a_payment_keeps_the_policy_it_was_created_under() {
+    let stack = Stack::start().await;
+    let a = stack.vault.tokenize(VISA).await;
+    let b = stack.vault.tokenize(MASTERCARD).await;
+    let default = policy(S::Weighted, &[(&a, 6000), (&b, 4000)], C::AllOrNothing);
+    let created = stack
+        .create_group(group(
+            vec![
+                member(&a, "card A", 1, None, None),
+                member(&b, "card B", 2, None, None),
+            ],
+            default.clone(),
+        ))
+        .await;
+    let paid = stack.pay(&created.id, "INV-P1", 1000, None).await;
+    assert_eq!(paid.policy.as_ref(), Some(&default));
+
+    let changed = policy(S::Parallel, &[], C::AllowPartial);
+    stack
+        .groups()
+        .await
+        .update_card_group(pb::UpdateCardGroupRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            card_group: Some(pb::CardGroup {
+                id: created.id.clone(),
+                default_policy: Some(changed.clone()),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["default_policy".into()],
+            }),
+        })
+        .await
+        .expect("update policy");
+    let reread = stack.settled(&paid.id).await;
+    assert_eq!(
+        reread.policy.as_ref(),
+        Some(&default),
+        "as it was at creation"
+    );
+    let after = stack.pay(&created.id, "INV-P2", 1000, None).await;
+    assert_eq!(after.policy.as_ref(), Some(&changed));
+    let override_policy = policy(S::Sequential, &[], C::AllOrNothing);
+    let overridden = stack
+        .pay(&created.id, "INV-P3", 1000, Some(override_policy.clone()))
+        .await;
+    assert_eq!(overridden.policy.as_ref(), Some(&override_policy));
+}

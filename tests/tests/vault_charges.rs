@@ -1201,3 +1201,89 @@ async fn processor_refusals_are_final_for_their_request_id() {
     assert_eq!(captures, 1, "the refused capture reached the acquirer once");
     vault.stop().await;
 }
+
+/// A card whose stored ciphertext does not open under its AAD (moved from another row, or
+/// corrupted) is refused before anything is committed: DATA_LOSS with reason
+/// CARD_DATA_UNREADABLE, no charge, no processor call, an audit row with that outcome and the
+/// integrity metric raised. A request id seen before still replays its charge, and the card
+/// next to it keeps working.
+#[tokio::test]
+async fn unreadable_card_data_is_refused_before_any_intent() {
+    let vault = vault_with_connector(2000, 50, 1000, 60_000).await;
+    let mut client = charges(&vault).await;
+    let moved = token_for(&vault, "4242424242424242").await;
+    let corrupted = token_for(&vault, "5555555555554444").await;
+    let healthy = token_for(&vault, "378282246310005").await;
+    // Authorized once while its data was intact: its request id must still replay.
+    let earlier = authorize(&mut client, authorize_request("before-1", &moved, 100)).await;
+    assert_eq!(state(&earlier), pb::ChargeState::Authorized);
+
+    let mut conn = vault.database.connect().await;
+    // `moved` gets `healthy`'s ciphertext and nonce (AAD names the token: it must not open);
+    // `corrupted` gets one flipped bit.
+    sqlx::query(
+        "UPDATE cards SET (nonce, ciphertext) = \
+         (SELECT nonce, ciphertext FROM cards WHERE token = $2) WHERE token = $1",
+    )
+    .bind(&moved)
+    .bind(&healthy)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE cards SET ciphertext = set_byte(ciphertext, 0, get_byte(ciphertext, 0) # 1) \
+         WHERE token = $1",
+    )
+    .bind(&corrupted)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let charges_before: i64 = sqlx::query_scalar("SELECT count(*) FROM charges")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+
+    for (request_id, token) in [("after-moved", &moved), ("after-corrupted", &corrupted)] {
+        for _ in 0..2 {
+            let status = client
+                .authorize(authorize_request(request_id, token, 100))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::DataLoss, "{request_id}");
+            assert_eq!(vault_reason(&status), "CARD_DATA_UNREADABLE");
+        }
+    }
+    let charges_after: i64 = sqlx::query_scalar("SELECT count(*) FROM charges")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(charges_after, charges_before, "no intent was committed");
+    assert_eq!(sandbox_authorizations(&vault, &moved).await, 1);
+    assert_eq!(sandbox_authorizations(&vault, &corrupted).await, 0);
+
+    // The earlier request replays its charge; the healthy card is untouched.
+    let replay = authorize(&mut client, authorize_request("before-1", &moved, 100)).await;
+    assert_eq!(replay.id, earlier.id);
+    let fine = authorize(&mut client, authorize_request("healthy-1", &healthy, 100)).await;
+    assert_eq!(state(&fine), pb::ChargeState::Authorized);
+
+    let alarms: Vec<(String, String)> = sqlx::query_as(
+        "SELECT token, caller FROM audit_events WHERE outcome = 'CARD_DATA_UNREADABLE' \
+         ORDER BY seq",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(alarms.len(), 4, "{alarms:?}");
+    assert!(
+        alarms
+            .iter()
+            .all(|(_, caller)| caller == "orchestrator/test")
+    );
+    let metrics = tandem_tests::scrape_metrics(vault.settings.metrics.listen_addr).await;
+    assert!(
+        metrics.contains("tandem_vault_card_data_unreadable_total 4"),
+        "{metrics}"
+    );
+    vault.stop().await;
+}

@@ -967,7 +967,8 @@ async fn audit_chain_detects_tampering() {
 }
 
 /// A ciphertext copied onto another token's row does not decrypt there (the AAD binds the
-/// token): the update that needs it fails with INTERNAL instead of serving the wrong card.
+/// token): the update that needs it fails with DATA_LOSS `CARD_DATA_UNREADABLE` instead of
+/// serving the wrong card.
 #[tokio::test]
 async fn ciphertext_moved_to_another_row_does_not_open() {
     let vault = RunningVault::start().await;
@@ -996,7 +997,7 @@ async fn ciphertext_moved_to_another_row_does_not_open() {
         .unwrap_err();
     assert_eq!(
         (status.code(), vault_reason(&status)),
-        (Code::Internal, "INTERNAL".into())
+        (Code::DataLoss, "CARD_DATA_UNREADABLE".into())
     );
     vault.stop().await;
 }

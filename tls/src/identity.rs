@@ -2,8 +2,10 @@
 //!
 //! A Tandem identity is one SAN URI `<prefix><role>/<name>`, where the prefix defaults to
 //! `spiffe://tandem.local/` and is configurable per deployment. A certificate with no such URI,
-//! with two of them, or with an unknown role is refused: ambiguity is never resolved in the
-//! caller's favour.
+//! with two of them, or with a malformed one names no caller: ambiguity is never resolved in the
+//! caller's favour. A well-formed identity whose role this version does not know is a proven
+//! caller without a role ([`IdentityError::UnknownRole`]): the services answer it
+//! `PERMISSION_DENIED`, not `UNAUTHENTICATED`, and audit who it was.
 
 use std::fmt;
 
@@ -14,6 +16,9 @@ pub const DEFAULT_URI_PREFIX: &str = "spiffe://tandem.local/";
 
 /// Longest accepted identity name, in bytes.
 const NAME_BYTES_MAX: usize = 64;
+
+/// Longest accepted role name, in bytes (known or not).
+const ROLE_BYTES_MAX: usize = 32;
 
 /// Every role a Tandem certificate can carry (DESIGN section 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -116,10 +121,19 @@ pub enum IdentityError {
     /// More than one SAN URI starts with the configured prefix.
     #[error("client certificate has more than one identity URI")]
     Ambiguous,
-    /// The URI's role is not a Tandem role, or its name is empty, too long or not
+    /// The URI is not `<role>/<name>`, or its role or name is empty, too long or not
     /// `[a-z0-9._-]`.
     #[error("client certificate identity is not <role>/<name>")]
     Invalid,
+    /// A well-formed identity whose role is none this version knows: the caller is proven, it
+    /// only lacks a role. `identity` is its `<role>/<name>`, safe to log (checked characters).
+    #[error("client certificate identity {identity} has no known role")]
+    UnknownRole {
+        /// The `<role>/<name>` as the certificate names it.
+        identity: String,
+        /// The role part of it.
+        role: String,
+    },
 }
 
 /// Reads the caller from the leaf certificate of a verified chain.
@@ -151,17 +165,24 @@ pub fn caller_from_certificate(
 /// Parses `<role>/<name>`, the part of the identity URI after the prefix.
 pub fn parse_identity(identity: &str) -> Result<Caller, IdentityError> {
     let (role, name) = identity.split_once('/').ok_or(IdentityError::Invalid)?;
-    let role = Role::parse(role).ok_or(IdentityError::Invalid)?;
-    let name_ok = !name.is_empty()
-        && name.len() <= NAME_BYTES_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-    if !name_ok {
+    let well_formed = |part: &str, bytes_max: usize| {
+        !part.is_empty()
+            && part.len() <= bytes_max
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    };
+    if !well_formed(role, ROLE_BYTES_MAX) || !well_formed(name, NAME_BYTES_MAX) {
         return Err(IdentityError::Invalid);
     }
+    let Some(known) = Role::parse(role) else {
+        return Err(IdentityError::UnknownRole {
+            identity: identity.to_owned(),
+            role: role.to_owned(),
+        });
+    };
     Ok(Caller {
-        role,
+        role: known,
         name: name.to_owned(),
     })
 }
@@ -193,6 +214,7 @@ mod tests {
             ("tokenizer/", None),
             ("tokenizer", None),
             ("root/alice", None),
+            ("/alice", None),
             ("Tokenizer/alice", None),
             ("tokenizer/Alice", None),
             ("tokenizer/a/b", None),
@@ -206,6 +228,34 @@ mod tests {
         }
         let long = format!("reader/{}", "a".repeat(NAME_BYTES_MAX + 1));
         assert_eq!(parse_identity(&long), Err(IdentityError::Invalid));
+        let long_role = format!("{}/alice", "r".repeat(ROLE_BYTES_MAX + 1));
+        assert_eq!(parse_identity(&long_role), Err(IdentityError::Invalid));
+    }
+
+    /// A well-formed identity with a role nobody knows is a caller without a role, kept apart
+    /// from malformed identities; a malformed one never passes as an unknown role.
+    #[test]
+    fn unknown_roles_are_told_apart_from_malformed_identities() {
+        assert_eq!(
+            parse_identity("root/alice"),
+            Err(IdentityError::UnknownRole {
+                identity: "root/alice".into(),
+                role: "root".into(),
+            })
+        );
+        for malformed in [
+            "Root/alice",
+            "root/Alice",
+            "root/a b",
+            "ro ot/alice",
+            "/alice",
+        ] {
+            assert_eq!(
+                parse_identity(malformed),
+                Err(IdentityError::Invalid),
+                "{malformed:?}"
+            );
+        }
     }
 
     /// Every role round-trips through its text form.

@@ -64,6 +64,13 @@ impl Authority {
 
     /// Issues a client identity `<prefix><role>/<name>`.
     pub fn issue_client(&self, role: Role, name: &str) -> Result<IssuedIdentity, TlsError> {
+        self.issue_identity(role.as_str(), name)
+    }
+
+    /// Issues a client identity `<prefix><role>/<name>` for a role given as text, which may be
+    /// one this version does not know (a role of a newer release; a test of how services treat
+    /// a proven caller without a known role).
+    pub fn issue_identity(&self, role: &str, name: &str) -> Result<IssuedIdentity, TlsError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = self::name(&format!("{role}/{name}"));
         params.subject_alt_names = vec![SanType::URI(
@@ -128,25 +135,60 @@ pub fn write_set(
     name: &str,
     validity_days: u32,
 ) -> Result<Vec<PathBuf>, TlsError> {
-    let authority = Authority::new("Tandem CA", uri_prefix, validity_days)?;
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
+    Authority::new("Tandem CA", uri_prefix, validity_days)?.write_set(dir, hosts, name)
+}
+
+impl Authority {
+    /// [`write_set`] with this authority as the CA.
+    pub fn write_set(
+        &self,
+        dir: &Path,
+        hosts: &[&str],
+        name: &str,
+    ) -> Result<Vec<PathBuf>, TlsError> {
+        std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut written = Vec::new();
+        let ca = dir.join("ca.pem");
+        write(&ca, self.cert_pem().as_bytes(), 0o644)?;
+        written.push(ca);
+        let mut identities = Vec::new();
+        for server in SERVERS {
+            identities.push((
+                format!("{server}-server"),
+                self.issue_server(server, hosts)?,
+            ));
+        }
+        for role in Role::CALLERS {
+            identities.push((role.to_string(), self.issue_client(role, name)?));
+        }
+        written.extend(write_identities(dir, identities)?);
+        Ok(written)
+    }
+
+    /// Writes `<stem>.pem/.key` under `dir` for the identity `<role>/<name>` (see
+    /// [`Authority::issue_identity`]). Returns the files written.
+    pub fn write_identity(
+        &self,
+        dir: &Path,
+        stem: &str,
+        role: &str,
+        name: &str,
+    ) -> Result<Vec<PathBuf>, TlsError> {
+        write_identities(
+            dir,
+            vec![(stem.to_owned(), self.issue_identity(role, name)?)],
+        )
+    }
+}
+
+fn write_identities(
+    dir: &Path,
+    identities: Vec<(String, IssuedIdentity)>,
+) -> Result<Vec<PathBuf>, TlsError> {
     let mut written = Vec::new();
-    let ca = dir.join("ca.pem");
-    write(&ca, authority.cert_pem().as_bytes(), 0o644)?;
-    written.push(ca);
-    let mut identities = Vec::new();
-    for server in SERVERS {
-        identities.push((
-            format!("{server}-server"),
-            authority.issue_server(server, hosts)?,
-        ));
-    }
-    for role in Role::CALLERS {
-        identities.push((role.to_string(), authority.issue_client(role, name)?));
-    }
     for (stem, identity) in identities {
         let cert = dir.join(format!("{stem}.pem"));
         let key = dir.join(format!("{stem}.key"));

@@ -38,7 +38,7 @@ use crate::domain::charge::{
     DeclineCode, REFUNDS_PER_CHARGE_MAX, RefundCommand, RefundId, RefundState, RefundView,
     VoidCommand,
 };
-use crate::domain::{RequestId, TokenState};
+use crate::domain::{CardSecret, RequestId, Token, TokenState};
 use crate::error::Error;
 use crate::service::{Recorded, RequestContext, Vault, now_micros, once_per_request};
 use crate::storage::charges::{self as store, AuthorizationOutcome, NewCharge};
@@ -264,26 +264,45 @@ impl Charges {
             (self.connector.breaker_state() == crate::connector::breaker::BreakerState::Open)
                 .then_some(Error::ProcessorUnavailable)
         });
-        if let Some(error) = refusal {
-            // A request id seen before replays its charge, whatever the card's state is now.
-            // (On the way to a new charge the intent finds it instead: its insert records
-            // nothing for a known request id, and it then reads the recorded charge.)
-            let stored =
-                store::charge_request(self.vault.pool(), command.request_id.as_str()).await?;
-            let error = match stored {
-                Some(stored)
-                    if stored.rpc == "Authorize" && stored.request_hash == request_hash =>
-                {
-                    return self
-                        .replay_authorization(ctx, &stored.charge_id, &command)
-                        .await;
+        // The card must open before anything is committed: data that does not (corrupted, or
+        // moved from another row) is refused like an unusable token, with no intent and no
+        // charge, so the caller moves on to another card at once.
+        let opened = match (refusal, card) {
+            (Some(error), _) => Err(error),
+            (None, None) => Err(Error::TokenNotFound),
+            (None, Some(card)) => match self.open_card(card).await {
+                Ok(opened) => Ok(opened),
+                Err(Error::CardDataUnreadable) => Err(Error::CardDataUnreadable),
+                // Storage or keys failing says nothing about this card.
+                Err(error) => return Err(error),
+            },
+        };
+        let (card, secret) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                // A request id seen before replays its charge, whatever the card's state is
+                // now. (On the way to a new charge the intent finds it instead: its insert
+                // records nothing for a known request id, and it then reads the recorded
+                // charge.)
+                let stored =
+                    store::charge_request(self.vault.pool(), command.request_id.as_str()).await?;
+                let error = match stored {
+                    Some(stored)
+                        if stored.rpc == "Authorize" && stored.request_hash == request_hash =>
+                    {
+                        return self
+                            .replay_authorization(ctx, &stored.charge_id, &command)
+                            .await;
+                    }
+                    Some(_) => Error::RequestIdReused,
+                    None => error,
+                };
+                if matches!(error, Error::CardDataUnreadable) {
+                    integrity_alarm(&command.token);
                 }
-                Some(_) => Error::RequestIdReused,
-                None => error,
-            };
-            return Err(self.vault.refuse(ctx, Some(&command.token), error).await);
-        }
-        let card = card.ok_or(Error::TokenNotFound)?;
+                return Err(self.vault.refuse(ctx, Some(&command.token), error).await);
+            }
+        };
 
         let currency = command.amount.currency;
         let view = ChargeView {
@@ -323,7 +342,7 @@ impl Charges {
         // A charge recorded before under this request id (by an earlier call) may have reached
         // the processor already: it is sent again as a re-send, not as a first call.
         let first_send = charge.id == new_id;
-        self.send_authorization(ctx, charge, &command, first_send.then_some(card))
+        self.send_authorization(ctx, charge, &command, first_send.then_some((card, secret)))
             .await
     }
 
@@ -350,39 +369,29 @@ impl Charges {
         ctx: &RequestContext,
         charge: ChargeView,
         command: &AuthorizeCommand,
-        card: Option<storage::StoredCard>,
+        opened: Option<(storage::StoredCard, CardSecret)>,
     ) -> Result<ChargeView, Error> {
-        // A first send carries the card read before the intent; a re-send reads it now.
-        let first_send = card.is_some();
-        let card = match card {
-            Some(card) => card,
-            None => storage::card(self.vault.pool(), &charge.token)
-                .await?
-                .ok_or(Error::TokenNotFound)?,
-        };
-        let keys = self.vault.keys()?;
-        let open = |card: &storage::StoredCard| {
-            let sealed = card
-                .sealed
-                .clone()
-                .ok_or(Error::Corrupt("charged card without data"));
-            let keys = keys.clone();
-            let pool = self.vault.pool().clone();
-            let token = charge.token.clone();
-            async move { keys.open_fresh(&pool, &token, &sealed?).await }
-        };
-        // The card read before the intent may have been re-encrypted (and its old key retired)
-        // since: read it again once before giving up.
-        let (card, secret) = match open(&card).await {
-            Ok(secret) => (card, secret),
-            Err(Error::Corrupt(_)) => {
+        // A first send carries the card opened before the intent; a re-send opens it now.
+        let first_send = opened.is_some();
+        let (card, secret) = match opened {
+            Some(opened) => opened,
+            None => {
                 let card = storage::card(self.vault.pool(), &charge.token)
                     .await?
                     .ok_or(Error::TokenNotFound)?;
-                let secret = open(&card).await?;
-                (card, secret)
+                match self.open_card(card).await {
+                    Ok(opened) => opened,
+                    // The first call may have reached the processor, so the charge is not
+                    // declined here: it stays pending until the processor is asked (GetCharge
+                    // or the recovery job inquire without the card).
+                    Err(Error::CardDataUnreadable) => {
+                        integrity_alarm(&charge.token);
+                        let error = Error::OutcomeUnknown;
+                        return Err(self.vault.refuse(ctx, Some(&charge.token), error).await);
+                    }
+                    Err(error) => return Err(error),
+                }
             }
-            Err(error) => return Err(error),
         };
         let key = idempotency_key("authorize", &charge.request_id);
         let descriptor = if command.statement_descriptor.as_str().is_empty() {
@@ -421,6 +430,36 @@ impl Charges {
                 self.record_authorization(ctx, &charge, answer).await
             }
             Err(error) => Err(self.connector_failure(ctx, &charge, error).await),
+        }
+    }
+
+    /// Opens `card`'s data. The card read before may have been re-encrypted since (and its old
+    /// key retired), so it is read again once before its data counts as unreadable.
+    async fn open_card(
+        &self,
+        card: storage::StoredCard,
+    ) -> Result<(storage::StoredCard, CardSecret), Error> {
+        let keys = self.vault.keys()?;
+        let pool = self.vault.pool();
+        let open = |card: &storage::StoredCard| {
+            let sealed = card.sealed.clone();
+            let keys = keys.clone();
+            let token = card.view.token.clone();
+            async move {
+                let sealed = sealed.ok_or(Error::CardDataUnreadable)?;
+                keys.open_fresh(pool, &token, &sealed).await
+            }
+        };
+        match open(&card).await {
+            Ok(secret) => Ok((card, secret)),
+            Err(Error::CardDataUnreadable) => {
+                let card = storage::card(pool, &card.view.token)
+                    .await?
+                    .ok_or(Error::TokenNotFound)?;
+                let secret = open(&card).await?;
+                Ok((card, secret))
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -727,7 +766,7 @@ impl Charges {
         )
         .await?;
         let ctx = RequestContext {
-            caller: None,
+            caller: Err(tandem_tls::identity::IdentityError::NoCertificate),
             rpc: Rpc::RecoverCharges,
             correlation_id: uuid::Uuid::new_v4().to_string(),
             request_id: None,
@@ -777,6 +816,17 @@ impl Charges {
             .await?
             .ok_or(Error::ChargeNotFound)
     }
+}
+
+/// Raises the integrity alarm for a card whose data does not open: the log line here, the
+/// audit row (outcome `CARD_DATA_UNREADABLE`) and the metric that counts it come with the
+/// refusal. What to do is in the security runbook (`vault/docs/keys.md`).
+fn integrity_alarm(token: &Token) {
+    tracing::error!(
+        %token,
+        "integrity alarm: the card's stored data does not open (corrupted or moved); see the \
+         key runbook"
+    );
 }
 
 fn authorization_outcome(answer: AuthorizeAnswer) -> AuthorizationOutcome {

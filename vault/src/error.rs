@@ -1,8 +1,6 @@
 //! The vault's error type: one enum for the service layer, mapped to gRPC in
 //! `grpc::status` by one exhaustive match.
 
-use tandem_tls::identity::Role;
-
 /// One violated field of a request, for `google.rpc.BadRequest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
@@ -28,11 +26,11 @@ pub enum Error {
     /// The request is malformed; each violation names its field.
     #[error("invalid argument")]
     InvalidArgument(Vec<FieldViolation>),
-    /// The caller's role may not call this RPC.
+    /// The caller's role may not call this RPC (or is no role this vault knows).
     #[error("role {role} may not call this method")]
     PermissionDenied {
-        /// The caller's role.
-        role: Role,
+        /// The caller's role as its certificate names it.
+        role: String,
     },
     /// The peer certificate names no valid caller.
     #[error("client certificate does not carry a valid identity")]
@@ -129,7 +127,12 @@ pub enum Error {
     /// The service is shutting down.
     #[error("vault is shutting down")]
     ShuttingDown,
-    /// A stored record failed an integrity check (a ciphertext that does not open).
+    /// A card's stored data does not open under its key and AAD (corrupted, or moved from
+    /// another row): the card cannot be charged or updated until it is tokenized again.
+    /// Nothing was committed for the call but its audit row.
+    #[error("the card's stored data does not open")]
+    CardDataUnreadable,
+    /// A stored record failed an integrity check.
     #[error("stored record failed an integrity check: {0}")]
     Corrupt(&'static str),
     /// The database failed.
@@ -179,9 +182,9 @@ impl Error {
             Error::Sealed => "VAULT_SEALED",
             Error::KeyBudgetExhausted => "KEY_BUDGET_EXHAUSTED",
             Error::ShuttingDown => "SHUTTING_DOWN",
+            Error::CardDataUnreadable => "CARD_DATA_UNREADABLE",
             Error::Corrupt(_) => "INTERNAL",
-            Error::Database(e) if is_unavailable(e) => "STORAGE_UNAVAILABLE",
-            Error::Database(_) => "INTERNAL",
+            Error::Database(e) => tandem_runtime::database::classify(e).reason(),
         }
     }
 
@@ -189,18 +192,4 @@ impl Error {
     pub(crate) fn aborts_transaction(&self) -> bool {
         matches!(self, Error::Database(_))
     }
-}
-
-/// Database errors that a retry may cure: the pool or the server is unreachable or busy.
-pub(crate) fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    ) || error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| {
-            // serialization_failure, deadlock_detected, admin_shutdown, cannot_connect_now
-            matches!(&*code, "40001" | "40P01" | "57P01" | "57P03")
-        })
 }

@@ -9,6 +9,7 @@ pub mod status;
 use std::sync::Arc;
 
 use tandem_proto::tandem::vault::v1 as pb;
+use tandem_tls::identity::IdentityError;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -101,15 +102,21 @@ pub(crate) async fn context<T: RequestIdField>(
         .ok()
         .map(|id| id.as_str().to_owned());
     let ctx = RequestContext {
-        caller: tandem_tls::identity::caller_of(request, uri_prefix).ok(),
+        caller: tandem_tls::identity::caller_of(request, uri_prefix),
         rpc,
         correlation_id: correlation_id(request),
         request_id,
     };
     let span = tracing::Span::current();
     span.record("correlation_id", ctx.correlation_id.as_str());
-    if let Some(caller) = &ctx.caller {
-        span.record("caller", tracing::field::display(caller));
+    match &ctx.caller {
+        Ok(caller) => {
+            span.record("caller", tracing::field::display(caller));
+        }
+        Err(IdentityError::UnknownRole { identity, .. }) => {
+            span.record("caller", identity.as_str());
+        }
+        Err(_) => {}
     }
     vault.authorize(&ctx).await.map_err(to_status)?;
     Ok(ctx)

@@ -312,11 +312,13 @@ impl KeyRing {
 
     /// Opens a sealed card.
     pub fn open(&self, token: &Token, sealed: &SealedCard) -> Result<CardSecret, Error> {
+        // Either way the card's data is lost to this vault: a version no key ring has, or a
+        // ciphertext that fails its tag under the token and version it is bound to.
         let key = self
             .data_key(sealed.dek_version)
-            .ok_or(Error::Corrupt("card sealed under an unknown data key"))?;
+            .ok_or(Error::CardDataUnreadable)?;
         key.open(token, sealed)
-            .map_err(|_| Error::Corrupt("card ciphertext does not open"))
+            .map_err(|_| Error::CardDataUnreadable)
     }
 
     /// Opens a sealed card, first learning data keys another vault process created if the

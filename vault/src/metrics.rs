@@ -101,14 +101,27 @@ pub async fn render(sources: &Sources) -> String {
         "# HELP tandem_vault_operations_total Vault calls and jobs by method and outcome (OK or the error reason), as audited.\n\
          # TYPE tandem_vault_operations_total counter"
     );
-    for ((rpc, outcome), count) in sources.metrics.operations() {
+    let operations = sources.metrics.operations();
+    for ((rpc, outcome), count) in &operations {
         let _ = writeln!(
             out,
             "tandem_vault_operations_total{{rpc=\"{}\",outcome=\"{}\"}} {count}",
-            label(&rpc),
-            label(&outcome)
+            label(rpc),
+            label(outcome)
         );
     }
+    // The integrity alarm, always present so that an alert on its increase needs no label.
+    let unreadable: u64 = operations
+        .iter()
+        .filter(|((_, outcome), _)| outcome == "CARD_DATA_UNREADABLE")
+        .map(|(_, count)| count)
+        .sum();
+    let _ = writeln!(
+        out,
+        "# HELP tandem_vault_card_data_unreadable_total Calls refused because a card's stored data did not open (corrupted or moved ciphertext): an integrity alarm, see the key runbook.\n\
+         # TYPE tandem_vault_card_data_unreadable_total counter\n\
+         tandem_vault_card_data_unreadable_total {unreadable}"
+    );
     let vault = sources.charges.vault();
     let _ = writeln!(
         out,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use sqlx::{PgConnection, PgPool};
-use tandem_tls::identity::Caller;
+use tandem_tls::identity::{Caller, IdentityError};
 use time::OffsetDateTime;
 
 use crate::auth::Rpc;
@@ -28,8 +28,9 @@ const UPDATE_ATTEMPTS_MAX: u32 = 3;
 /// Who is calling which RPC, for authorization and the audit row.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
-    /// The caller, or `None` if its certificate names no valid identity.
-    pub caller: Option<Caller>,
+    /// The caller its certificate proves, or why it proves none (the vault's own jobs run
+    /// without a certificate: [`IdentityError::NoCertificate`]).
+    pub caller: Result<Caller, IdentityError>,
     /// The RPC.
     pub rpc: Rpc,
     /// The correlation id (`x-request-id`).
@@ -41,12 +42,14 @@ pub struct RequestContext {
 impl RequestContext {
     fn audit(&self, reason: impl Into<String>) -> AuditContext {
         let (caller, role) = match &self.caller {
-            Some(caller) => (caller.to_string(), caller.role.to_string()),
+            Ok(caller) => (caller.to_string(), caller.role.to_string()),
+            // A proven caller whose role the vault does not know: audited as who it is.
+            Err(IdentityError::UnknownRole { identity, role }) => (identity.clone(), role.clone()),
             // The vault's own jobs run without a peer certificate.
-            None if self.rpc == Rpc::RecoverCharges => {
+            Err(_) if self.rpc == Rpc::RecoverCharges => {
                 ("system/recovery".to_owned(), "system".to_owned())
             }
-            None => ("unknown".to_owned(), "none".to_owned()),
+            Err(_) => ("unknown".to_owned(), "none".to_owned()),
         };
         AuditContext {
             caller,
@@ -196,12 +199,15 @@ impl Vault {
     /// Checks the caller's role for the RPC; a refusal is audited before it is returned.
     pub async fn authorize(&self, ctx: &RequestContext) -> Result<(), Error> {
         let error = match &ctx.caller {
-            None => Error::Unauthenticated,
-            Some(caller) if !ctx.rpc.allows(caller.role) => {
-                Error::PermissionDenied { role: caller.role }
+            Err(IdentityError::UnknownRole { role, .. }) => {
+                Error::PermissionDenied { role: role.clone() }
             }
-            Some(_) if ctx.rpc.needs_keys() && self.is_sealed() => Error::Sealed,
-            Some(_) => return Ok(()),
+            Err(_) => Error::Unauthenticated,
+            Ok(caller) if !ctx.rpc.allows(caller.role) => Error::PermissionDenied {
+                role: caller.role.to_string(),
+            },
+            Ok(_) if ctx.rpc.needs_keys() && self.is_sealed() => Error::Sealed,
+            Ok(_) => return Ok(()),
         };
         Err(self.refuse(ctx, None, error).await)
     }

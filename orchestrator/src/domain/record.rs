@@ -193,6 +193,24 @@ pub enum EventKind {
     RefundSucceeded,
     /// `refund.failed`
     RefundFailed,
+    /// `card.ineligible`: a leg's card was declined as lost or stolen; its member is suspended.
+    CardIneligible,
+}
+
+/// The decline codes after which a card is never sent to its issuer again (the issuer will
+/// never approve it, and card networks penalise re-sending it): its member is suspended in the
+/// card group until the treasury reactivates it.
+pub fn makes_card_ineligible(decline_code: &str) -> bool {
+    matches!(decline_code, "LOST_CARD" | "STOLEN_CARD")
+}
+
+/// A member to suspend in its card group, learned from a decline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspension {
+    /// The member's token.
+    pub token: String,
+    /// The decline code's name without prefix (`LOST_CARD`).
+    pub decline_code: String,
 }
 
 /// An event to publish with the state change that caused it.
@@ -614,6 +632,13 @@ impl PaymentRecord {
         saga::apply(&mut self.saga, outcome)?;
         self.legs.resize(self.saga.legs.len(), LegDetail::default());
         let mut events = vec![self.event(kind, Some(leg), Some(number), None)];
+        if self.attempts[index]
+            .decline_code
+            .as_deref()
+            .is_some_and(makes_card_ineligible)
+        {
+            events.push(self.event(EventKind::CardIneligible, Some(leg), Some(number), None));
+        }
         if self.saga.legs.len() > legs_before {
             for new_leg in legs_before..self.saga.legs.len() {
                 self.legs[new_leg].replaced = Some(leg);
@@ -631,6 +656,18 @@ impl PaymentRecord {
             Vec::new()
         };
         Ok(Some((outcome, events, spend)))
+    }
+
+    /// The member a `card.ineligible` event asks to suspend; `None` for any other event.
+    pub fn suspension(&self, event: &Event) -> Option<Suspension> {
+        if event.kind != EventKind::CardIneligible {
+            return None;
+        }
+        let attempt = self.attempts.get(event.attempt? as usize - 1)?;
+        Some(Suspension {
+            token: self.saga.legs.get(attempt.leg)?.token.clone(),
+            decline_code: attempt.decline_code.clone()?,
+        })
     }
 
     /// True if `token`'s spend is counted: its member has a monthly limit. Cards without one
@@ -914,6 +951,16 @@ impl PaymentRecord {
                 .map(|a| self.attempt_line(a))
                 .unwrap_or_default(),
             EventKind::LegReallocated => leg.map(|l| self.reallocation_line(l)).unwrap_or_default(),
+            EventKind::CardIneligible => attempt
+                .and_then(|n| self.attempts.get(n as usize - 1))
+                .map(|a| {
+                    format!(
+                        "{} declined as {}: suspended in its card group, not to be charged again",
+                        self.card(a.leg),
+                        reason_text(a)
+                    )
+                })
+                .unwrap_or_default(),
             EventKind::LegCaptured | EventKind::LegVoided => leg
                 .map(|l| {
                     let verb = if kind == EventKind::LegCaptured {

@@ -11,7 +11,9 @@
 //! covered (a failure then needs voids, not refunds); a decline whose `next_action` is
 //! `TRY_NEXT_CARD` moves its amount to the next eligible members when fallback is enabled,
 //! `RETRY_SAME_CARD` retries the same card, `DO_NOT_RETRY` stops; a partial approval's
-//! uncovered rest is moved on like a decline; attempts over every card are bounded; under
+//! uncovered rest is moved on like a decline; a card is never sent a second authorization while
+//! one is in flight, nor at all after a `TRY_NEXT_CARD` or `DO_NOT_RETRY` decline (card
+//! networks penalise re-sending those); attempts over every card are bounded; under
 //! `ALL_OR_NOTHING` a shortfall voids every authorized leg and ends `FAILED`, under
 //! `ALLOW_PARTIAL` the covered legs are captured and the payment ends `PARTIALLY_PAID`.
 
@@ -330,7 +332,13 @@ pub fn apply(payment: &mut Payment, outcome: Outcome) -> Result<(), SagaError> {
                 }
                 NextAction::RetrySameCard | NextAction::TryNextCard => {
                     payment.legs[index].state = LegState::Declined;
-                    let amount = payment.legs[index].amount;
+                    let mut amount = payment.legs[index].amount;
+                    if next_action == NextAction::TryNextCard {
+                        // The card declined for good: its other legs not sent yet (amounts
+                        // moved onto it while this one was in flight) are never sent, and
+                        // move on with this one's.
+                        amount += withdraw_unsent(payment, index);
+                    }
                     move_on(payment, index, amount);
                 }
             }
@@ -350,6 +358,20 @@ pub fn apply(payment: &mut Payment, outcome: Outcome) -> Result<(), SagaError> {
     }
     settle(payment)?;
     Ok(())
+}
+
+/// Declines every leg of leg `from`'s card that was not sent yet and returns their amount, so
+/// that a card is never sent a second authorization after a decline that said not to retry it.
+fn withdraw_unsent(payment: &mut Payment, from: usize) -> i64 {
+    let token = payment.legs[from].token.clone();
+    let mut withdrawn = 0;
+    for leg in &mut payment.legs {
+        if leg.token == token && leg.state == LegState::Pending {
+            leg.state = LegState::Declined;
+            withdrawn += leg.amount;
+        }
+    }
+    withdrawn
 }
 
 /// Moves `amount` that leg `from` did not cover to new legs on other members, when fallback is
@@ -490,10 +512,19 @@ pub fn decide(payment: &mut Payment) -> Result<Vec<Command>, InvalidTransition> 
                 return Ok(commands);
             }
             let mut budget = payment.attempts_max.saturating_sub(payment.attempts());
+            // A card with an authorization in flight gets no second one until the first is
+            // answered: a decline may yet say the card is not to be tried again.
+            let mut busy: Vec<String> = payment
+                .legs
+                .iter()
+                .filter(|l| l.state == LegState::Authorizing)
+                .map(|l| l.token.clone())
+                .collect();
             for (index, leg) in payment.legs.iter_mut().enumerate() {
-                if leg.state != LegState::Pending || budget == 0 {
+                if leg.state != LegState::Pending || budget == 0 || busy.contains(&leg.token) {
                     continue;
                 }
+                busy.push(leg.token.clone());
                 leg.state = LegState::Authorizing;
                 leg.attempts += 1;
                 budget -= 1;
@@ -723,6 +754,76 @@ mod tests {
         }
     }
 
+    /// A parallel payment moves a declined share onto a card whose own authorization is still
+    /// in flight: that share waits for the card's answer, and when the card declines too, it is
+    /// never sent (each card is authorized once) and moves on to a card not tried yet.
+    #[test]
+    fn a_card_is_not_tried_again_after_a_final_decline() {
+        let members = vec![
+            member("a", 1, None),
+            member("b", 2, None),
+            member("c", 3, Some(250)),
+        ];
+        let mut p = payment(
+            &[("a", 500), ("b", 500)],
+            members,
+            Completion::AllOrNothing,
+            Dispatch::AllAtOnce,
+        );
+        assert_eq!(
+            decide(&mut p).unwrap(),
+            [Command::Authorize(0), Command::Authorize(1)]
+        );
+        apply(
+            &mut p,
+            Outcome::Declined {
+                leg: 0,
+                next_action: NextAction::TryNextCard,
+            },
+        )
+        .unwrap();
+        // a's 500: 250 to c (no leg yet, its whole room), 250 onto b, still in flight.
+        let moved: Vec<(&str, i64)> = p.legs[2..]
+            .iter()
+            .map(|l| (l.token.as_str(), l.amount))
+            .collect();
+        assert_eq!(moved, [("c", 250), ("b", 250)]);
+        assert_eq!(
+            decide(&mut p).unwrap(),
+            [Command::Authorize(2)],
+            "b gets no second authorization while its first is in flight"
+        );
+        apply(
+            &mut p,
+            Outcome::Authorized {
+                leg: 2,
+                approved: 250,
+            },
+        )
+        .unwrap();
+        assert!(decide(&mut p).unwrap().is_empty(), "b is still in flight");
+        apply(
+            &mut p,
+            Outcome::Declined {
+                leg: 1,
+                next_action: NextAction::TryNextCard,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.legs[3].state, LegState::Declined, "never sent");
+        let b_attempts: u32 = p
+            .legs
+            .iter()
+            .filter(|l| l.token == "b")
+            .map(|l| l.attempts)
+            .sum();
+        assert_eq!(b_attempts, 1);
+        // Nothing is left to try: the hold on c is voided and the payment fails.
+        assert_eq!(decide(&mut p).unwrap(), [Command::Void(2)]);
+        apply(&mut p, Outcome::Voided { leg: 2 }).unwrap();
+        assert_eq!(p.state, PaymentState::Failed);
+    }
+
     proptest! {
         /// Driven through any schedule of approvals (full or partial) and declines: the saga
         /// terminates within its attempt bound; SUCCEEDED means exactly the amount captured;
@@ -748,6 +849,8 @@ mod tests {
             p.attempts_max = 6;
             let mut draws = seed.into_iter().cycle();
             let mut captured_while_authorizing = false;
+            // Cards declined with advice not to retry them.
+            let mut not_again: Vec<String> = Vec::new();
             for _ in 0..200 {
                 let commands = decide(&mut p).unwrap();
                 if commands.is_empty() {
@@ -757,6 +860,10 @@ mod tests {
                     let (kind, value) = draws.next().unwrap();
                     let outcome = match command {
                         Command::Authorize(leg) => {
+                            let token = p.legs[leg].token.clone();
+                            prop_assert!(!not_again.contains(&token), "{} sent again after a final decline: {:?}", token, p.legs);
+                            let in_flight = p.legs.iter().filter(|l| l.token == token && l.state == LegState::Authorizing).count();
+                            prop_assert_eq!(in_flight, 1, "two authorizations in flight on {}: {:?}", token, p.legs);
                             let asked = p.legs[leg].amount;
                             match kind % 5 {
                                 0 => Outcome::Declined { leg, next_action: NextAction::TryNextCard },
@@ -772,6 +879,9 @@ mod tests {
                         }
                         Command::Void(leg) => Outcome::Voided { leg },
                     };
+                    if let Outcome::Declined { leg, next_action: NextAction::TryNextCard | NextAction::DoNotRetry } = outcome {
+                        not_again.push(p.legs[leg].token.clone());
+                    }
                     apply(&mut p, outcome).unwrap();
                 }
             }

@@ -420,8 +420,13 @@ pub fn group_to_wire(stored: &StoredGroup) -> Result<pb::CardGroup, Error> {
 }
 
 /// The group's stored body: the request's group without output-only fields, members' states
-/// spelled out.
-pub fn group_body(group: &pb::CardGroup, last4: &[(String, String)]) -> Vec<u8> {
+/// spelled out. A member still SUSPENDED keeps the suspension it had in `before` (the stored
+/// members); any other member has none.
+pub fn group_body(
+    group: &pb::CardGroup,
+    last4: &[(String, String)],
+    before: &[pb::CardGroupMember],
+) -> Vec<u8> {
     let mut body = group.clone();
     body.id.clear();
     body.state = 0;
@@ -434,6 +439,11 @@ pub fn group_body(group: &pb::CardGroup, last4: &[(String, String)]) -> Vec<u8> 
             member.state = pb::CardGroupMemberState::Active as i32;
         }
         member.month_to_date_spend = None;
+        member.suspension = before
+            .iter()
+            .filter(|_| member.state == pb::CardGroupMemberState::Suspended as i32)
+            .find(|b| b.token == member.token && b.state == member.state)
+            .and_then(|b| b.suspension.clone());
         member.last4 = last4
             .iter()
             .find(|(token, _)| *token == member.token)
@@ -766,7 +776,10 @@ pub fn payment_to_wire(stored: &StoredPayment, update_time: OffsetDateTime) -> p
         invoice: request.invoice.clone(),
         card_group_id: stored.card_group_id.clone(),
         billing_account_id: stored.billing_account_id.clone(),
-        policy: request.policy_override.clone(),
+        policy: match &stored.policy {
+            Some(policy) => pb::AllocationPolicy::decode(policy.as_slice()).ok(),
+            None => request.policy_override.clone(),
+        },
         state: status_to_wire(record.status()) as i32,
         authorized: Some(money(currency, record.authorized())),
         captured: Some(money(currency, record.captured())),
@@ -832,6 +845,7 @@ fn event_type(kind: EventKind) -> (&'static str, pb::PaymentEventType) {
         EventKind::RefundCreated => ("refund.created", T::RefundCreated),
         EventKind::RefundSucceeded => ("refund.succeeded", T::RefundSucceeded),
         EventKind::RefundFailed => ("refund.failed", T::RefundFailed),
+        EventKind::CardIneligible => ("card.ineligible", T::CardIneligible),
     }
 }
 

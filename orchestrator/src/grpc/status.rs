@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::error::{Error, is_unavailable};
+use crate::error::Error;
 
 /// The `ErrorInfo` domain of every orchestrator error.
 pub const DOMAIN: &str = "orchestrator.tandem";
@@ -71,17 +71,7 @@ pub fn to_status(error: Error) -> Status {
             tracing::error!(detail = %what, "integrity check failed");
             (Code::Internal, "internal error")
         }
-        Error::Database(e) if is_unavailable(e) => {
-            tracing::warn!(error = %e, "database unavailable");
-            (
-                Code::Unavailable,
-                "storage is temporarily unavailable; retry",
-            )
-        }
-        Error::Database(e) => {
-            tracing::error!(error = %e, "database error");
-            (Code::Internal, "internal error")
-        }
+        Error::Database(e) => tandem_runtime::database::to_status_parts(e),
     };
     let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
     match &error {

@@ -118,21 +118,15 @@ pub fn to_status(error: Error) -> Status {
             "the data key's encryption budget is exhausted; an operator must rotate it",
         ),
         Error::ShuttingDown => (Code::Unavailable, "the vault is shutting down"),
+        Error::CardDataUnreadable => (
+            Code::DataLoss,
+            "the card's stored data cannot be read; tokenize the card again",
+        ),
         Error::Corrupt(what) => {
             tracing::error!(detail = what, "integrity check failed");
             (Code::Internal, "internal error")
         }
-        Error::Database(e) if crate::error::is_unavailable(e) => {
-            tracing::warn!(error = %e, "database unavailable");
-            (
-                Code::Unavailable,
-                "storage is temporarily unavailable; retry",
-            )
-        }
-        Error::Database(e) => {
-            tracing::error!(error = %e, "database error");
-            (Code::Internal, "internal error")
-        }
+        Error::Database(e) => tandem_runtime::database::to_status_parts(e),
     };
     let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
     match &error {
@@ -162,7 +156,10 @@ pub fn code_name(outcome: &str) -> &'static str {
         "REQUEST_IN_PROGRESS"
         | "CONCURRENT_UPDATE"
         | "CHARGE_OPERATION_IN_PROGRESS"
-        | "KEY_ROTATED" => "ABORTED",
+        | "KEY_ROTATED"
+        | "WRITE_CONFLICT"
+        | "CONSTRAINT_VIOLATED" => "ABORTED",
+        "CARD_DATA_UNREADABLE" => "DATA_LOSS",
         "VAULT_SEALED"
         | "KEY_BUDGET_EXHAUSTED"
         | "SHUTTING_DOWN"
@@ -215,6 +212,11 @@ mod tests {
                 "REQUEST_ID_REUSED",
             ),
             (Error::Sealed, Code::Unavailable, "VAULT_SEALED"),
+            (
+                Error::CardDataUnreadable,
+                Code::DataLoss,
+                "CARD_DATA_UNREADABLE",
+            ),
             (Error::Corrupt("x"), Code::Internal, "INTERNAL"),
             (
                 Error::Database(sqlx::Error::PoolTimedOut),
@@ -235,7 +237,7 @@ mod tests {
         let errors = [
             Error::invalid("x", "y"),
             Error::PermissionDenied {
-                role: tandem_tls::identity::Role::Payer,
+                role: "payer".into(),
             },
             Error::Unauthenticated,
             Error::TokenNotFound,
@@ -268,6 +270,7 @@ mod tests {
             Error::Sealed,
             Error::KeyBudgetExhausted,
             Error::ShuttingDown,
+            Error::CardDataUnreadable,
             Error::Corrupt("x"),
             Error::Database(sqlx::Error::PoolTimedOut),
         ];

@@ -1,0 +1,181 @@
+//! How a database failure reads to a caller: the one classification both services map their
+//! storage errors with, so that the same SQLSTATE never means "retry" in one service and
+//! "internal error" in the other.
+
+/// What a failed statement means for the request that ran it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFailure {
+    /// The pool or the server is unreachable or busy, or the transaction lost a serialization
+    /// or deadlock race: nothing was committed and the same request may simply be retried.
+    Unavailable,
+    /// A concurrent transaction wrote the same key first (a unique, exclusion or foreign-key
+    /// violation): nothing was committed; the request, retried, sees the other write.
+    Conflict,
+    /// The write would break an invariant the database holds (a CHECK, NOT NULL or RESTRICT
+    /// violation): nothing was committed, and a retry of the same request fails the same way.
+    Constraint,
+    /// Anything else: a bug, or a schema that does not match the code.
+    Other,
+}
+
+/// Classifies `error` by its kind and SQLSTATE.
+pub fn classify(error: &sqlx::Error) -> StorageFailure {
+    if matches!(
+        error,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    ) {
+        return StorageFailure::Unavailable;
+    }
+    let Some(code) = error.as_database_error().and_then(|e| e.code()) else {
+        return StorageFailure::Other;
+    };
+    classify_sqlstate(&code)
+}
+
+/// Classifies a SQLSTATE (PostgreSQL appendix A).
+pub fn classify_sqlstate(code: &str) -> StorageFailure {
+    match code {
+        // serialization_failure, deadlock_detected, admin_shutdown, crash_shutdown,
+        // cannot_connect_now
+        "40001" | "40P01" | "57P01" | "57P02" | "57P03" => StorageFailure::Unavailable,
+        // unique_violation, exclusion_violation, foreign_key_violation
+        "23505" | "23P01" | "23503" => StorageFailure::Conflict,
+        // the rest of class 23: integrity_constraint_violation, restrict_violation,
+        // not_null_violation, check_violation
+        code if code.starts_with("23") => StorageFailure::Constraint,
+        _ => StorageFailure::Other,
+    }
+}
+
+impl StorageFailure {
+    /// The `ErrorInfo` reason clients switch on.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            StorageFailure::Unavailable => "STORAGE_UNAVAILABLE",
+            StorageFailure::Conflict => "WRITE_CONFLICT",
+            StorageFailure::Constraint => "CONSTRAINT_VIOLATED",
+            StorageFailure::Other => "INTERNAL",
+        }
+    }
+}
+
+/// `error` in the client's terms, its status code and message, with the detail logged (it
+/// never reaches the client): a constraint violation is `ABORTED` (a conflict to retry, or an
+/// invariant the write would break), never an internal error.
+pub fn to_status_parts(error: &sqlx::Error) -> (tonic::Code, &'static str) {
+    match classify(error) {
+        StorageFailure::Unavailable => {
+            tracing::warn!(%error, "database unavailable");
+            (
+                tonic::Code::Unavailable,
+                "storage is temporarily unavailable; retry",
+            )
+        }
+        StorageFailure::Conflict => {
+            tracing::warn!(%error, "write conflict");
+            (
+                tonic::Code::Aborted,
+                "the write conflicted with a concurrent one; nothing was changed, retry",
+            )
+        }
+        // ABORTED, not FAILED_PRECONDITION: callers read FAILED_PRECONDITION as a refusal
+        // that left nothing behind, and the transaction that failed may have been recording a
+        // processor's answer. Nothing was committed; the caller's retry finds out.
+        StorageFailure::Constraint => {
+            tracing::error!(%error, "constraint violated");
+            (
+                tonic::Code::Aborted,
+                "the write would break an invariant of the stored data; nothing was changed",
+            )
+        }
+        StorageFailure::Other => {
+            tracing::error!(%error, "database error");
+            (tonic::Code::Internal, "internal error")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every constraint violation is a conflict or a broken invariant, never "other"; the
+    /// retryable server states are unavailable.
+    #[test]
+    fn sqlstates_classify() {
+        for (code, expected) in [
+            ("40001", StorageFailure::Unavailable),
+            ("40P01", StorageFailure::Unavailable),
+            ("57P01", StorageFailure::Unavailable),
+            ("57P03", StorageFailure::Unavailable),
+            ("23505", StorageFailure::Conflict),
+            ("23P01", StorageFailure::Conflict),
+            ("23503", StorageFailure::Conflict),
+            ("23514", StorageFailure::Constraint),
+            ("23502", StorageFailure::Constraint),
+            ("23001", StorageFailure::Constraint),
+            ("23000", StorageFailure::Constraint),
+            ("42P01", StorageFailure::Other),
+            ("42501", StorageFailure::Other),
+            ("XX000", StorageFailure::Other),
+        ] {
+            assert_eq!(classify_sqlstate(code), expected, "{code}");
+        }
+        assert_eq!(
+            classify(&sqlx::Error::PoolTimedOut),
+            StorageFailure::Unavailable
+        );
+        assert_eq!(classify(&sqlx::Error::RowNotFound), StorageFailure::Other);
+    }
+
+    /// A database error with a SQLSTATE, as the Postgres driver reports one.
+    #[derive(Debug)]
+    struct Reported(&'static str);
+
+    impl std::fmt::Display for Reported {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "sqlstate {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Reported {}
+
+    impl sqlx::error::DatabaseError for Reported {
+        fn message(&self) -> &str {
+            "reported"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    /// No constraint violation reaches a client as INTERNAL: unique, foreign-key and check
+    /// violations are ABORTED with their own reasons; only what is not understood is INTERNAL.
+    #[test]
+    fn constraint_violations_are_never_internal() {
+        for (code, status, reason) in [
+            ("23505", tonic::Code::Aborted, "WRITE_CONFLICT"),
+            ("23503", tonic::Code::Aborted, "WRITE_CONFLICT"),
+            ("23514", tonic::Code::Aborted, "CONSTRAINT_VIOLATED"),
+            ("23502", tonic::Code::Aborted, "CONSTRAINT_VIOLATED"),
+            ("40001", tonic::Code::Unavailable, "STORAGE_UNAVAILABLE"),
+            ("XX000", tonic::Code::Internal, "INTERNAL"),
+        ] {
+            let error = sqlx::Error::Database(Box::new(Reported(code)));
+            assert_eq!(to_status_parts(&error).0, status, "{code}");
+            assert_eq!(classify(&error).reason(), reason, "{code}");
+        }
+    }
+}
