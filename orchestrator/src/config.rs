@@ -109,6 +109,17 @@ pub struct PaymentSettings {
     /// Re-sends of a vault call whose answer was lost, within one drive of a payment, before
     /// leaving it to the recovery worker.
     pub vault_retries_max: u32,
+    /// The shortest wait before a card is tried again after a transient decline
+    /// (`RETRY_SAME_CARD`) or a vault call is re-sent; each further try of the same card
+    /// doubles it, up to `retry_delay_ms_max` (and never above a quarter of `lease_ms`), and
+    /// every wait is jittered (half to all of it), so a hiccup's retries spread over seconds
+    /// instead of landing in one burst.
+    pub retry_delay_ms_min: u64,
+    /// The longest of those waits.
+    pub retry_delay_ms_max: u64,
+    /// How long after its creation a payment keeps retrying a card that declined with
+    /// `RETRY_SAME_CARD`; past it such a decline moves the amount on as `TRY_NEXT_CARD` does.
+    pub retry_window_ms: u64,
     /// The longest `CreatePayment.wait_timeout_ms`.
     pub wait_timeout_ms_max: u64,
     /// The longest a `WatchPayment` stream stays open.
@@ -131,6 +142,9 @@ impl Default for PaymentSettings {
             request_id_wait_ms: 2_000,
             results_batch_max: 64,
             vault_retries_max: 3,
+            retry_delay_ms_min: 250,
+            retry_delay_ms_max: 4_000,
+            retry_window_ms: 30_000,
             wait_timeout_ms_max: 120_000,
             watch_ms_max: 300_000,
             watch_poll_ms: 250,
@@ -143,6 +157,27 @@ impl PaymentSettings {
     /// `lease_ms` as a duration.
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
+    }
+
+    /// `retry_window_ms` as a duration of the payment's age.
+    pub fn retry_window(&self) -> time::Duration {
+        time::Duration::milliseconds(i64::try_from(self.retry_window_ms).unwrap_or(i64::MAX))
+    }
+
+    /// The wait before try `tries + 1` of a card or a vault call (`tries` made so far, from
+    /// 1): `retry_delay_ms_min` doubled per further try up to `retry_delay_ms_max` (and a
+    /// quarter of `lease_ms`), then scaled into its upper half by `jitter` (0.0 to 1.0).
+    pub fn retry_delay(&self, tries: u32, jitter: f64) -> Duration {
+        let doubled = self
+            .retry_delay_ms_min
+            .saturating_mul(1 << tries.saturating_sub(1).min(20));
+        // A wait never outlasts a quarter of the lease, so the payment's lease outlives it.
+        let full = doubled
+            .min(self.retry_delay_ms_max)
+            .min(self.lease_ms / 4)
+            .max(1);
+        let jitter = jitter.clamp(0.0, 1.0);
+        Duration::from_millis(full / 2 + ((full / 2) as f64 * jitter) as u64)
     }
 }
 
@@ -169,7 +204,7 @@ impl Settings {
         let common =
             tandem_runtime::settings::common_checks(&self.server, &self.tls, &self.database);
         let p = &self.payments;
-        let checks: [Check; 9] = [
+        let checks: [Check; 10] = [
             (
                 self.vault.endpoint.starts_with("https://"),
                 "vault.endpoint",
@@ -179,6 +214,14 @@ impl Settings {
                 (1..=600_000).contains(&self.vault.timeout_ms),
                 "vault.timeout_ms",
                 "must be 1 to 600000",
+            ),
+            (
+                (1..=p.retry_delay_ms_max).contains(&p.retry_delay_ms_min)
+                    && p.retry_delay_ms_max <= 600_000
+                    && (1..=3_600_000).contains(&p.retry_window_ms),
+                "payments.retry_delay_ms_min",
+                "must be 1 to payments.retry_delay_ms_max, which is at most 600000 \
+                 (and payments.retry_window_ms 1 to 3600000)",
             ),
             (
                 (1..=1_000_000_000_000_000).contains(&p.amount_minor_max),
@@ -232,6 +275,31 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits double per try from the minimum to the maximum and stay in their upper half
+    /// whatever the jitter.
+    #[test]
+    fn retry_delays_double_up_to_the_maximum() {
+        let settings = PaymentSettings::default();
+        let ms = |tries, jitter| settings.retry_delay(tries, jitter).as_millis();
+        assert_eq!(
+            [1, 2, 3, 4, 5, 6, 40].map(|tries| ms(tries, 1.0)),
+            [250, 500, 1000, 2000, 4000, 4000, 4000]
+        );
+        assert_eq!(ms(1, 0.0), 125);
+        assert_eq!(ms(6, 0.0), 2000);
+        assert_eq!(ms(3, 0.5), 750);
+        assert_eq!(ms(3, 7.0), 1000, "jitter is clamped");
+        let short_lease = PaymentSettings {
+            lease_ms: 2_000,
+            ..PaymentSettings::default()
+        };
+        assert_eq!(
+            short_lease.retry_delay(10, 1.0).as_millis(),
+            500,
+            "a quarter lease"
+        );
+    }
 
     #[test]
     fn example_file_matches_the_defaults() {

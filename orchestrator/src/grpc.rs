@@ -166,9 +166,10 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::CreatePaymentResponse>, Status> {
         self.check(&request, Rpc::CreatePayment)?;
         let deadline = deadline(&request);
+        let correlation_id = tandem_runtime::correlation::of(&request);
         let payment = self
             .payments
-            .create(request.into_inner(), deadline)
+            .create(request.into_inner(), deadline, correlation_id)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::CreatePaymentResponse {

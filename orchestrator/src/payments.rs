@@ -52,6 +52,7 @@ impl Payments {
         &self,
         request: pb::CreatePaymentRequest,
         deadline: Option<Duration>,
+        correlation_id: Option<String>,
     ) -> Result<pb::Payment, Error> {
         let settings = self.workflow.settings();
         let mut v = Violations::default();
@@ -200,7 +201,7 @@ impl Payments {
             .map(|m| (m.token.clone(), m.last4.clone()))
             .unzip();
         let snapshots = snapshots(&input.members, &policy.windows, now, &limits, &last4);
-        let (record, created) = PaymentRecord::new(
+        let (mut record, created) = PaymentRecord::new(
             id.clone(),
             invoice.id.clone(),
             invoice.cost_center.clone(),
@@ -208,6 +209,7 @@ impl Payments {
             snapshots,
             now,
         );
+        record.correlation_id = correlation_id;
         let context = BookingContext {
             payment_id: id.clone(),
             invoice_id: invoice.id.clone(),

@@ -94,7 +94,9 @@ pub async fn group(
     id: &str,
     lock: bool,
 ) -> Result<Option<StoredGroup>, Error> {
-    let lock = if lock { " FOR UPDATE" } else { "" };
+    // NO KEY UPDATE: a group's id never changes, so a writer of the group need not block the
+    // foreign-key checks (KEY SHARE) of payments being created on it.
+    let lock = if lock { " FOR NO KEY UPDATE" } else { "" };
     let row = sqlx::query(&format!(
         "SELECT {GROUP_COLUMNS} FROM card_groups WHERE id = $1{lock}"
     ))

@@ -44,6 +44,16 @@ pub enum RefundAnswer {
     Failed(Option<String>),
 }
 
+/// One vault operation: its own deterministic id (the vault's `request_id`, which makes a
+/// re-send a replay) and the correlation id of the call that caused it (its `x-request-id`).
+#[derive(Debug, Clone, Copy)]
+pub struct Operation<'a> {
+    /// The operation's id, e.g. `<payment>/leg/1/attempt/1/authorize`.
+    pub request_id: &'a str,
+    /// The caller's `x-request-id`.
+    pub correlation_id: &'a str,
+}
+
 /// The orchestrator's connection to the vault.
 #[derive(Debug, Clone)]
 pub struct VaultClient {
@@ -93,19 +103,19 @@ impl VaultClient {
         }
     }
 
-    /// Authorizes `amount` on `token` with `request_id`, allowing partial approval.
+    /// Authorizes `amount` on `token` as operation `op`, allowing partial approval.
     pub async fn authorize(
         &self,
-        request_id: &str,
+        op: Operation<'_>,
         token: &str,
         currency: Currency,
         amount: i64,
         description: &str,
         reference: &str,
     ) -> Result<AuthorizeAnswer, Unknown> {
-        let request = with_request_id(
+        let request = correlated(
             pb::AuthorizeRequest {
-                request_id: request_id.to_owned(),
+                request_id: op.request_id.to_owned(),
                 token: token.to_owned(),
                 amount: Some(money(currency, amount)),
                 allow_partial_approval: true,
@@ -114,7 +124,7 @@ impl VaultClient {
                 reference: reference.to_owned(),
                 metadata: Default::default(),
             },
-            request_id,
+            op.correlation_id,
         );
         match self.charges.clone().authorize(request).await {
             Ok(response) => answer(response.into_inner().charge.unwrap_or_default()),
@@ -124,7 +134,7 @@ impl VaultClient {
             Err(status) => {
                 if !is_unknown(&status) {
                     tracing::error!(
-                        request_id,
+                        request_id = op.request_id,
                         status = %describe(&status),
                         "the vault answered an authorization unexpectedly; retrying later"
                     );
@@ -159,18 +169,18 @@ impl VaultClient {
     /// (a replay of the same request included).
     pub async fn capture(
         &self,
-        request_id: &str,
+        op: Operation<'_>,
         charge_id: &str,
         currency: Currency,
         amount: i64,
     ) -> Result<(), Unknown> {
-        let request = with_request_id(
+        let request = correlated(
             pb::CaptureRequest {
-                request_id: request_id.to_owned(),
+                request_id: op.request_id.to_owned(),
                 charge_id: charge_id.to_owned(),
                 amount: Some(money(currency, amount)),
             },
-            request_id,
+            op.correlation_id,
         );
         let result = self.charges.clone().capture(request).await;
         self.settled(
@@ -182,14 +192,14 @@ impl VaultClient {
     }
 
     /// Voids `charge_id`. Succeeds once the vault confirms the charge voided.
-    pub async fn void(&self, request_id: &str, charge_id: &str) -> Result<(), Unknown> {
-        let request = with_request_id(
+    pub async fn void(&self, op: Operation<'_>, charge_id: &str) -> Result<(), Unknown> {
+        let request = correlated(
             pb::VoidRequest {
-                request_id: request_id.to_owned(),
+                request_id: op.request_id.to_owned(),
                 charge_id: charge_id.to_owned(),
                 reason: "split payment not covered".to_owned(),
             },
-            request_id,
+            op.correlation_id,
         );
         let result = self.charges.clone().void(request).await;
         self.settled(
@@ -258,20 +268,20 @@ impl VaultClient {
     /// Refunds `amount` of `charge_id`.
     pub async fn refund(
         &self,
-        request_id: &str,
+        op: Operation<'_>,
         charge_id: &str,
         currency: Currency,
         amount: i64,
         reason_text: &str,
     ) -> Result<RefundAnswer, Unknown> {
-        let request = with_request_id(
+        let request = correlated(
             pb::RefundRequest {
-                request_id: request_id.to_owned(),
+                request_id: op.request_id.to_owned(),
                 charge_id: charge_id.to_owned(),
                 amount: Some(money(currency, amount)),
                 reason: reason_text.to_owned(),
             },
-            request_id,
+            op.correlation_id,
         );
         match self.charges.clone().refund(request).await {
             Ok(response) => {
@@ -298,10 +308,11 @@ fn money(currency: Currency, minor_units: i64) -> types::Money {
     }
 }
 
-/// The request with `x-request-id` set, so the vault's logs and audit rows correlate.
-fn with_request_id<T>(message: T, request_id: &str) -> tonic::Request<T> {
+/// The request with `x-request-id` set to the caller's correlation id, so the vault's logs and
+/// audit rows carry it beside the operation's own id (the message's `request_id`).
+fn correlated<T>(message: T, correlation_id: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    if let Ok(value) = request_id.parse() {
+    if let Ok(value) = correlation_id.parse() {
         request.metadata_mut().insert("x-request-id", value);
     }
     request
@@ -355,10 +366,11 @@ fn answer(charge: pb::Charge) -> Result<AuthorizeAnswer, Unknown> {
 /// because a hold may exist.
 fn is_refusal(status: &tonic::Status) -> bool {
     use tonic::Code;
-    matches!(
-        status.code(),
-        Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument | Code::DataLoss
-    )
+    match status.code() {
+        Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument => true,
+        Code::DataLoss => reason(status) == "CARD_DATA_UNREADABLE",
+        _ => false,
+    }
 }
 
 /// True when the status leaves the outcome unknown: the call may or may not have happened.

@@ -37,7 +37,7 @@ use crate::domain::saga::{Command, Outcome};
 use crate::error::Error;
 use crate::grpc::convert;
 use crate::storage::{self, StoredPayment};
-use crate::vault::{RefundAnswer, Unknown, VaultClient};
+use crate::vault::{Operation, RefundAnswer, Unknown, VaultClient};
 
 /// Where a test may stop the workflow dead, as a crash would: the drive never returns and
 /// writes nothing more.
@@ -297,6 +297,7 @@ impl Workflow {
                 .zip(refund_answers)
                 .filter_map(|(step, answer)| answer.ok().map(|a| (step, a)))
                 .collect();
+            let retry_wait = self.retry_wait(&record, &known);
             if !known.is_empty() || !known_refunds.is_empty() {
                 if !self
                     .results(ResultsJob {
@@ -310,6 +311,7 @@ impl Workflow {
                 }
                 self.crash_point(CrashPoint::AfterResult).await;
             }
+            let mut wait = retry_wait;
             if unknown > 0 {
                 unknown_rounds += 1;
                 if unknown_rounds > self.settings.vault_retries_max {
@@ -320,9 +322,35 @@ impl Workflow {
                     );
                     return Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(100 << unknown_rounds.min(6))).await;
+                let resend = self.settings.retry_delay(unknown_rounds, jitter());
+                wait = Some(wait.map_or(resend, |w| w.max(resend)));
+            }
+            // Transient failures are tried again after a jittered, growing wait, so that the
+            // payments a hiccup touched do not all come back at once or spend their attempts
+            // in a burst. The lease outlasts the longest wait (checked in the settings).
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
             }
         }
+    }
+
+    /// The wait before the next round when an answer of this round asks to try its card
+    /// again: growing with the tries that leg has had, within the payment's retry window.
+    fn retry_wait(&self, record: &PaymentRecord, known: &[(Step, Answer)]) -> Option<Duration> {
+        let window = self.settings.retry_window();
+        let age = now() - record.create_time;
+        known
+            .iter()
+            .filter_map(|(step, answer)| match (step.command, answer) {
+                (Command::Authorize(leg), Answer::Authorization(answer))
+                    if answer.retries_same_card() && age <= window =>
+                {
+                    let tries = record.saga.legs.get(leg).map_or(1, |l| l.attempts);
+                    Some(self.settings.retry_delay(tries, jitter()))
+                }
+                _ => None,
+            })
+            .max()
     }
 
     async fn crash_point(&self, point: CrashPoint) {
@@ -416,6 +444,10 @@ impl Workflow {
     /// Step 2 for one operation.
     async fn call(&self, record: &PaymentRecord, step: &Step) -> Result<Answer, Unknown> {
         let currency = record.currency();
+        let op = Operation {
+            request_id: &step.request_id,
+            correlation_id: record.correlation_id.as_deref().unwrap_or(&step.request_id),
+        };
         match step.command {
             Command::Authorize(_) => {
                 if !step.new
@@ -426,7 +458,7 @@ impl Workflow {
                 let description = format!("Invoice {}", record.invoice_id);
                 self.vault
                     .authorize(
-                        &step.request_id,
+                        op,
                         &step.token,
                         currency,
                         step.amount,
@@ -439,16 +471,13 @@ impl Workflow {
             Command::Capture(_) => {
                 let charge = step.charge_id.as_deref().unwrap_or_default();
                 self.vault
-                    .capture(&step.request_id, charge, currency, step.amount)
+                    .capture(op, charge, currency, step.amount)
                     .await
                     .map(|()| Answer::Settled)
             }
             Command::Void(_) => {
                 let charge = step.charge_id.as_deref().unwrap_or_default();
-                self.vault
-                    .void(&step.request_id, charge)
-                    .await
-                    .map(|()| Answer::Settled)
+                self.vault.void(op, charge).await.map(|()| Answer::Settled)
             }
         }
     }
@@ -466,7 +495,10 @@ impl Workflow {
             .unwrap_or_default();
         self.vault
             .refund(
-                &step.request_id,
+                Operation {
+                    request_id: &step.request_id,
+                    correlation_id: record.correlation_id.as_deref().unwrap_or(&step.request_id),
+                },
                 &step.charge_id,
                 record.currency(),
                 step.amount,
@@ -532,9 +564,15 @@ impl Workflow {
         let context = booking_context(&stored);
         for (step, answer) in answers {
             let recorded = match (step.command, answer) {
-                (Command::Authorize(leg), Answer::Authorization(answer)) => stored
-                    .record
-                    .record_authorization(leg, step.attempt, answer, now),
+                (Command::Authorize(leg), Answer::Authorization(answer)) => {
+                    let answer = answer.within_retry_window(
+                        now - stored.record.create_time,
+                        self.settings.retry_window(),
+                    );
+                    stored
+                        .record
+                        .record_authorization(leg, step.attempt, answer, now)
+                }
                 (command, _) => stored.record.record_settlement(command, now),
             }
             .map_err(|e| Error::Corrupt(format!("saga: {e}")))?;
@@ -838,4 +876,9 @@ pub fn now() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
         .unwrap_or(now)
+}
+
+/// A random fraction in [0, 1), for jittering retry waits.
+fn jitter() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0
 }

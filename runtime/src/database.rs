@@ -36,8 +36,12 @@ pub fn classify(error: &sqlx::Error) -> StorageFailure {
 pub fn classify_sqlstate(code: &str) -> StorageFailure {
     match code {
         // serialization_failure, deadlock_detected, admin_shutdown, crash_shutdown,
-        // cannot_connect_now
-        "40001" | "40P01" | "57P01" | "57P02" | "57P03" => StorageFailure::Unavailable,
+        // cannot_connect_now, insufficient_resources, out_of_memory, too_many_connections
+        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53000" | "53200" | "53300" => {
+            StorageFailure::Unavailable
+        }
+        // connection_exception and its subclasses
+        code if code.starts_with("08") => StorageFailure::Unavailable,
         // unique_violation, exclusion_violation, foreign_key_violation
         "23505" | "23P01" | "23503" => StorageFailure::Conflict,
         // the rest of class 23: integrity_constraint_violation, restrict_violation,
@@ -108,6 +112,8 @@ mod tests {
             ("40P01", StorageFailure::Unavailable),
             ("57P01", StorageFailure::Unavailable),
             ("57P03", StorageFailure::Unavailable),
+            ("53300", StorageFailure::Unavailable),
+            ("08006", StorageFailure::Unavailable),
             ("23505", StorageFailure::Conflict),
             ("23P01", StorageFailure::Conflict),
             ("23503", StorageFailure::Conflict),

@@ -5,16 +5,20 @@
 //!   and the sections every server has (gRPC server limits, mutual TLS, the database pool),
 //!   with their range checks.
 //! - [`binary`]: the entry point of every server binary (`--config`, settings, listen, serve).
+//! - [`correlation`]: the `x-request-id` of every call, taken when safe, made otherwise, echoed.
 //! - [`database`]: what a failed statement means for the request (retry, conflict, broken
 //!   invariant), one classification for both services.
 //! - [`ids`]: random ids of 128 bits with a type prefix.
 //! - [`telemetry`]: `tracing` with JSON output.
+//! - [`wire`]: tonic's own request errors (undecodable, oversized) in the client's terms.
 
 pub mod binary;
+pub mod correlation;
 pub mod database;
 pub mod ids;
 pub mod settings;
 pub mod telemetry;
+pub mod wire;
 
 /// Completes on SIGINT or SIGTERM: the binaries' shutdown trigger.
 pub async fn shutdown_signal() {

@@ -308,6 +308,9 @@ pub fn orchestrator_settings(
     settings.vault.ca_path = client.ca_path;
     settings.vault.timeout_ms = 1_000;
     settings.payments.lease_ms = 4_000;
+    // Short retry waits, as the short lease shortens everything else.
+    settings.payments.retry_delay_ms_min = 50;
+    settings.payments.retry_delay_ms_max = 1_000;
     settings.payments.recovery_interval_ms = 200;
     settings.payments.watch_poll_ms = 50;
     settings.server.shutdown_grace_ms = 2_000;

@@ -819,21 +819,12 @@ async fn circuit_breaker_opens_and_recovers() {
         {
             Ok(response) => {
                 let charge = response.into_inner().charge.unwrap();
-                if state(&charge) == pb::ChargeState::Authorized {
-                    break;
-                }
-                // Refused by the breaker after its intent was recorded (the probe was taken):
-                // a processing error to retry on the same card.
-                assert_eq!(
-                    (state(&charge), charge.decline_code, charge.next_action),
-                    (
-                        pb::ChargeState::Declined,
-                        types::DeclineCode::ProcessingError as i32,
-                        types::NextAction::RetrySameCard as i32
-                    )
-                );
+                // A call the breaker refused is never a decline.
+                assert_eq!(state(&charge), pb::ChargeState::Authorized, "{charge:?}");
+                break;
             }
-            // Refused before its intent, or (on a loaded machine) past the short timeout.
+            // Refused before or after its intent (the probe was taken: the charge stays
+            // pending, not sent), or (on a loaded machine) past the short timeout.
             Err(error) => assert!(
                 ["PROCESSOR_UNAVAILABLE", "PROCESSOR_TIMEOUT"]
                     .contains(&vault_reason(&error).as_str()),
@@ -1285,5 +1276,57 @@ async fn unreadable_card_data_is_refused_before_any_intent() {
         metrics.contains("tandem_vault_card_data_unreadable_total 4"),
         "{metrics}"
     );
+    vault.stop().await;
+}
+
+/// A first authorization the breaker refuses after its intent (the half-open probe is taken
+/// by another call) is "not sent, try later": UNAVAILABLE PROCESSOR_UNAVAILABLE, the charge
+/// pending and no decline, and the same request sent again once the breaker closed is
+/// authorized with exactly one call to the processor.
+#[tokio::test]
+async fn a_first_send_refused_by_the_breaker_is_not_a_decline() {
+    let vault = vault_with_connector(1200, 1, 300, 60_000).await;
+    let mut client = charges(&vault).await;
+    let hanging = token_for(&vault, "4000009900000038").await;
+    let slow = token_for(&vault, "4000009900000020").await;
+    let good = token_for(&vault, TEST_PANS[0]).await;
+    // One timeout opens the breaker (one failure allowed).
+    let error = client
+        .authorize(authorize_request("half-open-timeout", &hanging, 100))
+        .await
+        .unwrap_err();
+    assert_eq!(vault_reason(&error), "PROCESSOR_TIMEOUT");
+    // Past the open period the slow card takes the only probe and holds it for a second.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut prober = client.clone();
+    let probe = tokio::spawn(async move {
+        prober
+            .authorize(authorize_request("half-open-probe", &slow, 100))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = client
+        .authorize(authorize_request("half-open-good", &good, 100))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), vault_reason(&refused).as_str()),
+        (Code::Unavailable, "PROCESSOR_UNAVAILABLE")
+    );
+    let pending = get_by_request(&mut client, "half-open-good")
+        .await
+        .expect("the intent was recorded");
+    assert_eq!(state(&pending), pb::ChargeState::Pending, "{pending:?}");
+    assert_eq!(sandbox_authorizations(&vault, &good).await, 0);
+
+    let probed = probe.await.unwrap().expect("the probe answers");
+    assert_eq!(
+        state(&probed.into_inner().charge.unwrap()),
+        pb::ChargeState::Authorized
+    );
+    let sent = authorize(&mut client, authorize_request("half-open-good", &good, 100)).await;
+    assert_eq!(state(&sent), pb::ChargeState::Authorized);
+    assert_eq!(sent.id, pending.id);
+    assert_eq!(sandbox_authorizations(&vault, &good).await, 1);
     vault.stop().await;
 }

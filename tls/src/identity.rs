@@ -20,6 +20,9 @@ const NAME_BYTES_MAX: usize = 64;
 /// Longest accepted role name, in bytes (known or not).
 const ROLE_BYTES_MAX: usize = 32;
 
+/// The role of the services' own jobs in their audit trails; never a certificate's.
+const RESERVED_ROLE: &str = "system";
+
 /// Every role a Tandem certificate can carry (DESIGN section 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
@@ -173,6 +176,10 @@ pub fn parse_identity(identity: &str) -> Result<Caller, IdentityError> {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
     };
     if !well_formed(role, ROLE_BYTES_MAX) || !well_formed(name, NAME_BYTES_MAX) {
+        return Err(IdentityError::Invalid);
+    }
+    // `system` names the vault's own jobs in audit rows: no certificate may pass as one.
+    if role == RESERVED_ROLE {
         return Err(IdentityError::Invalid);
     }
     let Some(known) = Role::parse(role) else {

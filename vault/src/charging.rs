@@ -416,18 +416,16 @@ impl Charges {
         drop(secret);
         match answer {
             Ok(answer) => self.record_authorization(ctx, &charge, answer).await,
-            // The breaker refused the first call, so the processor never saw this charge: no
-            // hold exists. That is a transient processing error of this charge, final and
-            // retryable. A re-send is different: the first call may have reached the
-            // processor (it timed out, or the vault died during it), so the charge stays
-            // pending until the processor can be asked.
+            // The breaker refused the first call, so the processor never saw this charge: it
+            // was not sent, which is no decline. The caller is told to try later; the charge
+            // stays pending, so the same request sent again goes out under the same idempotency
+            // key once the breaker lets it (or GetCharge and the recovery job settle it).
             Err(ConnectorError::CircuitOpen) if first_send => {
-                let answer = AuthorizeAnswer::Declined {
-                    reference: String::new(),
-                    code: DeclineCode::ProcessingError,
-                    processor_code: String::new(),
-                };
-                self.record_authorization(ctx, &charge, answer).await
+                tracing::warn!(charge = %charge.id, "processor breaker open: authorization not sent");
+                Err(self
+                    .vault
+                    .refuse(ctx, Some(&charge.token), Error::ProcessorUnavailable)
+                    .await)
             }
             Err(error) => Err(self.connector_failure(ctx, &charge, error).await),
         }
@@ -475,7 +473,9 @@ impl Charges {
         // or the recovery job finishes it.
         let error = match error {
             ConnectorError::Timeout => Error::ProcessorTimeout,
-            ConnectorError::Unavailable(_) | ConnectorError::CircuitOpen => Error::OutcomeUnknown,
+            ConnectorError::Unavailable(_)
+            | ConnectorError::CircuitOpen
+            | ConnectorError::Storage(_) => Error::OutcomeUnknown,
         };
         self.vault.refuse(ctx, Some(&charge.token), error).await
     }

@@ -271,6 +271,39 @@ pub enum AuthorizeAnswer {
     },
 }
 
+impl AuthorizeAnswer {
+    /// The answer as the payment takes it `age` after its creation: a transient decline
+    /// (`RETRY_SAME_CARD`) once the payment's retry window is over moves the amount on as
+    /// `TRY_NEXT_CARD` does, so a card that keeps failing cannot hold the payment forever.
+    pub fn within_retry_window(self, age: time::Duration, window: time::Duration) -> Self {
+        match self {
+            AuthorizeAnswer::Declined {
+                charge_id,
+                last4,
+                decline_code,
+                next_action: NextAction::RetrySameCard,
+            } if age > window => AuthorizeAnswer::Declined {
+                charge_id,
+                last4,
+                decline_code,
+                next_action: NextAction::TryNextCard,
+            },
+            other => other,
+        }
+    }
+
+    /// True for a transient decline whose advice is to try the same card again.
+    pub fn retries_same_card(&self) -> bool {
+        matches!(
+            self,
+            AuthorizeAnswer::Declined {
+                next_action: NextAction::RetrySameCard,
+                ..
+            }
+        )
+    }
+}
+
 /// What recording an answer gives: the saga outcome to book, the events to publish, the
 /// spend to adjust.
 pub type Recorded = (Outcome, Vec<Event>, Vec<SpendChange>);
@@ -347,6 +380,11 @@ pub struct PaymentRecord {
     pub create_time: OffsetDateTime,
     /// When the saga first reached a terminal state.
     pub complete_time: Option<OffsetDateTime>,
+    /// The `x-request-id` of the `CreatePayment` call, sent to the vault with every call made
+    /// for the payment (beside each call's own operation id), so the caller's id reaches the
+    /// vault's audit rows. `None` for payments recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 impl PaymentRecord {
@@ -371,6 +409,7 @@ impl PaymentRecord {
             refunds: Vec::new(),
             create_time: now,
             complete_time: None,
+            correlation_id: None,
         };
         let event = record.event(EventKind::PaymentCreated, None, None, None);
         (record, event)

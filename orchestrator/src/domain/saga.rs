@@ -329,6 +329,12 @@ pub fn apply(payment: &mut Payment, outcome: Outcome) -> Result<(), SagaError> {
                 NextAction::DoNotRetry => {
                     payment.legs[index].state = LegState::Declined;
                     payment.stopped = true;
+                    // No card is tried again: legs waiting to be sent never are.
+                    for leg in &mut payment.legs {
+                        if leg.state == LegState::Pending {
+                            leg.state = LegState::Declined;
+                        }
+                    }
                 }
                 NextAction::RetrySameCard | NextAction::TryNextCard => {
                     payment.legs[index].state = LegState::Declined;
@@ -521,7 +527,11 @@ pub fn decide(payment: &mut Payment) -> Result<Vec<Command>, InvalidTransition> 
                 .map(|l| l.token.clone())
                 .collect();
             for (index, leg) in payment.legs.iter_mut().enumerate() {
-                if leg.state != LegState::Pending || budget == 0 || busy.contains(&leg.token) {
+                if leg.state != LegState::Pending
+                    || budget == 0
+                    || payment.stopped
+                    || busy.contains(&leg.token)
+                {
                     continue;
                 }
                 busy.push(leg.token.clone());
@@ -822,6 +832,52 @@ mod tests {
         assert_eq!(decide(&mut p).unwrap(), [Command::Void(2)]);
         apply(&mut p, Outcome::Voided { leg: 2 }).unwrap();
         assert_eq!(p.state, PaymentState::Failed);
+    }
+
+    /// A `DO_NOT_RETRY` decline stops every authorization, including an amount waiting for
+    /// another card's answer: it is never sent, even once that card answers.
+    #[test]
+    fn do_not_retry_stops_legs_waiting_on_a_busy_card() {
+        let members = vec![
+            member("a", 1, None),
+            member("b", 2, None),
+            member("c", 3, None),
+        ];
+        let mut p = payment(
+            &[("a", 300), ("b", 300), ("c", 400)],
+            members,
+            Completion::AllowPartial,
+            Dispatch::AllAtOnce,
+        );
+        assert_eq!(decide(&mut p).unwrap().len(), 3);
+        apply(
+            &mut p,
+            Outcome::Declined {
+                leg: 0,
+                next_action: NextAction::TryNextCard,
+            },
+        )
+        .unwrap();
+        // a's 300 waits on b (in flight).
+        assert_eq!(p.legs[3].state, LegState::Pending);
+        apply(
+            &mut p,
+            Outcome::Declined {
+                leg: 2,
+                next_action: NextAction::DoNotRetry,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.legs[3].state, LegState::Declined, "withdrawn");
+        apply(
+            &mut p,
+            Outcome::Authorized {
+                leg: 1,
+                approved: 300,
+            },
+        )
+        .unwrap();
+        assert_eq!(decide(&mut p).unwrap(), [Command::Capture(1)]);
     }
 
     proptest! {

@@ -436,7 +436,12 @@ pub fn group_body(
     body.archive_time = None;
     for member in &mut body.members {
         if member.state == pb::CardGroupMemberState::Unspecified as i32 {
-            member.state = pb::CardGroupMemberState::Active as i32;
+            // Unset keeps the member's stored state: an update that does not mention states
+            // (a client adding a card) must not reactivate a card Tandem suspended.
+            member.state = before
+                .iter()
+                .find(|b| b.token == member.token)
+                .map_or(pb::CardGroupMemberState::Active as i32, |b| b.state);
         }
         member.month_to_date_spend = None;
         member.suspension = before

@@ -146,6 +146,14 @@ impl Permit {
     }
 }
 
+impl Permit {
+    /// Gives the permit back without a result: the call said nothing about the processor (it
+    /// failed on Tandem's own side). A half-open probe slot is freed for the next call.
+    pub fn release(self) {
+        drop(self);
+    }
+}
+
 impl Drop for Permit {
     /// A call abandoned before its result (the caller was cancelled) frees a half-open probe
     /// slot without deciding anything.
@@ -195,5 +203,29 @@ mod tests {
         breaker.try_acquire().unwrap().record(true);
         assert_eq!(breaker.state(), BreakerState::Closed);
         breaker.try_acquire().unwrap().record(true);
+    }
+
+    /// Released permits (calls that failed on Tandem's side) neither open the breaker nor
+    /// reset its count of failures, and a released probe frees its slot.
+    #[test]
+    fn released_permits_decide_nothing() {
+        let open_for = Duration::from_millis(40);
+        let breaker = Breaker::new(2, open_for);
+        for _ in 0..10 {
+            breaker.try_acquire().unwrap().release();
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        breaker.try_acquire().unwrap().record(false);
+        breaker.try_acquire().unwrap().release();
+        breaker.try_acquire().unwrap().record(false);
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Open,
+            "the release kept the count"
+        );
+        std::thread::sleep(open_for);
+        breaker.try_acquire().unwrap().release();
+        breaker.try_acquire().unwrap().record(true);
+        assert_eq!(breaker.state(), BreakerState::Closed);
     }
 }

@@ -187,6 +187,11 @@ pub enum ConnectorError {
     /// The circuit breaker is open: no call was made.
     #[error("processor circuit breaker is open")]
     CircuitOpen,
+    /// The connector's own storage failed (the sandbox keeps its state in the vault's
+    /// database): no answer, as with [`ConnectorError::Unavailable`], but no sign of the
+    /// processor's health either, so the circuit breaker does not count it.
+    #[error("connector storage failed: {0}")]
+    Storage(String),
 }
 
 /// One processor. Implementations must be idempotent by the call's key: the same key gets the
@@ -265,7 +270,9 @@ impl Guarded {
     }
 
     /// Runs one call under the timeout and the breaker. A timeout or an unreachable processor
-    /// counts as a transport failure; any answer (a decline included) as a success.
+    /// counts as a transport failure; any answer (a decline included) as a success; a failure
+    /// of the connector's own storage as neither (Tandem's database having a hiccup says
+    /// nothing about the processor, and must not open the breaker on it).
     async fn call<T>(
         &self,
         call: impl Future<Output = Result<T, ConnectorError>>,
@@ -275,7 +282,10 @@ impl Guarded {
             Ok(result) => result,
             Err(_) => Err(ConnectorError::Timeout),
         };
-        permit.record(result.is_ok());
+        match &result {
+            Err(ConnectorError::Storage(_)) => permit.release(),
+            other => permit.record(other.is_ok()),
+        }
         result
     }
 
@@ -336,6 +346,65 @@ mod tests {
         assert_eq!(key, idempotency_key("capture", &long));
         assert_ne!(key, idempotency_key("void", &long));
         assert_ne!(key, idempotency_key("capture", "y"));
+    }
+
+    /// A connector whose every call fails with `failure`.
+    struct Failing(ConnectorError);
+
+    #[async_trait::async_trait]
+    impl Connector for Failing {
+        fn name(&self) -> &'static str {
+            "failing"
+        }
+        async fn authorize(&self, _: AuthorizeCall<'_>) -> Result<AuthorizeAnswer, ConnectorError> {
+            Err(self.0.clone())
+        }
+        async fn capture(&self, _: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
+            Err(self.0.clone())
+        }
+        async fn void(&self, _: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
+            Err(self.0.clone())
+        }
+        async fn refund(&self, _: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
+            Err(self.0.clone())
+        }
+        async fn inquire(
+            &self,
+            _: &str,
+            _: &Token,
+        ) -> Result<Option<AuthorizeAnswer>, ConnectorError> {
+            Err(self.0.clone())
+        }
+    }
+
+    /// The connector's own storage failing (the sandbox's database) never opens the breaker;
+    /// the processor being unreachable does.
+    #[tokio::test]
+    async fn storage_failures_do_not_open_the_breaker() {
+        let usd = tandem_money::Currency::parse("USD").unwrap();
+        let token = Token::generate();
+        for (failure, opens) in [
+            (ConnectorError::Storage("pool timed out".into()), false),
+            (
+                ConnectorError::Unavailable("connection refused".into()),
+                true,
+            ),
+        ] {
+            let guarded = Guarded::new(
+                Arc::new(Failing(failure.clone())),
+                Duration::from_secs(1),
+                Breaker::new(3, Duration::from_secs(60)),
+            );
+            for _ in 0..10 {
+                let answer = guarded.inquire("key", &token, Money::new(usd, 100)).await;
+                assert!(answer.is_err());
+            }
+            assert_eq!(
+                guarded.breaker_state() == BreakerState::Open,
+                opens,
+                "{failure:?}"
+            );
+        }
     }
 
     /// Answers outside the contract are refused before they reach storage.

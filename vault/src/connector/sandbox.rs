@@ -220,8 +220,10 @@ pub struct Sandbox {
     pool: PgPool,
 }
 
+/// The sandbox's state lives in the vault's database: its failures are the vault's own, not
+/// the processor's.
 fn database_error(error: sqlx::Error) -> ConnectorError {
-    ConnectorError::Unavailable(format!("sandbox storage: {error}"))
+    ConnectorError::Storage(format!("sandbox storage: {error}"))
 }
 
 fn reference() -> String {

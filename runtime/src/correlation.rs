@@ -1,0 +1,120 @@
+//! The correlation id of a call (`x-request-id`): taken from the caller when it is a safe one,
+//! made otherwise, made visible to the handler in the request's metadata, and echoed on the
+//! response (errors included), so a caller can quote it and every log line and downstream call
+//! of the request carries it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// The metadata key.
+pub const HEADER: &str = "x-request-id";
+
+/// Longest correlation id taken from a caller, in bytes.
+pub const BYTES_MAX: usize = 128;
+
+/// Digits in a row that make a value look like a card number (PANs have 12 to 19): such a
+/// value is never taken, since correlation ids are logged and stored in clear.
+const DIGITS_IN_A_ROW_MAX: usize = 11;
+
+/// `value` if it is a safe correlation id: 1 to [`BYTES_MAX`] printable ASCII characters with
+/// no run of digits as long as a card number.
+pub fn accept(value: &str) -> Option<&str> {
+    let printable = !value.is_empty()
+        && value.len() <= BYTES_MAX
+        && value.bytes().all(|b| b.is_ascii_graphic());
+    let mut run = 0;
+    let digits_ok = value.bytes().all(|b| {
+        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+        run <= DIGITS_IN_A_ROW_MAX
+    });
+    (printable && digits_ok).then_some(value)
+}
+
+/// The request's correlation id as [`CorrelationLayer`] left it (absent only without the
+/// layer).
+pub fn of<T>(request: &tonic::Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The layer of [`Correlation`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CorrelationLayer;
+
+impl<S> tower::Layer<S> for CorrelationLayer {
+    type Service = Correlation<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Correlation { inner }
+    }
+}
+
+/// Sets a safe `x-request-id` on every request and echoes it on the response.
+#[derive(Debug, Clone)]
+pub struct Correlation<S> {
+    inner: S,
+}
+
+impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for Correlation<S>
+where
+    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
+        let given = request
+            .headers()
+            .get(HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(accept)
+            .and_then(|id| http::HeaderValue::from_str(id).ok());
+        // A made id is `req_` and 26 base32 characters: always a valid header value.
+        let id = given.unwrap_or_else(|| {
+            http::HeaderValue::from_str(&crate::ids::random_id("req_"))
+                .unwrap_or_else(|_| http::HeaderValue::from_static("req_unknown"))
+        });
+        request.headers_mut().insert(HEADER, id.clone());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            response.headers_mut().insert(HEADER, id);
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Safe ids pass; empty, long, non-printable and card-number-like ones do not.
+    #[test]
+    fn accepted_ids() {
+        for (value, ok) in [
+            ("req-123", true),
+            ("2f1c7d2e-6a7b-4c0d-9e8f-0123456789ab", true),
+            ("order:12345678901", true),
+            ("", false),
+            ("has space", false),
+            ("tab\tinside", false),
+            ("pan-4242424242424242", false),
+            ("123456789012", false),
+        ] {
+            assert_eq!(accept(value).is_some(), ok, "{value:?}");
+        }
+        assert!(accept(&"a".repeat(BYTES_MAX)).is_some());
+        assert!(accept(&"a".repeat(BYTES_MAX + 1)).is_none());
+        assert!(accept(&crate::ids::random_id("req_")).is_some());
+    }
+}
