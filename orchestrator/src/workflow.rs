@@ -335,10 +335,16 @@ impl Workflow {
     }
 
     /// The wait before the next round when an answer of this round asks to try its card
-    /// again: growing with the tries that leg has had, within the payment's retry window.
+    /// again: growing with the tries that leg has had, within the payment's retry window and
+    /// only while attempts remain.
     fn retry_wait(&self, record: &PaymentRecord, known: &[(Step, Answer)]) -> Option<Duration> {
         let window = self.settings.retry_window();
         let age = now() - record.create_time;
+        // With its attempts used up the payment will not try again: no reason to wait.
+        let tried: u32 = record.saga.legs.iter().map(|l| l.attempts).sum();
+        if tried >= record.saga.attempts_max {
+            return None;
+        }
         known
             .iter()
             .filter_map(|(step, answer)| match (step.command, answer) {
