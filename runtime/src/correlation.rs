@@ -3,9 +3,7 @@
 //! response (errors included), so a caller can quote it and every log line and downstream call
 //! of the request carries it.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use crate::headers::{HeaderHook, HookLayer};
 
 /// The metadata key.
 pub const HEADER: &str = "x-request-id";
@@ -31,8 +29,7 @@ pub fn accept(value: &str) -> Option<&str> {
     (printable && digits_ok).then_some(value)
 }
 
-/// The request's correlation id as [`CorrelationLayer`] left it (absent only without the
-/// layer).
+/// The request's correlation id as [`layer`] left it (absent only without the layer).
 pub fn of<T>(request: &tonic::Request<T>) -> Option<String> {
     request
         .metadata()
@@ -41,40 +38,20 @@ pub fn of<T>(request: &tonic::Request<T>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The layer of [`Correlation`].
+/// The layer that sets a safe `x-request-id` on every request and echoes it on the response.
+pub fn layer() -> HookLayer<Correlation> {
+    HookLayer(Correlation)
+}
+
+/// See [`layer`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CorrelationLayer;
+pub struct Correlation;
 
-impl<S> tower::Layer<S> for CorrelationLayer {
-    type Service = Correlation<S>;
+impl HeaderHook for Correlation {
+    type State = http::HeaderValue;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        Correlation { inner }
-    }
-}
-
-/// Sets a safe `x-request-id` on every request and echoes it on the response.
-#[derive(Debug, Clone)]
-pub struct Correlation<S> {
-    inner: S,
-}
-
-impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for Correlation<S>
-where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
-        let given = request
-            .headers()
+    fn on_request(&self, headers: &mut http::HeaderMap) -> http::HeaderValue {
+        let given = headers
             .get(HEADER)
             .and_then(|value| value.to_str().ok())
             .and_then(accept)
@@ -84,13 +61,12 @@ where
             http::HeaderValue::from_str(&crate::ids::random_id("req_"))
                 .unwrap_or_else(|_| http::HeaderValue::from_static("req_unknown"))
         });
-        request.headers_mut().insert(HEADER, id.clone());
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = response.await?;
-            response.headers_mut().insert(HEADER, id);
-            Ok(response)
-        })
+        headers.insert(HEADER, id.clone());
+        id
+    }
+
+    fn on_response(&self, id: http::HeaderValue, headers: &mut http::HeaderMap) {
+        headers.insert(HEADER, id);
     }
 }
 

@@ -6,6 +6,7 @@
 //!   with their range checks.
 //! - [`binary`]: the entry point of every server binary (`--config`, settings, listen, serve).
 //! - [`correlation`]: the `x-request-id` of every call, taken when safe, made otherwise, echoed.
+//! - [`headers`]: a layer that edits each call's request and response headers.
 //! - [`database`]: what a failed statement means for the request (retry, conflict, broken
 //!   invariant), one classification for both services.
 //! - [`ids`]: random ids of 128 bits with a type prefix.
@@ -15,6 +16,7 @@
 pub mod binary;
 pub mod correlation;
 pub mod database;
+pub mod headers;
 pub mod ids;
 pub mod settings;
 pub mod telemetry;

@@ -1,75 +1,41 @@
 //! Errors tonic raises before a handler runs, in the client's terms. A request message that
 //! does not decode reaches the client from tonic as `INTERNAL`, and one above the server's
-//! `message_bytes_max` as `OUT_OF_RANGE`: neither says what the client did wrong. [`WireErrors`]
+//! `message_bytes_max` as `OUT_OF_RANGE`: neither says what the client did wrong. [`layer`]
 //! rewrites them, on the way out, to `INVALID_ARGUMENT` (reason `MESSAGE_UNDECODABLE`) and
 //! `RESOURCE_EXHAUSTED` (reason `MESSAGE_TOO_LARGE`), each with an `ErrorInfo` in the
 //! service's domain. Statuses from handlers pass untouched.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
+
+use crate::headers::{HeaderHook, HookLayer};
 
 /// How tonic words its request decode failure (prost's error behind it).
 const UNDECODABLE_PREFIX: &str = "failed to decode Protobuf message";
 /// How tonic words a request above the decoding limit.
 const TOO_LARGE_PREFIX: &str = "Error, decoded message length too large";
 
-/// The layer of [`WireErrors`], for `tonic::transport::Server::builder().layer(..)`.
+/// The layer that rewrites tonic's own decode and size errors with `ErrorInfo` domain
+/// `domain` (`vault.tandem`, `orchestrator.tandem`).
+pub fn layer(domain: &'static str) -> HookLayer<WireErrors> {
+    HookLayer(WireErrors { domain })
+}
+
+/// See [`layer`].
 #[derive(Debug, Clone, Copy)]
-pub struct WireErrorsLayer {
+pub struct WireErrors {
     domain: &'static str,
 }
 
-impl WireErrorsLayer {
-    /// Rewrites with `ErrorInfo` domain `domain` (`vault.tandem`, `orchestrator.tandem`).
-    pub fn new(domain: &'static str) -> Self {
-        Self { domain }
-    }
-}
+impl HeaderHook for WireErrors {
+    type State = ();
 
-impl<S> tower::Layer<S> for WireErrorsLayer {
-    type Service = WireErrors<S>;
+    fn on_request(&self, _headers: &mut http::HeaderMap) {}
 
-    fn layer(&self, inner: S) -> Self::Service {
-        WireErrors {
-            inner,
-            domain: self.domain,
-        }
-    }
-}
-
-/// Rewrites tonic's own decode and size errors; see the module docs.
-#[derive(Debug, Clone)]
-pub struct WireErrors<S> {
-    inner: S,
-    domain: &'static str,
-}
-
-impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for WireErrors<S>
-where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
-        let response = self.inner.call(request);
-        let domain = self.domain;
-        Box::pin(async move {
-            let mut response = response.await?;
-            rewrite(response.headers_mut(), domain);
-            Ok(response)
-        })
+    fn on_response(&self, (): (), headers: &mut http::HeaderMap) {
+        rewrite(headers, self.domain);
     }
 }
 

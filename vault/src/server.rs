@@ -221,9 +221,7 @@ pub async fn run(
 
     let mut shutdown_signal = stop.clone();
     let serve = tonic::transport::Server::builder()
-        .layer(tandem_runtime::wire::WireErrorsLayer::new(
-            crate::grpc::status::DOMAIN,
-        ))
+        .layer(tandem_runtime::wire::layer(crate::grpc::status::DOMAIN))
         .timeout(settings.server.request_timeout())
         .concurrency_limit_per_connection(settings.server.concurrency_per_connection_max)
         .http2_keepalive_interval(Some(Duration::from_millis(
