@@ -263,6 +263,19 @@ impl RunningVault {
         RunningVault::start_with(self.settings.clone(), self.database.clone()).await
     }
 
+    /// Flips one bit of `token`'s stored ciphertext, as corruption on disk would: the card's
+    /// data no longer opens under its key and AAD.
+    pub async fn corrupt_card(&self, token: &str) {
+        sqlx::query(
+            "UPDATE cards SET ciphertext = set_byte(ciphertext, 0, get_byte(ciphertext, 0) # 1) \
+             WHERE token = $1",
+        )
+        .bind(token)
+        .execute(&mut self.database.connect().await)
+        .await
+        .expect("corrupt a card's ciphertext");
+    }
+
     /// Tokenizes `pan` (expiry 12/2030) and returns its token.
     pub async fn tokenize(&self, pan: &str) -> String {
         use tandem_proto::tandem::vault::v1 as pb;

@@ -969,15 +969,7 @@ async fn unreadable_card_data_falls_back_at_once() {
     let stack = Stack::start().await;
     let broken = stack.vault.tokenize(VISA).await;
     let backup = stack.vault.tokenize(MASTERCARD).await;
-    let mut conn = stack.vault.database.connect().await;
-    sqlx::query(
-        "UPDATE cards SET ciphertext = set_byte(ciphertext, 0, get_byte(ciphertext, 0) # 1) \
-         WHERE token = $1",
-    )
-    .bind(&broken)
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    stack.vault.corrupt_card(&broken).await;
     let group = stack
         .create_group(group(
             vec![

@@ -1221,14 +1221,7 @@ async fn unreadable_card_data_is_refused_before_any_intent() {
     .execute(&mut conn)
     .await
     .unwrap();
-    sqlx::query(
-        "UPDATE cards SET ciphertext = set_byte(ciphertext, 0, get_byte(ciphertext, 0) # 1) \
-         WHERE token = $1",
-    )
-    .bind(&corrupted)
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    vault.corrupt_card(&corrupted).await;
     let charges_before: i64 = sqlx::query_scalar("SELECT count(*) FROM charges")
         .fetch_one(&mut conn)
         .await
