@@ -30,4 +30,8 @@ bench() { ./target/release/tandemctl bench "$@" --duration "$duration" --baselin
   bench pay --cards 3 --strategy parallel --groups 1 --concurrency 64
   # Latency at a fixed load, about half of what the first pay run reached (PAY_RATE).
   bench pay --cards 3 --strategy parallel --groups 64 --concurrency 64 --rate "${PAY_RATE:-30}"
+  # One payer floods, another pays 10/s: its p99 beside the flood against alone.
+  bench flood --rate 10 --concurrency 64 --no-baseline
+  # 2,000 WatchPayment streams beside a payer paying 10/s.
+  bench watch --streams 2000 --rate 10 --no-baseline
 } 2>&1 | tee "$out"

@@ -19,11 +19,20 @@
 //!   `--strategy parallel`): N authorizations, N captures, the ledger and the state.
 //! - `tandemctl bench ledger`: single transfers between random accounts through the ledger's
 //!   batching writer (in this process), then the ledger's invariant check.
+//! - `tandemctl bench flood`: a steady payer's latency alone and beside another payer's flood,
+//!   under the limits per caller ([`flood`]).
+//! - `tandemctl bench watch`: a steady payer's latency, the database's load and the
+//!   orchestrator's memory alone and beside many `WatchPayment` streams ([`watch`]).
+//!
+//! Apart from `flood`, the servers run without limits per caller: the benchmarks measure what
+//! an instance sustains, which is what those limits are set against.
 //!
 //! `scripts/bench.sh` builds a release and runs them all; BENCHMARKS.md has the method and the
 //! figures.
 
+mod flood;
 mod postgres;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +50,7 @@ use tandem_tls::identity::Role;
 
 use self::postgres::{Baseline, Counters};
 use crate::dev;
-use crate::process::{Server, free_address};
+use crate::process::{ORCHESTRATOR_UNLIMITED, Server, VAULT_UNLIMITED, free_address};
 
 /// Connections the clients share; HTTP/2 multiplexes the rest.
 const CONNECTIONS_MAX: usize = 8;
@@ -79,6 +88,12 @@ pub enum BenchCommand {
     Pay(PayArgs),
     /// Create ledger transfers through the batching writer.
     Ledger(LedgerArgs),
+    /// One payer floods the orchestrator while another pays steadily: the steady payer's
+    /// latency beside the flood against alone.
+    Flood(flood::FloodArgs),
+    /// Many WatchPayment streams beside a steady payer: its latency, the database's load and
+    /// the orchestrator's memory, with the streams open and after.
+    Watch(watch::WatchArgs),
 }
 
 /// Arguments of `tandemctl bench pay`.
@@ -208,6 +223,8 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Charge(args) => charge(args).await,
         BenchCommand::Pay(args) => pay(args).await,
         BenchCommand::Ledger(args) => ledger(args).await,
+        BenchCommand::Flood(args) => flood::run(args).await,
+        BenchCommand::Watch(args) => watch::run(args).await,
     }
 }
 
@@ -231,6 +248,15 @@ impl Stack {
 
     /// The vault to load: `--vault`, or one started as a child process on a fresh database.
     async fn vault(&mut self, args: &LoadArgs) -> anyhow::Result<String> {
+        self.vault_with(args, &[]).await
+    }
+
+    /// As [`Stack::vault`], with the overrides of `env` on a vault it starts.
+    async fn vault_with(
+        &mut self,
+        args: &LoadArgs,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
         if let Some(uri) = &args.vault {
             return Ok(uri.clone());
         }
@@ -242,7 +268,12 @@ impl Stack {
             &self.dir.join("root.key"),
             self.dir.join("vault.log"),
             // Beside a running `tandemctl dev`, the bench vault takes any free metrics port.
-            &[("TANDEM_VAULT__METRICS__LISTEN_ADDR", "127.0.0.1:0")],
+            &[
+                &VAULT_UNLIMITED[..],
+                &[("TANDEM_VAULT__METRICS__LISTEN_ADDR", "127.0.0.1:0")],
+                env,
+            ]
+            .concat(),
         )?;
         vault.start()?;
         vault.wait_ready(&args.certs).await?;
@@ -252,27 +283,42 @@ impl Stack {
     }
 
     /// The orchestrator to load: `--orchestrator`, or one started as a child process on a
-    /// fresh database, paying through the vault this stack started.
+    /// fresh database, paying through the vault this stack started, without limits per caller.
     async fn orchestrator(&mut self, args: &PayArgs) -> anyhow::Result<String> {
         if let Some(uri) = &args.orchestrator {
             return Ok(uri.clone());
         }
+        self.start_orchestrator(
+            &args.load.certs,
+            &args.load.shape.database_url,
+            &ORCHESTRATOR_UNLIMITED,
+        )
+        .await
+    }
+
+    /// Starts an orchestrator as a child process on a fresh database with the overrides of
+    /// `env`, paying through the vault this stack started.
+    async fn start_orchestrator(
+        &mut self,
+        certs: &Path,
+        database_url: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
         let vault = self
             .vault
             .as_ref()
             .context("an orchestrator needs the bench's own vault (or --orchestrator)")?;
-        let url = dev::ensure_fresh_database(&args.load.shape.database_url, ORCHESTRATOR_DATABASE)
-            .await?;
+        let url = dev::ensure_fresh_database(database_url, ORCHESTRATOR_DATABASE).await?;
         let mut orchestrator = Server::orchestrator(
             &free_address()?,
-            &args.load.certs,
+            certs,
             &url,
             &vault.address,
             self.dir.join("orchestrator.log"),
-            &[],
+            env,
         )?;
         orchestrator.start()?;
-        orchestrator.wait_ready(&args.load.certs).await?;
+        orchestrator.wait_ready(certs).await?;
         let uri = format!("https://{}", orchestrator.address);
         self.orchestrator = Some(orchestrator);
         Ok(uri)
@@ -372,11 +418,26 @@ async fn channels(
     concurrency: usize,
     call_timeout: Duration,
 ) -> anyhow::Result<Vec<tonic::transport::Channel>> {
-    let files = TlsFiles::in_dir(certs, role.as_str());
+    channels_as(
+        uri,
+        &TlsFiles::in_dir(certs, role.as_str()),
+        concurrency,
+        call_timeout,
+    )
+    .await
+}
+
+/// As [`channels`], with the client identity of `files`.
+async fn channels_as(
+    uri: &str,
+    files: &TlsFiles,
+    concurrency: usize,
+    call_timeout: Duration,
+) -> anyhow::Result<Vec<tonic::transport::Channel>> {
     let mut channels = Vec::new();
     for _ in 0..concurrency.min(CONNECTIONS_MAX) {
         // `endpoint` bounds calls by the connect timeout; payments that wait need longer.
-        let endpoint = tandem_tls::client::endpoint(uri, &files, "localhost", CONNECT_TIMEOUT)?
+        let endpoint = tandem_tls::client::endpoint(uri, files, "localhost", CONNECT_TIMEOUT)?
             .timeout(call_timeout);
         let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
             .await

@@ -36,7 +36,7 @@ use tandem_tls::identity::Role;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
-use crate::process::{Server, connect, free_address};
+use crate::process::{ORCHESTRATOR_UNLIMITED, Server, VAULT_UNLIMITED, connect, free_address};
 
 /// Arguments of `tandemctl chaos`.
 #[derive(Debug, clap::Args)]
@@ -128,11 +128,15 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         &dir.join("root.key"),
         dir.join("vault.log"),
         &[
-            ("TANDEM_VAULT__METRICS__ENABLED", "false"),
-            ("TANDEM_VAULT__CONNECTOR__TIMEOUT_MS", "300"),
-            ("TANDEM_VAULT__CHARGES__RECOVERY_AFTER_MS", "600"),
-            ("TANDEM_VAULT__CHARGES__RECOVERY_INTERVAL_MS", "200"),
-        ],
+            &VAULT_UNLIMITED[..],
+            &[
+                ("TANDEM_VAULT__METRICS__ENABLED", "false"),
+                ("TANDEM_VAULT__CONNECTOR__TIMEOUT_MS", "300"),
+                ("TANDEM_VAULT__CHARGES__RECOVERY_AFTER_MS", "600"),
+                ("TANDEM_VAULT__CHARGES__RECOVERY_INTERVAL_MS", "200"),
+            ],
+        ]
+        .concat(),
     )?;
     let mut orchestrator = Server::orchestrator(
         &orchestrator_address,
@@ -141,10 +145,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         &vault_address,
         dir.join("orchestrator.log"),
         &[
-            ("TANDEM_ORCHESTRATOR__VAULT__TIMEOUT_MS", "1000"),
-            ("TANDEM_ORCHESTRATOR__PAYMENTS__LEASE_MS", "4000"),
-            ("TANDEM_ORCHESTRATOR__PAYMENTS__RECOVERY_INTERVAL_MS", "200"),
-        ],
+            &ORCHESTRATOR_UNLIMITED[..],
+            &[
+                ("TANDEM_ORCHESTRATOR__VAULT__TIMEOUT_MS", "1000"),
+                ("TANDEM_ORCHESTRATOR__PAYMENTS__LEASE_MS", "4000"),
+                ("TANDEM_ORCHESTRATOR__PAYMENTS__RECOVERY_INTERVAL_MS", "200"),
+            ],
+        ]
+        .concat(),
     )?;
     vault.start()?;
     vault.wait_ready(&certs).await?;

@@ -20,6 +20,51 @@ const READY_POLL: Duration = Duration::from_millis(50);
 /// How long one connection attempt, TLS handshake included, may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Overrides that lift the vault's limits per caller, for runs that load or break the servers
+/// to measure something else (throughput, recovery); admission has its own benchmark.
+pub(crate) const VAULT_UNLIMITED: [(&str, &str); 9] = [
+    ("TANDEM_VAULT__LIMITS__READ__REQUESTS_PER_S", "1000000"),
+    ("TANDEM_VAULT__LIMITS__READ__BURST", "1000000"),
+    ("TANDEM_VAULT__LIMITS__READ__IN_FLIGHT_MAX", "1000000"),
+    ("TANDEM_VAULT__LIMITS__WRITE__REQUESTS_PER_S", "1000000"),
+    ("TANDEM_VAULT__LIMITS__WRITE__BURST", "1000000"),
+    ("TANDEM_VAULT__LIMITS__WRITE__IN_FLIGHT_MAX", "1000000"),
+    ("TANDEM_VAULT__LIMITS__STREAM__REQUESTS_PER_S", "1000000"),
+    ("TANDEM_VAULT__LIMITS__STREAM__BURST", "1000000"),
+    ("TANDEM_VAULT__LIMITS__STREAM__IN_FLIGHT_MAX", "1000000"),
+];
+
+/// As [`VAULT_UNLIMITED`], for the orchestrator.
+pub(crate) const ORCHESTRATOR_UNLIMITED: [(&str, &str); 9] = [
+    (
+        "TANDEM_ORCHESTRATOR__LIMITS__READ__REQUESTS_PER_S",
+        "1000000",
+    ),
+    ("TANDEM_ORCHESTRATOR__LIMITS__READ__BURST", "1000000"),
+    (
+        "TANDEM_ORCHESTRATOR__LIMITS__READ__IN_FLIGHT_MAX",
+        "1000000",
+    ),
+    (
+        "TANDEM_ORCHESTRATOR__LIMITS__WRITE__REQUESTS_PER_S",
+        "1000000",
+    ),
+    ("TANDEM_ORCHESTRATOR__LIMITS__WRITE__BURST", "1000000"),
+    (
+        "TANDEM_ORCHESTRATOR__LIMITS__WRITE__IN_FLIGHT_MAX",
+        "1000000",
+    ),
+    (
+        "TANDEM_ORCHESTRATOR__LIMITS__STREAM__REQUESTS_PER_S",
+        "1000000",
+    ),
+    ("TANDEM_ORCHESTRATOR__LIMITS__STREAM__BURST", "1000000"),
+    (
+        "TANDEM_ORCHESTRATOR__LIMITS__STREAM__IN_FLIGHT_MAX",
+        "1000000",
+    ),
+];
+
 /// One server, as a child process that can be killed and started again.
 pub(crate) struct Server {
     /// For messages: "vault", "orchestrator".
@@ -203,6 +248,13 @@ impl Server {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         peak_rss_from_status(&status)
     }
+
+    /// The resident memory of the running process now, in bytes, if known.
+    pub(crate) fn rss_bytes(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status_bytes(&status, "VmRSS:")
+    }
 }
 
 impl Drop for Server {
@@ -213,7 +265,12 @@ impl Drop for Server {
 
 /// `VmHWM` of a `/proc/<pid>/status` text, in bytes.
 pub(crate) fn peak_rss_from_status(status: &str) -> Option<u64> {
-    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    status_bytes(status, "VmHWM:")
+}
+
+/// The size on line `field` (`VmRSS:`, `VmHWM:`) of a `/proc/<pid>/status` text, in bytes.
+fn status_bytes(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix(field))?;
     let mut words = line.split_whitespace();
     let kib: u64 = words.next()?.parse().ok()?;
     (words.next()? == "kB").then_some(kib * 1024)

@@ -1,6 +1,7 @@
 //! Who may call what: one table from RPC to the roles allowed (DESIGN section 2), and the
 //! check every handler runs first.
 
+use tandem_runtime::admission::RpcClass;
 use tandem_tls::identity::{Caller, IdentityError, Role, caller_of};
 
 use crate::error::Error;
@@ -77,6 +78,31 @@ impl Rpc {
     pub fn allows(self, role: Role) -> bool {
         self.roles().contains(&role)
     }
+
+    /// The class its calls are limited in, per caller (`[limits]`).
+    pub const fn class(self) -> RpcClass {
+        match self {
+            Rpc::GetCardGroup | Rpc::ListCardGroups | Rpc::GetPayment | Rpc::ListPayments => {
+                RpcClass::Read
+            }
+            Rpc::CreateCardGroup
+            | Rpc::UpdateCardGroup
+            | Rpc::DeleteCardGroup
+            | Rpc::CreatePayment
+            | Rpc::RefundPayment => RpcClass::Write,
+            Rpc::WatchPayment => RpcClass::Stream,
+        }
+    }
+
+    /// The class of the call to gRPC path `path` (`/package.Service/Method`); health and
+    /// reflection read.
+    pub fn class_of_path(path: &str) -> RpcClass {
+        let method = path.strip_prefix('/').unwrap_or(path);
+        Rpc::ALL
+            .iter()
+            .find(|rpc| rpc.method() == method)
+            .map_or(RpcClass::Read, |rpc| rpc.class())
+    }
 }
 
 /// The caller of `request`, if its role may call `rpc`.
@@ -138,5 +164,26 @@ mod tests {
                 assert!(!rpc.allows(role), "{rpc:?} {role}");
             }
         }
+    }
+
+    /// Paths map to their RPC's class: reads read, the one stream streams, the rest write;
+    /// health and reflection are reads.
+    #[test]
+    fn classes() {
+        for rpc in Rpc::ALL {
+            let name = rpc.method().rsplit('/').next().unwrap_or_default();
+            let expected = if rpc == Rpc::WatchPayment {
+                RpcClass::Stream
+            } else if name.starts_with("Get") || name.starts_with("List") {
+                RpcClass::Read
+            } else {
+                RpcClass::Write
+            };
+            assert_eq!(Rpc::class_of_path(&format!("/{}", rpc.method())), expected);
+        }
+        assert_eq!(
+            Rpc::class_of_path("/grpc.health.v1.Health/Check"),
+            RpcClass::Read
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+pub use tandem_runtime::admission::{ClassLimits, LimitSettings};
 pub use tandem_runtime::settings::{
     Check, ConfigError, DatabaseSettings, SecretString, ServerSettings, TlsSettings, first_failure,
 };
@@ -22,6 +23,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Mutual TLS of the server.
     pub tls: TlsSettings,
+    /// Limits per caller identity and RPC class.
+    pub limits: LimitSettings,
     /// The orchestrator's Postgres database, which also holds the ledger.
     pub database: DatabaseSettings,
     /// How the orchestrator reaches the vault.
@@ -35,6 +38,7 @@ impl Default for Settings {
         Self {
             server: ServerSettings::listening_on(SocketAddr::from(([127, 0, 0, 1], 50052))),
             tls: TlsSettings::dev("orchestrator-server"),
+            limits: LimitSettings::default(),
             database: DatabaseSettings::local("tandem_orchestrator"),
             vault: VaultSettings::default(),
             payments: PaymentSettings::default(),
@@ -189,11 +193,12 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
         let defaults = Settings::default();
-        let base = tandem_runtime::settings::service_base(
+        let mut base = tandem_runtime::settings::service_base(
             &defaults.server,
             &defaults.tls,
             &defaults.database,
         );
+        base.insert("limits".to_owned(), defaults.limits.base());
         let settings: Settings = tandem_runtime::settings::load(base, path, env, ENV_PREFIX)?;
         settings.validate()?;
         Ok(settings)
@@ -268,7 +273,7 @@ impl Settings {
                 "must be 1 to 1000",
             ),
         ];
-        first_failure(common.into_iter().chain(checks))
+        first_failure(common.into_iter().chain(self.limits.checks()).chain(checks))
     }
 }
 
@@ -317,5 +322,14 @@ mod tests {
         assert!(error.to_string().contains("payments.lease_ms"), "{error}");
         let settings = Settings::load(None, env("SERVER__LISTEN_ADDR", "127.0.0.1:7052")).unwrap();
         assert_eq!(settings.server.listen_addr.port(), 7052);
+        let error = Settings::load(None, env("LIMITS__WRITE__BURST", "0")).unwrap_err();
+        assert!(error.to_string().contains("limits"), "{error}");
+        // One key of a class keeps the class's other defaults.
+        let settings = Settings::load(None, env("LIMITS__WRITE__REQUESTS_PER_S", "7")).unwrap();
+        assert_eq!(settings.limits.write.requests_per_s, 7);
+        assert_eq!(
+            settings.limits.write.burst,
+            Settings::default().limits.write.burst
+        );
     }
 }

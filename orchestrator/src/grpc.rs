@@ -15,8 +15,18 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Rpc, authorize};
 use crate::groups::Groups;
-use crate::payments::Payments;
+use crate::payments::{Call, Payments};
 use status::to_status;
+use tandem_runtime::admission::InFlight;
+
+/// What a mutating call brings beside its message: deadline, correlation id, admission.
+fn call<T>(request: &Request<T>) -> Call {
+    Call {
+        deadline: deadline(request),
+        correlation_id: tandem_runtime::correlation::of(request),
+        admitted: request.extensions().get::<InFlight>().cloned(),
+    }
+}
 
 /// The caller's deadline from `grpc-timeout`, if any.
 fn deadline<T>(request: &Request<T>) -> Option<std::time::Duration> {
@@ -165,11 +175,10 @@ impl PaymentService for PaymentApi {
         request: Request<pb::CreatePaymentRequest>,
     ) -> Result<Response<pb::CreatePaymentResponse>, Status> {
         self.check(&request, Rpc::CreatePayment)?;
-        let deadline = deadline(&request);
-        let correlation_id = tandem_runtime::correlation::of(&request);
+        let call = call(&request);
         let payment = self
             .payments
-            .create(request.into_inner(), deadline, correlation_id)
+            .create(request.into_inner(), call)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::CreatePaymentResponse {
@@ -210,10 +219,10 @@ impl PaymentService for PaymentApi {
         request: Request<pb::RefundPaymentRequest>,
     ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
         self.check(&request, Rpc::RefundPayment)?;
-        let deadline = deadline(&request);
+        let call = call(&request);
         let response = self
             .payments
-            .refund(request.into_inner(), deadline)
+            .refund(request.into_inner(), call)
             .await
             .map_err(to_status)?;
         Ok(Response::new(response))

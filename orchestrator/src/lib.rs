@@ -18,6 +18,8 @@
 //! - [`groups`], [`payments`]: the operations of `CardGroupService` and `PaymentService`.
 //! - [`workflow`]: drives payments (intent, vault call, result), the leases and the recovery
 //!   worker.
+//! - [`feeds`]: the events of watched payments, read once per instance for every
+//!   `WatchPayment` stream.
 //! - [`vault`]: the vault client, answers in domain terms.
 //! - [`storage`]: all SQL.
 //!
@@ -35,6 +37,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod feeds;
 pub mod groups;
 pub mod grpc;
 pub mod payments;

@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
     tandem_runtime::binary::serve(
         "tandem-orchestrator",
         |path| Settings::load(path, std::env::vars()),
-        |settings| settings.server.listen_addr,
+        |settings| settings.server.clone(),
         tandem_orchestrator::run,
     )
     .await

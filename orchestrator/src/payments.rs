@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use tandem_proto::tandem::orchestrator::v1 as pb;
+use tandem_runtime::admission::InFlight;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::domain::allocation::{allocate, check_policy};
@@ -16,6 +17,7 @@ use crate::domain::group::{MemberRules, member_at};
 use crate::domain::record::{MemberSnapshot, PaymentRecord, RefundError};
 use crate::domain::saga::{Leg, LegState, Payment, PaymentState};
 use crate::error::Error;
+use crate::feeds::{Subscription, Update};
 use crate::grpc::convert::{self, Violations};
 use crate::storage::{self, StoredPayment};
 use crate::workflow::{Committed, Workflow, now};
@@ -24,6 +26,17 @@ use crate::workflow::{Committed, Workflow, now};
 pub struct Payments {
     workflow: Arc<Workflow>,
     request_timeout: Duration,
+}
+
+/// What a mutating call brings beside its message.
+#[derive(Debug, Default)]
+pub struct Call {
+    /// The caller's deadline (`grpc-timeout`), if any.
+    pub deadline: Option<Duration>,
+    /// The caller's `x-request-id`, or the one made for the call.
+    pub correlation_id: Option<String>,
+    /// The call's admission ticket: the work the call starts keeps it until it ends.
+    pub admitted: Option<InFlight>,
 }
 
 impl Payments {
@@ -51,9 +64,13 @@ impl Payments {
     pub async fn create(
         &self,
         request: pb::CreatePaymentRequest,
-        deadline: Option<Duration>,
-        correlation_id: Option<String>,
+        call: Call,
     ) -> Result<pb::Payment, Error> {
+        let Call {
+            deadline,
+            correlation_id,
+            admitted,
+        } = call;
         let settings = self.workflow.settings();
         let mut v = Violations::default();
         convert::request_id(&mut v, "request_id", &request.request_id);
@@ -249,7 +266,7 @@ impl Payments {
         self.workflow.remember_accounts(accounts);
         self.workflow
             .announce(&id, stored.record.saga.state.is_terminal());
-        self.workflow.spawn(id.clone());
+        self.workflow.spawn(id.clone(), admitted);
         self.answer(&id, request.wait, wait_ms, deadline).await
     }
 
@@ -376,8 +393,11 @@ impl Payments {
     pub async fn refund(
         &self,
         request: pb::RefundPaymentRequest,
-        deadline: Option<Duration>,
+        call: Call,
     ) -> Result<pb::RefundPaymentResponse, Error> {
+        let Call {
+            deadline, admitted, ..
+        } = call;
         let mut v = Violations::default();
         convert::request_id(&mut v, "request_id", &request.request_id);
         let id = convert::resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
@@ -457,7 +477,7 @@ impl Payments {
                 self.workflow
                     .announce(&id, stored.record.saga.state.is_terminal());
                 if take {
-                    self.workflow.spawn(id.clone());
+                    self.workflow.spawn(id.clone(), admitted);
                 }
                 refund_id
             }
@@ -506,59 +526,133 @@ impl Payments {
         // An unknown payment is an error of the call, not of the stream.
         self.load(&id).await?;
         let workflow = self.workflow.clone();
-        let mut after = request.after_sequence;
+        let after = request.after_sequence;
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
-            let settings = workflow.settings().clone();
-            let until = tokio::time::Instant::now() + Duration::from_millis(settings.watch_ms_max);
-            let mut committed = workflow.subscribe();
-            let mut first = true;
-            loop {
-                let payment = match storage::payment(workflow.pool(), &id, false).await {
-                    Ok(Some(payment)) => payment,
-                    Ok(None) if first => {
-                        let _ = sender.send(Err(Error::PaymentNotFound)).await;
-                        return;
-                    }
-                    Ok(None) => return,
-                    Err(error) => {
-                        let _ = sender.send(Err(error)).await;
-                        return;
-                    }
-                };
-                first = false;
-                let events = match storage::events_after(workflow.pool(), &id, after, 100).await {
-                    Ok(events) => events,
-                    Err(error) => {
-                        let _ = sender.send(Err(error)).await;
-                        return;
-                    }
-                };
-                let caught_up = events.len() < 100;
-                for (sequence, body) in events {
-                    let event = pb::PaymentEvent::decode(body.as_slice())
-                        .map_err(|e| Error::Corrupt(format!("event: {e}")));
-                    if sender.send(event).await.is_err() {
-                        return;
-                    }
-                    after = sequence;
-                }
-                if caught_up && payment.record.is_settled() && after >= payment.events {
-                    return;
-                }
-                if !caught_up {
-                    continue;
-                }
-                let poll = tokio::time::sleep(Duration::from_millis(settings.watch_poll_ms));
-                tokio::select! {
-                    () = tokio::time::sleep_until(until) => return,
-                    () = sender.closed() => return,
-                    () = wait_for(&mut committed, &id, false) => {}
-                    () = poll => {}
-                }
+            let until = tokio::time::Instant::now()
+                + Duration::from_millis(workflow.settings().watch_ms_max);
+            let stream = Watcher {
+                pool: workflow.pool().clone(),
+                id,
+                after,
+                sender,
+            };
+            // Subscribed before the first catch-up, so that nothing committed in between is
+            // missed: it is either read by the catch-up or comes on the feed.
+            let subscription = workflow.feeds().subscribe(&stream.id);
+            let client = stream.sender.clone();
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = client.closed() => {}
+                () = stream.run(subscription) => {}
             }
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(receiver))
+    }
+}
+
+/// One `WatchPayment` stream: the events after `after`, from the database until it caught up,
+/// then from the payment's feed.
+struct Watcher {
+    pool: sqlx::PgPool,
+    id: String,
+    after: i64,
+    sender: tokio::sync::mpsc::Sender<Result<pb::PaymentEvent, Error>>,
+}
+
+/// Whether a stream goes on.
+enum Flow {
+    Continue,
+    End,
+}
+
+impl Watcher {
+    /// Sends events until the payment is settled and every event was sent.
+    async fn run(mut self, mut subscription: Subscription) {
+        if let Flow::End = self.catch_up().await {
+            return;
+        }
+        loop {
+            let flow = match subscription.updates.recv().await {
+                Ok(update) => self.apply(&update).await,
+                Err(RecvError::Lagged(_)) => self.catch_up().await,
+                // The feed lives as long as a subscription does.
+                Err(RecvError::Closed) => Flow::End,
+            };
+            if let Flow::End = flow {
+                return;
+            }
+        }
+    }
+
+    /// Reads and sends every event after `after` from the database.
+    async fn catch_up(&mut self) -> Flow {
+        const PAGE: i64 = 100;
+        let progress = match storage::progress(&self.pool, &self.id).await {
+            Ok(Some(progress)) => progress,
+            Ok(None) => return self.fail(Error::PaymentNotFound).await,
+            Err(error) => return self.fail(error).await,
+        };
+        loop {
+            let events = match storage::events_after(&self.pool, &self.id, self.after, PAGE).await {
+                Ok(events) => events,
+                Err(error) => return self.fail(error).await,
+            };
+            let last_page = events.len() < PAGE as usize;
+            for (sequence, body) in events {
+                if let Flow::End = self.send(sequence, &body).await {
+                    return Flow::End;
+                }
+            }
+            if last_page {
+                break;
+            }
+        }
+        let (total, settled) = progress;
+        if settled && self.after >= total {
+            Flow::End
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// Sends what `update` brings that this stream has not sent; catches up from the database
+    /// if the update shows events this stream never saw.
+    async fn apply(&mut self, update: &Update) -> Flow {
+        for (sequence, body) in &update.events {
+            if *sequence <= self.after {
+                continue;
+            }
+            if *sequence != self.after + 1 {
+                return self.catch_up().await;
+            }
+            if let Flow::End = self.send(*sequence, body).await {
+                return Flow::End;
+            }
+        }
+        if self.after < update.total {
+            return self.catch_up().await;
+        }
+        if update.settled {
+            Flow::End
+        } else {
+            Flow::Continue
+        }
+    }
+
+    async fn send(&mut self, sequence: i64, body: &[u8]) -> Flow {
+        let event =
+            pb::PaymentEvent::decode(body).map_err(|e| Error::Corrupt(format!("event: {e}")));
+        if self.sender.send(event).await.is_err() {
+            return Flow::End;
+        }
+        self.after = sequence;
+        Flow::Continue
+    }
+
+    async fn fail(&self, error: Error) -> Flow {
+        let _ = self.sender.send(Err(error)).await;
+        Flow::End
     }
 }
 

@@ -98,6 +98,7 @@ pub async fn run_with(
     ));
     let recovery_task = tokio::spawn(workflow.clone().recovery_loop());
     let committer_task = workflow.start_committer();
+    let feeds_task = tokio::spawn(workflow.feeds().clone().run(stop.clone()));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -133,25 +134,20 @@ pub async fn run_with(
     let incoming = tandem_tls::server::incoming(
         listener,
         tls,
-        tandem_tls::server::AcceptLimits {
-            handshake_timeout: Duration::from_millis(settings.server.handshake_timeout_ms),
-            handshakes_max: settings.server.handshakes_max,
-        },
+        tandem_runtime::serving::accept_limits(&settings.server),
     );
     tracing::info!(?address, owner = workflow.owner(), "orchestrator serving");
 
     let mut shutdown_signal = stop.clone();
-    let serve = tonic::transport::Server::builder()
+    let serve = tandem_runtime::serving::builder(&settings.server)
         .layer(tandem_runtime::wire::layer(crate::grpc::status::DOMAIN))
         .layer(tandem_runtime::correlation::layer())
-        .timeout(settings.server.request_timeout())
-        .concurrency_limit_per_connection(settings.server.concurrency_per_connection_max)
-        .http2_keepalive_interval(Some(Duration::from_millis(
-            settings.server.http2_keepalive_interval_ms,
-        )))
-        .http2_keepalive_timeout(Some(Duration::from_millis(
-            settings.server.http2_keepalive_timeout_ms,
-        )))
+        .layer(tandem_runtime::admission::layer(
+            settings.limits.clone(),
+            uri_prefix,
+            crate::auth::Rpc::class_of_path,
+            crate::grpc::status::DOMAIN,
+        ))
         .add_service(card_group_service)
         .add_service(payment_service)
         .add_service(health_service)
@@ -185,6 +181,7 @@ pub async fn run_with(
     };
     recovery_task.abort();
     committer_task.abort();
+    feeds_task.abort();
     // Payments still being driven keep their leases; another instance (or this one after a
     // restart) resumes them once the leases expire.
     pool.close().await;

@@ -499,6 +499,65 @@ pub async fn events_after(
         .collect::<Result<_, sqlx::Error>>()?)
 }
 
+/// How far payment `id` is: its events in all and whether it is settled (`None` if unknown).
+pub async fn progress(pool: &PgPool, id: &str) -> Result<Option<(i64, bool)>, Error> {
+    let row = sqlx::query("SELECT events, settled FROM payments WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(match row {
+        Some(row) => Some((row.try_get("events")?, row.try_get("settled")?)),
+        None => None,
+    })
+}
+
+/// [`progress`] of each of `ids` that exists, as `(id, events, settled)`.
+pub async fn progress_of(pool: &PgPool, ids: &[&str]) -> Result<Vec<(String, i64, bool)>, Error> {
+    let rows = sqlx::query("SELECT id, events, settled FROM payments WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            Ok((
+                row.try_get("id")?,
+                row.try_get("events")?,
+                row.try_get("settled")?,
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
+/// The events of several payments at once, each after its own sequence (`(id, after)` pairs),
+/// as `(payment id, sequence, body)` in order.
+pub async fn events_after_each(
+    pool: &PgPool,
+    after: &[(&str, i64)],
+) -> Result<Vec<(String, i64, Vec<u8>)>, Error> {
+    let (ids, sequences): (Vec<&str>, Vec<i64>) = after.iter().copied().unzip();
+    let rows = sqlx::query(
+        "SELECT e.payment_id, e.sequence, e.body \
+         FROM unnest($1::text[], $2::bigint[]) AS w (id, after) \
+         JOIN payment_events e ON e.payment_id = w.id AND e.sequence > w.after \
+         ORDER BY e.payment_id, e.sequence",
+    )
+    .bind(&ids)
+    .bind(&sequences)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            Ok((
+                row.try_get("payment_id")?,
+                row.try_get("sequence")?,
+                row.try_get("body")?,
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
 /// The first day of `time`'s calendar month (UTC), the key of monthly spend.
 pub fn month_of(time: OffsetDateTime) -> Date {
     time.to_offset(time::UtcOffset::UTC)

@@ -27,6 +27,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use sqlx::PgPool;
 use tandem_ledger::types::{NewAccount, TransferResult};
+use tandem_runtime::admission::InFlight;
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
@@ -35,6 +36,7 @@ use crate::domain::booking::{self, BookingContext};
 use crate::domain::record::{AuthorizeAnswer, Event, PaymentRecord, RefundStep, SpendChange, Step};
 use crate::domain::saga::{Command, Outcome};
 use crate::error::Error;
+use crate::feeds::Feeds;
 use crate::grpc::convert;
 use crate::storage::{self, StoredPayment};
 use crate::vault::{Operation, RefundAnswer, Unknown, VaultClient};
@@ -97,6 +99,8 @@ pub struct Workflow {
     owner: String,
     settings: PaymentSettings,
     committed: broadcast::Sender<Committed>,
+    /// The events of payments watched here, fed by this instance's commits and a shared reader.
+    feeds: Arc<Feeds>,
     slots: Arc<Semaphore>,
     crash: Option<Arc<CrashPlan>>,
     stop: watch::Receiver<bool>,
@@ -148,7 +152,9 @@ impl Workflow {
         stop: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let (committed, _) = broadcast::channel(1024);
+        let feeds = Feeds::new(pool.clone(), Duration::from_millis(settings.watch_poll_ms));
         Arc::new(Self {
+            feeds,
             pool,
             vault,
             owner: format!("orchestrator-{}", uuid::Uuid::new_v4()),
@@ -212,6 +218,11 @@ impl Workflow {
         &self.settings
     }
 
+    /// The feeds of watched payments; run [`Feeds::run`] beside the workflow.
+    pub fn feeds(&self) -> &Arc<Feeds> {
+        &self.feeds
+    }
+
     /// Announcements, each sent after a transaction that wrote events of a payment committed.
     pub fn subscribe(&self) -> broadcast::Receiver<Committed> {
         self.committed.subscribe()
@@ -220,6 +231,7 @@ impl Workflow {
     /// Tells this instance's waiters that a change of `payment_id` committed, leaving the
     /// payment in a terminal state or not.
     pub(crate) fn announce(&self, payment_id: &str, terminal: bool) {
+        self.feeds.changed(payment_id);
         let _ = self.committed.send(Committed {
             payment_id: payment_id.to_owned(),
             terminal,
@@ -234,7 +246,11 @@ impl Workflow {
     /// Drives `payment_id` in the background, within the instance's bound on concurrent
     /// drives. On shutdown the drive stops where it is, as a crash would, and the payment's
     /// lease expires for another instance (or this one after a restart) to resume it.
-    pub fn spawn(self: &Arc<Self>, payment_id: String) {
+    ///
+    /// `admitted` is the ticket of the call that started the drive: held until the drive
+    /// ends, it keeps the work among its caller's calls in flight, so a caller cannot queue
+    /// more background work than its limits admit.
+    pub fn spawn(self: &Arc<Self>, payment_id: String, admitted: Option<InFlight>) {
         let fresh = self
             .driving
             .lock()
@@ -246,6 +262,7 @@ impl Workflow {
         let workflow = self.clone();
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
+            let _admitted = admitted;
             let _driving = Driving {
                 workflow: &workflow,
                 payment_id: payment_id.clone(),
@@ -781,7 +798,7 @@ impl Workflow {
         .await?;
         for id in &ids {
             tracing::info!(payment_id = %id, "resuming payment");
-            self.spawn(id.clone());
+            self.spawn(id.clone(), None);
         }
         Ok(ids.len())
     }

@@ -4,23 +4,23 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use tokio::net::TcpListener;
 
-use crate::settings::ConfigError;
+use crate::settings::{ConfigError, ServerSettings};
 use crate::telemetry::{self, LogFormat};
 
 /// Runs server binary `name`: `load` reads its settings (from the `--config` file, if given,
-/// and the environment), `listen_addr` says where it listens, and `run` serves until the
+/// and the environment), `server` picks its server section (where and how it listens), and
+/// `run` serves until the
 /// shutdown future completes. Exit codes: 0 after a clean shutdown, 1 when serving fails, 2
 /// for bad usage or settings.
 pub async fn serve<S, E, Run, Served>(
     name: &str,
     load: impl FnOnce(Option<&Path>) -> Result<S, ConfigError>,
-    listen_addr: impl FnOnce(&S) -> SocketAddr,
+    server: impl FnOnce(&S) -> ServerSettings,
     run: Run,
 ) -> ExitCode
 where
@@ -45,11 +45,11 @@ where
             return ExitCode::from(2);
         }
     };
-    let address = listen_addr(&settings);
-    let listener = match TcpListener::bind(address).await {
+    let server = server(&settings);
+    let listener = match crate::serving::bind(&server) {
         Ok(listener) => listener,
         Err(error) => {
-            eprintln!("{name}: cannot listen on {address}: {error}");
+            eprintln!("{name}: cannot listen on {}: {error}", server.listen_addr);
             return ExitCode::from(1);
         }
     };

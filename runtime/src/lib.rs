@@ -4,20 +4,25 @@
 //! - [`settings`]: a TOML file plus `TANDEM_<SERVICE>__<SECTION>__<KEY>` environment overrides,
 //!   and the sections every server has (gRPC server limits, mutual TLS, the database pool),
 //!   with their range checks.
+//! - [`admission`]: limits per caller identity and RPC class (a rate and a cap on calls in
+//!   flight), refusing at once with `RESOURCE_EXHAUSTED` and a `RetryInfo`.
 //! - [`binary`]: the entry point of every server binary (`--config`, settings, listen, serve).
 //! - [`correlation`]: the `x-request-id` of every call, taken when safe, made otherwise, echoed.
 //! - [`headers`]: a layer that edits each call's request and response headers.
 //! - [`database`]: what a failed statement means for the request (retry, conflict, broken
 //!   invariant), one classification for both services.
 //! - [`ids`]: random ids of 128 bits with a type prefix.
+//! - [`serving`]: the listening socket and the tonic server with the shared limits.
 //! - [`telemetry`]: `tracing` with JSON output.
 //! - [`wire`]: tonic's own request errors (undecodable, oversized) in the client's terms.
 
+pub mod admission;
 pub mod binary;
 pub mod correlation;
 pub mod database;
 pub mod headers;
 pub mod ids;
+pub mod serving;
 pub mod settings;
 pub mod telemetry;
 pub mod wire;

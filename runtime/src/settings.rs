@@ -43,8 +43,16 @@ pub struct ServerSettings {
     pub message_bytes_max: usize,
     /// Longest a request may run before it is cancelled with DEADLINE_EXCEEDED.
     pub request_timeout_ms: u64,
-    /// Concurrent requests per connection.
+    /// Concurrent requests (HTTP/2 streams) per connection, as HTTP/2's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`: a client holds further calls until one ends, and a
+    /// stream beyond it is refused by the protocol, so no request waits inside the server.
     pub concurrency_per_connection_max: usize,
+    /// Client connections open at once; further ones wait in the listen backlog until one
+    /// closes.
+    pub connections_max: usize,
+    /// The listen socket's backlog: connections the kernel holds before the server accepts
+    /// them.
+    pub accept_backlog: u32,
     /// Time a client has to complete its TLS handshake.
     pub handshake_timeout_ms: u64,
     /// TLS handshakes in progress at once.
@@ -73,6 +81,8 @@ impl ServerSettings {
             message_bytes_max: 64 * 1024,
             request_timeout_ms: 10_000,
             concurrency_per_connection_max: 256,
+            connections_max: 1_024,
+            accept_backlog: 4_096,
             handshake_timeout_ms: 5_000,
             handshakes_max: 256,
             http2_keepalive_interval_ms: 30_000,
@@ -198,7 +208,7 @@ pub fn common_checks(
     server: &ServerSettings,
     tls: &TlsSettings,
     database: &DatabaseSettings,
-) -> [Check; 9] {
+) -> [Check; 11] {
     let prefix = &tls.identity_uri_prefix;
     [
         (
@@ -228,6 +238,16 @@ pub fn common_checks(
             (1..=10_000).contains(&server.concurrency_per_connection_max),
             "server.concurrency_per_connection_max",
             "must be 1 to 10000",
+        ),
+        (
+            (1..=100_000).contains(&server.connections_max),
+            "server.connections_max",
+            "must be 1 to 100000",
+        ),
+        (
+            (1..=65_535).contains(&server.accept_backlog),
+            "server.accept_backlog",
+            "must be 1 to 65535",
         ),
         (
             (1..=60_000).contains(&server.handshake_timeout_ms),

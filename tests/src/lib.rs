@@ -14,12 +14,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sqlx::{Connection as _, Executor as _, PgConnection};
+use tandem_orchestrator::config::{ClassLimits, LimitSettings};
 use tandem_tls::TlsFiles;
 use tandem_tls::identity::Role;
 use tandem_vault::config::Settings;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+pub mod raw;
 pub mod stack;
 
 /// Test card numbers (Stripe's test mode), used to grep logs and tables for leaks.
@@ -102,6 +104,11 @@ impl TestPki {
         TlsFiles::in_dir(&self.dir, "unknown-role")
     }
 
+    /// A second payer, `payer/second`, whose calls count apart from the first's.
+    pub fn second_payer(&self) -> TlsFiles {
+        TlsFiles::in_dir(&self.dir, "payer-second")
+    }
+
     /// The vault server's files.
     pub fn vault_server(&self) -> TlsFiles {
         TlsFiles::in_dir(&self.dir, "vault-server")
@@ -135,6 +142,9 @@ pub fn pki() -> &'static TestPki {
         authority
             .write_identity(&dir, "unknown-role", role, name)
             .expect("unknown-role identity");
+        authority
+            .write_identity(&dir, "payer-second", Role::Payer.as_str(), "second")
+            .expect("second payer identity");
         tandem_tls::issue::write_set(&rogue_dir, prefix, &hosts, "test", 1).expect("rogue PKI");
         TestPki { dir, rogue_dir }
     })
@@ -151,6 +161,8 @@ pub fn vault_settings(database: &TestDatabase) -> Settings {
     settings.tls.ca_path = server.ca_path;
     settings.database.url = tandem_vault::config::SecretString::new(database.url.clone());
     settings.database.connections_max = 8;
+    // Tests measure other things than admission; the admission tests set their own limits.
+    settings.limits = LimitSettings::uniform(ClassLimits::UNLIMITED);
     settings.keys.dev_root_key_path = std::env::temp_dir()
         .join(format!("tandem-test-keys-{}", database.name))
         .join("root.key");
@@ -327,6 +339,7 @@ pub fn orchestrator_settings(
     settings.payments.recovery_interval_ms = 200;
     settings.payments.watch_poll_ms = 50;
     settings.server.shutdown_grace_ms = 2_000;
+    settings.limits = LimitSettings::uniform(ClassLimits::UNLIMITED);
     settings
 }
 

@@ -194,11 +194,16 @@ pub fn parse_identity(identity: &str) -> Result<Caller, IdentityError> {
     })
 }
 
-/// Reads the caller of a tonic request from the peer certificates of its TLS connection.
+/// Reads the caller of a tonic request from the peer certificates of its TLS connection, or
+/// takes the one a server layer already read from them and put in the request's extensions
+/// (only server code can put anything there).
 pub fn caller_of<T>(
     request: &tonic::Request<T>,
     uri_prefix: &str,
 ) -> Result<Caller, IdentityError> {
+    if let Some(caller) = request.extensions().get::<Caller>() {
+        return Ok(caller.clone());
+    }
     let certs = request.peer_certs().ok_or(IdentityError::NoCertificate)?;
     let leaf = certs.first().ok_or(IdentityError::NoCertificate)?;
     caller_from_certificate(leaf, uri_prefix)

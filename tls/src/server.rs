@@ -1,13 +1,17 @@
 //! The server side: a TLS 1.3-only configuration that requires client certificates, and an
-//! accept loop with bounded, time-limited handshakes.
+//! accept loop with bounded, time-limited handshakes and a cap on open connections.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -42,11 +46,23 @@ pub struct AcceptLimits {
     pub handshake_timeout: Duration,
     /// Handshakes in progress at once; further connections wait in the kernel's backlog.
     pub handshakes_max: usize,
+    /// Connections open at once, handshakes included; further ones wait in the kernel's
+    /// backlog until one closes.
+    pub connections_max: usize,
+}
+
+/// An accepted connection whose handshake succeeded. It holds its place among the server's
+/// open connections until it is dropped.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TlsStream<TcpStream>,
+    _open: OwnedSemaphorePermit,
 }
 
 /// Accepts TCP connections on `listener`, completes their TLS handshakes concurrently (each
 /// bounded by `limits`), and yields only the connections whose handshake succeeded: plaintext,
 /// certificate-less and foreign-CA peers are dropped here, before any gRPC code sees them.
+/// Once `limits.connections_max` are open, the loop accepts no more until one closes.
 ///
 /// Pass the stream to `tonic::transport::Server::serve_with_incoming_shutdown`; tonic reads the
 /// peer certificates from each stream for [`crate::identity::caller_of`]. The loop ends when the
@@ -55,14 +71,22 @@ pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     limits: AcceptLimits,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> ReceiverStream<Result<Connection, io::Error>> {
     assert!(limits.handshakes_max > 0, "handshakes_max must be positive");
+    assert!(
+        limits.connections_max > 0,
+        "connections_max must be positive"
+    );
     let acceptor = TlsAcceptor::from(config);
     let (sender, receiver) = mpsc::channel(limits.handshakes_max);
     tokio::spawn(async move {
-        let permits = Arc::new(Semaphore::new(limits.handshakes_max));
+        let handshakes = Arc::new(Semaphore::new(limits.handshakes_max));
+        let connections = Arc::new(Semaphore::new(limits.connections_max));
         loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
+            let Ok(open) = connections.clone().acquire_owned().await else {
+                return;
+            };
+            let Ok(handshake) = handshakes.clone().acquire_owned().await else {
                 return;
             };
             let accepted = tokio::select! {
@@ -86,11 +110,17 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let sender = sender.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                let handshake_result =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                drop(handshake);
+                match handshake_result {
                     Ok(Ok(stream)) => {
+                        let connection = Connection {
+                            stream,
+                            _open: open,
+                        };
                         // The receiver is gone only when the server is shutting down.
-                        let _ = sender.send(Ok(stream)).await;
+                        let _ = sender.send(Ok(connection)).await;
                     }
                     Ok(Err(error)) => {
                         tracing::info!(%peer, %error, "tls handshake refused");
@@ -101,4 +131,52 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(receiver)
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }

@@ -1,5 +1,6 @@
 //! Who may call what: one table from RPC to the roles allowed (DESIGN section 2).
 
+use tandem_runtime::admission::RpcClass;
 use tandem_tls::identity::Role;
 
 /// Every RPC the vault serves.
@@ -164,6 +165,46 @@ impl Rpc {
     pub fn allows(self, role: Role) -> bool {
         self.roles().contains(&role)
     }
+
+    /// The class its calls are limited in, per caller (`[limits]`).
+    pub const fn class(self) -> RpcClass {
+        match self {
+            Rpc::GetToken
+            | Rpc::ListTokens
+            | Rpc::GetCharge
+            | Rpc::GetSandboxCard
+            | Rpc::ListSandboxOperations
+            | Rpc::ListSettlementRecords
+            | Rpc::GetKeyStatus
+            | Rpc::ListAuditEvents
+            | Rpc::VerifyAuditLog => RpcClass::Read,
+            Rpc::Tokenize
+            | Rpc::UpdateCard
+            | Rpc::RevokeToken
+            | Rpc::RevokeByFingerprint
+            | Rpc::Authorize
+            | Rpc::Capture
+            | Rpc::Void
+            | Rpc::Refund
+            | Rpc::ConfigureSandboxCard
+            | Rpc::RecoverCharges
+            | Rpc::RotateDataKey
+            | Rpc::RetireKeyVersion
+            | Rpc::RotateRootKey
+            | Rpc::Unseal
+            | Rpc::Seal => RpcClass::Write,
+        }
+    }
+
+    /// The class of the call to gRPC path `path` (`/package.Service/Method`); health and
+    /// reflection read.
+    pub fn class_of_path(path: &str) -> RpcClass {
+        let method = path.strip_prefix('/').unwrap_or(path);
+        Rpc::ALL
+            .iter()
+            .find(|rpc| rpc.method() == method)
+            .map_or(RpcClass::Read, |rpc| rpc.class())
+    }
 }
 
 #[cfg(test)]
@@ -213,5 +254,31 @@ mod tests {
             }
         }
         assert!(Rpc::RecoverCharges.roles().is_empty());
+    }
+
+    /// Paths map to their RPC's class: gets, lists and the audit check read, the rest write;
+    /// health and reflection are reads.
+    #[test]
+    fn classes() {
+        for rpc in Rpc::ALL {
+            let name = rpc.method().rsplit('/').next().unwrap_or_default();
+            let reads = ["Get", "List", "Verify"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix));
+            let expected = if reads {
+                RpcClass::Read
+            } else {
+                RpcClass::Write
+            };
+            assert_eq!(
+                Rpc::class_of_path(&format!("/{}", rpc.method())),
+                expected,
+                "{rpc:?}"
+            );
+        }
+        assert_eq!(
+            Rpc::class_of_path("/grpc.health.v1.Health/Check"),
+            RpcClass::Read
+        );
     }
 }

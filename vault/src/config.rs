@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+pub use tandem_runtime::admission::{ClassLimits, LimitSettings};
 pub use tandem_runtime::settings::{
     Check, ConfigError, DatabaseSettings, SecretString, ServerSettings, TlsSettings, first_failure,
 };
@@ -21,6 +22,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Mutual TLS.
     pub tls: TlsSettings,
+    /// Limits per caller identity and RPC class.
+    pub limits: LimitSettings,
     /// The vault's own Postgres database.
     pub database: DatabaseSettings,
     /// Root and data keys.
@@ -42,6 +45,13 @@ impl Default for Settings {
         Self {
             server: ServerSettings::listening_on(SocketAddr::from(([127, 0, 0, 1], 50051))),
             tls: TlsSettings::dev("vault-server"),
+            // The vault's callers are orchestrator instances carrying every payer's charges,
+            // and tokenizing services: far more per caller than a single payer sends.
+            limits: LimitSettings {
+                read: ClassLimits::new(2_000, 512),
+                write: ClassLimits::new(2_000, 1_024),
+                ..LimitSettings::default()
+            },
             database: DatabaseSettings::local("tandem_vault"),
             keys: KeySettings::default(),
             tokens: TokenSettings::default(),
@@ -238,11 +248,12 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
         let defaults = Settings::default();
-        let base = tandem_runtime::settings::service_base(
+        let mut base = tandem_runtime::settings::service_base(
             &defaults.server,
             &defaults.tls,
             &defaults.database,
         );
+        base.insert("limits".to_owned(), defaults.limits.base());
         let settings: Settings = tandem_runtime::settings::load(base, path, env, ENV_PREFIX)?;
         settings.validate()?;
         Ok(settings)
@@ -353,7 +364,7 @@ impl Settings {
                  connector.statement_descriptor_default a valid descriptor)",
             ),
         ];
-        first_failure(common.into_iter().chain(checks))
+        first_failure(common.into_iter().chain(self.limits.checks()).chain(checks))
     }
 }
 

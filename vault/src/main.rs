@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
     tandem_runtime::binary::serve(
         "tandem-vault",
         |path| Settings::load(path, std::env::vars()),
-        |settings| settings.server.listen_addr,
+        |settings| settings.server.clone(),
         tandem_vault::run,
     )
     .await

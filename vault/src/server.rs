@@ -212,24 +212,19 @@ pub async fn run(
     let incoming = tandem_tls::server::incoming(
         listener,
         tls,
-        tandem_tls::server::AcceptLimits {
-            handshake_timeout: Duration::from_millis(settings.server.handshake_timeout_ms),
-            handshakes_max: settings.server.handshakes_max,
-        },
+        tandem_runtime::serving::accept_limits(&settings.server),
     );
     tracing::info!(?address, "vault serving");
 
     let mut shutdown_signal = stop.clone();
-    let serve = tonic::transport::Server::builder()
+    let serve = tandem_runtime::serving::builder(&settings.server)
         .layer(tandem_runtime::wire::layer(crate::grpc::status::DOMAIN))
-        .timeout(settings.server.request_timeout())
-        .concurrency_limit_per_connection(settings.server.concurrency_per_connection_max)
-        .http2_keepalive_interval(Some(Duration::from_millis(
-            settings.server.http2_keepalive_interval_ms,
-        )))
-        .http2_keepalive_timeout(Some(Duration::from_millis(
-            settings.server.http2_keepalive_timeout_ms,
-        )))
+        .layer(tandem_runtime::admission::layer(
+            settings.limits.clone(),
+            uri_prefix,
+            crate::auth::Rpc::class_of_path,
+            crate::grpc::status::DOMAIN,
+        ))
         .add_service(token_service)
         .add_service(charge_service)
         .add_service(sandbox_service)
