@@ -4,6 +4,9 @@
 //! Every test gets its own database (`tandem_test_<uuid>`) on the server named by
 //! `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`), so tests run in
 //! parallel without sharing state. `scripts/test.sh` drops databases left by earlier runs.
+//!
+//! [`process::VaultProcess`] runs the real `tandem-vault` binary instead, for the few tests that
+//! need a whole process of its own.
 
 #![allow(clippy::print_stdout)]
 
@@ -21,6 +24,7 @@ use tandem_vault::config::Settings;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+pub mod process;
 pub mod raw;
 pub mod stack;
 

@@ -12,22 +12,34 @@
 //! - The **fingerprint key** computes HMAC-SHA256 over the normalised PAN (PCI DSS 4.0
 //!   req. 3.5.1.1: keyed, so fingerprints cannot be brute-forced from the 10^6-ish PAN space
 //!   left after BIN and last four).
+//!
+//! Every key lives in a locked page of its own (`locked`) and nowhere else: keys are
+//! generated, decoded and unwrapped in place there, an AES cipher (whose key schedule begins
+//! with the key itself) is built from it for each operation and wiped when dropped, and every
+//! operation on a key or a card runs on a stack that is wiped after it ([`on_wiped_stack`]).
 
 use std::fmt;
 
 use aes_gcm::aead::rand_core::RngCore as _;
-use aes_gcm::aead::{Aead as _, KeyInit as _, OsRng, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::{Aead as _, AeadInPlace as _, KeyInit as _, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hmac::{Hmac, Mac as _};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use crate::domain::{CardSecret, Fingerprint, HolderName, Pan, Token};
+use crate::locked::LockedBytes;
 
 /// Length of every symmetric key, in bytes (AES-256, HMAC-SHA256).
 pub const KEY_BYTES: usize = 32;
 /// Length of an AES-GCM nonce, in bytes (96 bits, NIST SP 800-38D).
 pub const NONCE_BYTES: usize = 12;
+/// Length of an AES-GCM tag, in bytes.
+const TAG_BYTES: usize = 16;
+/// Stack wiped after each operation on a key, in bytes: well above what any of them uses below
+/// its caller (a few KiB for AES-GCM over a card record, even unoptimised). Wiping it costs
+/// about a microsecond.
+const STACK_WIPE_BYTES: usize = 32 * 1024;
 
 const CARD_AAD_LABEL: &[u8] = b"tandem/vault/card/v1";
 const DEK_AAD_LABEL: &[u8] = b"tandem/vault/dek/v1";
@@ -43,29 +55,41 @@ const CARD_PLAINTEXT_V1: u8 = 1;
 #[error("ciphertext does not open under this key and context")]
 pub struct OpenError;
 
-/// A 256-bit secret key: zeroized on drop, redacted in `Debug`, compared in constant time.
-pub struct SecretKey(Zeroizing<[u8; KEY_BYTES]>);
+/// A 256-bit secret key in locked memory that core dumps leave out: zeroized
+/// on drop, redacted in `Debug`, compared in constant time, never cloned.
+pub struct SecretKey(LockedBytes<KEY_BYTES>);
 
 impl SecretKey {
-    /// A fresh key from the operating system's CSPRNG.
+    /// A fresh key from the operating system's CSPRNG, written straight into locked memory.
     pub fn generate() -> SecretKey {
-        let mut key = Zeroizing::new([0u8; KEY_BYTES]);
-        OsRng.fill_bytes(key.as_mut());
+        let mut key = LockedBytes::zeroed();
+        OsRng.fill_bytes(key.expose_mut());
         SecretKey(key)
     }
 
-    /// Takes ownership of key bytes (the caller's copy should be zeroized by its owner).
-    pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> SecretKey {
-        SecretKey(Zeroizing::new(bytes))
+    /// A copy of `bytes` in locked memory (the caller wipes its own copy).
+    pub fn copy_from(bytes: &[u8; KEY_BYTES]) -> SecretKey {
+        let mut key = LockedBytes::zeroed();
+        key.expose_mut().copy_from_slice(bytes);
+        SecretKey(key)
     }
 
-    /// The key bytes; only for building ciphers and for the dev key file.
+    /// The key written as 64 hex characters, decoded straight into locked memory.
+    pub(crate) fn from_hex(text: &str) -> Option<SecretKey> {
+        let mut key = LockedBytes::zeroed();
+        hex::decode_to_slice(text, key.expose_mut()).ok()?;
+        Some(SecretKey(key))
+    }
+
+    /// The key bytes; only for building ciphers, splitting into shares and the dev key file.
     pub(crate) fn expose(&self) -> &[u8; KEY_BYTES] {
-        &self.0
+        self.0.expose()
     }
 
+    /// An AES-256-GCM cipher under this key, for one operation: its key schedule (which holds
+    /// the key) is on the caller's stack and wiped when it is dropped.
     fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(self.0.as_ref().into())
+        Aes256Gcm::new(self.expose().into())
     }
 }
 
@@ -78,7 +102,7 @@ impl fmt::Debug for SecretKey {
 impl PartialEq for SecretKey {
     fn eq(&self, other: &Self) -> bool {
         use subtle::ConstantTimeEq as _;
-        self.0.ct_eq(other.0.as_ref()).into()
+        self.expose().ct_eq(other.expose()).into()
     }
 }
 
@@ -105,10 +129,12 @@ impl RootKey {
     /// stored beside every wrapped key so that starting with the wrong root key fails with a
     /// clear message instead of an opaque decryption error.
     pub fn id(&self) -> String {
-        let digest = Sha256::new()
-            .chain_update(ROOT_ID_LABEL)
-            .chain_update(self.0.expose())
-            .finalize();
+        let digest = on_wiped_stack(|| {
+            Sha256::new()
+                .chain_update(ROOT_ID_LABEL)
+                .chain_update(self.0.expose())
+                .finalize()
+        });
         hex::encode(&digest[..8])
     }
 
@@ -138,36 +164,43 @@ impl RootKey {
 
     fn wrap(&self, key: &SecretKey, aad: &[u8]) -> WrappedKey {
         let nonce = random_nonce();
-        let ciphertext = self
-            .0
-            .cipher()
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: key.expose(),
-                    aad,
-                },
-            )
-            // AES-GCM encryption fails only for inputs over 64 GiB; a key is 32 bytes.
-            .expect("AES-GCM encryption of a 32-byte key");
-        WrappedKey { nonce, ciphertext }
-    }
-
-    fn unwrap(&self, wrapped: &WrappedKey, aad: &[u8]) -> Result<SecretKey, OpenError> {
-        let plaintext = Zeroizing::new(
+        let ciphertext = on_wiped_stack(|| {
             self.0
                 .cipher()
-                .decrypt(
-                    Nonce::from_slice(&wrapped.nonce),
+                .encrypt(
+                    Nonce::from_slice(&nonce),
                     Payload {
-                        msg: &wrapped.ciphertext,
+                        msg: key.expose(),
                         aad,
                     },
                 )
-                .map_err(|_| OpenError)?,
-        );
-        let bytes: [u8; KEY_BYTES] = plaintext.as_slice().try_into().map_err(|_| OpenError)?;
-        Ok(SecretKey::from_bytes(bytes))
+                // AES-GCM encryption fails only for inputs over 64 GiB; a key is 32 bytes.
+                .expect("AES-GCM encryption of a 32-byte key")
+        });
+        WrappedKey { nonce, ciphertext }
+    }
+
+    /// Unwraps in place in locked memory: the key is never in clear anywhere else.
+    fn unwrap(&self, wrapped: &WrappedKey, aad: &[u8]) -> Result<SecretKey, OpenError> {
+        let (ciphertext, tag) = wrapped
+            .ciphertext
+            .split_at_checked(KEY_BYTES)
+            .ok_or(OpenError)?;
+        if tag.len() != TAG_BYTES {
+            return Err(OpenError);
+        }
+        let mut key = LockedBytes::zeroed();
+        key.expose_mut().copy_from_slice(ciphertext);
+        on_wiped_stack(|| {
+            self.0.cipher().decrypt_in_place_detached(
+                Nonce::from_slice(&wrapped.nonce),
+                aad,
+                key.expose_mut(),
+                Tag::from_slice(tag),
+            )
+        })
+        .map_err(|_| OpenError)?;
+        Ok(SecretKey(key))
     }
 }
 
@@ -185,7 +218,9 @@ pub struct SealedCard {
 /// A data key ready to seal and open card records.
 pub struct DataKey {
     version: u32,
-    cipher: Aes256Gcm,
+    /// Each seal and open builds its cipher from it (an AES-256 key expansion, well under a
+    /// microsecond), so no key schedule outlives the operation outside locked memory.
+    key: SecretKey,
 }
 
 impl fmt::Debug for DataKey {
@@ -197,12 +232,9 @@ impl fmt::Debug for DataKey {
 }
 
 impl DataKey {
-    /// Builds the cipher for data key `version`.
-    pub fn new(version: u32, key: &SecretKey) -> DataKey {
-        DataKey {
-            version,
-            cipher: key.cipher(),
-        }
+    /// Data key `version`.
+    pub fn new(version: u32, key: SecretKey) -> DataKey {
+        DataKey { version, key }
     }
 
     /// The key's version.
@@ -213,19 +245,20 @@ impl DataKey {
     /// Seals `secret` for `token`. The caller must have counted this encryption against the
     /// key's budget first.
     pub fn seal(&self, token: &Token, secret: &CardSecret) -> SealedCard {
-        let plaintext = encode_card(secret);
         let nonce = random_nonce();
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &plaintext,
-                    aad: &card_aad(token, self.version),
-                },
-            )
-            // Fails only for inputs over 64 GiB; a card record is under 256 bytes.
-            .expect("AES-GCM encryption of a card record");
+        let ciphertext = on_wiped_stack(|| {
+            self.key
+                .cipher()
+                .encrypt(
+                    Nonce::from_slice(&nonce),
+                    Payload {
+                        msg: &encode_card(secret),
+                        aad: &card_aad(token, self.version),
+                    },
+                )
+                // Fails only for inputs over 64 GiB; a card record is under 256 bytes.
+                .expect("AES-GCM encryption of a card record")
+        });
         SealedCard {
             dek_version: self.version,
             nonce,
@@ -238,18 +271,21 @@ impl DataKey {
         if sealed.dek_version != self.version {
             return Err(OpenError);
         }
-        let plaintext = Zeroizing::new(
-            self.cipher
-                .decrypt(
-                    Nonce::from_slice(&sealed.nonce),
-                    Payload {
-                        msg: &sealed.ciphertext,
-                        aad: &card_aad(token, sealed.dek_version),
-                    },
-                )
-                .map_err(|_| OpenError)?,
-        );
-        decode_card(&plaintext)
+        on_wiped_stack(|| {
+            let plaintext = Zeroizing::new(
+                self.key
+                    .cipher()
+                    .decrypt(
+                        Nonce::from_slice(&sealed.nonce),
+                        Payload {
+                            msg: &sealed.ciphertext,
+                            aad: &card_aad(token, sealed.dek_version),
+                        },
+                    )
+                    .map_err(|_| OpenError)?,
+            );
+            decode_card(&plaintext)
+        })
     }
 }
 
@@ -265,27 +301,47 @@ impl FingerprintKey {
 
     /// HMAC-SHA256 over the normalised PAN.
     pub fn fingerprint(&self, pan: &Pan) -> Fingerprint {
-        let mut mac = self.mac();
-        mac.update(pan.expose_digits().as_bytes());
-        Fingerprint(mac.finalize().into_bytes().into())
+        on_wiped_stack(|| {
+            let mut mac = self.mac();
+            mac.update(pan.expose_digits().as_bytes());
+            Fingerprint(mac.finalize().into_bytes().into())
+        })
     }
 
     /// A keyed hash of a request's fields, for idempotency comparisons that must not store
     /// card data: HMAC-SHA256 over a label and each part, length-prefixed.
     pub fn request_hash(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut mac = self.mac();
-        mac.update(REQUEST_HASH_LABEL);
-        for part in parts {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part);
-        }
-        mac.finalize().into_bytes().into()
+        on_wiped_stack(|| {
+            let mut mac = self.mac();
+            mac.update(REQUEST_HASH_LABEL);
+            for part in parts {
+                mac.update(&(part.len() as u64).to_be_bytes());
+                mac.update(part);
+            }
+            mac.finalize().into_bytes().into()
+        })
     }
 
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC accepts keys of any length; a 32-byte key never fails.
         <Hmac<Sha256> as hmac::Mac>::new_from_slice(self.0.expose()).expect("HMAC key")
     }
+}
+
+/// Runs `operation`, which works with a key or card data, in a stack frame of its own, then
+/// wipes the stack where that frame was. Key expansion and the moves of a cipher or an HMAC
+/// state leave copies of a key on the stack that no destructor sees, and a dump reads stacks
+/// too.
+fn on_wiped_stack<R>(operation: impl FnOnce() -> R) -> R {
+    let result = in_own_frame(operation);
+    zeroize::zeroize_stack::<STACK_WIPE_BYTES>();
+    result
+}
+
+/// `operation()` in a frame of its own below the caller's, for [`on_wiped_stack`] to wipe.
+#[inline(never)]
+fn in_own_frame<R>(operation: impl FnOnce() -> R) -> R {
+    operation()
 }
 
 fn random_nonce() -> [u8; NONCE_BYTES] {
@@ -365,7 +421,7 @@ mod tests {
     /// A sealed card opens to the same PAN and name under the same key, token and version.
     #[test]
     fn seal_round_trip() {
-        let key = DataKey::new(1, &SecretKey::generate());
+        let key = DataKey::new(1, SecretKey::generate());
         let token = Token::generate();
         let sealed = key.seal(&token, &secret());
         let opened = key.open(&token, &sealed).unwrap();
@@ -380,7 +436,7 @@ mod tests {
     #[test]
     fn sealed_card_is_bound_to_its_context() {
         let secret_key = SecretKey::generate();
-        let key = DataKey::new(1, &secret_key);
+        let key = DataKey::new(1, SecretKey::copy_from(secret_key.expose()));
         let token = Token::generate();
         let sealed = key.seal(&token, &secret());
 
@@ -390,13 +446,13 @@ mod tests {
             dek_version: 2,
             ..sealed.clone()
         };
-        let same_bytes_as_v2 = DataKey::new(2, &secret_key);
+        let same_bytes_as_v2 = DataKey::new(2, secret_key);
         assert_eq!(
             same_bytes_as_v2.open(&token, &relabelled).err(),
             Some(OpenError)
         );
 
-        let other_key = DataKey::new(1, &SecretKey::generate());
+        let other_key = DataKey::new(1, SecretKey::generate());
         assert_eq!(other_key.open(&token, &sealed).err(), Some(OpenError));
 
         for i in 0..sealed.ciphertext.len() {
@@ -416,7 +472,7 @@ mod tests {
     /// Nonces never repeat over 100k encryptions under one key.
     #[test]
     fn nonces_never_repeat() {
-        let key = DataKey::new(1, &SecretKey::generate());
+        let key = DataKey::new(1, SecretKey::generate());
         let token = Token::generate();
         let secret = secret();
         let mut nonces = HashSet::with_capacity(100_000);

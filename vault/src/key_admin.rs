@@ -486,14 +486,14 @@ impl KeyAdmin {
                 .map_err(|_| Error::UnsealFailed)?,
         );
         drop(collected);
-        let bytes: [u8; KEY_BYTES] = match secret.as_slice().try_into() {
+        let bytes: &[u8; KEY_BYTES] = match secret.as_slice().try_into() {
             Ok(bytes) => bytes,
             Err(_) => {
                 self.lock_unseal().shares.clear();
                 return Err(self.vault.refuse(ctx, None, Error::UnsealFailed).await);
             }
         };
-        let root = RootKey::new(SecretKey::from_bytes(bytes));
+        let root = RootKey::new(SecretKey::copy_from(bytes));
         if root.id() != record.root_key_id {
             self.lock_unseal().shares.clear();
             return Err(self.vault.refuse(ctx, None, Error::UnsealFailed).await);
@@ -596,7 +596,7 @@ impl KeyAdmin {
         let generation = self.vault.seal_generation();
         let keys = self.vault.keys()?;
         let secret = SecretKey::generate();
-        let new_root = RootKey::new(SecretKey::from_bytes(*secret.expose()));
+        let new_root = RootKey::new(SecretKey::copy_from(secret.expose()));
         // The shares exist before the database switches to the new root, so that whatever
         // fails after the commit, the custodians can still be given them.
         let shares: Vec<Zeroizing<Vec<u8>>> = match self.settings.root_key_source {
@@ -864,7 +864,7 @@ pub async fn init_shares(
         return Err(Error::AlreadyInitialised);
     }
     let secret = SecretKey::generate();
-    let root = RootKey::new(SecretKey::from_bytes(*secret.expose()));
+    let root = RootKey::new(SecretKey::copy_from(secret.expose()));
     let split = RootKeySplit {
         threshold: i32::from(threshold),
         shares_total: i32::from(shares_total),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use sqlx::PgPool;
 
 use crate::config::KeySettings;
-use crate::crypto::{DataKey, FingerprintKey, KEY_BYTES, RootKey, SealedCard, SecretKey};
+use crate::crypto::{DataKey, FingerprintKey, RootKey, SealedCard, SecretKey};
 use crate::domain::{CardSecret, Fingerprint, Pan, Token};
 use crate::error::Error;
 use crate::storage;
@@ -66,10 +66,9 @@ pub fn load_or_create_dev_root_key(path: &Path) -> Result<RootKey, KeyLoadError>
                 .lines()
                 .find(|line| !line.starts_with('#') && !line.trim().is_empty())
                 .ok_or_else(|| error("no key line".into()))?;
-            let mut bytes = zeroize::Zeroizing::new([0u8; KEY_BYTES]);
-            hex::decode_to_slice(hex_line.trim(), bytes.as_mut())
-                .map_err(|_| error("key line is not 64 hex characters".into()))?;
-            Ok(RootKey::new(SecretKey::from_bytes(*bytes)))
+            let key = SecretKey::from_hex(hex_line.trim())
+                .ok_or_else(|| error("key line is not 64 hex characters".into()))?;
+            Ok(RootKey::new(key))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             use std::io::Write as _;
@@ -78,10 +77,8 @@ pub fn load_or_create_dev_root_key(path: &Path) -> Result<RootKey, KeyLoadError>
                 std::fs::create_dir_all(parent).map_err(|e| error(e.to_string()))?;
             }
             let key = SecretKey::generate();
-            let text = zeroize::Zeroizing::new(format!(
-                "{DEV_KEY_BANNER}\n{}\n",
-                hex::encode(key.expose())
-            ));
+            let hex_key = zeroize::Zeroizing::new(hex::encode(key.expose()));
+            let text = zeroize::Zeroizing::new(format!("{DEV_KEY_BANNER}\n{}\n", *hex_key));
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -250,7 +247,7 @@ impl KeyRing {
                 .root
                 .unwrap_data_key(stored.version, wrapped)
                 .map_err(|_| KeyLoadError::Unwrap(format!("data key v{}", stored.version)))?;
-            data_keys.insert(stored.version, Arc::new(DataKey::new(stored.version, &key)));
+            data_keys.insert(stored.version, Arc::new(DataKey::new(stored.version, key)));
         }
         let active = active.ok_or_else(|| KeyLoadError::Unwrap("active data key".into()))?;
         *self
@@ -370,7 +367,7 @@ impl KeyRing {
                 self.data_keys
                     .write()
                     .expect("key ring lock is never poisoned: no panics while held")
-                    .insert(version, Arc::new(DataKey::new(version, &key)));
+                    .insert(version, Arc::new(DataKey::new(version, key)));
                 *self.lock_reservation() = Reservation {
                     version,
                     remaining: 0,

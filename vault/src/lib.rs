@@ -20,6 +20,9 @@
 //! - [`domain`]: pure types: PAN, expiry, token, fingerprint, charges, commands.
 //! - [`crypto`]: key wrapping, card sealing, keyed fingerprints (pure).
 //! - [`keys`]: the key ring in memory, the encryption budget, data-key rotation.
+//! - `locked`: locked pages, left out of core dumps, that hold every key.
+//! - [`hardening`]: the process settings and the wiping allocator that keep card data and keys
+//!   out of memory dumps.
 //! - [`key_admin`]: sealing and unsealing with Shamir shares, rotation with the background
 //!   rewrap, root-key rotation, the audit log's reading side.
 //! - [`writer`]: group commit of every mutation with its audit row.
@@ -32,6 +35,8 @@
 //! - Only [`crypto`] and a processor [`connector`] see a PAN in clear; [`domain::Pan`]
 //!   zeroizes, redacts its `Debug`, and cannot be cloned or displayed.
 //! - No RPC returns a PAN; no log line, error or audit row contains one, nor a key.
+//! - A key is in clear only in its locked page; the process is not dumpable, and the binary
+//!   wipes every heap block it frees, so card data does not outlive its request in memory.
 //! - A sealed card opens only under its own token and data key version (AAD-bound).
 //! - Domain code does no IO and knows no wire types.
 //! - Every call is answered only after its audit row has committed, in the same transaction
@@ -49,8 +54,10 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod hardening;
 pub mod key_admin;
 pub mod keys;
+mod locked;
 pub mod metrics;
 pub mod server;
 pub mod service;
