@@ -177,21 +177,43 @@ impl Stack {
             .sum()
     }
 
+    /// Sets the sandbox behaviour of `token`'s card to answer every operation after
+    /// `latency_ms` (admin role).
+    pub async fn sandbox_latency(&self, token: &str, latency_ms: i64) {
+        self.configure_sandbox(
+            token,
+            vault_pb::SandboxCardConfig {
+                latency_ms,
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+
     /// Sets the sandbox behaviour of `token`'s card to decline with `code` (admin role).
     pub async fn sandbox_decline(
         &self,
         token: &str,
         code: tandem_proto::tandem::r#type::v1::DeclineCode,
     ) {
+        self.configure_sandbox(
+            token,
+            vault_pb::SandboxCardConfig {
+                decline_code: code as i32,
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+
+    /// Sets the sandbox behaviour of `token`'s card to `config` (admin role).
+    async fn configure_sandbox(&self, token: &str, config: vault_pb::SandboxCardConfig) {
         let mut sandbox = SandboxServiceClient::new(self.vault.channel(Role::Admin).await);
         sandbox
             .configure_sandbox_card(vault_pb::ConfigureSandboxCardRequest {
                 request_id: uuid::Uuid::new_v4().to_string(),
                 token: token.to_owned(),
-                config: Some(vault_pb::SandboxCardConfig {
-                    decline_code: code as i32,
-                    ..Default::default()
-                }),
+                config: Some(config),
             })
             .await
             .expect("configure sandbox card");

@@ -8,14 +8,11 @@ use std::time::Duration;
 use tandem_orchestrator::config::{ClassLimits, LimitSettings};
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
-use tandem_proto::tandem::vault::v1 as vault_pb;
-use tandem_proto::tandem::vault::v1::sandbox_service_client::SandboxServiceClient;
 use tandem_tests::stack::{Stack, group, member, payment_request, policy};
 use tandem_tests::{
     RunningOrchestrator, RunningVault, TestDatabase, orchestrator_reason, orchestrator_settings,
     pki,
 };
-use tandem_tls::identity::Role;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
@@ -126,17 +123,7 @@ async fn background_work_and_open_streams_count_in_flight() {
     .await;
     let token = stack.vault.tokenize("4242424242424242").await;
     // A slow processor keeps the payment in flight for a while.
-    SandboxServiceClient::new(stack.vault.channel(Role::Admin).await)
-        .configure_sandbox_card(vault_pb::ConfigureSandboxCardRequest {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            token: token.clone(),
-            config: Some(vault_pb::SandboxCardConfig {
-                latency_ms: 1_500,
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("configure sandbox card");
+    stack.sandbox_latency(&token, 1_500).await;
     let created = stack
         .create_group(group(
             vec![member(&token, "slow card", 1, None, None)],

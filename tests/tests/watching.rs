@@ -8,8 +8,6 @@ use futures::future::join_all;
 use sqlx::{Connection as _, PgConnection};
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
-use tandem_proto::tandem::vault::v1 as vault_pb;
-use tandem_proto::tandem::vault::v1::sandbox_service_client::SandboxServiceClient;
 use tandem_tests::stack::{Stack, group, member, payment_request, policy};
 use tandem_tests::{RunningOrchestrator, TestDatabase, orchestrator_settings};
 use tandem_tls::identity::Role;
@@ -22,17 +20,7 @@ const STREAMS: usize = 300;
 /// progress for a while, and a payment from it, not waited for.
 async fn slow_payment(stack: &Stack, latency_ms: i64) -> pb::Payment {
     let token = stack.vault.tokenize("4242424242424242").await;
-    SandboxServiceClient::new(stack.vault.channel(Role::Admin).await)
-        .configure_sandbox_card(vault_pb::ConfigureSandboxCardRequest {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            token: token.clone(),
-            config: Some(vault_pb::SandboxCardConfig {
-                latency_ms,
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("configure sandbox card");
+    stack.sandbox_latency(&token, latency_ms).await;
     let created = stack
         .create_group(group(
             vec![member(&token, "slow card", 1, None, None)],
