@@ -561,32 +561,14 @@ async fn pay(args: PayArgs) -> anyhow::Result<()> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let tokens = tokenize_cards(&vault_uri, &load.certs, &run_id, args.cards * args.groups).await?;
 
-    let mut treasury = CardGroupServiceClient::new(
-        channels(
-            &orchestrator_uri,
-            &load.certs,
-            Role::Treasury,
-            1,
-            CALL_TIMEOUT,
-        )
-        .await?
-        .remove(0),
-    );
-    let mut group_ids = Vec::with_capacity(args.groups);
-    for (index, cards) in tokens.chunks(args.cards).enumerate() {
-        let group = treasury
-            .create_card_group(orchestrator_pb::CreateCardGroupRequest {
-                request_id: format!("bench-{run_id}-group-{index}"),
-                card_group: Some(bench_group(&run_id, index, cards, args.strategy)),
-            })
-            .await
-            .map_err(crate::charge::failure)
-            .context("creating the bench card groups")?
-            .into_inner()
-            .card_group
-            .context("no card group in the response")?;
-        group_ids.push(group.id);
-    }
+    let group_ids = create_groups(
+        &orchestrator_uri,
+        &load.certs,
+        &run_id,
+        tokens.chunks(args.cards),
+        args.strategy,
+    )
+    .await?;
 
     let clients: Vec<_> = channels(
         &orchestrator_uri,
@@ -658,6 +640,38 @@ async fn pay(args: PayArgs) -> anyhow::Result<()> {
         println!("  first error: {error}");
     }
     Ok(())
+}
+
+/// One card group per chunk of `cards` (each [`bench_group`] of its tokens), made as
+/// `treasury`; their ids, in order.
+async fn create_groups<'a>(
+    orchestrator_uri: &str,
+    certs: &Path,
+    run_id: &str,
+    cards: impl IntoIterator<Item = &'a [String]>,
+    strategy: SplitStrategy,
+) -> anyhow::Result<Vec<String>> {
+    let mut treasury = CardGroupServiceClient::new(
+        channels(orchestrator_uri, certs, Role::Treasury, 1, CALL_TIMEOUT)
+            .await?
+            .remove(0),
+    );
+    let mut group_ids = Vec::new();
+    for (index, tokens) in cards.into_iter().enumerate() {
+        let group = treasury
+            .create_card_group(orchestrator_pb::CreateCardGroupRequest {
+                request_id: format!("bench-{run_id}-group-{index}"),
+                card_group: Some(bench_group(run_id, index, tokens, strategy)),
+            })
+            .await
+            .map_err(crate::charge::failure)
+            .context("creating the bench card groups")?
+            .into_inner()
+            .card_group
+            .context("no card group in the response")?;
+        group_ids.push(group.id);
+    }
+    Ok(group_ids)
 }
 
 /// Card group `index` of `bench pay`: the cards of `tokens`, without limits, split evenly by

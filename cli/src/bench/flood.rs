@@ -8,21 +8,20 @@
 //! beside the flood over its p99 alone: admission keeps it within 2x.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context as _;
 use tandem_proto::tandem::orchestrator::v1 as orchestrator_pb;
-use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
 use tandem_tls::TlsFiles;
 use tandem_tls::identity::Role;
 use tonic_types::StatusExt as _;
 
 use super::{
-    CALL_TIMEOUT, PAYMENT_CALL_TIMEOUT, PAYMENT_WAIT_TIMEOUT_MS, Report, Shape, SplitStrategy,
-    Stack, Window, bench_group, channels, channels_as, check_shape, run_load, tokenize_cards, usd,
+    PAYMENT_CALL_TIMEOUT, PAYMENT_WAIT_TIMEOUT_MS, Report, Shape, SplitStrategy, Stack, Window,
+    channels, channels_as, check_shape, create_groups, run_load, tokenize_cards, usd,
 };
 
 /// Where the flooding payer's identity is written beside the bench's own certificates.
@@ -59,55 +58,31 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
             && (1..=1_000_000).contains(&args.payer_in_flight),
         "--payer-rate and --payer-in-flight must be 1 to 1000000"
     );
-    let mut stack = Stack::new()?;
-    let certs = stack.dir.join("certs");
-    write_certificates(&certs)?;
-    let vault_uri = stack
-        .vault(&super::LoadArgs {
-            vault: None,
-            certs: certs.clone(),
-            shape: shape.clone(),
-        })
-        .await?;
     let rate = args.payer_rate.to_string();
     let in_flight = args.payer_in_flight.to_string();
-    let orchestrator_uri = stack
-        .start_orchestrator(
-            &certs,
-            &shape.database_url,
-            &[
-                ("TANDEM_ORCHESTRATOR__LIMITS__WRITE__REQUESTS_PER_S", &rate),
-                ("TANDEM_ORCHESTRATOR__LIMITS__WRITE__BURST", &rate),
-                (
-                    "TANDEM_ORCHESTRATOR__LIMITS__WRITE__IN_FLIGHT_MAX",
-                    &in_flight,
-                ),
-            ],
-        )
-        .await?;
+    let (stack, certs, vault_uri, orchestrator_uri) = own_stack(
+        shape,
+        &[
+            ("TANDEM_ORCHESTRATOR__LIMITS__WRITE__REQUESTS_PER_S", &rate),
+            ("TANDEM_ORCHESTRATOR__LIMITS__WRITE__BURST", &rate),
+            (
+                "TANDEM_ORCHESTRATOR__LIMITS__WRITE__IN_FLIGHT_MAX",
+                &in_flight,
+            ),
+        ],
+    )
+    .await?;
 
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let tokens = tokenize_cards(&vault_uri, &certs, &run_id, 2).await?;
-    let mut treasury = CardGroupServiceClient::new(
-        channels(&orchestrator_uri, &certs, Role::Treasury, 1, CALL_TIMEOUT)
-            .await?
-            .remove(0),
-    );
-    let mut group_ids = Vec::new();
-    for (index, token) in tokens.chunks(1).enumerate() {
-        let group = treasury
-            .create_card_group(orchestrator_pb::CreateCardGroupRequest {
-                request_id: format!("bench-{run_id}-group-{index}"),
-                card_group: Some(bench_group(&run_id, index, token, SplitStrategy::Weighted)),
-            })
-            .await
-            .map_err(crate::charge::failure)
-            .context("creating the bench card groups")?
-            .into_inner()
-            .card_group
-            .context("no card group in the response")?;
-        group_ids.push(group.id);
-    }
+    let group_ids = create_groups(
+        &orchestrator_uri,
+        &certs,
+        &run_id,
+        tokens.chunks(1),
+        SplitStrategy::Weighted,
+    )
+    .await?;
     let [steady_group, flood_group] = <[String; 2]>::try_from(group_ids)
         .map_err(|_| anyhow::anyhow!("two card groups expected"))?;
 
@@ -230,8 +205,30 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A vault and an orchestrator (with the overrides of `orchestrator_env`) as child processes,
+/// on the bench's own PKI: the stack, the certificates' directory, and the two URIs.
+pub(super) async fn own_stack(
+    shape: &Shape,
+    orchestrator_env: &[(&str, &str)],
+) -> anyhow::Result<(Stack, PathBuf, String, String)> {
+    let mut stack = Stack::new()?;
+    let certs = stack.dir.join("certs");
+    write_certificates(&certs)?;
+    let vault_uri = stack
+        .vault(&super::LoadArgs {
+            vault: None,
+            certs: certs.clone(),
+            shape: shape.clone(),
+        })
+        .await?;
+    let orchestrator_uri = stack
+        .start_orchestrator(&certs, &shape.database_url, orchestrator_env)
+        .await?;
+    Ok((stack, certs, vault_uri, orchestrator_uri))
+}
+
 /// The bench's own PKI: every role's identity, the servers', and the flooding payer's.
-pub(super) fn write_certificates(dir: &Path) -> anyhow::Result<()> {
+fn write_certificates(dir: &Path) -> anyhow::Result<()> {
     let authority = tandem_tls::issue::Authority::new(
         "Tandem bench CA",
         tandem_tls::identity::DEFAULT_URI_PREFIX,

@@ -13,15 +13,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use tandem_proto::tandem::orchestrator::v1 as orchestrator_pb;
-use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
 use tandem_proto::tandem::vault::v1 as pb;
 use tandem_tls::identity::Role;
 
-use super::flood::{payment, steady, write_certificates};
+use super::flood::{own_stack, payment, steady};
 use super::{
-    CALL_TIMEOUT, ORCHESTRATOR_DATABASE, PAYMENT_CALL_TIMEOUT, Shape, SplitStrategy, Stack, Window,
-    bench_group, channels, check_shape, count_in, tokenize_cards,
+    CALL_TIMEOUT, ORCHESTRATOR_DATABASE, PAYMENT_CALL_TIMEOUT, Shape, SplitStrategy, Window,
+    channels, check_shape, count_in, create_groups, tokenize_cards,
 };
 
 /// Clients of the steady payer.
@@ -70,34 +69,22 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         (1..=1_000_000).contains(&args.stream_limit),
         "--stream-limit must be 1 to 1000000"
     );
-    let mut stack = Stack::new()?;
-    let certs = stack.dir.join("certs");
-    write_certificates(&certs)?;
-    let vault_uri = stack
-        .vault(&super::LoadArgs {
-            vault: None,
-            certs: certs.clone(),
-            shape: shape.clone(),
-        })
-        .await?;
     let stream_limit = args.stream_limit.to_string();
-    let orchestrator_uri = stack
-        .start_orchestrator(
-            &certs,
-            &shape.database_url,
-            &[
-                (
-                    "TANDEM_ORCHESTRATOR__LIMITS__STREAM__REQUESTS_PER_S",
-                    "1000000",
-                ),
-                ("TANDEM_ORCHESTRATOR__LIMITS__STREAM__BURST", "1000000"),
-                (
-                    "TANDEM_ORCHESTRATOR__LIMITS__STREAM__IN_FLIGHT_MAX",
-                    &stream_limit,
-                ),
-            ],
-        )
-        .await?;
+    let (stack, certs, vault_uri, orchestrator_uri) = own_stack(
+        shape,
+        &[
+            (
+                "TANDEM_ORCHESTRATOR__LIMITS__STREAM__REQUESTS_PER_S",
+                "1000000",
+            ),
+            ("TANDEM_ORCHESTRATOR__LIMITS__STREAM__BURST", "1000000"),
+            (
+                "TANDEM_ORCHESTRATOR__LIMITS__STREAM__IN_FLIGHT_MAX",
+                &stream_limit,
+            ),
+        ],
+    )
+    .await?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let (steady_group, watched) = setup(&vault_uri, &orchestrator_uri, &certs, &run_id).await?;
     let steady_clients: Vec<_> = channels(
@@ -273,27 +260,15 @@ async fn setup(
             .map_err(crate::charge::failure)
             .context("slowing the watched cards")?;
     }
-    let mut treasury = CardGroupServiceClient::new(
-        channels(orchestrator_uri, certs, Role::Treasury, 1, CALL_TIMEOUT)
-            .await?
-            .remove(0),
-    );
-    let mut groups = Vec::new();
     let cards = std::iter::once(&tokens[..1]).chain(tokens[1..].chunks(WATCHED_CARDS));
-    for (index, token) in cards.enumerate() {
-        let group = treasury
-            .create_card_group(orchestrator_pb::CreateCardGroupRequest {
-                request_id: format!("bench-{run_id}-group-{index}"),
-                card_group: Some(bench_group(run_id, index, token, SplitStrategy::Weighted)),
-            })
-            .await
-            .map_err(crate::charge::failure)
-            .context("creating the bench card groups")?
-            .into_inner()
-            .card_group
-            .context("no card group in the response")?;
-        groups.push(group.id);
-    }
+    let mut groups = create_groups(
+        orchestrator_uri,
+        certs,
+        run_id,
+        cards,
+        SplitStrategy::Weighted,
+    )
+    .await?;
     let mut payer = PaymentServiceClient::new(
         channels(orchestrator_uri, certs, Role::Payer, 1, CALL_TIMEOUT)
             .await?
