@@ -11,20 +11,27 @@
 //! - [`headers`]: a layer that edits each call's request and response headers.
 //! - [`database`]: what a failed statement means for the request (retry, conflict, broken
 //!   invariant), one classification for both services.
+//! - [`fields`]: bad input field by field, for `INVALID_ARGUMENT`'s `BadRequest`.
 //! - [`ids`]: random ids of 128 bits with a type prefix.
-//! - [`serving`]: the listening socket and the tonic server with the shared limits.
+//! - [`pages`]: page tokens bound to the query they page.
+//! - [`serving`]: the listening socket, the tonic server with the shared limits, reflection,
+//!   and the graceful stop.
 //! - [`telemetry`]: `tracing` with JSON output.
+//! - [`time`]: now, in the microseconds Postgres keeps.
 //! - [`wire`]: tonic's own request errors (undecodable, oversized) in the client's terms.
 
 pub mod admission;
 pub mod binary;
 pub mod correlation;
 pub mod database;
+pub mod fields;
 pub mod headers;
 pub mod ids;
+pub mod pages;
 pub mod serving;
 pub mod settings;
 pub mod telemetry;
+pub mod time;
 pub mod wire;
 
 /// Completes on SIGINT or SIGTERM: the binaries' shutdown trigger.

@@ -1,11 +1,15 @@
 //! The listening socket and the gRPC server, built the same way by every Tandem server from
 //! its [`ServerSettings`]: the listen backlog, the request timeout, HTTP/2's stream cap per
-//! connection and keep-alive pings. Layers (admission, correlation, error wording) and the
-//! services are each server's own.
+//! connection and keep-alive pings; reflection; and the graceful stop (stop accepting, mark
+//! the services not serving, let calls in flight finish within a grace period). Layers
+//! (admission, correlation, error wording) and the services are each server's own.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tonic_reflection::server::{v1, v1alpha};
 
 use crate::settings::ServerSettings;
 
@@ -47,4 +51,67 @@ pub fn accept_limits(server: &ServerSettings) -> tandem_tls::server::AcceptLimit
         handshakes_max: server.handshakes_max,
         connections_max: server.connections_max,
     }
+}
+
+/// Completes once `stop` says the server is stopping (or its sender is gone): what the gRPC
+/// server and every background task of a server wait on to end.
+pub async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Runs `serve` (a server built with [`builder`], shutting down on [`stopped`] of `stop`)
+/// until `shutdown` completes, then stops: sets `stop`, so the server accepts no more calls
+/// and every task watching it ends, runs `stopping` (which marks the services not serving),
+/// and lets the calls in flight finish for at most `grace`. Returns the server's own result,
+/// or `Ok` when the grace elapsed with calls still in flight.
+pub async fn serve_until<E>(
+    name: &str,
+    serve: impl Future<Output = Result<(), E>>,
+    shutdown: impl Future<Output = ()>,
+    stop: watch::Sender<bool>,
+    stopping: impl Future<Output = ()>,
+    grace: Duration,
+) -> Result<(), E> {
+    let grace_over = stopped(stop.subscribe());
+    let stopper = async move {
+        shutdown.await;
+        tracing::info!("{name} shutting down");
+        let _ = stop.send(true);
+        stopping.await;
+        // The sender lives until the grace period is over.
+        tokio::time::sleep(grace).await;
+        drop(stop);
+    };
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result,
+        ((), ()) = async { tokio::join!(stopper, grace_over) } => {
+            tracing::warn!("shutdown grace elapsed with requests in flight");
+            Ok(())
+        }
+    }
+}
+
+/// gRPC reflection (v1 and v1alpha) advertising exactly the services of `served`: the
+/// descriptor set holds both servers' services, and each server serves only its own.
+#[allow(clippy::type_complexity)]
+pub fn reflection(
+    served: &[&str],
+) -> Result<
+    (
+        v1::ServerReflectionServer<impl v1::ServerReflection>,
+        v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let builder = || {
+        served.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET),
+            |builder, service| builder.with_service_name(*service),
+        )
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }

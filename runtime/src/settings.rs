@@ -158,6 +158,15 @@ impl Default for DatabaseSettings {
 }
 
 impl DatabaseSettings {
+    /// Opens the pool these settings describe (without migrations: each server runs its own).
+    pub async fn connect(&self) -> Result<sqlx::PgPool, sqlx::Error> {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(self.connections_max)
+            .acquire_timeout(Duration::from_millis(self.acquire_timeout_ms))
+            .connect(self.url.expose())
+            .await
+    }
+
     /// The defaults for database `name` on the local Postgres.
     pub fn local(name: &str) -> Self {
         Self {
@@ -270,6 +279,39 @@ pub fn common_checks(
             "must be 1 to 600000",
         ),
     ]
+}
+
+/// A server's whole settings: the sections every server has, its own defaults (its
+/// `Default`) and its own range checks. [`load_service`] reads every server's the same way.
+pub trait ServiceSettings: DeserializeOwned + Default {
+    /// The prefix of its environment overrides, such as `TANDEM_VAULT__`.
+    const ENV_PREFIX: &'static str;
+
+    /// Its gRPC server, TLS and database sections.
+    fn common(&self) -> (&ServerSettings, &TlsSettings, &DatabaseSettings);
+
+    /// Its `[limits]` section.
+    fn limits(&self) -> &crate::admission::LimitSettings;
+
+    /// Checks every value's range; the first failure names its key.
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Reads a server's settings: its defaults, then the file at `path` (if any), then the
+/// overrides in `env` under its prefix (pairs of name and value; pass `std::env::vars()`);
+/// then validates the result. A file or an override that sets some keys of a section keeps the
+/// server's own defaults for the others.
+pub fn load_service<S: ServiceSettings>(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<S, ConfigError> {
+    let defaults = S::default();
+    let (server, tls, database) = defaults.common();
+    let mut base = service_base(server, tls, database);
+    base.insert("limits".to_owned(), defaults.limits().base());
+    let settings: S = load(base, path, env, S::ENV_PREFIX)?;
+    settings.validate()?;
+    Ok(settings)
 }
 
 /// Reads `path` (if any) over `base` (the service's own defaults for keys whose type's default
