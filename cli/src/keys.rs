@@ -202,7 +202,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             let pool = tandem_vault::server::connect_database(&settings)
                 .await
                 .context("opening the vault's database")?;
-            let issued = tandem_vault::key_admin::init_shares(
+            let issued = tandem_vault::keys::admin::init_shares(
                 &pool,
                 settings.keys.clone(),
                 shares,

@@ -10,7 +10,7 @@ use tandem_orchestrator::grpc::convert::{self as orchestrator, Violations};
 use tandem_proto::tandem::orchestrator::v1 as opb;
 use tandem_proto::tandem::vault::v1 as vpb;
 use tandem_vault::error::Error;
-use tandem_vault::grpc::{charge, convert as vault};
+use tandem_vault::grpc::{charges as charge, convert as vault};
 
 fn refused_with_fields<T>(result: Result<T, Error>) {
     match result {

@@ -404,7 +404,7 @@ async fn sealed_start_and_unseal_with_shares() {
         .await
         .unwrap();
     let shares: Vec<Vec<u8>> =
-        tandem_vault::key_admin::init_shares(&pool, settings.keys.clone(), 5, 3)
+        tandem_vault::keys::admin::init_shares(&pool, settings.keys.clone(), 5, 3)
             .await
             .expect("init")
             .iter()
@@ -412,7 +412,7 @@ async fn sealed_start_and_unseal_with_shares() {
             .collect();
     assert_eq!(shares.len(), 5);
     assert!(shares.iter().all(|s| s.len() == 33));
-    let again = tandem_vault::key_admin::init_shares(&pool, settings.keys.clone(), 5, 3).await;
+    let again = tandem_vault::keys::admin::init_shares(&pool, settings.keys.clone(), 5, 3).await;
     assert!(again.is_err(), "a vault is initialised once");
     pool.close().await;
 

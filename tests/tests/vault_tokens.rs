@@ -253,8 +253,10 @@ async fn token_lifecycle_leaks_no_card_number() {
         .unwrap_err();
 
     let pool = sqlx::PgPool::connect(&vault.database.url).await.unwrap();
-    let verification = tandem_vault::audit::verify(&pool).await.unwrap();
-    assert_eq!(verification.first_broken_seq, None);
+    let verification = tandem_vault::audit::verification::verify(&pool, 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(verification.broken.map(|(seq, _)| seq), None);
     assert!(verification.rows_checked >= 15, "{verification:?}");
     pool.close().await;
 
@@ -941,10 +943,11 @@ async fn audit_chain_detects_tampering() {
     }
     let pool = sqlx::PgPool::connect(&vault.database.url).await.unwrap();
     assert_eq!(
-        tandem_vault::audit::verify(&pool)
+        tandem_vault::audit::verification::verify(&pool, 0, 0)
             .await
             .unwrap()
-            .first_broken_seq,
+            .broken
+            .map(|(seq, _)| seq),
         None
     );
 
@@ -956,10 +959,11 @@ async fn audit_chain_detects_tampering() {
         .await
         .unwrap();
     assert_eq!(
-        tandem_vault::audit::verify(&pool)
+        tandem_vault::audit::verification::verify(&pool, 0, 0)
             .await
             .unwrap()
-            .first_broken_seq,
+            .broken
+            .map(|(seq, _)| seq),
         Some(3)
     );
     pool.close().await;

@@ -47,7 +47,7 @@
 
 pub mod audit;
 pub mod auth;
-pub mod charging;
+pub mod charges;
 pub mod config;
 pub mod connector;
 pub mod crypto;
@@ -55,13 +55,14 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod hardening;
-pub mod key_admin;
+pub mod kernel;
 pub mod keys;
 mod locked;
 pub mod metrics;
+pub mod scrape;
 pub mod server;
-pub mod service;
 pub mod storage;
+pub mod tokens;
 pub mod writer;
 
 pub use server::run;

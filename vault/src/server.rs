@@ -14,17 +14,18 @@ use tandem_proto::tandem::vault::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::charging::Charges;
+use crate::charges::Charges;
 use crate::config::{RootKeySource, Settings};
 use crate::connector::Guarded;
 use crate::connector::breaker::{Breaker, BreakerState};
 use crate::connector::sandbox::Sandbox;
-use crate::grpc::TokenApi;
-use crate::grpc::charge::{ChargeApi, SandboxApi};
-use crate::grpc::key_admin::KeyAdminApi;
-use crate::key_admin::KeyAdmin;
-use crate::keys::{KeyLoadError, KeyRing, RootKeySplit, load_or_create_dev_root_key};
-use crate::service::Vault;
+use crate::grpc::charges::ChargeApi;
+use crate::grpc::keys::KeyAdminApi;
+use crate::grpc::sandbox::SandboxApi;
+use crate::grpc::tokens::TokenApi;
+use crate::kernel::Vault;
+use crate::keys::admin::KeyAdmin;
+use crate::keys::ring::{KeyLoadError, KeyRing, RootKeySplit, load_or_create_dev_root_key};
 use crate::writer::Writer;
 
 /// The gRPC services this server registers, as reflection advertises them.
@@ -148,8 +149,8 @@ pub async fn run(
             .await
             .map_err(RunError::Metrics)?;
         tracing::info!(address = ?listener.local_addr().ok(), "metrics serving");
-        let sources = crate::metrics::Sources::new(metrics, charges.clone(), key_admin.clone());
-        Some(tokio::spawn(crate::metrics::serve(
+        let sources = crate::scrape::Sources::new(metrics, charges.clone(), key_admin.clone());
+        Some(tokio::spawn(crate::scrape::serve(
             listener,
             sources,
             stop.clone(),

@@ -21,10 +21,11 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::{self, AuditEntry};
+use crate::audit::chain::{self, AuditEntry};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::storage::{self, CardInsert};
+use crate::storage;
+use crate::storage::tokens::CardInsert;
 
 /// A boxed future borrowing the transaction.
 pub type Apply<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
@@ -40,7 +41,7 @@ pub trait Mutation: Send + 'static {
     fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Self::Output>;
 
     /// The new card this mutation inserts first, if any. The writer inserts the cards of a
-    /// whole batch in one statement ([`storage::insert_cards_for_new_requests`]) and then calls
+    /// whole batch in one statement ([`storage::tokens::insert_cards_for_new_requests`]) and then calls
     /// [`Mutation::apply_inserted`] instead of [`Mutation::apply`].
     fn card_insert(&self) -> Option<CardInsert<'_>> {
         None
@@ -61,6 +62,11 @@ pub trait Mutation: Send + 'static {
     /// The token the audit row names, given the result (a reused token is known only after
     /// `apply`).
     fn audit_token(&self, output: &Result<Self::Output, Error>) -> Option<String>;
+
+    /// The audit row's free text, given the result, when it differs from the caller's.
+    fn audit_reason(&self, _output: &Result<Self::Output, Error>) -> Option<String> {
+        None
+    }
 
     /// The other resource the audit row names (a charge, a refund), given the result.
     fn audit_resource(&self, _output: &Result<Self::Output, Error>) -> Option<String> {
@@ -175,7 +181,10 @@ impl<M: Mutation> Job for Pending<M> {
             rpc: self.context.rpc.to_owned(),
             token: self.mutation.audit_token(output),
             outcome: outcome.to_owned(),
-            reason: self.context.reason.clone(),
+            reason: self
+                .mutation
+                .audit_reason(output)
+                .unwrap_or_else(|| self.context.reason.clone()),
             correlation_id: self.context.correlation_id.clone(),
             request_id: self.context.request_id.clone(),
             resource: self
@@ -330,7 +339,7 @@ async fn try_commit(
     let inserted: Vec<Option<bool>> = {
         let inserts: Vec<CardInsert<'_>> =
             jobs.iter().filter_map(|job| job.card_insert()).collect();
-        let tokens = storage::insert_cards_for_new_requests(&mut tx, &inserts).await?;
+        let tokens = storage::tokens::insert_cards_for_new_requests(&mut tx, &inserts).await?;
         jobs.iter()
             .map(|job| {
                 job.card_insert()
@@ -342,14 +351,14 @@ async fn try_commit(
         job.apply(&mut tx, inserted).await?;
     }
     // Lock the chain head last, so it is held only for the audit insert and the commit.
-    let (head_seq, head_hash) = storage::audit_head_for_update(&mut tx).await?;
-    let rows = audit::chain(
+    let (head_seq, head_hash) = storage::audit::audit_head_for_update(&mut tx).await?;
+    let rows = chain::chain(
         head_seq,
         head_hash,
         OffsetDateTime::now_utc(),
         jobs.iter().map(|job| job.audit_entry()),
     );
-    storage::append_audit_rows(&mut tx, &rows).await?;
+    storage::audit::append_audit_rows(&mut tx, &rows).await?;
     tx.commit().await?;
     for row in &rows {
         metrics.record_operation(&row.entry.rpc, &row.entry.outcome);

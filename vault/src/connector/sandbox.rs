@@ -292,33 +292,41 @@ impl Sandbox {
         .await
     }
 
-    /// Replaces a card's behaviour (`Some`) or resets it to its test card's (`None`).
+    /// Replaces a card's behaviour (`configured`: set by an operator; otherwise its test card's)
+    /// on `conn`, so that the change commits with the caller's transaction; returns the card.
     pub async fn configure(
-        &self,
+        conn: &mut PgConnection,
         fingerprint: Fingerprint,
         token: &Token,
-        pan: &Pan,
-        behaviour: Option<CardBehaviour>,
+        last4: &str,
+        configured: bool,
+        behaviour: &CardBehaviour,
     ) -> Result<SandboxCard, sqlx::Error> {
-        let configured = behaviour.is_some();
-        let behaviour = behaviour.unwrap_or_else(|| CardBehaviour::for_test_card(pan));
         write_card(
-            &self.pool,
+            &mut *conn,
             fingerprint,
             token,
-            &pan.last4(),
+            last4,
             configured,
-            &behaviour,
+            behaviour,
             true,
         )
         .await?;
-        self.card(fingerprint)
+        Sandbox::card_in(conn, fingerprint)
             .await?
             .ok_or(sqlx::Error::RowNotFound)
     }
 
     /// A card's state, if the sandbox has seen it.
     pub async fn card(&self, fingerprint: Fingerprint) -> Result<Option<SandboxCard>, sqlx::Error> {
+        Sandbox::card_in(&self.pool, fingerprint).await
+    }
+
+    /// A card's state read through `executor`, if the sandbox has seen it.
+    pub async fn card_in(
+        executor: impl sqlx::PgExecutor<'_>,
+        fingerprint: Fingerprint,
+    ) -> Result<Option<SandboxCard>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT c.*, \
              (SELECT sum(approved_minor) FROM sandbox_authorizations a \
@@ -331,7 +339,7 @@ impl Sandbox {
              FROM sandbox_cards c WHERE c.fingerprint = $1",
         )
         .bind(fingerprint.as_bytes().as_slice())
-        .fetch_optional(&self.pool)
+        .fetch_optional(executor)
         .await?;
         row.map(|row| card_from_row(&row)).transpose()
     }

@@ -13,7 +13,7 @@ use crate::domain::{
     RequestId, Token, TokenState, TokenizeCommand, UpdateCardCommand,
 };
 use crate::error::{Error, FieldViolation};
-use crate::storage::CardFilter;
+use crate::storage::tokens::CardFilter;
 
 /// Collects violations while fields are checked.
 #[derive(Default)]

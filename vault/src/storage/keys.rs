@@ -1,5 +1,6 @@
-//! The SQL of key administration: data-key rotation and retirement, root keys, the rewrap,
-//! and the idempotency records of `KeyAdminService`.
+//! The SQL of keys: every query on the data keys (reading, reserving encryptions, rotation,
+//! retirement, the write lock cards take), root keys, vault secrets, the rewrap, and the
+//! idempotency records of `KeyAdminService`.
 
 use sqlx::{PgConnection, PgExecutor, PgPool, Row as _};
 use time::OffsetDateTime;
@@ -447,23 +448,35 @@ pub async fn finish_rewrap(executor: impl PgExecutor<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-/// The idempotency record of a `KeyAdminService` request: (rpc, hash, result).
+/// The idempotency record of a `KeyAdminService` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRequestRecord {
+    /// The method that used the id.
+    pub rpc: String,
+    /// Keyed hash of the request.
+    pub request_hash: [u8; 32],
+    /// The recorded result (a data-key or root-key version).
+    pub result: i32,
+}
+
+/// Reads the idempotency record of a `KeyAdminService` request.
 pub async fn key_request(
     executor: impl PgExecutor<'_>,
     request_id: &str,
-) -> Result<Option<(String, [u8; 32], i32)>, Error> {
+) -> Result<Option<KeyRequestRecord>, Error> {
     let row: Option<(String, Vec<u8>, i32)> =
         sqlx::query_as("SELECT rpc, request_hash, result FROM key_requests WHERE request_id = $1")
             .bind(request_id)
             .fetch_optional(executor)
             .await?;
     row.map(|(rpc, hash, result)| {
-        Ok((
+        Ok(KeyRequestRecord {
             rpc,
-            hash.try_into()
+            request_hash: hash
+                .try_into()
                 .map_err(|_| Error::Corrupt("key_requests.request_hash"))?,
             result,
-        ))
+        })
     })
     .transpose()
 }
@@ -488,4 +501,156 @@ pub async fn insert_key_request(
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// Locks data key `version` against retirement until the transaction ends; false if it is
+/// already retired (a card must never be written under a retired key: its material is gone).
+/// `FOR KEY SHARE` is the lock the cards' foreign key takes anyway, so it costs nothing extra;
+/// retirement's `FOR UPDATE` waits for it, and a write that waited for a retirement re-reads
+/// the key's state and sees it retired.
+pub async fn lock_data_key_for_write(conn: &mut PgConnection, version: u32) -> Result<bool, Error> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM data_keys WHERE version = $1 FOR KEY SHARE")
+            .bind(version as i32)
+            .fetch_optional(conn)
+            .await?;
+    Ok(state.is_some_and(|state| state != "retired"))
+}
+
+/// A data key as stored.
+#[derive(Debug, Clone)]
+pub struct StoredDataKey {
+    /// Version.
+    pub version: u32,
+    /// `active`, `decrypt_only` or `retired`.
+    pub state: String,
+    /// The wrapped key; `None` once retired.
+    pub wrapped: Option<WrappedKey>,
+    /// The root key that wrapped it.
+    pub root_key_id: String,
+    /// Encryptions reserved so far.
+    pub encryptions_reserved: i64,
+}
+
+/// Every data key, oldest first.
+pub async fn data_keys(executor: impl PgExecutor<'_>) -> Result<Vec<StoredDataKey>, Error> {
+    type DataKeyRow = (i32, String, Option<Vec<u8>>, Option<Vec<u8>>, String, i64);
+    let rows: Vec<DataKeyRow> = sqlx::query_as(
+        "SELECT version, state, wrap_nonce, wrapped_key, root_key_id, encryptions_reserved \
+         FROM data_keys ORDER BY version",
+    )
+    .fetch_all(executor)
+    .await?;
+    rows.into_iter()
+        .map(|(version, state, nonce, wrapped, root_key_id, reserved)| {
+            let wrapped = match (nonce, wrapped) {
+                (Some(nonce), Some(ciphertext)) => Some(WrappedKey {
+                    nonce: nonce
+                        .try_into()
+                        .map_err(|_| Error::Corrupt("data_keys.wrap_nonce"))?,
+                    ciphertext,
+                }),
+                _ => None,
+            };
+            Ok(StoredDataKey {
+                version: u32::try_from(version).map_err(|_| Error::Corrupt("data_keys.version"))?,
+                state,
+                wrapped,
+                root_key_id,
+                encryptions_reserved: reserved,
+            })
+        })
+        .collect()
+}
+
+/// Inserts data key `version` as the active key unless one with that version exists
+/// (several vault instances may start at once; the first insert wins).
+pub async fn insert_first_data_key(
+    executor: impl PgExecutor<'_>,
+    version: u32,
+    wrapped: &WrappedKey,
+    root_key_id: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO data_keys (version, state, wrap_nonce, wrapped_key, root_key_id) \
+         VALUES ($1, 'active', $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(version as i32)
+    .bind(wrapped.nonce.as_slice())
+    .bind(wrapped.ciphertext.as_slice())
+    .bind(root_key_id)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Reserves `count` encryptions of the active key `version`; returns the new reserved total, or
+/// `None` if `version` is no longer active.
+pub async fn reserve_encryptions(
+    executor: impl PgExecutor<'_>,
+    version: u32,
+    count: u64,
+) -> Result<Option<i64>, Error> {
+    Ok(sqlx::query_scalar(
+        "UPDATE data_keys SET encryptions_reserved = encryptions_reserved + $2 \
+         WHERE version = $1 AND state = 'active' RETURNING encryptions_reserved",
+    )
+    .bind(version as i32)
+    .bind(count as i64)
+    .fetch_optional(executor)
+    .await?)
+}
+
+/// Reads a wrapped vault secret.
+pub async fn secret(
+    executor: impl PgExecutor<'_>,
+    name: &str,
+) -> Result<Option<(WrappedKey, String)>, Error> {
+    let row: Option<(Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+        "SELECT wrap_nonce, wrapped_key, root_key_id FROM vault_secrets WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(executor)
+    .await?;
+    row.map(|(nonce, ciphertext, root_key_id)| {
+        Ok((
+            WrappedKey {
+                nonce: nonce
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("vault_secrets.wrap_nonce"))?,
+                ciphertext,
+            },
+            root_key_id,
+        ))
+    })
+    .transpose()
+}
+
+/// Stores a wrapped vault secret unless one with that name exists.
+pub async fn insert_secret(
+    executor: impl PgExecutor<'_>,
+    name: &str,
+    wrapped: &WrappedKey,
+    root_key_id: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO vault_secrets (name, wrap_nonce, wrapped_key, root_key_id) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(name)
+    .bind(wrapped.nonce.as_slice())
+    .bind(wrapped.ciphertext.as_slice())
+    .bind(root_key_id)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Locks the active data key's row until the transaction ends: rotations lock it first, so a
+/// transaction holding it serializes with them.
+pub async fn lock_active_data_key(conn: &mut PgConnection) -> Result<(), Error> {
+    sqlx::query("SELECT version FROM data_keys WHERE state = 'active' FOR UPDATE")
+        .execute(conn)
+        .await?;
+    Ok(())
 }

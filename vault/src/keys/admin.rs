@@ -19,8 +19,10 @@ use crate::config::{KeySettings, RootKeySource};
 use crate::crypto::{KEY_BYTES, RootKey, SealedCard, SecretKey};
 use crate::domain::{RequestId, Token};
 use crate::error::Error;
-use crate::keys::{KeyLoadError, KeyRequest, KeyRing, RootKeySplit, load_or_create_dev_root_key};
-use crate::service::{RequestContext, Vault};
+use crate::kernel::{RequestCheck, RequestContext, Vault};
+use crate::keys::ring::{
+    KeyLoadError, KeyRequest, KeyRing, RootKeySplit, load_or_create_dev_root_key,
+};
 use crate::storage::keys::{self as store, DataKeyInfo, Retirement};
 use crate::writer::{Apply, AuditContext, Mutation};
 
@@ -271,15 +273,10 @@ impl KeyAdmin {
         rpc: &str,
         hash: &[u8; 32],
     ) -> Result<Option<i32>, Error> {
-        match store::key_request(self.vault.pool(), request_id.as_str()).await? {
-            None => Ok(None),
-            Some((stored_rpc, stored_hash, result))
-                if stored_rpc == rpc && stored_hash == *hash =>
-            {
-                Ok(Some(result))
-            }
-            Some(_) => Err(Error::RequestIdReused),
-        }
+        let stored = store::key_request(self.vault.pool(), request_id.as_str()).await?;
+        Ok(RequestCheck::of(stored, rpc, hash)
+            .replay()?
+            .map(|stored| stored.result))
     }
 
     async fn record(
@@ -776,8 +773,12 @@ impl KeyAdmin {
     }
 
     /// Walks the audit chain between `start` and `end` (0: the ends).
-    pub async fn verify_audit(&self, start: i64, end: i64) -> Result<audit::RangeCheck, Error> {
-        Ok(audit::verify_range(self.vault.pool(), start, end).await?)
+    pub async fn verify_audit(
+        &self,
+        start: i64,
+        end: i64,
+    ) -> Result<audit::verification::RangeCheck, Error> {
+        Ok(audit::verification::verify(self.vault.pool(), start, end).await?)
     }
 }
 
@@ -823,7 +824,7 @@ impl Mutation for RewrapMutation {
         Box::pin(async move {
             // Rows move only under a key that is not retired, and it stays so until commit.
             if let Some((_, _, sealed)) = self.moves.first()
-                && !crate::storage::lock_data_key_for_write(conn, sealed.dek_version).await?
+                && !store::lock_data_key_for_write(conn, sealed.dek_version).await?
             {
                 return Err(Error::KeyRetired);
             }

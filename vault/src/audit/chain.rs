@@ -1,19 +1,15 @@
-//! The hash-chained audit log.
+//! The audit chain: what a row says and how rows link (pure: no IO).
 //!
 //! Every row's `hash` is SHA-256 over a label, the previous row's hash and the row's fields
 //! (length-prefixed), so changing, removing or reordering any row breaks every later hash.
 //! Rows are appended by the writer (`writer.rs`) in the same transaction as the records they
-//! describe. [`verify`] walks the whole chain.
+//! describe; [`crate::audit::verification`] walks the chain.
 
 use sha2::{Digest as _, Sha256};
-use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use crate::storage;
-
+/// The label hashed first into every row.
 const HASH_LABEL: &[u8] = b"tandem/vault/audit/v1";
-/// Rows read per query while verifying.
-const VERIFY_PAGE_ROWS: i64 = 1000;
 
 /// The hash before the first row.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
@@ -130,137 +126,6 @@ pub(crate) fn truncate_to_micros(time: OffsetDateTime) -> OffsetDateTime {
     let nanos = time.nanosecond();
     time.replace_nanosecond(nanos - nanos % 1000)
         .expect("a truncated nanosecond is in range")
-}
-
-/// The result of verifying the chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verification {
-    /// Rows checked.
-    pub rows_checked: u64,
-    /// The first row whose sequence, link or hash is wrong, if any.
-    pub first_broken_seq: Option<i64>,
-}
-
-/// Recomputes the chain from the database, in pages, up to the head as it was when the check
-/// started: rows appended meanwhile by a live vault are left for the next check.
-pub async fn verify(pool: &PgPool) -> Result<Verification, sqlx::Error> {
-    let (head_seq, head_hash) = storage::audit_head(pool).await?;
-    let mut expected_seq = 1;
-    let mut prev_hash = GENESIS_HASH;
-    let mut rows_checked = 0;
-    while expected_seq <= head_seq {
-        let limit = VERIFY_PAGE_ROWS.min(head_seq - expected_seq + 1);
-        let page = storage::audit_page(pool, expected_seq - 1, limit).await?;
-        if page.is_empty() {
-            break;
-        }
-        for row in page {
-            rows_checked += 1;
-            let intact = row.seq == expected_seq
-                && row.prev_hash == prev_hash
-                && row.hash == row_hash(row.seq, row.occurred_at, &row.entry, &prev_hash);
-            if !intact {
-                return Ok(Verification {
-                    rows_checked,
-                    first_broken_seq: Some(expected_seq),
-                });
-            }
-            prev_hash = row.hash;
-            expected_seq += 1;
-        }
-    }
-    // The head must be the last row checked: rows cut off the end would otherwise go unseen.
-    let first_broken_seq =
-        (expected_seq - 1 != head_seq || prev_hash != head_hash).then_some(expected_seq);
-    Ok(Verification {
-        rows_checked,
-        first_broken_seq,
-    })
-}
-
-/// How a checked chain broke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Break {
-    /// A row's stored hash is not the hash of its content: the row was changed.
-    HashMismatch,
-    /// A row's `prev_hash` is not the previous row's hash: a row was replaced or inserted.
-    PreviousHashMismatch,
-    /// A sequence number is missing: a row was deleted.
-    SequenceGap,
-}
-
-/// The result of checking a range of the chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RangeCheck {
-    /// Rows checked.
-    pub rows_checked: i64,
-    /// First sequence checked (0 when the log is empty).
-    pub first_seq: i64,
-    /// Last sequence checked.
-    pub last_seq: i64,
-    /// The hash of the last row checked.
-    pub head_hash: [u8; 32],
-    /// The first broken sequence and how it broke; `None` when intact.
-    pub broken: Option<(i64, Break)>,
-}
-
-/// Checks rows `start..=end` (0: the first row, the head as it is now). Starting after the
-/// first row trusts the starting row's `prev_hash`. A check up to the head also proves the
-/// head row matches the last row, so rows cut off the end are found.
-pub async fn verify_range(pool: &PgPool, start: i64, end: i64) -> Result<RangeCheck, sqlx::Error> {
-    let (head_seq, head_hash) = storage::audit_head(pool).await?;
-    let start = start.max(1);
-    let end = if end <= 0 {
-        head_seq
-    } else {
-        end.min(head_seq)
-    };
-    let mut check = RangeCheck {
-        rows_checked: 0,
-        first_seq: 0,
-        last_seq: 0,
-        head_hash: GENESIS_HASH,
-        broken: None,
-    };
-    let mut expected_seq = start;
-    let mut prev_hash: Option<[u8; 32]> = (start == 1).then_some(GENESIS_HASH);
-    while expected_seq <= end {
-        let limit = VERIFY_PAGE_ROWS.min(end - expected_seq + 1);
-        let page = storage::audit_page(pool, expected_seq - 1, limit).await?;
-        if page.is_empty() {
-            check.broken = Some((expected_seq, Break::SequenceGap));
-            return Ok(check);
-        }
-        for row in page {
-            // A row past the expected one means the expected one is missing, even when the row
-            // found lies past the end of the range.
-            if row.seq != expected_seq {
-                check.broken = Some((expected_seq, Break::SequenceGap));
-                return Ok(check);
-            }
-            let previous = prev_hash.unwrap_or(row.prev_hash);
-            if row.prev_hash != previous {
-                check.broken = Some((row.seq, Break::PreviousHashMismatch));
-                return Ok(check);
-            }
-            if row.hash != row_hash(row.seq, row.occurred_at, &row.entry, &previous) {
-                check.broken = Some((row.seq, Break::HashMismatch));
-                return Ok(check);
-            }
-            if check.rows_checked == 0 {
-                check.first_seq = row.seq;
-            }
-            check.rows_checked += 1;
-            check.last_seq = row.seq;
-            check.head_hash = row.hash;
-            prev_hash = Some(row.hash);
-            expected_seq += 1;
-        }
-    }
-    if end == head_seq && check.rows_checked > 0 && check.head_hash != head_hash {
-        check.broken = Some((head_seq, Break::HashMismatch));
-    }
-    Ok(check)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Charging: `ChargeService`'s operations over checked commands.
+//! Charges: `ChargeService`'s operations over checked commands, and the sandbox acquirer's
+//! administration ([`sandbox`]).
 //!
 //! Every processor call follows the same recipe:
 //!
@@ -18,8 +19,10 @@
 //! Copies of one request id in this process serialize on a per-id lock ([`RequestLocks`]), so
 //! that 50 identical requests make one processor call and 49 replays.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+pub mod locks;
+pub mod sandbox;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgConnection;
@@ -40,84 +43,12 @@ use crate::domain::charge::{
 };
 use crate::domain::{CardSecret, RequestId, Token, TokenState};
 use crate::error::Error;
-use crate::service::{Recorded, RequestContext, Vault, now_micros, once_per_request};
+use crate::kernel::{Recorded, RequestCheck, RequestContext, Vault, now_micros, once_per_request};
 use crate::storage::charges::{self as store, AuthorizationOutcome, NewCharge};
-use crate::storage::{self};
+use crate::storage::tokens::{self as token_store, StoredCard};
 use crate::writer::{Apply, Mutation};
 
-/// Per-request-id locks: copies of one request in this process run one after another.
-#[derive(Debug, Default)]
-pub struct RequestLocks {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// Holds one request id's lock; dropping it releases the lock and forgets an idle entry.
-pub struct RequestGuard<'a> {
-    owner: &'a RequestLocks,
-    key: String,
-    lock: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl RequestLocks {
-    fn entry(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        locks.entry(key.to_owned()).or_default().clone()
-    }
-
-    /// Waits for the lock of `key`.
-    pub async fn lock(&self, key: &str) -> RequestGuard<'_> {
-        let lock = self.entry(key).lock_owned().await;
-        RequestGuard {
-            owner: self,
-            key: key.to_owned(),
-            lock: Some(lock),
-        }
-    }
-
-    /// The lock of `key` if nobody holds it.
-    pub fn try_lock(&self, key: &str) -> Option<RequestGuard<'_>> {
-        let lock = self.entry(key).try_lock_owned().ok()?;
-        Some(RequestGuard {
-            owner: self,
-            key: key.to_owned(),
-            lock: Some(lock),
-        })
-    }
-
-    /// Ids currently locked or awaited, for tests of the map's bound.
-    pub fn len(&self) -> usize {
-        self.locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
-    }
-
-    /// True when no id is locked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Drop for RequestGuard<'_> {
-    fn drop(&mut self) {
-        drop(self.lock.take());
-        let mut locks = self
-            .owner
-            .locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Only the map holds the entry now: nobody waits for it.
-        if locks
-            .get(&self.key)
-            .is_some_and(|lock| Arc::strong_count(lock) == 1)
-        {
-            locks.remove(&self.key);
-        }
-    }
-}
+use locks::RequestLocks;
 
 /// The charging side of the vault.
 #[derive(Debug)]
@@ -252,7 +183,7 @@ impl Charges {
         )?;
         let _guard = self.locks.lock(command.request_id.as_str()).await;
 
-        let card = storage::card(self.vault.pool(), &command.token).await?;
+        let card = token_store::card(self.vault.pool(), &command.token).await?;
         let now = now_micros();
         let refusal = match card.as_ref().map(|card| card.view.state_at(now)) {
             None => Some(Error::TokenNotFound),
@@ -286,16 +217,14 @@ impl Charges {
                 // charge.)
                 let stored =
                     store::charge_request(self.vault.pool(), command.request_id.as_str()).await?;
-                let error = match stored {
-                    Some(stored)
-                        if stored.rpc == "Authorize" && stored.request_hash == request_hash =>
-                    {
+                let error = match RequestCheck::of(stored, "Authorize", &request_hash) {
+                    RequestCheck::Replay(stored) => {
                         return self
                             .replay_authorization(ctx, &stored.charge_id, &command)
                             .await;
                     }
-                    Some(_) => Error::RequestIdReused,
-                    None => error,
+                    RequestCheck::Reused => Error::RequestIdReused,
+                    RequestCheck::New => error,
                 };
                 if matches!(error, Error::CardDataUnreadable) {
                     integrity_alarm(&command.token);
@@ -369,14 +298,14 @@ impl Charges {
         ctx: &RequestContext,
         charge: ChargeView,
         command: &AuthorizeCommand,
-        opened: Option<(storage::StoredCard, CardSecret)>,
+        opened: Option<(StoredCard, CardSecret)>,
     ) -> Result<ChargeView, Error> {
         // A first send carries the card opened before the intent; a re-send opens it now.
         let first_send = opened.is_some();
         let (card, secret) = match opened {
             Some(opened) => opened,
             None => {
-                let card = storage::card(self.vault.pool(), &charge.token)
+                let card = token_store::card(self.vault.pool(), &charge.token)
                     .await?
                     .ok_or(Error::TokenNotFound)?;
                 match self.open_card(card).await {
@@ -433,13 +362,10 @@ impl Charges {
 
     /// Opens `card`'s data. The card read before may have been re-encrypted since (and its old
     /// key retired), so it is read again once before its data counts as unreadable.
-    async fn open_card(
-        &self,
-        card: storage::StoredCard,
-    ) -> Result<(storage::StoredCard, CardSecret), Error> {
+    async fn open_card(&self, card: StoredCard) -> Result<(StoredCard, CardSecret), Error> {
         let keys = self.vault.keys()?;
         let pool = self.vault.pool();
-        let open = |card: &storage::StoredCard| {
+        let open = |card: &StoredCard| {
             let sealed = card.sealed.clone();
             let keys = keys.clone();
             let token = card.view.token.clone();
@@ -451,7 +377,7 @@ impl Charges {
         match open(&card).await {
             Ok(secret) => Ok((card, secret)),
             Err(Error::CardDataUnreadable) => {
-                let card = storage::card(pool, &card.view.token)
+                let card = token_store::card(pool, &card.view.token)
                     .await?
                     .ok_or(Error::TokenNotFound)?;
                 let secret = open(&card).await?;
@@ -894,13 +820,13 @@ impl Mutation for AuthorizeIntent {
             }
             // The request id was recorded before: by an earlier call (a retry) or by a copy of
             // this one in another vault process.
-            let stored = store::charge_request(&mut *conn, &self.view.request_id)
-                .await?
-                .ok_or(Error::RequestIdTaken)?;
-            if stored.rpc != "Authorize" || stored.request_hash != self.request_hash {
-                return Err(Error::RequestIdReused);
+            let stored = store::charge_request(&mut *conn, &self.view.request_id).await?;
+            match RequestCheck::of(stored, "Authorize", &self.request_hash) {
+                RequestCheck::Replay(stored) => reload(conn, &stored.charge_id).await,
+                RequestCheck::Reused => Err(Error::RequestIdReused),
+                // Not recorded after all: the insert lost to a transaction that then rolled back.
+                RequestCheck::New => Err(Error::RequestIdTaken),
             }
-            reload(conn, &stored.charge_id).await
         })
     }
 
@@ -921,7 +847,7 @@ impl Mutation for AuthorizeIntent {
 #[derive(Debug)]
 struct RecordAuthorization {
     charge_id: ChargeId,
-    token: crate::domain::Token,
+    token: Token,
     outcome: AuthorizationOutcome,
 }
 
@@ -992,14 +918,12 @@ impl FollowUpIntent {
         }
     }
 
+    /// Answers a request id recorded before for this same request.
     async fn replay(
         &self,
         conn: &mut PgConnection,
         stored: store::ChargeRequest,
     ) -> Result<Intended, Error> {
-        if stored.rpc != self.kind.rpc() || stored.request_hash != self.request_hash {
-            return Err(Error::RequestIdReused);
-        }
         if let Some(code) = stored.refusal {
             return Err(Error::ProcessorRefused(code.as_str()));
         }
@@ -1069,7 +993,10 @@ impl FollowUpIntent {
         // Lock the charge first: a copy of this request from another vault process then waits
         // here and, once this one commits, finds its record and replays it.
         let charge = store::charge(conn, &self.charge_id, true).await?;
-        if let Some(stored) = store::charge_request(&mut *conn, &self.request_id).await? {
+        let stored = store::charge_request(&mut *conn, &self.request_id).await?;
+        if let Some(stored) =
+            RequestCheck::of(stored, self.kind.rpc(), &self.request_hash).replay()?
+        {
             return self.replay(conn, stored).await;
         }
         let charge = charge.ok_or(Error::ChargeNotFound)?;
@@ -1197,7 +1124,7 @@ struct FollowUpResult {
     kind: FollowUp,
     request_id: String,
     charge_id: ChargeId,
-    token: crate::domain::Token,
+    token: Token,
     refund_id: Option<RefundId>,
     amount_minor: Option<i64>,
     answer: FollowUpAnswer,
@@ -1265,27 +1192,5 @@ impl Mutation for FollowUpResult {
             Some(refund) => refund.as_str().to_owned(),
             None => self.charge_id.as_str().to_owned(),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A request id's lock serializes its holders and is forgotten when the last one leaves,
-    /// so the map stays bounded by requests in flight.
-    #[tokio::test]
-    async fn request_locks_serialize_and_forget() {
-        let locks = RequestLocks::default();
-        let first = locks.lock("a").await;
-        assert!(locks.try_lock("a").is_none());
-        assert!(locks.try_lock("b").is_some());
-        assert_eq!(locks.len(), 1, "an idle entry is removed on release");
-        drop(first);
-        assert!(locks.is_empty());
-        let again = locks.try_lock("a");
-        assert!(again.is_some());
-        drop(again);
-        assert!(locks.is_empty());
     }
 }

@@ -1,67 +1,26 @@
-//! The vault's operations over checked domain types: the layer between the gRPC edge and
-//! storage. It owns the order of work: CPU work (fingerprinting, sealing) happens here, in the
-//! caller's task; writes and their audit rows go through the writer and commit together.
+//! Tokens: the `TokenService` operations over checked domain types (tokenize, read, list,
+//! update, revoke, purge). CPU work (fingerprinting, sealing) happens here, in the caller's
+//! task; writes and their audit rows go through the writer and commit together.
 //!
 //! Every operation writes exactly one audit row, whatever its outcome.
 
-use std::sync::Arc;
-
-use sqlx::{PgConnection, PgPool};
-use tandem_tls::identity::{Caller, IdentityError};
+use sqlx::PgConnection;
 use time::OffsetDateTime;
 
 use crate::auth::Rpc;
-use crate::config::TokenSettings;
 use crate::crypto::SealedCard;
 use crate::domain::{
     Brand, CardSecret, CardSelector, CardView, Expiry, Fingerprint, HolderName, Pan, Reason,
     RequestId, Token, TokenState, TokenizeCommand, UpdateCardCommand,
 };
 use crate::error::Error;
-use crate::keys::KeyRing;
-use crate::storage::{self, CardFilter, CardInsert, CardWrite, StoredRequest};
-use crate::writer::{Apply, AuditContext, Mutation, Writer};
+use crate::kernel::{Recorded, RequestCheck, RequestContext, Vault, now_micros, once_per_request};
+use crate::storage::keys::lock_data_key_for_write;
+use crate::storage::tokens::{self as store, CardFilter, CardInsert, CardWrite, StoredRequest};
+use crate::writer::{Apply, AuditContext, Mutation};
 
 /// How often `UpdateCard` re-reads and re-seals when the card changed under it.
 const UPDATE_ATTEMPTS_MAX: u32 = 3;
-
-/// Who is calling which RPC, for authorization and the audit row.
-#[derive(Debug, Clone)]
-pub struct RequestContext {
-    /// The caller its certificate proves, or why it proves none (the vault's own jobs run
-    /// without a certificate: [`IdentityError::NoCertificate`]).
-    pub caller: Result<Caller, IdentityError>,
-    /// The RPC.
-    pub rpc: Rpc,
-    /// The correlation id (`x-request-id`).
-    pub correlation_id: String,
-    /// The request's AIP-155 `request_id` when it is a valid one (audited with the call).
-    pub request_id: Option<String>,
-}
-
-impl RequestContext {
-    fn audit(&self, reason: impl Into<String>) -> AuditContext {
-        let (caller, role) = match &self.caller {
-            Ok(caller) => (caller.to_string(), caller.role.to_string()),
-            // A proven caller whose role the vault does not know: audited as who it is.
-            Err(IdentityError::UnknownRole { identity, role }) => (identity.clone(), role.clone()),
-            // The vault's own jobs run without a peer certificate.
-            Err(_) if self.rpc == Rpc::RecoverCharges => {
-                ("system/recovery".to_owned(), "system".to_owned())
-            }
-            Err(_) => ("unknown".to_owned(), "none".to_owned()),
-        };
-        AuditContext {
-            caller,
-            role,
-            rpc: self.rpc.method(),
-            reason: reason.into(),
-            correlation_id: self.correlation_id.clone(),
-            request_id: self.request_id.clone().unwrap_or_default(),
-            resource: String::new(),
-        }
-    }
-}
 
 /// A page of cards and the cursor of the next page.
 #[derive(Debug)]
@@ -72,168 +31,8 @@ pub struct CardPage {
     pub next_before_id: Option<i64>,
 }
 
-/// The vault's operations.
-#[derive(Debug)]
-pub struct Vault {
-    pool: PgPool,
-    /// The key ring while unsealed; `None` while sealed.
-    keys: std::sync::RwLock<Option<Arc<KeyRing>>>,
-    /// Counts seals, so that keys loaded across a seal are not installed after it.
-    seal_generation: std::sync::atomic::AtomicU64,
-    writer: Writer,
-    settings: TokenSettings,
-}
-
+/// The token operations, on the vault handle.
 impl Vault {
-    /// Assembles the vault from its parts; `keys` is `None` for a vault that starts sealed.
-    pub fn new(
-        pool: PgPool,
-        keys: Option<KeyRing>,
-        writer: Writer,
-        settings: TokenSettings,
-    ) -> Vault {
-        Vault {
-            pool,
-            keys: std::sync::RwLock::new(keys.map(Arc::new)),
-            seal_generation: std::sync::atomic::AtomicU64::new(0),
-            writer,
-            settings,
-        }
-    }
-
-    /// The key ring, or `Sealed`.
-    pub(crate) fn keys(&self) -> Result<Arc<KeyRing>, Error> {
-        self.keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-            .ok_or(Error::Sealed)
-    }
-
-    /// True while the vault holds no keys.
-    pub fn is_sealed(&self) -> bool {
-        self.keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_none()
-    }
-
-    /// The number of seals so far; pass it to [`Vault::install_keys_if`].
-    pub(crate) fn seal_generation(&self) -> u64 {
-        self.seal_generation
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Installs a key ring (unseals, or replaces the ring after a root-key rotation) unless
-    /// the vault was sealed since `generation` was read: a seal always wins.
-    pub(crate) fn install_keys_if(&self, ring: KeyRing, generation: u64) -> bool {
-        let mut keys = self
-            .keys
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.seal_generation() != generation {
-            return false;
-        }
-        *keys = Some(Arc::new(ring));
-        true
-    }
-
-    /// Drops the key ring: every key in it is zeroized once the last operation using it ends.
-    pub(crate) fn seal(&self) {
-        let mut keys = self
-            .keys
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.seal_generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        keys.take();
-    }
-
-    /// The writer, for the key administration jobs.
-    pub(crate) fn writer(&self) -> &Writer {
-        &self.writer
-    }
-
-    /// Commits `mutation` with its audit row (`reason` is the row's free text).
-    pub(crate) async fn submit<M: Mutation>(
-        &self,
-        mutation: M,
-        ctx: &RequestContext,
-        reason: &str,
-    ) -> Result<M::Output, Error> {
-        self.writer.submit(mutation, ctx.audit(reason)).await
-    }
-
-    /// Writes only an audit row, for a read or a call that changed nothing.
-    pub(crate) async fn audit(
-        &self,
-        ctx: &RequestContext,
-        token: Option<&Token>,
-        outcome: &'static str,
-        reason: &str,
-    ) -> Result<(), Error> {
-        self.audit_on(ctx, token, "", outcome, reason).await
-    }
-
-    /// [`Vault::audit`], naming the resource acted on (a charge, `dek/3`).
-    pub(crate) async fn audit_on(
-        &self,
-        ctx: &RequestContext,
-        token: Option<&Token>,
-        resource: &str,
-        outcome: &'static str,
-        reason: &str,
-    ) -> Result<(), Error> {
-        let mut context = ctx.audit(reason);
-        context.resource = resource.to_owned();
-        self.writer
-            .audit(token.map(|t| t.as_str().to_owned()), outcome, context)
-            .await
-    }
-
-    /// The token settings (limits the edge enforces).
-    pub fn token_settings(&self) -> &TokenSettings {
-        &self.settings
-    }
-
-    /// Checks the caller's role for the RPC; a refusal is audited before it is returned.
-    pub async fn authorize(&self, ctx: &RequestContext) -> Result<(), Error> {
-        let error = match &ctx.caller {
-            Err(IdentityError::UnknownRole { role, .. }) => {
-                Error::PermissionDenied { role: role.clone() }
-            }
-            Err(_) => Error::Unauthenticated,
-            Ok(caller) if !ctx.rpc.allows(caller.role) => Error::PermissionDenied {
-                role: caller.role.to_string(),
-            },
-            Ok(_) if ctx.rpc.needs_keys() && self.is_sealed() => Error::Sealed,
-            Ok(_) => return Ok(()),
-        };
-        Err(self.refuse(ctx, None, error).await)
-    }
-
-    /// Audits a call refused before it reached an operation (bad input, wrong role) and
-    /// returns the error. If even the audit row cannot be written, that error wins: a call is
-    /// never answered without its audit row.
-    pub async fn refuse(&self, ctx: &RequestContext, token: Option<&Token>, error: Error) -> Error {
-        let reason = match &error {
-            Error::InvalidArgument(violations) => {
-                let fields: Vec<&str> = violations.iter().map(|v| v.field).collect();
-                format!("invalid fields: {}", fields.join(", "))
-            }
-            _ => String::new(),
-        };
-        let token = token.map(|t| t.as_str().to_owned());
-        match self
-            .writer
-            .audit(token, error.reason(), ctx.audit(reason))
-            .await
-        {
-            Ok(()) => error,
-            Err(audit_error) => audit_error,
-        }
-    }
-
     /// Stores a card and returns its token (or, with `reuse_existing`, the active token of the
     /// same PAN). The boolean is true when a token was created.
     pub async fn tokenize(
@@ -256,7 +55,7 @@ impl Vault {
             &[u8::from(command.reuse_existing)],
             &ttl_seconds.to_be_bytes(),
         ]);
-        let mut sealed = match keys.seal(&self.pool, &token, &command.secret).await {
+        let mut sealed = match keys.seal(self.pool(), &token, &command.secret).await {
             Ok(sealed) => sealed,
             Err(error) => return Err(self.refuse(ctx, None, error).await),
         };
@@ -280,10 +79,10 @@ impl Vault {
                 },
                 reuse_existing: command.reuse_existing,
             };
-            match self.writer.submit(mutation, ctx.audit("")).await {
+            match self.writer().submit(mutation, ctx.audit("")).await {
                 Err(Error::KeyRetired) if attempt < UPDATE_ATTEMPTS_MAX => {
-                    keys.refresh_keys(&self.pool).await?;
-                    sealed = keys.seal(&self.pool, &token, &command.secret).await?;
+                    keys.refresh_keys(self.pool()).await?;
+                    sealed = keys.seal(self.pool(), &token, &command.secret).await?;
                 }
                 result => return result,
             }
@@ -293,12 +92,12 @@ impl Vault {
 
     /// Reads a token's metadata.
     pub async fn get_token(&self, ctx: &RequestContext, token: &Token) -> Result<CardView, Error> {
-        let card = match storage::card(&self.pool, token).await {
+        let card = match store::card(self.pool(), token).await {
             Ok(Some(card)) => card,
             Ok(None) => return Err(self.refuse(ctx, Some(token), Error::TokenNotFound).await),
             Err(error) => return Err(self.refuse(ctx, Some(token), error).await),
         };
-        self.writer
+        self.writer()
             .audit(Some(token.as_str().to_owned()), "OK", ctx.audit(""))
             .await?;
         Ok(card.view.as_of(now_micros()))
@@ -314,7 +113,7 @@ impl Vault {
     ) -> Result<CardPage, Error> {
         // Read one more than asked to learn whether another page exists.
         let limit = i64::from(page_size) + 1;
-        let mut cards = match storage::list_cards(&self.pool, filter, before_id, limit).await {
+        let mut cards = match store::list_cards(self.pool(), filter, before_id, limit).await {
             Ok(cards) => cards,
             Err(error) => return Err(self.refuse(ctx, None, error).await),
         };
@@ -324,7 +123,7 @@ impl Vault {
         } else {
             None
         };
-        self.writer
+        self.writer()
             .audit(None, "OK", ctx.audit(format!("{} cards", cards.len())))
             .await?;
         Ok(CardPage {
@@ -363,10 +162,10 @@ impl Vault {
                 Ok(mutation) => mutation,
                 Err(error) => return Err(self.refuse(ctx, Some(&command.token), error).await),
             };
-            match self.writer.submit(mutation, ctx.audit("")).await {
+            match self.writer().submit(mutation, ctx.audit("")).await {
                 Err(Error::ConcurrentUpdate) if attempt < UPDATE_ATTEMPTS_MAX => continue,
                 Err(Error::KeyRetired) if attempt < UPDATE_ATTEMPTS_MAX => {
-                    self.keys()?.refresh_keys(&self.pool).await?;
+                    self.keys()?.refresh_keys(self.pool()).await?;
                 }
                 result => return result,
             }
@@ -381,14 +180,16 @@ impl Vault {
     ) -> Result<UpdateMutation, Error> {
         let keys = self.keys()?;
         let now = now_micros();
-        let stored = storage::card(&self.pool, &command.token).await?;
+        let stored = store::card(self.pool(), &command.token).await?;
         let (expected_nonce, current) = match stored {
             // Missing, revoked or expired: let the writer decide (a replay may still succeed).
             Some(card) if card.view.state_at(now) == TokenState::Active => {
                 let sealed = card
                     .sealed
                     .ok_or(Error::Corrupt("active card without data"))?;
-                let current = keys.open_fresh(&self.pool, &command.token, &sealed).await?;
+                let current = keys
+                    .open_fresh(self.pool(), &command.token, &sealed)
+                    .await?;
                 (Some(sealed.nonce), Some(current))
             }
             _ => (None, None),
@@ -396,7 +197,7 @@ impl Vault {
         let update = match current {
             Some(current) => {
                 let secret = merge_secret(current, command);
-                let sealed = keys.seal(&self.pool, &command.token, &secret).await?;
+                let sealed = keys.seal(self.pool(), &command.token, &secret).await?;
                 Some(NewCard {
                     token: command.token.clone(),
                     fingerprint: keys.fingerprint(&secret.pan),
@@ -442,7 +243,7 @@ impl Vault {
             now: now_micros(),
             reason: reason.as_str().to_owned(),
         };
-        self.writer
+        self.writer()
             .submit(mutation, ctx.audit(reason.as_str()))
             .await
     }
@@ -473,7 +274,7 @@ impl Vault {
             now: now_micros(),
             reason: reason.as_str().to_owned(),
         };
-        self.writer
+        self.writer()
             .submit(mutation, ctx.audit(reason.as_str()))
             .await
     }
@@ -483,10 +284,10 @@ impl Vault {
     pub async fn purge_expired(&self) -> Result<usize, Error> {
         /// Batches per call, so one call's work is bounded even under a backlog.
         const BATCHES_MAX: usize = 100;
-        let limit = i64::from(self.settings.purge_batch_max);
+        let limit = i64::from(self.token_settings().purge_batch_max);
         let mut purged = 0;
         // Every batch writes an audit row: look first, so an idle vault writes none.
-        if !storage::any_expired(&self.pool, now_micros()).await? {
+        if !store::any_expired(self.pool(), now_micros()).await? {
             return Ok(0);
         }
         for _ in 0..BATCHES_MAX {
@@ -500,7 +301,7 @@ impl Vault {
                 resource: String::new(),
             };
             let tokens = self
-                .writer
+                .writer()
                 .submit(
                     PurgeMutation {
                         now: now_micros(),
@@ -516,17 +317,6 @@ impl Vault {
         }
         Ok(purged)
     }
-
-    /// The pool, for health checks.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-}
-
-/// The current time at the precision Postgres stores (microseconds), so that a value returned
-/// right after a write equals the value read back later.
-pub(crate) fn now_micros() -> OffsetDateTime {
-    crate::audit::truncate_to_micros(OffsetDateTime::now_utc())
 }
 
 /// Builds the new secret of an update from the current one and the command.
@@ -585,25 +375,20 @@ impl NewCard {
     }
 }
 
-/// Looks up `request_id`: `Ok(Some)` to replay a stored result, `Ok(None)` for a new request,
-/// `RequestIdReused` if the id was used for something else.
+/// Looks up `request_id` in the token request table: `Ok(Some)` to replay a stored result,
+/// `Ok(None)` for a new request, `RequestIdReused` if the id was used for something else.
 async fn replay(
     conn: &mut PgConnection,
     request_id: &RequestId,
     rpc: &str,
     request_hash: &[u8; 32],
 ) -> Result<Option<StoredRequest>, Error> {
-    match storage::request(conn, request_id.as_str()).await? {
-        None => Ok(None),
-        Some(stored) if stored.rpc == rpc && stored.request_hash == *request_hash => {
-            Ok(Some(stored))
-        }
-        Some(_) => Err(Error::RequestIdReused),
-    }
+    let stored = store::request(conn, request_id.as_str()).await?;
+    RequestCheck::of(stored, rpc, request_hash).replay()
 }
 
 async fn view(conn: &mut PgConnection, token: &Token) -> Result<CardView, Error> {
-    Ok(storage::card(conn, token)
+    Ok(store::card(conn, token)
         .await?
         .ok_or(Error::TokenNotFound)?
         .view
@@ -626,53 +411,10 @@ async fn record(
         result_tokens,
         created,
     };
-    if storage::insert_request(conn, request_id.as_str(), &stored).await? {
+    if store::insert_request(conn, request_id.as_str(), &stored).await? {
         Ok(())
     } else {
         Err(Error::RequestIdTaken)
-    }
-}
-
-/// A job that looks up its request id first and records it last.
-pub(crate) trait Recorded: Sync {
-    type Output: Send;
-
-    /// Replays a recorded request, or does the work and records it.
-    fn apply_once<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Self::Output>;
-
-    /// Whether the job may write before it records its request id. A job that does not
-    /// leaves nothing behind when the id turns out taken, so it needs no savepoint.
-    fn writes_before_record(&self) -> bool {
-        true
-    }
-}
-
-/// Runs a [`Recorded`] job once per request id. If another vault writer recorded the same
-/// request id between this job's lookup and its record (two copies of one request in flight
-/// at once), this job's writes are undone and it runs again, now replaying the first copy's
-/// result, without failing the rest of the batch. The writes are undone by a savepoint, taken
-/// only for a job that [writes before its record](Recorded::writes_before_record).
-pub(crate) async fn once_per_request<R: Recorded>(
-    job: &R,
-    conn: &mut PgConnection,
-) -> Result<R::Output, Error> {
-    if !job.writes_before_record() {
-        return match job.apply_once(conn).await {
-            Err(Error::RequestIdTaken) => job.apply_once(conn).await,
-            result => result,
-        };
-    }
-    storage::savepoint(conn).await?;
-    match job.apply_once(conn).await {
-        Err(Error::RequestIdTaken) => {
-            storage::rollback_to_savepoint(conn).await?;
-            job.apply_once(conn).await
-        }
-        Err(error) if error.aborts_transaction() => Err(error),
-        result => {
-            storage::release_savepoint(conn).await?;
-            result
-        }
     }
 }
 
@@ -699,7 +441,7 @@ impl TokenizeMutation {
 
     /// Inserts the card with its request record; false if the request id exists.
     async fn insert(&self, conn: &mut PgConnection) -> Result<bool, Error> {
-        let inserted = storage::insert_cards_for_new_requests(conn, &[self.card_row()]).await?;
+        let inserted = store::insert_cards_for_new_requests(conn, &[self.card_row()]).await?;
         self.check_inserted(conn, !inserted.is_empty()).await
     }
 
@@ -707,9 +449,7 @@ impl TokenizeMutation {
     /// refused for its request id: a card sealed under a data key retired meanwhile is
     /// `KeyRetired` (it must be sealed again under the current key).
     async fn check_inserted(&self, conn: &mut PgConnection, inserted: bool) -> Result<bool, Error> {
-        if !inserted
-            && !storage::lock_data_key_for_write(conn, self.card.sealed.dek_version).await?
-        {
+        if !inserted && !lock_data_key_for_write(conn, self.card.sealed.dek_version).await? {
             return Err(Error::KeyRetired);
         }
         Ok(inserted)
@@ -778,11 +518,11 @@ impl Recorded for TokenizeMutation {
             if self.reuse_existing {
                 // Serialize with concurrent reuse_existing requests for the same card, so that
                 // they find each other's token instead of each issuing one.
-                storage::lock_fingerprint(conn, &card.fingerprint).await?;
+                store::lock_fingerprint(conn, &card.fingerprint).await?;
             }
             if self.reuse_existing
                 && let Some(existing) =
-                    storage::active_card_by_fingerprint(conn, &card.fingerprint, card.now).await?
+                    store::active_card_by_fingerprint(conn, &card.fingerprint, card.now).await?
             {
                 let token = existing.view.token.clone();
                 record(
@@ -841,7 +581,7 @@ impl Recorded for UpdateMutation {
             {
                 return view(conn, &self.token).await;
             }
-            let current = storage::card_for_update(conn, &self.token)
+            let current = store::card_for_update(conn, &self.token)
                 .await?
                 .ok_or(Error::TokenNotFound)?;
             match current.view.state_at(now_micros()) {
@@ -855,10 +595,10 @@ impl Recorded for UpdateMutation {
             if current.sealed.as_ref().map(|s| s.nonce) != Some(expected) {
                 return Err(Error::ConcurrentUpdate);
             }
-            if !storage::lock_data_key_for_write(conn, update.sealed.dek_version).await? {
+            if !lock_data_key_for_write(conn, update.sealed.dek_version).await? {
                 return Err(Error::KeyRetired);
             }
-            storage::update_card(conn, &update.write()).await?;
+            store::update_card(conn, &update.write()).await?;
             record(
                 conn,
                 &self.request_id,
@@ -906,12 +646,12 @@ impl Recorded for RevokeMutation {
             {
                 return view(conn, &self.token).await;
             }
-            let current = storage::card_for_update(conn, &self.token)
+            let current = store::card_for_update(conn, &self.token)
                 .await?
                 .ok_or(Error::TokenNotFound)?;
             // Revoking a revoked or expired token changes nothing: it is unusable either way.
             if current.view.state_at(self.now) == TokenState::Active {
-                storage::revoke_card(conn, &self.token, &self.reason, self.now).await?;
+                store::revoke_card(conn, &self.token, &self.reason, self.now).await?;
             }
             record(
                 conn,
@@ -965,7 +705,7 @@ impl Recorded for RevokeByFingerprintMutation {
                 return Ok(stored.result_tokens);
             }
             let revoked =
-                storage::revoke_by_fingerprint(conn, &self.fingerprint, &self.reason, self.now)
+                store::revoke_by_fingerprint(conn, &self.fingerprint, &self.reason, self.now)
                     .await?;
             record(
                 conn,
@@ -991,7 +731,7 @@ impl Mutation for PurgeMutation {
     type Output = Vec<Token>;
 
     fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Vec<Token>> {
-        Box::pin(async move { storage::purge_expired(conn, self.now, self.limit).await })
+        Box::pin(async move { store::purge_expired(conn, self.now, self.limit).await })
     }
 
     fn audit_token(&self, _output: &Result<Vec<Token>, Error>) -> Option<String> {

@@ -9,16 +9,17 @@ use zeroize::Zeroize as _;
 
 use super::convert::{Violations, decode_cursor, encode_cursor, timestamp};
 use super::status::{code_name, to_status};
-use super::{context, respond};
-use crate::audit::{AuditRow, Break};
+use super::{Edge, respond};
+use crate::audit::chain::AuditRow;
+use crate::audit::verification::Break;
 use crate::auth::Rpc;
 use crate::config::RootKeySource;
 use crate::domain::{Reason, RequestId, Token};
 use crate::error::Error;
-use crate::key_admin::{KeyAdmin, RewrapStatus, SealStatus};
-use crate::service::RequestContext;
+use crate::kernel::RequestContext;
+use crate::keys::admin::{KeyAdmin, RewrapStatus, SealStatus};
+use crate::storage::audit::{self as audit_store, AuditFilter};
 use crate::storage::keys::DataKeyInfo;
-use crate::storage::{self, AuditFilter};
 
 /// Default and largest page of `ListAuditEvents`.
 const PAGE_SIZE_DEFAULT: i64 = 100;
@@ -28,35 +29,19 @@ const PAGE_SIZE_MAX: i64 = 1000;
 #[derive(Debug, Clone)]
 pub struct KeyAdminApi {
     admin: Arc<KeyAdmin>,
-    uri_prefix: Arc<str>,
+    edge: Edge,
 }
 
 impl KeyAdminApi {
     /// Serves `admin`, reading caller identities under `uri_prefix`.
     pub fn new(admin: Arc<KeyAdmin>, uri_prefix: &str) -> KeyAdminApi {
-        KeyAdminApi {
-            admin,
-            uri_prefix: uri_prefix.into(),
-        }
-    }
-
-    async fn context<T: super::RequestIdField>(
-        &self,
-        request: &Request<T>,
-        rpc: Rpc,
-    ) -> Result<RequestContext, Status> {
-        context(self.admin.vault(), &self.uri_prefix, request, rpc).await
-    }
-
-    async fn refuse(&self, ctx: &RequestContext, error: Error) -> Status {
-        to_status(self.admin.vault().refuse(ctx, None, error).await)
+        let edge = Edge::new(admin.vault().clone(), uri_prefix);
+        KeyAdminApi { admin, edge }
     }
 
     async fn request_id(&self, ctx: &RequestContext, text: &str) -> Result<RequestId, Status> {
-        match RequestId::parse(text) {
-            Ok(id) => Ok(id),
-            Err(e) => Err(self.refuse(ctx, Error::invalid("request_id", e)).await),
-        }
+        let checked = RequestId::parse(text).map_err(|e| Error::invalid("request_id", e));
+        self.edge.check(ctx, checked).await
     }
 
     /// Runs an operation, turning an unaudited failure into an audited refusal.
@@ -69,7 +54,7 @@ impl KeyAdminApi {
             Ok(value) => Ok(value),
             // Operations audit the refusals they decide themselves; anything else (a sealed
             // vault, a database failure) is audited here.
-            Err(error) => Err(self.refuse(ctx, error).await),
+            Err(error) => Err(self.edge.refuse(ctx, None, error).await),
         }
     }
 }
@@ -176,7 +161,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         &self,
         request: Request<pb::GetKeyStatusRequest>,
     ) -> Result<Response<pb::GetKeyStatusResponse>, Status> {
-        let ctx = self.context(&request, Rpc::GetKeyStatus).await?;
+        let ctx = self.edge.context(&request, Rpc::GetKeyStatus).await?;
         let status = self.audited(&ctx, self.admin.status().await).await?;
         self.admin
             .vault()
@@ -203,7 +188,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         &self,
         request: Request<pb::RotateDataKeyRequest>,
     ) -> Result<Response<pb::RotateDataKeyResponse>, Status> {
-        let ctx = self.context(&request, Rpc::RotateDataKey).await?;
+        let ctx = self.edge.context(&request, Rpc::RotateDataKey).await?;
         let request_id = self.request_id(&ctx, &request.get_ref().request_id).await?;
         let info = self
             .audited(&ctx, self.admin.rotate_data_key(&ctx, request_id).await)
@@ -221,7 +206,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         &self,
         request: Request<pb::RetireKeyVersionRequest>,
     ) -> Result<Response<pb::RetireKeyVersionResponse>, Status> {
-        let ctx = self.context(&request, Rpc::RetireKeyVersion).await?;
+        let ctx = self.edge.context(&request, Rpc::RetireKeyVersion).await?;
         let checked = {
             let mut v = Violations::default();
             let request_id = v.check(
@@ -239,7 +224,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         };
         let (request_id, version) = match checked {
             Ok(checked) => checked,
-            Err(error) => return Err(self.refuse(&ctx, error).await),
+            Err(error) => return Err(self.edge.refuse(&ctx, None, error).await),
         };
         let info = match self.admin.retire(&ctx, request_id, version).await {
             Ok(info) => info,
@@ -249,7 +234,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
                 | Error::KeyVersionActive
                 | Error::KeyVersionInUse),
             ) => return Err(to_status(error)),
-            Err(error) => return Err(self.refuse(&ctx, error).await),
+            Err(error) => return Err(self.edge.refuse(&ctx, None, error).await),
         };
         Ok(respond(
             &ctx,
@@ -264,7 +249,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         &self,
         request: Request<pb::RotateRootKeyRequest>,
     ) -> Result<Response<pb::RotateRootKeyResponse>, Status> {
-        let ctx = self.context(&request, Rpc::RotateRootKey).await?;
+        let ctx = self.edge.context(&request, Rpc::RotateRootKey).await?;
         let request_id = self.request_id(&ctx, &request.get_ref().request_id).await?;
         let rotation = match self
             .admin
@@ -278,7 +263,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         {
             Ok(rotation) => rotation,
             Err(error @ Error::InvalidArgument(_)) => return Err(to_status(error)),
-            Err(error) => return Err(self.refuse(&ctx, error).await),
+            Err(error) => return Err(self.edge.refuse(&ctx, None, error).await),
         };
         Ok(respond(
             &ctx,
@@ -296,7 +281,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         &self,
         request: Request<pb::UnsealRequest>,
     ) -> Result<Response<pb::UnsealResponse>, Status> {
-        let ctx = self.context(&request, Rpc::Unseal).await?;
+        let ctx = self.edge.context(&request, Rpc::Unseal).await?;
         let mut request = request.into_inner();
         let request_id = RequestId::parse(&request.request_id);
         let result = match request_id {
@@ -311,7 +296,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
             ) => {
                 return Err(to_status(error));
             }
-            Err(error) => return Err(self.refuse(&ctx, error).await),
+            Err(error) => return Err(self.edge.refuse(&ctx, None, error).await),
         };
         Ok(respond(
             &ctx,
@@ -326,7 +311,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         &self,
         request: Request<pb::SealRequest>,
     ) -> Result<Response<pb::SealResponse>, Status> {
-        let ctx = self.context(&request, Rpc::Seal).await?;
+        let ctx = self.edge.context(&request, Rpc::Seal).await?;
         let checked = {
             let mut v = Violations::default();
             let request_id = v.check(
@@ -338,7 +323,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         };
         let (request_id, reason) = match checked {
             Ok(checked) => checked,
-            Err(error) => return Err(self.refuse(&ctx, error).await),
+            Err(error) => return Err(self.edge.refuse(&ctx, None, error).await),
         };
         let status = self
             .audited(
@@ -359,7 +344,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let ctx = self.context(&request, Rpc::ListAuditEvents).await?;
+        let ctx = self.edge.context(&request, Rpc::ListAuditEvents).await?;
         let request = request.get_ref();
         let scope = format!(
             "audit/{:?}/{:?}/{}/{}/{}/{}/{}/{}",
@@ -461,12 +446,12 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         };
         let (size, filter, cursor) = match checked {
             Ok(checked) => checked,
-            Err(error) => return Err(self.refuse(&ctx, error).await),
+            Err(error) => return Err(self.edge.refuse(&ctx, None, error).await),
         };
         let pool = self.admin.vault().pool();
-        let mut rows = match storage::audit_events(pool, &filter, cursor, size + 1).await {
+        let mut rows = match audit_store::audit_events(pool, &filter, cursor, size + 1).await {
             Ok(rows) => rows,
-            Err(error) => return Err(self.refuse(&ctx, error.into()).await),
+            Err(error) => return Err(self.edge.refuse(&ctx, None, error.into()).await),
         };
         let next_page_token = if rows.len() as i64 > size {
             rows.truncate(size as usize);
@@ -495,7 +480,7 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         &self,
         request: Request<pb::VerifyAuditLogRequest>,
     ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
-        let ctx = self.context(&request, Rpc::VerifyAuditLog).await?;
+        let ctx = self.edge.context(&request, Rpc::VerifyAuditLog).await?;
         let request = request.get_ref();
         if request.start_sequence < 0 || request.end_sequence < 0 {
             let field = if request.start_sequence < 0 {
@@ -504,12 +489,13 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
                 "end_sequence"
             };
             return Err(self
-                .refuse(&ctx, Error::invalid(field, "must not be negative"))
+                .edge
+                .refuse(&ctx, None, Error::invalid(field, "must not be negative"))
                 .await);
         }
         if request.end_sequence > 0 && request.end_sequence < request.start_sequence {
             let error = Error::invalid("end_sequence", "must not be before start_sequence");
-            return Err(self.refuse(&ctx, error).await);
+            return Err(self.edge.refuse(&ctx, None, error).await);
         }
         let check = self
             .audited(

@@ -17,7 +17,6 @@ use crate::config::KeySettings;
 use crate::crypto::{DataKey, FingerprintKey, RootKey, SealedCard, SecretKey};
 use crate::domain::{CardSecret, Fingerprint, Pan, Token};
 use crate::error::Error;
-use crate::storage;
 use crate::storage::keys as keys_storage;
 
 /// Name of the fingerprint key in `vault_secrets`.
@@ -169,15 +168,15 @@ impl KeyRing {
     ) -> Result<KeyRing, KeyLoadError> {
         let root_id = root.id();
         // First start: racing instances both insert; ON CONFLICT keeps the first.
-        storage::insert_secret(
+        keys_storage::insert_secret(
             pool,
             FINGERPRINT_SECRET,
             &root.wrap_secret(FINGERPRINT_SECRET, &SecretKey::generate()),
             &root_id,
         )
         .await?;
-        if storage::data_keys(pool).await?.is_empty() {
-            storage::insert_first_data_key(
+        if keys_storage::data_keys(pool).await?.is_empty() {
+            keys_storage::insert_first_data_key(
                 pool,
                 1,
                 &root.wrap_data_key(1, &SecretKey::generate()),
@@ -201,7 +200,7 @@ impl KeyRing {
             .ok_or_else(|| KeyLoadError::Unwrap("root key record".into()))?;
         check_root(&root_id, &record.root_key_id)?;
 
-        let (wrapped, stored_id) = storage::secret(pool, FINGERPRINT_SECRET)
+        let (wrapped, stored_id) = keys_storage::secret(pool, FINGERPRINT_SECRET)
             .await?
             .ok_or_else(|| KeyLoadError::Unwrap(FINGERPRINT_SECRET.into()))?;
         check_root(&root_id, &stored_id)?;
@@ -231,7 +230,7 @@ impl KeyRing {
         let root_id = self.root.id();
         let mut data_keys = BTreeMap::new();
         let mut active = None;
-        for stored in storage::data_keys(pool).await? {
+        for stored in keys_storage::data_keys(pool).await? {
             let Some(wrapped) = &stored.wrapped else {
                 continue; // retired: its key material is destroyed
             };
@@ -342,7 +341,7 @@ impl KeyRing {
     async fn rotate_locked(&self, pool: &PgPool) -> Result<u32, Error> {
         // A bounded retry: another process may take the next version first.
         for _ in 0..4 {
-            let newest = storage::data_keys(pool)
+            let newest = keys_storage::data_keys(pool)
                 .await?
                 .iter()
                 .map(|k| k.version)
@@ -408,9 +407,7 @@ impl KeyRing {
     ) -> Result<usize, Error> {
         let mut tx = pool.begin().await?;
         // Serializes with rotations, which lock the active row first.
-        sqlx::query("SELECT version FROM data_keys WHERE state = 'active' FOR UPDATE")
-            .execute(&mut *tx)
-            .await?;
+        keys_storage::lock_active_data_key(&mut tx).await?;
         let current = keys_storage::current_root_key(&mut *tx)
             .await?
             .ok_or(Error::Corrupt("no root key record"))?;
@@ -418,7 +415,7 @@ impl KeyRing {
             return Err(Error::ConcurrentUpdate);
         }
         let mut data_keys = Vec::new();
-        for stored in storage::data_keys(&mut *tx).await? {
+        for stored in keys_storage::data_keys(&mut *tx).await? {
             let Some(wrapped) = &stored.wrapped else {
                 continue;
             };
@@ -430,7 +427,7 @@ impl KeyRing {
         }
         let mut secrets = Vec::new();
         for name in keys_storage::secret_names(&mut *tx).await? {
-            let (wrapped, _) = storage::secret(&mut *tx, &name)
+            let (wrapped, _) = keys_storage::secret(&mut *tx, &name)
                 .await?
                 .ok_or(Error::Corrupt("vault secret vanished"))?;
             let key = self
@@ -488,7 +485,8 @@ impl KeyRing {
             }
             let version = self.lock_reservation().version;
             let block = self.settings.dek_reservation_block;
-            let Some(reserved) = storage::reserve_encryptions(pool, version, block).await? else {
+            let Some(reserved) = keys_storage::reserve_encryptions(pool, version, block).await?
+            else {
                 // Another process rotated: follow the new active version.
                 self.refresh(pool).await.map_err(refresh_error)?;
                 continue;

@@ -1,0 +1,407 @@
+//! `ChargeService`: thin handlers over [`crate::charges`] and their wire conversions.
+
+use std::sync::Arc;
+
+use tandem_money::{Currency, Money};
+use tandem_proto::tandem::r#type::v1 as types;
+use tandem_proto::tandem::vault::v1 as pb;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::convert::{Violations, brand, timestamp};
+use super::status::to_status;
+use super::{Edge, respond};
+use crate::auth::Rpc;
+use crate::charges::Charges;
+use crate::domain::charge::{
+    AuthorizeCommand, CaptureCommand, ChargeId, ChargeLookup, ChargeState, ChargeView, DeclineCode,
+    MerchantReference, Metadata, NextAction, RefundCommand, RefundState, RefundView,
+    StatementDescriptor, VoidCommand,
+};
+use crate::domain::{Reason, RequestId, Token};
+use crate::error::Error;
+
+/// An amount to charge: a known currency and 1 to `max` minor units.
+fn amount(money: Option<&types::Money>, max: i64) -> Result<Money, String> {
+    let money = money.ok_or("is required")?;
+    let currency = Currency::parse(&money.currency_code).map_err(|e| e.to_string())?;
+    if !(1..=max).contains(&money.minor_units) {
+        return Err(format!("minor_units must be 1 to {max}"));
+    }
+    Ok(Money::new(currency, money.minor_units))
+}
+
+pub(crate) fn money(value: Money) -> types::Money {
+    types::Money {
+        currency_code: value.currency.code().to_owned(),
+        minor_units: value.minor_units,
+    }
+}
+
+/// Checks an `AuthorizeRequest`.
+pub fn authorize(request: &pb::AuthorizeRequest, max: i64) -> Result<AuthorizeCommand, Error> {
+    let mut v = Violations::default();
+    let request_id = v.check("request_id", RequestId::parse(&request.request_id));
+    let token = v.check("token", Token::parse(&request.token));
+    let amount = v.check("amount", amount(request.amount.as_ref(), max));
+    let description = v.check("description", Reason::parse(&request.description));
+    let statement_descriptor = v.check(
+        "statement_descriptor",
+        StatementDescriptor::parse(&request.statement_descriptor),
+    );
+    let reference = v.check("reference", MerchantReference::parse(&request.reference));
+    let metadata = v.check("metadata", Metadata::parse(request.metadata.iter()));
+    v.finish(|| {
+        Some(AuthorizeCommand {
+            request_id: request_id?,
+            token: token?,
+            amount: amount?,
+            allow_partial_approval: request.allow_partial_approval,
+            description: description?,
+            statement_descriptor: statement_descriptor?,
+            reference: reference?,
+            metadata: metadata?,
+        })
+    })
+}
+
+/// Checks a `CaptureRequest`.
+pub fn capture(request: &pb::CaptureRequest, max: i64) -> Result<CaptureCommand, Error> {
+    let mut v = Violations::default();
+    let request_id = v.check("request_id", RequestId::parse(&request.request_id));
+    let charge_id = v.check("charge_id", ChargeId::parse(&request.charge_id));
+    let amount = match &request.amount {
+        None => Some(None),
+        Some(value) => v.check("amount", amount(Some(value), max)).map(Some),
+    };
+    v.finish(|| {
+        Some(CaptureCommand {
+            request_id: request_id?,
+            charge_id: charge_id?,
+            amount: amount?,
+        })
+    })
+}
+
+/// Checks a `VoidRequest`.
+pub fn void(request: &pb::VoidRequest) -> Result<VoidCommand, Error> {
+    let mut v = Violations::default();
+    let request_id = v.check("request_id", RequestId::parse(&request.request_id));
+    let charge_id = v.check("charge_id", ChargeId::parse(&request.charge_id));
+    let reason = v.check("reason", Reason::parse(&request.reason));
+    v.finish(|| {
+        Some(VoidCommand {
+            request_id: request_id?,
+            charge_id: charge_id?,
+            reason: reason?,
+        })
+    })
+}
+
+/// Checks a `RefundRequest`.
+pub fn refund(request: &pb::RefundRequest, max: i64) -> Result<RefundCommand, Error> {
+    let mut v = Violations::default();
+    let request_id = v.check("request_id", RequestId::parse(&request.request_id));
+    let charge_id = v.check("charge_id", ChargeId::parse(&request.charge_id));
+    let amount = v.check("amount", amount(request.amount.as_ref(), max));
+    let reason = v.check("reason", Reason::parse(&request.reason));
+    v.finish(|| {
+        Some(RefundCommand {
+            request_id: request_id?,
+            charge_id: charge_id?,
+            amount: amount?,
+            reason: reason?,
+        })
+    })
+}
+
+/// Checks a `GetChargeRequest`.
+pub fn get_charge(request: &pb::GetChargeRequest) -> Result<ChargeLookup, Error> {
+    use pb::get_charge_request::Lookup;
+    match &request.lookup {
+        Some(Lookup::ChargeId(id)) => ChargeId::parse(id)
+            .map(ChargeLookup::Id)
+            .map_err(|e| Error::invalid("charge_id", e)),
+        Some(Lookup::RequestId(id)) => RequestId::parse(id)
+            .map(ChargeLookup::RequestId)
+            .map_err(|e| Error::invalid("request_id", e)),
+        None => Err(Error::invalid(
+            "charge_id",
+            "charge_id or request_id is required",
+        )),
+    }
+}
+
+/// The wire form of a decline code.
+pub fn decline_code(code: DeclineCode) -> types::DeclineCode {
+    match code {
+        DeclineCode::DoNotHonor => types::DeclineCode::DoNotHonor,
+        DeclineCode::InsufficientFunds => types::DeclineCode::InsufficientFunds,
+        DeclineCode::LimitExceeded => types::DeclineCode::LimitExceeded,
+        DeclineCode::Blocked => types::DeclineCode::Blocked,
+        DeclineCode::FraudSuspected => types::DeclineCode::FraudSuspected,
+        DeclineCode::LostCard => types::DeclineCode::LostCard,
+        DeclineCode::StolenCard => types::DeclineCode::StolenCard,
+        DeclineCode::ExpiredCard => types::DeclineCode::ExpiredCard,
+        DeclineCode::InvalidCard => types::DeclineCode::InvalidCard,
+        DeclineCode::AuthenticationRequired => types::DeclineCode::AuthenticationRequired,
+        DeclineCode::TransactionNotAllowed => types::DeclineCode::TransactionNotAllowed,
+        DeclineCode::CurrencyNotSupported => types::DeclineCode::CurrencyNotSupported,
+        DeclineCode::ProcessingError => types::DeclineCode::ProcessingError,
+        DeclineCode::InvalidAmount => types::DeclineCode::InvalidAmount,
+        DeclineCode::Other => types::DeclineCode::Other,
+    }
+}
+
+pub(crate) fn decline_code_from_wire(value: i32) -> Result<Option<DeclineCode>, &'static str> {
+    let code = types::DeclineCode::try_from(value).map_err(|_| "is not a known decline code")?;
+    Ok(DeclineCode::ALL
+        .iter()
+        .copied()
+        .find(|known| decline_code(*known) == code))
+}
+
+fn next_action(action: NextAction) -> types::NextAction {
+    match action {
+        NextAction::RetrySameCard => types::NextAction::RetrySameCard,
+        NextAction::TryNextCard => types::NextAction::TryNextCard,
+        NextAction::DoNotRetry => types::NextAction::DoNotRetry,
+    }
+}
+
+fn charge_state(state: ChargeState) -> pb::ChargeState {
+    match state {
+        ChargeState::Pending => pb::ChargeState::Pending,
+        ChargeState::Authorized => pb::ChargeState::Authorized,
+        ChargeState::Declined => pb::ChargeState::Declined,
+        ChargeState::Voided => pb::ChargeState::Voided,
+        ChargeState::Captured => pb::ChargeState::Captured,
+        ChargeState::PartiallyRefunded => pb::ChargeState::PartiallyRefunded,
+        ChargeState::Refunded => pb::ChargeState::Refunded,
+    }
+}
+
+/// The wire form of a refund.
+pub fn refund_message(view: &RefundView) -> pb::ChargeRefund {
+    pb::ChargeRefund {
+        id: view.id.as_str().to_owned(),
+        request_id: view.request_id.clone(),
+        amount: Some(money(view.amount)),
+        state: match view.state {
+            RefundState::Pending => pb::RefundState::Pending,
+            RefundState::Succeeded => pb::RefundState::Succeeded,
+            RefundState::Failed => pb::RefundState::Failed,
+        } as i32,
+        processor_reference: view.processor_reference.clone(),
+        reason: view.reason.clone(),
+        create_time: Some(timestamp(view.created_at)),
+        complete_time: view.complete_time.map(timestamp),
+    }
+}
+
+/// The wire form of a charge.
+pub fn charge_message(view: &ChargeView) -> pb::Charge {
+    pb::Charge {
+        id: view.id.as_str().to_owned(),
+        request_id: view.request_id.clone(),
+        token: view.token.as_str().to_owned(),
+        brand: brand(view.brand) as i32,
+        last4: view.last4.clone(),
+        requested: Some(money(view.requested)),
+        approved: Some(money(view.approved)),
+        captured: Some(money(view.captured)),
+        refunded: Some(money(view.refunded)),
+        allow_partial_approval: view.allow_partial_approval,
+        state: charge_state(view.state) as i32,
+        decline_code: view
+            .decline
+            .as_ref()
+            .map_or(types::DeclineCode::Unspecified, |d| decline_code(d.code))
+            as i32,
+        next_action: view
+            .decline
+            .as_ref()
+            .map_or(types::NextAction::Unspecified, |d| {
+                next_action(d.next_action)
+            }) as i32,
+        processor_decline_code: view
+            .decline
+            .as_ref()
+            .map(|d| d.processor_code.clone())
+            .unwrap_or_default(),
+        processor: view.processor.clone(),
+        processor_reference: view.processor_reference.clone(),
+        authorization_code: view.authorization_code.clone(),
+        description: view.description.clone(),
+        statement_descriptor: view.statement_descriptor.clone(),
+        reference: view.reference.clone(),
+        metadata: view.metadata.entries().clone().into_iter().collect(),
+        refunds: view.refunds.iter().map(refund_message).collect(),
+        create_time: Some(timestamp(view.created_at)),
+        update_time: Some(timestamp(view.updated_at)),
+        authorize_time: view.authorize_time.map(timestamp),
+        capture_time: view.capture_time.map(timestamp),
+        void_time: view.void_time.map(timestamp),
+    }
+}
+
+/// `ChargeService` over the vault's charging side.
+#[derive(Debug, Clone)]
+pub struct ChargeApi {
+    charges: Arc<Charges>,
+    edge: Edge,
+    amount_minor_max: i64,
+}
+
+impl ChargeApi {
+    /// Serves `charges`, reading caller identities under `uri_prefix`.
+    pub fn new(charges: Arc<Charges>, uri_prefix: &str) -> ChargeApi {
+        let amount_minor_max = charges.settings().amount_minor_max;
+        let edge = Edge::new(charges.vault().clone(), uri_prefix);
+        ChargeApi {
+            charges,
+            edge,
+            amount_minor_max,
+        }
+    }
+}
+
+fn record_charge(charge: &ChargeView) {
+    let span = tracing::Span::current();
+    span.record("charge", charge.id.as_str());
+    span.record("token", charge.token.as_str());
+}
+
+#[tonic::async_trait]
+impl pb::charge_service_server::ChargeService for ChargeApi {
+    #[instrument(
+        skip_all,
+        fields(rpc = "Authorize", correlation_id, caller, token, charge)
+    )]
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let ctx = self.edge.context(&request, Rpc::Authorize).await?;
+        let max = self.amount_minor_max;
+        let command = self
+            .edge
+            .check(&ctx, authorize(request.get_ref(), max))
+            .await?;
+        let charge = self
+            .charges
+            .authorize(ctx.clone(), command)
+            .await
+            .map_err(to_status)?;
+        record_charge(&charge);
+        tracing::info!(state = charge.state.as_str(), last4 = %charge.last4, "authorize");
+        Ok(respond(
+            &ctx,
+            pb::AuthorizeResponse {
+                charge: Some(charge_message(&charge)),
+            },
+        ))
+    }
+
+    #[instrument(
+        skip_all,
+        fields(rpc = "Capture", correlation_id, caller, token, charge)
+    )]
+    async fn capture(
+        &self,
+        request: Request<pb::CaptureRequest>,
+    ) -> Result<Response<pb::CaptureResponse>, Status> {
+        let ctx = self.edge.context(&request, Rpc::Capture).await?;
+        let max = self.amount_minor_max;
+        let command = self
+            .edge
+            .check(&ctx, capture(request.get_ref(), max))
+            .await?;
+        let charge = self
+            .charges
+            .capture(ctx.clone(), command)
+            .await
+            .map_err(to_status)?;
+        record_charge(&charge);
+        Ok(respond(
+            &ctx,
+            pb::CaptureResponse {
+                charge: Some(charge_message(&charge)),
+            },
+        ))
+    }
+
+    #[instrument(skip_all, fields(rpc = "Void", correlation_id, caller, token, charge))]
+    async fn void(
+        &self,
+        request: Request<pb::VoidRequest>,
+    ) -> Result<Response<pb::VoidResponse>, Status> {
+        let ctx = self.edge.context(&request, Rpc::Void).await?;
+        let command = self.edge.check(&ctx, void(request.get_ref())).await?;
+        let charge = self
+            .charges
+            .void(ctx.clone(), command)
+            .await
+            .map_err(to_status)?;
+        record_charge(&charge);
+        Ok(respond(
+            &ctx,
+            pb::VoidResponse {
+                charge: Some(charge_message(&charge)),
+            },
+        ))
+    }
+
+    #[instrument(
+        skip_all,
+        fields(rpc = "Refund", correlation_id, caller, token, charge)
+    )]
+    async fn refund(
+        &self,
+        request: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
+        let ctx = self.edge.context(&request, Rpc::Refund).await?;
+        let max = self.amount_minor_max;
+        let command = self
+            .edge
+            .check(&ctx, refund(request.get_ref(), max))
+            .await?;
+        let (refund, charge) = self
+            .charges
+            .refund(ctx.clone(), command)
+            .await
+            .map_err(to_status)?;
+        record_charge(&charge);
+        Ok(respond(
+            &ctx,
+            pb::RefundResponse {
+                refund: Some(refund_message(&refund)),
+                charge: Some(charge_message(&charge)),
+            },
+        ))
+    }
+
+    #[instrument(
+        skip_all,
+        fields(rpc = "GetCharge", correlation_id, caller, token, charge)
+    )]
+    async fn get_charge(
+        &self,
+        request: Request<pb::GetChargeRequest>,
+    ) -> Result<Response<pb::GetChargeResponse>, Status> {
+        let ctx = self.edge.context(&request, Rpc::GetCharge).await?;
+        let lookup = self.edge.check(&ctx, get_charge(request.get_ref())).await?;
+        let charge = self
+            .charges
+            .get(ctx.clone(), lookup)
+            .await
+            .map_err(to_status)?;
+        record_charge(&charge);
+        Ok(respond(
+            &ctx,
+            pb::GetChargeResponse {
+                charge: Some(charge_message(&charge)),
+            },
+        ))
+    }
+}

@@ -1,0 +1,452 @@
+//! `SandboxService`: thin handlers over [`crate::charges::sandbox`] and their wire
+//! conversions.
+
+use std::sync::Arc;
+
+use tandem_money::{Currency, Money};
+use tandem_proto::tandem::r#type::v1 as types;
+use tandem_proto::tandem::vault::v1 as pb;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::charges::{decline_code, decline_code_from_wire, money};
+use super::convert::{Violations, decode_cursor, encode_cursor, timestamp};
+use super::status::to_status;
+use super::{Edge, respond};
+use crate::auth::Rpc;
+use crate::charges::Charges;
+use crate::charges::sandbox::{ConfigureSandboxCard, Page, SettlementQuery};
+use crate::connector::sandbox::{
+    CardBehaviour, FAIL_FIRST_ATTEMPTS_MAX, LATENCY_MS_MAX, OperationFilter, SandboxCard,
+    SandboxOperation, SettlementRecord,
+};
+use crate::domain::{RequestId, Token};
+use crate::error::Error;
+
+/// Default and largest page of the sandbox's lists.
+const PAGE_SIZE_DEFAULT: i64 = 100;
+const PAGE_SIZE_MAX: i64 = 1000;
+
+/// `SandboxService`: the sandbox acquirer's administration.
+#[derive(Debug, Clone)]
+pub struct SandboxApi {
+    charges: Arc<Charges>,
+    edge: Edge,
+}
+
+impl SandboxApi {
+    /// Serves the sandbox of `charges`.
+    pub fn new(charges: Arc<Charges>, uri_prefix: &str) -> SandboxApi {
+        let edge = Edge::new(charges.vault().clone(), uri_prefix);
+        SandboxApi { charges, edge }
+    }
+}
+
+/// Checks a `ConfigureSandboxCardRequest`.
+pub fn configure_sandbox_card(
+    request: &pb::ConfigureSandboxCardRequest,
+) -> Result<ConfigureSandboxCard, Error> {
+    let mut v = Violations::default();
+    let request_id = v.check("request_id", RequestId::parse(&request.request_id));
+    let token = v.check("token", Token::parse(&request.token));
+    let behaviour = match &request.config {
+        None => Some(None),
+        Some(config) => match behaviour(config) {
+            Ok(behaviour) => Some(Some(behaviour)),
+            Err(Error::InvalidArgument(violations)) => {
+                for violation in violations {
+                    v.check::<(), _>(violation.field, Err(violation.description));
+                }
+                None
+            }
+            Err(other) => return Err(other),
+        },
+    };
+    v.finish(|| {
+        Some(ConfigureSandboxCard {
+            request_id: request_id?,
+            token: token?,
+            behaviour: behaviour?,
+        })
+    })
+}
+
+/// A sandbox list's paging: its page size and the position to continue after.
+#[derive(Debug)]
+struct Paging {
+    size: i64,
+    after: i64,
+    /// What page tokens of this query are bound to.
+    scope: String,
+}
+
+impl Paging {
+    /// Checks `page_token` against the query's `scope`; `size` is the checked `page_size`.
+    fn check(
+        v: &mut Violations,
+        size: Option<i64>,
+        page_token: &str,
+        scope: String,
+    ) -> Option<Paging> {
+        let after = if page_token.is_empty() {
+            Some(0)
+        } else {
+            v.check(
+                "page_token",
+                decode_cursor(page_token, scope.as_bytes())
+                    .ok_or("is not a page token of this query"),
+            )
+        };
+        Some(Paging {
+            size: size?,
+            after: after?,
+            scope,
+        })
+    }
+
+    /// The token of the page after `page`; `seq` reads an item's position.
+    fn next_token<T>(&self, page: &Page<T>, seq: impl Fn(&T) -> i64) -> String {
+        match page.items.last() {
+            Some(last) if page.more => encode_cursor(seq(last), self.scope.as_bytes()),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Checks a `ListSandboxOperationsRequest`.
+fn operations_query(
+    request: &pb::ListSandboxOperationsRequest,
+) -> Result<(OperationFilter, Paging), Error> {
+    let scope = format!(
+        "operations/{}/{}/{}",
+        request.token, request.r#type, request.authorization_reference
+    );
+    let mut v = Violations::default();
+    let size = v.check("page_size", page_size(request.page_size));
+    let token = if request.token.is_empty() {
+        Some(None)
+    } else {
+        v.check("token", Token::parse(&request.token)).map(Some)
+    };
+    let kind = v.check(
+        "type",
+        match pb::SandboxOperationType::try_from(request.r#type) {
+            Ok(pb::SandboxOperationType::Unspecified) => Ok(None),
+            Ok(pb::SandboxOperationType::Authorize) => Ok(Some("authorize")),
+            Ok(pb::SandboxOperationType::Capture) => Ok(Some("capture")),
+            Ok(pb::SandboxOperationType::Void) => Ok(Some("void")),
+            Ok(pb::SandboxOperationType::Refund) => Ok(Some("refund")),
+            Ok(pb::SandboxOperationType::Inquire) => Ok(Some("inquire")),
+            Err(_) => Err("is not a known operation type"),
+        },
+    );
+    let reference = v.check(
+        "authorization_reference",
+        if request.authorization_reference.len() <= 128 {
+            Ok(request.authorization_reference.clone())
+        } else {
+            Err("is too long")
+        },
+    );
+    let paging = Paging::check(&mut v, size, &request.page_token, scope);
+    v.finish(|| {
+        let reference = reference?;
+        // The sandbox keeps the token it was addressed by; a filter by another token of the
+        // same card is answered by that card's own operations.
+        let filter = OperationFilter {
+            token: token?.map(|t| t.as_str().to_owned()),
+            kind: kind?,
+            authorization_reference: (!reference.is_empty()).then_some(reference),
+        };
+        Some((filter, paging?))
+    })
+}
+
+/// Checks a `ListSettlementRecordsRequest`.
+fn settlement_query(
+    request: &pb::ListSettlementRecordsRequest,
+) -> Result<(SettlementQuery, Paging), Error> {
+    let scope = format!(
+        "settlement/{}/{}/{}",
+        request.start_date, request.end_date, request.r#type
+    );
+    let mut v = Violations::default();
+    let size = v.check("page_size", page_size(request.page_size));
+    let start = v.check("start_date", date(&request.start_date));
+    let end = v.check("end_date", date(&request.end_date));
+    if let (Some(Some(start)), Some(Some(end))) = (start, end)
+        && end < start
+    {
+        v.check::<(), _>("end_date", Err("must not be before start_date"));
+    }
+    let kind = v.check(
+        "type",
+        match pb::SettlementRecordType::try_from(request.r#type) {
+            Ok(pb::SettlementRecordType::Unspecified) => Ok(None),
+            Ok(pb::SettlementRecordType::Capture) => Ok(Some("capture")),
+            Ok(pb::SettlementRecordType::Refund) => Ok(Some("refund")),
+            Err(_) => Err("is not a known settlement record type"),
+        },
+    );
+    let paging = Paging::check(&mut v, size, &request.page_token, scope);
+    v.finish(|| {
+        let query = SettlementQuery {
+            start: start?,
+            end: end?,
+            kind: kind?,
+        };
+        Some((query, paging?))
+    })
+}
+
+fn behaviour(config: &pb::SandboxCardConfig) -> Result<CardBehaviour, Error> {
+    let mut v = Violations::default();
+    let decline = v.check(
+        "config.decline_code",
+        decline_code_from_wire(config.decline_code),
+    );
+    let balance = match &config.balance {
+        None => Some(None),
+        Some(balance) => v
+            .check(
+                "config.balance",
+                Currency::parse(&balance.currency_code)
+                    .map_err(|e| e.to_string())
+                    .and_then(|currency| {
+                        if balance.minor_units < 0 {
+                            Err("minor_units must not be negative".to_owned())
+                        } else {
+                            Ok(Money::new(currency, balance.minor_units))
+                        }
+                    }),
+            )
+            .map(Some),
+    };
+    let latency_ms = v.check(
+        "config.latency_ms",
+        u32::try_from(config.latency_ms)
+            .ok()
+            .filter(|ms| *ms <= LATENCY_MS_MAX)
+            .ok_or(format!("must be 0 to {LATENCY_MS_MAX}")),
+    );
+    let fail_first_attempts = v.check(
+        "config.fail_first_attempts",
+        u32::try_from(config.fail_first_attempts)
+            .ok()
+            .filter(|n| *n <= FAIL_FIRST_ATTEMPTS_MAX)
+            .ok_or(format!("must be 0 to {FAIL_FIRST_ATTEMPTS_MAX}")),
+    );
+    v.finish(|| {
+        Some(CardBehaviour {
+            decline: decline?,
+            balance: balance?,
+            latency_ms: latency_ms?,
+            fail_first_attempts: fail_first_attempts?,
+            timeout_after_authorize: config.timeout_after_authorize,
+        })
+    })
+}
+
+fn sandbox_card(card: &SandboxCard) -> pb::SandboxCard {
+    let b = &card.behaviour;
+    pb::SandboxCard {
+        token: card.token.clone(),
+        last4: card.last4.clone(),
+        configured: card.configured,
+        config: Some(pb::SandboxCardConfig {
+            decline_code: b
+                .decline
+                .map_or(types::DeclineCode::Unspecified, decline_code)
+                as i32,
+            balance: b.balance.map(money),
+            latency_ms: i64::from(b.latency_ms),
+            fail_first_attempts: b.fail_first_attempts as i32,
+            timeout_after_authorize: b.timeout_after_authorize,
+        }),
+        available: card.available.map(money),
+        held: card.held.map(money),
+        fail_first_attempts_remaining: card.fail_remaining as i32,
+        update_time: Some(timestamp(card.updated_at)),
+    }
+}
+
+fn operation_type(kind: &str) -> pb::SandboxOperationType {
+    match kind {
+        "authorize" => pb::SandboxOperationType::Authorize,
+        "capture" => pb::SandboxOperationType::Capture,
+        "void" => pb::SandboxOperationType::Void,
+        "refund" => pb::SandboxOperationType::Refund,
+        "inquire" => pb::SandboxOperationType::Inquire,
+        _ => pb::SandboxOperationType::Unspecified,
+    }
+}
+
+fn operation(op: &SandboxOperation) -> pb::SandboxOperation {
+    pb::SandboxOperation {
+        processor_reference: op.reference.clone(),
+        authorization_reference: op.authorization_reference.clone(),
+        r#type: operation_type(&op.kind) as i32,
+        idempotency_key: op.idempotency_key.clone(),
+        token: op.token.clone(),
+        requested: op.requested.map(money),
+        approved: op.approved.map(money),
+        outcome: match op.outcome.as_str() {
+            "approved" => pb::SandboxOperationOutcome::Approved,
+            "partially_approved" => pb::SandboxOperationOutcome::PartiallyApproved,
+            "declined" => pb::SandboxOperationOutcome::Declined,
+            "replayed" => pb::SandboxOperationOutcome::Replayed,
+            _ => pb::SandboxOperationOutcome::Unspecified,
+        } as i32,
+        decline_code: op
+            .decline
+            .map_or(types::DeclineCode::Unspecified, decline_code) as i32,
+        authorization_code: op.authorization_code.clone(),
+        create_time: Some(timestamp(op.created_at)),
+    }
+}
+
+fn settlement_record(record: &SettlementRecord) -> pb::SettlementRecord {
+    pb::SettlementRecord {
+        id: record.id.clone(),
+        settlement_date: record.settlement_date.to_string(),
+        r#type: match record.kind.as_str() {
+            "capture" => pb::SettlementRecordType::Capture,
+            "refund" => pb::SettlementRecordType::Refund,
+            _ => pb::SettlementRecordType::Unspecified,
+        } as i32,
+        processor_reference: record.processor_reference.clone(),
+        authorization_reference: record.authorization_reference.clone(),
+        amount: Some(money(record.amount)),
+        create_time: Some(timestamp(record.created_at)),
+    }
+}
+
+fn page_size(requested: i32) -> Result<i64, &'static str> {
+    match requested {
+        0 => Ok(PAGE_SIZE_DEFAULT),
+        n if n > 0 => Ok(i64::from(n).min(PAGE_SIZE_MAX)),
+        _ => Err("must not be negative"),
+    }
+}
+
+fn date(text: &str) -> Result<Option<time::Date>, &'static str> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(text, format)
+        .map(Some)
+        .map_err(|_| "must be a date YYYY-MM-DD")
+}
+
+#[tonic::async_trait]
+impl pb::sandbox_service_server::SandboxService for SandboxApi {
+    #[instrument(
+        skip_all,
+        fields(rpc = "ConfigureSandboxCard", correlation_id, caller, token)
+    )]
+    async fn configure_sandbox_card(
+        &self,
+        request: Request<pb::ConfigureSandboxCardRequest>,
+    ) -> Result<Response<pb::ConfigureSandboxCardResponse>, Status> {
+        let ctx = self
+            .edge
+            .context(&request, Rpc::ConfigureSandboxCard)
+            .await?;
+        let checked = configure_sandbox_card(request.get_ref());
+        let command = self.edge.check(&ctx, checked).await?;
+        tracing::Span::current().record("token", command.token.as_str());
+        let card = self
+            .charges
+            .configure_sandbox_card(&ctx, command)
+            .await
+            .map_err(to_status)?;
+        Ok(respond(
+            &ctx,
+            pb::ConfigureSandboxCardResponse {
+                card: Some(sandbox_card(&card)),
+            },
+        ))
+    }
+
+    #[instrument(
+        skip_all,
+        fields(rpc = "GetSandboxCard", correlation_id, caller, token)
+    )]
+    async fn get_sandbox_card(
+        &self,
+        request: Request<pb::GetSandboxCardRequest>,
+    ) -> Result<Response<pb::GetSandboxCardResponse>, Status> {
+        let ctx = self.edge.context(&request, Rpc::GetSandboxCard).await?;
+        let checked =
+            Token::parse(&request.get_ref().token).map_err(|e| Error::invalid("token", e));
+        let token = self.edge.check(&ctx, checked).await?;
+        let card = self
+            .charges
+            .sandbox_card(&ctx, &token)
+            .await
+            .map_err(to_status)?;
+        Ok(respond(
+            &ctx,
+            pb::GetSandboxCardResponse {
+                card: Some(sandbox_card(&card)),
+            },
+        ))
+    }
+
+    #[instrument(
+        skip_all,
+        fields(rpc = "ListSandboxOperations", correlation_id, caller)
+    )]
+    async fn list_sandbox_operations(
+        &self,
+        request: Request<pb::ListSandboxOperationsRequest>,
+    ) -> Result<Response<pb::ListSandboxOperationsResponse>, Status> {
+        let ctx = self
+            .edge
+            .context(&request, Rpc::ListSandboxOperations)
+            .await?;
+        let checked = operations_query(request.get_ref());
+        let (filter, paging) = self.edge.check(&ctx, checked).await?;
+        let page = self
+            .charges
+            .sandbox_operations(&ctx, &filter, paging.after, paging.size)
+            .await
+            .map_err(to_status)?;
+        Ok(respond(
+            &ctx,
+            pb::ListSandboxOperationsResponse {
+                operations: page.items.iter().map(operation).collect(),
+                next_page_token: paging.next_token(&page, |op| op.seq),
+            },
+        ))
+    }
+
+    #[instrument(
+        skip_all,
+        fields(rpc = "ListSettlementRecords", correlation_id, caller)
+    )]
+    async fn list_settlement_records(
+        &self,
+        request: Request<pb::ListSettlementRecordsRequest>,
+    ) -> Result<Response<pb::ListSettlementRecordsResponse>, Status> {
+        let ctx = self
+            .edge
+            .context(&request, Rpc::ListSettlementRecords)
+            .await?;
+        let checked = settlement_query(request.get_ref());
+        let (query, paging) = self.edge.check(&ctx, checked).await?;
+        let page = self
+            .charges
+            .settlement_records(&ctx, &query, paging.after, paging.size)
+            .await
+            .map_err(to_status)?;
+        Ok(respond(
+            &ctx,
+            pb::ListSettlementRecordsResponse {
+                records: page.items.iter().map(settlement_record).collect(),
+                next_page_token: paging.next_token(&page, |record| record.seq),
+            },
+        ))
+    }
+}
