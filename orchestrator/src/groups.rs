@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use tandem_proto::tandem::orchestrator::v1 as pb;
-use tandem_proto::tandem::r#type::v1 as types;
 
-use crate::domain::record::Suspension;
 use crate::error::Error;
 use crate::grpc::convert::{self, Violations};
+use crate::storage::now;
 use crate::storage::{self, StoredGroup};
 use crate::vault::TokenCheck;
-use crate::workflow::{Workflow, now};
+use crate::workflow::Workflow;
 
 /// The card-group operations.
 pub struct Groups {
@@ -386,58 +385,4 @@ fn current_last4(stored: &StoredGroup) -> Result<Vec<(String, String)>, Error> {
         .into_iter()
         .map(|m| (m.token, m.last4))
         .collect())
-}
-
-/// Suspends the members of group `group_id` whose cards were declined as lost or stolen in
-/// payment `payment_id`, in the transaction that records the decline: the group's view names
-/// the reason, its version (and etag) moves on, and no later payment allocates to them until
-/// `UpdateCardGroup` makes them ACTIVE again. Members already suspended stay as they are.
-pub(crate) async fn suspend_members(
-    conn: &mut sqlx::PgConnection,
-    group_id: &str,
-    payment_id: &str,
-    suspensions: &[Suspension],
-    now: time::OffsetDateTime,
-) -> Result<(), Error> {
-    let Some(mut stored) = storage::group(&mut *conn, group_id, true).await? else {
-        return Err(Error::Corrupt(format!(
-            "payment {payment_id}: no card group {group_id}"
-        )));
-    };
-    let mut body = pb::CardGroup::decode(stored.body.as_slice())
-        .map_err(|e| Error::Corrupt(format!("card group {group_id}: {e}")))?;
-    let mut changed = false;
-    for member in &mut body.members {
-        let Some(suspension) = suspensions.iter().find(|s| s.token == member.token) else {
-            continue;
-        };
-        if member.state == pb::CardGroupMemberState::Suspended as i32 {
-            continue;
-        }
-        member.state = pb::CardGroupMemberState::Suspended as i32;
-        member.suspension = Some(pb::MemberSuspension {
-            decline_code: types::DeclineCode::from_str_name(&format!(
-                "DECLINE_CODE_{}",
-                suspension.decline_code
-            ))
-            .unwrap_or_default() as i32,
-            payment_id: payment_id.to_owned(),
-            suspend_time: Some(convert::wire_time(now)),
-        });
-        changed = true;
-        tracing::warn!(
-            card_group_id = group_id,
-            payment_id,
-            token = %member.token,
-            decline_code = %suspension.decline_code,
-            "member suspended: its card was declined as lost or stolen"
-        );
-    }
-    if changed {
-        stored.body = body.encode_to_vec();
-        stored.version += 1;
-        stored.update_time = now;
-        storage::update_group(conn, &stored).await?;
-    }
-    Ok(())
 }

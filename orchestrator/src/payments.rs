@@ -19,8 +19,8 @@ use crate::domain::saga::{Leg, LegState, Payment, PaymentState};
 use crate::error::Error;
 use crate::feeds::{Subscription, Update};
 use crate::grpc::convert::{self, Violations};
-use crate::storage::{self, StoredPayment};
-use crate::workflow::{Committed, Workflow, now};
+use crate::storage::{self, StoredPayment, now};
+use crate::workflow::{Committed, Workflow};
 
 /// The payment operations.
 pub struct Payments {

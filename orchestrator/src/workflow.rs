@@ -33,12 +33,14 @@ use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
 use crate::config::PaymentSettings;
 use crate::domain::booking::{self, BookingContext};
-use crate::domain::record::{AuthorizeAnswer, Event, PaymentRecord, RefundStep, SpendChange, Step};
+use crate::domain::record::{
+    AuthorizeAnswer, Event, PaymentRecord, RefundStep, SpendChange, Step, Suspension,
+};
 use crate::domain::saga::{Command, Outcome};
 use crate::error::Error;
 use crate::feeds::Feeds;
 use crate::grpc::convert;
-use crate::storage::{self, StoredPayment};
+use crate::storage::{self, StoredPayment, now};
 use crate::vault::{Operation, RefundAnswer, Unknown, VaultClient};
 
 /// Where a test may stop the workflow dead, as a crash would: the drive never returns and
@@ -649,7 +651,7 @@ impl Workflow {
             .filter_map(|event| stored.record.suspension(event))
             .collect();
         if !suspensions.is_empty() {
-            crate::groups::suspend_members(
+            suspend_members(
                 &mut *tx,
                 &stored.card_group_id,
                 &stored.record.id,
@@ -894,11 +896,30 @@ fn leg_context(context: &BookingContext, record: &PaymentRecord, leg: usize) -> 
     }
 }
 
-/// The current time at Postgres's precision (microseconds), so stored and read times agree.
-pub fn now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
-        .unwrap_or(now)
+/// Suspends the members of group `group_id` whose cards were declined as lost or stolen in
+/// payment `payment_id`, in the transaction that records the decline: the group's view names
+/// the reason, its version (and etag) moves on, and no later payment allocates to them until
+/// `UpdateCardGroup` makes them ACTIVE again. Members already suspended stay as they are.
+async fn suspend_members(
+    conn: &mut sqlx::PgConnection,
+    group_id: &str,
+    payment_id: &str,
+    suspensions: &[Suspension],
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    let Some(mut stored) = storage::group(&mut *conn, group_id, true).await? else {
+        return Err(Error::Corrupt(format!(
+            "payment {payment_id}: no card group {group_id}"
+        )));
+    };
+    let Some(body) = convert::suspended_body(&stored.body, group_id, payment_id, suspensions, now)?
+    else {
+        return Ok(());
+    };
+    stored.body = body;
+    stored.version += 1;
+    stored.update_time = now;
+    storage::update_group(conn, &stored).await
 }
 
 /// A random fraction in [0, 1), for jittering retry waits.

@@ -13,7 +13,9 @@ use crate::domain::allocation::{FixedAmount, PolicyError, RemainderRule, Strateg
 use crate::domain::group::{
     ATTEMPTS_DEFAULT, ATTEMPTS_MAX, CeilingWindow, LimitOverride, MemberRules, Policy,
 };
-use crate::domain::record::{AttemptOutcome, Event, EventKind, PaymentRecord, RefundState, Status};
+use crate::domain::record::{
+    AttemptOutcome, Event, EventKind, PaymentRecord, RefundState, Status, Suspension,
+};
 use crate::domain::saga::{Completion, LegState, NextAction, PaymentState};
 use crate::error::{Error, FieldViolation};
 use crate::storage::{Cursor, StoredGroup, StoredPayment};
@@ -456,6 +458,48 @@ pub fn group_body(
             .unwrap_or_default();
     }
     body.encode_to_vec()
+}
+
+/// The stored body of group `group_id` with the members named in `suspensions` SUSPENDED by
+/// payment `payment_id` at `now`; `None` if every one of them was suspended already (members
+/// already suspended keep their first suspension).
+pub fn suspended_body(
+    body: &[u8],
+    group_id: &str,
+    payment_id: &str,
+    suspensions: &[Suspension],
+    now: OffsetDateTime,
+) -> Result<Option<Vec<u8>>, Error> {
+    let mut group = pb::CardGroup::decode(body)
+        .map_err(|e| Error::Corrupt(format!("card group {group_id}: {e}")))?;
+    let mut changed = false;
+    for member in &mut group.members {
+        let Some(suspension) = suspensions.iter().find(|s| s.token == member.token) else {
+            continue;
+        };
+        if member.state == pb::CardGroupMemberState::Suspended as i32 {
+            continue;
+        }
+        member.state = pb::CardGroupMemberState::Suspended as i32;
+        member.suspension = Some(pb::MemberSuspension {
+            decline_code: types::DeclineCode::from_str_name(&format!(
+                "DECLINE_CODE_{}",
+                suspension.decline_code
+            ))
+            .unwrap_or_default() as i32,
+            payment_id: payment_id.to_owned(),
+            suspend_time: Some(wire_time(now)),
+        });
+        changed = true;
+        tracing::warn!(
+            card_group_id = group_id,
+            payment_id,
+            token = %member.token,
+            decline_code = %suspension.decline_code,
+            "member suspended: its card was declined as lost or stolen"
+        );
+    }
+    Ok(changed.then(|| group.encode_to_vec()))
 }
 
 /// The etag of a group version.
