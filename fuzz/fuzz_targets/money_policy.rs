@@ -1,15 +1,15 @@
 //! Money and allocation policies from arbitrary bytes: a card group and a payment request
 //! decoded from the fuzzer's bytes go through the orchestrator's edge (the same checks as the
-//! RPCs), and whatever passes is allocated: the parts must sum exactly to the amount, each
-//! within its member's room, only to eligible members. Nothing may panic.
+//! RPCs), and whatever passes is planned as the orchestrator plans a payment: the legs and what
+//! stays uncovered must sum exactly to the amount, each leg within its member's room, only to
+//! eligible members. Nothing may panic.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
 use tandem_money::Currency;
-use tandem_orchestrator::domain::allocation::{allocate, check_policy};
-use tandem_orchestrator::domain::group::member_at;
+use tandem_orchestrator::domain::planning;
 use tandem_orchestrator::grpc::convert::{self, Violations};
 use tandem_proto::tandem::orchestrator::v1 as pb;
 
@@ -42,31 +42,21 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let now = time::OffsetDateTime::UNIX_EPOCH;
-    let members: Vec<_> = input
-        .members
-        .iter()
-        .map(|m| member_at(m, &policy.windows, now, 0))
-        .collect();
-    if check_policy(&policy.strategy, &members, invoice.amount, &invoice.lines).is_err() {
+    let Ok(plan) = planning::plan(&input.members, &policy, &invoice, |_| 0, now) else {
         return;
-    }
-    let allocation = allocate(
-        invoice.amount,
-        &invoice.lines,
-        &members,
-        &policy.strategy,
-        policy.fallback,
-    );
-    let parts: i64 = allocation.parts.iter().map(|p| p.amount.minor_units).sum();
-    let uncovered: i64 = allocation.uncovered.iter().map(|m| m.minor_units).sum();
-    assert_eq!(parts + uncovered, invoice.amount.minor_units, "the split does not sum");
-    for part in &allocation.parts {
-        let member = members
+    };
+    let legs: i64 = plan.saga.legs.iter().map(|leg| leg.amount).sum();
+    let uncovered: i64 = plan.uncovered.iter().map(|m| m.minor_units).sum();
+    assert_eq!(legs + uncovered, invoice.amount.minor_units, "the split does not sum");
+    for leg in &plan.saga.legs {
+        let member = plan
+            .saga
+            .members
             .iter()
-            .find(|m| m.token == part.token)
-            .expect("a part for a member of the group");
-        assert!(member.active, "a suspended member got a part");
-        assert!(part.amount.minor_units > 0);
-        assert!(member.room.is_none_or(|room| part.amount.minor_units <= room));
+            .find(|m| m.token == leg.token)
+            .expect("a leg for a member of the group");
+        assert!(member.active, "a suspended member got a leg");
+        assert!(leg.amount > 0);
+        assert!(member.room.is_none_or(|room| leg.amount <= room));
     }
 });

@@ -11,11 +11,10 @@ use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_runtime::admission::InFlight;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::domain::allocation::{allocate, check_policy};
 use crate::domain::booking::{self, BookingContext};
-use crate::domain::group::{MemberRules, member_at};
-use crate::domain::record::{MemberSnapshot, PaymentRecord, RefundError};
-use crate::domain::saga::{Leg, LegState, Payment, PaymentState};
+use crate::domain::group::MemberRules;
+use crate::domain::planning;
+use crate::domain::record::{PaymentRecord, RefundError};
 use crate::error::Error;
 use crate::feeds::{Subscription, Update};
 use crate::grpc::convert::{self, Violations};
@@ -150,79 +149,45 @@ impl Payments {
         let month = storage::month_of(now);
         let tokens: Vec<String> = input.members.iter().map(|m| m.token.clone()).collect();
         let spent = storage::month_to_date(&mut *tx, &tokens, month).await?;
-        let members: Vec<_> = input
-            .members
-            .iter()
-            .map(|rules| {
-                let key = (rules.token.clone(), rules.currency.code().to_owned());
-                member_at(
-                    rules,
-                    &policy.windows,
-                    now,
-                    spent.get(&key).copied().unwrap_or(0),
-                )
-            })
-            .collect();
-        if let Err(errors) =
-            check_policy(&policy.strategy, &members, invoice.amount, &invoice.lines)
-        {
-            let mut v = Violations::default();
-            if request.policy_override.is_some() {
-                v.add_policy(errors, "policy_override");
-            } else {
-                for error in errors {
-                    if error.field.starts_with("policy") {
-                        v.add(
-                            "card_group_id",
-                            format!("the group's default policy: {}", error.description),
-                        );
-                    } else {
-                        v.add(error.field, error.description);
+        let month_to_date = |rules: &MemberRules| {
+            let key = (rules.token.clone(), rules.currency.code().to_owned());
+            spent.get(&key).copied().unwrap_or(0)
+        };
+        let plan = match planning::plan(&input.members, &policy, &invoice, month_to_date, now) {
+            Ok(plan) => plan,
+            Err(errors) => {
+                let mut v = Violations::default();
+                if request.policy_override.is_some() {
+                    v.add_policy(errors, "policy_override");
+                } else {
+                    for error in errors {
+                        if error.field.starts_with("policy") {
+                            v.add(
+                                "card_group_id",
+                                format!("the group's default policy: {}", error.description),
+                            );
+                        } else {
+                            v.add(error.field, error.description);
+                        }
                     }
                 }
+                return v.finish(()).map(|()| pb::Payment::default());
             }
-            return v.finish(()).map(|()| pb::Payment::default());
-        }
-        let allocation = allocate(
-            invoice.amount,
-            &invoice.lines,
-            &members,
-            &policy.strategy,
-            policy.fallback,
-        );
-        let saga = Payment {
-            state: PaymentState::Pending,
-            currency: invoice.amount.currency,
-            amount: invoice.amount.minor_units,
-            legs: allocation
-                .parts
-                .iter()
-                .map(|part| Leg {
-                    token: part.token.clone(),
-                    amount: part.amount.minor_units,
-                    approved: 0,
-                    state: LegState::Pending,
-                    attempts: 0,
-                })
-                .collect(),
-            members,
-            fallback: policy.fallback,
-            attempts_max: policy.attempts_max,
-            completion: policy.completion,
-            dispatch: policy.dispatch(),
-            stopped: false,
         };
-        let (limits, last4): (Vec<_>, Vec<_>) = wire_group
-            .members
-            .iter()
-            .map(|m| (m.token.clone(), m.last4.clone()))
-            .unzip();
-        let snapshots = snapshots(&input.members, &policy.windows, now, &limits, &last4);
+        let last4 = |token: &str| {
+            wire_group
+                .members
+                .iter()
+                .find(|m| m.token == token)
+                .map(|m| m.last4.clone())
+                .unwrap_or_default()
+        };
+        let snapshots = planning::snapshots(&input.members, &policy.windows, now, last4);
         let (mut record, created) = PaymentRecord::new(
             id.clone(),
             invoice.id.clone(),
             invoice.cost_center.clone(),
-            saga,
+            plan.saga,
             snapshots,
             now,
         );
@@ -675,33 +640,4 @@ async fn wait_for(
             }
         }
     }
-}
-
-/// The members as the payment keeps them: labels, cost centers, the monthly limit in force
-/// now (windows applied) and the last four digits the group knows.
-fn snapshots(
-    members: &[MemberRules],
-    windows: &[crate::domain::group::CeilingWindow],
-    now: time::OffsetDateTime,
-    tokens: &[String],
-    last4: &[String],
-) -> Vec<MemberSnapshot> {
-    members
-        .iter()
-        .map(|m| {
-            let (_, per_month) = crate::domain::group::limits_at(m, windows, now);
-            MemberSnapshot {
-                token: m.token.clone(),
-                label: m.label.clone(),
-                priority: m.priority,
-                cost_center: m.cost_center.clone(),
-                limit_per_month: per_month,
-                last4: tokens
-                    .iter()
-                    .position(|t| *t == m.token)
-                    .map(|i| last4[i].clone())
-                    .unwrap_or_default(),
-            }
-        })
-        .collect()
 }

@@ -305,7 +305,33 @@ pub fn allocate(
             cap_and_spill(&mut book, &ordered, amount, proposed, fallback);
         }
     }
-    book.finish(&ordered)
+    let allocation = book.finish(&ordered);
+    match strategy {
+        Strategy::ByCurrency => assert_sums(&allocation, lines),
+        _ => assert_sums(&allocation, &[amount]),
+    }
+    allocation
+}
+
+/// Asserts that `allocation`'s parts and what it leaves uncovered sum exactly, per currency, to
+/// the `totals` it divided.
+fn assert_sums(allocation: &Allocation, totals: &[Money]) {
+    let mut left: BTreeMap<Currency, i64> = BTreeMap::new();
+    for total in totals {
+        *left.entry(total.currency).or_default() += total.minor_units;
+    }
+    for money in allocation
+        .parts
+        .iter()
+        .map(|part| &part.amount)
+        .chain(&allocation.uncovered)
+    {
+        *left.entry(money.currency).or_default() -= money.minor_units;
+    }
+    assert!(
+        left.values().all(|amount| *amount == 0),
+        "an allocation's parts and uncovered amounts sum to what it divides: {left:?} left over"
+    );
 }
 
 /// Moves `amount` not covered (a decline, a partial approval) to the eligible members not in
@@ -332,7 +358,9 @@ pub fn reallocate(
     );
     book.leave_uncovered(amount.currency, rest);
     book.already.clear();
-    book.finish(&ordered)
+    let allocation = book.finish(&ordered);
+    assert_sums(&allocation, &[amount]);
+    allocation
 }
 
 fn by_priority(members: &[Member]) -> Vec<&Member> {
@@ -370,7 +398,7 @@ impl Book {
     }
 
     fn add(&mut self, member: &Member, amount: i64) {
-        debug_assert!(amount >= 0);
+        assert!(amount >= 0, "a part is never negative");
         if amount > 0 {
             self.parts
                 .entry(member.token.clone())
@@ -459,9 +487,14 @@ pub fn split<T: Copy>(amount: i64, shares: &[(T, u64)]) -> Vec<(T, i64)> {
         parts[index].1 += 1;
         left -= 1;
     }
-    debug_assert_eq!(
+    assert_eq!(
         left, 0,
         "largest remainder hands out fewer units than shares"
+    );
+    assert_eq!(
+        parts.iter().map(|(_, part, _)| part).sum::<i64>(),
+        amount,
+        "a split sums to the amount it splits"
     );
     parts
         .into_iter()

@@ -3,5 +3,6 @@
 pub mod allocation;
 pub mod booking;
 pub mod group;
+pub mod planning;
 pub mod record;
 pub mod saga;

@@ -13,6 +13,7 @@ use crate::domain::allocation::{FixedAmount, PolicyError, RemainderRule, Strateg
 use crate::domain::group::{
     ATTEMPTS_DEFAULT, ATTEMPTS_MAX, CeilingWindow, LimitOverride, MemberRules, Policy,
 };
+use crate::domain::planning::Invoice;
 use crate::domain::record::{
     AttemptOutcome, Event, EventKind, PaymentRecord, RefundState, Status, Suspension,
 };
@@ -516,21 +517,8 @@ pub fn request_hash(method: &str, message: &impl prost::Message) -> Vec<u8> {
     hash.finalize().to_vec()
 }
 
-/// An invoice as the domain needs it.
-#[derive(Debug, Clone)]
-pub struct InvoiceInput {
-    /// The caller's invoice id.
-    pub id: String,
-    /// The amount.
-    pub amount: Money,
-    /// The cost center.
-    pub cost_center: Option<String>,
-    /// Line amounts, for BY_CURRENCY.
-    pub lines: Vec<Money>,
-}
-
 /// Checks the invoice of a CreatePayment request.
-pub fn invoice(v: &mut Violations, wire: Option<&pb::Invoice>, max: i64) -> Option<InvoiceInput> {
+pub fn invoice(v: &mut Violations, wire: Option<&pb::Invoice>, max: i64) -> Option<Invoice> {
     let Some(wire) = wire else {
         v.add("invoice", "is required");
         return None;
@@ -589,7 +577,7 @@ pub fn invoice(v: &mut Violations, wire: Option<&pb::Invoice>, max: i64) -> Opti
     {
         v.add("invoice.lines", "must sum exactly to invoice.amount");
     }
-    Some(InvoiceInput {
+    Some(Invoice {
         id: wire.id.clone(),
         amount: total?,
         cost_center: Some(wire.cost_center.clone()).filter(|c| !c.is_empty()),
