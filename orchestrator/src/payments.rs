@@ -14,7 +14,8 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::domain::booking::{self, BookingContext};
 use crate::domain::group::MemberRules;
 use crate::domain::planning;
-use crate::domain::record::{PaymentRecord, RefundError};
+use crate::domain::record::PaymentRecord;
+use crate::domain::record::refunds::{RefundError, RefundState};
 use crate::error::Error;
 use crate::feeds::{Subscription, Update};
 use crate::grpc::convert::{self, Violations};
@@ -458,7 +459,7 @@ impl Payments {
                 .iter()
                 .find(|r| r.id == refund_id)
                 .ok_or_else(|| Error::Corrupt(format!("refund {refund_id} missing")))?;
-            let done = refund.state != crate::domain::record::RefundState::Pending;
+            let done = refund.state != RefundState::Pending;
             if done || tokio::time::Instant::now() >= until {
                 return Ok(pb::RefundPaymentResponse {
                     refund: Some(convert::refund_to_wire(&payment.record, refund)),

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
 use crate::config::VaultSettings;
-use crate::domain::record::AuthorizeAnswer;
+use crate::domain::record::steps::AuthorizeAnswer;
 use crate::domain::saga::NextAction;
 
 /// A vault call whose outcome is not known: nothing may be assumed, the same request is

@@ -33,9 +33,10 @@ use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
 use crate::config::PaymentSettings;
 use crate::domain::booking::{self, BookingContext};
-use crate::domain::record::{
-    AuthorizeAnswer, Event, PaymentRecord, RefundStep, SpendChange, Step, Suspension,
-};
+use crate::domain::record::PaymentRecord;
+use crate::domain::record::events::Event;
+use crate::domain::record::refunds::RefundStep;
+use crate::domain::record::steps::{AuthorizeAnswer, SpendChange, Step, Suspension};
 use crate::domain::saga::{Command, Outcome};
 use crate::error::Error;
 use crate::feeds::Feeds;

@@ -14,9 +14,10 @@ use crate::domain::group::{
     ATTEMPTS_DEFAULT, ATTEMPTS_MAX, CeilingWindow, LimitOverride, MemberRules, Policy,
 };
 use crate::domain::planning::Invoice;
-use crate::domain::record::{
-    AttemptOutcome, Event, EventKind, PaymentRecord, RefundState, Status, Suspension,
-};
+use crate::domain::record::events::{Event, EventKind};
+use crate::domain::record::refunds::{Refund, RefundState};
+use crate::domain::record::steps::{AttemptOutcome, Suspension};
+use crate::domain::record::{PaymentRecord, Status};
 use crate::domain::saga::{Completion, LegState, NextAction, PaymentState};
 use crate::error::{Error, FieldViolation};
 use crate::storage::{Cursor, StoredGroup, StoredPayment};
@@ -669,10 +670,7 @@ fn refund_state(state: RefundState) -> pb::PaymentRefundState {
 }
 
 /// A refund of a payment on the wire.
-pub fn refund_to_wire(
-    record: &PaymentRecord,
-    refund: &crate::domain::record::Refund,
-) -> pb::PaymentRefund {
+pub fn refund_to_wire(record: &PaymentRecord, refund: &Refund) -> pb::PaymentRefund {
     let currency = record.currency();
     pb::PaymentRefund {
         id: refund.id.clone(),

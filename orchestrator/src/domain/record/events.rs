@@ -1,0 +1,184 @@
+//! What a payment's changes publish: the outbox events, each with its line for people.
+
+use time::OffsetDateTime;
+
+use super::PaymentRecord;
+use super::summary::reason_text;
+use crate::domain::saga::PaymentState;
+
+/// What happened, for the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// `payment.created`
+    PaymentCreated,
+    /// `payment.authorizing`
+    PaymentAuthorizing,
+    /// `payment.capturing`
+    PaymentCapturing,
+    /// `payment.succeeded`
+    PaymentSucceeded,
+    /// `payment.partially_paid`
+    PaymentPartiallyPaid,
+    /// `payment.reversing`
+    PaymentReversing,
+    /// `payment.failed`
+    PaymentFailed,
+    /// `payment.partially_refunded`
+    PaymentPartiallyRefunded,
+    /// `payment.refunded`
+    PaymentRefunded,
+    /// `leg.authorized`
+    LegAuthorized,
+    /// `leg.declined`
+    LegDeclined,
+    /// `leg.reallocated`
+    LegReallocated,
+    /// `leg.captured`
+    LegCaptured,
+    /// `leg.voided`
+    LegVoided,
+    /// `leg.refunded`
+    LegRefunded,
+    /// `refund.created`
+    RefundCreated,
+    /// `refund.succeeded`
+    RefundSucceeded,
+    /// `refund.failed`
+    RefundFailed,
+    /// `card.ineligible`: a leg's card was declined as lost or stolen; its member is suspended.
+    CardIneligible,
+}
+
+/// An event to publish with the state change that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The leg, for leg events.
+    pub leg: Option<usize>,
+    /// The attempt number, for `leg.authorized` and `leg.declined`.
+    pub attempt: Option<u32>,
+    /// The refund, for refund events and `leg.refunded`.
+    pub refund: Option<String>,
+    /// One line for people; the payment's summary for terminal events.
+    pub summary: String,
+}
+
+impl PaymentRecord {
+    pub(super) fn state_events(
+        &mut self,
+        before: PaymentState,
+        now: OffsetDateTime,
+        events: &mut Vec<Event>,
+    ) {
+        let after = self.saga.state;
+        if after == before {
+            return;
+        }
+        if after.is_terminal() && self.complete_time.is_none() {
+            self.complete_time = Some(now);
+        }
+        // A payment may pass several states in one step (PENDING -> AUTHORIZING -> FAILED):
+        // each state entered gets its event, in order.
+        let path: &[PaymentState] = match (before, after) {
+            (PaymentState::Pending, PaymentState::Failed) => {
+                &[PaymentState::Authorizing, PaymentState::Failed]
+            }
+            (PaymentState::Pending, PaymentState::Capturing) => {
+                &[PaymentState::Authorizing, PaymentState::Capturing]
+            }
+            (PaymentState::Pending, PaymentState::Reversing) => {
+                &[PaymentState::Authorizing, PaymentState::Reversing]
+            }
+            (PaymentState::Authorizing, PaymentState::Failed) => &[PaymentState::Failed],
+            _ => std::slice::from_ref(&self.saga.state),
+        };
+        for state in path.iter().copied() {
+            let kind = match state {
+                PaymentState::Pending => continue,
+                PaymentState::Authorizing => EventKind::PaymentAuthorizing,
+                PaymentState::Capturing => EventKind::PaymentCapturing,
+                PaymentState::Succeeded => EventKind::PaymentSucceeded,
+                PaymentState::PartiallyPaid => EventKind::PaymentPartiallyPaid,
+                PaymentState::Reversing => EventKind::PaymentReversing,
+                PaymentState::Failed => EventKind::PaymentFailed,
+            };
+            events.push(self.event(kind, None, None, None));
+        }
+    }
+
+    pub(super) fn event(
+        &self,
+        kind: EventKind,
+        leg: Option<usize>,
+        attempt: Option<u32>,
+        refund: Option<&str>,
+    ) -> Event {
+        let summary = match kind {
+            EventKind::LegAuthorized | EventKind::LegDeclined => attempt
+                .and_then(|n| self.attempts.get(n as usize - 1))
+                .map(|a| self.attempt_line(a))
+                .unwrap_or_default(),
+            EventKind::LegReallocated => leg.map(|l| self.reallocation_line(l)).unwrap_or_default(),
+            EventKind::CardIneligible => attempt
+                .and_then(|n| self.attempts.get(n as usize - 1))
+                .map(|a| {
+                    format!(
+                        "{} declined as {}: suspended in its card group, not to be charged again",
+                        self.card(a.leg),
+                        reason_text(a)
+                    )
+                })
+                .unwrap_or_default(),
+            EventKind::LegCaptured | EventKind::LegVoided => leg
+                .map(|l| {
+                    let verb = if kind == EventKind::LegCaptured {
+                        "captured"
+                    } else {
+                        "voided"
+                    };
+                    format!(
+                        "{} {verb} {}",
+                        self.card(l),
+                        self.money(self.saga.legs[l].approved)
+                    )
+                })
+                .unwrap_or_default(),
+            EventKind::LegRefunded => leg
+                .and_then(|l| {
+                    let refund = self
+                        .refunds
+                        .iter()
+                        .find(|r| Some(r.id.as_str()) == refund)?;
+                    let part = refund.parts.iter().find(|p| p.leg == l)?;
+                    Some(format!(
+                        "{} refunded {}",
+                        self.card(l),
+                        self.money(part.amount)
+                    ))
+                })
+                .unwrap_or_default(),
+            EventKind::RefundCreated | EventKind::RefundSucceeded | EventKind::RefundFailed => {
+                let amount = self
+                    .refunds
+                    .iter()
+                    .find(|r| Some(r.id.as_str()) == refund)
+                    .map_or(0, |r| r.amount);
+                let verb = match kind {
+                    EventKind::RefundCreated => "requested",
+                    EventKind::RefundSucceeded => "succeeded",
+                    _ => "failed",
+                };
+                format!("Refund of {} {verb}", self.money(amount))
+            }
+            _ => self.summary(),
+        };
+        Event {
+            kind,
+            leg,
+            attempt,
+            refund: refund.map(str::to_owned),
+            summary,
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! A payment as the orchestrator keeps it: the saga's state plus what people and clients need
+//! (members' labels, every attempt, charge ids, refunds), and the pure steps that change it.
+//!
+//! The workflow loads a record, asks it for the vault operations to run ([`PaymentRecord::
+//! next_steps`]: the intents), commits, calls the vault, and records each answer
+//! ([`PaymentRecord::record_authorization`], [`PaymentRecord::record_capture`], ...), which
+//! returns the events to publish, the ledger outcome to book and the spend to adjust, all
+//! committed together. Nothing here does IO.
+//!
+//! Vault request ids are deterministic per payment, leg, attempt and operation
+//! (`<payment>/leg/<n>/attempt/<k>/authorize`, `<payment>/leg/<n>/capture`,
+//! `<payment>/leg/<n>/void`, `<payment>/refund/<refund>/leg/<n>`), so re-sending an operation
+//! after a crash is the vault's replay of the same request, never a second charge.
+//!
+//! Split by concern: the record and its totals here; [`steps`] (authorizations, captures and
+//! voids: intents and answers), [`refunds`], [`events`] (what the outbox publishes) and
+//! [`summary`] (the line for people).
+
+use serde::{Deserialize, Serialize};
+use tandem_money::{Currency, Money};
+use time::OffsetDateTime;
+
+use super::saga::{LegState, Payment, PaymentState};
+
+pub mod events;
+pub mod refunds;
+pub mod steps;
+pub mod summary;
+#[cfg(test)]
+mod tests;
+
+use events::{Event, EventKind};
+use refunds::{Refund, RefundState};
+use steps::Attempt;
+
+/// A member as the payment saw it at creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSnapshot {
+    /// The vault token.
+    pub token: String,
+    /// The label ("card A").
+    pub label: String,
+    /// Priority, lower first.
+    pub priority: u16,
+    /// Where the member's spend is booked.
+    pub cost_center: Option<String>,
+    /// The calendar-month limit in force when the payment was created, in minor units.
+    pub limit_per_month: Option<i64>,
+    /// The card's last four digits as the group last knew them.
+    pub last4: String,
+}
+
+/// What the saga's leg does not hold: the vault's charge and the card's details.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegDetail {
+    /// The vault charge holding the leg's money.
+    pub charge_id: Option<String>,
+    /// The issuer's authorization code.
+    pub authorization_code: Option<String>,
+    /// The card's last four digits, as the vault reported them.
+    pub last4: Option<String>,
+    /// The leg whose declined amount this leg took over (fallback).
+    pub replaced: Option<usize>,
+    /// Minor units refunded to the card.
+    pub refunded: i64,
+}
+
+/// The payment's state as clients see it: the saga's, then refunds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The saga's state.
+    Saga(PaymentState),
+    /// Part of the captured amount was refunded.
+    PartiallyRefunded,
+    /// All of it was.
+    Refunded,
+}
+
+/// Everything the orchestrator stores about a payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    /// `pay_` + 26 characters.
+    pub id: String,
+    /// The invoice id.
+    pub invoice_id: String,
+    /// The invoice's cost center, for bookings of members without their own.
+    pub cost_center: Option<String>,
+    /// The saga.
+    pub saga: Payment,
+    /// The group's members at creation.
+    pub members: Vec<MemberSnapshot>,
+    /// One per saga leg.
+    pub legs: Vec<LegDetail>,
+    /// Every attempt, in order.
+    pub attempts: Vec<Attempt>,
+    /// Every refund, oldest first.
+    pub refunds: Vec<Refund>,
+    /// When the payment was created.
+    pub create_time: OffsetDateTime,
+    /// When the saga first reached a terminal state.
+    pub complete_time: Option<OffsetDateTime>,
+    /// The `x-request-id` of the `CreatePayment` call, sent to the vault with every call made
+    /// for the payment (beside each call's own operation id), so the caller's id reaches the
+    /// vault's audit rows. `None` for payments recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+impl PaymentRecord {
+    /// A new payment in state PENDING, with its `payment.created` event.
+    pub fn new(
+        id: String,
+        invoice_id: String,
+        cost_center: Option<String>,
+        saga: Payment,
+        members: Vec<MemberSnapshot>,
+        now: OffsetDateTime,
+    ) -> (PaymentRecord, Event) {
+        let legs = vec![LegDetail::default(); saga.legs.len()];
+        let record = PaymentRecord {
+            id,
+            invoice_id,
+            cost_center,
+            saga,
+            members,
+            legs,
+            attempts: Vec::new(),
+            refunds: Vec::new(),
+            create_time: now,
+            complete_time: None,
+            correlation_id: None,
+        };
+        let event = record.event(EventKind::PaymentCreated, None, None, None);
+        (record, event)
+    }
+
+    /// The currency of the invoice and of every leg.
+    pub fn currency(&self) -> Currency {
+        self.saga.currency
+    }
+
+    /// `minor_units` in the payment's currency.
+    pub fn money(&self, minor_units: i64) -> Money {
+        Money::new(self.saga.currency, minor_units)
+    }
+
+    /// The member of `token`.
+    pub fn member(&self, token: &str) -> Option<&MemberSnapshot> {
+        self.members.iter().find(|m| m.token == token)
+    }
+
+    /// The state clients see.
+    pub fn status(&self) -> Status {
+        let refunded = self.refunded();
+        if refunded > 0 && refunded == self.captured() {
+            Status::Refunded
+        } else if refunded > 0 {
+            Status::PartiallyRefunded
+        } else {
+            Status::Saga(self.saga.state)
+        }
+    }
+
+    /// True when nothing is left to do: the saga is terminal and no refund is pending.
+    pub fn is_settled(&self) -> bool {
+        self.saga.state.is_terminal()
+            && self.refunds.iter().all(|r| r.state != RefundState::Pending)
+    }
+
+    /// Minor units held now (authorized, not yet captured or voided).
+    pub fn authorized(&self) -> i64 {
+        self.saga
+            .legs
+            .iter()
+            .filter(|l| {
+                matches!(
+                    l.state,
+                    LegState::Authorized | LegState::Capturing | LegState::Voiding
+                )
+            })
+            .map(|l| l.approved)
+            .sum()
+    }
+
+    /// Minor units captured.
+    pub fn captured(&self) -> i64 {
+        self.saga
+            .legs
+            .iter()
+            .filter(|l| l.state == LegState::Captured)
+            .map(|l| l.approved)
+            .sum()
+    }
+
+    /// Minor units refunded (succeeded refund parts).
+    pub fn refunded(&self) -> i64 {
+        self.legs.iter().map(|l| l.refunded).sum()
+    }
+
+    /// The invoice amount not captured.
+    pub fn remaining(&self) -> i64 {
+        self.saga.amount - self.captured()
+    }
+}

@@ -1,0 +1,455 @@
+//! A payment's authorizations, captures and voids: the vault operations to run (intents, with
+//! their deterministic request ids) and the recording of each answer.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::events::{Event, EventKind};
+use super::{LegDetail, PaymentRecord};
+use crate::domain::saga::{self, Command, LegState, NextAction, Outcome, SagaError};
+
+/// How one authorization attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptOutcome {
+    /// Sent; the answer is not known yet.
+    Pending,
+    /// Approved in full.
+    Approved,
+    /// Approved for less than asked.
+    PartiallyApproved,
+    /// Declined by the issuer or processor.
+    Declined,
+    /// Refused before reaching the processor (the vault, or a member limit).
+    Error,
+}
+
+/// One authorization attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first attempt of the payment.
+    pub number: u32,
+    /// The leg it was for.
+    pub leg: usize,
+    /// Minor units asked.
+    pub requested: i64,
+    /// Minor units approved.
+    pub approved: i64,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// The decline code's name without its prefix (`INSUFFICIENT_FUNDS`), when declined.
+    pub decline_code: Option<String>,
+    /// The vault's advice, when declined.
+    pub next_action: Option<NextAction>,
+    /// Why it was refused (`TOKEN_REVOKED`, `MEMBER_LIMIT_REACHED`), when an error.
+    pub error_reason: Option<String>,
+    /// The vault charge it created.
+    pub charge_id: Option<String>,
+    /// The issuer's authorization code.
+    pub authorization_code: Option<String>,
+    /// When its intent was recorded.
+    pub start_time: OffsetDateTime,
+    /// When its outcome was recorded.
+    pub end_time: Option<OffsetDateTime>,
+}
+
+/// The decline codes after which a card is never sent to its issuer again (the issuer will
+/// never approve it, and card networks penalise re-sending it): its member is suspended in the
+/// card group until the treasury reactivates it.
+pub fn makes_card_ineligible(decline_code: &str) -> bool {
+    matches!(decline_code, "LOST_CARD" | "STOLEN_CARD")
+}
+
+/// A member to suspend in its card group, learned from a decline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspension {
+    /// The member's token.
+    pub token: String,
+    /// The decline code's name without prefix (`LOST_CARD`).
+    pub decline_code: String,
+}
+
+/// A change of a member's month-to-date spend, committed with the step that causes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendChange {
+    /// The card.
+    pub token: String,
+    /// Minor units: positive holds, negative releases.
+    pub delta: i64,
+    /// For a positive change, the monthly limit it must stay within.
+    pub limit: Option<i64>,
+}
+
+/// The vault's answer to an authorization, in domain terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizeAnswer {
+    /// Approved for `approved` (at most what was asked).
+    Approved {
+        /// The charge.
+        charge_id: String,
+        /// Minor units approved.
+        approved: i64,
+        /// The issuer's code.
+        authorization_code: String,
+        /// The card's last four digits.
+        last4: String,
+    },
+    /// Declined.
+    Declined {
+        /// The charge.
+        charge_id: String,
+        /// The card's last four digits.
+        last4: String,
+        /// The decline code's name without prefix.
+        decline_code: String,
+        /// The advice.
+        next_action: NextAction,
+    },
+    /// Refused before the processor; treated as a decline with `TRY_NEXT_CARD`.
+    Refused {
+        /// The reason (`TOKEN_REVOKED`, `MEMBER_LIMIT_REACHED`, ...).
+        reason: String,
+    },
+}
+
+impl AuthorizeAnswer {
+    /// The answer as the payment takes it `age` after its creation: a transient decline
+    /// (`RETRY_SAME_CARD`) once the payment's retry window is over moves the amount on as
+    /// `TRY_NEXT_CARD` does, so a card that keeps failing cannot hold the payment forever.
+    pub fn within_retry_window(self, age: time::Duration, window: time::Duration) -> Self {
+        match self {
+            AuthorizeAnswer::Declined {
+                charge_id,
+                last4,
+                decline_code,
+                next_action: NextAction::RetrySameCard,
+            } if age > window => AuthorizeAnswer::Declined {
+                charge_id,
+                last4,
+                decline_code,
+                next_action: NextAction::TryNextCard,
+            },
+            other => other,
+        }
+    }
+
+    /// True for a transient decline whose advice is to try the same card again.
+    pub fn retries_same_card(&self) -> bool {
+        matches!(
+            self,
+            AuthorizeAnswer::Declined {
+                next_action: NextAction::RetrySameCard,
+                ..
+            }
+        )
+    }
+}
+
+/// What recording an answer gives: the saga outcome to book, the events to publish, the
+/// spend to adjust.
+pub type Recorded = (Outcome, Vec<Event>, Vec<SpendChange>);
+
+/// A vault operation to run, with its deterministic request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// What to run.
+    pub command: Command,
+    /// The vault `request_id`.
+    pub request_id: String,
+    /// The card.
+    pub token: String,
+    /// Minor units: asked (authorize) or approved (capture); 0 for a void.
+    pub amount: i64,
+    /// The charge, for capture and void.
+    pub charge_id: Option<String>,
+    /// The attempt number, for an authorization: its answer is recorded only against it.
+    pub attempt: Option<u32>,
+    /// True when the intent was recorded in this call (a new operation), false when it is
+    /// in flight from before (a re-send after a crash or a lost answer).
+    pub new: bool,
+}
+
+impl PaymentRecord {
+    /// The vault request id of an authorization attempt.
+    pub fn authorize_request_id(&self, leg: usize, attempt: u32) -> String {
+        format!("{}/leg/{}/attempt/{attempt}/authorize", self.id, leg + 1)
+    }
+
+    fn leg_request_id(&self, leg: usize, operation: &str) -> String {
+        format!("{}/leg/{}/{operation}", self.id, leg + 1)
+    }
+
+    /// The vault operations to run now: those in flight from before (re-sent with the same
+    /// request ids), then the new ones the saga decides, whose intents (attempts) this records.
+    /// Returns the events of any state change.
+    pub fn next_steps(
+        &mut self,
+        now: OffsetDateTime,
+    ) -> Result<(Vec<Step>, Vec<Event>), SagaError> {
+        let before = self.saga.state;
+        let mut steps: Vec<Step> = (0..self.saga.legs.len())
+            .filter_map(|leg| self.in_flight(leg))
+            .collect();
+        let commands = saga::decide(&mut self.saga)?;
+        for command in commands {
+            if let Command::Authorize(leg) = command {
+                let number = u32::try_from(self.attempts.len()).unwrap_or(u32::MAX) + 1;
+                self.attempts.push(Attempt {
+                    number,
+                    leg,
+                    requested: self.saga.legs[leg].amount,
+                    approved: 0,
+                    outcome: AttemptOutcome::Pending,
+                    decline_code: None,
+                    next_action: None,
+                    error_reason: None,
+                    charge_id: None,
+                    authorization_code: None,
+                    start_time: now,
+                    end_time: None,
+                });
+            }
+            let leg = match command {
+                Command::Authorize(leg) | Command::Capture(leg) | Command::Void(leg) => leg,
+            };
+            if let Some(mut step) = self.in_flight(leg) {
+                step.new = true;
+                steps.push(step);
+            }
+        }
+        let mut events = Vec::new();
+        self.state_events(before, now, &mut events);
+        Ok((steps, events))
+    }
+
+    /// The operation in flight on `leg`, if any.
+    fn in_flight(&self, leg: usize) -> Option<Step> {
+        let saga_leg = &self.saga.legs[leg];
+        let detail = &self.legs[leg];
+        let (command, request_id, amount, attempt) = match saga_leg.state {
+            LegState::Authorizing => {
+                let attempt = self.pending_attempt(leg)?;
+                (
+                    Command::Authorize(leg),
+                    self.authorize_request_id(leg, attempt.number),
+                    attempt.requested,
+                    Some(attempt.number),
+                )
+            }
+            LegState::Capturing => (
+                Command::Capture(leg),
+                self.leg_request_id(leg, "capture"),
+                saga_leg.approved,
+                None,
+            ),
+            LegState::Voiding => (
+                Command::Void(leg),
+                self.leg_request_id(leg, "void"),
+                0,
+                None,
+            ),
+            _ => return None,
+        };
+        Some(Step {
+            command,
+            request_id,
+            token: saga_leg.token.clone(),
+            amount,
+            charge_id: detail.charge_id.clone(),
+            attempt,
+            new: false,
+        })
+    }
+
+    fn pending_attempt(&self, leg: usize) -> Option<&Attempt> {
+        self.attempts
+            .iter()
+            .rev()
+            .find(|a| a.leg == leg && a.outcome == AttemptOutcome::Pending)
+    }
+
+    /// Records the answer to `leg`'s pending authorization (attempt `attempt`, or whichever is
+    /// pending when `None`): the attempt, the saga outcome (with any fallback legs), events and
+    /// the spend to release. Returns `None` if the leg was not waiting for this answer (a
+    /// duplicate, or the answer of an earlier attempt).
+    pub fn record_authorization(
+        &mut self,
+        leg: usize,
+        attempt: Option<u32>,
+        answer: AuthorizeAnswer,
+        now: OffsetDateTime,
+    ) -> Result<Option<Recorded>, SagaError> {
+        if self.saga.legs.get(leg).map(|l| l.state) != Some(LegState::Authorizing) {
+            return Ok(None);
+        }
+        let Some(index) = self
+            .attempts
+            .iter()
+            .rposition(|a| a.leg == leg && a.outcome == AttemptOutcome::Pending)
+        else {
+            return Ok(None);
+        };
+        if attempt.is_some_and(|number| number != self.attempts[index].number) {
+            return Ok(None);
+        }
+        let before = self.saga.state;
+        let legs_before = self.saga.legs.len();
+        let requested = self.attempts[index].requested;
+        let token = self.saga.legs[leg].token.clone();
+        let attempt = &mut self.attempts[index];
+        attempt.end_time = Some(now);
+        let number = attempt.number;
+        let (outcome, kind, released) = match answer {
+            AuthorizeAnswer::Approved {
+                charge_id,
+                approved,
+                authorization_code,
+                last4,
+            } => {
+                let approved = approved.clamp(1, requested);
+                attempt.approved = approved;
+                attempt.outcome = if approved < requested {
+                    AttemptOutcome::PartiallyApproved
+                } else {
+                    AttemptOutcome::Approved
+                };
+                attempt.charge_id = Some(charge_id.clone());
+                attempt.authorization_code = Some(authorization_code.clone());
+                let detail = &mut self.legs[leg];
+                detail.charge_id = Some(charge_id);
+                detail.authorization_code = Some(authorization_code);
+                detail.last4 = Some(last4);
+                (
+                    Outcome::Authorized { leg, approved },
+                    EventKind::LegAuthorized,
+                    requested - approved,
+                )
+            }
+            AuthorizeAnswer::Declined {
+                charge_id,
+                last4,
+                decline_code,
+                next_action,
+            } => {
+                attempt.outcome = AttemptOutcome::Declined;
+                attempt.decline_code = Some(decline_code);
+                attempt.next_action = Some(next_action);
+                attempt.charge_id = Some(charge_id);
+                self.legs[leg].last4 = Some(last4);
+                (
+                    Outcome::Declined { leg, next_action },
+                    EventKind::LegDeclined,
+                    requested,
+                )
+            }
+            AuthorizeAnswer::Refused { reason } => {
+                attempt.outcome = AttemptOutcome::Error;
+                attempt.error_reason = Some(reason);
+                (
+                    Outcome::Declined {
+                        leg,
+                        next_action: NextAction::TryNextCard,
+                    },
+                    EventKind::LegDeclined,
+                    requested,
+                )
+            }
+        };
+        saga::apply(&mut self.saga, outcome)?;
+        self.legs.resize(self.saga.legs.len(), LegDetail::default());
+        let mut events = vec![self.event(kind, Some(leg), Some(number), None)];
+        if self.attempts[index]
+            .decline_code
+            .as_deref()
+            .is_some_and(makes_card_ineligible)
+        {
+            events.push(self.event(EventKind::CardIneligible, Some(leg), Some(number), None));
+        }
+        if self.saga.legs.len() > legs_before {
+            for new_leg in legs_before..self.saga.legs.len() {
+                self.legs[new_leg].replaced = Some(leg);
+            }
+            events.push(self.event(EventKind::LegReallocated, Some(leg), None, None));
+        }
+        self.state_events(before, now, &mut events);
+        let spend = if released > 0 {
+            vec![SpendChange {
+                token,
+                delta: -released,
+                limit: None,
+            }]
+        } else {
+            Vec::new()
+        };
+        Ok(Some((outcome, events, spend)))
+    }
+
+    /// The member a `card.ineligible` event asks to suspend; `None` for any other event.
+    pub fn suspension(&self, event: &Event) -> Option<Suspension> {
+        if event.kind != EventKind::CardIneligible {
+            return None;
+        }
+        let attempt = self.attempts.get(event.attempt? as usize - 1)?;
+        Some(Suspension {
+            token: self.saga.legs.get(attempt.leg)?.token.clone(),
+            decline_code: attempt.decline_code.clone()?,
+        })
+    }
+
+    /// True if `token`'s spend is counted: its member has a monthly limit. Cards without one
+    /// are not counted, so their spend rows (hot when every payment uses the same cards) are
+    /// never locked.
+    pub fn tracks_spend(&self, token: &str) -> bool {
+        self.member(token)
+            .is_some_and(|m| m.limit_per_month.is_some())
+    }
+
+    /// The spend an authorization intent holds: the amount asked, within the member's monthly
+    /// limit.
+    pub fn reservation(&self, step: &Step) -> SpendChange {
+        SpendChange {
+            token: step.token.clone(),
+            delta: step.amount,
+            limit: self.member(&step.token).and_then(|m| m.limit_per_month),
+        }
+    }
+
+    /// Records a confirmed capture or void of `leg`. Returns the saga outcome to book, `None`
+    /// for a duplicate.
+    pub fn record_settlement(
+        &mut self,
+        command: Command,
+        now: OffsetDateTime,
+    ) -> Result<Option<Recorded>, SagaError> {
+        let (leg, waiting, outcome, kind) = match command {
+            Command::Capture(leg) => (
+                leg,
+                LegState::Capturing,
+                Outcome::Captured { leg },
+                EventKind::LegCaptured,
+            ),
+            Command::Void(leg) => (
+                leg,
+                LegState::Voiding,
+                Outcome::Voided { leg },
+                EventKind::LegVoided,
+            ),
+            Command::Authorize(_) => return Ok(None),
+        };
+        if self.saga.legs.get(leg).map(|l| l.state) != Some(waiting) {
+            return Ok(None);
+        }
+        let before = self.saga.state;
+        saga::apply(&mut self.saga, outcome)?;
+        let mut events = vec![self.event(kind, Some(leg), None, None)];
+        self.state_events(before, now, &mut events);
+        let spend = match command {
+            Command::Void(_) => vec![SpendChange {
+                token: self.saga.legs[leg].token.clone(),
+                delta: -self.saga.legs[leg].approved,
+                limit: None,
+            }],
+            _ => Vec::new(),
+        };
+        Ok(Some((outcome, events, spend)))
+    }
+}

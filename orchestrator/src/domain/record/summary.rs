@@ -1,0 +1,203 @@
+//! A payment's summary for people: what was paid from which card, what replaced what, what
+//! remains.
+
+use super::PaymentRecord;
+use super::steps::{Attempt, AttemptOutcome};
+use crate::domain::saga::{LegState, PaymentState};
+
+impl PaymentRecord {
+    /// "card A ·4242" (the last four digits once known).
+    pub(super) fn card(&self, leg: usize) -> String {
+        let token = &self.saga.legs[leg].token;
+        let member = self.member(token);
+        let label = member.map_or(token.as_str(), |m| m.label.as_str());
+        let last4 = self.legs[leg]
+            .last4
+            .as_deref()
+            .or(member.map(|m| m.last4.as_str()))
+            .unwrap_or("");
+        if last4.is_empty() {
+            label.to_owned()
+        } else {
+            format!("{label} ·{last4}")
+        }
+    }
+
+    pub(super) fn attempt_line(&self, attempt: &Attempt) -> String {
+        let card = self.card(attempt.leg);
+        match attempt.outcome {
+            AttemptOutcome::Approved => {
+                format!("{card} approved {}", self.money(attempt.approved))
+            }
+            AttemptOutcome::PartiallyApproved => format!(
+                "{card} approved {} of {}",
+                self.money(attempt.approved),
+                self.money(attempt.requested)
+            ),
+            AttemptOutcome::Declined | AttemptOutcome::Error => format!(
+                "{card} declined {} ({})",
+                self.money(attempt.requested),
+                reason_text(attempt)
+            ),
+            AttemptOutcome::Pending => format!("{card} asked {}", self.money(attempt.requested)),
+        }
+    }
+
+    pub(super) fn reallocation_line(&self, from: usize) -> String {
+        let to: Vec<String> = self
+            .legs
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.replaced == Some(from))
+            .map(|(i, _)| self.card(i))
+            .collect();
+        format!("{} moved to {}", self.card(from), to.join(", "))
+    }
+
+    /// One line for people: what was paid from which card, what replaced what, what remains.
+    /// For example `Invoice 12345 paid 20.50 USD: card A ·4242 7.00, card B ·1881 13.00,
+    /// card C ·0005 0.50 (card B replaced card D after insufficient funds)`.
+    pub fn summary(&self) -> String {
+        let amount = self.money(self.saga.amount);
+        let mut covering: Vec<usize> = self
+            .saga
+            .legs
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| {
+                matches!(
+                    l.state,
+                    LegState::Authorized
+                        | LegState::Capturing
+                        | LegState::Captured
+                        | LegState::Voiding
+                        | LegState::Voided
+                )
+            })
+            .map(|(i, _)| i)
+            .collect();
+        covering.sort_by_key(|&i| {
+            let token = &self.saga.legs[i].token;
+            (self.member(token).map_or(u16::MAX, |m| m.priority), i)
+        });
+        // One entry per card, its legs added up (a card may carry a fallback leg too).
+        let mut per_card: Vec<(usize, i64)> = Vec::new();
+        for &i in &covering {
+            let token = &self.saga.legs[i].token;
+            match per_card
+                .iter_mut()
+                .find(|(first, _)| self.saga.legs[*first].token == *token)
+            {
+                Some((_, total)) => *total += self.saga.legs[i].approved,
+                None => per_card.push((i, self.saga.legs[i].approved)),
+            }
+        }
+        let parts = per_card
+            .iter()
+            .map(|&(i, total)| format!("{} {}", self.card(i), self.money(total).decimal()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut replacements = Vec::new();
+        for (i, detail) in self.legs.iter().enumerate() {
+            let Some(from) = detail.replaced else {
+                continue;
+            };
+            if !covering.contains(&i) {
+                continue;
+            }
+            let why = self
+                .attempts
+                .iter()
+                .rev()
+                .find(|a| a.leg == from && a.outcome != AttemptOutcome::Pending)
+                .map(|a| match a.outcome {
+                    AttemptOutcome::PartiallyApproved => "a partial approval".to_owned(),
+                    _ => reason_text(a),
+                })
+                .unwrap_or_else(|| "a decline".to_owned());
+            let line = format!(
+                "{} replaced {} after {why}",
+                self.label(i),
+                self.label(from)
+            );
+            if !replacements.contains(&line) {
+                replacements.push(line);
+            }
+        }
+        let declines = self
+            .attempts
+            .iter()
+            .filter(|a| matches!(a.outcome, AttemptOutcome::Declined | AttemptOutcome::Error))
+            .map(|a| self.attempt_line(a))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let notes = if replacements.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", replacements.join("; "))
+        };
+        let mut line = match self.saga.state {
+            PaymentState::Succeeded => {
+                format!("Invoice {} paid {amount}: {parts}{notes}", self.invoice_id)
+            }
+            PaymentState::PartiallyPaid => format!(
+                "Invoice {} partly paid {} of {amount}: {parts}{notes}; {} remaining",
+                self.invoice_id,
+                self.money(self.captured()).decimal(),
+                self.money(self.remaining())
+            ),
+            PaymentState::Failed => {
+                let why = if declines.is_empty() {
+                    "no card had room for it".to_owned()
+                } else {
+                    declines
+                };
+                format!(
+                    "Invoice {} not paid ({amount}): {why}; no financial effect",
+                    self.invoice_id
+                )
+            }
+            PaymentState::Reversing => format!(
+                "Invoice {} not covered ({amount}): releasing holds on {parts}",
+                self.invoice_id
+            ),
+            PaymentState::Pending | PaymentState::Authorizing | PaymentState::Capturing => {
+                let state = match self.saga.state {
+                    PaymentState::Pending => "pending",
+                    PaymentState::Authorizing => "authorizing",
+                    _ => "capturing",
+                };
+                if parts.is_empty() {
+                    format!("Invoice {} {state} {amount}", self.invoice_id)
+                } else {
+                    format!(
+                        "Invoice {} {state} {amount}: {parts}{notes}",
+                        self.invoice_id
+                    )
+                }
+            }
+        };
+        let refunded = self.refunded();
+        if refunded > 0 {
+            line.push_str(&format!("; refunded {}", self.money(refunded)));
+        }
+        line
+    }
+
+    pub(super) fn label(&self, leg: usize) -> &str {
+        let token = &self.saga.legs[leg].token;
+        self.member(token)
+            .map_or(token.as_str(), |m| m.label.as_str())
+    }
+}
+
+/// "insufficient funds", "token revoked": a decline code or refusal reason for people.
+pub(super) fn reason_text(attempt: &Attempt) -> String {
+    attempt
+        .decline_code
+        .as_deref()
+        .or(attempt.error_reason.as_deref())
+        .unwrap_or("declined")
+        .to_lowercase()
+        .replace('_', " ")
+}

@@ -1,0 +1,348 @@
+//! The record's steps, refunds and summary, driven through whole payments.
+
+use super::events::EventKind;
+use super::refunds::RefundError;
+use super::steps::{AuthorizeAnswer, Step};
+use super::*;
+use crate::domain::allocation::Member;
+use crate::domain::saga::{Command, NextAction};
+use crate::domain::saga::{Completion, Dispatch, Leg};
+
+fn usd() -> Currency {
+    Currency::parse("USD").unwrap()
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::UNIX_EPOCH
+}
+
+fn record(legs: &[(&str, i64)], members: &[(&str, &str, &str)]) -> PaymentRecord {
+    let saga = Payment {
+        state: PaymentState::Pending,
+        currency: usd(),
+        amount: legs.iter().map(|(_, a)| a).sum(),
+        legs: legs
+            .iter()
+            .map(|(t, a)| Leg {
+                token: (*t).to_owned(),
+                amount: *a,
+                approved: 0,
+                state: LegState::Pending,
+                attempts: 0,
+            })
+            .collect(),
+        members: members
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _, _))| Member {
+                token: (*t).to_owned(),
+                priority: i as u16 + 1,
+                currency: usd(),
+                active: true,
+                room: None,
+            })
+            .collect(),
+        fallback: true,
+        attempts_max: 10,
+        completion: Completion::AllOrNothing,
+        dispatch: Dispatch::OneAtATime,
+        stopped: false,
+    };
+    let members = members
+        .iter()
+        .enumerate()
+        .map(|(i, (t, label, last4))| MemberSnapshot {
+            token: (*t).to_owned(),
+            label: (*label).to_owned(),
+            priority: i as u16 + 1,
+            cost_center: None,
+            limit_per_month: None,
+            last4: (*last4).to_owned(),
+        })
+        .collect();
+    PaymentRecord::new("pay_x".into(), "12345".into(), None, saga, members, now()).0
+}
+
+fn approve(record: &mut PaymentRecord, leg: usize, approved: i64, last4: &str) {
+    record
+        .record_authorization(
+            leg,
+            None,
+            AuthorizeAnswer::Approved {
+                charge_id: format!("ch_{leg}"),
+                approved,
+                authorization_code: format!("A{leg}"),
+                last4: last4.into(),
+            },
+            now(),
+        )
+        .unwrap()
+        .unwrap();
+}
+
+/// Drives every step to the end, approving legs by `answer` and confirming captures and
+/// voids.
+fn run(record: &mut PaymentRecord, mut answer: impl FnMut(&Step) -> AuthorizeAnswer) {
+    for _ in 0..50 {
+        let (steps, _) = record.next_steps(now()).unwrap();
+        if steps.is_empty() {
+            return;
+        }
+        for step in steps {
+            match step.command {
+                Command::Authorize(leg) => {
+                    let reply = answer(&step);
+                    record
+                        .record_authorization(leg, None, reply, now())
+                        .unwrap();
+                }
+                command => {
+                    record.record_settlement(command, now()).unwrap().unwrap();
+                }
+            }
+        }
+    }
+    panic!("the payment did not finish");
+}
+
+/// Invoice 12345 of DESIGN section 8: the summary names each card, its last four digits and
+/// its part, and the replacement after a decline.
+#[test]
+fn summary_names_each_card_and_the_replacement() {
+    let mut record = record(
+        &[("tok_a", 700), ("tok_d", 1300), ("tok_c", 50)],
+        &[
+            ("tok_a", "card A", "4242"),
+            ("tok_d", "card D", "0341"),
+            ("tok_c", "card C", "0005"),
+            ("tok_b", "card B", "1881"),
+        ],
+    );
+    run(&mut record, |step| {
+        if step.token == "tok_d" {
+            AuthorizeAnswer::Declined {
+                charge_id: "ch_d".into(),
+                last4: "0341".into(),
+                decline_code: "INSUFFICIENT_FUNDS".into(),
+                next_action: NextAction::TryNextCard,
+            }
+        } else {
+            AuthorizeAnswer::Approved {
+                charge_id: format!("ch_{}", step.token),
+                approved: step.amount,
+                authorization_code: "A1".into(),
+                last4: match step.token.as_str() {
+                    "tok_a" => "4242",
+                    "tok_b" => "1881",
+                    _ => "0005",
+                }
+                .into(),
+            }
+        }
+    });
+    assert_eq!(record.saga.state, PaymentState::Succeeded);
+    assert_eq!(
+        record.summary(),
+        "Invoice 12345 paid 20.50 USD: card A ·4242 7.00, card C ·0005 0.50, \
+         card B ·1881 13.00 (card B replaced card D after insufficient funds)"
+    );
+    assert_eq!(record.captured(), 2050);
+    assert_eq!(record.attempts.len(), 4);
+    assert_eq!(
+        record.attempts[1].decline_code.as_deref(),
+        Some("INSUFFICIENT_FUNDS")
+    );
+}
+
+/// A card that takes over a declined card's amount on a second leg appears once in the
+/// summary, with its legs added up.
+#[test]
+fn summary_adds_up_a_cards_legs() {
+    let mut record = record(
+        &[("tok_a", 500), ("tok_d", 500)],
+        &[("tok_a", "card A", "4242"), ("tok_d", "card D", "0341")],
+    );
+    run(&mut record, |step| {
+        if step.token == "tok_d" {
+            AuthorizeAnswer::Declined {
+                charge_id: "ch_d".into(),
+                last4: "0341".into(),
+                decline_code: "INSUFFICIENT_FUNDS".into(),
+                next_action: NextAction::TryNextCard,
+            }
+        } else {
+            AuthorizeAnswer::Approved {
+                charge_id: format!("ch_{}", step.amount),
+                approved: step.amount,
+                authorization_code: "A1".into(),
+                last4: "4242".into(),
+            }
+        }
+    });
+    assert_eq!(record.saga.legs.len(), 3);
+    assert_eq!(
+        record.summary(),
+        "Invoice 12345 paid 10.00 USD: card A ·4242 10.00 \
+         (card A replaced card D after insufficient funds)"
+    );
+}
+
+/// Request ids are deterministic per payment, leg, attempt and operation, and an operation
+/// in flight is offered again with the same id (a re-send, not a new operation).
+#[test]
+fn steps_in_flight_are_resent_with_the_same_request_id() {
+    let mut record = record(&[("tok_a", 500)], &[("tok_a", "card A", "4242")]);
+    let (first, events) = record.next_steps(now()).unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(first[0].new);
+    assert_eq!(first[0].request_id, "pay_x/leg/1/attempt/1/authorize");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::PaymentAuthorizing)
+    );
+    let (again, _) = record.next_steps(now()).unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(!again[0].new);
+    assert_eq!(again[0].request_id, first[0].request_id);
+    assert_eq!(again[0].attempt, Some(1));
+    // The answer of another attempt than the pending one is not this attempt's.
+    let stale = AuthorizeAnswer::Refused { reason: "X".into() };
+    assert!(
+        record
+            .record_authorization(0, Some(7), stale, now())
+            .unwrap()
+            .is_none()
+    );
+    approve(&mut record, 0, 500, "4242");
+    let (capture, _) = record.next_steps(now()).unwrap();
+    assert_eq!(capture[0].request_id, "pay_x/leg/1/capture");
+    assert_eq!(capture[0].charge_id.as_deref(), Some("ch_0"));
+    // A duplicate answer changes nothing.
+    assert!(
+        record
+            .record_authorization(
+                0,
+                Some(1),
+                AuthorizeAnswer::Refused { reason: "X".into() },
+                now()
+            )
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Under ALL_OR_NOTHING a shortfall voids the holds; the summary says no financial effect
+/// and the voids release the spend they held.
+#[test]
+fn a_shortfall_voids_and_says_so() {
+    let mut record = record(
+        &[("tok_a", 500), ("tok_b", 500)],
+        &[("tok_a", "card A", "4242"), ("tok_b", "card B", "1881")],
+    );
+    record.saga.fallback = false;
+    let mut released = 0;
+    for _ in 0..10 {
+        let (steps, _) = record.next_steps(now()).unwrap();
+        if steps.is_empty() {
+            break;
+        }
+        for step in steps {
+            let result = match step.command {
+                Command::Authorize(leg) => {
+                    let answer = if step.token == "tok_a" {
+                        AuthorizeAnswer::Approved {
+                            charge_id: "ch_a".into(),
+                            approved: step.amount,
+                            authorization_code: "A".into(),
+                            last4: "4242".into(),
+                        }
+                    } else {
+                        AuthorizeAnswer::Declined {
+                            charge_id: "ch_b".into(),
+                            last4: "1881".into(),
+                            decline_code: "BLOCKED".into(),
+                            next_action: NextAction::TryNextCard,
+                        }
+                    };
+                    record
+                        .record_authorization(leg, None, answer, now())
+                        .unwrap()
+                }
+                command => record.record_settlement(command, now()).unwrap(),
+            };
+            let (_, _, spend) = result.unwrap();
+            released -= spend.iter().map(|s| s.delta).sum::<i64>();
+        }
+    }
+    assert_eq!(record.saga.state, PaymentState::Failed);
+    assert_eq!(
+        released, 1000,
+        "the decline and the void release every hold"
+    );
+    assert_eq!(
+        record.summary(),
+        "Invoice 12345 not paid (10.00 USD): card B ·1881 declined 5.00 USD (blocked); \
+         no financial effect"
+    );
+}
+
+/// Refunds are spread in proportion to what each leg captured, sum exactly, cannot exceed
+/// what is refundable, and move the status to PARTIALLY_REFUNDED then REFUNDED.
+#[test]
+fn refunds_spread_over_captured_legs() {
+    let mut record = record(
+        &[("tok_a", 700), ("tok_b", 1300), ("tok_c", 50)],
+        &[
+            ("tok_a", "card A", "4242"),
+            ("tok_b", "card B", "1881"),
+            ("tok_c", "card C", "0005"),
+        ],
+    );
+    run(&mut record, |step| AuthorizeAnswer::Approved {
+        charge_id: format!("ch_{}", step.token),
+        approved: step.amount,
+        authorization_code: "A".into(),
+        last4: "0000".into(),
+    });
+    assert_eq!(record.saga.state, PaymentState::Succeeded);
+    let (refund, _) = record
+        .plan_refund(
+            "prf_1".into(),
+            "r1".into(),
+            Some(1001),
+            String::new(),
+            now(),
+        )
+        .unwrap();
+    let parts: Vec<(usize, i64)> = refund.parts.iter().map(|p| (p.leg, p.amount)).collect();
+    assert_eq!(parts.iter().map(|(_, a)| a).sum::<i64>(), 1001);
+    assert_eq!(parts, vec![(0, 342), (1, 635), (2, 24)]);
+    assert_eq!(
+        record.plan_refund(
+            "prf_2".into(),
+            "r2".into(),
+            Some(1050),
+            String::new(),
+            now()
+        ),
+        Err(RefundError::AmountExceedsRefundable)
+    );
+    for step in record.refund_steps() {
+        record
+            .record_refund(&step, true, Some("rf".into()), now())
+            .unwrap();
+    }
+    assert_eq!(record.status(), Status::PartiallyRefunded);
+    record
+        .plan_refund("prf_2".into(), "r2".into(), None, String::new(), now())
+        .unwrap();
+    for step in record.refund_steps() {
+        record
+            .record_refund(&step, true, Some("rf".into()), now())
+            .unwrap();
+    }
+    assert_eq!(record.status(), Status::Refunded);
+    assert_eq!(record.refunded(), 2050);
+    assert!(record.is_settled());
+}
