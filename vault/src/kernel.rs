@@ -350,3 +350,23 @@ pub(crate) async fn once_per_request<R: Recorded>(
         }
     }
 }
+
+/// One page of a list and whether another follows.
+#[derive(Debug)]
+pub struct Page<T> {
+    /// The items, in list order.
+    pub items: Vec<T>,
+    /// True when more items follow the last one.
+    pub more: bool,
+}
+
+impl<T> Page<T> {
+    /// Cuts a read of up to `size + 1` items to `size`, noting whether there were more.
+    pub(crate) fn of(mut items: Vec<T>, size: i64) -> Page<T> {
+        let more = items.len() as i64 > size;
+        if more {
+            items.truncate(size as usize);
+        }
+        Page { items, more }
+    }
+}

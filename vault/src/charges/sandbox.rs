@@ -14,7 +14,7 @@ use crate::connector::sandbox::{
 };
 use crate::domain::{CardSecret, Fingerprint, RequestId, Token, TokenState};
 use crate::error::Error;
-use crate::kernel::{Recorded, RequestCheck, RequestContext, once_per_request};
+use crate::kernel::{Page, Recorded, RequestCheck, RequestContext, once_per_request};
 use crate::storage::tokens::{self as token_store, StoredRequest};
 use crate::writer::{Apply, Mutation};
 
@@ -38,26 +38,6 @@ pub struct SettlementQuery {
     pub end: Option<time::Date>,
     /// Only this record type.
     pub kind: Option<&'static str>,
-}
-
-/// One page of a sandbox list and whether another follows.
-#[derive(Debug)]
-pub struct Page<T> {
-    /// The items, in list order.
-    pub items: Vec<T>,
-    /// True when more items follow the last one.
-    pub more: bool,
-}
-
-impl<T> Page<T> {
-    /// Cuts a read of `size + 1` items to `size`, noting whether there were more.
-    fn of(mut items: Vec<T>, size: i64) -> Page<T> {
-        let more = items.len() as i64 > size;
-        if more {
-            items.truncate(size as usize);
-        }
-        Page { items, more }
-    }
 }
 
 impl Charges {

@@ -7,23 +7,19 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 use zeroize::Zeroize as _;
 
-use super::convert::{Violations, decode_cursor, encode_cursor, timestamp};
+use super::convert::{Violations, timestamp};
 use super::status::{code_name, to_status};
-use super::{Edge, respond};
+use super::{Edge, Paging, respond};
 use crate::audit::chain::AuditRow;
-use crate::audit::verification::Break;
+use crate::audit::verification::{Break, RangeCheck};
 use crate::auth::Rpc;
 use crate::config::RootKeySource;
 use crate::domain::{Reason, RequestId, Token};
 use crate::error::Error;
 use crate::kernel::RequestContext;
 use crate::keys::admin::{KeyAdmin, RewrapStatus, SealStatus};
-use crate::storage::audit::{self as audit_store, AuditFilter};
+use crate::storage::audit::AuditFilter;
 use crate::storage::keys::DataKeyInfo;
-
-/// Default and largest page of `ListAuditEvents`.
-const PAGE_SIZE_DEFAULT: i64 = 100;
-const PAGE_SIZE_MAX: i64 = 1000;
 
 /// `KeyAdminService` over the vault's key administration.
 #[derive(Debug, Clone)]
@@ -154,6 +150,154 @@ fn audit_event(row: &AuditRow) -> pb::AuditEvent {
     }
 }
 
+/// Checks a `RetireKeyVersionRequest`.
+fn retire_key_version(request: &pb::RetireKeyVersionRequest) -> Result<(RequestId, u32), Error> {
+    let mut v = Violations::default();
+    let request_id = v.check("request_id", RequestId::parse(&request.request_id));
+    let version = v.check(
+        "version",
+        u32::try_from(request.version)
+            .ok()
+            .filter(|version| *version > 0)
+            .ok_or("must be 1 or more"),
+    );
+    v.finish(|| Some((request_id?, version?)))
+}
+
+/// Checks a `SealRequest`.
+fn seal_request(request: &pb::SealRequest) -> Result<(RequestId, Reason), Error> {
+    let mut v = Violations::default();
+    let request_id = v.check("request_id", RequestId::parse(&request.request_id));
+    let reason = v.check("reason", Reason::parse(&request.reason));
+    v.finish(|| Some((request_id?, reason?)))
+}
+
+/// Checks a `VerifyAuditLogRequest`: the range to check (0: an end of the chain).
+fn verify_range(request: &pb::VerifyAuditLogRequest) -> Result<(i64, i64), Error> {
+    let (start, end) = (request.start_sequence, request.end_sequence);
+    if start < 0 || end < 0 {
+        let field = if start < 0 {
+            "start_sequence"
+        } else {
+            "end_sequence"
+        };
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    if end > 0 && end < start {
+        return Err(Error::invalid(
+            "end_sequence",
+            "must not be before start_sequence",
+        ));
+    }
+    Ok((start, end))
+}
+
+/// An optional timestamp as a time.
+fn time(
+    timestamp: &Option<prost_types::Timestamp>,
+) -> Result<Option<time::OffsetDateTime>, &'static str> {
+    timestamp
+        .as_ref()
+        .map(|t| {
+            time::OffsetDateTime::from_unix_timestamp(t.seconds)
+                .ok()
+                .and_then(|time| {
+                    u32::try_from(t.nanos)
+                        .ok()
+                        .and_then(|nanos| time.replace_nanosecond(nanos).ok())
+                })
+                .ok_or("is not a valid timestamp")
+        })
+        .transpose()
+}
+
+/// A filter text of at most 256 bytes; empty for none.
+fn bounded(v: &mut Violations, field: &'static str, text: &str) -> Option<Option<String>> {
+    v.check(
+        field,
+        if text.len() <= 256 {
+            Ok((!text.is_empty()).then(|| text.to_owned()))
+        } else {
+            Err("is too long")
+        },
+    )
+}
+
+/// Checks a `ListAuditEventsRequest`.
+fn audit_query(request: &pb::ListAuditEventsRequest) -> Result<(AuditFilter, Paging), Error> {
+    let scope = format!(
+        "audit/{:?}/{:?}/{}/{}/{}/{}/{}/{}",
+        request.start_time,
+        request.end_time,
+        request.token,
+        request.rpc,
+        request.caller,
+        request.outcome,
+        request.correlation_id,
+        request.descending
+    );
+    let mut v = Violations::default();
+    let size = v.check("page_size", Paging::size(request.page_size));
+    let start = v.check("start_time", time(&request.start_time));
+    let end = v.check("end_time", time(&request.end_time));
+    if let (Some(Some(start)), Some(Some(end))) = (start, end)
+        && end < start
+    {
+        v.check::<(), _>("end_time", Err("must not be before start_time"));
+    }
+    let token = if request.token.is_empty() {
+        Some(None)
+    } else {
+        v.check("token", Token::parse(&request.token))
+            .map(|t| Some(t.as_str().to_owned()))
+    };
+    let rpc = bounded(&mut v, "rpc", &request.rpc);
+    let caller = bounded(&mut v, "caller", &request.caller);
+    let correlation_id = bounded(&mut v, "correlation_id", &request.correlation_id);
+    let outcome = v.check(
+        "outcome",
+        match pb::AuditOutcome::try_from(request.outcome) {
+            Ok(pb::AuditOutcome::Unspecified) => Ok(None),
+            Ok(pb::AuditOutcome::Succeeded) => Ok(Some("succeeded")),
+            Ok(pb::AuditOutcome::Denied) => Ok(Some("denied")),
+            Ok(pb::AuditOutcome::Failed) => Ok(Some("failed")),
+            Err(_) => Err("is not a known outcome"),
+        },
+    );
+    let paging = Paging::check(&mut v, size, &request.page_token, scope);
+    v.finish(|| {
+        let filter = AuditFilter {
+            start: start?,
+            end: end?,
+            token: token?,
+            rpc: rpc?,
+            caller: caller?,
+            outcome: outcome?,
+            correlation_id: correlation_id?,
+            descending: request.descending,
+        };
+        Some((filter, paging?))
+    })
+}
+
+/// The answer of `VerifyAuditLog`.
+fn verification(check: &RangeCheck) -> pb::VerifyAuditLogResponse {
+    pb::VerifyAuditLogResponse {
+        intact: check.broken.is_none(),
+        events_checked: check.rows_checked,
+        first_sequence: check.first_seq,
+        last_sequence: check.last_seq,
+        head_hash: hex::encode(check.head_hash),
+        first_broken_sequence: check.broken.map_or(0, |(seq, _)| seq),
+        break_kind: match check.broken.map(|(_, kind)| kind) {
+            None => pb::AuditChainBreak::Unspecified,
+            Some(Break::HashMismatch) => pb::AuditChainBreak::HashMismatch,
+            Some(Break::PreviousHashMismatch) => pb::AuditChainBreak::PreviousHashMismatch,
+            Some(Break::SequenceGap) => pb::AuditChainBreak::SequenceGap,
+        } as i32,
+    }
+}
+
 #[tonic::async_trait]
 impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
     #[instrument(skip_all, fields(rpc = "GetKeyStatus", correlation_id, caller))]
@@ -207,25 +351,8 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         request: Request<pb::RetireKeyVersionRequest>,
     ) -> Result<Response<pb::RetireKeyVersionResponse>, Status> {
         let ctx = self.edge.context(&request, Rpc::RetireKeyVersion).await?;
-        let checked = {
-            let mut v = Violations::default();
-            let request_id = v.check(
-                "request_id",
-                RequestId::parse(&request.get_ref().request_id),
-            );
-            let version = v.check(
-                "version",
-                u32::try_from(request.get_ref().version)
-                    .ok()
-                    .filter(|version| *version > 0)
-                    .ok_or("must be 1 or more"),
-            );
-            v.finish(|| Some((request_id?, version?)))
-        };
-        let (request_id, version) = match checked {
-            Ok(checked) => checked,
-            Err(error) => return Err(self.edge.refuse(&ctx, None, error).await),
-        };
+        let checked = retire_key_version(request.get_ref());
+        let (request_id, version) = self.edge.check(&ctx, checked).await?;
         let info = match self.admin.retire(&ctx, request_id, version).await {
             Ok(info) => info,
             // Refusals decided by `retire` are audited there.
@@ -312,19 +439,8 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         request: Request<pb::SealRequest>,
     ) -> Result<Response<pb::SealResponse>, Status> {
         let ctx = self.edge.context(&request, Rpc::Seal).await?;
-        let checked = {
-            let mut v = Violations::default();
-            let request_id = v.check(
-                "request_id",
-                RequestId::parse(&request.get_ref().request_id),
-            );
-            let reason = v.check("reason", Reason::parse(&request.get_ref().reason));
-            v.finish(|| Some((request_id?, reason?)))
-        };
-        let (request_id, reason) = match checked {
-            Ok(checked) => checked,
-            Err(error) => return Err(self.edge.refuse(&ctx, None, error).await),
-        };
+        let checked = seal_request(request.get_ref());
+        let (request_id, reason) = self.edge.check(&ctx, checked).await?;
         let status = self
             .audited(
                 &ctx,
@@ -345,132 +461,18 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         let ctx = self.edge.context(&request, Rpc::ListAuditEvents).await?;
-        let request = request.get_ref();
-        let scope = format!(
-            "audit/{:?}/{:?}/{}/{}/{}/{}/{}/{}",
-            request.start_time,
-            request.end_time,
-            request.token,
-            request.rpc,
-            request.caller,
-            request.outcome,
-            request.correlation_id,
-            request.descending
-        );
-        let checked = {
-            let mut v = Violations::default();
-            let size = v.check(
-                "page_size",
-                match request.page_size {
-                    0 => Ok(PAGE_SIZE_DEFAULT),
-                    n if n > 0 => Ok(i64::from(n).min(PAGE_SIZE_MAX)),
-                    _ => Err("must not be negative"),
-                },
-            );
-            let time = |t: &Option<prost_types::Timestamp>| -> Result<Option<time::OffsetDateTime>, &'static str> {
-                t.as_ref()
-                    .map(|t| {
-                        time::OffsetDateTime::from_unix_timestamp(t.seconds)
-                            .ok()
-                            .and_then(|time| {
-                                u32::try_from(t.nanos)
-                                    .ok()
-                                    .and_then(|nanos| time.replace_nanosecond(nanos).ok())
-                            })
-                            .ok_or("is not a valid timestamp")
-                    })
-                    .transpose()
-            };
-            let start = v.check("start_time", time(&request.start_time));
-            let end = v.check("end_time", time(&request.end_time));
-            if let (Some(Some(start)), Some(Some(end))) = (start, end)
-                && end < start
-            {
-                v.check::<(), _>("end_time", Err("must not be before start_time"));
-            }
-            let token = if request.token.is_empty() {
-                Some(None)
-            } else {
-                v.check("token", Token::parse(&request.token))
-                    .map(|t| Some(t.as_str().to_owned()))
-            };
-            let bounded = |field: &'static str, text: &str, v: &mut Violations| {
-                v.check(
-                    field,
-                    if text.len() <= 256 {
-                        Ok((!text.is_empty()).then(|| text.to_owned()))
-                    } else {
-                        Err("is too long")
-                    },
-                )
-            };
-            let rpc = bounded("rpc", &request.rpc, &mut v);
-            let caller = bounded("caller", &request.caller, &mut v);
-            let correlation_id = bounded("correlation_id", &request.correlation_id, &mut v);
-            let outcome = v.check(
-                "outcome",
-                match pb::AuditOutcome::try_from(request.outcome) {
-                    Ok(pb::AuditOutcome::Unspecified) => Ok(None),
-                    Ok(pb::AuditOutcome::Succeeded) => Ok(Some("succeeded")),
-                    Ok(pb::AuditOutcome::Denied) => Ok(Some("denied")),
-                    Ok(pb::AuditOutcome::Failed) => Ok(Some("failed")),
-                    Err(_) => Err("is not a known outcome"),
-                },
-            );
-            let cursor = if request.page_token.is_empty() {
-                Some(None)
-            } else {
-                v.check(
-                    "page_token",
-                    decode_cursor(&request.page_token, scope.as_bytes())
-                        .map(Some)
-                        .ok_or("is not a page token of this query"),
-                )
-            };
-            v.finish(|| {
-                Some((
-                    size?,
-                    AuditFilter {
-                        start: start?,
-                        end: end?,
-                        token: token?,
-                        rpc: rpc?,
-                        caller: caller?,
-                        outcome: outcome?,
-                        correlation_id: correlation_id?,
-                        descending: request.descending,
-                    },
-                    cursor?,
-                ))
-            })
-        };
-        let (size, filter, cursor) = match checked {
-            Ok(checked) => checked,
-            Err(error) => return Err(self.edge.refuse(&ctx, None, error).await),
-        };
-        let pool = self.admin.vault().pool();
-        let mut rows = match audit_store::audit_events(pool, &filter, cursor, size + 1).await {
-            Ok(rows) => rows,
-            Err(error) => return Err(self.edge.refuse(&ctx, None, error.into()).await),
-        };
-        let next_page_token = if rows.len() as i64 > size {
-            rows.truncate(size as usize);
-            rows.last()
-                .map(|row| encode_cursor(row.seq, scope.as_bytes()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        self.admin
-            .vault()
-            .audit(&ctx, None, "OK", &format!("{} events", rows.len()))
+        let checked = audit_query(request.get_ref());
+        let (filter, paging) = self.edge.check(&ctx, checked).await?;
+        let page = self
+            .admin
+            .audit_events(&ctx, &filter, paging.after, paging.size)
             .await
             .map_err(to_status)?;
         Ok(respond(
             &ctx,
             pb::ListAuditEventsResponse {
-                events: rows.iter().map(audit_event).collect(),
-                next_page_token,
+                events: page.items.iter().map(audit_event).collect(),
+                next_page_token: paging.next_token(&page, |row| row.seq),
             },
         ))
     }
@@ -481,60 +483,13 @@ impl pb::key_admin_service_server::KeyAdminService for KeyAdminApi {
         request: Request<pb::VerifyAuditLogRequest>,
     ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
         let ctx = self.edge.context(&request, Rpc::VerifyAuditLog).await?;
-        let request = request.get_ref();
-        if request.start_sequence < 0 || request.end_sequence < 0 {
-            let field = if request.start_sequence < 0 {
-                "start_sequence"
-            } else {
-                "end_sequence"
-            };
-            return Err(self
-                .edge
-                .refuse(&ctx, None, Error::invalid(field, "must not be negative"))
-                .await);
-        }
-        if request.end_sequence > 0 && request.end_sequence < request.start_sequence {
-            let error = Error::invalid("end_sequence", "must not be before start_sequence");
-            return Err(self.edge.refuse(&ctx, None, error).await);
-        }
+        let checked = verify_range(request.get_ref());
+        let (start, end) = self.edge.check(&ctx, checked).await?;
         let check = self
-            .audited(
-                &ctx,
-                self.admin
-                    .verify_audit(request.start_sequence, request.end_sequence)
-                    .await,
-            )
-            .await?;
-        let outcome = if check.broken.is_some() {
-            "audit chain broken"
-        } else {
-            "audit chain intact"
-        };
-        if let Some((seq, kind)) = check.broken {
-            tracing::error!(seq, ?kind, "audit chain broken");
-        }
-        // The verification's own audit row is written after the check, outside the range.
-        self.admin
-            .vault()
-            .audit(&ctx, None, "OK", outcome)
+            .admin
+            .verify_audit(&ctx, start, end)
             .await
             .map_err(to_status)?;
-        Ok(respond(
-            &ctx,
-            pb::VerifyAuditLogResponse {
-                intact: check.broken.is_none(),
-                events_checked: check.rows_checked,
-                first_sequence: check.first_seq,
-                last_sequence: check.last_seq,
-                head_hash: hex::encode(check.head_hash),
-                first_broken_sequence: check.broken.map_or(0, |(seq, _)| seq),
-                break_kind: match check.broken.map(|(_, kind)| kind) {
-                    None => pb::AuditChainBreak::Unspecified,
-                    Some(Break::HashMismatch) => pb::AuditChainBreak::HashMismatch,
-                    Some(Break::PreviousHashMismatch) => pb::AuditChainBreak::PreviousHashMismatch,
-                    Some(Break::SequenceGap) => pb::AuditChainBreak::SequenceGap,
-                } as i32,
-            },
-        ))
+        Ok(respond(&ctx, verification(&check)))
     }
 }

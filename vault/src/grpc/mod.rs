@@ -20,7 +20,8 @@ use tonic::{Request, Response, Status};
 use crate::auth::Rpc;
 use crate::domain::Token;
 use crate::error::Error;
-use crate::kernel::{RequestContext, Vault};
+use crate::kernel::{Page, RequestContext, Vault};
+use convert::{Violations, decode_cursor, encode_cursor};
 use status::to_status;
 
 /// Metadata key of the correlation id.
@@ -103,6 +104,65 @@ impl Edge {
         match checked {
             Ok(command) => Ok(command),
             Err(error) => Err(self.refuse(ctx, None, error).await),
+        }
+    }
+}
+
+/// Default and largest page of the vault's lists (sandbox operations and settlement records,
+/// audit events).
+const PAGE_SIZE_DEFAULT: i64 = 100;
+const PAGE_SIZE_MAX: i64 = 1000;
+
+/// A list's paging: its page size and the position to continue after.
+#[derive(Debug)]
+pub(crate) struct Paging {
+    /// Items per page.
+    pub(crate) size: i64,
+    /// The position of the last item of the previous page; `None` on the first page.
+    pub(crate) after: Option<i64>,
+    /// What page tokens of this query are bound to.
+    scope: String,
+}
+
+impl Paging {
+    /// A page size: the default for 0, at most the largest.
+    pub(crate) fn size(requested: i32) -> Result<i64, &'static str> {
+        match requested {
+            0 => Ok(PAGE_SIZE_DEFAULT),
+            n if n > 0 => Ok(i64::from(n).min(PAGE_SIZE_MAX)),
+            _ => Err("must not be negative"),
+        }
+    }
+
+    /// Checks `page_token` against the query's `scope`; `size` is the checked `page_size`.
+    pub(crate) fn check(
+        v: &mut Violations,
+        size: Option<i64>,
+        page_token: &str,
+        scope: String,
+    ) -> Option<Paging> {
+        let after = if page_token.is_empty() {
+            Some(None)
+        } else {
+            v.check(
+                "page_token",
+                decode_cursor(page_token, scope.as_bytes())
+                    .map(Some)
+                    .ok_or("is not a page token of this query"),
+            )
+        };
+        Some(Paging {
+            size: size?,
+            after: after?,
+            scope,
+        })
+    }
+
+    /// The token of the page after `page`; `seq` reads an item's position.
+    pub(crate) fn next_token<T>(&self, page: &Page<T>, seq: impl Fn(&T) -> i64) -> String {
+        match page.items.last() {
+            Some(last) if page.more => encode_cursor(seq(last), self.scope.as_bytes()),
+            _ => String::new(),
         }
     }
 }

@@ -10,22 +10,18 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::charges::{decline_code, decline_code_from_wire, money};
-use super::convert::{Violations, decode_cursor, encode_cursor, timestamp};
+use super::convert::{Violations, timestamp};
 use super::status::to_status;
-use super::{Edge, respond};
+use super::{Edge, Paging, respond};
 use crate::auth::Rpc;
 use crate::charges::Charges;
-use crate::charges::sandbox::{ConfigureSandboxCard, Page, SettlementQuery};
+use crate::charges::sandbox::{ConfigureSandboxCard, SettlementQuery};
 use crate::connector::sandbox::{
     CardBehaviour, FAIL_FIRST_ATTEMPTS_MAX, LATENCY_MS_MAX, OperationFilter, SandboxCard,
     SandboxOperation, SettlementRecord,
 };
 use crate::domain::{RequestId, Token};
 use crate::error::Error;
-
-/// Default and largest page of the sandbox's lists.
-const PAGE_SIZE_DEFAULT: i64 = 100;
-const PAGE_SIZE_MAX: i64 = 1000;
 
 /// `SandboxService`: the sandbox acquirer's administration.
 #[derive(Debug, Clone)]
@@ -71,48 +67,6 @@ pub fn configure_sandbox_card(
     })
 }
 
-/// A sandbox list's paging: its page size and the position to continue after.
-#[derive(Debug)]
-struct Paging {
-    size: i64,
-    after: i64,
-    /// What page tokens of this query are bound to.
-    scope: String,
-}
-
-impl Paging {
-    /// Checks `page_token` against the query's `scope`; `size` is the checked `page_size`.
-    fn check(
-        v: &mut Violations,
-        size: Option<i64>,
-        page_token: &str,
-        scope: String,
-    ) -> Option<Paging> {
-        let after = if page_token.is_empty() {
-            Some(0)
-        } else {
-            v.check(
-                "page_token",
-                decode_cursor(page_token, scope.as_bytes())
-                    .ok_or("is not a page token of this query"),
-            )
-        };
-        Some(Paging {
-            size: size?,
-            after: after?,
-            scope,
-        })
-    }
-
-    /// The token of the page after `page`; `seq` reads an item's position.
-    fn next_token<T>(&self, page: &Page<T>, seq: impl Fn(&T) -> i64) -> String {
-        match page.items.last() {
-            Some(last) if page.more => encode_cursor(seq(last), self.scope.as_bytes()),
-            _ => String::new(),
-        }
-    }
-}
-
 /// Checks a `ListSandboxOperationsRequest`.
 fn operations_query(
     request: &pb::ListSandboxOperationsRequest,
@@ -122,7 +76,7 @@ fn operations_query(
         request.token, request.r#type, request.authorization_reference
     );
     let mut v = Violations::default();
-    let size = v.check("page_size", page_size(request.page_size));
+    let size = v.check("page_size", Paging::size(request.page_size));
     let token = if request.token.is_empty() {
         Some(None)
     } else {
@@ -171,7 +125,7 @@ fn settlement_query(
         request.start_date, request.end_date, request.r#type
     );
     let mut v = Violations::default();
-    let size = v.check("page_size", page_size(request.page_size));
+    let size = v.check("page_size", Paging::size(request.page_size));
     let start = v.check("start_date", date(&request.start_date));
     let end = v.check("end_date", date(&request.end_date));
     if let (Some(Some(start)), Some(Some(end))) = (start, end)
@@ -321,14 +275,6 @@ fn settlement_record(record: &SettlementRecord) -> pb::SettlementRecord {
     }
 }
 
-fn page_size(requested: i32) -> Result<i64, &'static str> {
-    match requested {
-        0 => Ok(PAGE_SIZE_DEFAULT),
-        n if n > 0 => Ok(i64::from(n).min(PAGE_SIZE_MAX)),
-        _ => Err("must not be negative"),
-    }
-}
-
 fn date(text: &str) -> Result<Option<time::Date>, &'static str> {
     if text.is_empty() {
         return Ok(None);
@@ -410,7 +356,7 @@ impl pb::sandbox_service_server::SandboxService for SandboxApi {
         let (filter, paging) = self.edge.check(&ctx, checked).await?;
         let page = self
             .charges
-            .sandbox_operations(&ctx, &filter, paging.after, paging.size)
+            .sandbox_operations(&ctx, &filter, paging.after.unwrap_or(0), paging.size)
             .await
             .map_err(to_status)?;
         Ok(respond(
@@ -438,7 +384,7 @@ impl pb::sandbox_service_server::SandboxService for SandboxApi {
         let (query, paging) = self.edge.check(&ctx, checked).await?;
         let page = self
             .charges
-            .settlement_records(&ctx, &query, paging.after, paging.size)
+            .settlement_records(&ctx, &query, paging.after.unwrap_or(0), paging.size)
             .await
             .map_err(to_status)?;
         Ok(respond(

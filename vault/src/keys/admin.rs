@@ -1,5 +1,5 @@
 //! Key administration: the seal state and unsealing with Shamir shares, data-key rotation
-//! with a background rewrap, retirement, root-key rotation, and the audit log's reading side.
+//! with a background rewrap, retirement, root-key rotation, and the audit log's reading side (its pages and the chain check).
 //!
 //! The root key exists in memory only while the vault is unsealed, inside the [`KeyRing`];
 //! sealing drops the ring, which zeroizes every key. Shares are held in zeroizing buffers only
@@ -15,14 +15,17 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::audit;
+use crate::audit::chain::AuditRow;
+use crate::audit::verification::RangeCheck;
 use crate::config::{KeySettings, RootKeySource};
 use crate::crypto::{KEY_BYTES, RootKey, SealedCard, SecretKey};
 use crate::domain::{RequestId, Token};
 use crate::error::Error;
-use crate::kernel::{RequestCheck, RequestContext, Vault};
+use crate::kernel::{Page, RequestCheck, RequestContext, Vault};
 use crate::keys::ring::{
     KeyLoadError, KeyRequest, KeyRing, RootKeySplit, load_or_create_dev_root_key,
 };
+use crate::storage::audit::{self as audit_store, AuditFilter};
 use crate::storage::keys::{self as store, DataKeyInfo, Retirement};
 use crate::writer::{Apply, AuditContext, Mutation};
 
@@ -772,13 +775,48 @@ impl KeyAdmin {
         }
     }
 
-    /// Walks the audit chain between `start` and `end` (0: the ends).
+    /// Walks the audit chain between `start` and `end` (0: the ends) and audits the check. A
+    /// broken chain is logged as an error; the check's own audit row is written after it,
+    /// outside the range.
     pub async fn verify_audit(
         &self,
+        ctx: &RequestContext,
         start: i64,
         end: i64,
-    ) -> Result<audit::verification::RangeCheck, Error> {
-        Ok(audit::verification::verify(self.vault.pool(), start, end).await?)
+    ) -> Result<RangeCheck, Error> {
+        let check = match audit::verification::verify(self.vault.pool(), start, end).await {
+            Ok(check) => check,
+            Err(error) => return Err(self.vault.refuse(ctx, None, error.into()).await),
+        };
+        let outcome = if check.broken.is_some() {
+            "audit chain broken"
+        } else {
+            "audit chain intact"
+        };
+        if let Some((seq, kind)) = check.broken {
+            tracing::error!(seq, ?kind, "audit chain broken");
+        }
+        self.vault.audit(ctx, None, "OK", outcome).await?;
+        Ok(check)
+    }
+
+    /// A page of the audit log's rows matching `filter`, after `cursor`; the read is audited.
+    pub async fn audit_events(
+        &self,
+        ctx: &RequestContext,
+        filter: &AuditFilter,
+        cursor: Option<i64>,
+        size: i64,
+    ) -> Result<Page<AuditRow>, Error> {
+        let rows =
+            match audit_store::audit_events(self.vault.pool(), filter, cursor, size + 1).await {
+                Ok(rows) => rows,
+                Err(error) => return Err(self.vault.refuse(ctx, None, error.into()).await),
+            };
+        let page = Page::of(rows, size);
+        let reason = format!("{} events", page.items.len());
+        self.vault.audit(ctx, None, "OK", &reason).await?;
+        Ok(page)
     }
 }
 
