@@ -1,5 +1,7 @@
 //! The vault's error type: one enum for the service layer, mapped to gRPC in
-//! `grpc::status` by one exhaustive match.
+//! `grpc::status` by one exhaustive match over its kinds ([`ErrorReason`]).
+
+use tandem_runtime::database::StorageFailure;
 
 /// One violated field of a request, for `google.rpc.BadRequest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +19,183 @@ impl FieldViolation {
             field,
             description: description.to_string(),
         }
+    }
+}
+
+/// The kinds of vault error, one per `ErrorInfo` reason (a database error by its class). The
+/// one map from a kind to its status code is `grpc::status::code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorReason {
+    /// `INVALID_ARGUMENT`.
+    InvalidArgument,
+    /// `ROLE_NOT_ALLOWED`.
+    RoleNotAllowed,
+    /// `IDENTITY_INVALID`.
+    IdentityInvalid,
+    /// `TOKEN_NOT_FOUND`.
+    TokenNotFound,
+    /// `TOKEN_REVOKED`.
+    TokenRevoked,
+    /// `TOKEN_EXPIRED`.
+    TokenExpired,
+    /// `REQUEST_ID_REUSED`.
+    RequestIdReused,
+    /// `REQUEST_IN_PROGRESS`.
+    RequestInProgress,
+    /// `CONCURRENT_UPDATE`.
+    ConcurrentUpdate,
+    /// `CHARGE_NOT_FOUND`.
+    ChargeNotFound,
+    /// `CHARGE_NOT_AUTHORIZED`.
+    ChargeNotAuthorized,
+    /// `CHARGE_ALREADY_CAPTURED`.
+    ChargeAlreadyCaptured,
+    /// `CHARGE_NOT_CAPTURED`.
+    ChargeNotCaptured,
+    /// `CURRENCY_MISMATCH`.
+    CurrencyMismatch,
+    /// `AMOUNT_EXCEEDS_APPROVED`.
+    AmountExceedsApproved,
+    /// `AMOUNT_EXCEEDS_REFUNDABLE`.
+    AmountExceedsRefundable,
+    /// `REFUND_LIMIT_REACHED`.
+    RefundLimitReached,
+    /// `CHARGE_OPERATION_IN_PROGRESS`.
+    ChargeOperationInProgress,
+    /// `OUTCOME_UNKNOWN`.
+    OutcomeUnknown,
+    /// `PROCESSOR_UNAVAILABLE`.
+    ProcessorUnavailable,
+    /// `PROCESSOR_TIMEOUT`.
+    ProcessorTimeout,
+    /// `PROCESSOR_REFUSED`.
+    ProcessorRefused,
+    /// `KEY_ROTATED`.
+    KeyRotated,
+    /// `KEY_VERSION_NOT_FOUND`.
+    KeyVersionNotFound,
+    /// `KEY_VERSION_ACTIVE`.
+    KeyVersionActive,
+    /// `KEY_VERSION_IN_USE`.
+    KeyVersionInUse,
+    /// `SHARE_MALFORMED`.
+    ShareMalformed,
+    /// `UNSEAL_FAILED`.
+    UnsealFailed,
+    /// `VAULT_NOT_INITIALISED`.
+    VaultNotInitialised,
+    /// `VAULT_ALREADY_INITIALISED`.
+    VaultAlreadyInitialised,
+    /// `VAULT_SEALED`.
+    VaultSealed,
+    /// `KEY_BUDGET_EXHAUSTED`.
+    KeyBudgetExhausted,
+    /// `SHUTTING_DOWN`.
+    ShuttingDown,
+    /// `CARD_DATA_UNREADABLE`.
+    CardDataUnreadable,
+    /// `INTERNAL`.
+    Internal,
+    /// `STORAGE_UNAVAILABLE`.
+    StorageUnavailable,
+    /// `WRITE_CONFLICT`.
+    WriteConflict,
+    /// `CONSTRAINT_VIOLATED`.
+    ConstraintViolated,
+}
+
+impl ErrorReason {
+    /// Every kind.
+    pub const ALL: [ErrorReason; 38] = [
+        ErrorReason::InvalidArgument,
+        ErrorReason::RoleNotAllowed,
+        ErrorReason::IdentityInvalid,
+        ErrorReason::TokenNotFound,
+        ErrorReason::TokenRevoked,
+        ErrorReason::TokenExpired,
+        ErrorReason::RequestIdReused,
+        ErrorReason::RequestInProgress,
+        ErrorReason::ConcurrentUpdate,
+        ErrorReason::ChargeNotFound,
+        ErrorReason::ChargeNotAuthorized,
+        ErrorReason::ChargeAlreadyCaptured,
+        ErrorReason::ChargeNotCaptured,
+        ErrorReason::CurrencyMismatch,
+        ErrorReason::AmountExceedsApproved,
+        ErrorReason::AmountExceedsRefundable,
+        ErrorReason::RefundLimitReached,
+        ErrorReason::ChargeOperationInProgress,
+        ErrorReason::OutcomeUnknown,
+        ErrorReason::ProcessorUnavailable,
+        ErrorReason::ProcessorTimeout,
+        ErrorReason::ProcessorRefused,
+        ErrorReason::KeyRotated,
+        ErrorReason::KeyVersionNotFound,
+        ErrorReason::KeyVersionActive,
+        ErrorReason::KeyVersionInUse,
+        ErrorReason::ShareMalformed,
+        ErrorReason::UnsealFailed,
+        ErrorReason::VaultNotInitialised,
+        ErrorReason::VaultAlreadyInitialised,
+        ErrorReason::VaultSealed,
+        ErrorReason::KeyBudgetExhausted,
+        ErrorReason::ShuttingDown,
+        ErrorReason::CardDataUnreadable,
+        ErrorReason::Internal,
+        ErrorReason::StorageUnavailable,
+        ErrorReason::WriteConflict,
+        ErrorReason::ConstraintViolated,
+    ];
+
+    /// The reason as clients and the audit log see it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorReason::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorReason::RoleNotAllowed => "ROLE_NOT_ALLOWED",
+            ErrorReason::IdentityInvalid => "IDENTITY_INVALID",
+            ErrorReason::TokenNotFound => "TOKEN_NOT_FOUND",
+            ErrorReason::TokenRevoked => "TOKEN_REVOKED",
+            ErrorReason::TokenExpired => "TOKEN_EXPIRED",
+            ErrorReason::RequestIdReused => "REQUEST_ID_REUSED",
+            ErrorReason::RequestInProgress => "REQUEST_IN_PROGRESS",
+            ErrorReason::ConcurrentUpdate => "CONCURRENT_UPDATE",
+            ErrorReason::ChargeNotFound => "CHARGE_NOT_FOUND",
+            ErrorReason::ChargeNotAuthorized => "CHARGE_NOT_AUTHORIZED",
+            ErrorReason::ChargeAlreadyCaptured => "CHARGE_ALREADY_CAPTURED",
+            ErrorReason::ChargeNotCaptured => "CHARGE_NOT_CAPTURED",
+            ErrorReason::CurrencyMismatch => "CURRENCY_MISMATCH",
+            ErrorReason::AmountExceedsApproved => "AMOUNT_EXCEEDS_APPROVED",
+            ErrorReason::AmountExceedsRefundable => "AMOUNT_EXCEEDS_REFUNDABLE",
+            ErrorReason::RefundLimitReached => "REFUND_LIMIT_REACHED",
+            ErrorReason::ChargeOperationInProgress => "CHARGE_OPERATION_IN_PROGRESS",
+            ErrorReason::OutcomeUnknown => "OUTCOME_UNKNOWN",
+            ErrorReason::ProcessorUnavailable => "PROCESSOR_UNAVAILABLE",
+            ErrorReason::ProcessorTimeout => "PROCESSOR_TIMEOUT",
+            ErrorReason::ProcessorRefused => "PROCESSOR_REFUSED",
+            ErrorReason::KeyRotated => "KEY_ROTATED",
+            ErrorReason::KeyVersionNotFound => "KEY_VERSION_NOT_FOUND",
+            ErrorReason::KeyVersionActive => "KEY_VERSION_ACTIVE",
+            ErrorReason::KeyVersionInUse => "KEY_VERSION_IN_USE",
+            ErrorReason::ShareMalformed => "SHARE_MALFORMED",
+            ErrorReason::UnsealFailed => "UNSEAL_FAILED",
+            ErrorReason::VaultNotInitialised => "VAULT_NOT_INITIALISED",
+            ErrorReason::VaultAlreadyInitialised => "VAULT_ALREADY_INITIALISED",
+            ErrorReason::VaultSealed => "VAULT_SEALED",
+            ErrorReason::KeyBudgetExhausted => "KEY_BUDGET_EXHAUSTED",
+            ErrorReason::ShuttingDown => "SHUTTING_DOWN",
+            ErrorReason::CardDataUnreadable => "CARD_DATA_UNREADABLE",
+            ErrorReason::Internal => "INTERNAL",
+            ErrorReason::StorageUnavailable => "STORAGE_UNAVAILABLE",
+            ErrorReason::WriteConflict => "WRITE_CONFLICT",
+            ErrorReason::ConstraintViolated => "CONSTRAINT_VIOLATED",
+        }
+    }
+
+    /// The kind of a stored reason, if it is one this vault writes.
+    pub fn parse(text: &str) -> Option<ErrorReason> {
+        ErrorReason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
     }
 }
 
@@ -146,46 +325,56 @@ impl Error {
         Error::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
 
+    /// What kind of error this is, without its detail.
+    pub fn kind(&self) -> ErrorReason {
+        match self {
+            Error::InvalidArgument(_) => ErrorReason::InvalidArgument,
+            Error::PermissionDenied { .. } => ErrorReason::RoleNotAllowed,
+            Error::Unauthenticated => ErrorReason::IdentityInvalid,
+            Error::TokenNotFound => ErrorReason::TokenNotFound,
+            Error::TokenRevoked => ErrorReason::TokenRevoked,
+            Error::TokenExpired => ErrorReason::TokenExpired,
+            Error::RequestIdReused => ErrorReason::RequestIdReused,
+            Error::RequestIdTaken => ErrorReason::RequestInProgress,
+            Error::ConcurrentUpdate => ErrorReason::ConcurrentUpdate,
+            Error::ChargeNotFound => ErrorReason::ChargeNotFound,
+            Error::ChargeNotAuthorized => ErrorReason::ChargeNotAuthorized,
+            Error::ChargeAlreadyCaptured => ErrorReason::ChargeAlreadyCaptured,
+            Error::ChargeNotCaptured => ErrorReason::ChargeNotCaptured,
+            Error::CurrencyMismatch => ErrorReason::CurrencyMismatch,
+            Error::AmountExceedsApproved => ErrorReason::AmountExceedsApproved,
+            Error::AmountExceedsRefundable => ErrorReason::AmountExceedsRefundable,
+            Error::RefundLimitReached => ErrorReason::RefundLimitReached,
+            Error::ChargeBusy => ErrorReason::ChargeOperationInProgress,
+            Error::OutcomeUnknown => ErrorReason::OutcomeUnknown,
+            Error::ProcessorUnavailable => ErrorReason::ProcessorUnavailable,
+            Error::ProcessorTimeout => ErrorReason::ProcessorTimeout,
+            Error::ProcessorRefused(_) => ErrorReason::ProcessorRefused,
+            Error::KeyRetired => ErrorReason::KeyRotated,
+            Error::KeyVersionNotFound => ErrorReason::KeyVersionNotFound,
+            Error::KeyVersionActive => ErrorReason::KeyVersionActive,
+            Error::KeyVersionInUse => ErrorReason::KeyVersionInUse,
+            Error::ShareMalformed(_) => ErrorReason::ShareMalformed,
+            Error::UnsealFailed => ErrorReason::UnsealFailed,
+            Error::NotInitialised => ErrorReason::VaultNotInitialised,
+            Error::AlreadyInitialised => ErrorReason::VaultAlreadyInitialised,
+            Error::Sealed => ErrorReason::VaultSealed,
+            Error::KeyBudgetExhausted => ErrorReason::KeyBudgetExhausted,
+            Error::ShuttingDown => ErrorReason::ShuttingDown,
+            Error::CardDataUnreadable => ErrorReason::CardDataUnreadable,
+            Error::Corrupt(_) => ErrorReason::Internal,
+            Error::Database(e) => match tandem_runtime::database::classify(e) {
+                StorageFailure::Unavailable => ErrorReason::StorageUnavailable,
+                StorageFailure::Conflict => ErrorReason::WriteConflict,
+                StorageFailure::Constraint => ErrorReason::ConstraintViolated,
+                StorageFailure::Other => ErrorReason::Internal,
+            },
+        }
+    }
+
     /// The `google.rpc.ErrorInfo` reason clients switch on; also the audit row's outcome.
     pub fn reason(&self) -> &'static str {
-        match self {
-            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
-            Error::PermissionDenied { .. } => "ROLE_NOT_ALLOWED",
-            Error::Unauthenticated => "IDENTITY_INVALID",
-            Error::TokenNotFound => "TOKEN_NOT_FOUND",
-            Error::TokenRevoked => "TOKEN_REVOKED",
-            Error::TokenExpired => "TOKEN_EXPIRED",
-            Error::RequestIdReused => "REQUEST_ID_REUSED",
-            Error::RequestIdTaken => "REQUEST_IN_PROGRESS",
-            Error::ConcurrentUpdate => "CONCURRENT_UPDATE",
-            Error::ChargeNotFound => "CHARGE_NOT_FOUND",
-            Error::ChargeNotAuthorized => "CHARGE_NOT_AUTHORIZED",
-            Error::ChargeAlreadyCaptured => "CHARGE_ALREADY_CAPTURED",
-            Error::ChargeNotCaptured => "CHARGE_NOT_CAPTURED",
-            Error::CurrencyMismatch => "CURRENCY_MISMATCH",
-            Error::AmountExceedsApproved => "AMOUNT_EXCEEDS_APPROVED",
-            Error::AmountExceedsRefundable => "AMOUNT_EXCEEDS_REFUNDABLE",
-            Error::RefundLimitReached => "REFUND_LIMIT_REACHED",
-            Error::ChargeBusy => "CHARGE_OPERATION_IN_PROGRESS",
-            Error::OutcomeUnknown => "OUTCOME_UNKNOWN",
-            Error::ProcessorUnavailable => "PROCESSOR_UNAVAILABLE",
-            Error::ProcessorTimeout => "PROCESSOR_TIMEOUT",
-            Error::ProcessorRefused(_) => "PROCESSOR_REFUSED",
-            Error::KeyRetired => "KEY_ROTATED",
-            Error::KeyVersionNotFound => "KEY_VERSION_NOT_FOUND",
-            Error::KeyVersionActive => "KEY_VERSION_ACTIVE",
-            Error::KeyVersionInUse => "KEY_VERSION_IN_USE",
-            Error::ShareMalformed(_) => "SHARE_MALFORMED",
-            Error::UnsealFailed => "UNSEAL_FAILED",
-            Error::NotInitialised => "VAULT_NOT_INITIALISED",
-            Error::AlreadyInitialised => "VAULT_ALREADY_INITIALISED",
-            Error::Sealed => "VAULT_SEALED",
-            Error::KeyBudgetExhausted => "KEY_BUDGET_EXHAUSTED",
-            Error::ShuttingDown => "SHUTTING_DOWN",
-            Error::CardDataUnreadable => "CARD_DATA_UNREADABLE",
-            Error::Corrupt(_) => "INTERNAL",
-            Error::Database(e) => tandem_runtime::database::classify(e).reason(),
-        }
+        self.kind().as_str()
     }
 
     /// True for a database error that aborts the surrounding transaction.
