@@ -3,11 +3,14 @@
 //! Handlers do their CPU work (validation, sealing, hashing) concurrently, then hand a
 //! [`Mutation`] to the writer and wait. A writer task takes up to `audit.batch_size_max` queued
 //! jobs, applies them in one transaction, appends their audit rows (the hash chain computed in
-//! memory from the head row it locks last), commits, and answers each job. The batch's new
-//! cards (tokenizations) are inserted first, together, in one statement. `audit.writer_tasks`
-//! tasks do this at once on separate connections; the head lock orders their commits. A response is therefore
-//! never sent before its audit row is durable, and the chain never becomes a per-request lock:
-//! one commit covers a whole batch (group commit).
+//! memory from the head row it locks last), commits, and answers each job. `audit.writer_tasks`
+//! tasks do this at once on separate connections; the head lock orders their commits. A
+//! response is therefore never sent before its audit row is durable, and the chain never
+//! becomes a per-request lock: one commit covers a whole batch (group commit).
+//!
+//! Jobs come in two kinds, told apart by type: a [`Mutation`] applies its writes alone; a
+//! [`CardMutation`] (a new tokenization) gives its card to the batch's one card insert, which
+//! runs first for the whole batch in one statement, and then goes on from its outcome.
 //!
 //! If a batch fails with a database error, the writer replays its jobs one per transaction so
 //! that only the job at fault fails. Jobs are written to be replayable: all their randomness
@@ -40,25 +43,6 @@ pub trait Mutation: Send + 'static {
     /// ([`Error::aborts_transaction`]) aborts the batch.
     fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Self::Output>;
 
-    /// The new card this mutation inserts first, if any. The writer inserts the cards of a
-    /// whole batch in one statement ([`storage::tokens::insert_cards_for_new_requests`]) and then calls
-    /// [`Mutation::apply_inserted`] instead of [`Mutation::apply`].
-    fn card_insert(&self) -> Option<CardInsert<'_>> {
-        None
-    }
-
-    /// Goes on after the batch's card insert: `inserted` says whether this mutation's card and
-    /// request record were written. Called only when [`Mutation::card_insert`] gave a card, so
-    /// a mutation that gives one must override it; the default, [`Mutation::apply`], would
-    /// find its own request recorded and answer it as a replay.
-    fn apply_inserted<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        _inserted: bool,
-    ) -> Apply<'a, Self::Output> {
-        self.apply(conn)
-    }
-
     /// The token the audit row names, given the result (a reused token is known only after
     /// `apply`).
     fn audit_token(&self, output: &Result<Self::Output, Error>) -> Option<String>;
@@ -80,6 +64,24 @@ pub trait Mutation: Send + 'static {
             Err(error) => error.reason(),
         }
     }
+}
+
+/// A mutation that inserts a new card: it gives its card to the batch's one card insert
+/// ([`storage::tokens::insert_cards_for_new_requests`]) and goes on from that insert's outcome.
+/// The two halves are one contract, so both are required: a mutation that joins the insert
+/// cannot leave the writer to answer it as a replay of its own request. Submitted with
+/// [`Writer::submit_card`]; [`Mutation::apply`] is then not called.
+pub trait CardMutation: Mutation {
+    /// The card with its request record, as one row of the batch's insert.
+    fn card_insert(&self) -> CardInsert<'_>;
+
+    /// Goes on after the batch's card insert: `inserted` says whether this mutation's card and
+    /// request record were written.
+    fn apply_inserted<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        inserted: bool,
+    ) -> Apply<'a, Self::Output>;
 }
 
 /// A mutation that writes nothing: the audit row of a read or a refused call.
@@ -136,8 +138,17 @@ trait Job: Send {
     fn complete(self: Box<Self>, committed: Result<(), Error>);
 }
 
+/// The card-insert half of a queued [`CardMutation`]: both of its methods, or nothing for a
+/// plain [`Mutation`].
+struct CardHalf<M: Mutation> {
+    card_insert: for<'a> fn(&'a M) -> CardInsert<'a>,
+    apply_inserted: for<'a> fn(&'a M, &'a mut PgConnection, bool) -> Apply<'a, M::Output>,
+}
+
 struct Pending<M: Mutation> {
     mutation: M,
+    /// `Some` for a job that joins the batch's card insert.
+    card: Option<CardHalf<M>>,
     context: AuditContext,
     output: Option<Result<M::Output, Error>>,
     reply: oneshot::Sender<Result<M::Output, Error>>,
@@ -145,7 +156,9 @@ struct Pending<M: Mutation> {
 
 impl<M: Mutation> Job for Pending<M> {
     fn card_insert(&self) -> Option<CardInsert<'_>> {
-        self.mutation.card_insert()
+        self.card
+            .as_ref()
+            .map(|card| (card.card_insert)(&self.mutation))
     }
 
     fn apply<'a>(
@@ -155,9 +168,11 @@ impl<M: Mutation> Job for Pending<M> {
     ) -> Apply<'a, ()> {
         Box::pin(async move {
             self.output = None;
-            let result = match inserted {
-                Some(inserted) => self.mutation.apply_inserted(conn, inserted).await,
-                None => self.mutation.apply(conn).await,
+            let result = match (&self.card, inserted) {
+                (Some(card), Some(inserted)) => {
+                    (card.apply_inserted)(&self.mutation, conn, inserted).await
+                }
+                _ => self.mutation.apply(conn).await,
             };
             match result {
                 Err(error) if error.aborts_transaction() => Err(error),
@@ -253,9 +268,32 @@ impl Writer {
         mutation: M,
         context: AuditContext,
     ) -> Result<M::Output, Error> {
+        self.queue(mutation, None, context).await
+    }
+
+    /// Queues a mutation that joins its batch's card insert, and waits like [`Writer::submit`].
+    pub async fn submit_card<M: CardMutation>(
+        &self,
+        mutation: M,
+        context: AuditContext,
+    ) -> Result<M::Output, Error> {
+        let card = CardHalf {
+            card_insert: M::card_insert,
+            apply_inserted: M::apply_inserted,
+        };
+        self.queue(mutation, Some(card), context).await
+    }
+
+    async fn queue<M: Mutation>(
+        &self,
+        mutation: M,
+        card: Option<CardHalf<M>>,
+        context: AuditContext,
+    ) -> Result<M::Output, Error> {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Pending {
             mutation,
+            card,
             context,
             output: None,
             reply,

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::kernel::{Recorded, RequestCheck, RequestContext, Vault, now_micros, once_per_request};
 use crate::storage::keys::lock_data_key_for_write;
 use crate::storage::tokens::{self as store, CardFilter, CardInsert, CardWrite, StoredRequest};
-use crate::writer::{Apply, AuditContext, Mutation};
+use crate::writer::{Apply, AuditContext, CardMutation, Mutation};
 
 /// How often `UpdateCard` re-reads and re-seals when the card changed under it.
 const UPDATE_ATTEMPTS_MAX: u32 = 3;
@@ -79,7 +79,14 @@ impl Vault {
                 },
                 reuse_existing: command.reuse_existing,
             };
-            match self.writer().submit(mutation, ctx.audit("")).await {
+            // A new request without dedupe joins its batch's one card insert; one that reuses
+            // an existing card looks for it first.
+            let submitted = if command.reuse_existing {
+                self.writer().submit(mutation, ctx.audit("")).await
+            } else {
+                self.writer().submit_card(mutation, ctx.audit("")).await
+            };
+            match submitted {
                 Err(Error::KeyRetired) if attempt < UPDATE_ATTEMPTS_MAX => {
                     keys.refresh_keys(self.pool()).await?;
                     sealed = keys.seal(self.pool(), &token, &command.secret).await?;
@@ -472,16 +479,24 @@ impl TokenizeMutation {
 impl Mutation for TokenizeMutation {
     type Output = (CardView, bool);
 
-    // Only a `reuse_existing` tokenization comes here: the others give their card to the
-    // batch's one insert and go on in `apply_inserted`.
+    // Submitted alone (a `reuse_existing` tokenization): look the request id up, then the card.
     fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, Self::Output> {
         Box::pin(once_per_request(self, conn))
     }
 
-    // The common case, a new request without dedupe, records the request and inserts the card
-    // in the batch's one insert, and only if the id was new.
-    fn card_insert(&self) -> Option<CardInsert<'_>> {
-        (!self.reuse_existing).then(|| self.card_row())
+    fn audit_token(&self, output: &Result<Self::Output, Error>) -> Option<String> {
+        match output {
+            Ok((view, _)) => Some(view.token.as_str().to_owned()),
+            Err(_) => None,
+        }
+    }
+}
+
+// The common case, a new request without dedupe, records the request and inserts the card in
+// the batch's one insert, and only if the id was new.
+impl CardMutation for TokenizeMutation {
+    fn card_insert(&self) -> CardInsert<'_> {
+        self.card_row()
     }
 
     fn apply_inserted<'a>(
@@ -490,13 +505,6 @@ impl Mutation for TokenizeMutation {
         inserted: bool,
     ) -> Apply<'a, Self::Output> {
         Box::pin(self.after_insert(conn, inserted))
-    }
-
-    fn audit_token(&self, output: &Result<Self::Output, Error>) -> Option<String> {
-        match output {
-            Ok((view, _)) => Some(view.token.as_str().to_owned()),
-            Err(_) => None,
-        }
     }
 }
 
