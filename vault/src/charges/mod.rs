@@ -38,9 +38,9 @@ use crate::connector::{
 };
 use crate::domain::charge::{
     AuthorizeCommand, CaptureCommand, ChargeId, ChargeLookup, ChargeState, ChargeView, Decline,
-    DeclineCode, REFUNDS_PER_CHARGE_MAX, RefundCommand, RefundId, RefundState, RefundView,
-    VoidCommand,
+    DeclineCode, RefundCommand, RefundId, RefundState, RefundView, VoidCommand,
 };
+use crate::domain::charge_rules::{self, ChargeFacts, Decision, Operation};
 use crate::domain::{CardSecret, RequestId, Token, TokenState};
 use crate::error::Error;
 use crate::kernel::{Recorded, RequestCheck, RequestContext, Vault, now_micros, once_per_request};
@@ -989,6 +989,7 @@ impl FollowUpIntent {
         .ok_or(Error::RequestIdTaken)
     }
 
+    /// Locks the charge, replays a recorded request, or applies what the charge rules decide.
     async fn decide(&self, conn: &mut PgConnection) -> Result<Intended, Error> {
         // Lock the charge first: a copy of this request from another vault process then waits
         // here and, once this one commits, finds its record and replays it.
@@ -1000,56 +1001,20 @@ impl FollowUpIntent {
             return self.replay(conn, stored).await;
         }
         let charge = charge.ok_or(Error::ChargeNotFound)?;
-        let currency = charge.requested.currency;
-        if self.amount.is_some_and(|m| m.currency != currency) {
-            return Err(Error::CurrencyMismatch);
-        }
-        match self.kind {
-            FollowUp::Capture => {
-                if charge.state != ChargeState::Authorized {
-                    return Err(Error::ChargeNotAuthorized);
-                }
-                if charge.pending_request_id.is_some() {
-                    return Err(Error::ChargeBusy);
-                }
-                let amount = self.amount.unwrap_or(charge.approved);
-                if amount.minor_units > charge.approved.minor_units {
-                    return Err(Error::AmountExceedsApproved);
-                }
-                let charge = self.record_pending(conn, Some(amount.minor_units)).await?;
-                Ok(Intended::Send(charge, None, Some(amount.minor_units)))
+        match charge_rules::decide(&ChargeFacts::of(&charge), &self.operation()?)? {
+            Decision::Capture { amount_minor } => {
+                let charge = self.record_pending(conn, Some(amount_minor)).await?;
+                Ok(Intended::Send(charge, None, Some(amount_minor)))
             }
-            FollowUp::Void => match charge.state {
-                ChargeState::Voided | ChargeState::Declined => {
-                    self.record(conn, None, None).await?;
-                    Ok(Intended::Done(charge, None))
-                }
-                ChargeState::Captured | ChargeState::PartiallyRefunded | ChargeState::Refunded => {
-                    Err(Error::ChargeAlreadyCaptured)
-                }
-                ChargeState::Pending => Err(Error::OutcomeUnknown),
-                ChargeState::Authorized if charge.pending_request_id.is_some() => {
-                    Err(Error::ChargeBusy)
-                }
-                ChargeState::Authorized => {
-                    let charge = self.record_pending(conn, None).await?;
-                    Ok(Intended::Send(charge, None, None))
-                }
-            },
-            FollowUp::Refund => {
-                if !matches!(
-                    charge.state,
-                    ChargeState::Captured | ChargeState::PartiallyRefunded
-                ) {
-                    return Err(Error::ChargeNotCaptured);
-                }
-                if charge.refunds.len() >= REFUNDS_PER_CHARGE_MAX {
-                    return Err(Error::RefundLimitReached);
-                }
-                let amount = self.amount.ok_or(Error::Corrupt("refund without amount"))?;
-                if amount.minor_units > charge.refundable_minor() {
-                    return Err(Error::AmountExceedsRefundable);
-                }
+            Decision::Void => {
+                let charge = self.record_pending(conn, None).await?;
+                Ok(Intended::Send(charge, None, None))
+            }
+            Decision::AlreadyReleased => {
+                self.record(conn, None, None).await?;
+                Ok(Intended::Done(charge, None))
+            }
+            Decision::Refund { amount } => {
                 let refund = RefundView {
                     id: self.refund_id.clone(),
                     request_id: self.request_id.clone(),
@@ -1072,6 +1037,19 @@ impl FollowUpIntent {
                 Ok(Intended::Send(charge, refund, Some(amount.minor_units)))
             }
         }
+    }
+
+    /// The operation this intent asks of the charge rules.
+    fn operation(&self) -> Result<Operation, Error> {
+        Ok(match self.kind {
+            FollowUp::Capture => Operation::Capture {
+                amount: self.amount,
+            },
+            FollowUp::Void => Operation::Void,
+            FollowUp::Refund => Operation::Refund {
+                amount: self.amount.ok_or(Error::Corrupt("refund without amount"))?,
+            },
+        })
     }
 }
 

@@ -5,6 +5,7 @@
 //! builds them from wire messages and the service layer trusts them.
 
 pub mod charge;
+pub mod charge_rules;
 pub mod expiry;
 pub mod pan;
 pub mod token;
