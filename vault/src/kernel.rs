@@ -1,6 +1,6 @@
 //! The shared kernel of the vault's capabilities: who is calling ([`RequestContext`]), the
 //! vault handle ([`Vault`]: pool, key ring, writer), authorization and audited refusals, and
-//! the one request-id rule of every request table ([`RequestCheck`]).
+//! the one request-id rule of every request table (`RequestCheck`).
 //!
 //! Every mutating RPC is idempotent by its AIP-155 `request_id`: the tokens, charges and keys
 //! each keep a request table, and each table's lookup is judged here, by one rule.
