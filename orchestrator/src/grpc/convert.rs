@@ -16,8 +16,8 @@ use crate::domain::group::{
 use crate::domain::planning::Invoice;
 use crate::domain::record::events::{Event, EventKind};
 use crate::domain::record::refunds::{Refund, RefundState};
-use crate::domain::record::steps::{AttemptOutcome, Suspension};
-use crate::domain::record::{PaymentRecord, Status};
+use crate::domain::record::steps::Suspension;
+use crate::domain::record::{AttemptOutcome, PaymentRecord, Status};
 use crate::domain::saga::{Completion, LegState, NextAction, PaymentState};
 use crate::error::{Error, FieldViolation};
 use crate::storage::{Cursor, StoredGroup, StoredPayment};

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tandem_money::{Currency, Money};
 use time::OffsetDateTime;
 
-use super::saga::{LegState, Payment, PaymentState};
+use super::saga::{LegState, NextAction, Payment, PaymentState};
 
 pub mod events;
 pub mod refunds;
@@ -31,7 +31,6 @@ mod tests;
 
 use events::{Event, EventKind};
 use refunds::{Refund, RefundState};
-use steps::Attempt;
 
 /// A member as the payment saw it at creation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +62,50 @@ pub struct LegDetail {
     pub replaced: Option<usize>,
     /// Minor units refunded to the card.
     pub refunded: i64,
+}
+
+/// How one authorization attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptOutcome {
+    /// Sent; the answer is not known yet.
+    Pending,
+    /// Approved in full.
+    Approved,
+    /// Approved for less than asked.
+    PartiallyApproved,
+    /// Declined by the issuer or processor.
+    Declined,
+    /// Refused before reaching the processor (the vault, or a member limit).
+    Error,
+}
+
+/// One authorization attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first attempt of the payment.
+    pub number: u32,
+    /// The leg it was for.
+    pub leg: usize,
+    /// Minor units asked.
+    pub requested: i64,
+    /// Minor units approved.
+    pub approved: i64,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// The decline code's name without its prefix (`INSUFFICIENT_FUNDS`), when declined.
+    pub decline_code: Option<String>,
+    /// The vault's advice, when declined.
+    pub next_action: Option<NextAction>,
+    /// Why it was refused (`TOKEN_REVOKED`, `MEMBER_LIMIT_REACHED`), when an error.
+    pub error_reason: Option<String>,
+    /// The vault charge it created.
+    pub charge_id: Option<String>,
+    /// The issuer's authorization code.
+    pub authorization_code: Option<String>,
+    /// When its intent was recorded.
+    pub start_time: OffsetDateTime,
+    /// When its outcome was recorded.
+    pub end_time: Option<OffsetDateTime>,
 }
 
 /// The payment's state as clients see it: the saga's, then refunds.

@@ -1,56 +1,11 @@
 //! A payment's authorizations, captures and voids: the vault operations to run (intents, with
 //! their deterministic request ids) and the recording of each answer.
 
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::events::{Event, EventKind};
-use super::{LegDetail, PaymentRecord};
+use super::{Attempt, AttemptOutcome, LegDetail, PaymentRecord};
 use crate::domain::saga::{self, Command, LegState, NextAction, Outcome, SagaError};
-
-/// How one authorization attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AttemptOutcome {
-    /// Sent; the answer is not known yet.
-    Pending,
-    /// Approved in full.
-    Approved,
-    /// Approved for less than asked.
-    PartiallyApproved,
-    /// Declined by the issuer or processor.
-    Declined,
-    /// Refused before reaching the processor (the vault, or a member limit).
-    Error,
-}
-
-/// One authorization attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attempt {
-    /// 1 for the first attempt of the payment.
-    pub number: u32,
-    /// The leg it was for.
-    pub leg: usize,
-    /// Minor units asked.
-    pub requested: i64,
-    /// Minor units approved.
-    pub approved: i64,
-    /// How it ended.
-    pub outcome: AttemptOutcome,
-    /// The decline code's name without its prefix (`INSUFFICIENT_FUNDS`), when declined.
-    pub decline_code: Option<String>,
-    /// The vault's advice, when declined.
-    pub next_action: Option<NextAction>,
-    /// Why it was refused (`TOKEN_REVOKED`, `MEMBER_LIMIT_REACHED`), when an error.
-    pub error_reason: Option<String>,
-    /// The vault charge it created.
-    pub charge_id: Option<String>,
-    /// The issuer's authorization code.
-    pub authorization_code: Option<String>,
-    /// When its intent was recorded.
-    pub start_time: OffsetDateTime,
-    /// When its outcome was recorded.
-    pub end_time: Option<OffsetDateTime>,
-}
 
 /// The decline codes after which a card is never sent to its issuer again (the issuer will
 /// never approve it, and card networks penalise re-sending it): its member is suspended in the

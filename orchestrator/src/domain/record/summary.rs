@@ -2,7 +2,7 @@
 //! remains.
 
 use super::PaymentRecord;
-use super::steps::{Attempt, AttemptOutcome};
+use super::{Attempt, AttemptOutcome};
 use crate::domain::saga::{LegState, PaymentState};
 
 impl PaymentRecord {
