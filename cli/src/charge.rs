@@ -15,35 +15,13 @@
 //! Every mutating command takes `--request-id` (a new UUID by default): re-running a command
 //! with the same id is safe.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use anyhow::Context as _;
-use tandem_money::{Currency, Money};
 use tandem_proto::tandem::r#type::v1 as types;
 use tandem_proto::tandem::vault::v1 as pb;
-use tandem_tls::TlsFiles;
 use tandem_tls::identity::Role;
 
-use crate::dev;
-
-/// Where the vault is and who we are.
-#[derive(Debug, clap::Args)]
-pub(crate) struct Target {
-    /// The vault (`https://host:port`).
-    #[arg(
-        long,
-        env = "TANDEM_VAULT_URI",
-        default_value = "https://127.0.0.1:50051"
-    )]
-    vault: String,
-    /// Directory of the certificates (`ca.pem` and the identity's `.pem`/`.key`).
-    #[arg(long, default_value = dev::DEV_DIR)]
-    certs: PathBuf,
-    /// The DNS name the vault's certificate carries.
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
-}
+use crate::amounts::{parse_amount, show, wire};
+use crate::connect::{VaultTarget, failure, request_id, vault_channel};
 
 /// The charge commands.
 #[derive(Debug, clap::Subcommand)]
@@ -51,7 +29,7 @@ pub enum ChargeCommand {
     /// Place a hold on a card.
     Authorize {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
         /// The card's token.
         #[arg(long)]
         token: String,
@@ -74,7 +52,7 @@ pub enum ChargeCommand {
     /// Capture an authorized charge (all of it unless `--amount`).
     Capture {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
         /// The charge id.
         charge_id: String,
         /// The amount in major units; the whole approved amount by default.
@@ -87,7 +65,7 @@ pub enum ChargeCommand {
     /// Release the hold of an authorized charge.
     Void {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
         /// The charge id.
         charge_id: String,
         /// Why, for the audit log.
@@ -100,7 +78,7 @@ pub enum ChargeCommand {
     /// Refund captured money.
     Refund {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
         /// The charge id.
         charge_id: String,
         /// The amount in major units.
@@ -116,7 +94,7 @@ pub enum ChargeCommand {
     /// Show a charge, by id or by its authorize request id.
     Get {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
         /// The charge id.
         #[arg(required_unless_present = "request_id")]
         charge_id: Option<String>,
@@ -127,7 +105,7 @@ pub enum ChargeCommand {
     /// The sandbox acquirer's settlement report (admin identity).
     Settlement {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
         /// First settlement day, `YYYY-MM-DD`.
         #[arg(long, default_value = "")]
         from: String,
@@ -135,49 +113,6 @@ pub enum ChargeCommand {
         #[arg(long, default_value = "")]
         to: String,
     },
-}
-
-/// Converts `125.5` or `125.50` in `currency` to minor units, exactly; more decimals than
-/// the currency's exponent is an error.
-pub fn parse_amount(text: &str, currency: &str) -> anyhow::Result<Money> {
-    let currency = Currency::parse(currency).map_err(|e| anyhow::anyhow!("--currency {e}"))?;
-    let exponent = usize::from(currency.exponent());
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    anyhow::ensure!(
-        !whole.is_empty()
-            && whole.bytes().all(|b| b.is_ascii_digit())
-            && fraction.bytes().all(|b| b.is_ascii_digit()),
-        "amount {text:?} must be a positive decimal such as 125.00"
-    );
-    anyhow::ensure!(
-        fraction.len() <= exponent,
-        "{currency} has {exponent} decimal places; {text:?} has more"
-    );
-    let digits = format!("{whole}{fraction:0<exponent$}");
-    let minor_units: i64 = digits
-        .parse()
-        .with_context(|| format!("amount {text:?} is too large"))?;
-    anyhow::ensure!(minor_units > 0, "amount must be positive");
-    Ok(Money::new(currency, minor_units))
-}
-
-/// An amount as the wire's `Money`.
-pub(crate) fn wire(money: Money) -> types::Money {
-    types::Money {
-        currency_code: money.currency.code().to_owned(),
-        minor_units: money.minor_units,
-    }
-}
-
-/// An amount as a decimal with its currency (`20.50 USD`), or `-` when unset or unknown.
-pub(crate) fn show(money: Option<&types::Money>) -> String {
-    money
-        .and_then(|m| {
-            Currency::parse(&m.currency_code)
-                .ok()
-                .map(|c| Money::new(c, m.minor_units).to_string())
-        })
-        .unwrap_or_else(|| "-".to_owned())
 }
 
 fn print_charge(charge: &pb::Charge) {
@@ -227,53 +162,6 @@ fn print_charge(charge: &pb::Charge) {
     }
 }
 
-pub(crate) async fn channel(
-    target: &Target,
-    role: Role,
-) -> anyhow::Result<tonic::transport::Channel> {
-    let files = TlsFiles::in_dir(&target.certs, role.as_str());
-    tandem_tls::client::connect(
-        &target.vault,
-        &files,
-        &target.server_name,
-        Duration::from_secs(10),
-    )
-    .await
-    .context("connecting to the vault")
-}
-
-pub(crate) fn request_id(given: Option<String>) -> String {
-    given.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-/// A failed call as one line: the status code, the ErrorInfo reason and any bad fields.
-pub(crate) fn failure(status: tonic::Status) -> anyhow::Error {
-    use tonic_types::StatusExt as _;
-    let reason = status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default();
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .into_iter()
-                .map(|v| format!("{}: {}", v.field, v.description))
-                .collect()
-        })
-        .unwrap_or_default();
-    anyhow::anyhow!(
-        "{:?} {reason}: {}{}",
-        status.code(),
-        status.message(),
-        if fields.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", fields.join("; "))
-        }
-    )
-}
-
 /// Runs a charge command.
 pub async fn run(command: ChargeCommand) -> anyhow::Result<()> {
     use pb::charge_service_client::ChargeServiceClient;
@@ -289,7 +177,8 @@ pub async fn run(command: ChargeCommand) -> anyhow::Result<()> {
         } => {
             let amount = parse_amount(&amount, &currency)?;
             let id = request_id(id);
-            let mut client = ChargeServiceClient::new(channel(&target, Role::Orchestrator).await?);
+            let mut client =
+                ChargeServiceClient::new(vault_channel(&target, Role::Orchestrator).await?);
             let charge = client
                 .authorize(pb::AuthorizeRequest {
                     request_id: id.clone(),
@@ -313,7 +202,8 @@ pub async fn run(command: ChargeCommand) -> anyhow::Result<()> {
             amount,
             request_id: id,
         } => {
-            let mut client = ChargeServiceClient::new(channel(&target, Role::Orchestrator).await?);
+            let mut client =
+                ChargeServiceClient::new(vault_channel(&target, Role::Orchestrator).await?);
             let amount = match amount {
                 None => None,
                 Some(text) => {
@@ -340,7 +230,8 @@ pub async fn run(command: ChargeCommand) -> anyhow::Result<()> {
             reason,
             request_id: id,
         } => {
-            let mut client = ChargeServiceClient::new(channel(&target, Role::Orchestrator).await?);
+            let mut client =
+                ChargeServiceClient::new(vault_channel(&target, Role::Orchestrator).await?);
             let charge = client
                 .void(pb::VoidRequest {
                     request_id: request_id(id),
@@ -361,7 +252,8 @@ pub async fn run(command: ChargeCommand) -> anyhow::Result<()> {
             reason,
             request_id: id,
         } => {
-            let mut client = ChargeServiceClient::new(channel(&target, Role::Orchestrator).await?);
+            let mut client =
+                ChargeServiceClient::new(vault_channel(&target, Role::Orchestrator).await?);
             let currency = charge_currency(&mut client, &charge_id).await?;
             let response = client
                 .refund(pb::RefundRequest {
@@ -380,12 +272,13 @@ pub async fn run(command: ChargeCommand) -> anyhow::Result<()> {
             charge_id,
             request_id,
         } => {
-            let mut client = ChargeServiceClient::new(channel(&target, Role::Orchestrator).await?);
+            let mut client =
+                ChargeServiceClient::new(vault_channel(&target, Role::Orchestrator).await?);
             print_charge(&get(&mut client, charge_id, request_id).await?);
         }
         ChargeCommand::Settlement { target, from, to } => {
             let mut client = pb::sandbox_service_client::SandboxServiceClient::new(
-                channel(&target, Role::Admin).await?,
+                vault_channel(&target, Role::Admin).await?,
             );
             let mut page_token = String::new();
             println!(
@@ -461,36 +354,4 @@ async fn get(
         .into_inner()
         .charge
         .context("no charge in the response")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Decimal amounts become exact minor units per the currency's exponent; malformed or
-    /// over-precise amounts are refused.
-    #[test]
-    fn amounts() {
-        let minor =
-            |text: &str, currency: &str| parse_amount(text, currency).map(|m| m.minor_units).ok();
-        assert_eq!(minor("125.00", "USD"), Some(12_500));
-        assert_eq!(minor("125.5", "USD"), Some(12_550));
-        assert_eq!(minor("125", "USD"), Some(12_500));
-        assert_eq!(minor("0.01", "USD"), Some(1));
-        assert_eq!(minor("1200", "JPY"), Some(1200));
-        assert_eq!(minor("1.234", "BHD"), Some(1234));
-        for (text, currency) in [
-            ("1.001", "USD"),
-            ("1.5", "JPY"),
-            ("-1", "USD"),
-            ("0", "USD"),
-            ("1e3", "USD"),
-            ("", "USD"),
-            (".5", "USD"),
-            ("1", "XXX"),
-            ("99999999999999999999", "USD"),
-        ] {
-            assert_eq!(minor(text, currency), None, "{text} {currency}");
-        }
-    }
 }

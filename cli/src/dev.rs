@@ -28,11 +28,8 @@ use tandem_tls::TlsFiles;
 use tandem_tls::identity::Role;
 use tandem_vault::config::{SecretString, Settings};
 
-use crate::charge::failure;
-use crate::groups::value_name;
-
-/// Where dev state lives, relative to the working directory.
-pub const DEV_DIR: &str = ".tandem/dev";
+use crate::connect::{DEV_DIR, failure};
+use crate::print::value_name;
 
 /// How long setting up one connection, TLS handshake included, may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

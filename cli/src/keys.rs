@@ -26,7 +26,7 @@ use tandem_proto::tandem::vault::v1::key_admin_service_client::KeyAdminServiceCl
 use tandem_tls::identity::Role;
 use zeroize::Zeroizing;
 
-use crate::charge::{Target, channel, failure, request_id};
+use crate::connect::{VaultTarget, failure, request_id, vault_channel};
 use crate::dev;
 
 /// The key commands.
@@ -55,18 +55,18 @@ pub enum KeysCommand {
     /// Data-key versions, the rewrap and the seal.
     Status {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
     },
     /// Submit one share; reads it as hex from standard input (an empty line for the dev
     /// source, which reloads the key file).
     Unseal {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
     },
     /// Seal the vault: drop every key from memory.
     Seal {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
         /// Why, for the audit log.
         #[arg(long, default_value = "")]
         reason: String,
@@ -74,7 +74,7 @@ pub enum KeysCommand {
     /// Rotate the data key; the rewrap moves old rows in the background.
     Rotate {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
         /// Idempotency key; a new UUID by default.
         #[arg(long)]
         request_id: Option<String>,
@@ -82,7 +82,7 @@ pub enum KeysCommand {
     /// Retire a decrypt-only data-key version no row uses.
     Retire {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
         /// The version.
         version: i32,
         /// Idempotency key; a new UUID by default.
@@ -92,7 +92,7 @@ pub enum KeysCommand {
     /// Rotate the root key; prints the new shares once (shares source).
     RotateRoot {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
         /// New number of shares (n); the current one by default.
         #[arg(long, default_value_t = 0)]
         shares: i32,
@@ -111,7 +111,7 @@ pub enum AuditCommand {
     /// List audit events.
     List {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
         /// Only this token.
         #[arg(long, default_value = "")]
         token: String,
@@ -134,7 +134,7 @@ pub enum AuditCommand {
     /// Verify the audit log's hash chain.
     Verify {
         #[command(flatten)]
-        target: Target,
+        target: VaultTarget,
         /// First sequence (0: the first event).
         #[arg(long, default_value_t = 0)]
         from: i64,
@@ -181,10 +181,12 @@ fn print_shares(shares: &[Vec<u8>]) {
 }
 
 async fn admin(
-    target: &Target,
+    target: &VaultTarget,
     role: Role,
 ) -> anyhow::Result<KeyAdminServiceClient<tonic::transport::Channel>> {
-    Ok(KeyAdminServiceClient::new(channel(target, role).await?))
+    Ok(KeyAdminServiceClient::new(
+        vault_channel(target, role).await?,
+    ))
 }
 
 /// Runs a key command.

@@ -18,14 +18,18 @@
 // A CLI's output is its stdout.
 #![allow(clippy::print_stdout)]
 
+mod amounts;
 mod bench;
 mod certs;
 mod chaos;
 mod charge;
+mod connect;
 mod dev;
 mod groups;
 mod keys;
 mod payments;
+mod policy;
+mod print;
 mod process;
 
 use std::process::ExitCode;

@@ -26,10 +26,12 @@ use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServi
 use tandem_proto::tandem::r#type::v1 as types;
 use tandem_tls::identity::Role;
 
-use crate::charge::{failure, parse_amount, request_id, show, wire};
-use crate::groups::{
-    CALL_TIMEOUT, LIST_PAGES_MAX, PolicyArgs, Target, channel, column_width, show_time, value_name,
+use crate::amounts::{parse_amount, show, wire};
+use crate::connect::{
+    CALL_TIMEOUT, LIST_PAGES_MAX, OrchestratorTarget, failure, orchestrator_channel, request_id,
 };
+use crate::policy::PolicyArgs;
+use crate::print::{column_width, show_time, value_name};
 
 /// How long `pay` asks the orchestrator to wait for the payment to finish (its default).
 const WAIT_TIMEOUT_MS: u32 = 30_000;
@@ -47,7 +49,7 @@ type Client = PaymentServiceClient<tonic::transport::Channel>;
 #[derive(Debug, clap::Args)]
 pub(crate) struct PayArgs {
     #[command(flatten)]
-    target: Target,
+    target: OrchestratorTarget,
     /// The card group to pay from.
     #[arg(long = "group", value_name = "CARD_GROUP_ID")]
     card_group_id: String,
@@ -81,7 +83,7 @@ pub(crate) struct PayArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct RefundArgs {
     #[command(flatten)]
-    target: Target,
+    target: OrchestratorTarget,
     /// The payment id.
     payment_id: String,
     /// The amount in major units of the invoice's currency; all that is refundable by default.
@@ -101,14 +103,14 @@ pub(crate) enum PaymentsCommand {
     /// Show a payment with its legs, attempts and refunds.
     Show {
         #[command(flatten)]
-        target: Target,
+        target: OrchestratorTarget,
         /// The payment id.
         payment_id: String,
     },
     /// List payments, newest first.
     List {
         #[command(flatten)]
-        target: Target,
+        target: OrchestratorTarget,
         /// Only payments from this card group.
         #[arg(long = "group", value_name = "CARD_GROUP_ID")]
         card_group_id: Option<String>,
@@ -128,7 +130,7 @@ pub(crate) enum PaymentsCommand {
     /// Print a payment's events as they happen, until the payment is done.
     Watch {
         #[command(flatten)]
-        target: Target,
+        target: OrchestratorTarget,
         /// The payment id.
         payment_id: String,
         /// Only events after this sequence number (0 for every event).
@@ -180,8 +182,9 @@ pub(crate) async fn pay(args: PayArgs) -> anyhow::Result<()> {
     } else {
         CALL_TIMEOUT
     };
-    let mut client =
-        PaymentServiceClient::new(channel(&args.target, Role::Payer, call_timeout).await?);
+    let mut client = PaymentServiceClient::new(
+        orchestrator_channel(&args.target, Role::Payer, call_timeout).await?,
+    );
     let payment = client
         .create_payment(pb::CreatePaymentRequest {
             request_id: id.clone(),
@@ -218,7 +221,7 @@ pub(crate) async fn pay(args: PayArgs) -> anyhow::Result<()> {
 /// Runs `tandemctl refund`: refunds the payment and prints the refund and the payment.
 pub(crate) async fn refund(args: RefundArgs) -> anyhow::Result<()> {
     let mut client = PaymentServiceClient::new(
-        channel(&args.target, Role::Payer, REFUND_DEADLINE + ANSWER_SLACK).await?,
+        orchestrator_channel(&args.target, Role::Payer, REFUND_DEADLINE + ANSWER_SLACK).await?,
     );
     let amount = match &args.amount {
         None => None,
@@ -354,9 +357,9 @@ pub(crate) async fn run(command: PaymentsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn reader(target: &Target) -> anyhow::Result<Client> {
+async fn reader(target: &OrchestratorTarget) -> anyhow::Result<Client> {
     Ok(PaymentServiceClient::new(
-        channel(target, Role::Reader, CALL_TIMEOUT).await?,
+        orchestrator_channel(target, Role::Reader, CALL_TIMEOUT).await?,
     ))
 }
 

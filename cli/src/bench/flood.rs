@@ -19,10 +19,13 @@ use tandem_tls::TlsFiles;
 use tandem_tls::identity::Role;
 use tonic_types::StatusExt as _;
 
-use super::{
-    PAYMENT_CALL_TIMEOUT, PAYMENT_WAIT_TIMEOUT_MS, Report, Shape, SplitStrategy, Stack, Window,
-    channels, channels_as, check_shape, create_groups, run_load, tokenize_cards, usd,
+use super::measure::{Report, Window, run_load};
+use super::pay::{
+    PAYMENT_CALL_TIMEOUT, PAYMENT_WAIT_TIMEOUT_MS, SplitStrategy, create_groups, usd,
 };
+use super::stack::{Stack, channels, channels_as};
+use super::tokenize::tokenize_cards;
+use super::{Shape, check_shape};
 
 /// Where the flooding payer's identity is written beside the bench's own certificates.
 const FLOOD_IDENTITY: &str = "payer-flood";

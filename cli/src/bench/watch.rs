@@ -18,10 +18,11 @@ use tandem_proto::tandem::vault::v1 as pb;
 use tandem_tls::identity::Role;
 
 use super::flood::{own_stack, payment, steady};
-use super::{
-    CALL_TIMEOUT, ORCHESTRATOR_DATABASE, PAYMENT_CALL_TIMEOUT, Shape, SplitStrategy, Window,
-    channels, check_shape, count_in, create_groups, tokenize_cards,
-};
+use super::measure::{Window, count_in};
+use super::pay::{PAYMENT_CALL_TIMEOUT, SplitStrategy, create_groups};
+use super::stack::{CALL_TIMEOUT, ORCHESTRATOR_DATABASE, channels};
+use super::tokenize::tokenize_cards;
+use super::{Shape, check_shape};
 
 /// Clients of the steady payer.
 const STEADY_CLIENTS: usize = 32;
@@ -257,7 +258,7 @@ async fn setup(
                 }),
             })
             .await
-            .map_err(crate::charge::failure)
+            .map_err(crate::connect::failure)
             .context("slowing the watched cards")?;
     }
     let cards = std::iter::once(&tokens[..1]).chain(tokens[1..].chunks(WATCHED_CARDS));
@@ -279,7 +280,7 @@ async fn setup(
         let created = payer
             .create_payment(payment(group, format!("bench-{run_id}-watched-{n}"), false))
             .await
-            .map_err(crate::charge::failure)
+            .map_err(crate::connect::failure)
             .context("creating the watched payments")?
             .into_inner()
             .payment

@@ -24,9 +24,10 @@ use tandem_proto::tandem::r#type::v1::Money;
 use tandem_proto::tandem::vault::v1 as vault_pb;
 
 use super::{DemoTokens, GroupSeed, member, seed_group, weighted};
-use crate::charge::{failure, show};
-use crate::groups::value_name;
+use crate::amounts::show;
+use crate::connect::failure;
 use crate::payments::print_payment;
+use crate::print::value_name;
 
 /// How long one payment call may take: the orchestrator's wait plus time for the answer.
 pub(super) const PAYMENT_CALL_TIMEOUT: Duration = Duration::from_secs(40);

@@ -1,0 +1,82 @@
+//! Amounts as people type and read them: decimal major units in the currency's ISO 4217
+//! exponent (`125.00 USD`, `1200 JPY`), converted to and from minor units exactly, never
+//! through floating point.
+
+use anyhow::Context as _;
+use tandem_money::{Currency, Money};
+use tandem_proto::tandem::r#type::v1 as types;
+
+/// Converts `125.5` or `125.50` in `currency` to minor units, exactly; more decimals than
+/// the currency's exponent is an error.
+pub(crate) fn parse_amount(text: &str, currency: &str) -> anyhow::Result<Money> {
+    let currency = Currency::parse(currency).map_err(|e| anyhow::anyhow!("--currency {e}"))?;
+    let exponent = usize::from(currency.exponent());
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    anyhow::ensure!(
+        !whole.is_empty()
+            && whole.bytes().all(|b| b.is_ascii_digit())
+            && fraction.bytes().all(|b| b.is_ascii_digit()),
+        "amount {text:?} must be a positive decimal such as 125.00"
+    );
+    anyhow::ensure!(
+        fraction.len() <= exponent,
+        "{currency} has {exponent} decimal places; {text:?} has more"
+    );
+    let digits = format!("{whole}{fraction:0<exponent$}");
+    let minor_units: i64 = digits
+        .parse()
+        .with_context(|| format!("amount {text:?} is too large"))?;
+    anyhow::ensure!(minor_units > 0, "amount must be positive");
+    Ok(Money::new(currency, minor_units))
+}
+
+/// An amount as the wire's `Money`.
+pub(crate) fn wire(money: Money) -> types::Money {
+    types::Money {
+        currency_code: money.currency.code().to_owned(),
+        minor_units: money.minor_units,
+    }
+}
+
+/// An amount as a decimal with its currency (`20.50 USD`), or `-` when unset or unknown.
+pub(crate) fn show(money: Option<&types::Money>) -> String {
+    money
+        .and_then(|m| {
+            Currency::parse(&m.currency_code)
+                .ok()
+                .map(|c| Money::new(c, m.minor_units).to_string())
+        })
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decimal amounts become exact minor units per the currency's exponent; malformed or
+    /// over-precise amounts are refused.
+    #[test]
+    fn amounts() {
+        let minor =
+            |text: &str, currency: &str| parse_amount(text, currency).map(|m| m.minor_units).ok();
+        assert_eq!(minor("125.00", "USD"), Some(12_500));
+        assert_eq!(minor("125.5", "USD"), Some(12_550));
+        assert_eq!(minor("125", "USD"), Some(12_500));
+        assert_eq!(minor("0.01", "USD"), Some(1));
+        assert_eq!(minor("1200", "JPY"), Some(1200));
+        assert_eq!(minor("1.234", "BHD"), Some(1234));
+        for (text, currency) in [
+            ("1.001", "USD"),
+            ("1.5", "JPY"),
+            ("-1", "USD"),
+            ("0", "USD"),
+            ("1e3", "USD"),
+            ("", "USD"),
+            (".5", "USD"),
+            ("1", "XXX"),
+            ("99999999999999999999", "USD"),
+        ] {
+            assert_eq!(minor(text, currency), None, "{text} {currency}");
+        }
+    }
+}
