@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sqlx::{Connection as _, Executor as _, PgConnection};
+use tandem_orchestrator::config::ServiceSettings as _;
 use tandem_proto::tandem::orchestrator::v1 as orchestrator_pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
 use tandem_proto::tandem::vault::v1 as pb;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_server::CardGroupServiceServer;
 use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentServiceServer;
 use tokio::net::TcpListener;
@@ -54,11 +53,7 @@ pub enum RunError {
 
 /// Opens the orchestrator's pool and applies its and the ledger's migrations.
 pub async fn connect_database(settings: &Settings) -> Result<PgPool, RunError> {
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.database.connections_max)
-        .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
-        .connect(settings.database.url.expose())
-        .await?;
+    let pool = settings.database.connect().await?;
     crate::storage::migrator().run(&pool).await?;
     Ok(pool)
 }
@@ -107,19 +102,8 @@ pub async fn run_with(
     health_reporter
         .set_serving::<PaymentServiceServer<PaymentApi>>()
         .await;
-    // Reflection advertises exactly the services served here: the descriptor set also holds
-    // the vault's, which this server does not serve.
-    let reflection = || {
-        SERVED_SERVICES.iter().fold(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET),
-            |builder, service| builder.with_service_name(*service),
-        )
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) =
+        tandem_runtime::serving::reflection(&SERVED_SERVICES)?;
 
     let message_bytes_max = settings.server.message_bytes_max;
     let uri_prefix = &settings.tls.identity_uri_prefix;
@@ -138,7 +122,6 @@ pub async fn run_with(
     );
     tracing::info!(?address, owner = workflow.owner(), "orchestrator serving");
 
-    let mut shutdown_signal = stop.clone();
     let serve = tandem_runtime::serving::builder(&settings.server)
         .layer(tandem_runtime::wire::layer(crate::grpc::status::DOMAIN))
         .layer(tandem_runtime::correlation::layer())
@@ -153,32 +136,22 @@ pub async fn run_with(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = shutdown_signal.wait_for(|stopped| *stopped).await;
-        });
-    let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
-    let mut grace_signal = stop.clone();
-    let stopper = async move {
-        shutdown.await;
-        tracing::info!("orchestrator shutting down");
-        let _ = stop_sender.send(true);
+        .serve_with_incoming_shutdown(incoming, tandem_runtime::serving::stopped(stop));
+    let stopping = async move {
         health_reporter
             .set_not_serving::<PaymentServiceServer<PaymentApi>>()
             .await;
-        // Keep the sender alive until the grace period is over.
-        tokio::time::sleep(grace).await;
-        drop(stop_sender);
     };
-    tokio::pin!(serve);
-    let result = tokio::select! {
-        result = &mut serve => result,
-        () = async {
-            tokio::join!(stopper, async { let _ = grace_signal.wait_for(|s| *s).await; });
-        } => {
-            tracing::warn!("shutdown grace elapsed with requests in flight");
-            Ok(())
-        }
-    };
+    let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
+    let result = tandem_runtime::serving::serve_until(
+        "orchestrator",
+        serve,
+        shutdown,
+        stop_sender,
+        stopping,
+        grace,
+    )
+    .await;
     recovery_task.abort();
     committer_task.abort();
     feeds_task.abort();

@@ -1,6 +1,7 @@
 //! The entry point every server binary shares: JSON logs, `--config PATH`, settings from the
-//! file and the environment, the listening socket, and serving until SIGINT or SIGTERM. A bad
-//! setting or an unusable address stops the process with one line on stderr.
+//! file and the environment ([`ServiceSettings`], [`load_service`]), the listening socket, and
+//! serving until SIGINT or SIGTERM. A bad setting or an unusable address stops the process
+//! with one line on stderr.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -9,7 +10,12 @@ use std::process::ExitCode;
 
 use tokio::net::TcpListener;
 
-use crate::settings::{ConfigError, ServerSettings};
+use serde::de::DeserializeOwned;
+
+use crate::admission::LimitSettings;
+use crate::settings::{
+    ConfigError, DatabaseSettings, ServerSettings, TlsSettings, load, service_base,
+};
 use crate::telemetry::{self, LogFormat};
 
 /// Runs server binary `name`: `load` reads its settings (from the `--config` file, if given,
@@ -60,4 +66,37 @@ where
             ExitCode::from(1)
         }
     }
+}
+
+/// A server's whole settings: the sections every server has, its own defaults (its
+/// `Default`) and its own range checks. [`load_service`] reads every server's the same way.
+pub trait ServiceSettings: DeserializeOwned + Default {
+    /// The prefix of its environment overrides, such as `TANDEM_VAULT__`.
+    const ENV_PREFIX: &'static str;
+
+    /// Its gRPC server, TLS and database sections.
+    fn common(&self) -> (&ServerSettings, &TlsSettings, &DatabaseSettings);
+
+    /// Its `[limits]` section.
+    fn limits(&self) -> &LimitSettings;
+
+    /// Checks every value's range; the first failure names its key.
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Reads a server's settings: its defaults, then the file at `path` (if any), then the
+/// overrides in `env` under its prefix (pairs of name and value; pass `std::env::vars()`);
+/// then validates the result. A file or an override that sets some keys of a section keeps the
+/// server's own defaults for the others.
+pub fn load_service<S: ServiceSettings>(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<S, ConfigError> {
+    let defaults = S::default();
+    let (server, tls, database) = defaults.common();
+    let mut base = service_base(server, tls, database);
+    base.insert("limits".to_owned(), defaults.limits().base());
+    let settings: S = load(base, path, env, S::ENV_PREFIX)?;
+    settings.validate()?;
+    Ok(settings)
 }

@@ -281,39 +281,6 @@ pub fn common_checks(
     ]
 }
 
-/// A server's whole settings: the sections every server has, its own defaults (its
-/// `Default`) and its own range checks. [`load_service`] reads every server's the same way.
-pub trait ServiceSettings: DeserializeOwned + Default {
-    /// The prefix of its environment overrides, such as `TANDEM_VAULT__`.
-    const ENV_PREFIX: &'static str;
-
-    /// Its gRPC server, TLS and database sections.
-    fn common(&self) -> (&ServerSettings, &TlsSettings, &DatabaseSettings);
-
-    /// Its `[limits]` section.
-    fn limits(&self) -> &crate::admission::LimitSettings;
-
-    /// Checks every value's range; the first failure names its key.
-    fn validate(&self) -> Result<(), ConfigError>;
-}
-
-/// Reads a server's settings: its defaults, then the file at `path` (if any), then the
-/// overrides in `env` under its prefix (pairs of name and value; pass `std::env::vars()`);
-/// then validates the result. A file or an override that sets some keys of a section keeps the
-/// server's own defaults for the others.
-pub fn load_service<S: ServiceSettings>(
-    path: Option<&Path>,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<S, ConfigError> {
-    let defaults = S::default();
-    let (server, tls, database) = defaults.common();
-    let mut base = service_base(server, tls, database);
-    base.insert("limits".to_owned(), defaults.limits().base());
-    let settings: S = load(base, path, env, S::ENV_PREFIX)?;
-    settings.validate()?;
-    Ok(settings)
-}
-
 /// Reads `path` (if any) over `base` (the service's own defaults for keys whose type's default
 /// does not fit every service, such as `server.listen_addr`), then applies the overrides in
 /// `env` whose names start with `env_prefix` (pairs of name and value; pass

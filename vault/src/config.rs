@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 pub use tandem_runtime::admission::{ClassLimits, LimitSettings};
+pub use tandem_runtime::binary::ServiceSettings;
 pub use tandem_runtime::settings::{
     Check, ConfigError, DatabaseSettings, SecretString, ServerSettings, TlsSettings, first_failure,
 };
@@ -247,20 +248,23 @@ impl Settings {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let defaults = Settings::default();
-        let mut base = tandem_runtime::settings::service_base(
-            &defaults.server,
-            &defaults.tls,
-            &defaults.database,
-        );
-        base.insert("limits".to_owned(), defaults.limits.base());
-        let settings: Settings = tandem_runtime::settings::load(base, path, env, ENV_PREFIX)?;
-        settings.validate()?;
-        Ok(settings)
+        tandem_runtime::binary::load_service(path, env)
+    }
+}
+
+impl ServiceSettings for Settings {
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
+
+    fn common(&self) -> (&ServerSettings, &TlsSettings, &DatabaseSettings) {
+        (&self.server, &self.tls, &self.database)
+    }
+
+    fn limits(&self) -> &LimitSettings {
+        &self.limits
     }
 
     /// Checks every value's range; the first failure names its key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let common =
             tandem_runtime::settings::common_checks(&self.server, &self.tls, &self.database);
         let checks: [Check; 16] = [
