@@ -1,5 +1,7 @@
-//! Thin gRPC handlers: check the caller's role, hand the request to [`crate::groups`] or
-//! [`crate::payments`], map errors with [`status::to_status`].
+//! Thin gRPC handlers: check the caller's role, check the request into a
+//! [`crate::commands`] value with [`convert`], call [`crate::groups`] or [`crate::payments`],
+//! turn the answer into its wire message with [`convert`], and map errors with
+//! [`status::to_status`].
 
 pub mod convert;
 pub mod status;
@@ -74,13 +76,10 @@ impl CardGroupService for CardGroupApi {
         request: Request<pb::CreateCardGroupRequest>,
     ) -> Result<Response<pb::CreateCardGroupResponse>, Status> {
         self.check(&request, Rpc::CreateCardGroup)?;
-        let group = self
-            .groups
-            .create(request.into_inner())
-            .await
-            .map_err(to_status)?;
+        let group = convert::create_card_group(request.get_ref()).map_err(to_status)?;
+        let response = self.groups.create(group).await.map_err(to_status)?;
         Ok(Response::new(pb::CreateCardGroupResponse {
-            card_group: Some(group),
+            card_group: Some(convert::card_group(&response).map_err(to_status)?),
         }))
     }
 
@@ -89,13 +88,10 @@ impl CardGroupService for CardGroupApi {
         request: Request<pb::GetCardGroupRequest>,
     ) -> Result<Response<pb::GetCardGroupResponse>, Status> {
         self.check(&request, Rpc::GetCardGroup)?;
-        let group = self
-            .groups
-            .get(request.into_inner())
-            .await
-            .map_err(to_status)?;
+        let id = convert::get_card_group(request.get_ref()).map_err(to_status)?;
+        let (group, spend) = self.groups.get(&id).await.map_err(to_status)?;
         Ok(Response::new(pb::GetCardGroupResponse {
-            card_group: Some(group),
+            card_group: Some(convert::group_with_spend(&group, &spend).map_err(to_status)?),
         }))
     }
 
@@ -104,11 +100,11 @@ impl CardGroupService for CardGroupApi {
         request: Request<pb::ListCardGroupsRequest>,
     ) -> Result<Response<pb::ListCardGroupsResponse>, Status> {
         self.check(&request, Rpc::ListCardGroups)?;
-        let page = self
-            .groups
-            .list(request.into_inner())
-            .await
-            .map_err(to_status)?;
+        let page_size_max = self.groups.settings().page_size_max;
+        let (query, scope) =
+            convert::list_card_groups(request.get_ref(), page_size_max).map_err(to_status)?;
+        let (groups, next) = self.groups.list(&query).await.map_err(to_status)?;
+        let page = convert::groups_page(&groups, next.as_ref(), &scope).map_err(to_status)?;
         Ok(Response::new(page))
     }
 
@@ -117,13 +113,10 @@ impl CardGroupService for CardGroupApi {
         request: Request<pb::UpdateCardGroupRequest>,
     ) -> Result<Response<pb::UpdateCardGroupResponse>, Status> {
         self.check(&request, Rpc::UpdateCardGroup)?;
-        let group = self
-            .groups
-            .update(request.into_inner())
-            .await
-            .map_err(to_status)?;
+        let update = convert::update_card_group(request.get_ref()).map_err(to_status)?;
+        let response = self.groups.update(update).await.map_err(to_status)?;
         Ok(Response::new(pb::UpdateCardGroupResponse {
-            card_group: Some(group),
+            card_group: Some(convert::card_group(&response).map_err(to_status)?),
         }))
     }
 
@@ -132,13 +125,10 @@ impl CardGroupService for CardGroupApi {
         request: Request<pb::DeleteCardGroupRequest>,
     ) -> Result<Response<pb::DeleteCardGroupResponse>, Status> {
         self.check(&request, Rpc::DeleteCardGroup)?;
-        let group = self
-            .groups
-            .delete(request.into_inner())
-            .await
-            .map_err(to_status)?;
+        let archive = convert::delete_card_group(request.get_ref()).map_err(to_status)?;
+        let response = self.groups.delete(archive).await.map_err(to_status)?;
         Ok(Response::new(pb::DeleteCardGroupResponse {
-            card_group: Some(group),
+            card_group: Some(convert::card_group(&response).map_err(to_status)?),
         }))
     }
 }
@@ -176,13 +166,15 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::CreatePaymentResponse>, Status> {
         self.check(&request, Rpc::CreatePayment)?;
         let call = call(&request);
+        let payment = convert::create_payment(request.into_inner(), self.payments.settings())
+            .map_err(to_status)?;
         let payment = self
             .payments
-            .create(request.into_inner(), call)
+            .create(payment, call)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::CreatePaymentResponse {
-            payment: Some(payment),
+            payment: Some(convert::payment_to_wire(&payment, payment.update_time)),
         }))
     }
 
@@ -191,13 +183,10 @@ impl PaymentService for PaymentApi {
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
         self.check(&request, Rpc::GetPayment)?;
-        let payment = self
-            .payments
-            .get(request.into_inner())
-            .await
-            .map_err(to_status)?;
+        let id = convert::get_payment(request.get_ref()).map_err(to_status)?;
+        let payment = self.payments.get(&id).await.map_err(to_status)?;
         Ok(Response::new(pb::GetPaymentResponse {
-            payment: Some(payment),
+            payment: Some(convert::payment_to_wire(&payment, payment.update_time)),
         }))
     }
 
@@ -206,12 +195,15 @@ impl PaymentService for PaymentApi {
         request: Request<pb::ListPaymentsRequest>,
     ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
         self.check(&request, Rpc::ListPayments)?;
-        let page = self
-            .payments
-            .list(request.into_inner())
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(page))
+        let page_size_max = self.payments.settings().page_size_max;
+        let (query, scope) =
+            convert::list_payments(request.get_ref(), page_size_max).map_err(to_status)?;
+        let (payments, next) = self.payments.list(&query).await.map_err(to_status)?;
+        Ok(Response::new(convert::payments_page(
+            &payments,
+            next.as_ref(),
+            &scope,
+        )))
     }
 
     async fn refund_payment(
@@ -220,11 +212,13 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
         self.check(&request, Rpc::RefundPayment)?;
         let call = call(&request);
-        let response = self
+        let refund = convert::refund_payment(request.get_ref()).map_err(to_status)?;
+        let (payment, refund_id) = self
             .payments
-            .refund(request.into_inner(), call)
+            .refund(refund, call)
             .await
             .map_err(to_status)?;
+        let response = convert::refund_response(&payment, &refund_id).map_err(to_status)?;
         Ok(Response::new(response))
     }
 
@@ -235,14 +229,11 @@ impl PaymentService for PaymentApi {
         request: Request<pb::WatchPaymentRequest>,
     ) -> Result<Response<Self::WatchPaymentStream>, Status> {
         self.check(&request, Rpc::WatchPayment)?;
-        let stream = self
-            .payments
-            .watch(request.into_inner())
-            .await
-            .map_err(to_status)?;
+        let watch = convert::watch_payment(request.get_ref()).map_err(to_status)?;
+        let stream = self.payments.watch(watch).await.map_err(to_status)?;
         let stream = stream.map(|event| {
             event
-                .map(|event| pb::WatchPaymentResponse { event: Some(event) })
+                .and_then(|body| convert::watch_event(&body))
                 .map_err(to_status)
         });
         Ok(Response::new(Box::pin(stream)))

@@ -4,29 +4,41 @@
 //! # Layout
 //!
 //! - [`domain`]: pure code: allocation of an amount over a card group's members
-//!   ([`domain::allocation`]); the payment saga's decisions: the state machine and the next
-//!   vault operations ([`domain::saga`]); the payment record with its attempts, refunds,
-//!   events and summary ([`domain::record`]); the ledger transfer each outcome books
-//!   ([`domain::booking`]); card groups' member rules, ceiling windows and each member's room
-//!   ([`domain::group`]).
+//!   ([`domain::allocation`]); payment planning, from a group's members, a policy and an
+//!   invoice to the legs to charge ([`domain::planning`]); the payment saga's decisions: the
+//!   state machine and the next vault operations ([`domain::saga`]); the payment record
+//!   ([`domain::record`], split into its steps, refunds, events and summary); the ledger
+//!   transfer each outcome books ([`domain::booking`]); card groups' member rules, ceiling
+//!   windows and each member's room ([`domain::group`]).
 //! - [`config`]: typed settings from TOML and `TANDEM_ORCHESTRATOR__...` overrides.
 //! - [`server`]: assembles everything and runs the tonic server (mTLS, limits, health,
 //!   reflection, graceful shutdown).
-//! - [`grpc`]: thin handlers; [`grpc::convert`] checks wire input once and builds domain
-//!   types; [`grpc::status`] is the one map from [`error::Error`] to `Status`.
+//! - [`grpc`]: thin handlers: authorize the caller, check the request, call the operation,
+//!   convert the answer. [`grpc::convert`] is the one module between wire and domain: it
+//!   checks each request once into a [`commands`] value and builds every wire message (and
+//!   reads and writes the encoded card groups and group responses stored in Postgres);
+//!   [`grpc::status`] is the one map from [`error::Error`] to `Status`.
+//! - [`commands`]: what the operations take: checked requests in domain terms.
 //! - [`auth`]: the table of which role may call which RPC.
-//! - [`groups`], [`payments`]: the operations of `CardGroupService` and `PaymentService`.
+//! - [`groups`], [`payments`]: the operations of `CardGroupService` and `PaymentService`, in
+//!   domain terms: they take [`commands`] values and answer with what is stored.
 //! - [`workflow`]: drives payments (intent, vault call, result), the leases and the recovery
 //!   worker.
 //! - [`feeds`]: the events of watched payments, read once per instance for every
 //!   `WatchPayment` stream.
-//! - [`vault`]: the vault client, answers in domain terms.
-//! - [`storage`]: all SQL.
+//! - [`vault`]: the vault client, the edge to the vault: it builds the vault's requests and
+//!   answers in domain terms.
+//! - [`storage`]: all of the orchestrator's SQL (the ledger's is in `tandem-ledger`).
 //!
 //! # Invariants
 //!
 //! - Domain code does no IO and knows no wire types.
-//! - Money is integer minor units; every split sums exactly to the amount it splits.
+//! - Wire types are read and built only in [`grpc`] (with [`grpc::convert`]), [`vault`] and
+//!   [`server`] (which registers the services). A card group's content travels through the
+//!   operations whole, as an opaque [`commands::GroupContent`]: groups are stored as their
+//!   wire message, which only [`grpc::convert`] reads.
+//! - Money is integer minor units; every split and every allocation sums exactly to the
+//!   amount it divides, and asserts it (in release builds too).
 //! - Every vault call is preceded by a committed intent and its answer is committed with the
 //!   ledger transfers and the outbox events it causes, in one transaction; vault request ids
 //!   are deterministic, so a re-send after a crash is a replay, never a second charge.
@@ -34,6 +46,7 @@
 //! - Every mutating RPC is idempotent by `request_id`.
 
 pub mod auth;
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -1,26 +1,28 @@
-//! Payments: create (allocate and start the saga), read, list, refund, watch. Creating and
-//! refunding are idempotent by `request_id`: the id is claimed in the same transaction that
-//! records the payment or the refund, so a retry returns the same payment and never a second
-//! one.
+//! Payments: create (plan and start the saga), read, list, refund, watch, in domain terms: the
+//! handlers check each request into a [`crate::commands`] value and turn the stored payment
+//! they get back into its wire message. Creating and refunding are idempotent by `request_id`:
+//! the id is claimed in the same transaction that records the payment or the refund, so a
+//! retry returns the same payment and never a second one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message as _;
-use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_runtime::admission::InFlight;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::domain::booking::{self, BookingContext};
+use crate::commands::{NewPayment, NewRefund, PaymentQuery, Watch};
+use crate::config::PaymentSettings;
+use crate::domain::booking;
 use crate::domain::group::MemberRules;
 use crate::domain::planning;
 use crate::domain::record::PaymentRecord;
+use crate::domain::record::events::Event;
 use crate::domain::record::refunds::{RefundError, RefundState};
 use crate::error::Error;
 use crate::feeds::{Subscription, Update};
 use crate::grpc::convert::{self, Violations};
-use crate::storage::{self, StoredPayment, now};
-use crate::workflow::{Committed, Workflow};
+use crate::storage::{self, Cursor, StoredPayment, now};
+use crate::workflow::{Committed, Workflow, booking_context};
 
 /// The payment operations.
 pub struct Payments {
@@ -48,6 +50,11 @@ impl Payments {
         }
     }
 
+    /// The settings payments are checked and driven by.
+    pub fn settings(&self) -> &PaymentSettings {
+        self.workflow.settings()
+    }
+
     /// How long a call may wait: its own `wanted`, within the caller's deadline and the
     /// server's request timeout, leaving the answer time to travel.
     fn wait_limit(&self, wanted: Duration, deadline: Option<Duration>) -> Duration {
@@ -59,172 +66,52 @@ impl Payments {
         limit
     }
 
-    /// `CreatePayment`: records the payment with its allocation and starts it; with `wait`,
-    /// returns once it is terminal or the wait is over.
-    pub async fn create(
-        &self,
-        request: pb::CreatePaymentRequest,
-        call: Call,
-    ) -> Result<pb::Payment, Error> {
+    /// `CreatePayment`: records the payment with its plan and starts it; with `wait`, returns
+    /// once it is terminal or the wait is over.
+    pub async fn create(&self, payment: NewPayment, call: Call) -> Result<StoredPayment, Error> {
         let Call {
             deadline,
             correlation_id,
             admitted,
         } = call;
-        let settings = self.workflow.settings();
-        let mut v = Violations::default();
-        convert::request_id(&mut v, "request_id", &request.request_id);
-        let group_id = convert::resource_id(&mut v, "card_group_id", "cg_", &request.card_group_id);
-        let invoice = convert::invoice(&mut v, request.invoice.as_ref(), settings.amount_minor_max);
-        let wait_ms = match request.wait_timeout_ms {
-            0 => 30_000,
-            ms if (1..=i64::try_from(settings.wait_timeout_ms_max).unwrap_or(i64::MAX))
-                .contains(&ms) =>
-            {
-                ms as u64
-            }
-            _ => {
-                v.add(
-                    "wait_timeout_ms",
-                    format!("must be 0 or 1-{}", settings.wait_timeout_ms_max),
-                );
-                0
-            }
-        };
-        let invoice = v
-            .finish(invoice)?
-            .ok_or_else(|| Error::invalid("invoice", "is invalid"))?;
-        // `wait` and its timeout are not part of the request's identity.
-        let mut identity = request.clone();
-        identity.wait = false;
-        identity.wait_timeout_ms = 0;
-        let hash = convert::request_hash("CreatePayment", &identity);
         let id = tandem_runtime::ids::random_id("pay_");
-        let pool = self.workflow.pool();
-        let mut tx = pool.begin().await?;
+        let mut tx = self.workflow.pool().begin().await?;
         if let Some(earlier) = storage::claim_request_id(
             &mut tx,
-            &request.request_id,
+            &payment.request_id,
             "CreatePayment",
-            &hash,
+            &payment.request_hash,
             &id,
-            settings.request_id_wait_ms,
+            self.settings().request_id_wait_ms,
         )
         .await?
         {
             tx.rollback().await?;
-            if earlier.method != "CreatePayment" || earlier.request_hash != hash {
+            if earlier.method != "CreatePayment" || earlier.request_hash != payment.request_hash {
                 return Err(Error::RequestIdReused);
             }
             return self
-                .answer(&earlier.resource_id, request.wait, wait_ms, deadline)
+                .answer(
+                    &earlier.resource_id,
+                    payment.wait,
+                    payment.wait_ms,
+                    deadline,
+                )
                 .await;
         }
-        let group = storage::group(&mut *tx, &group_id, false)
-            .await?
-            .ok_or(Error::CardGroupNotFound)?;
-        if group.archived {
-            return Err(Error::CardGroupArchived);
-        }
-        let wire_group = convert::group_to_wire(&group)?;
-        let mut v = Violations::default();
-        let input = convert::group_input(&mut v, &wire_group)
-            .ok_or_else(|| Error::Corrupt(format!("card group {group_id} does not check")))?;
-        let (policy, prefix) = match request.policy_override.as_ref() {
-            Some(wire) => (
-                convert::policy(
-                    &mut v,
-                    "policy_override",
-                    wire,
-                    &input.members,
-                    Some(invoice.amount.currency),
-                ),
-                "policy_override",
-            ),
-            None => (Some(input.policy.clone()), "card_group.default_policy"),
-        };
-        let policy = v
-            .finish(policy)?
-            .ok_or_else(|| Error::invalid(prefix, "is invalid"))?;
-        let now = now();
-        let month = storage::month_of(now);
-        let tokens: Vec<String> = input.members.iter().map(|m| m.token.clone()).collect();
-        let spent = storage::month_to_date(&mut *tx, &tokens, month).await?;
-        let month_to_date = |rules: &MemberRules| {
-            let key = (rules.token.clone(), rules.currency.code().to_owned());
-            spent.get(&key).copied().unwrap_or(0)
-        };
-        let plan = match planning::plan(&input.members, &policy, &invoice, month_to_date, now) {
-            Ok(plan) => plan,
-            Err(errors) => {
-                let mut v = Violations::default();
-                if request.policy_override.is_some() {
-                    v.add_policy(errors, "policy_override");
-                } else {
-                    for error in errors {
-                        if error.field.starts_with("policy") {
-                            v.add(
-                                "card_group_id",
-                                format!("the group's default policy: {}", error.description),
-                            );
-                        } else {
-                            v.add(error.field, error.description);
-                        }
-                    }
-                }
-                return v.finish(()).map(|()| pb::Payment::default());
-            }
-        };
-        let last4 = |token: &str| {
-            wire_group
-                .members
-                .iter()
-                .find(|m| m.token == token)
-                .map(|m| m.last4.clone())
-                .unwrap_or_default()
-        };
-        let snapshots = planning::snapshots(&input.members, &policy.windows, now, last4);
-        let (mut record, created) = PaymentRecord::new(
-            id.clone(),
-            invoice.id.clone(),
-            invoice.cost_center.clone(),
-            plan.saga,
-            snapshots,
-            now,
-        );
-        record.correlation_id = correlation_id;
-        let context = BookingContext {
-            payment_id: id.clone(),
-            invoice_id: invoice.id.clone(),
-            billing_account: input.billing_account_id.clone(),
-            cost_center: invoice.cost_center.clone(),
-        };
+        let (wait, wait_ms, request_id) =
+            (payment.wait, payment.wait_ms, payment.request_id.clone());
+        let (mut stored, created) = self.prepare(&mut tx, payment, id.clone()).await?;
+        stored.record.correlation_id = correlation_id;
+        let now = stored.update_time;
         let accounts = self.workflow.unknown_accounts(
-            booking::accounts(&context, &record.saga)
+            booking::accounts(&booking_context(&stored), &stored.record.saga)
                 .map_err(|e| Error::Corrupt(format!("ledger id: {e}")))?,
         );
         if !accounts.is_empty() {
             tandem_ledger::ledger::create_accounts(&mut tx, &accounts).await?;
         }
-        let mut stored = StoredPayment {
-            record,
-            request: identity.encode_to_vec(),
-            policy: Some(
-                request
-                    .policy_override
-                    .as_ref()
-                    .or(wire_group.default_policy.as_ref())
-                    .map(prost::Message::encode_to_vec)
-                    .unwrap_or_default(),
-            ),
-            card_group_id: group_id,
-            billing_account_id: input.billing_account_id,
-            events: 0,
-            lease_owner: Some(self.workflow.owner().to_owned()),
-            lease_until: self.workflow.lease_until(now),
-            update_time: now,
-        };
-        storage::insert_payment(&mut tx, &stored, &request.request_id).await?;
+        storage::insert_payment(&mut tx, &stored, &request_id).await?;
         self.workflow
             .save(&mut tx, &mut stored, &[created], now)
             .await?;
@@ -233,7 +120,74 @@ impl Payments {
         self.workflow
             .announce(&id, stored.record.saga.state.is_terminal());
         self.workflow.spawn(id.clone(), admitted);
-        self.answer(&id, request.wait, wait_ms, deadline).await
+        self.answer(&id, wait, wait_ms, deadline).await
+    }
+
+    /// The new payment, planned from its card group (read in `tx`) and the spend of the
+    /// group's cards this month, leased to this instance; with its `payment.created` event.
+    async fn prepare(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        payment: NewPayment,
+        id: String,
+    ) -> Result<(StoredPayment, Event), Error> {
+        let stored = storage::group(&mut *tx, &payment.card_group_id, false)
+            .await?
+            .ok_or(Error::CardGroupNotFound)?;
+        if stored.archived {
+            return Err(Error::CardGroupArchived);
+        }
+        let mut v = Violations::default();
+        let group = convert::payment_group(&mut v, &stored)?;
+        let currency = payment.invoice.amount.currency;
+        let (policy, prefix, policy_bytes) = match payment.policy_override {
+            Some(given) => {
+                let (policy, violations) = (given.check)(&group.members, currency);
+                v.extend(violations);
+                (policy, "policy_override", given.encoded)
+            }
+            None => (
+                Some(group.policy.clone()),
+                "card_group.default_policy",
+                group.default_policy.clone(),
+            ),
+        };
+        let policy = v
+            .finish(policy)?
+            .ok_or_else(|| Error::invalid(prefix, "is invalid"))?;
+        let now = now();
+        let tokens: Vec<String> = group.members.iter().map(|m| m.token.clone()).collect();
+        let spent = storage::month_to_date(&mut *tx, &tokens, storage::month_of(now)).await?;
+        let month_to_date = |rules: &MemberRules| {
+            let key = (rules.token.clone(), rules.currency.code().to_owned());
+            spent.get(&key).copied().unwrap_or(0)
+        };
+        let invoice = &payment.invoice;
+        let plan = planning::plan(&group.members, &policy, invoice, month_to_date, now)
+            .map_err(|errors| convert::plan_violations(errors, prefix == "policy_override"))?;
+        let snapshots = planning::snapshots(&group.members, &policy.windows, now, |token| {
+            group.last4(token)
+        });
+        let (record, created) = PaymentRecord::new(
+            id,
+            invoice.id.clone(),
+            invoice.cost_center.clone(),
+            plan.saga,
+            snapshots,
+            now,
+        );
+        let stored = StoredPayment {
+            record,
+            request: payment.request,
+            policy: Some(policy_bytes),
+            card_group_id: payment.card_group_id,
+            billing_account_id: group.billing_account_id,
+            events: 0,
+            lease_owner: Some(self.workflow.owner().to_owned()),
+            lease_until: self.workflow.lease_until(now),
+            update_time: now,
+        };
+        Ok((stored, created))
     }
 
     /// The payment `id`, after waiting for its end when asked.
@@ -243,216 +197,78 @@ impl Payments {
         wait: bool,
         wait_ms: u64,
         deadline: Option<Duration>,
-    ) -> Result<pb::Payment, Error> {
+    ) -> Result<StoredPayment, Error> {
         if !wait {
-            return self.read(id).await;
+            return self.get(id).await;
         }
         let limit = self.wait_limit(Duration::from_millis(wait_ms), deadline);
         let until = tokio::time::Instant::now() + limit;
         let mut committed = self.workflow.subscribe();
         loop {
-            let payment = self.load(id).await?;
+            let payment = self.get(id).await?;
             if payment.record.saga.state.is_terminal() {
-                return Ok(convert::payment_to_wire(&payment, payment.update_time));
+                return Ok(payment);
             }
-            let poll = tokio::time::sleep(Duration::from_millis(
-                self.workflow.settings().watch_poll_ms,
-            ));
+            let poll = tokio::time::sleep(Duration::from_millis(self.settings().watch_poll_ms));
             // Only a commit that left the payment terminal is worth a read before the end of
             // the wait; the answer at the end is read then, not the snapshot above.
             tokio::select! {
-                () = tokio::time::sleep_until(until) => return self.read(id).await,
+                () = tokio::time::sleep_until(until) => return self.get(id).await,
                 () = wait_for(&mut committed, id, true) => {}
                 () = poll => {}
             }
         }
     }
 
-    async fn load(&self, id: &str) -> Result<StoredPayment, Error> {
+    /// `GetPayment`.
+    pub async fn get(&self, id: &str) -> Result<StoredPayment, Error> {
         storage::payment(self.workflow.pool(), id, false)
             .await?
             .ok_or(Error::PaymentNotFound)
     }
 
-    async fn read(&self, id: &str) -> Result<pb::Payment, Error> {
-        let payment = self.load(id).await?;
-        Ok(convert::payment_to_wire(&payment, payment.update_time))
-    }
-
-    /// `GetPayment`.
-    pub async fn get(&self, request: pb::GetPaymentRequest) -> Result<pb::Payment, Error> {
-        let mut v = Violations::default();
-        let id = convert::resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
-        v.finish(())?;
-        self.read(&id).await
-    }
-
-    /// `ListPayments`, newest first.
+    /// `ListPayments`, newest first: a page, and where the next one starts if there is one.
     pub async fn list(
         &self,
-        request: pb::ListPaymentsRequest,
-    ) -> Result<pb::ListPaymentsResponse, Error> {
-        let mut v = Violations::default();
-        let size = convert::page_size(
-            &mut v,
-            request.page_size,
-            self.workflow.settings().page_size_max,
-        );
-        if !request.card_group_id.is_empty() {
-            convert::resource_id(&mut v, "card_group_id", "cg_", &request.card_group_id);
-        }
-        let state = convert::state_filter(&mut v, request.state);
-        let mut filter = storage::PaymentFilter {
-            card_group_id: Some(request.card_group_id.clone()).filter(|s| !s.is_empty()),
-            state,
-            invoice_id: Some(request.invoice_id.clone()).filter(|s| !s.is_empty()),
-            billing_account_id: Some(request.billing_account_id.clone()).filter(|s| !s.is_empty()),
-        };
-        let scope = format!(
-            "{}|{}|{}|{}",
-            request.card_group_id, request.state, request.invoice_id, request.billing_account_id
-        );
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            let cursor = convert::decode_page_token(&request.page_token, scope.as_bytes());
-            if cursor.is_none() {
-                v.add(
-                    "page_token",
-                    "is not a page token of this list with these filters",
-                );
-            }
-            cursor
-        };
-        v.finish(())?;
-        filter.state = state;
+        query: &PaymentQuery,
+    ) -> Result<(Vec<StoredPayment>, Option<Cursor>), Error> {
         let mut rows = storage::list_payments(
             self.workflow.pool(),
-            &filter,
-            after.as_ref(),
-            i64::from(size) + 1,
+            &query.filter,
+            query.after.as_ref(),
+            i64::from(query.size) + 1,
         )
         .await?;
-        let more = rows.len() > size as usize;
-        rows.truncate(size as usize);
-        let next_page_token = match (more, rows.last()) {
-            (true, Some((last, create_time))) => convert::encode_page_token(
-                &storage::Cursor {
-                    create_time: *create_time,
-                    id: last.record.id.clone(),
-                },
-                scope.as_bytes(),
-            ),
-            _ => String::new(),
+        let size = query.size as usize;
+        let more = rows.len() > size;
+        rows.truncate(size);
+        let next = match (more, rows.last()) {
+            (true, Some((last, create_time))) => Some(Cursor {
+                create_time: *create_time,
+                id: last.record.id.clone(),
+            }),
+            _ => None,
         };
-        Ok(pb::ListPaymentsResponse {
-            payments: rows
-                .iter()
-                .map(|(p, _)| convert::payment_to_wire(p, p.update_time))
-                .collect(),
-            next_page_token,
-        })
+        Ok((rows.into_iter().map(|(payment, _)| payment).collect(), next))
     }
 
     /// `RefundPayment`: records the refund spread over the captured legs, drives it, and
-    /// answers once it is done or the deadline nears.
+    /// answers once it is done or the deadline nears, with the refund's id.
     pub async fn refund(
         &self,
-        request: pb::RefundPaymentRequest,
+        refund: NewRefund,
         call: Call,
-    ) -> Result<pb::RefundPaymentResponse, Error> {
+    ) -> Result<(StoredPayment, String), Error> {
         let Call {
             deadline, admitted, ..
         } = call;
-        let mut v = Violations::default();
-        convert::request_id(&mut v, "request_id", &request.request_id);
-        let id = convert::resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
-        if request.reason.chars().count() > 200 || request.reason.chars().any(char::is_control) {
-            v.add(
-                "reason",
-                "must be at most 200 characters without control characters",
-            );
-        }
-        if let Some(amount) = &request.amount {
-            if tandem_money::Currency::parse(&amount.currency_code).is_err() {
-                v.add(
-                    "amount.currency_code",
-                    "must be a known ISO 4217 currency code",
-                );
-            }
-            if amount.minor_units <= 0 {
-                v.add("amount.minor_units", "must be positive");
-            }
-        }
-        v.finish(())?;
-        let hash = convert::request_hash("RefundPayment", &request);
-        let refund_id = tandem_runtime::ids::random_id("prf_");
-        let mut tx = self.workflow.pool().begin().await?;
-        let refund_id = match storage::claim_request_id(
-            &mut tx,
-            &request.request_id,
-            "RefundPayment",
-            &hash,
-            &refund_id,
-            self.workflow.settings().request_id_wait_ms,
-        )
-        .await?
-        {
-            Some(earlier) => {
-                tx.rollback().await?;
-                if earlier.method != "RefundPayment" || earlier.request_hash != hash {
-                    return Err(Error::RequestIdReused);
-                }
-                earlier.resource_id
-            }
-            None => {
-                let mut stored = storage::payment(&mut *tx, &id, true)
-                    .await?
-                    .ok_or(Error::PaymentNotFound)?;
-                if let Some(amount) = &request.amount
-                    && amount.currency_code != stored.record.currency().code()
-                {
-                    return Err(Error::CurrencyMismatch);
-                }
-                let now = now();
-                let (_, events) = stored
-                    .record
-                    .plan_refund(
-                        refund_id.clone(),
-                        request.request_id.clone(),
-                        request.amount.as_ref().map(|a| a.minor_units),
-                        request.reason.clone(),
-                        now,
-                    )
-                    .map_err(|e| match e {
-                        RefundError::NotRefundable => Error::PaymentNotRefundable,
-                        RefundError::AmountExceedsRefundable => Error::AmountExceedsRefundable,
-                        RefundError::LimitReached => Error::RefundLimitReached,
-                    })?;
-                // The refund is driven by whoever holds the payment's lease; a settled payment
-                // is leased to this instance now.
-                let take = stored.lease_owner.is_none() || stored.lease_until <= now;
-                if take {
-                    stored.lease_owner = Some(self.workflow.owner().to_owned());
-                    stored.lease_until = self.workflow.lease_until(now);
-                }
-                self.workflow
-                    .save(&mut tx, &mut stored, &events, now)
-                    .await?;
-                tx.commit().await?;
-                self.workflow
-                    .announce(&id, stored.record.saga.state.is_terminal());
-                if take {
-                    self.workflow.spawn(id.clone(), admitted);
-                }
-                refund_id
-            }
-        };
+        let refund_id = self.record_refund(&refund, admitted).await?;
+        let id = refund.payment_id;
         let limit = self.wait_limit(Duration::from_secs(30), deadline);
         let until = tokio::time::Instant::now() + limit;
         let mut committed = self.workflow.subscribe();
         loop {
-            let payment = self.load(&id).await?;
+            let payment = self.get(&id).await?;
             let refund = payment
                 .record
                 .refunds
@@ -461,14 +277,9 @@ impl Payments {
                 .ok_or_else(|| Error::Corrupt(format!("refund {refund_id} missing")))?;
             let done = refund.state != RefundState::Pending;
             if done || tokio::time::Instant::now() >= until {
-                return Ok(pb::RefundPaymentResponse {
-                    refund: Some(convert::refund_to_wire(&payment.record, refund)),
-                    payment: Some(convert::payment_to_wire(&payment, payment.update_time)),
-                });
+                return Ok((payment, refund_id));
             }
-            let poll = tokio::time::sleep(Duration::from_millis(
-                self.workflow.settings().watch_poll_ms,
-            ));
+            let poll = tokio::time::sleep(Duration::from_millis(self.settings().watch_poll_ms));
             tokio::select! {
                 () = tokio::time::sleep_until(until) => {}
                 () = wait_for(&mut committed, &id, false) => {}
@@ -477,30 +288,92 @@ impl Payments {
         }
     }
 
-    /// `WatchPayment`: the events after `after_sequence`, then new ones as they commit, until
-    /// the payment is settled and every event was sent, or `watch_ms_max`.
+    /// Claims the refund's request id and records the refund (PENDING), unless the id was
+    /// used for it before; returns the refund's id.
+    async fn record_refund(
+        &self,
+        refund: &NewRefund,
+        admitted: Option<InFlight>,
+    ) -> Result<String, Error> {
+        let refund_id = tandem_runtime::ids::random_id("prf_");
+        let mut tx = self.workflow.pool().begin().await?;
+        if let Some(earlier) = storage::claim_request_id(
+            &mut tx,
+            &refund.request_id,
+            "RefundPayment",
+            &refund.request_hash,
+            &refund_id,
+            self.settings().request_id_wait_ms,
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            if earlier.method != "RefundPayment" || earlier.request_hash != refund.request_hash {
+                return Err(Error::RequestIdReused);
+            }
+            return Ok(earlier.resource_id);
+        }
+        let id = &refund.payment_id;
+        let mut stored = storage::payment(&mut *tx, id, true)
+            .await?
+            .ok_or(Error::PaymentNotFound)?;
+        if let Some(amount) = refund.amount
+            && amount.currency != stored.record.currency()
+        {
+            return Err(Error::CurrencyMismatch);
+        }
+        let now = now();
+        let (_, events) = stored
+            .record
+            .plan_refund(
+                refund_id.clone(),
+                refund.request_id.clone(),
+                refund.amount.map(|a| a.minor_units),
+                refund.reason.clone(),
+                now,
+            )
+            .map_err(|e| match e {
+                RefundError::NotRefundable => Error::PaymentNotRefundable,
+                RefundError::AmountExceedsRefundable => Error::AmountExceedsRefundable,
+                RefundError::LimitReached => Error::RefundLimitReached,
+            })?;
+        // The refund is driven by whoever holds the payment's lease; a settled payment is
+        // leased to this instance now.
+        let take = stored.lease_owner.is_none() || stored.lease_until <= now;
+        if take {
+            stored.lease_owner = Some(self.workflow.owner().to_owned());
+            stored.lease_until = self.workflow.lease_until(now);
+        }
+        self.workflow
+            .save(&mut tx, &mut stored, &events, now)
+            .await?;
+        tx.commit().await?;
+        self.workflow
+            .announce(id, stored.record.saga.state.is_terminal());
+        if take {
+            self.workflow.spawn(id.clone(), admitted);
+        }
+        Ok(refund_id)
+    }
+
+    /// `WatchPayment`: the events after `after_sequence` (each an encoded `PaymentEvent`),
+    /// then new ones as they commit, until the payment is settled and every event was sent,
+    /// or `watch_ms_max`.
     pub async fn watch(
         &self,
-        request: pb::WatchPaymentRequest,
-    ) -> Result<impl futures::Stream<Item = Result<pb::PaymentEvent, Error>> + use<>, Error> {
-        let mut v = Violations::default();
-        let id = convert::resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
-        if request.after_sequence < 0 {
-            v.add("after_sequence", "must not be negative");
-        }
-        v.finish(())?;
+        watch: Watch,
+    ) -> Result<impl futures::Stream<Item = Result<Vec<u8>, Error>> + use<>, Error> {
         // An unknown payment is an error of the call, not of the stream.
-        self.load(&id).await?;
+        self.get(&watch.payment_id).await?;
         let workflow = self.workflow.clone();
-        let after = request.after_sequence;
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let until = tokio::time::Instant::now()
                 + Duration::from_millis(workflow.settings().watch_ms_max);
             let stream = Watcher {
                 pool: workflow.pool().clone(),
-                id,
-                after,
+                id: watch.payment_id,
+                after: watch.after_sequence,
                 sender,
             };
             // Subscribed before the first catch-up, so that nothing committed in between is
@@ -523,7 +396,7 @@ struct Watcher {
     pool: sqlx::PgPool,
     id: String,
     after: i64,
-    sender: tokio::sync::mpsc::Sender<Result<pb::PaymentEvent, Error>>,
+    sender: tokio::sync::mpsc::Sender<Result<Vec<u8>, Error>>,
 }
 
 /// Whether a stream goes on.
@@ -607,9 +480,7 @@ impl Watcher {
     }
 
     async fn send(&mut self, sequence: i64, body: &[u8]) -> Flow {
-        let event =
-            pb::PaymentEvent::decode(body).map_err(|e| Error::Corrupt(format!("event: {e}")));
-        if self.sender.send(event).await.is_err() {
+        if self.sender.send(Ok(body.to_vec())).await.is_err() {
             return Flow::End;
         }
         self.after = sequence;

@@ -873,7 +873,8 @@ enum Answer {
     Settled,
 }
 
-fn booking_context(stored: &StoredPayment) -> BookingContext {
+/// The context of a payment's bookings.
+pub(crate) fn booking_context(stored: &StoredPayment) -> BookingContext {
     BookingContext {
         payment_id: stored.record.id.clone(),
         invoice_id: stored.record.invoice_id.clone(),

@@ -1,6 +1,10 @@
-//! The edge between wire and domain: every request field is checked here once, and every
-//! violation names its field path (`card_group.members[2].priority`); domain values become
-//! wire messages here too. Nothing else in the crate reads a wire type's fields.
+//! The edge between wire and domain: every request field is checked here once, into a
+//! [`crate::commands`] value, and every violation names its field path
+//! (`card_group.members[2].priority`); domain values become wire messages here too, and so do
+//! the card groups and group responses stored in their encoded wire form. Apart from the vault
+//! client (the edge to the vault), nothing else in the crate reads a wire type's fields.
+
+use std::collections::HashMap;
 
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
@@ -9,6 +13,11 @@ use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::r#type::v1 as types;
 use time::OffsetDateTime;
 
+use crate::commands::{
+    GroupArchive, GroupContent, GroupQuery, GroupUpdate, NewGroup, NewPayment, NewRefund,
+    PaymentQuery, PolicyOverride, Watch,
+};
+use crate::config::PaymentSettings;
 use crate::domain::allocation::{FixedAmount, PolicyError, RemainderRule, Strategy, Weight};
 use crate::domain::group::{
     ATTEMPTS_DEFAULT, ATTEMPTS_MAX, CeilingWindow, LimitOverride, MemberRules, Policy,
@@ -20,7 +29,7 @@ use crate::domain::record::steps::Suspension;
 use crate::domain::record::{AttemptOutcome, PaymentRecord, Status};
 use crate::domain::saga::{Completion, LegState, NextAction, PaymentState};
 use crate::error::{Error, FieldViolation};
-use crate::storage::{Cursor, StoredGroup, StoredPayment};
+use crate::storage::{Cursor, PaymentFilter, StoredGroup, StoredPayment};
 
 /// Violations collected while checking one request.
 #[derive(Debug, Default)]
@@ -50,6 +59,11 @@ impl Violations {
         } else {
             Err(Error::InvalidArgument(self.0))
         }
+    }
+
+    /// Records violations found elsewhere.
+    pub fn extend(&mut self, violations: Vec<FieldViolation>) {
+        self.0.extend(violations);
     }
 
     /// True if nothing was violated yet.
@@ -423,15 +437,19 @@ pub fn group_to_wire(stored: &StoredGroup) -> Result<pb::CardGroup, Error> {
     Ok(group)
 }
 
-/// The group's stored body: the request's group without output-only fields, members' states
-/// spelled out. A member still SUSPENDED keeps the suspension it had in `before` (the stored
-/// members); any other member has none.
+/// The group's stored body: the given content without output-only fields, members' states
+/// spelled out. A member still SUSPENDED keeps the suspension it had in `before` (the group as
+/// stored, when it is updated); any other member has none.
 pub fn group_body(
-    group: &pb::CardGroup,
+    content: &GroupContent,
     last4: &[(String, String)],
-    before: &[pb::CardGroupMember],
-) -> Vec<u8> {
-    let mut body = group.clone();
+    before: Option<&StoredGroup>,
+) -> Result<Vec<u8>, Error> {
+    let before = match before {
+        Some(stored) => group_to_wire(stored)?.members,
+        None => Vec::new(),
+    };
+    let mut body = content.0.clone();
     body.id.clear();
     body.state = 0;
     body.etag.clear();
@@ -459,7 +477,7 @@ pub fn group_body(
             .map(|(_, l)| l.clone())
             .unwrap_or_default();
     }
-    body.encode_to_vec()
+    Ok(body.encode_to_vec())
 }
 
 /// The stored body of group `group_id` with the members named in `suspensions` SUSPENDED by
@@ -502,6 +520,183 @@ pub fn suspended_body(
         );
     }
     Ok(changed.then(|| group.encode_to_vec()))
+}
+
+/// Paths `UpdateCardGroup` may replace.
+const UPDATABLE: [&str; 4] = [
+    "display_name",
+    "default_currency_code",
+    "members",
+    "default_policy",
+];
+
+/// The checks of `CreateCardGroup`: the command, or every violation.
+pub fn create_card_group(request: &pb::CreateCardGroupRequest) -> Result<NewGroup, Error> {
+    let mut v = Violations::default();
+    request_id(&mut v, "request_id", &request.request_id);
+    let group = request.card_group.clone().unwrap_or_default();
+    if request.card_group.is_none() {
+        v.add("card_group", "is required");
+    }
+    let input = group_input(&mut v, &group);
+    let input = v
+        .finish(input)?
+        .ok_or_else(|| Error::invalid("card_group", "is invalid"))?;
+    Ok(NewGroup {
+        request_id: request.request_id.clone(),
+        request_hash: request_hash("CreateCardGroup", request),
+        billing_account_id: input.billing_account_id,
+        tokens: group.members.iter().map(|m| m.token.clone()).collect(),
+        content: GroupContent(group),
+    })
+}
+
+/// The checks of `UpdateCardGroup` that need no database: the command, or every violation.
+pub fn update_card_group(request: &pb::UpdateCardGroupRequest) -> Result<GroupUpdate, Error> {
+    let mut v = Violations::default();
+    request_id(&mut v, "request_id", &request.request_id);
+    let changes = request.card_group.clone().unwrap_or_default();
+    let id = resource_id(&mut v, "card_group.id", "cg_", &changes.id);
+    let paths: Vec<String> = request
+        .update_mask
+        .as_ref()
+        .map(|m| m.paths.clone())
+        .unwrap_or_default();
+    if paths.is_empty() {
+        v.add("update_mask", "is required");
+    }
+    for (i, path) in paths.iter().enumerate() {
+        if path != "*" && !UPDATABLE.contains(&path.as_str()) {
+            v.add(
+                format!("update_mask.paths[{i}]"),
+                "must be display_name, default_currency_code, members, default_policy or *",
+            );
+        }
+    }
+    v.finish(())?;
+    Ok(GroupUpdate {
+        request_id: request.request_id.clone(),
+        request_hash: request_hash("UpdateCardGroup", request),
+        card_group_id: id,
+        etag: changes.etag.clone(),
+        paths,
+        changes: GroupContent(changes),
+    })
+}
+
+/// The group `current` with `update`'s fields applied, checked as a whole like a new group's:
+/// the new content and its members' tokens, or every violation.
+pub fn updated_group(
+    current: &StoredGroup,
+    update: &GroupUpdate,
+) -> Result<(GroupContent, Vec<String>), Error> {
+    let mut group = group_to_wire(current)?;
+    let changes = &update.changes.0;
+    let all = update.paths.iter().any(|p| p == "*");
+    let has = |name: &str| all || update.paths.iter().any(|p| p == name);
+    if has("display_name") {
+        group.display_name = changes.display_name.clone();
+    }
+    if has("default_currency_code") {
+        group.default_currency_code = changes.default_currency_code.clone();
+    }
+    if has("members") {
+        group.members = changes.members.clone();
+    }
+    if has("default_policy") {
+        group.default_policy = changes.default_policy.clone();
+    }
+    let mut v = Violations::default();
+    group_input(&mut v, &group);
+    v.finish(())?;
+    let tokens = group.members.iter().map(|m| m.token.clone()).collect();
+    Ok((GroupContent(group), tokens))
+}
+
+/// The checks of `DeleteCardGroup`.
+pub fn delete_card_group(request: &pb::DeleteCardGroupRequest) -> Result<GroupArchive, Error> {
+    let mut v = Violations::default();
+    request_id(&mut v, "request_id", &request.request_id);
+    let id = resource_id(&mut v, "card_group_id", "cg_", &request.card_group_id);
+    v.finish(GroupArchive {
+        request_id: request.request_id.clone(),
+        request_hash: request_hash("DeleteCardGroup", request),
+        card_group_id: id,
+        etag: request.etag.clone(),
+    })
+}
+
+/// The group id of `GetCardGroup`.
+pub fn get_card_group(request: &pb::GetCardGroupRequest) -> Result<String, Error> {
+    let mut v = Violations::default();
+    let id = resource_id(&mut v, "card_group_id", "cg_", &request.card_group_id);
+    v.finish(id)
+}
+
+/// The query of `ListCardGroups`, and the scope its page tokens belong to.
+pub fn list_card_groups(
+    request: &pb::ListCardGroupsRequest,
+    page_size_max: i32,
+) -> Result<(GroupQuery, String), Error> {
+    let mut v = Violations::default();
+    let size = page_size(&mut v, request.page_size, page_size_max);
+    let scope = format!("{}|{}", request.billing_account_id, request.show_archived);
+    let after = page_after(&mut v, &request.page_token, &scope);
+    let query = GroupQuery {
+        billing_account_id: Some(request.billing_account_id.clone()).filter(|b| !b.is_empty()),
+        show_archived: request.show_archived,
+        size,
+        after,
+    };
+    v.finish((query, scope))
+}
+
+/// A page of `ListCardGroups`.
+pub fn groups_page(
+    groups: &[StoredGroup],
+    next: Option<&Cursor>,
+    scope: &str,
+) -> Result<pb::ListCardGroupsResponse, Error> {
+    Ok(pb::ListCardGroupsResponse {
+        card_groups: groups.iter().map(group_to_wire).collect::<Result<_, _>>()?,
+        next_page_token: next_page_token(next, scope),
+    })
+}
+
+/// The stored group's members as `(token, last four digits)`.
+pub fn group_cards(stored: &StoredGroup) -> Result<Vec<(String, String)>, Error> {
+    Ok(group_to_wire(stored)?
+        .members
+        .into_iter()
+        .map(|m| (m.token, m.last4))
+        .collect())
+}
+
+/// The answer to `GetCardGroup`: the group with each member's month-to-date spend.
+pub fn group_with_spend(
+    stored: &StoredGroup,
+    spend: &HashMap<(String, String), i64>,
+) -> Result<pb::CardGroup, Error> {
+    let mut group = group_to_wire(stored)?;
+    for member in &mut group.members {
+        let key = (member.token.clone(), member.currency_code.clone());
+        member.month_to_date_spend = Some(types::Money {
+            currency_code: member.currency_code.clone(),
+            minor_units: spend.get(&key).copied().unwrap_or(0),
+        });
+    }
+    Ok(group)
+}
+
+/// A group as the response stored with the request id that wrote it (an encoded
+/// `CardGroup`).
+pub fn group_response(stored: &StoredGroup) -> Result<Vec<u8>, Error> {
+    Ok(group_to_wire(stored)?.encode_to_vec())
+}
+
+/// A stored group response as the answer to a card-group mutation.
+pub fn card_group(response: &[u8]) -> Result<pb::CardGroup, Error> {
+    pb::CardGroup::decode(response).map_err(|e| Error::Corrupt(format!("stored response: {e}")))
 }
 
 /// The etag of a group version.
@@ -832,6 +1027,274 @@ pub fn payment_to_wire(stored: &StoredPayment, update_time: OffsetDateTime) -> p
         update_time: Some(wire_time(update_time)),
         complete_time: record.complete_time.map(wire_time),
     }
+}
+
+/// The checks of `CreatePayment` that need no database: the command, or every violation.
+pub fn create_payment(
+    request: pb::CreatePaymentRequest,
+    settings: &PaymentSettings,
+) -> Result<NewPayment, Error> {
+    let mut v = Violations::default();
+    request_id(&mut v, "request_id", &request.request_id);
+    let group_id = resource_id(&mut v, "card_group_id", "cg_", &request.card_group_id);
+    let invoice = invoice(&mut v, request.invoice.as_ref(), settings.amount_minor_max);
+    let wait_ms = match request.wait_timeout_ms {
+        0 => 30_000,
+        ms if (1..=i64::try_from(settings.wait_timeout_ms_max).unwrap_or(i64::MAX))
+            .contains(&ms) =>
+        {
+            ms as u64
+        }
+        _ => {
+            v.add(
+                "wait_timeout_ms",
+                format!("must be 0 or 1-{}", settings.wait_timeout_ms_max),
+            );
+            0
+        }
+    };
+    let invoice = v
+        .finish(invoice)?
+        .ok_or_else(|| Error::invalid("invoice", "is invalid"))?;
+    // `wait` and its timeout are not part of the request's identity.
+    let mut identity = request.clone();
+    identity.wait = false;
+    identity.wait_timeout_ms = 0;
+    let policy_override = request.policy_override.map(|wire| PolicyOverride {
+        encoded: wire.encode_to_vec(),
+        check: Box::new(move |members: &[MemberRules], currency: Currency| {
+            let mut v = Violations::default();
+            let checked = policy(&mut v, "policy_override", &wire, members, Some(currency));
+            (checked, v.0)
+        }),
+    });
+    Ok(NewPayment {
+        request_id: request.request_id,
+        card_group_id: group_id,
+        invoice,
+        policy_override,
+        wait: request.wait,
+        wait_ms,
+        request_hash: request_hash("CreatePayment", &identity),
+        request: identity.encode_to_vec(),
+    })
+}
+
+/// A card group as a new payment needs it.
+#[derive(Debug, Clone)]
+pub struct PaymentGroup {
+    /// The billing account.
+    pub billing_account_id: String,
+    /// The members' rules.
+    pub members: Vec<MemberRules>,
+    /// The default policy.
+    pub policy: Policy,
+    /// The default policy as stored (an encoded `AllocationPolicy`).
+    pub default_policy: Vec<u8>,
+    /// Each member's last four digits, by token.
+    last4: Vec<(String, String)>,
+}
+
+impl PaymentGroup {
+    /// The last four digits of `token`'s card, empty if unknown.
+    pub fn last4(&self, token: &str) -> String {
+        self.last4
+            .iter()
+            .find(|(t, _)| t == token)
+            .map(|(_, digits)| digits.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The stored group `stored` as a payment needs it; its fields are checked as when they were
+/// written (violations go to `v`).
+pub fn payment_group(v: &mut Violations, stored: &StoredGroup) -> Result<PaymentGroup, Error> {
+    let group = group_to_wire(stored)?;
+    let input = group_input(v, &group)
+        .ok_or_else(|| Error::Corrupt(format!("card group {} does not check", stored.id)))?;
+    Ok(PaymentGroup {
+        billing_account_id: input.billing_account_id,
+        members: input.members,
+        policy: input.policy,
+        default_policy: group
+            .default_policy
+            .as_ref()
+            .map(prost::Message::encode_to_vec)
+            .unwrap_or_default(),
+        last4: group
+            .members
+            .into_iter()
+            .map(|m| (m.token, m.last4))
+            .collect(),
+    })
+}
+
+/// The violations of a payment's plan, named after the request's fields: an override's under
+/// `policy_override`, the group's default policy's under `card_group_id`.
+pub fn plan_violations(errors: Vec<PolicyError>, overridden: bool) -> Error {
+    let mut v = Violations::default();
+    if overridden {
+        v.add_policy(errors, "policy_override");
+    } else {
+        for error in errors {
+            if error.field.starts_with("policy") {
+                v.add(
+                    "card_group_id",
+                    format!("the group's default policy: {}", error.description),
+                );
+            } else {
+                v.add(error.field, error.description);
+            }
+        }
+    }
+    Error::InvalidArgument(v.0)
+}
+
+/// The payment id of `GetPayment`.
+pub fn get_payment(request: &pb::GetPaymentRequest) -> Result<String, Error> {
+    let mut v = Violations::default();
+    let id = resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
+    v.finish(id)
+}
+
+/// The query of `ListPayments`, and the scope its page tokens belong to.
+pub fn list_payments(
+    request: &pb::ListPaymentsRequest,
+    page_size_max: i32,
+) -> Result<(PaymentQuery, String), Error> {
+    let mut v = Violations::default();
+    let size = page_size(&mut v, request.page_size, page_size_max);
+    if !request.card_group_id.is_empty() {
+        resource_id(&mut v, "card_group_id", "cg_", &request.card_group_id);
+    }
+    let state = state_filter(&mut v, request.state);
+    let filter = PaymentFilter {
+        card_group_id: Some(request.card_group_id.clone()).filter(|s| !s.is_empty()),
+        state,
+        invoice_id: Some(request.invoice_id.clone()).filter(|s| !s.is_empty()),
+        billing_account_id: Some(request.billing_account_id.clone()).filter(|s| !s.is_empty()),
+    };
+    let scope = format!(
+        "{}|{}|{}|{}",
+        request.card_group_id, request.state, request.invoice_id, request.billing_account_id
+    );
+    let after = page_after(&mut v, &request.page_token, &scope);
+    v.finish((
+        PaymentQuery {
+            filter,
+            size,
+            after,
+        },
+        scope,
+    ))
+}
+
+/// Where a page starts: after the row of `token` (none when empty); a token made for other
+/// filters than `scope`'s is a violation of `page_token`.
+fn page_after(v: &mut Violations, token: &str, scope: &str) -> Option<Cursor> {
+    if token.is_empty() {
+        return None;
+    }
+    let cursor = decode_page_token(token, scope.as_bytes());
+    if cursor.is_none() {
+        v.add(
+            "page_token",
+            "is not a page token of this list with these filters",
+        );
+    }
+    cursor
+}
+
+/// The page token of the page after `next`, empty when there is none.
+fn next_page_token(next: Option<&Cursor>, scope: &str) -> String {
+    next.map(|cursor| encode_page_token(cursor, scope.as_bytes()))
+        .unwrap_or_default()
+}
+
+/// A page of `ListPayments`.
+pub fn payments_page(
+    payments: &[StoredPayment],
+    next: Option<&Cursor>,
+    scope: &str,
+) -> pb::ListPaymentsResponse {
+    pb::ListPaymentsResponse {
+        payments: payments
+            .iter()
+            .map(|p| payment_to_wire(p, p.update_time))
+            .collect(),
+        next_page_token: next_page_token(next, scope),
+    }
+}
+
+/// The checks of `RefundPayment`: the command, or every violation.
+pub fn refund_payment(request: &pb::RefundPaymentRequest) -> Result<NewRefund, Error> {
+    let mut v = Violations::default();
+    request_id(&mut v, "request_id", &request.request_id);
+    let payment_id = resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
+    if request.reason.chars().count() > 200 || request.reason.chars().any(char::is_control) {
+        v.add(
+            "reason",
+            "must be at most 200 characters without control characters",
+        );
+    }
+    let mut amount = None;
+    if let Some(wire) = &request.amount {
+        let currency = Currency::parse(&wire.currency_code);
+        if currency.is_err() {
+            v.add(
+                "amount.currency_code",
+                "must be a known ISO 4217 currency code",
+            );
+        }
+        if wire.minor_units <= 0 {
+            v.add("amount.minor_units", "must be positive");
+        }
+        amount = currency.ok().map(|c| Money::new(c, wire.minor_units));
+    }
+    v.finish(NewRefund {
+        request_id: request.request_id.clone(),
+        payment_id,
+        amount,
+        reason: request.reason.clone(),
+        request_hash: request_hash("RefundPayment", request),
+    })
+}
+
+/// The answer to `RefundPayment`: refund `refund_id` and its payment.
+pub fn refund_response(
+    payment: &StoredPayment,
+    refund_id: &str,
+) -> Result<pb::RefundPaymentResponse, Error> {
+    let refund = payment
+        .record
+        .refunds
+        .iter()
+        .find(|r| r.id == refund_id)
+        .ok_or_else(|| Error::Corrupt(format!("refund {refund_id} missing")))?;
+    Ok(pb::RefundPaymentResponse {
+        refund: Some(refund_to_wire(&payment.record, refund)),
+        payment: Some(payment_to_wire(payment, payment.update_time)),
+    })
+}
+
+/// The checks of `WatchPayment`.
+pub fn watch_payment(request: &pb::WatchPaymentRequest) -> Result<Watch, Error> {
+    let mut v = Violations::default();
+    let payment_id = resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
+    if request.after_sequence < 0 {
+        v.add("after_sequence", "must not be negative");
+    }
+    v.finish(Watch {
+        payment_id,
+        after_sequence: request.after_sequence,
+    })
+}
+
+/// A stored event (an encoded `PaymentEvent`) as `WatchPayment` sends it.
+pub fn watch_event(body: &[u8]) -> Result<pb::WatchPaymentResponse, Error> {
+    let event =
+        pb::PaymentEvent::decode(body).map_err(|e| Error::Corrupt(format!("event: {e}")))?;
+    Ok(pb::WatchPaymentResponse { event: Some(event) })
 }
 
 /// An event's wire type and its encoded `PaymentEvent`, with the payment as it is now.

@@ -3,7 +3,7 @@
 //!
 //! The workflow loads a record, asks it for the vault operations to run ([`PaymentRecord::
 //! next_steps`]: the intents), commits, calls the vault, and records each answer
-//! ([`PaymentRecord::record_authorization`], [`PaymentRecord::record_capture`], ...), which
+//! ([`PaymentRecord::record_authorization`], [`PaymentRecord::record_settlement`], ...), which
 //! returns the events to publish, the ledger outcome to book and the spend to adjust, all
 //! committed together. Nothing here does IO.
 //!

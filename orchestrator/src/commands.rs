@@ -1,0 +1,154 @@
+//! What the operations take: requests checked once at the edge ([`crate::grpc::convert`]) and
+//! handed over in domain terms.
+
+use std::fmt;
+
+use tandem_money::{Currency, Money};
+use tandem_proto::tandem::orchestrator::v1 as pb;
+
+use crate::domain::group::{MemberRules, Policy};
+use crate::domain::planning::Invoice;
+use crate::error::FieldViolation;
+use crate::storage::{Cursor, PaymentFilter};
+
+/// A checked `CreatePayment`.
+#[derive(Debug)]
+pub struct NewPayment {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The card group to pay from.
+    pub card_group_id: String,
+    /// The invoice.
+    pub invoice: Invoice,
+    /// The caller's policy for this payment, if any.
+    pub policy_override: Option<PolicyOverride>,
+    /// Answer once the payment is terminal (within `wait_ms`), not at once.
+    pub wait: bool,
+    /// How long to wait for the end, in milliseconds.
+    pub wait_ms: u64,
+    /// The hash of the request's identity (its fields, `wait` and its timeout left out).
+    pub request_hash: Vec<u8>,
+    /// The request's identity as given, encoded: the payment shows its invoice from it.
+    pub request: Vec<u8>,
+}
+
+/// The checks of a policy override that need the card group's members, run once the group is
+/// read: the policy, or the violations of its fields.
+pub type OverrideCheck =
+    Box<dyn FnOnce(&[MemberRules], Currency) -> (Option<Policy>, Vec<FieldViolation>) + Send>;
+
+/// A payment's own policy, as given.
+pub struct PolicyOverride {
+    /// The policy as given, encoded: the payment keeps it as the policy it was paid under.
+    pub encoded: Vec<u8>,
+    /// Checks it against the group's members and the invoice's currency.
+    pub check: OverrideCheck,
+}
+
+impl fmt::Debug for PolicyOverride {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyOverride")
+            .field("encoded_bytes", &self.encoded.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A checked `RefundPayment`.
+#[derive(Debug, Clone)]
+pub struct NewRefund {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The payment to refund.
+    pub payment_id: String,
+    /// How much; all that remains refundable when `None`.
+    pub amount: Option<Money>,
+    /// Why, for people.
+    pub reason: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+}
+
+/// A checked `ListPayments`.
+#[derive(Debug, Clone)]
+pub struct PaymentQuery {
+    /// Which payments.
+    pub filter: PaymentFilter,
+    /// Rows in the page.
+    pub size: i32,
+    /// Where the page starts (after this row), from the page token.
+    pub after: Option<Cursor>,
+}
+
+/// A checked `WatchPayment`.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// The payment.
+    pub payment_id: String,
+    /// Send the events after this sequence number.
+    pub after_sequence: i64,
+}
+
+/// A card group's content (names, members, default policy) as the caller gave it. Groups are
+/// stored with their content in this form, so the operations keep it whole and only
+/// [`crate::grpc::convert`] reads or writes its fields.
+#[derive(Debug, Clone)]
+pub struct GroupContent(pub(crate) pb::CardGroup);
+
+/// A checked `CreateCardGroup`.
+#[derive(Debug, Clone)]
+pub struct NewGroup {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The billing account the group belongs to.
+    pub billing_account_id: String,
+    /// The members' tokens, in order: each is checked with the vault before anything is
+    /// written.
+    pub tokens: Vec<String>,
+    /// The group's content.
+    pub content: GroupContent,
+}
+
+/// A checked `UpdateCardGroup`: the request's group and the paths of it to apply.
+#[derive(Debug, Clone)]
+pub struct GroupUpdate {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The group.
+    pub card_group_id: String,
+    /// Act only on this version, when not empty.
+    pub etag: String,
+    /// The field mask's paths (`display_name`, `members`, ... or `*`).
+    pub paths: Vec<String>,
+    /// The new values of those fields.
+    pub changes: GroupContent,
+}
+
+/// A checked `DeleteCardGroup`.
+#[derive(Debug, Clone)]
+pub struct GroupArchive {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The group.
+    pub card_group_id: String,
+    /// Act only on this version, when not empty.
+    pub etag: String,
+}
+
+/// A checked `ListCardGroups`.
+#[derive(Debug, Clone)]
+pub struct GroupQuery {
+    /// Of this billing account only.
+    pub billing_account_id: Option<String>,
+    /// Archived groups too.
+    pub show_archived: bool,
+    /// Rows in the page.
+    pub size: i32,
+    /// Where the page starts (after this row), from the page token.
+    pub after: Option<Cursor>,
+}
