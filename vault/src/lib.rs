@@ -35,8 +35,8 @@
 //! - [`storage`]: the vault's SQL, one module per capability (run-time checked queries).
 //! - [`connector`]: the `Connector` trait, its timeout and circuit breaker, and the sandbox
 //!   acquirer (which keeps its own tables and SQL, as an external system would).
-//! - [`domain`]: pure types: PAN, expiry, token, fingerprint, charges, commands, and the charge
-//!   rules ([`domain::charge_rules::decide`]).
+//! - [`domain`]: pure types: PAN, expiry, token, fingerprint, charges, commands, the charge
+//!   rules ([`domain::charge_rules::decide`]) and what an audit row says.
 //! - [`crypto`]: key wrapping, card sealing, keyed fingerprints (pure).
 //! - `locked`: locked pages, left out of core dumps, that hold every key.
 //! - [`hardening`]: the process settings and the wiping allocator that keep card data and keys
@@ -68,9 +68,12 @@
 //!   (`kernel::RequestCheck`); `Unseal` is idempotent by its share (held in memory only).
 //! - Every processor call is preceded by a committed intent and carries an idempotency key
 //!   derived from its `request_id`; a charge is never sent twice for one request.
-//! - The vault's modules import one another without a circle: [`metrics`], [`domain`],
-//!   [`audit::chain`] and [`storage`] depend on no capability; the capabilities depend on the
-//!   [`kernel`]; the handlers depend on the capabilities.
+//! - No two of the vault's files import each other, directly or round a circle. The layers, top
+//!   down: [`server`]; [`grpc`] and [`scrape`]; the capabilities ([`tokens`], [`charges`],
+//!   [`keys::admin`]); the [`kernel`]; the [`writer`]; [`audit`]; [`storage`]; then
+//!   [`connector`], [`crypto`], [`config`], [`domain`] and the leaves ([`error`], [`auth`],
+//!   [`metrics`], [`hardening`]). The one module split across layers is [`keys`]: the key ring
+//!   ([`keys::ring`]) sits below the kernel, whose vault handle holds it.
 
 pub mod audit;
 pub mod auth;

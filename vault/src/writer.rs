@@ -24,7 +24,8 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::chain::{self, AuditEntry};
+use crate::audit::chain;
+use crate::domain::audit::AuditEntry;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::storage;

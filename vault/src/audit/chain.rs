@@ -1,4 +1,5 @@
-//! The audit chain: what a row says and how rows link (pure: no IO).
+//! The audit chain: how rows are numbered and linked (pure: no IO). What a row says is
+//! [`crate::domain::audit`].
 //!
 //! Every row's `hash` is SHA-256 over a label, the previous row's hash and the row's fields
 //! (length-prefixed), so changing, removing or reordering any row breaks every later hash.
@@ -8,49 +9,13 @@
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
+use crate::domain::audit::{AuditEntry, AuditRow};
+
 /// The label hashed first into every row.
 const HASH_LABEL: &[u8] = b"tandem/vault/audit/v1";
 
 /// The hash before the first row.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
-
-/// What an audit row says, before it is numbered and chained.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
-    /// The caller's identity, `<role>/<name>`.
-    pub caller: String,
-    /// The caller's role.
-    pub role: String,
-    /// The full gRPC method, e.g. `tandem.vault.v1.TokenService/Tokenize`.
-    pub rpc: String,
-    /// The token concerned, if one.
-    pub token: Option<String>,
-    /// `OK`, or the error reason (`ROLE_NOT_ALLOWED`, `INVALID_ARGUMENT`, ...).
-    pub outcome: String,
-    /// Free text: the revoke reason, the fields refused, a count. Never card data.
-    pub reason: String,
-    /// The request's correlation id (`x-request-id`).
-    pub correlation_id: String,
-    /// The call's AIP-155 request id, if it had a valid one; empty otherwise.
-    pub request_id: String,
-    /// The other resource acted on (a charge id, a refund id, `dek/3`); empty if none.
-    pub resource: String,
-}
-
-/// A numbered, chained audit row as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditRow {
-    /// Position in the chain, from 1.
-    pub seq: i64,
-    /// When the row was written (microsecond precision, as Postgres stores it).
-    pub occurred_at: OffsetDateTime,
-    /// The entry.
-    pub entry: AuditEntry,
-    /// The previous row's hash.
-    pub prev_hash: [u8; 32],
-    /// This row's hash.
-    pub hash: [u8; 32],
-}
 
 /// Numbers and chains `entries` after the row `(seq, hash)`.
 pub fn chain(

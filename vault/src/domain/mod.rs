@@ -1,9 +1,10 @@
-//! The vault's domain: card numbers, expiries, tokens, fingerprints and the checked commands
-//! the service layer executes.
+//! The vault's domain: card numbers, expiries, tokens, fingerprints, the checked commands the
+//! service layer executes, the charge rules and what an audit row says.
 //!
 //! Pure code: no IO, no tonic, no sqlx. Every type here is valid by construction; the gRPC edge
 //! builds them from wire messages and the service layer trusts them.
 
+pub mod audit;
 pub mod charge;
 pub mod charge_rules;
 pub mod expiry;

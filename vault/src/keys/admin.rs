@@ -15,10 +15,10 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::audit;
-use crate::audit::chain::AuditRow;
 use crate::audit::verification::RangeCheck;
 use crate::config::{KeySettings, RootKeySource};
 use crate::crypto::{KEY_BYTES, RootKey, SealedCard, SecretKey};
+use crate::domain::audit::AuditRow;
 use crate::domain::{RequestId, Token};
 use crate::error::Error;
 use crate::kernel::{Page, RequestCheck, RequestContext, Vault};

@@ -4,7 +4,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgExecutor, Row as _};
 use time::OffsetDateTime;
 
-use crate::audit::chain::{AuditEntry, AuditRow};
+use crate::domain::audit::{AuditEntry, AuditRow};
 use crate::error::Error;
 
 /// Locks the audit head and reads it.
