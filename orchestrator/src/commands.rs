@@ -88,9 +88,9 @@ pub struct Watch {
     pub after_sequence: i64,
 }
 
-/// A card group's content (names, members, default policy) as the caller gave it. Groups are
-/// stored with their content in this form, so the operations keep it whole and only
-/// [`crate::grpc::convert`] reads or writes its fields.
+/// A card group's content (names, members, default policy) as the caller gave it, checked. The
+/// operations keep it whole: [`crate::grpc::convert`] builds the group to store from it
+/// ([`crate::domain::group::CardGroup`]), with what the group knew before.
 #[derive(Debug, Clone)]
 pub struct GroupContent(pub(crate) pb::CardGroup);
 

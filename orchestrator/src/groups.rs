@@ -11,7 +11,7 @@ use crate::commands::{GroupArchive, GroupQuery, GroupUpdate, NewGroup};
 use crate::config::PaymentSettings;
 use crate::error::Error;
 use crate::grpc::convert;
-use crate::storage::{self, Cursor, StoredGroup, now};
+use crate::storage::{self, Cursor, StoredContent, StoredGroup, now};
 use crate::vault::TokenCheck;
 use crate::workflow::Workflow;
 
@@ -57,7 +57,11 @@ impl Groups {
         let now = now();
         let stored = StoredGroup {
             id,
-            body: convert::group_body(&group.content, &last4, None)?,
+            content: StoredContent::Data(Box::new(convert::group_of(
+                &group.content,
+                &last4,
+                None,
+            )?)),
             version: 1,
             archived: false,
             create_time: now,
@@ -152,7 +156,8 @@ impl Groups {
         }
         let mut last4_all = cards;
         last4_all.extend(last4);
-        stored.body = convert::group_body(&content, &last4_all, Some(&current))?;
+        let data = convert::group_of(&content, &last4_all, Some(&current))?;
+        stored.content = StoredContent::Data(Box::new(data));
         stored.version += 1;
         stored.update_time = now();
         storage::update_group(&mut tx, &stored).await?;

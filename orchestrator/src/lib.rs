@@ -9,14 +9,15 @@
 //!   state machine and the next vault operations ([`domain::saga`]); the payment record
 //!   ([`domain::record`], split into its steps, refunds, events and summary); the ledger
 //!   transfer each outcome books ([`domain::booking`]); card groups' member rules, ceiling
-//!   windows and each member's room ([`domain::group`]).
+//!   windows, each member's room and the group as stored ([`domain::group`]).
 //! - [`config`]: typed settings from TOML and `TANDEM_ORCHESTRATOR__...` overrides.
 //! - [`server`]: assembles everything and runs the tonic server (mTLS, limits, health,
 //!   reflection, graceful shutdown).
 //! - [`grpc`]: thin handlers: authorize the caller, check the request, call the operation,
 //!   convert the answer. [`grpc::convert`] is the one module between wire and domain: it
 //!   checks each request once into a [`commands`] value and builds every wire message (and
-//!   reads and writes the encoded card groups and group responses stored in Postgres);
+//!   the group responses stored with request ids, and groups stored before they were kept
+//!   as domain data);
 //!   [`grpc::status`] is the one map from [`error::Error`] to `Status`.
 //! - [`commands`]: what the operations take: checked requests in domain terms.
 //! - [`auth`]: the table of which role may call which RPC.
@@ -34,9 +35,12 @@
 //!
 //! - Domain code does no IO and knows no wire types.
 //! - Wire types are read and built only in [`grpc`] (with [`grpc::convert`]), [`vault`] and
-//!   [`server`] (which registers the services). A card group's content travels through the
-//!   operations whole, as an opaque [`commands::GroupContent`]: groups are stored as their
-//!   wire message, which only [`grpc::convert`] reads.
+//!   [`server`] (which registers the services). A card group's content as given travels
+//!   through the operations whole, as an opaque [`commands::GroupContent`].
+//! - Card groups are stored as domain data ([`domain::group::CardGroup`]), checked once when
+//!   written; a payment uses its group as stored, without checking it again. Groups written
+//!   before (encoded `CardGroup` messages) are converted once when the workflow starts and
+//!   read from their message until then.
 //! - Money is integer minor units; every split and every allocation sums exactly to the
 //!   amount it divides, and asserts it (in release builds too).
 //! - Every vault call is preceded by a committed intent and its answer is committed with the

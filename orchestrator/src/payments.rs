@@ -137,37 +137,37 @@ impl Payments {
         if stored.archived {
             return Err(Error::CardGroupArchived);
         }
+        let group = convert::group_data(&stored)?;
+        let members = group.rules();
         let mut v = Violations::default();
-        let group = convert::payment_group(&mut v, &stored)?;
         let currency = payment.invoice.amount.currency;
         let (policy, prefix, policy_bytes) = match payment.policy_override {
             Some(given) => {
-                let (policy, violations) = (given.check)(&group.members, currency);
+                let (policy, violations) = (given.check)(&members, currency);
                 v.extend(violations);
                 (policy, "policy_override", given.encoded)
             }
             None => (
                 Some(group.policy.clone()),
                 "card_group.default_policy",
-                group.default_policy.clone(),
+                group.policy_given.clone(),
             ),
         };
         let policy = v
             .finish(policy)?
             .ok_or_else(|| Error::invalid(prefix, "is invalid"))?;
         let now = now();
-        let tokens: Vec<String> = group.members.iter().map(|m| m.token.clone()).collect();
+        let tokens: Vec<String> = members.iter().map(|m| m.token.clone()).collect();
         let spent = storage::month_to_date(&mut *tx, &tokens, storage::month_of(now)).await?;
         let month_to_date = |rules: &MemberRules| {
             let key = (rules.token.clone(), rules.currency.code().to_owned());
             spent.get(&key).copied().unwrap_or(0)
         };
         let invoice = &payment.invoice;
-        let plan = planning::plan(&group.members, &policy, invoice, month_to_date, now)
+        let plan = planning::plan(&members, &policy, invoice, month_to_date, now)
             .map_err(|errors| convert::plan_violations(errors, prefix == "policy_override"))?;
-        let snapshots = planning::snapshots(&group.members, &policy.windows, now, |token| {
-            group.last4(token)
-        });
+        let snapshots =
+            planning::snapshots(&members, &policy.windows, now, |token| group.last4(token));
         let (record, created) = PaymentRecord::new(
             id,
             invoice.id.clone(),

@@ -1,5 +1,5 @@
-//! All of the orchestrator's SQL (run-time checked queries, each exercised by the end-to-end
-//! tests against Postgres). Functions that change state take the caller's transaction, so a
+//! All of the orchestrator's SQL (run-time checked queries, each exercised against Postgres by
+//! the end-to-end tests or this crate's `tests/`). Functions that change state take the caller's transaction, so a
 //! payment's state, its events, its ledger transfers and its spend commit together.
 
 use std::collections::HashMap;
@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use sqlx::{PgConnection, PgExecutor, PgPool, Row as _};
 use time::{Date, OffsetDateTime};
 
+use crate::domain::group::CardGroup;
 use crate::domain::record::PaymentRecord;
 use crate::error::{Error, is_lock_timeout};
 
@@ -36,9 +37,8 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 pub struct StoredGroup {
     /// The id.
     pub id: String,
-    /// The encoded `CardGroup` (members, policy, names); output-only fields are filled from the
-    /// columns.
-    pub body: Vec<u8>,
+    /// The group's content (members, policy, names); output-only fields are in the columns.
+    pub content: StoredContent,
     /// Changes on every update: the etag's source.
     pub version: i64,
     /// Archived by DeleteCardGroup.
@@ -51,12 +51,32 @@ pub struct StoredGroup {
     pub archive_time: Option<OffsetDateTime>,
 }
 
-const GROUP_COLUMNS: &str = "id, body, version, archived, create_time, update_time, archive_time";
+/// What a group row holds.
+#[derive(Debug, Clone)]
+pub enum StoredContent {
+    /// The group as domain data (the `content` column): every row written by this version.
+    Data(Box<CardGroup>),
+    /// The encoded `CardGroup` message (the `body` column) of a row written before groups were
+    /// kept as domain data and not converted yet ([`encoded_groups`]).
+    Encoded(Vec<u8>),
+}
 
-fn group_row(row: sqlx::postgres::PgRow) -> Result<StoredGroup, sqlx::Error> {
+const GROUP_COLUMNS: &str =
+    "id, content, body, version, archived, create_time, update_time, archive_time";
+
+fn group_row(row: sqlx::postgres::PgRow) -> Result<StoredGroup, Error> {
+    let content: Option<sqlx::types::Json<CardGroup>> = row
+        .try_get("content")
+        .map_err(|e| Error::Corrupt(format!("card group content: {e}")))?;
+    let body: Option<Vec<u8>> = row.try_get("body")?;
+    let content = match (content, body) {
+        (Some(content), _) => StoredContent::Data(Box::new(content.0)),
+        (None, Some(body)) => StoredContent::Encoded(body),
+        (None, None) => return Err(Error::Corrupt("card group without content".into())),
+    };
     Ok(StoredGroup {
         id: row.try_get("id")?,
-        body: row.try_get("body")?,
+        content,
         version: row.try_get("version")?,
         archived: row.try_get("archived")?,
         create_time: row.try_get("create_time")?,
@@ -65,21 +85,33 @@ fn group_row(row: sqlx::postgres::PgRow) -> Result<StoredGroup, sqlx::Error> {
     })
 }
 
+/// The columns `content` and `body` of a group: one of the two is set.
+fn content_columns(
+    content: &StoredContent,
+) -> (Option<sqlx::types::Json<&CardGroup>>, Option<&[u8]>) {
+    match content {
+        StoredContent::Data(group) => (Some(sqlx::types::Json(group.as_ref())), None),
+        StoredContent::Encoded(body) => (None, Some(body.as_slice())),
+    }
+}
+
 /// Inserts a new group.
 pub async fn insert_group(
     conn: &mut PgConnection,
     group: &StoredGroup,
     billing_account_id: &str,
 ) -> Result<(), Error> {
+    let (content, body) = content_columns(&group.content);
     sqlx::query(
-        "INSERT INTO card_groups (id, billing_account_id, archived, version, body, create_time, \
-         update_time, archive_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO card_groups (id, billing_account_id, archived, version, content, body, \
+         create_time, update_time, archive_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&group.id)
     .bind(billing_account_id)
     .bind(group.archived)
     .bind(group.version)
-    .bind(&group.body)
+    .bind(content)
+    .bind(body)
     .bind(group.create_time)
     .bind(group.update_time)
     .bind(group.archive_time)
@@ -103,22 +135,51 @@ pub async fn group(
     .bind(id)
     .fetch_optional(executor)
     .await?;
-    Ok(row.map(group_row).transpose()?)
+    row.map(group_row).transpose()
 }
 
-/// Replaces a group's body, version and archive state.
+/// Replaces a group's content, version and archive state.
 pub async fn update_group(conn: &mut PgConnection, group: &StoredGroup) -> Result<(), Error> {
+    let (content, body) = content_columns(&group.content);
     sqlx::query(
-        "UPDATE card_groups SET body = $2, version = $3, archived = $4, update_time = $5, \
-         archive_time = $6 WHERE id = $1",
+        "UPDATE card_groups SET content = $2, body = $7, version = $3, archived = $4, \
+         update_time = $5, archive_time = $6 WHERE id = $1",
     )
     .bind(&group.id)
-    .bind(&group.body)
+    .bind(content)
     .bind(group.version)
     .bind(group.archived)
     .bind(group.update_time)
     .bind(group.archive_time)
+    .bind(body)
     .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Up to `limit` groups still held as encoded `CardGroup` messages (rows written before groups
+/// were kept as domain data), as `(id, body)`.
+pub async fn encoded_groups(pool: &PgPool, limit: i64) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    let rows =
+        sqlx::query("SELECT id, body FROM card_groups WHERE content IS NULL ORDER BY id LIMIT $1")
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| Ok((row.try_get("id")?, row.try_get("body")?)))
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
+/// Replaces group `id`'s encoded message with `content`, the same group as domain data, unless
+/// the group was written since (its version and etag stay: the group did not change).
+pub async fn convert_group(pool: &PgPool, id: &str, content: &CardGroup) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE card_groups SET content = $2, body = NULL WHERE id = $1 AND content IS NULL",
+    )
+    .bind(id)
+    .bind(sqlx::types::Json(content))
+    .execute(pool)
     .await?;
     Ok(())
 }
@@ -153,7 +214,7 @@ pub async fn list_groups(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(group_row).collect::<Result<_, _>>()?)
+    rows.into_iter().map(group_row).collect()
 }
 
 /// What a committed request id holds.

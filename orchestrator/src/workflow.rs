@@ -41,7 +41,7 @@ use crate::domain::saga::{Command, Outcome};
 use crate::error::Error;
 use crate::feeds::Feeds;
 use crate::grpc::convert;
-use crate::storage::{self, StoredPayment, now};
+use crate::storage::{self, StoredContent, StoredPayment, now};
 use crate::vault::{Operation, RefundAnswer, Unknown, VaultClient};
 
 /// Where a test may stop the workflow dead, as a crash would: the drive never returns and
@@ -806,8 +806,15 @@ impl Workflow {
         Ok(ids.len())
     }
 
-    /// Runs [`Workflow::recover`] every `recovery_interval_ms` until `stop`.
+    /// Runs [`Workflow::recover`] every `recovery_interval_ms` until `stop`, after converting
+    /// the card groups written before groups were kept as domain data
+    /// ([`convert_encoded_groups`]).
     pub async fn recovery_loop(self: Arc<Self>) {
+        match convert_encoded_groups(&self.pool).await {
+            Ok(0) => {}
+            Ok(converted) => tracing::info!(converted, "card groups converted to domain data"),
+            Err(error) => tracing::warn!(%error, "card groups not converted; read as they are"),
+        }
         let mut stop = self.stop.clone();
         let mut ticker =
             tokio::time::interval(Duration::from_millis(self.settings.recovery_interval_ms));
@@ -820,6 +827,26 @@ impl Workflow {
             if let Err(error) = self.recover().await {
                 tracing::warn!(%error, "payment recovery failed");
             }
+        }
+    }
+}
+
+/// Converts, once, the card groups still held as encoded `CardGroup` messages (written before
+/// groups were kept as domain data) to domain data, a page at a time; returns how many. Until a
+/// group is converted it is read from its message, so nothing waits for this.
+pub async fn convert_encoded_groups(pool: &PgPool) -> Result<usize, Error> {
+    const PAGE: i64 = 100;
+    let mut converted = 0;
+    loop {
+        let groups = storage::encoded_groups(pool, PAGE).await?;
+        let last_page = groups.len() < PAGE as usize;
+        for (id, body) in groups {
+            let group = convert::decode_group(&id, &body)?;
+            storage::convert_group(pool, &id, &group).await?;
+            converted += 1;
+        }
+        if last_page {
+            return Ok(converted);
         }
     }
 }
@@ -914,11 +941,21 @@ async fn suspend_members(
             "payment {payment_id}: no card group {group_id}"
         )));
     };
-    let Some(body) = convert::suspended_body(&stored.body, group_id, payment_id, suspensions, now)?
-    else {
+    let mut group = convert::group_data(&stored)?;
+    let applied = group.suspend(suspensions, payment_id, now);
+    if applied.is_empty() {
         return Ok(());
-    };
-    stored.body = body;
+    }
+    for suspension in applied {
+        tracing::warn!(
+            card_group_id = group_id,
+            payment_id,
+            token = %suspension.token,
+            decline_code = %suspension.decline_code,
+            "member suspended: its card was declined as lost or stolen"
+        );
+    }
+    stored.content = StoredContent::Data(Box::new(group));
     stored.version += 1;
     stored.update_time = now;
     storage::update_group(conn, &stored).await

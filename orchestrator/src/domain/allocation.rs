@@ -50,7 +50,7 @@ pub struct Member {
 }
 
 /// A member's share, in basis points.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Weight {
     /// The member's token.
     pub token: String,
@@ -59,7 +59,7 @@ pub struct Weight {
 }
 
 /// A fixed amount for one member, in minor units of the invoice's currency.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FixedAmount {
     /// The member's token.
     pub token: String,
@@ -68,7 +68,7 @@ pub struct FixedAmount {
 }
 
 /// Where the part of a `FIXED` allocation not covered by fixed amounts goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RemainderRule {
     /// To the members without a fixed amount, in priority order, each up to its room.
     Sequential,
@@ -79,7 +79,7 @@ pub enum RemainderRule {
 }
 
 /// How the amount is first divided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Strategy {
     /// Priority order, each member up to its room.
     Sequential,

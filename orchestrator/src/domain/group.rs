@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use tandem_money::Currency;
 
 use super::allocation::{Member, PolicyError, Strategy};
+use super::record::steps::Suspension;
 use super::saga::{Completion, Dispatch};
 
 /// Most authorization attempts per payment when the policy does not say.
@@ -18,7 +19,7 @@ pub const ATTEMPTS_DEFAULT: u32 = 10;
 pub const ATTEMPTS_MAX: u32 = 50;
 
 /// An allocation policy: a group's default or a payment's override.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     /// How the amount is first divided.
     pub strategy: Strategy,
@@ -43,6 +44,92 @@ impl Policy {
     }
 }
 
+/// A card group as the orchestrator keeps it: checked once, when it was written, and used as
+/// it is by every payment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CardGroup {
+    /// The billing account the group belongs to.
+    pub billing_account_id: String,
+    /// A name for people.
+    pub display_name: String,
+    /// The ISO 4217 code of the group's usual currency (of the default policy's fixed amounts).
+    pub default_currency_code: String,
+    /// The members, in the order given.
+    pub members: Vec<GroupMember>,
+    /// The default policy, checked.
+    pub policy: Policy,
+    /// The default policy as the caller gave it (an encoded `AllocationPolicy`): shown back as
+    /// given, and kept by each payment made under it.
+    pub policy_given: Vec<u8>,
+}
+
+/// One card of a group: its rules and what Tandem learned about it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupMember {
+    /// The rules (`active` is false while SUSPENDED).
+    pub rules: MemberRules,
+    /// The card's last four digits, from the vault.
+    pub last4: String,
+    /// Why the member is SUSPENDED, when Tandem suspended it.
+    pub suspension: Option<MemberSuspension>,
+}
+
+/// Tandem's suspension of a member whose card was declined as lost or stolen.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberSuspension {
+    /// The decline code's name without prefix (`LOST_CARD`).
+    pub decline_code: String,
+    /// The payment the decline happened in.
+    pub payment_id: String,
+    /// When.
+    pub suspend_time: OffsetDateTime,
+}
+
+impl CardGroup {
+    /// Suspends the members named in `suspensions` (declined as lost or stolen in payment
+    /// `payment_id`) at `now`; members already suspended keep their first suspension. Returns
+    /// the suspensions applied now.
+    pub fn suspend<'s>(
+        &mut self,
+        suspensions: &'s [Suspension],
+        payment_id: &str,
+        now: OffsetDateTime,
+    ) -> Vec<&'s Suspension> {
+        let mut suspended = Vec::new();
+        for member in &mut self.members {
+            let Some(suspension) = suspensions.iter().find(|s| s.token == member.rules.token)
+            else {
+                continue;
+            };
+            if !member.rules.active {
+                continue;
+            }
+            member.rules.active = false;
+            member.suspension = Some(MemberSuspension {
+                decline_code: suspension.decline_code.clone(),
+                payment_id: payment_id.to_owned(),
+                suspend_time: now,
+            });
+            suspended.push(suspension);
+        }
+        suspended
+    }
+
+    /// The members' rules, in order.
+    pub fn rules(&self) -> Vec<MemberRules> {
+        self.members.iter().map(|m| m.rules.clone()).collect()
+    }
+
+    /// The last four digits of `token`'s card, empty if unknown.
+    pub fn last4(&self, token: &str) -> String {
+        self.members
+            .iter()
+            .find(|m| m.rules.token == token)
+            .map(|m| m.last4.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Most members in a group.
 pub const MEMBERS_MAX: usize = 32;
 /// Most ceiling windows in a policy.
@@ -55,7 +142,7 @@ const COST_CENTER_BYTES_MAX: usize = 64;
 const WINDOW_DAYS_MAX: i64 = 366;
 
 /// One card of a group, as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemberRules {
     /// The vault token.
     pub token: String,
@@ -76,7 +163,7 @@ pub struct MemberRules {
 }
 
 /// Limits that replace a member's own during a window.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LimitOverride {
     /// The member's token.
     pub token: String,
@@ -87,7 +174,7 @@ pub struct LimitOverride {
 }
 
 /// A time window of raised (or lowered) limits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CeilingWindow {
     /// For operators.
     pub display_name: String,

@@ -1,8 +1,9 @@
 //! The edge between wire and domain: every request field is checked here once, into a
 //! [`crate::commands`] value, and every violation names its field path
 //! (`card_group.members[2].priority`); domain values become wire messages here too, and so do
-//! the card groups and group responses stored in their encoded wire form. Apart from the vault
-//! client (the edge to the vault), nothing else in the crate reads a wire type's fields.
+//! the group responses stored with request ids and the groups stored as encoded messages
+//! before groups were kept as domain data. Apart from the vault client (the edge to the
+//! vault), nothing else in the crate reads a wire type's fields.
 
 use std::collections::HashMap;
 
@@ -20,16 +21,16 @@ use crate::commands::{
 use crate::config::PaymentSettings;
 use crate::domain::allocation::{FixedAmount, PolicyError, RemainderRule, Strategy, Weight};
 use crate::domain::group::{
-    ATTEMPTS_DEFAULT, ATTEMPTS_MAX, CeilingWindow, LimitOverride, MemberRules, Policy,
+    ATTEMPTS_DEFAULT, ATTEMPTS_MAX, CardGroup, CeilingWindow, GroupMember, LimitOverride,
+    MemberRules, MemberSuspension, Policy,
 };
 use crate::domain::planning::Invoice;
 use crate::domain::record::events::{Event, EventKind};
 use crate::domain::record::refunds::{Refund, RefundState};
-use crate::domain::record::steps::Suspension;
 use crate::domain::record::{AttemptOutcome, PaymentRecord, Status};
 use crate::domain::saga::{Completion, LegState, NextAction, PaymentState};
 use crate::error::{Error, FieldViolation};
-use crate::storage::{Cursor, PaymentFilter, StoredGroup, StoredPayment};
+use crate::storage::{Cursor, PaymentFilter, StoredContent, StoredGroup, StoredPayment};
 
 /// Violations collected while checking one request.
 #[derive(Debug, Default)]
@@ -420,43 +421,111 @@ pub fn policy(
     })
 }
 
-/// A group as stored and read back: the body with the output-only fields from the columns.
-pub fn group_to_wire(stored: &StoredGroup) -> Result<pb::CardGroup, Error> {
-    let mut group = pb::CardGroup::decode(stored.body.as_slice())
-        .map_err(|e| Error::Corrupt(format!("card group {}: {e}", stored.id)))?;
-    group.id = stored.id.clone();
-    group.state = if stored.archived {
-        pb::CardGroupState::Archived
-    } else {
-        pb::CardGroupState::Active
-    } as i32;
-    group.etag = etag(stored.version);
-    group.create_time = Some(wire_time(stored.create_time));
-    group.update_time = Some(wire_time(stored.update_time));
-    group.archive_time = stored.archive_time.map(wire_time);
-    Ok(group)
+/// A stored group as a domain value: its data, or (a row written before groups were kept as
+/// domain data) its encoded `CardGroup` message converted as when it was written.
+pub fn group_data(stored: &StoredGroup) -> Result<CardGroup, Error> {
+    match &stored.content {
+        StoredContent::Data(group) => Ok(group.as_ref().clone()),
+        StoredContent::Encoded(body) => decode_group(&stored.id, body),
+    }
 }
 
-/// The group's stored body: the given content without output-only fields, members' states
-/// spelled out. A member still SUSPENDED keeps the suspension it had in `before` (the group as
-/// stored, when it is updated); any other member has none.
-pub fn group_body(
-    content: &GroupContent,
+/// Group `id` as domain data from its encoded `CardGroup` message (how groups were stored
+/// before they were kept as domain data), converted as when it was written.
+pub fn decode_group(id: &str, body: &[u8]) -> Result<CardGroup, Error> {
+    let wire =
+        pb::CardGroup::decode(body).map_err(|e| Error::Corrupt(format!("card group {id}: {e}")))?;
+    let before: Vec<MemberState> = wire
+        .members
+        .iter()
+        .map(|m| MemberState {
+            token: m.token.clone(),
+            state: m.state,
+            suspension: m.suspension.clone(),
+        })
+        .collect();
+    let last4: Vec<(String, String)> = wire
+        .members
+        .iter()
+        .map(|m| (m.token.clone(), m.last4.clone()))
+        .collect();
+    build_group(&wire, &last4, &before)
+        .ok_or_else(|| Error::Corrupt(format!("card group {id} does not check")))
+}
+
+/// A group as stored and read back: its content with the output-only fields from the columns.
+pub fn group_to_wire(stored: &StoredGroup) -> Result<pb::CardGroup, Error> {
+    let data = group_data(stored)?;
+    let default_policy = pb::AllocationPolicy::decode(data.policy_given.as_slice())
+        .map_err(|e| Error::Corrupt(format!("card group {} policy: {e}", stored.id)))?;
+    Ok(pb::CardGroup {
+        id: stored.id.clone(),
+        billing_account_id: data.billing_account_id,
+        display_name: data.display_name,
+        default_currency_code: data.default_currency_code,
+        members: data.members.into_iter().map(member_to_wire).collect(),
+        default_policy: Some(default_policy),
+        state: if stored.archived {
+            pb::CardGroupState::Archived
+        } else {
+            pb::CardGroupState::Active
+        } as i32,
+        etag: etag(stored.version),
+        create_time: Some(wire_time(stored.create_time)),
+        update_time: Some(wire_time(stored.update_time)),
+        archive_time: stored.archive_time.map(wire_time),
+    })
+}
+
+fn member_to_wire(member: GroupMember) -> pb::CardGroupMember {
+    let rules = member.rules;
+    let limit = |limit: Option<i64>| limit.map(|units| money(rules.currency, units));
+    pb::CardGroupMember {
+        token: rules.token.clone(),
+        label: rules.label.clone(),
+        currency_code: rules.currency.code().to_owned(),
+        priority: i32::from(rules.priority),
+        cost_center: rules.cost_center.clone().unwrap_or_default(),
+        limit_per_payment: limit(rules.limit_per_payment),
+        limit_per_month: limit(rules.limit_per_month),
+        state: if rules.active {
+            pb::CardGroupMemberState::Active
+        } else {
+            pb::CardGroupMemberState::Suspended
+        } as i32,
+        suspension: member.suspension.map(|s| pb::MemberSuspension {
+            decline_code: types::DeclineCode::from_str_name(&format!(
+                "DECLINE_CODE_{}",
+                s.decline_code
+            ))
+            .unwrap_or_default() as i32,
+            payment_id: s.payment_id,
+            suspend_time: Some(wire_time(s.suspend_time)),
+        }),
+        last4: member.last4,
+        month_to_date_spend: None,
+    }
+}
+
+/// A member's state in the group as it was before a change.
+struct MemberState {
+    token: String,
+    state: i32,
+    suspension: Option<pb::MemberSuspension>,
+}
+
+/// The group to store from the given content: members' states spelled out (an unset state
+/// keeps the member's state in `before`, the group as stored when it is updated, or is
+/// ACTIVE), a member still SUSPENDED keeps the suspension it had in `before` and any other
+/// member has none, each member's last four digits from `last4`. `None` if the content does
+/// not check (it was checked at the edge).
+fn build_group(
+    group: &pb::CardGroup,
     last4: &[(String, String)],
-    before: Option<&StoredGroup>,
-) -> Result<Vec<u8>, Error> {
-    let before = match before {
-        Some(stored) => group_to_wire(stored)?.members,
-        None => Vec::new(),
-    };
-    let mut body = content.0.clone();
-    body.id.clear();
-    body.state = 0;
-    body.etag.clear();
-    body.create_time = None;
-    body.update_time = None;
-    body.archive_time = None;
-    for member in &mut body.members {
+    before: &[MemberState],
+) -> Option<CardGroup> {
+    let mut group = group.clone();
+    for member in &mut group.members {
         if member.state == pb::CardGroupMemberState::Unspecified as i32 {
             // Unset keeps the member's stored state: an update that does not mention states
             // (a client adding a card) must not reactivate a card Tandem suspended.
@@ -465,61 +534,78 @@ pub fn group_body(
                 .find(|b| b.token == member.token)
                 .map_or(pb::CardGroupMemberState::Active as i32, |b| b.state);
         }
-        member.month_to_date_spend = None;
-        member.suspension = before
-            .iter()
-            .filter(|_| member.state == pb::CardGroupMemberState::Suspended as i32)
-            .find(|b| b.token == member.token && b.state == member.state)
-            .and_then(|b| b.suspension.clone());
-        member.last4 = last4
-            .iter()
-            .find(|(token, _)| *token == member.token)
-            .map(|(_, l)| l.clone())
-            .unwrap_or_default();
     }
-    Ok(body.encode_to_vec())
+    let mut v = Violations::default();
+    let input = group_input(&mut v, &group)?;
+    if !v.is_empty() || input.members.len() != group.members.len() {
+        return None;
+    }
+    let members = input
+        .members
+        .into_iter()
+        .zip(&group.members)
+        .map(|(rules, wire)| {
+            let suspended = wire.state == pb::CardGroupMemberState::Suspended as i32;
+            GroupMember {
+                suspension: before
+                    .iter()
+                    .filter(|_| suspended)
+                    .find(|b| b.token == rules.token && b.state == wire.state)
+                    .and_then(|b| b.suspension.as_ref())
+                    .map(|s| MemberSuspension {
+                        decline_code: types::DeclineCode::try_from(s.decline_code)
+                            .unwrap_or_default()
+                            .as_str_name()
+                            .trim_start_matches("DECLINE_CODE_")
+                            .to_owned(),
+                        payment_id: s.payment_id.clone(),
+                        suspend_time: timestamp(s.suspend_time.as_ref())
+                            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                    }),
+                last4: last4
+                    .iter()
+                    .find(|(token, _)| *token == rules.token)
+                    .map(|(_, l)| l.clone())
+                    .unwrap_or_default(),
+                rules,
+            }
+        })
+        .collect();
+    Some(CardGroup {
+        billing_account_id: input.billing_account_id,
+        display_name: group.display_name.clone(),
+        default_currency_code: group.default_currency_code.clone(),
+        members,
+        policy: input.policy,
+        policy_given: group
+            .default_policy
+            .as_ref()
+            .map(prost::Message::encode_to_vec)
+            .unwrap_or_default(),
+    })
 }
 
-/// The stored body of group `group_id` with the members named in `suspensions` SUSPENDED by
-/// payment `payment_id` at `now`; `None` if every one of them was suspended already (members
-/// already suspended keep their first suspension).
-pub fn suspended_body(
-    body: &[u8],
-    group_id: &str,
-    payment_id: &str,
-    suspensions: &[Suspension],
-    now: OffsetDateTime,
-) -> Result<Option<Vec<u8>>, Error> {
-    let mut group = pb::CardGroup::decode(body)
-        .map_err(|e| Error::Corrupt(format!("card group {group_id}: {e}")))?;
-    let mut changed = false;
-    for member in &mut group.members {
-        let Some(suspension) = suspensions.iter().find(|s| s.token == member.token) else {
-            continue;
-        };
-        if member.state == pb::CardGroupMemberState::Suspended as i32 {
-            continue;
-        }
-        member.state = pb::CardGroupMemberState::Suspended as i32;
-        member.suspension = Some(pb::MemberSuspension {
-            decline_code: types::DeclineCode::from_str_name(&format!(
-                "DECLINE_CODE_{}",
-                suspension.decline_code
-            ))
-            .unwrap_or_default() as i32,
-            payment_id: payment_id.to_owned(),
-            suspend_time: Some(wire_time(now)),
-        });
-        changed = true;
-        tracing::warn!(
-            card_group_id = group_id,
-            payment_id,
-            token = %member.token,
-            decline_code = %suspension.decline_code,
-            "member suspended: its card was declined as lost or stolen"
-        );
-    }
-    Ok(changed.then(|| group.encode_to_vec()))
+/// The group to store from the given content (see [`build_group`]), `before` being the group as
+/// stored when it is updated.
+pub fn group_of(
+    content: &GroupContent,
+    last4: &[(String, String)],
+    before: Option<&StoredGroup>,
+) -> Result<CardGroup, Error> {
+    let before: Vec<MemberState> = match before {
+        Some(stored) => group_to_wire(stored)?
+            .members
+            .into_iter()
+            .map(|m| MemberState {
+                token: m.token,
+                state: m.state,
+                suspension: m.suspension,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    build_group(&content.0, last4, &before)
+        .ok_or_else(|| Error::Corrupt("a checked card group does not check".into()))
 }
 
 /// Paths `UpdateCardGroup` may replace.
@@ -665,10 +751,10 @@ pub fn groups_page(
 
 /// The stored group's members as `(token, last four digits)`.
 pub fn group_cards(stored: &StoredGroup) -> Result<Vec<(String, String)>, Error> {
-    Ok(group_to_wire(stored)?
+    Ok(group_data(stored)?
         .members
         .into_iter()
-        .map(|m| (m.token, m.last4))
+        .map(|m| (m.rules.token, m.last4))
         .collect())
 }
 
@@ -1080,55 +1166,6 @@ pub fn create_payment(
     })
 }
 
-/// A card group as a new payment needs it.
-#[derive(Debug, Clone)]
-pub struct PaymentGroup {
-    /// The billing account.
-    pub billing_account_id: String,
-    /// The members' rules.
-    pub members: Vec<MemberRules>,
-    /// The default policy.
-    pub policy: Policy,
-    /// The default policy as stored (an encoded `AllocationPolicy`).
-    pub default_policy: Vec<u8>,
-    /// Each member's last four digits, by token.
-    last4: Vec<(String, String)>,
-}
-
-impl PaymentGroup {
-    /// The last four digits of `token`'s card, empty if unknown.
-    pub fn last4(&self, token: &str) -> String {
-        self.last4
-            .iter()
-            .find(|(t, _)| t == token)
-            .map(|(_, digits)| digits.clone())
-            .unwrap_or_default()
-    }
-}
-
-/// The stored group `stored` as a payment needs it; its fields are checked as when they were
-/// written (violations go to `v`).
-pub fn payment_group(v: &mut Violations, stored: &StoredGroup) -> Result<PaymentGroup, Error> {
-    let group = group_to_wire(stored)?;
-    let input = group_input(v, &group)
-        .ok_or_else(|| Error::Corrupt(format!("card group {} does not check", stored.id)))?;
-    Ok(PaymentGroup {
-        billing_account_id: input.billing_account_id,
-        members: input.members,
-        policy: input.policy,
-        default_policy: group
-            .default_policy
-            .as_ref()
-            .map(prost::Message::encode_to_vec)
-            .unwrap_or_default(),
-        last4: group
-            .members
-            .into_iter()
-            .map(|m| (m.token, m.last4))
-            .collect(),
-    })
-}
-
 /// The violations of a payment's plan, named after the request's fields: an override's under
 /// `policy_override`, the group's default policy's under `card_group_id`.
 pub fn plan_violations(errors: Vec<PolicyError>, overridden: bool) -> Error {
@@ -1350,6 +1387,104 @@ fn event_type(kind: EventKind) -> (&'static str, pb::PaymentEventType) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A group the previous version stored (its encoded `CardGroup` message) reads back exactly
+    /// as it was written, converts to domain data that reads back the same, and pays: the
+    /// suspended member is left out, the limited one gives what its limit allows.
+    #[test]
+    fn groups_stored_as_messages_read_and_pay_as_before() {
+        let usd = |minor_units| {
+            Some(types::Money {
+                currency_code: "USD".into(),
+                minor_units,
+            })
+        };
+        let token = |c: char| format!("tok_{c}{}", "a".repeat(25));
+        let time = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let member = |c: char, priority: i32, state: pb::CardGroupMemberState, last4: &str| {
+            pb::CardGroupMember {
+                token: token(c),
+                label: format!("card {c}"),
+                currency_code: "USD".into(),
+                priority,
+                state: state as i32,
+                last4: last4.into(),
+                ..Default::default()
+            }
+        };
+        let mut limited = member('a', 1, pb::CardGroupMemberState::Active, "4242");
+        limited.limit_per_payment = usd(5_000);
+        limited.cost_center = "ops".into();
+        let mut suspended = member('b', 2, pb::CardGroupMemberState::Suspended, "1881");
+        suspended.suspension = Some(pb::MemberSuspension {
+            decline_code: types::DeclineCode::LostCard as i32,
+            payment_id: "pay_x".into(),
+            suspend_time: Some(wire_time(time)),
+        });
+        let body = pb::CardGroup {
+            billing_account_id: "acct-1".into(),
+            display_name: "Travel".into(),
+            default_currency_code: "USD".into(),
+            members: vec![
+                limited,
+                suspended,
+                member('c', 3, pb::CardGroupMemberState::Active, "0005"),
+            ],
+            // Weights mean nothing to SEQUENTIAL, but a group shows its policy as given.
+            default_policy: Some(pb::AllocationPolicy {
+                strategy: pb::AllocationStrategy::Sequential as i32,
+                weights: vec![pb::MemberWeight {
+                    token: token('a'),
+                    basis_points: 7,
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let stored = |content| StoredGroup {
+            id: "cg_aaaaaaaaaaaaaaaaaaaaaaaaaa".into(),
+            content,
+            version: 3,
+            archived: false,
+            create_time: time,
+            update_time: time,
+            archive_time: None,
+        };
+        let old = stored(StoredContent::Encoded(body.encode_to_vec()));
+        let mut expected = body.clone();
+        expected.id = old.id.clone();
+        expected.state = pb::CardGroupState::Active as i32;
+        expected.etag = etag(3);
+        expected.create_time = Some(wire_time(time));
+        expected.update_time = Some(wire_time(time));
+        assert_eq!(group_to_wire(&old).unwrap(), expected);
+
+        let group = decode_group(&old.id, &body.encode_to_vec()).unwrap();
+        let converted = stored(StoredContent::Data(Box::new(group.clone())));
+        assert_eq!(group_to_wire(&converted).unwrap(), expected);
+        assert_eq!(
+            group.policy_given,
+            body.default_policy.as_ref().unwrap().encode_to_vec()
+        );
+
+        let invoice = Invoice {
+            id: "INV-1".into(),
+            amount: Money::new(Currency::parse("USD").unwrap(), 12_000),
+            cost_center: None,
+            lines: Vec::new(),
+        };
+        let plan =
+            crate::domain::planning::plan(&group.rules(), &group.policy, &invoice, |_| 0, time)
+                .unwrap();
+        let legs: Vec<_> = plan
+            .saga
+            .legs
+            .iter()
+            .map(|leg| (leg.token.clone(), leg.amount))
+            .collect();
+        assert_eq!(legs, [(token('a'), 5_000), (token('c'), 7_000)]);
+        assert_eq!(group.last4(&token('c')), "0005");
+    }
 
     #[test]
     fn page_tokens_round_trip_only_for_their_filters() {
