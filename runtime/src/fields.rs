@@ -33,17 +33,41 @@ impl Violations {
         self.0.push(FieldViolation::new(field, description));
     }
 
+    /// Keeps `result`'s value, or records its error against `field`.
+    pub fn check<T, E: ToString>(
+        &mut self,
+        field: &'static str,
+        result: Result<T, E>,
+    ) -> Option<T> {
+        result.map_err(|e| self.add(field, e)).ok()
+    }
+
     /// True if nothing was violated yet.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    /// `Ok(value)` if nothing was violated, else every violation.
-    pub fn finish<T>(self, value: T) -> Result<T, Vec<FieldViolation>> {
+    /// `Ok(value)` if nothing was violated, else every violation in the server's error type.
+    pub fn finish<T, E: From<Vec<FieldViolation>>>(self, value: T) -> Result<T, E> {
         if self.0.is_empty() {
             Ok(value)
         } else {
-            Err(self.0)
+            Err(E::from(self.0))
+        }
+    }
+
+    /// As [`Violations::finish`], for a value built from the fields [`Violations::check`]
+    /// kept: each is `Some` when nothing was violated.
+    pub fn finish_with<T, E: From<Vec<FieldViolation>>>(
+        self,
+        value: impl FnOnce() -> Option<T>,
+    ) -> Result<T, E> {
+        if self.0.is_empty() {
+            // Every checked field was kept when none was violated; a caller that forgot one
+            // answers INVALID_ARGUMENT without a field rather than panicking in a handler.
+            value().ok_or_else(|| E::from(Vec::new()))
+        } else {
+            Err(E::from(self.0))
         }
     }
 }
@@ -66,14 +90,17 @@ mod tests {
     /// each naming its field.
     #[test]
     fn violations_collect_every_field() {
-        assert_eq!(Violations::default().finish(7), Ok(7));
+        assert_eq!(Violations::default().finish::<_, Vec<_>>(7), Ok(7));
         let mut v = Violations::default();
+        assert_eq!(v.check("month", Ok::<_, String>(12)), Some(12));
+        assert!(v.is_empty());
         v.add("pan", "must be 12-19 digits");
         v.add(format!("members[{}].priority", 2), "must be positive");
+        assert_eq!(v.check("year", Err::<i32, _>("must be 2000 to 2099")), None);
         assert!(!v.is_empty());
-        let violations = v.finish(()).unwrap_err();
+        let violations: Vec<FieldViolation> = v.finish_with(|| Some(())).unwrap_err();
         let fields: Vec<&str> = violations.iter().map(|v| v.field.as_ref()).collect();
-        assert_eq!(fields, ["pan", "members[2].priority"]);
+        assert_eq!(fields, ["pan", "members[2].priority", "year"]);
         let detail = bad_request(&violations);
         assert_eq!(detail.field_violations[1].field, "members[2].priority");
         assert_eq!(detail.field_violations[1].description, "must be positive");

@@ -2,25 +2,7 @@
 //! `grpc::status` by one exhaustive match over its kinds ([`ErrorReason`]).
 
 use tandem_runtime::database::StorageFailure;
-
-/// One violated field of a request, for `google.rpc.BadRequest`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    /// The field's path in the request, e.g. `pan` or `expiry_month`.
-    pub field: &'static str,
-    /// What is wrong, never echoing the value.
-    pub description: String,
-}
-
-impl FieldViolation {
-    /// A violation of `field`.
-    pub fn new(field: &'static str, description: impl ToString) -> Self {
-        Self {
-            field,
-            description: description.to_string(),
-        }
-    }
-}
+use tandem_runtime::fields::FieldViolation;
 
 /// The kinds of vault error, one per `ErrorInfo` reason (a database error by its class). The
 /// one map from a kind to its status code is `grpc::status::code`.
@@ -317,6 +299,12 @@ pub enum Error {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+impl From<Vec<FieldViolation>> for Error {
+    fn from(violations: Vec<FieldViolation>) -> Self {
+        Error::InvalidArgument(violations)
+    }
 }
 
 impl Error {

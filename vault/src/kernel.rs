@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use sqlx::{PgConnection, PgPool};
 use tandem_tls::identity::{Caller, IdentityError};
-use time::OffsetDateTime;
 
 use crate::auth::Rpc;
 use crate::config::TokenSettings;
@@ -208,7 +207,7 @@ impl Vault {
     pub async fn refuse(&self, ctx: &RequestContext, token: Option<&Token>, error: Error) -> Error {
         let reason = match &error {
             Error::InvalidArgument(violations) => {
-                let fields: Vec<&str> = violations.iter().map(|v| v.field).collect();
+                let fields: Vec<&str> = violations.iter().map(|v| v.field.as_ref()).collect();
                 format!("invalid fields: {}", fields.join(", "))
             }
             _ => String::new(),
@@ -228,12 +227,6 @@ impl Vault {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
-
-/// The current time at the precision Postgres stores (microseconds), so that a value returned
-/// right after a write equals the value read back later.
-pub(crate) fn now_micros() -> OffsetDateTime {
-    crate::audit::chain::truncate_to_micros(OffsetDateTime::now_utc())
 }
 
 /// A request id's record in one of the request tables (tokens, charges, keys).

@@ -7,6 +7,7 @@
 //! describe; [`crate::audit::verification`] walks the chain.
 
 use sha2::{Digest as _, Sha256};
+use tandem_runtime::time::truncate_to_micros;
 use time::OffsetDateTime;
 
 use crate::domain::audit::{AuditEntry, AuditRow};
@@ -84,13 +85,6 @@ pub fn row_hash(
         hasher.update(field);
     }
     hasher.finalize().into()
-}
-
-/// `time` at the precision Postgres stores: microseconds.
-pub(crate) fn truncate_to_micros(time: OffsetDateTime) -> OffsetDateTime {
-    let nanos = time.nanosecond();
-    time.replace_nanosecond(nanos - nanos % 1000)
-        .expect("a truncated nanosecond is in range")
 }
 
 #[cfg(test)]

@@ -14,10 +14,11 @@ use crate::domain::charge::{
 };
 use crate::domain::{CardSecret, Token, TokenState};
 use crate::error::Error;
-use crate::kernel::{RequestCheck, RequestContext, now_micros};
+use crate::kernel::{RequestCheck, RequestContext};
 use crate::storage::charges::{self as store, AuthorizationOutcome, NewCharge};
 use crate::storage::tokens::{self as token_store, StoredCard};
 use crate::writer::{Apply, Mutation};
+use tandem_runtime::time::now_micros;
 
 use super::{Charges, reload, settled_or_reload};
 

@@ -16,9 +16,10 @@ use crate::domain::charge::{
 use crate::domain::charge_rules::{self, ChargeFacts, Decision, Operation};
 use crate::domain::{RequestId, Token};
 use crate::error::Error;
-use crate::kernel::{Recorded, RequestCheck, RequestContext, now_micros, once_per_request};
+use crate::kernel::{Recorded, RequestCheck, RequestContext, once_per_request};
 use crate::storage::charges::{self as store};
 use crate::writer::{Apply, Mutation};
+use tandem_runtime::time::now_micros;
 
 use super::{Charges, reload, settled_or_reload};
 

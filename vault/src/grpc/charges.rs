@@ -8,7 +8,7 @@ use tandem_proto::tandem::vault::v1 as pb;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use super::convert::{Violations, brand, timestamp};
+use super::convert::{brand, timestamp};
 use super::status::to_status;
 use super::{Edge, respond};
 use crate::auth::Rpc;
@@ -20,6 +20,7 @@ use crate::domain::charge::{
 };
 use crate::domain::{Reason, RequestId, Token};
 use crate::error::Error;
+use tandem_runtime::fields::Violations;
 
 /// An amount to charge: a known currency and 1 to `max` minor units.
 fn amount(money: Option<&types::Money>, max: i64) -> Result<Money, String> {
@@ -51,7 +52,7 @@ pub fn authorize(request: &pb::AuthorizeRequest, max: i64) -> Result<AuthorizeCo
     );
     let reference = v.check("reference", MerchantReference::parse(&request.reference));
     let metadata = v.check("metadata", Metadata::parse(request.metadata.iter()));
-    v.finish(|| {
+    v.finish_with(|| {
         Some(AuthorizeCommand {
             request_id: request_id?,
             token: token?,
@@ -74,7 +75,7 @@ pub fn capture(request: &pb::CaptureRequest, max: i64) -> Result<CaptureCommand,
         None => Some(None),
         Some(value) => v.check("amount", amount(Some(value), max)).map(Some),
     };
-    v.finish(|| {
+    v.finish_with(|| {
         Some(CaptureCommand {
             request_id: request_id?,
             charge_id: charge_id?,
@@ -89,7 +90,7 @@ pub fn void(request: &pb::VoidRequest) -> Result<VoidCommand, Error> {
     let request_id = v.check("request_id", RequestId::parse(&request.request_id));
     let charge_id = v.check("charge_id", ChargeId::parse(&request.charge_id));
     let reason = v.check("reason", Reason::parse(&request.reason));
-    v.finish(|| {
+    v.finish_with(|| {
         Some(VoidCommand {
             request_id: request_id?,
             charge_id: charge_id?,
@@ -105,7 +106,7 @@ pub fn refund(request: &pb::RefundRequest, max: i64) -> Result<RefundCommand, Er
     let charge_id = v.check("charge_id", ChargeId::parse(&request.charge_id));
     let amount = v.check("amount", amount(request.amount.as_ref(), max));
     let reason = v.check("reason", Reason::parse(&request.reason));
-    v.finish(|| {
+    v.finish_with(|| {
         Some(RefundCommand {
             request_id: request_id?,
             charge_id: charge_id?,

@@ -2,9 +2,8 @@
 //! violation is collected with the field it concerns, and a request becomes a domain command
 //! only when it has none.
 
-use base64::Engine as _;
-use sha2::{Digest as _, Sha256};
 use tandem_proto::tandem::vault::v1 as pb;
+use tandem_runtime::fields::Violations;
 use time::{Date, OffsetDateTime};
 use zeroize::Zeroize as _;
 
@@ -12,35 +11,8 @@ use crate::domain::{
     Brand, CardSecret, CardSelector, CardView, Expiry, Fingerprint, HolderName, Pan, Reason,
     RequestId, Token, TokenState, TokenizeCommand, UpdateCardCommand,
 };
-use crate::error::{Error, FieldViolation};
+use crate::error::Error;
 use crate::storage::tokens::CardFilter;
-
-/// Collects violations while fields are checked.
-#[derive(Default)]
-pub(crate) struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    /// Keeps `result`'s value, or records its error against `field`.
-    pub(crate) fn check<T, E: ToString>(
-        &mut self,
-        field: &'static str,
-        result: Result<T, E>,
-    ) -> Option<T> {
-        result
-            .map_err(|e| self.0.push(FieldViolation::new(field, e)))
-            .ok()
-    }
-
-    /// The checked value if no field was violated, else every violation.
-    pub(crate) fn finish<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T, Error> {
-        if self.0.is_empty() {
-            // Every field was Some when nothing was violated.
-            value().ok_or_else(|| Error::InvalidArgument(Vec::new()))
-        } else {
-            Err(Error::InvalidArgument(self.0))
-        }
-    }
-}
 
 /// Checks a `TokenizeRequest`, wiping its card fields from the wire message afterwards.
 pub fn tokenize(
@@ -63,7 +35,7 @@ pub fn tokenize(
     );
     request.pan.zeroize();
     request.holder_name.zeroize();
-    v.finish(|| {
+    v.finish_with(|| {
         Some(TokenizeCommand {
             request_id: request_id?,
             secret: CardSecret {
@@ -99,7 +71,7 @@ pub fn update_card(
     };
     request.pan.zeroize();
     request.holder_name.zeroize();
-    v.finish(|| {
+    v.finish_with(|| {
         Some(UpdateCardCommand {
             request_id: request_id?,
             token: token?,
@@ -116,7 +88,7 @@ pub fn revoke_token(request: &pb::RevokeTokenRequest) -> Result<(RequestId, Toke
     let request_id = v.check("request_id", RequestId::parse(&request.request_id));
     let token = v.check("token", Token::parse(&request.token));
     let reason = v.check("reason", Reason::parse(&request.reason));
-    v.finish(|| Some((request_id?, token?, reason?)))
+    v.finish_with(|| Some((request_id?, token?, reason?)))
 }
 
 /// Checks a `RevokeByFingerprintRequest`, wiping a PAN afterwards.
@@ -137,7 +109,7 @@ pub fn revoke_by_fingerprint(
     if let Some(Card::Pan(pan)) = &mut request.card {
         pan.zeroize();
     }
-    v.finish(|| Some((request_id?, selector?, reason?)))
+    v.finish_with(|| Some((request_id?, selector?, reason?)))
 }
 
 /// Checks a token field.
@@ -201,7 +173,7 @@ pub fn list_tokens(
                 .ok_or("is not a page token of this query"),
         )
     };
-    v.finish(|| {
+    v.finish_with(|| {
         Some(ListQuery {
             filter,
             before_id: before_id?,
@@ -228,32 +200,21 @@ fn card_filter_scope(filter: &CardFilter) -> Vec<u8> {
     scope
 }
 
-/// An opaque AIP-158 page token: a position in a list and a digest of the query it belongs
-/// to (`scope`: the RPC and its filters), so a token used with other filters is refused.
+/// A page token (AIP-158) of the vault: the position after the page's last row in the list
+/// `scope` (the RPC and its filters), which a token used with other filters does not decode.
 pub(crate) fn encode_cursor(position: i64, scope: &[u8]) -> String {
-    let mut bytes = position.to_be_bytes().to_vec();
-    bytes.extend_from_slice(&scope_digest(scope));
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    tandem_runtime::pages::encode(PAGES, scope, &position.to_be_bytes())
 }
 
-/// The position in a page token of the query `scope`, if it is one.
+/// The position in a page token of the list `scope`, if it is one.
 pub(crate) fn decode_cursor(text: &str, scope: &[u8]) -> Option<i64> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .ok()?;
-    let (position, digest) = bytes.split_at_checked(8)?;
-    (digest == scope_digest(scope)).then_some(())?;
+    let position = tandem_runtime::pages::decode(PAGES, scope, text)?;
     let position = i64::from_be_bytes(position.try_into().ok()?);
     (position > 0).then_some(position)
 }
 
-fn scope_digest(scope: &[u8]) -> [u8; 8] {
-    let mut hasher = Sha256::new();
-    hasher.update(b"tandem/vault/page/v1");
-    hasher.update(scope);
-    let digest = hasher.finalize();
-    digest[..8].try_into().expect("8 of 32 bytes")
-}
+/// The service the vault's page tokens belong to.
+const PAGES: &str = "tandem/vault";
 
 fn expiry(v: &mut Violations, month: i32, year: i32, today: Date) -> Option<Expiry> {
     use crate::domain::ExpiryError;
@@ -311,9 +272,12 @@ mod tests {
 
     const TODAY: Date = date!(2026 - 11 - 23);
 
-    fn fields(error: Error) -> Vec<&'static str> {
+    fn fields(error: Error) -> Vec<String> {
         match error {
-            Error::InvalidArgument(violations) => violations.iter().map(|v| v.field).collect(),
+            Error::InvalidArgument(violations) => violations
+                .into_iter()
+                .map(|v| v.field.into_owned())
+                .collect(),
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 use zeroize::Zeroize as _;
 
-use super::convert::{Violations, timestamp};
+use super::convert::timestamp;
 use super::status::{code_name, to_status};
 use super::{Edge, Paging, respond};
 use crate::audit::verification::{Break, RangeCheck};
@@ -20,6 +20,7 @@ use crate::kernel::RequestContext;
 use crate::keys::admin::{KeyAdmin, RewrapStatus, SealStatus};
 use crate::storage::audit::AuditFilter;
 use crate::storage::keys::DataKeyInfo;
+use tandem_runtime::fields::Violations;
 
 /// `KeyAdminService` over the vault's key administration.
 #[derive(Debug, Clone)]
@@ -161,7 +162,7 @@ fn retire_key_version(request: &pb::RetireKeyVersionRequest) -> Result<(RequestI
             .filter(|version| *version > 0)
             .ok_or("must be 1 or more"),
     );
-    v.finish(|| Some((request_id?, version?)))
+    v.finish_with(|| Some((request_id?, version?)))
 }
 
 /// Checks a `SealRequest`.
@@ -169,7 +170,7 @@ fn seal_request(request: &pb::SealRequest) -> Result<(RequestId, Reason), Error>
     let mut v = Violations::default();
     let request_id = v.check("request_id", RequestId::parse(&request.request_id));
     let reason = v.check("reason", Reason::parse(&request.reason));
-    v.finish(|| Some((request_id?, reason?)))
+    v.finish_with(|| Some((request_id?, reason?)))
 }
 
 /// Checks a `VerifyAuditLogRequest`: the range to check (0: an end of the chain).
@@ -265,7 +266,7 @@ fn audit_query(request: &pb::ListAuditEventsRequest) -> Result<(AuditFilter, Pag
         },
     );
     let paging = Paging::check(&mut v, size, &request.page_token, scope);
-    v.finish(|| {
+    v.finish_with(|| {
         let filter = AuditFilter {
             start: start?,
             end: end?,

@@ -21,8 +21,9 @@ use crate::auth::Rpc;
 use crate::domain::Token;
 use crate::error::Error;
 use crate::kernel::{Page, RequestContext, Vault};
-use convert::{Violations, decode_cursor, encode_cursor};
+use convert::{decode_cursor, encode_cursor};
 use status::to_status;
+use tandem_runtime::fields::Violations;
 
 /// Metadata key of the correlation id.
 pub const CORRELATION_HEADER: &str = "x-request-id";

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::charges::{decline_code, decline_code_from_wire, money};
-use super::convert::{Violations, timestamp};
+use super::convert::timestamp;
 use super::status::to_status;
 use super::{Edge, Paging, respond};
 use crate::auth::Rpc;
@@ -22,6 +22,7 @@ use crate::connector::sandbox::{
 };
 use crate::domain::{RequestId, Token};
 use crate::error::Error;
+use tandem_runtime::fields::Violations;
 
 /// `SandboxService`: the sandbox acquirer's administration.
 #[derive(Debug, Clone)]
@@ -51,14 +52,14 @@ pub fn configure_sandbox_card(
             Ok(behaviour) => Some(Some(behaviour)),
             Err(Error::InvalidArgument(violations)) => {
                 for violation in violations {
-                    v.check::<(), _>(violation.field, Err(violation.description));
+                    v.add(violation.field, violation.description);
                 }
                 None
             }
             Err(other) => return Err(other),
         },
     };
-    v.finish(|| {
+    v.finish_with(|| {
         Some(ConfigureSandboxCard {
             request_id: request_id?,
             token: token?,
@@ -103,7 +104,7 @@ fn operations_query(
         },
     );
     let paging = Paging::check(&mut v, size, &request.page_token, scope);
-    v.finish(|| {
+    v.finish_with(|| {
         let reference = reference?;
         // The sandbox keeps the token it was addressed by; a filter by another token of the
         // same card is answered by that card's own operations.
@@ -143,7 +144,7 @@ fn settlement_query(
         },
     );
     let paging = Paging::check(&mut v, size, &request.page_token, scope);
-    v.finish(|| {
+    v.finish_with(|| {
         let query = SettlementQuery {
             start: start?,
             end: end?,
@@ -190,7 +191,7 @@ fn behaviour(config: &pb::SandboxCardConfig) -> Result<CardBehaviour, Error> {
             .filter(|n| *n <= FAIL_FIRST_ATTEMPTS_MAX)
             .ok_or(format!("must be 0 to {FAIL_FIRST_ATTEMPTS_MAX}")),
     );
-    v.finish(|| {
+    v.finish_with(|| {
         Some(CardBehaviour {
             decline: decline?,
             balance: balance?,

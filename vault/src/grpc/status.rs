@@ -76,7 +76,7 @@ pub fn to_status(error: Error) -> Status {
     let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
     if let Error::InvalidArgument(violations) = &error {
         for violation in violations {
-            details.add_bad_request_violation(violation.field, &violation.description);
+            details.add_bad_request_violation(&*violation.field, &violation.description);
         }
     }
     if let Error::ShareMalformed(problem) = &error {
@@ -165,7 +165,7 @@ pub fn code_name(outcome: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::FieldViolation;
+    use tandem_runtime::fields::FieldViolation;
 
     /// Every error carries ErrorInfo with its reason and the vault domain; invalid input also
     /// carries the violated fields.

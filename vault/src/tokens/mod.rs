@@ -13,13 +13,14 @@ use crate::domain::{
     TokenizeCommand, UpdateCardCommand,
 };
 use crate::error::Error;
-use crate::kernel::{RequestContext, Vault, now_micros};
+use crate::kernel::{RequestContext, Vault};
 use crate::storage::tokens::{self as store, CardFilter};
 use crate::writer::AuditContext;
 use mutations::{
     NewCard, PurgeMutation, RevokeByFingerprintMutation, RevokeMutation, TokenizeMutation,
     UpdateMutation,
 };
+use tandem_runtime::time::now_micros;
 
 /// How often `UpdateCard` re-reads and re-seals when the card changed under it.
 const UPDATE_ATTEMPTS_MAX: u32 = 3;

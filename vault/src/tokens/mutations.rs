@@ -7,10 +7,11 @@ use time::OffsetDateTime;
 use crate::crypto::SealedCard;
 use crate::domain::{Brand, CardView, Expiry, Fingerprint, RequestId, Token, TokenState};
 use crate::error::Error;
-use crate::kernel::{Recorded, RequestCheck, now_micros, once_per_request};
+use crate::kernel::{Recorded, RequestCheck, once_per_request};
 use crate::storage::keys::lock_data_key_for_write;
 use crate::storage::tokens::{self as store, CardInsert, CardWrite, StoredRequest};
 use crate::writer::{Apply, CardMutation, Mutation};
+use tandem_runtime::time::now_micros;
 
 /// A card row about to be written.
 #[derive(Debug)]
