@@ -4,10 +4,10 @@
 use std::fmt;
 
 use tandem_money::{Currency, Money};
-use tandem_proto::tandem::orchestrator::v1 as pb;
 
-use crate::domain::group::{MemberRules, Policy};
+use crate::domain::group::{CardGroup, GroupDraft, MemberRules, Policy};
 use crate::domain::planning::Invoice;
+use crate::error::Error;
 use crate::error::FieldViolation;
 use crate::storage::{Cursor, PaymentFilter};
 
@@ -88,12 +88,6 @@ pub struct Watch {
     pub after_sequence: i64,
 }
 
-/// A card group's content (names, members, default policy) as the caller gave it, checked. The
-/// operations keep it whole: [`crate::grpc::convert`] builds the group to store from it
-/// ([`crate::domain::group::CardGroup`]), with what the group knew before.
-#[derive(Debug, Clone)]
-pub struct GroupContent(pub(crate) pb::CardGroup);
-
 /// A checked `CreateCardGroup`.
 #[derive(Debug, Clone)]
 pub struct NewGroup {
@@ -103,15 +97,16 @@ pub struct NewGroup {
     pub request_hash: Vec<u8>,
     /// The billing account the group belongs to.
     pub billing_account_id: String,
-    /// The members' tokens, in order: each is checked with the vault before anything is
-    /// written.
-    pub tokens: Vec<String>,
-    /// The group's content.
-    pub content: GroupContent,
+    /// The group as given, checked; each member's token is checked with the vault before
+    /// anything is written.
+    pub draft: GroupDraft,
 }
 
-/// A checked `UpdateCardGroup`: the request's group and the paths of it to apply.
-#[derive(Debug, Clone)]
+/// Applies an update's fields to the group as stored and checks the result as a whole, like
+/// a new group: the group to write, or the violations of the request's fields.
+pub type GroupMerge = Box<dyn FnOnce(&CardGroup) -> Result<GroupDraft, Error> + Send>;
+
+/// A checked `UpdateCardGroup`.
 pub struct GroupUpdate {
     /// The caller's idempotency key.
     pub request_id: String,
@@ -121,10 +116,18 @@ pub struct GroupUpdate {
     pub card_group_id: String,
     /// Act only on this version, when not empty.
     pub etag: String,
-    /// The field mask's paths (`display_name`, `members`, ... or `*`).
-    pub paths: Vec<String>,
-    /// The new values of those fields.
-    pub changes: GroupContent,
+    /// The request's fields in the mask, applied to the group as it is.
+    pub merge: GroupMerge,
+}
+
+impl fmt::Debug for GroupUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupUpdate")
+            .field("request_id", &self.request_id)
+            .field("card_group_id", &self.card_group_id)
+            .field("etag", &self.etag)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A checked `DeleteCardGroup`.

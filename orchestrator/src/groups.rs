@@ -45,7 +45,7 @@ impl Groups {
         {
             return Ok(stored);
         }
-        let last4 = self.check_tokens(&group.tokens, &[]).await?;
+        let last4 = self.check_tokens(&group.draft.tokens(), &[]).await?;
         let mut tx = self.workflow.pool().begin().await?;
         if let Some(earlier) = self
             .claim(&mut tx, &group.request_id, method, &group.request_hash, &id)
@@ -57,11 +57,7 @@ impl Groups {
         let now = now();
         let stored = StoredGroup {
             id,
-            content: StoredContent::Data(Box::new(convert::group_of(
-                &group.content,
-                &last4,
-                None,
-            )?)),
+            content: StoredContent::Data(Box::new(group.draft.finish(&last4, None))),
             version: 1,
             archived: false,
             create_time: now,
@@ -119,11 +115,14 @@ impl Groups {
     /// the stored response.
     pub async fn update(&self, update: GroupUpdate) -> Result<Vec<u8>, Error> {
         let method = "UpdateCardGroup";
-        let (request_id, hash, id) = (
-            &update.request_id,
-            &update.request_hash,
-            &update.card_group_id,
-        );
+        let GroupUpdate {
+            request_id,
+            request_hash,
+            card_group_id,
+            etag,
+            merge,
+        } = update;
+        let (request_id, hash, id) = (&request_id, &request_hash, &card_group_id);
         if let Some(stored) = self.replay(request_id, method, hash).await? {
             return Ok(stored);
         }
@@ -131,10 +130,15 @@ impl Groups {
         let current = storage::group(pool, id, false)
             .await?
             .ok_or(Error::CardGroupNotFound)?;
-        let (content, tokens) = convert::updated_group(&current, &update)?;
-        let cards = convert::group_cards(&current)?;
+        let before = convert::group_data(&current)?;
+        let draft = merge(&before)?;
+        let cards: Vec<(String, String)> = before
+            .members
+            .iter()
+            .map(|m| (m.rules.token.clone(), m.last4.clone()))
+            .collect();
         let known: Vec<String> = cards.iter().map(|(token, _)| token.clone()).collect();
-        let last4 = self.check_tokens(&tokens, &known).await?;
+        let last4 = self.check_tokens(&draft.tokens(), &known).await?;
         let mut tx = pool.begin().await?;
         if let Some(earlier) = self.claim(&mut tx, request_id, method, hash, id).await? {
             tx.rollback().await?;
@@ -146,7 +150,7 @@ impl Groups {
         if stored.archived {
             return Err(Error::CardGroupArchived);
         }
-        if !update.etag.is_empty() && update.etag != convert::etag(stored.version) {
+        if !etag.is_empty() && etag != convert::etag(stored.version) {
             return Err(Error::EtagMismatch);
         }
         if stored.version != current.version {
@@ -156,8 +160,8 @@ impl Groups {
         }
         let mut last4_all = cards;
         last4_all.extend(last4);
-        let data = convert::group_of(&content, &last4_all, Some(&current))?;
-        stored.content = StoredContent::Data(Box::new(data));
+        let group = draft.finish(&last4_all, Some(&before));
+        stored.content = StoredContent::Data(Box::new(group));
         stored.version += 1;
         stored.update_time = now();
         storage::update_group(&mut tx, &stored).await?;

@@ -35,8 +35,7 @@
 //!
 //! - Domain code does no IO and knows no wire types.
 //! - Wire types are read and built only in [`grpc`] (with [`grpc::convert`]), [`vault`] and
-//!   [`server`] (which registers the services). A card group's content as given travels
-//!   through the operations whole, as an opaque [`commands::GroupContent`].
+//!   [`server`] (which registers the services).
 //! - Card groups are stored as domain data ([`domain::group::CardGroup`]), checked once when
 //!   written; a payment uses its group as stored, without checking it again. Groups written
 //!   before (encoded `CardGroup` messages) are converted once when the workflow starts and

@@ -130,6 +130,55 @@ impl CardGroup {
     }
 }
 
+/// A group to write, checked, with its members' states as given.
+#[derive(Debug, Clone)]
+pub struct GroupDraft {
+    /// The group; [`GroupDraft::finish`] fills in members' states, suspensions and last four
+    /// digits.
+    pub group: CardGroup,
+    /// Each member's state as given: `Some(active)`, or `None` to keep the state the member
+    /// had (ACTIVE for a new member), so that an update that does not mention states (a client
+    /// adding a card) does not reactivate a card Tandem suspended.
+    pub states: Vec<Option<bool>>,
+}
+
+impl GroupDraft {
+    /// The members' tokens, in order.
+    pub fn tokens(&self) -> Vec<String> {
+        self.group
+            .members
+            .iter()
+            .map(|m| m.rules.token.clone())
+            .collect()
+    }
+
+    /// The group to store: each member's state as given or as it was in `before` (the group
+    /// as stored, for an update), a member still SUSPENDED keeping the suspension it had there
+    /// and any other member none, last four digits from `last4` (by token).
+    pub fn finish(self, last4: &[(String, String)], before: Option<&CardGroup>) -> CardGroup {
+        assert_eq!(
+            self.states.len(),
+            self.group.members.len(),
+            "a draft gives one state per member"
+        );
+        let before: &[GroupMember] = before.map_or(&[], |group| group.members.as_slice());
+        let mut group = self.group;
+        for (member, given) in group.members.iter_mut().zip(self.states) {
+            let earlier = before.iter().find(|b| b.rules.token == member.rules.token);
+            member.rules.active = given.unwrap_or_else(|| earlier.is_none_or(|b| b.rules.active));
+            member.suspension = earlier
+                .filter(|b| !member.rules.active && !b.rules.active)
+                .and_then(|b| b.suspension.clone());
+            member.last4 = last4
+                .iter()
+                .find(|(token, _)| *token == member.rules.token)
+                .map(|(_, digits)| digits.clone())
+                .unwrap_or_default();
+        }
+        group
+    }
+}
+
 /// Most members in a group.
 pub const MEMBERS_MAX: usize = 32;
 /// Most ceiling windows in a policy.

@@ -15,14 +15,14 @@ use tandem_proto::tandem::r#type::v1 as types;
 use time::OffsetDateTime;
 
 use crate::commands::{
-    GroupArchive, GroupContent, GroupQuery, GroupUpdate, NewGroup, NewPayment, NewRefund,
-    PaymentQuery, PolicyOverride, Watch,
+    GroupArchive, GroupQuery, GroupUpdate, NewGroup, NewPayment, NewRefund, PaymentQuery,
+    PolicyOverride, Watch,
 };
 use crate::config::PaymentSettings;
 use crate::domain::allocation::{FixedAmount, PolicyError, RemainderRule, Strategy, Weight};
 use crate::domain::group::{
-    ATTEMPTS_DEFAULT, ATTEMPTS_MAX, CardGroup, CeilingWindow, GroupMember, LimitOverride,
-    MemberRules, MemberSuspension, Policy,
+    ATTEMPTS_DEFAULT, ATTEMPTS_MAX, CardGroup, CeilingWindow, GroupDraft, GroupMember,
+    LimitOverride, MemberRules, MemberSuspension, Policy,
 };
 use crate::domain::planning::Invoice;
 use crate::domain::record::events::{Event, EventKind};
@@ -435,22 +435,24 @@ pub fn group_data(stored: &StoredGroup) -> Result<CardGroup, Error> {
 pub fn decode_group(id: &str, body: &[u8]) -> Result<CardGroup, Error> {
     let wire =
         pb::CardGroup::decode(body).map_err(|e| Error::Corrupt(format!("card group {id}: {e}")))?;
-    let before: Vec<MemberState> = wire
-        .members
-        .iter()
-        .map(|m| MemberState {
-            token: m.token.clone(),
-            state: m.state,
-            suspension: m.suspension.clone(),
-        })
-        .collect();
-    let last4: Vec<(String, String)> = wire
-        .members
-        .iter()
-        .map(|m| (m.token.clone(), m.last4.clone()))
-        .collect();
-    build_group(&wire, &last4, &before)
-        .ok_or_else(|| Error::Corrupt(format!("card group {id} does not check")))
+    let mut v = Violations::default();
+    let draft = group_draft(&mut v, &wire)
+        .filter(|_| v.is_empty())
+        .ok_or_else(|| Error::Corrupt(format!("card group {id} does not check")))?;
+    let mut group = draft.group;
+    for (member, stored) in group.members.iter_mut().zip(&wire.members) {
+        member.last4 = stored.last4.clone();
+        member.suspension = stored.suspension.as_ref().map(|s| MemberSuspension {
+            decline_code: types::DeclineCode::try_from(s.decline_code)
+                .unwrap_or_default()
+                .as_str_name()
+                .trim_start_matches("DECLINE_CODE_")
+                .to_owned(),
+            payment_id: s.payment_id.clone(),
+            suspend_time: timestamp(s.suspend_time.as_ref()).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        });
+    }
+    Ok(group)
 }
 
 /// A group as stored and read back: its content with the output-only fields from the columns.
@@ -507,105 +509,44 @@ fn member_to_wire(member: GroupMember) -> pb::CardGroupMember {
     }
 }
 
-/// A member's state in the group as it was before a change.
-struct MemberState {
-    token: String,
-    state: i32,
-    suspension: Option<pb::MemberSuspension>,
-}
-
-/// The group to store from the given content: members' states spelled out (an unset state
-/// keeps the member's state in `before`, the group as stored when it is updated, or is
-/// ACTIVE), a member still SUSPENDED keeps the suspension it had in `before` and any other
-/// member has none, each member's last four digits from `last4`. `None` if the content does
-/// not check (it was checked at the edge).
-fn build_group(
-    group: &pb::CardGroup,
-    last4: &[(String, String)],
-    before: &[MemberState],
-) -> Option<CardGroup> {
-    let mut group = group.clone();
-    for member in &mut group.members {
-        if member.state == pb::CardGroupMemberState::Unspecified as i32 {
-            // Unset keeps the member's stored state: an update that does not mention states
-            // (a client adding a card) must not reactivate a card Tandem suspended.
-            member.state = before
-                .iter()
-                .find(|b| b.token == member.token)
-                .map_or(pb::CardGroupMemberState::Active as i32, |b| b.state);
-        }
-    }
-    let mut v = Violations::default();
-    let input = group_input(&mut v, &group)?;
-    if !v.is_empty() || input.members.len() != group.members.len() {
+/// A group from a request (or as stored before groups were kept as domain data), checked:
+/// `None` if it does not check (the violations are in `v`).
+fn group_draft(v: &mut Violations, wire: &pb::CardGroup) -> Option<GroupDraft> {
+    let input = group_input(v, wire)?;
+    if input.members.len() != wire.members.len() {
         return None;
     }
+    let states = wire
+        .members
+        .iter()
+        .map(|m| match pb::CardGroupMemberState::try_from(m.state) {
+            Ok(pb::CardGroupMemberState::Active) => Some(true),
+            Ok(pb::CardGroupMemberState::Suspended) => Some(false),
+            Ok(pb::CardGroupMemberState::Unspecified) | Err(_) => None,
+        })
+        .collect();
     let members = input
         .members
         .into_iter()
-        .zip(&group.members)
-        .map(|(rules, wire)| {
-            let suspended = wire.state == pb::CardGroupMemberState::Suspended as i32;
-            GroupMember {
-                suspension: before
-                    .iter()
-                    .filter(|_| suspended)
-                    .find(|b| b.token == rules.token && b.state == wire.state)
-                    .and_then(|b| b.suspension.as_ref())
-                    .map(|s| MemberSuspension {
-                        decline_code: types::DeclineCode::try_from(s.decline_code)
-                            .unwrap_or_default()
-                            .as_str_name()
-                            .trim_start_matches("DECLINE_CODE_")
-                            .to_owned(),
-                        payment_id: s.payment_id.clone(),
-                        suspend_time: timestamp(s.suspend_time.as_ref())
-                            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                    }),
-                last4: last4
-                    .iter()
-                    .find(|(token, _)| *token == rules.token)
-                    .map(|(_, l)| l.clone())
-                    .unwrap_or_default(),
-                rules,
-            }
+        .map(|rules| GroupMember {
+            rules,
+            last4: String::new(),
+            suspension: None,
         })
         .collect();
-    Some(CardGroup {
+    let group = CardGroup {
         billing_account_id: input.billing_account_id,
-        display_name: group.display_name.clone(),
-        default_currency_code: group.default_currency_code.clone(),
+        display_name: wire.display_name.clone(),
+        default_currency_code: wire.default_currency_code.clone(),
         members,
         policy: input.policy,
-        policy_given: group
+        policy_given: wire
             .default_policy
             .as_ref()
             .map(prost::Message::encode_to_vec)
             .unwrap_or_default(),
-    })
-}
-
-/// The group to store from the given content (see [`build_group`]), `before` being the group as
-/// stored when it is updated.
-pub fn group_of(
-    content: &GroupContent,
-    last4: &[(String, String)],
-    before: Option<&StoredGroup>,
-) -> Result<CardGroup, Error> {
-    let before: Vec<MemberState> = match before {
-        Some(stored) => group_to_wire(stored)?
-            .members
-            .into_iter()
-            .map(|m| MemberState {
-                token: m.token,
-                state: m.state,
-                suspension: m.suspension,
-            })
-            .collect(),
-        None => Vec::new(),
     };
-    build_group(&content.0, last4, &before)
-        .ok_or_else(|| Error::Corrupt("a checked card group does not check".into()))
+    Some(GroupDraft { group, states })
 }
 
 /// Paths `UpdateCardGroup` may replace.
@@ -624,16 +565,15 @@ pub fn create_card_group(request: &pb::CreateCardGroupRequest) -> Result<NewGrou
     if request.card_group.is_none() {
         v.add("card_group", "is required");
     }
-    let input = group_input(&mut v, &group);
-    let input = v
-        .finish(input)?
+    let draft = group_draft(&mut v, &group);
+    let draft = v
+        .finish(draft)?
         .ok_or_else(|| Error::invalid("card_group", "is invalid"))?;
     Ok(NewGroup {
         request_id: request.request_id.clone(),
         request_hash: request_hash("CreateCardGroup", request),
-        billing_account_id: input.billing_account_id,
-        tokens: group.members.iter().map(|m| m.token.clone()).collect(),
-        content: GroupContent(group),
+        billing_account_id: draft.group.billing_account_id.clone(),
+        draft,
     })
 }
 
@@ -665,21 +605,34 @@ pub fn update_card_group(request: &pb::UpdateCardGroupRequest) -> Result<GroupUp
         request_hash: request_hash("UpdateCardGroup", request),
         card_group_id: id,
         etag: changes.etag.clone(),
-        paths,
-        changes: GroupContent(changes),
+        merge: Box::new(move |current: &CardGroup| merged_group(current, &changes, &paths)),
     })
 }
 
-/// The group `current` with `update`'s fields applied, checked as a whole like a new group's:
-/// the new content and its members' tokens, or every violation.
-pub fn updated_group(
-    current: &StoredGroup,
-    update: &GroupUpdate,
-) -> Result<(GroupContent, Vec<String>), Error> {
-    let mut group = group_to_wire(current)?;
-    let changes = &update.changes.0;
-    let all = update.paths.iter().any(|p| p == "*");
-    let has = |name: &str| all || update.paths.iter().any(|p| p == name);
+/// The group `current` with the fields of `changes` named in `paths` applied, checked as a
+/// whole like a new group's.
+fn merged_group(
+    current: &CardGroup,
+    changes: &pb::CardGroup,
+    paths: &[String],
+) -> Result<GroupDraft, Error> {
+    let default_policy = pb::AllocationPolicy::decode(current.policy_given.as_slice())
+        .map_err(|e| Error::Corrupt(format!("card group policy: {e}")))?;
+    let mut group = pb::CardGroup {
+        billing_account_id: current.billing_account_id.clone(),
+        display_name: current.display_name.clone(),
+        default_currency_code: current.default_currency_code.clone(),
+        members: current
+            .members
+            .iter()
+            .cloned()
+            .map(member_to_wire)
+            .collect(),
+        default_policy: Some(default_policy),
+        ..Default::default()
+    };
+    let all = paths.iter().any(|p| p == "*");
+    let has = |name: &str| all || paths.iter().any(|p| p == name);
     if has("display_name") {
         group.display_name = changes.display_name.clone();
     }
@@ -693,10 +646,9 @@ pub fn updated_group(
         group.default_policy = changes.default_policy.clone();
     }
     let mut v = Violations::default();
-    group_input(&mut v, &group);
-    v.finish(())?;
-    let tokens = group.members.iter().map(|m| m.token.clone()).collect();
-    Ok((GroupContent(group), tokens))
+    let draft = group_draft(&mut v, &group);
+    v.finish(draft)?
+        .ok_or_else(|| Error::invalid("card_group", "is invalid"))
 }
 
 /// The checks of `DeleteCardGroup`.

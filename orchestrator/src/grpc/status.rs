@@ -74,16 +74,14 @@ pub fn to_status(error: Error) -> Status {
         Error::Database(e) => tandem_runtime::database::to_status_parts(e),
     };
     let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
-    match &error {
-        Error::InvalidArgument(violations) => {
-            for violation in violations {
-                details.add_bad_request_violation(&violation.field, &violation.description);
-            }
+    // Two kinds of error carry details beyond ErrorInfo (the map above is the exhaustive one).
+    if let Error::InvalidArgument(violations) = &error {
+        for violation in violations {
+            details.add_bad_request_violation(&violation.field, &violation.description);
         }
-        Error::TokenNotUsable { member, reason } => {
-            details.add_precondition_failure_violation("TOKEN_NOT_USABLE", member, reason);
-        }
-        _ => {}
+    }
+    if let Error::TokenNotUsable { member, reason } = &error {
+        details.add_precondition_failure_violation("TOKEN_NOT_USABLE", member, reason);
     }
     Status::with_error_details(code, message, details)
 }
