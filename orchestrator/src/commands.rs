@@ -8,8 +8,8 @@ use tandem_money::{Currency, Money};
 use crate::domain::group::{CardGroup, GroupDraft, MemberRules, Policy};
 use crate::domain::planning::Invoice;
 use crate::error::Error;
-use crate::error::FieldViolation;
 use crate::storage::{Cursor, PaymentFilter};
+use tandem_runtime::fields::FieldViolation;
 
 /// A checked `CreatePayment`.
 #[derive(Debug)]

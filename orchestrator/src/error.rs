@@ -1,24 +1,7 @@
 //! The orchestrator's error type: one enum for the service layer, mapped to gRPC in
 //! [`crate::grpc::status`] by one exhaustive match.
 
-/// One violated field of a request, for `google.rpc.BadRequest`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    /// The field's path in the request, e.g. `card_group.members[2].priority`.
-    pub field: String,
-    /// What is wrong, never echoing the value.
-    pub description: String,
-}
-
-impl FieldViolation {
-    /// A violation of `field`.
-    pub fn new(field: impl Into<String>, description: impl ToString) -> Self {
-        Self {
-            field: field.into(),
-            description: description.to_string(),
-        }
-    }
-}
+use tandem_runtime::fields::FieldViolation;
 
 /// Everything an orchestrator operation can fail with. A payment that cannot be covered is not
 /// an error: it is a payment that ends FAILED or PARTIALLY_PAID.
@@ -135,4 +118,10 @@ pub fn is_lock_timeout(error: &sqlx::Error) -> bool {
         .as_database_error()
         .and_then(|e| e.code())
         .is_some_and(|code| code == "55P03")
+}
+
+impl From<Vec<FieldViolation>> for Error {
+    fn from(violations: Vec<FieldViolation>) -> Self {
+        Error::InvalidArgument(violations)
+    }
 }

@@ -11,9 +11,10 @@ use crate::commands::{GroupArchive, GroupQuery, GroupUpdate, NewGroup};
 use crate::config::PaymentSettings;
 use crate::error::Error;
 use crate::grpc::convert;
-use crate::storage::{self, Cursor, StoredContent, StoredGroup, now};
+use crate::storage::{self, Cursor, StoredContent, StoredGroup};
 use crate::vault::TokenCheck;
 use crate::workflow::Workflow;
+use tandem_runtime::time::now_micros as now;
 
 /// The card-group operations.
 pub struct Groups {

@@ -20,9 +20,11 @@ use crate::domain::record::events::Event;
 use crate::domain::record::refunds::{RefundError, RefundState};
 use crate::error::Error;
 use crate::feeds::{Subscription, Update};
-use crate::grpc::convert::{self, Violations};
-use crate::storage::{self, Cursor, StoredPayment, now};
+use crate::grpc::convert;
+use crate::storage::{self, Cursor, StoredPayment};
 use crate::workflow::{Committed, Workflow, booking_context};
+use tandem_runtime::fields::Violations;
+use tandem_runtime::time::now_micros as now;
 
 /// The payment operations.
 pub struct Payments {
@@ -154,7 +156,7 @@ impl Payments {
             ),
         };
         let policy = v
-            .finish(policy)?
+            .finish::<_, Error>(policy)?
             .ok_or_else(|| Error::invalid(prefix, "is invalid"))?;
         let now = now();
         let tokens: Vec<String> = members.iter().map(|m| m.token.clone()).collect();

@@ -619,13 +619,6 @@ pub async fn events_after_each(
         .collect::<Result<_, sqlx::Error>>()?)
 }
 
-/// The current time at Postgres's precision (microseconds), so stored and read times agree.
-pub fn now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
-        .unwrap_or(now)
-}
-
 /// The first day of `time`'s calendar month (UTC), the key of monthly spend.
 pub fn month_of(time: OffsetDateTime) -> Date {
     time.to_offset(time::UtcOffset::UTC)

@@ -41,8 +41,9 @@ use crate::domain::saga::{Command, Outcome};
 use crate::error::Error;
 use crate::feeds::Feeds;
 use crate::grpc::convert;
-use crate::storage::{self, StoredContent, StoredPayment, now};
+use crate::storage::{self, StoredContent, StoredPayment};
 use crate::vault::{Operation, RefundAnswer, Unknown, VaultClient};
+use tandem_runtime::time::now_micros as now;
 
 /// Where a test may stop the workflow dead, as a crash would: the drive never returns and
 /// writes nothing more.

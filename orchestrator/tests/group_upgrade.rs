@@ -70,7 +70,7 @@ fn old_body() -> pb::CardGroup {
 #[tokio::test]
 async fn a_group_stored_as_a_message_pays_after_the_upgrade() {
     let pool = database().await;
-    let now = storage::now();
+    let now = tandem_runtime::time::now_micros();
     let id = "cg_aaaaaaaaaaaaaaaaaaaaaaaaaa";
     let stored = StoredGroup {
         id: id.into(),

@@ -2,20 +2,18 @@
 //! Each server checks a request once at its edge, collects every violated field in
 //! [`Violations`], and answers with all of them at once.
 
-use std::borrow::Cow;
-
 /// One violated field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
     /// The field's path in the request, e.g. `pan` or `card_group.members[2].priority`.
-    pub field: Cow<'static, str>,
+    pub field: String,
     /// What is wrong, never echoing the value.
     pub description: String,
 }
 
 impl FieldViolation {
     /// A violation of `field`.
-    pub fn new(field: impl Into<Cow<'static, str>>, description: impl ToString) -> Self {
+    pub fn new(field: impl Into<String>, description: impl ToString) -> Self {
         Self {
             field: field.into(),
             description: description.to_string(),
@@ -29,8 +27,13 @@ pub struct Violations(Vec<FieldViolation>);
 
 impl Violations {
     /// Records a violation of `field`.
-    pub fn add(&mut self, field: impl Into<Cow<'static, str>>, description: impl ToString) {
+    pub fn add(&mut self, field: impl Into<String>, description: impl ToString) {
         self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Records violations found elsewhere.
+    pub fn extend(&mut self, violations: Vec<FieldViolation>) {
+        self.0.extend(violations);
     }
 
     /// Keeps `result`'s value, or records its error against `field`.
@@ -40,6 +43,11 @@ impl Violations {
         result: Result<T, E>,
     ) -> Option<T> {
         result.map_err(|e| self.add(field, e)).ok()
+    }
+
+    /// Every violation recorded, none may be.
+    pub fn into_inner(self) -> Vec<FieldViolation> {
+        self.0
     }
 
     /// True if nothing was violated yet.
@@ -99,7 +107,7 @@ mod tests {
         assert_eq!(v.check("year", Err::<i32, _>("must be 2000 to 2099")), None);
         assert!(!v.is_empty());
         let violations: Vec<FieldViolation> = v.finish_with(|| Some(())).unwrap_err();
-        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_ref()).collect();
+        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["pan", "members[2].priority", "year"]);
         let detail = bad_request(&violations);
         assert_eq!(detail.field_violations[1].field, "members[2].priority");

@@ -207,7 +207,7 @@ impl Vault {
     pub async fn refuse(&self, ctx: &RequestContext, token: Option<&Token>, error: Error) -> Error {
         let reason = match &error {
             Error::InvalidArgument(violations) => {
-                let fields: Vec<&str> = violations.iter().map(|v| v.field.as_ref()).collect();
+                let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
                 format!("invalid fields: {}", fields.join(", "))
             }
             _ => String::new(),

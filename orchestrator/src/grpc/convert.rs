@@ -12,6 +12,7 @@ use sha2::{Digest as _, Sha256};
 use tandem_money::{Currency, Money};
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::r#type::v1 as types;
+use tandem_runtime::fields::Violations;
 use time::OffsetDateTime;
 
 use crate::commands::{
@@ -29,47 +30,17 @@ use crate::domain::record::events::{Event, EventKind};
 use crate::domain::record::refunds::{Refund, RefundState};
 use crate::domain::record::{AttemptOutcome, PaymentRecord, Status};
 use crate::domain::saga::{Completion, LegState, NextAction, PaymentState};
-use crate::error::{Error, FieldViolation};
+use crate::error::Error;
 use crate::storage::{Cursor, PaymentFilter, StoredContent, StoredGroup, StoredPayment};
 
-/// Violations collected while checking one request.
-#[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    /// Records a violation of `field`.
-    pub fn add(&mut self, field: impl Into<String>, description: impl ToString) {
-        self.0.push(FieldViolation::new(field, description));
-    }
-
-    /// Records domain policy errors, their `policy.` prefix replaced by `prefix`.
-    pub fn add_policy(&mut self, errors: Vec<PolicyError>, prefix: &str) {
-        for error in errors {
-            let field = match error.field.strip_prefix("policy") {
-                Some(rest) => format!("{prefix}{rest}"),
-                None => error.field,
-            };
-            self.add(field, error.description);
-        }
-    }
-
-    /// `Ok(value)` if nothing was violated.
-    pub fn finish<T>(self, value: T) -> Result<T, Error> {
-        if self.0.is_empty() {
-            Ok(value)
-        } else {
-            Err(Error::InvalidArgument(self.0))
-        }
-    }
-
-    /// Records violations found elsewhere.
-    pub fn extend(&mut self, violations: Vec<FieldViolation>) {
-        self.0.extend(violations);
-    }
-
-    /// True if nothing was violated yet.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+/// Records domain policy errors in `v`, their `policy.` prefix replaced by `prefix`.
+pub fn add_policy(v: &mut Violations, errors: Vec<PolicyError>, prefix: &str) {
+    for error in errors {
+        let field = match error.field.strip_prefix("policy") {
+            Some(rest) => format!("{prefix}{rest}"),
+            None => error.field,
+        };
+        v.add(field, error.description);
     }
 }
 
@@ -285,7 +256,7 @@ pub fn group_input(v: &mut Violations, group: &pb::CardGroup) -> Option<GroupInp
                     .into_iter()
                     .filter(|e| e.field.starts_with("policy."))
                     .collect();
-                v.add_policy(errors, "card_group.default_policy");
+                add_policy(v, errors, "card_group.default_policy");
             }
         }
     }
@@ -567,7 +538,7 @@ pub fn create_card_group(request: &pb::CreateCardGroupRequest) -> Result<NewGrou
     }
     let draft = group_draft(&mut v, &group);
     let draft = v
-        .finish(draft)?
+        .finish::<_, Error>(draft)?
         .ok_or_else(|| Error::invalid("card_group", "is invalid"))?;
     Ok(NewGroup {
         request_id: request.request_id.clone(),
@@ -599,7 +570,7 @@ pub fn update_card_group(request: &pb::UpdateCardGroupRequest) -> Result<GroupUp
             );
         }
     }
-    v.finish(())?;
+    v.finish::<_, Error>(())?;
     Ok(GroupUpdate {
         request_id: request.request_id.clone(),
         request_hash: request_hash("UpdateCardGroup", request),
@@ -647,7 +618,7 @@ fn merged_group(
     }
     let mut v = Violations::default();
     let draft = group_draft(&mut v, &group);
-    v.finish(draft)?
+    v.finish::<_, Error>(draft)?
         .ok_or_else(|| Error::invalid("card_group", "is invalid"))
 }
 
@@ -831,34 +802,33 @@ pub fn page_size(v: &mut Violations, requested: i32, max: i32) -> i32 {
     }
 }
 
-/// A page token: the last row's position and a hash of the filters it belongs to.
+/// A page token (AIP-158) of the orchestrator: the last row's position (its create time and
+/// id) in the list `scope` (the RPC and its filters), which a token used with other filters
+/// does not decode.
 pub fn encode_page_token(cursor: &Cursor, scope: &[u8]) -> String {
     let micros = cursor.create_time.unix_timestamp_nanos() / 1000;
-    let text = format!("{micros}.{}.{}", cursor.id, hex_prefix(scope));
-    data_encoding::BASE64URL_NOPAD.encode(text.as_bytes())
+    let mut position = i64::try_from(micros)
+        .expect("a stored time fits 64 bits of microseconds")
+        .to_be_bytes()
+        .to_vec();
+    position.extend_from_slice(cursor.id.as_bytes());
+    tandem_runtime::pages::encode(PAGES, scope, &position)
 }
 
 /// The position of a page token made with the same filters; `None` if malformed or made for
 /// other filters.
 pub fn decode_page_token(token: &str, scope: &[u8]) -> Option<Cursor> {
-    let bytes = data_encoding::BASE64URL_NOPAD
-        .decode(token.as_bytes())
-        .ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    let mut parts = text.splitn(3, '.');
-    let micros: i128 = parts.next()?.parse().ok()?;
-    let id = parts.next()?.to_owned();
-    (parts.next()? == hex_prefix(scope)).then_some(())?;
-    let create_time = OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1000)?).ok()?;
+    let position = tandem_runtime::pages::decode(PAGES, scope, token)?;
+    let (micros, id) = position.split_at_checked(8)?;
+    let micros = i64::from_be_bytes(micros.try_into().ok()?);
+    let create_time =
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros).checked_mul(1000)?).ok()?;
+    let id = String::from_utf8(id.to_vec()).ok()?;
     Some(Cursor { create_time, id })
 }
 
-fn hex_prefix(scope: &[u8]) -> String {
-    Sha256::digest(scope)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+/// The service the orchestrator's page tokens belong to.
+const PAGES: &str = "tandem/orchestrator";
 
 /// The wire name of a status, for `payments.state` filters.
 pub fn state_filter(v: &mut Violations, state: i32) -> Option<&'static str> {
@@ -1092,7 +1062,7 @@ pub fn create_payment(
         }
     };
     let invoice = v
-        .finish(invoice)?
+        .finish::<_, Error>(invoice)?
         .ok_or_else(|| Error::invalid("invoice", "is invalid"))?;
     // `wait` and its timeout are not part of the request's identity.
     let mut identity = request.clone();
@@ -1103,7 +1073,7 @@ pub fn create_payment(
         check: Box::new(move |members: &[MemberRules], currency: Currency| {
             let mut v = Violations::default();
             let checked = policy(&mut v, "policy_override", &wire, members, Some(currency));
-            (checked, v.0)
+            (checked, v.into_inner())
         }),
     });
     Ok(NewPayment {
@@ -1123,7 +1093,7 @@ pub fn create_payment(
 pub fn plan_violations(errors: Vec<PolicyError>, overridden: bool) -> Error {
     let mut v = Violations::default();
     if overridden {
-        v.add_policy(errors, "policy_override");
+        add_policy(&mut v, errors, "policy_override");
     } else {
         for error in errors {
             if error.field.starts_with("policy") {
@@ -1136,7 +1106,7 @@ pub fn plan_violations(errors: Vec<PolicyError>, overridden: bool) -> Error {
             }
         }
     }
-    Error::InvalidArgument(v.0)
+    Error::InvalidArgument(v.into_inner())
 }
 
 /// The payment id of `GetPayment`.
@@ -1470,7 +1440,8 @@ mod tests {
             ..Default::default()
         };
         invoice(&mut v, Some(&wire), 1_000_000);
-        let fields: Vec<_> = v.0.iter().map(|f| f.field.as_str()).collect();
+        let violations = v.into_inner();
+        let fields: Vec<_> = violations.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["invoice.id", "invoice.lines"]);
         let mut v = Violations::default();
         let mut zero = wire.clone();
@@ -1478,6 +1449,6 @@ mod tests {
         zero.lines.clear();
         zero.amount.as_mut().unwrap().minor_units = 0;
         invoice(&mut v, Some(&zero), 1_000_000);
-        assert_eq!(v.0[0].field, "invoice.amount.minor_units");
+        assert_eq!(v.into_inner()[0].field, "invoice.amount.minor_units");
     }
 }

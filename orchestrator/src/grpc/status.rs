@@ -89,7 +89,7 @@ pub fn to_status(error: Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::FieldViolation;
+    use tandem_runtime::fields::FieldViolation;
 
     /// Every error carries ErrorInfo with its reason and the orchestrator domain; invalid input
     /// also carries the violated fields, an unusable token the member.

@@ -182,7 +182,7 @@ pub fn list_tokens(
     })
 }
 
-/// An opaque page token: the last id of the page and a digest of the filters, base64url.
+/// The page token of a token listing: the last id of the page, bound to the filters.
 pub fn encode_page_token(before_id: i64, filter: &CardFilter) -> String {
     encode_cursor(before_id, &card_filter_scope(filter))
 }
@@ -274,10 +274,7 @@ mod tests {
 
     fn fields(error: Error) -> Vec<String> {
         match error {
-            Error::InvalidArgument(violations) => violations
-                .into_iter()
-                .map(|v| v.field.into_owned())
-                .collect(),
+            Error::InvalidArgument(violations) => violations.into_iter().map(|v| v.field).collect(),
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }
