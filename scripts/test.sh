@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of Tandem on a fresh machine: starts Postgres if it is down, installs the
-# Python tools into .venv, lints the protos with buf, runs the Rust suite (unit, Postgres and
-# end-to-end over mTLS), the Python client suite (which also drives the Node client and grpcurl),
-# a smoke run of `tandemctl dev --demo`, the fuzz targets (30 s each) and the chaos harness
-# (500 payments, 20+ kills).
+# Python tools into .venv, lints the protos with buf, checks the formatting and clippy's lints
+# (warnings are errors), runs the Rust suite (unit, Postgres and end-to-end over mTLS), the
+# Python client suite (which also drives the Node client and grpcurl), a smoke run of
+# `tandemctl dev --demo`, the fuzz targets (30 s each) and the chaos harness (500 payments,
+# 20+ kills).
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,12 @@ step "python tools (.venv)"
 
 step "buf lint"
 (cd proto && ../.venv/bin/buf lint)
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo build"
 cargo build --workspace --all-targets --locked

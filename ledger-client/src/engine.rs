@@ -77,7 +77,7 @@ pub fn decide(transfers: &[Transfer], state: &mut State, now: OffsetDateTime) ->
         }
         start = end;
     }
-    debug_assert_eq!(results.len(), transfers.len());
+    assert_eq!(results.len(), transfers.len());
     Decision { results, inserts }
 }
 
