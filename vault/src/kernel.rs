@@ -363,3 +363,46 @@ impl<T> Page<T> {
         Page { items, more }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request id's record as the check sees it: its method and its content's hash.
+    #[derive(Debug, PartialEq)]
+    struct Stored(&'static str, [u8; 32]);
+
+    impl RequestRecord for Stored {
+        fn rpc(&self) -> &str {
+            self.0
+        }
+
+        fn request_hash(&self) -> &[u8; 32] {
+            &self.1
+        }
+    }
+
+    /// No record is new; the same method with the same content replays the record; another
+    /// method or other content under the same id is a reuse, refused as `REQUEST_ID_REUSED`.
+    #[test]
+    fn request_ids() {
+        let check = |stored: Option<Stored>, rpc, hash| RequestCheck::of(stored, rpc, &hash);
+        assert!(matches!(
+            check(None, "Tokenize", [1; 32]),
+            RequestCheck::New
+        ));
+        assert!(matches!(
+            check(Some(Stored("Tokenize", [1; 32])), "Tokenize", [1; 32]),
+            RequestCheck::Replay(Stored("Tokenize", _))
+        ));
+        for (rpc, hash) in [("Tokenize", [2; 32]), ("UpdateCard", [1; 32])] {
+            let reused = check(Some(Stored("Tokenize", [1; 32])), rpc, hash);
+            assert!(matches!(reused, RequestCheck::Reused), "{rpc}");
+            assert!(matches!(reused.replay(), Err(Error::RequestIdReused)));
+        }
+        assert_eq!(
+            check(None, "Tokenize", [1; 32]).replay().ok(),
+            Some(None::<Stored>)
+        );
+    }
+}
