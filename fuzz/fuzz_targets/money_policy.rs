@@ -10,8 +10,9 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
 use tandem_money::Currency;
 use tandem_orchestrator::domain::planning;
-use tandem_orchestrator::grpc::convert::{self, Violations};
+use tandem_orchestrator::grpc::convert;
 use tandem_proto::tandem::orchestrator::v1 as pb;
+use tandem_runtime::fields::Violations;
 
 fuzz_target!(|data: &[u8]| {
     let split = data.first().map_or(0, |b| *b as usize).min(data.len().saturating_sub(1));

@@ -6,9 +6,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use tandem_orchestrator::grpc::convert::{self as orchestrator, Violations};
+use tandem_orchestrator::grpc::convert as orchestrator;
 use tandem_proto::tandem::orchestrator::v1 as opb;
 use tandem_proto::tandem::vault::v1 as vpb;
+use tandem_runtime::fields::Violations;
 use tandem_vault::error::Error;
 use tandem_vault::grpc::{charges as charge, convert as vault};
 
