@@ -77,7 +77,13 @@ fn domain_code_does_no_io() {
     only_in(
         &["vault/src/domain", "orchestrator/src/domain"],
         &[
-            "sqlx", "tonic", "tandem_proto", "tokio", "std::fs", "std::net", "reqwest",
+            "sqlx",
+            "tonic",
+            "tandem_proto",
+            "tokio",
+            "std::fs",
+            "std::net",
+            "reqwest",
         ],
         |_| false,
         "domain code must not do IO or know wire types",
@@ -145,7 +151,10 @@ fn card_digits_are_read_in_few_places() {
 /// silently give a new error kind some code.
 #[test]
 fn error_maps_are_exhaustive() {
-    for path in ["vault/src/grpc/status.rs", "orchestrator/src/grpc/status.rs"] {
+    for path in [
+        "vault/src/grpc/status.rs",
+        "orchestrator/src/grpc/status.rs",
+    ] {
         let text = std::fs::read_to_string(root().join(path)).expect(path);
         let catch_all: Vec<String> = code_lines(&text)
             .filter(|(_, line)| line.trim_start().starts_with("_ =>"))
@@ -230,10 +239,15 @@ fn imports(src: &str) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
                 .expect("under src")
                 .trim_end_matches(".rs");
             let mut module: Vec<String> = relative.split('/').map(str::to_owned).collect();
-            if matches!(module.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+            if matches!(
+                module.last().map(String::as_str),
+                Some("mod" | "lib" | "main")
+            ) {
                 module.pop();
             }
-            let code: String = code_lines(&text).map(|(_, line)| format!("{line}\n")).collect();
+            let code: String = code_lines(&text)
+                .map(|(_, line)| format!("{line}\n"))
+                .collect();
             (module, code)
         })
         .collect();
@@ -317,7 +331,10 @@ fn find_circle(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Option<V
         match marks.get(node) {
             Some(Mark::Done) => return None,
             Some(Mark::Open) => {
-                let start = stack.iter().position(|n| n == node).expect("open is stacked");
+                let start = stack
+                    .iter()
+                    .position(|n| n == node)
+                    .expect("open is stacked");
                 return Some(
                     stack[start..]
                         .iter()
@@ -362,7 +379,10 @@ fn no_import_circles() {
 #[test]
 fn circles_are_found() {
     let module = |path: &str| -> Vec<String> {
-        path.split("::").filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        path.split("::")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
     };
     let mut graph = BTreeMap::new();
     graph.insert(module("a"), BTreeSet::from([module("b")]));
@@ -370,7 +390,12 @@ fn circles_are_found() {
     graph.insert(module("c"), BTreeSet::from([module("a")]));
     assert_eq!(
         find_circle(&graph),
-        Some(vec!["crate::a".into(), "crate::b".into(), "crate::c".into(), "crate::a".into()])
+        Some(vec![
+            "crate::a".into(),
+            "crate::b".into(),
+            "crate::c".into(),
+            "crate::a".into()
+        ])
     );
     graph.insert(module("c"), BTreeSet::new());
     assert_eq!(find_circle(&graph), None);
