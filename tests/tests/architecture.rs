@@ -303,10 +303,10 @@ fn imports(src: &str) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
                     }
                 }
                 let full: Vec<String> = base.iter().cloned().chain(path).collect();
-                if let Some(target) = resolve(&full) {
-                    if !module.starts_with(&target) {
-                        targets.insert(target);
-                    }
+                if let Some(target) = resolve(&full)
+                    && !module.starts_with(&target)
+                {
+                    targets.insert(target);
                 }
             }
         }
