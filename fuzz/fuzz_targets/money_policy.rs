@@ -25,10 +25,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut v = Violations::default();
-    let Some(input) = convert::group_input(&mut v, &group) else {
+    let Some(input) = convert::groups::group_input(&mut v, &group) else {
         return;
     };
-    let invoice = convert::invoice(&mut v, request.invoice.as_ref(), 1_000_000_000_000);
+    let invoice = convert::payments::invoice(&mut v, request.invoice.as_ref(), 1_000_000_000_000);
     let policy = match &request.policy_override {
         Some(wire) => convert::policy(
             &mut v,

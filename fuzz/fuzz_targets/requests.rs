@@ -73,21 +73,21 @@ fuzz_target!(|data: &[u8]| {
                 let mut v = Violations::default();
                 orchestrator::request_id(&mut v, "request_id", &m.request_id);
                 if let Some(group) = &m.card_group {
-                    orchestrator::group_input(&mut v, group);
+                    orchestrator::groups::group_input(&mut v, group);
                 }
             }
         }
         9 => {
             if let Ok(m) = opb::CreatePaymentRequest::decode(bytes) {
                 let mut v = Violations::default();
-                orchestrator::invoice(&mut v, m.invoice.as_ref(), max);
+                orchestrator::payments::invoice(&mut v, m.invoice.as_ref(), max);
                 orchestrator::resource_id(&mut v, "card_group_id", "cg_", &m.card_group_id);
             }
         }
         10 => {
             if let Ok(m) = opb::ListPaymentsRequest::decode(bytes) {
                 let mut v = Violations::default();
-                orchestrator::state_filter(&mut v, m.state);
+                orchestrator::payments::state_filter(&mut v, m.state);
                 orchestrator::page_size(&mut v, m.page_size, 100);
                 let _ = orchestrator::decode_page_token(&m.page_token, b"scope");
             }

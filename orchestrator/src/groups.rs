@@ -66,7 +66,7 @@ impl Groups {
             archive_time: None,
         };
         storage::insert_group(&mut tx, &stored, &group.billing_account_id).await?;
-        let response = convert::group_response(&stored)?;
+        let response = convert::groups::group_response(&stored)?;
         storage::store_response(&mut tx, &group.request_id, &response).await?;
         tx.commit().await?;
         Ok(response)
@@ -77,7 +77,7 @@ impl Groups {
         let stored = storage::group(self.workflow.pool(), id, false)
             .await?
             .ok_or(Error::CardGroupNotFound)?;
-        let tokens: Vec<String> = convert::group_cards(&stored)?
+        let tokens: Vec<String> = convert::groups::group_cards(&stored)?
             .into_iter()
             .map(|(token, _)| token)
             .collect();
@@ -131,7 +131,7 @@ impl Groups {
         let current = storage::group(pool, id, false)
             .await?
             .ok_or(Error::CardGroupNotFound)?;
-        let before = convert::group_data(&current)?;
+        let before = convert::groups::group_data(&current)?;
         let draft = merge(&before)?;
         let cards: Vec<(String, String)> = before
             .members
@@ -151,7 +151,7 @@ impl Groups {
         if stored.archived {
             return Err(Error::CardGroupArchived);
         }
-        if !etag.is_empty() && etag != convert::etag(stored.version) {
+        if !etag.is_empty() && etag != convert::groups::etag(stored.version) {
             return Err(Error::EtagMismatch);
         }
         if stored.version != current.version {
@@ -166,7 +166,7 @@ impl Groups {
         stored.version += 1;
         stored.update_time = now();
         storage::update_group(&mut tx, &stored).await?;
-        let response = convert::group_response(&stored)?;
+        let response = convert::groups::group_response(&stored)?;
         storage::store_response(&mut tx, request_id, &response).await?;
         tx.commit().await?;
         Ok(response)
@@ -188,7 +188,7 @@ impl Groups {
         let mut stored = storage::group(&mut *tx, id, true)
             .await?
             .ok_or(Error::CardGroupNotFound)?;
-        if !archive.etag.is_empty() && archive.etag != convert::etag(stored.version) {
+        if !archive.etag.is_empty() && archive.etag != convert::groups::etag(stored.version) {
             return Err(Error::EtagMismatch);
         }
         if !stored.archived {
@@ -199,7 +199,7 @@ impl Groups {
             stored.version += 1;
             storage::update_group(&mut tx, &stored).await?;
         }
-        let response = convert::group_response(&stored)?;
+        let response = convert::groups::group_response(&stored)?;
         storage::store_response(&mut tx, request_id, &response).await?;
         tx.commit().await?;
         Ok(response)

@@ -76,10 +76,10 @@ impl CardGroupService for CardGroupApi {
         request: Request<pb::CreateCardGroupRequest>,
     ) -> Result<Response<pb::CreateCardGroupResponse>, Status> {
         self.check(&request, Rpc::CreateCardGroup)?;
-        let group = convert::create_card_group(request.get_ref()).map_err(to_status)?;
+        let group = convert::groups::create_card_group(request.get_ref()).map_err(to_status)?;
         let response = self.groups.create(group).await.map_err(to_status)?;
         Ok(Response::new(pb::CreateCardGroupResponse {
-            card_group: Some(convert::card_group(&response).map_err(to_status)?),
+            card_group: Some(convert::groups::card_group(&response).map_err(to_status)?),
         }))
     }
 
@@ -88,10 +88,10 @@ impl CardGroupService for CardGroupApi {
         request: Request<pb::GetCardGroupRequest>,
     ) -> Result<Response<pb::GetCardGroupResponse>, Status> {
         self.check(&request, Rpc::GetCardGroup)?;
-        let id = convert::get_card_group(request.get_ref()).map_err(to_status)?;
+        let id = convert::groups::get_card_group(request.get_ref()).map_err(to_status)?;
         let (group, spend) = self.groups.get(&id).await.map_err(to_status)?;
         Ok(Response::new(pb::GetCardGroupResponse {
-            card_group: Some(convert::group_with_spend(&group, &spend).map_err(to_status)?),
+            card_group: Some(convert::groups::group_with_spend(&group, &spend).map_err(to_status)?),
         }))
     }
 
@@ -101,10 +101,11 @@ impl CardGroupService for CardGroupApi {
     ) -> Result<Response<pb::ListCardGroupsResponse>, Status> {
         self.check(&request, Rpc::ListCardGroups)?;
         let page_size_max = self.groups.settings().page_size_max;
-        let (query, scope) =
-            convert::list_card_groups(request.get_ref(), page_size_max).map_err(to_status)?;
+        let (query, scope) = convert::groups::list_card_groups(request.get_ref(), page_size_max)
+            .map_err(to_status)?;
         let (groups, next) = self.groups.list(&query).await.map_err(to_status)?;
-        let page = convert::groups_page(&groups, next.as_ref(), &scope).map_err(to_status)?;
+        let page =
+            convert::groups::groups_page(&groups, next.as_ref(), &scope).map_err(to_status)?;
         Ok(Response::new(page))
     }
 
@@ -113,10 +114,10 @@ impl CardGroupService for CardGroupApi {
         request: Request<pb::UpdateCardGroupRequest>,
     ) -> Result<Response<pb::UpdateCardGroupResponse>, Status> {
         self.check(&request, Rpc::UpdateCardGroup)?;
-        let update = convert::update_card_group(request.get_ref()).map_err(to_status)?;
+        let update = convert::groups::update_card_group(request.get_ref()).map_err(to_status)?;
         let response = self.groups.update(update).await.map_err(to_status)?;
         Ok(Response::new(pb::UpdateCardGroupResponse {
-            card_group: Some(convert::card_group(&response).map_err(to_status)?),
+            card_group: Some(convert::groups::card_group(&response).map_err(to_status)?),
         }))
     }
 
@@ -125,10 +126,10 @@ impl CardGroupService for CardGroupApi {
         request: Request<pb::DeleteCardGroupRequest>,
     ) -> Result<Response<pb::DeleteCardGroupResponse>, Status> {
         self.check(&request, Rpc::DeleteCardGroup)?;
-        let archive = convert::delete_card_group(request.get_ref()).map_err(to_status)?;
+        let archive = convert::groups::delete_card_group(request.get_ref()).map_err(to_status)?;
         let response = self.groups.delete(archive).await.map_err(to_status)?;
         Ok(Response::new(pb::DeleteCardGroupResponse {
-            card_group: Some(convert::card_group(&response).map_err(to_status)?),
+            card_group: Some(convert::groups::card_group(&response).map_err(to_status)?),
         }))
     }
 }
@@ -166,15 +167,19 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::CreatePaymentResponse>, Status> {
         self.check(&request, Rpc::CreatePayment)?;
         let call = call(&request);
-        let payment = convert::create_payment(request.into_inner(), self.payments.settings())
-            .map_err(to_status)?;
+        let payment =
+            convert::payments::create_payment(request.into_inner(), self.payments.settings())
+                .map_err(to_status)?;
         let payment = self
             .payments
             .create(payment, call)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::CreatePaymentResponse {
-            payment: Some(convert::payment_to_wire(&payment, payment.update_time)),
+            payment: Some(convert::payments::payment_to_wire(
+                &payment,
+                payment.update_time,
+            )),
         }))
     }
 
@@ -183,10 +188,13 @@ impl PaymentService for PaymentApi {
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
         self.check(&request, Rpc::GetPayment)?;
-        let id = convert::get_payment(request.get_ref()).map_err(to_status)?;
+        let id = convert::payments::get_payment(request.get_ref()).map_err(to_status)?;
         let payment = self.payments.get(&id).await.map_err(to_status)?;
         Ok(Response::new(pb::GetPaymentResponse {
-            payment: Some(convert::payment_to_wire(&payment, payment.update_time)),
+            payment: Some(convert::payments::payment_to_wire(
+                &payment,
+                payment.update_time,
+            )),
         }))
     }
 
@@ -196,10 +204,10 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
         self.check(&request, Rpc::ListPayments)?;
         let page_size_max = self.payments.settings().page_size_max;
-        let (query, scope) =
-            convert::list_payments(request.get_ref(), page_size_max).map_err(to_status)?;
+        let (query, scope) = convert::payments::list_payments(request.get_ref(), page_size_max)
+            .map_err(to_status)?;
         let (payments, next) = self.payments.list(&query).await.map_err(to_status)?;
-        Ok(Response::new(convert::payments_page(
+        Ok(Response::new(convert::payments::payments_page(
             &payments,
             next.as_ref(),
             &scope,
@@ -212,13 +220,14 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
         self.check(&request, Rpc::RefundPayment)?;
         let call = call(&request);
-        let refund = convert::refund_payment(request.get_ref()).map_err(to_status)?;
+        let refund = convert::payments::refund_payment(request.get_ref()).map_err(to_status)?;
         let (payment, refund_id) = self
             .payments
             .refund(refund, call)
             .await
             .map_err(to_status)?;
-        let response = convert::refund_response(&payment, &refund_id).map_err(to_status)?;
+        let response =
+            convert::payments::refund_response(&payment, &refund_id).map_err(to_status)?;
         Ok(Response::new(response))
     }
 
@@ -229,11 +238,11 @@ impl PaymentService for PaymentApi {
         request: Request<pb::WatchPaymentRequest>,
     ) -> Result<Response<Self::WatchPaymentStream>, Status> {
         self.check(&request, Rpc::WatchPayment)?;
-        let watch = convert::watch_payment(request.get_ref()).map_err(to_status)?;
+        let watch = convert::payments::watch_payment(request.get_ref()).map_err(to_status)?;
         let stream = self.payments.watch(watch).await.map_err(to_status)?;
         let stream = stream.map(|event| {
             event
-                .and_then(|body| convert::watch_event(&body))
+                .and_then(|body| convert::payments::watch_event(&body))
                 .map_err(to_status)
         });
         Ok(Response::new(Box::pin(stream)))

@@ -139,7 +139,7 @@ impl Payments {
         if stored.archived {
             return Err(Error::CardGroupArchived);
         }
-        let group = convert::group_data(&stored)?;
+        let group = convert::groups::group_data(&stored)?;
         let members = group.rules();
         let mut v = Violations::default();
         let currency = payment.invoice.amount.currency;
@@ -166,8 +166,10 @@ impl Payments {
             spent.get(&key).copied().unwrap_or(0)
         };
         let invoice = &payment.invoice;
-        let plan = planning::plan(&members, &policy, invoice, month_to_date, now)
-            .map_err(|errors| convert::plan_violations(errors, prefix == "policy_override"))?;
+        let plan =
+            planning::plan(&members, &policy, invoice, month_to_date, now).map_err(|errors| {
+                convert::payments::plan_violations(errors, prefix == "policy_override")
+            })?;
         let snapshots =
             planning::snapshots(&members, &policy.windows, now, |token| group.last4(token));
         let (record, created) = PaymentRecord::new(

@@ -772,7 +772,8 @@ impl Workflow {
         for event in events {
             stored.events += 1;
             let id = tandem_runtime::ids::random_id("evt_");
-            let (kind, body) = convert::event_body(stored, event, &id, stored.events, now)?;
+            let (kind, body) =
+                convert::payments::event_body(stored, event, &id, stored.events, now)?;
             rows.push(storage::NewEvent {
                 sequence: stored.events,
                 id,
@@ -842,7 +843,7 @@ pub async fn convert_encoded_groups(pool: &PgPool) -> Result<usize, Error> {
         let groups = storage::encoded_groups(pool, PAGE).await?;
         let last_page = groups.len() < PAGE as usize;
         for (id, body) in groups {
-            let group = convert::decode_group(&id, &body)?;
+            let group = convert::groups::decode_group(&id, &body)?;
             storage::convert_group(pool, &id, &group).await?;
             converted += 1;
         }
@@ -942,7 +943,7 @@ async fn suspend_members(
             "payment {payment_id}: no card group {group_id}"
         )));
     };
-    let mut group = convert::group_data(&stored)?;
+    let mut group = convert::groups::group_data(&stored)?;
     let applied = group.suspend(suspensions, payment_id, now);
     if applied.is_empty() {
         return Ok(());

@@ -95,14 +95,17 @@ async fn a_group_stored_as_a_message_pays_after_the_upgrade() {
     };
     let before = read(pool.clone()).await;
     assert!(matches!(before.content, StoredContent::Encoded(_)));
-    let shown_before = convert::group_to_wire(&before).expect("reads as before");
+    let shown_before = convert::groups::group_to_wire(&before).expect("reads as before");
 
     assert_eq!(convert_encoded_groups(&pool).await.expect("convert"), 1);
     assert_eq!(convert_encoded_groups(&pool).await.expect("again"), 0);
     let after = read(pool.clone()).await;
     assert!(matches!(after.content, StoredContent::Data(_)));
     assert_eq!(after.version, 2, "the conversion does not change the group");
-    assert_eq!(convert::group_to_wire(&after).expect("reads"), shown_before);
+    assert_eq!(
+        convert::groups::group_to_wire(&after).expect("reads"),
+        shown_before
+    );
     let body_left: Option<Vec<u8>> = sqlx::query("SELECT body FROM card_groups WHERE id = $1")
         .bind(id)
         .fetch_one(&pool)
@@ -111,7 +114,7 @@ async fn a_group_stored_as_a_message_pays_after_the_upgrade() {
         .get("body");
     assert_eq!(body_left, None);
 
-    let group = convert::group_data(&after).expect("domain data");
+    let group = convert::groups::group_data(&after).expect("domain data");
     let invoice = Invoice {
         id: "INV-1".into(),
         amount: Money::new(Currency::parse("USD").expect("USD"), 8_000),
