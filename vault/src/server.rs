@@ -166,7 +166,17 @@ pub async fn run(
         .await;
     // The data services' health follows the seal (NOT_SERVING while sealed) and, for
     // ChargeService, the connector's circuit breaker, so that load balancers and the
-    // orchestrator see a sealed vault or a processor outage.
+    // orchestrator see a sealed vault or a processor outage. They start NOT_SERVING, so no
+    // health check finds them unknown before the loop's first look.
+    health_reporter
+        .set_not_serving::<TokenServiceServer<TokenApi>>()
+        .await;
+    health_reporter
+        .set_not_serving::<SandboxServiceServer<SandboxApi>>()
+        .await;
+    health_reporter
+        .set_not_serving::<ChargeServiceServer<ChargeApi>>()
+        .await;
     let recovery_task = tokio::spawn(charge_loop(
         charges.clone(),
         health_reporter.clone(),
