@@ -159,12 +159,18 @@ pub async fn update_group(conn: &mut PgConnection, group: &StoredGroup) -> Resul
 
 /// Up to `limit` groups still held as encoded `CardGroup` messages (rows written before groups
 /// were kept as domain data), as `(id, body)`.
-pub async fn encoded_groups(pool: &PgPool, limit: i64) -> Result<Vec<(String, Vec<u8>)>, Error> {
-    let rows =
-        sqlx::query("SELECT id, body FROM card_groups WHERE content IS NULL ORDER BY id LIMIT $1")
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
+pub async fn encoded_groups(
+    pool: &PgPool,
+    after_id: &str,
+    limit: i64,
+) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    let rows = sqlx::query(
+        "SELECT id, body FROM card_groups WHERE content IS NULL AND id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|row| Ok((row.try_get("id")?, row.try_get("body")?)))

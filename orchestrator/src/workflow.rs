@@ -808,15 +808,19 @@ impl Workflow {
         Ok(ids.len())
     }
 
-    /// Runs [`Workflow::recover`] every `recovery_interval_ms` until `stop`, after converting
-    /// the card groups written before groups were kept as domain data
+    /// Runs [`Workflow::recover`] every `recovery_interval_ms` until `stop`, and once, beside
+    /// it, converts the card groups written before groups were kept as domain data
     /// ([`convert_encoded_groups`]).
     pub async fn recovery_loop(self: Arc<Self>) {
-        match convert_encoded_groups(&self.pool).await {
-            Ok(0) => {}
-            Ok(converted) => tracing::info!(converted, "card groups converted to domain data"),
-            Err(error) => tracing::warn!(%error, "card groups not converted; read as they are"),
-        }
+        // Beside recovery, not before it: a payment left in flight does not wait for this.
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            match convert_encoded_groups(&pool).await {
+                Ok(0) => {}
+                Ok(converted) => tracing::info!(converted, "card groups converted to domain data"),
+                Err(error) => tracing::warn!(%error, "card groups not converted; read as they are"),
+            }
+        });
         let mut stop = self.stop.clone();
         let mut ticker =
             tokio::time::interval(Duration::from_millis(self.settings.recovery_interval_ms));
@@ -834,18 +838,28 @@ impl Workflow {
 }
 
 /// Converts, once, the card groups still held as encoded `CardGroup` messages (written before
-/// groups were kept as domain data) to domain data, a page at a time; returns how many. Until a
-/// group is converted it is read from its message, so nothing waits for this.
+/// groups were kept as domain data) to domain data, a page at a time in id order; returns how
+/// many. Until a group is converted it is read from its message, so nothing waits for this. A
+/// group that does not convert (one that today's checks refuse) is logged and left as it is;
+/// the others still convert.
 pub async fn convert_encoded_groups(pool: &PgPool) -> Result<usize, Error> {
     const PAGE: i64 = 100;
     let mut converted = 0;
+    let mut after_id = String::new();
     loop {
-        let groups = storage::encoded_groups(pool, PAGE).await?;
+        let groups = storage::encoded_groups(pool, &after_id, PAGE).await?;
         let last_page = groups.len() < PAGE as usize;
         for (id, body) in groups {
-            let group = convert::groups::decode_group(&id, &body)?;
-            storage::convert_group(pool, &id, &group).await?;
-            converted += 1;
+            match convert::groups::decode_group(&id, &body) {
+                Ok(group) => {
+                    storage::convert_group(pool, &id, &group).await?;
+                    converted += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(card_group_id = %id, %error, "card group left in its encoded form");
+                }
+            }
+            after_id = id;
         }
         if last_page {
             return Ok(converted);

@@ -127,3 +127,46 @@ async fn a_group_stored_as_a_message_pays_after_the_upgrade() {
     assert_eq!(legs, [5_000, 3_000]);
     pool.close().await;
 }
+
+/// A stored message that no longer converts (here one that does not even decode) is left in
+/// its encoded form and the groups after it still convert; the next pass converts nothing new
+/// and does not stop at it either.
+#[tokio::test]
+async fn a_group_that_does_not_convert_is_left_and_the_rest_convert() {
+    let pool = database().await;
+    let now = tandem_runtime::time::now_micros();
+    let mut conn = pool.acquire().await.expect("connection");
+    for (id, body) in [
+        ("cg_aaaaaaaaaaaaaaaaaaaaaaaaab", vec![0xff, 0xff, 0xff]),
+        ("cg_aaaaaaaaaaaaaaaaaaaaaaaaac", old_body().encode_to_vec()),
+    ] {
+        let stored = StoredGroup {
+            id: id.into(),
+            content: StoredContent::Encoded(body),
+            version: 1,
+            archived: false,
+            create_time: now,
+            update_time: now,
+            archive_time: None,
+        };
+        storage::insert_group(&mut conn, &stored, "acct-1")
+            .await
+            .expect("insert an old-form group");
+    }
+    drop(conn);
+
+    assert_eq!(convert_encoded_groups(&pool).await.expect("convert"), 1);
+    assert_eq!(convert_encoded_groups(&pool).await.expect("again"), 0);
+    let encoded = |id: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let stored = storage::group(&pool, id, false)
+                .await
+                .expect("read")
+                .expect("the group");
+            matches!(stored.content, StoredContent::Encoded(_))
+        }
+    };
+    assert!(encoded("cg_aaaaaaaaaaaaaaaaaaaaaaaaab").await);
+    assert!(!encoded("cg_aaaaaaaaaaaaaaaaaaaaaaaaac").await);
+}
