@@ -164,17 +164,13 @@ pub async fn encoded_groups(
     after_id: &str,
     limit: i64,
 ) -> Result<Vec<(String, Vec<u8>)>, Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT id, body FROM card_groups WHERE content IS NULL AND id > $1 ORDER BY id LIMIT $2",
     )
     .bind(after_id)
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| Ok((row.try_get("id")?, row.try_get("body")?)))
-        .collect::<Result<_, sqlx::Error>>()?)
+    .await?)
 }
 
 /// Replaces group `id`'s encoded message with `content`, the same group as domain data, unless
@@ -551,7 +547,7 @@ pub async fn events_after(
     after: i64,
     limit: i64,
 ) -> Result<Vec<(i64, Vec<u8>)>, Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT sequence, body FROM payment_events WHERE payment_id = $1 AND sequence > $2 \
          ORDER BY sequence LIMIT $3",
     )
@@ -559,41 +555,27 @@ pub async fn events_after(
     .bind(after)
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| Ok((row.try_get("sequence")?, row.try_get("body")?)))
-        .collect::<Result<_, sqlx::Error>>()?)
+    .await?)
 }
 
 /// How far payment `id` is: its events in all and whether it is settled (`None` if unknown).
 pub async fn progress(pool: &PgPool, id: &str) -> Result<Option<(i64, bool)>, Error> {
-    let row = sqlx::query("SELECT events, settled FROM payments WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
-    Ok(match row {
-        Some(row) => Some((row.try_get("events")?, row.try_get("settled")?)),
-        None => None,
-    })
+    Ok(
+        sqlx::query_as("SELECT events, settled FROM payments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// [`progress`] of each of `ids` that exists, as `(id, events, settled)`.
 pub async fn progress_of(pool: &PgPool, ids: &[&str]) -> Result<Vec<(String, i64, bool)>, Error> {
-    let rows = sqlx::query("SELECT id, events, settled FROM payments WHERE id = ANY($1)")
-        .bind(ids)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            Ok((
-                row.try_get("id")?,
-                row.try_get("events")?,
-                row.try_get("settled")?,
-            ))
-        })
-        .collect::<Result<_, sqlx::Error>>()?)
+    Ok(
+        sqlx::query_as("SELECT id, events, settled FROM payments WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 /// The events of several payments at once, each after its own sequence (`(id, after)` pairs),
@@ -603,7 +585,7 @@ pub async fn events_after_each(
     after: &[(&str, i64)],
 ) -> Result<Vec<(String, i64, Vec<u8>)>, Error> {
     let (ids, sequences): (Vec<&str>, Vec<i64>) = after.iter().copied().unzip();
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT e.payment_id, e.sequence, e.body \
          FROM unnest($1::text[], $2::bigint[]) AS w (id, after) \
          JOIN payment_events e ON e.payment_id = w.id AND e.sequence > w.after \
@@ -612,17 +594,7 @@ pub async fn events_after_each(
     .bind(&ids)
     .bind(&sequences)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            Ok((
-                row.try_get("payment_id")?,
-                row.try_get("sequence")?,
-                row.try_get("body")?,
-            ))
-        })
-        .collect::<Result<_, sqlx::Error>>()?)
+    .await?)
 }
 
 /// The first day of `time`'s calendar month (UTC), the key of monthly spend.
