@@ -53,8 +53,10 @@ PATH="$PWD/.venv/bin:$PATH" .venv/bin/pytest -q tests/python
 
 step "tandemctl dev --demo"
 dev_dir="$(mktemp -d)"
-TANDEM_VAULT__SERVER__LISTEN_ADDR="127.0.0.1:50151" \
-  TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR="127.0.0.1:50152" \
+# Ports below the kernel's ephemeral range (32768-60999), which an outgoing connection of an
+# earlier step may still hold.
+TANDEM_VAULT__SERVER__LISTEN_ADDR="127.0.0.1:30151" \
+  TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR="127.0.0.1:30152" \
   ./target/debug/tandemctl dev --demo --exit --dir "$dev_dir" \
   --vault-database "tandem_test_dev_$$" \
   --orchestrator-database "tandem_test_dev_orchestrator_$$" | tee "$dev_dir/out.txt"
