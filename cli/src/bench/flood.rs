@@ -48,14 +48,21 @@ pub struct FloodArgs {
     shape: Shape,
 }
 
-/// Runs the benchmark.
-pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
-    let shape = &args.shape;
+/// Checks the shape of a benchmark beside a steady payer: `--rate`, its payments per second,
+/// must be 1 to 1000.
+pub(super) fn check_steady_shape(shape: &Shape) -> anyhow::Result<()> {
     check_shape(shape)?;
     anyhow::ensure!(
         (1..=1_000).contains(&shape.rate),
         "--rate (the steady payer's payments per second) must be 1 to 1000"
     );
+    Ok(())
+}
+
+/// Runs the benchmark.
+pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
+    let shape = &args.shape;
+    check_steady_shape(shape)?;
     anyhow::ensure!(
         (1..=1_000_000).contains(&args.payer_rate)
             && (1..=1_000_000).contains(&args.payer_in_flight),

@@ -17,12 +17,12 @@ use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServi
 use tandem_proto::tandem::vault::v1 as pb;
 use tandem_tls::identity::Role;
 
-use super::flood::{own_stack, payment, steady};
+use super::Shape;
+use super::flood::{check_steady_shape, own_stack, payment, steady};
 use super::measure::{Window, count_in};
 use super::pay::{PAYMENT_CALL_TIMEOUT, SplitStrategy, create_groups};
 use super::stack::{CALL_TIMEOUT, ORCHESTRATOR_DATABASE, channels};
 use super::tokenize::tokenize_cards;
-use super::{Shape, check_shape};
 
 /// Clients of the steady payer.
 const STEADY_CLIENTS: usize = 32;
@@ -57,11 +57,7 @@ pub struct WatchArgs {
 /// Runs the benchmark.
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let shape = &args.shape;
-    check_shape(shape)?;
-    anyhow::ensure!(
-        (1..=1_000).contains(&shape.rate),
-        "--rate (the steady payer's payments per second) must be 1 to 1000"
-    );
+    check_steady_shape(shape)?;
     anyhow::ensure!(
         (1..=1_000_000).contains(&args.streams) && (1..=1_024).contains(&args.connections),
         "--streams must be 1 to 1000000 and --connections 1 to 1024"
