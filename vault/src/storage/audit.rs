@@ -31,7 +31,7 @@ pub async fn audit_head(executor: impl PgExecutor<'_>) -> Result<(i64, [u8; 32])
     Ok((seq, hash))
 }
 
-/// Appends chained rows and moves the head to the last one, in one statement each.
+/// Appends chained rows and moves the head to the last one, in one statement.
 pub async fn append_audit_rows(conn: &mut PgConnection, rows: &[AuditRow]) -> Result<(), Error> {
     let Some(last) = rows.last() else {
         return Ok(());
@@ -64,8 +64,10 @@ pub async fn append_audit_rows(conn: &mut PgConnection, rows: &[AuditRow]) -> Re
         prev_hashes.push(row.prev_hash.to_vec());
         hashes.push(row.hash.to_vec());
     }
+    // The head moves in the same statement (a data-modifying CTE): one round trip per batch.
     sqlx::query(
-        "INSERT INTO audit_events (seq, occurred_at, caller, role, rpc, token, outcome, reason, \
+        "WITH head AS (UPDATE audit_head SET seq = $14, hash = $15) \
+         INSERT INTO audit_events (seq, occurred_at, caller, role, rpc, token, outcome, reason, \
          correlation_id, prev_hash, hash, request_id, resource) SELECT * FROM UNNEST($1::bigint[], \
          $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
          $8::text[], $9::text[], $10::bytea[], $11::bytea[], $12::text[], $13::text[])",
@@ -83,13 +85,10 @@ pub async fn append_audit_rows(conn: &mut PgConnection, rows: &[AuditRow]) -> Re
     .bind(hashes)
     .bind(request_ids)
     .bind(resources)
-    .execute(&mut *conn)
+    .bind(last.seq)
+    .bind(last.hash.as_slice())
+    .execute(conn)
     .await?;
-    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2")
-        .bind(last.seq)
-        .bind(last.hash.as_slice())
-        .execute(conn)
-        .await?;
     Ok(())
 }
 
