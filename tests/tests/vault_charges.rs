@@ -1323,3 +1323,121 @@ async fn a_first_send_refused_by_the_breaker_is_not_a_decline() {
     assert_eq!(sandbox_authorizations(&vault, &good).await, 1);
     vault.stop().await;
 }
+
+/// The sandbox acts on an idempotency key once, like a real acquirer: a key sent again is
+/// answered with the first answer and changes nothing (the fail-first card's failure is not
+/// used up again, a second hold or settlement is not made), whatever the card or the
+/// authorization has become since; a new key is a new operation.
+#[tokio::test]
+async fn the_sandbox_acts_once_per_idempotency_key() {
+    use tandem_money::{Currency, Money};
+    use tandem_vault::connector::sandbox::Sandbox;
+    use tandem_vault::connector::{
+        AuthorizeAnswer, AuthorizeCall, Connector as _, FollowUpAnswer, FollowUpCall,
+    };
+    use tandem_vault::domain::charge::DeclineCode;
+    use tandem_vault::domain::{CardSecret, Fingerprint, HolderName, Pan, Token};
+
+    let vault = RunningVault::start().await;
+    let pool = sqlx::PgPool::connect(&vault.database.url)
+        .await
+        .expect("connect to the vault database");
+    let sandbox = Sandbox::new(pool.clone());
+    let token = Token::parse(&token_for(&vault, "4000009900000046").await).expect("token");
+    let card = CardSecret {
+        // Fails its first two authorizations with PROCESSING_ERROR, then approves.
+        pan: Pan::parse("4000009900000046").expect("pan"),
+        holder_name: HolderName::parse("Ada Lovelace").expect("name"),
+    };
+    let today = time::OffsetDateTime::now_utc().date();
+    let usd = |minor_units| Money::new(Currency::parse("USD").expect("USD"), minor_units);
+    let authorize = |key: &'static str| {
+        let (sandbox, token, card) = (&sandbox, &token, &card);
+        async move {
+            sandbox
+                .authorize(AuthorizeCall {
+                    idempotency_key: key,
+                    token,
+                    fingerprint: Fingerprint::parse(&"ab".repeat(32)).expect("fingerprint"),
+                    card,
+                    expiry: tandem_vault::domain::Expiry::new(12, 2030, today).expect("expiry"),
+                    amount: usd(700),
+                    allow_partial_approval: false,
+                    statement_descriptor: "TANDEM",
+                    reference: "payment/1",
+                })
+                .await
+                .expect("the sandbox answers")
+        }
+    };
+    let declined = |answer: &AuthorizeAnswer| match answer {
+        AuthorizeAnswer::Declined { code, .. } => Some(*code),
+        AuthorizeAnswer::Approved { .. } => None,
+    };
+
+    let first = authorize("auth-1").await;
+    assert_eq!(declined(&first), Some(DeclineCode::ProcessingError));
+    assert_eq!(
+        authorize("auth-1").await,
+        first,
+        "a replay answers the first answer"
+    );
+    assert_eq!(
+        declined(&authorize("auth-2").await),
+        Some(DeclineCode::ProcessingError),
+        "the replay did not use up the second failure"
+    );
+    let approved = authorize("auth-3").await;
+    let AuthorizeAnswer::Approved { reference, .. } = &approved else {
+        panic!("the third key is approved: {approved:?}");
+    };
+    assert_eq!(authorize("auth-3").await, approved);
+    let holds: i64 = sqlx::query_scalar("SELECT count(*) FROM sandbox_authorizations")
+        .fetch_one(&pool)
+        .await
+        .expect("count holds");
+    assert_eq!(holds, 1);
+
+    let follow_up = |key: &'static str, amount: Option<i64>| FollowUpCall {
+        idempotency_key: key,
+        authorization_reference: reference,
+        amount: amount.map(usd),
+        token: &token,
+    };
+    let captured = sandbox
+        .capture(follow_up("cap-1", Some(500)))
+        .await
+        .expect("capture");
+    assert!(matches!(captured, FollowUpAnswer::Done { .. }));
+    let again = sandbox
+        .capture(follow_up("cap-1", Some(500)))
+        .await
+        .expect("capture replay");
+    assert_eq!(
+        again, captured,
+        "the authorization is captured now, yet the replay succeeds"
+    );
+    let void = sandbox.void(follow_up("void-1", None)).await.expect("void");
+    assert!(matches!(
+        void,
+        FollowUpAnswer::Refused {
+            code: DeclineCode::TransactionNotAllowed,
+            ..
+        }
+    ));
+    assert_eq!(
+        sandbox
+            .void(follow_up("void-1", None))
+            .await
+            .expect("void replay"),
+        void
+    );
+    let counts: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM sandbox_settlement_records), \
+         (SELECT count(*) FROM sandbox_operations WHERE outcome = 'replayed')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!(counts, (1, 4), "one settlement; four replays recorded");
+}

@@ -246,22 +246,35 @@ fn money(currency: Option<String>, minor: Option<i64>) -> Option<Money> {
     Some(Money::new(currency, minor?))
 }
 
-/// The statement of a capture, void or refund the sandbox accepts: the authorization's change
-/// (`SET` clause; `$2` is the amount), the operation and, for money that moves (`$12`: a capture
-/// or a refund), its settlement record, in one statement.
+/// The clause that makes an operation's insert do nothing where its idempotency key was acted
+/// on before: the conflict target of the `sandbox_operations_once` index.
+macro_rules! once {
+    () => {
+        "ON CONFLICT (type, idempotency_key) WHERE outcome <> 'replayed' AND type <> 'inquire' \
+         DO NOTHING"
+    };
+}
+
+/// The statement of a capture, void or refund the sandbox accepts: the operation, unless its
+/// idempotency key was acted on before (see [`once!`]), and only then the authorization's change
+/// (`SET` clause; `$2` is the amount) and, for money that moves (`$12`: a capture or a
+/// refund), its settlement record, in one statement. It returns how many operations it
+/// recorded: 0 means the call is a replay.
 macro_rules! follow_up_statement {
     ($change:literal) => {
         concat!(
-            "WITH changed AS (UPDATE sandbox_authorizations SET ",
+            "WITH operation AS (INSERT INTO sandbox_operations (reference, \
+             authorization_reference, type, idempotency_key, token, currency, requested_minor, \
+             approved_minor, outcome, created_at) \
+             VALUES ($3, $1, $4, $5, $6, $7, $2, $2, 'approved', $8) ",
+            once!(),
+            " RETURNING reference), changed AS (UPDATE sandbox_authorizations SET ",
             $change,
-            " WHERE reference = $1 RETURNING reference), \
-             operation AS (INSERT INTO sandbox_operations (reference, authorization_reference, \
-             type, idempotency_key, token, currency, requested_minor, approved_minor, outcome, \
-             created_at) SELECT $3, $1, $4, $5, $6, $7, $2, $2, 'approved', $8 FROM changed \
-             RETURNING reference) \
-             INSERT INTO sandbox_settlement_records (id, settlement_date, type, \
+            " WHERE reference = $1 AND EXISTS (SELECT FROM operation)), \
+             settled AS (INSERT INTO sandbox_settlement_records (id, settlement_date, type, \
              processor_reference, authorization_reference, currency, amount_minor, created_at) \
-             SELECT $9, $10, $4, reference, $1, $11, $2, $8 FROM operation WHERE $12"
+             SELECT $9, $10, $4, reference, $1, $11, $2, $8 FROM operation WHERE $12) \
+             SELECT count(*) FROM operation"
         )
     };
 }
@@ -483,21 +496,11 @@ impl Sandbox {
         };
         let behaviour = card_from_row(&card)?.behaviour;
         let latency = Duration::from_millis(u64::from(behaviour.latency_ms));
-        if let Some(answer) = replay_authorization(&mut tx, call.idempotency_key).await? {
-            record_replay(&mut tx, "authorize", call.idempotency_key, call.token, "").await?;
-            tx.commit().await?;
-            return Ok((answer, false, latency));
-        }
         let fail_remaining: i32 = card.try_get("fail_remaining")?;
         let today = OffsetDateTime::now_utc().date();
-        let decision = if fail_remaining > 0 {
-            sqlx::query(
-                "UPDATE sandbox_cards SET fail_remaining = fail_remaining - 1, updated_at = now() \
-                 WHERE fingerprint = $1",
-            )
-            .bind(call.fingerprint.as_bytes().as_slice())
-            .execute(&mut *tx)
-            .await?;
+        // A failure to come is used up by the statement that records the operation.
+        let fails = fail_remaining > 0;
+        let decision = if fails {
             Err(DeclineCode::ProcessingError)
         } else if let Some(code) = behaviour.decline {
             Err(code)
@@ -550,16 +553,24 @@ impl Sandbox {
             ),
             AuthorizeAnswer::Declined { code, .. } => ("declined", 0, Some(*code), ""),
         };
-        // The operation, and for an approval the hold it takes, in one statement.
-        sqlx::query(
-            "WITH hold AS (INSERT INTO sandbox_authorizations \
+        // The operation, and for an approval the hold it takes and for a failure to come the
+        // one it uses up, in one statement; nothing at all when this idempotency key was acted
+        // on before (the lock above serializes copies on one card; the unique index, any
+        // other): the first answer is then replayed.
+        let recorded: i64 = sqlx::query_scalar(concat!(
+            "WITH operation AS (INSERT INTO sandbox_operations (reference, type, \
+             idempotency_key, token, currency, requested_minor, approved_minor, outcome, \
+             decline_code, processor_decline_code, authorization_code, created_at) \
+             VALUES ($1, 'authorize', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ",
+            once!(),
+            " RETURNING reference), \
+             hold AS (INSERT INTO sandbox_authorizations \
              (reference, fingerprint, currency, approved_minor, state, created_at) \
-             SELECT $1, $12, $4, $6, 'held', $11 WHERE $8::text IS NULL) \
-             INSERT INTO sandbox_operations (reference, type, idempotency_key, token, currency, \
-             requested_minor, approved_minor, outcome, decline_code, processor_decline_code, \
-             authorization_code, created_at) \
-             VALUES ($1, 'authorize', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
+             SELECT reference, $12, $4, $6, 'held', $11 FROM operation WHERE $8::text IS NULL), \
+             failure AS (UPDATE sandbox_cards SET fail_remaining = fail_remaining - 1, \
+             updated_at = now() WHERE fingerprint = $12 AND $13 AND EXISTS (SELECT FROM operation)) \
+             SELECT count(*) FROM operation"
+        ))
         .bind(&reference)
         .bind(call.idempotency_key)
         .bind(call.token.as_str())
@@ -572,8 +583,17 @@ impl Sandbox {
         .bind(auth_code)
         .bind(now)
         .bind(call.fingerprint.as_bytes().as_slice())
-        .execute(&mut *tx)
+        .bind(fails)
+        .fetch_one(&mut *tx)
         .await?;
+        if recorded == 0 {
+            let answer = replay_authorization(&mut tx, call.idempotency_key)
+                .await?
+                .ok_or_else(|| missing_operation("authorize"))?;
+            record_replay(&mut tx, "authorize", call.idempotency_key, call.token, "").await?;
+            tx.commit().await?;
+            return Ok((answer, false, latency));
+        }
         tx.commit().await?;
         let hang = behaviour.timeout_after_authorize && decline.is_none();
         Ok((answer, hang, latency))
@@ -598,27 +618,6 @@ impl Sandbox {
             Some(row) => Duration::from_millis(row.try_get::<i32, _>("latency_ms")?.max(0) as u64),
             None => Duration::ZERO,
         };
-        let previous = sqlx::query(
-            "SELECT reference, outcome, decline_code, processor_decline_code \
-             FROM sandbox_operations WHERE type = $1 AND idempotency_key = $2 \
-             AND outcome <> 'replayed'",
-        )
-        .bind(kind)
-        .bind(call.idempotency_key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(previous) = previous {
-            record_replay(
-                &mut tx,
-                kind,
-                call.idempotency_key,
-                call.token,
-                call.authorization_reference,
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok((follow_up_answer(&previous)?, latency));
-        }
         let Some(authorization) = authorization else {
             return Ok((
                 refuse(tx, kind, call, DeclineCode::InvalidCard).await?,
@@ -654,7 +653,7 @@ impl Sandbox {
         };
         let now = OffsetDateTime::now_utc();
         let settles = amount.is_some() && matches!(kind, "capture" | "refund");
-        sqlx::query(change)
+        let recorded: i64 = sqlx::query_scalar(change)
             .bind(call.authorization_reference)
             .bind(amount)
             .bind(&reference)
@@ -667,8 +666,11 @@ impl Sandbox {
             .bind(now.date())
             .bind(&currency)
             .bind(settles)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+        if recorded == 0 {
+            return Ok((replay_follow_up(tx, kind, call).await?, latency));
+        }
         tx.commit().await?;
         Ok((FollowUpAnswer::Done { reference }, latency))
     }
@@ -860,18 +862,20 @@ fn follow_up_answer(row: &PgRow) -> Result<FollowUpAnswer, sqlx::Error> {
     })
 }
 
-/// Records and returns a refused capture, void or refund.
+/// Records and returns a refused capture, void or refund, or replays the first answer when
+/// its idempotency key was acted on before.
 async fn refuse(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     kind: &str,
     call: &FollowUpCall<'_>,
     code: DeclineCode,
 ) -> Result<FollowUpAnswer, sqlx::Error> {
-    sqlx::query(
+    let recorded = sqlx::query(concat!(
         "INSERT INTO sandbox_operations (reference, authorization_reference, type, \
          idempotency_key, token, outcome, decline_code, processor_decline_code, created_at) \
-         VALUES ($1, $2, $3, $4, $5, 'declined', $6, $7, now())",
-    )
+         VALUES ($1, $2, $3, $4, $5, 'declined', $6, $7, now()) ",
+        once!()
+    ))
     .bind(reference())
     .bind(call.authorization_reference)
     .bind(kind)
@@ -880,12 +884,53 @@ async fn refuse(
     .bind(code.as_str())
     .bind(processor_code(code))
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if recorded == 0 {
+        return replay_follow_up(tx, kind, call).await;
+    }
     tx.commit().await?;
     Ok(FollowUpAnswer::Refused {
         code,
         processor_code: processor_code(code).to_owned(),
     })
+}
+
+/// The answer the sandbox gave to an earlier capture, void or refund with this call's
+/// idempotency key, recorded as replayed.
+async fn replay_follow_up(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    kind: &str,
+    call: &FollowUpCall<'_>,
+) -> Result<FollowUpAnswer, sqlx::Error> {
+    let previous = sqlx::query(
+        "SELECT reference, outcome, decline_code, processor_decline_code \
+         FROM sandbox_operations WHERE type = $1 AND idempotency_key = $2 \
+         AND outcome <> 'replayed'",
+    )
+    .bind(kind)
+    .bind(call.idempotency_key)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| missing_operation(kind))?;
+    record_replay(
+        &mut tx,
+        kind,
+        call.idempotency_key,
+        call.token,
+        call.authorization_reference,
+    )
+    .await?;
+    tx.commit().await?;
+    follow_up_answer(&previous)
+}
+
+/// The error of a replay whose first operation is not there: the insert conflicted with a row
+/// that a fresh statement cannot see, which the unique index makes impossible.
+fn missing_operation(kind: &str) -> sqlx::Error {
+    sqlx::Error::Protocol(format!(
+        "sandbox {kind}: the idempotency key conflicts, but its first operation is missing"
+    ))
 }
 
 #[async_trait::async_trait]
