@@ -36,6 +36,16 @@ impl Violations {
         self.0.extend(violations);
     }
 
+    /// Records violations found in a nested message, each under `prefix`: a violation of
+    /// `amount` under `requests[2]` is recorded as `requests[2].amount`.
+    pub fn extend_under(&mut self, prefix: &str, violations: Vec<FieldViolation>) {
+        self.0
+            .extend(violations.into_iter().map(|violation| FieldViolation {
+                field: format!("{prefix}.{}", violation.field),
+                description: violation.description,
+            }));
+    }
+
     /// Keeps `result`'s value, or records its error against `field`.
     pub fn check<T, E: ToString>(
         &mut self,
@@ -105,10 +115,17 @@ mod tests {
         v.add("pan", "must be 12-19 digits");
         v.add(format!("members[{}].priority", 2), "must be positive");
         assert_eq!(v.check("year", Err::<i32, _>("must be 2000 to 2099")), None);
+        v.extend_under(
+            "requests[1]",
+            vec![FieldViolation::new("amount", "is required")],
+        );
         assert!(!v.is_empty());
         let violations: Vec<FieldViolation> = v.finish_with(|| Some(())).unwrap_err();
         let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
-        assert_eq!(fields, ["pan", "members[2].priority", "year"]);
+        assert_eq!(
+            fields,
+            ["pan", "members[2].priority", "year", "requests[1].amount"]
+        );
         let detail = bad_request(&violations);
         assert_eq!(detail.field_violations[1].field, "members[2].priority");
         assert_eq!(detail.field_violations[1].description, "must be positive");

@@ -128,3 +128,40 @@ def test_tokenizer_cannot_charge(vault):
             charge_grpc.ChargeServiceStub(channel).Authorize(authorize_request(token, 100))
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert reason(raised.value) == "ROLE_NOT_ALLOWED"
+
+
+def test_batch_authorize_and_capture(vault):
+    """A payment round in one call: each item its own authorization, with its own result and
+    request-id idempotency; one item's failure is its own."""
+    good = tokenize(vault, "4242424242424242")
+    other = tokenize(vault, "5555555555554444")
+    lost = tokenize(vault, "4000 0000 0000 9987")
+    requests = [
+        authorize_request(good, 600),
+        authorize_request(lost, 300),
+        authorize_request(other, 100),
+        authorize_request("tok_" + "a" * 26, 100),
+    ]
+    with vault.channel("orchestrator") as channel:
+        stub = charge_grpc.ChargeServiceStub(channel)
+        results = stub.BatchAuthorize(charge_pb.BatchAuthorizeRequest(requests=requests)).results
+        assert [r.WhichOneof("result") for r in results] == ["charge", "charge", "charge", "error"]
+        assert results[0].charge.state == charge_pb.CHARGE_STATE_AUTHORIZED
+        assert results[1].charge.decline_code == decline_pb2.DECLINE_CODE_LOST_CARD
+        assert results[3].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+        assert results[3].error.reason == "TOKEN_NOT_FOUND"
+
+        again = stub.BatchAuthorize(charge_pb.BatchAuthorizeRequest(requests=requests)).results
+        assert again[0].charge.id == results[0].charge.id
+
+        captures = [
+            charge_pb.CaptureRequest(request_id=str(uuid.uuid4()), charge_id=r.charge.id)
+            for r in (results[0], results[2])
+        ]
+        captured = stub.BatchCapture(charge_pb.BatchCaptureRequest(requests=captures)).results
+        assert [c.charge.state for c in captured] == [charge_pb.CHARGE_STATE_CAPTURED] * 2
+        assert [c.charge.captured.minor_units for c in captured] == [600, 100]
+
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.BatchAuthorize(charge_pb.BatchAuthorizeRequest(requests=[]))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1324,6 +1324,195 @@ async fn a_first_send_refused_by_the_breaker_is_not_a_decline() {
     vault.stop().await;
 }
 
+/// An item's result in a batch: its charge, or its error as `(code, reason, fields)`.
+fn batch_item(result: &pb::BatchChargeResult) -> Result<&pb::Charge, (Code, &str, Vec<&str>)> {
+    use pb::batch_charge_result::Result as Item;
+    match result.result.as_ref().expect("a result") {
+        Item::Charge(charge) => Ok(charge),
+        Item::Error(error) => Err((
+            Code::from_i32(error.code),
+            error.reason.as_str(),
+            error
+                .field_violations
+                .iter()
+                .map(|v| v.field.as_str())
+                .collect(),
+        )),
+    }
+}
+
+/// The batch RPCs run each item as its single RPC would alone: each keeps its own request-id
+/// idempotency (a batch sent again, or an item sent again alone, replays it; another request
+/// under its id is `REQUEST_ID_REUSED`), each gets its own result in order, and one item's
+/// failure (an unknown token, bad input) touches no other. Only the batch's shape fails the
+/// whole call: no items, too many, or one request id twice.
+#[tokio::test]
+async fn batch_calls_run_each_item_as_alone() {
+    let vault = RunningVault::start().await;
+    let mut client = charges(&vault).await;
+    let first_token = token_for(&vault, TEST_PANS[0]).await;
+    let second_token = token_for(&vault, TEST_PANS[1]).await;
+    let mut bad_amount = authorize_request("batch-bad", &first_token, 1);
+    bad_amount.amount = Some(usd(0));
+    let batch = pb::BatchAuthorizeRequest {
+        requests: vec![
+            authorize_request("batch-a", &first_token, 1200),
+            authorize_request("batch-missing", "tok_aaaaaaaaaaaaaaaaaaaaaaaaaa", 500),
+            bad_amount,
+            authorize_request("batch-b", &second_token, 800),
+        ],
+    };
+    let results = client
+        .batch_authorize(batch.clone())
+        .await
+        .expect("batch authorize")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 4);
+    let first = batch_item(&results[0])
+        .expect("the first card authorizes")
+        .clone();
+    assert_eq!(state(&first), pb::ChargeState::Authorized);
+    assert_eq!(first.request_id, "batch-a");
+    assert_eq!(
+        batch_item(&results[1]).unwrap_err(),
+        (Code::NotFound, "TOKEN_NOT_FOUND", vec![])
+    );
+    assert_eq!(
+        batch_item(&results[2]).unwrap_err(),
+        (Code::InvalidArgument, "INVALID_ARGUMENT", vec!["amount"])
+    );
+    let second = batch_item(&results[3])
+        .expect("the second card authorizes")
+        .clone();
+    assert_eq!(minor(&second.approved), 800);
+
+    // Sent again, the batch replays; so does an item sent alone; no second hold is placed.
+    let replayed = client
+        .batch_authorize(batch)
+        .await
+        .expect("batch replay")
+        .into_inner()
+        .results;
+    assert_eq!(batch_item(&replayed[0]).expect("replay").id, first.id);
+    assert_eq!(batch_item(&replayed[3]).expect("replay").id, second.id);
+    let alone = authorize(
+        &mut client,
+        authorize_request("batch-a", &first_token, 1200),
+    )
+    .await;
+    assert_eq!(alone.id, first.id);
+    assert_eq!(sandbox_authorizations(&vault, &first_token).await, 1);
+    assert_eq!(sandbox_authorizations(&vault, &second_token).await, 1);
+    let reused = client
+        .batch_authorize(pb::BatchAuthorizeRequest {
+            requests: vec![authorize_request("batch-a", &first_token, 999)],
+        })
+        .await
+        .expect("batch authorize")
+        .into_inner()
+        .results;
+    assert_eq!(
+        batch_item(&reused[0]).unwrap_err(),
+        (Code::AlreadyExists, "REQUEST_ID_REUSED", vec![])
+    );
+
+    // Captures and voids, batched the same way.
+    let captured = client
+        .batch_capture(pb::BatchCaptureRequest {
+            requests: vec![pb::CaptureRequest {
+                request_id: "batch-a-capture".to_owned(),
+                charge_id: first.id.clone(),
+                amount: Some(usd(1000)),
+            }],
+        })
+        .await
+        .expect("batch capture")
+        .into_inner()
+        .results;
+    let captured = batch_item(&captured[0]).expect("captured");
+    assert_eq!(
+        (state(captured), minor(&captured.captured)),
+        (pb::ChargeState::Captured, 1000)
+    );
+    let void = |request_id: &str, charge_id: &str| pb::VoidRequest {
+        request_id: request_id.to_owned(),
+        charge_id: charge_id.to_owned(),
+        reason: "split payment not covered".to_owned(),
+    };
+    let voided = client
+        .batch_void(pb::BatchVoidRequest {
+            requests: vec![
+                void("batch-b-void", &second.id),
+                void("batch-a-void", &first.id),
+            ],
+        })
+        .await
+        .expect("batch void")
+        .into_inner()
+        .results;
+    assert_eq!(
+        state(batch_item(&voided[0]).expect("voided")),
+        pb::ChargeState::Voided
+    );
+    assert_eq!(
+        batch_item(&voided[1]).unwrap_err(),
+        (Code::FailedPrecondition, "CHARGE_ALREADY_CAPTURED", vec![])
+    );
+
+    // The shape of a batch is the call's: checked before any item runs.
+    let shape = |requests: Vec<pb::AuthorizeRequest>| {
+        let mut client = client.clone();
+        async move {
+            let status = client
+                .batch_authorize(pb::BatchAuthorizeRequest { requests })
+                .await
+                .unwrap_err();
+            (status.code(), violated_fields(&status))
+        }
+    };
+    assert_eq!(
+        shape(vec![]).await,
+        (Code::InvalidArgument, vec!["requests".to_owned()])
+    );
+    let many = (0..33)
+        .map(|i| authorize_request(&format!("batch-many-{i}"), &first_token, 100))
+        .collect();
+    assert_eq!(
+        shape(many).await,
+        (Code::InvalidArgument, vec!["requests".to_owned()])
+    );
+    let twice = vec![
+        authorize_request("batch-twice", &first_token, 100),
+        authorize_request("batch-twice", &second_token, 100),
+    ];
+    assert_eq!(
+        shape(twice).await,
+        (
+            Code::InvalidArgument,
+            vec!["requests[1].request_id".to_owned()]
+        )
+    );
+    let not_run = get_by_request(&mut client, "batch-twice")
+        .await
+        .unwrap_err();
+    assert_eq!(not_run.code(), Code::NotFound);
+    assert_eq!(sandbox_authorizations(&vault, &first_token).await, 1);
+
+    // A batch is for the orchestrator only, like each of its items.
+    let mut tokenizer = ChargeServiceClient::new(vault.channel(Role::Tokenizer).await);
+    let denied = tokenizer
+        .batch_authorize(pb::BatchAuthorizeRequest {
+            requests: vec![authorize_request("batch-denied", &first_token, 100)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (denied.code(), vault_reason(&denied).as_str()),
+        (Code::PermissionDenied, "ROLE_NOT_ALLOWED")
+    );
+}
+
 /// The sandbox acts on an idempotency key once, like a real acquirer: a key sent again is
 /// answered with the first answer and changes nothing (the fail-first card's failure is not
 /// used up again, a second hold or settlement is not made), whatever the card or the

@@ -28,6 +28,12 @@ pub enum Rpc {
     Refund,
     /// `ChargeService/GetCharge`
     GetCharge,
+    /// `ChargeService/BatchAuthorize`
+    BatchAuthorize,
+    /// `ChargeService/BatchCapture`
+    BatchCapture,
+    /// `ChargeService/BatchVoid`
+    BatchVoid,
     /// `SandboxService/ConfigureSandboxCard`
     ConfigureSandboxCard,
     /// `SandboxService/GetSandboxCard`
@@ -58,7 +64,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC, for tests that check the table is complete.
-    pub const ALL: [Rpc; 24] = [
+    pub const ALL: [Rpc; 27] = [
         Rpc::Tokenize,
         Rpc::GetToken,
         Rpc::ListTokens,
@@ -70,6 +76,9 @@ impl Rpc {
         Rpc::Void,
         Rpc::Refund,
         Rpc::GetCharge,
+        Rpc::BatchAuthorize,
+        Rpc::BatchCapture,
+        Rpc::BatchVoid,
         Rpc::ConfigureSandboxCard,
         Rpc::GetSandboxCard,
         Rpc::ListSandboxOperations,
@@ -99,6 +108,9 @@ impl Rpc {
             Rpc::Void => "tandem.vault.v1.ChargeService/Void",
             Rpc::Refund => "tandem.vault.v1.ChargeService/Refund",
             Rpc::GetCharge => "tandem.vault.v1.ChargeService/GetCharge",
+            Rpc::BatchAuthorize => "tandem.vault.v1.ChargeService/BatchAuthorize",
+            Rpc::BatchCapture => "tandem.vault.v1.ChargeService/BatchCapture",
+            Rpc::BatchVoid => "tandem.vault.v1.ChargeService/BatchVoid",
             Rpc::ConfigureSandboxCard => "tandem.vault.v1.SandboxService/ConfigureSandboxCard",
             Rpc::GetSandboxCard => "tandem.vault.v1.SandboxService/GetSandboxCard",
             Rpc::ListSandboxOperations => "tandem.vault.v1.SandboxService/ListSandboxOperations",
@@ -124,9 +136,14 @@ impl Rpc {
             | Rpc::RevokeToken
             | Rpc::RevokeByFingerprint => &[Role::Tokenizer],
             Rpc::GetToken => &[Role::Tokenizer, Role::Orchestrator],
-            Rpc::Authorize | Rpc::Capture | Rpc::Void | Rpc::Refund | Rpc::GetCharge => {
-                &[Role::Orchestrator]
-            }
+            Rpc::Authorize
+            | Rpc::Capture
+            | Rpc::Void
+            | Rpc::Refund
+            | Rpc::GetCharge
+            | Rpc::BatchAuthorize
+            | Rpc::BatchCapture
+            | Rpc::BatchVoid => &[Role::Orchestrator],
             Rpc::ConfigureSandboxCard
             | Rpc::GetSandboxCard
             | Rpc::ListSandboxOperations
@@ -186,6 +203,9 @@ impl Rpc {
             | Rpc::Capture
             | Rpc::Void
             | Rpc::Refund
+            | Rpc::BatchAuthorize
+            | Rpc::BatchCapture
+            | Rpc::BatchVoid
             | Rpc::ConfigureSandboxCard
             | Rpc::RecoverCharges
             | Rpc::RotateDataKey
@@ -223,6 +243,9 @@ mod tests {
             Rpc::Void,
             Rpc::Refund,
             Rpc::GetCharge,
+            Rpc::BatchAuthorize,
+            Rpc::BatchCapture,
+            Rpc::BatchVoid,
         ];
         let sandbox = [
             Rpc::ConfigureSandboxCard,

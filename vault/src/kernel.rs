@@ -36,6 +36,20 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// The context of one item of a batch call (`BatchAuthorize` and the like): the same
+    /// caller and correlation id, with the item's own RPC and request id (when a valid one), so that the item is
+    /// recorded, hashed and audited exactly as that RPC sent alone.
+    pub fn item(&self, rpc: Rpc, request_id: &str) -> RequestContext {
+        RequestContext {
+            caller: self.caller.clone(),
+            rpc,
+            correlation_id: self.correlation_id.clone(),
+            request_id: crate::domain::RequestId::parse(request_id)
+                .ok()
+                .map(|id| id.as_str().to_owned()),
+        }
+    }
+
     /// The audit fields of this call, with `reason` as the row's free text.
     pub(crate) fn audit(&self, reason: impl Into<String>) -> AuditContext {
         let (caller, role) = match &self.caller {

@@ -1,7 +1,9 @@
 //! `ChargeService`: thin handlers over [`crate::charges`] and their wire conversions.
 
+use std::future::Future;
 use std::sync::Arc;
 
+use futures::future::join_all;
 use tandem_money::{Currency, Money};
 use tandem_proto::tandem::r#type::v1 as types;
 use tandem_proto::tandem::vault::v1 as pb;
@@ -10,7 +12,7 @@ use tracing::instrument;
 
 use super::convert::{brand, timestamp};
 use super::status::to_status;
-use super::{Edge, respond};
+use super::{Edge, RequestIdField, respond};
 use crate::auth::Rpc;
 use crate::charges::Charges;
 use crate::domain::charge::{
@@ -20,6 +22,7 @@ use crate::domain::charge::{
 };
 use crate::domain::{Reason, RequestId, Token};
 use crate::error::Error;
+use crate::kernel::RequestContext;
 use tandem_runtime::fields::Violations;
 
 /// An amount to charge: a known currency and 1 to `max` minor units.
@@ -114,6 +117,66 @@ pub fn refund(request: &pb::RefundRequest, max: i64) -> Result<RefundCommand, Er
             reason: reason?,
         })
     })
+}
+
+/// Most items of one batch call (`BatchAuthorize`, `BatchCapture`, `BatchVoid`): as many as
+/// a card group has members, so that a payment's round is one call.
+pub const BATCH_ITEMS_MAX: usize = 32;
+
+/// Checks the shape of a batch: 1 to [`BATCH_ITEMS_MAX`] items, no two with one request id
+/// (the second would otherwise run as a replay of the first). Each item's own fields are its
+/// single RPC's to check.
+pub fn batch<R>(requests: &[R], request_id: impl Fn(&R) -> &str) -> Result<(), Error> {
+    let mut v = Violations::default();
+    if requests.is_empty() || requests.len() > BATCH_ITEMS_MAX {
+        v.add(
+            "requests",
+            format!("must hold 1 to {BATCH_ITEMS_MAX} requests"),
+        );
+    }
+    let mut seen = std::collections::HashSet::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        if !seen.insert(request_id(request)) {
+            v.add(
+                format!("requests[{i}].request_id"),
+                "is the request id of an earlier request of the batch",
+            );
+        }
+    }
+    v.finish(())
+}
+
+/// One item's result in a batch response: its charge, or the status its single RPC would have
+/// returned, with the same code, `ErrorInfo` reason and `BadRequest` fields.
+pub fn batch_result(result: Result<ChargeView, Status>) -> pb::BatchChargeResult {
+    use pb::batch_charge_result::Result as Item;
+    use tonic_types::StatusExt as _;
+    let item = match result {
+        Ok(charge) => Item::Charge(charge_message(&charge)),
+        Err(status) => {
+            let details = status.get_error_details();
+            let field_violations = details
+                .bad_request()
+                .map(|bad| bad.field_violations.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| pb::batch_item_error::FieldViolation {
+                    field: v.field,
+                    description: v.description,
+                })
+                .collect();
+            Item::Error(pb::BatchItemError {
+                code: status.code() as i32,
+                reason: details
+                    .error_info()
+                    .map(|info| info.reason.clone())
+                    .unwrap_or_default(),
+                message: status.message().to_owned(),
+                field_violations,
+            })
+        }
+    };
+    pb::BatchChargeResult { result: Some(item) }
 }
 
 /// Checks a `GetChargeRequest`.
@@ -267,6 +330,40 @@ impl ChargeApi {
     }
 }
 
+impl ChargeApi {
+    /// Runs the items of a batch all at once, each as `rpc` alone would run, with its own
+    /// context (its request id, hash and audit row): `check` is the single RPC's conversion
+    /// (a bad item is refused and audited alone) and `run` its operation. Returns the results
+    /// in the order of the items.
+    async fn each<R, C, F, Fut>(
+        &self,
+        ctx: &RequestContext,
+        rpc: Rpc,
+        requests: &[R],
+        check: impl Fn(&R) -> Result<C, Error>,
+        run: F,
+    ) -> Vec<pb::BatchChargeResult>
+    where
+        R: RequestIdField,
+        F: Fn(Arc<Charges>, RequestContext, C) -> Fut,
+        Fut: Future<Output = Result<ChargeView, Error>>,
+    {
+        let runs = requests.iter().map(|request| {
+            let item = ctx.item(rpc, request.request_id_field());
+            let command = check(request);
+            let charges = self.charges.clone();
+            let run = &run;
+            async move {
+                match command {
+                    Ok(command) => run(charges, item, command).await.map_err(to_status),
+                    Err(error) => Err(self.edge.refuse(&item, None, error).await),
+                }
+            }
+        });
+        join_all(runs).await.into_iter().map(batch_result).collect()
+    }
+}
+
 fn record_charge(charge: &ChargeView) {
     let span = tracing::Span::current();
     span.record("charge", charge.id.as_str());
@@ -380,6 +477,71 @@ impl pb::charge_service_server::ChargeService for ChargeApi {
                 charge: Some(charge_message(&charge)),
             },
         ))
+    }
+
+    #[instrument(skip_all, fields(rpc = "BatchAuthorize", correlation_id, caller))]
+    async fn batch_authorize(
+        &self,
+        request: Request<pb::BatchAuthorizeRequest>,
+    ) -> Result<Response<pb::BatchAuthorizeResponse>, Status> {
+        let ctx = self.edge.context(&request, Rpc::BatchAuthorize).await?;
+        let max = self.amount_minor_max;
+        let requests = &request.get_ref().requests;
+        let commands = batch(requests, |r| &r.request_id);
+        self.edge.check(&ctx, commands).await?;
+        let results = self
+            .each(
+                &ctx,
+                Rpc::Authorize,
+                requests,
+                |r| authorize(r, max),
+                |charges, ctx, c| async move { charges.authorize(ctx, c).await },
+            )
+            .await;
+        Ok(respond(&ctx, pb::BatchAuthorizeResponse { results }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "BatchCapture", correlation_id, caller))]
+    async fn batch_capture(
+        &self,
+        request: Request<pb::BatchCaptureRequest>,
+    ) -> Result<Response<pb::BatchCaptureResponse>, Status> {
+        let ctx = self.edge.context(&request, Rpc::BatchCapture).await?;
+        let max = self.amount_minor_max;
+        let requests = &request.get_ref().requests;
+        let commands = batch(requests, |r| &r.request_id);
+        self.edge.check(&ctx, commands).await?;
+        let results = self
+            .each(
+                &ctx,
+                Rpc::Capture,
+                requests,
+                |r| capture(r, max),
+                |charges, ctx, c| async move { charges.capture(ctx, c).await },
+            )
+            .await;
+        Ok(respond(&ctx, pb::BatchCaptureResponse { results }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "BatchVoid", correlation_id, caller))]
+    async fn batch_void(
+        &self,
+        request: Request<pb::BatchVoidRequest>,
+    ) -> Result<Response<pb::BatchVoidResponse>, Status> {
+        let ctx = self.edge.context(&request, Rpc::BatchVoid).await?;
+        let requests = &request.get_ref().requests;
+        let commands = batch(requests, |r| &r.request_id);
+        self.edge.check(&ctx, commands).await?;
+        let results = self
+            .each(
+                &ctx,
+                Rpc::Void,
+                requests,
+                void,
+                |charges, ctx, c| async move { charges.void(ctx, c).await },
+            )
+            .await;
+        Ok(respond(&ctx, pb::BatchVoidResponse { results }))
     }
 
     #[instrument(

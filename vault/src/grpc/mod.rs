@@ -198,7 +198,8 @@ request_id_fields!(
     without: pb::GetTokenRequest, pb::ListTokensRequest, pb::GetChargeRequest,
         pb::GetSandboxCardRequest, pb::ListSandboxOperationsRequest,
         pb::ListSettlementRecordsRequest, pb::GetKeyStatusRequest, pb::ListAuditEventsRequest,
-        pb::VerifyAuditLogRequest,
+        pb::VerifyAuditLogRequest, pb::BatchAuthorizeRequest, pb::BatchCaptureRequest,
+        pb::BatchVoidRequest,
 );
 
 /// The client's `x-request-id` if it is short printable ASCII holding no card number,
