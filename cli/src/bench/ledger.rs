@@ -1,5 +1,8 @@
-//! `tandemctl bench ledger`: single transfers between random accounts through the ledger's
-//! batching writer, in this process, then the ledger's invariant check.
+//! `tandemctl bench ledger`: single transfers between accounts through the ledger's batching
+//! writer, in this process, then the ledger's invariant check. The accounts are spread evenly
+//! (`--skew uniform`) or by a Zipf law (`--skew zipf`: the k-th account is picked with odds
+//! proportional to 1 / k^s, so a few accounts are hot), in a closed loop or, with `--rate`, an
+//! open one.
 
 use std::time::Duration;
 
@@ -21,8 +24,85 @@ pub struct LedgerArgs {
     /// Longest a ledger batch waits for more submissions, e.g. `1ms` or `0ms`.
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     batch_wait: Duration,
+    /// How transfers pick their accounts: `uniform`, or `zipf` (a few hot accounts).
+    #[arg(long, value_enum, default_value_t = Skew::Uniform)]
+    skew: Skew,
+    /// The Zipf exponent s of `--skew zipf`: the k-th account's odds are 1 / k^s.
+    #[arg(long, default_value_t = 1.0)]
+    zipf_exponent: f64,
     #[command(flatten)]
     shape: Shape,
+}
+
+/// How transfers pick their accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Skew {
+    /// Every account as often as any other.
+    Uniform,
+    /// The k-th account with odds proportional to 1 / k^s.
+    Zipf,
+}
+
+/// Picks accounts for transfer `n` of `worker`: a debit and a different credit account,
+/// deterministically (the same run picks the same pairs).
+struct Picker {
+    /// For Zipf, the cumulative odds of accounts 0..k; empty for uniform.
+    cumulative: Vec<f64>,
+    accounts: u64,
+}
+
+impl Picker {
+    fn new(skew: Skew, accounts: u64, exponent: f64) -> Picker {
+        let cumulative = match skew {
+            Skew::Uniform => Vec::new(),
+            Skew::Zipf => {
+                let weights: Vec<f64> = (1..=accounts)
+                    .map(|k| 1.0 / (k as f64).powf(exponent))
+                    .collect();
+                let total: f64 = weights.iter().sum();
+                weights
+                    .iter()
+                    .scan(0.0, |sum, weight| {
+                        *sum += weight / total;
+                        Some(*sum)
+                    })
+                    .collect()
+            }
+        };
+        Picker {
+            cumulative,
+            accounts,
+        }
+    }
+
+    fn account(&self, draw: u64) -> u64 {
+        if self.cumulative.is_empty() {
+            return draw % self.accounts;
+        }
+        // The top 53 bits as a uniform number in [0, 1).
+        let uniform = (draw >> 11) as f64 / (1u64 << 53) as f64;
+        let k = self.cumulative.partition_point(|&sum| sum <= uniform) as u64;
+        k.min(self.accounts - 1)
+    }
+
+    fn pair(&self, worker: usize, n: u64) -> (u64, u64) {
+        let seed = (worker as u64) << 40 ^ n;
+        let debit = self.account(mix(seed));
+        let credit = self.account(mix(seed ^ 0x5bd1_e995));
+        if credit == debit {
+            (debit, (debit + 1) % self.accounts)
+        } else {
+            (debit, credit)
+        }
+    }
+}
+
+/// SplitMix64's finalizer: a well-spread 64-bit value from any 64-bit input.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Creates ledger transfers through the batching writer.
@@ -39,6 +119,10 @@ pub(super) async fn run(args: LedgerArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         (1..=7).contains(&args.writer_tasks),
         "--writer-tasks must be 1 to 7"
+    );
+    anyhow::ensure!(
+        args.zipf_exponent > 0.0 && args.zipf_exponent <= 5.0,
+        "--zipf-exponent must be above 0 and at most 5"
     );
     check_shape(shape)?;
     let baseline = baseline(shape).await?;
@@ -68,14 +152,16 @@ pub(super) async fn run(args: LedgerArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let writer = tandem_ledger::batch::LedgerWriter::spawn(pool.clone(), limits);
-    let accounts = u64::from(args.accounts);
+    let picker = std::sync::Arc::new(Picker::new(
+        args.skew,
+        u64::from(args.accounts),
+        args.zipf_exponent,
+    ));
     let window = Window::after(shape.warmup, shape.duration);
     let (report, counted) = tokio::join!(
         run_load(shape, window, move |worker, n| {
             let writer = writer.clone();
-            // A cheap deterministic spread over the accounts.
-            let debit = (worker as u64 * 7919 + n * 104_729) % accounts;
-            let credit = (debit + 1 + (n % (accounts - 1))) % accounts;
+            let (debit, credit) = picker.pair(worker, n);
             let transfer = Transfer {
                 id: TransferId::new(format!("w{worker}/{n}")).expect("valid id"),
                 kind: TransferKind::Single {
@@ -112,10 +198,20 @@ pub(super) async fn run(args: LedgerArgs) -> anyhow::Result<()> {
                 .and_then(|status| crate::process::peak_rss_from_status(&status)),
         )],
     };
+    let skew = match args.skew {
+        Skew::Uniform => "uniform".to_owned(),
+        Skew::Zipf => format!("zipf s={}", args.zipf_exponent),
+    };
     println!(
-        "ledger ({} accounts, {} writer tasks): {shape}",
+        "ledger ({} accounts, {skew}, {} writer tasks): {shape}",
         args.accounts, args.writer_tasks
     );
+    if shape.rate > 0 {
+        println!(
+            "  offered {} transfers/s, served {:.0}/s",
+            shape.rate, measured.report.per_second
+        );
+    }
     measured.print(baseline.as_ref());
     println!(
         "  invariants: {} ({} transfers, {} accounts)",
@@ -129,4 +225,33 @@ pub(super) async fn run(args: LedgerArgs) -> anyhow::Result<()> {
         check.violations
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Uniform picks spread evenly; Zipf picks favour the first accounts by 1 / k (the first
+    /// about twice the second); every pair is two different accounts in range.
+    #[test]
+    fn picks_follow_the_skew() {
+        let count = |picker: &Picker| {
+            let mut hits = vec![0u32; 10];
+            for n in 0..100_000 {
+                let (debit, credit) = picker.pair(3, n);
+                assert!(debit < 10 && credit < 10 && debit != credit);
+                hits[debit as usize] += 1;
+            }
+            hits
+        };
+        let uniform = count(&Picker::new(Skew::Uniform, 10, 1.0));
+        assert!(
+            uniform.iter().all(|&h| (9_000..11_000).contains(&h)),
+            "{uniform:?}"
+        );
+        let zipf = count(&Picker::new(Skew::Zipf, 10, 1.0));
+        let ratio = f64::from(zipf[0]) / f64::from(zipf[1]);
+        assert!((1.8..2.2).contains(&ratio), "{zipf:?}");
+        assert!(zipf[0] > 3 * zipf[9], "{zipf:?}");
+    }
 }
