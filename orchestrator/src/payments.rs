@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::feeds::{Subscription, Update};
 use crate::grpc::convert;
 use crate::storage::{self, Cursor, StoredPayment};
-use crate::workflow::{Committed, Workflow, booking_context};
+use crate::workflow::{Committed, Workflow, booking_context, outbox_rows};
 use tandem_runtime::fields::Violations;
 use tandem_runtime::time::now_micros as now;
 
@@ -113,16 +113,18 @@ impl Payments {
         if !accounts.is_empty() {
             tandem_ledger::ledger::create_accounts(&mut tx, &accounts).await?;
         }
-        storage::insert_payment(&mut tx, &stored, &request_id).await?;
-        self.workflow
-            .save(&mut tx, &mut stored, &[created], now)
-            .await?;
+        let events = outbox_rows(&mut stored, &[created], now)?;
+        storage::insert_payment(&mut tx, &stored, &request_id, &events).await?;
         tx.commit().await?;
         self.workflow.remember_accounts(accounts);
         self.workflow
             .announce(&id, stored.record.saga.state.is_terminal());
         self.workflow.spawn(id.clone(), admitted);
-        self.answer(&id, wait, wait_ms, deadline).await
+        // The payment as just committed: no read unless the wait needs one.
+        if !wait || stored.record.saga.state.is_terminal() {
+            return Ok(stored);
+        }
+        self.wait(&id, wait_ms, deadline).await
     }
 
     /// The new payment, planned from its card group (read in `tx`) and the spend of the
@@ -202,24 +204,41 @@ impl Payments {
         wait_ms: u64,
         deadline: Option<Duration>,
     ) -> Result<StoredPayment, Error> {
-        if !wait {
-            return self.get(id).await;
+        let payment = self.get(id).await?;
+        if !wait || payment.record.saga.state.is_terminal() {
+            return Ok(payment);
         }
+        self.wait(id, wait_ms, deadline).await
+    }
+
+    /// The payment `id` once it is terminal, or as it is when the wait is over. While this
+    /// instance drives it, the drive's commits say when it ends and nothing is read before;
+    /// otherwise (another instance drives it) it is read every `watch_poll_ms`.
+    async fn wait(
+        &self,
+        id: &str,
+        wait_ms: u64,
+        deadline: Option<Duration>,
+    ) -> Result<StoredPayment, Error> {
         let limit = self.wait_limit(Duration::from_millis(wait_ms), deadline);
         let until = tokio::time::Instant::now() + limit;
         let mut committed = self.workflow.subscribe();
+        let poll_every = Duration::from_millis(self.settings().watch_poll_ms);
         loop {
-            let payment = self.get(id).await?;
-            if payment.record.saga.state.is_terminal() {
-                return Ok(payment);
-            }
-            let poll = tokio::time::sleep(Duration::from_millis(self.settings().watch_poll_ms));
             // Only a commit that left the payment terminal is worth a read before the end of
-            // the wait; the answer at the end is read then, not the snapshot above.
+            // the wait; the answer at the end is read then.
             tokio::select! {
                 () = tokio::time::sleep_until(until) => return self.get(id).await,
                 () = wait_for(&mut committed, id, true) => {}
-                () = poll => {}
+                () = tokio::time::sleep(poll_every) => {
+                    if self.workflow.is_driving(id) {
+                        continue;
+                    }
+                }
+            }
+            let payment = self.get(id).await?;
+            if payment.record.saga.state.is_terminal() {
+                return Ok(payment);
             }
         }
     }

@@ -2,13 +2,14 @@
 //! the end-to-end tests or this crate's `tests/`). Functions that change state take the caller's transaction, so a
 //! payment's state, its events, its ledger transfers and its spend commit together.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{PgConnection, PgExecutor, PgPool, Row as _};
 use time::{Date, OffsetDateTime};
 
 use crate::domain::group::CardGroup;
 use crate::domain::record::PaymentRecord;
+use crate::domain::record::steps::SpendChange;
 use crate::error::{Error, is_lock_timeout};
 
 /// The orchestrator's migrations (the ledger's are numbered from 10001 and share the table of
@@ -374,15 +375,22 @@ pub fn state_name(record: &PaymentRecord) -> &'static str {
     }
 }
 
-/// Inserts a new payment, leased to `owner` until `lease_until`.
+/// Inserts a new payment with its first events (the outbox insert as a CTE of the insert:
+/// one statement).
 pub async fn insert_payment(
     conn: &mut PgConnection,
     payment: &StoredPayment,
     request_id: &str,
+    events: &[NewEvent],
 ) -> Result<(), Error> {
     let record = &payment.record;
     sqlx::query(
-        "INSERT INTO payments (id, request_id, card_group_id, billing_account_id, invoice_id, \
+        "WITH outbox AS (INSERT INTO payment_events \
+         (payment_id, sequence, id, type, body, create_time) \
+         SELECT $1, e.sequence, e.id, e.type, e.body, $13 \
+         FROM UNNEST($15::bigint[], $16::text[], $17::text[], $18::bytea[]) \
+         AS e (sequence, id, type, body)) \
+         INSERT INTO payments (id, request_id, card_group_id, billing_account_id, invoice_id, \
          state, settled, record, request, events, lease_owner, lease_until, create_time, \
          update_time, policy) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
@@ -401,6 +409,10 @@ pub async fn insert_payment(
     .bind(payment.lease_until)
     .bind(record.create_time)
     .bind(&payment.policy)
+    .bind(events.iter().map(|e| e.sequence).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
@@ -630,29 +642,55 @@ pub async fn month_to_date(
         .collect::<Result<_, sqlx::Error>>()?)
 }
 
-/// Adds `delta` to a card's spend for `month`. A positive delta with a `limit` is added only
-/// if the spend stays within it; returns whether it was added.
-pub async fn add_spend(
+/// Adds each change's `delta` to its card's spend for `month`, in one statement that locks the
+/// rows in token order (so concurrent payments sharing cards never deadlock). A positive delta
+/// with a `limit` is added only if the spend stays within it. Returns the tokens whose change
+/// was added. Changes of one token are added one after another (a statement may change a row
+/// once), in the order given.
+pub async fn add_spends(
     conn: &mut PgConnection,
-    token: &str,
     currency: &str,
     month: Date,
-    delta: i64,
-    limit: Option<i64>,
-) -> Result<bool, Error> {
-    let added = sqlx::query(
-        "INSERT INTO member_spend AS s (token, currency, month, amount) \
-         SELECT $1, $2, $3, $4 WHERE $5::bigint IS NULL OR $4 <= $5 \
-         ON CONFLICT (token, currency, month) DO UPDATE SET amount = s.amount + $4 \
-         WHERE $5::bigint IS NULL OR s.amount + $4 <= $5",
-    )
-    .bind(token)
-    .bind(currency)
-    .bind(month)
-    .bind(delta)
-    .bind(limit.filter(|_| delta > 0))
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(added == 1)
+    changes: &[SpendChange],
+) -> Result<HashSet<String>, Error> {
+    let mut added = HashSet::with_capacity(changes.len());
+    let mut batch: Vec<&SpendChange> = changes.iter().collect();
+    batch.sort_by(|a, b| a.token.cmp(&b.token));
+    while !batch.is_empty() {
+        // The first change of each token now, its next ones in the next statement.
+        let mut later = Vec::new();
+        batch.dedup_by(|next, first| {
+            let repeated = next.token == first.token;
+            if repeated {
+                later.push(*next);
+            }
+            repeated
+        });
+        let tokens: Vec<&str> = batch.iter().map(|c| c.token.as_str()).collect();
+        let deltas: Vec<i64> = batch.iter().map(|c| c.delta).collect();
+        let limits: Vec<Option<i64>> = batch
+            .iter()
+            .map(|c| c.limit.filter(|_| c.delta > 0))
+            .collect();
+        let rows: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO member_spend AS s (token, currency, month, amount) \
+             SELECT c.token, $2, $3, c.delta \
+             FROM UNNEST($1::text[], $4::bigint[], $5::bigint[]) AS c (token, delta, cap) \
+             WHERE c.cap IS NULL OR c.delta <= c.cap ORDER BY c.token \
+             ON CONFLICT (token, currency, month) DO UPDATE SET amount = s.amount + EXCLUDED.amount \
+             WHERE ($5::bigint[])[array_position($1::text[], s.token)] IS NULL \
+             OR s.amount + EXCLUDED.amount <= ($5::bigint[])[array_position($1::text[], s.token)] \
+             RETURNING s.token",
+        )
+        .bind(&tokens)
+        .bind(currency)
+        .bind(month)
+        .bind(&deltas)
+        .bind(&limits)
+        .fetch_all(&mut *conn)
+        .await?;
+        added.extend(rows);
+        batch = later;
+    }
+    Ok(added)
 }

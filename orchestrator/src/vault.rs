@@ -3,19 +3,24 @@
 //! into two kinds: an answer (approved, declined, refused) the saga records, and an unknown
 //! outcome (timeout, unavailable, in progress) that is re-sent later with the same request id.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::future::join_all;
 use tandem_money::Currency;
 use tandem_proto::tandem::r#type::v1 as types;
 use tandem_proto::tandem::vault::v1 as pb;
 use tandem_proto::tandem::vault::v1::charge_service_client::ChargeServiceClient;
 use tandem_proto::tandem::vault::v1::token_service_client::TokenServiceClient;
 use tonic::transport::Channel;
-use tonic_types::StatusExt as _;
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::config::VaultSettings;
 use crate::domain::record::steps::AuthorizeAnswer;
 use crate::domain::saga::NextAction;
+
+/// The `ErrorInfo` domain of the vault's errors.
+const VAULT_DOMAIN: &str = "vault.tandem";
 
 /// A vault call whose outcome is not known: nothing may be assumed, the same request is
 /// re-sent later (the vault replays it).
@@ -52,6 +57,32 @@ pub struct Operation<'a> {
     pub request_id: &'a str,
     /// The caller's `x-request-id`.
     pub correlation_id: &'a str,
+}
+
+/// One authorization of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthorizeItem<'a> {
+    /// The operation's id, e.g. `<payment>/leg/1/attempt/1/authorize`.
+    pub request_id: &'a str,
+    /// The card.
+    pub token: &'a str,
+    /// The amount to hold, in minor units.
+    pub amount: i64,
+    /// The charge's description.
+    pub description: &'a str,
+    /// The merchant reference (the payment).
+    pub reference: &'a str,
+}
+
+/// One capture or void of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct SettleItem<'a> {
+    /// The operation's id, e.g. `<payment>/leg/1/attempt/1/capture`.
+    pub request_id: &'a str,
+    /// The charge.
+    pub charge_id: &'a str,
+    /// The amount to capture, in minor units (unused by a void).
+    pub amount: i64,
 }
 
 /// The orchestrator's connection to the vault.
@@ -103,45 +134,40 @@ impl VaultClient {
         }
     }
 
-    /// Authorizes `amount` on `token` as operation `op`, allowing partial approval.
-    pub async fn authorize(
+    /// Authorizes `items`, all in `currency` and each allowing partial approval, in one
+    /// `BatchAuthorize`: one answer for each item, in order (and no call for no items). Each
+    /// item is its own operation at the vault (its own request id, intent and result), so an
+    /// item's unknown outcome is sent again alone or in a later batch.
+    pub async fn authorize_all(
         &self,
-        op: Operation<'_>,
-        token: &str,
+        correlation_id: &str,
         currency: Currency,
-        amount: i64,
-        description: &str,
-        reference: &str,
-    ) -> Result<AuthorizeAnswer, Unknown> {
-        let request = correlated(
-            pb::AuthorizeRequest {
-                request_id: op.request_id.to_owned(),
-                token: token.to_owned(),
-                amount: Some(money(currency, amount)),
-                allow_partial_approval: true,
-                description: description.to_owned(),
-                statement_descriptor: String::new(),
-                reference: reference.to_owned(),
-                metadata: Default::default(),
-            },
-            op.correlation_id,
-        );
-        match self.charges.clone().authorize(request).await {
-            Ok(response) => answer(response.into_inner().charge.unwrap_or_default()),
-            Err(status) if is_refusal(&status) => Ok(AuthorizeAnswer::Refused {
-                reason: reason(&status),
-            }),
-            Err(status) => {
-                if !is_unknown(&status) {
-                    tracing::error!(
-                        request_id = op.request_id,
-                        status = %describe(&status),
-                        "the vault answered an authorization unexpectedly; retrying later"
-                    );
-                }
-                Err(Unknown(describe(&status)))
-            }
+        items: &[AuthorizeItem<'_>],
+    ) -> Vec<Result<AuthorizeAnswer, Unknown>> {
+        if items.is_empty() {
+            return Vec::new();
         }
+        let requests = items
+            .iter()
+            .map(|item| pb::AuthorizeRequest {
+                request_id: item.request_id.to_owned(),
+                token: item.token.to_owned(),
+                amount: Some(money(currency, item.amount)),
+                allow_partial_approval: true,
+                description: item.description.to_owned(),
+                statement_descriptor: String::new(),
+                reference: item.reference.to_owned(),
+                metadata: Default::default(),
+            })
+            .collect();
+        let request = correlated(pb::BatchAuthorizeRequest { requests }, correlation_id);
+        let results = self.charges.clone().batch_authorize(request).await;
+        let results = per_item(results.map(|r| r.into_inner().results), items.len());
+        results
+            .into_iter()
+            .zip(items)
+            .map(|(result, item)| authorization(result, item.request_id))
+            .collect()
     }
 
     /// The outcome of the authorization sent with `request_id`, read with `GetCharge`: `None`
@@ -165,49 +191,70 @@ impl VaultClient {
         }
     }
 
-    /// Captures `amount` of `charge_id`. Succeeds once the vault confirms the charge captured
-    /// (a replay of the same request included).
-    pub async fn capture(
+    /// Captures `items` (their `amount`, in `currency`) in one `BatchCapture`: one answer for
+    /// each item, in order, which succeeds once the vault confirms its charge captured (a
+    /// replay of the same request included).
+    pub async fn capture_all(
         &self,
-        op: Operation<'_>,
-        charge_id: &str,
+        correlation_id: &str,
         currency: Currency,
-        amount: i64,
-    ) -> Result<(), Unknown> {
-        let request = correlated(
-            pb::CaptureRequest {
-                request_id: op.request_id.to_owned(),
-                charge_id: charge_id.to_owned(),
-                amount: Some(money(currency, amount)),
-            },
-            op.correlation_id,
-        );
-        let result = self.charges.clone().capture(request).await;
-        self.settled(
-            result.map(|r| r.into_inner().charge),
-            charge_id,
-            pb::ChargeState::Captured,
-        )
-        .await
+        items: &[SettleItem<'_>],
+    ) -> Vec<Result<(), Unknown>> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let requests = items
+            .iter()
+            .map(|item| pb::CaptureRequest {
+                request_id: item.request_id.to_owned(),
+                charge_id: item.charge_id.to_owned(),
+                amount: Some(money(currency, item.amount)),
+            })
+            .collect();
+        let request = correlated(pb::BatchCaptureRequest { requests }, correlation_id);
+        let results = self.charges.clone().batch_capture(request).await;
+        let results = per_item(results.map(|r| r.into_inner().results), items.len());
+        self.settled_all(results, items, pb::ChargeState::Captured)
+            .await
     }
 
-    /// Voids `charge_id`. Succeeds once the vault confirms the charge voided.
-    pub async fn void(&self, op: Operation<'_>, charge_id: &str) -> Result<(), Unknown> {
-        let request = correlated(
-            pb::VoidRequest {
-                request_id: op.request_id.to_owned(),
-                charge_id: charge_id.to_owned(),
+    /// Voids `items` in one `BatchVoid`: one answer for each item, in order, which succeeds
+    /// once the vault confirms its charge voided.
+    pub async fn void_all(
+        &self,
+        correlation_id: &str,
+        items: &[SettleItem<'_>],
+    ) -> Vec<Result<(), Unknown>> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let requests = items
+            .iter()
+            .map(|item| pb::VoidRequest {
+                request_id: item.request_id.to_owned(),
+                charge_id: item.charge_id.to_owned(),
                 reason: "split payment not covered".to_owned(),
-            },
-            op.correlation_id,
-        );
-        let result = self.charges.clone().void(request).await;
-        self.settled(
-            result.map(|r| r.into_inner().charge),
-            charge_id,
-            pb::ChargeState::Voided,
-        )
-        .await
+            })
+            .collect();
+        let request = correlated(pb::BatchVoidRequest { requests }, correlation_id);
+        let results = self.charges.clone().batch_void(request).await;
+        let results = per_item(results.map(|r| r.into_inner().results), items.len());
+        self.settled_all(results, items, pb::ChargeState::Voided)
+            .await
+    }
+
+    /// [`VaultClient::settled`] for each item of a batch.
+    async fn settled_all(
+        &self,
+        results: Vec<Result<pb::Charge, tonic::Status>>,
+        items: &[SettleItem<'_>],
+        expected: pb::ChargeState,
+    ) -> Vec<Result<(), Unknown>> {
+        let checks = results
+            .into_iter()
+            .zip(items)
+            .map(|(result, item)| self.settled(result, item.charge_id, expected));
+        join_all(checks).await
     }
 
     /// Checks that a capture or void left the charge in `expected`; a refusal is checked
@@ -215,12 +262,12 @@ impl VaultClient {
     /// success), and anything else stays unknown, to be retried and looked at.
     async fn settled(
         &self,
-        result: Result<Option<pb::Charge>, tonic::Status>,
+        result: Result<pb::Charge, tonic::Status>,
         charge_id: &str,
         expected: pb::ChargeState,
     ) -> Result<(), Unknown> {
         let charge = match result {
-            Ok(charge) => charge.unwrap_or_default(),
+            Ok(charge) => charge,
             Err(status) if is_unknown(&status) => return Err(Unknown(describe(&status))),
             Err(status) => {
                 let read = pb::GetChargeRequest {
@@ -297,6 +344,70 @@ impl VaultClient {
                 tracing::warn!(charge_id, reason = %reason(&status), "the vault refused a refund");
                 Ok(RefundAnswer::Failed(None))
             }
+        }
+    }
+}
+
+/// The results of a batch call, one for each of its `items`: an item's charge, or its error as
+/// the status its single RPC would have returned; a failure of the whole call is every item's.
+fn per_item(
+    results: Result<Vec<pb::BatchChargeResult>, tonic::Status>,
+    items: usize,
+) -> Vec<Result<pb::Charge, tonic::Status>> {
+    use pb::batch_charge_result::Result as Item;
+    let results = match results {
+        Ok(results) if results.len() == items => results,
+        Ok(results) => {
+            let count = results.len();
+            let status = tonic::Status::internal(format!(
+                "the vault answered {count} results for {items} requests"
+            ));
+            return vec![Err(status); items];
+        }
+        Err(status) => return vec![Err(status); items],
+    };
+    results
+        .into_iter()
+        .map(|result| match result.result {
+            Some(Item::Charge(charge)) => Ok(charge),
+            Some(Item::Error(error)) => {
+                let mut details =
+                    ErrorDetails::with_error_info(error.reason, VAULT_DOMAIN, HashMap::new());
+                for violation in error.field_violations {
+                    details.add_bad_request_violation(violation.field, violation.description);
+                }
+                let code = tonic::Code::from_i32(error.code);
+                Err(tonic::Status::with_error_details(
+                    code,
+                    error.message,
+                    details,
+                ))
+            }
+            None => Err(tonic::Status::internal("a batch result without its result")),
+        })
+        .collect()
+}
+
+/// An authorization's result as an answer: a refusal for this card (the saga moves on), or an
+/// unknown outcome to send again.
+fn authorization(
+    result: Result<pb::Charge, tonic::Status>,
+    request_id: &str,
+) -> Result<AuthorizeAnswer, Unknown> {
+    match result {
+        Ok(charge) => answer(charge),
+        Err(status) if is_refusal(&status) => Ok(AuthorizeAnswer::Refused {
+            reason: reason(&status),
+        }),
+        Err(status) => {
+            if !is_unknown(&status) {
+                tracing::error!(
+                    request_id,
+                    status = %describe(&status),
+                    "the vault answered an authorization unexpectedly; retrying later"
+                );
+            }
+            Err(Unknown(describe(&status)))
         }
     }
 }

@@ -42,7 +42,7 @@ use crate::error::Error;
 use crate::feeds::Feeds;
 use crate::grpc::convert;
 use crate::storage::{self, StoredContent, StoredPayment};
-use crate::vault::{Operation, RefundAnswer, Unknown, VaultClient};
+use crate::vault::{AuthorizeItem, Operation, RefundAnswer, SettleItem, Unknown, VaultClient};
 use tandem_runtime::time::now_micros as now;
 
 /// Where a test may stop the workflow dead, as a crash would: the drive never returns and
@@ -136,7 +136,7 @@ impl Drop for Driving<'_> {
     }
 }
 
-/// How a drive ended.
+/// A drive's next round.
 enum Round {
     /// Operations to run.
     Steps(Vec<Step>, Vec<RefundStep>, Box<PaymentRecord>),
@@ -144,6 +144,20 @@ enum Round {
     Settled,
     /// Another instance holds the lease.
     Lost,
+}
+
+impl Round {
+    /// The round of `steps` and `refunds` planned for `stored`; none left means settled (or,
+    /// for a payment not settled, that whoever drives it next will find them).
+    fn of(steps: Vec<Step>, refunds: Vec<RefundStep>, stored: StoredPayment) -> Round {
+        if !steps.is_empty() || !refunds.is_empty() {
+            Round::Steps(steps, refunds, Box::new(stored.record))
+        } else if stored.record.is_settled() {
+            Round::Settled
+        } else {
+            Round::Lost
+        }
+    }
 }
 
 impl Workflow {
@@ -212,6 +226,13 @@ impl Workflow {
         }
     }
 
+    /// Whether this instance is driving `payment_id` now.
+    pub fn is_driving(&self, payment_id: &str) -> bool {
+        self.driving
+            .lock()
+            .is_ok_and(|driving| driving.contains(payment_id))
+    }
+
     /// This instance's name in leases.
     pub fn owner(&self) -> &str {
         &self.owner
@@ -245,6 +266,18 @@ impl Workflow {
     /// The lease a write taken now grants.
     pub fn lease_until(&self, now: OffsetDateTime) -> OffsetDateTime {
         now + self.settings.lease()
+    }
+
+    /// Renews the lease of a payment this instance drives once a quarter of it is gone: often
+    /// enough that a round (a vault call, at most a quarter of the lease, and a wait before the
+    /// next, at most another quarter) never outlives it; rarely enough that most steps leave
+    /// `lease_until`, the one indexed column a step would change, as it is, so that Postgres
+    /// updates the payment's row in place (a HOT update, no index writes).
+    fn renew_lease(&self, stored: &mut StoredPayment, now: OffsetDateTime) {
+        let lease = self.settings.lease();
+        if now + lease * 3 / 4 > stored.lease_until {
+            stored.lease_until = now + lease;
+        }
     }
 
     /// Drives `payment_id` in the background, within the instance's bound on concurrent
@@ -295,14 +328,15 @@ impl Workflow {
     /// resumes it once the lease expires).
     pub async fn drive(&self, payment_id: &str) -> Result<(), Error> {
         let mut unknown_rounds = 0;
+        let mut round = self.intents(payment_id).await?;
         loop {
-            let (steps, refunds, record) = match self.intents(payment_id).await? {
+            let (steps, refunds, record) = match round {
                 Round::Steps(steps, refunds, record) => (steps, refunds, record),
                 Round::Settled | Round::Lost => return Ok(()),
             };
             self.crash_point(CrashPoint::AfterIntent).await;
             let (answers, refund_answers) = tokio::join!(
-                join_all(steps.iter().map(|step| self.call(&record, step))),
+                self.calls(&record, &steps),
                 join_all(refunds.iter().map(|step| self.call_refund(&record, step))),
             );
             self.crash_point(CrashPoint::AfterCall).await;
@@ -319,15 +353,19 @@ impl Workflow {
                 .filter_map(|(step, answer)| answer.ok().map(|a| (step, a)))
                 .collect();
             let retry_wait = self.retry_wait(&record, &known);
+            // The results commit with the next round's intents, unless a wait comes first:
+            // then (and when no answer is known) the intents are recorded after the wait, so
+            // that an attempt starts when it is sent.
+            let mut next = None;
             if !known.is_empty() || !known_refunds.is_empty() {
-                if !self
-                    .results(ResultsJob {
-                        payment_id: payment_id.to_owned(),
-                        answers: known,
-                        refunds: known_refunds,
-                    })
-                    .await?
-                {
+                let job = ResultsJob {
+                    payment_id: payment_id.to_owned(),
+                    answers: known,
+                    refunds: known_refunds,
+                    plan_next: retry_wait.is_none() && unknown == 0,
+                };
+                next = self.results(job).await?;
+                if matches!(next, Some(Round::Lost)) {
                     return Ok(());
                 }
                 self.crash_point(CrashPoint::AfterResult).await;
@@ -352,6 +390,10 @@ impl Workflow {
             if let Some(wait) = wait {
                 tokio::time::sleep(wait).await;
             }
+            round = match next {
+                Some(planned) => planned,
+                None => self.intents(payment_id).await?,
+            };
         }
     }
 
@@ -386,7 +428,9 @@ impl Workflow {
         }
     }
 
-    /// Step 1: records the intents of the next operations and renews the lease.
+    /// Step 1: records the intents of the next operations and renews the lease. (After a
+    /// round's results, the next round's intents are recorded with them:
+    /// [`Workflow::prepare_results`].)
     async fn intents(&self, payment_id: &str) -> Result<Round, Error> {
         let mut tx = self.pool.begin().await?;
         let Some(mut stored) = storage::payment(&mut *tx, payment_id, true).await? else {
@@ -396,10 +440,32 @@ impl Workflow {
             return Ok(Round::Lost);
         }
         let now = now();
+        let mut events = Vec::new();
+        let (steps, refunds) = self
+            .plan_round(&mut tx, &mut stored, &mut events, now)
+            .await?;
+        self.save(&mut tx, &mut stored, &events, now).await?;
+        tx.commit().await?;
+        if !events.is_empty() {
+            self.announce(payment_id, stored.record.saga.state.is_terminal());
+        }
+        Ok(Round::of(steps, refunds, stored))
+    }
+
+    /// The intents of `stored`'s next round, written in `conn` (the caller saves the payment
+    /// with `events` and commits): the saga's next operations, each new authorization's hold
+    /// against its card's monthly limit, and the lease, released once the payment is settled
+    /// and renewed otherwise.
+    async fn plan_round(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        stored: &mut StoredPayment,
+        events: &mut Vec<Event>,
+        now: OffsetDateTime,
+    ) -> Result<(Vec<Step>, Vec<RefundStep>), Error> {
         let month = storage::month_of(stored.record.create_time);
         let currency = stored.record.currency().code();
         let mut steps = Vec::new();
-        let mut events = Vec::new();
         // A step refused locally (the card's monthly limit) is recorded like a vault refusal,
         // and the saga decides again: a fallback leg may take its place.
         loop {
@@ -412,36 +478,41 @@ impl Workflow {
             // never deadlock.
             next.sort_by(|a, b| a.token.cmp(&b.token));
             events.append(&mut new_events);
+            // A new authorization holds its amount against the card's monthly limit: every
+            // hold of the round in one statement.
+            let holding: Vec<bool> = next
+                .iter()
+                .map(|step| {
+                    step.new
+                        && matches!(step.command, Command::Authorize(_))
+                        && stored.record.tracks_spend(&step.token)
+                })
+                .collect();
+            let holds: Vec<SpendChange> = next
+                .iter()
+                .zip(&holding)
+                .filter(|(_, holds)| **holds)
+                .map(|(step, _)| stored.record.reservation(step))
+                .collect();
+            let held = storage::add_spends(&mut *conn, currency, month, &holds).await?;
             let mut refused = false;
-            for step in next {
-                if step.new
+            for (step, holds) in next.into_iter().zip(holding) {
+                if holds
+                    && !held.contains(&step.token)
                     && let Command::Authorize(leg) = step.command
-                    && stored.record.tracks_spend(&step.token)
                 {
-                    let hold = stored.record.reservation(&step);
-                    let held = storage::add_spend(
-                        &mut tx,
-                        &hold.token,
-                        currency,
-                        month,
-                        hold.delta,
-                        hold.limit,
-                    )
-                    .await?;
-                    if !held {
-                        let answer = AuthorizeAnswer::Refused {
-                            reason: "MEMBER_LIMIT_REACHED".into(),
-                        };
-                        if let Some((_, mut more, _)) = stored
-                            .record
-                            .record_authorization(leg, step.attempt, answer, now)
-                            .map_err(|e| Error::Corrupt(format!("saga: {e}")))?
-                        {
-                            events.append(&mut more);
-                        }
-                        refused = true;
-                        continue;
+                    let answer = AuthorizeAnswer::Refused {
+                        reason: "MEMBER_LIMIT_REACHED".into(),
+                    };
+                    if let Some((_, mut more, _)) = stored
+                        .record
+                        .record_authorization(leg, step.attempt, answer, now)
+                        .map_err(|e| Error::Corrupt(format!("saga: {e}")))?
+                    {
+                        events.append(&mut more);
                     }
+                    refused = true;
+                    continue;
                 }
                 steps.push(step);
             }
@@ -450,63 +521,94 @@ impl Workflow {
             }
         }
         let refunds = stored.record.refund_steps();
-        let settled = stored.record.is_settled();
-        if settled {
+        self.keep_lease(stored, now);
+        Ok((steps, refunds))
+    }
+
+    /// Releases the lease of a settled payment; renews it otherwise.
+    fn keep_lease(&self, stored: &mut StoredPayment, now: OffsetDateTime) {
+        if stored.record.is_settled() {
             stored.lease_owner = None;
             stored.lease_until = now;
         } else {
-            stored.lease_until = self.lease_until(now);
+            self.renew_lease(stored, now);
         }
-        self.save(&mut tx, &mut stored, &events, now).await?;
-        tx.commit().await?;
-        if !events.is_empty() {
-            self.announce(payment_id, stored.record.saga.state.is_terminal());
-        }
-        if steps.is_empty() && refunds.is_empty() {
-            return Ok(if settled { Round::Settled } else { Round::Lost });
-        }
-        Ok(Round::Steps(steps, refunds, Box::new(stored.record)))
     }
 
-    /// Step 2 for one operation.
-    async fn call(&self, record: &PaymentRecord, step: &Step) -> Result<Answer, Unknown> {
-        let currency = record.currency();
-        let op = Operation {
-            request_id: &step.request_id,
-            correlation_id: record.correlation_id.as_deref().unwrap_or(&step.request_id),
+    /// Step 2: runs the round's operations at the vault, one batch call for each kind
+    /// (authorizations, captures, voids) made at once, and returns one answer for each step,
+    /// in order. An authorization in flight from before (a crash, a lost answer) is first
+    /// looked up with `GetCharge` and sent again only if the vault has no answer.
+    async fn calls(&self, record: &PaymentRecord, steps: &[Step]) -> Vec<Result<Answer, Unknown>> {
+        let found = join_all(steps.iter().map(|step| async move {
+            match step.command {
+                Command::Authorize(_) if !step.new => self
+                    .vault
+                    .find_authorization(&step.request_id)
+                    .await
+                    .map(|found| found.map(Answer::Authorization))
+                    .transpose(),
+                _ => None,
+            }
+        }))
+        .await;
+        let to_send = |kind: fn(&Command) -> bool| -> Vec<usize> {
+            (0..steps.len())
+                .filter(|&i| found[i].is_none() && kind(&steps[i].command))
+                .collect()
         };
-        match step.command {
-            Command::Authorize(_) => {
-                if !step.new
-                    && let Some(answer) = self.vault.find_authorization(&step.request_id).await?
-                {
-                    return Ok(Answer::Authorization(answer));
-                }
-                let description = format!("Invoice {}", record.invoice_id);
-                self.vault
-                    .authorize(
-                        op,
-                        &step.token,
-                        currency,
-                        step.amount,
-                        &description,
-                        &record.id,
-                    )
-                    .await
-                    .map(Answer::Authorization)
-            }
-            Command::Capture(_) => {
-                let charge = step.charge_id.as_deref().unwrap_or_default();
-                self.vault
-                    .capture(op, charge, currency, step.amount)
-                    .await
-                    .map(|()| Answer::Settled)
-            }
-            Command::Void(_) => {
-                let charge = step.charge_id.as_deref().unwrap_or_default();
-                self.vault.void(op, charge).await.map(|()| Answer::Settled)
-            }
+        let authorizations = to_send(|c| matches!(c, Command::Authorize(_)));
+        let captures = to_send(|c| matches!(c, Command::Capture(_)));
+        let voids = to_send(|c| matches!(c, Command::Void(_)));
+
+        let currency = record.currency();
+        let correlation_id = record.correlation_id.as_deref().unwrap_or(&record.id);
+        let description = format!("Invoice {}", record.invoice_id);
+        let authorize_items: Vec<AuthorizeItem<'_>> = authorizations
+            .iter()
+            .map(|&i| AuthorizeItem {
+                request_id: &steps[i].request_id,
+                token: &steps[i].token,
+                amount: steps[i].amount,
+                description: &description,
+                reference: &record.id,
+            })
+            .collect();
+        let settle_items = |indices: &[usize]| -> Vec<SettleItem<'_>> {
+            indices
+                .iter()
+                .map(|&i| SettleItem {
+                    request_id: &steps[i].request_id,
+                    charge_id: steps[i].charge_id.as_deref().unwrap_or_default(),
+                    amount: steps[i].amount,
+                })
+                .collect()
+        };
+        let (capture_items, void_items) = (settle_items(&captures), settle_items(&voids));
+        let (authorized, captured, voided) = tokio::join!(
+            self.vault
+                .authorize_all(correlation_id, currency, &authorize_items),
+            self.vault
+                .capture_all(correlation_id, currency, &capture_items),
+            self.vault.void_all(correlation_id, &void_items),
+        );
+
+        let mut answers = found;
+        let authorized = authorized
+            .into_iter()
+            .map(|answer| answer.map(Answer::Authorization));
+        let settled = captured
+            .into_iter()
+            .chain(voided)
+            .map(|answer| answer.map(|()| Answer::Settled));
+        let sent = authorizations.into_iter().chain(captures).chain(voids);
+        for (i, answer) in sent.zip(authorized.chain(settled)) {
+            answers[i] = Some(answer);
         }
+        answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| Err(Unknown("not sent".into()))))
+            .collect()
     }
 
     async fn call_refund(
@@ -534,16 +636,14 @@ impl Workflow {
             .await
     }
 
-    /// Step 3: records the known answers with their bookings, through the results committer
-    /// (one transaction for the results of many payments) when it runs. Returns false if the
-    /// lease was lost (nothing written).
-    async fn results(&self, job: ResultsJob) -> Result<bool, Error> {
+    /// Step 3: records the known answers with their bookings, and the next round's intents
+    /// when the job asks for them, through the results committer (one transaction for the
+    /// results of many payments) when it runs. Returns the next round if it was planned
+    /// ([`Round::Lost`], with nothing written, if the lease was lost).
+    async fn results(&self, job: ResultsJob) -> Result<Option<Round>, Error> {
         let sender = self.committer.lock().ok().and_then(|c| c.clone());
         let Some(sender) = sender else {
-            return self
-                .results_alone(&job)
-                .await
-                .map(|written| written.is_some());
+            return self.results_alone(&job).await;
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         if sender.send((job, reply)).await.is_err() {
@@ -552,28 +652,29 @@ impl Workflow {
         answer.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
-    /// Step 3 in a transaction of its own: whether the payment is now terminal, or `None`
-    /// if the lease was lost (nothing written).
-    async fn results_alone(&self, job: &ResultsJob) -> Result<Option<bool>, Error> {
+    /// Step 3 in a transaction of its own; returns as [`Workflow::results`] does.
+    async fn results_alone(&self, job: &ResultsJob) -> Result<Option<Round>, Error> {
         let mut tx = self.pool.begin().await?;
-        let Some((transfers, terminal)) = self.prepare_results(&mut tx, job).await? else {
-            return Ok(None);
+        let Some(written) = self.prepare_results(&mut tx, job).await? else {
+            return Ok(Some(Round::Lost));
         };
-        book(&mut tx, &[transfers.as_slice()]).await?;
+        book(&mut tx, &[written.transfers.as_slice()]).await?;
         tx.commit().await?;
-        self.announce(&job.payment_id, terminal);
-        Ok(Some(terminal))
+        self.announce(&job.payment_id, written.terminal);
+        Ok(written.next)
     }
 
-    /// Writes a payment's results (record, spend, events) in `conn` and returns the ledger
-    /// transfers they book, which the caller creates last (the ledger's accounts are the rows
-    /// every payment shares, so they are locked just before the commit), and whether the
-    /// payment is now terminal. `None` if this instance no longer holds the payment's lease.
+    /// Writes a payment's results (record, spend, events), and its next round's intents
+    /// ([`Workflow::plan_round`]) if the job asks for them, in `conn`, and returns what
+    /// [`Written`] holds; the caller
+    /// books its ledger transfers last (the ledger's accounts are the rows every payment
+    /// shares, so they are locked just before the commit). `None` if this instance no longer
+    /// holds the payment's lease.
     async fn prepare_results(
         &self,
         conn: &mut sqlx::PgConnection,
         job: &ResultsJob,
-    ) -> Result<Option<(Vec<tandem_ledger::types::Transfer>, bool)>, Error> {
+    ) -> Result<Option<Written>, Error> {
         let payment_id = job.payment_id.as_str();
         let answers = job.answers.clone();
         let refunds = job.refunds.clone();
@@ -641,11 +742,10 @@ impl Workflow {
         let month = storage::month_of(stored.record.create_time);
         let currency = stored.record.currency().code();
         spend.retain(|change| stored.record.tracks_spend(&change.token));
-        spend.sort_by(|a, b| a.token.cmp(&b.token));
-        for change in spend {
-            storage::add_spend(&mut *tx, &change.token, currency, month, change.delta, None)
-                .await?;
+        for change in &mut spend {
+            change.limit = None;
         }
+        storage::add_spends(&mut *tx, currency, month, &spend).await?;
         // A card declined as lost or stolen is suspended in its group with the decline, so no
         // later payment sends it again (a statement more only when that happens).
         let suspensions: Vec<_> = events
@@ -662,17 +762,29 @@ impl Workflow {
             )
             .await?;
         }
-        stored.lease_until = self.lease_until(now);
+        let planned = if job.plan_next {
+            Some(
+                self.plan_round(&mut *tx, &mut stored, &mut events, now)
+                    .await?,
+            )
+        } else {
+            self.keep_lease(&mut stored, now);
+            None
+        };
         self.save(&mut *tx, &mut stored, &events, now).await?;
-        Ok(Some((transfers, stored.record.saga.state.is_terminal())))
+        Ok(Some(Written {
+            transfers,
+            terminal: stored.record.saga.state.is_terminal(),
+            next: planned.map(|(steps, refunds)| Round::of(steps, refunds, stored)),
+        }))
     }
 
     /// The results committer: takes the results jobs waiting (up to `results_batch_max`),
-    /// writes each under a savepoint, books all their transfers in one ledger call, and commits
-    /// once: one lock of the shared ledger accounts and one WAL flush for many payments
+    /// writes them all in one transaction, books all their transfers in one ledger call, and
+    /// commits once: one lock of the shared ledger accounts and one WAL flush for many payments
     /// (TigerBeetle's batching, without weakening any guarantee: each payment's results still
-    /// commit with its transfers). If the batch fails as a whole, each job runs alone.
-    pub async fn results_loop(self: Arc<Self>, mut jobs: mpsc::Receiver<(ResultsJob, Reply)>) {
+    /// commit with its transfers). If any job fails, the batch rolls back and each job runs alone.
+    async fn results_loop(self: Arc<Self>, mut jobs: mpsc::Receiver<(ResultsJob, Reply)>) {
         let mut stop = self.stop.clone();
         loop {
             let first = tokio::select! {
@@ -689,10 +801,14 @@ impl Workflow {
             match self.commit_batch(&batch).await {
                 Ok(outcomes) => {
                     for ((job, reply), outcome) in batch.into_iter().zip(outcomes) {
-                        if let Ok(Some(terminal)) = outcome {
-                            self.announce(&job.payment_id, terminal);
-                        }
-                        let _ = reply.send(outcome.map(|written| written.is_some()));
+                        let next = match outcome {
+                            Some((terminal, next)) => {
+                                self.announce(&job.payment_id, terminal);
+                                next
+                            }
+                            None => Some(Round::Lost),
+                        };
+                        let _ = reply.send(Ok(next));
                     }
                 }
                 Err(error) => {
@@ -700,39 +816,32 @@ impl Workflow {
                         tracing::warn!(%error, jobs = batch.len(), "results batch failed; writing each alone");
                     }
                     for (job, reply) in batch {
-                        let written = self.results_alone(&job).await;
-                        let _ = reply.send(written.map(|written| written.is_some()));
+                        let _ = reply.send(self.results_alone(&job).await);
                     }
                 }
             }
         }
     }
 
-    /// One batch of results in one transaction; the outcome of each job (as
-    /// [`Workflow::results_alone`]'s), or the batch's error.
+    /// One batch of results in one transaction: for each job, whether its payment is now
+    /// terminal and its next round if planned, or `None` if its lease was lost (it wrote
+    /// nothing). A job
+    /// that fails fails the batch, since its writes may be half done (no savepoint per job:
+    /// two statements fewer per payment), and the committer then writes each job alone.
     async fn commit_batch(
         &self,
         batch: &[(ResultsJob, Reply)],
-    ) -> Result<Vec<Result<Option<bool>, Error>>, Error> {
+    ) -> Result<Vec<Option<(bool, Option<Round>)>>, Error> {
         let mut tx = self.pool.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut transfers = Vec::new();
         for (job, _) in batch {
-            let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-            match self.prepare_results(&mut savepoint, job).await {
-                Ok(Some((booked, terminal))) => {
-                    savepoint.commit().await?;
-                    transfers.push(booked);
-                    outcomes.push(Ok(Some(terminal)));
+            match self.prepare_results(&mut tx, job).await? {
+                Some(written) => {
+                    transfers.push(written.transfers);
+                    outcomes.push(Some((written.terminal, written.next)));
                 }
-                Ok(None) => {
-                    savepoint.rollback().await?;
-                    outcomes.push(Ok(None));
-                }
-                Err(error) => {
-                    savepoint.rollback().await?;
-                    outcomes.push(Err(error));
-                }
+                None => outcomes.push(None),
             }
         }
         let batches: Vec<&[tandem_ledger::types::Transfer]> =
@@ -768,19 +877,7 @@ impl Workflow {
         events: &[Event],
         now: OffsetDateTime,
     ) -> Result<(), Error> {
-        let mut rows = Vec::with_capacity(events.len());
-        for event in events {
-            stored.events += 1;
-            let id = tandem_runtime::ids::random_id("evt_");
-            let (kind, body) =
-                convert::payments::event_body(stored, event, &id, stored.events, now)?;
-            rows.push(storage::NewEvent {
-                sequence: stored.events,
-                id,
-                kind,
-                body,
-            });
-        }
+        let rows = outbox_rows(stored, events, now)?;
         storage::save_payment(conn, stored, &rows, now).await
     }
 
@@ -876,8 +973,16 @@ pub struct Committed {
     pub terminal: bool,
 }
 
-/// The answer to a results job.
-pub type Reply = tokio::sync::oneshot::Sender<Result<bool, Error>>;
+/// The answer to a results job: as [`Workflow::results`] returns.
+type Reply = tokio::sync::oneshot::Sender<Result<Option<Round>, Error>>;
+
+/// What a payment's results wrote: the ledger transfers to book with them, whether the payment
+/// is now terminal, and its next round if it was planned (its intents written with them).
+struct Written {
+    transfers: Vec<tandem_ledger::types::Transfer>,
+    terminal: bool,
+    next: Option<Round>,
+}
 
 /// The known answers of one round of one payment, for the results step.
 #[derive(Debug)]
@@ -885,6 +990,8 @@ pub struct ResultsJob {
     payment_id: String,
     answers: Vec<(Step, Answer)>,
     refunds: Vec<(RefundStep, RefundAnswer)>,
+    /// Whether to record the next round's intents with the results (no wait comes first).
+    plan_next: bool,
 }
 
 /// Creates the transfers of several payments' results in one ledger call; any refusal is a
@@ -914,6 +1021,27 @@ async fn book(
 enum Answer {
     Authorization(AuthorizeAnswer),
     Settled,
+}
+
+/// The outbox rows of `events`, numbered after `stored`'s last (its count moves on with them).
+pub(crate) fn outbox_rows(
+    stored: &mut StoredPayment,
+    events: &[Event],
+    now: OffsetDateTime,
+) -> Result<Vec<storage::NewEvent>, Error> {
+    let mut rows = Vec::with_capacity(events.len());
+    for event in events {
+        stored.events += 1;
+        let id = tandem_runtime::ids::random_id("evt_");
+        let (kind, body) = convert::payments::event_body(stored, event, &id, stored.events, now)?;
+        rows.push(storage::NewEvent {
+            sequence: stored.events,
+            id,
+            kind,
+            body,
+        });
+    }
+    Ok(rows)
 }
 
 /// The context of a payment's bookings.
