@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::feeds::{Subscription, Update};
 use crate::grpc::convert;
 use crate::storage::{self, Cursor, StoredPayment};
-use crate::workflow::{Committed, Workflow, booking_context, outbox_rows};
+use crate::workflow::{Committed, Round, Workflow, booking_context, outbox_rows};
 use tandem_runtime::fields::Violations;
 use tandem_runtime::time::now_micros as now;
 
@@ -113,13 +113,20 @@ impl Payments {
         if !accounts.is_empty() {
             tandem_ledger::ledger::create_accounts(&mut tx, &accounts).await?;
         }
-        let events = outbox_rows(&mut stored, &[created], now)?;
-        storage::insert_payment(&mut tx, &stored, &request_id, &events).await?;
+        // The first round's intents commit with the payment.
+        let mut events = vec![created];
+        let (steps, refunds) = self
+            .workflow
+            .plan_round(&mut tx, &mut stored, &mut events, now)
+            .await?;
+        let rows = outbox_rows(&mut stored, &events, now)?;
+        storage::insert_payment(&mut tx, &stored, &request_id, &rows).await?;
         tx.commit().await?;
         self.workflow.remember_accounts(accounts);
         self.workflow
             .announce(&id, stored.record.saga.state.is_terminal());
-        self.workflow.spawn(id.clone(), admitted);
+        let first = Round::of(steps, refunds, stored.record.clone());
+        self.workflow.spawn_from(id.clone(), admitted, Some(first));
         // The payment as just committed: no read unless the wait needs one.
         if !wait || stored.record.saga.state.is_terminal() {
             return Ok(stored);

@@ -137,7 +137,7 @@ impl Drop for Driving<'_> {
 }
 
 /// A drive's next round.
-enum Round {
+pub(crate) enum Round {
     /// Operations to run.
     Steps(Vec<Step>, Vec<RefundStep>, Box<PaymentRecord>),
     /// Nothing left to do.
@@ -147,12 +147,12 @@ enum Round {
 }
 
 impl Round {
-    /// The round of `steps` and `refunds` planned for `stored`; none left means settled (or,
+    /// The round of `steps` and `refunds` planned for `record`; none left means settled (or,
     /// for a payment not settled, that whoever drives it next will find them).
-    fn of(steps: Vec<Step>, refunds: Vec<RefundStep>, stored: StoredPayment) -> Round {
+    pub(crate) fn of(steps: Vec<Step>, refunds: Vec<RefundStep>, record: PaymentRecord) -> Round {
         if !steps.is_empty() || !refunds.is_empty() {
-            Round::Steps(steps, refunds, Box::new(stored.record))
-        } else if stored.record.is_settled() {
+            Round::Steps(steps, refunds, Box::new(record))
+        } else if record.is_settled() {
             Round::Settled
         } else {
             Round::Lost
@@ -288,6 +288,17 @@ impl Workflow {
     /// ends, it keeps the work among its caller's calls in flight, so a caller cannot queue
     /// more background work than its limits admit.
     pub fn spawn(self: &Arc<Self>, payment_id: String, admitted: Option<InFlight>) {
+        self.spawn_from(payment_id, admitted, None);
+    }
+
+    /// [`Workflow::spawn`], starting with `first` when the round was planned (its intents
+    /// committed) by the caller, as `CreatePayment` does.
+    pub(crate) fn spawn_from(
+        self: &Arc<Self>,
+        payment_id: String,
+        admitted: Option<InFlight>,
+        first: Option<Round>,
+    ) {
         let fresh = self
             .driving
             .lock()
@@ -308,7 +319,7 @@ impl Workflow {
                 let Ok(_slot) = workflow.slots.clone().acquire_owned().await else {
                     return;
                 };
-                if let Err(error) = workflow.drive(&payment_id).await {
+                if let Err(error) = workflow.drive_from(&payment_id, first).await {
                     tracing::warn!(
                         payment_id,
                         %error,
@@ -327,8 +338,16 @@ impl Workflow {
     /// lost, or the vault's answers stay unknown for `vault_retries_max` rounds (recovery then
     /// resumes it once the lease expires).
     pub async fn drive(&self, payment_id: &str) -> Result<(), Error> {
+        self.drive_from(payment_id, None).await
+    }
+
+    /// [`Workflow::drive`], starting with `first` if its intents are committed already.
+    async fn drive_from(&self, payment_id: &str, first: Option<Round>) -> Result<(), Error> {
         let mut unknown_rounds = 0;
-        let mut round = self.intents(payment_id).await?;
+        let mut round = match first {
+            Some(round) => round,
+            None => self.intents(payment_id).await?,
+        };
         loop {
             let (steps, refunds, record) = match round {
                 Round::Steps(steps, refunds, record) => (steps, refunds, record),
@@ -449,14 +468,14 @@ impl Workflow {
         if !events.is_empty() {
             self.announce(payment_id, stored.record.saga.state.is_terminal());
         }
-        Ok(Round::of(steps, refunds, stored))
+        Ok(Round::of(steps, refunds, stored.record))
     }
 
     /// The intents of `stored`'s next round, written in `conn` (the caller saves the payment
     /// with `events` and commits): the saga's next operations, each new authorization's hold
     /// against its card's monthly limit, and the lease, released once the payment is settled
     /// and renewed otherwise.
-    async fn plan_round(
+    pub(crate) async fn plan_round(
         &self,
         conn: &mut sqlx::PgConnection,
         stored: &mut StoredPayment,
@@ -775,7 +794,7 @@ impl Workflow {
         Ok(Some(Written {
             transfers,
             terminal: stored.record.saga.state.is_terminal(),
-            next: planned.map(|(steps, refunds)| Round::of(steps, refunds, stored)),
+            next: planned.map(|(steps, refunds)| Round::of(steps, refunds, stored.record)),
         }))
     }
 
