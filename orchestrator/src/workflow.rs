@@ -3,16 +3,21 @@
 //!
 //! Driving a payment is a loop of three steps:
 //!
-//! 1. **Intents**, one transaction: lock the payment, check this instance holds its lease, ask
-//!    the record for the vault operations to run (recording each new authorization attempt and
-//!    holding its amount against the card's monthly limit), write the events, renew the lease,
-//!    commit.
-//! 2. **Calls**: every operation goes to the vault with its deterministic request id, in
-//!    parallel. An operation found in flight from before (a crash, a lost answer) is first
-//!    looked up with `GetCharge` and re-sent only if the vault has no answer.
-//! 3. **Results**, one transaction: lock the payment again, check the lease, record every
-//!    answer (saga outcome, attempt, events), book its ledger transfer and adjust the spend,
-//!    commit.
+//! 1. **Intents**: ask the record for the vault operations to run (recording each new
+//!    authorization attempt and holding its amount against the card's monthly limit), write
+//!    the events, renew the lease, commit. They ride the transaction before them: the first
+//!    round's commit with the new payment (`CreatePayment`), each next round's with the results
+//!    of the last, unless a wait comes between (a retry of the same card, an unknown answer):
+//!    then, and for a payment resumed by recovery, they get a transaction of their own that
+//!    locks the payment and checks this instance holds its lease.
+//! 2. **Calls**: the round's operations go to the vault with their deterministic request ids,
+//!    one batch call per kind (`BatchAuthorize`, `BatchCapture`, `BatchVoid`) made at once. An
+//!    authorization found in flight from before (a crash, a lost answer) is first looked up
+//!    with `GetCharge` and re-sent only if the vault has no answer.
+//! 3. **Results**, through the results committer (one transaction for the results of many
+//!    payments): lock the payment again, check the lease, record every answer (saga outcome,
+//!    attempt, events), book its ledger transfer, adjust the spend, and write the next round's
+//!    intents (or release the lease of a settled payment), commit.
 //!
 //! A crash between any two steps leaves a committed intent whose operation is re-sent (the
 //! vault replays it) by whoever drives the payment next: this instance's next round, or, once
