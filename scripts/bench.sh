@@ -24,8 +24,8 @@ bench() { ./target/release/tandemctl bench "$@" --duration "$duration" --baselin
   bench tokenize --concurrency 64
   bench ledger --accounts 50 --concurrency 20
   # Hot accounts: the same accounts picked by a Zipf law, offered a fixed rate (LEDGER_RATE,
-  # below what the uniform run served) in an open loop.
-  bench ledger --accounts 50 --concurrency 20 --skew zipf --rate "${LEDGER_RATE:-5000}"
+  # below what the uniform run served) in an open loop with room for 64 in flight.
+  bench ledger --accounts 50 --concurrency 64 --skew zipf --rate "${LEDGER_RATE:-5000}"
   bench charge --concurrency 64
   bench pay --cards 3 --strategy parallel --groups 64 --concurrency 64
   bench pay --cards 3 --strategy weighted --groups 64 --concurrency 64
