@@ -126,7 +126,7 @@ pub const BATCH_ITEMS_MAX: usize = 32;
 /// Checks the shape of a batch: 1 to [`BATCH_ITEMS_MAX`] items, no two with one request id
 /// (the second would otherwise run as a replay of the first). Each item's own fields are its
 /// single RPC's to check.
-pub fn batch<R>(requests: &[R], request_id: impl Fn(&R) -> &str) -> Result<(), Error> {
+pub(crate) fn batch<R: RequestIdField>(requests: &[R]) -> Result<(), Error> {
     let mut v = Violations::default();
     if requests.is_empty() || requests.len() > BATCH_ITEMS_MAX {
         v.add(
@@ -136,7 +136,7 @@ pub fn batch<R>(requests: &[R], request_id: impl Fn(&R) -> &str) -> Result<(), E
     }
     let mut seen = std::collections::HashSet::with_capacity(requests.len());
     for (i, request) in requests.iter().enumerate() {
-        if !seen.insert(request_id(request)) {
+        if !seen.insert(request.request_id_field()) {
             v.add(
                 format!("requests[{i}].request_id"),
                 "is the request id of an earlier request of the batch",
@@ -331,36 +331,41 @@ impl ChargeApi {
 }
 
 impl ChargeApi {
-    /// Runs the items of a batch all at once, each as `rpc` alone would run, with its own
-    /// context (its request id, hash and audit row): `check` is the single RPC's conversion
-    /// (a bad item is refused and audited alone) and `run` its operation. Returns the results
-    /// in the order of the items.
-    async fn each<R, C, F, Fut>(
+    /// Serves a batch call: identifies the caller for `batch_rpc`, checks the batch's shape,
+    /// then runs its `items` all at once, each as `item_rpc` alone would run, with its own
+    /// context (its request id, hash and audit row): `check` is the single RPC's conversion (a
+    /// bad item is refused and audited alone) and `run` its operation. Returns the call's
+    /// context and the results in the order of the items.
+    async fn run_batch<B, R, C, F, Fut>(
         &self,
-        ctx: &RequestContext,
-        rpc: Rpc,
-        requests: &[R],
+        request: &Request<B>,
+        (batch_rpc, item_rpc): (Rpc, Rpc),
+        items: &[R],
         check: impl Fn(&R) -> Result<C, Error>,
         run: F,
-    ) -> Vec<pb::BatchChargeResult>
+    ) -> Result<(RequestContext, Vec<pb::BatchChargeResult>), Status>
     where
+        B: RequestIdField,
         R: RequestIdField,
         F: Fn(Arc<Charges>, RequestContext, C) -> Fut,
         Fut: Future<Output = Result<ChargeView, Error>>,
     {
-        let runs = requests.iter().map(|request| {
-            let item = ctx.item(rpc, request.request_id_field());
-            let command = check(request);
+        let ctx = self.edge.context(request, batch_rpc).await?;
+        self.edge.check(&ctx, batch(items)).await?;
+        let runs = items.iter().map(|item| {
+            let item_ctx = ctx.item(item_rpc, item.request_id_field());
+            let command = check(item);
             let charges = self.charges.clone();
             let run = &run;
             async move {
                 match command {
-                    Ok(command) => run(charges, item, command).await.map_err(to_status),
-                    Err(error) => Err(self.edge.refuse(&item, None, error).await),
+                    Ok(command) => run(charges, item_ctx, command).await.map_err(to_status),
+                    Err(error) => Err(self.edge.refuse(&item_ctx, None, error).await),
                 }
             }
         });
-        join_all(runs).await.into_iter().map(batch_result).collect()
+        let results = join_all(runs).await.into_iter().map(batch_result).collect();
+        Ok((ctx, results))
     }
 }
 
@@ -484,20 +489,16 @@ impl pb::charge_service_server::ChargeService for ChargeApi {
         &self,
         request: Request<pb::BatchAuthorizeRequest>,
     ) -> Result<Response<pb::BatchAuthorizeResponse>, Status> {
-        let ctx = self.edge.context(&request, Rpc::BatchAuthorize).await?;
         let max = self.amount_minor_max;
-        let requests = &request.get_ref().requests;
-        let commands = batch(requests, |r| &r.request_id);
-        self.edge.check(&ctx, commands).await?;
-        let results = self
-            .each(
-                &ctx,
-                Rpc::Authorize,
-                requests,
+        let (ctx, results) = self
+            .run_batch(
+                &request,
+                (Rpc::BatchAuthorize, Rpc::Authorize),
+                &request.get_ref().requests,
                 |r| authorize(r, max),
                 |charges, ctx, c| async move { charges.authorize(ctx, c).await },
             )
-            .await;
+            .await?;
         Ok(respond(&ctx, pb::BatchAuthorizeResponse { results }))
     }
 
@@ -506,20 +507,16 @@ impl pb::charge_service_server::ChargeService for ChargeApi {
         &self,
         request: Request<pb::BatchCaptureRequest>,
     ) -> Result<Response<pb::BatchCaptureResponse>, Status> {
-        let ctx = self.edge.context(&request, Rpc::BatchCapture).await?;
         let max = self.amount_minor_max;
-        let requests = &request.get_ref().requests;
-        let commands = batch(requests, |r| &r.request_id);
-        self.edge.check(&ctx, commands).await?;
-        let results = self
-            .each(
-                &ctx,
-                Rpc::Capture,
-                requests,
+        let (ctx, results) = self
+            .run_batch(
+                &request,
+                (Rpc::BatchCapture, Rpc::Capture),
+                &request.get_ref().requests,
                 |r| capture(r, max),
                 |charges, ctx, c| async move { charges.capture(ctx, c).await },
             )
-            .await;
+            .await?;
         Ok(respond(&ctx, pb::BatchCaptureResponse { results }))
     }
 
@@ -528,19 +525,15 @@ impl pb::charge_service_server::ChargeService for ChargeApi {
         &self,
         request: Request<pb::BatchVoidRequest>,
     ) -> Result<Response<pb::BatchVoidResponse>, Status> {
-        let ctx = self.edge.context(&request, Rpc::BatchVoid).await?;
-        let requests = &request.get_ref().requests;
-        let commands = batch(requests, |r| &r.request_id);
-        self.edge.check(&ctx, commands).await?;
-        let results = self
-            .each(
-                &ctx,
-                Rpc::Void,
-                requests,
+        let (ctx, results) = self
+            .run_batch(
+                &request,
+                (Rpc::BatchVoid, Rpc::Void),
+                &request.get_ref().requests,
                 void,
                 |charges, ctx, c| async move { charges.void(ctx, c).await },
             )
-            .await;
+            .await?;
         Ok(respond(&ctx, pb::BatchVoidResponse { results }))
     }
 
