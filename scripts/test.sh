@@ -11,6 +11,16 @@ cd "$(dirname "$0")/.."
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 step() { printf '\n== %s\n' "$*"; }
+# Free space where the build and the databases live, printed at each step: a disk that fills
+# up fails a build with "No space left on device", and this shows who took it.
+disk() { df -h --output=avail,target . | tail -1 | awk '{print "disk: " $1 " free on " $2}'; }
+# Each Rust and Python test makes its own database; they go once their suite is done.
+drop_test_databases() {
+  psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'tandem_test_%'" |
+    while read -r db; do psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
+}
+# A fresh clone (CI) gains nothing from incremental compilation, which doubles target/.
+if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
 
 step "postgres"
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
@@ -18,9 +28,9 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   for _ in $(seq 1 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
 pg_isready -h 127.0.0.1 -p 5432
-# Databases left by earlier test runs (each test makes its own).
-psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'tandem_test_%'" |
-  while read -r db; do psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
+disk
+# Databases left by earlier test runs.
+drop_test_databases
 
 step "python tools (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -44,12 +54,15 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+drop_test_databases
+disk
 
 step "node client (npm ci)"
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
 step "python client suite"
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/pytest -q tests/python
+drop_test_databases
 
 step "tandemctl dev --demo"
 dev_dir="$(mktemp -d)"
@@ -67,7 +80,11 @@ grep -q "^demo: 5 payments" "$dev_dir/out.txt"
 rm -rf "$dev_dir"
 
 step "fuzzing (each target 30 s on its committed corpus)"
+disk
 bash scripts/fuzz.sh 30
+# The fuzz build (instrumented, release) is of no use to a fresh clone once it has run.
+if [ "${CI:-}" = "true" ]; then rm -rf fuzz/target; fi
+disk
 
 step "tandemctl chaos (kill -9 the servers while paying, then verify the money)"
 ./target/debug/tandemctl chaos --payments 500 --kills-min 20 | tee /tmp/tandem-chaos-$$.txt
