@@ -1630,3 +1630,165 @@ async fn the_sandbox_acts_once_per_idempotency_key() {
     .expect("counts");
     assert_eq!(counts, (1, 4), "one settlement; four replays recorded");
 }
+
+/// Operations that arrive together are acted on in one group transaction, each on the state
+/// the ones before it left: a limited balance is never overdrawn, a fail-first card fails
+/// exactly its first attempts, a key sent twice in one group is acted on once, and captures
+/// and voids in one group each take effect once.
+#[tokio::test]
+async fn the_sandbox_acts_on_a_group_as_on_calls_one_after_another() {
+    use futures::future::join_all;
+    use tandem_money::{Currency, Money};
+    use tandem_vault::connector::sandbox::Sandbox;
+    use tandem_vault::connector::{
+        AuthorizeAnswer, AuthorizeCall, Connector as _, FollowUpAnswer, FollowUpCall,
+    };
+    use tandem_vault::domain::charge::DeclineCode;
+    use tandem_vault::domain::{CardSecret, Expiry, Fingerprint, HolderName, Pan, Token};
+
+    let vault = RunningVault::start().await;
+    let pool = sqlx::PgPool::connect(&vault.database.url)
+        .await
+        .expect("connect to the vault database");
+    let sandbox = Sandbox::new(pool.clone());
+    let token = Token::parse(&token_for(&vault, "4242424242424242").await).expect("token");
+    let today = time::OffsetDateTime::now_utc().date();
+    let usd = |minor_units| Money::new(Currency::parse("USD").expect("USD"), minor_units);
+    let card = |pan: &str| CardSecret {
+        pan: Pan::parse(pan).expect("pan"),
+        holder_name: HolderName::parse("Ada Lovelace").expect("name"),
+    };
+    // 50.00 USD of balance; and two failures before approvals.
+    let (limited, flaky) = ("4000009900000012", "4000009900000046");
+    let keys: Vec<String> = (0..10).map(|i| format!("limited-{i}")).collect();
+    let flaky_keys: Vec<String> = (0..5).map(|i| format!("flaky-{i}")).collect();
+    let call = |key: &str, fingerprint: &str, pan: &'static str| {
+        let (sandbox, token, key, card) = (&sandbox, &token, key.to_owned(), card(pan));
+        let fingerprint = Fingerprint::parse(&fingerprint.repeat(32)).expect("fingerprint");
+        async move {
+            sandbox
+                .authorize(AuthorizeCall {
+                    idempotency_key: &key,
+                    token,
+                    fingerprint,
+                    card: &card,
+                    expiry: Expiry::new(12, 2030, today).expect("expiry"),
+                    amount: usd(700),
+                    allow_partial_approval: false,
+                    statement_descriptor: "TANDEM",
+                    reference: "payment/1",
+                })
+                .await
+                .expect("the sandbox answers")
+        }
+    };
+    // Every limited key twice, and the flaky keys, all queued before any group is taken.
+    let calls = keys
+        .iter()
+        .chain(&keys)
+        .map(|key| call(key, "cd", limited))
+        .chain(flaky_keys.iter().map(|key| call(key, "ef", flaky)));
+    let answers = join_all(calls).await;
+    let (limited_answers, flaky_answers) = answers.split_at(20);
+    assert_eq!(
+        limited_answers[..10],
+        limited_answers[10..],
+        "a key sent twice in one group gets one answer"
+    );
+    let approved: Vec<&str> = limited_answers[..10]
+        .iter()
+        .filter_map(|answer| match answer {
+            AuthorizeAnswer::Approved { reference, .. } => Some(reference.as_str()),
+            AuthorizeAnswer::Declined { code, .. } => {
+                assert_eq!(*code, DeclineCode::InsufficientFunds);
+                None
+            }
+        })
+        .collect();
+    assert_eq!(approved.len(), 7, "7 holds of 7.00 fit in 50.00; no more");
+    let failures = flaky_answers
+        .iter()
+        .filter(|answer| {
+            matches!(
+                answer,
+                AuthorizeAnswer::Declined {
+                    code: DeclineCode::ProcessingError,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(failures, 2, "the flaky card fails exactly its first two");
+    // All queued before the sandbox's tasks ran (a current-thread runtime), so one group took
+    // them: one transaction wrote every operation, replays included.
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM sandbox_operations WHERE type = 'authorize'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("transactions");
+    assert_eq!(transactions, 1, "one group acted on the 25 authorizations");
+
+    // Capture two holds twice each and void the rest, all at once.
+    let follow_up = |key: String, reference: &str, amount: Option<i64>| {
+        let (sandbox, token, reference) = (&sandbox, &token, reference.to_owned());
+        async move {
+            let call = FollowUpCall {
+                idempotency_key: &key,
+                authorization_reference: &reference,
+                amount: amount.map(usd),
+                token,
+            };
+            match amount {
+                Some(_) => sandbox.capture(call).await,
+                None => sandbox.void(call).await,
+            }
+            .expect("the sandbox answers")
+        }
+    };
+    let follow_ups = approved.iter().enumerate().flat_map(|(i, reference)| {
+        let amount = (i < 2).then_some(700);
+        let copies = if i < 2 { 2 } else { 1 };
+        (0..copies).map(move |_| follow_up(format!("follow-up-{i}"), reference, amount))
+    });
+    let done = join_all(follow_ups).await;
+    assert!(
+        done.iter()
+            .all(|answer| matches!(answer, FollowUpAnswer::Done { .. })),
+        "{done:?}"
+    );
+    assert_eq!(done[0], done[1], "a capture sent twice gets one answer");
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM sandbox_operations WHERE type <> 'authorize'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("transactions");
+    assert_eq!(
+        transactions, 1,
+        "one group acted on the 9 captures and voids"
+    );
+    let states: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, count(*) FROM sandbox_authorizations GROUP BY state ORDER BY state",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("states");
+    assert_eq!(
+        states,
+        [
+            ("captured".to_owned(), 2),
+            ("held".to_owned(), 3),
+            ("voided".to_owned(), 5)
+        ],
+        "the limited card's 7 holds: 2 captured, 5 voided; the flaky card's 3 still held"
+    );
+    let counts: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM sandbox_settlement_records), \
+         (SELECT count(*) FROM sandbox_operations WHERE outcome = 'replayed')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!(counts, (2, 12), "two settlements; 10 + 2 replays recorded");
+}

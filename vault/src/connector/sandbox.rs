@@ -27,6 +27,8 @@
 //!
 //! `ConfigureSandboxCard` replaces a card's behaviour at run time.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aes_gcm::aead::OsRng;
@@ -35,6 +37,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row as _};
 use tandem_money::{Currency, Money};
 use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AuthorizeAnswer, AuthorizeCall, Connector, ConnectorError, FollowUpAnswer, FollowUpCall,
@@ -48,6 +51,12 @@ pub const NAME: &str = "sandbox";
 
 /// Latency of the slow test card, in milliseconds.
 const SLOW_CARD_LATENCY_MS: u32 = 1000;
+/// Tasks acting on groups of operations at once, each on its own connection.
+const GROUP_TASKS: usize = 2;
+/// Most operations one group's transaction acts on.
+const GROUP_SIZE_MAX: usize = 64;
+/// Operations that may wait for a group before a caller waits to queue.
+const QUEUE_MAX: usize = 4096;
 /// Failures of the fail-first test card before it approves.
 const FLAKY_CARD_FAILURES: u32 = 2;
 /// Balance of the limited-balance test card, in US cents.
@@ -215,9 +224,25 @@ pub struct OperationFilter {
 }
 
 /// The sandbox acquirer.
+///
+/// Its authorizations, captures, voids and refunds are acted on in groups: each call queues
+/// its operation, and [`GROUP_TASKS`] tasks each take what has queued meanwhile and act on it
+/// in one transaction (group commit), as a real acquirer's batch would. An operation is
+/// answered once its group has committed, so its durability is that of a call of its own;
+/// under load, one commit serves many operations.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     pool: PgPool,
+    queue: mpsc::Sender<Queued>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Queued::Authorize(..) => "Queued::Authorize",
+            Queued::FollowUp(..) => "Queued::FollowUp",
+        })
+    }
 }
 
 /// The sandbox's state lives in the vault's database: its failures are the vault's own, not
@@ -280,9 +305,15 @@ macro_rules! follow_up_statement {
 }
 
 impl Sandbox {
-    /// A sandbox keeping its state in `pool` (the vault's database).
+    /// A sandbox keeping its state in `pool` (the vault's database). Starts its group tasks
+    /// on the current Tokio runtime; they stop when the last clone is dropped.
     pub fn new(pool: PgPool) -> Sandbox {
-        Sandbox { pool }
+        let (queue, receiver) = mpsc::channel(QUEUE_MAX);
+        let receiver: SharedQueue = Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..GROUP_TASKS {
+            tokio::spawn(run(pool.clone(), receiver.clone()));
+        }
+        Sandbox { pool, queue }
     }
 
     /// Creates the card's row with its test card behaviour unless it exists.
@@ -459,220 +490,19 @@ impl Sandbox {
             .await
     }
 
-    /// Decides and records an authorization in one transaction; returns the answer, whether
-    /// the sandbox then hangs (timeout card), and the card's latency.
-    async fn authorize_once(
-        &self,
-        call: &AuthorizeCall<'_>,
-    ) -> Result<(AuthorizeAnswer, bool, Duration), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // Lock the card first: concurrent operations on one card (and copies of one request)
-        // serialize here, and each then sees what the others committed. A card seen for the
-        // first time is written first, with its test card's behaviour, then locked.
-        let lock = "SELECT * FROM sandbox_cards WHERE fingerprint = $1 FOR UPDATE";
-        let fingerprint = call.fingerprint.as_bytes().as_slice();
-        let known = sqlx::query(lock)
-            .bind(fingerprint)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let card = match known {
-            Some(card) => card,
-            None => {
-                write_card(
-                    &mut *tx,
-                    call.fingerprint,
-                    call.token,
-                    &call.card.pan.last4(),
-                    false,
-                    &CardBehaviour::for_test_card(&call.card.pan),
-                    false,
-                )
-                .await?;
-                sqlx::query(lock)
-                    .bind(fingerprint)
-                    .fetch_one(&mut *tx)
-                    .await?
-            }
+    /// Queues `operation` for a group transaction and waits for its answer.
+    async fn act<T>(&self, operation: impl FnOnce(Slot<T>) -> Queued) -> Result<T, ConnectorError> {
+        let (reply, answer) = oneshot::channel();
+        let slot = Slot {
+            answer: None,
+            reply,
         };
-        let behaviour = card_from_row(&card)?.behaviour;
-        let latency = Duration::from_millis(u64::from(behaviour.latency_ms));
-        let fail_remaining: i32 = card.try_get("fail_remaining")?;
-        let today = OffsetDateTime::now_utc().date();
-        // A failure to come is used up by the statement that records the operation.
-        let fails = fail_remaining > 0;
-        let decision = if fails {
-            Err(DeclineCode::ProcessingError)
-        } else if let Some(code) = behaviour.decline {
-            Err(code)
-        } else if call.expiry.has_expired(today) {
-            Err(DeclineCode::ExpiredCard)
-        } else if let Some(balance) = behaviour.balance {
-            if balance.currency != call.amount.currency {
-                Err(DeclineCode::CurrencyNotSupported)
-            } else {
-                let available = available_minor(&mut tx, call.fingerprint, balance).await?;
-                if call.amount.minor_units <= available {
-                    Ok(call.amount.minor_units)
-                } else if call.allow_partial_approval && available > 0 {
-                    Ok(available)
-                } else {
-                    Err(DeclineCode::InsufficientFunds)
-                }
-            }
-        } else {
-            Ok(call.amount.minor_units)
-        };
-        let reference = reference();
-        let now = OffsetDateTime::now_utc();
-        let answer = match decision {
-            Ok(approved_minor) => AuthorizeAnswer::Approved {
-                reference: reference.clone(),
-                approved: Money::new(call.amount.currency, approved_minor),
-                authorization_code: authorization_code(),
-            },
-            Err(code) => AuthorizeAnswer::Declined {
-                reference: reference.clone(),
-                code,
-                processor_code: processor_code(code).to_owned(),
-            },
-        };
-        let (outcome, approved_minor, decline, auth_code) = match &answer {
-            AuthorizeAnswer::Approved {
-                approved,
-                authorization_code,
-                ..
-            } => (
-                if approved.minor_units < call.amount.minor_units {
-                    "partially_approved"
-                } else {
-                    "approved"
-                },
-                approved.minor_units,
-                None,
-                authorization_code.as_str(),
-            ),
-            AuthorizeAnswer::Declined { code, .. } => ("declined", 0, Some(*code), ""),
-        };
-        // The operation, and for an approval the hold it takes and for a failure to come the
-        // one it uses up, in one statement; nothing at all when this idempotency key was acted
-        // on before (the lock above serializes copies on one card; the unique index, any
-        // other): the first answer is then replayed.
-        let recorded: i64 = sqlx::query_scalar(concat!(
-            "WITH operation AS (INSERT INTO sandbox_operations (reference, type, \
-             idempotency_key, token, currency, requested_minor, approved_minor, outcome, \
-             decline_code, processor_decline_code, authorization_code, created_at) \
-             VALUES ($1, 'authorize', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ",
-            once!(),
-            " RETURNING reference), \
-             hold AS (INSERT INTO sandbox_authorizations \
-             (reference, fingerprint, currency, approved_minor, state, created_at) \
-             SELECT reference, $12, $4, $6, 'held', $11 FROM operation WHERE $8::text IS NULL), \
-             failure AS (UPDATE sandbox_cards SET fail_remaining = fail_remaining - 1, \
-             updated_at = now() WHERE fingerprint = $12 AND $13 AND EXISTS (SELECT FROM operation)) \
-             SELECT count(*) FROM operation"
-        ))
-        .bind(&reference)
-        .bind(call.idempotency_key)
-        .bind(call.token.as_str())
-        .bind(call.amount.currency.code())
-        .bind(call.amount.minor_units)
-        .bind(approved_minor)
-        .bind(outcome)
-        .bind(decline.map(DeclineCode::as_str))
-        .bind(decline.map_or("", processor_code))
-        .bind(auth_code)
-        .bind(now)
-        .bind(call.fingerprint.as_bytes().as_slice())
-        .bind(fails)
-        .fetch_one(&mut *tx)
-        .await?;
-        if recorded == 0 {
-            let answer = replay_authorization(&mut tx, call.idempotency_key)
-                .await?
-                .ok_or_else(|| missing_operation("authorize"))?;
-            record_replay(&mut tx, "authorize", call.idempotency_key, call.token, "").await?;
-            tx.commit().await?;
-            return Ok((answer, false, latency));
-        }
-        tx.commit().await?;
-        let hang = behaviour.timeout_after_authorize && decline.is_none();
-        Ok((answer, hang, latency))
-    }
-
-    /// Decides and records a capture, void or refund in one transaction; returns the answer
-    /// and the card's latency.
-    async fn follow_up_once(
-        &self,
-        kind: &'static str,
-        call: &FollowUpCall<'_>,
-    ) -> Result<(FollowUpAnswer, Duration), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let authorization = sqlx::query(
-            "SELECT a.*, c.latency_ms FROM sandbox_authorizations a \
-             JOIN sandbox_cards c USING (fingerprint) WHERE a.reference = $1 FOR UPDATE OF a",
-        )
-        .bind(call.authorization_reference)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let latency = match &authorization {
-            Some(row) => Duration::from_millis(row.try_get::<i32, _>("latency_ms")?.max(0) as u64),
-            None => Duration::ZERO,
-        };
-        let Some(authorization) = authorization else {
-            return Ok((
-                refuse(tx, kind, call, DeclineCode::InvalidCard).await?,
-                latency,
-            ));
-        };
-        let state: String = authorization.try_get("state")?;
-        let currency: String = authorization.try_get("currency")?;
-        let approved: i64 = authorization.try_get("approved_minor")?;
-        let captured: i64 = authorization.try_get("captured_minor")?;
-        let refunded: i64 = authorization.try_get("refunded_minor")?;
-        let amount = call.amount.map(|m| m.minor_units);
-        let amount_currency_ok = call.amount.is_none_or(|m| m.currency.code() == currency);
-        let reference = reference();
-        let change = match (kind, state.as_str(), amount) {
-            _ if !amount_currency_ok => None,
-            ("capture", "held", Some(amount)) if amount > 0 && amount <= approved => Some(
-                follow_up_statement!("state = 'captured', captured_minor = $2"),
-            ),
-            ("void", "held", None) => Some(follow_up_statement!("state = 'voided'")),
-            ("refund", "captured", Some(amount)) if amount > 0 && amount <= captured - refunded => {
-                Some(follow_up_statement!("refunded_minor = refunded_minor + $2"))
-            }
-            _ => None,
-        };
-        let Some(change) = change else {
-            let code = if amount_currency_ok {
-                DeclineCode::TransactionNotAllowed
-            } else {
-                DeclineCode::CurrencyNotSupported
-            };
-            return Ok((refuse(tx, kind, call, code).await?, latency));
-        };
-        let now = OffsetDateTime::now_utc();
-        let settles = amount.is_some() && matches!(kind, "capture" | "refund");
-        let recorded: i64 = sqlx::query_scalar(change)
-            .bind(call.authorization_reference)
-            .bind(amount)
-            .bind(&reference)
-            .bind(kind)
-            .bind(call.idempotency_key)
-            .bind(call.token.as_str())
-            .bind(amount.map(|_| currency.as_str()))
-            .bind(now)
-            .bind(random_id("stl_"))
-            .bind(now.date())
-            .bind(&currency)
-            .bind(settles)
-            .fetch_one(&mut *tx)
-            .await?;
-        if recorded == 0 {
-            return Ok((replay_follow_up(tx, kind, call).await?, latency));
-        }
-        tx.commit().await?;
-        Ok((FollowUpAnswer::Done { reference }, latency))
+        let stopped = || ConnectorError::Storage("sandbox storage: the sandbox stopped".into());
+        self.queue
+            .send(operation(slot))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?.map_err(database_error)
     }
 
     async fn follow_up(
@@ -680,13 +510,481 @@ impl Sandbox {
         kind: &'static str,
         call: FollowUpCall<'_>,
     ) -> Result<FollowUpAnswer, ConnectorError> {
-        let (answer, latency) = self
-            .follow_up_once(kind, &call)
-            .await
-            .map_err(database_error)?;
-        tokio::time::sleep(latency).await;
-        Ok(answer)
+        let call = FollowUp {
+            kind,
+            idempotency_key: call.idempotency_key.to_owned(),
+            authorization_reference: call.authorization_reference.to_owned(),
+            amount: call.amount,
+            token: call.token.clone(),
+        };
+        let followed_up = self.act(|slot| Queued::FollowUp(call, slot)).await?;
+        tokio::time::sleep(followed_up.latency).await;
+        Ok(followed_up.answer)
     }
+}
+
+/// An authorization waiting for its group, with what its decision needs. The card number is
+/// not among it: its test card's behaviour and last four digits are worked out before it is
+/// queued.
+struct Authorization {
+    idempotency_key: String,
+    token: Token,
+    fingerprint: Fingerprint,
+    last4: String,
+    test_card: CardBehaviour,
+    expired: bool,
+    amount: Money,
+    allow_partial_approval: bool,
+}
+
+impl Authorization {
+    fn of(call: &AuthorizeCall<'_>) -> Authorization {
+        Authorization {
+            idempotency_key: call.idempotency_key.to_owned(),
+            token: call.token.clone(),
+            fingerprint: call.fingerprint,
+            last4: call.card.pan.last4(),
+            test_card: CardBehaviour::for_test_card(&call.card.pan),
+            expired: call.expiry.has_expired(OffsetDateTime::now_utc().date()),
+            amount: call.amount,
+            allow_partial_approval: call.allow_partial_approval,
+        }
+    }
+}
+
+/// A capture, void or refund waiting for its group.
+struct FollowUp {
+    kind: &'static str,
+    idempotency_key: String,
+    authorization_reference: String,
+    amount: Option<Money>,
+    token: Token,
+}
+
+/// An authorization's outcome: the answer, whether the sandbox then hangs (timeout card), and
+/// the card's latency.
+struct Authorized {
+    answer: AuthorizeAnswer,
+    hang: bool,
+    latency: Duration,
+}
+
+/// A capture's, void's or refund's outcome: the answer and the card's latency.
+struct FollowedUp {
+    answer: FollowUpAnswer,
+    latency: Duration,
+}
+
+/// Where a queued operation's answer waits for its group's commit, and its caller.
+struct Slot<T> {
+    answer: Option<T>,
+    reply: oneshot::Sender<Result<T, sqlx::Error>>,
+}
+
+impl<T> Slot<T> {
+    /// Answers the caller once the group has committed (or failed).
+    fn send(self, committed: Result<(), sqlx::Error>) {
+        let answer = committed.and_then(|()| {
+            self.answer.ok_or_else(|| {
+                sqlx::Error::Protocol("a sandbox group committed without an answer".into())
+            })
+        });
+        // The caller may have gone (its call timed out); the operation stands regardless.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// One operation in the queue.
+enum Queued {
+    Authorize(Authorization, Slot<Authorized>),
+    FollowUp(FollowUp, Slot<FollowedUp>),
+}
+
+impl Queued {
+    fn send(self, committed: Result<(), sqlx::Error>) {
+        match self {
+            Queued::Authorize(_, slot) => slot.send(committed),
+            Queued::FollowUp(_, slot) => slot.send(committed),
+        }
+    }
+}
+
+type SharedQueue = Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>;
+
+/// A group task: takes the operations queued meanwhile, up to [`GROUP_SIZE_MAX`], acts on them
+/// in one transaction and answers them. If the group fails, each of its operations is tried
+/// again alone, so that only the one at fault fails (a group whose commit went through
+/// unseen is answered by the replays of its idempotency keys).
+async fn run(pool: PgPool, queue: SharedQueue) {
+    let mut group = Vec::with_capacity(GROUP_SIZE_MAX);
+    loop {
+        // Hold the queue only while taking a group, never while committing it.
+        if queue
+            .lock()
+            .await
+            .recv_many(&mut group, GROUP_SIZE_MAX)
+            .await
+            == 0
+        {
+            return;
+        }
+        match act_on_group(&pool, &mut group).await {
+            Ok(()) => group.drain(..).for_each(|queued| queued.send(Ok(()))),
+            Err(error) if group.len() == 1 => {
+                if let Some(queued) = group.pop() {
+                    queued.send(Err(error));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, operations = group.len(), "sandbox group failed; acting one by one");
+                for mut queued in group.drain(..) {
+                    let committed = act_on_group(&pool, std::slice::from_mut(&mut queued)).await;
+                    queued.send(committed);
+                }
+            }
+        }
+    }
+}
+
+/// Acts on a group in one transaction. The cards its authorizations use, then the
+/// authorizations its follow-ups act on, are locked first, each set in one statement and in
+/// key order, so that groups on other connections never wait for each other in a circle; each
+/// operation then decides on the state the ones before it left.
+async fn act_on_group(pool: &PgPool, group: &mut [Queued]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut cards = lock_cards(&mut tx, group).await?;
+    let mut authorizations = lock_authorizations(&mut tx, group).await?;
+    for queued in group.iter_mut() {
+        match queued {
+            Queued::Authorize(call, slot) => {
+                // A card's row read by the lock serves the group's first operation on it; a
+                // later one reads what that operation left.
+                let card = match cards.remove(&call.fingerprint) {
+                    Some(card) => card,
+                    None => {
+                        sqlx::query(CARD)
+                            .bind(call.fingerprint.as_bytes().as_slice())
+                            .fetch_one(&mut *tx)
+                            .await?
+                    }
+                };
+                slot.answer = Some(authorize(&mut tx, call, &card).await?);
+            }
+            Queued::FollowUp(call, slot) => {
+                let authorization = match authorizations.remove(&call.authorization_reference) {
+                    Some(authorization) => Some(authorization),
+                    None => {
+                        sqlx::query(AUTHORIZATION)
+                            .bind(&call.authorization_reference)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                    }
+                };
+                slot.answer = Some(follow_up(&mut tx, call, authorization).await?);
+            }
+        }
+    }
+    tx.commit().await
+}
+
+/// A card's row, locked.
+const CARD: &str = "SELECT * FROM sandbox_cards WHERE fingerprint = $1 FOR UPDATE";
+
+/// An authorization's row with its card's latency, locked.
+const AUTHORIZATION: &str = "SELECT a.*, c.latency_ms FROM sandbox_authorizations a \
+     JOIN sandbox_cards c USING (fingerprint) WHERE a.reference = $1 FOR UPDATE OF a";
+
+/// Locks the rows of the cards the group's authorizations use, in fingerprint order, writing
+/// first the cards the sandbox sees for the first time (with their test card's behaviour).
+async fn lock_cards(
+    conn: &mut PgConnection,
+    group: &[Queued],
+) -> Result<HashMap<Fingerprint, PgRow>, sqlx::Error> {
+    let mut calls: Vec<&Authorization> = group
+        .iter()
+        .filter_map(|queued| match queued {
+            Queued::Authorize(call, _) => Some(call),
+            Queued::FollowUp(..) => None,
+        })
+        .collect();
+    calls.sort_by_key(|call| *call.fingerprint.as_bytes());
+    calls.dedup_by_key(|call| call.fingerprint);
+    let lock = |fingerprints: Vec<Vec<u8>>| {
+        sqlx::query(
+            "SELECT * FROM sandbox_cards WHERE fingerprint = ANY($1) \
+             ORDER BY fingerprint FOR UPDATE",
+        )
+        .bind(fingerprints)
+    };
+    let mut cards = HashMap::with_capacity(calls.len());
+    if calls.is_empty() {
+        return Ok(cards);
+    }
+    for row in lock(
+        calls
+            .iter()
+            .map(|c| c.fingerprint.as_bytes().to_vec())
+            .collect(),
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        cards.insert(fingerprint_of(&row)?, row);
+    }
+    calls.retain(|call| !cards.contains_key(&call.fingerprint));
+    if calls.is_empty() {
+        return Ok(cards);
+    }
+    for call in &calls {
+        write_card(
+            &mut *conn,
+            call.fingerprint,
+            &call.token,
+            &call.last4,
+            false,
+            &call.test_card,
+            false,
+        )
+        .await?;
+    }
+    for row in lock(
+        calls
+            .iter()
+            .map(|c| c.fingerprint.as_bytes().to_vec())
+            .collect(),
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        cards.insert(fingerprint_of(&row)?, row);
+    }
+    Ok(cards)
+}
+
+fn fingerprint_of(row: &PgRow) -> Result<Fingerprint, sqlx::Error> {
+    let bytes: Vec<u8> = row.try_get("fingerprint")?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
+        index: "fingerprint".into(),
+        source: "a fingerprint is 32 bytes".into(),
+    })?;
+    Ok(Fingerprint(bytes))
+}
+
+/// Locks the authorizations the group's follow-ups act on, in reference order, with their
+/// cards' latency.
+async fn lock_authorizations(
+    conn: &mut PgConnection,
+    group: &[Queued],
+) -> Result<HashMap<String, PgRow>, sqlx::Error> {
+    let mut references: Vec<&str> = group
+        .iter()
+        .filter_map(|queued| match queued {
+            Queued::FollowUp(call, _) => Some(call.authorization_reference.as_str()),
+            Queued::Authorize(..) => None,
+        })
+        .collect();
+    if references.is_empty() {
+        return Ok(HashMap::new());
+    }
+    references.sort_unstable();
+    references.dedup();
+    sqlx::query(
+        "SELECT a.*, c.latency_ms FROM sandbox_authorizations a \
+         JOIN sandbox_cards c USING (fingerprint) WHERE a.reference = ANY($1) \
+         ORDER BY a.reference FOR UPDATE OF a",
+    )
+    .bind(references)
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .map(|row| Ok((row.try_get("reference")?, row)))
+    .collect()
+}
+
+/// Decides and records an authorization on its locked card's row.
+async fn authorize(
+    conn: &mut PgConnection,
+    call: &Authorization,
+    card: &PgRow,
+) -> Result<Authorized, sqlx::Error> {
+    let behaviour = card_from_row(card)?.behaviour;
+    let latency = Duration::from_millis(u64::from(behaviour.latency_ms));
+    let fail_remaining: i32 = card.try_get("fail_remaining")?;
+    // A failure to come is used up by the statement that records the operation.
+    let fails = fail_remaining > 0;
+    let decision = if fails {
+        Err(DeclineCode::ProcessingError)
+    } else if let Some(code) = behaviour.decline {
+        Err(code)
+    } else if call.expired {
+        Err(DeclineCode::ExpiredCard)
+    } else if let Some(balance) = behaviour.balance {
+        if balance.currency != call.amount.currency {
+            Err(DeclineCode::CurrencyNotSupported)
+        } else {
+            let available = available_minor(conn, call.fingerprint, balance).await?;
+            if call.amount.minor_units <= available {
+                Ok(call.amount.minor_units)
+            } else if call.allow_partial_approval && available > 0 {
+                Ok(available)
+            } else {
+                Err(DeclineCode::InsufficientFunds)
+            }
+        }
+    } else {
+        Ok(call.amount.minor_units)
+    };
+    let reference = reference();
+    let now = OffsetDateTime::now_utc();
+    let answer = match decision {
+        Ok(approved_minor) => AuthorizeAnswer::Approved {
+            reference: reference.clone(),
+            approved: Money::new(call.amount.currency, approved_minor),
+            authorization_code: authorization_code(),
+        },
+        Err(code) => AuthorizeAnswer::Declined {
+            reference: reference.clone(),
+            code,
+            processor_code: processor_code(code).to_owned(),
+        },
+    };
+    let (outcome, approved_minor, decline, auth_code) = match &answer {
+        AuthorizeAnswer::Approved {
+            approved,
+            authorization_code,
+            ..
+        } => (
+            if approved.minor_units < call.amount.minor_units {
+                "partially_approved"
+            } else {
+                "approved"
+            },
+            approved.minor_units,
+            None,
+            authorization_code.as_str(),
+        ),
+        AuthorizeAnswer::Declined { code, .. } => ("declined", 0, Some(*code), ""),
+    };
+    // The operation, and for an approval the hold it takes and for a failure to come the one
+    // it uses up, in one statement; nothing at all when this idempotency key was acted on
+    // before (the card's lock serializes copies on one card; the unique index, any other):
+    // the first answer is then replayed.
+    let recorded: i64 = sqlx::query_scalar(concat!(
+        "WITH operation AS (INSERT INTO sandbox_operations (reference, type, \
+         idempotency_key, token, currency, requested_minor, approved_minor, outcome, \
+         decline_code, processor_decline_code, authorization_code, created_at) \
+         VALUES ($1, 'authorize', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ",
+        once!(),
+        " RETURNING reference), \
+         hold AS (INSERT INTO sandbox_authorizations \
+         (reference, fingerprint, currency, approved_minor, state, created_at) \
+         SELECT reference, $12, $4, $6, 'held', $11 FROM operation WHERE $8::text IS NULL), \
+         failure AS (UPDATE sandbox_cards SET fail_remaining = fail_remaining - 1, \
+         updated_at = now() WHERE fingerprint = $12 AND $13 AND EXISTS (SELECT FROM operation)) \
+         SELECT count(*) FROM operation"
+    ))
+    .bind(&reference)
+    .bind(&call.idempotency_key)
+    .bind(call.token.as_str())
+    .bind(call.amount.currency.code())
+    .bind(call.amount.minor_units)
+    .bind(approved_minor)
+    .bind(outcome)
+    .bind(decline.map(DeclineCode::as_str))
+    .bind(decline.map_or("", processor_code))
+    .bind(auth_code)
+    .bind(now)
+    .bind(call.fingerprint.as_bytes().as_slice())
+    .bind(fails)
+    .fetch_one(&mut *conn)
+    .await?;
+    if recorded == 0 {
+        let answer = replay_authorization(conn, &call.idempotency_key)
+            .await?
+            .ok_or_else(|| missing_operation("authorize"))?;
+        record_replay(conn, "authorize", &call.idempotency_key, &call.token, "").await?;
+        return Ok(Authorized {
+            answer,
+            hang: false,
+            latency,
+        });
+    }
+    Ok(Authorized {
+        answer,
+        hang: behaviour.timeout_after_authorize && decline.is_none(),
+        latency,
+    })
+}
+
+/// Decides and records a capture, void or refund on its locked authorization's row (`None`:
+/// the sandbox knows no such authorization).
+async fn follow_up(
+    conn: &mut PgConnection,
+    call: &FollowUp,
+    authorization: Option<PgRow>,
+) -> Result<FollowedUp, sqlx::Error> {
+    let kind = call.kind;
+    let Some(authorization) = authorization else {
+        return Ok(FollowedUp {
+            answer: refuse(conn, call, DeclineCode::InvalidCard).await?,
+            latency: Duration::ZERO,
+        });
+    };
+    let latency =
+        Duration::from_millis(authorization.try_get::<i32, _>("latency_ms")?.max(0) as u64);
+    let state: String = authorization.try_get("state")?;
+    let currency: String = authorization.try_get("currency")?;
+    let approved: i64 = authorization.try_get("approved_minor")?;
+    let captured: i64 = authorization.try_get("captured_minor")?;
+    let refunded: i64 = authorization.try_get("refunded_minor")?;
+    let amount = call.amount.map(|m| m.minor_units);
+    let amount_currency_ok = call.amount.is_none_or(|m| m.currency.code() == currency);
+    let reference = reference();
+    let change = match (kind, state.as_str(), amount) {
+        _ if !amount_currency_ok => None,
+        ("capture", "held", Some(amount)) if amount > 0 && amount <= approved => Some(
+            follow_up_statement!("state = 'captured', captured_minor = $2"),
+        ),
+        ("void", "held", None) => Some(follow_up_statement!("state = 'voided'")),
+        ("refund", "captured", Some(amount)) if amount > 0 && amount <= captured - refunded => {
+            Some(follow_up_statement!("refunded_minor = refunded_minor + $2"))
+        }
+        _ => None,
+    };
+    let Some(change) = change else {
+        let code = if amount_currency_ok {
+            DeclineCode::TransactionNotAllowed
+        } else {
+            DeclineCode::CurrencyNotSupported
+        };
+        return Ok(FollowedUp {
+            answer: refuse(conn, call, code).await?,
+            latency,
+        });
+    };
+    let now = OffsetDateTime::now_utc();
+    let settles = amount.is_some() && matches!(kind, "capture" | "refund");
+    let recorded: i64 = sqlx::query_scalar(change)
+        .bind(&call.authorization_reference)
+        .bind(amount)
+        .bind(&reference)
+        .bind(kind)
+        .bind(&call.idempotency_key)
+        .bind(call.token.as_str())
+        .bind(amount.map(|_| currency.as_str()))
+        .bind(now)
+        .bind(random_id("stl_"))
+        .bind(now.date())
+        .bind(&currency)
+        .bind(settles)
+        .fetch_one(&mut *conn)
+        .await?;
+    let answer = if recorded == 0 {
+        replay_follow_up(conn, call).await?
+    } else {
+        FollowUpAnswer::Done { reference }
+    };
+    Ok(FollowedUp { answer, latency })
 }
 
 /// Inserts or (with `replace`) overwrites a card's behaviour.
@@ -865,9 +1163,8 @@ fn follow_up_answer(row: &PgRow) -> Result<FollowUpAnswer, sqlx::Error> {
 /// Records and returns a refused capture, void or refund, or replays the first answer when
 /// its idempotency key was acted on before.
 async fn refuse(
-    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    kind: &str,
-    call: &FollowUpCall<'_>,
+    conn: &mut PgConnection,
+    call: &FollowUp,
     code: DeclineCode,
 ) -> Result<FollowUpAnswer, sqlx::Error> {
     let recorded = sqlx::query(concat!(
@@ -877,19 +1174,18 @@ async fn refuse(
         once!()
     ))
     .bind(reference())
-    .bind(call.authorization_reference)
-    .bind(kind)
-    .bind(call.idempotency_key)
+    .bind(&call.authorization_reference)
+    .bind(call.kind)
+    .bind(&call.idempotency_key)
     .bind(call.token.as_str())
     .bind(code.as_str())
     .bind(processor_code(code))
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     if recorded == 0 {
-        return replay_follow_up(tx, kind, call).await;
+        return replay_follow_up(conn, call).await;
     }
-    tx.commit().await?;
     Ok(FollowUpAnswer::Refused {
         code,
         processor_code: processor_code(code).to_owned(),
@@ -899,29 +1195,27 @@ async fn refuse(
 /// The answer the sandbox gave to an earlier capture, void or refund with this call's
 /// idempotency key, recorded as replayed.
 async fn replay_follow_up(
-    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    kind: &str,
-    call: &FollowUpCall<'_>,
+    conn: &mut PgConnection,
+    call: &FollowUp,
 ) -> Result<FollowUpAnswer, sqlx::Error> {
     let previous = sqlx::query(
         "SELECT reference, outcome, decline_code, processor_decline_code \
          FROM sandbox_operations WHERE type = $1 AND idempotency_key = $2 \
          AND outcome <> 'replayed'",
     )
-    .bind(kind)
-    .bind(call.idempotency_key)
-    .fetch_optional(&mut *tx)
+    .bind(call.kind)
+    .bind(&call.idempotency_key)
+    .fetch_optional(&mut *conn)
     .await?
-    .ok_or_else(|| missing_operation(kind))?;
+    .ok_or_else(|| missing_operation(call.kind))?;
     record_replay(
-        &mut tx,
-        kind,
-        call.idempotency_key,
-        call.token,
-        call.authorization_reference,
+        conn,
+        call.kind,
+        &call.idempotency_key,
+        &call.token,
+        &call.authorization_reference,
     )
     .await?;
-    tx.commit().await?;
     follow_up_answer(&previous)
 }
 
@@ -940,16 +1234,17 @@ impl Connector for Sandbox {
     }
 
     async fn authorize(&self, call: AuthorizeCall<'_>) -> Result<AuthorizeAnswer, ConnectorError> {
-        let (answer, hang, latency) = self.authorize_once(&call).await.map_err(database_error)?;
+        let call = Authorization::of(&call);
+        let authorized = self.act(|slot| Queued::Authorize(call, slot)).await?;
         // A slow card answers late (its decision is already recorded, as at a real acquirer
         // whose response is delayed).
-        tokio::time::sleep(latency).await;
-        if hang {
+        tokio::time::sleep(authorized.latency).await;
+        if authorized.hang {
             // The hold is taken and committed; the answer never comes. The connector's
             // timeout ends the call, and `inquire` (or a replay) later finds the hold.
             std::future::pending::<()>().await;
         }
-        Ok(answer)
+        Ok(authorized.answer)
     }
 
     async fn capture(&self, call: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
