@@ -1513,6 +1513,25 @@ async fn batch_calls_run_each_item_as_alone() {
     );
 }
 
+/// A running vault, a pool on its database, a sandbox of its own on that database (acting as
+/// the vault's does), and a token of `pan` from the vault.
+async fn sandbox_beside_a_vault(
+    pan: &str,
+) -> (
+    RunningVault,
+    sqlx::PgPool,
+    tandem_vault::connector::sandbox::Sandbox,
+    tandem_vault::domain::Token,
+) {
+    let vault = RunningVault::start().await;
+    let pool = sqlx::PgPool::connect(&vault.database.url)
+        .await
+        .expect("connect to the vault database");
+    let sandbox = tandem_vault::connector::sandbox::Sandbox::new(pool.clone());
+    let token = tandem_vault::domain::Token::parse(&token_for(&vault, pan).await).expect("token");
+    (vault, pool, sandbox, token)
+}
+
 /// The sandbox acts on an idempotency key once, like a real acquirer: a key sent again is
 /// answered with the first answer and changes nothing (the fail-first card's failure is not
 /// used up again, a second hold or settlement is not made), whatever the card or the
@@ -1520,19 +1539,13 @@ async fn batch_calls_run_each_item_as_alone() {
 #[tokio::test]
 async fn the_sandbox_acts_once_per_idempotency_key() {
     use tandem_money::{Currency, Money};
-    use tandem_vault::connector::sandbox::Sandbox;
     use tandem_vault::connector::{
         AuthorizeAnswer, AuthorizeCall, Connector as _, FollowUpAnswer, FollowUpCall,
     };
     use tandem_vault::domain::charge::DeclineCode;
-    use tandem_vault::domain::{CardSecret, Fingerprint, HolderName, Pan, Token};
+    use tandem_vault::domain::{CardSecret, Fingerprint, HolderName, Pan};
 
-    let vault = RunningVault::start().await;
-    let pool = sqlx::PgPool::connect(&vault.database.url)
-        .await
-        .expect("connect to the vault database");
-    let sandbox = Sandbox::new(pool.clone());
-    let token = Token::parse(&token_for(&vault, "4000009900000046").await).expect("token");
+    let (_vault, pool, sandbox, token) = sandbox_beside_a_vault("4000009900000046").await;
     let card = CardSecret {
         // Fails its first two authorizations with PROCESSING_ERROR, then approves.
         pan: Pan::parse("4000009900000046").expect("pan"),
@@ -1639,19 +1652,13 @@ async fn the_sandbox_acts_once_per_idempotency_key() {
 async fn the_sandbox_acts_on_a_group_as_on_calls_one_after_another() {
     use futures::future::join_all;
     use tandem_money::{Currency, Money};
-    use tandem_vault::connector::sandbox::Sandbox;
     use tandem_vault::connector::{
         AuthorizeAnswer, AuthorizeCall, Connector as _, FollowUpAnswer, FollowUpCall,
     };
     use tandem_vault::domain::charge::DeclineCode;
-    use tandem_vault::domain::{CardSecret, Expiry, Fingerprint, HolderName, Pan, Token};
+    use tandem_vault::domain::{CardSecret, Expiry, Fingerprint, HolderName, Pan};
 
-    let vault = RunningVault::start().await;
-    let pool = sqlx::PgPool::connect(&vault.database.url)
-        .await
-        .expect("connect to the vault database");
-    let sandbox = Sandbox::new(pool.clone());
-    let token = Token::parse(&token_for(&vault, "4242424242424242").await).expect("token");
+    let (_vault, pool, sandbox, token) = sandbox_beside_a_vault("4242424242424242").await;
     let today = time::OffsetDateTime::now_utc().date();
     let usd = |minor_units| Money::new(Currency::parse("USD").expect("USD"), minor_units);
     let card = |pan: &str| CardSecret {

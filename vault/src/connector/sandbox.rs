@@ -709,28 +709,8 @@ async fn lock_cards(
         .collect();
     calls.sort_by_key(|call| *call.fingerprint.as_bytes());
     calls.dedup_by_key(|call| call.fingerprint);
-    let lock = |fingerprints: Vec<Vec<u8>>| {
-        sqlx::query(
-            "SELECT * FROM sandbox_cards WHERE fingerprint = ANY($1) \
-             ORDER BY fingerprint FOR UPDATE",
-        )
-        .bind(fingerprints)
-    };
     let mut cards = HashMap::with_capacity(calls.len());
-    if calls.is_empty() {
-        return Ok(cards);
-    }
-    for row in lock(
-        calls
-            .iter()
-            .map(|c| c.fingerprint.as_bytes().to_vec())
-            .collect(),
-    )
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        cards.insert(fingerprint_of(&row)?, row);
-    }
+    lock_card_rows(conn, &calls, &mut cards).await?;
     calls.retain(|call| !cards.contains_key(&call.fingerprint));
     if calls.is_empty() {
         return Ok(cards);
@@ -747,18 +727,33 @@ async fn lock_cards(
         )
         .await?;
     }
-    for row in lock(
-        calls
-            .iter()
-            .map(|c| c.fingerprint.as_bytes().to_vec())
-            .collect(),
+    lock_card_rows(conn, &calls, &mut cards).await?;
+    Ok(cards)
+}
+
+/// Locks the rows of the cards `calls` use that exist, in fingerprint order, into `cards`.
+async fn lock_card_rows(
+    conn: &mut PgConnection,
+    calls: &[&Authorization],
+    cards: &mut HashMap<Fingerprint, PgRow>,
+) -> Result<(), sqlx::Error> {
+    if calls.is_empty() {
+        return Ok(());
+    }
+    let fingerprints: Vec<Vec<u8>> = calls
+        .iter()
+        .map(|call| call.fingerprint.as_bytes().to_vec())
+        .collect();
+    let rows = sqlx::query(
+        "SELECT * FROM sandbox_cards WHERE fingerprint = ANY($1) ORDER BY fingerprint FOR UPDATE",
     )
-    .fetch_all(&mut *conn)
-    .await?
-    {
+    .bind(fingerprints)
+    .fetch_all(conn)
+    .await?;
+    for row in rows {
         cards.insert(fingerprint_of(&row)?, row);
     }
-    Ok(cards)
+    Ok(())
 }
 
 fn fingerprint_of(row: &PgRow) -> Result<Fingerprint, sqlx::Error> {
