@@ -1532,6 +1532,17 @@ async fn sandbox_beside_a_vault(
     (vault, pool, sandbox, token)
 }
 
+/// The sandbox's settlement records, and the replays it recorded.
+async fn settlements_and_replays(pool: &sqlx::PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM sandbox_settlement_records), \
+         (SELECT count(*) FROM sandbox_operations WHERE outcome = 'replayed')",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("count settlements and replays")
+}
+
 /// The sandbox acts on an idempotency key once, like a real acquirer: a key sent again is
 /// answered with the first answer and changes nothing (the fail-first card's failure is not
 /// used up again, a second hold or settlement is not made), whatever the card or the
@@ -1634,13 +1645,7 @@ async fn the_sandbox_acts_once_per_idempotency_key() {
             .expect("void replay"),
         void
     );
-    let counts: (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM sandbox_settlement_records), \
-         (SELECT count(*) FROM sandbox_operations WHERE outcome = 'replayed')",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("counts");
+    let counts = settlements_and_replays(&pool).await;
     assert_eq!(counts, (1, 4), "one settlement; four replays recorded");
 }
 
@@ -1790,12 +1795,6 @@ async fn the_sandbox_acts_on_a_group_as_on_calls_one_after_another() {
         ],
         "the limited card's 7 holds: 2 captured, 5 voided; the flaky card's 3 still held"
     );
-    let counts: (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM sandbox_settlement_records), \
-         (SELECT count(*) FROM sandbox_operations WHERE outcome = 'replayed')",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("counts");
+    let counts = settlements_and_replays(&pool).await;
     assert_eq!(counts, (2, 12), "two settlements; 10 + 2 replays recorded");
 }
