@@ -203,9 +203,41 @@ impl std::fmt::Display for Shape {
     }
 }
 
+/// A new run's id, which the run's request ids begin with: a random UUID's 32 hex digits
+/// spelled with the letters `a` to `p`. The vault refuses ids that contain a card number, and
+/// a UUID's hex run without its dashes can hold one (13 or more digits in a row, one in a few
+/// hundred UUIDs); these ids hold no digit at all.
+pub(crate) fn run_id() -> String {
+    run_id_of(uuid::Uuid::new_v4())
+}
+
+fn run_id_of(uuid: uuid::Uuid) -> String {
+    uuid.as_bytes()
+        .iter()
+        .flat_map(|byte| [byte >> 4, byte & 0x0f])
+        .map(|nibble| char::from(b'a' + nibble))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A UUID whose hex holds a card number gives a run id that holds none, and no digit.
+    #[test]
+    fn run_ids_never_contain_a_card_number() {
+        use tandem_vault::domain::pan::contains_card_number;
+        let unlucky = uuid::Uuid::from_u128(0x4242_4242_4242_4242_0000_0000_0000_0000);
+        assert!(contains_card_number(&format!(
+            "bench-{}-card-7",
+            unlucky.simple()
+        )));
+        let id = run_id_of(unlucky);
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| (b'a'..=b'p').contains(&b)), "{id}");
+        assert!(!contains_card_number(&format!("bench-{id}-card-7")));
+        assert_ne!(run_id(), run_id());
+    }
 
     /// Durations parse with their unit and refuse anything else.
     #[test]

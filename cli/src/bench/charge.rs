@@ -21,7 +21,7 @@ pub(super) async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let uri = stack.vault(&args).await?;
     // Cards to charge: four per client, so that the sandbox's per-card lock is not the
     // bottleneck being measured.
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let run_id = super::run_id();
     let tokens = tokenize_cards(&uri, &args.certs, &run_id, args.shape.concurrency * 4).await?;
     let clients: Vec<_> = channels(
         &uri,

@@ -83,7 +83,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
     )
     .await?;
 
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let run_id = super::run_id();
     let tokens = tokenize_cards(&vault_uri, &certs, &run_id, 2).await?;
     let group_ids = create_groups(
         &orchestrator_uri,

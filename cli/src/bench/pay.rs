@@ -87,7 +87,7 @@ pub(super) async fn run(args: PayArgs) -> anyhow::Result<()> {
     let orchestrator_uri = stack
         .orchestrator(args.orchestrator.as_deref(), load)
         .await?;
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let run_id = super::run_id();
     let tokens = tokenize_cards(&vault_uri, &load.certs, &run_id, args.cards * args.groups).await?;
 
     let group_ids = create_groups(

@@ -36,7 +36,7 @@ pub(super) async fn run(args: LoadArgs) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64 % 10_000_000_000),
     ));
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let run_id = super::run_id();
     let clients = Arc::new(clients);
     let measured = measure(&args.shape, &stack, "tokenizations", move |worker, n| {
         let mut client = clients[worker % clients.len()].clone();

@@ -82,7 +82,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         ],
     )
     .await?;
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let run_id = super::run_id();
     let (steady_group, watched) = setup(&vault_uri, &orchestrator_uri, &certs, &run_id).await?;
     let steady_clients: Vec<_> = channels(
         &orchestrator_uri,

@@ -95,7 +95,7 @@ pub(super) async fn pay_scenarios(
     globalops: &pb::CardGroup,
 ) -> anyhow::Result<()> {
     let mut payments = PaymentServiceClient::new(payer);
-    let run = uuid::Uuid::new_v4().simple().to_string();
+    let run = crate::bench::run_id();
     let request = |scenario: &str, group: &pb::CardGroup, invoice_id: &str, minor_units| {
         pb::CreatePaymentRequest {
             request_id: format!("dev-demo-{run}/{scenario}"),
