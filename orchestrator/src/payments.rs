@@ -299,13 +299,7 @@ impl Payments {
         let mut committed = self.workflow.subscribe();
         loop {
             let payment = self.get(&id).await?;
-            let refund = payment
-                .record
-                .refunds
-                .iter()
-                .find(|r| r.id == refund_id)
-                .ok_or_else(|| Error::Corrupt(format!("refund {refund_id} missing")))?;
-            let done = refund.state != RefundState::Pending;
+            let done = payment.refund(&refund_id)?.state != RefundState::Pending;
             if done || tokio::time::Instant::now() >= until {
                 return Ok((payment, refund_id));
             }

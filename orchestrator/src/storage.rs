@@ -338,6 +338,15 @@ pub struct StoredPayment {
     pub update_time: OffsetDateTime,
 }
 
+impl StoredPayment {
+    /// The refund `id`, which a payment read back after recording it must have.
+    pub fn refund(&self, id: &str) -> Result<&crate::domain::record::refunds::Refund, Error> {
+        self.record
+            .refund(id)
+            .ok_or_else(|| Error::Corrupt(format!("refund {id} missing")))
+    }
+}
+
 const PAYMENT_COLUMNS: &str = "record, request, policy, card_group_id, billing_account_id, \
      events, lease_owner, lease_until, update_time";
 

@@ -641,10 +641,8 @@ impl Workflow {
         step: &RefundStep,
     ) -> Result<RefundAnswer, Unknown> {
         let reason = record
-            .refunds
-            .iter()
-            .find(|r| r.id == step.refund)
-            .map(|r| r.reason.clone())
+            .refund(&step.refund)
+            .map(|refund| refund.reason.clone())
             .unwrap_or_default();
         self.vault
             .refund(

@@ -88,6 +88,11 @@ pub enum RefundError {
 }
 
 impl PaymentRecord {
+    /// The refund `id`, if the payment has it.
+    pub fn refund(&self, id: &str) -> Option<&Refund> {
+        self.refunds.iter().find(|refund| refund.id == id)
+    }
+
     /// Plans a refund of `amount` (all that remains refundable when `None`), spread over the
     /// captured legs in proportion to what each has captured and not yet refunded or put in a
     /// pending refund (largest remainder, ties by member priority). Records it PENDING.

@@ -465,12 +465,7 @@ pub fn refund_response(
     payment: &StoredPayment,
     refund_id: &str,
 ) -> Result<pb::RefundPaymentResponse, Error> {
-    let refund = payment
-        .record
-        .refunds
-        .iter()
-        .find(|r| r.id == refund_id)
-        .ok_or_else(|| Error::Corrupt(format!("refund {refund_id} missing")))?;
+    let refund = payment.refund(refund_id)?;
     Ok(pb::RefundPaymentResponse {
         refund: Some(refund_to_wire(&payment.record, refund)),
         payment: Some(payment_to_wire(payment, payment.update_time)),
