@@ -1527,7 +1527,10 @@ async fn sandbox_beside_a_vault(
     let pool = sqlx::PgPool::connect(&vault.database.url)
         .await
         .expect("connect to the vault database");
-    let sandbox = tandem_vault::connector::sandbox::Sandbox::new(pool.clone());
+    let sandbox = tandem_vault::connector::sandbox::Sandbox::new(
+        pool.clone(),
+        &tandem_vault::config::ConnectorSettings::default(),
+    );
     let token = tandem_vault::domain::Token::parse(&token_for(&vault, pan).await).expect("token");
     (vault, pool, sandbox, token)
 }
@@ -1543,6 +1546,40 @@ async fn settlements_and_replays(pool: &sqlx::PgPool) -> (i64, i64) {
     .expect("count settlements and replays")
 }
 
+/// Asks `sandbox` to hold 7.00 USD on the card `pan` under `key`, the card's fingerprint being
+/// `fingerprint` (two hex digits) repeated, and returns its answer.
+async fn sandbox_authorize(
+    sandbox: &tandem_vault::connector::sandbox::Sandbox,
+    key: &str,
+    token: &tandem_vault::domain::Token,
+    fingerprint: &str,
+    pan: &str,
+) -> tandem_vault::connector::AuthorizeAnswer {
+    use tandem_money::{Currency, Money};
+    use tandem_vault::connector::{AuthorizeCall, Connector as _};
+    use tandem_vault::domain::{CardSecret, Expiry, Fingerprint, HolderName, Pan};
+
+    let card = CardSecret {
+        pan: Pan::parse(pan).expect("pan"),
+        holder_name: HolderName::parse("Ada Lovelace").expect("name"),
+    };
+    let today = time::OffsetDateTime::now_utc().date();
+    sandbox
+        .authorize(AuthorizeCall {
+            idempotency_key: key,
+            token,
+            fingerprint: Fingerprint::parse(&fingerprint.repeat(32)).expect("fingerprint"),
+            card: &card,
+            expiry: Expiry::new(12, 2030, today).expect("expiry"),
+            amount: Money::new(Currency::parse("USD").expect("USD"), 700),
+            allow_partial_approval: false,
+            statement_descriptor: "TANDEM",
+            reference: "payment/1",
+        })
+        .await
+        .expect("the sandbox answers")
+}
+
 /// The sandbox acts on an idempotency key once, like a real acquirer: a key sent again is
 /// answered with the first answer and changes nothing (the fail-first card's failure is not
 /// used up again, a second hold or settlement is not made), whatever the card or the
@@ -1550,39 +1587,14 @@ async fn settlements_and_replays(pool: &sqlx::PgPool) -> (i64, i64) {
 #[tokio::test]
 async fn the_sandbox_acts_once_per_idempotency_key() {
     use tandem_money::{Currency, Money};
-    use tandem_vault::connector::{
-        AuthorizeAnswer, AuthorizeCall, Connector as _, FollowUpAnswer, FollowUpCall,
-    };
+    use tandem_vault::connector::{AuthorizeAnswer, Connector as _, FollowUpAnswer, FollowUpCall};
     use tandem_vault::domain::charge::DeclineCode;
-    use tandem_vault::domain::{CardSecret, Fingerprint, HolderName, Pan};
 
     let (_vault, pool, sandbox, token) = sandbox_beside_a_vault("4000009900000046").await;
-    let card = CardSecret {
-        // Fails its first two authorizations with PROCESSING_ERROR, then approves.
-        pan: Pan::parse("4000009900000046").expect("pan"),
-        holder_name: HolderName::parse("Ada Lovelace").expect("name"),
-    };
-    let today = time::OffsetDateTime::now_utc().date();
     let usd = |minor_units| Money::new(Currency::parse("USD").expect("USD"), minor_units);
-    let authorize = |key: &'static str| {
-        let (sandbox, token, card) = (&sandbox, &token, &card);
-        async move {
-            sandbox
-                .authorize(AuthorizeCall {
-                    idempotency_key: key,
-                    token,
-                    fingerprint: Fingerprint::parse(&"ab".repeat(32)).expect("fingerprint"),
-                    card,
-                    expiry: tandem_vault::domain::Expiry::new(12, 2030, today).expect("expiry"),
-                    amount: usd(700),
-                    allow_partial_approval: false,
-                    statement_descriptor: "TANDEM",
-                    reference: "payment/1",
-                })
-                .await
-                .expect("the sandbox answers")
-        }
-    };
+    // Fails its first two authorizations with PROCESSING_ERROR, then approves.
+    let authorize =
+        |key: &'static str| sandbox_authorize(&sandbox, key, &token, "ab", "4000009900000046");
     let declined = |answer: &AuthorizeAnswer| match answer {
         AuthorizeAnswer::Declined { code, .. } => Some(*code),
         AuthorizeAnswer::Approved { .. } => None,
@@ -1657,49 +1669,25 @@ async fn the_sandbox_acts_once_per_idempotency_key() {
 async fn the_sandbox_acts_on_a_group_as_on_calls_one_after_another() {
     use futures::future::join_all;
     use tandem_money::{Currency, Money};
-    use tandem_vault::connector::{
-        AuthorizeAnswer, AuthorizeCall, Connector as _, FollowUpAnswer, FollowUpCall,
-    };
+    use tandem_vault::connector::{AuthorizeAnswer, Connector as _, FollowUpAnswer, FollowUpCall};
     use tandem_vault::domain::charge::DeclineCode;
-    use tandem_vault::domain::{CardSecret, Expiry, Fingerprint, HolderName, Pan};
 
     let (_vault, pool, sandbox, token) = sandbox_beside_a_vault("4242424242424242").await;
-    let today = time::OffsetDateTime::now_utc().date();
     let usd = |minor_units| Money::new(Currency::parse("USD").expect("USD"), minor_units);
-    let card = |pan: &str| CardSecret {
-        pan: Pan::parse(pan).expect("pan"),
-        holder_name: HolderName::parse("Ada Lovelace").expect("name"),
-    };
     // 50.00 USD of balance; and two failures before approvals.
     let (limited, flaky) = ("4000009900000012", "4000009900000046");
     let keys: Vec<String> = (0..10).map(|i| format!("limited-{i}")).collect();
     let flaky_keys: Vec<String> = (0..5).map(|i| format!("flaky-{i}")).collect();
-    let call = |key: &str, fingerprint: &str, pan: &'static str| {
-        let (sandbox, token, key, card) = (&sandbox, &token, key.to_owned(), card(pan));
-        let fingerprint = Fingerprint::parse(&fingerprint.repeat(32)).expect("fingerprint");
-        async move {
-            sandbox
-                .authorize(AuthorizeCall {
-                    idempotency_key: &key,
-                    token,
-                    fingerprint,
-                    card: &card,
-                    expiry: Expiry::new(12, 2030, today).expect("expiry"),
-                    amount: usd(700),
-                    allow_partial_approval: false,
-                    statement_descriptor: "TANDEM",
-                    reference: "payment/1",
-                })
-                .await
-                .expect("the sandbox answers")
-        }
-    };
     // Every limited key twice, and the flaky keys, all queued before any group is taken.
     let calls = keys
         .iter()
         .chain(&keys)
-        .map(|key| call(key, "cd", limited))
-        .chain(flaky_keys.iter().map(|key| call(key, "ef", flaky)));
+        .map(|key| sandbox_authorize(&sandbox, key, &token, "cd", limited))
+        .chain(
+            flaky_keys
+                .iter()
+                .map(|key| sandbox_authorize(&sandbox, key, &token, "ef", flaky)),
+        );
     let answers = join_all(calls).await;
     let (limited_answers, flaky_answers) = answers.split_at(20);
     assert_eq!(

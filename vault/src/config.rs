@@ -227,6 +227,13 @@ pub struct ConnectorSettings {
     pub breaker_open_ms: u64,
     /// The statement descriptor used when a charge gives none.
     pub statement_descriptor_default: String,
+    /// Sandbox: tasks acting on groups of operations at once, each on its own connection
+    /// (fewer than `database.connections_max`).
+    pub sandbox_group_tasks: usize,
+    /// Sandbox: most operations one group's transaction acts on.
+    pub sandbox_group_size_max: usize,
+    /// Sandbox: operations waiting for a group; callers beyond this wait for room.
+    pub sandbox_queue_max: usize,
 }
 
 impl Default for ConnectorSettings {
@@ -237,6 +244,9 @@ impl Default for ConnectorSettings {
             breaker_failures_max: 5,
             breaker_open_ms: 10_000,
             statement_descriptor_default: "TANDEM".to_owned(),
+            sandbox_group_tasks: 2,
+            sandbox_group_size_max: 64,
+            sandbox_queue_max: 4096,
         }
     }
 }
@@ -267,7 +277,7 @@ impl ServiceSettings for Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let common =
             tandem_runtime::settings::common_checks(&self.server, &self.tls, &self.database);
-        let checks: [Check; 16] = [
+        let checks: [Check; 18] = [
             (
                 (1..=1 << 32).contains(&self.keys.dek_encryptions_max),
                 "keys.dek_encryptions_max",
@@ -367,6 +377,18 @@ impl ServiceSettings for Settings {
                 "must be 1 to 1000 (and connector.breaker_open_ms 1 to 3600000, \
                  connector.statement_descriptor_default a valid descriptor)",
             ),
+            (
+                (1..=16).contains(&self.connector.sandbox_group_tasks)
+                    && (self.connector.sandbox_group_tasks as u32) < self.database.connections_max,
+                "connector.sandbox_group_tasks",
+                "must be 1 to 16 and less than database.connections_max",
+            ),
+            (
+                (1..=1024).contains(&self.connector.sandbox_group_size_max)
+                    && (1..=1_000_000).contains(&self.connector.sandbox_queue_max),
+                "connector.sandbox_group_size_max",
+                "must be 1 to 1024 (and connector.sandbox_queue_max 1 to 1000000)",
+            ),
         ];
         first_failure(common.into_iter().chain(self.limits.checks()).chain(checks))
     }
@@ -445,6 +467,16 @@ mod tests {
                 "TANDEM_VAULT__AUDIT__BATCH_SIZE_MAX",
                 "0",
                 "audit.batch_size_max",
+            ),
+            (
+                "TANDEM_VAULT__CONNECTOR__SANDBOX_GROUP_TASKS",
+                "0",
+                "connector.sandbox_group_tasks",
+            ),
+            (
+                "TANDEM_VAULT__CONNECTOR__SANDBOX_GROUP_SIZE_MAX",
+                "100000",
+                "connector.sandbox_group_size_max",
             ),
         ];
         for (key, value, expected) in cases {

@@ -119,7 +119,7 @@ pub async fn run(
         settings.tokens.clone(),
     ));
 
-    let sandbox = Sandbox::new(pool.clone());
+    let sandbox = Sandbox::new(pool.clone(), &settings.connector);
     let connector = Guarded::new(
         Arc::new(sandbox.clone()),
         Duration::from_millis(settings.connector.timeout_ms),

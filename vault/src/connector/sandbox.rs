@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     AuthorizeAnswer, AuthorizeCall, Connector, ConnectorError, FollowUpAnswer, FollowUpCall,
 };
+use crate::config::ConnectorSettings;
 use crate::domain::charge::DeclineCode;
 use crate::domain::token::random_id;
 use crate::domain::{Fingerprint, Pan, Token};
@@ -51,12 +52,6 @@ pub const NAME: &str = "sandbox";
 
 /// Latency of the slow test card, in milliseconds.
 const SLOW_CARD_LATENCY_MS: u32 = 1000;
-/// Tasks acting on groups of operations at once, each on its own connection.
-const GROUP_TASKS: usize = 2;
-/// Most operations one group's transaction acts on.
-const GROUP_SIZE_MAX: usize = 64;
-/// Operations that may wait for a group before a caller waits to queue.
-const QUEUE_MAX: usize = 4096;
 /// Failures of the fail-first test card before it approves.
 const FLAKY_CARD_FAILURES: u32 = 2;
 /// Balance of the limited-balance test card, in US cents.
@@ -226,8 +221,8 @@ pub struct OperationFilter {
 /// The sandbox acquirer.
 ///
 /// Its authorizations, captures, voids and refunds are acted on in groups: each call queues
-/// its operation, and [`GROUP_TASKS`] tasks each take what has queued meanwhile and act on it
-/// in one transaction (group commit), as a real acquirer's batch would. An operation is
+/// its operation, and `connector.sandbox_group_tasks` tasks each take what has queued meanwhile
+/// and act on it in one transaction (group commit), as a real acquirer's batch would. An operation is
 /// answered once its group has committed, so its durability is that of a call of its own;
 /// under load, one commit serves many operations.
 #[derive(Debug, Clone)]
@@ -305,13 +300,18 @@ macro_rules! follow_up_statement {
 }
 
 impl Sandbox {
-    /// A sandbox keeping its state in `pool` (the vault's database). Starts its group tasks
-    /// on the current Tokio runtime; they stop when the last clone is dropped.
-    pub fn new(pool: PgPool) -> Sandbox {
-        let (queue, receiver) = mpsc::channel(QUEUE_MAX);
+    /// A sandbox keeping its state in `pool` (the vault's database), grouping its operations
+    /// as `settings` say (`sandbox_*`). Starts its group tasks on the current Tokio runtime;
+    /// they stop when the last clone is dropped.
+    pub fn new(pool: PgPool, settings: &ConnectorSettings) -> Sandbox {
+        let (queue, receiver) = mpsc::channel(settings.sandbox_queue_max);
         let receiver: SharedQueue = Arc::new(tokio::sync::Mutex::new(receiver));
-        for _ in 0..GROUP_TASKS {
-            tokio::spawn(run(pool.clone(), receiver.clone()));
+        for _ in 0..settings.sandbox_group_tasks {
+            tokio::spawn(run(
+                pool.clone(),
+                receiver.clone(),
+                settings.sandbox_group_size_max,
+            ));
         }
         Sandbox { pool, queue }
     }
@@ -611,21 +611,15 @@ impl Queued {
 
 type SharedQueue = Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>;
 
-/// A group task: takes the operations queued meanwhile, up to [`GROUP_SIZE_MAX`], acts on them
+/// A group task: takes the operations queued meanwhile, up to `size_max`, acts on them
 /// in one transaction and answers them. If the group fails, each of its operations is tried
 /// again alone, so that only the one at fault fails (a group whose commit went through
 /// unseen is answered by the replays of its idempotency keys).
-async fn run(pool: PgPool, queue: SharedQueue) {
-    let mut group = Vec::with_capacity(GROUP_SIZE_MAX);
+async fn run(pool: PgPool, queue: SharedQueue, size_max: usize) {
+    let mut group = Vec::with_capacity(size_max);
     loop {
         // Hold the queue only while taking a group, never while committing it.
-        if queue
-            .lock()
-            .await
-            .recv_many(&mut group, GROUP_SIZE_MAX)
-            .await
-            == 0
-        {
+        if queue.lock().await.recv_many(&mut group, size_max).await == 0 {
             return;
         }
         match act_on_group(&pool, &mut group).await {
@@ -658,41 +652,27 @@ async fn act_on_group(pool: &PgPool, group: &mut [Queued]) -> Result<(), sqlx::E
         match queued {
             Queued::Authorize(call, slot) => {
                 // A card's row read by the lock serves the group's first operation on it; a
-                // later one reads what that operation left.
-                let card = match cards.remove(&call.fingerprint) {
-                    Some(card) => card,
-                    None => {
-                        sqlx::query(CARD)
-                            .bind(call.fingerprint.as_bytes().as_slice())
-                            .fetch_one(&mut *tx)
-                            .await?
-                    }
-                };
+                // later one reads (under the lock already held) what that operation left.
+                if !cards.contains_key(&call.fingerprint) {
+                    lock_card_rows(&mut tx, &[&*call], &mut cards).await?;
+                }
+                let card = cards
+                    .remove(&call.fingerprint)
+                    .ok_or(sqlx::Error::RowNotFound)?;
                 slot.answer = Some(authorize(&mut tx, call, &card).await?);
             }
             Queued::FollowUp(call, slot) => {
-                let authorization = match authorizations.remove(&call.authorization_reference) {
-                    Some(authorization) => Some(authorization),
-                    None => {
-                        sqlx::query(AUTHORIZATION)
-                            .bind(&call.authorization_reference)
-                            .fetch_optional(&mut *tx)
-                            .await?
-                    }
-                };
+                let reference = call.authorization_reference.as_str();
+                if !authorizations.contains_key(reference) {
+                    lock_authorization_rows(&mut tx, &[reference], &mut authorizations).await?;
+                }
+                let authorization = authorizations.remove(reference);
                 slot.answer = Some(follow_up(&mut tx, call, authorization).await?);
             }
         }
     }
     tx.commit().await
 }
-
-/// A card's row, locked.
-const CARD: &str = "SELECT * FROM sandbox_cards WHERE fingerprint = $1 FOR UPDATE";
-
-/// An authorization's row with its card's latency, locked.
-const AUTHORIZATION: &str = "SELECT a.*, c.latency_ms FROM sandbox_authorizations a \
-     JOIN sandbox_cards c USING (fingerprint) WHERE a.reference = $1 FOR UPDATE OF a";
 
 /// Locks the rows of the cards the group's authorizations use, in fingerprint order, writing
 /// first the cards the sandbox sees for the first time (with their test card's behaviour).
@@ -778,22 +758,35 @@ async fn lock_authorizations(
             Queued::Authorize(..) => None,
         })
         .collect();
-    if references.is_empty() {
-        return Ok(HashMap::new());
-    }
     references.sort_unstable();
     references.dedup();
-    sqlx::query(
+    let mut authorizations = HashMap::with_capacity(references.len());
+    lock_authorization_rows(conn, &references, &mut authorizations).await?;
+    Ok(authorizations)
+}
+
+/// Locks the authorizations `references` (sorted) that exist, with their cards' latency, into
+/// `authorizations`.
+async fn lock_authorization_rows(
+    conn: &mut PgConnection,
+    references: &[&str],
+    authorizations: &mut HashMap<String, PgRow>,
+) -> Result<(), sqlx::Error> {
+    if references.is_empty() {
+        return Ok(());
+    }
+    let rows = sqlx::query(
         "SELECT a.*, c.latency_ms FROM sandbox_authorizations a \
          JOIN sandbox_cards c USING (fingerprint) WHERE a.reference = ANY($1) \
          ORDER BY a.reference FOR UPDATE OF a",
     )
     .bind(references)
     .fetch_all(conn)
-    .await?
-    .into_iter()
-    .map(|row| Ok((row.try_get("reference")?, row)))
-    .collect()
+    .await?;
+    for row in rows {
+        authorizations.insert(row.try_get("reference")?, row);
+    }
+    Ok(())
 }
 
 /// Decides and records an authorization on its locked card's row.
