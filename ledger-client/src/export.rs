@@ -50,40 +50,13 @@ pub async fn export(
     format: Format,
     out: &mut impl Write,
 ) -> Result<u64, ExportError> {
-    if format == Format::Csv {
-        writeln!(out, "{}", COLUMNS.join(","))?;
-    }
+    write_header(out, format, &COLUMNS)?;
     let mut written = 0;
     let mut token: Option<String> = None;
     loop {
         let page = ledger::list_transfers(pool, filter, EXPORT_PAGE_ROWS, token.as_deref()).await?;
         for transfer in &page.transfers {
-            let fields = fields(transfer);
-            match format {
-                Format::Csv => {
-                    let line: Vec<String> =
-                        fields.iter().map(|f| csv_field(f.as_deref())).collect();
-                    writeln!(out, "{}", line.join(","))?;
-                }
-                Format::JsonLines => {
-                    let object: serde_json::Map<String, serde_json::Value> = COLUMNS
-                        .iter()
-                        .zip(&fields)
-                        .map(|(key, value)| {
-                            let value = match (key, value) {
-                                (&"seq" | &"amount_minor_units", Some(v)) => v
-                                    .parse::<i64>()
-                                    .map_or(serde_json::Value::Null, serde_json::Value::from),
-                                (_, Some(v)) => serde_json::Value::from(v.as_str()),
-                                (_, None) => serde_json::Value::Null,
-                            };
-                            ((*key).to_owned(), value)
-                        })
-                        .collect();
-                    serde_json::to_writer(&mut *out, &object)?;
-                    writeln!(out)?;
-                }
-            }
+            write_line(out, format, &COLUMNS, &fields(transfer))?;
             written += 1;
         }
         match page.next_page_token {
@@ -109,7 +82,55 @@ pub enum ExportError {
     Json(#[from] serde_json::Error),
 }
 
-fn fields(t: &StoredTransfer) -> [Option<String>; 14] {
+/// Writes one row of `format`: `fields` in the order of `columns` (which name the JSON keys).
+/// `seq` and `amount_minor_units` are numbers in JSON; every other field is a string or null.
+pub fn write_line(
+    out: &mut impl Write,
+    format: Format,
+    columns: &[&str],
+    fields: &[Option<String>],
+) -> Result<(), ExportError> {
+    match format {
+        Format::Csv => {
+            let line: Vec<String> = fields.iter().map(|f| csv_field(f.as_deref())).collect();
+            writeln!(out, "{}", line.join(","))?;
+        }
+        Format::JsonLines => {
+            let object: serde_json::Map<String, serde_json::Value> = columns
+                .iter()
+                .zip(fields)
+                .map(|(key, value)| {
+                    let value = match (key, value) {
+                        (&"seq" | &"amount_minor_units", Some(v)) => v
+                            .parse::<i64>()
+                            .map_or(serde_json::Value::Null, serde_json::Value::from),
+                        (_, Some(v)) => serde_json::Value::from(v.as_str()),
+                        (_, None) => serde_json::Value::Null,
+                    };
+                    ((*key).to_owned(), value)
+                })
+                .collect();
+            serde_json::to_writer(&mut *out, &object)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the CSV header of `columns` (JSON lines have none).
+pub fn write_header(
+    out: &mut impl Write,
+    format: Format,
+    columns: &[&str],
+) -> Result<(), ExportError> {
+    if format == Format::Csv {
+        writeln!(out, "{}", columns.join(","))?;
+    }
+    Ok(())
+}
+
+/// A transfer's fields in the order of [`COLUMNS`].
+pub fn fields(t: &StoredTransfer) -> [Option<String>; 14] {
     let time = |t: time::OffsetDateTime| t.format(&Rfc3339).ok();
     [
         Some(t.seq.to_string()),

@@ -27,6 +27,7 @@ impl InvariantReport {
 /// Checks, as of `now`:
 /// - per currency, total debits equal total credits (pending and posted separately);
 /// - every account's balances equal the sum of its transfers;
+/// - every flow (per account pair, cost center and day) equals the sum of its transfers;
 /// - no pending transfer past its timeout is still open.
 pub async fn check<'c, E>(executor: E, now: OffsetDateTime) -> Result<InvariantReport, LedgerError>
 where
@@ -74,6 +75,30 @@ where
     for (id,) in drifted {
         report.violations.push(format!(
             "account {id}: balances differ from the sum of its transfers"
+        ));
+    }
+
+    let flows: Vec<(String, String, String, time::Date)> = sqlx::query_as(
+        "WITH expected AS (SELECT t.debit_account_id, t.credit_account_id, \
+         coalesce(t.cost_center, '') AS cost_center, (t.created_at AT TIME ZONE 'UTC')::date AS day, \
+         sum(CASE t.kind WHEN 'pending' THEN t.amount WHEN 'single' THEN 0 ELSE -p.amount END) AS pending, \
+         sum(CASE t.kind WHEN 'single' THEN t.amount WHEN 'post_pending' THEN t.amount ELSE 0 END) AS posted \
+         FROM ledger_transfers t LEFT JOIN ledger_transfers p ON p.id = t.pending_id \
+         GROUP BY 1, 2, 3, 4) \
+         SELECT coalesce(e.debit_account_id, f.debit_account_id), \
+         coalesce(e.credit_account_id, f.credit_account_id), \
+         coalesce(e.cost_center, f.cost_center), coalesce(e.day, f.day) \
+         FROM expected e FULL JOIN ledger_flows f ON f.debit_account_id = e.debit_account_id \
+         AND f.credit_account_id = e.credit_account_id AND f.cost_center = e.cost_center \
+         AND f.day = e.day \
+         WHERE e.pending IS DISTINCT FROM f.pending OR e.posted IS DISTINCT FROM f.posted \
+         ORDER BY 1, 2, 3, 4 LIMIT 100",
+    )
+    .fetch_all(executor)
+    .await?;
+    for (debit, credit, cost_center, day) in flows {
+        report.violations.push(format!(
+            "flow {debit} -> {credit} ({cost_center:?}, {day}) differs from the sum of its transfers"
         ));
     }
 

@@ -388,6 +388,8 @@ pub struct TransferFilter {
     pub invoice_id: Option<String>,
     /// Debiting or crediting an account of this card token.
     pub card_token: Option<String>,
+    /// Debiting or crediting an account of this billing account.
+    pub billing_account: Option<String>,
     /// Of this cost center.
     pub cost_center: Option<String>,
     /// Created at or after this time.
@@ -423,6 +425,27 @@ pub async fn list_transfers(
         })?,
     };
     let limit = page_size.clamp(1, PAGE_SIZE_MAX);
+    let mut transfers = transfers_after(executor, filter, after_seq, limit + 1).await?;
+    let next_page_token = if transfers.len() as i64 > limit {
+        transfers.truncate(limit as usize);
+        transfers.last().map(|t| encode_page_token(t.seq))
+    } else {
+        None
+    };
+    Ok(TransferPage {
+        transfers,
+        next_page_token,
+    })
+}
+
+/// At most `limit` transfers matching `filter` after ledger position `after_seq`, in ledger
+/// order: the read under [`list_transfers`], for callers that keep their own page tokens.
+pub async fn transfers_after(
+    executor: impl PgExecutor<'_>,
+    filter: &TransferFilter,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<StoredTransfer>, LedgerError> {
     let sql = format!(
         "SELECT {TRANSFER_COLUMNS} FROM ledger_transfers t WHERE t.seq > $1 \
          AND ($2::text IS NULL OR t.debit_account_id = $2 OR t.credit_account_id = $2) \
@@ -432,6 +455,8 @@ pub async fn list_transfers(
          AND ($6::text IS NULL OR t.cost_center = $6) \
          AND ($7::timestamptz IS NULL OR t.created_at >= $7) \
          AND ($8::timestamptz IS NULL OR t.created_at < $8) \
+         AND ($10::text IS NULL OR EXISTS (SELECT 1 FROM ledger_accounts a \
+              WHERE a.billing_account = $10 AND a.id IN (t.debit_account_id, t.credit_account_id))) \
          ORDER BY t.seq LIMIT $9"
     );
     let rows = sqlx::query(&sql)
@@ -443,23 +468,44 @@ pub async fn list_transfers(
         .bind(filter.cost_center.as_deref())
         .bind(filter.from)
         .bind(filter.to)
-        .bind(limit + 1)
+        .bind(limit.max(0))
+        .bind(filter.billing_account.as_deref())
         .fetch_all(executor)
         .await?;
-    let mut transfers = rows
-        .iter()
-        .map(transfer_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let next_page_token = if transfers.len() as i64 > limit {
-        transfers.truncate(limit as usize);
-        transfers.last().map(|t| encode_page_token(t.seq))
-    } else {
-        None
+    rows.iter().map(transfer_from_row).collect()
+}
+
+/// The accounts of a card token (its funding sources) or of a billing account (its
+/// receivables and refunds), ordered by id.
+pub async fn accounts_of(
+    executor: impl PgExecutor<'_>,
+    owner: &AccountOwner,
+) -> Result<Vec<Account>, LedgerError> {
+    let (card_token, billing_account) = match owner {
+        AccountOwner::Card(token) => (Some(token.as_str()), None),
+        AccountOwner::BillingAccount(account) => (None, Some(account.as_str())),
     };
-    Ok(TransferPage {
-        transfers,
-        next_page_token,
-    })
+    let rows = sqlx::query(
+        "SELECT id, currency, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, \
+         debits_pending, debits_posted, credits_pending, credits_posted, version, owner, \
+         card_token, billing_account, cost_center FROM ledger_accounts \
+         WHERE ($1::text IS NOT NULL AND card_token = $1) \
+            OR ($2::text IS NOT NULL AND billing_account = $2) ORDER BY id",
+    )
+    .bind(card_token)
+    .bind(billing_account)
+    .fetch_all(executor)
+    .await?;
+    rows.iter().map(account_from_row).collect()
+}
+
+/// Whose accounts [`accounts_of`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountOwner {
+    /// The accounts whose `card_token` is this.
+    Card(String),
+    /// The accounts whose `billing_account` is this.
+    BillingAccount(String),
 }
 
 fn encode_page_token(seq: i64) -> String {
@@ -478,7 +524,7 @@ fn decode_page_token(token: &str) -> Option<i64> {
         .filter(|seq| *seq >= 0)
 }
 
-fn account_from_row(row: &PgRow) -> Result<Account, LedgerError> {
+pub(crate) fn account_from_row(row: &PgRow) -> Result<Account, LedgerError> {
     let corrupt = |what: &str| LedgerError::Corrupt(what.to_owned());
     let currency: String = row.try_get("currency")?;
     let code: String = row.try_get("code")?;

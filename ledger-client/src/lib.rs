@@ -21,6 +21,8 @@
 //! - [`types`]: ids, accounts, transfers, per-transfer results.
 //! - [`engine`]: the pure decision of a batch (results, rows to insert, linked chains).
 //! - [`ledger`]: writes and reads inside a caller's transaction.
+//! - [`reports`]: spend and cost-center balances, read from the flows the transfer trigger
+//!   keeps per account pair, cost center and day.
 //! - [`batch`]: the batching writer for standalone use (group commit).
 //! - [`invariants`]: the consistency check.
 //! - [`export`]: CSV and JSON lines for ERP import.
@@ -34,6 +36,8 @@
 //! - Both accounts of a transfer share its currency (composite foreign keys); a post or void
 //!   moves between exactly its pending transfer's accounts; at most one post or void resolves a
 //!   pending transfer (a unique index); a post never exceeds its hold.
+//! - Flows (`ledger_flows`) change only with the transfers that make them, in the same
+//!   statement; the invariant check holds each to the sum of its transfers.
 //! - Balance limits (`debits_must_not_exceed_credits`, ...) are CHECK constraints.
 //! - Accounts are locked in sorted id order before a batch is decided, so concurrent writers
 //!   never deadlock.
@@ -47,6 +51,7 @@ pub mod engine;
 pub mod export;
 pub mod invariants;
 pub mod ledger;
+pub mod reports;
 pub mod types;
 
 pub use ledger::LedgerError;
