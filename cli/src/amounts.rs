@@ -49,9 +49,34 @@ pub(crate) fn show(money: Option<&types::Money>) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
+/// An amount as a bare decimal in its currency's exponent (`20.50`, `-3`), for CSV beside a
+/// currency column; `None` for a currency this build does not know.
+pub(crate) fn decimal(money: &types::Money) -> Option<String> {
+    Currency::parse(&money.currency_code)
+        .ok()
+        .map(|c| Money::new(c, money.minor_units).decimal().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bare decimals follow the currency's exponent, keep the sign, and refuse to guess an
+    /// unknown currency's.
+    #[test]
+    fn decimals() {
+        let decimal_of = |currency: &str, minor_units| {
+            decimal(&types::Money {
+                currency_code: currency.to_owned(),
+                minor_units,
+            })
+        };
+        assert_eq!(decimal_of("USD", 2050).as_deref(), Some("20.50"));
+        assert_eq!(decimal_of("USD", -5).as_deref(), Some("-0.05"));
+        assert_eq!(decimal_of("JPY", 1200).as_deref(), Some("1200"));
+        assert_eq!(decimal_of("BHD", 1).as_deref(), Some("0.001"));
+        assert_eq!(decimal_of("XXX", 1), None);
+    }
 
     /// Decimal amounts become exact minor units per the currency's exponent; malformed or
     /// over-precise amounts are refused.

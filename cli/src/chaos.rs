@@ -199,6 +199,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                     policy_override: None,
                     wait: false,
                     wait_timeout_ms: 0,
+                    note: String::new(),
                 };
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {

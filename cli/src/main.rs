@@ -11,7 +11,10 @@
 //! - `tandemctl groups`: create, read, list, archive card groups on a running orchestrator;
 //!   suspend and resume their members.
 //! - `tandemctl pay`, `tandemctl payments`, `tandemctl refund`: pay an invoice from a card
-//!   group, read, list and watch payments, refund them.
+//!   group, read, list and watch payments, note and refund them.
+//! - `tandemctl ledger`: the ledger's balances, entries, spend reports and exports.
+//! - `tandemctl events`: the feed of every payment's and card group's events, followed live
+//!   with `--follow`.
 //! - `tandemctl bench`: throughput and latency over real mTLS and Postgres.
 //! - `tandemctl chaos`: kills the servers at random while paying, then verifies the money.
 
@@ -25,8 +28,10 @@ mod chaos;
 mod charge;
 mod connect;
 mod dev;
+mod events;
 mod groups;
 mod keys;
+mod ledger;
 mod payments;
 mod policy;
 mod print;
@@ -41,7 +46,7 @@ use clap::{Parser, Subcommand};
     name = "tandemctl",
     version,
     about = "Operate Tandem: certificates, the dev stack, charges, keys, audit, card groups, \
-             payments, benchmarks"
+             payments, the ledger, events, benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -68,11 +73,16 @@ enum Command {
     Groups(groups::GroupsCommand),
     /// Pay an invoice from a card group.
     Pay(payments::PayArgs),
-    /// Show, list and watch payments.
+    /// Show, list, watch and note payments.
     #[command(subcommand)]
     Payments(payments::PaymentsCommand),
     /// Refund all or part of a payment.
     Refund(payments::RefundArgs),
+    /// Read the ledger: balances, entries, spend reports, exports.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
+    /// Read the feed of payment and card group events; `--follow` to keep reading.
+    Events(events::EventsArgs),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -93,6 +103,8 @@ async fn main() -> ExitCode {
         Command::Pay(args) => payments::pay(args).await,
         Command::Payments(command) => payments::run(command).await,
         Command::Refund(args) => payments::refund(args).await,
+        Command::Ledger(command) => ledger::run(command).await,
+        Command::Events(args) => events::run(args).await,
         Command::Bench(command) => bench::run(command).await,
         Command::Chaos(args) => chaos::run(args).await,
     };

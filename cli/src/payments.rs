@@ -1,15 +1,17 @@
 //! `tandemctl pay`, `tandemctl payments` and `tandemctl refund`: pay invoices from card groups
-//! and follow the payments on a running orchestrator. `pay` and `refund` use a `payer`
-//! identity, `payments` a `reader` one.
+//! and follow the payments on a running orchestrator. `pay`, `refund` and `payments note` use
+//! a `payer` identity (`payments note --as-treasury` a `treasury` one), the other `payments`
+//! commands a `reader` one.
 //!
 //! ```text
 //! tandemctl pay --group cg_... --invoice INV-1 --amount 20.50 --currency USD \
-//!     [--description "..."] [--cost-center ops] [--strategy ... (the policy flags of
-//!     `groups create`, for this payment only)] [--no-wait]
+//!     [--description "..."] [--cost-center ops] [--note "..."] [--strategy ... (the policy
+//!     flags of `groups create`, for this payment only)] [--no-wait]
 //! tandemctl payments show pay_...
 //! tandemctl payments list [--group cg_...] [--state succeeded] [--invoice INV-1] \
 //!     [--billing-account acct-42] [--page-size 50]
 //! tandemctl payments watch pay_... [--after 0]
+//! tandemctl payments note pay_... "authorized by phone with the bank" [--as-treasury]
 //! tandemctl refund pay_... [--amount 5.00] [--reason "credit note"]
 //! ```
 //!
@@ -31,7 +33,7 @@ use crate::connect::{
     CALL_TIMEOUT, LIST_PAGES_MAX, OrchestratorTarget, failure, orchestrator_channel, request_id,
 };
 use crate::policy::PolicyArgs;
-use crate::print::{column_width, show_time, value_name};
+use crate::print::{column_width, show_actor, show_time, value_name};
 
 /// How long `pay` asks the orchestrator to wait for the payment to finish (its default).
 const WAIT_TIMEOUT_MS: u32 = 30_000;
@@ -68,6 +70,9 @@ pub(crate) struct PayArgs {
     /// The cost center the invoice is booked to.
     #[arg(long, default_value = "")]
     cost_center: String,
+    /// An operator note to record with the payment.
+    #[arg(long, default_value = "")]
+    note: String,
     /// A policy for this payment only; the group's default without `--strategy`.
     #[command(flatten)]
     policy: PolicyArgs,
@@ -137,6 +142,21 @@ pub(crate) enum PaymentsCommand {
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
         after: i64,
     },
+    /// Add an operator note to a payment (notes are append-only).
+    Note {
+        #[command(flatten)]
+        target: OrchestratorTarget,
+        /// The payment id.
+        payment_id: String,
+        /// The note: 1-1000 characters, no card number.
+        text: String,
+        /// Use the treasury identity instead of the payer one.
+        #[arg(long)]
+        as_treasury: bool,
+        /// Idempotency key; a new UUID by default.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
 }
 
 /// `PaymentState` on the command line; the underscore spellings that the output uses work too.
@@ -199,6 +219,7 @@ pub(crate) async fn pay(args: PayArgs) -> anyhow::Result<()> {
             policy_override,
             wait,
             wait_timeout_ms: if wait { i64::from(WAIT_TIMEOUT_MS) } else { 0 },
+            note: args.note,
         })
         .await
         .map_err(failure)?
@@ -337,11 +358,15 @@ pub(crate) async fn run(command: PaymentsCommand) -> anyhow::Result<()> {
             // Bounded by the server, which ends every stream after its maximum stream time.
             while let Some(message) = stream.message().await.map_err(failure)? {
                 let event = message.event.context("a stream message without an event")?;
+                // The server's name when it sends one: it knows types newer than this build.
+                let type_name = if event.type_name.is_empty() {
+                    event_type_name(event.r#type)
+                } else {
+                    event.type_name.clone()
+                };
                 println!(
                     "{:>5}  {:<26}  {}",
-                    event.sequence,
-                    event_type_name(event.r#type),
-                    event.summary
+                    event.sequence, type_name, event.summary
                 );
                 last_sequence = event.sequence;
                 last_state = event.payment.map(|payment| payment.state);
@@ -352,6 +377,37 @@ pub(crate) async fn run(command: PaymentsCommand) -> anyhow::Result<()> {
                      {last_sequence})"
                 );
             }
+        }
+        PaymentsCommand::Note {
+            target,
+            payment_id,
+            text,
+            as_treasury,
+            request_id: given_id,
+        } => {
+            let role = if as_treasury {
+                Role::Treasury
+            } else {
+                Role::Payer
+            };
+            let mut client =
+                PaymentServiceClient::new(orchestrator_channel(&target, role, CALL_TIMEOUT).await?);
+            let response = client
+                .add_payment_note(pb::AddPaymentNoteRequest {
+                    request_id: request_id(given_id),
+                    payment_id,
+                    text,
+                })
+                .await
+                .map_err(failure)?
+                .into_inner();
+            let note = response.note.context("no note in the response")?;
+            println!(
+                "note added {} by {}",
+                show_time(note.create_time.as_ref().map(|t| t.seconds)),
+                show_actor(note.author.as_ref())
+            );
+            print_payment(&response.payment.context("no payment in the response")?);
         }
     }
     Ok(())
@@ -416,6 +472,9 @@ fn render_payment(payment: &pb::Payment) -> String {
     )];
     if !payment.summary.is_empty() {
         lines.push(payment.summary.clone());
+    }
+    if let Some(creator) = &payment.creator {
+        lines.push(format!("created by {}", show_actor(Some(creator))));
     }
     // One width for the labels of both tables, so that they line up with each other.
     let labels = payment.legs.iter().map(|leg| leg.label.as_str());
@@ -498,6 +557,19 @@ fn render_payment(payment: &pb::Payment) -> String {
             refund.reason
         ));
     }
+
+    if !payment.notes.is_empty() {
+        lines.push(String::new());
+    }
+    for note in &payment.notes {
+        lines.push(format!(
+            "note {}  {}",
+            show_time(note.create_time.as_ref().map(|t| t.seconds)),
+            show_actor(note.author.as_ref())
+        ));
+        // A note may span lines; each is indented under its heading.
+        lines.extend(note.text.lines().map(|line| format!("  {line}")));
+    }
     lines.join("\n")
 }
 
@@ -529,8 +601,8 @@ mod tests {
         assert_eq!(event_type_name(99), "unknown(99)");
     }
 
-    /// A payment prints as a header, its summary, an aligned table of legs and one of
-    /// attempts, a decline's code or a vault error's reason, and its refunds.
+    /// A payment prints as a header, its summary, its creator, an aligned table of legs and
+    /// one of attempts, a decline's code or a vault error's reason, its refunds and its notes.
     #[test]
     fn payment_rendering() {
         let leg =
@@ -587,11 +659,27 @@ mod tests {
                 reason: "credit note".to_owned(),
                 ..Default::default()
             }],
+            creator: Some(types::Actor {
+                name: "billing-service".to_owned(),
+                role: "payer".to_owned(),
+            }),
+            notes: vec![pb::PaymentNote {
+                text: "authorized by phone\nwith the bank".to_owned(),
+                author: Some(types::Actor {
+                    name: "alice".to_owned(),
+                    role: "treasury".to_owned(),
+                }),
+                create_time: Some(prost_types::Timestamp {
+                    seconds: 1_735_689_600,
+                    nanos: 0,
+                }),
+            }],
             ..Default::default()
         };
         let expected = "\
 payment pay_1  succeeded  invoice INV-7  20.50 USD
 Invoice INV-7 paid 20.50 USD
+created by billing-service (payer)
 
 leg  label           card             amount  state               charge                         authorization
   1  card A          ·4242          7.00 USD  captured            ch_1                           A1
@@ -602,7 +690,11 @@ try  label                  requested          approved  outcome             dec
   2  corporate card         13.50 USD          0.00 USD  declined            insufficient_funds
   3  card A                 13.50 USD          0.00 USD  error               TOKEN_REVOKED
 
-refund prf_1          5.00 USD  succeeded  credit note";
+refund prf_1          5.00 USD  succeeded  credit note
+
+note 2025-01-01T00:00:00Z  alice (treasury)
+  authorized by phone
+  with the bank";
         assert_eq!(render_payment(&payment), expected);
     }
 

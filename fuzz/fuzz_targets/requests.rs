@@ -21,13 +21,24 @@ fn refused_with_fields<T>(result: Result<T, Error>) {
     }
 }
 
+fn refused_as_orchestrator<T>(result: Result<T, tandem_orchestrator::error::Error>) {
+    match result {
+        Ok(_) => {}
+        Err(tandem_orchestrator::error::Error::InvalidArgument(violations)) => {
+            assert!(!violations.is_empty())
+        }
+        Err(other) => panic!("refused with {other:?} instead of INVALID_ARGUMENT"),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
     let today = time::macros::date!(2026 - 11 - 24);
     let max = 1_000_000_000_000;
-    match which % 12 {
+    let ledger = tandem_orchestrator::config::LedgerSettings::default();
+    match which % 16 {
         0 => {
             if let Ok(m) = vpb::TokenizeRequest::decode(bytes) {
                 refused_with_fields(vault::tokenize(m, today, 86_400));
@@ -90,6 +101,33 @@ fuzz_target!(|data: &[u8]| {
                 orchestrator::payments::state_filter(&mut v, m.state);
                 orchestrator::page_size(&mut v, m.page_size, 100);
                 let _ = orchestrator::decode_page_token(&m.page_token, b"scope");
+            }
+        }
+        11 => {
+            if let Ok(m) = opb::ListEntriesRequest::decode(bytes) {
+                refused_as_orchestrator(orchestrator::ledger::list_entries(&m, &ledger));
+            }
+        }
+        12 => {
+            if let Ok(m) = opb::ExportLedgerRequest::decode(bytes) {
+                let now = time::OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap();
+                refused_as_orchestrator(orchestrator::ledger::export_ledger(&m, &ledger, now));
+            }
+        }
+        13 => {
+            if let Ok(m) = opb::GetSpendReportRequest::decode(bytes) {
+                refused_as_orchestrator(orchestrator::ledger::get_spend_report(&m, &ledger));
+                if let Ok(m) = opb::GetBalancesRequest::decode(bytes) {
+                    refused_as_orchestrator(orchestrator::ledger::get_balances(&m));
+                }
+            }
+        }
+        14 => {
+            if let Ok(m) = opb::ListEventsRequest::decode(bytes) {
+                refused_as_orchestrator(orchestrator::payments::list_events(&m, 1000));
+                if let Ok(m) = opb::AddPaymentNoteRequest::decode(bytes) {
+                    refused_as_orchestrator(orchestrator::payments::add_payment_note(&m));
+                }
             }
         }
         _ => {

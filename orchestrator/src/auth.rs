@@ -29,11 +29,23 @@ pub enum Rpc {
     RefundPayment,
     /// `PaymentService/WatchPayment`
     WatchPayment,
+    /// `PaymentService/AddPaymentNote`
+    AddPaymentNote,
+    /// `PaymentService/ListEvents`
+    ListEvents,
+    /// `LedgerService/GetBalances`
+    GetBalances,
+    /// `LedgerService/ListEntries`
+    ListEntries,
+    /// `LedgerService/GetSpendReport`
+    GetSpendReport,
+    /// `LedgerService/ExportLedger`
+    ExportLedger,
 }
 
 impl Rpc {
     /// Every RPC, for tests that check the table is complete.
-    pub const ALL: [Rpc; 10] = [
+    pub const ALL: [Rpc; 16] = [
         Rpc::CreateCardGroup,
         Rpc::GetCardGroup,
         Rpc::ListCardGroups,
@@ -44,6 +56,12 @@ impl Rpc {
         Rpc::ListPayments,
         Rpc::RefundPayment,
         Rpc::WatchPayment,
+        Rpc::AddPaymentNote,
+        Rpc::ListEvents,
+        Rpc::GetBalances,
+        Rpc::ListEntries,
+        Rpc::GetSpendReport,
+        Rpc::ExportLedger,
     ];
 
     /// The full gRPC method name.
@@ -59,6 +77,12 @@ impl Rpc {
             Rpc::ListPayments => "tandem.orchestrator.v1.PaymentService/ListPayments",
             Rpc::RefundPayment => "tandem.orchestrator.v1.PaymentService/RefundPayment",
             Rpc::WatchPayment => "tandem.orchestrator.v1.PaymentService/WatchPayment",
+            Rpc::AddPaymentNote => "tandem.orchestrator.v1.PaymentService/AddPaymentNote",
+            Rpc::ListEvents => "tandem.orchestrator.v1.PaymentService/ListEvents",
+            Rpc::GetBalances => "tandem.orchestrator.v1.LedgerService/GetBalances",
+            Rpc::ListEntries => "tandem.orchestrator.v1.LedgerService/ListEntries",
+            Rpc::GetSpendReport => "tandem.orchestrator.v1.LedgerService/GetSpendReport",
+            Rpc::ExportLedger => "tandem.orchestrator.v1.LedgerService/ExportLedger",
         }
     }
 
@@ -71,6 +95,12 @@ impl Rpc {
             Rpc::GetPayment | Rpc::ListPayments | Rpc::WatchPayment => {
                 &[Role::Payer, Role::Treasury, Role::Reader]
             }
+            Rpc::AddPaymentNote => &[Role::Payer, Role::Treasury],
+            Rpc::ListEvents
+            | Rpc::GetBalances
+            | Rpc::ListEntries
+            | Rpc::GetSpendReport
+            | Rpc::ExportLedger => &[Role::Treasury, Role::Reader],
         }
     }
 
@@ -82,15 +112,21 @@ impl Rpc {
     /// The class its calls are limited in, per caller (`[limits]`).
     pub const fn class(self) -> RpcClass {
         match self {
-            Rpc::GetCardGroup | Rpc::ListCardGroups | Rpc::GetPayment | Rpc::ListPayments => {
-                RpcClass::Read
-            }
+            Rpc::GetCardGroup
+            | Rpc::ListCardGroups
+            | Rpc::GetPayment
+            | Rpc::ListPayments
+            | Rpc::ListEvents
+            | Rpc::GetBalances
+            | Rpc::ListEntries
+            | Rpc::GetSpendReport => RpcClass::Read,
             Rpc::CreateCardGroup
             | Rpc::UpdateCardGroup
             | Rpc::DeleteCardGroup
             | Rpc::CreatePayment
-            | Rpc::RefundPayment => RpcClass::Write,
-            Rpc::WatchPayment => RpcClass::Stream,
+            | Rpc::RefundPayment
+            | Rpc::AddPaymentNote => RpcClass::Write,
+            Rpc::WatchPayment | Rpc::ExportLedger => RpcClass::Stream,
         }
     }
 
@@ -136,13 +172,15 @@ pub fn authorize<T>(
 mod tests {
     use super::*;
 
-    /// The table matches DESIGN section 2 and the services' docs: treasury manages card groups,
-    /// payers pay and refund, every orchestrator role reads, and the vault's roles reach
-    /// nothing here.
+    /// The table matches DESIGN sections 2 and 11 and the services' docs: treasury manages
+    /// card groups, payers pay and refund, both write notes, treasury and readers read the
+    /// ledger and the event feed (payers do not), every orchestrator role reads payments and
+    /// groups, and the vault's roles reach nothing here.
     #[test]
     fn role_table() {
         for rpc in Rpc::ALL {
             let groups = rpc.method().contains("CardGroupService/");
+            let books = rpc.method().contains("LedgerService/") || rpc == Rpc::ListEvents;
             let reads = matches!(
                 rpc,
                 Rpc::GetCardGroup
@@ -151,9 +189,18 @@ mod tests {
                     | Rpc::ListPayments
                     | Rpc::WatchPayment
             );
-            assert_eq!(rpc.allows(Role::Treasury), groups || reads, "{rpc:?}");
-            assert_eq!(rpc.allows(Role::Payer), !groups || reads, "{rpc:?}");
-            assert_eq!(rpc.allows(Role::Reader), reads, "{rpc:?}");
+            let notes = rpc == Rpc::AddPaymentNote;
+            assert_eq!(
+                rpc.allows(Role::Treasury),
+                groups || reads || books || notes,
+                "{rpc:?}"
+            );
+            assert_eq!(
+                rpc.allows(Role::Payer),
+                (!groups && !books) || reads,
+                "{rpc:?}"
+            );
+            assert_eq!(rpc.allows(Role::Reader), reads || books, "{rpc:?}");
             for role in [
                 Role::Tokenizer,
                 Role::Orchestrator,
@@ -172,7 +219,7 @@ mod tests {
     fn classes() {
         for rpc in Rpc::ALL {
             let name = rpc.method().rsplit('/').next().unwrap_or_default();
-            let expected = if rpc == Rpc::WatchPayment {
+            let expected = if rpc == Rpc::WatchPayment || rpc == Rpc::ExportLedger {
                 RpcClass::Stream
             } else if name.starts_with("Get") || name.starts_with("List") {
                 RpcClass::Read

@@ -8,7 +8,7 @@ use tandem_money::{Currency, Money};
 use crate::domain::group::{CardGroup, GroupDraft, MemberRules, Policy};
 use crate::domain::planning::Invoice;
 use crate::error::Error;
-use crate::storage::{Cursor, PaymentFilter};
+use crate::storage::{Cursor, FeedPosition, PaymentFilter};
 use tandem_runtime::fields::FieldViolation;
 
 /// A checked `CreatePayment`.
@@ -30,6 +30,32 @@ pub struct NewPayment {
     pub request_hash: Vec<u8>,
     /// The request's identity as given, encoded: the payment shows its invoice from it.
     pub request: Vec<u8>,
+    /// An operator note to record with the payment.
+    pub note: Option<String>,
+}
+
+/// A checked `AddPaymentNote`.
+#[derive(Debug, Clone)]
+pub struct NewNote {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The payment.
+    pub payment_id: String,
+    /// The note.
+    pub text: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+}
+
+/// A checked `ListEvents`.
+#[derive(Debug, Clone)]
+pub struct EventQuery {
+    /// Events in the page.
+    pub size: i32,
+    /// Where the page starts (after this event).
+    pub after: FeedPosition,
+    /// Only these types; all when empty.
+    pub types: Vec<String>,
 }
 
 /// The checks of a policy override that need the card group's members, run once the group is
@@ -154,4 +180,50 @@ pub struct GroupQuery {
     pub size: i32,
     /// Where the page starts (after this row), from the page token.
     pub after: Option<Cursor>,
+}
+
+/// A checked `GetBalances`: whose balances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BalanceQuery {
+    /// The funding sources of a card token.
+    Card(String),
+    /// The accounts of a billing account.
+    BillingAccount(String),
+    /// Each account's slice moved by a cost center's entries.
+    CostCenter(String),
+}
+
+/// A checked `ListEntries`.
+#[derive(Debug, Clone)]
+pub struct EntryQuery {
+    /// Which entries.
+    pub filter: tandem_ledger::ledger::TransferFilter,
+    /// Entries in the page.
+    pub size: i32,
+    /// Where the page starts: after this ledger position.
+    pub after_seq: i64,
+}
+
+/// A checked `GetSpendReport`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendQuery {
+    /// The billing account.
+    pub billing_account: String,
+    /// The first day (UTC).
+    pub from: time::Date,
+    /// The day after the last.
+    pub to: time::Date,
+}
+
+/// A checked `ExportLedger`.
+#[derive(Debug, Clone)]
+pub struct ExportQuery {
+    /// Which entries.
+    pub filter: tandem_ledger::ledger::TransferFilter,
+    /// CSV or JSON lines.
+    pub format: tandem_ledger::export::Format,
+    /// Entries per chunk.
+    pub chunk: i32,
+    /// Where the export continues: after this ledger position (0 to start, with the header).
+    pub after_seq: i64,
 }

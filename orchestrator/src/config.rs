@@ -32,6 +32,35 @@ pub struct Settings {
     pub vault: VaultSettings,
     /// Payment limits and the workflow's timing.
     pub payments: PaymentSettings,
+    /// Limits of the ledger's reads (`LedgerService`).
+    pub ledger: LedgerSettings,
+}
+
+/// Limits of the ledger's reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerSettings {
+    /// Most entries per `ListEntries` page.
+    pub page_size_max: i32,
+    /// The longest time range (or span of days) one read may cover.
+    pub range_days_max: i64,
+    /// Most entries per `ExportLedger` chunk.
+    pub export_chunk_max: i32,
+    /// How long ago an export's range must have ended: transfers are numbered when written
+    /// and committed a moment later, so a range still being written could gain an entry
+    /// behind an export's cursor. Longer than any transaction that books transfers.
+    pub export_settle_ms: u64,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        Self {
+            page_size_max: 1000,
+            range_days_max: 366,
+            export_chunk_max: 10_000,
+            export_settle_ms: 60_000,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -43,6 +72,7 @@ impl Default for Settings {
             database: DatabaseSettings::local("tandem_orchestrator"),
             vault: VaultSettings::default(),
             payments: PaymentSettings::default(),
+            ledger: LedgerSettings::default(),
         }
     }
 }
@@ -134,6 +164,8 @@ pub struct PaymentSettings {
     pub watch_poll_ms: u64,
     /// Most card groups and payments per list page.
     pub page_size_max: i32,
+    /// Most events per `ListEvents` page.
+    pub events_page_size_max: i32,
 }
 
 impl Default for PaymentSettings {
@@ -154,6 +186,7 @@ impl Default for PaymentSettings {
             watch_ms_max: 300_000,
             watch_poll_ms: 250,
             page_size_max: 100,
+            events_page_size_max: 1000,
         }
     }
 }
@@ -213,7 +246,8 @@ impl ServiceSettings for Settings {
         let common =
             tandem_runtime::settings::common_checks(&self.server, &self.tls, &self.database);
         let p = &self.payments;
-        let checks: [Check; 10] = [
+        let l = &self.ledger;
+        let checks: [Check; 11] = [
             (
                 self.vault.endpoint.starts_with("https://"),
                 "vault.endpoint",
@@ -272,9 +306,19 @@ impl ServiceSettings for Settings {
                 "must be 1 to 86400000 (and payments.watch_poll_ms 10 to 60000)",
             ),
             (
-                (1..=1000).contains(&p.page_size_max),
+                (1..=1000).contains(&p.page_size_max)
+                    && (1..=1000).contains(&p.events_page_size_max),
                 "payments.page_size_max",
-                "must be 1 to 1000",
+                "must be 1 to 1000 (and payments.events_page_size_max 1 to 1000)",
+            ),
+            (
+                (1..=1000).contains(&l.page_size_max)
+                    && (1..=3660).contains(&l.range_days_max)
+                    && (1..=100_000).contains(&l.export_chunk_max)
+                    && l.export_settle_ms <= 86_400_000,
+                "ledger.page_size_max",
+                "must be 1 to 1000 (and ledger.range_days_max 1 to 3660, \
+                 ledger.export_chunk_max 1 to 100000, ledger.export_settle_ms at most 86400000)",
             ),
         ];
         first_failure(common.into_iter().chain(self.limits.checks()).chain(checks))

@@ -51,6 +51,9 @@ pub enum Error {
     /// The payment has its maximum number of refunds.
     #[error("refund limit reached")]
     RefundLimitReached,
+    /// The payment has its maximum number of notes.
+    #[error("note limit reached")]
+    NoteLimitReached,
     /// The request id was used before for a different request.
     #[error("request_id was already used for a different request")]
     RequestIdReused,
@@ -96,6 +99,7 @@ impl Error {
             Error::CurrencyMismatch => "CURRENCY_MISMATCH",
             Error::AmountExceedsRefundable => "AMOUNT_EXCEEDS_REFUNDABLE",
             Error::RefundLimitReached => "REFUND_LIMIT_REACHED",
+            Error::NoteLimitReached => "NOTE_LIMIT_REACHED",
             Error::RequestIdReused => "REQUEST_ID_REUSED",
             Error::RequestInProgress => "REQUEST_IN_PROGRESS",
             Error::VaultUnavailable => "VAULT_UNAVAILABLE",

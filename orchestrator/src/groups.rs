@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use crate::commands::{GroupArchive, GroupQuery, GroupUpdate, NewGroup};
 use crate::config::PaymentSettings;
+use crate::domain::actor::Actor;
 use crate::error::Error;
 use crate::grpc::convert;
+use crate::grpc::convert::groups::GroupEventKind;
 use crate::storage::{self, Cursor, StoredContent, StoredGroup};
 use crate::vault::TokenCheck;
 use crate::workflow::Workflow;
@@ -36,7 +38,7 @@ impl Groups {
     }
 
     /// `CreateCardGroup`: the stored response.
-    pub async fn create(&self, group: NewGroup) -> Result<Vec<u8>, Error> {
+    pub async fn create(&self, group: NewGroup, actor: Actor) -> Result<Vec<u8>, Error> {
         let method = "CreateCardGroup";
         let id = tandem_runtime::ids::random_id("cg_");
         // Replays are answered before asking the vault anything.
@@ -64,8 +66,12 @@ impl Groups {
             create_time: now,
             update_time: now,
             archive_time: None,
+            creator: Some(actor.clone()),
+            updater: Some(actor),
+            events: 1,
         };
-        storage::insert_group(&mut tx, &stored, &group.billing_account_id).await?;
+        let event = convert::groups::group_event(&stored, GroupEventKind::Created, now)?;
+        storage::insert_group(&mut tx, &stored, &group.billing_account_id, &event).await?;
         let response = convert::groups::group_response(&stored)?;
         storage::store_response(&mut tx, &group.request_id, &response).await?;
         tx.commit().await?;
@@ -114,7 +120,7 @@ impl Groups {
 
     /// `UpdateCardGroup`: replaces the fields in the mask, if the etag (when given) matches;
     /// the stored response.
-    pub async fn update(&self, update: GroupUpdate) -> Result<Vec<u8>, Error> {
+    pub async fn update(&self, update: GroupUpdate, actor: Actor) -> Result<Vec<u8>, Error> {
         let method = "UpdateCardGroup";
         let GroupUpdate {
             request_id,
@@ -165,7 +171,11 @@ impl Groups {
         stored.content = StoredContent::Data(Box::new(group));
         stored.version += 1;
         stored.update_time = now();
-        storage::update_group(&mut tx, &stored).await?;
+        stored.updater = Some(actor);
+        stored.events += 1;
+        let event =
+            convert::groups::group_event(&stored, GroupEventKind::Updated, stored.update_time)?;
+        storage::update_group(&mut tx, &stored, Some(&event)).await?;
         let response = convert::groups::group_response(&stored)?;
         storage::store_response(&mut tx, request_id, &response).await?;
         tx.commit().await?;
@@ -173,7 +183,7 @@ impl Groups {
     }
 
     /// `DeleteCardGroup`: archives the group (idempotently); the stored response.
-    pub async fn delete(&self, archive: GroupArchive) -> Result<Vec<u8>, Error> {
+    pub async fn delete(&self, archive: GroupArchive, actor: Actor) -> Result<Vec<u8>, Error> {
         let method = "DeleteCardGroup";
         let (request_id, hash, id) = (
             &archive.request_id,
@@ -197,7 +207,10 @@ impl Groups {
             stored.archive_time = Some(now);
             stored.update_time = now;
             stored.version += 1;
-            storage::update_group(&mut tx, &stored).await?;
+            stored.updater = Some(actor);
+            stored.events += 1;
+            let event = convert::groups::group_event(&stored, GroupEventKind::Archived, now)?;
+            storage::update_group(&mut tx, &stored, Some(&event)).await?;
         }
         let response = convert::groups::group_response(&stored)?;
         storage::store_response(&mut tx, request_id, &response).await?;

@@ -1,5 +1,6 @@
 //! Thin gRPC handlers: check the caller's role, check the request into a
-//! [`crate::commands`] value with [`convert`], call [`crate::groups`] or [`crate::payments`],
+//! [`crate::commands`] value with [`convert`], call [`crate::groups`], [`crate::payments`] or
+//! [`crate::ledger_reads`],
 //! turn the answer into its wire message with [`convert`], and map errors with
 //! [`status::to_status`].
 
@@ -12,22 +13,36 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt as _};
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_server::CardGroupService;
+use tandem_proto::tandem::orchestrator::v1::ledger_service_server::LedgerService;
 use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentService;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Rpc, authorize};
+use crate::domain::actor::Actor;
 use crate::groups::Groups;
+use crate::ledger_reads::LedgerReads;
 use crate::payments::{Call, Payments};
 use status::to_status;
 use tandem_runtime::admission::InFlight;
 
-/// What a mutating call brings beside its message: deadline, correlation id, admission.
-fn call<T>(request: &Request<T>) -> Call {
+/// What a mutating call brings beside its message: deadline, correlation id, admission, and
+/// the caller `actor` it is recorded under.
+fn call<T>(request: &Request<T>, actor: Actor) -> Call {
     Call {
         deadline: deadline(request),
         correlation_id: tandem_runtime::correlation::of(request),
         admitted: request.extensions().get::<InFlight>().cloned(),
+        actor,
     }
+}
+
+/// The caller of `request` if its role may call `rpc`, as changes record it.
+fn check<T>(request: &Request<T>, uri_prefix: &str, rpc: Rpc) -> Result<Actor, Status> {
+    let caller = authorize(request, uri_prefix, rpc).map_err(to_status)?;
+    Ok(Actor {
+        name: caller.name,
+        role: caller.role.as_str().to_owned(),
+    })
 }
 
 /// The caller's deadline from `grpc-timeout`, if any.
@@ -62,10 +77,8 @@ impl CardGroupApi {
         }
     }
 
-    fn check<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<(), Status> {
-        authorize(request, &self.uri_prefix, rpc)
-            .map(|_| ())
-            .map_err(to_status)
+    fn check<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<Actor, Status> {
+        check(request, &self.uri_prefix, rpc)
     }
 }
 
@@ -75,9 +88,9 @@ impl CardGroupService for CardGroupApi {
         &self,
         request: Request<pb::CreateCardGroupRequest>,
     ) -> Result<Response<pb::CreateCardGroupResponse>, Status> {
-        self.check(&request, Rpc::CreateCardGroup)?;
+        let actor = self.check(&request, Rpc::CreateCardGroup)?;
         let group = convert::groups::create_card_group(request.get_ref()).map_err(to_status)?;
-        let response = self.groups.create(group).await.map_err(to_status)?;
+        let response = self.groups.create(group, actor).await.map_err(to_status)?;
         Ok(Response::new(pb::CreateCardGroupResponse {
             card_group: Some(convert::groups::card_group(&response).map_err(to_status)?),
         }))
@@ -113,9 +126,9 @@ impl CardGroupService for CardGroupApi {
         &self,
         request: Request<pb::UpdateCardGroupRequest>,
     ) -> Result<Response<pb::UpdateCardGroupResponse>, Status> {
-        self.check(&request, Rpc::UpdateCardGroup)?;
+        let actor = self.check(&request, Rpc::UpdateCardGroup)?;
         let update = convert::groups::update_card_group(request.get_ref()).map_err(to_status)?;
-        let response = self.groups.update(update).await.map_err(to_status)?;
+        let response = self.groups.update(update, actor).await.map_err(to_status)?;
         Ok(Response::new(pb::UpdateCardGroupResponse {
             card_group: Some(convert::groups::card_group(&response).map_err(to_status)?),
         }))
@@ -125,9 +138,13 @@ impl CardGroupService for CardGroupApi {
         &self,
         request: Request<pb::DeleteCardGroupRequest>,
     ) -> Result<Response<pb::DeleteCardGroupResponse>, Status> {
-        self.check(&request, Rpc::DeleteCardGroup)?;
+        let actor = self.check(&request, Rpc::DeleteCardGroup)?;
         let archive = convert::groups::delete_card_group(request.get_ref()).map_err(to_status)?;
-        let response = self.groups.delete(archive).await.map_err(to_status)?;
+        let response = self
+            .groups
+            .delete(archive, actor)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::DeleteCardGroupResponse {
             card_group: Some(convert::groups::card_group(&response).map_err(to_status)?),
         }))
@@ -149,10 +166,8 @@ impl PaymentApi {
         }
     }
 
-    fn check<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<(), Status> {
-        authorize(request, &self.uri_prefix, rpc)
-            .map(|_| ())
-            .map_err(to_status)
+    fn check<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<Actor, Status> {
+        check(request, &self.uri_prefix, rpc)
     }
 }
 
@@ -165,8 +180,8 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::CreatePaymentRequest>,
     ) -> Result<Response<pb::CreatePaymentResponse>, Status> {
-        self.check(&request, Rpc::CreatePayment)?;
-        let call = call(&request);
+        let actor = self.check(&request, Rpc::CreatePayment)?;
+        let call = call(&request, actor);
         let payment =
             convert::payments::create_payment(request.into_inner(), self.payments.settings())
                 .map_err(to_status)?;
@@ -218,8 +233,8 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::RefundPaymentRequest>,
     ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
-        self.check(&request, Rpc::RefundPayment)?;
-        let call = call(&request);
+        let actor = self.check(&request, Rpc::RefundPayment)?;
+        let call = call(&request, actor);
         let refund = convert::payments::refund_payment(request.get_ref()).map_err(to_status)?;
         let (payment, refund_id) = self
             .payments
@@ -243,6 +258,113 @@ impl PaymentService for PaymentApi {
         let stream = stream.map(|event| {
             event
                 .and_then(|body| convert::payments::watch_event(&body))
+                .map_err(to_status)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn add_payment_note(
+        &self,
+        request: Request<pb::AddPaymentNoteRequest>,
+    ) -> Result<Response<pb::AddPaymentNoteResponse>, Status> {
+        let actor = self.check(&request, Rpc::AddPaymentNote)?;
+        let note = convert::payments::add_payment_note(request.get_ref()).map_err(to_status)?;
+        let (payment, index) = self
+            .payments
+            .add_note(note, actor)
+            .await
+            .map_err(to_status)?;
+        let response = convert::payments::note_response(&payment, index).map_err(to_status)?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        self.check(&request, Rpc::ListEvents)?;
+        let page_size_max = self.payments.settings().events_page_size_max;
+        let query =
+            convert::payments::list_events(request.get_ref(), page_size_max).map_err(to_status)?;
+        let events = self.payments.events(&query).await.map_err(to_status)?;
+        let page = convert::payments::events_page(&events, query.size).map_err(to_status)?;
+        Ok(Response::new(page))
+    }
+}
+
+/// `LedgerService`.
+pub struct LedgerApi {
+    ledger: Arc<LedgerReads>,
+    uri_prefix: String,
+}
+
+impl LedgerApi {
+    /// The service over `ledger`; callers are read from certificates with `uri_prefix`.
+    pub fn new(ledger: Arc<LedgerReads>, uri_prefix: &str) -> Self {
+        Self {
+            ledger,
+            uri_prefix: uri_prefix.to_owned(),
+        }
+    }
+}
+
+/// The `ExportLedger` stream.
+type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportLedgerResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LedgerService for LedgerApi {
+    async fn get_balances(
+        &self,
+        request: Request<pb::GetBalancesRequest>,
+    ) -> Result<Response<pb::GetBalancesResponse>, Status> {
+        check(&request, &self.uri_prefix, Rpc::GetBalances)?;
+        let query = convert::ledger::get_balances(request.get_ref()).map_err(to_status)?;
+        let accounts = self.ledger.balances(&query).await.map_err(to_status)?;
+        Ok(Response::new(convert::ledger::balances(&accounts)))
+    }
+
+    async fn list_entries(
+        &self,
+        request: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        check(&request, &self.uri_prefix, Rpc::ListEntries)?;
+        let (query, scope) =
+            convert::ledger::list_entries(request.get_ref(), self.ledger.settings())
+                .map_err(to_status)?;
+        let (entries, more) = self.ledger.entries(&query).await.map_err(to_status)?;
+        Ok(Response::new(convert::ledger::entries_page(
+            &entries, more, &scope,
+        )))
+    }
+
+    async fn get_spend_report(
+        &self,
+        request: Request<pb::GetSpendReportRequest>,
+    ) -> Result<Response<pb::GetSpendReportResponse>, Status> {
+        check(&request, &self.uri_prefix, Rpc::GetSpendReport)?;
+        let query = convert::ledger::get_spend_report(request.get_ref(), self.ledger.settings())
+            .map_err(to_status)?;
+        let report = self.ledger.spend(&query).await.map_err(to_status)?;
+        Ok(Response::new(convert::ledger::spend_report(&report)))
+    }
+
+    type ExportLedgerStream = ExportStream;
+
+    async fn export_ledger(
+        &self,
+        request: Request<pb::ExportLedgerRequest>,
+    ) -> Result<Response<Self::ExportLedgerStream>, Status> {
+        check(&request, &self.uri_prefix, Rpc::ExportLedger)?;
+        let (query, scope) = convert::ledger::export_ledger(
+            request.get_ref(),
+            self.ledger.settings(),
+            tandem_runtime::time::now_micros(),
+        )
+        .map_err(to_status)?;
+        let chunks = self.ledger.export(query).await.map_err(to_status)?;
+        let stream = chunks.map(move |chunk| {
+            chunk
+                .map(|chunk| convert::ledger::export_chunk(chunk, &scope))
                 .map_err(to_status)
         });
         Ok(Response::new(Box::pin(stream)))

@@ -22,7 +22,12 @@
 //! - [`commands`]: what the operations take: checked requests in domain terms.
 //! - [`auth`]: the table of which role may call which RPC.
 //! - [`groups`], [`payments`]: the operations of `CardGroupService` and `PaymentService`, in
-//!   domain terms: they take [`commands`] values and answer with what is stored.
+//!   domain terms: they take [`commands`] values and answer with what is stored. Every change
+//!   records its caller ([`domain::actor`]); [`payments`] also serves the event feed
+//!   (`ListEvents`) over both outboxes.
+//! - [`ledger_reads`]: the operations of `LedgerService`: balances, entries, spend reports and
+//!   exports, read from `tandem-ledger` (its accounts, transfers and flows), never from the
+//!   payments' counters.
 //! - [`workflow`]: drives payments (intent, vault call, result), the leases and the recovery
 //!   worker.
 //! - [`feeds`]: the events of watched payments, read once per instance for every
@@ -45,7 +50,11 @@
 //! - Every vault call is preceded by a committed intent and its answer is committed with the
 //!   ledger transfers and the outbox events it causes, in one transaction; vault request ids
 //!   are deterministic, so a re-send after a crash is a replay, never a second charge.
-//! - A payment is written only by the instance holding its lease.
+//! - A payment's saga is advanced only by the instance holding its lease; refunds and notes
+//!   are appended under the payment row's lock, which every step of the saga also takes and
+//!   reads under.
+//! - The event feed lists an event only once no running transaction can commit one before it
+//!   (`storage::feed_after`), so a cursor never skips or repeats an event.
 //! - Every mutating RPC is idempotent by `request_id`.
 
 pub mod auth;
@@ -56,6 +65,7 @@ pub mod error;
 pub mod feeds;
 pub mod groups;
 pub mod grpc;
+pub mod ledger_reads;
 pub mod payments;
 pub mod server;
 pub mod storage;

@@ -10,8 +10,9 @@ use std::time::Duration;
 use tandem_runtime::admission::InFlight;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::commands::{NewPayment, NewRefund, PaymentQuery, Watch};
+use crate::commands::{EventQuery, NewNote, NewPayment, NewRefund, PaymentQuery, Watch};
 use crate::config::PaymentSettings;
+use crate::domain::actor::Actor;
 use crate::domain::booking;
 use crate::domain::group::MemberRules;
 use crate::domain::planning;
@@ -21,7 +22,7 @@ use crate::domain::record::refunds::{RefundError, RefundState};
 use crate::error::Error;
 use crate::feeds::{Subscription, Update};
 use crate::grpc::convert;
-use crate::storage::{self, Cursor, StoredPayment};
+use crate::storage::{self, Cursor, FeedEvent, StoredPayment};
 use crate::workflow::{Committed, Round, Workflow, booking_context, outbox_rows};
 use tandem_runtime::fields::Violations;
 use tandem_runtime::time::now_micros as now;
@@ -33,7 +34,7 @@ pub struct Payments {
 }
 
 /// What a mutating call brings beside its message.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Call {
     /// The caller's deadline (`grpc-timeout`), if any.
     pub deadline: Option<Duration>,
@@ -41,6 +42,8 @@ pub struct Call {
     pub correlation_id: Option<String>,
     /// The call's admission ticket: the work the call starts keeps it until it ends.
     pub admitted: Option<InFlight>,
+    /// Who calls, from the client certificate: recorded with what the call changes.
+    pub actor: Actor,
 }
 
 impl Payments {
@@ -75,6 +78,7 @@ impl Payments {
             deadline,
             correlation_id,
             admitted,
+            actor,
         } = call;
         let id = tandem_runtime::ids::random_id("pay_");
         let mut tx = self.workflow.pool().begin().await?;
@@ -103,7 +107,7 @@ impl Payments {
         }
         let (wait, wait_ms, request_id) =
             (payment.wait, payment.wait_ms, payment.request_id.clone());
-        let (mut stored, created) = self.prepare(&mut tx, payment, id.clone()).await?;
+        let (mut stored, mut events) = self.prepare(&mut tx, payment, id.clone(), actor).await?;
         stored.record.correlation_id = correlation_id;
         let now = stored.update_time;
         let accounts = self.workflow.unknown_accounts(
@@ -114,7 +118,6 @@ impl Payments {
             tandem_ledger::ledger::create_accounts(&mut tx, &accounts).await?;
         }
         // The first round's intents commit with the payment.
-        let mut events = vec![created];
         let (steps, refunds) = self
             .workflow
             .plan_round(&mut tx, &mut stored, &mut events, now)
@@ -134,14 +137,16 @@ impl Payments {
         self.wait(&id, wait_ms, deadline).await
     }
 
-    /// The new payment, planned from its card group (read in `tx`) and the spend of the
-    /// group's cards this month, leased to this instance; with its `payment.created` event.
+    /// The new payment by `creator`, planned from its card group (read in `tx`) and the spend
+    /// of the group's cards this month, leased to this instance; with its `payment.created`
+    /// event, and its note's event when it has one.
     async fn prepare(
         &self,
         tx: &mut sqlx::PgConnection,
         payment: NewPayment,
         id: String,
-    ) -> Result<(StoredPayment, Event), Error> {
+        creator: Actor,
+    ) -> Result<(StoredPayment, Vec<Event>), Error> {
         let stored = storage::group(&mut *tx, &payment.card_group_id, false)
             .await?
             .ok_or(Error::CardGroupNotFound)?;
@@ -181,14 +186,22 @@ impl Payments {
             })?;
         let snapshots =
             planning::snapshots(&members, &policy.windows, now, |token| group.last4(token));
-        let (record, created) = PaymentRecord::new(
+        let (mut record, created) = PaymentRecord::new(
             id,
             invoice.id.clone(),
             invoice.cost_center.clone(),
             plan.saga,
             snapshots,
+            creator.clone(),
             now,
         );
+        let mut events = vec![created];
+        if let Some(note) = payment.note {
+            let (_, added) = record
+                .add_note(note, creator, now)
+                .ok_or(Error::NoteLimitReached)?;
+            events.push(added);
+        }
         let stored = StoredPayment {
             record,
             request: payment.request,
@@ -200,7 +213,7 @@ impl Payments {
             lease_until: self.workflow.lease_until(now),
             update_time: now,
         };
-        Ok((stored, created))
+        Ok((stored, events))
     }
 
     /// The payment `id`, after waiting for its end when asked.
@@ -290,9 +303,12 @@ impl Payments {
         call: Call,
     ) -> Result<(StoredPayment, String), Error> {
         let Call {
-            deadline, admitted, ..
+            deadline,
+            admitted,
+            actor,
+            ..
         } = call;
-        let refund_id = self.record_refund(&refund, admitted).await?;
+        let refund_id = self.record_refund(&refund, admitted, actor).await?;
         let id = refund.payment_id;
         let limit = self.wait_limit(Duration::from_secs(30), deadline);
         let until = tokio::time::Instant::now() + limit;
@@ -318,6 +334,7 @@ impl Payments {
         &self,
         refund: &NewRefund,
         admitted: Option<InFlight>,
+        requester: Actor,
     ) -> Result<String, Error> {
         let refund_id = tandem_runtime::ids::random_id("prf_");
         let mut tx = self.workflow.pool().begin().await?;
@@ -354,6 +371,7 @@ impl Payments {
                 refund.request_id.clone(),
                 refund.amount.map(|a| a.minor_units),
                 refund.reason.clone(),
+                requester,
                 now,
             )
             .map_err(|e| match e {
@@ -378,6 +396,66 @@ impl Payments {
             self.workflow.spawn(id.clone(), admitted);
         }
         Ok(refund_id)
+    }
+
+    /// `AddPaymentNote`: appends the note (once per request id) and publishes its event; the
+    /// payment with it, and the note's index among the payment's notes.
+    pub async fn add_note(
+        &self,
+        note: NewNote,
+        actor: Actor,
+    ) -> Result<(StoredPayment, usize), Error> {
+        let method = "AddPaymentNote";
+        let mut tx = self.workflow.pool().begin().await?;
+        if let Some(earlier) = storage::claim_request_id(
+            &mut tx,
+            &note.request_id,
+            method,
+            &note.request_hash,
+            &note.payment_id,
+            self.settings().request_id_wait_ms,
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            if earlier.method != method || earlier.request_hash != note.request_hash {
+                return Err(Error::RequestIdReused);
+            }
+            let index = earlier
+                .response
+                .as_deref()
+                .and_then(|r| std::str::from_utf8(r).ok()?.parse().ok())
+                .ok_or_else(|| Error::Corrupt("note request without its note".into()))?;
+            return Ok((self.get(&earlier.resource_id).await?, index));
+        }
+        let mut stored = storage::payment(&mut *tx, &note.payment_id, true)
+            .await?
+            .ok_or(Error::PaymentNotFound)?;
+        let now = now();
+        let (index, event) = stored
+            .record
+            .add_note(note.text, actor, now)
+            .ok_or(Error::NoteLimitReached)?;
+        self.workflow
+            .save(&mut tx, &mut stored, &[event], now)
+            .await?;
+        storage::store_response(&mut tx, &note.request_id, index.to_string().as_bytes()).await?;
+        tx.commit().await?;
+        self.workflow
+            .announce(&note.payment_id, stored.record.saga.state.is_terminal());
+        stored.update_time = now;
+        Ok((stored, index))
+    }
+
+    /// `ListEvents`: a page of the feed of every payment's and card group's events.
+    pub async fn events(&self, query: &EventQuery) -> Result<Vec<FeedEvent>, Error> {
+        storage::feed_after(
+            self.workflow.pool(),
+            &query.after,
+            &query.types,
+            i64::from(query.size),
+        )
+        .await
     }
 
     /// `WatchPayment`: the events after `after_sequence` (each an encoded `PaymentEvent`),

@@ -8,21 +8,24 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_server::CardGroupServiceServer;
+use tandem_proto::tandem::orchestrator::v1::ledger_service_server::LedgerServiceServer;
 use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::groups::Groups;
-use crate::grpc::{CardGroupApi, PaymentApi};
+use crate::grpc::{CardGroupApi, LedgerApi, PaymentApi};
+use crate::ledger_reads::LedgerReads;
 use crate::payments::Payments;
 use crate::vault::VaultClient;
 use crate::workflow::{CrashPlan, Workflow};
 
 /// The gRPC services this server registers, as reflection advertises them.
-const SERVED_SERVICES: [&str; 5] = [
+const SERVED_SERVICES: [&str; 6] = [
     "tandem.orchestrator.v1.CardGroupService",
     "tandem.orchestrator.v1.PaymentService",
+    "tandem.orchestrator.v1.LedgerService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -91,6 +94,7 @@ pub async fn run_with(
         workflow.clone(),
         settings.server.request_timeout(),
     ));
+    let ledger = Arc::new(LedgerReads::new(pool.clone(), settings.ledger.clone()));
     let recovery_task = tokio::spawn(workflow.clone().recovery_loop());
     let committer_task = workflow.start_committer();
     let feeds_task = tokio::spawn(workflow.feeds().clone().run(stop.clone()));
@@ -102,6 +106,9 @@ pub async fn run_with(
     health_reporter
         .set_serving::<PaymentServiceServer<PaymentApi>>()
         .await;
+    health_reporter
+        .set_serving::<LedgerServiceServer<LedgerApi>>()
+        .await;
     let (reflection_v1, reflection_v1alpha) =
         tandem_runtime::serving::reflection(&SERVED_SERVICES)?;
 
@@ -111,6 +118,10 @@ pub async fn run_with(
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(message_bytes_max);
     let payment_service = PaymentServiceServer::new(PaymentApi::new(payments, uri_prefix))
+        .max_decoding_message_size(message_bytes_max)
+        .max_encoding_message_size(message_bytes_max);
+
+    let ledger_service = LedgerServiceServer::new(LedgerApi::new(ledger, uri_prefix))
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(message_bytes_max);
 
@@ -133,6 +144,7 @@ pub async fn run_with(
         ))
         .add_service(card_group_service)
         .add_service(payment_service)
+        .add_service(ledger_service)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -140,6 +152,9 @@ pub async fn run_with(
     let stopping = async move {
         health_reporter
             .set_not_serving::<PaymentServiceServer<PaymentApi>>()
+            .await;
+        health_reporter
+            .set_not_serving::<LedgerServiceServer<LedgerApi>>()
             .await;
     };
     let grace = Duration::from_millis(settings.server.shutdown_grace_ms);

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{PgConnection, PgExecutor, PgPool, Row as _};
 use time::{Date, OffsetDateTime};
 
+use crate::domain::actor::Actor;
 use crate::domain::group::CardGroup;
 use crate::domain::record::PaymentRecord;
 use crate::domain::record::steps::SpendChange;
@@ -50,6 +51,12 @@ pub struct StoredGroup {
     pub update_time: OffsetDateTime,
     /// Archived at.
     pub archive_time: Option<OffsetDateTime>,
+    /// Who created it (`None` for groups written before callers were kept).
+    pub creator: Option<Actor>,
+    /// Who changed it last.
+    pub updater: Option<Actor>,
+    /// The events it has published (`card_group_events`), the last one's sequence.
+    pub events: i64,
 }
 
 /// What a group row holds.
@@ -62,8 +69,8 @@ pub enum StoredContent {
     Encoded(Vec<u8>),
 }
 
-const GROUP_COLUMNS: &str =
-    "id, content, body, version, archived, create_time, update_time, archive_time";
+const GROUP_COLUMNS: &str = "id, content, body, version, archived, create_time, update_time, \
+     archive_time, creator, updater, events";
 
 fn group_row(row: sqlx::postgres::PgRow) -> Result<StoredGroup, Error> {
     let content: Option<sqlx::types::Json<CardGroup>> = row
@@ -75,6 +82,12 @@ fn group_row(row: sqlx::postgres::PgRow) -> Result<StoredGroup, Error> {
         (None, Some(body)) => StoredContent::Encoded(body),
         (None, None) => return Err(Error::Corrupt("card group without content".into())),
     };
+    let actor = |column: &str| -> Result<Option<Actor>, Error> {
+        let stored: Option<String> = row.try_get(column)?;
+        stored
+            .map(|s| Actor::parse(&s).ok_or_else(|| Error::Corrupt(format!("card group {column}"))))
+            .transpose()
+    };
     Ok(StoredGroup {
         id: row.try_get("id")?,
         content,
@@ -83,6 +96,9 @@ fn group_row(row: sqlx::postgres::PgRow) -> Result<StoredGroup, Error> {
         create_time: row.try_get("create_time")?,
         update_time: row.try_get("update_time")?,
         archive_time: row.try_get("archive_time")?,
+        creator: actor("creator")?,
+        updater: actor("updater")?,
+        events: row.try_get("events")?,
     })
 }
 
@@ -96,16 +112,20 @@ fn content_columns(
     }
 }
 
-/// Inserts a new group.
+/// Inserts a new group with its `card_group.created` event (one statement).
 pub async fn insert_group(
     conn: &mut PgConnection,
     group: &StoredGroup,
     billing_account_id: &str,
+    event: &NewEvent,
 ) -> Result<(), Error> {
     let (content, body) = content_columns(&group.content);
     sqlx::query(
-        "INSERT INTO card_groups (id, billing_account_id, archived, version, content, body, \
-         create_time, update_time, archive_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "WITH inserted AS (INSERT INTO card_groups (id, billing_account_id, archived, version, \
+         content, body, create_time, update_time, archive_time, creator, updater, events) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id) \
+         INSERT INTO card_group_events (card_group_id, sequence, id, type, body, create_time) \
+         SELECT id, $12, $13, $14, $15, $8 FROM inserted",
     )
     .bind(&group.id)
     .bind(billing_account_id)
@@ -116,6 +136,12 @@ pub async fn insert_group(
     .bind(group.create_time)
     .bind(group.update_time)
     .bind(group.archive_time)
+    .bind(group.creator.as_ref().map(Actor::to_string))
+    .bind(group.updater.as_ref().map(Actor::to_string))
+    .bind(event.sequence)
+    .bind(&event.id)
+    .bind(event.kind)
+    .bind(&event.body)
     .execute(conn)
     .await?;
     Ok(())
@@ -139,12 +165,22 @@ pub async fn group(
     row.map(group_row).transpose()
 }
 
-/// Replaces a group's content, version and archive state.
-pub async fn update_group(conn: &mut PgConnection, group: &StoredGroup) -> Result<(), Error> {
+/// Replaces a group's content, version, archive state, last changer and event count, with
+/// the change's event if it has one (one statement).
+pub async fn update_group(
+    conn: &mut PgConnection,
+    group: &StoredGroup,
+    event: Option<&NewEvent>,
+) -> Result<(), Error> {
     let (content, body) = content_columns(&group.content);
     sqlx::query(
-        "UPDATE card_groups SET content = $2, body = $7, version = $3, archived = $4, \
-         update_time = $5, archive_time = $6 WHERE id = $1",
+        "WITH outbox AS (INSERT INTO card_group_events \
+         (card_group_id, sequence, id, type, body, create_time) \
+         SELECT $1, e.sequence, e.id, e.type, e.body, $5 \
+         FROM UNNEST($10::bigint[], $11::text[], $12::text[], $13::bytea[]) \
+         AS e (sequence, id, type, body)) \
+         UPDATE card_groups SET content = $2, body = $7, version = $3, archived = $4, \
+         update_time = $5, archive_time = $6, updater = $8, events = $9 WHERE id = $1",
     )
     .bind(&group.id)
     .bind(content)
@@ -153,6 +189,12 @@ pub async fn update_group(conn: &mut PgConnection, group: &StoredGroup) -> Resul
     .bind(group.update_time)
     .bind(group.archive_time)
     .bind(body)
+    .bind(group.updater.as_ref().map(Actor::to_string))
+    .bind(group.events)
+    .bind(event.iter().map(|e| e.sequence).collect::<Vec<_>>())
+    .bind(event.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+    .bind(event.iter().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(event.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
@@ -548,10 +590,10 @@ pub async fn lease_expired(
         .collect::<Result<_, _>>()?)
 }
 
-/// One outbox row.
+/// One outbox row, of a payment or a card group.
 #[derive(Debug)]
 pub struct NewEvent {
-    /// Its place in the payment's stream, from 1.
+    /// Its place in the payment's (or group's) stream, from 1.
     pub sequence: i64,
     /// `evt_...`.
     pub id: String,
@@ -702,4 +744,113 @@ pub async fn add_spends(
         batch = later;
     }
     Ok(added)
+}
+
+/// Where the event feed stands: after the event of transaction `xid` (the decimal `xid8`),
+/// subject (payment or group id) and sequence. The start is `0`, `""`, `0`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FeedPosition {
+    /// The writing transaction's id, in decimal.
+    pub xid: u64,
+    /// The payment or card group.
+    pub subject: String,
+    /// The event's sequence in its subject's stream.
+    pub sequence: i64,
+}
+
+/// Whose stream a feed event is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedSource {
+    /// `payment_events`: the body is an encoded `PaymentEvent`.
+    Payment,
+    /// `card_group_events`: the body is an encoded `CardGroupEvent`.
+    CardGroup,
+}
+
+/// One event of the feed.
+#[derive(Debug)]
+pub struct FeedEvent {
+    /// Its position, to resume after it.
+    pub position: FeedPosition,
+    /// Its stream.
+    pub source: FeedSource,
+    /// Its type (`payment.created`, `card_group.updated`, ...).
+    pub kind: String,
+    /// The encoded event.
+    pub body: Vec<u8>,
+}
+
+/// Up to `limit` events of every payment and card group after `after`, in feed order
+/// (writing transaction, subject, sequence), of the types `kinds` (all when empty). Only events
+/// of transactions older than every transaction still running are read, so no later commit
+/// can land before a position already read.
+pub async fn feed_after(
+    pool: &PgPool,
+    after: &FeedPosition,
+    kinds: &[String],
+    limit: i64,
+) -> Result<Vec<FeedEvent>, Error> {
+    let rows = sqlx::query(
+        "SELECT e.xid::text AS xid, e.subject, e.sequence, e.type, e.body, e.source FROM ( \
+           (SELECT xid, payment_id AS subject, sequence, type, body, 'payment' AS source \
+            FROM payment_events \
+            WHERE (xid, payment_id, sequence) > ($1::text::xid8, $2, $3) \
+              AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+              AND (cardinality($4::text[]) = 0 OR type = ANY($4)) \
+            ORDER BY xid, payment_id, sequence LIMIT $5) \
+           UNION ALL \
+           (SELECT xid, card_group_id, sequence, type, body, 'card_group' \
+            FROM card_group_events \
+            WHERE (xid, card_group_id, sequence) > ($1::text::xid8, $2, $3) \
+              AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+              AND (cardinality($4::text[]) = 0 OR type = ANY($4)) \
+            ORDER BY xid, card_group_id, sequence LIMIT $5) \
+         ) e ORDER BY e.xid, e.subject, e.sequence LIMIT $5",
+    )
+    .bind(after.xid.to_string())
+    .bind(&after.subject)
+    .bind(after.sequence)
+    .bind(kinds)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let xid: String = row.try_get("xid")?;
+            let source: String = row.try_get("source")?;
+            Ok(FeedEvent {
+                position: FeedPosition {
+                    xid: xid
+                        .parse()
+                        .map_err(|_| Error::Corrupt(format!("event xid {xid}")))?,
+                    subject: row.try_get("subject")?,
+                    sequence: row.try_get("sequence")?,
+                },
+                source: if source == "payment" {
+                    FeedSource::Payment
+                } else {
+                    FeedSource::CardGroup
+                },
+                kind: row.try_get("type")?,
+                body: row.try_get("body")?,
+            })
+        })
+        .collect()
+}
+
+/// The operator notes of each of `payment_ids` that has some, by payment id.
+pub async fn payment_notes(
+    pool: &PgPool,
+    payment_ids: &[&str],
+) -> Result<HashMap<String, Vec<crate::domain::record::Note>>, Error> {
+    if payment_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, sqlx::types::Json<Vec<crate::domain::record::Note>>)> = sqlx::query_as(
+        "SELECT id, record->'notes' FROM payments WHERE id = ANY($1) AND record ? 'notes'",
+    )
+    .bind(payment_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(id, notes)| (id, notes.0)).collect())
 }

@@ -1124,7 +1124,9 @@ async fn suspend_members(
     stored.content = StoredContent::Data(Box::new(group));
     stored.version += 1;
     stored.update_time = now;
-    storage::update_group(conn, &stored).await
+    // The suspension is the orchestrator's own change, answering the decline: the payment's
+    // events (card.ineligible) name it; the group publishes no event of its own for it.
+    storage::update_group(conn, &stored, None).await
 }
 
 /// A random fraction in [0, 1), for jittering retry waits.

@@ -67,6 +67,16 @@ fn old_body() -> pb::CardGroup {
     }
 }
 
+/// The outbox row an old group is inserted with (its body does not matter here).
+fn created_event() -> storage::NewEvent {
+    storage::NewEvent {
+        sequence: 1,
+        id: tandem_runtime::ids::random_id("evt_"),
+        kind: "card_group.created",
+        body: Vec::new(),
+    }
+}
+
 #[tokio::test]
 async fn a_group_stored_as_a_message_pays_after_the_upgrade() {
     let pool = database().await;
@@ -80,9 +90,12 @@ async fn a_group_stored_as_a_message_pays_after_the_upgrade() {
         create_time: now,
         update_time: now,
         archive_time: None,
+        creator: None,
+        updater: None,
+        events: 1,
     };
     let mut conn = pool.acquire().await.expect("connection");
-    storage::insert_group(&mut conn, &stored, "acct-1")
+    storage::insert_group(&mut conn, &stored, "acct-1", &created_event())
         .await
         .expect("insert an old-form group");
     drop(conn);
@@ -148,8 +161,11 @@ async fn a_group_that_does_not_convert_is_left_and_the_rest_convert() {
             create_time: now,
             update_time: now,
             archive_time: None,
+            creator: None,
+            updater: None,
+            events: 1,
         };
-        storage::insert_group(&mut conn, &stored, "acct-1")
+        storage::insert_group(&mut conn, &stored, "acct-1", &created_event())
             .await
             .expect("insert an old-form group");
     }

@@ -108,6 +108,9 @@ def vault():
         os.environ,
         TANDEM_VAULT__SERVER__LISTEN_ADDR=f"127.0.0.1:{port}",
         TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR=f"127.0.0.1:{orchestrator_port}",
+        # The ledger suite exports ranges that end at the moment of the call; a deployment
+        # keeps the default settling time (a minute) so an export never changes once taken.
+        TANDEM_ORCHESTRATOR__LEDGER__EXPORT_SETTLE_MS="0",
     )
     database = f"tandem_test_py_{uuid.uuid4().hex[:12]}"
     log = open(certs / "vault.log", "wb")

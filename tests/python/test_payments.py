@@ -187,7 +187,9 @@ def test_errors_carry_reason_and_fields(vault, group):
 
 
 def test_node_client_pays_and_reads_back(vault, group):
-    """The Node smoke client (tests/node, @grpc/grpc-js with protos loaded at run time)."""
+    """The Node smoke client (tests/node, @grpc/grpc-js with protos loaded at run time) pays,
+    reads the payment back, finds its creation in the event feed and reads a card's balance
+    as the treasury."""
     card_group, _, _, _ = group
     node = pathlib.Path(__file__).resolve().parents[1] / "node"
     env = dict(
@@ -204,6 +206,13 @@ def test_node_client_pays_and_reads_back(vault, group):
     assert payment["state"] == "PAYMENT_STATE_SUCCEEDED", payment
     assert payment["captured"] == "1234"
     assert payment["summary"].startswith("Invoice INV-NODE paid 12.34 USD")
+    assert payment["event"] == {
+        "type": "payment.created",
+        "actor": {"name": "dev", "role": "payer"},
+        "cursor": True,
+    }, payment
+    assert payment["funding"]["account_id"].startswith("funding_source:tok_"), payment
+    assert payment["funding"]["debits_posted"]["currency_code"] == "USD", payment
 
 
 def test_orchestrator_reflection_and_health(vault):
@@ -211,6 +220,7 @@ def test_orchestrator_reflection_and_health(vault):
     assert {
         "tandem.orchestrator.v1.CardGroupService",
         "tandem.orchestrator.v1.PaymentService",
+        "tandem.orchestrator.v1.LedgerService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",

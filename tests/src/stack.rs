@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
+use tandem_proto::tandem::orchestrator::v1::ledger_service_client::LedgerServiceClient;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
 use tandem_proto::tandem::r#type::v1 as types;
 use tandem_proto::tandem::vault::v1 as vault_pb;
@@ -43,6 +44,93 @@ impl Stack {
     /// A PaymentService client as `payer`.
     pub async fn payments(&self) -> PaymentServiceClient<Channel> {
         PaymentServiceClient::new(self.orchestrator.channel(Role::Payer).await)
+    }
+
+    /// A LedgerService client as `treasury`.
+    pub async fn ledger(&self) -> LedgerServiceClient<Channel> {
+        LedgerServiceClient::new(self.orchestrator.channel(Role::Treasury).await)
+    }
+
+    /// The spend report of `billing_account` for today and yesterday (UTC), from the ledger.
+    pub async fn spend_report(&self, billing_account: &str) -> pb::GetSpendReportResponse {
+        let today = time::OffsetDateTime::now_utc().date();
+        let day =
+            |d: time::Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
+        self.ledger()
+            .await
+            .get_spend_report(pb::GetSpendReportRequest {
+                billing_account_id: billing_account.to_owned(),
+                start_date: day(today.previous_day().expect("yesterday")),
+                end_date: day(today.next_day().expect("tomorrow")),
+            })
+            .await
+            .expect("spend report")
+            .into_inner()
+    }
+
+    /// Asserts that the ledger's spend report of `billing_account` holds exactly what its
+    /// payments (each read back once settled) captured less what they refunded, by card and by
+    /// cost center, in USD.
+    pub async fn assert_spend_matches(&self, billing_account: &str) {
+        use std::collections::BTreeMap;
+        let mut by_card: BTreeMap<String, i64> = BTreeMap::new();
+        let mut by_cost_center: BTreeMap<String, i64> = BTreeMap::new();
+        let mut payments = Vec::new();
+        let mut reader = PaymentServiceClient::new(self.orchestrator.channel(Role::Reader).await);
+        let mut page_token = String::new();
+        loop {
+            let page = reader
+                .list_payments(pb::ListPaymentsRequest {
+                    page_size: 100,
+                    page_token,
+                    billing_account_id: billing_account.to_owned(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list payments")
+                .into_inner();
+            payments.extend(page.payments);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        assert!(!payments.is_empty(), "no payments of {billing_account}");
+        for payment in &payments {
+            let payment = self.settled(&payment.id).await;
+            for leg in &payment.legs {
+                let captured = leg.captured.as_ref().map_or(0, |m| m.minor_units);
+                let refunded = leg.refunded.as_ref().map_or(0, |m| m.minor_units);
+                let paid = captured - refunded;
+                *by_card.entry(leg.token.clone()).or_default() += paid;
+                *by_cost_center.entry(leg.cost_center.clone()).or_default() += paid;
+            }
+        }
+        by_card.retain(|_, paid| *paid != 0);
+        by_cost_center.retain(|_, paid| *paid != 0);
+        let report = self.spend_report(billing_account).await;
+        let net = |line: &pb::SpendLine| line.net.as_ref().map_or(0, |m| m.minor_units);
+        let reported_cards: BTreeMap<String, i64> = report
+            .by_card
+            .iter()
+            .map(|l| (l.card_token.clone(), net(l)))
+            .filter(|(_, paid)| *paid != 0)
+            .collect();
+        let reported_cost_centers: BTreeMap<String, i64> = report
+            .by_cost_center
+            .iter()
+            .map(|l| (l.cost_center.clone(), net(l)))
+            .filter(|(_, paid)| *paid != 0)
+            .collect();
+        assert_eq!(reported_cards, by_card, "spend by card");
+        assert_eq!(
+            reported_cost_centers, by_cost_center,
+            "spend by cost center"
+        );
+        assert!(
+            report.by_card.iter().all(|l| l.currency_code == "USD"),
+            "{report:?}"
+        );
     }
 
     /// Creates `group` and returns it.
@@ -352,6 +440,7 @@ pub fn payment_request(
         policy_override: policy,
         wait: true,
         wait_timeout_ms: 30_000,
+        note: String::new(),
     }
 }
 

@@ -138,6 +138,7 @@ async fn globalops_primary_blocked_backups_cover() {
         assert_eq!(stack.ledger_paid(&filter).await, paid, "{cost_center}");
     }
     stack.assert_ledger_invariants().await;
+    stack.assert_spend_matches("acct-1").await;
 }
 
 /// Peak week: an invoice larger than any card's per-payment limit. A ceiling window open now
@@ -201,6 +202,7 @@ async fn peak_week_ceiling_window_and_allow_partial() {
     assert_eq!(stack.ledger_paid(&cost_center("cc-card-A")).await, 80_000);
     assert_eq!(stack.ledger_paid(&cost_center("cc-card-B")).await, 50_000);
     stack.assert_ledger_invariants().await;
+    stack.assert_spend_matches("acct-1").await;
 }
 
 /// A managed service provider: one card group per client, each with its own currency; each
@@ -292,6 +294,7 @@ async fn managed_service_provider_keeps_clients_apart() {
         pool.close().await;
     }
     stack.assert_ledger_invariants().await;
+    stack.assert_spend_matches("client-usd").await;
 }
 
 /// Invoice 12345: card A 7.00, card B 13.00, card C 0.50 exactly, each with its authorization
@@ -364,6 +367,7 @@ async fn invoice_12345_splits_exactly() {
         assert_eq!(stack.ledger_paid(&by_card(token)).await, amount);
     }
     stack.assert_ledger_invariants().await;
+    stack.assert_spend_matches("acct-1").await;
 }
 
 /// Duplicates: the same CreatePayment 50 times concurrently makes one payment; replays of
@@ -420,4 +424,5 @@ async fn duplicates_credit_nothing_twice() {
         999
     );
     stack.assert_ledger_invariants().await;
+    stack.assert_spend_matches("acct-1").await;
 }

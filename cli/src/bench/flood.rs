@@ -297,6 +297,7 @@ pub(super) fn payment(
         policy_override: None,
         wait,
         wait_timeout_ms: if wait { PAYMENT_WAIT_TIMEOUT_MS } else { 0 },
+        note: String::new(),
     }
 }
 

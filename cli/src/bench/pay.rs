@@ -129,6 +129,7 @@ pub(super) async fn run(args: PayArgs) -> anyhow::Result<()> {
             policy_override: None,
             wait: true,
             wait_timeout_ms: PAYMENT_WAIT_TIMEOUT_MS,
+            note: String::new(),
         };
         let failed = failed.clone();
         async move {

@@ -109,6 +109,7 @@ pub(super) async fn pay_scenarios(
             policy_override: None,
             wait: true,
             wait_timeout_ms: WAIT_TIMEOUT_MS,
+            note: String::new(),
         }
     };
     // The scenarios' other groups, seeded once like GlobalOps.

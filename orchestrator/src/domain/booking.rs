@@ -36,6 +36,14 @@ pub fn funding_source(token: &str, currency: &str) -> Result<AccountId, IdError>
     AccountId::new(format!("funding_source:{token}:{currency}"))
 }
 
+/// The card token of a funding-source account id (`funding_source:<token>:<currency>`);
+/// `None` for other accounts.
+pub fn card_token_of(account_id: &str) -> Option<&str> {
+    let rest = account_id.strip_prefix("funding_source:")?;
+    let (token, currency) = rest.rsplit_once(':')?;
+    (currency.len() == 3 && !token.is_empty()).then_some(token)
+}
+
 /// The receivable account of a billing account in a currency.
 pub fn receivable(billing_account: &str, currency: &str) -> Result<AccountId, IdError> {
     AccountId::new(format!("receivable:{billing_account}:{currency}"))

@@ -1,5 +1,6 @@
 //! The orchestrator's domain: pure, deterministic decision code.
 
+pub mod actor;
 pub mod allocation;
 pub mod booking;
 pub mod group;

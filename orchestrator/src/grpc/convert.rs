@@ -16,6 +16,7 @@ use tandem_proto::tandem::r#type::v1 as types;
 use tandem_runtime::fields::Violations;
 use time::OffsetDateTime;
 
+use crate::domain::actor::Actor;
 use crate::domain::allocation::{FixedAmount, PolicyError, RemainderRule, Strategy, Weight};
 use crate::domain::group::{
     ATTEMPTS_DEFAULT, ATTEMPTS_MAX, CeilingWindow, LimitOverride, MemberRules, Policy,
@@ -24,6 +25,7 @@ use crate::domain::saga::Completion;
 use crate::storage::Cursor;
 
 pub mod groups;
+pub mod ledger;
 pub mod payments;
 
 /// Records domain policy errors in `v`, their `policy.` prefix replaced by `prefix`.
@@ -142,6 +144,14 @@ pub fn wire_time(time: OffsetDateTime) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: time.unix_timestamp(),
         nanos: i32::try_from(time.nanosecond()).unwrap_or(0),
+    }
+}
+
+/// Who made a change, on the wire.
+pub fn actor(actor: &Actor) -> types::Actor {
+    types::Actor {
+        name: actor.name.clone(),
+        role: actor.role.clone(),
     }
 }
 
@@ -324,7 +334,7 @@ pub fn decode_page_token(token: &str, scope: &[u8]) -> Option<Cursor> {
 }
 
 /// The service the orchestrator's page tokens belong to.
-const PAGES: &str = "tandem/orchestrator";
+pub(crate) const PAGES: &str = "tandem/orchestrator";
 
 /// Where a page starts: after the row of `token` (none when empty); a token made for other
 /// filters than `scope`'s is a violation of `page_token`.

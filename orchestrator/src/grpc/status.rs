@@ -54,6 +54,10 @@ pub fn to_status(error: Error) -> Status {
             Code::FailedPrecondition,
             "the payment already has the maximum number of refunds",
         ),
+        Error::NoteLimitReached => (
+            Code::FailedPrecondition,
+            "the payment already has the maximum number of notes (100)",
+        ),
         Error::RequestIdReused => (
             Code::AlreadyExists,
             "request_id was already used for a different request",

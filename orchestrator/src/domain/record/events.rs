@@ -47,6 +47,8 @@ pub enum EventKind {
     RefundFailed,
     /// `card.ineligible`: a leg's card was declined as lost or stolen; its member is suspended.
     CardIneligible,
+    /// `payment.note_added`: an operator wrote a note on the payment.
+    NoteAdded,
 }
 
 /// An event to publish with the state change that caused it.
@@ -60,6 +62,8 @@ pub struct Event {
     pub attempt: Option<u32>,
     /// The refund, for refund events and `leg.refunded`.
     pub refund: Option<String>,
+    /// The note (its index in the record's notes), for `payment.note_added`.
+    pub note: Option<usize>,
     /// One line for people; the payment's summary for terminal events.
     pub summary: String,
 }
@@ -171,6 +175,11 @@ impl PaymentRecord {
                 };
                 format!("Refund of {} {verb}", self.money(amount))
             }
+            EventKind::NoteAdded => self
+                .notes
+                .last()
+                .map(|n| format!("Note by {}", n.author.name))
+                .unwrap_or_default(),
             _ => self.summary(),
         };
         Event {
@@ -178,6 +187,7 @@ impl PaymentRecord {
             leg,
             attempt,
             refund: refund.map(str::to_owned),
+            note: None,
             summary,
         }
     }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tandem_money::{Currency, Money};
 use time::OffsetDateTime;
 
+use super::actor::Actor;
 use super::saga::{LegState, NextAction, Payment, PaymentState};
 
 pub mod events;
@@ -147,16 +148,37 @@ pub struct PaymentRecord {
     /// vault's audit rows. `None` for payments recorded before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// Who created the payment; `None` for payments recorded before callers were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<Actor>,
+    /// Operator notes, oldest first; append-only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<Note>,
+}
+
+/// Most notes a payment keeps: a record stays small however often people write on it.
+pub const NOTES_MAX: usize = 100;
+
+/// An operator note on a payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Note {
+    /// The note.
+    pub text: String,
+    /// Who wrote it.
+    pub author: Actor,
+    /// When it was recorded.
+    pub create_time: OffsetDateTime,
 }
 
 impl PaymentRecord {
-    /// A new payment in state PENDING, with its `payment.created` event.
+    /// A new payment in state PENDING, created by `creator`, with its `payment.created` event.
     pub fn new(
         id: String,
         invoice_id: String,
         cost_center: Option<String>,
         saga: Payment,
         members: Vec<MemberSnapshot>,
+        creator: Actor,
         now: OffsetDateTime,
     ) -> (PaymentRecord, Event) {
         let legs = vec![LegDetail::default(); saga.legs.len()];
@@ -172,9 +194,49 @@ impl PaymentRecord {
             create_time: now,
             complete_time: None,
             correlation_id: None,
+            creator: Some(creator),
+            notes: Vec::new(),
         };
         let event = record.event(EventKind::PaymentCreated, None, None, None);
         (record, event)
+    }
+
+    /// Appends a note by `author`, with its `payment.note_added` event; `None` once the
+    /// payment holds [`NOTES_MAX`] notes.
+    pub fn add_note(
+        &mut self,
+        text: String,
+        author: Actor,
+        now: OffsetDateTime,
+    ) -> Option<(usize, Event)> {
+        if self.notes.len() >= NOTES_MAX {
+            return None;
+        }
+        self.notes.push(Note {
+            text,
+            author,
+            create_time: now,
+        });
+        let index = self.notes.len() - 1;
+        let mut event = self.event(EventKind::NoteAdded, None, None, None);
+        event.note = Some(index);
+        Some((index, event))
+    }
+
+    /// Whose call caused `event`: a refund's requester for the refund's events, a note's author
+    /// for its event, the payment's creator otherwise.
+    pub fn actor_of(&self, event: &Event) -> Option<&Actor> {
+        if let Some(note) = event.note {
+            return self.notes.get(note).map(|n| &n.author);
+        }
+        if let Some(refund) = &event.refund {
+            return self
+                .refunds
+                .iter()
+                .find(|r| &r.id == refund)
+                .and_then(|r| r.requester.as_ref());
+        }
+        self.creator.as_ref()
     }
 
     /// The currency of the invoice and of every leg.

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use super::events::{Event, EventKind};
 use super::steps::SpendChange;
 use super::{PaymentRecord, Status};
+use crate::domain::actor::Actor;
 use crate::domain::allocation::split;
 use crate::domain::saga::{LegState, PaymentState};
 
@@ -56,6 +57,9 @@ pub struct Refund {
     pub create_time: OffsetDateTime,
     /// When it finished.
     pub complete_time: Option<OffsetDateTime>,
+    /// Who asked for it; `None` for refunds recorded before callers were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<Actor>,
 }
 
 /// A refund part to send.
@@ -102,6 +106,7 @@ impl PaymentRecord {
         request_id: String,
         amount: Option<i64>,
         reason: String,
+        requester: Actor,
         now: OffsetDateTime,
     ) -> Result<(Refund, Vec<Event>), RefundError> {
         if !matches!(
@@ -163,6 +168,7 @@ impl PaymentRecord {
             parts,
             create_time: now,
             complete_time: None,
+            requester: Some(requester),
         };
         self.refunds.push(refund.clone());
         let event = self.event(EventKind::RefundCreated, None, None, Some(&refund.id));

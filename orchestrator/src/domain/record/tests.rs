@@ -60,7 +60,16 @@ fn record(legs: &[(&str, i64)], members: &[(&str, &str, &str)]) -> PaymentRecord
             last4: (*last4).to_owned(),
         })
         .collect();
-    PaymentRecord::new("pay_x".into(), "12345".into(), None, saga, members, now()).0
+    PaymentRecord::new(
+        "pay_x".into(),
+        "12345".into(),
+        None,
+        saga,
+        members,
+        actor("payer", "billing"),
+        now(),
+    )
+    .0
 }
 
 fn approve(record: &mut PaymentRecord, leg: usize, approved: i64, last4: &str) {
@@ -312,6 +321,7 @@ fn refunds_spread_over_captured_legs() {
             "r1".into(),
             Some(1001),
             String::new(),
+            actor("payer", "refunder"),
             now(),
         )
         .unwrap();
@@ -324,6 +334,7 @@ fn refunds_spread_over_captured_legs() {
             "r2".into(),
             Some(1050),
             String::new(),
+            actor("payer", "refunder"),
             now()
         ),
         Err(RefundError::AmountExceedsRefundable)
@@ -335,7 +346,14 @@ fn refunds_spread_over_captured_legs() {
     }
     assert_eq!(record.status(), Status::PartiallyRefunded);
     record
-        .plan_refund("prf_2".into(), "r2".into(), None, String::new(), now())
+        .plan_refund(
+            "prf_2".into(),
+            "r2".into(),
+            None,
+            String::new(),
+            actor("payer", "refunder"),
+            now(),
+        )
         .unwrap();
     for step in record.refund_steps() {
         record
@@ -345,4 +363,43 @@ fn refunds_spread_over_captured_legs() {
     assert_eq!(record.status(), Status::Refunded);
     assert_eq!(record.refunded(), 2050);
     assert!(record.is_settled());
+}
+
+fn actor(role: &str, name: &str) -> Actor {
+    Actor {
+        name: name.into(),
+        role: role.into(),
+    }
+}
+
+/// Every event names whose call caused it: the creator for the payment's own events, the
+/// requester for a refund's, the author for a note's; notes are appended, up to the limit.
+#[test]
+fn events_name_their_actor_and_notes_append() {
+    let mut record = record(&[("tok_a", 1000)], &[("tok_a", "card A", "0001")]);
+    let created = record.event(EventKind::PaymentCreated, None, None, None);
+    assert_eq!(record.actor_of(&created), Some(&actor("payer", "billing")));
+    let (index, event) = record
+        .add_note("called the bank".into(), actor("treasury", "alice"), now())
+        .unwrap();
+    assert_eq!(
+        (index, event.kind, event.note),
+        (0, EventKind::NoteAdded, Some(0))
+    );
+    assert_eq!(record.actor_of(&event), Some(&actor("treasury", "alice")));
+    assert_eq!(event.summary, "Note by alice");
+    for i in 1..NOTES_MAX {
+        assert!(
+            record
+                .add_note(format!("note {i}"), actor("treasury", "bob"), now())
+                .is_some()
+        );
+    }
+    assert!(
+        record
+            .add_note("one more".into(), actor("treasury", "bob"), now())
+            .is_none()
+    );
+    assert_eq!(record.notes.len(), NOTES_MAX);
+    assert_eq!(record.notes[0].text, "called the bank");
 }

@@ -15,7 +15,7 @@ use crate::domain::group::{
     CardGroup, GroupDraft, GroupMember, MemberRules, MemberSuspension, Policy,
 };
 use crate::error::Error;
-use crate::storage::{Cursor, StoredContent, StoredGroup};
+use crate::storage::{Cursor, NewEvent, StoredContent, StoredGroup};
 
 use super::{
     add_policy, currency, free_text, is_id_text, money, next_page_token, optional_limit,
@@ -185,6 +185,56 @@ pub fn group_to_wire(stored: &StoredGroup) -> Result<pb::CardGroup, Error> {
         create_time: Some(wire_time(stored.create_time)),
         update_time: Some(wire_time(stored.update_time)),
         archive_time: stored.archive_time.map(wire_time),
+        creator: stored.creator.as_ref().map(super::actor),
+        updater: stored.updater.as_ref().map(super::actor),
+    })
+}
+
+/// The kinds of a card group's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupEventKind {
+    /// `card_group.created`
+    Created,
+    /// `card_group.updated`
+    Updated,
+    /// `card_group.archived`
+    Archived,
+}
+
+/// The names of a card group's event types, as the feed filters them.
+pub const GROUP_EVENT_TYPES: [&str; 3] = [
+    "card_group.created",
+    "card_group.updated",
+    "card_group.archived",
+];
+
+/// The next event of `stored` (its `events` already counting it), by `actor`, as its outbox
+/// row: an encoded `CardGroupEvent` with the group as it is now.
+pub fn group_event(
+    stored: &StoredGroup,
+    kind: GroupEventKind,
+    now: OffsetDateTime,
+) -> Result<NewEvent, Error> {
+    let (name, wire) = match kind {
+        GroupEventKind::Created => (GROUP_EVENT_TYPES[0], pb::CardGroupEventType::Created),
+        GroupEventKind::Updated => (GROUP_EVENT_TYPES[1], pb::CardGroupEventType::Updated),
+        GroupEventKind::Archived => (GROUP_EVENT_TYPES[2], pb::CardGroupEventType::Archived),
+    };
+    let id = tandem_runtime::ids::random_id("evt_");
+    let message = pb::CardGroupEvent {
+        id: id.clone(),
+        sequence: stored.events,
+        r#type: wire as i32,
+        card_group: Some(group_to_wire(stored)?),
+        actor: stored.updater.as_ref().map(super::actor),
+        create_time: Some(wire_time(now)),
+        type_name: name.to_owned(),
+    };
+    Ok(NewEvent {
+        sequence: stored.events,
+        id,
+        kind: name,
+        body: message.encode_to_vec(),
     })
 }
 
@@ -519,6 +569,9 @@ mod tests {
             create_time: time,
             update_time: time,
             archive_time: None,
+            creator: None,
+            updater: None,
+            events: 0,
         };
         let old = stored(StoredContent::Encoded(body.encode_to_vec()));
         let mut expected = body.clone();

@@ -8,21 +8,24 @@ use tandem_proto::tandem::r#type::v1 as types;
 use tandem_runtime::fields::Violations;
 use time::OffsetDateTime;
 
-use crate::commands::{NewPayment, NewRefund, PaymentQuery, PolicyOverride, Watch};
+use crate::commands::{
+    EventQuery, NewNote, NewPayment, NewRefund, PaymentQuery, PolicyOverride, Watch,
+};
 use crate::config::PaymentSettings;
 use crate::domain::allocation::PolicyError;
 use crate::domain::group::MemberRules;
 use crate::domain::planning::Invoice;
 use crate::domain::record::events::{Event, EventKind};
 use crate::domain::record::refunds::{Refund, RefundState};
-use crate::domain::record::{AttemptOutcome, PaymentRecord, Status};
+use crate::domain::record::{AttemptOutcome, Note, PaymentRecord, Status};
 use crate::domain::saga::{LegState, NextAction, PaymentState};
 use crate::error::Error;
-use crate::storage::{Cursor, PaymentFilter, StoredPayment};
+use crate::storage::{Cursor, FeedEvent, FeedPosition, FeedSource, PaymentFilter, StoredPayment};
 
 use super::{
-    LINES_MAX, TEXT_CHARS_MAX, add_policy, amount, free_text, is_id_text, money, next_page_token,
-    page_after, page_size, policy, request_hash, request_id, resource_id, wire_time,
+    LINES_MAX, PAGES, TEXT_CHARS_MAX, actor, add_policy, amount, free_text, is_id_text, money,
+    next_page_token, page_after, page_size, policy, request_hash, request_id, resource_id,
+    wire_time,
 };
 
 /// Checks the invoice of a CreatePayment request.
@@ -156,6 +159,16 @@ pub fn refund_to_wire(record: &PaymentRecord, refund: &Refund) -> pb::PaymentRef
             .collect(),
         create_time: Some(wire_time(refund.create_time)),
         complete_time: refund.complete_time.map(wire_time),
+        requester: refund.requester.as_ref().map(actor),
+    }
+}
+
+/// A note of a payment on the wire.
+pub fn note_to_wire(note: &Note) -> pb::PaymentNote {
+    pb::PaymentNote {
+        text: note.text.clone(),
+        author: Some(actor(&note.author)),
+        create_time: Some(wire_time(note.create_time)),
     }
 }
 
@@ -297,6 +310,8 @@ pub fn payment_to_wire(stored: &StoredPayment, update_time: OffsetDateTime) -> p
         create_time: Some(wire_time(record.create_time)),
         update_time: Some(wire_time(update_time)),
         complete_time: record.complete_time.map(wire_time),
+        creator: record.creator.as_ref().map(actor),
+        notes: record.notes.iter().map(note_to_wire).collect(),
     }
 }
 
@@ -309,6 +324,9 @@ pub fn create_payment(
     request_id(&mut v, "request_id", &request.request_id);
     let group_id = resource_id(&mut v, "card_group_id", "cg_", &request.card_group_id);
     let invoice = invoice(&mut v, request.invoice.as_ref(), settings.amount_minor_max);
+    if !request.note.is_empty() {
+        note_text(&mut v, "note", &request.note);
+    }
     let wait_ms = match request.wait_timeout_ms {
         0 => 30_000,
         ms if (1..=i64::try_from(settings.wait_timeout_ms_max).unwrap_or(i64::MAX))
@@ -348,6 +366,198 @@ pub fn create_payment(
         wait_ms,
         request_hash: request_hash("CreatePayment", &identity),
         request: identity.encode_to_vec(),
+        note: Some(request.note).filter(|n| !n.is_empty()),
+    })
+}
+
+/// Longest operator note, in characters.
+const NOTE_CHARS_MAX: usize = 1000;
+
+/// Digits in a row (spaces and dashes between them aside) that make a text look like it holds
+/// a card number: card numbers have 12 to 19.
+const CARD_DIGITS_MIN: usize = 12;
+
+/// Checks an operator note: 1-1000 characters, no control characters but newlines, and no
+/// card number (a note is shown in views, events and exports, where none may ever be).
+fn note_text(v: &mut Violations, field: &str, text: &str) {
+    let chars = text.chars().count();
+    if chars == 0 || chars > NOTE_CHARS_MAX || text.chars().any(|c| c.is_control() && c != '\n') {
+        v.add(
+            field,
+            format!(
+                "must be 1-{NOTE_CHARS_MAX} characters without control characters but newlines"
+            ),
+        );
+        return;
+    }
+    let mut run = 0;
+    for c in text.chars() {
+        match c {
+            '0'..='9' => run += 1,
+            ' ' | '-' if run > 0 => {}
+            _ => run = 0,
+        }
+        if run >= CARD_DIGITS_MIN {
+            v.add(field, "must not contain a card number");
+            return;
+        }
+    }
+}
+
+/// The checks of `AddPaymentNote`.
+pub fn add_payment_note(request: &pb::AddPaymentNoteRequest) -> Result<NewNote, Error> {
+    let mut v = Violations::default();
+    request_id(&mut v, "request_id", &request.request_id);
+    let payment_id = resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
+    note_text(&mut v, "text", &request.text);
+    v.finish(NewNote {
+        request_id: request.request_id.clone(),
+        payment_id,
+        text: request.text.clone(),
+        request_hash: request_hash("AddPaymentNote", request),
+    })
+}
+
+/// The answer to `AddPaymentNote`.
+pub fn note_response(
+    payment: &StoredPayment,
+    index: usize,
+) -> Result<pb::AddPaymentNoteResponse, Error> {
+    let note = payment.record.notes.get(index).ok_or_else(|| {
+        Error::Corrupt(format!("payment {} lost note {index}", payment.record.id))
+    })?;
+    Ok(pb::AddPaymentNoteResponse {
+        note: Some(note_to_wire(note)),
+        payment: Some(payment_to_wire(payment, payment.update_time)),
+    })
+}
+
+/// Most event types one `ListEvents` may filter on.
+const EVENT_TYPES_MAX: usize = 50;
+
+/// Every event type the feed knows, payments' then card groups'.
+fn known_event_types() -> impl Iterator<Item = &'static str> {
+    EVENT_KINDS
+        .iter()
+        .map(|kind| event_type(*kind).0)
+        .chain(super::groups::GROUP_EVENT_TYPES)
+}
+
+/// The checks of `ListEvents`. Cursors are positions in the feed, valid with any filter.
+pub fn list_events(
+    request: &pb::ListEventsRequest,
+    page_size_max: i32,
+) -> Result<EventQuery, Error> {
+    let mut v = Violations::default();
+    let size = strict_page_size(&mut v, request.page_size, 100, page_size_max);
+    if request.event_types.len() > EVENT_TYPES_MAX {
+        v.add(
+            "event_types",
+            format!("must have at most {EVENT_TYPES_MAX} types"),
+        );
+    }
+    for (i, kind) in request.event_types.iter().enumerate() {
+        if !known_event_types().any(|known| known == kind) {
+            v.add(format!("event_types[{i}]"), "is not a known event type");
+        }
+    }
+    let after = if request.page_token.is_empty() {
+        Some(FeedPosition::default())
+    } else {
+        let position = decode_feed_position(&request.page_token);
+        if position.is_none() {
+            v.add(
+                "page_token",
+                "is not a page token or event cursor of ListEvents",
+            );
+        }
+        position
+    };
+    let mut types = request.event_types.clone();
+    types.sort();
+    types.dedup();
+    v.finish(EventQuery {
+        size,
+        after: after.unwrap_or_default(),
+        types,
+    })
+}
+
+/// A page size that must be within 1..=`max` (0 means `default`): over the limit is a
+/// violation, not a smaller page.
+pub fn strict_page_size(v: &mut Violations, requested: i32, default: i32, max: i32) -> i32 {
+    match requested {
+        0 => default.min(max),
+        n if (1..=max).contains(&n) => n,
+        _ => {
+            v.add("page_size", format!("must be 0 or 1-{max}"));
+            1
+        }
+    }
+}
+
+/// The list scope of feed positions: they are not bound to a filter.
+const FEED_SCOPE: &[u8] = b"ListEvents/v1";
+
+fn encode_feed_position(position: &FeedPosition) -> String {
+    let mut bytes = position.xid.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&position.sequence.to_be_bytes());
+    bytes.extend_from_slice(position.subject.as_bytes());
+    tandem_runtime::pages::encode(PAGES, FEED_SCOPE, &bytes)
+}
+
+fn decode_feed_position(token: &str) -> Option<FeedPosition> {
+    let bytes = tandem_runtime::pages::decode(PAGES, FEED_SCOPE, token)?;
+    let (xid, rest) = bytes.split_at_checked(8)?;
+    let (sequence, subject) = rest.split_at_checked(8)?;
+    Some(FeedPosition {
+        xid: u64::from_be_bytes(xid.try_into().ok()?),
+        sequence: i64::from_be_bytes(sequence.try_into().ok()?),
+        subject: String::from_utf8(subject.to_vec()).ok()?,
+    })
+}
+
+/// A page of `ListEvents`: the events (a full page has a next page token).
+pub fn events_page(events: &[FeedEvent], size: i32) -> Result<pb::ListEventsResponse, Error> {
+    let wire = events
+        .iter()
+        .map(|event| {
+            let cursor = encode_feed_position(&event.position);
+            let corrupt = |e: prost::DecodeError| Error::Corrupt(format!("event body: {e}"));
+            Ok(match event.source {
+                FeedSource::Payment => {
+                    let body = pb::PaymentEvent::decode(event.body.as_slice()).map_err(corrupt)?;
+                    pb::Event {
+                        id: body.id.clone(),
+                        r#type: event.kind.clone(),
+                        actor: body.actor.clone(),
+                        create_time: body.create_time,
+                        cursor,
+                        subject: Some(pb::event::Subject::PaymentEvent(body)),
+                    }
+                }
+                FeedSource::CardGroup => {
+                    let body =
+                        pb::CardGroupEvent::decode(event.body.as_slice()).map_err(corrupt)?;
+                    pb::Event {
+                        id: body.id.clone(),
+                        r#type: event.kind.clone(),
+                        actor: body.actor.clone(),
+                        create_time: body.create_time,
+                        cursor,
+                        subject: Some(pb::event::Subject::CardGroupEvent(body)),
+                    }
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let next_page_token = match wire.last() {
+        Some(last) if wire.len() >= size as usize => last.cursor.clone(),
+        _ => String::new(),
+    };
+    Ok(pb::ListEventsResponse {
+        events: wire,
+        next_page_token,
     })
 }
 
@@ -511,6 +721,8 @@ pub fn event_body(
         leg_index: event.leg.map_or(0, |l| l as i32 + 1),
         attempt_number: event.attempt.map_or(0, |n| n as i32),
         refund_id: event.refund.clone().unwrap_or_default(),
+        actor: stored.record.actor_of(event).map(actor),
+        type_name: name.to_owned(),
     };
     Ok((name, message.encode_to_vec()))
 }
@@ -539,8 +751,33 @@ fn event_type(kind: EventKind) -> (&'static str, pb::PaymentEventType) {
         EventKind::RefundSucceeded => ("refund.succeeded", T::RefundSucceeded),
         EventKind::RefundFailed => ("refund.failed", T::RefundFailed),
         EventKind::CardIneligible => ("card.ineligible", T::CardIneligible),
+        EventKind::NoteAdded => ("payment.note_added", T::NoteAdded),
     }
 }
+
+/// Every kind of payment event, for the feed's type names.
+const EVENT_KINDS: [EventKind; 20] = [
+    EventKind::PaymentCreated,
+    EventKind::PaymentAuthorizing,
+    EventKind::PaymentCapturing,
+    EventKind::PaymentSucceeded,
+    EventKind::PaymentPartiallyPaid,
+    EventKind::PaymentReversing,
+    EventKind::PaymentFailed,
+    EventKind::PaymentPartiallyRefunded,
+    EventKind::PaymentRefunded,
+    EventKind::LegAuthorized,
+    EventKind::LegDeclined,
+    EventKind::LegReallocated,
+    EventKind::LegCaptured,
+    EventKind::LegVoided,
+    EventKind::LegRefunded,
+    EventKind::RefundCreated,
+    EventKind::RefundSucceeded,
+    EventKind::RefundFailed,
+    EventKind::CardIneligible,
+    EventKind::NoteAdded,
+];
 
 #[cfg(test)]
 mod tests {
