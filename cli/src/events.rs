@@ -7,9 +7,9 @@
 //! ```
 //!
 //! Without `--follow` the command pages until the feed is caught up; with it, it then asks
-//! again every second from the last event's cursor until interrupted. Either way it ends by
-//! printing the cursor of the last event printed on stderr: `--after` with it continues
-//! exactly there, nothing skipped or repeated. CSV and JSON carry every event's cursor.
+//! again every second from where the feed said to resume until interrupted. Either way it ends
+//! by printing that cursor on stderr: `--after` with it continues exactly there, nothing
+//! skipped or repeated. CSV and JSON carry every event's cursor.
 
 use std::time::Duration;
 
@@ -86,7 +86,9 @@ pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<()> {
     result.map(|_| ())
 }
 
-/// Reads pages and prints their events, keeping `cursor` at the last event printed.
+/// Reads pages and prints their events, keeping `cursor` where a new run continues: at the
+/// last event printed, or once caught up at the page's resume token (past every event the
+/// server examined, so a filtered feed does not read the same events again).
 async fn follow(
     client: &mut PaymentServiceClient<tonic::transport::Channel>,
     args: &EventsArgs,
@@ -126,6 +128,9 @@ async fn follow(
             print_row(args.format, COLUMNS, &event_row(event));
             *cursor = event.cursor.clone();
         }
+        if page.next_page_token.is_empty() && !page.resume_page_token.is_empty() {
+            *cursor = page.resume_page_token.clone();
+        }
         pages += 1;
         if !page.next_page_token.is_empty() {
             if !args.follow && pages >= LIST_PAGES_MAX {
@@ -134,7 +139,7 @@ async fn follow(
             page_token = page.next_page_token;
             continue;
         }
-        // Caught up: what commits later comes after the last event printed.
+        // Caught up: what commits later comes after the resume position.
         if !args.follow {
             return Ok(Stop::CaughtUp);
         }

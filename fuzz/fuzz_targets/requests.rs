@@ -111,7 +111,7 @@ fuzz_target!(|data: &[u8]| {
         12 => {
             if let Ok(m) = opb::ExportLedgerRequest::decode(bytes) {
                 let now = time::OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap();
-                refused_as_orchestrator(orchestrator::ledger::export_ledger(&m, &ledger, now));
+                refused_as_orchestrator(orchestrator::ledger::export_ledger(&m, &ledger, now, 60_000));
             }
         }
         13 => {

@@ -27,7 +27,10 @@ CREATE TRIGGER ledger_flows_immutable BEFORE DELETE ON ledger_flows
 CREATE TRIGGER ledger_flows_no_truncate BEFORE TRUNCATE ON ledger_flows
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
 
--- The flows of the transfers written before this migration.
+-- The flows of the transfers written before this migration. No transfer may be written
+-- meanwhile (an instance still running the old trigger would commit transfers this backfill
+-- does not see and the new trigger does not count): writers wait for the migration.
+LOCK TABLE ledger_transfers IN SHARE ROW EXCLUSIVE MODE;
 INSERT INTO ledger_flows (debit_account_id, credit_account_id, currency, cost_center, day,
                           pending, posted)
 SELECT t.debit_account_id, t.credit_account_id, t.currency, coalesce(t.cost_center, ''),

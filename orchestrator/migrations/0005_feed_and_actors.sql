@@ -1,15 +1,20 @@
 -- The event feed (ListEvents) and who did what.
 --
--- Each event row keeps the id of the transaction that wrote it (pg_current_xact_id(), taken at
--- the transaction's first write; the payment path pays nothing for it). The feed lists events
--- in (xid, subject, sequence) order, and only those written by transactions older than every
--- transaction still running (pg_snapshot_xmin of the reader's snapshot): a transaction that
--- commits later has a larger xid than all of them, so no commit can place an event before one
--- already listed, and a cursor resumes with nothing skipped or repeated. Per payment and per
--- card group this order is the order of commits (each change starts after the last committed).
--- Rows written before this migration share its xid and keep their (subject, sequence) order.
-ALTER TABLE payment_events ADD COLUMN xid xid8 NOT NULL DEFAULT pg_current_xact_id();
-CREATE INDEX payment_events_feed ON payment_events (xid, payment_id, sequence);
+-- Each event row keeps a feed key: the id of the transaction that wrote it
+-- (pg_current_xact_id(), taken at the transaction's first write), raised to its subject's last
+-- key if that is larger (`payments.feed_key`, `card_groups.feed_key`, kept in the statement
+-- that writes the events, under the row lock every writer of the subject holds). The feed lists
+-- events in (feed key, subject, sequence) order, and only those whose key is below every
+-- transaction still running (pg_snapshot_xmin of the reader's snapshot). A key is never below
+-- its own transaction's id, so an event not yet visible has a key at or above that bound: no
+-- commit can place an event before one already listed, and a cursor resumes with nothing
+-- skipped or repeated. The raise keeps each payment's and group's events in the order of their
+-- commits (a transaction that took its id early, then waited for the subject's lock, writes
+-- after the one it waited for). Rows written before this migration share its id and keep their
+-- (subject, sequence) order.
+ALTER TABLE payment_events ADD COLUMN feed_key xid8 NOT NULL DEFAULT pg_current_xact_id();
+CREATE INDEX payment_events_feed ON payment_events (feed_key, payment_id, sequence);
+ALTER TABLE payments ADD COLUMN feed_key xid8;
 
 -- A card group's changes, as payment_events holds a payment's: `body` is the encoded
 -- CardGroupEvent, written in the transaction of the change.
@@ -20,10 +25,11 @@ CREATE TABLE card_group_events (
     type          text NOT NULL,
     body          bytea NOT NULL,
     create_time   timestamptz NOT NULL,
-    xid           xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    feed_key      xid8 NOT NULL,
     PRIMARY KEY (card_group_id, sequence)
 );
-CREATE INDEX card_group_events_feed ON card_group_events (xid, card_group_id, sequence);
+CREATE INDEX card_group_events_feed ON card_group_events (feed_key, card_group_id, sequence);
+ALTER TABLE card_groups ADD COLUMN feed_key xid8;
 
 -- Who created a card group and who changed it last, as `<role>/<name>` from the caller's
 -- certificate; NULL for groups written before callers were recorded. A payment's creator, its

@@ -226,4 +226,6 @@ pub struct ExportQuery {
     pub chunk: i32,
     /// Where the export continues: after this ledger position (0 to start, with the header).
     pub after_seq: i64,
+    /// Most bytes of lines in one chunk (one message).
+    pub bytes_max: usize,
 }

@@ -151,18 +151,29 @@ impl CardGroupService for CardGroupApi {
     }
 }
 
+/// Room kept in every message for what is not a list's rows (tokens, framing).
+const REPLY_MARGIN_BYTES: usize = 4096;
+
+/// The most bytes of rows a reply may carry when messages are at most `message_bytes_max`.
+fn reply_bytes_max(message_bytes_max: usize) -> usize {
+    message_bytes_max.saturating_sub(REPLY_MARGIN_BYTES).max(1)
+}
+
 /// `PaymentService`.
 pub struct PaymentApi {
     payments: Arc<Payments>,
     uri_prefix: String,
+    reply_bytes_max: usize,
 }
 
 impl PaymentApi {
-    /// The service over `payments`; callers are read from certificates with `uri_prefix`.
-    pub fn new(payments: Arc<Payments>, uri_prefix: &str) -> Self {
+    /// The service over `payments`; callers are read from certificates with `uri_prefix`;
+    /// replies stay within `message_bytes_max`.
+    pub fn new(payments: Arc<Payments>, uri_prefix: &str, message_bytes_max: usize) -> Self {
         Self {
             payments,
             uri_prefix: uri_prefix.to_owned(),
+            reply_bytes_max: reply_bytes_max(message_bytes_max),
         }
     }
 
@@ -287,7 +298,8 @@ impl PaymentService for PaymentApi {
         let query =
             convert::payments::list_events(request.get_ref(), page_size_max).map_err(to_status)?;
         let events = self.payments.events(&query).await.map_err(to_status)?;
-        let page = convert::payments::events_page(&events, query.size).map_err(to_status)?;
+        let page = convert::payments::events_page(&events, &query, self.reply_bytes_max)
+            .map_err(to_status)?;
         Ok(Response::new(page))
     }
 }
@@ -296,14 +308,17 @@ impl PaymentService for PaymentApi {
 pub struct LedgerApi {
     ledger: Arc<LedgerReads>,
     uri_prefix: String,
+    reply_bytes_max: usize,
 }
 
 impl LedgerApi {
-    /// The service over `ledger`; callers are read from certificates with `uri_prefix`.
-    pub fn new(ledger: Arc<LedgerReads>, uri_prefix: &str) -> Self {
+    /// The service over `ledger`; callers are read from certificates with `uri_prefix`;
+    /// replies stay within `message_bytes_max`.
+    pub fn new(ledger: Arc<LedgerReads>, uri_prefix: &str, message_bytes_max: usize) -> Self {
         Self {
             ledger,
             uri_prefix: uri_prefix.to_owned(),
+            reply_bytes_max: reply_bytes_max(message_bytes_max),
         }
     }
 }
@@ -333,7 +348,10 @@ impl LedgerService for LedgerApi {
                 .map_err(to_status)?;
         let (entries, more) = self.ledger.entries(&query).await.map_err(to_status)?;
         Ok(Response::new(convert::ledger::entries_page(
-            &entries, more, &scope,
+            &entries,
+            more,
+            &scope,
+            self.reply_bytes_max,
         )))
     }
 
@@ -359,6 +377,7 @@ impl LedgerService for LedgerApi {
             request.get_ref(),
             self.ledger.settings(),
             tandem_runtime::time::now_micros(),
+            self.reply_bytes_max,
         )
         .map_err(to_status)?;
         let chunks = self.ledger.export(query).await.map_err(to_status)?;

@@ -47,7 +47,7 @@ pub struct LedgerReads {
     settings: LedgerSettings,
 }
 
-/// One chunk of an export.
+/// One chunk of an export: one message of the stream.
 #[derive(Debug)]
 pub struct ExportChunk {
     /// Whole lines of the format.
@@ -193,54 +193,41 @@ impl LedgerReads {
             let mut after = query.after_seq;
             let mut header = after == 0;
             loop {
-                let chunk = export_chunk(&pool, &query, after, header).await;
-                header = false;
-                let (last, full) = match &chunk {
-                    Ok(Some((chunk, full))) => (chunk.last_seq, *full),
-                    Ok(None) => break,
-                    Err(_) => (after, false),
+                let (chunks, full) = match export_read(&pool, &query, after, header).await {
+                    Ok(read) => read,
+                    Err(error) => {
+                        let _ = sender.send(Err(error)).await;
+                        break;
+                    }
                 };
-                let item = chunk.map(|c| c.map(|(chunk, _)| chunk));
-                let Some(item) = item.transpose() else { break };
-                if sender.send(item).await.is_err() || !full {
+                header = false;
+                for chunk in chunks {
+                    after = chunk.last_seq;
+                    if sender.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                if !full {
                     break;
                 }
-                after = last;
             }
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(receiver))
     }
 }
 
-/// The chunk of `query` after ledger position `after` (with the CSV header first when
-/// `header`), and whether it is full (more may follow); `None` when nothing is left.
-async fn export_chunk(
+/// Reads the next `query.chunk` entries of `query` after ledger position `after` and formats
+/// them (the CSV header first when `header`) into chunks of at most `query.bytes_max` bytes,
+/// each ending at a whole entry; and whether the read was full (more may follow). An empty
+/// range still exports its header.
+async fn export_read(
     pool: &PgPool,
     query: &ExportQuery,
     after: i64,
     header: bool,
-) -> Result<Option<(ExportChunk, bool)>, Error> {
+) -> Result<(Vec<ExportChunk>, bool), Error> {
     let transfers =
         books::transfers_after(pool, &query.filter, after, i64::from(query.chunk)).await?;
-    let Some(last) = transfers.last() else {
-        if header {
-            // An empty range still exports its header.
-            let mut data = Vec::new();
-            export::write_header(&mut data, query.format, &EXPORT_COLUMNS).map_err(export_error)?;
-            if !data.is_empty() {
-                return Ok(Some((
-                    ExportChunk {
-                        data,
-                        entries: 0,
-                        last_seq: after,
-                    },
-                    false,
-                )));
-            }
-        }
-        return Ok(None);
-    };
-    let last_seq = last.seq;
     let mut payments: Vec<&str> = transfers
         .iter()
         .filter_map(|t| t.refs.payment_id.as_deref())
@@ -248,24 +235,38 @@ async fn export_chunk(
     payments.sort_unstable();
     payments.dedup();
     let notes = storage::payment_notes(pool, &payments).await?;
-    let mut data = Vec::with_capacity(transfers.len() * 256);
+    let mut chunks = Vec::new();
+    let mut current = ExportChunk {
+        data: Vec::new(),
+        entries: 0,
+        last_seq: after,
+    };
     if header {
-        export::write_header(&mut data, query.format, &EXPORT_COLUMNS).map_err(export_error)?;
-    }
-    for transfer in &transfers {
-        let fields = export_fields(transfer, &notes)?;
-        export::write_line(&mut data, query.format, &EXPORT_COLUMNS, &fields)
+        export::write_header(&mut current.data, query.format, &EXPORT_COLUMNS)
             .map_err(export_error)?;
     }
-    let full = transfers.len() == query.chunk as usize;
-    Ok(Some((
-        ExportChunk {
-            data,
-            entries: transfers.len() as i64,
-            last_seq,
-        },
-        full,
-    )))
+    let mut line = Vec::with_capacity(512);
+    for transfer in &transfers {
+        line.clear();
+        let fields = export_fields(transfer, &notes)?;
+        export::write_line(&mut line, query.format, &EXPORT_COLUMNS, &fields)
+            .map_err(export_error)?;
+        if current.entries > 0 && current.data.len() + line.len() > query.bytes_max {
+            let next = ExportChunk {
+                data: Vec::new(),
+                entries: 0,
+                last_seq: current.last_seq,
+            };
+            chunks.push(std::mem::replace(&mut current, next));
+        }
+        current.data.extend_from_slice(&line);
+        current.entries += 1;
+        current.last_seq = transfer.seq;
+    }
+    if current.entries > 0 || !current.data.is_empty() {
+        chunks.push(current);
+    }
+    Ok((chunks, transfers.len() == query.chunk as usize))
 }
 
 /// An export row: the ledger's fields, the card's token and the payment's notes.

@@ -22,7 +22,7 @@ use crate::domain::record::refunds::{RefundError, RefundState};
 use crate::error::Error;
 use crate::feeds::{Subscription, Update};
 use crate::grpc::convert;
-use crate::storage::{self, Cursor, FeedEvent, StoredPayment};
+use crate::storage::{self, Cursor, FeedPage, StoredPayment};
 use crate::workflow::{Committed, Round, Workflow, booking_context, outbox_rows};
 use tandem_runtime::fields::Violations;
 use tandem_runtime::time::now_micros as now;
@@ -448,7 +448,7 @@ impl Payments {
     }
 
     /// `ListEvents`: a page of the feed of every payment's and card group's events.
-    pub async fn events(&self, query: &EventQuery) -> Result<Vec<FeedEvent>, Error> {
+    pub async fn events(&self, query: &EventQuery) -> Result<FeedPage, Error> {
         storage::feed_after(
             self.workflow.pool(),
             &query.after,

@@ -117,13 +117,15 @@ pub async fn run_with(
     let card_group_service = CardGroupServiceServer::new(CardGroupApi::new(groups, uri_prefix))
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(message_bytes_max);
-    let payment_service = PaymentServiceServer::new(PaymentApi::new(payments, uri_prefix))
-        .max_decoding_message_size(message_bytes_max)
-        .max_encoding_message_size(message_bytes_max);
+    let payment_service =
+        PaymentServiceServer::new(PaymentApi::new(payments, uri_prefix, message_bytes_max))
+            .max_decoding_message_size(message_bytes_max)
+            .max_encoding_message_size(message_bytes_max);
 
-    let ledger_service = LedgerServiceServer::new(LedgerApi::new(ledger, uri_prefix))
-        .max_decoding_message_size(message_bytes_max)
-        .max_encoding_message_size(message_bytes_max);
+    let ledger_service =
+        LedgerServiceServer::new(LedgerApi::new(ledger, uri_prefix, message_bytes_max))
+            .max_decoding_message_size(message_bytes_max)
+            .max_encoding_message_size(message_bytes_max);
 
     let address = listener.local_addr().ok();
     let incoming = tandem_tls::server::incoming(

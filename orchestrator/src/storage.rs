@@ -122,10 +122,12 @@ pub async fn insert_group(
     let (content, body) = content_columns(&group.content);
     sqlx::query(
         "WITH inserted AS (INSERT INTO card_groups (id, billing_account_id, archived, version, \
-         content, body, create_time, update_time, archive_time, creator, updater, events) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id) \
-         INSERT INTO card_group_events (card_group_id, sequence, id, type, body, create_time) \
-         SELECT id, $12, $13, $14, $15, $8 FROM inserted",
+         content, body, create_time, update_time, archive_time, creator, updater, events, \
+         feed_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+         pg_current_xact_id()) RETURNING id) \
+         INSERT INTO card_group_events \
+         (card_group_id, sequence, id, type, body, create_time, feed_key) \
+         SELECT id, $12, $13, $14, $15, $8, pg_current_xact_id() FROM inserted",
     )
     .bind(&group.id)
     .bind(billing_account_id)
@@ -166,7 +168,8 @@ pub async fn group(
 }
 
 /// Replaces a group's content, version, archive state, last changer and event count, with
-/// the change's event if it has one (one statement).
+/// the change's event if it has one (one statement). The caller holds the group's row lock;
+/// the event's feed key is kept as [`save_payment`] keeps a payment's.
 pub async fn update_group(
     conn: &mut PgConnection,
     group: &StoredGroup,
@@ -174,13 +177,16 @@ pub async fn update_group(
 ) -> Result<(), Error> {
     let (content, body) = content_columns(&group.content);
     sqlx::query(
-        "WITH outbox AS (INSERT INTO card_group_events \
-         (card_group_id, sequence, id, type, body, create_time) \
-         SELECT $1, e.sequence, e.id, e.type, e.body, $5 \
+        "WITH feed AS (SELECT greatest(pg_current_xact_id(), feed_key) AS key FROM card_groups \
+         WHERE id = $1), \
+         outbox AS (INSERT INTO card_group_events \
+         (card_group_id, sequence, id, type, body, create_time, feed_key) \
+         SELECT $1, e.sequence, e.id, e.type, e.body, $5, (SELECT key FROM feed) \
          FROM UNNEST($10::bigint[], $11::text[], $12::text[], $13::bytea[]) \
          AS e (sequence, id, type, body)) \
          UPDATE card_groups SET content = $2, body = $7, version = $3, archived = $4, \
-         update_time = $5, archive_time = $6, updater = $8, events = $9 WHERE id = $1",
+         update_time = $5, archive_time = $6, updater = $8, events = $9, \
+         feed_key = (SELECT key FROM feed) WHERE id = $1",
     )
     .bind(&group.id)
     .bind(content)
@@ -437,14 +443,15 @@ pub async fn insert_payment(
     let record = &payment.record;
     sqlx::query(
         "WITH outbox AS (INSERT INTO payment_events \
-         (payment_id, sequence, id, type, body, create_time) \
-         SELECT $1, e.sequence, e.id, e.type, e.body, $13 \
+         (payment_id, sequence, id, type, body, create_time, feed_key) \
+         SELECT $1, e.sequence, e.id, e.type, e.body, $13, pg_current_xact_id() \
          FROM UNNEST($15::bigint[], $16::text[], $17::text[], $18::bytea[]) \
          AS e (sequence, id, type, body)) \
          INSERT INTO payments (id, request_id, card_group_id, billing_account_id, invoice_id, \
          state, settled, record, request, events, lease_owner, lease_until, create_time, \
-         update_time, policy) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
+         update_time, policy, feed_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, \
+         pg_current_xact_id())",
     )
     .bind(&record.id)
     .bind(request_id)
@@ -486,7 +493,9 @@ pub async fn payment(
 }
 
 /// Writes a payment's record, event count and lease, and appends `events` (the change's, in
-/// sequence, up to `payment.events`) to its outbox, in one statement.
+/// sequence, up to `payment.events`) to its outbox, in one statement. The caller holds the
+/// payment's row lock: the events' feed key is this transaction's id raised to the payment's
+/// last key, so the feed lists a payment's events in the order of their commits.
 pub async fn save_payment(
     conn: &mut PgConnection,
     payment: &StoredPayment,
@@ -495,13 +504,16 @@ pub async fn save_payment(
 ) -> Result<(), Error> {
     let record = &payment.record;
     sqlx::query(
-        "WITH outbox AS (INSERT INTO payment_events \
-         (payment_id, sequence, id, type, body, create_time) \
-         SELECT $1, e.sequence, e.id, e.type, e.body, $8 \
+        "WITH feed AS (SELECT greatest(pg_current_xact_id(), feed_key) AS key FROM payments \
+         WHERE id = $1), \
+         outbox AS (INSERT INTO payment_events \
+         (payment_id, sequence, id, type, body, create_time, feed_key) \
+         SELECT $1, e.sequence, e.id, e.type, e.body, $8, (SELECT key FROM feed) \
          FROM UNNEST($9::bigint[], $10::text[], $11::text[], $12::bytea[]) \
          AS e (sequence, id, type, body)) \
          UPDATE payments SET state = $2, settled = $3, record = $4, events = $5, \
-         lease_owner = $6, lease_until = $7, update_time = $8 WHERE id = $1",
+         lease_owner = $6, lease_until = $7, update_time = $8, \
+         feed_key = (SELECT key FROM feed) WHERE id = $1",
     )
     .bind(&record.id)
     .bind(state_name(record))
@@ -746,12 +758,13 @@ pub async fn add_spends(
     Ok(added)
 }
 
-/// Where the event feed stands: after the event of transaction `xid` (the decimal `xid8`),
-/// subject (payment or group id) and sequence. The start is `0`, `""`, `0`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Where the event feed stands: after the event of feed key `key` (an `xid8`, see migration
+/// 0005), subject (payment or group id) and sequence. The start is `0`, `""`, `0`; the
+/// position `(k, "", 0)` is before every event of key `k`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct FeedPosition {
-    /// The writing transaction's id, in decimal.
-    pub xid: u64,
+    /// The feed key.
+    pub key: u64,
     /// The payment or card group.
     pub subject: String,
     /// The event's sequence in its subject's stream.
@@ -780,62 +793,86 @@ pub struct FeedEvent {
     pub body: Vec<u8>,
 }
 
-/// Up to `limit` events of every payment and card group after `after`, in feed order
-/// (writing transaction, subject, sequence), of the types `kinds` (all when empty). Only events
-/// of transactions older than every transaction still running are read, so no later commit
-/// can land before a position already read.
+/// A read of the feed.
+#[derive(Debug)]
+pub struct FeedPage {
+    /// The events, in feed order.
+    pub events: Vec<FeedEvent>,
+    /// The feed's frontier as of the read: every event not yet visible has a key at or above
+    /// it, so once the read is caught up, `(frontier, "", 0)` is where the next read starts,
+    /// whatever types were asked for.
+    pub frontier: u64,
+}
+
+/// Up to `limit` events of every payment and card group after `after`, in feed order (feed key,
+/// subject, sequence), of the types `kinds` (all when empty), with the frontier of the same
+/// snapshot. Only events whose key is below every transaction still running are read, so no
+/// later commit can land before a position already read (migration 0005).
 pub async fn feed_after(
     pool: &PgPool,
     after: &FeedPosition,
     kinds: &[String],
     limit: i64,
-) -> Result<Vec<FeedEvent>, Error> {
+) -> Result<FeedPage, Error> {
     let rows = sqlx::query(
-        "SELECT e.xid::text AS xid, e.subject, e.sequence, e.type, e.body, e.source FROM ( \
-           (SELECT xid, payment_id AS subject, sequence, type, body, 'payment' AS source \
+        "WITH frontier AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS key), \
+         events AS ( \
+           (SELECT feed_key, payment_id AS subject, sequence, type, body, 'payment' AS source \
             FROM payment_events \
-            WHERE (xid, payment_id, sequence) > ($1::text::xid8, $2, $3) \
-              AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+            WHERE (feed_key, payment_id, sequence) > ($1::text::xid8, $2, $3) \
+              AND feed_key < (SELECT key FROM frontier) \
               AND (cardinality($4::text[]) = 0 OR type = ANY($4)) \
-            ORDER BY xid, payment_id, sequence LIMIT $5) \
+            ORDER BY feed_key, payment_id, sequence LIMIT $5) \
            UNION ALL \
-           (SELECT xid, card_group_id, sequence, type, body, 'card_group' \
+           (SELECT feed_key, card_group_id, sequence, type, body, 'card_group' \
             FROM card_group_events \
-            WHERE (xid, card_group_id, sequence) > ($1::text::xid8, $2, $3) \
-              AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+            WHERE (feed_key, card_group_id, sequence) > ($1::text::xid8, $2, $3) \
+              AND feed_key < (SELECT key FROM frontier) \
               AND (cardinality($4::text[]) = 0 OR type = ANY($4)) \
-            ORDER BY xid, card_group_id, sequence LIMIT $5) \
-         ) e ORDER BY e.xid, e.subject, e.sequence LIMIT $5",
+            ORDER BY feed_key, card_group_id, sequence LIMIT $5)) \
+         SELECT f.key::text AS frontier, e.feed_key::text AS feed_key, e.subject, e.sequence, \
+                e.type, e.body, e.source \
+         FROM frontier f LEFT JOIN (SELECT * FROM events \
+              ORDER BY feed_key, subject, sequence LIMIT $5) e ON true \
+         ORDER BY e.feed_key, e.subject, e.sequence",
     )
-    .bind(after.xid.to_string())
+    .bind(after.key.to_string())
     .bind(&after.subject)
     .bind(after.sequence)
     .bind(kinds)
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            let xid: String = row.try_get("xid")?;
-            let source: String = row.try_get("source")?;
-            Ok(FeedEvent {
-                position: FeedPosition {
-                    xid: xid
-                        .parse()
-                        .map_err(|_| Error::Corrupt(format!("event xid {xid}")))?,
-                    subject: row.try_get("subject")?,
-                    sequence: row.try_get("sequence")?,
-                },
-                source: if source == "payment" {
-                    FeedSource::Payment
-                } else {
-                    FeedSource::CardGroup
-                },
-                kind: row.try_get("type")?,
-                body: row.try_get("body")?,
-            })
-        })
-        .collect()
+    let key = |text: String| {
+        text.parse::<u64>()
+            .map_err(|_| Error::Corrupt(format!("feed key {text}")))
+    };
+    let frontier = match rows.first() {
+        Some(row) => key(row.try_get("frontier")?)?,
+        None => return Err(Error::Corrupt("the feed read no frontier".into())),
+    };
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(feed_key) = row.try_get::<Option<String>, _>("feed_key")? else {
+            continue;
+        };
+        let source: String = row.try_get("source")?;
+        events.push(FeedEvent {
+            position: FeedPosition {
+                key: key(feed_key)?,
+                subject: row.try_get("subject")?,
+                sequence: row.try_get("sequence")?,
+            },
+            source: if source == "payment" {
+                FeedSource::Payment
+            } else {
+                FeedSource::CardGroup
+            },
+            kind: row.try_get("type")?,
+            body: row.try_get("body")?,
+        });
+    }
+    Ok(FeedPage { events, frontier })
 }
 
 /// The operator notes of each of `payment_ids` that has some, by payment id.

@@ -8,7 +8,10 @@ use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::ledger_service_client::LedgerServiceClient;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
 use tandem_tests::stack::{Stack, group, member, payment_request, policy, state};
-use tandem_tests::{orchestrator_reason, violated_fields};
+use tandem_tests::{
+    RunningOrchestrator, RunningVault, TestDatabase, orchestrator_reason, orchestrator_settings,
+    violated_fields,
+};
 use tandem_tls::identity::Role;
 
 use pb::AllocationStrategy as S;
@@ -20,7 +23,24 @@ const AMEX: &str = "378282246310005";
 
 /// A stack with a three-card group (weighted 50/30/20) of billing account `acct-1`.
 async fn stack_with_group() -> (Stack, pb::CardGroup, Vec<String>) {
-    let stack = Stack::start().await;
+    group_on(Stack::start().await).await
+}
+
+/// As [`stack_with_group`], on an orchestrator whose messages are at most `bytes` long.
+async fn stack_with_messages_of(bytes: usize) -> (Stack, pb::CardGroup, Vec<String>) {
+    let vault = RunningVault::start().await;
+    let database = TestDatabase::create().await;
+    let mut settings = orchestrator_settings(&database, &vault);
+    settings.server.message_bytes_max = bytes;
+    let orchestrator = RunningOrchestrator::start_with(settings, database, None).await;
+    group_on(Stack {
+        vault,
+        orchestrator,
+    })
+    .await
+}
+
+async fn group_on(stack: Stack) -> (Stack, pb::CardGroup, Vec<String>) {
     let mut tokens = Vec::new();
     for pan in [VISA, MASTERCARD, AMEX] {
         tokens.push(stack.vault.tokenize(pan).await);
@@ -197,6 +217,11 @@ async fn export(
         let Some(chunk) = stream.message().await.expect("export chunk") else {
             break;
         };
+        assert!(
+            chunk.data.len() <= 8 * 1024,
+            "a chunk of {}",
+            chunk.data.len()
+        );
         data.extend(chunk.data);
         cursor = chunk.cursor;
         chunks += 1;
@@ -230,10 +255,11 @@ fn csv_records(text: &str) -> Vec<Vec<String>> {
 }
 
 /// An export in CSV and in JSON lines holds the same rows; an export resumed from a chunk's
-/// cursor continues exactly where it stopped; the payment's notes are in its rows.
+/// cursor continues exactly where it stopped; the payment's notes are in its rows; no chunk
+/// or page outgrows the server's messages (8 KiB here), whatever was asked.
 #[tokio::test]
 async fn exports_agree_across_formats_and_resume_exactly() {
-    let (stack, group, _) = stack_with_group().await;
+    let (stack, group, _) = stack_with_messages_of(8 * 1024).await;
     let mut request = payment_request(&group.id, "INV-N", 9_000, None);
     request.note = "approved by Ada, \"urgent\"".into();
     stack
@@ -262,7 +288,11 @@ async fn exports_agree_across_formats_and_resume_exactly() {
         format: pb::ExportFormat::JsonLines as i32,
         ..base.clone()
     };
-    let (csv_data, _, _) = export(&mut ledger, csv.clone(), usize::MAX).await;
+    let (csv_data, _, csv_chunks) = export(&mut ledger, csv.clone(), usize::MAX).await;
+    assert!(
+        csv_chunks > 1,
+        "one read of 1000 entries, cut to fit the messages"
+    );
     let (json_data, _, _) = export(&mut ledger, jsonl, usize::MAX).await;
     let csv_text = String::from_utf8(csv_data.clone()).unwrap();
     let records = csv_records(&csv_text);
@@ -299,6 +329,31 @@ async fn exports_agree_across_formats_and_resume_exactly() {
     assert!(notes[0]["author"].as_str().unwrap().starts_with("payer/"));
     let card_column = header.iter().position(|c| c == "card_token").unwrap();
     assert!(rows.iter().all(|r| r[card_column].starts_with("tok_")));
+
+    // A page of up to 1000 entries is cut to fit the messages too, and goes on where it was cut.
+    let (mut listed, mut page_token, mut pages) = (0, String::new(), 0);
+    loop {
+        let page = ledger
+            .list_entries(pb::ListEntriesRequest {
+                page_size: 1000,
+                page_token,
+                billing_account_id: "acct-1".into(),
+                start_time: Some(an_hour_ago()),
+                end_time: Some(now()),
+                ..Default::default()
+            })
+            .await
+            .expect("entries")
+            .into_inner();
+        listed += page.entries.len();
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(listed, 24);
+    assert!(pages > 1, "cut to fit the messages");
 
     // Interrupted after two chunks of five, then resumed from the last cursor.
     let small = pb::ExportLedgerRequest {
@@ -432,6 +487,42 @@ async fn the_event_feed_resumes_across_a_restart() {
         .events;
     assert_eq!(succeeded.len(), 5);
     assert!(succeeded.iter().all(|e| e.r#type == "payment.succeeded"));
+
+    // A feed filtered on a type no event has yet is caught up at once, and its resume token
+    // lies past everything examined: the next poll reads only what commits after.
+    let archived = |page_token: String| pb::ListEventsRequest {
+        page_token,
+        event_types: vec!["card_group.archived".into()],
+        ..Default::default()
+    };
+    let empty = feed
+        .list_events(archived(String::new()))
+        .await
+        .expect("archived events")
+        .into_inner();
+    assert!(empty.events.is_empty() && empty.next_page_token.is_empty());
+    assert!(!empty.resume_page_token.is_empty());
+    stack
+        .groups()
+        .await
+        .delete_card_group(pb::DeleteCardGroupRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            card_group_id: group.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("archive the group");
+    let after = feed
+        .list_events(archived(empty.resume_page_token))
+        .await
+        .expect("archived events")
+        .into_inner();
+    assert_eq!(after.events.len(), 1);
+    assert_eq!(after.events[0].r#type, "card_group.archived");
+    assert_eq!(
+        after.events[0].actor.as_ref().map(|a| a.role.as_str()),
+        Some("treasury")
+    );
 }
 
 /// Every change names its caller in its view and its events; notes append with their author.
@@ -629,4 +720,69 @@ async fn ledger_reads_refuse_payers_and_bad_input() {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&unknown_type), ["event_types[0]"]);
+}
+
+/// A change whose transaction took its id early and then waited for the payment's lock (as a
+/// refund or a note does, claiming its request id first) is listed after the step it waited
+/// for: the feed keeps each payment's events in the order of their commits.
+#[tokio::test]
+async fn the_feed_keeps_a_payments_commits_in_order() {
+    use tandem_orchestrator::storage::{self, FeedPosition, NewEvent};
+    let (stack, group, _) = stack_with_group().await;
+    let payment = stack.pay(&group.id, "INV-1", 1_000, None).await;
+    stack.settled(&payment.id).await;
+    let pool = stack.orchestrator.pool().await;
+    let append = async |conn: &mut sqlx::PgConnection, kind: &'static str| {
+        let mut stored = storage::payment(&mut *conn, &payment.id, true)
+            .await
+            .expect("read")
+            .expect("payment");
+        stored.events += 1;
+        let event = NewEvent {
+            sequence: stored.events,
+            id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
+            kind,
+            body: Vec::new(),
+        };
+        storage::save_payment(conn, &stored, &[event], time::OffsetDateTime::now_utc())
+            .await
+            .expect("save");
+    };
+    // The late writer takes its transaction id first...
+    let mut late = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *late)
+        .await
+        .unwrap();
+    // ...another change of the payment commits meanwhile...
+    let mut early = pool.begin().await.unwrap();
+    append(&mut early, "payment.note_added").await;
+    early.commit().await.unwrap();
+    // ...then the late one writes.
+    append(&mut late, "refund.created").await;
+    late.commit().await.unwrap();
+
+    let page = storage::feed_after(&pool, &FeedPosition::default(), &[], 1000)
+        .await
+        .expect("feed");
+    let sequences: Vec<i64> = page
+        .events
+        .iter()
+        .filter(|e| e.position.subject == payment.id)
+        .map(|e| e.position.sequence)
+        .collect();
+    let mut sorted = sequences.clone();
+    sorted.sort_unstable();
+    assert_eq!(sequences, sorted, "a payment's events in commit order");
+    let kinds: Vec<&str> = page
+        .events
+        .iter()
+        .filter(|e| e.position.subject == payment.id)
+        .map(|e| e.kind.as_str())
+        .collect();
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["payment.note_added", "refund.created"]
+    );
+    pool.close().await;
 }

@@ -56,7 +56,7 @@ pub fn to_status(error: Error) -> Status {
         ),
         Error::NoteLimitReached => (
             Code::FailedPrecondition,
-            "the payment already has the maximum number of notes (100)",
+            "the payment already holds its most notes (100 notes, 8 KiB of text)",
         ),
         Error::RequestIdReused => (
             Code::AlreadyExists,

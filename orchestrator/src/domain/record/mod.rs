@@ -156,8 +156,12 @@ pub struct PaymentRecord {
     pub notes: Vec<Note>,
 }
 
-/// Most notes a payment keeps: a record stays small however often people write on it.
+/// Most notes a payment keeps: a record (and every event, which carries the payment) stays
+/// small however often people write on it.
 pub const NOTES_MAX: usize = 100;
+
+/// Most bytes of note text a payment keeps, all notes together.
+pub const NOTES_BYTES_MAX: usize = 8 * 1024;
 
 /// An operator note on a payment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,14 +206,16 @@ impl PaymentRecord {
     }
 
     /// Appends a note by `author`, with its `payment.note_added` event; `None` once the
-    /// payment holds [`NOTES_MAX`] notes.
+    /// payment holds [`NOTES_MAX`] notes or the note would take its text past
+    /// [`NOTES_BYTES_MAX`].
     pub fn add_note(
         &mut self,
         text: String,
         author: Actor,
         now: OffsetDateTime,
     ) -> Option<(usize, Event)> {
-        if self.notes.len() >= NOTES_MAX {
+        let bytes: usize = self.notes.iter().map(|n| n.text.len()).sum();
+        if self.notes.len() >= NOTES_MAX || bytes + text.len() > NOTES_BYTES_MAX {
             return None;
         }
         self.notes.push(Note {

@@ -402,4 +402,20 @@ fn events_name_their_actor_and_notes_append() {
     );
     assert_eq!(record.notes.len(), NOTES_MAX);
     assert_eq!(record.notes[0].text, "called the bank");
+
+    // Long notes stop at the payment's text budget, whatever their number.
+    let mut record = self::record(&[("tok_a", 1000)], &[("tok_a", "card A", "0001")]);
+    let long = "x".repeat(1000);
+    for _ in 0..NOTES_BYTES_MAX / 1000 {
+        assert!(
+            record
+                .add_note(long.clone(), actor("treasury", "bob"), now())
+                .is_some()
+        );
+    }
+    assert!(
+        record
+            .add_note(long, actor("treasury", "bob"), now())
+            .is_none()
+    );
 }

@@ -2,6 +2,7 @@
 //! (selectors, time ranges, days, formats, page sizes and page tokens bound to their filters)
 //! and balances, entries, spend reports and export chunks on the wire.
 
+use prost::Message as _;
 use tandem_ledger::export::Format;
 use tandem_ledger::ledger::TransferFilter;
 use tandem_ledger::types::{Account, AccountCode, StoredKind, StoredTransfer};
@@ -17,6 +18,10 @@ use crate::ledger_reads::{ExportChunk, Spend, SpendReport};
 
 use super::payments::strict_page_size;
 use super::{PAGES, is_id_text, timestamp, wire_time};
+
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range of a protobuf `Timestamp`.
+const TIMESTAMP_SECONDS_MIN: i64 = -62_135_596_800;
+const TIMESTAMP_SECONDS_MAX: i64 = 253_402_300_799;
 
 /// Longest cost center, as invoices and members name them.
 const COST_CENTER_CHARS_MAX: usize = 64;
@@ -121,9 +126,12 @@ fn time_range(
             None
         }
         Some(wire) => {
-            let time = timestamp(Some(wire));
+            // Protobuf's range (years 1 to 9999), which Postgres also holds.
+            let time = Some(wire)
+                .filter(|w| (TIMESTAMP_SECONDS_MIN..=TIMESTAMP_SECONDS_MAX).contains(&w.seconds))
+                .and_then(|w| timestamp(Some(w)));
             if time.is_none() {
-                v.add(field, "is not a valid time");
+                v.add(field, "must be a time from year 1 to 9999");
             }
             time
         }
@@ -270,16 +278,30 @@ pub fn entry(t: &StoredTransfer) -> pb::LedgerEntry {
     }
 }
 
-/// A page of `ListEntries`.
+/// A page of `ListEntries` of at most `bytes_max` encoded entries (at least one): a page cut
+/// short by size goes on where it was cut.
 pub fn entries_page(
     entries: &[StoredTransfer],
     more: bool,
     scope: &str,
+    bytes_max: usize,
 ) -> pb::ListEntriesResponse {
+    let mut wire = Vec::with_capacity(entries.len());
+    let (mut bytes, mut last_seq, mut cut) = (0, None, false);
+    for transfer in entries {
+        let entry = entry(transfer);
+        bytes += entry.encoded_len() + 8;
+        if bytes > bytes_max && !wire.is_empty() {
+            cut = true;
+            break;
+        }
+        wire.push(entry);
+        last_seq = Some(transfer.seq);
+    }
     pb::ListEntriesResponse {
-        entries: entries.iter().map(entry).collect(),
-        next_page_token: match (more, entries.last()) {
-            (true, Some(last)) => token(last.seq, scope),
+        entries: wire,
+        next_page_token: match (more || cut, last_seq) {
+            (true, Some(seq)) => token(seq, scope),
             _ => String::new(),
         },
     }
@@ -393,6 +415,7 @@ pub fn export_ledger(
     request: &pb::ExportLedgerRequest,
     settings: &LedgerSettings,
     now: OffsetDateTime,
+    bytes_max: usize,
 ) -> Result<(ExportQuery, String), Error> {
     let mut v = Violations::default();
     let format = match pb::ExportFormat::try_from(request.format) {
@@ -451,6 +474,7 @@ pub fn export_ledger(
         format,
         chunk,
         after_seq,
+        bytes_max,
     });
     let query = v.finish::<_, Error>(query)?;
     let query = query.ok_or_else(|| Error::invalid("format", "is required"))?;
@@ -506,6 +530,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(fields(entries(too_long).unwrap_err()), ["end_time"]);
+        let ancient = pb::ListEntriesRequest {
+            start_time: Some(at(-250_000_000_000)),
+            end_time: Some(at(-249_999_000_000)),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(entries(ancient).unwrap_err()),
+            ["start_time", "end_time"]
+        );
         let big_page = pb::ListEntriesRequest {
             payment_id: "pay_aaaaaaaaaaaaaaaaaaaaaaaaaa".into(),
             page_size: 1001,
@@ -578,6 +611,7 @@ mod tests {
                 },
                 &settings(),
                 now,
+                60_000,
             )
         };
         assert!(export(pb::ExportFormat::Csv, 9_000_000).is_ok());

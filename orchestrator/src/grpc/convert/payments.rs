@@ -20,7 +20,9 @@ use crate::domain::record::refunds::{Refund, RefundState};
 use crate::domain::record::{AttemptOutcome, Note, PaymentRecord, Status};
 use crate::domain::saga::{LegState, NextAction, PaymentState};
 use crate::error::Error;
-use crate::storage::{Cursor, FeedEvent, FeedPosition, FeedSource, PaymentFilter, StoredPayment};
+use crate::storage::{
+    Cursor, FeedEvent, FeedPage, FeedPosition, FeedSource, PaymentFilter, StoredPayment,
+};
 
 use super::{
     LINES_MAX, PAGES, TEXT_CHARS_MAX, actor, add_policy, amount, free_text, is_id_text, money,
@@ -373,9 +375,27 @@ pub fn create_payment(
 /// Longest operator note, in characters.
 const NOTE_CHARS_MAX: usize = 1000;
 
-/// Digits in a row (spaces and dashes between them aside) that make a text look like it holds
+/// Digits in a row (whatever separates them but letters) that make a text look like it holds
 /// a card number: card numbers have 12 to 19.
 const CARD_DIGITS_MIN: usize = 12;
+
+/// True if `text` holds [`CARD_DIGITS_MIN`] digits or more with nothing but separators
+/// (spaces, dots, slashes, dashes, newlines, ...) between them. Any Unicode digit counts
+/// (full-width ones too); only a letter ends a run.
+fn holds_card_number(text: &str) -> bool {
+    let mut run = 0;
+    for c in text.chars() {
+        if c.is_numeric() {
+            run += 1;
+            if run >= CARD_DIGITS_MIN {
+                return true;
+            }
+        } else if c.is_alphabetic() {
+            run = 0;
+        }
+    }
+    false
+}
 
 /// Checks an operator note: 1-1000 characters, no control characters but newlines, and no
 /// card number (a note is shown in views, events and exports, where none may ever be).
@@ -390,17 +410,11 @@ fn note_text(v: &mut Violations, field: &str, text: &str) {
         );
         return;
     }
-    let mut run = 0;
-    for c in text.chars() {
-        match c {
-            '0'..='9' => run += 1,
-            ' ' | '-' if run > 0 => {}
-            _ => run = 0,
-        }
-        if run >= CARD_DIGITS_MIN {
-            v.add(field, "must not contain a card number");
-            return;
-        }
+    if holds_card_number(text) {
+        v.add(
+            field,
+            "must not contain a card number (12 or more digits with only separators between)",
+        );
     }
 }
 
@@ -500,7 +514,7 @@ pub fn strict_page_size(v: &mut Violations, requested: i32, default: i32, max: i
 const FEED_SCOPE: &[u8] = b"ListEvents/v1";
 
 fn encode_feed_position(position: &FeedPosition) -> String {
-    let mut bytes = position.xid.to_be_bytes().to_vec();
+    let mut bytes = position.key.to_be_bytes().to_vec();
     bytes.extend_from_slice(&position.sequence.to_be_bytes());
     bytes.extend_from_slice(position.subject.as_bytes());
     tandem_runtime::pages::encode(PAGES, FEED_SCOPE, &bytes)
@@ -508,56 +522,90 @@ fn encode_feed_position(position: &FeedPosition) -> String {
 
 fn decode_feed_position(token: &str) -> Option<FeedPosition> {
     let bytes = tandem_runtime::pages::decode(PAGES, FEED_SCOPE, token)?;
-    let (xid, rest) = bytes.split_at_checked(8)?;
+    let (key, rest) = bytes.split_at_checked(8)?;
     let (sequence, subject) = rest.split_at_checked(8)?;
     Some(FeedPosition {
-        xid: u64::from_be_bytes(xid.try_into().ok()?),
+        key: u64::from_be_bytes(key.try_into().ok()?),
         sequence: i64::from_be_bytes(sequence.try_into().ok()?),
         subject: String::from_utf8(subject.to_vec()).ok()?,
     })
 }
 
-/// A page of `ListEvents`: the events (a full page has a next page token).
-pub fn events_page(events: &[FeedEvent], size: i32) -> Result<pb::ListEventsResponse, Error> {
-    let wire = events
-        .iter()
-        .map(|event| {
-            let cursor = encode_feed_position(&event.position);
-            let corrupt = |e: prost::DecodeError| Error::Corrupt(format!("event body: {e}"));
-            Ok(match event.source {
-                FeedSource::Payment => {
-                    let body = pb::PaymentEvent::decode(event.body.as_slice()).map_err(corrupt)?;
-                    pb::Event {
-                        id: body.id.clone(),
-                        r#type: event.kind.clone(),
-                        actor: body.actor.clone(),
-                        create_time: body.create_time,
-                        cursor,
-                        subject: Some(pb::event::Subject::PaymentEvent(body)),
-                    }
-                }
-                FeedSource::CardGroup => {
-                    let body =
-                        pb::CardGroupEvent::decode(event.body.as_slice()).map_err(corrupt)?;
-                    pb::Event {
-                        id: body.id.clone(),
-                        r#type: event.kind.clone(),
-                        actor: body.actor.clone(),
-                        create_time: body.create_time,
-                        cursor,
-                        subject: Some(pb::event::Subject::CardGroupEvent(body)),
-                    }
-                }
-            })
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let next_page_token = match wire.last() {
-        Some(last) if wire.len() >= size as usize => last.cursor.clone(),
+/// A feed event on the wire.
+fn feed_event(event: &FeedEvent) -> Result<pb::Event, Error> {
+    let cursor = encode_feed_position(&event.position);
+    let corrupt = |e: prost::DecodeError| Error::Corrupt(format!("event body: {e}"));
+    Ok(match event.source {
+        FeedSource::Payment => {
+            let body = pb::PaymentEvent::decode(event.body.as_slice()).map_err(corrupt)?;
+            pb::Event {
+                id: body.id.clone(),
+                r#type: event.kind.clone(),
+                actor: body.actor.clone(),
+                create_time: body.create_time,
+                cursor,
+                subject: Some(pb::event::Subject::PaymentEvent(body)),
+            }
+        }
+        FeedSource::CardGroup => {
+            let body = pb::CardGroupEvent::decode(event.body.as_slice()).map_err(corrupt)?;
+            pb::Event {
+                id: body.id.clone(),
+                r#type: event.kind.clone(),
+                actor: body.actor.clone(),
+                create_time: body.create_time,
+                cursor,
+                subject: Some(pb::event::Subject::CardGroupEvent(body)),
+            }
+        }
+    })
+}
+
+/// A page of `ListEvents` from what the feed read for `query`, of at most `bytes_max` encoded
+/// events (at least one): a page cut short by size, or as long as asked, has a next page; a
+/// page that is neither is caught up, and its resume token starts past every event the read
+/// examined (the frontier), so a filtered feed moves on even when nothing matched.
+pub fn events_page(
+    page: &FeedPage,
+    query: &EventQuery,
+    bytes_max: usize,
+) -> Result<pb::ListEventsResponse, Error> {
+    let mut events = Vec::with_capacity(page.events.len());
+    let mut bytes = 0;
+    let mut cut = false;
+    for event in &page.events {
+        let wire = feed_event(event)?;
+        bytes += wire.encoded_len() + 8;
+        if bytes > bytes_max && !events.is_empty() {
+            cut = true;
+            break;
+        }
+        events.push(wire);
+    }
+    let more = cut || page.events.len() >= query.size as usize;
+    let next_page_token = match events.last() {
+        Some(last) if more => last.cursor.clone(),
         _ => String::new(),
     };
+    let resume_page_token = if next_page_token.is_empty() {
+        let frontier = FeedPosition {
+            key: page.frontier,
+            ..FeedPosition::default()
+        };
+        let last = page.events.last().map(|e| e.position.clone());
+        let resume = [Some(frontier), Some(query.after.clone()), last]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or_default();
+        encode_feed_position(&resume)
+    } else {
+        next_page_token.clone()
+    };
     Ok(pb::ListEventsResponse {
-        events: wire,
+        events,
         next_page_token,
+        resume_page_token,
     })
 }
 
@@ -782,6 +830,34 @@ const EVENT_KINDS: [EventKind; 20] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A note may not hold a card number however its digits are separated or written.
+    #[test]
+    fn notes_refuse_card_numbers_in_any_spelling() {
+        let full_width: String = "411111111111"
+            .chars()
+            .map(|c| char::from_u32(c as u32 - '0' as u32 + 0xff10).unwrap())
+            .collect();
+        for text in [
+            "4242424242424242",
+            "card 4242 4242 4242 4242 declined",
+            "4111.1111.1111.1111",
+            "4111/1111/1111/1111",
+            "4111\n1111\n1111\n1111",
+            "4111\u{a0}1111\u{a0}1111\u{a0}1111",
+            full_width.as_str(),
+        ] {
+            assert!(holds_card_number(text), "{text:?}");
+        }
+        for text in [
+            "PO 7781, invoice 2026-11 paid",
+            "call +1 555 123 4567",
+            "ref AB12345678901",
+            "INV 123456 / PO 654321",
+        ] {
+            assert!(!holds_card_number(text), "{text:?}");
+        }
+    }
 
     #[test]
     fn invoice_violations_name_their_fields() {
