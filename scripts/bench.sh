@@ -37,4 +37,6 @@ bench() { ./target/release/tandemctl bench "$@" --duration "$duration" --baselin
   bench flood --rate 10 --concurrency 64 --no-baseline
   # 2,000 WatchPayment streams beside a payer paying 10/s.
   bench watch --streams 2000 --rate 10 --no-baseline
+  # GetSpendReport over a billing account with 100,000 three-card payments; ExportLedger of them.
+  bench treasury --payments 100000 --cards 3 --no-baseline
 } 2>&1 | tee "$out"

@@ -23,6 +23,8 @@
 //!   under the limits per caller ([`flood`]).
 //! - `tandemctl bench watch`: a steady payer's latency, the database's load and the
 //!   orchestrator's memory alone and beside many `WatchPayment` streams ([`watch`]).
+//! - `tandemctl bench treasury`: `GetSpendReport`'s latency and `ExportLedger`'s entries per
+//!   second over a billing account with many payments booked ([`treasury`]).
 //!
 //! Apart from `flood`, the servers run without limits per caller: the benchmarks measure what
 //! an instance sustains, which is what those limits are set against.
@@ -38,6 +40,7 @@ mod pay;
 mod postgres;
 mod stack;
 mod tokenize;
+mod treasury;
 mod watch;
 
 use std::path::PathBuf;
@@ -69,6 +72,9 @@ pub enum BenchCommand {
     /// Many WatchPayment streams beside a steady payer: its latency, the database's load and
     /// the orchestrator's memory, with the streams open and after.
     Watch(watch::WatchArgs),
+    /// The treasury's reads over a large ledger: GetSpendReport's latency and ExportLedger's
+    /// entries per second.
+    Treasury(treasury::TreasuryArgs),
 }
 
 /// How hard, how long, and beside which baseline a benchmark runs.
@@ -143,6 +149,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ledger(args) => ledger::run(args).await,
         BenchCommand::Flood(args) => flood::run(args).await,
         BenchCommand::Watch(args) => watch::run(args).await,
+        BenchCommand::Treasury(args) => treasury::run(args).await,
     }
 }
 
