@@ -83,6 +83,26 @@ class Vault:
         return self.channel(role, self.orchestrator_address)
 
 
+def orchestratorctl(stack, *args, timeout=90):
+    """Runs a tandemctl orchestrator command against the stack's orchestrator with its
+    certificates; returns (stdout, stderr), failing the test if the command fails."""
+    result = subprocess.run(
+        [
+            str(TANDEMCTL),
+            *args,
+            "--orchestrator",
+            f"https://{stack.orchestrator_address}",
+            "--certs",
+            str(stack.certs),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, f"tandemctl {' '.join(args)}: {result.stderr}"
+    return result.stdout, result.stderr
+
+
 def grpcurl(stack, *args, role="tokenizer"):
     """Runs grpcurl with the dev CA and the identity of ``role``; returns its output."""
     certs = stack.certs

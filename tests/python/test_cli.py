@@ -7,6 +7,7 @@ import re
 import subprocess
 import uuid
 
+import conftest
 from conftest import TANDEMCTL
 
 
@@ -79,21 +80,7 @@ def test_keys_init_prints_shares_once():
 def orchestratorctl(stack, *args):
     """Runs a tandemctl orchestrator command (groups, pay, payments, refund) against the dev
     orchestrator with the dev certificates; returns its output."""
-    result = subprocess.run(
-        [
-            str(TANDEMCTL),
-            *args,
-            "--orchestrator",
-            f"https://{stack.orchestrator_address}",
-            "--certs",
-            str(stack.certs),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert result.returncode == 0, f"tandemctl {' '.join(args)}: {result.stderr}"
-    return result.stdout
+    return conftest.orchestratorctl(stack, *args)[0]
 
 
 def payment_header(output):

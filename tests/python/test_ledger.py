@@ -21,7 +21,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from conftest import TANDEMCTL
+from conftest import TANDEMCTL, orchestratorctl
 from tandem.orchestrator.v1 import card_group_service_pb2 as group_pb
 from tandem.orchestrator.v1 import card_group_service_pb2_grpc as group_grpc
 from tandem.orchestrator.v1 import ledger_service_pb2 as ledger_pb
@@ -411,21 +411,7 @@ def test_notes_are_appended_once_and_shown(vault, paid):
 
 def tandemctl(stack, *args):
     """Runs a tandemctl orchestrator command against the dev stack; returns (stdout, stderr)."""
-    result = subprocess.run(
-        [
-            str(TANDEMCTL),
-            *args,
-            "--orchestrator",
-            f"https://{stack.orchestrator_address}",
-            "--certs",
-            str(stack.certs),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, f"tandemctl {' '.join(args)}: {result.stderr}"
-    return result.stdout, result.stderr
+    return orchestratorctl(stack, *args, timeout=60)
 
 
 def test_tandemctl_ledger_events_and_notes(vault, paid, tmp_path):

@@ -533,31 +533,26 @@ fn decode_feed_position(token: &str) -> Option<FeedPosition> {
 
 /// A feed event on the wire.
 fn feed_event(event: &FeedEvent) -> Result<pb::Event, Error> {
-    let cursor = encode_feed_position(&event.position);
     let corrupt = |e: prost::DecodeError| Error::Corrupt(format!("event body: {e}"));
-    Ok(match event.source {
+    let ((id, actor, create_time), subject) = match event.source {
         FeedSource::Payment => {
             let body = pb::PaymentEvent::decode(event.body.as_slice()).map_err(corrupt)?;
-            pb::Event {
-                id: body.id.clone(),
-                r#type: event.kind.clone(),
-                actor: body.actor.clone(),
-                create_time: body.create_time,
-                cursor,
-                subject: Some(pb::event::Subject::PaymentEvent(body)),
-            }
+            let head = (body.id.clone(), body.actor.clone(), body.create_time);
+            (head, pb::event::Subject::PaymentEvent(body))
         }
         FeedSource::CardGroup => {
             let body = pb::CardGroupEvent::decode(event.body.as_slice()).map_err(corrupt)?;
-            pb::Event {
-                id: body.id.clone(),
-                r#type: event.kind.clone(),
-                actor: body.actor.clone(),
-                create_time: body.create_time,
-                cursor,
-                subject: Some(pb::event::Subject::CardGroupEvent(body)),
-            }
+            let head = (body.id.clone(), body.actor.clone(), body.create_time);
+            (head, pb::event::Subject::CardGroupEvent(body))
         }
+    };
+    Ok(pb::Event {
+        id,
+        r#type: event.kind.clone(),
+        actor,
+        create_time,
+        cursor: encode_feed_position(&event.position),
+        subject: Some(subject),
     })
 }
 
