@@ -785,3 +785,72 @@ async fn the_feed_keeps_a_payments_commits_in_order() {
     );
     pool.close().await;
 }
+
+/// A refund by another payer than the payment's creator, and a group update, each name their
+/// own caller: in the view (the refund's requester, the group's updater) and in every event
+/// the call caused, while the payment's own events keep naming its creator.
+#[tokio::test]
+async fn refunds_and_group_updates_name_their_own_caller() {
+    let (stack, group, _) = stack_with_group().await;
+    let payment = stack.pay(&group.id, "INV-1", 3_000, None).await;
+    let creator = payment.creator.clone().expect("creator");
+    let second = stack
+        .orchestrator
+        .try_channel(&tandem_tests::pki().second_payer())
+        .await
+        .expect("the second payer");
+    let refund = PaymentServiceClient::new(second)
+        .refund_payment(pb::RefundPaymentRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            payment_id: payment.id.clone(),
+            amount: Some(tandem_tests::stack::usd(1_000)),
+            reason: "credit note".into(),
+        })
+        .await
+        .expect("refund")
+        .into_inner()
+        .refund
+        .expect("the refund");
+    let requester = refund.requester.clone().expect("the refund's requester");
+    assert_eq!(requester.role, "payer");
+    assert_ne!(
+        requester.name, creator.name,
+        "another payer than the creator"
+    );
+    stack.settled(&payment.id).await;
+
+    let mut treasury = stack.groups().await;
+    let mut update = group.clone();
+    update.display_name = "GlobalOps EU".into();
+    let updated = treasury
+        .update_card_group(pb::UpdateCardGroupRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            card_group: Some(update),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["display_name".into()],
+            }),
+        })
+        .await
+        .expect("update")
+        .into_inner()
+        .card_group
+        .expect("the group");
+    assert_eq!(
+        updated.updater.as_ref().map(|a| a.role.as_str()),
+        Some("treasury")
+    );
+    assert_eq!(updated.creator, group.creator);
+
+    let mut reader = PaymentServiceClient::new(stack.orchestrator.channel(Role::Reader).await);
+    let refund_types = ["refund.created", "refund.succeeded", "leg.refunded"];
+    let (refund_events, _) = read_feed(&mut reader, &refund_types, String::new(), 100, 5).await;
+    assert!(refund_events.len() >= 3, "{}", refund_events.len());
+    for event in &refund_events {
+        assert_eq!(event.actor.as_ref(), Some(&requester), "{}", event.r#type);
+    }
+    let (created, _) = read_feed(&mut reader, &["payment.created"], String::new(), 100, 1).await;
+    assert_eq!(created[0].actor.as_ref(), Some(&creator));
+    let (updates, _) = read_feed(&mut reader, &["card_group.updated"], String::new(), 100, 1).await;
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].actor, updated.updater);
+}
