@@ -238,7 +238,19 @@ impl KeyAdmin {
             .iter()
             .find(|k| k.state == "active")
             .map_or(0, |k| k.version);
-        let remaining = store::rows_remaining(pool, active).await?;
+        // From the same read as the keys' row counts: a second query could see a rewrap batch
+        // the first did not, and the status would say none remain beside an old key that still
+        // holds rows. Only when the list is cut (the newest DATA_KEYS_LISTED_MAX versions) can
+        // rows sit under a key it does not show; they are counted apart then.
+        let remaining: i64 = if data_keys.len() < store::DATA_KEYS_LISTED_MAX {
+            data_keys
+                .iter()
+                .filter(|k| k.version < active)
+                .map(|k| k.rows)
+                .sum()
+        } else {
+            store::rows_remaining(pool, active).await?
+        };
         let progress = store::rewrap_progress(pool).await?;
         let (rate, running) = {
             let meter = self.lock_meter();

@@ -30,15 +30,20 @@ pub struct DataKeyInfo {
     pub retired_at: Option<OffsetDateTime>,
 }
 
-/// Every data-key version, newest first, with its row count.
+/// Most data key versions [`data_key_infos`] lists, newest first.
+pub const DATA_KEYS_LISTED_MAX: usize = 1000;
+
+/// The data-key versions (the newest [`DATA_KEYS_LISTED_MAX`]), newest first, each with its
+/// row count, in one read.
 pub async fn data_key_infos(executor: impl PgExecutor<'_>) -> Result<Vec<DataKeyInfo>, Error> {
     let rows = sqlx::query(
         "SELECT k.version, k.state, k.encryptions_reserved, k.root_key_version, k.created_at, \
          k.deactivated_at, k.retired_at, coalesce(c.rows, 0) AS rows FROM data_keys k \
          LEFT JOIN (SELECT dek_version, count(*) AS rows FROM cards \
          WHERE dek_version IS NOT NULL GROUP BY dek_version) c ON c.dek_version = k.version \
-         ORDER BY k.version DESC LIMIT 1000",
+         ORDER BY k.version DESC LIMIT $1",
     )
+    .bind(DATA_KEYS_LISTED_MAX as i64)
     .fetch_all(executor)
     .await?;
     rows.iter()
