@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures::Stream;
 use sqlx::PgPool;
-use tandem_ledger::export::{self, Format};
+use tandem_ledger::export;
 use tandem_ledger::ledger::{self as books, AccountOwner};
 use tandem_ledger::reports::{self, SpendRow};
 use tandem_ledger::types::{Account, StoredTransfer};
@@ -310,11 +310,6 @@ fn notes_json(notes: &[Note]) -> Result<String, Error> {
 
 fn export_error(error: export::ExportError) -> Error {
     Error::Corrupt(format!("export: {error}"))
-}
-
-/// The export format of its wire name.
-pub fn format_of(csv: bool) -> Format {
-    if csv { Format::Csv } else { Format::JsonLines }
 }
 
 #[cfg(test)]
