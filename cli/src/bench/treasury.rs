@@ -162,10 +162,12 @@ fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
+/// `time` to the nanosecond: the export ends at the moment it starts, and a range cut to the
+/// whole second would leave out what was booked in that second.
 fn timestamp(time: time::OffsetDateTime) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: time.unix_timestamp(),
-        nanos: 0,
+        nanos: i32::try_from(time.nanosecond()).unwrap_or(0),
     }
 }
 
