@@ -113,6 +113,12 @@ impl TestPki {
         TlsFiles::in_dir(&self.dir, "payer-second")
     }
 
+    /// An approver with the same name as every other identity of the set (`approver/test`):
+    /// the set's own approver is `approver/test-approver`, a second person.
+    pub fn same_name_approver(&self) -> TlsFiles {
+        TlsFiles::in_dir(&self.dir, "approver-same-name")
+    }
+
     /// The vault server's files.
     pub fn vault_server(&self) -> TlsFiles {
         TlsFiles::in_dir(&self.dir, "vault-server")
@@ -149,6 +155,9 @@ pub fn pki() -> &'static TestPki {
         authority
             .write_identity(&dir, "payer-second", Role::Payer.as_str(), "second")
             .expect("second payer identity");
+        authority
+            .write_identity(&dir, "approver-same-name", Role::Approver.as_str(), "test")
+            .expect("same-name approver identity");
         tandem_tls::issue::write_set(&rogue_dir, prefix, &hosts, "test", 1).expect("rogue PKI");
         TestPki { dir, rogue_dir }
     })

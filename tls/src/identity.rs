@@ -40,13 +40,16 @@ pub enum Role {
     Treasury,
     /// Orchestrator: read-only access.
     Reader,
+    /// Orchestrator: approves or rejects reconciliation adjustments others proposed (four
+    /// eyes).
+    Approver,
     /// A Tandem server's own certificate (not a caller role).
     Service,
 }
 
 impl Role {
     /// Every role, in a stable order.
-    pub const ALL: [Role; 8] = [
+    pub const ALL: [Role; 9] = [
         Role::Tokenizer,
         Role::Orchestrator,
         Role::Admin,
@@ -54,11 +57,12 @@ impl Role {
         Role::Payer,
         Role::Treasury,
         Role::Reader,
+        Role::Approver,
         Role::Service,
     ];
 
     /// The caller roles, for which `tandemctl` issues client identities.
-    pub const CALLERS: [Role; 7] = [
+    pub const CALLERS: [Role; 8] = [
         Role::Tokenizer,
         Role::Orchestrator,
         Role::Admin,
@@ -66,6 +70,7 @@ impl Role {
         Role::Payer,
         Role::Treasury,
         Role::Reader,
+        Role::Approver,
     ];
 
     /// The role as it appears in certificates, file names and audit rows.
@@ -78,6 +83,7 @@ impl Role {
             Role::Payer => "payer",
             Role::Treasury => "treasury",
             Role::Reader => "reader",
+            Role::Approver => "approver",
             Role::Service => "service",
         }
     }

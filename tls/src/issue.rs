@@ -127,7 +127,8 @@ pub const SERVERS: [&str; 2] = ["vault", "orchestrator"];
 
 /// Writes a complete set under `dir`: `ca.pem`, `<server>-server.pem/.key` for each of
 /// [`SERVERS`] (valid for `hosts`), and `<role>.pem/.key` for every caller role with the
-/// identity `<role>/<name>`. Returns the files written.
+/// identity `<role>/<name>`, but the approver's, `approver/<name>-approver`. Returns the files
+/// written.
 pub fn write_set(
     dir: &Path,
     uri_prefix: &str,
@@ -162,7 +163,13 @@ impl Authority {
             ));
         }
         for role in Role::CALLERS {
-            identities.push((role.to_string(), self.issue_client(role, name)?));
+            // The approver is a second person: four eyes refuse an approval by the proposer's
+            // own name, and every other identity of the set has `name`.
+            let holder = match role {
+                Role::Approver => format!("{name}-approver"),
+                _ => name.to_owned(),
+            };
+            identities.push((role.to_string(), self.issue_client(role, &holder)?));
         }
         written.extend(write_identities(dir, identities)?);
         Ok(written)
