@@ -34,6 +34,8 @@ pub enum Rpc {
     BatchCapture,
     /// `ChargeService/BatchVoid`
     BatchVoid,
+    /// `ChargeService/DownloadSettlementFile`
+    DownloadSettlementFile,
     /// `SandboxService/ConfigureSandboxCard`
     ConfigureSandboxCard,
     /// `SandboxService/GetSandboxCard`
@@ -42,6 +44,8 @@ pub enum Rpc {
     ListSandboxOperations,
     /// `SandboxService/ListSettlementRecords`
     ListSettlementRecords,
+    /// `SandboxService/CorruptSettlementRecord`
+    CorruptSettlementRecord,
     /// The vault's own recovery job; no caller may invoke it.
     RecoverCharges,
     /// `KeyAdminService/GetKeyStatus`
@@ -64,7 +68,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC, for tests that check the table is complete.
-    pub const ALL: [Rpc; 27] = [
+    pub const ALL: [Rpc; 29] = [
         Rpc::Tokenize,
         Rpc::GetToken,
         Rpc::ListTokens,
@@ -79,10 +83,12 @@ impl Rpc {
         Rpc::BatchAuthorize,
         Rpc::BatchCapture,
         Rpc::BatchVoid,
+        Rpc::DownloadSettlementFile,
         Rpc::ConfigureSandboxCard,
         Rpc::GetSandboxCard,
         Rpc::ListSandboxOperations,
         Rpc::ListSettlementRecords,
+        Rpc::CorruptSettlementRecord,
         Rpc::RecoverCharges,
         Rpc::GetKeyStatus,
         Rpc::RotateDataKey,
@@ -111,10 +117,14 @@ impl Rpc {
             Rpc::BatchAuthorize => "tandem.vault.v1.ChargeService/BatchAuthorize",
             Rpc::BatchCapture => "tandem.vault.v1.ChargeService/BatchCapture",
             Rpc::BatchVoid => "tandem.vault.v1.ChargeService/BatchVoid",
+            Rpc::DownloadSettlementFile => "tandem.vault.v1.ChargeService/DownloadSettlementFile",
             Rpc::ConfigureSandboxCard => "tandem.vault.v1.SandboxService/ConfigureSandboxCard",
             Rpc::GetSandboxCard => "tandem.vault.v1.SandboxService/GetSandboxCard",
             Rpc::ListSandboxOperations => "tandem.vault.v1.SandboxService/ListSandboxOperations",
             Rpc::ListSettlementRecords => "tandem.vault.v1.SandboxService/ListSettlementRecords",
+            Rpc::CorruptSettlementRecord => {
+                "tandem.vault.v1.SandboxService/CorruptSettlementRecord"
+            }
             Rpc::RecoverCharges => "tandem.vault.internal/RecoverCharges",
             Rpc::GetKeyStatus => "tandem.vault.v1.KeyAdminService/GetKeyStatus",
             Rpc::RotateDataKey => "tandem.vault.v1.KeyAdminService/RotateDataKey",
@@ -143,11 +153,13 @@ impl Rpc {
             | Rpc::GetCharge
             | Rpc::BatchAuthorize
             | Rpc::BatchCapture
-            | Rpc::BatchVoid => &[Role::Orchestrator],
+            | Rpc::BatchVoid
+            | Rpc::DownloadSettlementFile => &[Role::Orchestrator],
             Rpc::ConfigureSandboxCard
             | Rpc::GetSandboxCard
             | Rpc::ListSandboxOperations
-            | Rpc::ListSettlementRecords => &[Role::Admin],
+            | Rpc::ListSettlementRecords
+            | Rpc::CorruptSettlementRecord => &[Role::Admin],
             Rpc::RecoverCharges => &[],
             Rpc::GetKeyStatus
             | Rpc::RotateDataKey
@@ -189,6 +201,7 @@ impl Rpc {
             Rpc::GetToken
             | Rpc::ListTokens
             | Rpc::GetCharge
+            | Rpc::DownloadSettlementFile
             | Rpc::GetSandboxCard
             | Rpc::ListSandboxOperations
             | Rpc::ListSettlementRecords
@@ -207,6 +220,7 @@ impl Rpc {
             | Rpc::BatchCapture
             | Rpc::BatchVoid
             | Rpc::ConfigureSandboxCard
+            | Rpc::CorruptSettlementRecord
             | Rpc::RecoverCharges
             | Rpc::RotateDataKey
             | Rpc::RetireKeyVersion
@@ -232,60 +246,45 @@ mod tests {
     use super::*;
 
     /// The table matches DESIGN section 2: tokenizers hold TokenService, the orchestrator
-    /// charges and may only read tokens, admins run the sandbox and the keys, auditors read
-    /// the audit log only, nobody calls the internal recovery job, and the other roles reach
-    /// none of it.
+    /// charges (settlement files included) and may only read tokens, admins run the sandbox and
+    /// the keys, auditors read the audit log only, nobody calls the internal recovery job, and
+    /// the other roles (the orchestrator's own: payer, treasury, reader, approver) reach none
+    /// of it. The match over roles is exhaustive, so a new role must be placed here.
     #[test]
     fn role_table() {
-        let charge = [
-            Rpc::Authorize,
-            Rpc::Capture,
-            Rpc::Void,
-            Rpc::Refund,
-            Rpc::GetCharge,
-            Rpc::BatchAuthorize,
-            Rpc::BatchCapture,
-            Rpc::BatchVoid,
-        ];
-        let sandbox = [
-            Rpc::ConfigureSandboxCard,
-            Rpc::GetSandboxCard,
-            Rpc::ListSandboxOperations,
-            Rpc::ListSettlementRecords,
-        ];
         for rpc in Rpc::ALL {
-            let token_service = rpc.method().starts_with("tandem.vault.v1.TokenService/");
-            assert_eq!(rpc.allows(Role::Tokenizer), token_service, "{rpc:?}");
-            assert_eq!(
-                rpc.allows(Role::Orchestrator),
-                rpc == Rpc::GetToken || charge.contains(&rpc),
-                "{rpc:?}"
-            );
-            let key_admin = rpc.method().starts_with("tandem.vault.v1.KeyAdminService/");
-            assert_eq!(
-                rpc.allows(Role::Admin),
-                sandbox.contains(&rpc) || key_admin,
-                "{rpc:?}"
-            );
-            assert_eq!(
-                rpc.allows(Role::Auditor),
-                matches!(rpc, Rpc::ListAuditEvents | Rpc::VerifyAuditLog),
-                "{rpc:?}"
-            );
-            for role in [Role::Payer, Role::Treasury, Role::Reader, Role::Service] {
-                assert!(!rpc.allows(role), "{rpc:?} {role}");
+            let method = rpc.method();
+            let token_service = method.starts_with("tandem.vault.v1.TokenService/");
+            let charge_service = method.starts_with("tandem.vault.v1.ChargeService/");
+            let sandbox_service = method.starts_with("tandem.vault.v1.SandboxService/");
+            let key_admin = method.starts_with("tandem.vault.v1.KeyAdminService/");
+            for role in Role::ALL {
+                let expected = match role {
+                    Role::Tokenizer => token_service,
+                    Role::Orchestrator => rpc == Rpc::GetToken || charge_service,
+                    Role::Admin => sandbox_service || key_admin,
+                    Role::Auditor => matches!(rpc, Rpc::ListAuditEvents | Rpc::VerifyAuditLog),
+                    Role::Payer
+                    | Role::Treasury
+                    | Role::Reader
+                    | Role::Approver
+                    | Role::Service => false,
+                };
+                assert_eq!(rpc.allows(role), expected, "{rpc:?} {role}");
             }
         }
         assert!(Rpc::RecoverCharges.roles().is_empty());
+        assert_eq!(Rpc::DownloadSettlementFile.roles(), &[Role::Orchestrator]);
+        assert_eq!(Rpc::CorruptSettlementRecord.roles(), &[Role::Admin]);
     }
 
-    /// Paths map to their RPC's class: gets, lists and the audit check read, the rest write;
-    /// health and reflection are reads.
+    /// Paths map to their RPC's class: gets, lists, downloads and the audit check read, the
+    /// rest write; health and reflection are reads.
     #[test]
     fn classes() {
         for rpc in Rpc::ALL {
             let name = rpc.method().rsplit('/').next().unwrap_or_default();
-            let reads = ["Get", "List", "Verify"]
+            let reads = ["Get", "List", "Verify", "Download"]
                 .iter()
                 .any(|prefix| name.starts_with(prefix));
             let expected = if reads {

@@ -234,6 +234,9 @@ pub struct ConnectorSettings {
     pub sandbox_group_size_max: usize,
     /// Sandbox: operations waiting for a group; callers beyond this wait for room.
     pub sandbox_queue_max: usize,
+    /// Most records of one settlement file the connector delivers: a larger day is refused
+    /// (`SETTLEMENT_FILE_TOO_LARGE`) rather than held in memory (about 130 bytes a record).
+    pub settlement_file_records_max: u64,
 }
 
 impl Default for ConnectorSettings {
@@ -247,6 +250,7 @@ impl Default for ConnectorSettings {
             sandbox_group_tasks: 2,
             sandbox_group_size_max: 64,
             sandbox_queue_max: 4096,
+            settlement_file_records_max: 1_000_000,
         }
     }
 }
@@ -277,7 +281,7 @@ impl ServiceSettings for Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let common =
             tandem_runtime::settings::common_checks(&self.server, &self.tls, &self.database);
-        let checks: [Check; 18] = [
+        let checks: [Check; 19] = [
             (
                 (1..=1 << 32).contains(&self.keys.dek_encryptions_max),
                 "keys.dek_encryptions_max",
@@ -388,6 +392,11 @@ impl ServiceSettings for Settings {
                     && (1..=1_000_000).contains(&self.connector.sandbox_queue_max),
                 "connector.sandbox_group_size_max",
                 "must be 1 to 1024 (and connector.sandbox_queue_max 1 to 1000000)",
+            ),
+            (
+                (1..=5_000_000).contains(&self.connector.settlement_file_records_max),
+                "connector.settlement_file_records_max",
+                "must be 1 to 5000000",
             ),
         ];
         first_failure(common.into_iter().chain(self.limits.checks()).chain(checks))

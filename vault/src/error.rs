@@ -52,6 +52,10 @@ pub enum ErrorReason {
     ProcessorTimeout,
     /// `PROCESSOR_REFUSED`.
     ProcessorRefused,
+    /// `SETTLEMENT_FILE_TOO_LARGE`.
+    SettlementFileTooLarge,
+    /// `SETTLEMENT_RECORD_NOT_FOUND`.
+    SettlementRecordNotFound,
     /// `KEY_ROTATED`.
     KeyRotated,
     /// `KEY_VERSION_NOT_FOUND`.
@@ -88,7 +92,7 @@ pub enum ErrorReason {
 
 impl ErrorReason {
     /// Every kind.
-    pub const ALL: [ErrorReason; 38] = [
+    pub const ALL: [ErrorReason; 40] = [
         ErrorReason::InvalidArgument,
         ErrorReason::RoleNotAllowed,
         ErrorReason::IdentityInvalid,
@@ -111,6 +115,8 @@ impl ErrorReason {
         ErrorReason::ProcessorUnavailable,
         ErrorReason::ProcessorTimeout,
         ErrorReason::ProcessorRefused,
+        ErrorReason::SettlementFileTooLarge,
+        ErrorReason::SettlementRecordNotFound,
         ErrorReason::KeyRotated,
         ErrorReason::KeyVersionNotFound,
         ErrorReason::KeyVersionActive,
@@ -154,6 +160,8 @@ impl ErrorReason {
             ErrorReason::ProcessorUnavailable => "PROCESSOR_UNAVAILABLE",
             ErrorReason::ProcessorTimeout => "PROCESSOR_TIMEOUT",
             ErrorReason::ProcessorRefused => "PROCESSOR_REFUSED",
+            ErrorReason::SettlementFileTooLarge => "SETTLEMENT_FILE_TOO_LARGE",
+            ErrorReason::SettlementRecordNotFound => "SETTLEMENT_RECORD_NOT_FOUND",
             ErrorReason::KeyRotated => "KEY_ROTATED",
             ErrorReason::KeyVersionNotFound => "KEY_VERSION_NOT_FOUND",
             ErrorReason::KeyVersionActive => "KEY_VERSION_ACTIVE",
@@ -254,6 +262,15 @@ pub enum Error {
     /// The processor refused a capture, void or refund.
     #[error("processor refused the operation ({0})")]
     ProcessorRefused(&'static str),
+    /// The day's settlement file holds more records than the vault delivers in one file.
+    #[error("the settlement file holds more than {records_max} records")]
+    SettlementFileTooLarge {
+        /// The limit (`connector.settlement_file_records_max`).
+        records_max: u64,
+    },
+    /// The sandbox's settlement day has no such record.
+    #[error("settlement record not found")]
+    SettlementRecordNotFound,
     /// A card was sealed under a data-key version retired meanwhile; it must be sealed again
     /// under the current one (handled inside the vault; surfaced only if retries run out).
     #[error("the data key version was retired; retry")]
@@ -338,6 +355,8 @@ impl Error {
             Error::ProcessorUnavailable => ErrorReason::ProcessorUnavailable,
             Error::ProcessorTimeout => ErrorReason::ProcessorTimeout,
             Error::ProcessorRefused(_) => ErrorReason::ProcessorRefused,
+            Error::SettlementFileTooLarge { .. } => ErrorReason::SettlementFileTooLarge,
+            Error::SettlementRecordNotFound => ErrorReason::SettlementRecordNotFound,
             Error::KeyRetired => ErrorReason::KeyRotated,
             Error::KeyVersionNotFound => ErrorReason::KeyVersionNotFound,
             Error::KeyVersionActive => ErrorReason::KeyVersionActive,

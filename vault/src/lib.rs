@@ -36,7 +36,8 @@
 //! - [`connector`]: the `Connector` trait, its timeout and circuit breaker, and the sandbox
 //!   acquirer (which keeps its own tables and SQL, as an external system would).
 //! - [`domain`]: pure types: PAN, expiry, token, fingerprint, charges, commands, the charge
-//!   rules ([`domain::charge_rules::decide`]) and what an audit row says.
+//!   rules ([`domain::charge_rules::decide`]), what an audit row says, and the settlement file's
+//!   format ([`domain::settlement`]: its one writer and its chunking).
 //! - [`crypto`]: key wrapping, card sealing, keyed fingerprints (pure).
 //! - `locked`: locked pages, left out of core dumps, that hold every key.
 //! - [`hardening`]: the process settings and the wiping allocator that keep card data and keys
@@ -60,9 +61,9 @@
 //! - Domain code does no IO and knows no wire types.
 //! - All SQL is in [`storage`], except the sandbox acquirer's own tables, which
 //!   [`connector::sandbox`] keeps as an external processor would.
-//! - Every call is answered only after its audit row has committed. Token, charge and
-//!   sandbox-configuration writes commit through the [`writer`] in the same transaction as
-//!   their audit row; key administration (rotation, retirement, seal, root-key rotation)
+//! - Every call is answered only after its audit row has committed. Token, charge and sandbox
+//!   writes (card configuration, settlement corruptions) commit through the [`writer`] in the
+//!   same transaction as their audit row; key administration (rotation, retirement, seal, root-key rotation)
 //!   commits its key changes first and its audit row right after.
 //! - Every mutating RPC is idempotent by `request_id`, judged by one rule
 //!   (`kernel::RequestCheck`); `Unseal` is idempotent by its share (held in memory only).

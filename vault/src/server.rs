@@ -193,9 +193,13 @@ pub async fn run(
     .max_decoding_message_size(message_bytes_max)
     .max_encoding_message_size(message_bytes_max);
     let uri_prefix = &settings.tls.identity_uri_prefix;
-    let charge_service = ChargeServiceServer::new(ChargeApi::new(charges.clone(), uri_prefix))
-        .max_decoding_message_size(message_bytes_max)
-        .max_encoding_message_size(message_bytes_max);
+    let charge_service = ChargeServiceServer::new(ChargeApi::new(
+        charges.clone(),
+        uri_prefix,
+        message_bytes_max,
+    ))
+    .max_decoding_message_size(message_bytes_max)
+    .max_encoding_message_size(message_bytes_max);
     let sandbox_service = SandboxServiceServer::new(SandboxApi::new(charges.clone(), uri_prefix))
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(message_bytes_max);

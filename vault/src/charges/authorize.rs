@@ -271,9 +271,11 @@ impl Charges {
         // or the recovery job finishes it.
         let error = match error {
             ConnectorError::Timeout => Error::ProcessorTimeout,
+            // A settlement file's error never answers a charge's call.
             ConnectorError::Unavailable(_)
             | ConnectorError::CircuitOpen
-            | ConnectorError::Storage(_) => Error::OutcomeUnknown,
+            | ConnectorError::Storage(_)
+            | ConnectorError::SettlementFileTooLarge { .. } => Error::OutcomeUnknown,
         };
         self.vault.refuse(ctx, Some(&charge.token), error).await
     }

@@ -1,5 +1,5 @@
-//! Charges: `ChargeService`'s operations over checked commands, and the sandbox acquirer's
-//! administration ([`sandbox`]).
+//! Charges: `ChargeService`'s operations over checked commands (settlement files included), and
+//! the sandbox acquirer's administration ([`sandbox`]).
 //!
 //! Every processor call follows the same recipe:
 //!
@@ -20,14 +20,15 @@
 //! that 50 identical requests make one processor call and 49 replays.
 //!
 //! `authorize` holds authorizing and reading a charge (with the resolution of a pending
-//! authorization), `follow_up` capturing, voiding and refunding, `recovery` the recovery job;
-//! this module holds what they share.
+//! authorization), `follow_up` capturing, voiding and refunding, `recovery` the recovery job,
+//! `settlement` the processor's settlement files; this module holds what they share.
 
 mod authorize;
 mod follow_up;
 pub mod locks;
 mod recovery;
 pub mod sandbox;
+mod settlement;
 
 use std::sync::Arc;
 

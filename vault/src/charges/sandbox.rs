@@ -1,8 +1,9 @@
 //! The sandbox acquirer's administration (`SandboxService`) over checked commands: a card's
-//! behaviour, its operations and its settlement records.
+//! behaviour, its operations and its settlement records, and their corruption for
+//! reconciliation tests.
 //!
-//! Configuring a card is a mutation like any other: its request-id check, the sandbox's row
-//! and the audit row commit together through the writer. The card is opened here, never at the
+//! Configuring a card and corrupting a settlement record are mutations like any other: the
+//! request-id check, the sandbox's rows and the audit row commit together through the writer. The card is opened here, never at the
 //! edge: the sandbox is a processor connector, the one other place a PAN may be seen.
 
 use sqlx::PgConnection;
@@ -10,8 +11,10 @@ use sqlx::PgConnection;
 use crate::auth::Rpc;
 use crate::charges::Charges;
 use crate::connector::sandbox::{
-    CardBehaviour, OperationFilter, Sandbox, SandboxCard, SandboxOperation, SettlementRecord,
+    CardBehaviour, CorruptedRecord, Corruption, CorruptionCall, OperationFilter, Sandbox,
+    SandboxCard, SandboxOperation, SettlementRecord,
 };
+use crate::domain::token::random_id;
 use crate::domain::{CardSecret, Fingerprint, RequestId, Token, TokenState};
 use crate::error::Error;
 use crate::kernel::{Page, Recorded, RequestCheck, RequestContext, once_per_request};
@@ -27,6 +30,19 @@ pub struct ConfigureSandboxCard {
     pub token: Token,
     /// The behaviour to set; `None` resets the card to its test card's behaviour.
     pub behaviour: Option<CardBehaviour>,
+}
+
+/// A checked `CorruptSettlementRecord`.
+#[derive(Debug)]
+pub struct CorruptSettlementRecord {
+    /// The AIP-155 request id.
+    pub request_id: RequestId,
+    /// The settlement day.
+    pub day: time::Date,
+    /// The record, by id; `None` is the day's first.
+    pub record_id: Option<String>,
+    /// What to do to it.
+    pub corruption: Corruption,
 }
 
 /// A checked `ListSettlementRecords` query.
@@ -162,6 +178,34 @@ impl Charges {
     }
 }
 
+impl Charges {
+    /// Corrupts one of the sandbox's settlement records, once per request id: a replay answers
+    /// what the first request did and changes nothing more.
+    pub async fn corrupt_settlement_record(
+        &self,
+        ctx: &RequestContext,
+        command: CorruptSettlementRecord,
+    ) -> Result<CorruptedRecord, Error> {
+        let day = command.day.to_string();
+        let corruption = format!("{:?}", command.corruption);
+        let request_hash = self.vault().keys()?.request_hash(&[
+            Rpc::CorruptSettlementRecord.method().as_bytes(),
+            day.as_bytes(),
+            command.record_id.as_deref().unwrap_or_default().as_bytes(),
+            corruption.as_bytes(),
+        ]);
+        let mutation = CorruptMutation {
+            request_id: command.request_id,
+            request_hash,
+            day: command.day,
+            record_id: command.record_id,
+            corruption: command.corruption,
+            duplicate_id: random_id("stl_"),
+        };
+        self.vault().submit(mutation, ctx, "").await
+    }
+}
+
 /// Configures a sandbox card and records the request, in the writer's transaction.
 #[derive(Debug)]
 struct ConfigureMutation {
@@ -225,5 +269,84 @@ impl Mutation for ConfigureMutation {
 
     fn audit_reason(&self, output: &Result<SandboxCard, Error>) -> Option<String> {
         output.is_ok().then(|| "sandbox card configured".to_owned())
+    }
+}
+
+/// Corrupts a settlement record and records the request, in the writer's transaction.
+#[derive(Debug)]
+struct CorruptMutation {
+    request_id: RequestId,
+    request_hash: [u8; 32],
+    day: time::Date,
+    record_id: Option<String>,
+    corruption: Corruption,
+    /// The id of a duplicate, fixed before the job is queued (the writer may run a job again).
+    duplicate_id: String,
+}
+
+impl Recorded for CorruptMutation {
+    type Output = CorruptedRecord;
+
+    fn apply_once<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, CorruptedRecord> {
+        Box::pin(async move {
+            let rpc = Rpc::CorruptSettlementRecord.method();
+            let stored = token_store::request(conn, self.request_id.as_str()).await?;
+            if RequestCheck::of(stored, rpc, &self.request_hash)
+                .replay()?
+                .is_some()
+            {
+                return Sandbox::settlement_corruption(&mut *conn, self.request_id.as_str())
+                    .await?
+                    .ok_or(Error::Corrupt(
+                        "a recorded corruption request has no journal row",
+                    ));
+            }
+            let corrupted = Sandbox::corrupt_settlement_record(
+                conn,
+                CorruptionCall {
+                    request_id: self.request_id.as_str(),
+                    day: self.day,
+                    record_id: self.record_id.as_deref(),
+                    corruption: self.corruption,
+                    duplicate_id: &self.duplicate_id,
+                },
+            )
+            .await?;
+            let record = StoredRequest {
+                rpc: rpc.to_owned(),
+                request_hash: self.request_hash,
+                result_tokens: Vec::new(),
+                created: false,
+            };
+            if !token_store::insert_request(conn, self.request_id.as_str(), &record).await? {
+                return Err(Error::RequestIdTaken);
+            }
+            Ok(corrupted)
+        })
+    }
+}
+
+impl Mutation for CorruptMutation {
+    type Output = CorruptedRecord;
+
+    fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> Apply<'a, CorruptedRecord> {
+        Box::pin(once_per_request(self, conn))
+    }
+
+    fn audit_token(&self, _output: &Result<CorruptedRecord, Error>) -> Option<String> {
+        None
+    }
+
+    fn audit_resource(&self, output: &Result<CorruptedRecord, Error>) -> Option<String> {
+        match output {
+            Ok(corrupted) => Some(corrupted.original.id.clone()),
+            Err(_) => self.record_id.clone(),
+        }
+    }
+
+    fn audit_reason(&self, output: &Result<CorruptedRecord, Error>) -> Option<String> {
+        output
+            .is_ok()
+            .then(|| format!("settlement record corrupted: {}", self.corruption.as_str()))
     }
 }

@@ -1,7 +1,8 @@
 //! Processor connectors: the only code a card number leaves the vault through.
 //!
 //! A [`Connector`] speaks to one processor (a PSP or acquirer): authorize, capture, void,
-//! refund, and inquire about an authorization whose answer was lost. `ChargeService` knows only
+//! refund, inquire about an authorization whose answer was lost, and deliver a day's
+//! settlement file (for reconciliation). `ChargeService` knows only
 //! this trait; a real PSP adapter (HTTP) is another implementation of it and needs no change
 //! elsewhere.
 //!
@@ -19,6 +20,7 @@ use std::time::Duration;
 use tandem_money::Money;
 
 use crate::domain::charge::DeclineCode;
+use crate::domain::settlement::{ChunkedFile, SettlementFile};
 use crate::domain::{CardSecret, Expiry, Fingerprint, Token};
 use breaker::{Breaker, BreakerState};
 
@@ -192,6 +194,13 @@ pub enum ConnectorError {
     /// processor's health either, so the circuit breaker does not count it.
     #[error("connector storage failed: {0}")]
     Storage(String),
+    /// The day's settlement file holds more records than the connector delivers in one file:
+    /// an answer (the processor is healthy), but not one the vault can hold in memory.
+    #[error("the settlement file holds more than {records_max} records")]
+    SettlementFileTooLarge {
+        /// The most records a file may hold.
+        records_max: u64,
+    },
 }
 
 /// One processor. Implementations must be idempotent by the call's key: the same key gets the
@@ -220,6 +229,11 @@ pub trait Connector: Send + Sync + 'static {
         idempotency_key: &str,
         token: &Token,
     ) -> Result<Option<AuthorizeAnswer>, ConnectorError>;
+
+    /// The settlement file of `day` (UTC), as the processor delivers it: the CSV of
+    /// [`crate::domain::settlement`] (a real processor's file is downloaded, or translated
+    /// into it). The caller asks only for a day that has begun; today's is the day so far.
+    async fn settlement_file(&self, day: time::Date) -> Result<SettlementFile, ConnectorError>;
 }
 
 /// A connector behind a timeout per call and a circuit breaker.
@@ -284,6 +298,8 @@ impl Guarded {
         };
         match &result {
             Err(ConnectorError::Storage(_)) => permit.release(),
+            // The processor answered; the file is only too large for the vault.
+            Err(ConnectorError::SettlementFileTooLarge { .. }) => permit.record(true),
             other => permit.record(other.is_ok()),
         }
         result
@@ -330,6 +346,22 @@ impl Guarded {
             None => Ok(None),
         }
     }
+
+    /// [`Connector::settlement_file`], guarded, checked and cut into chunks of at most
+    /// `chunk_bytes_max` bytes. A file outside the contract (another header, a record count
+    /// that is not the file's, a line longer than a chunk) is treated as an unreachable
+    /// processor, as any answer outside the contract is.
+    pub async fn settlement_file(
+        &self,
+        day: time::Date,
+        chunk_bytes_max: usize,
+    ) -> Result<ChunkedFile, ConnectorError> {
+        let file = self.call(self.inner.settlement_file(day)).await?;
+        file.chunked(chunk_bytes_max).map_err(|error| {
+            tracing::error!(%error, %day, "processor delivered a settlement file outside its contract");
+            ConnectorError::Unavailable(format!("settlement file outside the connector contract: {error}"))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -375,6 +407,94 @@ mod tests {
         ) -> Result<Option<AuthorizeAnswer>, ConnectorError> {
             Err(self.0.clone())
         }
+        async fn settlement_file(&self, _: time::Date) -> Result<SettlementFile, ConnectorError> {
+            Err(self.0.clone())
+        }
+    }
+
+    /// A connector that delivers `file` as every day's settlement file.
+    struct Delivering(SettlementFile);
+
+    #[async_trait::async_trait]
+    impl Connector for Delivering {
+        fn name(&self) -> &'static str {
+            "delivering"
+        }
+        async fn authorize(&self, _: AuthorizeCall<'_>) -> Result<AuthorizeAnswer, ConnectorError> {
+            Err(ConnectorError::Unavailable("settlement only".into()))
+        }
+        async fn capture(&self, _: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
+            Err(ConnectorError::Unavailable("settlement only".into()))
+        }
+        async fn void(&self, _: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
+            Err(ConnectorError::Unavailable("settlement only".into()))
+        }
+        async fn refund(&self, _: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
+            Err(ConnectorError::Unavailable("settlement only".into()))
+        }
+        async fn inquire(
+            &self,
+            _: &str,
+            _: &Token,
+        ) -> Result<Option<AuthorizeAnswer>, ConnectorError> {
+            Ok(None)
+        }
+        async fn settlement_file(&self, _: time::Date) -> Result<SettlementFile, ConnectorError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// A settlement file is checked and chunked on its way out; one outside the contract is
+    /// refused as an unreachable processor; a file too large is an answer, so neither it nor
+    /// a storage failure opens the breaker.
+    #[tokio::test]
+    async fn settlement_files_are_checked() {
+        let day = time::macros::date!(2026 - 11 - 30);
+        let breaker = || Breaker::new(1, Duration::from_secs(60));
+        let guarded = |connector: Arc<dyn Connector>| {
+            Guarded::new(connector, Duration::from_secs(1), breaker())
+        };
+        let good = crate::domain::settlement::SettlementCsv::new(0).finish();
+        let chunked = guarded(Arc::new(Delivering(good)))
+            .settlement_file(day, 1024)
+            .await
+            .unwrap();
+        assert_eq!((chunked.records, chunked.chunks.len()), (0, 1));
+
+        let lying = SettlementFile {
+            csv: good_header_and(1),
+            records: 2,
+        };
+        let refused = guarded(Arc::new(Delivering(lying)))
+            .settlement_file(day, 1024)
+            .await;
+        assert!(
+            matches!(refused, Err(ConnectorError::Unavailable(_))),
+            "{refused:?}"
+        );
+
+        for failure in [
+            ConnectorError::SettlementFileTooLarge { records_max: 10 },
+            ConnectorError::Storage("pool timed out".into()),
+        ] {
+            let guarded = guarded(Arc::new(Failing(failure.clone())));
+            for _ in 0..3 {
+                assert_eq!(
+                    guarded.settlement_file(day, 1024).await.unwrap_err(),
+                    failure
+                );
+            }
+            assert_eq!(guarded.breaker_state(), BreakerState::Closed, "{failure:?}");
+        }
+    }
+
+    /// The header and `records` lines.
+    fn good_header_and(records: usize) -> Vec<u8> {
+        let mut csv = format!("{}\r\n", crate::domain::settlement::HEADER);
+        for _ in 0..records {
+            csv.push_str("stl_x,capture,sbx_y,100,USD,0,2026-11-30T10:00:00.000000Z\r\n");
+        }
+        csv.into_bytes()
     }
 
     /// The connector's own storage failing (the sandbox's database) never opens the breaker;

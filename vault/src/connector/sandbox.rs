@@ -26,6 +26,14 @@
 //! | 4000 0099 0000 0046 | the first 2 authorizations fail with `PROCESSING_ERROR`, then approved |
 //!
 //! `ConfigureSandboxCard` replaces a card's behaviour at run time.
+//!
+//! # Settlement
+//!
+//! Every capture and refund writes a settlement record for its UTC day (the sandbox's cut-off
+//! is 00:00 UTC). [`Connector::settlement_file`] delivers a day's records as the settlement
+//! file of [`crate::domain::settlement`]; `CorruptSettlementRecord` corrupts a record as a
+//! faulty acquirer would ([`Corruption`]), for reconciliation tests, and keeps what it did in
+//! its own journal (`sandbox_settlement_corruptions`) so that a replay answers the same.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +41,7 @@ use std::time::Duration;
 
 use aes_gcm::aead::OsRng;
 use aes_gcm::aead::rand_core::RngCore as _;
+use futures::TryStreamExt as _;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row as _};
 use tandem_money::{Currency, Money};
@@ -44,8 +53,10 @@ use super::{
 };
 use crate::config::ConnectorSettings;
 use crate::domain::charge::DeclineCode;
+use crate::domain::settlement::{SettlementCsv, SettlementFile, SettlementKind, SettlementLine};
 use crate::domain::token::random_id;
 use crate::domain::{Fingerprint, Pan, Token};
+use crate::error::Error;
 
 /// The connector's name, recorded on every charge.
 pub const NAME: &str = "sandbox";
@@ -207,6 +218,60 @@ pub struct SettlementRecord {
     pub created_at: OffsetDateTime,
 }
 
+/// How `CorruptSettlementRecord` corrupts a record (`SettlementCorruption` in the proto).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Corruption {
+    /// The record is deleted: it leaves the file.
+    Drop,
+    /// A copy of the record (same day, type, references, currency, amount and time) is added
+    /// under a new id, at the end of the day's file.
+    Duplicate,
+    /// The record's amount becomes this (positive, and not the record's).
+    ChangeAmount(i64),
+    /// The record's currency becomes this (not the record's).
+    ChangeCurrency(Currency),
+    /// The record moves to the next day's file (its time stays).
+    SettleLate,
+}
+
+impl Corruption {
+    /// The corruption as the sandbox's journal spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Corruption::Drop => "drop",
+            Corruption::Duplicate => "duplicate",
+            Corruption::ChangeAmount(_) => "change_amount",
+            Corruption::ChangeCurrency(_) => "change_currency",
+            Corruption::SettleLate => "settle_late",
+        }
+    }
+}
+
+/// What a corruption did: the record as it was, and as it is (the new copy for a duplicate;
+/// `None` for a drop).
+#[derive(Debug, Clone)]
+pub struct CorruptedRecord {
+    /// The record before.
+    pub original: SettlementRecord,
+    /// The record after.
+    pub corrupted: Option<SettlementRecord>,
+}
+
+/// One corruption to make (`CorruptSettlementRecord`).
+#[derive(Debug, Clone, Copy)]
+pub struct CorruptionCall<'a> {
+    /// The request id, the journal's key.
+    pub request_id: &'a str,
+    /// The settlement day.
+    pub day: time::Date,
+    /// The record, by id; `None` is the day's first (by order of writing).
+    pub record_id: Option<&'a str>,
+    /// What to do.
+    pub corruption: Corruption,
+    /// The id of a duplicate, fixed before the call so that a job run again writes the same.
+    pub duplicate_id: &'a str,
+}
+
 /// Filters of [`Sandbox::operations`].
 #[derive(Debug, Clone, Default)]
 pub struct OperationFilter {
@@ -229,6 +294,8 @@ pub struct OperationFilter {
 pub struct Sandbox {
     pool: PgPool,
     queue: mpsc::Sender<Queued>,
+    /// Most records of one settlement file (`connector.settlement_file_records_max`).
+    settlement_file_records_max: u64,
 }
 
 impl std::fmt::Debug for Queued {
@@ -313,7 +380,11 @@ impl Sandbox {
                 settings.sandbox_group_size_max,
             ));
         }
-        Sandbox { pool, queue }
+        Sandbox {
+            pool,
+            queue,
+            settlement_file_records_max: settings.settlement_file_records_max,
+        }
     }
 
     /// Creates the card's row with its test card behaviour unless it exists.
@@ -457,26 +528,177 @@ impl Sandbox {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let currency: String = row.try_get("currency")?;
-                Ok(SettlementRecord {
-                    seq: row.try_get("seq")?,
-                    id: row.try_get("id")?,
-                    settlement_date: row.try_get("settlement_date")?,
-                    kind: row.try_get("type")?,
-                    processor_reference: row.try_get("processor_reference")?,
-                    authorization_reference: row.try_get("authorization_reference")?,
-                    amount: money(Some(currency), Some(row.try_get("amount_minor")?)).ok_or_else(
-                        || sqlx::Error::ColumnDecode {
-                            index: "currency".into(),
-                            source: "unknown currency".into(),
-                        },
-                    )?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(settlement_record).collect()
+    }
+
+    /// Corrupts one settlement record of a day on `conn` (the writer's transaction, so that
+    /// the change commits with its request record and audit row), and journals what it did
+    /// under the request id.
+    ///
+    /// Errors: `SettlementRecordNotFound` when the day has no such record; `InvalidArgument`
+    /// (`amount_minor`, `currency`, `settlement_date`) for a change that would change nothing
+    /// or a day without a next one; `RequestIdTaken` when another transaction journaled the
+    /// request id first.
+    pub async fn corrupt_settlement_record(
+        conn: &mut PgConnection,
+        call: CorruptionCall<'_>,
+    ) -> Result<CorruptedRecord, Error> {
+        let row = sqlx::query(
+            "SELECT * FROM sandbox_settlement_records \
+             WHERE settlement_date = $1 AND ($2::text IS NULL OR id = $2) \
+             ORDER BY seq LIMIT 1 FOR UPDATE",
+        )
+        .bind(call.day)
+        .bind(call.record_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(Error::SettlementRecordNotFound)?;
+        let original = settlement_record(&row)?;
+        let id = original.id.as_str();
+        const UPDATE: &str = "UPDATE sandbox_settlement_records SET ";
+        const RETURNING: &str = " WHERE id = $1 RETURNING *";
+        let corrupted = match call.corruption {
+            Corruption::Drop => {
+                sqlx::query("DELETE FROM sandbox_settlement_records WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                None
+            }
+            Corruption::Duplicate => Some(
+                sqlx::query(
+                    "INSERT INTO sandbox_settlement_records (id, settlement_date, type, \
+                     processor_reference, authorization_reference, currency, amount_minor, \
+                     created_at) \
+                     SELECT $2, settlement_date, type, processor_reference, \
+                     authorization_reference, currency, amount_minor, created_at \
+                     FROM sandbox_settlement_records WHERE id = $1 RETURNING *",
+                )
+                .bind(id)
+                .bind(call.duplicate_id)
+                .fetch_one(&mut *conn)
+                .await?,
+            ),
+            Corruption::ChangeAmount(amount_minor) => {
+                if amount_minor == original.amount.minor_units {
+                    return Err(Error::invalid(
+                        "amount_minor",
+                        "must differ from the record's amount",
+                    ));
+                }
+                let sql = format!("{UPDATE}amount_minor = $2{RETURNING}");
+                Some(
+                    sqlx::query(&sql)
+                        .bind(id)
+                        .bind(amount_minor)
+                        .fetch_one(&mut *conn)
+                        .await?,
+                )
+            }
+            Corruption::ChangeCurrency(currency) => {
+                if currency == original.amount.currency {
+                    return Err(Error::invalid(
+                        "currency",
+                        "must differ from the record's currency",
+                    ));
+                }
+                let sql = format!("{UPDATE}currency = $2{RETURNING}");
+                Some(
+                    sqlx::query(&sql)
+                        .bind(id)
+                        .bind(currency.code())
+                        .fetch_one(&mut *conn)
+                        .await?,
+                )
+            }
+            Corruption::SettleLate => {
+                let late = original
+                    .settlement_date
+                    .next_day()
+                    .ok_or_else(|| Error::invalid("settlement_date", "has no next day"))?;
+                let sql = format!("{UPDATE}settlement_date = $2{RETURNING}");
+                Some(
+                    sqlx::query(&sql)
+                        .bind(id)
+                        .bind(late)
+                        .fetch_one(&mut *conn)
+                        .await?,
+                )
+            }
+        };
+        let corrupted = corrupted.as_ref().map(settlement_record).transpose()?;
+        let journaled = sqlx::query(
+            "INSERT INTO sandbox_settlement_corruptions (request_id, corruption, record_seq, \
+             record_id, settlement_date, type, processor_reference, authorization_reference, \
+             currency, amount_minor, record_created_at, corrupted_seq, corrupted_id, \
+             corrupted_settlement_date, corrupted_currency, corrupted_amount_minor) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(call.request_id)
+        .bind(call.corruption.as_str())
+        .bind(original.seq)
+        .bind(&original.id)
+        .bind(original.settlement_date)
+        .bind(&original.kind)
+        .bind(&original.processor_reference)
+        .bind(&original.authorization_reference)
+        .bind(original.amount.currency.code())
+        .bind(original.amount.minor_units)
+        .bind(original.created_at)
+        .bind(corrupted.as_ref().map(|c| c.seq))
+        .bind(corrupted.as_ref().map(|c| c.id.as_str()))
+        .bind(corrupted.as_ref().map(|c| c.settlement_date))
+        .bind(corrupted.as_ref().map(|c| c.amount.currency.code()))
+        .bind(corrupted.as_ref().map(|c| c.amount.minor_units))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if journaled == 0 {
+            return Err(Error::RequestIdTaken);
+        }
+        Ok(CorruptedRecord {
+            original,
+            corrupted,
+        })
+    }
+
+    /// What the corruption journaled under `request_id` did, for a replay.
+    pub async fn settlement_corruption(
+        conn: &mut PgConnection,
+        request_id: &str,
+    ) -> Result<Option<CorruptedRecord>, sqlx::Error> {
+        let row = sqlx::query("SELECT * FROM sandbox_settlement_corruptions WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(conn)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let original = SettlementRecord {
+            seq: row.try_get("record_seq")?,
+            id: row.try_get("record_id")?,
+            settlement_date: row.try_get("settlement_date")?,
+            kind: row.try_get("type")?,
+            processor_reference: row.try_get("processor_reference")?,
+            authorization_reference: row.try_get("authorization_reference")?,
+            amount: stored_money(&row, "currency", "amount_minor")?,
+            created_at: row.try_get("record_created_at")?,
+        };
+        let corrupted = match row.try_get::<Option<String>, _>("corrupted_id")? {
+            None => None,
+            Some(id) => Some(SettlementRecord {
+                seq: row.try_get("corrupted_seq")?,
+                id,
+                settlement_date: row.try_get("corrupted_settlement_date")?,
+                amount: stored_money(&row, "corrupted_currency", "corrupted_amount_minor")?,
+                ..original.clone()
+            }),
+        };
+        Ok(Some(CorruptedRecord {
+            original,
+            corrupted,
+        }))
     }
 
     /// The (settlement day, seq) of the settlement record `seq`, for paging.
@@ -1275,6 +1497,84 @@ impl Connector for Sandbox {
         tx.commit().await.map_err(database_error)?;
         Ok(answer)
     }
+
+    /// The day's records in order of writing, in one query (one snapshot), written as they
+    /// arrive: a capture names its authorization's reference, a refund its own; the fee is
+    /// [`crate::domain::settlement::fee_minor`]; `settled_at` is when the capture or refund
+    /// happened (a record settled late keeps its time). A day of more than
+    /// `connector.settlement_file_records_max` records is refused, never read whole.
+    async fn settlement_file(&self, day: time::Date) -> Result<SettlementFile, ConnectorError> {
+        let records_max = self.settlement_file_records_max;
+        // One more than the limit, to tell a full file from one too large without reading it
+        // all.
+        let mut rows = sqlx::query(
+            "SELECT id, type, processor_reference, authorization_reference, currency, \
+             amount_minor, created_at FROM sandbox_settlement_records \
+             WHERE settlement_date = $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(day)
+        .bind(
+            i64::try_from(records_max)
+                .unwrap_or(i64::MAX)
+                .saturating_add(1),
+        )
+        .fetch(&self.pool);
+        let mut csv = SettlementCsv::new(0);
+        while let Some(row) = rows.try_next().await.map_err(database_error)? {
+            if csv.records() == records_max {
+                return Err(ConnectorError::SettlementFileTooLarge { records_max });
+            }
+            let line = settlement_line(&row).map_err(database_error)?;
+            csv.push(&line);
+        }
+        Ok(csv.finish())
+    }
+}
+
+/// A settlement record's row as a line of the settlement file, borrowing the row's text.
+fn settlement_line(row: &PgRow) -> Result<SettlementLine<'_>, sqlx::Error> {
+    let kind: &str = row.try_get("type")?;
+    let kind = SettlementKind::parse(kind).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: "type".into(),
+        source: "not a settlement record type".into(),
+    })?;
+    let processor_reference = match kind {
+        // Reconciliation matches a capture to its charge, which knows the authorization's
+        // reference; a refund to its refund, which knows its own.
+        SettlementKind::Capture => row.try_get("authorization_reference")?,
+        SettlementKind::Refund => row.try_get("processor_reference")?,
+    };
+    Ok(SettlementLine {
+        record_id: row.try_get("id")?,
+        kind,
+        processor_reference,
+        amount: stored_money(row, "currency", "amount_minor")?,
+        settled_at: row.try_get("created_at")?,
+    })
+}
+
+/// A settlement record from its row.
+fn settlement_record(row: &PgRow) -> Result<SettlementRecord, sqlx::Error> {
+    Ok(SettlementRecord {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        settlement_date: row.try_get("settlement_date")?,
+        kind: row.try_get("type")?,
+        processor_reference: row.try_get("processor_reference")?,
+        authorization_reference: row.try_get("authorization_reference")?,
+        amount: stored_money(row, "currency", "amount_minor")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// An amount stored as a currency code and minor units (both required).
+fn stored_money(row: &PgRow, currency: &str, minor: &str) -> Result<Money, sqlx::Error> {
+    let code: &str = row.try_get(currency)?;
+    let currency = Currency::parse(code).map_err(|_| sqlx::Error::ColumnDecode {
+        index: currency.to_owned(),
+        source: "unknown currency".into(),
+    })?;
+    Ok(Money::new(currency, row.try_get(minor)?))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The vault's domain: card numbers, expiries, tokens, fingerprints, the checked commands the
-//! service layer executes, the charge rules and what an audit row says.
+//! service layer executes, the charge rules, what an audit row says and the settlement file's
+//! format.
 //!
 //! Pure code: no IO, no tonic, no sqlx. Every type here is valid by construction; the gRPC edge
 //! builds them from wire messages and the service layer trusts them.
@@ -9,6 +10,7 @@ pub mod charge;
 pub mod charge_rules;
 pub mod expiry;
 pub mod pan;
+pub mod settlement;
 pub mod token;
 
 use std::fmt;

@@ -3,16 +3,18 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::StreamExt as _;
 use futures::future::join_all;
+use futures::stream::BoxStream;
 use tandem_money::{Currency, Money};
 use tandem_proto::tandem::r#type::v1 as types;
 use tandem_proto::tandem::vault::v1 as pb;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use super::convert::{brand, timestamp};
+use super::convert::{brand, required_date, timestamp};
 use super::status::to_status;
-use super::{Edge, RequestIdField, respond};
+use super::{Edge, RequestIdField, respond, today};
 use crate::auth::Rpc;
 use crate::charges::Charges;
 use crate::domain::charge::{
@@ -20,6 +22,7 @@ use crate::domain::charge::{
     MerchantReference, Metadata, NextAction, RefundCommand, RefundState, RefundView,
     StatementDescriptor, VoidCommand,
 };
+use crate::domain::settlement::{CHUNK_BYTES_MAX, ChunkedFile};
 use crate::domain::{Reason, RequestId, Token};
 use crate::error::Error;
 use crate::kernel::RequestContext;
@@ -196,6 +199,61 @@ pub fn get_charge(request: &pb::GetChargeRequest) -> Result<ChargeLookup, Error>
     }
 }
 
+/// Checks a `DownloadSettlementFileRequest` against the vault's `processor` (its connector's
+/// name) and `today` (UTC): the day must have begun. Today's file is the day so far (final
+/// once the day has ended), so a reconciliation may check the day while it runs.
+pub fn download_settlement_file(
+    request: &pb::DownloadSettlementFileRequest,
+    processor: &str,
+    today: time::Date,
+) -> Result<time::Date, Error> {
+    let mut v = Violations::default();
+    if request.processor != processor {
+        v.add(
+            "processor",
+            format!("must be the processor this vault charges through (\"{processor}\")"),
+        );
+    }
+    let day = v.check(
+        "settlement_date",
+        required_date(&request.settlement_date).and_then(|day| {
+            if day <= today {
+                Ok(day)
+            } else {
+                Err("must not be in the future (UTC)")
+            }
+        }),
+    );
+    v.finish_with(|| day)
+}
+
+/// Bytes a `DownloadSettlementFileResponse` adds to its chunk (two field tags, the chunk's
+/// length and the record count as varints: 11 at most), kept free under the message limit.
+const CHUNK_FRAMING_BYTES: usize = 16;
+
+/// The largest chunk that fits both the proto's limit and the server's message limit.
+fn chunk_bytes_max(message_bytes_max: usize) -> usize {
+    CHUNK_BYTES_MAX.min(message_bytes_max.saturating_sub(CHUNK_FRAMING_BYTES))
+}
+
+/// The stream of a settlement file's chunks, each copied out of the file as it is sent.
+fn settlement_chunks(
+    file: ChunkedFile,
+) -> BoxStream<'static, Result<pb::DownloadSettlementFileResponse, Status>> {
+    let ChunkedFile { csv, chunks, .. } = file;
+    let messages = chunks.into_iter().map(move |chunk| {
+        // The chunks were cut from this file; a range outside it is a bug, never a panic.
+        let data = csv
+            .get(chunk.bytes)
+            .ok_or_else(|| to_status(Error::Corrupt("a settlement chunk lies outside its file")))?;
+        Ok(pb::DownloadSettlementFileResponse {
+            data: data.to_vec(),
+            records: i32::try_from(chunk.records).unwrap_or(i32::MAX),
+        })
+    });
+    futures::stream::iter(messages).boxed()
+}
+
 /// The wire form of a decline code.
 pub fn decline_code(code: DeclineCode) -> types::DeclineCode {
     match code {
@@ -315,17 +373,21 @@ pub struct ChargeApi {
     charges: Arc<Charges>,
     edge: Edge,
     amount_minor_max: i64,
+    /// Largest chunk of a settlement file in one response, within the message limit.
+    chunk_bytes_max: usize,
 }
 
 impl ChargeApi {
-    /// Serves `charges`, reading caller identities under `uri_prefix`.
-    pub fn new(charges: Arc<Charges>, uri_prefix: &str) -> ChargeApi {
+    /// Serves `charges`, reading caller identities under `uri_prefix`, sending messages of at
+    /// most `message_bytes_max` bytes (`server.message_bytes_max`).
+    pub fn new(charges: Arc<Charges>, uri_prefix: &str, message_bytes_max: usize) -> ChargeApi {
         let amount_minor_max = charges.settings().amount_minor_max;
         let edge = Edge::new(charges.vault().clone(), uri_prefix);
         ChargeApi {
             charges,
             edge,
             amount_minor_max,
+            chunk_bytes_max: chunk_bytes_max(message_bytes_max),
         }
     }
 }
@@ -559,5 +621,102 @@ impl pb::charge_service_server::ChargeService for ChargeApi {
                 charge: Some(charge_message(&charge)),
             },
         ))
+    }
+
+    type DownloadSettlementFileStream =
+        BoxStream<'static, Result<pb::DownloadSettlementFileResponse, Status>>;
+
+    #[instrument(
+        skip_all,
+        fields(
+            rpc = "DownloadSettlementFile",
+            correlation_id,
+            caller,
+            settlement_date
+        )
+    )]
+    async fn download_settlement_file(
+        &self,
+        request: Request<pb::DownloadSettlementFileRequest>,
+    ) -> Result<Response<Self::DownloadSettlementFileStream>, Status> {
+        let ctx = self
+            .edge
+            .context(&request, Rpc::DownloadSettlementFile)
+            .await?;
+        let processor = self.charges.connector().name();
+        let checked = download_settlement_file(request.get_ref(), processor, today());
+        let day = self.edge.check(&ctx, checked).await?;
+        tracing::Span::current().record("settlement_date", tracing::field::display(day));
+        let file = self
+            .charges
+            .settlement_file(ctx.clone(), day, self.chunk_bytes_max)
+            .await
+            .map_err(to_status)?;
+        tracing::info!(
+            records = file.records,
+            bytes = file.csv.len(),
+            chunks = file.chunks.len(),
+            "settlement file"
+        );
+        Ok(respond(&ctx, settlement_chunks(file)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    fn fields(error: Error) -> Vec<String> {
+        match error {
+            Error::InvalidArgument(violations) => violations.into_iter().map(|v| v.field).collect(),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    /// A settlement file is asked of this vault's processor for a day that has begun (UTC):
+    /// a later day, a malformed or missing day and another processor are refused, each naming
+    /// its field.
+    #[test]
+    fn settlement_file_requests() {
+        let today = date!(2026 - 11 - 30);
+        let request = |processor: &str, day: &str| pb::DownloadSettlementFileRequest {
+            processor: processor.to_owned(),
+            settlement_date: day.to_owned(),
+        };
+        assert_eq!(
+            download_settlement_file(&request("sandbox", "2026-11-29"), "sandbox", today).unwrap(),
+            date!(2026 - 11 - 29)
+        );
+        assert_eq!(
+            download_settlement_file(&request("sandbox", "2026-11-30"), "sandbox", today).unwrap(),
+            today
+        );
+        let refused = [
+            (request("sandbox", "2026-12-01"), vec!["settlement_date"]),
+            (request("sandbox", "29/11/2026"), vec!["settlement_date"]),
+            (request("sandbox", ""), vec!["settlement_date"]),
+            (request("acme", "2026-11-29"), vec!["processor"]),
+            (
+                request("", "2026-12-01"),
+                vec!["processor", "settlement_date"],
+            ),
+        ];
+        for (request, expected) in refused {
+            let error = download_settlement_file(&request, "sandbox", today).unwrap_err();
+            assert_eq!(fields(error), expected, "{request:?}");
+        }
+    }
+
+    /// Chunks fit both the proto's 1 MiB and the server's message limit, framing included.
+    #[test]
+    fn chunks_fit_the_message_limit() {
+        assert_eq!(chunk_bytes_max(64 * 1024), 64 * 1024 - CHUNK_FRAMING_BYTES);
+        assert_eq!(chunk_bytes_max(16 * 1024 * 1024), CHUNK_BYTES_MAX);
+        let largest = pb::DownloadSettlementFileResponse {
+            data: vec![b'x'; chunk_bytes_max(64 * 1024)],
+            records: i32::MAX,
+        };
+        assert!(prost::Message::encoded_len(&largest) <= 64 * 1024);
     }
 }

@@ -258,6 +258,22 @@ pub(crate) fn brand(brand: Brand) -> pb::CardBrand {
     }
 }
 
+/// An optional day, "YYYY-MM-DD"; empty is `None`.
+pub(crate) fn date(text: &str) -> Result<Option<Date>, &'static str> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    Date::parse(text, format)
+        .map(Some)
+        .map_err(|_| "must be a date YYYY-MM-DD")
+}
+
+/// A required day, "YYYY-MM-DD".
+pub(crate) fn required_date(text: &str) -> Result<Date, &'static str> {
+    date(text)?.ok_or("is required (YYYY-MM-DD)")
+}
+
 pub(crate) fn timestamp(time: OffsetDateTime) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: time.unix_timestamp(),

@@ -193,13 +193,13 @@ request_id_fields!(
     with: pb::TokenizeRequest, pb::UpdateCardRequest, pb::RevokeTokenRequest,
         pb::RevokeByFingerprintRequest, pb::AuthorizeRequest, pb::CaptureRequest,
         pb::VoidRequest, pb::RefundRequest, pb::ConfigureSandboxCardRequest,
-        pb::RotateDataKeyRequest, pb::RetireKeyVersionRequest, pb::RotateRootKeyRequest,
+        pb::CorruptSettlementRecordRequest, pb::RotateDataKeyRequest, pb::RetireKeyVersionRequest, pb::RotateRootKeyRequest,
         pb::UnsealRequest, pb::SealRequest;
     without: pb::GetTokenRequest, pb::ListTokensRequest, pb::GetChargeRequest,
         pb::GetSandboxCardRequest, pb::ListSandboxOperationsRequest,
         pb::ListSettlementRecordsRequest, pb::GetKeyStatusRequest, pb::ListAuditEventsRequest,
         pb::VerifyAuditLogRequest, pb::BatchAuthorizeRequest, pb::BatchCaptureRequest,
-        pb::BatchVoidRequest,
+        pb::BatchVoidRequest, pb::DownloadSettlementFileRequest,
 );
 
 /// The client's `x-request-id` if it is short printable ASCII holding no card number,

@@ -10,16 +10,17 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::charges::{decline_code, decline_code_from_wire, money};
-use super::convert::timestamp;
+use super::convert::{date, required_date, timestamp};
 use super::status::to_status;
 use super::{Edge, Paging, respond};
 use crate::auth::Rpc;
 use crate::charges::Charges;
-use crate::charges::sandbox::{ConfigureSandboxCard, SettlementQuery};
+use crate::charges::sandbox::{ConfigureSandboxCard, CorruptSettlementRecord, SettlementQuery};
 use crate::connector::sandbox::{
-    CardBehaviour, FAIL_FIRST_ATTEMPTS_MAX, LATENCY_MS_MAX, OperationFilter, SandboxCard,
-    SandboxOperation, SettlementRecord,
+    CardBehaviour, CorruptedRecord, Corruption, FAIL_FIRST_ATTEMPTS_MAX, LATENCY_MS_MAX,
+    OperationFilter, SandboxCard, SandboxOperation, SettlementRecord,
 };
+use crate::domain::token::is_random_id;
 use crate::domain::{RequestId, Token};
 use crate::error::Error;
 use tandem_runtime::fields::Violations;
@@ -64,6 +65,83 @@ pub fn configure_sandbox_card(
             request_id: request_id?,
             token: token?,
             behaviour: behaviour?,
+        })
+    })
+}
+
+/// Checks a `CorruptSettlementRecordRequest`. `amount_minor` is for CHANGE_AMOUNT only and
+/// `currency` for CHANGE_CURRENCY only: either set with another corruption is refused rather
+/// than ignored. Whether the change changes the record is the sandbox's to say.
+pub fn corrupt_settlement_record(
+    request: &pb::CorruptSettlementRecordRequest,
+) -> Result<CorruptSettlementRecord, Error> {
+    use pb::SettlementCorruption as Wire;
+    let mut v = Violations::default();
+    let request_id = v.check("request_id", RequestId::parse(&request.request_id));
+    let day = v.check("settlement_date", required_date(&request.settlement_date));
+    let record_id = v.check(
+        "record_id",
+        if request.record_id.is_empty() {
+            Ok(None)
+        } else if is_random_id("stl_", &request.record_id) {
+            Ok(Some(request.record_id.clone()))
+        } else {
+            Err("must be \"stl_\" followed by 26 lower-case base32 characters")
+        },
+    );
+    let wire = Wire::try_from(request.corruption);
+    let amount = if matches!(wire, Ok(Wire::ChangeAmount)) {
+        v.check(
+            "amount_minor",
+            if request.amount_minor > 0 {
+                Ok(request.amount_minor)
+            } else {
+                Err("must be positive")
+            },
+        )
+    } else {
+        if request.amount_minor != 0 {
+            v.add(
+                "amount_minor",
+                "must be 0 unless corruption is SETTLEMENT_CORRUPTION_CHANGE_AMOUNT",
+            );
+        }
+        None
+    };
+    let currency = if matches!(wire, Ok(Wire::ChangeCurrency)) {
+        v.check(
+            "currency",
+            Currency::parse(&request.currency).map_err(|e| e.to_string()),
+        )
+    } else {
+        if !request.currency.is_empty() {
+            v.add(
+                "currency",
+                "must be empty unless corruption is SETTLEMENT_CORRUPTION_CHANGE_CURRENCY",
+            );
+        }
+        None
+    };
+    let corruption = v
+        .check(
+            "corruption",
+            match wire {
+                Ok(Wire::Unspecified) => Err("is required"),
+                Ok(Wire::Drop) => Ok(Some(Corruption::Drop)),
+                Ok(Wire::Duplicate) => Ok(Some(Corruption::Duplicate)),
+                Ok(Wire::ChangeAmount) => Ok(amount.map(Corruption::ChangeAmount)),
+                Ok(Wire::ChangeCurrency) => Ok(currency.map(Corruption::ChangeCurrency)),
+                Ok(Wire::SettleLate) => Ok(Some(Corruption::SettleLate)),
+                Err(_) => Err("is not a known settlement corruption"),
+            },
+        )
+        .flatten();
+    v.finish_with(|| {
+        Some(CorruptSettlementRecord {
+            request_id: request_id?,
+            day: day?,
+            record_id: record_id?,
+            corruption: corruption?,
         })
     })
 }
@@ -276,16 +354,6 @@ fn settlement_record(record: &SettlementRecord) -> pb::SettlementRecord {
     }
 }
 
-fn date(text: &str) -> Result<Option<time::Date>, &'static str> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    time::Date::parse(text, format)
-        .map(Some)
-        .map_err(|_| "must be a date YYYY-MM-DD")
-}
-
 #[tonic::async_trait]
 impl pb::sandbox_service_server::SandboxService for SandboxApi {
     #[instrument(
@@ -371,6 +439,38 @@ impl pb::sandbox_service_server::SandboxService for SandboxApi {
 
     #[instrument(
         skip_all,
+        fields(rpc = "CorruptSettlementRecord", correlation_id, caller, record)
+    )]
+    async fn corrupt_settlement_record(
+        &self,
+        request: Request<pb::CorruptSettlementRecordRequest>,
+    ) -> Result<Response<pb::CorruptSettlementRecordResponse>, Status> {
+        let ctx = self
+            .edge
+            .context(&request, Rpc::CorruptSettlementRecord)
+            .await?;
+        let checked = corrupt_settlement_record(request.get_ref());
+        let command = self.edge.check(&ctx, checked).await?;
+        let CorruptedRecord {
+            original,
+            corrupted,
+        } = self
+            .charges
+            .corrupt_settlement_record(&ctx, command)
+            .await
+            .map_err(to_status)?;
+        tracing::Span::current().record("record", original.id.as_str());
+        Ok(respond(
+            &ctx,
+            pb::CorruptSettlementRecordResponse {
+                original: Some(settlement_record(&original)),
+                corrupted: corrupted.as_ref().map(settlement_record),
+            },
+        ))
+    }
+
+    #[instrument(
+        skip_all,
         fields(rpc = "ListSettlementRecords", correlation_id, caller)
     )]
     async fn list_settlement_records(
@@ -395,5 +495,83 @@ impl pb::sandbox_service_server::SandboxService for SandboxApi {
                 next_page_token: paging.next_token(&page, |record| record.seq),
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(error: Error) -> Vec<String> {
+        match error {
+            Error::InvalidArgument(violations) => violations.into_iter().map(|v| v.field).collect(),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    fn request(
+        corruption: pb::SettlementCorruption,
+        amount_minor: i64,
+        currency: &str,
+    ) -> pb::CorruptSettlementRecordRequest {
+        pb::CorruptSettlementRecordRequest {
+            request_id: "corrupt-1".to_owned(),
+            settlement_date: "2026-11-29".to_owned(),
+            record_id: String::new(),
+            corruption: corruption as i32,
+            amount_minor,
+            currency: currency.to_owned(),
+        }
+    }
+
+    /// Each corruption takes exactly its own parameter: an amount only to change the amount, a
+    /// currency only to change the currency; a missing or unknown corruption, a malformed day
+    /// or record id, and a parameter out of place are refused, each naming its field.
+    #[test]
+    fn corruption_requests() {
+        use pb::SettlementCorruption as Wire;
+        let usd = Currency::parse("USD").unwrap();
+        let accepted = [
+            (request(Wire::Drop, 0, ""), Corruption::Drop),
+            (request(Wire::Duplicate, 0, ""), Corruption::Duplicate),
+            (
+                request(Wire::ChangeAmount, 7, ""),
+                Corruption::ChangeAmount(7),
+            ),
+            (
+                request(Wire::ChangeCurrency, 0, "USD"),
+                Corruption::ChangeCurrency(usd),
+            ),
+            (request(Wire::SettleLate, 0, ""), Corruption::SettleLate),
+        ];
+        for (request, corruption) in accepted {
+            let command = corrupt_settlement_record(&request).unwrap();
+            assert_eq!(command.corruption, corruption);
+            assert_eq!(command.day, time::macros::date!(2026 - 11 - 29));
+            assert_eq!(command.record_id, None);
+        }
+
+        let mut bad_day = request(Wire::Drop, 0, "");
+        bad_day.settlement_date = "yesterday".to_owned();
+        let mut bad_record = request(Wire::Drop, 0, "");
+        bad_record.record_id = "sbx_aaaaaaaaaaaaaaaaaaaaaaaaaa".to_owned();
+        let mut unknown = request(Wire::Drop, 0, "");
+        unknown.corruption = 99;
+        let refused = [
+            (request(Wire::Unspecified, 0, ""), vec!["corruption"]),
+            (unknown, vec!["corruption"]),
+            (bad_day, vec!["settlement_date"]),
+            (bad_record, vec!["record_id"]),
+            (request(Wire::ChangeAmount, 0, ""), vec!["amount_minor"]),
+            (request(Wire::ChangeAmount, -5, ""), vec!["amount_minor"]),
+            (request(Wire::ChangeCurrency, 0, "usd"), vec!["currency"]),
+            (request(Wire::ChangeCurrency, 0, ""), vec!["currency"]),
+            (request(Wire::Drop, 5, ""), vec!["amount_minor"]),
+            (request(Wire::SettleLate, 0, "EUR"), vec!["currency"]),
+        ];
+        for (request, expected) in refused {
+            let error = corrupt_settlement_record(&request).unwrap_err();
+            assert_eq!(fields(error), expected, "{request:?}");
+        }
     }
 }

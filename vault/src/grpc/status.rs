@@ -49,6 +49,10 @@ pub fn to_status(error: Error) -> Status {
              request_id, or read the charge with GetCharge"
         }
         Error::ProcessorRefused(_) => "the processor refused the operation",
+        Error::SettlementFileTooLarge { .. } => {
+            "the settlement file holds more records than the vault delivers in one file"
+        }
+        Error::SettlementRecordNotFound => "settlement record not found",
         Error::KeyRetired => "the data key rotated while the request was processed; retry",
         Error::KeyVersionNotFound => "data key version not found",
         Error::KeyVersionActive => "the data key version is active; rotate the data key first",
@@ -110,6 +114,8 @@ pub fn code(reason: ErrorReason) -> Code {
         ErrorReason::ProcessorUnavailable => Code::Unavailable,
         ErrorReason::ProcessorTimeout => Code::DeadlineExceeded,
         ErrorReason::ProcessorRefused => Code::FailedPrecondition,
+        ErrorReason::SettlementFileTooLarge => Code::ResourceExhausted,
+        ErrorReason::SettlementRecordNotFound => Code::NotFound,
         ErrorReason::KeyRotated => Code::Aborted,
         ErrorReason::KeyVersionNotFound => Code::NotFound,
         ErrorReason::KeyVersionActive => Code::FailedPrecondition,
@@ -249,6 +255,8 @@ mod tests {
             Error::ProcessorUnavailable,
             Error::ProcessorTimeout,
             Error::ProcessorRefused("other"),
+            Error::SettlementFileTooLarge { records_max: 1 },
+            Error::SettlementRecordNotFound,
             Error::KeyRetired,
             Error::KeyVersionNotFound,
             Error::KeyVersionActive,
