@@ -48,7 +48,7 @@ pub const TRANSFERS_PER_CALL_MAX: usize = 8190;
 
 const TRANSFER_COLUMNS: &str = "t.seq, t.id, t.kind, t.debit_account_id, t.credit_account_id, \
      t.currency, t.amount, t.pending_id, t.timeout_at, t.payment_id, t.invoice_id, t.leg_id, \
-     t.cost_center, t.created_at";
+     t.cost_center, t.processor_reference, t.created_at";
 
 /// Creates accounts; an existing id gives `Exists` or `ExistsWithDifferentFields`. One insert
 /// for all of them, and one read of those that existed (none on the common path).
@@ -306,10 +306,11 @@ async fn insert_transfers(
     };
     sqlx::query(
         "INSERT INTO ledger_transfers (id, kind, debit_account_id, credit_account_id, currency, \
-         amount, pending_id, timeout_at, payment_id, invoice_id, leg_id, cost_center, created_at) \
+         amount, pending_id, timeout_at, payment_id, invoice_id, leg_id, cost_center, created_at, \
+         processor_reference) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
          $6::bigint[], $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], \
-         $12::text[], $13::timestamptz[])",
+         $12::text[], $13::timestamptz[], $14::text[])",
     )
     .bind(column(|r| Some(r.id.as_str())))
     .bind(column(|r| Some(r.kind.as_str())))
@@ -324,6 +325,7 @@ async fn insert_transfers(
     .bind(column(|r| r.refs.leg_id.as_deref()))
     .bind(column(|r| r.refs.cost_center.as_deref()))
     .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .bind(column(|r| r.refs.processor_reference.as_deref()))
     .execute(conn)
     .await?;
     Ok(())
@@ -475,6 +477,42 @@ pub async fn transfers_after(
     rows.iter().map(transfer_from_row).collect()
 }
 
+/// The transfers carrying one of the processor `references` (captures and refunds), in
+/// ledger order.
+pub async fn transfers_by_processor_reference(
+    executor: impl PgExecutor<'_>,
+    references: &[&str],
+) -> Result<Vec<StoredTransfer>, LedgerError> {
+    let sql = format!(
+        "SELECT {TRANSFER_COLUMNS} FROM ledger_transfers t \
+         WHERE t.processor_reference = ANY($1) ORDER BY t.seq"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(references)
+        .fetch_all(executor)
+        .await?;
+    rows.iter().map(transfer_from_row).collect()
+}
+
+/// The transfers carrying a processor reference (captures and refunds) written in
+/// `[from, to)`, in ledger order.
+pub async fn processor_transfers_between(
+    executor: impl PgExecutor<'_>,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> Result<Vec<StoredTransfer>, LedgerError> {
+    let sql = format!(
+        "SELECT {TRANSFER_COLUMNS} FROM ledger_transfers t WHERE t.processor_reference IS NOT NULL \
+         AND t.created_at >= $1 AND t.created_at < $2 ORDER BY t.seq"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(from)
+        .bind(to)
+        .fetch_all(executor)
+        .await?;
+    rows.iter().map(transfer_from_row).collect()
+}
+
 /// The accounts of a card token (its funding sources) or of a billing account (its
 /// receivables and refunds), ordered by id.
 pub async fn accounts_of(
@@ -575,6 +613,7 @@ fn transfer_from_row(row: &PgRow) -> Result<StoredTransfer, LedgerError> {
             invoice_id: row.try_get("invoice_id")?,
             leg_id: row.try_get("leg_id")?,
             cost_center: row.try_get("cost_center")?,
+            processor_reference: row.try_get("processor_reference")?,
         },
         created_at: row.try_get("created_at")?,
     })

@@ -225,6 +225,9 @@ pub struct TransferRefs {
     pub leg_id: Option<String>,
     /// The cost center.
     pub cost_center: Option<String>,
+    /// The processor's reference of a capture (its authorization's) or a refund (the
+    /// refund's), which reconciliation matches settlement records by; at most 128 bytes.
+    pub processor_reference: Option<String>,
 }
 
 /// What a transfer does.

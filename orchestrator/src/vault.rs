@@ -40,11 +40,25 @@ pub enum TokenCheck {
     NotUsable(String),
 }
 
+/// Why a settlement file was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettlementFileError {
+    /// The vault or the processor did not answer; try again later.
+    Unavailable(String),
+    /// The vault refused the request, or the file is too large.
+    Refused(String),
+}
+
 /// A vault refund's final answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefundAnswer {
-    /// Refunded.
-    Succeeded(String),
+    /// Refunded: the vault refund's id and the processor's reference of the refund.
+    Succeeded {
+        /// The vault refund.
+        id: String,
+        /// The processor's reference (empty if the vault gave none).
+        processor_reference: String,
+    },
     /// Refused by the processor (or the vault).
     Failed(Option<String>),
 }
@@ -111,6 +125,44 @@ impl VaultClient {
             charges: ChargeServiceClient::new(channel.clone()),
             tokens: TokenServiceClient::new(channel),
         })
+    }
+
+    /// The settlement file of `processor`'s `day`, whole, as the vault streams it from the
+    /// processor's connector; at most `bytes_max` bytes.
+    pub async fn settlement_file(
+        &self,
+        processor: &str,
+        day: time::Date,
+        bytes_max: usize,
+    ) -> Result<Vec<u8>, SettlementFileError> {
+        let request = pb::DownloadSettlementFileRequest {
+            processor: processor.to_owned(),
+            settlement_date: day.to_string(),
+        };
+        let refused = |status: tonic::Status| {
+            if is_unknown(&status) {
+                SettlementFileError::Unavailable(describe(&status))
+            } else {
+                SettlementFileError::Refused(format!("{}: {}", describe(&status), status.message()))
+            }
+        };
+        let mut stream = self
+            .charges
+            .clone()
+            .download_settlement_file(request)
+            .await
+            .map_err(refused)?
+            .into_inner();
+        let mut file = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(refused)? {
+            if file.len() + chunk.data.len() > bytes_max {
+                return Err(SettlementFileError::Refused(format!(
+                    "the settlement file is larger than {bytes_max} bytes"
+                )));
+            }
+            file.extend_from_slice(&chunk.data);
+        }
+        Ok(file)
     }
 
     /// Whether `token` may be charged.
@@ -334,7 +386,10 @@ impl VaultClient {
             Ok(response) => {
                 let refund = response.into_inner().refund.unwrap_or_default();
                 match pb::RefundState::try_from(refund.state) {
-                    Ok(pb::RefundState::Succeeded) => Ok(RefundAnswer::Succeeded(refund.id)),
+                    Ok(pb::RefundState::Succeeded) => Ok(RefundAnswer::Succeeded {
+                        id: refund.id,
+                        processor_reference: refund.processor_reference,
+                    }),
                     Ok(pb::RefundState::Failed) => Ok(RefundAnswer::Failed(Some(refund.id))),
                     _ => Err(Unknown("refund pending at the vault".into())),
                 }
@@ -461,6 +516,7 @@ fn answer(charge: pb::Charge) -> Result<AuthorizeAnswer, Unknown> {
                 charge_id: charge.id,
                 approved,
                 authorization_code: charge.authorization_code,
+                processor_reference: charge.processor_reference,
                 last4: charge.last4,
             }),
             _ => Err(Unknown(

@@ -736,9 +736,16 @@ impl Workflow {
             }
         }
         for (step, answer) in refunds {
-            let (succeeded, id) = match answer {
-                RefundAnswer::Succeeded(id) => (true, Some(id)),
-                RefundAnswer::Failed(id) => (false, id),
+            let (succeeded, id, reference) = match answer {
+                RefundAnswer::Succeeded {
+                    id,
+                    processor_reference,
+                } => (
+                    true,
+                    Some(id),
+                    (!processor_reference.is_empty()).then_some(processor_reference),
+                ),
+                RefundAnswer::Failed(id) => (false, id, None),
             };
             let Some((mut new_events, mut changes)) =
                 stored.record.record_refund(&step, succeeded, id, now)
@@ -756,6 +763,7 @@ impl Workflow {
                         step.leg,
                         &step.refund,
                         step.amount,
+                        reference,
                     )
                     .map_err(|e| Error::Corrupt(format!("ledger id: {e}")))?,
                 );
@@ -1073,6 +1081,7 @@ pub(crate) fn booking_context(stored: &StoredPayment) -> BookingContext {
         invoice_id: stored.record.invoice_id.clone(),
         billing_account: stored.billing_account_id.clone(),
         cost_center: stored.record.cost_center.clone(),
+        processor_reference: None,
     }
 }
 
@@ -1087,6 +1096,10 @@ fn leg_context(context: &BookingContext, record: &PaymentRecord, leg: usize) -> 
         cost_center: member
             .and_then(|m| m.cost_center.clone())
             .or_else(|| context.cost_center.clone()),
+        processor_reference: record
+            .legs
+            .get(leg)
+            .and_then(|d| d.processor_reference.clone()),
         ..context.clone()
     }
 }

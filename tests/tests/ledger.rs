@@ -427,6 +427,7 @@ async fn reads_and_export() {
             invoice_id: Some("inv-12345".into()),
             leg_id: None,
             cost_center: Some(cost_center.into()),
+            processor_reference: Some(format!("sbx_{payment}")),
         },
         ..t
     };

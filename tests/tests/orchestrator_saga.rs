@@ -103,6 +103,7 @@ async fn seeded_sagas_book_a_consistent_ledger() {
             invoice_id: format!("INV-{seed}"),
             billing_account: "acme".to_owned(),
             cost_center: Some("cc-7".to_owned()),
+            processor_reference: Some(format!("sbx_{seed}")),
         };
         let mut conn = pool.acquire().await.unwrap();
         tandem_ledger::ledger::create_accounts(

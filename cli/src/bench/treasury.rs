@@ -220,6 +220,7 @@ async fn book(pool: &sqlx::PgPool, args: &TreasuryArgs) -> anyhow::Result<i64> {
                     invoice_id: Some(format!("INV-{payment}")),
                     leg_id: Some(prefix.clone()),
                     cost_center: Some(format!("cc-{}", payment % 4)),
+                    processor_reference: None,
                 };
                 let kind = if step == "hold" {
                     TransferKind::Pending {
@@ -272,7 +273,7 @@ async fn write(
 }
 
 /// The token of bench card `i`: "tok_" and 26 base32 letters, none a digit.
-fn bench_token(i: u32) -> String {
+pub(super) fn bench_token(i: u32) -> String {
     let letters: String = format!("{i:0>26}")
         .chars()
         .map(|c| (b'a' + c.to_digit(10).unwrap_or(0) as u8) as char)

@@ -25,6 +25,10 @@ pub struct BookingContext {
     pub billing_account: String,
     /// The invoice's cost center, if any.
     pub cost_center: Option<String>,
+    /// The processor's reference of the leg's authorization, which its capture carries for
+    /// reconciliation; `None` before it is known (and for payments authorized before the
+    /// reference was kept).
+    pub processor_reference: Option<String>,
 }
 
 fn currency(payment: &Payment) -> Result<LedgerCurrency, IdError> {
@@ -98,6 +102,7 @@ pub fn booking(
         invoice_id: Some(context.invoice_id.clone()),
         leg_id: Some(format!("{}/leg/{}", context.payment_id, leg + 1)),
         cost_center: context.cost_center.clone(),
+        processor_reference: None,
     };
     let transfer = match *outcome {
         Outcome::Authorized { leg, approved } => {
@@ -121,7 +126,10 @@ pub fn booking(
                 amount: None,
             },
             linked: false,
-            refs: refs(leg),
+            refs: TransferRefs {
+                processor_reference: context.processor_reference.clone(),
+                ..refs(leg)
+            },
         },
         Outcome::Voided { leg } => Transfer {
             id: transfer_id(context, leg, "void")?,
@@ -138,13 +146,14 @@ pub fn booking(
 
 /// The transfer a succeeded refund part books: `amount` back from the billing account's
 /// receivable to the card's funding source, with a deterministic id
-/// (`<payment>/refund/<refund>/leg/<n>`).
+/// (`<payment>/refund/<refund>/leg/<n>`), carrying the processor's reference of the refund.
 pub fn refund_booking(
     context: &BookingContext,
     payment: &Payment,
     leg: usize,
     refund_id: &str,
     amount: i64,
+    processor_reference: Option<String>,
 ) -> Result<Transfer, IdError> {
     let currency = currency(payment)?;
     let token = &payment.legs[leg].token;
@@ -165,6 +174,7 @@ pub fn refund_booking(
             invoice_id: Some(context.invoice_id.clone()),
             leg_id: Some(format!("{}/leg/{}", context.payment_id, leg + 1)),
             cost_center: context.cost_center.clone(),
+            processor_reference,
         },
     })
 }

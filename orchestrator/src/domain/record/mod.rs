@@ -57,6 +57,10 @@ pub struct LegDetail {
     pub charge_id: Option<String>,
     /// The issuer's authorization code.
     pub authorization_code: Option<String>,
+    /// The processor's reference of the authorization (the vault charge's), which the
+    /// capture's booking carries for reconciliation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor_reference: Option<String>,
     /// The card's last four digits, as the vault reported them.
     pub last4: Option<String>,
     /// The leg whose declined amount this leg took over (fallback).

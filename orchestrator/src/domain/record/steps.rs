@@ -45,6 +45,8 @@ pub enum AuthorizeAnswer {
         approved: i64,
         /// The issuer's code.
         authorization_code: String,
+        /// The processor's reference of the authorization (empty if the vault gave none).
+        processor_reference: String,
         /// The card's last four digits.
         last4: String,
     },
@@ -258,6 +260,7 @@ impl PaymentRecord {
                 charge_id,
                 approved,
                 authorization_code,
+                processor_reference,
                 last4,
             } => {
                 let approved = approved.clamp(1, requested);
@@ -272,6 +275,8 @@ impl PaymentRecord {
                 let detail = &mut self.legs[leg];
                 detail.charge_id = Some(charge_id);
                 detail.authorization_code = Some(authorization_code);
+                detail.processor_reference =
+                    (!processor_reference.is_empty()).then_some(processor_reference);
                 detail.last4 = Some(last4);
                 (
                     Outcome::Authorized { leg, approved },

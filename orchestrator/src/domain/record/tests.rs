@@ -81,6 +81,7 @@ fn approve(record: &mut PaymentRecord, leg: usize, approved: i64, last4: &str) {
                 charge_id: format!("ch_{leg}"),
                 approved,
                 authorization_code: format!("A{leg}"),
+                processor_reference: "sbx_ref".into(),
                 last4: last4.into(),
             },
             now(),
@@ -140,6 +141,7 @@ fn summary_names_each_card_and_the_replacement() {
                 charge_id: format!("ch_{}", step.token),
                 approved: step.amount,
                 authorization_code: "A1".into(),
+                processor_reference: "sbx_ref".into(),
                 last4: match step.token.as_str() {
                     "tok_a" => "4242",
                     "tok_b" => "1881",
@@ -184,6 +186,7 @@ fn summary_adds_up_a_cards_legs() {
                 charge_id: format!("ch_{}", step.amount),
                 approved: step.amount,
                 authorization_code: "A1".into(),
+                processor_reference: "sbx_ref".into(),
                 last4: "4242".into(),
             }
         }
@@ -264,6 +267,7 @@ fn a_shortfall_voids_and_says_so() {
                             charge_id: "ch_a".into(),
                             approved: step.amount,
                             authorization_code: "A".into(),
+                            processor_reference: "sbx_ref".into(),
                             last4: "4242".into(),
                         }
                     } else {
@@ -312,6 +316,7 @@ fn refunds_spread_over_captured_legs() {
         charge_id: format!("ch_{}", step.token),
         approved: step.amount,
         authorization_code: "A".into(),
+        processor_reference: "sbx_ref".into(),
         last4: "0000".into(),
     });
     assert_eq!(record.saga.state, PaymentState::Succeeded);
