@@ -41,11 +41,23 @@ pub enum Rpc {
     GetSpendReport,
     /// `LedgerService/ExportLedger`
     ExportLedger,
+    /// `ReconciliationService/RunReconciliation`
+    RunReconciliation,
+    /// `ReconciliationService/GetReconciliationRun`
+    GetReconciliationRun,
+    /// `ReconciliationService/ListDiscrepancies`
+    ListDiscrepancies,
+    /// `ReconciliationService/ProposeAdjustment`
+    ProposeAdjustment,
+    /// `ReconciliationService/ApproveAdjustment`
+    ApproveAdjustment,
+    /// `ReconciliationService/RejectAdjustment`
+    RejectAdjustment,
 }
 
 impl Rpc {
     /// Every RPC, for tests that check the table is complete.
-    pub const ALL: [Rpc; 16] = [
+    pub const ALL: [Rpc; 22] = [
         Rpc::CreateCardGroup,
         Rpc::GetCardGroup,
         Rpc::ListCardGroups,
@@ -62,6 +74,12 @@ impl Rpc {
         Rpc::ListEntries,
         Rpc::GetSpendReport,
         Rpc::ExportLedger,
+        Rpc::RunReconciliation,
+        Rpc::GetReconciliationRun,
+        Rpc::ListDiscrepancies,
+        Rpc::ProposeAdjustment,
+        Rpc::ApproveAdjustment,
+        Rpc::RejectAdjustment,
     ];
 
     /// The full gRPC method name.
@@ -83,6 +101,24 @@ impl Rpc {
             Rpc::ListEntries => "tandem.orchestrator.v1.LedgerService/ListEntries",
             Rpc::GetSpendReport => "tandem.orchestrator.v1.LedgerService/GetSpendReport",
             Rpc::ExportLedger => "tandem.orchestrator.v1.LedgerService/ExportLedger",
+            Rpc::RunReconciliation => {
+                "tandem.orchestrator.v1.ReconciliationService/RunReconciliation"
+            }
+            Rpc::GetReconciliationRun => {
+                "tandem.orchestrator.v1.ReconciliationService/GetReconciliationRun"
+            }
+            Rpc::ListDiscrepancies => {
+                "tandem.orchestrator.v1.ReconciliationService/ListDiscrepancies"
+            }
+            Rpc::ProposeAdjustment => {
+                "tandem.orchestrator.v1.ReconciliationService/ProposeAdjustment"
+            }
+            Rpc::ApproveAdjustment => {
+                "tandem.orchestrator.v1.ReconciliationService/ApproveAdjustment"
+            }
+            Rpc::RejectAdjustment => {
+                "tandem.orchestrator.v1.ReconciliationService/RejectAdjustment"
+            }
         }
     }
 
@@ -101,6 +137,11 @@ impl Rpc {
             | Rpc::ListEntries
             | Rpc::GetSpendReport
             | Rpc::ExportLedger => &[Role::Treasury, Role::Reader],
+            Rpc::RunReconciliation | Rpc::ProposeAdjustment => &[Role::Treasury],
+            Rpc::GetReconciliationRun | Rpc::ListDiscrepancies => {
+                &[Role::Treasury, Role::Approver, Role::Reader]
+            }
+            Rpc::ApproveAdjustment | Rpc::RejectAdjustment => &[Role::Approver],
         }
     }
 
@@ -119,13 +160,19 @@ impl Rpc {
             | Rpc::ListEvents
             | Rpc::GetBalances
             | Rpc::ListEntries
-            | Rpc::GetSpendReport => RpcClass::Read,
+            | Rpc::GetSpendReport
+            | Rpc::GetReconciliationRun
+            | Rpc::ListDiscrepancies => RpcClass::Read,
             Rpc::CreateCardGroup
             | Rpc::UpdateCardGroup
             | Rpc::DeleteCardGroup
             | Rpc::CreatePayment
             | Rpc::RefundPayment
-            | Rpc::AddPaymentNote => RpcClass::Write,
+            | Rpc::AddPaymentNote
+            | Rpc::RunReconciliation
+            | Rpc::ProposeAdjustment
+            | Rpc::ApproveAdjustment
+            | Rpc::RejectAdjustment => RpcClass::Write,
             Rpc::WatchPayment | Rpc::ExportLedger => RpcClass::Stream,
         }
     }
@@ -175,10 +222,21 @@ mod tests {
     /// The table matches DESIGN sections 2 and 11 and the services' docs: treasury manages
     /// card groups, payers pay and refund, both write notes, treasury and readers read the
     /// ledger and the event feed (payers do not), every orchestrator role reads payments and
-    /// groups, and the vault's roles reach nothing here.
+    /// groups, and the vault's roles reach nothing here. Reconciliation: treasury runs and
+    /// proposes, approvers alone decide, all three read.
     #[test]
     fn role_table() {
         for rpc in Rpc::ALL {
+            if rpc.method().contains("ReconciliationService/") {
+                let reads = matches!(rpc, Rpc::GetReconciliationRun | Rpc::ListDiscrepancies);
+                let decides = matches!(rpc, Rpc::ApproveAdjustment | Rpc::RejectAdjustment);
+                assert_eq!(rpc.allows(Role::Treasury), !decides, "{rpc:?}");
+                assert_eq!(rpc.allows(Role::Approver), reads || decides, "{rpc:?}");
+                assert_eq!(rpc.allows(Role::Reader), reads, "{rpc:?}");
+                assert!(!rpc.allows(Role::Payer), "{rpc:?}");
+                continue;
+            }
+            assert!(!rpc.allows(Role::Approver), "{rpc:?}");
             let groups = rpc.method().contains("CardGroupService/");
             let books = rpc.method().contains("LedgerService/") || rpc == Rpc::ListEvents;
             let reads = matches!(

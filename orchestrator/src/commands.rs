@@ -229,3 +229,65 @@ pub struct ExportQuery {
     /// Most bytes of lines in one chunk (one message).
     pub bytes_max: usize,
 }
+
+/// A checked `RunReconciliation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileDay {
+    /// The request id.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The processor (the configured one).
+    pub processor: String,
+    /// The settlement day, not after today (UTC).
+    pub day: time::Date,
+}
+
+/// A checked `ListDiscrepancies`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscrepancyQuery {
+    /// The run whose processor and day to list, if named.
+    pub run_id: Option<String>,
+    /// Otherwise this processor ...
+    pub processor: String,
+    /// ... and this day, if given.
+    pub day: Option<time::Date>,
+    /// Only this state (`open`, `resolved`, `cleared`), if given.
+    pub state: Option<String>,
+    /// Discrepancies in the page.
+    pub size: i32,
+    /// Where the page starts: after this position.
+    pub after: i64,
+}
+
+/// A checked `ProposeAdjustment`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdjustmentProposal {
+    /// The request id.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The discrepancy.
+    pub discrepancy_id: String,
+    /// The correction's size, minor units, positive.
+    pub amount: i64,
+    /// Its currency.
+    pub currency: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A checked `ApproveAdjustment` or `RejectAdjustment`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdjustmentDecision {
+    /// The request id.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The adjustment.
+    pub adjustment_id: String,
+    /// Approve (post it) or reject.
+    pub approve: bool,
+    /// Why (a rejection).
+    pub reason: String,
+}

@@ -34,6 +34,49 @@ pub struct Settings {
     pub payments: PaymentSettings,
     /// Limits of the ledger's reads (`LedgerService`).
     pub ledger: LedgerSettings,
+    /// Reconciliation against the processors' settlement files.
+    pub reconciliation: ReconciliationSettings,
+}
+
+/// Reconciliation: which processors, the grace period, and the worker that reconciles each
+/// closed day by itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconciliationSettings {
+    /// The processor (the vault's connector name) whose settlement files are reconciled. One:
+    /// the ledger's entries do not record which processor took them, so a second processor's
+    /// captures would look missing at the first.
+    pub processor: String,
+    /// How long after a capture or refund was booked its settlement record may still come:
+    /// until then a ledger entry no file reported is PENDING, after it MISSING_AT_PROCESSOR.
+    pub grace_s: u64,
+    /// Whether this instance runs the worker.
+    pub worker_enabled: bool,
+    /// The hour (UTC) from which the worker reconciles the day before.
+    pub run_hour_utc: u8,
+    /// How many closed days back the worker looks for days not yet reconciled.
+    pub lookback_days: u16,
+    /// How often the worker looks, in seconds.
+    pub interval_s: u64,
+    /// How long a worker's claim on a day holds before another instance may take it over.
+    pub claim_s: u64,
+    /// Most records of one settlement file.
+    pub file_records_max: usize,
+}
+
+impl Default for ReconciliationSettings {
+    fn default() -> Self {
+        Self {
+            processor: "sandbox".to_owned(),
+            grace_s: 172_800,
+            worker_enabled: true,
+            run_hour_utc: 2,
+            lookback_days: 7,
+            interval_s: 300,
+            claim_s: 600,
+            file_records_max: 2_000_000,
+        }
+    }
 }
 
 /// Limits of the ledger's reads.
@@ -73,6 +116,7 @@ impl Default for Settings {
             vault: VaultSettings::default(),
             payments: PaymentSettings::default(),
             ledger: LedgerSettings::default(),
+            reconciliation: ReconciliationSettings::default(),
         }
     }
 }
@@ -247,7 +291,8 @@ impl ServiceSettings for Settings {
             tandem_runtime::settings::common_checks(&self.server, &self.tls, &self.database);
         let p = &self.payments;
         let l = &self.ledger;
-        let checks: [Check; 11] = [
+        let r = &self.reconciliation;
+        let checks: [Check; 13] = [
             (
                 self.vault.endpoint.starts_with("https://"),
                 "vault.endpoint",
@@ -319,6 +364,26 @@ impl ServiceSettings for Settings {
                 "ledger.page_size_max",
                 "must be 1 to 1000 (and ledger.range_days_max 1 to 3660, \
                  ledger.export_chunk_max 1 to 100000, ledger.export_settle_ms at most 86400000)",
+            ),
+            (
+                (1..=32).contains(&r.processor.len())
+                    && r.processor
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "reconciliation.processor",
+                "must be 1-32 characters of a-z 0-9 _",
+            ),
+            (
+                r.grace_s <= 30 * 86_400
+                    && r.run_hour_utc < 24
+                    && (1..=366).contains(&r.lookback_days)
+                    && (1..=86_400).contains(&r.interval_s)
+                    && (1..=86_400).contains(&r.claim_s)
+                    && (1..=crate::domain::reconciliation::FILE_RECORDS_MAX)
+                        .contains(&r.file_records_max),
+                "reconciliation.grace_s",
+                "must be at most 2592000 (and reconciliation.run_hour_utc 0 to 23, lookback_days \
+                 1 to 366, interval_s and claim_s 1 to 86400, file_records_max 1 to 2000000)",
             ),
         ];
         first_failure(common.into_iter().chain(self.limits.checks()).chain(checks))

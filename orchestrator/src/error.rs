@@ -54,6 +54,31 @@ pub enum Error {
     /// The payment has its maximum number of notes.
     #[error("note limit reached")]
     NoteLimitReached,
+    /// No reconciliation run has the id.
+    #[error("reconciliation run not found")]
+    ReconciliationRunNotFound,
+    /// No discrepancy has the id.
+    #[error("discrepancy not found")]
+    DiscrepancyNotFound,
+    /// The discrepancy is cleared or resolved, an adjustment already waits for it, or a later
+    /// run changed it since its adjustment was proposed.
+    #[error("the discrepancy is not open")]
+    DiscrepancyNotOpen,
+    /// The discrepancy is pending: nothing to correct yet.
+    #[error("the discrepancy is pending")]
+    DiscrepancyPending,
+    /// No adjustment has the id.
+    #[error("adjustment not found")]
+    AdjustmentNotFound,
+    /// The adjustment was approved or rejected already.
+    #[error("the adjustment is not proposed")]
+    AdjustmentNotProposed,
+    /// An adjustment's proposer tried to decide it (four eyes).
+    #[error("the proposer may not decide their own adjustment")]
+    SameIdentity,
+    /// The processor's settlement file is malformed, too large, or was refused by the vault.
+    #[error("the settlement file cannot be read: {0}")]
+    SettlementFileInvalid(String),
     /// The request id was used before for a different request.
     #[error("request_id was already used for a different request")]
     RequestIdReused,
@@ -100,6 +125,14 @@ impl Error {
             Error::AmountExceedsRefundable => "AMOUNT_EXCEEDS_REFUNDABLE",
             Error::RefundLimitReached => "REFUND_LIMIT_REACHED",
             Error::NoteLimitReached => "NOTE_LIMIT_REACHED",
+            Error::ReconciliationRunNotFound => "RECONCILIATION_RUN_NOT_FOUND",
+            Error::DiscrepancyNotFound => "DISCREPANCY_NOT_FOUND",
+            Error::DiscrepancyNotOpen => "DISCREPANCY_NOT_OPEN",
+            Error::DiscrepancyPending => "DISCREPANCY_PENDING",
+            Error::AdjustmentNotFound => "ADJUSTMENT_NOT_FOUND",
+            Error::AdjustmentNotProposed => "ADJUSTMENT_NOT_PROPOSED",
+            Error::SameIdentity => "SAME_IDENTITY",
+            Error::SettlementFileInvalid(_) => "SETTLEMENT_FILE_INVALID",
             Error::RequestIdReused => "REQUEST_ID_REUSED",
             Error::RequestInProgress => "REQUEST_IN_PROGRESS",
             Error::VaultUnavailable => "VAULT_UNAVAILABLE",

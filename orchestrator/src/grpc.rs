@@ -1,6 +1,6 @@
 //! Thin gRPC handlers: check the caller's role, check the request into a
 //! [`crate::commands`] value with [`convert`], call [`crate::groups`], [`crate::payments`] or
-//! [`crate::ledger_reads`],
+//! [`crate::ledger_reads`] or [`crate::reconciliation`],
 //! turn the answer into its wire message with [`convert`], and map errors with
 //! [`status::to_status`].
 
@@ -15,6 +15,7 @@ use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_server::CardGroupService;
 use tandem_proto::tandem::orchestrator::v1::ledger_service_server::LedgerService;
 use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentService;
+use tandem_proto::tandem::orchestrator::v1::reconciliation_service_server::ReconciliationService;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Rpc, authorize};
@@ -22,6 +23,7 @@ use crate::domain::actor::Actor;
 use crate::groups::Groups;
 use crate::ledger_reads::LedgerReads;
 use crate::payments::{Call, Payments};
+use crate::reconciliation::Reconciliation;
 use status::to_status;
 use tandem_runtime::admission::InFlight;
 
@@ -387,5 +389,130 @@ impl LedgerService for LedgerApi {
                 .map_err(to_status)
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// `ReconciliationService`.
+pub struct ReconciliationApi {
+    reconciliation: Arc<Reconciliation>,
+    uri_prefix: String,
+}
+
+impl ReconciliationApi {
+    /// The service over `reconciliation`; callers are read from certificates with
+    /// `uri_prefix`.
+    pub fn new(reconciliation: Arc<Reconciliation>, uri_prefix: &str) -> Self {
+        Self {
+            reconciliation,
+            uri_prefix: uri_prefix.to_owned(),
+        }
+    }
+}
+
+/// Decodes a stored response.
+fn stored<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Status> {
+    M::decode(bytes).map_err(|e| {
+        to_status(crate::error::Error::Corrupt(format!(
+            "stored response: {e}"
+        )))
+    })
+}
+
+#[tonic::async_trait]
+impl ReconciliationService for ReconciliationApi {
+    async fn run_reconciliation(
+        &self,
+        request: Request<pb::RunReconciliationRequest>,
+    ) -> Result<Response<pb::RunReconciliationResponse>, Status> {
+        let actor = check(&request, &self.uri_prefix, Rpc::RunReconciliation)?;
+        let command = convert::reconciliation::run_reconciliation(
+            request.get_ref(),
+            self.reconciliation.settings(),
+            tandem_runtime::time::now_micros(),
+        )
+        .map_err(to_status)?;
+        let response = self
+            .reconciliation
+            .run(command, actor)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(stored(&response)?))
+    }
+
+    async fn get_reconciliation_run(
+        &self,
+        request: Request<pb::GetReconciliationRunRequest>,
+    ) -> Result<Response<pb::GetReconciliationRunResponse>, Status> {
+        check(&request, &self.uri_prefix, Rpc::GetReconciliationRun)?;
+        let id = convert::reconciliation::get_run(request.get_ref()).map_err(to_status)?;
+        let run = self.reconciliation.get_run(&id).await.map_err(to_status)?;
+        Ok(Response::new(pb::GetReconciliationRunResponse {
+            run: Some(convert::reconciliation::run(&run)),
+        }))
+    }
+
+    async fn list_discrepancies(
+        &self,
+        request: Request<pb::ListDiscrepanciesRequest>,
+    ) -> Result<Response<pb::ListDiscrepanciesResponse>, Status> {
+        check(&request, &self.uri_prefix, Rpc::ListDiscrepancies)?;
+        let (query, scope) = convert::reconciliation::list_discrepancies(
+            request.get_ref(),
+            self.reconciliation.settings(),
+        )
+        .map_err(to_status)?;
+        let (page, more) = self
+            .reconciliation
+            .discrepancies(&query)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::reconciliation::discrepancies_page(
+            &page, more, &scope,
+        )))
+    }
+
+    async fn propose_adjustment(
+        &self,
+        request: Request<pb::ProposeAdjustmentRequest>,
+    ) -> Result<Response<pb::ProposeAdjustmentResponse>, Status> {
+        let actor = check(&request, &self.uri_prefix, Rpc::ProposeAdjustment)?;
+        let proposal =
+            convert::reconciliation::propose_adjustment(request.get_ref()).map_err(to_status)?;
+        let response = self
+            .reconciliation
+            .propose(proposal, actor)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(stored(&response)?))
+    }
+
+    async fn approve_adjustment(
+        &self,
+        request: Request<pb::ApproveAdjustmentRequest>,
+    ) -> Result<Response<pb::ApproveAdjustmentResponse>, Status> {
+        let actor = check(&request, &self.uri_prefix, Rpc::ApproveAdjustment)?;
+        let decision =
+            convert::reconciliation::approve_adjustment(request.get_ref()).map_err(to_status)?;
+        let response = self
+            .reconciliation
+            .decide(decision, actor)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(stored(&response)?))
+    }
+
+    async fn reject_adjustment(
+        &self,
+        request: Request<pb::RejectAdjustmentRequest>,
+    ) -> Result<Response<pb::RejectAdjustmentResponse>, Status> {
+        let actor = check(&request, &self.uri_prefix, Rpc::RejectAdjustment)?;
+        let decision =
+            convert::reconciliation::reject_adjustment(request.get_ref()).map_err(to_status)?;
+        let response = self
+            .reconciliation
+            .decide(decision, actor)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(stored(&response)?))
     }
 }

@@ -67,6 +67,7 @@ pub mod groups;
 pub mod grpc;
 pub mod ledger_reads;
 pub mod payments;
+pub mod reconciliation;
 pub mod server;
 pub mod storage;
 pub mod vault;

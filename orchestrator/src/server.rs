@@ -10,22 +10,25 @@ use sqlx::PgPool;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_server::CardGroupServiceServer;
 use tandem_proto::tandem::orchestrator::v1::ledger_service_server::LedgerServiceServer;
 use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentServiceServer;
+use tandem_proto::tandem::orchestrator::v1::reconciliation_service_server::ReconciliationServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::groups::Groups;
-use crate::grpc::{CardGroupApi, LedgerApi, PaymentApi};
+use crate::grpc::{CardGroupApi, LedgerApi, PaymentApi, ReconciliationApi};
 use crate::ledger_reads::LedgerReads;
 use crate::payments::Payments;
+use crate::reconciliation::Reconciliation;
 use crate::vault::VaultClient;
 use crate::workflow::{CrashPlan, Workflow};
 
 /// The gRPC services this server registers, as reflection advertises them.
-const SERVED_SERVICES: [&str; 6] = [
+const SERVED_SERVICES: [&str; 7] = [
     "tandem.orchestrator.v1.CardGroupService",
     "tandem.orchestrator.v1.PaymentService",
     "tandem.orchestrator.v1.LedgerService",
+    "tandem.orchestrator.v1.ReconciliationService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -95,6 +98,17 @@ pub async fn run_with(
         settings.server.request_timeout(),
     ));
     let ledger = Arc::new(LedgerReads::new(pool.clone(), settings.ledger.clone()));
+    let reconciliation = Arc::new(Reconciliation::new(
+        pool.clone(),
+        workflow.vault().clone(),
+        settings.reconciliation.clone(),
+        settings.payments.request_id_wait_ms,
+        workflow.owner(),
+    ));
+    let reconciliation_task = settings
+        .reconciliation
+        .worker_enabled
+        .then(|| tokio::spawn(reconciliation.clone().worker_loop(stop.clone())));
     let recovery_task = tokio::spawn(workflow.clone().recovery_loop());
     let committer_task = workflow.start_committer();
     let feeds_task = tokio::spawn(workflow.feeds().clone().run(stop.clone()));
@@ -108,6 +122,9 @@ pub async fn run_with(
         .await;
     health_reporter
         .set_serving::<LedgerServiceServer<LedgerApi>>()
+        .await;
+    health_reporter
+        .set_serving::<ReconciliationServiceServer<ReconciliationApi>>()
         .await;
     let (reflection_v1, reflection_v1alpha) =
         tandem_runtime::serving::reflection(&SERVED_SERVICES)?;
@@ -124,6 +141,11 @@ pub async fn run_with(
 
     let ledger_service =
         LedgerServiceServer::new(LedgerApi::new(ledger, uri_prefix, message_bytes_max))
+            .max_decoding_message_size(message_bytes_max)
+            .max_encoding_message_size(message_bytes_max);
+
+    let reconciliation_service =
+        ReconciliationServiceServer::new(ReconciliationApi::new(reconciliation, uri_prefix))
             .max_decoding_message_size(message_bytes_max)
             .max_encoding_message_size(message_bytes_max);
 
@@ -147,6 +169,7 @@ pub async fn run_with(
         .add_service(card_group_service)
         .add_service(payment_service)
         .add_service(ledger_service)
+        .add_service(reconciliation_service)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -157,6 +180,9 @@ pub async fn run_with(
             .await;
         health_reporter
             .set_not_serving::<LedgerServiceServer<LedgerApi>>()
+            .await;
+        health_reporter
+            .set_not_serving::<ReconciliationServiceServer<ReconciliationApi>>()
             .await;
     };
     let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
@@ -172,6 +198,9 @@ pub async fn run_with(
     recovery_task.abort();
     committer_task.abort();
     feeds_task.abort();
+    if let Some(task) = reconciliation_task {
+        task.abort();
+    }
     // Payments still being driven keep their leases; another instance (or this one after a
     // restart) resumes them once the leases expire.
     pool.close().await;

@@ -13,6 +13,8 @@ use crate::domain::record::PaymentRecord;
 use crate::domain::record::steps::SpendChange;
 use crate::error::{Error, is_lock_timeout};
 
+pub mod reconciliation;
+
 /// The orchestrator's migrations (the ledger's are numbered from 10001 and share the table of
 /// applied migrations).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

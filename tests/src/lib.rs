@@ -353,6 +353,8 @@ pub fn orchestrator_settings(
     settings.payments.watch_poll_ms = 50;
     // Exports may cover a range up to now: tests write nothing while they export.
     settings.ledger.export_settle_ms = 0;
+    // Tests run reconciliations themselves; the worker's own test runs its rounds.
+    settings.reconciliation.worker_enabled = false;
     settings.server.shutdown_grace_ms = 2_000;
     settings.limits = LimitSettings::uniform(ClassLimits::UNLIMITED);
     settings

@@ -5,5 +5,6 @@ pub mod allocation;
 pub mod booking;
 pub mod group;
 pub mod planning;
+pub mod reconciliation;
 pub mod record;
 pub mod saga;

@@ -27,6 +27,7 @@ use crate::storage::Cursor;
 pub mod groups;
 pub mod ledger;
 pub mod payments;
+pub mod reconciliation;
 
 /// Records domain policy errors in `v`, their `policy.` prefix replaced by `prefix`.
 pub fn add_policy(v: &mut Violations, errors: Vec<PolicyError>, prefix: &str) {

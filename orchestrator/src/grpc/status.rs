@@ -58,6 +58,32 @@ pub fn to_status(error: Error) -> Status {
             Code::FailedPrecondition,
             "the payment already holds its most notes (100 notes, 8 KiB of text)",
         ),
+        Error::ReconciliationRunNotFound => (Code::NotFound, "reconciliation run not found"),
+        Error::DiscrepancyNotFound => (Code::NotFound, "discrepancy not found"),
+        Error::DiscrepancyNotOpen => (
+            Code::FailedPrecondition,
+            "the discrepancy is not open (cleared, resolved, or an adjustment already waits)",
+        ),
+        Error::DiscrepancyPending => (
+            Code::FailedPrecondition,
+            "the discrepancy is pending: its record may still settle within the grace period",
+        ),
+        Error::AdjustmentNotFound => (Code::NotFound, "adjustment not found"),
+        Error::AdjustmentNotProposed => (
+            Code::FailedPrecondition,
+            "the adjustment was already approved or rejected",
+        ),
+        Error::SameIdentity => (
+            Code::PermissionDenied,
+            "an adjustment must be decided by another identity than its proposer",
+        ),
+        Error::SettlementFileInvalid(what) => {
+            tracing::warn!(detail = %what, "settlement file refused");
+            (
+                Code::FailedPrecondition,
+                "the processor's settlement file cannot be read; see the orchestrator's log",
+            )
+        }
         Error::RequestIdReused => (
             Code::AlreadyExists,
             "request_id was already used for a different request",

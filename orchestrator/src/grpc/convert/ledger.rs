@@ -80,7 +80,7 @@ fn account_code(code: AccountCode) -> pb::LedgerAccountCode {
     }
 }
 
-fn money(currency: &str, minor_units: i64) -> types::Money {
+pub(super) fn money(currency: &str, minor_units: i64) -> types::Money {
     types::Money {
         currency_code: currency.to_owned(),
         minor_units,
@@ -176,7 +176,7 @@ fn transfer_filter(
 
 /// A page token's position (a ledger `seq`) if it was made for `scope`; a violation of
 /// `field` otherwise.
-fn position(v: &mut Violations, field: &str, token: &str, scope: &str) -> i64 {
+pub(super) fn position(v: &mut Violations, field: &str, token: &str, scope: &str) -> i64 {
     if token.is_empty() {
         return 0;
     }
@@ -192,7 +192,7 @@ fn position(v: &mut Violations, field: &str, token: &str, scope: &str) -> i64 {
     }
 }
 
-fn token(seq: i64, scope: &str) -> String {
+pub(super) fn token(seq: i64, scope: &str) -> String {
     tandem_runtime::pages::encode(PAGES, scope.as_bytes(), &seq.to_be_bytes())
 }
 
@@ -308,7 +308,7 @@ pub fn entries_page(
 }
 
 /// A day, `YYYY-MM-DD`.
-fn day(v: &mut Violations, field: &str, text: &str) -> Option<Date> {
+pub(super) fn day(v: &mut Violations, field: &str, text: &str) -> Option<Date> {
     let parsed = (|| {
         let mut parts = text.splitn(3, '-');
         let (year, month, day) = (parts.next()?, parts.next()?, parts.next()?);

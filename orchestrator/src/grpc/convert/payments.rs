@@ -382,7 +382,7 @@ const CARD_DIGITS_MIN: usize = 12;
 /// True if `text` holds [`CARD_DIGITS_MIN`] digits or more with nothing but separators
 /// (spaces, dots, slashes, dashes, newlines, ...) between them. Any Unicode digit counts
 /// (full-width ones too); only a letter ends a run.
-fn holds_card_number(text: &str) -> bool {
+pub(super) fn holds_card_number(text: &str) -> bool {
     let mut run = 0;
     for c in text.chars() {
         if c.is_numeric() {
@@ -399,7 +399,7 @@ fn holds_card_number(text: &str) -> bool {
 
 /// Checks an operator note: 1-1000 characters, no control characters but newlines, and no
 /// card number (a note is shown in views, events and exports, where none may ever be).
-fn note_text(v: &mut Violations, field: &str, text: &str) {
+pub(super) fn note_text(v: &mut Violations, field: &str, text: &str) {
     let chars = text.chars().count();
     if chars == 0 || chars > NOTE_CHARS_MAX || text.chars().any(|c| c.is_control() && c != '\n') {
         v.add(
