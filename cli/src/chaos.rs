@@ -13,7 +13,8 @@
 //! - each `ALL_OR_NOTHING` payment is fully captured or fully voided;
 //! - no hold is left open, at the sandbox or in the ledger;
 //! - the ledger's invariant check passes;
-//! - the sandbox's settlement report matches the ledger exactly.
+//! - a reconciliation run of every day the sandbox settled matches every settlement record
+//!   with its ledger capture or refund, and finds no discrepancy of any class.
 //!
 //! It prints one line such as `chaos: 500 payments, 37 kills, 0 double charges, 0 lost
 //! captures, 0 orphan holds` and exits non-zero on any violation.
@@ -28,6 +29,7 @@ use anyhow::{Context as _, bail};
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
+use tandem_proto::tandem::orchestrator::v1::reconciliation_service_client::ReconciliationServiceClient;
 use tandem_proto::tandem::r#type::v1 as types;
 use tandem_proto::tandem::vault::v1 as vault_pb;
 use tandem_proto::tandem::vault::v1::sandbox_service_client::SandboxServiceClient;
@@ -270,16 +272,25 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let reader =
         PaymentServiceClient::new(connect(&orchestrator_address, &certs, Role::Reader).await?);
     let payments = settle(reader, &created, args.settle_timeout).await?;
-    let report = verify(&payments, &vault_address, &certs, &orchestrator_url).await?;
+    let report = verify(
+        &payments,
+        &vault_address,
+        &orchestrator_address,
+        &certs,
+        &orchestrator_url,
+    )
+    .await?;
     orchestrator.lock().await.kill();
     vault.lock().await.kill();
     println!(
-        "chaos: {} payments, {} kills, {} double charges, {} lost captures, {} orphan holds",
+        "chaos: {} payments, {} kills, {} double charges, {} lost captures, {} orphan holds, \
+         {} settlement records reconciled",
         payments.len(),
         kills.load(Ordering::SeqCst),
         report.double_charges,
         report.lost_captures,
-        report.orphan_holds
+        report.orphan_holds,
+        report.reconciled
     );
     if report.violations.is_empty() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -518,6 +529,7 @@ struct Report {
     double_charges: usize,
     lost_captures: usize,
     orphan_holds: usize,
+    reconciled: i64,
     violations: Vec<String>,
 }
 
@@ -525,6 +537,7 @@ struct Report {
 async fn verify(
     payments: &[(pb::Payment, bool)],
     vault: &str,
+    orchestrator: &str,
     certs: &Path,
     orchestrator_url: &str,
 ) -> anyhow::Result<Report> {
@@ -687,6 +700,7 @@ async fn verify(
     }
     pool.close().await;
     let mut settled_total = 0;
+    let mut days = std::collections::BTreeSet::new();
     let mut page_token = String::new();
     loop {
         let page = sandbox
@@ -698,6 +712,7 @@ async fn verify(
             .await?
             .into_inner();
         for record in &page.records {
+            days.insert(record.settlement_date.clone());
             let amount = record.amount.as_ref().map_or(0, |m| m.minor_units);
             settled_total += if record.r#type == vault_pb::SettlementRecordType::Refund as i32 {
                 -amount
@@ -715,6 +730,35 @@ async fn verify(
             "settlement {settled_total} and sandbox captures {sandbox_captured_total} vs ledger \
              posts {ledger_posted_total}"
         ));
+    }
+    // The final word is reconciliation's: every record of every day matched, nothing else.
+    let mut recon =
+        ReconciliationServiceClient::new(connect(orchestrator, certs, Role::Treasury).await?);
+    for day in days {
+        let run = recon
+            .run_reconciliation(pb::RunReconciliationRequest {
+                request_id: format!("chaos-final-check-{day}-{}", uuid::Uuid::new_v4()),
+                processor: "sandbox".to_owned(),
+                settlement_date: day.clone(),
+            })
+            .await
+            .with_context(|| format!("reconcile {day}"))?
+            .into_inner()
+            .run
+            .context("a run")?;
+        let found = run.missing_in_ledger
+            + run.missing_at_processor
+            + run.amount_mismatch
+            + run.currency_mismatch
+            + run.duplicate_settlement
+            + run.pending;
+        if found != 0 || run.matched != run.records {
+            report.violations.push(format!(
+                "reconciliation of {day} ({}): {} records, {} matched, {found} discrepancies",
+                run.id, run.records, run.matched
+            ));
+        }
+        report.reconciled += run.matched;
     }
     Ok(report)
 }

@@ -379,7 +379,7 @@ async fn export(
 }
 
 /// Refuses a day that is not `YYYY-MM-DD`, naming `flag`.
-fn check_day(flag: &str, text: &str) -> anyhow::Result<()> {
+pub(crate) fn check_day(flag: &str, text: &str) -> anyhow::Result<()> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     time::Date::parse(text, &format)
         .map(|_| ())

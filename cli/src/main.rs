@@ -15,6 +15,8 @@
 //! - `tandemctl ledger`: the ledger's balances, entries, spend reports and exports.
 //! - `tandemctl events`: the feed of every payment's and card group's events, followed live
 //!   with `--follow`.
+//! - `tandemctl recon`: reconcile the ledger with a processor's settlement day, list the
+//!   discrepancies, propose adjustments and (as an approver) approve or reject them.
 //! - `tandemctl bench`: throughput and latency over real mTLS and Postgres.
 //! - `tandemctl chaos`: kills the servers at random while paying, then verifies the money.
 
@@ -36,6 +38,7 @@ mod payments;
 mod policy;
 mod print;
 mod process;
+mod recon;
 
 use std::process::ExitCode;
 
@@ -46,7 +49,7 @@ use clap::{Parser, Subcommand};
     name = "tandemctl",
     version,
     about = "Operate Tandem: certificates, the dev stack, charges, keys, audit, card groups, \
-             payments, the ledger, events, benchmarks"
+             payments, the ledger, events, reconciliation, benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -83,6 +86,9 @@ enum Command {
     Ledger(ledger::LedgerCommand),
     /// Read the feed of payment and card group events; `--follow` to keep reading.
     Events(events::EventsArgs),
+    /// Reconcile the ledger with processors' settlement files and correct what does not match.
+    #[command(subcommand)]
+    Recon(recon::ReconCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -105,6 +111,7 @@ async fn main() -> ExitCode {
         Command::Refund(args) => payments::refund(args).await,
         Command::Ledger(command) => ledger::run(command).await,
         Command::Events(args) => events::run(args).await,
+        Command::Recon(command) => recon::run(command).await,
         Command::Bench(command) => bench::run(command).await,
         Command::Chaos(args) => chaos::run(args).await,
     };
