@@ -97,6 +97,10 @@ async fn follow(
     let mut page_token = cursor.clone();
     let mut pages: usize = 0;
     let mut failures: u32 = 0;
+    // One listener for the whole run: a Ctrl-C that comes while a page prints is kept for the
+    // next wait, where a listener made anew at each wait would miss it.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| anyhow::anyhow!("listen for Ctrl-C: {e}"))?;
     // Without `--follow` bounded by LIST_PAGES_MAX; with it, it runs until interrupted.
     loop {
         let request = pb::ListEventsRequest {
@@ -106,7 +110,7 @@ async fn follow(
         };
         let answer = tokio::select! {
             answer = client.list_events(request) => answer,
-            _ = tokio::signal::ctrl_c() => return Ok(Stop::Interrupted),
+            _ = interrupt.recv() => return Ok(Stop::Interrupted),
         };
         let page = match answer {
             Ok(page) => page.into_inner(),
@@ -116,7 +120,7 @@ async fn follow(
                     return Err(failure(status));
                 }
                 eprintln!("retrying: {}", failure(status));
-                if wait(POLL_INTERVAL).await {
+                if wait(POLL_INTERVAL, &mut interrupt).await {
                     return Ok(Stop::Interrupted);
                 }
                 continue;
@@ -144,17 +148,17 @@ async fn follow(
             return Ok(Stop::CaughtUp);
         }
         page_token = cursor.clone();
-        if wait(POLL_INTERVAL).await {
+        if wait(POLL_INTERVAL, &mut interrupt).await {
             return Ok(Stop::Interrupted);
         }
     }
 }
 
 /// Sleeps for `duration`; true when interrupted by Ctrl-C instead.
-async fn wait(duration: Duration) -> bool {
+async fn wait(duration: Duration, interrupt: &mut tokio::signal::unix::Signal) -> bool {
     tokio::select! {
         () = tokio::time::sleep(duration) => false,
-        _ = tokio::signal::ctrl_c() => true,
+        _ = interrupt.recv() => true,
     }
 }
 
@@ -166,13 +170,14 @@ fn is_transient(status: &tonic::Status) -> bool {
     )
 }
 
-/// The columns of `events`: people see when, what, of which payment or group, by whom;
+/// The columns of `events`: people see when, what, of which payment, group, reconciliation run
+/// or adjustment, by whom;
 /// machines get the ids, the actor's name and role apart, and each event's cursor.
 const COLUMNS: &[Column] = &[
     Column::machines("cursor"),
     Column::machines("id"),
     Column::text("create_time", "time", 20),
-    Column::text("type", "type", 26),
+    Column::text("type", "type", 34),
     Column::people("subject", 30),
     Column::machines("payment_id"),
     Column::machines("card_group_id"),
@@ -185,30 +190,49 @@ const COLUMNS: &[Column] = &[
 
 fn event_row(event: &pb::Event) -> Vec<Value> {
     use pb::event::Subject;
-    let (payment_id, card_group_id, sequence, summary) = match &event.subject {
-        Some(Subject::PaymentEvent(e)) => (
-            e.payment.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
-            String::new(),
-            e.sequence,
-            e.summary.clone(),
-        ),
+    // The subject: a payment, a card group, or a reconciliation step's run or adjustment.
+    let (subject, payment_id, card_group_id, sequence, summary) = match &event.subject {
+        Some(Subject::PaymentEvent(e)) => {
+            let id = e.payment.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+            (id.clone(), id, String::new(), e.sequence, e.summary.clone())
+        }
         Some(Subject::CardGroupEvent(e)) => {
             let group = e.card_group.as_ref();
-            (
-                String::new(),
-                group.map(|g| g.id.clone()).unwrap_or_default(),
-                e.sequence,
-                group.map_or_else(String::new, |g| {
-                    format!("{} ({})", g.display_name, g.billing_account_id)
-                }),
-            )
+            let id = group.map(|g| g.id.clone()).unwrap_or_default();
+            let summary = group.map_or_else(String::new, |g| {
+                format!("{} ({})", g.display_name, g.billing_account_id)
+            });
+            (id.clone(), String::new(), id, e.sequence, summary)
         }
-        None => (String::new(), String::new(), 0, String::new()),
-    };
-    let subject = if payment_id.is_empty() {
-        card_group_id.clone()
-    } else {
-        payment_id.clone()
+        Some(Subject::ReconciliationEvent(e)) => {
+            use pb::reconciliation_event::Subject as Step;
+            let (id, summary) = match &e.subject {
+                Some(Step::Run(run)) => (
+                    run.id.clone(),
+                    format!(
+                        "{} {}: {} records, {} matched",
+                        run.processor, run.settlement_date, run.records, run.matched
+                    ),
+                ),
+                Some(Step::Adjustment(a)) => (
+                    a.id.clone(),
+                    format!(
+                        "{} for {}",
+                        crate::amounts::show(a.amount.as_ref()),
+                        a.discrepancy_id
+                    ),
+                ),
+                None => (String::new(), String::new()),
+            };
+            (id, String::new(), String::new(), e.sequence, summary)
+        }
+        None => (
+            String::new(),
+            String::new(),
+            String::new(),
+            0,
+            String::new(),
+        ),
     };
     let actor = event.actor.as_ref();
     vec![
@@ -280,8 +304,35 @@ mod tests {
                 ..Default::default()
             })),
         };
+        let adjustment_event = pb::Event {
+            cursor: "c3".to_owned(),
+            id: "evt_3".to_owned(),
+            r#type: "reconciliation.adjustment_approved".to_owned(),
+            create_time: time,
+            actor: Some(types::Actor {
+                name: "bob".to_owned(),
+                role: "approver".to_owned(),
+            }),
+            subject: Some(pb::event::Subject::ReconciliationEvent(
+                pb::ReconciliationEvent {
+                    sequence: 2,
+                    subject: Some(pb::reconciliation_event::Subject::Adjustment(
+                        pb::Adjustment {
+                            id: "adj_1".to_owned(),
+                            discrepancy_id: "dsc_1".to_owned(),
+                            amount: Some(types::Money {
+                                currency_code: "USD".to_owned(),
+                                minor_units: 7,
+                            }),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                },
+            )),
+        };
         let lines = |format| -> Vec<String> {
-            [&payment_event, &group_event]
+            [&payment_event, &group_event, &adjustment_event]
                 .into_iter()
                 .map(|event| row(format, COLUMNS, &event_row(event)))
                 .collect()
@@ -289,8 +340,9 @@ mod tests {
         assert_eq!(
             lines(Format::Table),
             [
-                "2025-01-01T00:00:00Z  payment.created             pay_1                              1  billing-service (payer)   Invoice INV-1 created",
-                "2025-01-01T00:00:00Z  card_group.created          cg_1                               1  -                         Acme (acct-42)",
+                "2025-01-01T00:00:00Z  payment.created                     pay_1                              1  billing-service (payer)   Invoice INV-1 created",
+                "2025-01-01T00:00:00Z  card_group.created                  cg_1                               1  -                         Acme (acct-42)",
+                "2025-01-01T00:00:00Z  reconciliation.adjustment_approved  adj_1                              2  bob (approver)            0.07 USD for dsc_1",
             ]
         );
         assert_eq!(
@@ -298,6 +350,7 @@ mod tests {
             [
                 "c1,evt_1,2025-01-01T00:00:00Z,payment.created,pay_1,,1,billing-service,payer,Invoice INV-1 created",
                 "c2,evt_2,2025-01-01T00:00:00Z,card_group.created,,cg_1,1,,,Acme (acct-42)",
+                "c3,evt_3,2025-01-01T00:00:00Z,reconciliation.adjustment_approved,,,2,bob,approver,0.07 USD for dsc_1",
             ]
         );
     }

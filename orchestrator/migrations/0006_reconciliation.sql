@@ -106,3 +106,20 @@ CREATE TABLE recon_adjustments (
 -- At most one adjustment waits per discrepancy.
 CREATE UNIQUE INDEX recon_adjustments_waiting ON recon_adjustments (discrepancy_id)
     WHERE state = 'proposed';
+
+-- Reconciliation's steps in the event feed (ListEvents), as card_group_events holds a group's:
+-- a run's completion (subject: the run), an adjustment's proposal and decision (subject: the
+-- adjustment). `body` is the encoded ReconciliationEvent, written in the step's transaction. An
+-- adjustment is decided only after its proposal committed, so the transaction ids order each
+-- subject's events (see migration 0005 for the feed key).
+CREATE TABLE reconciliation_events (
+    subject     text NOT NULL,
+    sequence    bigint NOT NULL CHECK (sequence > 0),
+    id          text NOT NULL UNIQUE,
+    type        text NOT NULL,
+    body        bytea NOT NULL,
+    create_time timestamptz NOT NULL,
+    feed_key    xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    PRIMARY KEY (subject, sequence)
+);
+CREATE INDEX reconciliation_events_feed ON reconciliation_events (feed_key, subject, sequence);

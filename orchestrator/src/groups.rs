@@ -55,7 +55,7 @@ impl Groups {
             .await?
         {
             tx.rollback().await?;
-            return replayed(earlier, method, &group.request_hash);
+            return earlier.replay(method, &group.request_hash);
         }
         let now = now();
         let stored = StoredGroup {
@@ -149,7 +149,7 @@ impl Groups {
         let mut tx = pool.begin().await?;
         if let Some(earlier) = self.claim(&mut tx, request_id, method, hash, id).await? {
             tx.rollback().await?;
-            return replayed(earlier, method, hash);
+            return earlier.replay(method, hash);
         }
         let mut stored = storage::group(&mut *tx, id, true)
             .await?
@@ -193,7 +193,7 @@ impl Groups {
         let mut tx = self.workflow.pool().begin().await?;
         if let Some(earlier) = self.claim(&mut tx, request_id, method, hash, id).await? {
             tx.rollback().await?;
-            return replayed(earlier, method, hash);
+            return earlier.replay(method, hash);
         }
         let mut stored = storage::group(&mut *tx, id, true)
             .await?
@@ -240,7 +240,7 @@ impl Groups {
     ) -> Result<Option<Vec<u8>>, Error> {
         storage::stored_request(self.workflow.pool(), request_id)
             .await?
-            .map(|earlier| replayed(earlier, method, hash))
+            .map(|earlier| earlier.replay(method, hash))
             .transpose()
     }
 
@@ -274,14 +274,4 @@ impl Groups {
         }
         Ok(last4)
     }
-}
-
-/// The answer to a request id seen before: its stored response, or the reason it cannot be.
-fn replayed(earlier: storage::StoredRequest, method: &str, hash: &[u8]) -> Result<Vec<u8>, Error> {
-    if earlier.method != method || earlier.request_hash != hash {
-        return Err(Error::RequestIdReused);
-    }
-    earlier
-        .response
-        .ok_or_else(|| Error::Corrupt("card-group request without a response".into()))
 }

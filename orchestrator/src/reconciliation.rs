@@ -128,7 +128,7 @@ impl Reconciliation {
                     .await?
             {
                 tx.rollback().await?;
-                let response = replayed(earlier, method, hash)?;
+                let response = earlier.replay(method, hash)?;
                 let run = self.stored_run_of(&response).await?;
                 return Ok((run, Some(response)));
             }
@@ -180,6 +180,9 @@ impl Reconciliation {
             finish_time: now(),
         };
         store::insert_run(&mut tx, &run).await?;
+        let event =
+            convert::reconciliation::run_event(&run, tandem_runtime::ids::random_id("evt_"));
+        store::insert_event(&mut tx, &event).await?;
         let response = match request {
             Some((request_id, _)) => {
                 let response = convert::reconciliation::run_response(&run);
@@ -257,7 +260,7 @@ impl Reconciliation {
         let mut tx = self.pool.begin().await?;
         if let Some(earlier) = self.claim(&mut tx, request_id, method, hash, &id).await? {
             tx.rollback().await?;
-            return replayed(earlier, method, hash);
+            return earlier.replay(method, hash);
         }
         let discrepancy = store::discrepancy(&mut *tx, &proposal.discrepancy_id, true)
             .await?
@@ -293,6 +296,11 @@ impl Reconciliation {
         };
         store::insert_adjustment(&mut tx, &adjustment).await?;
         store::set_discrepancy(&mut tx, &discrepancy.id, "open", Some(&adjustment.id)).await?;
+        let event = convert::reconciliation::adjustment_event(
+            &adjustment,
+            tandem_runtime::ids::random_id("evt_"),
+        );
+        store::insert_event(&mut tx, &event).await?;
         let response = convert::reconciliation::adjustment_response(&adjustment);
         storage::store_response(&mut tx, request_id, &response).await?;
         tx.commit().await?;
@@ -321,7 +329,7 @@ impl Reconciliation {
         let mut tx = self.pool.begin().await?;
         if let Some(earlier) = self.claim(&mut tx, request_id, method, hash, id).await? {
             tx.rollback().await?;
-            return replayed(earlier, method, hash);
+            return earlier.replay(method, hash);
         }
         let mut adjustment = store::adjustment(&mut *tx, id, true)
             .await?
@@ -391,6 +399,11 @@ impl Reconciliation {
             store::set_discrepancy(&mut tx, &discrepancy.id, &discrepancy.state, None).await?;
         }
         store::decide_adjustment(&mut tx, &adjustment).await?;
+        let event = convert::reconciliation::adjustment_event(
+            &adjustment,
+            tandem_runtime::ids::random_id("evt_"),
+        );
+        store::insert_event(&mut tx, &event).await?;
         let response = convert::reconciliation::adjustment_response(&adjustment);
         storage::store_response(&mut tx, request_id, &response).await?;
         tx.commit().await?;
@@ -467,7 +480,7 @@ impl Reconciliation {
     ) -> Result<Option<Vec<u8>>, Error> {
         storage::stored_request(&self.pool, request_id)
             .await?
-            .map(|earlier| replayed(earlier, method, hash))
+            .map(|earlier| earlier.replay(method, hash))
             .transpose()
     }
 }
@@ -506,15 +519,6 @@ fn ledger_entry(transfer: &StoredTransfer) -> Option<LedgerEntry> {
         leg_id: transfer.refs.leg_id.clone(),
         created_at: transfer.created_at,
     })
-}
-
-fn replayed(earlier: storage::StoredRequest, method: &str, hash: &[u8]) -> Result<Vec<u8>, Error> {
-    if earlier.method != method || earlier.request_hash != hash {
-        return Err(Error::RequestIdReused);
-    }
-    earlier
-        .response
-        .ok_or_else(|| Error::Corrupt("reconciliation request without a response".into()))
 }
 
 #[cfg(test)]

@@ -283,6 +283,18 @@ pub struct StoredRequest {
     pub response: Option<Vec<u8>>,
 }
 
+impl StoredRequest {
+    /// The response stored with this request id, for a request of `method` with `hash`: a
+    /// replay answers with it; another request under the id is `REQUEST_ID_REUSED`.
+    pub fn replay(self, method: &str, hash: &[u8]) -> Result<Vec<u8>, Error> {
+        if self.method != method || self.request_hash != hash {
+            return Err(Error::RequestIdReused);
+        }
+        self.response
+            .ok_or_else(|| Error::Corrupt(format!("a {method} request id without its response")))
+    }
+}
+
 /// Claims `request_id` in the caller's transaction: `None` when it is new (the row is written
 /// and commits with the transaction), the earlier request otherwise. Waits at most
 /// `wait_ms` for another transaction holding the id, then fails with REQUEST_IN_PROGRESS.
@@ -780,6 +792,8 @@ pub enum FeedSource {
     Payment,
     /// `card_group_events`: the body is an encoded `CardGroupEvent`.
     CardGroup,
+    /// `reconciliation_events`: the body is an encoded `ReconciliationEvent`.
+    Reconciliation,
 }
 
 /// One event of the feed.
@@ -831,7 +845,14 @@ pub async fn feed_after(
             WHERE (feed_key, card_group_id, sequence) > ($1::text::xid8, $2, $3) \
               AND feed_key < (SELECT key FROM frontier) \
               AND (cardinality($4::text[]) = 0 OR type = ANY($4)) \
-            ORDER BY feed_key, card_group_id, sequence LIMIT $5)) \
+            ORDER BY feed_key, card_group_id, sequence LIMIT $5) \
+           UNION ALL \
+           (SELECT feed_key, subject, sequence, type, body, 'reconciliation' \
+            FROM reconciliation_events \
+            WHERE (feed_key, subject, sequence) > ($1::text::xid8, $2, $3) \
+              AND feed_key < (SELECT key FROM frontier) \
+              AND (cardinality($4::text[]) = 0 OR type = ANY($4)) \
+            ORDER BY feed_key, subject, sequence LIMIT $5)) \
          SELECT f.key::text AS frontier, e.feed_key::text AS feed_key, e.subject, e.sequence, \
                 e.type, e.body, e.source \
          FROM frontier f LEFT JOIN (SELECT * FROM events \
@@ -865,10 +886,10 @@ pub async fn feed_after(
                 subject: row.try_get("subject")?,
                 sequence: row.try_get("sequence")?,
             },
-            source: if source == "payment" {
-                FeedSource::Payment
-            } else {
-                FeedSource::CardGroup
+            source: match source.as_str() {
+                "payment" => FeedSource::Payment,
+                "card_group" => FeedSource::CardGroup,
+                _ => FeedSource::Reconciliation,
             },
             kind: row.try_get("type")?,
             body: row.try_get("body")?,

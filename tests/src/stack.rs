@@ -483,3 +483,41 @@ pub fn authorizations(
         })
         .collect()
 }
+
+/// Reads the feed from `page_token` (of `types`, all when empty) until `want` events came or
+/// 10 s passed: an event is listed once no transaction still running can commit one before it,
+/// so one a moment old may need another poll. Returns the events and where to read on.
+pub async fn read_feed(
+    feed: &mut PaymentServiceClient<Channel>,
+    types: &[&str],
+    mut page_token: String,
+    page_size: i32,
+    want: usize,
+) -> (Vec<pb::Event>, String) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut events = Vec::new();
+    loop {
+        let page = feed
+            .list_events(pb::ListEventsRequest {
+                page_size,
+                page_token: page_token.clone(),
+                event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+            })
+            .await
+            .expect("events")
+            .into_inner();
+        events.extend(page.events);
+        let caught_up = page.next_page_token.is_empty();
+        page_token = if caught_up {
+            page.resume_page_token
+        } else {
+            page.next_page_token
+        };
+        if events.len() >= want || tokio::time::Instant::now() > deadline {
+            return (events, page_token);
+        }
+        if caught_up {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -5,12 +5,13 @@
 //! invariants hold throughout.
 
 use tandem_proto::tandem::orchestrator::v1 as pb;
+use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
 use tandem_proto::tandem::orchestrator::v1::reconciliation_service_client::ReconciliationServiceClient;
 use tandem_proto::tandem::r#type::v1 as types;
 use tandem_proto::tandem::vault::v1 as vault_pb;
 use tandem_proto::tandem::vault::v1::charge_service_client::ChargeServiceClient;
 use tandem_proto::tandem::vault::v1::sandbox_service_client::SandboxServiceClient;
-use tandem_tests::stack::{Stack, group, member, policy, state, usd};
+use tandem_tests::stack::{Stack, group, member, policy, read_feed, state, usd};
 use tandem_tests::{RunningOrchestrator, RunningVault, TestDatabase, orchestrator_settings, pki};
 use tandem_tls::identity::Role;
 use tonic::transport::Channel;
@@ -493,7 +494,9 @@ async fn a_late_record_is_pending_within_the_grace_period() {
 }
 
 /// Four eyes: treasury cannot approve, the proposer's own name cannot approve under another
-/// role, an approval sent twice posts once, and a decided adjustment cannot be decided again.
+/// role, an approval sent twice posts once, and a decided adjustment cannot be decided again. A
+/// rejection books nothing and opens the discrepancy to a new proposal; every step is an event
+/// of the feed naming its caller.
 #[tokio::test]
 async fn adjustments_need_a_second_identity_and_post_once() {
     let (stack, group, _) = stack(0).await;
@@ -509,16 +512,46 @@ async fn adjustments_need_a_second_identity_and_post_once() {
     .await;
     let (_, found) = the_open_one(&stack, pb::DiscrepancyClass::AmountMismatch).await;
     let correction = found.correction.clone().unwrap();
-    let proposed = recon(&stack, Role::Treasury)
-        .await
-        .propose_adjustment(pb::ProposeAdjustmentRequest {
-            request_id: request_id(),
-            discrepancy_id: found.id.clone(),
-            amount: Some(usd(correction.minor_units.abs())),
-            reason: "acquirer short-settled".into(),
-        })
+    let propose = || pb::ProposeAdjustmentRequest {
+        request_id: request_id(),
+        discrepancy_id: found.id.clone(),
+        amount: Some(usd(correction.minor_units.abs())),
+        reason: "acquirer short-settled".into(),
+    };
+    let mut treasury = recon(&stack, Role::Treasury).await;
+    let withdrawn = treasury
+        .propose_adjustment(propose())
         .await
         .expect("propose")
+        .into_inner()
+        .adjustment
+        .unwrap();
+    let waiting = treasury
+        .propose_adjustment(propose())
+        .await
+        .expect_err("one proposal waits at a time");
+    assert_eq!(
+        waiting.get_details_error_info().unwrap().reason,
+        "DISCREPANCY_NOT_OPEN"
+    );
+    let rejected = recon(&stack, Role::Approver)
+        .await
+        .reject_adjustment(pb::RejectAdjustmentRequest {
+            request_id: request_id(),
+            adjustment_id: withdrawn.id.clone(),
+            reason: "the acquirer will re-send the file".into(),
+        })
+        .await
+        .expect("reject")
+        .into_inner()
+        .adjustment
+        .unwrap();
+    assert_eq!(rejected.state, pb::AdjustmentState::Rejected as i32);
+    assert!(rejected.ledger_entry_ids.is_empty());
+    let proposed = treasury
+        .propose_adjustment(propose())
+        .await
+        .expect("propose again after the rejection")
         .into_inner()
         .adjustment
         .unwrap();
@@ -577,6 +610,52 @@ async fn adjustments_need_a_second_identity_and_post_once() {
             .unwrap();
     pool.close().await;
     assert_eq!(adjustments, 1);
+
+    // The feed: each step once, by its caller, in order.
+    let mut feed = PaymentServiceClient::new(stack.orchestrator.channel(Role::Reader).await);
+    let types = [
+        "reconciliation.adjustment_proposed",
+        "reconciliation.adjustment_approved",
+        "reconciliation.adjustment_rejected",
+    ];
+    let (events, _) = read_feed(&mut feed, &types, String::new(), 100, 4).await;
+    let steps: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| {
+            let Some(pb::event::Subject::ReconciliationEvent(step)) = &e.subject else {
+                panic!("not a reconciliation event: {e:?}");
+            };
+            let Some(pb::reconciliation_event::Subject::Adjustment(a)) = &step.subject else {
+                panic!("not an adjustment: {step:?}");
+            };
+            let actor = e.actor.clone().unwrap();
+            (
+                e.r#type.clone(),
+                a.id.clone(),
+                format!("{}/{}", actor.role, actor.name),
+            )
+        })
+        .collect();
+    let step =
+        |kind: &str, id: &str, actor: &str| (kind.to_owned(), id.to_owned(), actor.to_owned());
+    assert_eq!(
+        steps,
+        vec![
+            step(types[0], &withdrawn.id, "treasury/test"),
+            step(types[2], &withdrawn.id, "approver/test-approver"),
+            step(types[0], &proposed.id, "treasury/test"),
+            step(types[1], &proposed.id, "approver/test-approver"),
+        ]
+    );
+    let (runs, _) = read_feed(
+        &mut feed,
+        &["reconciliation.run_completed"],
+        String::new(),
+        100,
+        1,
+    )
+    .await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
 }
 
 /// Bad input is INVALID_ARGUMENT naming the field, and nothing is written: an unknown

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::ledger_service_client::LedgerServiceClient;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
-use tandem_tests::stack::{Stack, group, member, payment_request, policy, state};
+use tandem_tests::stack::{Stack, group, member, payment_request, policy, read_feed, state};
 use tandem_tests::{
     RunningOrchestrator, RunningVault, TestDatabase, orchestrator_reason, orchestrator_settings,
     violated_fields,
@@ -389,44 +389,6 @@ async fn exports_agree_across_formats_and_resume_exactly() {
     assert_eq!(violated_fields(&error), ["cursor"]);
 }
 
-/// Reads the feed from `page_token` (of `types`, all when empty) until `want` events came or
-/// 10 s passed: an event is listed once no transaction still running can commit one before it,
-/// so one a moment old may need another poll. Returns the events and where to read on.
-async fn read_feed(
-    feed: &mut PaymentServiceClient<tonic::transport::Channel>,
-    types: &[&str],
-    mut page_token: String,
-    page_size: i32,
-    want: usize,
-) -> (Vec<pb::Event>, String) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut events = Vec::new();
-    loop {
-        let page = feed
-            .list_events(pb::ListEventsRequest {
-                page_size,
-                page_token: page_token.clone(),
-                event_types: types.iter().map(|t| (*t).to_owned()).collect(),
-            })
-            .await
-            .expect("events")
-            .into_inner();
-        events.extend(page.events);
-        let caught_up = page.next_page_token.is_empty();
-        page_token = if caught_up {
-            page.resume_page_token
-        } else {
-            page.next_page_token
-        };
-        if events.len() >= want || tokio::time::Instant::now() > deadline {
-            return (events, page_token);
-        }
-        if caught_up {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
-}
-
 /// Every event of every payment and group, in feed order, across a restart of the orchestrator:
 /// nothing skipped, nothing repeated; each names its caller.
 #[tokio::test]
@@ -479,6 +441,9 @@ async fn the_event_feed_resumes_across_a_restart() {
             Some(pb::event::Subject::CardGroupEvent(e)) => {
                 assert_eq!(actor.role, "treasury");
                 assert_eq!(e.card_group.as_ref().unwrap().id, group.id);
+            }
+            Some(pb::event::Subject::ReconciliationEvent(e)) => {
+                panic!("this test runs no reconciliation: {e:?}")
             }
             None => panic!("an event without its subject"),
         }

@@ -669,3 +669,37 @@ pub async fn worker_days_done(
     .fetch_all(executor)
     .await?)
 }
+
+/// A reconciliation step's event, for the feed.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The run's or the adjustment's id.
+    pub subject: String,
+    /// Its position in the subject's stream, from 1.
+    pub sequence: i64,
+    /// `evt_` id.
+    pub id: String,
+    /// The type name (`reconciliation.run_completed`, ...).
+    pub kind: &'static str,
+    /// The encoded `ReconciliationEvent`.
+    pub body: Vec<u8>,
+    /// When.
+    pub create_time: OffsetDateTime,
+}
+
+/// Writes a reconciliation event in the step's transaction.
+pub async fn insert_event(conn: &mut PgConnection, event: &NewEvent) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO reconciliation_events (subject, sequence, id, type, body, create_time) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&event.subject)
+    .bind(event.sequence)
+    .bind(&event.id)
+    .bind(event.kind)
+    .bind(&event.body)
+    .bind(event.create_time)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -449,12 +449,13 @@ pub fn note_response(
 /// Most event types one `ListEvents` may filter on.
 const EVENT_TYPES_MAX: usize = 50;
 
-/// Every event type the feed knows, payments' then card groups'.
+/// Every event type the feed knows: payments', card groups', reconciliation's.
 fn known_event_types() -> impl Iterator<Item = &'static str> {
     EVENT_KINDS
         .iter()
         .map(|kind| event_type(*kind).0)
         .chain(super::groups::GROUP_EVENT_TYPES)
+        .chain(super::reconciliation::EVENT_TYPES)
 }
 
 /// The checks of `ListEvents`. Cursors are positions in the feed, valid with any filter.
@@ -544,6 +545,11 @@ fn feed_event(event: &FeedEvent) -> Result<pb::Event, Error> {
             let body = pb::CardGroupEvent::decode(event.body.as_slice()).map_err(corrupt)?;
             let head = (body.id.clone(), body.actor.clone(), body.create_time);
             (head, pb::event::Subject::CardGroupEvent(body))
+        }
+        FeedSource::Reconciliation => {
+            let body = pb::ReconciliationEvent::decode(event.body.as_slice()).map_err(corrupt)?;
+            let head = (body.id.clone(), body.actor.clone(), body.create_time);
+            (head, pb::event::Subject::ReconciliationEvent(body))
         }
     };
     Ok(pb::Event {

@@ -11,6 +11,7 @@ use crate::config::ReconciliationSettings;
 use crate::domain::reconciliation::{Class, SettlementType};
 use crate::error::Error;
 use crate::reconciliation::{StoredAdjustment, StoredDiscrepancy, StoredRun};
+use crate::storage::reconciliation::NewEvent;
 
 use super::ledger::{day, money, position, token};
 use super::payments::{note_text, strict_page_size};
@@ -339,4 +340,79 @@ pub fn adjustment_response(a: &StoredAdjustment) -> Vec<u8> {
         adjustment: Some(adjustment(a)),
     }
     .encode_to_vec()
+}
+
+/// The reconciliation event types of the feed, in `ReconciliationEventType` order.
+pub const EVENT_TYPES: [&str; 4] = [
+    "reconciliation.run_completed",
+    "reconciliation.adjustment_proposed",
+    "reconciliation.adjustment_approved",
+    "reconciliation.adjustment_rejected",
+];
+
+/// The feed event of a completed run (the first of its stream).
+pub fn run_event(stored: &StoredRun, id: String) -> NewEvent {
+    let kind = pb::ReconciliationEventType::RunCompleted;
+    let event = pb::ReconciliationEvent {
+        id: id.clone(),
+        sequence: 1,
+        r#type: kind as i32,
+        type_name: EVENT_TYPES[0].to_owned(),
+        actor: Some(actor(&stored.actor)),
+        create_time: Some(wire_time(stored.finish_time)),
+        subject: Some(pb::reconciliation_event::Subject::Run(run(stored))),
+    };
+    NewEvent {
+        subject: stored.id.clone(),
+        sequence: 1,
+        id,
+        kind: EVENT_TYPES[0],
+        body: event.encode_to_vec(),
+        create_time: stored.finish_time,
+    }
+}
+
+/// The feed event of an adjustment's latest step: its proposal (the first of its stream), or
+/// its approval or rejection (the second), by the step's actor.
+pub fn adjustment_event(a: &StoredAdjustment, id: String) -> NewEvent {
+    let (kind, index, sequence, who, time) = match (&a.decider, a.decide_time) {
+        (Some(decider), Some(time)) if a.state == "approved" => (
+            pb::ReconciliationEventType::AdjustmentApproved,
+            2,
+            2,
+            decider,
+            time,
+        ),
+        (Some(decider), Some(time)) => (
+            pb::ReconciliationEventType::AdjustmentRejected,
+            3,
+            2,
+            decider,
+            time,
+        ),
+        _ => (
+            pb::ReconciliationEventType::AdjustmentProposed,
+            1,
+            1,
+            &a.proposer,
+            a.propose_time,
+        ),
+    };
+    let event = pb::ReconciliationEvent {
+        id: id.clone(),
+        sequence,
+        r#type: kind as i32,
+        type_name: EVENT_TYPES[index].to_owned(),
+        actor: Some(actor(who)),
+        create_time: Some(wire_time(time)),
+        subject: Some(pb::reconciliation_event::Subject::Adjustment(adjustment(a))),
+    };
+    NewEvent {
+        subject: a.id.clone(),
+        sequence,
+        id,
+        kind: EVENT_TYPES[index],
+        body: event.encode_to_vec(),
+        create_time: time,
+    }
 }
