@@ -38,7 +38,8 @@ fuzz_target!(|data: &[u8]| {
     let today = time::macros::date!(2026 - 11 - 24);
     let max = 1_000_000_000_000;
     let ledger = tandem_orchestrator::config::LedgerSettings::default();
-    match which % 16 {
+    let reconciliation = tandem_orchestrator::config::ReconciliationSettings::default();
+    match which % 18 {
         0 => {
             if let Ok(m) = vpb::TokenizeRequest::decode(bytes) {
                 refused_with_fields(vault::tokenize(m, today, 86_400));
@@ -128,6 +129,39 @@ fuzz_target!(|data: &[u8]| {
                 if let Ok(m) = opb::AddPaymentNoteRequest::decode(bytes) {
                     refused_as_orchestrator(orchestrator::payments::add_payment_note(&m));
                 }
+            }
+        }
+        15 => {
+            if let Ok(m) = opb::RunReconciliationRequest::decode(bytes) {
+                let now = time::OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap();
+                refused_as_orchestrator(orchestrator::reconciliation::run_reconciliation(
+                    &m,
+                    &reconciliation,
+                    now,
+                ));
+            }
+            if let Ok(m) = opb::ListDiscrepanciesRequest::decode(bytes) {
+                refused_as_orchestrator(orchestrator::reconciliation::list_discrepancies(
+                    &m,
+                    &reconciliation,
+                ));
+            }
+            if let Ok(m) = vpb::DownloadSettlementFileRequest::decode(bytes) {
+                refused_with_fields(charge::download_settlement_file(&m, "sandbox", today));
+            }
+        }
+        16 => {
+            if let Ok(m) = opb::ProposeAdjustmentRequest::decode(bytes) {
+                refused_as_orchestrator(orchestrator::reconciliation::propose_adjustment(&m));
+            }
+            if let Ok(m) = opb::ApproveAdjustmentRequest::decode(bytes) {
+                refused_as_orchestrator(orchestrator::reconciliation::approve_adjustment(&m));
+            }
+            if let Ok(m) = opb::RejectAdjustmentRequest::decode(bytes) {
+                refused_as_orchestrator(orchestrator::reconciliation::reject_adjustment(&m));
+            }
+            if let Ok(m) = vpb::CorruptSettlementRecordRequest::decode(bytes) {
+                refused_with_fields(tandem_vault::grpc::sandbox::corrupt_settlement_record(&m));
             }
         }
         _ => {

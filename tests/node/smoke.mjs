@@ -1,17 +1,18 @@
 // A Node client of Tandem's orchestrator, loaded from proto/ at run time with
 // @grpc/proto-loader (no code written for it by Tandem): over mutual TLS it creates a payment
 // from a card group and reads it back; then, as the treasury, it finds the payment's
-// payment.created event in the event feed (ListEvents) and reads the balances of a card that
-// paid (LedgerService.GetBalances). Run by tests/python/test_payments.py, which starts the stack
-// and passes where it is:
+// payment.created event in the event feed (ListEvents), reads the balances of a card that
+// paid (LedgerService.GetBalances) and reconciles today's sandbox settlement file
+// (ReconciliationService.RunReconciliation), listing the run's discrepancies. Run by
+// tests/python/test_payments.py, which starts the stack and passes where it is:
 //
 //   TANDEM_ORCHESTRATOR_ADDRESS  host:port of the orchestrator
 //   TANDEM_CERTS                 directory with ca.pem and the payer's and the treasury's
 //                                identities (payer.pem / payer.key, treasury.pem / treasury.key)
 //   TANDEM_CARD_GROUP            the card group to pay from
 //
-// Prints one JSON line with the payment's id, state and summary, the event and the balance;
-// exits non-zero on failure.
+// Prints one JSON line with the payment's id, state and summary, the event, the balance and
+// the reconciliation run; exits non-zero on failure.
 
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -30,7 +31,11 @@ const env = (name) => {
 };
 
 const definition = protoLoader.loadSync(
-  ["tandem/orchestrator/v1/payment_service.proto", "tandem/orchestrator/v1/ledger_service.proto"],
+  [
+    "tandem/orchestrator/v1/payment_service.proto",
+    "tandem/orchestrator/v1/ledger_service.proto",
+    "tandem/orchestrator/v1/reconciliation_service.proto",
+  ],
   {
     includeDirs: [protoRoot],
     keepCase: true,
@@ -56,6 +61,7 @@ const connect = (service, role) =>
 const client = connect("PaymentService", "payer");
 const feed = connect("PaymentService", "treasury");
 const ledger = connect("LedgerService", "treasury");
+const recon = connect("ReconciliationService", "treasury");
 
 const callOn = (stub, method, request) =>
   new Promise((resolve, reject) => {
@@ -114,6 +120,30 @@ const funding = balances.find((b) => b.code === "LEDGER_ACCOUNT_CODE_FUNDING_SOU
 check(funding && funding.card_token === leg.token, "the card's funding source", balances);
 check(BigInt(funding.debits_posted.minor_units) >= BigInt(leg.amount.minor_units), "posted debits", funding);
 
+// Today's (UTC) settlement file of the sandbox, reconciled: at least this payment's captures
+// are records, and every record is matched or a discrepancy of one class. The stack is shared
+// with other tests (charges made on the vault directly are missing in its ledger), so only the
+// shape and the sums are checked; tests/python/test_reconciliation.py checks the numbers.
+const day = new Date().toISOString().slice(0, 10);
+const { run } = await callOn(recon, "RunReconciliation", {
+  request_id: randomUUID(),
+  processor: "sandbox",
+  settlement_date: day,
+});
+check(run.id.startsWith("rcn_") && run.processor === "sandbox" && run.settlement_date === day, "a run", run);
+check(run.actor && run.actor.role === "treasury", "the run's actor", run.actor);
+const count = (name) => BigInt(run[name]);
+const captured = read_back.payment.legs.filter((l) => l.state === "LEG_STATE_CAPTURED").length;
+check(count("records") >= BigInt(captured), "records of the day", run);
+const classified = ["matched", "missing_in_ledger", "amount_mismatch", "currency_mismatch", "duplicate_settlement"];
+check(classified.reduce((sum, name) => sum + count(name), 0n) === count("records"), "every record classified", run);
+const listed = await callOn(recon, "ListDiscrepancies", { run_id: run.id, page_size: 1000 });
+check(Array.isArray(listed.discrepancies) && typeof listed.next_page_token === "string", "a ListDiscrepancies page", listed);
+for (const found of listed.discrepancies) {
+  check(found.id.startsWith("dsc_") && found.class.startsWith("DISCREPANCY_CLASS_"), "a discrepancy", found);
+  check(found.settlement_date === day && found.state.startsWith("DISCREPANCY_STATE_"), "a discrepancy of the day", found);
+}
+
 console.log(
   JSON.stringify({
     id: read_back.payment.id,
@@ -122,6 +152,14 @@ console.log(
     summary: read_back.payment.summary,
     event: { type: event.type, actor: event.actor, cursor: event.cursor.length > 0 },
     funding: { account_id: funding.account_id, debits_posted: funding.debits_posted },
+    reconciliation: {
+      id: run.id,
+      processor: run.processor,
+      settlement_date: run.settlement_date,
+      records: run.records,
+      matched: run.matched,
+      discrepancies: listed.discrepancies.length,
+    },
   }),
 );
-for (const stub of [client, feed, ledger]) stub.close();
+for (const stub of [client, feed, ledger, recon]) stub.close();

@@ -3,9 +3,11 @@
 Stubs are generated from ``proto/`` with grpcio-tools into ``gen/`` (git-ignored) when the
 session starts, exactly as a Python team consuming Tandem would generate them. The stack (vault
 and orchestrator) is started with ``tandemctl dev`` on free ports, with its own certificates
-directory and fresh databases, and stopped at the end of the session.
+directory and fresh databases, and stopped at the end of the session; a module that must
+know everything its stack ever did (reconciliation) starts one of its own (``own_stack``).
 """
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -117,8 +119,10 @@ def grpcurl(stack, *args, role="tokenizer"):
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
-@pytest.fixture(scope="session")
-def vault():
+@contextlib.contextmanager
+def _running_stack():
+    """Starts `tandemctl dev` on free ports with its own certificates directory and fresh
+    databases; yields the running stack and stops it on the way out."""
     if not TANDEMCTL.exists():
         pytest.fail(f"{TANDEMCTL} is missing: run `cargo build -p tandemctl` first")
     port = _free_port()
@@ -128,6 +132,8 @@ def vault():
         os.environ,
         TANDEM_VAULT__SERVER__LISTEN_ADDR=f"127.0.0.1:{port}",
         TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR=f"127.0.0.1:{orchestrator_port}",
+        # Not the fixed default (9464): a module's own stack runs beside the shared one.
+        TANDEM_VAULT__METRICS__LISTEN_ADDR=f"127.0.0.1:{_free_port()}",
         # The ledger suite exports ranges that end at the moment of the call; a deployment
         # keeps the default settling time (a minute) so an export never changes once taken.
         TANDEM_ORCHESTRATOR__LEDGER__EXPORT_SETTLE_MS="0",
@@ -150,24 +156,41 @@ def vault():
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    # Ready once it says so: it has then reached both servers (it seeds a group through them).
+    # Listening is not enough: a server may still fail after its port is bound (its metrics
+    # port taken, say), and `tandemctl dev` then exits.
     deadline = time.monotonic() + 60
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                pass
-            with socket.create_connection(("127.0.0.1", orchestrator_port), timeout=1):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.close()
-                pytest.fail("tandemctl dev did not start:\n" + (certs / "vault.log").read_text())
-            time.sleep(0.1)
-    yield Vault(f"127.0.0.1:{port}", certs, f"127.0.0.1:{orchestrator_port}")
-    process.send_signal(signal.SIGINT)
+    while b"serving; press Ctrl-C to stop" not in (certs / "vault.log").read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            log.close()
+            pytest.fail("tandemctl dev did not start:\n" + (certs / "vault.log").read_text())
+        time.sleep(0.1)
     try:
-        process.wait(timeout=30)
+        yield Vault(f"127.0.0.1:{port}", certs, f"127.0.0.1:{orchestrator_port}")
     finally:
-        if process.poll() is None:
-            process.kill()
-        log.close()
-    shutil.rmtree(certs, ignore_errors=True)
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            log.close()
+        shutil.rmtree(certs, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def vault():
+    """The stack the suite shares."""
+    with _running_stack() as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def own_stack():
+    """A stack of the module's own, for tests that need to know everything it ever did (a
+    reconciliation counts every capture and refund of the day, the shared stack's too)."""
+    with _running_stack() as stack:
+        yield stack

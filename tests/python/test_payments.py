@@ -188,8 +188,8 @@ def test_errors_carry_reason_and_fields(vault, group):
 
 def test_node_client_pays_and_reads_back(vault, group):
     """The Node smoke client (tests/node, @grpc/grpc-js with protos loaded at run time) pays,
-    reads the payment back, finds its creation in the event feed and reads a card's balance
-    as the treasury."""
+    reads the payment back, finds its creation in the event feed, reads a card's balance and
+    runs today's reconciliation as the treasury."""
     card_group, _, _, _ = group
     node = pathlib.Path(__file__).resolve().parents[1] / "node"
     env = dict(
@@ -213,6 +213,11 @@ def test_node_client_pays_and_reads_back(vault, group):
     }, payment
     assert payment["funding"]["account_id"].startswith("funding_source:tok_"), payment
     assert payment["funding"]["debits_posted"]["currency_code"] == "USD", payment
+    # Today's reconciliation (the node client checked its shape and sums): at least the
+    # payment's captures are records of it.
+    run = payment["reconciliation"]
+    assert run["id"].startswith("rcn_") and run["processor"] == "sandbox", run
+    assert int(run["records"]) >= 1 and int(run["matched"]) >= 1, run
 
 
 def test_orchestrator_reflection_and_health(vault):
@@ -221,6 +226,7 @@ def test_orchestrator_reflection_and_health(vault):
         "tandem.orchestrator.v1.CardGroupService",
         "tandem.orchestrator.v1.PaymentService",
         "tandem.orchestrator.v1.LedgerService",
+        "tandem.orchestrator.v1.ReconciliationService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
@@ -239,5 +245,9 @@ def test_orchestrator_reflection_and_health(vault):
     with vault.orchestrator("reader") as channel:
         response = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="tandem.orchestrator.v1.CardGroupService")
+        )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="tandem.orchestrator.v1.ReconciliationService")
         )
         assert response.status == health_pb2.HealthCheckResponse.SERVING
