@@ -70,8 +70,14 @@ impl Reconciliation {
         &self.settings
     }
 
-    /// `RunReconciliation`: the stored response.
-    pub async fn run(&self, command: ReconcileDay, actor: Actor) -> Result<Vec<u8>, Error> {
+    /// `RunReconciliation`: the stored response. The run is a task of its own: a caller whose
+    /// deadline passes (a large day can outlast it) leaves the run to commit, and the same
+    /// request id then answers with it (`REQUEST_IN_PROGRESS` while it still runs).
+    pub async fn run(
+        self: &Arc<Self>,
+        command: ReconcileDay,
+        actor: Actor,
+    ) -> Result<Vec<u8>, Error> {
         let method = "RunReconciliation";
         if let Some(stored) = self
             .replay(&command.request_id, method, &command.request_hash)
@@ -79,10 +85,15 @@ impl Reconciliation {
         {
             return Ok(stored);
         }
-        let request = (command.request_id.as_str(), command.request_hash.as_slice());
-        let (_, response) = self
-            .reconcile(&command.processor, command.day, actor, Some(request))
-            .await?;
+        let this = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let request = (command.request_id.as_str(), command.request_hash.as_slice());
+            this.reconcile(&command.processor, command.day, actor, Some(request))
+                .await
+        });
+        let (_, response) = task
+            .await
+            .map_err(|e| Error::Corrupt(format!("reconciliation task: {e}")))??;
         response.ok_or_else(|| Error::Corrupt("a run without its response".into()))
     }
 

@@ -20,19 +20,26 @@ pub async fn lock_day(conn: &mut PgConnection, processor: &str, day: Date) -> Re
     Ok(())
 }
 
-/// Replaces the records of `processor`'s `day` with `records` (the day's file as just read). A
-/// record read before under another day moves to this one.
+/// Replaces the records of `processor`'s `day` with `records` (the day's file as just read),
+/// writing only what changed: records gone from the file are deleted, new ones inserted,
+/// changed ones updated, and a day run again on the same file writes no row. A record read
+/// before under another day moves to this one.
 pub async fn replace_day(
     conn: &mut PgConnection,
     processor: &str,
     day: Date,
     records: &[SettlementRecord],
 ) -> Result<(), Error> {
-    sqlx::query("DELETE FROM recon_settlements WHERE processor = $1 AND settlement_date = $2")
-        .bind(processor)
-        .bind(day)
-        .execute(&mut *conn)
-        .await?;
+    let ids: Vec<&str> = records.iter().map(|r| r.record_id.as_str()).collect();
+    sqlx::query(
+        "DELETE FROM recon_settlements s WHERE s.processor = $1 AND s.settlement_date = $2 \
+         AND NOT EXISTS (SELECT 1 FROM UNNEST($3::text[]) AS f(id) WHERE f.id = s.record_id)",
+    )
+    .bind(processor)
+    .bind(day)
+    .bind(&ids)
+    .execute(&mut *conn)
+    .await?;
     for chunk in records.chunks(10_000) {
         let text =
             |f: fn(&SettlementRecord) -> &str| -> Vec<&str> { chunk.iter().map(f).collect() };
@@ -47,7 +54,14 @@ pub async fn replace_day(
              settlement_date = EXCLUDED.settlement_date, line = EXCLUDED.line, \
              type = EXCLUDED.type, processor_reference = EXCLUDED.processor_reference, \
              amount_minor = EXCLUDED.amount_minor, currency = EXCLUDED.currency, \
-             fee_minor = EXCLUDED.fee_minor, settled_at = EXCLUDED.settled_at",
+             fee_minor = EXCLUDED.fee_minor, settled_at = EXCLUDED.settled_at \
+             WHERE (recon_settlements.settlement_date, recon_settlements.line, \
+                    recon_settlements.type, recon_settlements.processor_reference, \
+                    recon_settlements.amount_minor, recon_settlements.currency, \
+                    recon_settlements.fee_minor, recon_settlements.settled_at) \
+                IS DISTINCT FROM (EXCLUDED.settlement_date, EXCLUDED.line, EXCLUDED.type, \
+                    EXCLUDED.processor_reference, EXCLUDED.amount_minor, EXCLUDED.currency, \
+                    EXCLUDED.fee_minor, EXCLUDED.settled_at)",
         )
         .bind(processor)
         .bind(text(|r| &r.record_id))
