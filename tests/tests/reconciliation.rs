@@ -491,6 +491,47 @@ async fn a_late_record_is_pending_within_the_grace_period() {
         refused.get_details_error_info().unwrap().reason,
         "DISCREPANCY_PENDING"
     );
+
+    // The record arrives in another day's file (here yesterday's, to be run now): matched
+    // there, and today's pending discrepancy is cleared by that run, with nothing booked.
+    let vault = sqlx::PgPool::connect(&stack.vault.database.url)
+        .await
+        .expect("vault database");
+    sqlx::query("UPDATE sandbox_settlement_records SET settlement_date = $2 WHERE id = $1")
+        .bind(&moved.id)
+        .bind(
+            time::OffsetDateTime::now_utc()
+                .date()
+                .previous_day()
+                .unwrap(),
+        )
+        .execute(&vault)
+        .await
+        .expect("the late record settles yesterday");
+    vault.close().await;
+    let yesterday = recon(&stack, Role::Treasury)
+        .await
+        .run_reconciliation(pb::RunReconciliationRequest {
+            request_id: request_id(),
+            processor: "sandbox".into(),
+            settlement_date: time::OffsetDateTime::now_utc()
+                .date()
+                .previous_day()
+                .unwrap()
+                .to_string(),
+        })
+        .await
+        .expect("run yesterday")
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!((yesterday.records, yesterday.matched), (1, 1));
+    let today = discrepancies(&stack, &run, pb::DiscrepancyState::Unspecified).await;
+    assert_eq!(today.len(), 1);
+    assert_eq!(today[0].state, pb::DiscrepancyState::Cleared as i32);
+    assert_eq!(today[0].last_run_id, yesterday.id);
+    let again = self::run(&stack).await;
+    assert_eq!((again.matched, again.pending, again.records), (2, 0, 2));
 }
 
 /// Four eyes: treasury cannot approve, the proposer's own name cannot approve under another
@@ -738,6 +779,20 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     let still = discrepancies(&stack, &run, pb::DiscrepancyState::Open).await;
     assert_eq!(still.len(), 1);
     assert!(still[0].adjustment_id.is_empty(), "{still:?}");
+    // The acquirer corrects its file: the next run clears the discrepancy, nothing booked.
+    corrupt(
+        &stack,
+        &records[0],
+        vault_pb::SettlementCorruption::ChangeAmount,
+        records[0].amount.as_ref().unwrap().minor_units,
+        "",
+    )
+    .await;
+    let corrected = self::run(&stack).await;
+    assert_eq!((corrected.amount_mismatch, corrected.matched), (0, 3));
+    let cleared = discrepancies(&stack, &corrected, pb::DiscrepancyState::Cleared).await;
+    assert_eq!(cleared.len(), 1);
+    assert_eq!(cleared[0].id, found.id);
     let status = recon(&stack, Role::Reader)
         .await
         .get_reconciliation_run(pb::GetReconciliationRunRequest {

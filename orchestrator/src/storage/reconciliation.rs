@@ -30,16 +30,29 @@ pub async fn replace_day(
     day: Date,
     records: &[SettlementRecord],
 ) -> Result<(), Error> {
-    let ids: Vec<&str> = records.iter().map(|r| r.record_id.as_str()).collect();
-    sqlx::query(
-        "DELETE FROM recon_settlements s WHERE s.processor = $1 AND s.settlement_date = $2 \
-         AND NOT EXISTS (SELECT 1 FROM UNNEST($3::text[]) AS f(id) WHERE f.id = s.record_id)",
+    // The day's stored ids, and those the file no longer holds, compared here: a join of the
+    // table with the file's ids would be planned on a guess of the array's size.
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT record_id FROM recon_settlements WHERE processor = $1 AND settlement_date = $2",
     )
     .bind(processor)
     .bind(day)
-    .bind(&ids)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
+    let read: std::collections::HashSet<&str> =
+        records.iter().map(|r| r.record_id.as_str()).collect();
+    let gone: Vec<&str> = stored
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !read.contains(id))
+        .collect();
+    if !gone.is_empty() {
+        sqlx::query("DELETE FROM recon_settlements WHERE processor = $1 AND record_id = ANY($2)")
+            .bind(processor)
+            .bind(&gone)
+            .execute(&mut *conn)
+            .await?;
+    }
     for chunk in records.chunks(10_000) {
         let text =
             |f: fn(&SettlementRecord) -> &str| -> Vec<&str> { chunk.iter().map(f).collect() };
@@ -318,17 +331,30 @@ pub async fn write_findings(
         .execute(&mut *conn)
         .await?;
     }
-    sqlx::query(
-        "UPDATE recon_discrepancies SET state = 'cleared', last_run_id = $3 \
-         WHERE processor = $1 AND settlement_date = $2 AND state = 'open' \
-         AND subject <> ALL($4)",
+    // The day's open discrepancies this run did not find, compared here (see replace_day).
+    let open: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, subject FROM recon_discrepancies \
+         WHERE processor = $1 AND settlement_date = $2 AND state = 'open'",
     )
     .bind(processor)
     .bind(day)
-    .bind(run_id)
-    .bind(&subjects)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
+    let found: std::collections::HashSet<&str> = subjects.iter().map(String::as_str).collect();
+    let gone: Vec<&str> = open
+        .iter()
+        .filter(|(_, subject)| !found.contains(subject.as_str()))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    if !gone.is_empty() {
+        sqlx::query(
+            "UPDATE recon_discrepancies SET state = 'cleared', last_run_id = $2 WHERE id = ANY($1)",
+        )
+        .bind(&gone)
+        .bind(run_id)
+        .execute(&mut *conn)
+        .await?;
+    }
     // A ledger entry reported late: its discrepancy of an earlier day is cleared by this run.
     sqlx::query(
         "UPDATE recon_discrepancies d SET state = 'cleared', last_run_id = $2 \
