@@ -39,4 +39,6 @@ bench() { ./target/release/tandemctl bench "$@" --duration "$duration" --baselin
   bench watch --streams 2000 --rate 10 --no-baseline
   # GetSpendReport over a billing account with 100,000 three-card payments; ExportLedger of them.
   bench treasury --payments 100000 --cards 3 --no-baseline
+  # RunReconciliation of a day of 100,000 settlement records, each matching a ledger capture.
+  bench recon --payments 100000 --no-baseline
 } 2>&1 | tee "$out"

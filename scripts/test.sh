@@ -3,8 +3,8 @@
 # Python tools into .venv, lints the protos with buf, checks the formatting and clippy's lints
 # (warnings are errors), runs the Rust suite (unit, Postgres and end-to-end over mTLS), the
 # Python client suite (which also drives the Node client and grpcurl), a smoke run of
-# `tandemctl dev --demo`, a short `tandemctl bench treasury`, the fuzz targets (30 s each) and
-# the chaos harness (500 payments, 20+ kills).
+# `tandemctl dev --demo`, a short `tandemctl bench treasury` and `tandemctl bench recon`, the fuzz
+# targets (30 s each) and the chaos harness (500 payments, 20+ kills).
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,6 +84,16 @@ bench_out="$(mktemp)"
 ./target/debug/tandemctl bench treasury --payments 2000 --samples 5 --no-baseline | tee "$bench_out"
 grep -q "^GetSpendReport over 2000 payments" "$bench_out"
 grep -q "^ExportLedger (CSV, chunks of 10000): 12000 entries" "$bench_out"
+rm -f "$bench_out"
+for db in tandem_bench_vault tandem_bench_orchestrator; do
+  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+done
+
+step "tandemctl bench recon (short: 2,000 records; the sitting in BENCHMARKS.md reconciles 100,000)"
+bench_out="$(mktemp)"
+./target/debug/tandemctl bench recon --payments 2000 --samples 2 --no-baseline | tee "$bench_out"
+grep -q "^booked 2000 captures and their settlement records" "$bench_out"
+grep -q "^RunReconciliation over 2000 records: min .* (2 runs)" "$bench_out"
 rm -f "$bench_out"
 for db in tandem_bench_vault tandem_bench_orchestrator; do
   psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"

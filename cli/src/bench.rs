@@ -25,6 +25,8 @@
 //!   orchestrator's memory alone and beside many `WatchPayment` streams ([`watch`]).
 //! - `tandemctl bench treasury`: `GetSpendReport`'s latency and `ExportLedger`'s entries per
 //!   second over a billing account with many payments booked ([`treasury`]).
+//! - `tandemctl bench recon`: `RunReconciliation` of a day whose settlement file holds many
+//!   records, each matching a capture in the ledger ([`recon`]).
 //!
 //! Apart from `flood`, the servers run without limits per caller: the benchmarks measure what
 //! an instance sustains, which is what those limits are set against.
@@ -38,6 +40,7 @@ mod ledger;
 mod measure;
 mod pay;
 mod postgres;
+mod recon;
 mod stack;
 mod tokenize;
 mod treasury;
@@ -75,6 +78,9 @@ pub enum BenchCommand {
     /// The treasury's reads over a large ledger: GetSpendReport's latency and ExportLedger's
     /// entries per second.
     Treasury(treasury::TreasuryArgs),
+    /// Reconciliation of a day of many settlement records: RunReconciliation's time and
+    /// records per second.
+    Recon(recon::ReconArgs),
 }
 
 /// How hard, how long, and beside which baseline a benchmark runs.
@@ -150,6 +156,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Flood(args) => flood::run(args).await,
         BenchCommand::Watch(args) => watch::run(args).await,
         BenchCommand::Treasury(args) => treasury::run(args).await,
+        BenchCommand::Recon(args) => recon::run(args).await,
     }
 }
 
