@@ -51,7 +51,8 @@ CREATE TABLE recon_worker_days (
 );
 
 -- A discrepancy, kept across runs under its subject (`record:<id>` or `entry:<transfer id>`):
--- each run of its day updates its class and amounts, and clears it when it is gone.
+-- each run of its day updates its class and amounts, and clears it when it is gone. A resolved
+-- one whose difference changes, or goes, is open again with what is left to correct.
 CREATE TABLE recon_discrepancies (
     id                  text PRIMARY KEY,
     processor           text NOT NULL,
@@ -79,12 +80,20 @@ CREATE TABLE recon_discrepancies (
     first_run_id        text NOT NULL REFERENCES recon_runs (id) DEFERRABLE INITIALLY DEFERRED,
     last_run_id         text NOT NULL REFERENCES recon_runs (id) DEFERRABLE INITIALLY DEFERRED,
     adjustment_id       text,
+    -- What approved adjustments have booked for it so far (the correction, signed, when they
+    -- were approved): a later run that finds another difference reopens it with the rest.
+    applied_minor       bigint,
+    applied_currency    text,
     seq                 bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     UNIQUE (processor, subject),
     CHECK ((correction_minor IS NULL) = (correction_currency IS NULL)),
     CHECK (class = 'pending' OR correction_minor IS NOT NULL)
 );
 CREATE INDEX recon_discrepancies_day ON recon_discrepancies (processor, settlement_date, seq);
+-- Open discrepancies of ledger entries no file reported, by reference: a run clears those whose
+-- record has come in another day's file.
+CREATE INDEX recon_discrepancies_unreported ON recon_discrepancies (processor, processor_reference)
+    WHERE state = 'open' AND record_id IS NULL;
 
 -- An adjustment: proposed by one identity, approved (its transfers posted) or rejected by
 -- another. `proposer` and `decider` are `<role>/<name>`.
@@ -101,6 +110,10 @@ CREATE TABLE recon_adjustments (
     decide_time     timestamptz,
     decision_reason text NOT NULL DEFAULT '',
     transfer_ids    text[] NOT NULL DEFAULT '{}',
+    -- The discrepancy as it was proposed against: an approval posts only if it still is.
+    correction_minor bigint NOT NULL,
+    class           text NOT NULL,
+    entry_id        text,
     CHECK ((state = 'proposed') = (decider IS NULL))
 );
 -- At most one adjustment waits per discrepancy.

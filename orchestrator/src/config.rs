@@ -375,6 +375,7 @@ impl ServiceSettings for Settings {
             ),
             (
                 r.grace_s <= 30 * 86_400
+                    && r.grace_s < u64::from(r.lookback_days) * 86_400
                     && r.run_hour_utc < 24
                     && (1..=366).contains(&r.lookback_days)
                     && (1..=86_400).contains(&r.interval_s)
@@ -382,8 +383,9 @@ impl ServiceSettings for Settings {
                     && (1..=crate::domain::reconciliation::FILE_RECORDS_MAX)
                         .contains(&r.file_records_max),
                 "reconciliation.grace_s",
-                "must be at most 2592000 (and reconciliation.run_hour_utc 0 to 23, lookback_days \
-                 1 to 366, interval_s and claim_s 1 to 86400, file_records_max 1 to 2000000)",
+                "must be at most 2592000 and shorter than lookback_days (and \
+                 reconciliation.run_hour_utc 0 to 23, lookback_days 1 to 366, interval_s and \
+                 claim_s 1 to 86400, file_records_max 1 to 2000000)",
             ),
         ];
         first_failure(common.into_iter().chain(self.limits.checks()).chain(checks))

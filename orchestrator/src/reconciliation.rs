@@ -43,6 +43,10 @@ pub struct Reconciliation {
     settings: ReconciliationSettings,
     request_id_wait_ms: u64,
     owner: String,
+    /// This instance's runs take turns from the download on: a run waiting for its turn holds
+    /// no file, no memory and no database connection, and runs commit in the order their files
+    /// were read (other instances' runs are ordered by the database lock).
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl Reconciliation {
@@ -62,6 +66,7 @@ impl Reconciliation {
             settings,
             request_id_wait_ms,
             owner: owner.to_owned(),
+            turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -107,6 +112,7 @@ impl Reconciliation {
         actor: Actor,
         request: Option<(&str, &[u8])>,
     ) -> Result<(StoredRun, Option<Vec<u8>>), Error> {
+        let _turn = self.turn.lock().await;
         let start_time = now();
         let bytes_max = self.settings.file_records_max * FILE_BYTES_PER_RECORD;
         let file = self
@@ -144,7 +150,7 @@ impl Reconciliation {
                 return Ok((run, Some(response)));
             }
         }
-        store::lock_day(&mut tx, processor, day).await?;
+        store::lock_processor(&mut tx, processor).await?;
         store::replace_day(&mut tx, processor, day, &records).await?;
         let from = day.with_time(Time::MIDNIGHT).assume_utc();
         let to = from + time::Duration::DAY;
@@ -279,14 +285,17 @@ impl Reconciliation {
         if discrepancy.state != "open" || discrepancy.adjustment_id.is_some() {
             return Err(Error::DiscrepancyNotOpen);
         }
-        let Some((correction, currency)) = discrepancy.correction.clone() else {
+        let Some((correction, currency)) = discrepancy.remaining() else {
             return Err(Error::DiscrepancyPending);
         };
+        if correction == 0 {
+            return Err(Error::DiscrepancyNotOpen);
+        }
         if proposal.amount != correction.abs() || proposal.currency != currency {
             return Err(Error::invalid(
                 "amount",
                 format!(
-                    "must be the discrepancy's correction: {} minor units of {currency}",
+                    "must be what the discrepancy leaves to correct: {} minor units of {currency}",
                     correction.abs()
                 ),
             ));
@@ -304,6 +313,11 @@ impl Reconciliation {
             decide_time: None,
             decision_reason: String::new(),
             transfer_ids: Vec::new(),
+            basis: (
+                correction,
+                discrepancy.class,
+                discrepancy.entry.as_ref().map(|e| e.transfer_id.clone()),
+            ),
         };
         store::insert_adjustment(&mut tx, &adjustment).await?;
         store::set_discrepancy(&mut tx, &discrepancy.id, "open", Some(&adjustment.id)).await?;
@@ -357,11 +371,16 @@ impl Reconciliation {
         adjustment.decider = Some(actor);
         adjustment.decide_time = Some(now());
         if decision.approve {
-            let Some((amount, currency)) = discrepancy.correction.clone() else {
+            let Some((amount, currency)) = discrepancy.remaining() else {
                 return Err(Error::DiscrepancyPending);
             };
+            let now_basis = (
+                amount,
+                discrepancy.class,
+                discrepancy.entry.as_ref().map(|e| e.transfer_id.clone()),
+            );
             if discrepancy.state != "open"
-                || amount.abs() != adjustment.amount
+                || now_basis != adjustment.basis
                 || currency != adjustment.currency
             {
                 // A later run changed the discrepancy: the proposal no longer fits it.
@@ -372,6 +391,8 @@ impl Reconciliation {
                 adjustment_id: &adjustment.id,
                 processor: &discrepancy.processor,
                 class: discrepancy.class,
+                reverse_entry: discrepancy.class == Class::CurrencyMismatch
+                    && discrepancy.applied.is_none(),
                 amount,
                 currency: &currency,
                 entry: discrepancy.entry.as_ref(),
@@ -402,8 +423,7 @@ impl Reconciliation {
             }
             adjustment.state = "approved".to_owned();
             adjustment.transfer_ids = transfers.iter().map(|t| t.id.to_string()).collect();
-            store::set_discrepancy(&mut tx, &discrepancy.id, "resolved", Some(&adjustment.id))
-                .await?;
+            store::resolve_discrepancy(&mut tx, &discrepancy.id, &adjustment.id).await?;
         } else {
             adjustment.state = "rejected".to_owned();
             adjustment.decision_reason = decision.reason;
@@ -441,21 +461,27 @@ impl Reconciliation {
     }
 
     /// Reconciles each closed day of the last `lookback_days` that no worker has run yet and
-    /// this instance can claim (from `run_hour_utc` on, the day before is closed). Returns how
-    /// many days it ran.
+    /// this instance can claim (from `run_hour_utc` on, the day before is closed), and again
+    /// each day whose pending entries' grace period has passed since, so that an entry whose
+    /// record never came is reported missing. Returns how many days it ran.
     pub async fn worker_round(&self) -> Result<usize, Error> {
-        let now = now();
         let processor = &self.settings.processor;
-        let Some((earliest, latest)) = worker_days(now, &self.settings) else {
+        let Some((earliest, latest)) = worker_days(now(), &self.settings) else {
             return Ok(0);
         };
         let done = store::worker_days_done(&self.pool, processor, earliest, latest).await?;
+        let grace = time::Duration::seconds(i64::try_from(self.settings.grace_s).unwrap_or(0));
+        let due = store::days_pending_due(&self.pool, processor, (earliest, latest), now() - grace)
+            .await?;
         let mut ran = 0;
         let mut day = earliest;
         while day <= latest {
-            if !done.contains(&day) {
+            let again = due.contains(&day);
+            if !done.contains(&day) || again {
+                let now = now();
                 let until = now + time::Duration::seconds(self.settings.claim_s as i64);
-                if store::claim_worker_day(&self.pool, processor, day, &self.owner, now, until)
+                let claim = (now, until);
+                if store::claim_worker_day(&self.pool, processor, day, &self.owner, claim, again)
                     .await?
                 {
                     let actor = Actor {

@@ -140,7 +140,8 @@ impl VaultClient {
             settlement_date: day.to_string(),
         };
         let refused = |status: tonic::Status| {
-            if is_unknown(&status) {
+            // A file too large is an answer (the processor delivered it), not a transient failure.
+            if is_unknown(&status) && reason(&status) != "SETTLEMENT_FILE_TOO_LARGE" {
                 SettlementFileError::Unavailable(describe(&status))
             } else {
                 SettlementFileError::Refused(format!("{}: {}", describe(&status), status.message()))

@@ -192,15 +192,18 @@ fn money(currency: &str, minor_units: i64) -> types::Money {
 /// `discrepancy`, and returns the approved adjustment.
 async fn adjust(stack: &Stack, discrepancy: &pb::Discrepancy) -> pb::Adjustment {
     let correction = discrepancy.correction.clone().expect("a correction");
+    adjust_by(stack, discrepancy, correction.minor_units.abs()).await
+}
+
+/// As [`adjust`], stating `amount` minor units of the correction's currency.
+async fn adjust_by(stack: &Stack, discrepancy: &pb::Discrepancy, amount: i64) -> pb::Adjustment {
+    let correction = discrepancy.correction.clone().expect("a correction");
     let proposed = recon(stack, Role::Treasury)
         .await
         .propose_adjustment(pb::ProposeAdjustmentRequest {
             request_id: request_id(),
             discrepancy_id: discrepancy.id.clone(),
-            amount: Some(money(
-                &correction.currency_code,
-                correction.minor_units.abs(),
-            )),
+            amount: Some(money(&correction.currency_code, amount)),
             reason: "per the acquirer's settlement file".into(),
         })
         .await
@@ -438,9 +441,37 @@ async fn a_day_reconciles_and_each_corruption_is_found_and_corrected() {
         )]
     );
 
+    // The acquirer then corrects the amount it had changed: the resolved discrepancy opens
+    // again with the 7 booked for it left to reverse, and that reversal resolves it.
+    corrupt(
+        &stack,
+        &records[0],
+        vault_pb::SettlementCorruption::ChangeAmount,
+        amount(&records[0]),
+        "",
+    )
+    .await;
+    let (_, reopened) = the_open_one(&stack, pb::DiscrepancyClass::AmountMismatch).await;
+    assert_eq!(reopened.record_id, records[0].id);
+    assert_eq!(
+        (reopened.correction.clone(), reopened.applied.clone()),
+        (Some(usd(0)), Some(usd(7)))
+    );
+    assert!(reopened.adjustment_id.is_empty());
+    let reversal = adjust_by(&stack, &reopened, 7).await;
+    assert_eq!(
+        posted(&stack, &reversal).await,
+        vec![(
+            "receivable:acct-1:USD".to_owned(),
+            card_account.clone(),
+            7,
+            "USD".to_owned()
+        )]
+    );
+
     // Everything found is resolved, and the day run again says the same.
     let last = run(&stack).await;
-    assert_eq!(counts(&last), [6, 1, 1, 1, 1, 1, 0, 10, 5], "{last:#?}");
+    assert_eq!(counts(&last), [7, 1, 1, 0, 1, 1, 0, 10, 4], "{last:#?}");
     let rerun = run(&stack).await;
     assert_eq!(counts(&rerun), counts(&last));
     assert!(
@@ -779,7 +810,20 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     let still = discrepancies(&stack, &run, pb::DiscrepancyState::Open).await;
     assert_eq!(still.len(), 1);
     assert!(still[0].adjustment_id.is_empty(), "{still:?}");
-    // The acquirer corrects its file: the next run clears the discrepancy, nothing booked.
+    // A proposal waits; the acquirer then corrects its file: the next run clears the
+    // discrepancy, nothing booked, and the proposal no longer fits it.
+    let waiting = treasury
+        .propose_adjustment(pb::ProposeAdjustmentRequest {
+            request_id: request_id(),
+            discrepancy_id: found.id.clone(),
+            amount: Some(usd(correction.minor_units.abs())),
+            reason: "short-settled".into(),
+        })
+        .await
+        .expect("propose")
+        .into_inner()
+        .adjustment
+        .unwrap();
     corrupt(
         &stack,
         &records[0],
@@ -793,6 +837,19 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     let cleared = discrepancies(&stack, &corrected, pb::DiscrepancyState::Cleared).await;
     assert_eq!(cleared.len(), 1);
     assert_eq!(cleared[0].id, found.id);
+    let stale = recon(&stack, Role::Approver)
+        .await
+        .approve_adjustment(pb::ApproveAdjustmentRequest {
+            request_id: request_id(),
+            adjustment_id: waiting.id.clone(),
+        })
+        .await
+        .expect_err("the discrepancy is cleared");
+    assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        stale.get_details_error_info().unwrap().reason,
+        "DISCREPANCY_NOT_OPEN"
+    );
     let status = recon(&stack, Role::Reader)
         .await
         .get_reconciliation_run(pb::GetReconciliationRunRequest {
@@ -866,5 +923,36 @@ async fn the_worker_runs_each_closed_day_once_across_replicas() {
     for replica in &replicas {
         assert_eq!(replica.worker_round().await.expect("second round"), 0);
     }
+
+    // A day whose pending entry's grace period has passed is run again, once: here a pending
+    // discrepancy of yesterday booked two days ago, which the new run no longer finds.
+    let yesterday = &runs[2];
+    let run_id: String = sqlx::query_scalar("SELECT id FROM recon_runs WHERE settlement_date = $1")
+        .bind(yesterday.0)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO recon_discrepancies (id, processor, subject, settlement_date, class, state, \
+         type, processor_reference, entry_id, ledger_minor, ledger_currency, entry_time, \
+         first_run_id, last_run_id) VALUES ('dsc_aaaaaaaaaaaaaaaaaaaaaaaaaa', 'sandbox', \
+         'entry:pay_x/leg/1/capture', $1, 'pending', 'open', 'capture', 'sbx_x', \
+         'pay_x/leg/1/capture', 100, 'USD', now() - interval '2 days', $2, $2)",
+    )
+    .bind(yesterday.0)
+    .bind(&run_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let rounds = futures::future::join_all(replicas.iter().map(|r| r.worker_round())).await;
+    let ran: usize = rounds.into_iter().map(|r| r.expect("worker round")).sum();
+    assert_eq!(ran, 1, "yesterday, once");
+    let state: String = sqlx::query_scalar(
+        "SELECT state FROM recon_discrepancies WHERE id = 'dsc_aaaaaaaaaaaaaaaaaaaaaaaaaa'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "cleared");
     pool.close().await;
 }

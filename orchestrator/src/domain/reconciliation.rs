@@ -319,6 +319,14 @@ pub enum FileError {
         /// What is wrong.
         what: String,
     },
+    /// A record id appears twice.
+    #[error("settlement file line {line}: record id {record_id} appears twice")]
+    RepeatedRecord {
+        /// The second line.
+        line: usize,
+        /// The id.
+        record_id: String,
+    },
     /// More than [`FILE_RECORDS_MAX`] records.
     #[error("the settlement file holds more than {FILE_RECORDS_MAX} records")]
     TooLarge,
@@ -337,6 +345,7 @@ pub fn parse_file(bytes: &[u8], day: Date) -> Result<Vec<SettlementRecord>, File
         return Err(FileError::Header);
     }
     let mut records = Vec::new();
+    let mut ids = std::collections::HashSet::new();
     for (index, line) in lines.enumerate() {
         let number = index + 2;
         if line.is_empty() {
@@ -349,11 +358,14 @@ pub fn parse_file(bytes: &[u8], day: Date) -> Result<Vec<SettlementRecord>, File
             line: number,
             what: what.to_owned(),
         };
-        let fields: Vec<&str> = line.split(',').collect();
-        let [id, kind, reference, amount, currency, fee, settled_at] = fields[..] else {
+        let fields = split_line(line).ok_or_else(|| bad("a quoted field is not closed"))?;
+        let [id, kind, reference, amount, currency, fee, settled_at] =
+            fields.iter().map(|f| f.as_ref()).collect::<Vec<&str>>()[..]
+        else {
             return Err(bad("expected 7 fields"));
         };
-        let short = |field: &str| !field.is_empty() && field.len() <= 128 && !field.contains('"');
+        let short =
+            |field: &str| (1..=128).contains(&field.len()) && !field.chars().any(char::is_control);
         if !short(id) || !short(reference) {
             return Err(bad(
                 "record_id and processor_reference must be 1-128 characters",
@@ -375,6 +387,12 @@ pub fn parse_file(bytes: &[u8], day: Date) -> Result<Vec<SettlementRecord>, File
         let settled_at =
             OffsetDateTime::parse(settled_at, &time::format_description::well_known::Rfc3339)
                 .map_err(|_| bad("settled_at must be an RFC 3339 time"))?;
+        if !ids.insert(id.to_owned()) {
+            return Err(FileError::RepeatedRecord {
+                line: number,
+                record_id: id.to_owned(),
+            });
+        }
         records.push(SettlementRecord {
             record_id: id.to_owned(),
             day,
@@ -391,6 +409,50 @@ pub fn parse_file(bytes: &[u8], day: Date) -> Result<Vec<SettlementRecord>, File
     Ok(records)
 }
 
+/// The fields of one CSV line as RFC 4180 has them: a field may be quoted (a comma inside, a
+/// doubled quote for a quote); `None` for a quoted field left open. A line break inside a quoted
+/// field is not supported: lines are split first.
+fn split_line(line: &str) -> Option<Vec<std::borrow::Cow<'_, str>>> {
+    use std::borrow::Cow;
+    let mut fields = Vec::new();
+    let mut rest = line;
+    loop {
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let mut field = String::new();
+            let mut chars = quoted.char_indices();
+            let end = loop {
+                let (i, c) = chars.next()?;
+                if c != '"' {
+                    field.push(c);
+                } else if quoted[i + 1..].starts_with('"') {
+                    field.push('"');
+                    chars.next();
+                } else {
+                    break i + 1;
+                }
+            };
+            fields.push(Cow::Owned(field));
+            rest = &quoted[end..];
+            match rest.strip_prefix(',') {
+                Some(next) => rest = next,
+                None if rest.is_empty() => return Some(fields),
+                None => return None,
+            }
+        } else {
+            match rest.split_once(',') {
+                Some((field, next)) => {
+                    fields.push(Cow::Borrowed(field));
+                    rest = next;
+                }
+                None => {
+                    fields.push(Cow::Borrowed(rest));
+                    return Some(fields);
+                }
+            }
+        }
+    }
+}
+
 /// A discrepancy as an adjustment corrects it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Correction<'a> {
@@ -402,6 +464,9 @@ pub struct Correction<'a> {
     pub processor: &'a str,
     /// Its class.
     pub class: Class,
+    /// Whether to reverse the ledger entry first (a currency mismatch not yet corrected: the
+    /// entry's currency is not the one the processor settled in).
+    pub reverse_entry: bool,
     /// The correction, signed from the card's side.
     pub amount: i64,
     /// Its currency.
@@ -419,7 +484,7 @@ pub fn adjustment(
     let mut accounts = Vec::new();
     let mut transfers = Vec::new();
     let mut moves: Vec<(i64, &str)> = Vec::new();
-    if let (Class::CurrencyMismatch, Some(entry)) = (correction.class, correction.entry) {
+    if let (true, Some(entry)) = (correction.reverse_entry, correction.entry) {
         moves.push((-entry.kind.sign() * entry.amount, entry.currency.as_str()));
     }
     moves.push((correction.amount, correction.currency));
@@ -697,6 +762,16 @@ mod tests {
                     stl_2,refund,sbx_b,250,EUR,0,2026-12-01T11:00:00.5Z\r\n";
         let records = parse_file(file.as_bytes(), DAY).unwrap();
         assert_eq!(records.len(), 2);
+        let quoted = "record_id,type,processor_reference,amount_minor,currency,fee_minor,settled_at\r\n\
+                      \"stl_1\",capture,\"sbx,\"\"a\"\"\",1000,USD,3,2026-12-01T10:00:00Z\r\n";
+        let unquoted = parse_file(quoted.as_bytes(), DAY).unwrap();
+        assert_eq!(
+            (
+                unquoted[0].record_id.as_str(),
+                unquoted[0].reference.as_str()
+            ),
+            ("stl_1", "sbx,\"a\"")
+        );
         assert_eq!(records[1].kind, SettlementType::Refund);
         assert_eq!(records[1].line, 2);
         assert_eq!(records[0].fee, 3);
@@ -707,7 +782,8 @@ mod tests {
             "record_id,type,processor_reference,amount_minor,currency,fee_minor,settled_at\nstl_1,capture,sbx_a,5,XXX,0,2026-12-01T10:00:00Z\n",
             "record_id,type,processor_reference,amount_minor,currency,fee_minor,settled_at\nstl_1,capture,sbx_a,5,USD,0,yesterday\n",
             "record_id,type,processor_reference,amount_minor,currency,fee_minor,settled_at\nstl_1,capture,,5,USD,0,2026-12-01T10:00:00Z\n",
-            "record_id,type,processor_reference,amount_minor,currency,fee_minor,settled_at\n\"stl_1\",capture,a,5,USD,0,2026-12-01T10:00:00Z\n",
+            "record_id,type,processor_reference,amount_minor,currency,fee_minor,settled_at\n\"stl_1,capture,a,5,USD,0,2026-12-01T10:00:00Z\n",
+            "record_id,type,processor_reference,amount_minor,currency,fee_minor,settled_at\nstl_1,capture,a,5,USD,0,2026-12-01T10:00:00Z\nstl_1,capture,b,5,USD,0,2026-12-01T10:00:00Z\n",
         ] {
             assert!(parse_file(bad.as_bytes(), DAY).is_err(), "{bad}");
         }
@@ -722,6 +798,7 @@ mod tests {
             adjustment_id: "adj_1",
             processor: "sandbox",
             class: Class::AmountMismatch,
+            reverse_entry: false,
             amount: -5,
             currency: "USD",
             entry: Some(&e),
@@ -742,6 +819,7 @@ mod tests {
             adjustment_id: "adj_2",
             processor: "sandbox",
             class: Class::CurrencyMismatch,
+            reverse_entry: true,
             amount: 900,
             currency: "EUR",
             entry: Some(&e),
@@ -767,6 +845,7 @@ mod tests {
             adjustment_id: "adj_3",
             processor: "sandbox",
             class: Class::MissingInLedger,
+            reverse_entry: false,
             amount: 700,
             currency: "USD",
             entry: None,

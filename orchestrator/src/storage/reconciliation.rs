@@ -11,10 +11,12 @@ use crate::domain::reconciliation::{
 };
 use crate::error::Error;
 
-/// Serializes the runs of one processor's day until the transaction ends.
-pub async fn lock_day(conn: &mut PgConnection, processor: &str, day: Date) -> Result<(), Error> {
+/// Serializes the runs of one processor until the transaction ends: a run reads the records of
+/// other days (a duplicate settled before, a record settled late), so runs of different days
+/// take turns too, and each sees what the one before it committed.
+pub async fn lock_processor(conn: &mut PgConnection, processor: &str) -> Result<(), Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("reconciliation:{processor}:{day}"))
+        .bind(format!("reconciliation:{processor}"))
         .execute(conn)
         .await?;
     Ok(())
@@ -259,8 +261,20 @@ pub async fn write_findings(
              receivable, payment_id, leg_id, entry_time, correction_minor, correction_currency) \
              ON CONFLICT (processor, subject) DO UPDATE SET \
              settlement_date = EXCLUDED.settlement_date, class = EXCLUDED.class, \
-             state = CASE WHEN recon_discrepancies.state = 'resolved' THEN 'resolved' \
+             state = CASE WHEN recon_discrepancies.state <> 'resolved' THEN 'open' \
+                     WHEN (EXCLUDED.correction_minor, EXCLUDED.correction_currency) \
+                          IS NOT DISTINCT FROM (recon_discrepancies.applied_minor, \
+                          recon_discrepancies.applied_currency) \
+                       OR EXCLUDED.correction_currency IS DISTINCT FROM \
+                          recon_discrepancies.applied_currency THEN 'resolved' \
                      ELSE 'open' END, \
+             adjustment_id = CASE WHEN recon_discrepancies.state <> 'resolved' \
+                     OR (EXCLUDED.correction_minor, EXCLUDED.correction_currency) \
+                          IS NOT DISTINCT FROM (recon_discrepancies.applied_minor, \
+                          recon_discrepancies.applied_currency) \
+                     OR EXCLUDED.correction_currency IS DISTINCT FROM \
+                          recon_discrepancies.applied_currency \
+                     THEN recon_discrepancies.adjustment_id END, \
              settled_minor = EXCLUDED.settled_minor, settled_currency = EXCLUDED.settled_currency, \
              settled_at = EXCLUDED.settled_at, entry_id = EXCLUDED.entry_id, \
              ledger_minor = EXCLUDED.ledger_minor, ledger_currency = EXCLUDED.ledger_currency, \
@@ -331,43 +345,41 @@ pub async fn write_findings(
         .execute(&mut *conn)
         .await?;
     }
-    // The day's open discrepancies this run did not find, compared here (see replace_day).
-    let open: Vec<(String, String)> = sqlx::query_as(
+    // The day's open and resolved discrepancies this run did not find, compared here (see
+    // replace_day).
+    let known: Vec<(String, String)> = sqlx::query_as(
         "SELECT id, subject FROM recon_discrepancies \
-         WHERE processor = $1 AND settlement_date = $2 AND state = 'open'",
+         WHERE processor = $1 AND settlement_date = $2 AND state IN ('open', 'resolved')",
     )
     .bind(processor)
     .bind(day)
     .fetch_all(&mut *conn)
     .await?;
     let found: std::collections::HashSet<&str> = subjects.iter().map(String::as_str).collect();
-    let gone: Vec<&str> = open
+    let gone: Vec<&str> = known
         .iter()
         .filter(|(_, subject)| !found.contains(subject.as_str()))
         .map(|(id, _)| id.as_str())
         .collect();
     if !gone.is_empty() {
-        sqlx::query(
-            "UPDATE recon_discrepancies SET state = 'cleared', last_run_id = $2 WHERE id = ANY($1)",
-        )
-        .bind(&gone)
-        .bind(run_id)
-        .execute(&mut *conn)
-        .await?;
+        gone_by(conn, &gone, run_id).await?;
     }
-    // A ledger entry reported late: its discrepancy of an earlier day is cleared by this run.
-    sqlx::query(
-        "UPDATE recon_discrepancies d SET state = 'cleared', last_run_id = $2 \
-         WHERE d.processor = $1 AND d.state = 'open' AND d.record_id IS NULL \
-         AND d.processor_reference = ANY($3) AND EXISTS (SELECT 1 FROM recon_settlements s \
+    // A ledger entry reported late: its discrepancy of another day is gone with this run.
+    let reported: Vec<String> = sqlx::query_scalar(
+        "SELECT d.id FROM recon_discrepancies d \
+         WHERE d.processor = $1 AND d.state IN ('open', 'resolved') AND d.record_id IS NULL \
+         AND d.processor_reference = ANY($2) AND EXISTS (SELECT 1 FROM recon_settlements s \
              WHERE s.processor = d.processor AND s.processor_reference = d.processor_reference \
              AND s.type = d.type)",
     )
     .bind(processor)
-    .bind(run_id)
     .bind(references)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
+    if !reported.is_empty() {
+        let ids: Vec<&str> = reported.iter().map(String::as_str).collect();
+        gone_by(conn, &ids, run_id).await?;
+    }
     let resolved: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM recon_discrepancies WHERE processor = $1 AND subject = ANY($2) \
          AND state = 'resolved'",
@@ -377,6 +389,29 @@ pub async fn write_findings(
     .fetch_one(&mut *conn)
     .await?;
     Ok(resolved)
+}
+
+/// Discrepancies `ids` that run `run_id` no longer finds: an open one is cleared (nothing was
+/// booked); a resolved one is open again with a difference of 0, so what its adjustments booked
+/// is left to reverse.
+async fn gone_by(conn: &mut PgConnection, ids: &[&str], run_id: &str) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE recon_discrepancies SET last_run_id = $2, \
+         state = CASE state WHEN 'open' THEN 'cleared' \
+                 WHEN 'resolved' THEN CASE WHEN applied_minor = 0 THEN 'resolved' ELSE 'open' END \
+                 END, \
+         correction_minor = CASE state WHEN 'resolved' THEN 0 ELSE correction_minor END, \
+         correction_currency = CASE state WHEN 'resolved' THEN applied_currency \
+                 ELSE correction_currency END, \
+         adjustment_id = CASE WHEN state = 'resolved' AND applied_minor <> 0 THEN NULL \
+                 ELSE adjustment_id END \
+         WHERE id = ANY($1) AND state IN ('open', 'resolved')",
+    )
+    .bind(ids)
+    .bind(run_id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A discrepancy as stored.
@@ -406,15 +441,32 @@ pub struct StoredDiscrepancy {
     pub runs: (String, String),
     /// The adjustment waiting or approved.
     pub adjustment_id: Option<String>,
+    /// What approved adjustments have booked for it, signed.
+    pub applied: Option<SignedAmount>,
     /// Its position in listings.
     pub seq: i64,
+}
+
+impl StoredDiscrepancy {
+    /// What is left to correct: the difference less what adjustments booked; `None` while
+    /// pending, or when they booked in another currency (a resolved currency mismatch).
+    pub fn remaining(&self) -> Option<SignedAmount> {
+        let (amount, currency) = self.correction.clone()?;
+        match &self.applied {
+            None => Some((amount, currency)),
+            Some((applied, applied_currency)) if *applied_currency == currency => {
+                Some((amount - applied, currency))
+            }
+            Some(_) => None,
+        }
+    }
 }
 
 const DISCREPANCY_COLUMNS: &str = "id, processor, settlement_date, class, state, type, \
      processor_reference, record_id, settled_minor, settled_currency, settled_at, entry_id, \
      ledger_minor, ledger_currency, funding_account, receivable_account, payment_id, leg_id, \
      entry_time, correction_minor, correction_currency, first_run_id, last_run_id, \
-     adjustment_id, seq";
+     adjustment_id, applied_minor, applied_currency, seq";
 
 fn discrepancy_from_row(row: &sqlx::postgres::PgRow) -> Result<StoredDiscrepancy, Error> {
     let corrupt = |what: String| Error::Corrupt(what);
@@ -476,6 +528,13 @@ fn discrepancy_from_row(row: &sqlx::postgres::PgRow) -> Result<StoredDiscrepancy
         correction,
         runs: (row.try_get("first_run_id")?, row.try_get("last_run_id")?),
         adjustment_id: row.try_get("adjustment_id")?,
+        applied: match (
+            row.try_get::<Option<i64>, _>("applied_minor")?,
+            row.try_get::<Option<String>, _>("applied_currency")?,
+        ) {
+            (Some(amount), Some(currency)) => Some((amount, currency)),
+            _ => None,
+        },
         seq: row.try_get("seq")?,
     })
 }
@@ -537,6 +596,24 @@ pub async fn set_discrepancy(
     Ok(())
 }
 
+/// Records an approved adjustment on its discrepancy: resolved, and what has been booked for
+/// it is now its whole difference.
+pub async fn resolve_discrepancy(
+    conn: &mut PgConnection,
+    id: &str,
+    adjustment_id: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE recon_discrepancies SET state = 'resolved', adjustment_id = $2, \
+         applied_minor = correction_minor, applied_currency = correction_currency WHERE id = $1",
+    )
+    .bind(id)
+    .bind(adjustment_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// An adjustment as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredAdjustment {
@@ -564,6 +641,9 @@ pub struct StoredAdjustment {
     pub decision_reason: String,
     /// The transfers posted on approval.
     pub transfer_ids: Vec<String>,
+    /// The discrepancy as proposed against: what was left to correct (signed), its class and
+    /// its ledger entry. An approval posts only if the discrepancy still says the same.
+    pub basis: (i64, Class, Option<String>),
 }
 
 /// Stores a new adjustment.
@@ -573,7 +653,8 @@ pub async fn insert_adjustment(
 ) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO recon_adjustments (id, discrepancy_id, state, amount_minor, currency, \
-         reason, proposer, propose_time) VALUES ($1, $2, 'proposed', $3, $4, $5, $6, $7)",
+         reason, proposer, propose_time, correction_minor, class, entry_id) \
+         VALUES ($1, $2, 'proposed', $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&adjustment.id)
     .bind(&adjustment.discrepancy_id)
@@ -582,6 +663,9 @@ pub async fn insert_adjustment(
     .bind(&adjustment.reason)
     .bind(adjustment.proposer.to_string())
     .bind(adjustment.propose_time)
+    .bind(adjustment.basis.0)
+    .bind(adjustment.basis.1.as_str())
+    .bind(adjustment.basis.2.as_deref())
     .execute(conn)
     .await?;
     Ok(())
@@ -616,8 +700,8 @@ pub async fn adjustment(
     let lock = if lock { " FOR UPDATE" } else { "" };
     let row = sqlx::query(&format!(
         "SELECT id, discrepancy_id, state, amount_minor, currency, reason, proposer, \
-         propose_time, decider, decide_time, decision_reason, transfer_ids \
-         FROM recon_adjustments WHERE id = $1{lock}"
+         propose_time, decider, decide_time, decision_reason, transfer_ids, correction_minor, \
+         class, entry_id FROM recon_adjustments WHERE id = $1{lock}"
     ))
     .bind(id)
     .fetch_optional(executor)
@@ -642,39 +726,72 @@ pub async fn adjustment(
             decide_time: row.try_get("decide_time")?,
             decision_reason: row.try_get("decision_reason")?,
             transfer_ids: row.try_get("transfer_ids")?,
+            basis: {
+                let class: String = row.try_get("class")?;
+                (
+                    row.try_get("correction_minor")?,
+                    Class::parse(&class).ok_or_else(|| Error::Corrupt(format!("class {class}")))?,
+                    row.try_get("entry_id")?,
+                )
+            },
         })
     })
     .transpose()
 }
 
 /// Claims the worker's run of `processor`'s `day` for `owner` until `until`: true when this
-/// caller is to run it (no run yet, and no other claim in force).
+/// caller is to run it (no run yet, or `again` for a day run before, and no other claim in
+/// force).
 pub async fn claim_worker_day(
     executor: impl PgExecutor<'_>,
     processor: &str,
     day: Date,
     owner: &str,
-    now: OffsetDateTime,
-    until: OffsetDateTime,
+    (now, until): (OffsetDateTime, OffsetDateTime),
+    again: bool,
 ) -> Result<bool, Error> {
     let claimed = sqlx::query(
         "INSERT INTO recon_worker_days (processor, settlement_date, owner, claimed_until) \
          VALUES ($1, $2, $3, $5) ON CONFLICT (processor, settlement_date) DO UPDATE \
-         SET owner = EXCLUDED.owner, claimed_until = EXCLUDED.claimed_until \
-         WHERE recon_worker_days.run_id IS NULL AND recon_worker_days.claimed_until < $4",
+         SET owner = EXCLUDED.owner, claimed_until = EXCLUDED.claimed_until, run_id = NULL \
+         WHERE (recon_worker_days.run_id IS NULL OR $6) \
+         AND recon_worker_days.claimed_until < $4",
     )
     .bind(processor)
     .bind(day)
     .bind(owner)
     .bind(now)
     .bind(until)
+    .bind(again)
     .execute(executor)
     .await?
     .rows_affected();
     Ok(claimed == 1)
 }
 
-/// Records the worker's run of a claimed day, in the run's transaction.
+/// The days of `processor` in `[from, to]` with a pending discrepancy of an entry booked
+/// before `booked_before` (its grace period over): the worker runs them again, so the entry is
+/// reported missing if its record never came.
+pub async fn days_pending_due(
+    executor: impl PgExecutor<'_>,
+    processor: &str,
+    (from, to): (Date, Date),
+    booked_before: OffsetDateTime,
+) -> Result<Vec<Date>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT settlement_date FROM recon_discrepancies WHERE processor = $1 \
+         AND settlement_date BETWEEN $2 AND $3 AND state = 'open' AND class = 'pending' \
+         AND entry_time < $4",
+    )
+    .bind(processor)
+    .bind(from)
+    .bind(to)
+    .bind(booked_before)
+    .fetch_all(executor)
+    .await?)
+}
+
+/// Records the worker's run of a claimed day, in the run's transaction, and ends the claim.
 pub async fn finish_worker_day(
     conn: &mut PgConnection,
     processor: &str,
@@ -682,7 +799,8 @@ pub async fn finish_worker_day(
     run_id: &str,
 ) -> Result<(), Error> {
     sqlx::query(
-        "UPDATE recon_worker_days SET run_id = $3 WHERE processor = $1 AND settlement_date = $2",
+        "UPDATE recon_worker_days SET run_id = $3, claimed_until = now() \
+         WHERE processor = $1 AND settlement_date = $2",
     )
     .bind(processor)
     .bind(day)

@@ -288,6 +288,10 @@ pub fn discrepancy(d: &StoredDiscrepancy) -> pb::Discrepancy {
         first_run_id: d.runs.0.clone(),
         last_run_id: d.runs.1.clone(),
         adjustment_id: d.adjustment_id.clone().unwrap_or_default(),
+        applied: d
+            .applied
+            .as_ref()
+            .map(|(amount, currency)| money(currency, *amount)),
     }
 }
 
