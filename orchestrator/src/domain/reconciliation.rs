@@ -36,6 +36,14 @@ pub const FILE_COLUMNS: [&str; 7] = [
     "settled_at",
 ];
 
+/// The event types of reconciliation's steps in the feed, in `ReconciliationEventType` order.
+pub const EVENT_TYPES: [&str; 4] = [
+    "reconciliation.run_completed",
+    "reconciliation.adjustment_proposed",
+    "reconciliation.adjustment_approved",
+    "reconciliation.adjustment_rejected",
+];
+
 /// Most records one settlement file may hold: bounds a run's memory.
 pub const FILE_RECORDS_MAX: usize = 2_000_000;
 

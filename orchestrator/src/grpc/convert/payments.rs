@@ -455,7 +455,7 @@ fn known_event_types() -> impl Iterator<Item = &'static str> {
         .iter()
         .map(|kind| event_type(*kind).0)
         .chain(super::groups::GROUP_EVENT_TYPES)
-        .chain(super::reconciliation::EVENT_TYPES)
+        .chain(crate::domain::reconciliation::EVENT_TYPES)
 }
 
 /// The checks of `ListEvents`. Cursors are positions in the feed, valid with any filter.

@@ -8,10 +8,10 @@ use time::OffsetDateTime;
 
 use crate::commands::{AdjustmentDecision, AdjustmentProposal, DiscrepancyQuery, ReconcileDay};
 use crate::config::ReconciliationSettings;
-use crate::domain::reconciliation::{Class, SettlementType};
+use crate::domain::reconciliation::{Class, EVENT_TYPES, SettlementType};
 use crate::error::Error;
-use crate::reconciliation::{StoredAdjustment, StoredDiscrepancy, StoredRun};
 use crate::storage::reconciliation::NewEvent;
+use crate::storage::reconciliation::{StoredAdjustment, StoredDiscrepancy, StoredRun};
 
 use super::ledger::{day, money, position, token};
 use super::payments::{note_text, strict_page_size};
@@ -345,14 +345,6 @@ pub fn adjustment_response(a: &StoredAdjustment) -> Vec<u8> {
     }
     .encode_to_vec()
 }
-
-/// The reconciliation event types of the feed, in `ReconciliationEventType` order.
-pub const EVENT_TYPES: [&str; 4] = [
-    "reconciliation.run_completed",
-    "reconciliation.adjustment_proposed",
-    "reconciliation.adjustment_approved",
-    "reconciliation.adjustment_rejected",
-];
 
 /// The feed event of a completed run (the first of its stream).
 pub fn run_event(stored: &StoredRun, id: String) -> NewEvent {
