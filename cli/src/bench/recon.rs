@@ -20,7 +20,7 @@ use tandem_runtime::ids::random_id;
 use tandem_tls::identity::Role;
 
 use super::stack::{CALL_TIMEOUT, ORCHESTRATOR_DATABASE, Stack, VAULT_DATABASE, channels};
-use super::treasury::bench_token;
+use super::treasury::{bench_token, write};
 use super::{LoadArgs, run_id};
 use crate::dev;
 
@@ -283,26 +283,6 @@ async fn book_ledger(pool: &sqlx::PgPool, captures: &[Capture]) -> anyhow::Resul
         }
         write(&mut conn, &mut batch).await?;
     }
-    Ok(())
-}
-
-/// Writes `batch` in one transaction and empties it; every transfer must be created.
-async fn write(
-    conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
-    batch: &mut Vec<Transfer>,
-) -> anyhow::Result<()> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let mut tx = sqlx::Connection::begin(&mut **conn).await?;
-    let results = tandem_ledger::ledger::create_transfers(&mut tx, batch).await?;
-    tx.commit().await?;
-    anyhow::ensure!(
-        results.iter().all(|r| r.is_success()),
-        "a booking was refused: {:?}",
-        results.iter().find(|r| !r.is_success())
-    );
-    batch.clear();
     Ok(())
 }
 

@@ -253,7 +253,7 @@ async fn book(pool: &sqlx::PgPool, args: &TreasuryArgs) -> anyhow::Result<i64> {
 }
 
 /// Writes `batch` in one transaction and empties it; every transfer must be created.
-async fn write(
+pub(super) async fn write(
     conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
     batch: &mut Vec<Transfer>,
 ) -> anyhow::Result<()> {
