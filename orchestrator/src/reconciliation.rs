@@ -466,6 +466,22 @@ impl Reconciliation {
     /// record never came is reported missing. Returns how many days it ran.
     pub async fn worker_round(&self) -> Result<usize, Error> {
         let processor = &self.settings.processor;
+        let mut lock = self.pool.acquire().await?;
+        if !store::try_lock_worker(&mut lock, processor).await? {
+            // Another instance's round is running; the next interval looks again.
+            return Ok(0);
+        }
+        let ran = self.worker_round_locked().await;
+        if store::unlock_worker(&mut lock, processor).await.is_err() {
+            // A session that may still hold the lock is not given back to the pool.
+            drop(lock.detach());
+        }
+        ran
+    }
+
+    /// [`Reconciliation::worker_round`] under the worker's lock.
+    async fn worker_round_locked(&self) -> Result<usize, Error> {
+        let processor = &self.settings.processor;
         let Some((earliest, latest)) = worker_days(now(), &self.settings) else {
             return Ok(0);
         };

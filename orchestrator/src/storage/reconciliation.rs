@@ -22,6 +22,28 @@ pub async fn lock_processor(conn: &mut PgConnection, processor: &str) -> Result<
     Ok(())
 }
 
+/// Takes the worker's lock of `processor` on `conn`'s session if no other instance holds it:
+/// one worker round at a time across replicas, each reading which days are due only once the
+/// round before has committed. A session lock: it goes with the connection if the instance
+/// dies.
+pub async fn try_lock_worker(conn: &mut PgConnection, processor: &str) -> Result<bool, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(format!("reconciliation-worker:{processor}"))
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Releases [`try_lock_worker`]'s lock.
+pub async fn unlock_worker(conn: &mut PgConnection, processor: &str) -> Result<(), Error> {
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind(format!("reconciliation-worker:{processor}"))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Replaces the records of `processor`'s `day` with `records` (the day's file as just read),
 /// writing only what changed: records gone from the file are deleted, new ones inserted,
 /// changed ones updated, and a day run again on the same file writes no row. A record read
