@@ -12,7 +12,6 @@ use tandem_proto::tandem::r#type::v1 as types;
 use tandem_proto::tandem::vault::v1 as pb;
 use tandem_proto::tandem::vault::v1::charge_service_client::ChargeServiceClient;
 use tandem_proto::tandem::vault::v1::sandbox_service_client::SandboxServiceClient;
-use tandem_proto::tandem::vault::v1::token_service_client::TokenServiceClient;
 use tandem_tests::{
     RunningVault, TEST_PANS, TestDatabase, vault_reason, vault_settings, violated_fields,
 };
@@ -43,27 +42,6 @@ fn usd(minor_units: i64) -> types::Money {
         currency_code: "USD".to_owned(),
         minor_units,
     }
-}
-
-/// Tokenizes `pan` and returns its token.
-async fn token_for(vault: &RunningVault, pan: &str) -> String {
-    let mut tokens = TokenServiceClient::new(vault.channel(Role::Tokenizer).await);
-    tokens
-        .tokenize(pb::TokenizeRequest {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            pan: pan.to_owned(),
-            expiry_month: 12,
-            expiry_year: 2030,
-            holder_name: "Grace Hopper".to_owned(),
-            reuse_existing: false,
-            ttl_seconds: 0,
-        })
-        .await
-        .expect("tokenize")
-        .into_inner()
-        .card
-        .expect("card")
-        .token
 }
 
 /// Authorizes `authorized` minor units of USD on `token` and captures `captured` of them.
@@ -272,7 +250,7 @@ async fn the_settlement_file_lists_every_capture_and_refund() {
     let started = OffsetDateTime::now_utc();
     let vault = RunningVault::start().await;
     let mut client = ChargeServiceClient::new(vault.channel(Role::Orchestrator).await);
-    let token = token_for(&vault, TEST_PANS[0]).await;
+    let token = vault.tokenize(TEST_PANS[0]).await;
     let first = authorize_and_capture(&mut client, &token, 10_000, 10_000).await;
     let second = authorize_and_capture(&mut client, &token, 5_000, 4_000).await;
     let refunded = refund(&mut client, &first, 2_500).await;
@@ -385,7 +363,7 @@ async fn corruptions_change_the_file_as_documented() {
     let vault = RunningVault::start().await;
     let mut client = ChargeServiceClient::new(vault.channel(Role::Orchestrator).await);
     let mut sandbox = SandboxServiceClient::new(vault.channel(Role::Admin).await);
-    let token = token_for(&vault, TEST_PANS[1]).await;
+    let token = vault.tokenize(TEST_PANS[1]).await;
     let first = authorize_and_capture(&mut client, &token, 1_000, 1_000).await;
     authorize_and_capture(&mut client, &token, 2_000, 2_000).await;
     authorize_and_capture(&mut client, &token, 3_000, 3_000).await;
@@ -605,7 +583,7 @@ async fn large_files_are_chunked_and_bounded() {
     settings.connector.settlement_file_records_max = RECORDS as u64;
     let vault = RunningVault::start_with(settings, database).await;
     let mut client = ChargeServiceClient::new(vault.channel(Role::Orchestrator).await);
-    let token = token_for(&vault, TEST_PANS[0]).await;
+    let token = vault.tokenize(TEST_PANS[0]).await;
     let charge = authorize_and_capture(&mut client, &token, 10_000, 10_000).await;
     let day = days_ago(1);
     settle_all_on(&vault, day).await;
