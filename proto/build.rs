@@ -14,6 +14,8 @@ const SECRET_MESSAGES: &[&str] = &[
     ".tandem.vault.v1.RevokeByFingerprintRequest",
     ".tandem.vault.v1.UnsealRequest",
     ".tandem.vault.v1.RotateRootKeyResponse",
+    ".tandem.orchestrator.v1.CreateWebhookEndpointResponse",
+    ".tandem.orchestrator.v1.RotateWebhookSecretResponse",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -53,11 +53,27 @@ pub enum Rpc {
     ApproveAdjustment,
     /// `ReconciliationService/RejectAdjustment`
     RejectAdjustment,
+    /// `WebhookService/CreateWebhookEndpoint`
+    CreateWebhookEndpoint,
+    /// `WebhookService/GetWebhookEndpoint`
+    GetWebhookEndpoint,
+    /// `WebhookService/ListWebhookEndpoints`
+    ListWebhookEndpoints,
+    /// `WebhookService/UpdateWebhookEndpoint`
+    UpdateWebhookEndpoint,
+    /// `WebhookService/DeleteWebhookEndpoint`
+    DeleteWebhookEndpoint,
+    /// `WebhookService/RotateWebhookSecret`
+    RotateWebhookSecret,
+    /// `WebhookService/ListWebhookDeliveries`
+    ListWebhookDeliveries,
+    /// `WebhookService/RedeliverEvents`
+    RedeliverEvents,
 }
 
 impl Rpc {
     /// Every RPC, for tests that check the table is complete.
-    pub const ALL: [Rpc; 22] = [
+    pub const ALL: [Rpc; 30] = [
         Rpc::CreateCardGroup,
         Rpc::GetCardGroup,
         Rpc::ListCardGroups,
@@ -80,6 +96,14 @@ impl Rpc {
         Rpc::ProposeAdjustment,
         Rpc::ApproveAdjustment,
         Rpc::RejectAdjustment,
+        Rpc::CreateWebhookEndpoint,
+        Rpc::GetWebhookEndpoint,
+        Rpc::ListWebhookEndpoints,
+        Rpc::UpdateWebhookEndpoint,
+        Rpc::DeleteWebhookEndpoint,
+        Rpc::RotateWebhookSecret,
+        Rpc::ListWebhookDeliveries,
+        Rpc::RedeliverEvents,
     ];
 
     /// The full gRPC method name.
@@ -119,6 +143,24 @@ impl Rpc {
             Rpc::RejectAdjustment => {
                 "tandem.orchestrator.v1.ReconciliationService/RejectAdjustment"
             }
+            Rpc::CreateWebhookEndpoint => {
+                "tandem.orchestrator.v1.WebhookService/CreateWebhookEndpoint"
+            }
+            Rpc::GetWebhookEndpoint => "tandem.orchestrator.v1.WebhookService/GetWebhookEndpoint",
+            Rpc::ListWebhookEndpoints => {
+                "tandem.orchestrator.v1.WebhookService/ListWebhookEndpoints"
+            }
+            Rpc::UpdateWebhookEndpoint => {
+                "tandem.orchestrator.v1.WebhookService/UpdateWebhookEndpoint"
+            }
+            Rpc::DeleteWebhookEndpoint => {
+                "tandem.orchestrator.v1.WebhookService/DeleteWebhookEndpoint"
+            }
+            Rpc::RotateWebhookSecret => "tandem.orchestrator.v1.WebhookService/RotateWebhookSecret",
+            Rpc::ListWebhookDeliveries => {
+                "tandem.orchestrator.v1.WebhookService/ListWebhookDeliveries"
+            }
+            Rpc::RedeliverEvents => "tandem.orchestrator.v1.WebhookService/RedeliverEvents",
         }
     }
 
@@ -142,6 +184,14 @@ impl Rpc {
                 &[Role::Treasury, Role::Approver, Role::Reader]
             }
             Rpc::ApproveAdjustment | Rpc::RejectAdjustment => &[Role::Approver],
+            Rpc::CreateWebhookEndpoint
+            | Rpc::GetWebhookEndpoint
+            | Rpc::ListWebhookEndpoints
+            | Rpc::UpdateWebhookEndpoint
+            | Rpc::DeleteWebhookEndpoint
+            | Rpc::RotateWebhookSecret
+            | Rpc::ListWebhookDeliveries
+            | Rpc::RedeliverEvents => &[Role::Treasury],
         }
     }
 
@@ -162,7 +212,10 @@ impl Rpc {
             | Rpc::ListEntries
             | Rpc::GetSpendReport
             | Rpc::GetReconciliationRun
-            | Rpc::ListDiscrepancies => RpcClass::Read,
+            | Rpc::ListDiscrepancies
+            | Rpc::GetWebhookEndpoint
+            | Rpc::ListWebhookEndpoints
+            | Rpc::ListWebhookDeliveries => RpcClass::Read,
             Rpc::CreateCardGroup
             | Rpc::UpdateCardGroup
             | Rpc::DeleteCardGroup
@@ -172,7 +225,12 @@ impl Rpc {
             | Rpc::RunReconciliation
             | Rpc::ProposeAdjustment
             | Rpc::ApproveAdjustment
-            | Rpc::RejectAdjustment => RpcClass::Write,
+            | Rpc::RejectAdjustment
+            | Rpc::CreateWebhookEndpoint
+            | Rpc::UpdateWebhookEndpoint
+            | Rpc::DeleteWebhookEndpoint
+            | Rpc::RotateWebhookSecret
+            | Rpc::RedeliverEvents => RpcClass::Write,
             Rpc::WatchPayment | Rpc::ExportLedger => RpcClass::Stream,
         }
     }
@@ -223,10 +281,16 @@ mod tests {
     /// card groups, payers pay and refund, both write notes, treasury and readers read the
     /// ledger and the event feed (payers do not), every orchestrator role reads payments and
     /// groups, and the vault's roles reach nothing here. Reconciliation: treasury runs and
-    /// proposes, approvers alone decide, all three read.
+    /// proposes, approvers alone decide, all three read. Webhooks are the treasury's alone.
     #[test]
     fn role_table() {
         for rpc in Rpc::ALL {
+            if rpc.method().contains("WebhookService/") {
+                for role in Role::ALL {
+                    assert_eq!(rpc.allows(role), role == Role::Treasury, "{rpc:?} {role}");
+                }
+                continue;
+            }
             if rpc.method().contains("ReconciliationService/") {
                 let reads = matches!(rpc, Rpc::GetReconciliationRun | Rpc::ListDiscrepancies);
                 let decides = matches!(rpc, Rpc::ApproveAdjustment | Rpc::RejectAdjustment);

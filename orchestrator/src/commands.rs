@@ -291,3 +291,78 @@ pub struct AdjustmentDecision {
     /// Why (a rejection).
     pub reason: String,
 }
+
+/// A checked `CreateWebhookEndpoint`.
+#[derive(Debug)]
+pub struct NewEndpoint {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// Where deliveries go, checked.
+    pub destination: crate::webhooks::destination::Destination,
+    /// The types it receives, sorted and unique; empty for all.
+    pub event_types: Vec<String>,
+    /// For people.
+    pub description: String,
+}
+
+/// A checked `UpdateWebhookEndpoint`: the fields its mask names.
+#[derive(Debug)]
+pub struct EndpointUpdate {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// A new URL, checked.
+    pub destination: Option<crate::webhooks::destination::Destination>,
+    /// A new description.
+    pub description: Option<String>,
+    /// New types (sorted and unique; empty for all).
+    pub event_types: Option<Vec<String>>,
+    /// Enable (true) or disable (false).
+    pub enable: Option<bool>,
+}
+
+/// A checked `DeleteWebhookEndpoint` or `RotateWebhookSecret`.
+#[derive(Debug)]
+pub struct EndpointChange {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The endpoint.
+    pub endpoint_id: String,
+}
+
+/// A checked `ListWebhookDeliveries`.
+#[derive(Debug)]
+pub struct DeliveryQuery {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// Only this state.
+    pub state: Option<crate::domain::webhooks::DeliveryState>,
+    /// Only this event's.
+    pub event_id: Option<String>,
+    /// Before this row (the page token).
+    pub before: Option<i64>,
+    /// The page size.
+    pub size: i32,
+}
+
+/// A checked `RedeliverEvents`.
+#[derive(Debug)]
+pub struct Redelivery {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The events committed at or after this time ...
+    pub start: time::OffsetDateTime,
+    /// ... and before this one.
+    pub end: time::OffsetDateTime,
+}

@@ -36,6 +36,99 @@ pub struct Settings {
     pub ledger: LedgerSettings,
     /// Reconciliation against the processors' settlement files.
     pub reconciliation: ReconciliationSettings,
+    /// Webhooks: the delivery of events to the treasury's endpoints.
+    pub webhook: WebhookSettings,
+    /// Notifications that are events of their own (`payment.delayed`).
+    pub notify: NotifySettings,
+}
+
+/// Webhooks (`WebhookService`, DESIGN section 11): the key that seals endpoints' secrets, which
+/// destinations may be reached, and the delivery worker's schedule and bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// The key that seals endpoints' signing secrets (AES-256-GCM): the base64 of 32 bytes.
+    /// Empty turns webhooks off: `WebhookService` answers FAILED_PRECONDITION
+    /// `WEBHOOKS_NOT_CONFIGURED` and nothing is delivered.
+    pub secret_key: SecretString,
+    /// Hosts (names or addresses, as the endpoint's URL spells them) that may be reached over
+    /// plain http and in private, loopback or link-local ranges: for development and tests.
+    pub allow_hosts: Vec<String>,
+    /// The wait before each attempt of a delivery, in milliseconds: the first is the first
+    /// attempt's (0: at once), each later one follows a failure. A delivery that fails them all
+    /// disables its endpoint. Waits after the first are jittered by up to a tenth.
+    pub retry_schedule_ms: Vec<u64>,
+    /// The longest `Retry-After` honoured, in seconds; a longer one waits this long.
+    pub retry_after_max_s: u64,
+    /// An endpoint failing without a success for this long is disabled.
+    pub disable_after_s: u64,
+    /// How long a rotated secret keeps signing beside the new one.
+    pub rotation_overlap_s: u64,
+    /// The time one attempt may take, from connecting to the answer's status.
+    pub request_timeout_ms: u64,
+    /// Attempts in flight at once on this instance, over all endpoints.
+    pub concurrency_max: usize,
+    /// Attempts in flight at once to one endpoint, over all instances.
+    pub endpoint_concurrency_max: usize,
+    /// How often the worker looks for new events and due attempts when idle.
+    pub poll_ms: u64,
+    /// How long an instance's claim on an attempt holds before another may take it over; longer
+    /// than `request_timeout_ms`.
+    pub lease_ms: u64,
+    /// Whether this instance delivers.
+    pub worker_enabled: bool,
+    /// Most endpoints.
+    pub endpoints_max: i64,
+    /// Most events one `RedeliverEvents` queues.
+    pub redeliver_max: i64,
+    /// How long delivered deliveries are kept (for `ListWebhookDeliveries` and redelivery).
+    pub keep_days: u32,
+    /// The trusted roots for https endpoints (a PEM bundle).
+    pub roots_path: PathBuf,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            secret_key: SecretString::new(""),
+            allow_hosts: Vec::new(),
+            retry_schedule_ms: vec![
+                0, 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
+            ],
+            retry_after_max_s: 3_600,
+            disable_after_s: 432_000,
+            rotation_overlap_s: 86_400,
+            request_timeout_ms: 10_000,
+            concurrency_max: 64,
+            endpoint_concurrency_max: 8,
+            poll_ms: 100,
+            lease_ms: 60_000,
+            worker_enabled: true,
+            endpoints_max: 100,
+            redeliver_max: 100_000,
+            keep_days: 30,
+            roots_path: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+        }
+    }
+}
+
+/// Notifications that are events of their own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifySettings {
+    /// A payment not terminal this long after it was created gets a `payment.delayed` event.
+    pub pending_after_s: u64,
+    /// How often an instance looks for delayed payments, in milliseconds.
+    pub interval_ms: u64,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        Self {
+            pending_after_s: 900,
+            interval_ms: 5_000,
+        }
+    }
 }
 
 /// Reconciliation: which processors, the grace period, and the worker that reconciles each
@@ -117,6 +210,8 @@ impl Default for Settings {
             payments: PaymentSettings::default(),
             ledger: LedgerSettings::default(),
             reconciliation: ReconciliationSettings::default(),
+            webhook: WebhookSettings::default(),
+            notify: NotifySettings::default(),
         }
     }
 }
@@ -292,7 +387,9 @@ impl ServiceSettings for Settings {
         let p = &self.payments;
         let l = &self.ledger;
         let r = &self.reconciliation;
-        let checks: [Check; 13] = [
+        let w = &self.webhook;
+        let n = &self.notify;
+        let checks: [Check; 19] = [
             (
                 self.vault.endpoint.starts_with("https://"),
                 "vault.endpoint",
@@ -386,6 +483,52 @@ impl ServiceSettings for Settings {
                 "must be at most 2592000 and shorter than lookback_days (and \
                  reconciliation.run_hour_utc 0 to 23, lookback_days 1 to 366, interval_s and \
                  claim_s 1 to 86400, file_records_max 1 to 2000000)",
+            ),
+            (
+                crate::webhooks::secrets::SealingKey::check(w.secret_key.expose()),
+                "webhook.secret_key",
+                "must be empty (webhooks off) or the base64 of 32 bytes",
+            ),
+            (
+                w.allow_hosts.len() <= 100
+                    && w.allow_hosts.iter().all(|h| (1..=253).contains(&h.len())),
+                "webhook.allow_hosts",
+                "must be at most 100 host names or addresses",
+            ),
+            (
+                (1..=20).contains(&w.retry_schedule_ms.len())
+                    && w.retry_schedule_ms.iter().all(|ms| *ms <= 86_400_000),
+                "webhook.retry_schedule_ms",
+                "must be 1 to 20 waits of at most 86400000 ms",
+            ),
+            (
+                (1..=300_000).contains(&w.request_timeout_ms)
+                    && w.lease_ms >= 2 * w.request_timeout_ms
+                    && w.lease_ms <= 3_600_000,
+                "webhook.request_timeout_ms",
+                "must be 1 to 300000 (and webhook.lease_ms twice it at least, at most 3600000)",
+            ),
+            (
+                (1..=10_000).contains(&w.concurrency_max)
+                    && (1..=1_000).contains(&w.endpoint_concurrency_max)
+                    && (10..=60_000).contains(&w.poll_ms)
+                    && (1..=10_000).contains(&w.endpoints_max)
+                    && (1..=10_000_000).contains(&w.redeliver_max)
+                    && (1..=3_660).contains(&w.keep_days)
+                    && w.retry_after_max_s <= 86_400
+                    && (1..=31_536_000).contains(&w.disable_after_s)
+                    && w.rotation_overlap_s <= 2_592_000,
+                "webhook.concurrency_max",
+                "must be 1 to 10000 (and webhook.endpoint_concurrency_max 1 to 1000, poll_ms 10 \
+                 to 60000, endpoints_max 1 to 10000, redeliver_max 1 to 10000000, keep_days 1 \
+                 to 3660, retry_after_max_s at most 86400, disable_after_s 1 to 31536000, \
+                 rotation_overlap_s at most 2592000)",
+            ),
+            (
+                (1..=31_536_000).contains(&n.pending_after_s)
+                    && (10..=3_600_000).contains(&n.interval_ms),
+                "notify.pending_after_s",
+                "must be 1 to 31536000 (and notify.interval_ms 10 to 3600000)",
             ),
         ];
         first_failure(common.into_iter().chain(self.limits.checks()).chain(checks))

@@ -79,6 +79,18 @@ pub enum Error {
     /// The processor's settlement file is malformed, too large, or was refused by the vault.
     #[error("the settlement file cannot be read: {0}")]
     SettlementFileInvalid(String),
+    /// No webhook endpoint has the id (or it was deleted).
+    #[error("webhook endpoint not found")]
+    WebhookEndpointNotFound,
+    /// `webhook.endpoints_max` endpoints exist.
+    #[error("too many webhook endpoints")]
+    WebhookEndpointsExhausted,
+    /// A redelivery's range holds more than `webhook.redeliver_max` events.
+    #[error("too many events to redeliver")]
+    RedeliveryTooLarge,
+    /// `webhook.secret_key` is not set: webhooks are off.
+    #[error("webhooks are not configured")]
+    WebhooksNotConfigured,
     /// The request id was used before for a different request.
     #[error("request_id was already used for a different request")]
     RequestIdReused,
@@ -133,6 +145,10 @@ impl Error {
             Error::AdjustmentNotProposed => "ADJUSTMENT_NOT_PROPOSED",
             Error::SameIdentity => "SAME_IDENTITY",
             Error::SettlementFileInvalid(_) => "SETTLEMENT_FILE_INVALID",
+            Error::WebhookEndpointNotFound => "WEBHOOK_ENDPOINT_NOT_FOUND",
+            Error::WebhookEndpointsExhausted => "WEBHOOK_ENDPOINTS_EXHAUSTED",
+            Error::RedeliveryTooLarge => "REDELIVERY_TOO_LARGE",
+            Error::WebhooksNotConfigured => "WEBHOOKS_NOT_CONFIGURED",
             Error::RequestIdReused => "REQUEST_ID_REUSED",
             Error::RequestInProgress => "REQUEST_IN_PROGRESS",
             Error::VaultUnavailable => "VAULT_UNAVAILABLE",

@@ -1,6 +1,6 @@
 //! Thin gRPC handlers: check the caller's role, check the request into a
 //! [`crate::commands`] value with [`convert`], call [`crate::groups`], [`crate::payments`] or
-//! [`crate::ledger_reads`] or [`crate::reconciliation`],
+//! [`crate::ledger_reads`], [`crate::reconciliation`] or [`crate::webhooks`],
 //! turn the answer into its wire message with [`convert`], and map errors with
 //! [`status::to_status`].
 
@@ -16,6 +16,7 @@ use tandem_proto::tandem::orchestrator::v1::card_group_service_server::CardGroup
 use tandem_proto::tandem::orchestrator::v1::ledger_service_server::LedgerService;
 use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentService;
 use tandem_proto::tandem::orchestrator::v1::reconciliation_service_server::ReconciliationService;
+use tandem_proto::tandem::orchestrator::v1::webhook_service_server::WebhookService;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Rpc, authorize};
@@ -24,6 +25,7 @@ use crate::groups::Groups;
 use crate::ledger_reads::LedgerReads;
 use crate::payments::{Call, Payments};
 use crate::reconciliation::Reconciliation;
+use crate::webhooks::Webhooks;
 use status::to_status;
 use tandem_runtime::admission::InFlight;
 
@@ -511,6 +513,148 @@ impl ReconciliationService for ReconciliationApi {
         let response = self
             .reconciliation
             .decide(decision, actor)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(stored(&response)?))
+    }
+}
+
+/// `WebhookService`.
+pub struct WebhookApi {
+    webhooks: Arc<Webhooks>,
+    uri_prefix: String,
+}
+
+impl WebhookApi {
+    /// The service over `webhooks`; callers are read from certificates with `uri_prefix`.
+    pub fn new(webhooks: Arc<Webhooks>, uri_prefix: &str) -> Self {
+        Self {
+            webhooks,
+            uri_prefix: uri_prefix.to_owned(),
+        }
+    }
+}
+
+/// A secret as it is shown once; empty when there is none to show.
+fn shown(secret: Option<crate::webhooks::secrets::Secret>) -> String {
+    secret
+        .map(|s| crate::domain::webhooks::secret_text(&s))
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl WebhookService for WebhookApi {
+    async fn create_webhook_endpoint(
+        &self,
+        request: Request<pb::CreateWebhookEndpointRequest>,
+    ) -> Result<Response<pb::CreateWebhookEndpointResponse>, Status> {
+        let actor = check(&request, &self.uri_prefix, Rpc::CreateWebhookEndpoint)?;
+        let command =
+            convert::webhooks::create_endpoint(request.get_ref(), self.webhooks.settings())
+                .map_err(to_status)?;
+        let (response, secret) = self
+            .webhooks
+            .create(command, actor)
+            .await
+            .map_err(to_status)?;
+        let mut response: pb::CreateWebhookEndpointResponse = stored(&response)?;
+        response.secret = shown(secret);
+        Ok(Response::new(response))
+    }
+
+    async fn get_webhook_endpoint(
+        &self,
+        request: Request<pb::GetWebhookEndpointRequest>,
+    ) -> Result<Response<pb::GetWebhookEndpointResponse>, Status> {
+        check(&request, &self.uri_prefix, Rpc::GetWebhookEndpoint)?;
+        let id = convert::webhooks::get_endpoint(request.get_ref()).map_err(to_status)?;
+        let endpoint = self.webhooks.get(&id).await.map_err(to_status)?;
+        Ok(Response::new(pb::GetWebhookEndpointResponse {
+            endpoint: Some(convert::webhooks::endpoint(&endpoint)),
+        }))
+    }
+
+    async fn list_webhook_endpoints(
+        &self,
+        request: Request<pb::ListWebhookEndpointsRequest>,
+    ) -> Result<Response<pb::ListWebhookEndpointsResponse>, Status> {
+        check(&request, &self.uri_prefix, Rpc::ListWebhookEndpoints)?;
+        let (after, size) =
+            convert::webhooks::list_endpoints(request.get_ref()).map_err(to_status)?;
+        let (page, more) = self.webhooks.list(after, size).await.map_err(to_status)?;
+        Ok(Response::new(convert::webhooks::endpoints_page(
+            &page, more,
+        )))
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        request: Request<pb::UpdateWebhookEndpointRequest>,
+    ) -> Result<Response<pb::UpdateWebhookEndpointResponse>, Status> {
+        let actor = check(&request, &self.uri_prefix, Rpc::UpdateWebhookEndpoint)?;
+        let command =
+            convert::webhooks::update_endpoint(request.get_ref(), self.webhooks.settings())
+                .map_err(to_status)?;
+        let response = self
+            .webhooks
+            .update(command, actor)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(stored(&response)?))
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        request: Request<pb::DeleteWebhookEndpointRequest>,
+    ) -> Result<Response<pb::DeleteWebhookEndpointResponse>, Status> {
+        let actor = check(&request, &self.uri_prefix, Rpc::DeleteWebhookEndpoint)?;
+        let command = convert::webhooks::delete_endpoint(request.get_ref()).map_err(to_status)?;
+        let response = self
+            .webhooks
+            .delete(command, actor)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(stored(&response)?))
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
+        let actor = check(&request, &self.uri_prefix, Rpc::RotateWebhookSecret)?;
+        let command = convert::webhooks::rotate_secret(request.get_ref()).map_err(to_status)?;
+        let (response, secret) = self
+            .webhooks
+            .rotate(command, actor)
+            .await
+            .map_err(to_status)?;
+        let mut response: pb::RotateWebhookSecretResponse = stored(&response)?;
+        response.secret = shown(secret);
+        Ok(Response::new(response))
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        check(&request, &self.uri_prefix, Rpc::ListWebhookDeliveries)?;
+        let (query, scope) =
+            convert::webhooks::list_deliveries(request.get_ref()).map_err(to_status)?;
+        let (page, more) = self.webhooks.deliveries(&query).await.map_err(to_status)?;
+        Ok(Response::new(convert::webhooks::deliveries_page(
+            &page, more, &scope,
+        )))
+    }
+
+    async fn redeliver_events(
+        &self,
+        request: Request<pb::RedeliverEventsRequest>,
+    ) -> Result<Response<pb::RedeliverEventsResponse>, Status> {
+        let actor = check(&request, &self.uri_prefix, Rpc::RedeliverEvents)?;
+        let command = convert::webhooks::redeliver(request.get_ref()).map_err(to_status)?;
+        let response = self
+            .webhooks
+            .redeliver(command, actor)
             .await
             .map_err(to_status)?;
         Ok(Response::new(stored(&response)?))

@@ -71,6 +71,7 @@ pub mod reconciliation;
 pub mod server;
 pub mod storage;
 pub mod vault;
+pub mod webhooks;
 pub mod workflow;
 
 pub use server::{run, run_with};

@@ -447,6 +447,55 @@ impl Payments {
         Ok((stored, index))
     }
 
+    /// Publishes `payment.delayed` for each payment not terminal `pending_after` after it was
+    /// created (once per payment), each in its own transaction under the payment's row lock,
+    /// as a note's event is written. Returns how many it marked.
+    pub async fn mark_delayed(&self, pending_after: time::Duration) -> Result<usize, Error> {
+        const BATCH: i64 = 100;
+        let ids =
+            storage::delayed_payments(self.workflow.pool(), now() - pending_after, BATCH).await?;
+        let mut marked = 0;
+        for id in ids {
+            let mut tx = self.workflow.pool().begin().await?;
+            let Some(mut stored) = storage::payment(&mut *tx, &id, true).await? else {
+                continue;
+            };
+            let now = now();
+            let Some(event) = stored.record.mark_delayed(now) else {
+                continue;
+            };
+            self.workflow
+                .save(&mut tx, &mut stored, &[event], now)
+                .await?;
+            tx.commit().await?;
+            self.workflow.announce(&id, false);
+            tracing::warn!(payment_id = %id, "payment delayed: not terminal in time");
+            marked += 1;
+        }
+        Ok(marked)
+    }
+
+    /// Runs [`Payments::mark_delayed`] every `settings.interval_ms` until `stop`.
+    pub async fn delay_loop(
+        self: Arc<Self>,
+        settings: crate::config::NotifySettings,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let pending_after =
+            time::Duration::seconds(i64::try_from(settings.pending_after_s).unwrap_or(i64::MAX));
+        let mut ticker = tokio::time::interval(Duration::from_millis(settings.interval_ms));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            if let Err(error) = self.mark_delayed(pending_after).await {
+                tracing::warn!(%error, "looking for delayed payments failed");
+            }
+        }
+    }
+
     /// `ListEvents`: a page of the feed of every payment's and card group's events.
     pub async fn events(&self, query: &EventQuery) -> Result<FeedPage, Error> {
         storage::feed_after(

@@ -11,24 +11,28 @@ use tandem_proto::tandem::orchestrator::v1::card_group_service_server::CardGroup
 use tandem_proto::tandem::orchestrator::v1::ledger_service_server::LedgerServiceServer;
 use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentServiceServer;
 use tandem_proto::tandem::orchestrator::v1::reconciliation_service_server::ReconciliationServiceServer;
+use tandem_proto::tandem::orchestrator::v1::webhook_service_server::WebhookServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::groups::Groups;
-use crate::grpc::{CardGroupApi, LedgerApi, PaymentApi, ReconciliationApi};
+use crate::grpc::{CardGroupApi, LedgerApi, PaymentApi, ReconciliationApi, WebhookApi};
 use crate::ledger_reads::LedgerReads;
 use crate::payments::Payments;
 use crate::reconciliation::Reconciliation;
 use crate::vault::VaultClient;
+use crate::webhooks::Webhooks;
+use crate::webhooks::delivery::Worker as WebhookWorker;
 use crate::workflow::{CrashPlan, Workflow};
 
 /// The gRPC services this server registers, as reflection advertises them.
-const SERVED_SERVICES: [&str; 7] = [
+const SERVED_SERVICES: [&str; 8] = [
     "tandem.orchestrator.v1.CardGroupService",
     "tandem.orchestrator.v1.PaymentService",
     "tandem.orchestrator.v1.LedgerService",
     "tandem.orchestrator.v1.ReconciliationService",
+    "tandem.orchestrator.v1.WebhookService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -109,6 +113,28 @@ pub async fn run_with(
         .reconciliation
         .worker_enabled
         .then(|| tokio::spawn(reconciliation.clone().worker_loop(stop.clone())));
+    let webhooks = Arc::new(Webhooks::new(
+        pool.clone(),
+        settings.webhook.clone(),
+        settings.payments.request_id_wait_ms,
+    ));
+    let webhook_task = match webhooks.sealing_key() {
+        Some(key) if settings.webhook.worker_enabled => {
+            let worker = Arc::new(WebhookWorker::new(
+                pool.clone(),
+                settings.webhook.clone(),
+                key,
+                workflow.owner(),
+            ));
+            Some(tokio::spawn(worker.run(stop.clone())))
+        }
+        _ => None,
+    };
+    let delay_task = tokio::spawn(
+        payments
+            .clone()
+            .delay_loop(settings.notify.clone(), stop.clone()),
+    );
     let recovery_task = tokio::spawn(workflow.clone().recovery_loop());
     let committer_task = workflow.start_committer();
     let feeds_task = tokio::spawn(workflow.feeds().clone().run(stop.clone()));
@@ -125,6 +151,9 @@ pub async fn run_with(
         .await;
     health_reporter
         .set_serving::<ReconciliationServiceServer<ReconciliationApi>>()
+        .await;
+    health_reporter
+        .set_serving::<WebhookServiceServer<WebhookApi>>()
         .await;
     let (reflection_v1, reflection_v1alpha) =
         tandem_runtime::serving::reflection(&SERVED_SERVICES)?;
@@ -149,6 +178,10 @@ pub async fn run_with(
             .max_decoding_message_size(message_bytes_max)
             .max_encoding_message_size(message_bytes_max);
 
+    let webhook_service = WebhookServiceServer::new(WebhookApi::new(webhooks, uri_prefix))
+        .max_decoding_message_size(message_bytes_max)
+        .max_encoding_message_size(message_bytes_max);
+
     let address = listener.local_addr().ok();
     let incoming = tandem_tls::server::incoming(
         listener,
@@ -170,6 +203,7 @@ pub async fn run_with(
         .add_service(payment_service)
         .add_service(ledger_service)
         .add_service(reconciliation_service)
+        .add_service(webhook_service)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -183,6 +217,9 @@ pub async fn run_with(
             .await;
         health_reporter
             .set_not_serving::<ReconciliationServiceServer<ReconciliationApi>>()
+            .await;
+        health_reporter
+            .set_not_serving::<WebhookServiceServer<WebhookApi>>()
             .await;
     };
     let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
@@ -198,7 +235,8 @@ pub async fn run_with(
     recovery_task.abort();
     committer_task.abort();
     feeds_task.abort();
-    if let Some(task) = reconciliation_task {
+    delay_task.abort();
+    for task in [reconciliation_task, webhook_task].into_iter().flatten() {
         task.abort();
     }
     // Payments still being driven keep their leases; another instance (or this one after a

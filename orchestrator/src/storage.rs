@@ -14,6 +14,7 @@ use crate::domain::record::steps::SpendChange;
 use crate::error::{Error, is_lock_timeout};
 
 pub mod reconciliation;
+pub mod webhooks;
 
 /// The orchestrator's migrations (the ledger's are numbered from 10001 and share the table of
 /// applied migrations).
@@ -616,6 +617,25 @@ pub async fn lease_expired(
         .collect::<Result<_, _>>()?)
 }
 
+/// Up to `limit` payments not terminal that were created before `cutoff` and have no
+/// `payment.delayed` event yet, oldest first. Unsettled payments are few (those in flight), and
+/// the partial index of unsettled payments finds them.
+pub async fn delayed_payments(
+    pool: &PgPool,
+    cutoff: OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<String>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM payments WHERE NOT settled AND create_time < $1 \
+         AND state IN ('pending', 'authorizing', 'capturing', 'reversing') \
+         AND NOT (record ? 'delayed_time') ORDER BY create_time LIMIT $2",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// One outbox row, of a payment or a card group.
 #[derive(Debug)]
 pub struct NewEvent {
@@ -825,7 +845,7 @@ pub struct FeedPage {
 /// snapshot. Only events whose key is below every transaction still running are read, so no
 /// later commit can land before a position already read (migration 0005).
 pub async fn feed_after(
-    pool: &PgPool,
+    executor: impl PgExecutor<'_>,
     after: &FeedPosition,
     kinds: &[String],
     limit: i64,
@@ -864,7 +884,7 @@ pub async fn feed_after(
     .bind(after.sequence)
     .bind(kinds)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     let key = |text: String| {
         text.parse::<u64>()

@@ -48,6 +48,7 @@ use crate::feeds::Feeds;
 use crate::grpc::convert;
 use crate::storage::{self, StoredContent, StoredPayment};
 use crate::vault::{AuthorizeItem, Operation, RefundAnswer, SettleItem, Unknown, VaultClient};
+use tandem_runtime::ids::random_fraction as jitter;
 use tandem_runtime::time::now_micros as now;
 
 /// Where a test may stop the workflow dead, as a crash would: the drive never returns and
@@ -1140,9 +1141,4 @@ async fn suspend_members(
     // The suspension is the orchestrator's own change, answering the decline: the payment's
     // events (card.ineligible) name it; the group publishes no event of its own for it.
     storage::update_group(conn, &stored, None).await
-}
-
-/// A random fraction in [0, 1), for jittering retry waits.
-fn jitter() -> f64 {
-    (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0
 }

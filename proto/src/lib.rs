@@ -54,12 +54,33 @@ mod redacted {
     //! Hand-written `Debug` for the messages that carry card data or key material.
     use std::fmt;
 
+    use crate::tandem::orchestrator::v1::{
+        CreateWebhookEndpointResponse, RotateWebhookSecretResponse,
+    };
     use crate::tandem::vault::v1::{
         RevokeByFingerprintRequest, RotateRootKeyResponse, TokenizeRequest, UnsealRequest,
         UpdateCardRequest, revoke_by_fingerprint_request,
     };
 
     const REDACTED: &str = "[redacted]";
+
+    impl fmt::Debug for CreateWebhookEndpointResponse {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("CreateWebhookEndpointResponse")
+                .field("endpoint", &self.endpoint)
+                .field("secret", &REDACTED)
+                .finish()
+        }
+    }
+
+    impl fmt::Debug for RotateWebhookSecretResponse {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("RotateWebhookSecretResponse")
+                .field("endpoint", &self.endpoint)
+                .field("secret", &REDACTED)
+                .finish()
+        }
+    }
 
     impl fmt::Debug for TokenizeRequest {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -165,6 +186,24 @@ mod redacted {
                 assert!(!text.contains("52, 50, 52, 50"), "{text}");
                 assert!(!text.contains(pan), "{text}");
                 assert!(!text.contains("Ada"), "{text}");
+                assert!(text.contains("redacted"), "{text}");
+            }
+        }
+
+        /// A `{:?}` of a response that shows a webhook secret never shows it.
+        #[test]
+        fn debug_output_never_contains_webhook_secrets() {
+            let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+            let created = CreateWebhookEndpointResponse {
+                endpoint: None,
+                secret: secret.into(),
+            };
+            let rotated = RotateWebhookSecretResponse {
+                endpoint: None,
+                secret: secret.into(),
+            };
+            for text in [format!("{created:?}"), format!("{rotated:?}")] {
+                assert!(!text.contains("whsec_"), "{text}");
                 assert!(text.contains("redacted"), "{text}");
             }
         }

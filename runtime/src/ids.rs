@@ -25,6 +25,14 @@ pub fn random_id(prefix: &str) -> String {
     format!("{prefix}{body}")
 }
 
+/// A random fraction in [0, 1), for jittering waits (not for secrets).
+pub fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).expect("the operating system's random source works");
+    // 53 bits: every value is exact in an f64 and below 1.
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// True if `text` is `prefix` followed by the canonical base32 form of 128 bits.
 pub fn is_random_id(prefix: &str, text: &str) -> bool {
     let Some(body) = text.strip_prefix(prefix) else {
@@ -43,6 +51,9 @@ mod tests {
 
     #[test]
     fn ids_are_random_and_canonical() {
+        let fractions: Vec<f64> = (0..100).map(|_| random_fraction()).collect();
+        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
+        assert!(fractions.windows(2).any(|w| w[0] != w[1]));
         let a = random_id("pay_");
         let b = random_id("pay_");
         assert_ne!(a, b);

@@ -8,3 +8,4 @@ pub mod planning;
 pub mod reconciliation;
 pub mod record;
 pub mod saga;
+pub mod webhooks;

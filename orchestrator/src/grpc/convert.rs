@@ -28,6 +28,7 @@ pub mod groups;
 pub mod ledger;
 pub mod payments;
 pub mod reconciliation;
+pub mod webhooks;
 
 /// Records domain policy errors in `v`, their `policy.` prefix replaced by `prefix`.
 pub fn add_policy(v: &mut Violations, errors: Vec<PolicyError>, prefix: &str) {
@@ -61,7 +62,7 @@ fn is_id_text(text: &str, max: usize) -> bool {
 }
 
 /// Checks free text: at most `max` characters, no control characters.
-fn free_text(v: &mut Violations, field: &str, text: &str, max: usize, required: bool) {
+pub(super) fn free_text(v: &mut Violations, field: &str, text: &str, max: usize, required: bool) {
     let chars = text.chars().count();
     if (required && chars == 0) || chars > max || text.chars().any(char::is_control) {
         let need = if required { "1" } else { "0" };
@@ -339,7 +340,7 @@ pub(crate) const PAGES: &str = "tandem/orchestrator";
 
 /// Where a page starts: after the row of `token` (none when empty); a token made for other
 /// filters than `scope`'s is a violation of `page_token`.
-fn page_after(v: &mut Violations, token: &str, scope: &str) -> Option<Cursor> {
+pub(super) fn page_after(v: &mut Violations, token: &str, scope: &str) -> Option<Cursor> {
     if token.is_empty() {
         return None;
     }
@@ -354,7 +355,7 @@ fn page_after(v: &mut Violations, token: &str, scope: &str) -> Option<Cursor> {
 }
 
 /// The page token of the page after `next`, empty when there is none.
-fn next_page_token(next: Option<&Cursor>, scope: &str) -> String {
+pub(super) fn next_page_token(next: Option<&Cursor>, scope: &str) -> String {
     next.map(|cursor| encode_page_token(cursor, scope.as_bytes()))
         .unwrap_or_default()
 }

@@ -84,6 +84,20 @@ pub fn to_status(error: Error) -> Status {
                 "the processor's settlement file cannot be read; see the orchestrator's log",
             )
         }
+        Error::WebhookEndpointNotFound => (Code::NotFound, "webhook endpoint not found"),
+        Error::WebhookEndpointsExhausted => (
+            Code::ResourceExhausted,
+            "the most webhook endpoints (webhook.endpoints_max) exist; delete one first",
+        ),
+        Error::RedeliveryTooLarge => (
+            Code::ResourceExhausted,
+            "the range holds more events than one redelivery sends (webhook.redeliver_max); \
+             narrow it",
+        ),
+        Error::WebhooksNotConfigured => (
+            Code::FailedPrecondition,
+            "webhooks are off: the orchestrator has no webhook.secret_key",
+        ),
         Error::RequestIdReused => (
             Code::AlreadyExists,
             "request_id was already used for a different request",

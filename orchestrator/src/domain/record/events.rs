@@ -45,10 +45,14 @@ pub enum EventKind {
     RefundSucceeded,
     /// `refund.failed`
     RefundFailed,
-    /// `card.ineligible`: a leg's card was declined as lost or stolen; its member is suspended.
+    /// `card.ineligible`: a leg's card was declined as lost, stolen, blocked or expired (lost
+    /// and stolen cards' members are also suspended).
     CardIneligible,
     /// `payment.note_added`: an operator wrote a note on the payment.
     NoteAdded,
+    /// `payment.delayed`: the payment is not terminal `notify.pending_after_s` after it was
+    /// created.
+    PaymentDelayed,
 }
 
 /// An event to publish with the state change that caused it.
@@ -127,8 +131,17 @@ impl PaymentRecord {
             EventKind::CardIneligible => attempt
                 .and_then(|n| self.attempts.get(n as usize - 1))
                 .map(|a| {
+                    let consequence = if a
+                        .decline_code
+                        .as_deref()
+                        .is_some_and(super::suspends_member)
+                    {
+                        "suspended in its card group, not to be charged again"
+                    } else {
+                        "replace or update it before its next payment"
+                    };
                     format!(
-                        "{} declined as {}: suspended in its card group, not to be charged again",
+                        "{} declined as {}: {consequence}",
                         self.card(a.leg),
                         reason_text(a)
                     )
@@ -175,6 +188,7 @@ impl PaymentRecord {
                 };
                 format!("Refund of {} {verb}", self.money(amount))
             }
+            EventKind::PaymentDelayed => format!("Still in progress: {}", self.summary()),
             EventKind::NoteAdded => self
                 .notes
                 .last()

@@ -158,6 +158,27 @@ pub struct PaymentRecord {
     /// Operator notes, oldest first; append-only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<Note>,
+    /// When its `payment.delayed` event was written; `None` until then (at most one per
+    /// payment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delayed_time: Option<OffsetDateTime>,
+}
+
+/// The decline codes that make a card ineligible until the treasury acts (a `card.ineligible`
+/// event): lost, stolen, blocked by its issuer, or expired.
+pub fn makes_card_ineligible(decline_code: &str) -> bool {
+    matches!(
+        decline_code,
+        "LOST_CARD" | "STOLEN_CARD" | "BLOCKED" | "EXPIRED_CARD"
+    )
+}
+
+/// The decline codes after which a card is never sent to its issuer again (the issuer will
+/// never approve it, and card networks penalise re-sending it): its member is suspended in the
+/// card group until the treasury reactivates it. A blocked or expired card stays a member: an
+/// issuer may lift a block, and an expired card reissued through the vault keeps its token.
+pub fn suspends_member(decline_code: &str) -> bool {
+    matches!(decline_code, "LOST_CARD" | "STOLEN_CARD")
 }
 
 /// Most notes a payment keeps: a record (and every event, which carries the payment) stays
@@ -204,6 +225,7 @@ impl PaymentRecord {
             correlation_id: None,
             creator: Some(creator),
             notes: Vec::new(),
+            delayed_time: None,
         };
         let event = record.event(EventKind::PaymentCreated, None, None, None);
         (record, event)
@@ -231,6 +253,16 @@ impl PaymentRecord {
         let mut event = self.event(EventKind::NoteAdded, None, None, None);
         event.note = Some(index);
         Some((index, event))
+    }
+
+    /// Marks the payment delayed, if it is not terminal and was not marked before: the
+    /// `payment.delayed` event to publish.
+    pub fn mark_delayed(&mut self, now: OffsetDateTime) -> Option<Event> {
+        if self.saga.state.is_terminal() || self.delayed_time.is_some() {
+            return None;
+        }
+        self.delayed_time = Some(now);
+        Some(self.event(EventKind::PaymentDelayed, None, None, None))
     }
 
     /// Whose call caused `event`: a refund's requester for the refund's events, a note's author

@@ -4,15 +4,10 @@
 use time::OffsetDateTime;
 
 use super::events::{Event, EventKind};
-use super::{Attempt, AttemptOutcome, LegDetail, PaymentRecord};
+use super::{
+    Attempt, AttemptOutcome, LegDetail, PaymentRecord, makes_card_ineligible, suspends_member,
+};
 use crate::domain::saga::{self, Command, LegState, NextAction, Outcome, SagaError};
-
-/// The decline codes after which a card is never sent to its issuer again (the issuer will
-/// never approve it, and card networks penalise re-sending it): its member is suspended in the
-/// card group until the treasury reactivates it.
-pub fn makes_card_ineligible(decline_code: &str) -> bool {
-    matches!(decline_code, "LOST_CARD" | "STOLEN_CARD")
-}
 
 /// A member to suspend in its card group, learned from a decline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,6 +344,9 @@ impl PaymentRecord {
             return None;
         }
         let attempt = self.attempts.get(event.attempt? as usize - 1)?;
+        if !attempt.decline_code.as_deref().is_some_and(suspends_member) {
+            return None;
+        }
         Some(Suspension {
             token: self.saga.legs.get(attempt.leg)?.token.clone(),
             decline_code: attempt.decline_code.clone()?,

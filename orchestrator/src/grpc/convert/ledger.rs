@@ -111,7 +111,7 @@ pub fn balances(accounts: &[Account]) -> pb::GetBalancesResponse {
 
 /// A time range `[start, end)`: both required when `required`, else both or neither; end
 /// after start, at most `days_max` days long.
-fn time_range(
+pub(super) fn time_range(
     v: &mut Violations,
     start: Option<&prost_types::Timestamp>,
     end: Option<&prost_types::Timestamp>,

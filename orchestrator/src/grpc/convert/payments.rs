@@ -450,7 +450,7 @@ pub fn note_response(
 const EVENT_TYPES_MAX: usize = 50;
 
 /// Every event type the feed knows: payments', card groups', reconciliation's.
-fn known_event_types() -> impl Iterator<Item = &'static str> {
+pub(super) fn known_event_types() -> impl Iterator<Item = &'static str> {
     EVENT_KINDS
         .iter()
         .map(|kind| event_type(*kind).0)
@@ -801,11 +801,12 @@ fn event_type(kind: EventKind) -> (&'static str, pb::PaymentEventType) {
         EventKind::RefundFailed => ("refund.failed", T::RefundFailed),
         EventKind::CardIneligible => ("card.ineligible", T::CardIneligible),
         EventKind::NoteAdded => ("payment.note_added", T::NoteAdded),
+        EventKind::PaymentDelayed => ("payment.delayed", T::PaymentDelayed),
     }
 }
 
 /// Every kind of payment event, for the feed's type names.
-const EVENT_KINDS: [EventKind; 20] = [
+const EVENT_KINDS: [EventKind; 21] = [
     EventKind::PaymentCreated,
     EventKind::PaymentAuthorizing,
     EventKind::PaymentCapturing,
@@ -826,6 +827,7 @@ const EVENT_KINDS: [EventKind; 20] = [
     EventKind::RefundFailed,
     EventKind::CardIneligible,
     EventKind::NoteAdded,
+    EventKind::PaymentDelayed,
 ];
 
 #[cfg(test)]
