@@ -39,7 +39,11 @@ fuzz_target!(|data: &[u8]| {
     let max = 1_000_000_000_000;
     let ledger = tandem_orchestrator::config::LedgerSettings::default();
     let reconciliation = tandem_orchestrator::config::ReconciliationSettings::default();
-    match which % 18 {
+    let webhooks = tandem_orchestrator::config::WebhookSettings {
+        allow_hosts: vec!["127.0.0.1".into()],
+        ..Default::default()
+    };
+    match which % 20 {
         0 => {
             if let Ok(m) = vpb::TokenizeRequest::decode(bytes) {
                 refused_with_fields(vault::tokenize(m, today, 86_400));
@@ -162,6 +166,25 @@ fuzz_target!(|data: &[u8]| {
             }
             if let Ok(m) = vpb::CorruptSettlementRecordRequest::decode(bytes) {
                 refused_with_fields(tandem_vault::grpc::sandbox::corrupt_settlement_record(&m));
+            }
+        }
+        17 => {
+            if let Ok(m) = opb::CreateWebhookEndpointRequest::decode(bytes) {
+                refused_as_orchestrator(orchestrator::webhooks::create_endpoint(&m, &webhooks));
+            }
+            if let Ok(m) = opb::UpdateWebhookEndpointRequest::decode(bytes) {
+                refused_as_orchestrator(orchestrator::webhooks::update_endpoint(&m, &webhooks));
+            }
+        }
+        18 => {
+            if let Ok(m) = opb::ListWebhookDeliveriesRequest::decode(bytes) {
+                refused_as_orchestrator(orchestrator::webhooks::list_deliveries(&m));
+            }
+            if let Ok(m) = opb::RedeliverEventsRequest::decode(bytes) {
+                refused_as_orchestrator(orchestrator::webhooks::redeliver(&m));
+            }
+            if let Ok(m) = opb::ListWebhookEndpointsRequest::decode(bytes) {
+                refused_as_orchestrator(orchestrator::webhooks::list_endpoints(&m));
             }
         }
         _ => {

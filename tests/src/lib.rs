@@ -26,6 +26,7 @@ use tonic::transport::Channel;
 
 pub mod process;
 pub mod raw;
+pub mod receiver;
 pub mod stack;
 
 /// Test card numbers (Stripe's test mode), used to grep logs and tables for leaks.
