@@ -41,4 +41,7 @@ bench() { ./target/release/tandemctl bench "$@" --duration "$duration" --baselin
   bench treasury --payments 100000 --cards 3 --no-baseline
   # RunReconciliation of a day of 100,000 settlement records, each matching a ledger capture.
   bench recon --payments 100000 --no-baseline
+  # Webhooks: the events of 200 payments delivered as a backlog, then their lag behind the
+  # commits at 40 payments/s (WEBHOOK_PAY_RATE).
+  bench webhooks --payments 200 --rate "${WEBHOOK_PAY_RATE:-40}" --no-baseline
 } 2>&1 | tee "$out"

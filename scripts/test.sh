@@ -3,8 +3,9 @@
 # Python tools into .venv, lints the protos with buf, checks the formatting and clippy's lints
 # (warnings are errors), runs the Rust suite (unit, Postgres and end-to-end over mTLS), the
 # Python client suite (which also drives the Node client and grpcurl), a smoke run of
-# `tandemctl dev --demo`, a short `tandemctl bench treasury` and `tandemctl bench recon`, the fuzz
-# targets (30 s each) and the chaos harness (500 payments, 20+ kills).
+# `tandemctl dev --demo` (with its webhook receiver), a short `tandemctl bench treasury`,
+# `tandemctl bench recon` and `tandemctl bench webhooks`, the fuzz targets (30 s each) and the
+# chaos harness (500 payments, 20+ kills).
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,11 +73,14 @@ TANDEM_VAULT__SERVER__LISTEN_ADDR="127.0.0.1:30151" \
   TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR="127.0.0.1:30152" \
   ./target/debug/tandemctl dev --demo --exit --dir "$dev_dir" \
   --vault-database "tandem_test_dev_$$" \
-  --orchestrator-database "tandem_test_dev_orchestrator_$$" | tee "$dev_dir/out.txt"
+  --orchestrator-database "tandem_test_dev_orchestrator_$$" \
+  --webhook-listen 30153 | tee "$dev_dir/out.txt"
 grep -q "corporate Visa" "$dev_dir/out.txt"
 grep -q "captured, authorization code" "$dev_dir/out.txt"
 grep -q "Invoice 12345 paid 20.50 USD" "$dev_dir/out.txt"
 grep -q "^demo: 5 payments" "$dev_dir/out.txt"
+# The receiver checked the signature of the demo's webhooks and printed them.
+grep -q "^webhook  .*  payment.succeeded  *Invoice 12345 paid 20.50 USD" "$dev_dir/out.txt"
 rm -rf "$dev_dir"
 
 step "tandemctl bench treasury (short: 2,000 payments; the sitting in BENCHMARKS.md books 100,000)"
@@ -94,6 +98,18 @@ bench_out="$(mktemp)"
 ./target/debug/tandemctl bench recon --payments 2000 --samples 2 --no-baseline | tee "$bench_out"
 grep -q "^booked 2000 captures and their settlement records" "$bench_out"
 grep -q "^RunReconciliation over 2000 records: min .* (2 runs)" "$bench_out"
+rm -f "$bench_out"
+for db in tandem_bench_vault tandem_bench_orchestrator; do
+  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+done
+
+step "tandemctl bench webhooks (short: 200 payments, then 3 s at 20/s; BENCHMARKS.md has longer runs)"
+bench_out="$(mktemp)"
+./target/debug/tandemctl bench webhooks --payments 200 --rate 20 --duration 3s --warmup 1s \
+  --no-baseline | tee "$bench_out"
+grep -q "^  backlog: [0-9]* events of 200 payments (0 failed) delivered" "$bench_out"
+grep -q "^  delivery lag .*, 0 not delivered within" "$bench_out"
+grep -q "^  receiver: .*, 0 refused" "$bench_out"
 rm -f "$bench_out"
 for db in tandem_bench_vault tandem_bench_orchestrator; do
   psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"

@@ -27,6 +27,8 @@
 //!   second over a billing account with many payments booked ([`treasury`]).
 //! - `tandemctl bench recon`: `RunReconciliation` of a day whose settlement file holds many
 //!   records, each matching a capture in the ledger ([`recon`]).
+//! - `tandemctl bench webhooks`: webhooks delivered per second to a receiver that answers at
+//!   once, and their lag behind the commit under steady payments ([`webhooks`]).
 //!
 //! Apart from `flood`, the servers run without limits per caller: the benchmarks measure what
 //! an instance sustains, which is what those limits are set against.
@@ -45,6 +47,7 @@ mod stack;
 mod tokenize;
 mod treasury;
 mod watch;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -81,6 +84,9 @@ pub enum BenchCommand {
     /// Reconciliation of a day of many settlement records: RunReconciliation's time and
     /// records per second.
     Recon(recon::ReconArgs),
+    /// Webhooks: a backlog's events delivered per second to a receiver that answers at once,
+    /// and the delivery lag (arrival minus commit) under steady payments.
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 /// How hard, how long, and beside which baseline a benchmark runs.
@@ -157,6 +163,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Watch(args) => watch::run(args).await,
         BenchCommand::Treasury(args) => treasury::run(args).await,
         BenchCommand::Recon(args) => recon::run(args).await,
+        BenchCommand::Webhooks(args) => webhooks::run(args).await,
     }
 }
 

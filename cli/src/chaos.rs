@@ -14,10 +14,14 @@
 //! - no hold is left open, at the sandbox or in the ledger;
 //! - the ledger's invariant check passes;
 //! - a reconciliation run of every day the sandbox settled matches every settlement record
-//!   with its ledger capture or refund, and finds no discrepancy of any class.
+//!   with its ledger capture or refund, and finds no discrepancy of any class;
+//! - every event of the feed reached a webhook receiver in this process, registered before the
+//!   first payment, signed, at least once ([`webhooks`]); duplicates are counted.
 //!
 //! It prints one line such as `chaos: 500 payments, 37 kills, 0 double charges, 0 lost
-//! captures, 0 orphan holds` and exits non-zero on any violation.
+//! captures, 0 orphan holds, ...` and exits non-zero on any violation.
+
+mod webhooks;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -123,6 +127,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     .await?;
     let vault_address = free_address()?;
     let orchestrator_address = free_address()?;
+    let webhook_env = webhooks::orchestrator_env()?;
     let mut vault = Server::vault(
         &vault_address,
         &certs,
@@ -153,6 +158,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 ("TANDEM_ORCHESTRATOR__PAYMENTS__LEASE_MS", "4000"),
                 ("TANDEM_ORCHESTRATOR__PAYMENTS__RECOVERY_INTERVAL_MS", "200"),
             ],
+            &webhook_env
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .collect::<Vec<_>>(),
         ]
         .concat(),
     )?;
@@ -160,6 +169,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     vault.wait_ready(&certs).await?;
     orchestrator.start()?;
     orchestrator.wait_ready(&certs).await?;
+    let watch = webhooks::Watch::start(&orchestrator_address, &certs).await?;
 
     let groups = seed_groups(&vault_address, &orchestrator_address, &certs).await?;
     let vault = Arc::new(Mutex::new(vault));
@@ -280,17 +290,24 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         &orchestrator_url,
     )
     .await?;
+    let mut report = report;
+    let delivered = watch
+        .check(&orchestrator_address, &certs, Duration::from_secs(120))
+        .await?;
+    report.violations.extend(delivered.violations);
     orchestrator.lock().await.kill();
     vault.lock().await.kill();
     println!(
         "chaos: {} payments, {} kills, {} double charges, {} lost captures, {} orphan holds, \
-         {} settlement records reconciled",
+         {} settlement records reconciled, {} events delivered by webhook ({} duplicates)",
         payments.len(),
         kills.load(Ordering::SeqCst),
         report.double_charges,
         report.lost_captures,
         report.orphan_holds,
-        report.reconciled
+        report.reconciled,
+        delivered.events,
+        delivered.duplicates
     );
     if report.violations.is_empty() {
         let _ = std::fs::remove_dir_all(&dir);

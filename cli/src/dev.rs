@@ -10,8 +10,16 @@
 //!
 //! With `--demo` it also charges one card straight through the vault (authorize, then capture)
 //! and pays the seed scenarios of DESIGN section 8 through the orchestrator ([`demo`]).
+//!
+//! Webhooks are on: the orchestrator seals endpoints' secrets with a dev key kept in
+//! `<dir>/webhook-key` (made once, mode 0600) and may deliver to this machine over plain http
+//! (`webhook.allow_hosts` = `127.0.0.1`, `localhost`), unless `TANDEM_ORCHESTRATOR__WEBHOOK__...`
+//! says otherwise. With `--webhook-listen PORT` it also runs a receiver on that port and
+//! registers it as an endpoint for every event ([`webhook`]), so each event prints as it
+//! arrives.
 
 mod demo;
+mod webhook;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,6 +73,11 @@ pub struct DevArgs {
     /// Name of the orchestrator's database (its ledger included) on that server.
     #[arg(long, default_value = "tandem_orchestrator")]
     orchestrator_database: String,
+    /// Receive the orchestrator's webhooks on this port of 127.0.0.1 (an endpoint for every
+    /// event, `http://127.0.0.1:PORT/webhooks`, registered at start) and print each event as
+    /// it arrives.
+    #[arg(long, value_name = "PORT")]
+    webhook_listen: Option<u16>,
 }
 
 /// Runs the dev stack.
@@ -102,6 +115,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let treasury = orchestrator
         .connect(&args.dir, Role::Treasury, CONNECT_TIMEOUT)
         .await?;
+    // Before the seed group, so that a first run's receiver sees its creation too.
+    let receiver = match args.webhook_listen {
+        Some(port) => Some(webhook::Receiver::start(port, treasury.clone()).await?),
+        None => None,
+    };
     let mut groups = CardGroupServiceClient::new(treasury);
     let globalops = seed_group(&mut groups, globalops_group(&cards)).await?;
     print_instructions(&args.dir, vault.addr, orchestrator.addr, &globalops);
@@ -121,6 +139,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         tokio::signal::ctrl_c()
             .await
             .context("waiting for Ctrl-C")?;
+    }
+    if let Some(receiver) = receiver {
+        // With `--exit`, what the run committed arrives before the stack stops.
+        receiver.stop(args.exit).await?;
     }
     // The orchestrator first: it calls the vault until it stops.
     orchestrator.stop().await?;
@@ -245,8 +267,83 @@ pub fn orchestrator_settings(
     settings.vault.cert_path = client.cert_path;
     settings.vault.key_path = client.key_path;
     settings.vault.ca_path = client.ca_path;
+    let overridden = |key: &str| overrides(std::env::vars(), "TANDEM_ORCHESTRATOR__", key);
+    if !overridden("webhook__secret_key") {
+        let key = ensure_webhook_key(&dir.join(WEBHOOK_KEY_FILE))?;
+        settings.webhook.secret_key = tandem_orchestrator::config::SecretString::new(key.as_str());
+    }
+    if !overridden("webhook__allow_hosts") {
+        settings.webhook.allow_hosts = WEBHOOK_ALLOW_HOSTS.map(str::to_owned).to_vec();
+    }
     settings.validate()?;
     Ok(settings)
+}
+
+/// The file in the dev directory that holds the orchestrator's webhook sealing key.
+const WEBHOOK_KEY_FILE: &str = "webhook-key";
+
+/// Hosts the dev orchestrator may deliver webhooks to over plain http: this machine.
+const WEBHOOK_ALLOW_HOSTS: [&str; 2] = ["127.0.0.1", "localhost"];
+
+/// The first line of the webhook key file.
+const WEBHOOK_KEY_BANNER: &str = "# Tandem dev webhook sealing key (base64 of 32 bytes): for \
+                                  development only";
+
+/// Whether `env` sets the setting `key` (`section__name`, any case) under `prefix`.
+fn overrides(env: impl IntoIterator<Item = (String, String)>, prefix: &str, key: &str) -> bool {
+    env.into_iter().any(|(name, _)| {
+        name.strip_prefix(prefix)
+            .is_some_and(|rest| rest.eq_ignore_ascii_case(key))
+    })
+}
+
+/// The webhook sealing key of `path` (the base64 of 32 bytes), made from the operating
+/// system's random source and written there (mode 0600) if the file does not exist yet.
+fn ensure_webhook_key(path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use base64::Engine as _;
+    use zeroize::Zeroizing;
+    let engine = base64::engine::general_purpose::STANDARD;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let text = Zeroizing::new(text);
+            let line = text
+                .lines()
+                .map(str::trim)
+                .find(|line| !line.is_empty() && !line.starts_with('#'))
+                .with_context(|| format!("{} holds no key line", path.display()))?;
+            let bytes = Zeroizing::new(engine.decode(line).unwrap_or_default());
+            anyhow::ensure!(
+                bytes.len() == 32,
+                "{} must hold the base64 of 32 bytes",
+                path.display()
+            );
+            Ok(Zeroizing::new(line.to_owned()))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            getrandom::getrandom(bytes.as_mut_slice())
+                .map_err(|e| anyhow::anyhow!("the operating system's random source: {e}"))?;
+            let key = Zeroizing::new(engine.encode(bytes.as_slice()));
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let text = Zeroizing::new(format!("{WEBHOOK_KEY_BANNER}\n{}\n", key.as_str()));
+            file.write_all(text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote a dev webhook sealing key to {}", path.display());
+            Ok(key)
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// What a server's task ends with.
@@ -605,7 +702,11 @@ fn print_instructions(
          \x20 grpcurl -cacert {dir}/ca.pem -cert {dir}/payer.pem -key {dir}/payer.key \\\n\
          \x20   -d '{{\"request_id\":\"readme-pay-1\",\"card_group_id\":\"{group}\",\"wait\":true,\"invoice\":{{\"id\":\"INV-1\",\"amount\":{{\"currency_code\":\"USD\",\"minor_units\":2050}}}}}}' \\\n\
          \x20   localhost:{port} tandem.orchestrator.v1.PaymentService/CreatePayment\n\
-         or: tandemctl pay --group {group} --invoice INV-1 --amount 20.50\n\n\
+         or: tandemctl pay --group {group} --invoice INV-1 --amount 20.50\n\
+         Receive its events as webhooks (signed, verified, one line each):\n\
+         \x20 tandemctl webhooks create --url http://127.0.0.1:8080/webhooks   # prints the secret once\n\
+         \x20 tandemctl webhooks listen --port 8080 --secret whsec_...\n\
+         or run tandemctl dev --webhook-listen 8080, which does both.\n\n\
          From Python (stubs generated from proto/ with grpcio-tools; see tests/python/):\n\
          \x20 creds = grpc.ssl_channel_credentials(open('{dir}/ca.pem','rb').read(),\n\
          \x20     open('{dir}/tokenizer.key','rb').read(), open('{dir}/tokenizer.pem','rb').read())\n\
@@ -613,4 +714,61 @@ fn print_instructions(
          and for payments, with creds made the same way from {dir}/payer.key and payer.pem:\n\
          \x20 stub = payment_service_pb2_grpc.PaymentServiceStub(grpc.secure_channel('localhost:{port}', creds))"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A setting counts as overridden only under the service's prefix, in any case, and only
+    /// that setting.
+    #[test]
+    fn overridden_settings() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let prefix = "TANDEM_ORCHESTRATOR__";
+        let key = "webhook__secret_key";
+        assert!(overrides(
+            env(&[("TANDEM_ORCHESTRATOR__WEBHOOK__SECRET_KEY", "")]),
+            prefix,
+            key
+        ));
+        assert!(overrides(
+            env(&[("TANDEM_ORCHESTRATOR__webhook__secret_key", "x")]),
+            prefix,
+            key
+        ));
+        for other in [
+            "TANDEM_VAULT__WEBHOOK__SECRET_KEY",
+            "TANDEM_ORCHESTRATOR__WEBHOOK__ALLOW_HOSTS",
+            "TANDEM_ORCHESTRATOR__WEBHOOK__SECRET_KEY_FILE",
+        ] {
+            assert!(!overrides(env(&[(other, "x")]), prefix, key), "{other}");
+        }
+    }
+
+    /// The webhook key is made once (32 bytes, base64, mode 0600) and read back the same on
+    /// later runs; a file that holds anything else is refused.
+    #[test]
+    fn webhook_key() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!(
+            "tandemctl-webhook-key-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        let path = dir.join(WEBHOOK_KEY_FILE);
+        let made = ensure_webhook_key(&path).unwrap();
+        assert_eq!(made.len(), 44);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(*ensure_webhook_key(&path).unwrap(), *made);
+        std::fs::write(&path, "# banner\nc2hvcnQ=\n").unwrap();
+        assert!(ensure_webhook_key(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -17,6 +17,9 @@
 //!   with `--follow`.
 //! - `tandemctl recon`: reconcile the ledger with a processor's settlement day, list the
 //!   discrepancies, propose adjustments and (as an approver) approve or reject them.
+//! - `tandemctl webhooks`: create, list, show, update, rotate and delete webhook endpoints,
+//!   list their deliveries and redeliver events; `listen` receives and verifies webhooks
+//!   locally.
 //! - `tandemctl bench`: throughput and latency over real mTLS and Postgres.
 //! - `tandemctl chaos`: kills the servers at random while paying, then verifies the money.
 
@@ -39,6 +42,7 @@ mod policy;
 mod print;
 mod process;
 mod recon;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -49,7 +53,7 @@ use clap::{Parser, Subcommand};
     name = "tandemctl",
     version,
     about = "Operate Tandem: certificates, the dev stack, charges, keys, audit, card groups, \
-             payments, the ledger, events, reconciliation, benchmarks"
+             payments, the ledger, events, reconciliation, webhooks, benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -89,6 +93,10 @@ enum Command {
     /// Reconcile the ledger with processors' settlement files and correct what does not match.
     #[command(subcommand)]
     Recon(recon::ReconCommand),
+    /// Push events to the treasury's endpoints: register, change, rotate and inspect them;
+    /// receive and verify webhooks locally with `listen`.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -112,6 +120,7 @@ async fn main() -> ExitCode {
         Command::Ledger(command) => ledger::run(command).await,
         Command::Events(args) => events::run(args).await,
         Command::Recon(command) => recon::run(command).await,
+        Command::Webhooks(command) => webhooks::run(command).await,
         Command::Bench(command) => bench::run(command).await,
         Command::Chaos(args) => chaos::run(args).await,
     };

@@ -4,7 +4,8 @@ Stubs are generated from ``proto/`` with grpcio-tools into ``gen/`` (git-ignored
 session starts, exactly as a Python team consuming Tandem would generate them. The stack (vault
 and orchestrator) is started with ``tandemctl dev`` on free ports, with its own certificates
 directory and fresh databases, and stopped at the end of the session; a module that must
-know everything its stack ever did (reconciliation) starts one of its own (``own_stack``).
+know everything its stack ever did (reconciliation) starts one of its own (``own_stack``), with
+the settings its module names in ``OWN_STACK_ENV`` (webhooks).
 """
 
 import contextlib
@@ -120,9 +121,10 @@ def grpcurl(stack, *args, role="tokenizer"):
 
 
 @contextlib.contextmanager
-def _running_stack():
+def _running_stack(extra_env=None):
     """Starts `tandemctl dev` on free ports with its own certificates directory and fresh
-    databases; yields the running stack and stops it on the way out."""
+    databases, with `extra_env` (settings overrides such as `TANDEM_ORCHESTRATOR__...`) added
+    to its environment; yields the running stack and stops it on the way out."""
     if not TANDEMCTL.exists():
         pytest.fail(f"{TANDEMCTL} is missing: run `cargo build -p tandemctl` first")
     port = _free_port()
@@ -138,6 +140,7 @@ def _running_stack():
         # keeps the default settling time (a minute) so an export never changes once taken.
         TANDEM_ORCHESTRATOR__LEDGER__EXPORT_SETTLE_MS="0",
     )
+    env.update(extra_env or {})
     database = f"tandem_test_py_{uuid.uuid4().hex[:12]}"
     log = open(certs / "vault.log", "wb")
     process = subprocess.Popen(
@@ -189,8 +192,10 @@ def vault():
 
 
 @pytest.fixture(scope="module")
-def own_stack():
+def own_stack(request):
     """A stack of the module's own, for tests that need to know everything it ever did (a
-    reconciliation counts every capture and refund of the day, the shared stack's too)."""
-    with _running_stack() as stack:
+    reconciliation counts every capture and refund of the day, the shared stack's too) or
+    settings of their own: the module's ``OWN_STACK_ENV`` dict, if it has one, is added to the
+    stack's environment."""
+    with _running_stack(getattr(request.module, "OWN_STACK_ENV", None)) as stack:
         yield stack
