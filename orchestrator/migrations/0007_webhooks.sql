@@ -36,34 +36,31 @@ CREATE TABLE webhook_fanout (
 );
 INSERT INTO webhook_fanout VALUES (1, pg_snapshot_xmin(pg_current_snapshot()), '', 0);
 
--- One event for one endpoint. `seq` is the fan-out's order, which is the feed's; a lane (a
--- payment, card group or reconciliation subject) is delivered in `seq` order, one at a time.
--- `body` is the JSON sent. `round_attempts` counts the attempts since the endpoint was last
--- enabled: the retry schedule's position.
+-- One event for one endpoint. `seq` is the fan-out's order, which is the feed's; a lane (an
+-- endpoint and a payment, card group or reconciliation subject) is delivered in `seq` order, one
+-- at a time. `body` is the JSON sent. `round_attempts` counts the attempts since the endpoint
+-- was last enabled: the retry schedule's position.
 CREATE TABLE webhook_deliveries (
-    seq               bigserial PRIMARY KEY,
-    id                text NOT NULL UNIQUE,
-    endpoint_id       text NOT NULL REFERENCES webhook_endpoints (id),
-    event_id          text NOT NULL,
-    event_type        text NOT NULL,
-    event_time        timestamptz NOT NULL,
-    lane              text NOT NULL,
-    body              text NOT NULL,
-    redelivery        boolean NOT NULL,
-    state             text NOT NULL CHECK (state IN ('pending', 'delivered', 'canceled')),
-    attempts          integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-    round_attempts    integer NOT NULL DEFAULT 0 CHECK (round_attempts >= 0),
-    next_attempt_time timestamptz NOT NULL,
-    lease_owner       text,
-    lease_until       timestamptz,
-    create_time       timestamptz NOT NULL,
-    deliver_time      timestamptz,
+    seq            bigserial PRIMARY KEY,
+    id             text NOT NULL UNIQUE,
+    endpoint_id    text NOT NULL REFERENCES webhook_endpoints (id),
+    event_id       text NOT NULL,
+    event_type     text NOT NULL,
+    event_time     timestamptz NOT NULL,
+    lane           text NOT NULL,
+    body           text NOT NULL,
+    redelivery     boolean NOT NULL,
+    state          text NOT NULL CHECK (state IN ('pending', 'delivered', 'canceled')),
+    attempts       integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    round_attempts integer NOT NULL DEFAULT 0 CHECK (round_attempts >= 0),
+    create_time    timestamptz NOT NULL,
+    deliver_time   timestamptz,
     CHECK ((state = 'delivered') = (deliver_time IS NOT NULL))
 );
 -- The fan-out writes an event's delivery to an endpoint once.
 CREATE UNIQUE INDEX webhook_deliveries_once ON webhook_deliveries (endpoint_id, event_id)
     WHERE NOT redelivery;
--- The head of each lane, for the worker.
+-- A lane's pending deliveries in order: its next head.
 CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (endpoint_id, lane, seq)
     WHERE state = 'pending';
 -- An endpoint's deliveries, newest first, and by event time for redelivery.
@@ -71,6 +68,23 @@ CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint_id, 
 CREATE INDEX webhook_deliveries_by_event_time ON webhook_deliveries (endpoint_id, event_time);
 -- Delivered and canceled deliveries, for the purge after `webhook.keep_days`.
 CREATE INDEX webhook_deliveries_done ON webhook_deliveries (create_time) WHERE state <> 'pending';
+
+-- A lane's schedule: its head (the first pending delivery; NULL while none is pending), when
+-- the head's next attempt is due, and the claim of the instance attempting it. The worker reads
+-- due lanes, never the deliveries queued behind their heads, so a backlog costs nothing until
+-- its turn. Writers of a lane hold its row lock (the fan-out's upsert, the worker's record of an
+-- attempt), so a new delivery is never left behind a lane the worker found empty.
+CREATE TABLE webhook_lanes (
+    endpoint_id       text NOT NULL REFERENCES webhook_endpoints (id),
+    lane              text NOT NULL,
+    head_seq          bigint,
+    next_attempt_time timestamptz NOT NULL,
+    lease_owner       text,
+    lease_until       timestamptz,
+    PRIMARY KEY (endpoint_id, lane)
+);
+CREATE INDEX webhook_lanes_due ON webhook_lanes (next_attempt_time) WHERE head_seq IS NOT NULL;
+CREATE INDEX webhook_lanes_claimed ON webhook_lanes (endpoint_id) WHERE lease_until IS NOT NULL;
 
 -- Every attempt of a delivery.
 CREATE TABLE webhook_attempts (

@@ -323,7 +323,7 @@ impl Webhooks {
             .await?
             .ok_or(Error::WebhookEndpointNotFound)?;
         let max = self.settings.redeliver_max;
-        let events = store::events_to_redeliver(
+        let mut events = store::events_to_redeliver(
             &mut tx,
             &command.endpoint_id,
             command.start,
@@ -331,6 +331,11 @@ impl Webhooks {
             max + 1,
         )
         .await?;
+        // A redelivery's lanes are its own: it goes out now, in order per subject, beside
+        // (not behind) an original delivery still waiting for its next attempt.
+        for event in &mut events {
+            event.lane = format!("{}#redelivery/{}", event.lane, command.request_id);
+        }
         if events.len() as i64 > max {
             return Err(Error::RedeliveryTooLarge);
         }

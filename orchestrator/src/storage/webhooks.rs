@@ -175,12 +175,13 @@ pub async fn count_endpoints_locked(conn: &mut PgConnection) -> Result<i64, Erro
     )
 }
 
-/// Makes an endpoint's pending deliveries due now, with the schedule from its start (the
-/// endpoint was enabled again).
+/// Makes an endpoint's lanes due now, each head with the schedule from its start (the endpoint
+/// was enabled again).
 pub async fn restart_pending(conn: &mut PgConnection, endpoint_id: &str) -> Result<(), Error> {
     sqlx::query(
-        "UPDATE webhook_deliveries SET round_attempts = 0, next_attempt_time = now(), \
-         lease_owner = NULL, lease_until = NULL WHERE endpoint_id = $1 AND state = 'pending'",
+        "WITH lanes AS (UPDATE webhook_lanes SET next_attempt_time = now(), lease_owner = NULL, \
+           lease_until = NULL WHERE endpoint_id = $1 AND head_seq IS NOT NULL RETURNING head_seq) \
+         UPDATE webhook_deliveries SET round_attempts = 0 WHERE seq IN (SELECT head_seq FROM lanes)",
     )
     .bind(endpoint_id)
     .execute(conn)
@@ -188,11 +189,18 @@ pub async fn restart_pending(conn: &mut PgConnection, endpoint_id: &str) -> Resu
     Ok(())
 }
 
-/// Cancels an endpoint's pending deliveries; returns how many.
+/// Cancels an endpoint's pending deliveries and empties its lanes; returns how many.
 pub async fn cancel_pending(conn: &mut PgConnection, endpoint_id: &str) -> Result<i64, Error> {
+    sqlx::query(
+        "UPDATE webhook_lanes SET head_seq = NULL, lease_owner = NULL, lease_until = NULL \
+         WHERE endpoint_id = $1",
+    )
+    .bind(endpoint_id)
+    .execute(&mut *conn)
+    .await?;
     let done = sqlx::query(
-        "UPDATE webhook_deliveries SET state = 'canceled', lease_owner = NULL, \
-         lease_until = NULL WHERE endpoint_id = $1 AND state = 'pending'",
+        "UPDATE webhook_deliveries SET state = 'canceled' \
+         WHERE endpoint_id = $1 AND state = 'pending'",
     )
     .bind(endpoint_id)
     .execute(conn)
@@ -277,8 +285,10 @@ pub struct NewDelivery {
     pub body: String,
 }
 
-/// Writes deliveries due now, in order; `redelivery` marks those `RedeliverEvents` made. The
-/// fan-out's are written once per endpoint and event (a second write is skipped).
+/// Writes deliveries in order and gives each lane without a head its first one, due now;
+/// `redelivery` marks those `RedeliverEvents` made. The fan-out's are written once per endpoint
+/// and event (a second write is skipped). Lanes are locked in key order, as the worker locks
+/// them, so the two never deadlock.
 pub async fn insert_deliveries(
     conn: &mut PgConnection,
     deliveries: &[NewDelivery],
@@ -289,15 +299,24 @@ pub async fn insert_deliveries(
     }
     let column = |f: fn(&NewDelivery) -> &str| deliveries.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
-        "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, event_time, \
-         lane, body, redelivery, state, next_attempt_time, create_time) \
-         SELECT d.id, d.endpoint_id, d.event_id, d.event_type, d.event_time, d.lane, d.body, \
-                $8, 'pending', now(), now() \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
-                     $6::text[], $7::text[]) WITH ORDINALITY \
-              AS d (id, endpoint_id, event_id, event_type, event_time, lane, body, n) \
-         ORDER BY d.n \
-         ON CONFLICT (endpoint_id, event_id) WHERE NOT redelivery DO NOTHING",
+        "WITH written AS ( \
+           INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, event_time, \
+             lane, body, redelivery, state, create_time) \
+           SELECT d.id, d.endpoint_id, d.event_id, d.event_type, d.event_time, d.lane, d.body, \
+                  $8, 'pending', now() \
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
+                       $6::text[], $7::text[]) WITH ORDINALITY \
+                AS d (id, endpoint_id, event_id, event_type, event_time, lane, body, n) \
+           ORDER BY d.n \
+           ON CONFLICT (endpoint_id, event_id) WHERE NOT redelivery DO NOTHING \
+           RETURNING seq, endpoint_id, lane) \
+         INSERT INTO webhook_lanes AS l (endpoint_id, lane, head_seq, next_attempt_time) \
+         SELECT endpoint_id, lane, min(seq), now() FROM written \
+         GROUP BY endpoint_id, lane ORDER BY endpoint_id, lane \
+         ON CONFLICT (endpoint_id, lane) DO UPDATE SET \
+           head_seq = coalesce(l.head_seq, EXCLUDED.head_seq), \
+           next_attempt_time = CASE WHEN l.head_seq IS NULL THEN now() \
+                                    ELSE l.next_attempt_time END",
     )
     .bind(column(|d| &d.id))
     .bind(column(|d| &d.endpoint_id))
@@ -319,6 +338,8 @@ pub struct Claimed {
     pub seq: i64,
     /// Its endpoint.
     pub endpoint_id: String,
+    /// Its lane.
+    pub lane: String,
     /// `webhook-id`.
     pub event_id: String,
     /// The JSON to send.
@@ -339,10 +360,9 @@ pub struct Claimed {
     pub failing_since: Option<OffsetDateTime>,
 }
 
-/// Claims up to `limit` due attempts for `owner` until `lease_ms` from now: the head of each
-/// lane (the first pending delivery of an endpoint and subject) whose endpoint is enabled,
-/// whose time has come and that no live claim holds, at most `per_endpoint` in flight to one
-/// endpoint, the longest due first.
+/// Claims up to `limit` due attempts for `owner` until `lease_ms` from now: the heads of lanes
+/// whose endpoint is enabled, whose time has come and that no live claim holds, at most
+/// `per_endpoint` in flight to one endpoint, the longest due first. Reads due lanes only.
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
@@ -351,31 +371,26 @@ pub async fn claim(
     per_endpoint: i64,
 ) -> Result<Vec<Claimed>, Error> {
     let rows = sqlx::query(
-        "WITH heads AS ( \
-           SELECT DISTINCT ON (d.endpoint_id, d.lane) d.seq, d.endpoint_id, \
-                  d.next_attempt_time, d.lease_until \
-           FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
-           WHERE d.state = 'pending' AND e.state = 'enabled' \
-           ORDER BY d.endpoint_id, d.lane, d.seq), \
-         busy AS (SELECT endpoint_id, count(*) AS n FROM heads \
+        "WITH busy AS (SELECT endpoint_id, count(*) AS n FROM webhook_lanes \
            WHERE lease_until > now() GROUP BY endpoint_id), \
-         ready AS (SELECT h.seq, h.endpoint_id, h.next_attempt_time, \
-             row_number() OVER (PARTITION BY h.endpoint_id \
-                                ORDER BY h.next_attempt_time, h.seq) AS rank \
-           FROM heads h WHERE h.next_attempt_time <= now() \
-             AND (h.lease_until IS NULL OR h.lease_until <= now())), \
-         chosen AS (SELECT r.seq FROM ready r LEFT JOIN busy b USING (endpoint_id) \
-           WHERE r.rank + coalesce(b.n, 0) <= $4 \
-           ORDER BY r.next_attempt_time, r.seq LIMIT $3) \
-         UPDATE webhook_deliveries d \
-         SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond' \
-         FROM chosen, webhook_endpoints e \
-         WHERE d.seq = chosen.seq AND e.id = d.endpoint_id AND d.state = 'pending' \
-           AND (d.lease_until IS NULL OR d.lease_until <= now()) \
-         RETURNING d.seq, d.endpoint_id, d.event_id, d.body, d.attempts, d.round_attempts, \
+         ready AS (SELECT l.endpoint_id, l.lane, l.next_attempt_time, \
+             row_number() OVER (PARTITION BY l.endpoint_id ORDER BY l.next_attempt_time) AS rank \
+           FROM webhook_lanes l JOIN webhook_endpoints e ON e.id = l.endpoint_id \
+           WHERE l.head_seq IS NOT NULL AND l.next_attempt_time <= now() \
+             AND e.state = 'enabled' AND (l.lease_until IS NULL OR l.lease_until <= now())), \
+         chosen AS (SELECT r.endpoint_id, r.lane FROM ready r LEFT JOIN busy b USING (endpoint_id) \
+           WHERE r.rank + coalesce(b.n, 0) <= $4 ORDER BY r.next_attempt_time LIMIT $3), \
+         claimed AS (UPDATE webhook_lanes l \
+           SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond' \
+           FROM chosen WHERE l.endpoint_id = chosen.endpoint_id AND l.lane = chosen.lane \
+             AND l.head_seq IS NOT NULL AND (l.lease_until IS NULL OR l.lease_until <= now()) \
+           RETURNING l.endpoint_id, l.lane, l.head_seq) \
+         SELECT d.seq, d.endpoint_id, c.lane, d.event_id, d.body, d.attempts, d.round_attempts, \
            e.url, e.secret_version, e.secret_sealed, \
            CASE WHEN e.previous_secret_until > now() THEN e.previous_secret_sealed END \
-             AS previous_secret_sealed, e.failing_since",
+             AS previous_secret_sealed, e.failing_since \
+         FROM claimed c JOIN webhook_deliveries d ON d.seq = c.head_seq \
+           JOIN webhook_endpoints e ON e.id = c.endpoint_id",
     )
     .bind(owner)
     .bind(lease_ms)
@@ -388,6 +403,7 @@ pub async fn claim(
             Ok(Claimed {
                 seq: row.try_get("seq")?,
                 endpoint_id: row.try_get("endpoint_id")?,
+                lane: row.try_get("lane")?,
                 event_id: row.try_get("event_id")?,
                 body: row.try_get("body")?,
                 attempts: row.try_get("attempts")?,
@@ -430,81 +446,199 @@ pub enum AttemptEffect {
     Disable(EndpointState),
 }
 
-/// Records the attempt of a claimed delivery in one transaction: the attempt, the delivery's
-/// state and the endpoint's. Returns false, recording nothing, when `owner`'s claim was lost
-/// (another instance took the delivery over).
-pub async fn record_attempt(
+/// A finished attempt with its effect.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The claim it answered.
+    pub claimed: Claimed,
+    /// The attempt.
+    pub attempt: AttemptRecord,
+    /// What it changes.
+    pub effect: AttemptEffect,
+}
+
+/// Records finished attempts in one transaction: each attempt, its delivery's state, its lane
+/// (the next head after a delivery, the next attempt's time after a failure) and its endpoint's
+/// (failing since when, disabled). An attempt whose claim `owner` lost (another instance took
+/// the lane over after the lease ran out) records nothing. Returns how many were recorded.
+pub async fn record_attempts(
     pool: &PgPool,
     owner: &str,
-    claimed: &Claimed,
-    attempt: &AttemptRecord,
-    effect: AttemptEffect,
-) -> Result<bool, Error> {
-    let mut tx = pool.begin().await?;
-    let (state, next_in_ms) = match effect {
-        AttemptEffect::Delivered => (DeliveryState::Delivered, 0),
-        AttemptEffect::Retry { next_in_ms } => (DeliveryState::Pending, next_in_ms),
-        AttemptEffect::Disable(_) => (DeliveryState::Pending, 0),
-    };
-    let updated = sqlx::query(
-        "UPDATE webhook_deliveries SET state = $3, attempts = attempts + 1, \
-         round_attempts = CASE WHEN $3 = 'pending' AND $5 THEN 0 ELSE round_attempts + 1 END, \
-         next_attempt_time = now() + $4 * interval '1 millisecond', \
-         deliver_time = CASE WHEN $3 = 'delivered' THEN now() END, \
-         lease_owner = NULL, lease_until = NULL \
-         WHERE seq = $1 AND lease_owner = $2 AND state = 'pending'",
-    )
-    .bind(claimed.seq)
-    .bind(owner)
-    .bind(state.as_str())
-    .bind(next_in_ms)
-    .bind(matches!(effect, AttemptEffect::Disable(_)))
-    .execute(&mut *tx)
-    .await?;
-    if updated.rows_affected() == 0 {
-        tx.rollback().await?;
-        return Ok(false);
+    finished: &[Finished],
+) -> Result<usize, Error> {
+    if finished.is_empty() {
+        return Ok(0);
     }
+    let mut tx = pool.begin().await?;
+    // The lanes still claimed by this owner, locked in key order (as the fan-out locks them).
+    let mut keys: Vec<(&str, &str)> = finished
+        .iter()
+        .map(|f| (f.claimed.endpoint_id.as_str(), f.claimed.lane.as_str()))
+        .collect();
+    keys.sort_unstable();
+    let held: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT l.endpoint_id, l.lane, l.head_seq FROM webhook_lanes l \
+         JOIN UNNEST($1::text[], $2::text[]) AS k (endpoint_id, lane) \
+           ON l.endpoint_id = k.endpoint_id AND l.lane = k.lane \
+         WHERE l.lease_owner = $3 AND l.head_seq IS NOT NULL \
+         ORDER BY l.endpoint_id, l.lane FOR UPDATE OF l",
+    )
+    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+    .bind(owner)
+    .fetch_all(&mut *tx)
+    .await?;
+    let kept: Vec<&Finished> = finished
+        .iter()
+        .filter(|f| {
+            held.iter().any(|(endpoint, lane, head)| {
+                *endpoint == f.claimed.endpoint_id
+                    && *lane == f.claimed.lane
+                    && *head == f.claimed.seq
+            })
+        })
+        .collect();
+    if kept.is_empty() {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    let seqs: Vec<i64> = kept.iter().map(|f| f.claimed.seq).collect();
+    let delivered: Vec<bool> = kept
+        .iter()
+        .map(|f| matches!(f.effect, AttemptEffect::Delivered))
+        .collect();
+    let disabled: Vec<bool> = kept
+        .iter()
+        .map(|f| matches!(f.effect, AttemptEffect::Disable(_)))
+        .collect();
+    let waits: Vec<i64> = kept
+        .iter()
+        .map(|f| match f.effect {
+            AttemptEffect::Retry { next_in_ms } => next_in_ms,
+            _ => 0,
+        })
+        .collect();
     sqlx::query(
         "INSERT INTO webhook_attempts (delivery_seq, number, time, status_code, latency_ms, \
-         error) VALUES ($1, $2, $3, $4, $5, $6)",
+         error) SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], \
+         $5::bigint[], $6::text[])",
     )
-    .bind(claimed.seq)
-    .bind(claimed.attempts + 1)
-    .bind(attempt.time)
-    .bind(attempt.status_code)
-    .bind(attempt.latency_ms)
-    .bind(&attempt.error)
+    .bind(&seqs)
+    .bind(
+        kept.iter()
+            .map(|f| f.claimed.attempts + 1)
+            .collect::<Vec<_>>(),
+    )
+    .bind(kept.iter().map(|f| f.attempt.time).collect::<Vec<_>>())
+    .bind(
+        kept.iter()
+            .map(|f| f.attempt.status_code)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        kept.iter()
+            .map(|f| f.attempt.latency_ms)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        kept.iter()
+            .map(|f| f.attempt.error.as_str())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *tx)
     .await?;
-    let (disable_state, disable_reason) = match effect {
-        AttemptEffect::Disable(state) => {
-            let (state, reason) = state.as_columns();
-            (Some(state), reason)
-        }
-        _ => (None, None),
-    };
-    // A success clears the endpoint's failing time; a failure starts it unless it runs; a
-    // disabling also disables (an endpoint deleted meanwhile stays deleted).
+    // A disabling restarts the schedule for when the endpoint is enabled again.
     sqlx::query(
-        "UPDATE webhook_endpoints SET \
-         failing_since = CASE WHEN $2 THEN NULL ELSE coalesce(failing_since, $3) END, \
-         state = CASE WHEN $4::text IS NOT NULL AND state = 'enabled' THEN $4 ELSE state END, \
-         disabled_reason = CASE WHEN $4::text IS NOT NULL AND state = 'enabled' THEN $5 \
-                                ELSE disabled_reason END, \
-         update_time = CASE WHEN $4::text IS NOT NULL AND state = 'enabled' THEN now() \
-                            ELSE update_time END \
-         WHERE id = $1",
+        "UPDATE webhook_deliveries d SET attempts = d.attempts + 1, \
+         round_attempts = CASE WHEN r.disabled THEN 0 ELSE d.round_attempts + 1 END, \
+         state = CASE WHEN r.delivered THEN 'delivered' ELSE d.state END, \
+         deliver_time = CASE WHEN r.delivered THEN now() END \
+         FROM UNNEST($1::bigint[], $2::bool[], $3::bool[]) AS r (seq, delivered, disabled) \
+         WHERE d.seq = r.seq",
     )
-    .bind(&claimed.endpoint_id)
-    .bind(matches!(effect, AttemptEffect::Delivered))
-    .bind(attempt.time)
-    .bind(disable_state)
-    .bind(disable_reason)
+    .bind(&seqs)
+    .bind(&delivered)
+    .bind(&disabled)
+    .execute(&mut *tx)
+    .await?;
+    // Each lane's next head (read now that this transaction holds the lane: a delivery the
+    // fan-out committed meanwhile is seen) or its next attempt's time; the claim ends.
+    sqlx::query(
+        "UPDATE webhook_lanes l SET \
+         head_seq = CASE WHEN r.delivered THEN (SELECT min(d.seq) FROM webhook_deliveries d \
+           WHERE d.endpoint_id = l.endpoint_id AND d.lane = l.lane AND d.state = 'pending') \
+           ELSE l.head_seq END, \
+         next_attempt_time = now() + r.wait_ms * interval '1 millisecond', \
+         lease_owner = NULL, lease_until = NULL \
+         FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::bigint[]) \
+           AS r (endpoint_id, lane, delivered, wait_ms) \
+         WHERE l.endpoint_id = r.endpoint_id AND l.lane = r.lane",
+    )
+    .bind(
+        kept.iter()
+            .map(|f| f.claimed.endpoint_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        kept.iter()
+            .map(|f| f.claimed.lane.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(&delivered)
+    .bind(&waits)
+    .execute(&mut *tx)
+    .await?;
+    // Per endpoint: a success clears its failing time, a failure starts it unless it runs, a
+    // disabling disables (an endpoint deleted or disabled meanwhile stays as it is).
+    let mut endpoints: Vec<(&str, bool, OffsetDateTime, Option<EndpointState>)> = Vec::new();
+    for f in &kept {
+        let disable = match f.effect {
+            AttemptEffect::Disable(state) => Some(state),
+            _ => None,
+        };
+        let success = matches!(f.effect, AttemptEffect::Delivered);
+        match endpoints.iter_mut().find(|e| e.0 == f.claimed.endpoint_id) {
+            Some(entry) => {
+                entry.1 |= success;
+                entry.2 = entry.2.min(f.attempt.time);
+                entry.3 = entry.3.or(disable);
+            }
+            None => endpoints.push((&f.claimed.endpoint_id, success, f.attempt.time, disable)),
+        }
+    }
+    let columns: Vec<(Option<&str>, Option<&str>)> = endpoints
+        .iter()
+        .map(|e| match e.3 {
+            Some(state) => {
+                let (state, reason) = state.as_columns();
+                (Some(state), reason)
+            }
+            None => (None, None),
+        })
+        .collect();
+    sqlx::query(
+        "UPDATE webhook_endpoints e SET \
+         failing_since = CASE WHEN r.success THEN NULL \
+                              ELSE coalesce(e.failing_since, r.time) END, \
+         state = CASE WHEN r.state IS NOT NULL AND e.state = 'enabled' THEN r.state \
+                      ELSE e.state END, \
+         disabled_reason = CASE WHEN r.state IS NOT NULL AND e.state = 'enabled' THEN r.reason \
+                                ELSE e.disabled_reason END, \
+         update_time = CASE WHEN r.state IS NOT NULL AND e.state = 'enabled' THEN now() \
+                            ELSE e.update_time END \
+         FROM UNNEST($1::text[], $2::bool[], $3::timestamptz[], $4::text[], $5::text[]) \
+           AS r (id, success, time, state, reason) \
+         WHERE e.id = r.id",
+    )
+    .bind(endpoints.iter().map(|e| e.0).collect::<Vec<_>>())
+    .bind(endpoints.iter().map(|e| e.1).collect::<Vec<_>>())
+    .bind(endpoints.iter().map(|e| e.2).collect::<Vec<_>>())
+    .bind(columns.iter().map(|c| c.0).collect::<Vec<_>>())
+    .bind(columns.iter().map(|c| c.1).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(kept.len())
 }
 
 /// A delivery as listed.
@@ -526,8 +660,8 @@ pub struct StoredDelivery {
     pub state: DeliveryState,
     /// When it was written.
     pub create_time: OffsetDateTime,
-    /// When its next attempt is due.
-    pub next_attempt_time: OffsetDateTime,
+    /// When its next attempt is due, for the head of its lane (the others wait their turn).
+    pub next_attempt_time: Option<OffsetDateTime>,
     /// When a 2xx answered it.
     pub deliver_time: Option<OffsetDateTime>,
     /// True if a redelivery.
@@ -551,8 +685,10 @@ pub async fn list_deliveries(
 ) -> Result<Vec<StoredDelivery>, Error> {
     let rows = sqlx::query(
         "SELECT d.seq, d.id, d.endpoint_id, d.event_id, d.event_type, d.event_time, d.state, \
-                d.create_time, d.next_attempt_time, d.deliver_time, d.redelivery \
-         FROM webhook_deliveries d WHERE d.endpoint_id = $1 \
+                d.create_time, d.deliver_time, d.redelivery, l.next_attempt_time \
+         FROM webhook_deliveries d LEFT JOIN webhook_lanes l \
+           ON l.endpoint_id = d.endpoint_id AND l.lane = d.lane AND l.head_seq = d.seq \
+         WHERE d.endpoint_id = $1 \
            AND ($2::text IS NULL OR d.state = $2) AND ($3::text IS NULL OR d.event_id = $3) \
            AND ($4::bigint IS NULL OR d.seq < $4) \
          ORDER BY d.seq DESC LIMIT $5",
@@ -649,13 +785,21 @@ pub async fn events_to_redeliver(
 }
 
 /// Deletes delivered and canceled deliveries written before `before` (their attempts go with
-/// them), at most `limit`; returns how many.
+/// them), and lanes with nothing pending, at most `limit` of each; returns how many deliveries.
 pub async fn purge(pool: &PgPool, before: OffsetDateTime, limit: i64) -> Result<u64, Error> {
     let done = sqlx::query(
         "DELETE FROM webhook_deliveries WHERE seq IN (SELECT seq FROM webhook_deliveries \
          WHERE state <> 'pending' AND create_time < $1 ORDER BY create_time LIMIT $2)",
     )
     .bind(before)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    // An idle lane the fan-out fills meanwhile has a head again and stays.
+    sqlx::query(
+        "DELETE FROM webhook_lanes WHERE (endpoint_id, lane) IN (SELECT endpoint_id, lane \
+         FROM webhook_lanes WHERE head_seq IS NULL LIMIT $1) AND head_seq IS NULL",
+    )
     .bind(limit)
     .execute(pool)
     .await?;

@@ -7,19 +7,20 @@
 //!   endpoint whose filter takes it (disabled endpoints too: they keep their events). Replicas
 //!   take turns on the position's row lock, so each event's deliveries are written once; a crash
 //!   before the commit leaves the position where it was, so none is lost.
-//! - **Delivery** claims due attempts under a lease (the head of each lane: an endpoint's
-//!   pending deliveries of one payment, card group or reconciliation subject go one at a time,
-//!   in feed order), bounded in all by `webhook.concurrency_max` and per endpoint by
-//!   `webhook.endpoint_concurrency_max`, posts each, and records the attempt with its effect in
-//!   one transaction. A replica that stops mid-attempt leaves its lease to expire; another then
-//!   sends the delivery again with the same `webhook-id` (at least once).
+//! - **Delivery** claims due lanes under a lease (a lane is an endpoint's pending deliveries of
+//!   one payment, card group or reconciliation subject, sent one at a time in feed order; the
+//!   claim reads lanes, never the backlog behind their heads), bounded in all by
+//!   `webhook.concurrency_max` and per endpoint by `webhook.endpoint_concurrency_max`, posts
+//!   each head, and records finished attempts with their effects, a batch per transaction (the
+//!   committer). A replica that stops mid-attempt leaves its lease to expire; another then sends
+//!   the delivery again with the same `webhook-id` (at least once).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use super::destination::check_url;
 use super::http::Sender;
@@ -41,6 +42,8 @@ const FANOUT_BATCH: i64 = 500;
 const PURGE_BATCH: i64 = 10_000;
 /// How often finished deliveries past `webhook.keep_days` are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// Most finished attempts one transaction records.
+const RECORD_BATCH_MAX: usize = 256;
 
 /// The worker of one instance.
 pub struct Worker {
@@ -73,11 +76,40 @@ impl Worker {
         }
     }
 
-    /// Runs both loops until `stop`.
+    /// Runs the fan-out, the delivery loop and the committer until `stop`.
     pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
         let fanout = tokio::spawn(Arc::clone(&self).fanout_loop(stop.clone()));
-        self.deliver_loop(stop).await;
+        let (finished, results) = mpsc::channel(self.settings.concurrency_max * 2);
+        let committer = tokio::spawn(Arc::clone(&self).commit_loop(results));
+        self.deliver_loop(stop, finished).await;
         let _ = fanout.await;
+        let _ = committer.await;
+    }
+
+    /// Records finished attempts as they come, a batch per transaction. A batch that fails to
+    /// commit is logged; its lanes' leases expire and their heads are sent again.
+    async fn commit_loop(self: Arc<Self>, mut results: mpsc::Receiver<store::Finished>) {
+        let mut batch = Vec::with_capacity(RECORD_BATCH_MAX);
+        while results.recv_many(&mut batch, RECORD_BATCH_MAX).await > 0 {
+            for finished in &batch {
+                if let store::AttemptEffect::Disable(state) = finished.effect {
+                    tracing::warn!(endpoint_id = %finished.claimed.endpoint_id, ?state,
+                        "webhook endpoint disabled; its events are kept");
+                }
+            }
+            match store::record_attempts(&self.pool, &self.owner, &batch).await {
+                Ok(recorded) if recorded < batch.len() => tracing::info!(
+                    lost = batch.len() - recorded,
+                    "webhook claims lost to another instance"
+                ),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, attempts = batch.len(),
+                    "webhook attempts not recorded; they will be made again"),
+            }
+            batch.clear();
+            // A recorded delivery may make its lane's next one due.
+            self.written.notify_one();
+        }
     }
 
     fn poll(&self) -> Duration {
@@ -193,7 +225,11 @@ impl Worker {
         }
     }
 
-    async fn deliver_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    async fn deliver_loop(
+        self: Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+        finished: mpsc::Sender<store::Finished>,
+    ) {
         loop {
             let free = self.slots.available_permits();
             let claimed = if free == 0 {
@@ -218,11 +254,12 @@ impl Worker {
                     return;
                 };
                 let worker = Arc::clone(&self);
+                let finished = finished.clone();
                 tokio::spawn(async move {
-                    worker.attempt(delivery).await;
+                    let result = worker.attempt(delivery).await;
+                    // The committer ends only once every sender is gone.
+                    let _ = finished.send(result).await;
                     drop(slot);
-                    // A finished attempt may free its lane's next delivery.
-                    worker.written.notify_one();
                 });
             }
             if idle {
@@ -237,13 +274,13 @@ impl Worker {
         }
     }
 
-    /// One attempt of a claimed delivery, recorded with its effect.
-    async fn attempt(&self, claimed: store::Claimed) {
+    /// One attempt of a claimed delivery, with its effect.
+    async fn attempt(&self, claimed: store::Claimed) -> store::Finished {
         let time = now();
         let started = Instant::now();
         let sent = self.send(&claimed, time).await;
         let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        let (record, result) = match sent {
+        let (attempt, result) = match sent {
             Ok(answer) => (
                 store::AttemptRecord {
                     time,
@@ -268,17 +305,10 @@ impl Worker {
             ),
         };
         let effect = self.effect(&claimed, &result, time);
-        if let store::AttemptEffect::Disable(state) = effect {
-            tracing::warn!(endpoint_id = %claimed.endpoint_id, ?state,
-                "webhook endpoint disabled; its events are kept");
-        }
-        match store::record_attempt(&self.pool, &self.owner, &claimed, &record, effect).await {
-            Ok(true) => {}
-            Ok(false) => tracing::info!(endpoint_id = %claimed.endpoint_id,
-                event_id = %claimed.event_id, "webhook claim lost to another instance"),
-            // The lease expires and the attempt is made again: at least once.
-            Err(error) => tracing::warn!(%error, event_id = %claimed.event_id,
-                "webhook attempt not recorded"),
+        store::Finished {
+            claimed,
+            attempt,
+            effect,
         }
     }
 

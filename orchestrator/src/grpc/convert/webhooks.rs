@@ -192,8 +192,10 @@ pub fn delivery(d: &StoredDelivery) -> pb::WebhookDelivery {
         }
         .into(),
         create_time: Some(wire_time(d.create_time)),
-        next_attempt_time: (d.state == DeliveryState::Pending)
-            .then(|| wire_time(d.next_attempt_time)),
+        next_attempt_time: d
+            .next_attempt_time
+            .filter(|_| d.state == DeliveryState::Pending)
+            .map(wire_time),
         deliver_time: d.deliver_time.map(wire_time),
         attempts: d
             .attempts
