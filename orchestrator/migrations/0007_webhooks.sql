@@ -3,7 +3,9 @@
 
 -- An endpoint. Its signing secrets are sealed with `webhook.secret_key` (AES-256-GCM, bound to
 -- the endpoint and the secret's version); the previous one signs beside the current one until
--- `previous_secret_until`. A deleted endpoint is kept (its deliveries name it) and never listed.
+-- `previous_secret_until`. `start_*` is the fan-out's position when it was created (read under
+-- the fan-out's lock): it receives every event after it. A deleted endpoint is kept (its
+-- deliveries name it) and never listed.
 CREATE TABLE webhook_endpoints (
     id                     text PRIMARY KEY,
     url                    text NOT NULL CHECK (char_length(url) BETWEEN 1 AND 2048),
@@ -16,6 +18,9 @@ CREATE TABLE webhook_endpoints (
     previous_secret_sealed bytea,
     previous_secret_until  timestamptz,
     failing_since          timestamptz,
+    start_key              xid8 NOT NULL,
+    start_subject          text NOT NULL,
+    start_sequence         bigint NOT NULL,
     creator                text NOT NULL,
     updater                text,
     create_time            timestamptz NOT NULL,
@@ -66,14 +71,17 @@ CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (endpoint_id, lane
 -- An endpoint's deliveries, newest first, and by event time for redelivery.
 CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint_id, seq DESC);
 CREATE INDEX webhook_deliveries_by_event_time ON webhook_deliveries (endpoint_id, event_time);
--- Delivered and canceled deliveries, for the purge after `webhook.keep_days`.
-CREATE INDEX webhook_deliveries_done ON webhook_deliveries (create_time) WHERE state <> 'pending';
+-- Delivered and canceled deliveries, for the purge `webhook.keep_days` after they ended.
+CREATE INDEX webhook_deliveries_done ON webhook_deliveries ((coalesce(deliver_time, create_time)))
+    WHERE state <> 'pending';
 
 -- A lane's schedule: its head (the first pending delivery; NULL while none is pending), when
--- the head's next attempt is due, and the claim of the instance attempting it. The worker reads
+-- the head's next attempt is due ('infinity' while its endpoint is disabled), and the claim of
+-- the instance attempting it. The worker reads
 -- due lanes, never the deliveries queued behind their heads, so a backlog costs nothing until
 -- its turn. Writers of a lane hold its row lock (the fan-out's upsert, the worker's record of an
--- attempt), so a new delivery is never left behind a lane the worker found empty.
+-- attempt), so a new delivery is never left behind a lane the worker found empty. Every writer
+-- locks an endpoint's row before its lanes, and lanes in key order, so none deadlocks another.
 CREATE TABLE webhook_lanes (
     endpoint_id       text NOT NULL REFERENCES webhook_endpoints (id),
     lane              text NOT NULL,

@@ -54,9 +54,10 @@ pub struct WebhookSettings {
     /// Hosts (names or addresses, as the endpoint's URL spells them) that may be reached over
     /// plain http and in private, loopback or link-local ranges: for development and tests.
     pub allow_hosts: Vec<String>,
-    /// The wait before each attempt of a delivery, in milliseconds: the first is the first
-    /// attempt's (0: at once), each later one follows a failure. A delivery that fails them all
-    /// disables its endpoint. Waits after the first are jittered by up to a tenth.
+    /// The schedule of a delivery's attempts, in milliseconds: the first attempt goes at once
+    /// (the first entry, which must be 0), each later entry is the wait after a failure,
+    /// lengthened by up to a tenth (jitter). A delivery that fails them all disables its
+    /// endpoint.
     pub retry_schedule_ms: Vec<u64>,
     /// The longest `Retry-After` honoured, in seconds; a longer one waits this long.
     pub retry_after_max_s: u64,
@@ -68,7 +69,7 @@ pub struct WebhookSettings {
     pub request_timeout_ms: u64,
     /// Attempts in flight at once on this instance, over all endpoints.
     pub concurrency_max: usize,
-    /// Attempts in flight at once to one endpoint, over all instances.
+    /// Attempts in flight at once to one endpoint (as each instance sees the others' claims).
     pub endpoint_concurrency_max: usize,
     /// How often the worker looks for new events and due attempts when idle.
     pub poll_ms: u64,
@@ -100,7 +101,7 @@ impl Default for WebhookSettings {
             rotation_overlap_s: 86_400,
             request_timeout_ms: 10_000,
             concurrency_max: 64,
-            endpoint_concurrency_max: 8,
+            endpoint_concurrency_max: 32,
             poll_ms: 100,
             lease_ms: 60_000,
             worker_enabled: true,
@@ -497,9 +498,11 @@ impl ServiceSettings for Settings {
             ),
             (
                 (1..=20).contains(&w.retry_schedule_ms.len())
+                    && w.retry_schedule_ms.first() == Some(&0)
                     && w.retry_schedule_ms.iter().all(|ms| *ms <= 86_400_000),
                 "webhook.retry_schedule_ms",
-                "must be 1 to 20 waits of at most 86400000 ms",
+                "must be 1 to 20 waits of at most 86400000 ms, the first 0 (the first attempt \
+                 goes at once)",
             ),
             (
                 (1..=300_000).contains(&w.request_timeout_ms)

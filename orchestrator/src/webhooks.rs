@@ -83,12 +83,19 @@ impl Webhooks {
             .await?
         {
             tx.rollback().await?;
-            let secret = self.current_secret(&earlier.resource_id, 1).await?;
-            return Ok((earlier.replay(method, &command.request_hash)?, secret));
+            let endpoint_id = earlier.resource_id.clone();
+            let response = earlier.replay(method, &command.request_hash)?;
+            let secret = self.current_secret(&endpoint_id, 1, &actor).await?;
+            return Ok((response, secret));
         }
         if store::count_endpoints_locked(&mut tx).await? >= self.settings.endpoints_max {
             return Err(Error::WebhookEndpointsExhausted);
         }
+        // Its start is the fan-out's position, read under the fan-out's lock (after the step in
+        // progress commits), so it receives exactly the events no step has fanned out yet.
+        let start = store::lock_fanout(&mut tx, true)
+            .await?
+            .ok_or_else(|| Error::Corrupt("no webhook fan-out position".into()))?;
         let secret = secrets::new_secret()?;
         let time = now();
         let endpoint = StoredEndpoint {
@@ -101,6 +108,7 @@ impl Webhooks {
             secret_version: 1,
             previous_secret: None,
             failing_since: None,
+            start,
             creator: actor.to_string(),
             updater: None,
             create_time: time,
@@ -180,6 +188,7 @@ impl Webhooks {
             }
             Some(false) => {
                 endpoint.state = EndpointState::Disabled(DisabledReason::Operator);
+                store::park_lanes(&mut tx, &endpoint.id).await?;
                 false
             }
             None => false,
@@ -251,13 +260,14 @@ impl Webhooks {
             .await?
         {
             tx.rollback().await?;
-            let (id, version) = earlier
-                .resource_id
+            let resource = earlier.resource_id.clone();
+            let response = earlier.replay(method, &command.request_hash)?;
+            let (id, version) = resource
                 .rsplit_once('/')
                 .and_then(|(id, v)| Some((id.to_owned(), v.parse::<i64>().ok()?)))
                 .ok_or_else(|| Error::Corrupt("a rotation's request without its version".into()))?;
-            let secret = self.current_secret(&id, version).await?;
-            return Ok((earlier.replay(method, &command.request_hash)?, secret));
+            let secret = self.current_secret(&id, version, &actor).await?;
+            return Ok((response, secret));
         }
         let secret = secrets::new_secret()?;
         let time = now();
@@ -348,17 +358,23 @@ impl Webhooks {
         Ok(response)
     }
 
-    /// The secret of `endpoint_id` if `version` is still its current one: what a replay of the
-    /// request that made it shows.
+    /// The secret of `endpoint_id` if `version` is still its current one and `caller` made it:
+    /// what a replay of the request that made it shows (to anyone else, no secret).
     async fn current_secret(
         &self,
         endpoint_id: &str,
         version: i64,
+        caller: &Actor,
     ) -> Result<Option<Secret>, Error> {
         let Some(endpoint) = store::endpoint(&self.pool, endpoint_id, false).await? else {
             return Ok(None);
         };
-        if endpoint.secret_version != version {
+        let maker = if version == 1 {
+            Some(&endpoint.creator)
+        } else {
+            endpoint.updater.as_ref()
+        };
+        if endpoint.secret_version != version || maker != Some(&caller.to_string()) {
             return Ok(None);
         }
         self.key()?

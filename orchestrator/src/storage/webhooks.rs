@@ -29,6 +29,8 @@ pub struct StoredEndpoint {
     pub previous_secret: Option<(Vec<u8>, OffsetDateTime)>,
     /// Since when its deliveries fail without a success.
     pub failing_since: Option<OffsetDateTime>,
+    /// The fan-out's position when it was created: it receives every event after it.
+    pub start: FeedPosition,
     /// `<role>/<name>` of its creator.
     pub creator: String,
     /// `<role>/<name>` of its last updater.
@@ -48,7 +50,8 @@ const ENDPOINT_COLUMNS: &str = "e.id, e.url, e.description, e.event_types, e.sta
        AS previous_secret_sealed, \
      CASE WHEN e.previous_secret_until > now() THEN e.previous_secret_until END \
        AS previous_secret_until, e.failing_since, e.creator, e.updater, e.create_time, \
-     e.update_time, (SELECT count(*) FROM webhook_deliveries d \
+     e.update_time, e.start_key::text AS start_key, e.start_subject, e.start_sequence, \
+     (SELECT count(*) FROM webhook_deliveries d \
        WHERE d.endpoint_id = e.id AND d.state = 'pending') AS pending";
 
 fn endpoint_row(row: sqlx::postgres::PgRow) -> Result<StoredEndpoint, Error> {
@@ -68,6 +71,11 @@ fn endpoint_row(row: sqlx::postgres::PgRow) -> Result<StoredEndpoint, Error> {
         secret_sealed: row.try_get("secret_sealed")?,
         previous_secret: sealed.zip(until),
         failing_since: row.try_get("failing_since")?,
+        start: FeedPosition {
+            key: feed_key(row.try_get("start_key")?)?,
+            subject: row.try_get("start_subject")?,
+            sequence: row.try_get("start_sequence")?,
+        },
         creator: row.try_get("creator")?,
         updater: row.try_get("updater")?,
         create_time: row.try_get("create_time")?,
@@ -76,13 +84,20 @@ fn endpoint_row(row: sqlx::postgres::PgRow) -> Result<StoredEndpoint, Error> {
     })
 }
 
+/// A feed key read as text.
+fn feed_key(text: String) -> Result<u64, Error> {
+    text.parse()
+        .map_err(|_| Error::Corrupt(format!("feed key {text}")))
+}
+
 /// Writes a new endpoint.
 pub async fn insert_endpoint(conn: &mut PgConnection, e: &StoredEndpoint) -> Result<(), Error> {
     let (state, reason) = e.state.as_columns();
     sqlx::query(
         "INSERT INTO webhook_endpoints (id, url, description, event_types, state, \
-         disabled_reason, secret_version, secret_sealed, creator, create_time, update_time) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+         disabled_reason, secret_version, secret_sealed, creator, create_time, update_time, \
+         start_key, start_subject, start_sequence) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11::text::xid8, $12, $13)",
     )
     .bind(&e.id)
     .bind(&e.url)
@@ -94,6 +109,9 @@ pub async fn insert_endpoint(conn: &mut PgConnection, e: &StoredEndpoint) -> Res
     .bind(&e.secret_sealed)
     .bind(&e.creator)
     .bind(e.create_time)
+    .bind(e.start.key.to_string())
+    .bind(&e.start.subject)
+    .bind(e.start.sequence)
     .execute(conn)
     .await?;
     Ok(())
@@ -126,13 +144,15 @@ pub async fn update_endpoint(conn: &mut PgConnection, e: &StoredEndpoint) -> Res
     Ok(())
 }
 
-/// The endpoint `id` unless deleted; with `lock`, its row is locked for the transaction.
+/// The endpoint `id` unless deleted; with `lock`, its row is locked for the transaction (before
+/// any of its lanes, as every writer locks them).
 pub async fn endpoint(
     executor: impl PgExecutor<'_>,
     id: &str,
     lock: bool,
 ) -> Result<Option<StoredEndpoint>, Error> {
-    let lock = if lock { " FOR UPDATE OF e" } else { "" };
+    // NO KEY UPDATE: it does not block the foreign-key checks of the fan-out's inserts.
+    let lock = if lock { " FOR NO KEY UPDATE OF e" } else { "" };
     let row = sqlx::query(&format!(
         "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints e \
          WHERE e.id = $1 AND e.state <> 'deleted'{lock}"
@@ -176,12 +196,25 @@ pub async fn count_endpoints_locked(conn: &mut PgConnection) -> Result<i64, Erro
 }
 
 /// Makes an endpoint's lanes due now, each head with the schedule from its start (the endpoint
-/// was enabled again).
+/// was enabled again). A lane claimed by an attempt still in flight stays claimed.
 pub async fn restart_pending(conn: &mut PgConnection, endpoint_id: &str) -> Result<(), Error> {
     sqlx::query(
-        "WITH lanes AS (UPDATE webhook_lanes SET next_attempt_time = now(), lease_owner = NULL, \
-           lease_until = NULL WHERE endpoint_id = $1 AND head_seq IS NOT NULL RETURNING head_seq) \
+        "WITH lanes AS (UPDATE webhook_lanes SET next_attempt_time = now() \
+           WHERE endpoint_id = $1 AND head_seq IS NOT NULL RETURNING head_seq) \
          UPDATE webhook_deliveries SET round_attempts = 0 WHERE seq IN (SELECT head_seq FROM lanes)",
+    )
+    .bind(endpoint_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Parks an endpoint's lanes (it was disabled): a claim never reads them until
+/// [`restart_pending`].
+pub async fn park_lanes(conn: &mut PgConnection, endpoint_id: &str) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE webhook_lanes SET next_attempt_time = 'infinity' \
+         WHERE endpoint_id = $1 AND head_seq IS NOT NULL",
     )
     .bind(endpoint_id)
     .execute(conn)
@@ -209,12 +242,17 @@ pub async fn cancel_pending(conn: &mut PgConnection, endpoint_id: &str) -> Resul
 }
 
 /// The fan-out's position, its row locked for the transaction; `None` while another instance
-/// holds it.
-pub async fn lock_fanout(conn: &mut PgConnection) -> Result<Option<FeedPosition>, Error> {
-    let row = sqlx::query(
+/// holds it, unless `wait` (an endpoint's creation waits for the fan-out step in progress, so
+/// its start is a position no step is past).
+pub async fn lock_fanout(
+    conn: &mut PgConnection,
+    wait: bool,
+) -> Result<Option<FeedPosition>, Error> {
+    let skip = if wait { "" } else { " SKIP LOCKED" };
+    let row = sqlx::query(&format!(
         "SELECT feed_key::text AS key, subject, sequence FROM webhook_fanout WHERE id = 1 \
-         FOR UPDATE SKIP LOCKED",
-    )
+         FOR UPDATE{skip}"
+    ))
     .fetch_optional(conn)
     .await?;
     row.map(|row| {
@@ -245,25 +283,39 @@ pub async fn set_fanout(conn: &mut PgConnection, position: &FeedPosition) -> Res
 }
 
 /// An endpoint as the fan-out sees it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Receiver {
     /// The endpoint.
     pub id: String,
     /// The types it takes; empty for all.
     pub event_types: Vec<String>,
-    /// When it was created: it takes the events recorded from then on.
-    pub create_time: OffsetDateTime,
+    /// The fan-out's position when it was created: it takes the events after it.
+    pub start: FeedPosition,
 }
 
 /// The endpoints events are fanned out to (enabled or disabled: a disabled one keeps its
-/// events), with their filters.
+/// events), with their filters, share-locked in id order for the transaction: a deletion waits
+/// for the step, then cancels what it wrote, and a step after it no longer sees the endpoint.
 pub async fn fanout_endpoints(conn: &mut PgConnection) -> Result<Vec<Receiver>, Error> {
-    Ok(sqlx::query_as(
-        "SELECT id, event_types, create_time FROM webhook_endpoints WHERE state <> 'deleted' \
-         ORDER BY id",
+    let rows = sqlx::query(
+        "SELECT id, event_types, start_key::text AS start_key, start_subject, start_sequence \
+         FROM webhook_endpoints WHERE state <> 'deleted' ORDER BY id FOR SHARE",
     )
     .fetch_all(conn)
-    .await?)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(Receiver {
+                id: row.try_get("id")?,
+                event_types: row.try_get("event_types")?,
+                start: FeedPosition {
+                    key: feed_key(row.try_get("start_key")?)?,
+                    subject: row.try_get("start_subject")?,
+                    sequence: row.try_get("start_sequence")?,
+                },
+            })
+        })
+        .collect()
 }
 
 /// A delivery to write.
@@ -285,7 +337,8 @@ pub struct NewDelivery {
     pub body: String,
 }
 
-/// Writes deliveries in order and gives each lane without a head its first one, due now;
+/// Writes deliveries in order and gives each lane without a head its first one, due now (parked
+/// while its endpoint is disabled);
 /// `redelivery` marks those `RedeliverEvents` made. The fan-out's are written once per endpoint
 /// and event (a second write is skipped). Lanes are locked in key order, as the worker locks
 /// them, so the two never deadlock.
@@ -311,11 +364,13 @@ pub async fn insert_deliveries(
            ON CONFLICT (endpoint_id, event_id) WHERE NOT redelivery DO NOTHING \
            RETURNING seq, endpoint_id, lane) \
          INSERT INTO webhook_lanes AS l (endpoint_id, lane, head_seq, next_attempt_time) \
-         SELECT endpoint_id, lane, min(seq), now() FROM written \
-         GROUP BY endpoint_id, lane ORDER BY endpoint_id, lane \
+         SELECT w.endpoint_id, w.lane, min(w.seq), \
+                CASE WHEN min(e.state) = 'enabled' THEN now() ELSE 'infinity' END \
+         FROM written w JOIN webhook_endpoints e ON e.id = w.endpoint_id \
+         GROUP BY w.endpoint_id, w.lane ORDER BY w.endpoint_id, w.lane \
          ON CONFLICT (endpoint_id, lane) DO UPDATE SET \
            head_seq = coalesce(l.head_seq, EXCLUDED.head_seq), \
-           next_attempt_time = CASE WHEN l.head_seq IS NULL THEN now() \
+           next_attempt_time = CASE WHEN l.head_seq IS NULL THEN EXCLUDED.next_attempt_time \
                                     ELSE l.next_attempt_time END",
     )
     .bind(column(|d| &d.id))
@@ -362,7 +417,9 @@ pub struct Claimed {
 
 /// Claims up to `limit` due attempts for `owner` until `lease_ms` from now: the heads of lanes
 /// whose endpoint is enabled, whose time has come and that no live claim holds, at most
-/// `per_endpoint` in flight to one endpoint, the longest due first. Reads due lanes only.
+/// `per_endpoint` in flight to one endpoint (as this instance sees the others' claims), the
+/// longest due first. Reads due lanes only (a disabled endpoint's are parked), and skips lanes
+/// another transaction holds, so it never waits on (or deadlocks with) the fan-out or a record.
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
@@ -370,7 +427,7 @@ pub async fn claim(
     limit: i64,
     per_endpoint: i64,
 ) -> Result<Vec<Claimed>, Error> {
-    let rows = sqlx::query(
+    let heads: Vec<i64> = sqlx::query_scalar(
         "WITH busy AS (SELECT endpoint_id, count(*) AS n FROM webhook_lanes \
            WHERE lease_until > now() GROUP BY endpoint_id), \
          ready AS (SELECT l.endpoint_id, l.lane, l.next_attempt_time, \
@@ -380,22 +437,36 @@ pub async fn claim(
              AND e.state = 'enabled' AND (l.lease_until IS NULL OR l.lease_until <= now())), \
          chosen AS (SELECT r.endpoint_id, r.lane FROM ready r LEFT JOIN busy b USING (endpoint_id) \
            WHERE r.rank + coalesce(b.n, 0) <= $4 ORDER BY r.next_attempt_time LIMIT $3), \
-         claimed AS (UPDATE webhook_lanes l \
-           SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond' \
-           FROM chosen WHERE l.endpoint_id = chosen.endpoint_id AND l.lane = chosen.lane \
-             AND l.head_seq IS NOT NULL AND (l.lease_until IS NULL OR l.lease_until <= now()) \
-           RETURNING l.endpoint_id, l.lane, l.head_seq) \
-         SELECT d.seq, d.endpoint_id, c.lane, d.event_id, d.body, d.attempts, d.round_attempts, \
-           e.url, e.secret_version, e.secret_sealed, \
-           CASE WHEN e.previous_secret_until > now() THEN e.previous_secret_sealed END \
-             AS previous_secret_sealed, e.failing_since \
-         FROM claimed c JOIN webhook_deliveries d ON d.seq = c.head_seq \
-           JOIN webhook_endpoints e ON e.id = c.endpoint_id",
+         locked AS (SELECT l.endpoint_id, l.lane FROM webhook_lanes l \
+           JOIN chosen c ON c.endpoint_id = l.endpoint_id AND c.lane = l.lane \
+           WHERE l.head_seq IS NOT NULL AND l.next_attempt_time <= now() \
+             AND (l.lease_until IS NULL OR l.lease_until <= now()) \
+           ORDER BY l.endpoint_id, l.lane FOR UPDATE OF l SKIP LOCKED) \
+         UPDATE webhook_lanes l \
+         SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond' \
+         FROM locked WHERE l.endpoint_id = locked.endpoint_id AND l.lane = locked.lane \
+         RETURNING l.head_seq",
     )
     .bind(owner)
     .bind(lease_ms)
     .bind(limit)
     .bind(per_endpoint)
+    .fetch_all(pool)
+    .await?;
+    if heads.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A statement of its own: its snapshot sees every head (and attempt count) the claimed
+    // lanes' last writers committed.
+    let rows = sqlx::query(
+        "SELECT d.seq, d.endpoint_id, d.lane, d.event_id, d.body, d.attempts, d.round_attempts, \
+           e.url, e.secret_version, e.secret_sealed, \
+           CASE WHEN e.previous_secret_until > now() THEN e.previous_secret_sealed END \
+             AS previous_secret_sealed, e.failing_since \
+         FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+         WHERE d.seq = ANY($1)",
+    )
+    .bind(&heads)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
@@ -469,8 +540,46 @@ pub async fn record_attempts(
     if finished.is_empty() {
         return Ok(0);
     }
+    // Per endpoint: a success clears its failing time, a failure starts it unless it runs, a
+    // disabling disables (an endpoint deleted or disabled meanwhile stays as it is).
+    let mut endpoints: Vec<(&str, bool, OffsetDateTime, Option<EndpointState>)> = Vec::new();
+    for f in finished {
+        let disable = match f.effect {
+            AttemptEffect::Disable(state) => Some(state),
+            _ => None,
+        };
+        let success = matches!(f.effect, AttemptEffect::Delivered);
+        match endpoints.iter_mut().find(|e| e.0 == f.claimed.endpoint_id) {
+            Some(entry) => {
+                entry.1 |= success;
+                entry.2 = entry.2.min(f.attempt.time);
+                entry.3 = entry.3.or(disable);
+            }
+            None => endpoints.push((&f.claimed.endpoint_id, success, f.attempt.time, disable)),
+        }
+    }
+    // Only endpoints whose row changes are written (a success while none was failing changes
+    // nothing), so committers do not queue on a busy endpoint's row.
+    // (The failing time is as the claims read it: a change this skips on a stale read is made
+    // by the endpoint's next attempt.)
+    endpoints.retain(|(id, success, _, disable)| {
+        let failing = finished
+            .iter()
+            .any(|f| f.claimed.endpoint_id == *id && f.claimed.failing_since.is_some());
+        disable.is_some() || *success == failing
+    });
+    endpoints.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut tx = pool.begin().await?;
-    // The lanes still claimed by this owner, locked in key order (as the fan-out locks them).
+    // Endpoints first, then lanes in key order: the order every writer of both takes.
+    if !endpoints.is_empty() {
+        sqlx::query(
+            "SELECT 1 FROM webhook_endpoints WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        )
+        .bind(endpoints.iter().map(|e| e.0).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    // The lanes still claimed by this owner.
     let mut keys: Vec<(&str, &str)> = finished
         .iter()
         .map(|f| (f.claimed.endpoint_id.as_str(), f.claimed.lane.as_str()))
@@ -511,17 +620,19 @@ pub async fn record_attempts(
         .iter()
         .map(|f| matches!(f.effect, AttemptEffect::Disable(_)))
         .collect();
-    let waits: Vec<i64> = kept
+    // A disabled endpoint's lanes are parked until it is enabled again.
+    let waits: Vec<Option<i64>> = kept
         .iter()
         .map(|f| match f.effect {
-            AttemptEffect::Retry { next_in_ms } => next_in_ms,
-            _ => 0,
+            AttemptEffect::Retry { next_in_ms } => Some(next_in_ms),
+            AttemptEffect::Delivered => Some(0),
+            AttemptEffect::Disable(_) => None,
         })
         .collect();
     sqlx::query(
         "INSERT INTO webhook_attempts (delivery_seq, number, time, status_code, latency_ms, \
          error) SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], \
-         $5::bigint[], $6::text[])",
+         $5::bigint[], $6::text[]) ON CONFLICT DO NOTHING",
     )
     .bind(&seqs)
     .bind(
@@ -568,7 +679,8 @@ pub async fn record_attempts(
          head_seq = CASE WHEN r.delivered THEN (SELECT min(d.seq) FROM webhook_deliveries d \
            WHERE d.endpoint_id = l.endpoint_id AND d.lane = l.lane AND d.state = 'pending') \
            ELSE l.head_seq END, \
-         next_attempt_time = now() + r.wait_ms * interval '1 millisecond', \
+         next_attempt_time = coalesce(now() + r.wait_ms * interval '1 millisecond', \
+                                      'infinity'), \
          lease_owner = NULL, lease_until = NULL \
          FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::bigint[]) \
            AS r (endpoint_id, lane, delivered, wait_ms) \
@@ -588,24 +700,6 @@ pub async fn record_attempts(
     .bind(&waits)
     .execute(&mut *tx)
     .await?;
-    // Per endpoint: a success clears its failing time, a failure starts it unless it runs, a
-    // disabling disables (an endpoint deleted or disabled meanwhile stays as it is).
-    let mut endpoints: Vec<(&str, bool, OffsetDateTime, Option<EndpointState>)> = Vec::new();
-    for f in &kept {
-        let disable = match f.effect {
-            AttemptEffect::Disable(state) => Some(state),
-            _ => None,
-        };
-        let success = matches!(f.effect, AttemptEffect::Delivered);
-        match endpoints.iter_mut().find(|e| e.0 == f.claimed.endpoint_id) {
-            Some(entry) => {
-                entry.1 |= success;
-                entry.2 = entry.2.min(f.attempt.time);
-                entry.3 = entry.3.or(disable);
-            }
-            None => endpoints.push((&f.claimed.endpoint_id, success, f.attempt.time, disable)),
-        }
-    }
     let columns: Vec<(Option<&str>, Option<&str>)> = endpoints
         .iter()
         .map(|e| match e.3 {
@@ -784,26 +878,27 @@ pub async fn events_to_redeliver(
         .collect()
 }
 
-/// Deletes delivered and canceled deliveries written before `before` (their attempts go with
-/// them), and lanes with nothing pending, at most `limit` of each; returns how many deliveries.
-pub async fn purge(pool: &PgPool, before: OffsetDateTime, limit: i64) -> Result<u64, Error> {
-    let done = sqlx::query(
+/// Deletes up to `limit` delivered and canceled deliveries that ended before `before` (their
+/// attempts go with them) and up to `limit` lanes with nothing pending (skipping any a writer
+/// holds); returns how many of each.
+pub async fn purge(pool: &PgPool, before: OffsetDateTime, limit: i64) -> Result<(u64, u64), Error> {
+    let deliveries = sqlx::query(
         "DELETE FROM webhook_deliveries WHERE seq IN (SELECT seq FROM webhook_deliveries \
-         WHERE state <> 'pending' AND create_time < $1 ORDER BY create_time LIMIT $2)",
+         WHERE state <> 'pending' AND coalesce(deliver_time, create_time) < $1 LIMIT $2)",
     )
     .bind(before)
     .bind(limit)
     .execute(pool)
     .await?;
     // An idle lane the fan-out fills meanwhile has a head again and stays.
-    sqlx::query(
+    let lanes = sqlx::query(
         "DELETE FROM webhook_lanes WHERE (endpoint_id, lane) IN (SELECT endpoint_id, lane \
-         FROM webhook_lanes WHERE head_seq IS NULL LIMIT $1) AND head_seq IS NULL",
+         FROM webhook_lanes WHERE head_seq IS NULL LIMIT $1 FOR UPDATE SKIP LOCKED)",
     )
     .bind(limit)
     .execute(pool)
     .await?;
-    Ok(done.rows_affected())
+    Ok((deliveries.rows_affected(), lanes.rows_affected()))
 }
 
 /// The feed's frontier now: every event not yet visible has a key at or above it.

@@ -38,6 +38,9 @@ use tandem_runtime::time::now_micros as now;
 
 /// Most feed events one fan-out transaction reads.
 const FANOUT_BATCH: i64 = 500;
+/// Most deliveries one fan-out transaction writes (events read times endpoints): a step's
+/// transaction stays small whatever the number of endpoints.
+const FANOUT_DELIVERIES_MAX: i64 = 2_000;
 /// Most finished deliveries one purge deletes.
 const PURGE_BATCH: i64 = 10_000;
 /// How often finished deliveries past `webhook.keep_days` are purged.
@@ -120,7 +123,7 @@ impl Worker {
         let mut last_purge = Instant::now();
         loop {
             let caught_up = match self.fan_out().await {
-                Ok(read) => read < FANOUT_BATCH as usize,
+                Ok(caught_up) => caught_up,
                 Err(error) => {
                     tracing::warn!(%error, "webhook fan-out failed");
                     true
@@ -141,11 +144,12 @@ impl Worker {
         }
     }
 
-    /// One fan-out step: returns how many feed events it read.
-    pub async fn fan_out(&self) -> Result<usize, Error> {
+    /// One fan-out step: returns true if it caught up with the feed (or another instance holds
+    /// the fan-out).
+    pub async fn fan_out(&self) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
-        let Some(position) = store::lock_fanout(&mut tx).await? else {
-            return Ok(0);
+        let Some(position) = store::lock_fanout(&mut tx, false).await? else {
+            return Ok(true);
         };
         let endpoints = store::fanout_endpoints(&mut tx).await?;
         if endpoints.is_empty() {
@@ -159,9 +163,10 @@ impl Worker {
                 store::set_fanout(&mut tx, &start).await?;
             }
             tx.commit().await?;
-            return Ok(0);
+            return Ok(true);
         }
-        let page = storage::feed_after(&mut *tx, &position, &[], FANOUT_BATCH).await?;
+        let batch = (FANOUT_DELIVERIES_MAX / endpoints.len() as i64).clamp(1, FANOUT_BATCH);
+        let page = storage::feed_after(&mut *tx, &position, &[], batch).await?;
         let mut deliveries = Vec::new();
         for event in &page.events {
             if !endpoints.iter().any(|e| wants(&e.event_types, &event.kind)) {
@@ -177,10 +182,10 @@ impl Worker {
                     continue;
                 }
             };
-            // An endpoint takes the events recorded from its creation on.
-            let receivers = endpoints.iter().filter(|e| {
-                wants(&e.event_types, &event.kind) && rendered.event_time >= e.create_time
-            });
+            // An endpoint takes the events after the fan-out's position at its creation.
+            let receivers = endpoints
+                .iter()
+                .filter(|e| wants(&e.event_types, &event.kind) && event.position > e.start);
             for endpoint in receivers {
                 deliveries.push(store::NewDelivery {
                     id: tandem_runtime::ids::random_id("whd_"),
@@ -198,7 +203,8 @@ impl Worker {
             .events
             .last()
             .map_or_else(|| position.clone(), |e| e.position.clone());
-        if read < FANOUT_BATCH as usize {
+        let caught_up = read < batch as usize;
+        if caught_up {
             let frontier = storage::FeedPosition {
                 key: page.frontier,
                 ..Default::default()
@@ -213,15 +219,35 @@ impl Worker {
         if !deliveries.is_empty() {
             self.written.notify_one();
         }
-        Ok(read)
+        Ok(caught_up)
     }
 
+    /// Purges finished deliveries past `webhook.keep_days` and idle lanes, a batch at a time
+    /// until none is left.
     async fn purge(&self) {
         let before = now() - time::Duration::days(i64::from(self.settings.keep_days));
-        match store::purge(&self.pool, before, PURGE_BATCH).await {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "finished webhook deliveries purged"),
-            Err(error) => tracing::warn!(%error, "webhook purge failed"),
+        let (mut deliveries, mut lanes) = (0, 0);
+        loop {
+            match store::purge(&self.pool, before, PURGE_BATCH).await {
+                Ok((d, l)) => {
+                    deliveries += d;
+                    lanes += l;
+                    if d < PURGE_BATCH as u64 && l < PURGE_BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "webhook purge failed");
+                    break;
+                }
+            }
+        }
+        if deliveries + lanes > 0 {
+            tracing::info!(
+                deliveries,
+                lanes,
+                "finished webhook deliveries and idle lanes purged"
+            );
         }
     }
 

@@ -36,6 +36,12 @@ pub fn check_url(text: &str, allow_hosts: &[String]) -> Result<Destination, Stri
         return Err(format!("must be at most {URL_CHARS_MAX} characters"));
     }
     let url = Url::parse(text).map_err(|e| format!("is not a URL: {e}"))?;
+    // The stored form (percent-encoded, punycode) may be longer than what was given.
+    if url.as_str().len() > URL_CHARS_MAX {
+        return Err(format!(
+            "must be at most {URL_CHARS_MAX} characters once encoded"
+        ));
+    }
     let host = match url.host() {
         Some(Host::Domain(name)) => name.to_ascii_lowercase(),
         Some(Host::Ipv4(ip)) => ip.to_string(),
@@ -141,19 +147,25 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || a == 0
         || (a == 100 && (64..128).contains(&b))
         || (a == 192 && b == 0 && c == 0)
+        || (a == 192 && b == 88 && c == 99)
         || (a == 198 && (18..20).contains(&b))
         || a >= 240)
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let [first, second, third, ..] = ip.segments();
+    let ipv4_compatible = ip.segments()[..6].iter().all(|s| *s == 0);
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
+        || ipv4_compatible
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
-        || first == 0x2001 && ip.segments()[1] == 0x0db8
-        || first == 0x0064 && ip.segments()[1] == 0xff9b)
+        || (first & 0xffc0) == 0xfec0
+        || (first == 0x0100 && second == 0 && third == 0)
+        || first == 0x2002
+        || (first == 0x2001 && (second == 0 || second == 0x0db8 || second == 0x0002))
+        || (first == 0x0064 && second == 0xff9b))
 }
 
 #[cfg(test)]
@@ -189,6 +201,8 @@ mod tests {
         assert!(check("").unwrap_err().contains("required"));
         let long = format!("https://hooks.example.com/{}", "a".repeat(URL_CHARS_MAX));
         assert!(check(&long).unwrap_err().contains("2048"));
+        let encoded = format!("https://hooks.example.com/{}", "é".repeat(1000));
+        assert!(check(&encoded).unwrap_err().contains("encoded"));
     }
 
     #[test]
@@ -227,8 +241,15 @@ mod tests {
             "10.0.0.1",
             "224.0.0.1",
             "255.255.255.255",
+            "192.88.99.1",
             "fc00::1",
             "::",
+            "::127.0.0.1",
+            "2002:7f00:1::1",
+            "2001::1",
+            "2001:2::1",
+            "fec0::1",
+            "100::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
