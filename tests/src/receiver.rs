@@ -1,6 +1,7 @@
-//! A webhook receiver for tests: an HTTP/1.1 server on a local port that records every request
-//! (its arrival, headers and body) and answers each with the next of a script of answers, then
-//! with 204. It can be stopped and started again on the same port (a receiver that is down).
+//! A webhook receiver for tests: an HTTP/1.1 server on a local port (plain, or HTTPS with the
+//! test PKI's server certificate) that records every request (its arrival, headers and body) and
+//! answers each with the next of a script of answers, then with 204. It can be stopped and
+//! started again on the same port (a receiver that is down).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -69,27 +70,59 @@ struct State {
 }
 
 /// The receiver.
-#[derive(Debug)]
 pub struct Receiver {
     /// Where it listens.
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Receiver {
     /// Starts a receiver on a free local port.
     pub async fn start() -> Receiver {
+        Receiver::start_with(None).await
+    }
+
+    /// Starts a receiver that speaks HTTPS with the test PKI's server certificate (for
+    /// `localhost` and `127.0.0.1`, issued by the test CA).
+    pub async fn start_tls() -> Receiver {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let files = crate::pki().orchestrator_server();
+        let certs = CertificateDer::pem_file_iter(&files.cert_path)
+            .expect("server certificate")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("server certificate");
+        let key = PrivateKeyDer::from_pem_file(&files.key_path).expect("server key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server certificate and key");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Receiver::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State::default()));
-        let task = Some(tokio::spawn(serve(listener, state.clone())));
-        Receiver { addr, state, task }
+        let task = Some(tokio::spawn(serve(listener, state.clone(), tls.clone())));
+        Receiver {
+            addr,
+            state,
+            tls,
+            task,
+        }
     }
 
     /// The URL to register.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hooks", self.addr.port())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/hooks", self.addr.port())
     }
 
     /// Answers the next requests with `answers`, in order, then 204 again.
@@ -116,7 +149,11 @@ impl Receiver {
     /// Listens again on the same port.
     pub async fn resume(&mut self) {
         let listener = TcpListener::bind(self.addr).await.expect("bind again");
-        self.task = Some(tokio::spawn(serve(listener, self.state.clone())));
+        self.task = Some(tokio::spawn(serve(
+            listener,
+            self.state.clone(),
+            self.tls.clone(),
+        )));
     }
 
     /// Waits until `done` holds of the requests received, or fails after `within`.
@@ -146,18 +183,32 @@ impl Receiver {
     }
 }
 
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.pause();
     }
 }
 
-async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
+async fn serve(
+    listener: TcpListener,
+    state: Arc<Mutex<State>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let state = state.clone();
@@ -203,9 +254,20 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
                     )
                 }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+                None => {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+            }
         });
     }
 }

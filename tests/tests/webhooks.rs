@@ -267,6 +267,7 @@ async fn events_arrive_signed_in_the_order_of_the_feed() {
         event_types: Vec::new(),
         description: "the ERP".into(),
     };
+    let request_id_of_create = request.request_id.clone();
     let mut client = hooks(&stack).await;
     let created = client
         .create_webhook_endpoint(request.clone())
@@ -285,6 +286,15 @@ async fn events_arrive_signed_in_the_order_of_the_feed() {
         "a replay shows the current secret"
     );
     let endpoint_id = created.endpoint.unwrap().id;
+    // A request id of another call is refused as such, whatever it made.
+    let status = client
+        .rotate_webhook_secret(pb::RotateWebhookSecretRequest {
+            request_id: request_id_of_create.clone(),
+            endpoint_id: endpoint_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
 
     let paid = stack.pay(&group.id, "INV-W1", 4200, None).await;
     assert_eq!(state(&paid), "SUCCEEDED");
@@ -331,6 +341,57 @@ async fn events_arrive_signed_in_the_order_of_the_feed() {
         assert_eq!(d.attempts.len(), 1);
         assert_eq!(d.attempts[0].status_code, 204);
     }
+}
+
+/// An https endpoint is reached over TLS, its certificate checked against
+/// `webhook.roots_path`: one the roots do not vouch for is refused (no answer), and with the
+/// roots that issued it the event arrives.
+#[tokio::test]
+async fn https_endpoints_are_verified_by_their_roots() {
+    let (stack, group, _) = stack_with(|s| {
+        s.webhook.roots_path = tandem_tests::pki().orchestrator_server().ca_path;
+    })
+    .await;
+    let receiver = Receiver::start_tls().await;
+    assert!(receiver.url().starts_with("https://"));
+    let (_, secret) = register(&stack, &receiver, &["payment.created"]).await;
+    stack.pay(&group.id, "INV-TLS", 1000, None).await;
+    let received = receiver
+        .wait_for(Duration::from_secs(20), "the event over https", |r| {
+            !r.is_empty()
+        })
+        .await;
+    assert!(verifies(&received[0], &secret));
+
+    // The default roots (the system's) do not vouch for the test CA: the handshake fails.
+    let (untrusting, group, _) = stack_with(|_| {}).await;
+    let receiver = Receiver::start_tls().await;
+    let (endpoint, _) = register(&untrusting, &receiver, &["payment.created"]).await;
+    untrusting.pay(&group.id, "INV-TLS-2", 1000, None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let attempt = loop {
+        let deliveries = hooks(&untrusting)
+            .await
+            .list_webhook_deliveries(pb::ListWebhookDeliveriesRequest {
+                endpoint_id: endpoint.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        if let Some(attempt) = deliveries.iter().find_map(|d| d.attempts.first().cloned()) {
+            break attempt;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(attempt.status_code, 0);
+    assert!(attempt.error.contains("TLS"), "{}", attempt.error);
+    assert!(receiver.received().is_empty());
 }
 
 /// A receiver that fails twice gets the event a third time, with the same id; the deliveries
