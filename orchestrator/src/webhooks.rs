@@ -332,25 +332,18 @@ impl Webhooks {
         store::endpoint(&mut *tx, &command.endpoint_id, true)
             .await?
             .ok_or(Error::WebhookEndpointNotFound)?;
-        let max = self.settings.redeliver_max;
-        let mut events = store::events_to_redeliver(
+        // A redelivery's lanes are its own: it goes out now, in order per subject, beside
+        // (not behind) an original delivery still waiting for its next attempt.
+        let queued = store::redeliver(
             &mut tx,
             &command.endpoint_id,
             command.start,
             command.end,
-            max + 1,
+            self.settings.redeliver_max,
+            &command.request_id,
         )
-        .await?;
-        // A redelivery's lanes are its own: it goes out now, in order per subject, beside
-        // (not behind) an original delivery still waiting for its next attempt.
-        for event in &mut events {
-            event.lane = format!("{}#redelivery/{}", event.lane, command.request_id);
-        }
-        if events.len() as i64 > max {
-            return Err(Error::RedeliveryTooLarge);
-        }
-        store::insert_deliveries(&mut tx, &events, true).await?;
-        let queued = events.len() as i64;
+        .await?
+        .ok_or(Error::RedeliveryTooLarge)?;
         let response = convert::webhooks::redelivered(queued);
         storage::store_response(&mut tx, &command.request_id, &response).await?;
         tx.commit().await?;

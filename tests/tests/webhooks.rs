@@ -828,7 +828,7 @@ async fn bad_input_roles_and_a_missing_key_are_refused() {
 /// drops what it had not received.
 #[tokio::test]
 async fn redelivery_and_deletion() {
-    let (stack, group, _) = stack_with(|_| {}).await;
+    let (stack, group, _) = stack_with(|s| s.webhook.redeliver_max = 2).await;
     let receiver = Receiver::start().await;
     let (endpoint, _) =
         register(&stack, &receiver, &["payment.created", "payment.succeeded"]).await;
@@ -864,6 +864,26 @@ async fn redelivery_and_deletion() {
         [&first[0].id, &first[1].id],
         "the same ids, in order"
     );
+    // Past webhook.redeliver_max events, nothing is queued: narrow the range.
+    stack.pay(&group.id, "INV-RD2", 1000, None).await;
+    receiver
+        .wait_for(Duration::from_secs(20), "the second payment", |r| {
+            r.len() >= 6
+        })
+        .await;
+    let status = client
+        .redeliver_events(pb::RedeliverEventsRequest {
+            request_id: request_id(),
+            endpoint_id: endpoint.id.clone(),
+            start_time: Some(wire(start)),
+            end_time: Some(wire(
+                time::OffsetDateTime::now_utc() + time::Duration::minutes(1),
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(orchestrator_reason(&status), "REDELIVERY_TOO_LARGE");
     let status = client
         .redeliver_events(pb::RedeliverEventsRequest {
             request_id: request_id(),

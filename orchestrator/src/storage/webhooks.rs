@@ -337,6 +337,20 @@ pub struct NewDelivery {
     pub body: String,
 }
 
+/// The statement's tail that gives each lane of the deliveries `written` (a CTE of their `seq`,
+/// `endpoint_id` and `lane`) without a head its first one, due now (parked while its endpoint is
+/// disabled), locking lanes in key order.
+const LANES_UPSERT: &str = "\
+    INSERT INTO webhook_lanes AS l (endpoint_id, lane, head_seq, next_attempt_time) \
+    SELECT w.endpoint_id, w.lane, min(w.seq), \
+           CASE WHEN min(e.state) = 'enabled' THEN now() ELSE 'infinity' END \
+    FROM written w JOIN webhook_endpoints e ON e.id = w.endpoint_id \
+    GROUP BY w.endpoint_id, w.lane ORDER BY w.endpoint_id, w.lane \
+    ON CONFLICT (endpoint_id, lane) DO UPDATE SET \
+      head_seq = coalesce(l.head_seq, EXCLUDED.head_seq), \
+      next_attempt_time = CASE WHEN l.head_seq IS NULL THEN EXCLUDED.next_attempt_time \
+                               ELSE l.next_attempt_time END";
+
 /// Writes deliveries in order and gives each lane without a head its first one, due now (parked
 /// while its endpoint is disabled);
 /// `redelivery` marks those `RedeliverEvents` made. The fan-out's are written once per endpoint
@@ -351,7 +365,7 @@ pub async fn insert_deliveries(
         return Ok(());
     }
     let column = |f: fn(&NewDelivery) -> &str| deliveries.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(
+    sqlx::query(&format!(
         "WITH written AS ( \
            INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, event_time, \
              lane, body, redelivery, state, create_time) \
@@ -362,17 +376,8 @@ pub async fn insert_deliveries(
                 AS d (id, endpoint_id, event_id, event_type, event_time, lane, body, n) \
            ORDER BY d.n \
            ON CONFLICT (endpoint_id, event_id) WHERE NOT redelivery DO NOTHING \
-           RETURNING seq, endpoint_id, lane) \
-         INSERT INTO webhook_lanes AS l (endpoint_id, lane, head_seq, next_attempt_time) \
-         SELECT w.endpoint_id, w.lane, min(w.seq), \
-                CASE WHEN min(e.state) = 'enabled' THEN now() ELSE 'infinity' END \
-         FROM written w JOIN webhook_endpoints e ON e.id = w.endpoint_id \
-         GROUP BY w.endpoint_id, w.lane ORDER BY w.endpoint_id, w.lane \
-         ON CONFLICT (endpoint_id, lane) DO UPDATE SET \
-           head_seq = coalesce(l.head_seq, EXCLUDED.head_seq), \
-           next_attempt_time = CASE WHEN l.head_seq IS NULL THEN EXCLUDED.next_attempt_time \
-                                    ELSE l.next_attempt_time END",
-    )
+           RETURNING seq, endpoint_id, lane) {LANES_UPSERT}"
+    ))
     .bind(column(|d| &d.id))
     .bind(column(|d| &d.endpoint_id))
     .bind(column(|d| &d.event_id))
@@ -841,41 +846,57 @@ pub async fn list_deliveries(
     Ok(deliveries)
 }
 
-/// The events an endpoint was sent or is due, committed in `[start, end)`, oldest first (one
-/// delivery per event), at most `limit`: what `RedeliverEvents` sends again.
-pub async fn events_to_redeliver(
+/// Queues again, in the database (no body passes through the server), the events an endpoint
+/// was sent or is due, committed in `[start, end)`, oldest first, as redeliveries in lanes of
+/// their own (`<lane>#redelivery/<request_id>`): at once, in order per subject, beside any
+/// original still waiting. Returns how many, or `None` (writing nothing) when more than `limit`.
+pub async fn redeliver(
     conn: &mut PgConnection,
     endpoint_id: &str,
     start: OffsetDateTime,
     end: OffsetDateTime,
     limit: i64,
-) -> Result<Vec<NewDelivery>, Error> {
-    let rows = sqlx::query(
-        "SELECT event_id, event_type, event_time, lane, body FROM ( \
-           SELECT DISTINCT ON (event_id) seq, event_id, event_type, event_time, lane, body \
-           FROM webhook_deliveries WHERE endpoint_id = $1 AND event_time >= $2 \
-             AND event_time < $3 ORDER BY event_id, seq) once \
-         ORDER BY seq LIMIT $4",
+    request_id: &str,
+) -> Result<Option<i64>, Error> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM webhook_deliveries WHERE endpoint_id = $1 \
+         AND NOT redelivery AND event_time >= $2 AND event_time < $3 LIMIT $4) picked",
     )
     .bind(endpoint_id)
     .bind(start)
     .bind(end)
-    .bind(limit)
-    .fetch_all(conn)
+    .bind(limit + 1)
+    .fetch_one(&mut *conn)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(NewDelivery {
-                id: tandem_runtime::ids::random_id("whd_"),
-                endpoint_id: endpoint_id.to_owned(),
-                event_id: row.try_get("event_id")?,
-                event_type: row.try_get("event_type")?,
-                event_time: row.try_get("event_time")?,
-                lane: row.try_get("lane")?,
-                body: row.try_get("body")?,
-            })
-        })
-        .collect()
+    if count > limit {
+        return Ok(None);
+    }
+    let ids: Vec<String> = (0..count)
+        .map(|_| tandem_runtime::ids::random_id("whd_"))
+        .collect();
+    sqlx::query(&format!(
+        "WITH picked AS ( \
+           SELECT seq, event_id, event_type, event_time, lane, body, \
+                  row_number() OVER (ORDER BY seq) AS n \
+           FROM webhook_deliveries WHERE endpoint_id = $1 AND NOT redelivery \
+             AND event_time >= $2 AND event_time < $3), \
+         written AS ( \
+           INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, event_time, \
+             lane, body, redelivery, state, create_time) \
+           SELECT i.id, $1, p.event_id, p.event_type, p.event_time, \
+                  p.lane || '#redelivery/' || $5, p.body, true, 'pending', now() \
+           FROM picked p JOIN UNNEST($4::text[]) WITH ORDINALITY AS i (id, n) ON i.n = p.n \
+           ORDER BY p.n \
+           RETURNING seq, endpoint_id, lane) {LANES_UPSERT}"
+    ))
+    .bind(endpoint_id)
+    .bind(start)
+    .bind(end)
+    .bind(&ids)
+    .bind(request_id)
+    .execute(conn)
+    .await?;
+    Ok(Some(count))
 }
 
 /// Deletes up to `limit` delivered and canceled deliveries that ended before `before` (their
