@@ -22,6 +22,24 @@ pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most pages a `list` command follows (100 rows each at most), so a listing always ends.
 pub(crate) const LIST_PAGES_MAX: usize = 1_000;
 
+/// After a page of a `--page-token` listing: the token to read next, or `None` when the listing
+/// is done (its last page, or a single page without `--all`, which says how to go on).
+pub(crate) fn next_page(token: String, all: bool) -> Option<String> {
+    if token.is_empty() {
+        return None;
+    }
+    if !all {
+        eprintln!("more: --page-token {token}");
+        return None;
+    }
+    Some(token)
+}
+
+/// Says that an `--all` listing stopped at [`LIST_PAGES_MAX`] pages, and how to go on.
+pub(crate) fn pages_stopped(token: &str) {
+    eprintln!("stopped after {LIST_PAGES_MAX} pages; continue with --page-token {token}");
+}
+
 /// Where the vault is and who we are.
 #[derive(Debug, clap::Args)]
 pub(crate) struct VaultTarget {

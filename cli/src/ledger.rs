@@ -26,7 +26,8 @@ use tandem_proto::tandem::orchestrator::v1::ledger_service_client::LedgerService
 use tandem_tls::identity::Role;
 
 use crate::connect::{
-    CALL_TIMEOUT, LIST_PAGES_MAX, OrchestratorTarget, failure, orchestrator_channel,
+    CALL_TIMEOUT, LIST_PAGES_MAX, OrchestratorTarget, failure, next_page, orchestrator_channel,
+    pages_stopped,
 };
 use crate::print::{Column, Format, Value, parse_time, print_header, print_row, value_name};
 
@@ -252,19 +253,12 @@ pub(crate) async fn run(command: LedgerCommand) -> anyhow::Result<()> {
                 for entry in &page.entries {
                     print_row(format, ENTRY_COLUMNS, &entry_row(entry));
                 }
-                if page.next_page_token.is_empty() {
-                    return Ok(());
+                match next_page(page.next_page_token, all) {
+                    Some(token) => request.page_token = token,
+                    None => return Ok(()),
                 }
-                if !all {
-                    eprintln!("more: --page-token {}", page.next_page_token);
-                    return Ok(());
-                }
-                request.page_token = page.next_page_token;
             }
-            eprintln!(
-                "stopped after {LIST_PAGES_MAX} pages; continue with --page-token {}",
-                request.page_token
-            );
+            pages_stopped(&request.page_token);
         }
         LedgerCommand::Spend {
             target,

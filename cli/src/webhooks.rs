@@ -31,7 +31,8 @@ use tandem_proto::tandem::orchestrator::v1::webhook_service_client::WebhookServi
 use tandem_tls::identity::Role;
 
 use crate::connect::{
-    CALL_TIMEOUT, LIST_PAGES_MAX, OrchestratorTarget, failure, orchestrator_channel, request_id,
+    CALL_TIMEOUT, LIST_PAGES_MAX, OrchestratorTarget, failure, next_page, orchestrator_channel,
+    pages_stopped, request_id,
 };
 use crate::print::{
     Column, Format, Value, header, parse_time, print_header, print_row, row, show_actor, show_time,
@@ -383,19 +384,12 @@ pub(crate) async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
                         print_row(format, DELIVERY_COLUMNS, &values);
                     }
                 }
-                if page.next_page_token.is_empty() {
-                    return Ok(());
+                match next_page(page.next_page_token, all) {
+                    Some(token) => request.page_token = token,
+                    None => return Ok(()),
                 }
-                if !all {
-                    eprintln!("more: --page-token {}", page.next_page_token);
-                    return Ok(());
-                }
-                request.page_token = page.next_page_token;
             }
-            eprintln!(
-                "stopped after {LIST_PAGES_MAX} pages; continue with --page-token {}",
-                request.page_token
-            );
+            pages_stopped(&request.page_token);
         }
         WebhooksCommand::Redeliver {
             target,

@@ -32,6 +32,21 @@ pub use store::{StoredDelivery, StoredEndpoint};
 /// A mutation's stored response and, for a creation or rotation, the secret to show with it.
 pub type Answered = (Vec<u8>, Option<Secret>);
 
+/// A mutation's start: its transaction, with the request id claimed, or the earlier request
+/// that holds the id.
+enum Opened {
+    New(sqlx::Transaction<'static, sqlx::Postgres>),
+    Replay(storage::StoredRequest),
+}
+
+/// A page of at most `size` rows read as `size + 1`, and whether more follow.
+fn split_page<T>(mut rows: Vec<T>, size: i32) -> (Vec<T>, bool) {
+    let size = usize::try_from(size).unwrap_or(0);
+    let more = rows.len() > size;
+    rows.truncate(size);
+    (rows, more)
+}
+
 /// The webhook operations.
 pub struct Webhooks {
     pool: PgPool,
@@ -71,23 +86,18 @@ impl Webhooks {
         let key = self.key()?;
         let method = "CreateWebhookEndpoint";
         let id = tandem_runtime::ids::random_id("whe_");
-        let mut tx = self.pool.begin().await?;
-        if let Some(earlier) = self
-            .claim(
-                &mut tx,
-                &command.request_id,
-                method,
-                &command.request_hash,
-                &id,
-            )
+        let mut tx = match self
+            .open(method, &command.request_id, &command.request_hash, &id)
             .await?
         {
-            tx.rollback().await?;
-            let endpoint_id = earlier.resource_id.clone();
-            let response = earlier.replay(method, &command.request_hash)?;
-            let secret = self.current_secret(&endpoint_id, 1, &actor).await?;
-            return Ok((response, secret));
-        }
+            Opened::New(tx) => tx,
+            Opened::Replay(earlier) => {
+                let endpoint_id = earlier.resource_id.clone();
+                let response = earlier.replay(method, &command.request_hash)?;
+                let secret = self.current_secret(&endpoint_id, 1, &actor).await?;
+                return Ok((response, secret));
+            }
+        };
         if store::count_endpoints_locked(&mut tx).await? >= self.settings.endpoints_max {
             return Err(Error::WebhookEndpointsExhausted);
         }
@@ -137,15 +147,13 @@ impl Webhooks {
         size: i32,
     ) -> Result<(Vec<StoredEndpoint>, bool), Error> {
         let limit = i64::from(size);
-        let mut page = store::list_endpoints(
+        let page = store::list_endpoints(
             &self.pool,
             after.as_ref().map(|(time, id)| (*time, id.as_str())),
             limit + 1,
         )
         .await?;
-        let more = page.len() as i64 > limit;
-        page.truncate(size as usize);
-        Ok((page, more))
+        Ok(split_page(page, size))
     }
 
     /// `UpdateWebhookEndpoint`. Enabling a disabled endpoint makes its kept events due at once,
@@ -153,20 +161,18 @@ impl Webhooks {
     pub async fn update(&self, command: EndpointUpdate, actor: Actor) -> Result<Vec<u8>, Error> {
         self.key()?;
         let method = "UpdateWebhookEndpoint";
-        let mut tx = self.pool.begin().await?;
-        if let Some(earlier) = self
-            .claim(
-                &mut tx,
-                &command.request_id,
+        let mut tx = match self
+            .open(
                 method,
+                &command.request_id,
                 &command.request_hash,
                 &command.endpoint_id,
             )
             .await?
         {
-            tx.rollback().await?;
-            return earlier.replay(method, &command.request_hash);
-        }
+            Opened::New(tx) => tx,
+            Opened::Replay(earlier) => return earlier.replay(method, &command.request_hash),
+        };
         let mut endpoint = store::endpoint(&mut *tx, &command.endpoint_id, true)
             .await?
             .ok_or(Error::WebhookEndpointNotFound)?;
@@ -209,20 +215,18 @@ impl Webhooks {
     /// `DeleteWebhookEndpoint`: its undelivered events are dropped.
     pub async fn delete(&self, command: EndpointChange, actor: Actor) -> Result<Vec<u8>, Error> {
         let method = "DeleteWebhookEndpoint";
-        let mut tx = self.pool.begin().await?;
-        if let Some(earlier) = self
-            .claim(
-                &mut tx,
-                &command.request_id,
+        let mut tx = match self
+            .open(
                 method,
+                &command.request_id,
                 &command.request_hash,
                 &command.endpoint_id,
             )
             .await?
         {
-            tx.rollback().await?;
-            return earlier.replay(method, &command.request_hash);
-        }
+            Opened::New(tx) => tx,
+            Opened::Replay(earlier) => return earlier.replay(method, &command.request_hash),
+        };
         let mut endpoint = store::endpoint(&mut *tx, &command.endpoint_id, true)
             .await?
             .ok_or(Error::WebhookEndpointNotFound)?;
@@ -249,15 +253,12 @@ impl Webhooks {
             .ok_or(Error::WebhookEndpointNotFound)?;
         let version = endpoint.secret_version + 1;
         let resource = format!("{}/{version}", endpoint.id);
-        if let Some(earlier) = self
-            .claim(
-                &mut tx,
-                &command.request_id,
-                method,
-                &command.request_hash,
-                &resource,
-            )
-            .await?
+        // The request id is claimed after the endpoint's lock: its resource names the version.
+        let wait_ms = self.request_id_wait_ms;
+        let request = (&command.request_id, &command.request_hash);
+        if let Some(earlier) =
+            storage::claim_request_id(&mut tx, request.0, method, request.1, &resource, wait_ms)
+                .await?
         {
             tx.rollback().await?;
             let resource = earlier.resource_id.clone();
@@ -296,7 +297,7 @@ impl Webhooks {
     ) -> Result<(Vec<StoredDelivery>, bool), Error> {
         self.get(&query.endpoint_id).await?;
         let limit = i64::from(query.size);
-        let mut page = store::list_deliveries(
+        let page = store::list_deliveries(
             &self.pool,
             &query.endpoint_id,
             query.state,
@@ -305,9 +306,7 @@ impl Webhooks {
             limit + 1,
         )
         .await?;
-        let more = page.len() as i64 > limit;
-        page.truncate(query.size as usize);
-        Ok((page, more))
+        Ok(split_page(page, query.size))
     }
 
     /// `RedeliverEvents`: queues again, as new deliveries with the same event ids, the events
@@ -315,20 +314,18 @@ impl Webhooks {
     pub async fn redeliver(&self, command: Redelivery, actor: Actor) -> Result<Vec<u8>, Error> {
         self.key()?;
         let method = "RedeliverEvents";
-        let mut tx = self.pool.begin().await?;
-        if let Some(earlier) = self
-            .claim(
-                &mut tx,
-                &command.request_id,
+        let mut tx = match self
+            .open(
                 method,
+                &command.request_id,
                 &command.request_hash,
                 &command.endpoint_id,
             )
             .await?
         {
-            tx.rollback().await?;
-            return earlier.replay(method, &command.request_hash);
-        }
+            Opened::New(tx) => tx,
+            Opened::Replay(earlier) => return earlier.replay(method, &command.request_hash),
+        };
         store::endpoint(&mut *tx, &command.endpoint_id, true)
             .await?
             .ok_or(Error::WebhookEndpointNotFound)?;
@@ -375,22 +372,25 @@ impl Webhooks {
             .map(Some)
     }
 
-    async fn claim(
+    /// Opens a mutation's transaction with `request_id` claimed for `resource`, or the earlier
+    /// request that holds the id (the transaction rolled back).
+    async fn open(
         &self,
-        tx: &mut sqlx::PgConnection,
-        request_id: &str,
         method: &str,
+        request_id: &str,
         hash: &[u8],
         resource: &str,
-    ) -> Result<Option<storage::StoredRequest>, Error> {
-        storage::claim_request_id(
-            tx,
-            request_id,
-            method,
-            hash,
-            resource,
-            self.request_id_wait_ms,
-        )
-        .await
+    ) -> Result<Opened, Error> {
+        let mut tx = self.pool.begin().await?;
+        let wait_ms = self.request_id_wait_ms;
+        match storage::claim_request_id(&mut tx, request_id, method, hash, resource, wait_ms)
+            .await?
+        {
+            None => Ok(Opened::New(tx)),
+            Some(earlier) => {
+                tx.rollback().await?;
+                Ok(Opened::Replay(earlier))
+            }
+        }
     }
 }
