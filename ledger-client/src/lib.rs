@@ -10,11 +10,25 @@
 //! | `receivable` | billing account and currency | what the account's invoices have received: credited by payments |
 //! | `processor_clearing` | processor and currency | money captured at the processor and not yet settled |
 //! | `refunds` | billing account and currency | refunds issued back to cards |
+//! | `fx_clearing` | currency pair and one of its two currencies | the position of the pair's conversions in that currency |
+//! | `fx_rounding` | currency | what cards paid above the exact conversion, rounded |
 //!
 //! A card authorization is a *pending* transfer from the card's `funding_source` to the
 //! billing account's `receivable` (a hold); a capture *posts* it, in full or in part (the rest
 //! is released); a void *voids* it; a refund is a new transfer in the opposite direction. The
 //! orchestrator decides the flows; this crate guarantees the accounting.
+//!
+//! Every transfer is within one currency. A leg charged to a card in another currency than the
+//! invoice's crosses currencies through the pair's two clearing accounts, ids
+//! `fx_clearing:<FROM>-<TO>:<currency>` with FROM the invoice's currency and TO the card's
+//! (`fx_clearing:USD-EUR:EUR` and `fx_clearing:USD-EUR:USD`): a linked chain of
+//! `funding_source:<token>:EUR -> receivable:<account>:EUR` (the card pays the billing account
+//! in its own currency, as any card does), `receivable:<account>:EUR -> fx_clearing:USD-EUR:EUR`
+//! and `fx_clearing:USD-EUR:USD -> receivable:<account>:USD`, each in its own currency, held and
+//! posted together; what the card paid above the exact conversion moves on from
+//! `fx_clearing:USD-EUR:EUR` to `fx_rounding:EUR`. So each currency's journal sums to zero.
+//! The database holds the form of both ids (the pair names two different currencies, one of
+//! them the account's; a rounding id names the account's currency).
 //!
 //! # Layout
 //!
@@ -38,6 +52,8 @@
 //!   pending transfer (a unique index); a post never exceeds its hold.
 //! - Flows (`ledger_flows`) change only with the transfers that make them, in the same
 //!   statement; the invariant check holds each to the sum of its transfers.
+//! - Each currency's journal sums to zero: every transfer is within one currency, and
+//!   conversions cross currencies only through the `fx_clearing` accounts of a pair.
 //! - Balance limits (`debits_must_not_exceed_credits`, ...) are CHECK constraints.
 //! - Accounts are locked in sorted id order before a batch is decided, so concurrent writers
 //!   never deadlock.

@@ -75,8 +75,15 @@ id_type!(
 );
 
 /// An ISO 4217 currency code. The ledger keeps amounts in minor units and never converts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Currency([u8; 3]);
+
+/// The code, as in reports' `Debug` output (`USD`, not its bytes).
+impl fmt::Debug for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 impl Currency {
     /// Validates a code of three upper-case letters.
@@ -105,6 +112,14 @@ pub enum AccountCode {
     ProcessorClearing,
     /// Refunds issued back to cards.
     Refunds,
+    /// The position of the conversions of one currency pair, in one of its two currencies:
+    /// one account per currency of the pair, `fx_clearing:<FROM>-<TO>:<currency>` (FROM the
+    /// invoice's currency, TO the card's). A converted leg pays into the TO account and out of
+    /// the FROM account, so that every transfer stays within one currency.
+    FxClearing,
+    /// What cards paid above the exact conversion, rounded, per currency:
+    /// `fx_rounding:<currency>`.
+    FxRounding,
 }
 
 impl AccountCode {
@@ -115,19 +130,24 @@ impl AccountCode {
             AccountCode::Receivable => "receivable",
             AccountCode::ProcessorClearing => "processor_clearing",
             AccountCode::Refunds => "refunds",
+            AccountCode::FxClearing => "fx_clearing",
+            AccountCode::FxRounding => "fx_rounding",
         }
     }
 
+    /// Every code, in the order of the chart of accounts.
+    pub const ALL: [AccountCode; 6] = [
+        AccountCode::FundingSource,
+        AccountCode::Receivable,
+        AccountCode::ProcessorClearing,
+        AccountCode::Refunds,
+        AccountCode::FxClearing,
+        AccountCode::FxRounding,
+    ];
+
     /// Parses [`AccountCode::as_str`].
     pub fn parse(text: &str) -> Option<AccountCode> {
-        [
-            AccountCode::FundingSource,
-            AccountCode::Receivable,
-            AccountCode::ProcessorClearing,
-            AccountCode::Refunds,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == text)
+        AccountCode::ALL.into_iter().find(|c| c.as_str() == text)
     }
 }
 
@@ -438,5 +458,35 @@ mod tests {
         for bad in ["usd", "US", "USDX", "U$D"] {
             assert_eq!(Currency::new(bad), Err(IdError::Currency), "{bad}");
         }
+    }
+
+    /// Every account code round-trips through its stored name, and the names are distinct.
+    #[test]
+    fn account_codes_round_trip() {
+        for code in AccountCode::ALL {
+            // Exhaustive: a new code stops compiling here, a reminder to add it to `ALL`.
+            let listed = match code {
+                AccountCode::FundingSource
+                | AccountCode::Receivable
+                | AccountCode::ProcessorClearing
+                | AccountCode::Refunds
+                | AccountCode::FxClearing
+                | AccountCode::FxRounding => true,
+            };
+            assert!(listed);
+            assert_eq!(AccountCode::parse(code.as_str()), Some(code));
+        }
+        let names: std::collections::HashSet<&str> =
+            AccountCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), AccountCode::ALL.len());
+        assert_eq!(
+            AccountCode::parse("fx_clearing"),
+            Some(AccountCode::FxClearing)
+        );
+        assert_eq!(
+            AccountCode::parse("fx_rounding"),
+            Some(AccountCode::FxRounding)
+        );
+        assert_eq!(AccountCode::parse("suspense"), None);
     }
 }

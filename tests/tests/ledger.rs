@@ -1012,3 +1012,257 @@ async fn concurrent_creators_of_one_account_all_succeed() {
         .unwrap();
     assert_eq!(count, (2 * ROUNDS) as i64);
 }
+
+fn coded(id: &str, currency: &str, code: AccountCode) -> NewAccount {
+    NewAccount {
+        code,
+        ..account(id, currency, BalanceLimit::None)
+    }
+}
+
+fn journal(currency: &str, pending: i64, posted: i64) -> invariants::Journal {
+    invariants::Journal {
+        currency: Currency::new(currency).unwrap(),
+        debits_pending: pending,
+        credits_pending: pending,
+        debits_posted: posted,
+        credits_posted: posted,
+    }
+}
+
+/// A leg of a USD invoice charged to a EUR card, booked as the orchestrator books it: a linked
+/// chain of holds, in EUR from the card to the pair's EUR clearing account and in USD from the
+/// pair's USD clearing account to the receivable, posted together, then what the card paid
+/// above the exact conversion from the EUR clearing account to EUR rounding. Each currency's
+/// journal sums to zero at every step. The database refuses FX accounts whose id does not name
+/// their pair and currency; the check reports a conversion booked on one side only until its
+/// other side is booked, and (behind the trigger's back) a malformed FX account.
+#[tokio::test]
+async fn converted_legs_cross_currencies_through_fx_clearing() {
+    let (_db, pool) = ledger_pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let malformed = [
+        ("fx_clearing:USD-EUR:GBP", "GBP", AccountCode::FxClearing),
+        ("fx_clearing:USD-USD:USD", "USD", AccountCode::FxClearing),
+        ("fx_clearing:USD-EUR:EUR", "USD", AccountCode::FxClearing),
+        ("fx_clearing:USD-EUR", "USD", AccountCode::FxClearing),
+        ("fx_clearing:usd-EUR:EUR", "EUR", AccountCode::FxClearing),
+        ("fx_rounding:EUR", "USD", AccountCode::FxRounding),
+        ("fx_rounding:USD:x", "USD", AccountCode::FxRounding),
+    ];
+    for (id, currency, code) in malformed {
+        match ledger::create_accounts(&mut conn, &[coded(id, currency, code)]).await {
+            Err(ledger::LedgerError::Database(sqlx::Error::Database(e))) => {
+                assert_eq!(
+                    e.code().as_deref(),
+                    Some("23514"),
+                    "{id} in {currency}: {e}"
+                );
+            }
+            other => panic!("{id} in {currency}: {other:?}"),
+        }
+    }
+    let results = ledger::create_accounts(
+        &mut conn,
+        &[
+            coded(
+                "funding_source:tok_x:EUR",
+                "EUR",
+                AccountCode::FundingSource,
+            ),
+            coded("receivable:acct:USD", "USD", AccountCode::Receivable),
+            coded("fx_clearing:USD-EUR:EUR", "EUR", AccountCode::FxClearing),
+            coded("fx_clearing:USD-EUR:USD", "USD", AccountCode::FxClearing),
+            coded("fx_rounding:EUR", "EUR", AccountCode::FxRounding),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(
+        results.iter().all(|r| *r == AccountResult::Ok),
+        "{results:?}"
+    );
+    let stored = ledger::accounts_by_id(&mut *conn, &[aid("fx_clearing:USD-EUR:USD")])
+        .await
+        .unwrap();
+    assert_eq!(stored[0].code, AccountCode::FxClearing);
+    drop(conn);
+    assert_invariants(&pool).await;
+
+    // The hold: both currencies in one linked chain.
+    let mut eur_hold = pending(
+        "pay_1/leg/1/hold/EUR",
+        "funding_source:tok_x:EUR",
+        "fx_clearing:USD-EUR:EUR",
+        1201,
+    );
+    eur_hold.linked = true;
+    let usd_hold = pending(
+        "pay_1/leg/1/hold/USD",
+        "fx_clearing:USD-EUR:USD",
+        "receivable:acct:USD",
+        1300,
+    );
+    assert_eq!(
+        create(&pool, &[eur_hold, usd_hold]).await,
+        [TransferResult::Ok, TransferResult::Ok]
+    );
+    let report = invariants::check(&pool, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert!(report.holds(), "{report:?}");
+    assert_eq!(
+        report.journals,
+        [journal("EUR", 1201, 0), journal("USD", 1300, 0)]
+    );
+
+    // The capture, both halves together, then the rounding.
+    let mut eur_capture = post("pay_1/leg/1/capture/EUR", "pay_1/leg/1/hold/EUR", None);
+    eur_capture.linked = true;
+    let usd_capture = post("pay_1/leg/1/capture/USD", "pay_1/leg/1/hold/USD", None);
+    assert_eq!(
+        create(&pool, &[eur_capture, usd_capture]).await,
+        [TransferResult::Ok, TransferResult::Ok]
+    );
+    assert_eq!(
+        create(
+            &pool,
+            &[single(
+                "pay_1/leg/1/rounding",
+                "fx_clearing:USD-EUR:EUR",
+                "fx_rounding:EUR",
+                1
+            )]
+        )
+        .await,
+        [TransferResult::Ok]
+    );
+    let report = invariants::check(&pool, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert!(report.holds(), "{report:?}");
+    assert_eq!(
+        report.journals,
+        [journal("EUR", 0, 1202), journal("USD", 0, 1300)]
+    );
+    let lines: Vec<String> = report.journals.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "EUR journal: debits 1,202 = credits 1,202 (posted)",
+            "USD journal: debits 1,300 = credits 1,300 (posted)",
+        ]
+    );
+    let expected = [
+        ("funding_source:tok_x:EUR", 1201, 0),
+        ("fx_clearing:USD-EUR:EUR", 1, 1201),
+        ("fx_rounding:EUR", 0, 1),
+        ("fx_clearing:USD-EUR:USD", 1300, 0),
+        ("receivable:acct:USD", 0, 1300),
+    ];
+    for (id, debits_posted, credits_posted) in expected {
+        let posted = balances(&pool, id).await;
+        assert_eq!(
+            (posted.debits_posted, posted.credits_posted),
+            (debits_posted, credits_posted),
+            "{id}"
+        );
+    }
+
+    // A conversion booked on its EUR side only: reported while its GBP side has no clearing
+    // account, and while it has one that never moved; no longer once that side is booked.
+    let mut conn = pool.acquire().await.unwrap();
+    ledger::create_accounts(
+        &mut conn,
+        &[
+            coded("receivable:acct:GBP", "GBP", AccountCode::Receivable),
+            coded("fx_clearing:GBP-EUR:EUR", "EUR", AccountCode::FxClearing),
+        ],
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    assert_eq!(
+        create(
+            &pool,
+            &[single(
+                "pay_2/leg/1/EUR",
+                "funding_source:tok_x:EUR",
+                "fx_clearing:GBP-EUR:EUR",
+                500
+            )]
+        )
+        .await,
+        [TransferResult::Ok]
+    );
+    let one_sided = |report: &invariants::InvariantReport| {
+        assert_eq!(report.violations.len(), 1, "{report:?}");
+        assert!(
+            report.violations[0].starts_with("fx pair GBP-EUR: its EUR clearing holds 500")
+                && report.violations[0].ends_with("a conversion booked on one side only"),
+            "{report:?}"
+        );
+        // Each currency's journal still sums to zero: the position is what is wrong.
+        assert!(report.journals.iter().all(invariants::Journal::balanced));
+    };
+    let report = invariants::check(&pool, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    one_sided(&report);
+    let mut conn = pool.acquire().await.unwrap();
+    ledger::create_accounts(
+        &mut conn,
+        &[coded(
+            "fx_clearing:GBP-EUR:GBP",
+            "GBP",
+            AccountCode::FxClearing,
+        )],
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let report = invariants::check(&pool, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    one_sided(&report);
+    assert_eq!(
+        create(
+            &pool,
+            &[single(
+                "pay_2/leg/1/GBP",
+                "fx_clearing:GBP-EUR:GBP",
+                "receivable:acct:GBP",
+                430
+            )]
+        )
+        .await,
+        [TransferResult::Ok]
+    );
+    assert_invariants(&pool).await;
+
+    // Defence in depth: an FX account the trigger would refuse, written behind its back.
+    let mut conn = pool.acquire().await.unwrap();
+    for statement in [
+        "ALTER TABLE ledger_accounts DISABLE TRIGGER ledger_accounts_created",
+        "INSERT INTO ledger_accounts (id, currency, code, debits_must_not_exceed_credits, \
+         credits_must_not_exceed_debits) VALUES \
+         ('fx_clearing:USD-EUR:GBP', 'GBP', 'fx_clearing', false, false), \
+         ('fx_rounding:GBP', 'USD', 'fx_rounding', false, false)",
+        "ALTER TABLE ledger_accounts ENABLE TRIGGER ledger_accounts_created",
+    ] {
+        conn.execute(statement).await.unwrap();
+    }
+    drop(conn);
+    let report = invariants::check(&pool, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert_eq!(report.violations.len(), 2, "{report:?}");
+    assert!(
+        report.violations[0].starts_with("account fx_clearing:USD-EUR:GBP (GBP): "),
+        "{report:?}"
+    );
+    assert!(
+        report.violations[1].starts_with("account fx_rounding:GBP (USD): "),
+        "{report:?}"
+    );
+}

@@ -219,6 +219,9 @@ pub(super) async fn run(args: LedgerArgs) -> anyhow::Result<()> {
         check.transfers,
         check.accounts
     );
+    for journal in &check.journals {
+        println!("  {journal}");
+    }
     anyhow::ensure!(
         check.holds(),
         "ledger invariants violated: {:?}",

@@ -77,6 +77,8 @@ fn account_code(code: AccountCode) -> pb::LedgerAccountCode {
         AccountCode::Receivable => pb::LedgerAccountCode::Receivable,
         AccountCode::ProcessorClearing => pb::LedgerAccountCode::ProcessorClearing,
         AccountCode::Refunds => pb::LedgerAccountCode::Refunds,
+        AccountCode::FxClearing => pb::LedgerAccountCode::FxClearing,
+        AccountCode::FxRounding => pb::LedgerAccountCode::FxRounding,
     }
 }
 
