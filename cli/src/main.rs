@@ -20,6 +20,8 @@
 //! - `tandemctl webhooks`: create, list, show, update, rotate and delete webhook endpoints,
 //!   list their deliveries and redeliver events; `listen` receives and verifies webhooks
 //!   locally.
+//! - `tandemctl fx`: set, read and list the exchange rates payments across currencies convert
+//!   at.
 //! - `tandemctl bench`: throughput and latency over real mTLS and Postgres.
 //! - `tandemctl chaos`: kills the servers at random while paying, then verifies the money.
 
@@ -34,6 +36,7 @@ mod charge;
 mod connect;
 mod dev;
 mod events;
+mod fx;
 mod groups;
 mod keys;
 mod ledger;
@@ -53,7 +56,7 @@ use clap::{Parser, Subcommand};
     name = "tandemctl",
     version,
     about = "Operate Tandem: certificates, the dev stack, charges, keys, audit, card groups, \
-             payments, the ledger, events, reconciliation, webhooks, benchmarks"
+             payments, the ledger, events, reconciliation, webhooks, exchange rates, benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -97,6 +100,9 @@ enum Command {
     /// receive and verify webhooks locally with `listen`.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
+    /// Set, read and list the exchange rates payments across currencies convert at.
+    #[command(subcommand)]
+    Fx(fx::FxCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -121,6 +127,7 @@ async fn main() -> ExitCode {
         Command::Events(args) => events::run(args).await,
         Command::Recon(command) => recon::run(command).await,
         Command::Webhooks(command) => webhooks::run(command).await,
+        Command::Fx(command) => fx::run(command).await,
         Command::Bench(command) => bench::run(command).await,
         Command::Chaos(args) => chaos::run(args).await,
     };

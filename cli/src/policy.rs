@@ -34,6 +34,10 @@ pub(crate) struct PolicyArgs {
     /// Keep what was covered when the whole amount cannot be (otherwise all or nothing).
     #[arg(long, requires = "strategy")]
     allow_partial: bool,
+    /// BY_CURRENCY: pay a line whose currency no member holds from the other members,
+    /// converted at the rate (otherwise such a line is refused).
+    #[arg(long, requires = "strategy")]
+    allow_conversion: bool,
 }
 
 /// `AllocationStrategy` on the command line; `by_currency`, as the output spells it, works too.
@@ -113,6 +117,7 @@ impl PolicyArgs {
             }),
             completion: completion.into(),
             ceiling_windows: Vec::new(),
+            allow_conversion: self.allow_conversion,
         }))
     }
 }

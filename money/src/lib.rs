@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+pub mod fx;
+
 /// Active ISO 4217 currencies and their minor-unit exponents, sorted by code (ISO 4217 list
 /// one; fund codes, precious metals and test codes excluded).
 pub const CURRENCIES: &[(&str, u8)] = &[

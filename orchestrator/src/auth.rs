@@ -69,11 +69,17 @@ pub enum Rpc {
     ListWebhookDeliveries,
     /// `WebhookService/RedeliverEvents`
     RedeliverEvents,
+    /// `FxService/SetFxRate`
+    SetFxRate,
+    /// `FxService/GetFxRate`
+    GetFxRate,
+    /// `FxService/ListFxRates`
+    ListFxRates,
 }
 
 impl Rpc {
     /// Every RPC, for tests that check the table is complete.
-    pub const ALL: [Rpc; 30] = [
+    pub const ALL: [Rpc; 33] = [
         Rpc::CreateCardGroup,
         Rpc::GetCardGroup,
         Rpc::ListCardGroups,
@@ -104,6 +110,9 @@ impl Rpc {
         Rpc::RotateWebhookSecret,
         Rpc::ListWebhookDeliveries,
         Rpc::RedeliverEvents,
+        Rpc::SetFxRate,
+        Rpc::GetFxRate,
+        Rpc::ListFxRates,
     ];
 
     /// The full gRPC method name.
@@ -161,6 +170,9 @@ impl Rpc {
                 "tandem.orchestrator.v1.WebhookService/ListWebhookDeliveries"
             }
             Rpc::RedeliverEvents => "tandem.orchestrator.v1.WebhookService/RedeliverEvents",
+            Rpc::SetFxRate => "tandem.orchestrator.v1.FxService/SetFxRate",
+            Rpc::GetFxRate => "tandem.orchestrator.v1.FxService/GetFxRate",
+            Rpc::ListFxRates => "tandem.orchestrator.v1.FxService/ListFxRates",
         }
     }
 
@@ -192,6 +204,9 @@ impl Rpc {
             | Rpc::RotateWebhookSecret
             | Rpc::ListWebhookDeliveries
             | Rpc::RedeliverEvents => &[Role::Treasury],
+            // Rates are set by the treasury and read by whoever reads the ledger they convert.
+            Rpc::SetFxRate => &[Role::Treasury],
+            Rpc::GetFxRate | Rpc::ListFxRates => &[Role::Treasury, Role::Reader],
         }
     }
 
@@ -215,7 +230,9 @@ impl Rpc {
             | Rpc::ListDiscrepancies
             | Rpc::GetWebhookEndpoint
             | Rpc::ListWebhookEndpoints
-            | Rpc::ListWebhookDeliveries => RpcClass::Read,
+            | Rpc::ListWebhookDeliveries
+            | Rpc::GetFxRate
+            | Rpc::ListFxRates => RpcClass::Read,
             Rpc::CreateCardGroup
             | Rpc::UpdateCardGroup
             | Rpc::DeleteCardGroup
@@ -230,7 +247,8 @@ impl Rpc {
             | Rpc::UpdateWebhookEndpoint
             | Rpc::DeleteWebhookEndpoint
             | Rpc::RotateWebhookSecret
-            | Rpc::RedeliverEvents => RpcClass::Write,
+            | Rpc::RedeliverEvents
+            | Rpc::SetFxRate => RpcClass::Write,
             Rpc::WatchPayment | Rpc::ExportLedger => RpcClass::Stream,
         }
     }
@@ -282,9 +300,19 @@ mod tests {
     /// ledger and the event feed (payers do not), every orchestrator role reads payments and
     /// groups, and the vault's roles reach nothing here. Reconciliation: treasury runs and
     /// proposes, approvers alone decide, all three read. Webhooks are the treasury's alone.
+    /// Rates (DESIGN section 10): treasury sets, treasury and readers (the ledger's readers)
+    /// read.
     #[test]
     fn role_table() {
         for rpc in Rpc::ALL {
+            if rpc.method().contains("FxService/") {
+                let reads = matches!(rpc, Rpc::GetFxRate | Rpc::ListFxRates);
+                for role in Role::ALL {
+                    let allowed = role == Role::Treasury || (reads && role == Role::Reader);
+                    assert_eq!(rpc.allows(role), allowed, "{rpc:?} {role}");
+                }
+                continue;
+            }
             if rpc.method().contains("WebhookService/") {
                 for role in Role::ALL {
                     assert_eq!(rpc.allows(role), role == Role::Treasury, "{rpc:?} {role}");

@@ -366,3 +366,39 @@ pub struct Redelivery {
     /// ... and before this one.
     pub end: time::OffsetDateTime,
 }
+
+/// A checked rate, from `SetFxRate` or the rates file: units of `quote` per unit of `base`,
+/// within `[fx.rate_min, fx.rate_max]`, observed at `as_of`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRate {
+    /// The currency converted from.
+    pub base: Currency,
+    /// The currency converted to, not `base`.
+    pub quote: Currency,
+    /// The rate.
+    pub rate: tandem_money::fx::Rate,
+    /// When it was observed (now, for a `SetFxRate` without one), in microseconds.
+    pub as_of: time::OffsetDateTime,
+}
+
+/// A checked `SetFxRate`.
+#[derive(Debug)]
+pub struct RateChange {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The rate to set.
+    pub rate: NewRate,
+}
+
+/// A checked `ListFxRates`.
+#[derive(Debug)]
+pub struct RateQuery {
+    /// Only the rates from this currency.
+    pub base: Option<Currency>,
+    /// After this pair (the page token).
+    pub after: Option<(Currency, Currency)>,
+    /// The page size.
+    pub size: i32,
+}

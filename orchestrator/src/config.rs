@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tandem_money::fx::Rate;
 pub use tandem_runtime::admission::{ClassLimits, LimitSettings};
 pub use tandem_runtime::binary::ServiceSettings;
 pub use tandem_runtime::settings::{
@@ -40,6 +41,89 @@ pub struct Settings {
     pub webhook: WebhookSettings,
     /// Notifications that are events of their own (`payment.delayed`).
     pub notify: NotifySettings,
+    /// The rate source of payments across currencies (`FxService`, the rates file).
+    pub fx: FxSettings,
+}
+
+/// The rate source (`FxService`, DESIGN section 10): how old a rate a payment may convert at,
+/// the bounds every rate is checked against, and the rates file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FxSettings {
+    /// The oldest a rate may be, in seconds from its as-of time, for a payment to convert at
+    /// it; an older one is refused (`FX_RATE_STALE`).
+    pub rate_age_s_max: u64,
+    /// The smallest rate accepted (units of quote per unit of base), a decimal string such as
+    /// `"0.000001"`: a smaller one is a typo, refused naming `rate.rate`.
+    #[serde(deserialize_with = "rate_min")]
+    pub rate_min: Rate,
+    /// The largest rate accepted, a decimal string.
+    #[serde(deserialize_with = "rate_max")]
+    pub rate_max: Rate,
+    /// A TOML file of rates (`[[rate]]` tables of `base`, `quote`, `rate`, `as_of`), read at
+    /// start and again whenever it changes; empty for none.
+    pub rates_path: PathBuf,
+    /// How often the rates file is looked at for a change, in milliseconds.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for FxSettings {
+    fn default() -> Self {
+        // Constant decimals that parse (the config tests read them back).
+        let rate = |text: &str| text.parse::<Rate>().expect("a constant rate parses");
+        Self {
+            rate_age_s_max: 86_400,
+            rate_min: rate("0.000001"),
+            rate_max: rate("1000000"),
+            rates_path: PathBuf::new(),
+            reload_interval_ms: 2_000,
+        }
+    }
+}
+
+/// `fx.rate_min`: see [`decimal_rate`].
+fn rate_min<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Rate, D::Error> {
+    decimal_rate(deserializer, "fx.rate_min")
+}
+
+/// `fx.rate_max`: see [`decimal_rate`].
+fn rate_max<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Rate, D::Error> {
+    decimal_rate(deserializer, "fx.rate_max")
+}
+
+/// The rate at `key`, given as a decimal string (`"0.9238"`) or, as an environment override
+/// reads one, a TOML number; a bad one names `key`.
+fn decimal_rate<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    key: &'static str,
+) -> Result<Rate, D::Error> {
+    struct Visitor(&'static str);
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Rate;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "{}: a positive decimal string such as \"0.9238\"",
+                self.0
+            )
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Rate, E> {
+            text.parse()
+                .map_err(|e| E::custom(format!("{}: {e}", self.0)))
+        }
+        fn visit_i64<E: serde::de::Error>(self, number: i64) -> Result<Rate, E> {
+            self.visit_str(&number.to_string())
+        }
+        fn visit_u64<E: serde::de::Error>(self, number: u64) -> Result<Rate, E> {
+            self.visit_str(&number.to_string())
+        }
+        fn visit_f64<E: serde::de::Error>(self, number: f64) -> Result<Rate, E> {
+            // Display writes the shortest decimal that reads back as the number, never an
+            // exponent.
+            self.visit_str(&number.to_string())
+        }
+    }
+    deserializer.deserialize_any(Visitor(key))
 }
 
 /// Webhooks (`WebhookService`, DESIGN section 11): the key that seals endpoints' secrets, which
@@ -213,6 +297,7 @@ impl Default for Settings {
             reconciliation: ReconciliationSettings::default(),
             webhook: WebhookSettings::default(),
             notify: NotifySettings::default(),
+            fx: FxSettings::default(),
         }
     }
 }
@@ -390,7 +475,8 @@ impl ServiceSettings for Settings {
         let r = &self.reconciliation;
         let w = &self.webhook;
         let n = &self.notify;
-        let checks: [Check; 19] = [
+        let f = &self.fx;
+        let checks: [Check; 22] = [
             (
                 self.vault.endpoint.starts_with("https://"),
                 "vault.endpoint",
@@ -533,6 +619,21 @@ impl ServiceSettings for Settings {
                 "notify.pending_after_s",
                 "must be 1 to 31536000 (and notify.interval_ms 10 to 3600000)",
             ),
+            (
+                (1..=31_536_000).contains(&f.rate_age_s_max),
+                "fx.rate_age_s_max",
+                "must be 1 to 31536000",
+            ),
+            (
+                f.rate_min <= f.rate_max,
+                "fx.rate_min",
+                "must be at most fx.rate_max",
+            ),
+            (
+                (10..=3_600_000).contains(&f.reload_interval_ms),
+                "fx.reload_interval_ms",
+                "must be 10 to 3600000",
+            ),
         ];
         first_failure(common.into_iter().chain(self.limits.checks()).chain(checks))
     }
@@ -581,6 +682,22 @@ mod tests {
         assert!(error.to_string().contains("vault.endpoint"), "{error}");
         let error = Settings::load(None, env("PAYMENTS__LEASE_MS", "10")).unwrap_err();
         assert!(error.to_string().contains("payments.lease_ms"), "{error}");
+        // Rate bounds: a decimal string or, from the environment, a number; a bad one or a
+        // minimum above the maximum names its key.
+        let settings = Settings::load(None, env("FX__RATE_MIN", "0.5")).unwrap();
+        assert_eq!(settings.fx.rate_min.to_string(), "0.5");
+        let settings = Settings::load(None, env("FX__RATE_MAX", "5000")).unwrap();
+        assert_eq!(settings.fx.rate_max.to_string(), "5000");
+        for (key, value, named) in [
+            ("FX__RATE_MIN", "abc", "fx.rate_min"),
+            ("FX__RATE_MAX", "-3", "fx.rate_max"),
+            ("FX__RATE_MIN", "2000000", "fx.rate_min"),
+            ("FX__RATE_AGE_S_MAX", "0", "fx.rate_age_s_max"),
+            ("FX__RELOAD_INTERVAL_MS", "1", "fx.reload_interval_ms"),
+        ] {
+            let error = Settings::load(None, env(key, value)).unwrap_err();
+            assert!(error.to_string().contains(named), "{key}: {error}");
+        }
         let settings = Settings::load(None, env("SERVER__LISTEN_ADDR", "127.0.0.1:7052")).unwrap();
         assert_eq!(settings.server.listen_addr.port(), 7052);
         let error = Settings::load(None, env("LIMITS__WRITE__BURST", "0")).unwrap_err();

@@ -1,6 +1,7 @@
 //! The orchestrator's error type: one enum for the service layer, mapped to gRPC in
 //! [`crate::grpc::status`] by one exhaustive match.
 
+use tandem_money::Currency;
 use tandem_runtime::fields::FieldViolation;
 
 /// Everything an orchestrator operation can fail with. A payment that cannot be covered is not
@@ -91,6 +92,25 @@ pub enum Error {
     /// `webhook.secret_key` is not set: webhooks are off.
     #[error("webhooks are not configured")]
     WebhooksNotConfigured,
+    /// The rate source has no rate for the pair (`GetFxRate`).
+    #[error("fx rate not found")]
+    FxRateNotFound,
+    /// A payment needs a conversion the rate source has no rate for.
+    #[error("no fx rate from {from} to {to}")]
+    FxRateMissing {
+        /// The currency converted from (the invoice's).
+        from: Currency,
+        /// The currency converted to (the card's).
+        to: Currency,
+    },
+    /// A payment needs a conversion whose rate is older than `fx.rate_age_s_max`.
+    #[error("the fx rate from {from} to {to} is stale")]
+    FxRateStale {
+        /// The currency converted from (the invoice's).
+        from: Currency,
+        /// The currency converted to (the card's).
+        to: Currency,
+    },
     /// The request id was used before for a different request.
     #[error("request_id was already used for a different request")]
     RequestIdReused,
@@ -149,6 +169,9 @@ impl Error {
             Error::WebhookEndpointsExhausted => "WEBHOOK_ENDPOINTS_EXHAUSTED",
             Error::RedeliveryTooLarge => "REDELIVERY_TOO_LARGE",
             Error::WebhooksNotConfigured => "WEBHOOKS_NOT_CONFIGURED",
+            Error::FxRateNotFound => "FX_RATE_NOT_FOUND",
+            Error::FxRateMissing { .. } => "FX_RATE_MISSING",
+            Error::FxRateStale { .. } => "FX_RATE_STALE",
             Error::RequestIdReused => "REQUEST_ID_REUSED",
             Error::RequestInProgress => "REQUEST_IN_PROGRESS",
             Error::VaultUnavailable => "VAULT_UNAVAILABLE",

@@ -1,6 +1,6 @@
 //! Thin gRPC handlers: check the caller's role, check the request into a
 //! [`crate::commands`] value with [`convert`], call [`crate::groups`], [`crate::payments`] or
-//! [`crate::ledger_reads`], [`crate::reconciliation`] or [`crate::webhooks`],
+//! [`crate::ledger_reads`], [`crate::reconciliation`], [`crate::webhooks`] or [`crate::fx`],
 //! turn the answer into its wire message with [`convert`], and map errors with
 //! [`status::to_status`].
 
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt as _};
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_server::CardGroupService;
+use tandem_proto::tandem::orchestrator::v1::fx_service_server::FxService;
 use tandem_proto::tandem::orchestrator::v1::ledger_service_server::LedgerService;
 use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentService;
 use tandem_proto::tandem::orchestrator::v1::reconciliation_service_server::ReconciliationService;
@@ -21,6 +22,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Rpc, authorize};
 use crate::domain::actor::Actor;
+use crate::fx::Fx;
 use crate::groups::Groups;
 use crate::ledger_reads::LedgerReads;
 use crate::payments::{Call, Payments};
@@ -658,5 +660,61 @@ impl WebhookService for WebhookApi {
             .await
             .map_err(to_status)?;
         Ok(Response::new(stored(&response)?))
+    }
+}
+
+/// `FxService`.
+pub struct FxApi {
+    fx: Arc<Fx>,
+    uri_prefix: String,
+}
+
+impl FxApi {
+    /// The service over `fx`; callers are read from certificates with `uri_prefix`.
+    pub fn new(fx: Arc<Fx>, uri_prefix: &str) -> Self {
+        Self {
+            fx,
+            uri_prefix: uri_prefix.to_owned(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl FxService for FxApi {
+    async fn set_fx_rate(
+        &self,
+        request: Request<pb::SetFxRateRequest>,
+    ) -> Result<Response<pb::SetFxRateResponse>, Status> {
+        let actor = check(&request, &self.uri_prefix, Rpc::SetFxRate)?;
+        let command = convert::fx::set_fx_rate(
+            request.get_ref(),
+            self.fx.settings(),
+            tandem_runtime::time::now_micros(),
+        )
+        .map_err(to_status)?;
+        let response = self.fx.set(command, actor).await.map_err(to_status)?;
+        Ok(Response::new(stored(&response)?))
+    }
+
+    async fn get_fx_rate(
+        &self,
+        request: Request<pb::GetFxRateRequest>,
+    ) -> Result<Response<pb::GetFxRateResponse>, Status> {
+        check(&request, &self.uri_prefix, Rpc::GetFxRate)?;
+        let (base, quote) = convert::fx::get_fx_rate(request.get_ref()).map_err(to_status)?;
+        let rate = self.fx.get(base, quote).await.map_err(to_status)?;
+        Ok(Response::new(pb::GetFxRateResponse {
+            rate: Some(convert::fx::fx_rate(&rate)),
+        }))
+    }
+
+    async fn list_fx_rates(
+        &self,
+        request: Request<pb::ListFxRatesRequest>,
+    ) -> Result<Response<pb::ListFxRatesResponse>, Status> {
+        check(&request, &self.uri_prefix, Rpc::ListFxRates)?;
+        let (query, scope) = convert::fx::list_fx_rates(request.get_ref()).map_err(to_status)?;
+        let (page, more) = self.fx.list(&query).await.map_err(to_status)?;
+        Ok(Response::new(convert::fx::rates_page(&page, more, &scope)))
     }
 }

@@ -28,6 +28,9 @@
 //! - [`ledger_reads`]: the operations of `LedgerService`: balances, entries, spend reports and
 //!   exports, read from `tandem-ledger` (its accounts, transfers and flows), never from the
 //!   payments' counters.
+//! - [`fx`]: the operations of `FxService`, the rate source: each currency pair's rate, set by
+//!   the treasury or read from the rates file ([`fx::file`], reloaded when it changes), and the
+//!   quotes a payment converts at ([`fx::Fx::quotes`]).
 //! - [`workflow`]: drives payments (intent, vault call, result), the leases and the recovery
 //!   worker.
 //! - [`feeds`]: the events of watched payments, read once per instance for every
@@ -63,6 +66,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod feeds;
+pub mod fx;
 pub mod groups;
 pub mod grpc;
 pub mod ledger_reads;

@@ -13,6 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::commands::{EventQuery, NewNote, NewPayment, NewRefund, PaymentQuery, Watch};
 use crate::config::PaymentSettings;
 use crate::domain::actor::Actor;
+use crate::domain::allocation::PolicyError;
 use crate::domain::booking;
 use crate::domain::group::MemberRules;
 use crate::domain::planning;
@@ -21,6 +22,7 @@ use crate::domain::record::events::Event;
 use crate::domain::record::refunds::{RefundError, RefundState};
 use crate::error::Error;
 use crate::feeds::{Subscription, Update};
+use crate::fx::Fx;
 use crate::grpc::convert;
 use crate::storage::{self, Cursor, FeedPage, StoredPayment};
 use crate::workflow::{Committed, Round, Workflow, booking_context, outbox_rows};
@@ -30,6 +32,7 @@ use tandem_runtime::time::now_micros as now;
 /// The payment operations.
 pub struct Payments {
     workflow: Arc<Workflow>,
+    fx: Arc<Fx>,
     request_timeout: Duration,
 }
 
@@ -47,10 +50,12 @@ pub struct Call {
 }
 
 impl Payments {
-    /// Payments driven by `workflow`; waits end before the server's `request_timeout`.
-    pub fn new(workflow: Arc<Workflow>, request_timeout: Duration) -> Self {
+    /// Payments driven by `workflow`, converting at `fx`'s rates; waits end before the
+    /// server's `request_timeout`.
+    pub fn new(workflow: Arc<Workflow>, fx: Arc<Fx>, request_timeout: Duration) -> Self {
         Self {
             workflow,
+            fx,
             request_timeout,
         }
     }
@@ -180,10 +185,31 @@ impl Payments {
             spent.get(&key).copied().unwrap_or(0)
         };
         let invoice = &payment.invoice;
-        let plan =
-            planning::plan(&members, &policy, invoice, month_to_date, now).map_err(|errors| {
-                convert::payments::plan_violations(errors, prefix == "policy_override")
-            })?;
+        // The rates the payment may convert at, fixed now (a single-currency payment reads
+        // none). A member without a fresh rate takes no part; the payment is refused for the
+        // rate only when the others cannot pay it in full.
+        let needed = planning::conversions_needed(&members, &policy, invoice);
+        let picked = self.fx.quotes(&mut *tx, currency, &needed, now).await?;
+        let planned = planning::plan(
+            &members,
+            &policy,
+            invoice,
+            month_to_date,
+            now,
+            picked.quotes,
+        );
+        if let Some(problem) = picked.problems.first() {
+            let short = match &planned {
+                Ok(plan) => !plan.uncovered.is_empty(),
+                Err(errors) => errors.iter().any(PolicyError::is_unpayable),
+            };
+            if short {
+                return Err(crate::fx::rate_error(problem));
+            }
+        }
+        let plan = planned.map_err(|errors| {
+            convert::payments::plan_violations(errors, prefix == "policy_override")
+        })?;
         let snapshots =
             planning::snapshots(&members, &policy.windows, now, |token| group.last4(token));
         let (mut record, created) = PaymentRecord::new(

@@ -1,6 +1,6 @@
 //! Assembles and runs the orchestrator: database (its schema and the ledger's), the vault
-//! client, the workflow and its recovery worker, and the tonic server with mutual TLS, limits,
-//! health and reflection, until shutdown.
+//! client, the workflow and its recovery worker, the rate source and its rates file watcher, and
+//! the tonic server with mutual TLS, limits, health and reflection, until shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_server::CardGroupServiceServer;
+use tandem_proto::tandem::orchestrator::v1::fx_service_server::FxServiceServer;
 use tandem_proto::tandem::orchestrator::v1::ledger_service_server::LedgerServiceServer;
 use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentServiceServer;
 use tandem_proto::tandem::orchestrator::v1::reconciliation_service_server::ReconciliationServiceServer;
@@ -16,8 +17,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Settings;
+use crate::fx::Fx;
+use crate::fx::file::Watcher as RatesFileWatcher;
 use crate::groups::Groups;
-use crate::grpc::{CardGroupApi, LedgerApi, PaymentApi, ReconciliationApi, WebhookApi};
+use crate::grpc::{CardGroupApi, FxApi, LedgerApi, PaymentApi, ReconciliationApi, WebhookApi};
 use crate::ledger_reads::LedgerReads;
 use crate::payments::Payments;
 use crate::reconciliation::Reconciliation;
@@ -27,12 +30,13 @@ use crate::webhooks::delivery::Worker as WebhookWorker;
 use crate::workflow::{CrashPlan, Workflow};
 
 /// The gRPC services this server registers, as reflection advertises them.
-const SERVED_SERVICES: [&str; 8] = [
+const SERVED_SERVICES: [&str; 9] = [
     "tandem.orchestrator.v1.CardGroupService",
     "tandem.orchestrator.v1.PaymentService",
     "tandem.orchestrator.v1.LedgerService",
     "tandem.orchestrator.v1.ReconciliationService",
     "tandem.orchestrator.v1.WebhookService",
+    "tandem.orchestrator.v1.FxService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -97,8 +101,15 @@ pub async fn run_with(
         stop.clone(),
     );
     let groups = Arc::new(Groups::new(workflow.clone()));
+    // The rate source, before the payments that convert at its rates.
+    let fx = Arc::new(Fx::new(
+        pool.clone(),
+        settings.fx.clone(),
+        settings.payments.request_id_wait_ms,
+    ));
     let payments = Arc::new(Payments::new(
         workflow.clone(),
+        fx.clone(),
         settings.server.request_timeout(),
     ));
     let ledger = Arc::new(LedgerReads::new(pool.clone(), settings.ledger.clone()));
@@ -130,6 +141,14 @@ pub async fn run_with(
         }
         _ => None,
     };
+    // The rates file is read before the server answers, then watched.
+    let rates_file_task = match RatesFileWatcher::new(fx.clone()) {
+        Some(mut watcher) => {
+            watcher.poll().await;
+            Some(tokio::spawn(watcher.run(stop.clone())))
+        }
+        None => None,
+    };
     let delay_task = tokio::spawn(
         payments
             .clone()
@@ -154,6 +173,9 @@ pub async fn run_with(
         .await;
     health_reporter
         .set_serving::<WebhookServiceServer<WebhookApi>>()
+        .await;
+    health_reporter
+        .set_serving::<FxServiceServer<FxApi>>()
         .await;
     let (reflection_v1, reflection_v1alpha) =
         tandem_runtime::serving::reflection(&SERVED_SERVICES)?;
@@ -182,6 +204,10 @@ pub async fn run_with(
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(message_bytes_max);
 
+    let fx_service = FxServiceServer::new(FxApi::new(fx, uri_prefix))
+        .max_decoding_message_size(message_bytes_max)
+        .max_encoding_message_size(message_bytes_max);
+
     let address = listener.local_addr().ok();
     let incoming = tandem_tls::server::incoming(
         listener,
@@ -204,6 +230,7 @@ pub async fn run_with(
         .add_service(ledger_service)
         .add_service(reconciliation_service)
         .add_service(webhook_service)
+        .add_service(fx_service)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -221,6 +248,9 @@ pub async fn run_with(
         health_reporter
             .set_not_serving::<WebhookServiceServer<WebhookApi>>()
             .await;
+        health_reporter
+            .set_not_serving::<FxServiceServer<FxApi>>()
+            .await;
     };
     let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
     let result = tandem_runtime::serving::serve_until(
@@ -236,7 +266,10 @@ pub async fn run_with(
     committer_task.abort();
     feeds_task.abort();
     delay_task.abort();
-    for task in [reconciliation_task, webhook_task].into_iter().flatten() {
+    for task in [reconciliation_task, webhook_task, rates_file_task]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
     }
     // Payments still being driven keep their leases; another instance (or this one after a

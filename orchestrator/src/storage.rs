@@ -13,6 +13,7 @@ use crate::domain::record::PaymentRecord;
 use crate::domain::record::steps::SpendChange;
 use crate::error::{Error, is_lock_timeout};
 
+pub mod fx;
 pub mod reconciliation;
 pub mod webhooks;
 
@@ -746,7 +747,6 @@ pub async fn month_to_date(
 /// once), in the order given.
 pub async fn add_spends(
     conn: &mut PgConnection,
-    currency: &str,
     month: Date,
     changes: &[SpendChange],
 ) -> Result<HashSet<String>, Error> {
@@ -764,6 +764,7 @@ pub async fn add_spends(
             repeated
         });
         let tokens: Vec<&str> = batch.iter().map(|c| c.token.as_str()).collect();
+        let currencies: Vec<&str> = batch.iter().map(|c| c.currency.code()).collect();
         let deltas: Vec<i64> = batch.iter().map(|c| c.delta).collect();
         let limits: Vec<Option<i64>> = batch
             .iter()
@@ -771,8 +772,9 @@ pub async fn add_spends(
             .collect();
         let rows: Vec<String> = sqlx::query_scalar(
             "INSERT INTO member_spend AS s (token, currency, month, amount) \
-             SELECT c.token, $2, $3, c.delta \
-             FROM UNNEST($1::text[], $4::bigint[], $5::bigint[]) AS c (token, delta, cap) \
+             SELECT c.token, c.currency, $3, c.delta \
+             FROM UNNEST($1::text[], $2::text[], $4::bigint[], $5::bigint[]) \
+             AS c (token, currency, delta, cap) \
              WHERE c.cap IS NULL OR c.delta <= c.cap ORDER BY c.token \
              ON CONFLICT (token, currency, month) DO UPDATE SET amount = s.amount + EXCLUDED.amount \
              WHERE ($5::bigint[])[array_position($1::text[], s.token)] IS NULL \
@@ -780,7 +782,7 @@ pub async fn add_spends(
              RETURNING s.token",
         )
         .bind(&tokens)
-        .bind(currency)
+        .bind(&currencies)
         .bind(month)
         .bind(&deltas)
         .bind(&limits)

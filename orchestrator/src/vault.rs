@@ -80,6 +80,8 @@ pub struct AuthorizeItem<'a> {
     pub request_id: &'a str,
     /// The card.
     pub token: &'a str,
+    /// The card's currency, that of `amount`.
+    pub currency: Currency,
     /// The amount to hold, in minor units.
     pub amount: i64,
     /// The charge's description.
@@ -95,6 +97,8 @@ pub struct SettleItem<'a> {
     pub request_id: &'a str,
     /// The charge.
     pub charge_id: &'a str,
+    /// The charge's currency, that of `amount`.
+    pub currency: Currency,
     /// The amount to capture, in minor units (unused by a void).
     pub amount: i64,
 }
@@ -187,14 +191,13 @@ impl VaultClient {
         }
     }
 
-    /// Authorizes `items`, all in `currency` and each allowing partial approval, in one
+    /// Authorizes `items`, each in its card's currency and allowing partial approval, in one
     /// `BatchAuthorize`: one answer for each item, in order (and no call for no items). Each
     /// item is its own operation at the vault (its own request id, intent and result), so an
     /// item's unknown outcome is sent again alone or in a later batch.
     pub async fn authorize_all(
         &self,
         correlation_id: &str,
-        currency: Currency,
         items: &[AuthorizeItem<'_>],
     ) -> Vec<Result<AuthorizeAnswer, Unknown>> {
         if items.is_empty() {
@@ -205,7 +208,7 @@ impl VaultClient {
             .map(|item| pb::AuthorizeRequest {
                 request_id: item.request_id.to_owned(),
                 token: item.token.to_owned(),
-                amount: Some(money(currency, item.amount)),
+                amount: Some(money(item.currency, item.amount)),
                 allow_partial_approval: true,
                 description: item.description.to_owned(),
                 statement_descriptor: String::new(),
@@ -244,13 +247,12 @@ impl VaultClient {
         }
     }
 
-    /// Captures `items` (their `amount`, in `currency`) in one `BatchCapture`: one answer for
+    /// Captures `items` (their `amount`, in their `currency`) in one `BatchCapture`: one answer for
     /// each item, in order, which succeeds once the vault confirms its charge captured (a
     /// replay of the same request included).
     pub async fn capture_all(
         &self,
         correlation_id: &str,
-        currency: Currency,
         items: &[SettleItem<'_>],
     ) -> Vec<Result<(), Unknown>> {
         if items.is_empty() {
@@ -261,7 +263,7 @@ impl VaultClient {
             .map(|item| pb::CaptureRequest {
                 request_id: item.request_id.to_owned(),
                 charge_id: item.charge_id.to_owned(),
-                amount: Some(money(currency, item.amount)),
+                amount: Some(money(item.currency, item.amount)),
             })
             .collect();
         let request = correlated(pb::BatchCaptureRequest { requests }, correlation_id);

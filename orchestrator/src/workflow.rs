@@ -489,7 +489,6 @@ impl Workflow {
         now: OffsetDateTime,
     ) -> Result<(Vec<Step>, Vec<RefundStep>), Error> {
         let month = storage::month_of(stored.record.create_time);
-        let currency = stored.record.currency().code();
         let mut steps = Vec::new();
         // A step refused locally (the card's monthly limit) is recorded like a vault refusal,
         // and the saga decides again: a fallback leg may take its place.
@@ -519,7 +518,7 @@ impl Workflow {
                 .filter(|(_, holds)| **holds)
                 .map(|(step, _)| stored.record.reservation(step))
                 .collect();
-            let held = storage::add_spends(&mut *conn, currency, month, &holds).await?;
+            let held = storage::add_spends(&mut *conn, month, &holds).await?;
             let mut refused = false;
             for (step, holds) in next.into_iter().zip(holding) {
                 if holds
@@ -586,7 +585,6 @@ impl Workflow {
         let captures = to_send(|c| matches!(c, Command::Capture(_)));
         let voids = to_send(|c| matches!(c, Command::Void(_)));
 
-        let currency = record.currency();
         let correlation_id = record.correlation_id.as_deref().unwrap_or(&record.id);
         let description = format!("Invoice {}", record.invoice_id);
         let authorize_items: Vec<AuthorizeItem<'_>> = authorizations
@@ -594,6 +592,7 @@ impl Workflow {
             .map(|&i| AuthorizeItem {
                 request_id: &steps[i].request_id,
                 token: &steps[i].token,
+                currency: steps[i].currency,
                 amount: steps[i].amount,
                 description: &description,
                 reference: &record.id,
@@ -605,16 +604,15 @@ impl Workflow {
                 .map(|&i| SettleItem {
                     request_id: &steps[i].request_id,
                     charge_id: steps[i].charge_id.as_deref().unwrap_or_default(),
+                    currency: steps[i].currency,
                     amount: steps[i].amount,
                 })
                 .collect()
         };
         let (capture_items, void_items) = (settle_items(&captures), settle_items(&voids));
         let (authorized, captured, voided) = tokio::join!(
-            self.vault
-                .authorize_all(correlation_id, currency, &authorize_items),
-            self.vault
-                .capture_all(correlation_id, currency, &capture_items),
+            self.vault.authorize_all(correlation_id, &authorize_items),
+            self.vault.capture_all(correlation_id, &capture_items),
             self.vault.void_all(correlation_id, &void_items),
         );
 
@@ -641,6 +639,14 @@ impl Workflow {
         record: &PaymentRecord,
         step: &RefundStep,
     ) -> Result<RefundAnswer, Unknown> {
+        // A converted leg's part that returns nothing to the card (its share converts to less
+        // than earlier parts' rounding gave back) is done without the vault.
+        if step.amount == 0 {
+            return Ok(RefundAnswer::Succeeded {
+                id: String::new(),
+                processor_reference: String::new(),
+            });
+        }
         let reason = record
             .refund(&step.refund)
             .map(|refund| refund.reason.clone())
@@ -652,7 +658,7 @@ impl Workflow {
                     correlation_id: record.correlation_id.as_deref().unwrap_or(&step.request_id),
                 },
                 &step.charge_id,
-                record.currency(),
+                step.currency,
                 step.amount,
                 &reason,
             )
@@ -732,9 +738,7 @@ impl Workflow {
             };
             events.append(&mut new_events);
             spend.append(&mut changes);
-            if let Some(transfer) = self.booking(&context, &stored.record, &outcome)? {
-                transfers.push(transfer);
-            }
+            transfers.extend(self.booking(&context, &stored.record, &outcome)?);
         }
         for (step, answer) in refunds {
             let (succeeded, id, reference) = match answer {
@@ -743,7 +747,7 @@ impl Workflow {
                     processor_reference,
                 } => (
                     true,
-                    Some(id),
+                    Some(id).filter(|id| !id.is_empty()),
                     (!processor_reference.is_empty()).then_some(processor_reference),
                 ),
                 RefundAnswer::Failed(id) => (false, id, None),
@@ -757,26 +761,19 @@ impl Workflow {
             spend.append(&mut changes);
             if succeeded {
                 let context = leg_context(&context, &stored.record, step.leg);
-                transfers.push(
-                    booking::refund_booking(
-                        &context,
-                        &stored.record.saga,
-                        step.leg,
-                        &step.refund,
-                        step.amount,
-                        reference,
-                    )
-                    .map_err(|e| Error::Corrupt(format!("ledger id: {e}")))?,
+                let part = stored.record.refunded_part(&step, reference);
+                transfers.extend(
+                    booking::refund_booking(&context, &stored.record.saga, step.leg, part)
+                        .map_err(|e| Error::Corrupt(format!("booking: {e}")))?,
                 );
             }
         }
         let month = storage::month_of(stored.record.create_time);
-        let currency = stored.record.currency().code();
         spend.retain(|change| stored.record.tracks_spend(&change.token));
         for change in &mut spend {
             change.limit = None;
         }
-        storage::add_spends(&mut *tx, currency, month, &spend).await?;
+        storage::add_spends(&mut *tx, month, &spend).await?;
         // A card declined as lost or stolen is suspended in its group with the decline, so no
         // later payment sends it again (a statement more only when that happens).
         let suspensions: Vec<_> = events
@@ -887,7 +884,7 @@ impl Workflow {
         context: &BookingContext,
         record: &PaymentRecord,
         outcome: &Outcome,
-    ) -> Result<Option<tandem_ledger::types::Transfer>, Error> {
+    ) -> Result<Vec<tandem_ledger::types::Transfer>, Error> {
         let leg = match *outcome {
             Outcome::Authorized { leg, .. }
             | Outcome::Declined { leg, .. }
@@ -896,7 +893,7 @@ impl Workflow {
         };
         let context = leg_context(context, record, leg);
         booking::booking(&context, &record.saga, outcome)
-            .map_err(|e| Error::Corrupt(format!("ledger id: {e}")))
+            .map_err(|e| Error::Corrupt(format!("booking: {e}")))
     }
 
     /// Saves the payment with `events` appended to its outbox, each event with the payment as

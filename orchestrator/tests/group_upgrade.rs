@@ -134,8 +134,15 @@ async fn a_group_stored_as_a_message_pays_after_the_upgrade() {
         cost_center: None,
         lines: Vec::new(),
     };
-    let plan = planning::plan(&group.rules(), &group.policy, &invoice, |_| 0, now)
-        .expect("the group pays");
+    let plan = planning::plan(
+        &group.rules(),
+        &group.policy,
+        &invoice,
+        |_| 0,
+        now,
+        Vec::new(),
+    )
+    .expect("the group pays");
     let legs: Vec<i64> = plan.saga.legs.iter().map(|leg| leg.amount).collect();
     assert_eq!(legs, [5_000, 3_000]);
     pool.close().await;

@@ -5,7 +5,8 @@
 //! - [`tandem::r#type::v1`]: shared types (`Money`).
 //! - [`tandem::vault::v1`]: `TokenService`, `ChargeService`, `KeyAdminService` (and the sandbox
 //!   acquirer's admin surface).
-//! - [`tandem::orchestrator::v1`]: `CardGroupService`, `PaymentService`.
+//! - [`tandem::orchestrator::v1`]: `CardGroupService`, `PaymentService`, `LedgerService`,
+//!   `ReconciliationService`, `WebhookService`, `FxService`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of every file, for server reflection.
 //!
 //! # Invariants

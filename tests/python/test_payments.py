@@ -228,6 +228,7 @@ def test_orchestrator_reflection_and_health(vault):
         "tandem.orchestrator.v1.LedgerService",
         "tandem.orchestrator.v1.ReconciliationService",
         "tandem.orchestrator.v1.WebhookService",
+        "tandem.orchestrator.v1.FxService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
@@ -254,5 +255,9 @@ def test_orchestrator_reflection_and_health(vault):
         assert response.status == health_pb2.HealthCheckResponse.SERVING
         response = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="tandem.orchestrator.v1.WebhookService")
+        )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="tandem.orchestrator.v1.FxService")
         )
         assert response.status == health_pb2.HealthCheckResponse.SERVING

@@ -6,11 +6,11 @@
 use sqlx::Connection as _;
 use tandem_ledger::types::{AccountId, TransferResult};
 use tandem_money::{Currency, Money};
-use tandem_orchestrator::domain::allocation::{Member, Strategy, allocate};
+use tandem_orchestrator::domain::allocation::{Exchange, Member, Strategy, allocate};
 use tandem_orchestrator::domain::booking::{self, BookingContext};
 use tandem_orchestrator::domain::saga::{
     Command, Completion, Dispatch, Leg, LegState, NextAction, Outcome, Payment, PaymentState,
-    apply, decide,
+    Reallocation, apply, decide,
 };
 use tandem_tests::TestDatabase;
 
@@ -66,7 +66,14 @@ async fn seeded_sagas_book_a_consistent_ledger() {
     let mut totals = Vec::new();
     for seed in 1..=40u64 {
         let amount = 2_050;
-        let allocation = allocate(Money::new(usd, amount), &[], &members, &strategy, true);
+        let allocation = allocate(
+            Money::new(usd, amount),
+            &[],
+            &members,
+            &strategy,
+            true,
+            &Exchange::none(usd),
+        );
         let completion = if seed % 2 == 0 {
             Completion::AllOrNothing
         } else {
@@ -83,6 +90,7 @@ async fn seeded_sagas_book_a_consistent_ledger() {
                     token: p.token.clone(),
                     amount: p.amount.minor_units,
                     approved: 0,
+                    held: 0,
                     state: LegState::Pending,
                     attempts: 0,
                 })
@@ -97,6 +105,8 @@ async fn seeded_sagas_book_a_consistent_ledger() {
                 Dispatch::OneAtATime
             },
             stopped: false,
+            reallocation: Reallocation::Any,
+            quotes: Vec::new(),
         };
         let context = BookingContext {
             payment_id: format!("pay_{seed}"),
@@ -147,11 +157,15 @@ async fn seeded_sagas_book_a_consistent_ledger() {
                 // The state change and its booking commit together.
                 let mut tx = conn.begin().await.unwrap();
                 apply(&mut payment, outcome).unwrap();
-                if let Some(transfer) = booking::booking(&context, &payment, &outcome).unwrap() {
-                    let results = tandem_ledger::ledger::create_transfers(&mut tx, &[transfer])
+                let transfers = booking::booking(&context, &payment, &outcome).unwrap();
+                if !transfers.is_empty() {
+                    let results = tandem_ledger::ledger::create_transfers(&mut tx, &transfers)
                         .await
                         .unwrap();
-                    assert_eq!(results, [TransferResult::Ok], "seed {seed}: {outcome:?}");
+                    assert!(
+                        results.iter().all(|r| *r == TransferResult::Ok),
+                        "seed {seed}: {outcome:?}"
+                    );
                 }
                 tx.commit().await.unwrap();
             }

@@ -8,6 +8,7 @@ use tandem_tests::TestDatabase;
 fn change(token: &str, delta: i64, limit: Option<i64>) -> SpendChange {
     SpendChange {
         token: token.to_owned(),
+        currency: tandem_money::Currency::parse("USD").unwrap(),
         delta,
         limit,
     }
@@ -24,7 +25,15 @@ async fn spend_changes_are_added_each_within_its_limit() {
     let mut conn = pool.acquire().await.expect("connection");
     let month = storage::month_of(time::OffsetDateTime::now_utc());
     let mut add = async |currency: &str, changes: &[SpendChange]| {
-        let mut added: Vec<String> = storage::add_spends(&mut conn, currency, month, changes)
+        let currency = tandem_money::Currency::parse(currency).unwrap();
+        let changes: Vec<SpendChange> = changes
+            .iter()
+            .map(|c| SpendChange {
+                currency,
+                ..c.clone()
+            })
+            .collect();
+        let mut added: Vec<String> = storage::add_spends(&mut conn, month, &changes)
             .await
             .expect("add spends")
             .into_iter()

@@ -1,16 +1,25 @@
 //! Allocation: how an invoice amount is divided over a card group's members.
 //!
-//! Pure and deterministic: the same members, policy and amount give the same parts. The rules
-//! are those of `AllocationStrategy` in `proto/tandem/orchestrator/v1/card_group_service.proto`:
+//! Pure and deterministic: the same members, policy, rates and amount give the same parts. The
+//! rules are those of `AllocationStrategy` in
+//! `proto/tandem/orchestrator/v1/card_group_service.proto`:
 //!
 //! - `SEQUENTIAL`: members in priority order, each filled up to its room.
 //! - `PARALLEL`: split by weights if given, evenly otherwise.
 //! - `WEIGHTED`: split by basis points summing to 10000.
 //! - `FIXED`: fixed amounts per member (taken in priority order; the last one is reduced if
 //!   they exceed the amount), then the rest by a [`RemainderRule`].
-//! - `BY_CURRENCY`: each invoice line to the members of its currency, in priority order.
+//! - `BY_CURRENCY`: each invoice line to the members of its currency, in priority order; a line
+//!   whose currency no active member holds to every member, in priority order, when the policy
+//!   allows conversion (refused by [`check_policy`] otherwise).
 //!
-//! Every part is then capped by its member's room (what the member may still be charged in this
+//! Parts are in the invoice's currency: each is the part of the invoice a member covers. A
+//! member in another currency is charged its part converted at the payment's quote
+//! ([`Exchange`]); its room (limits are in the member's currency) is what that room covers at
+//! the quote, so the converted charge never exceeds it. A member in another currency without a
+//! quote takes nothing.
+//!
+//! Every part is capped by its member's room (what the member may still be charged in this
 //! payment: its per-payment limit and what its monthly limit leaves, ceiling windows already
 //! applied by the caller). What a cap cuts off moves to the next members in priority order,
 //! within their room, when fallback is enabled, and stays uncovered otherwise.
@@ -21,14 +30,17 @@
 //!
 //! # Invariants (checked by the property tests below)
 //!
-//! - `sum(parts) + sum(uncovered) == amount`, per currency.
-//! - Every part is positive and at most its member's room.
-//! - Only eligible members get parts: active, in the part's currency, not excluded.
+//! - `sum(parts) + uncovered == amount`, in the invoice's currency.
+//! - Every part is positive and, converted to its member's currency, at most its room.
+//! - Only eligible members get parts: active, of the line's currency (`BY_CURRENCY`) or
+//!   convertible, not excluded.
 //! - The same input gives the same output.
 
 use std::collections::BTreeMap;
 
 use tandem_money::{Currency, Money};
+
+use super::fx::Quote;
 
 /// Basis points in a whole.
 pub const BASIS_POINTS_TOTAL: u32 = 10_000;
@@ -104,12 +116,89 @@ pub enum Strategy {
     ByCurrency,
 }
 
+/// An invoice line as `BY_CURRENCY` divides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line {
+    /// The line's amount, in minor units of the invoice's currency.
+    pub amount: i64,
+    /// The currency of the cards that pay it.
+    pub currency: Currency,
+}
+
+/// The currencies of a payment: the invoice's, the quotes it fixed (from the invoice's
+/// currency to members' currencies), and whether a `BY_CURRENCY` line no member's currency
+/// matches may go to the other members.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'q> {
+    /// The invoice's currency: every part is in it.
+    pub invoice: Currency,
+    /// The quotes from `invoice`.
+    pub quotes: &'q [Quote],
+    /// The policy allows a `BY_CURRENCY` line whose currency no active member holds to be
+    /// converted to the other members.
+    pub allow_conversion: bool,
+}
+
+impl<'q> Exchange<'q> {
+    /// Amounts in `invoice`, nothing converted.
+    pub fn none(invoice: Currency) -> Exchange<'q> {
+        Exchange {
+            invoice,
+            quotes: &[],
+            allow_conversion: false,
+        }
+    }
+
+    /// The quote from the invoice's currency to `currency`, if the payment has one.
+    pub fn quote(&self, currency: Currency) -> Option<&'q Quote> {
+        self.quotes
+            .iter()
+            .find(|q| q.from == self.invoice && q.to == currency)
+    }
+
+    /// True if `member` can be charged a part of the invoice: in its currency, or with a quote.
+    fn payable(&self, member: &Member) -> bool {
+        member.currency == self.invoice || self.quote(member.currency).is_some()
+    }
+
+    /// The most of the invoice `charge` minor units of `member`'s currency cover.
+    fn covers(&self, member: &Member, charge: i64) -> i64 {
+        if member.currency == self.invoice {
+            return charge;
+        }
+        self.quote(member.currency)
+            .and_then(|q| q.covered_by(charge.max(0)))
+            .unwrap_or(0)
+    }
+}
+
+/// Which members may take an amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Reach {
+    /// Every payable member.
+    Any,
+    /// The payable members of one currency (a `BY_CURRENCY` line).
+    Currency(Currency),
+}
+
+/// The reach of a `BY_CURRENCY` line of `currency`: its members when an active member holds
+/// it, every member when none does and the policy allows conversion, nobody otherwise.
+pub fn line_reach(members: &[Member], currency: Currency, allow_conversion: bool) -> Option<Reach> {
+    if members.iter().any(|m| m.active && m.currency == currency) {
+        Some(Reach::Currency(currency))
+    } else if allow_conversion {
+        Some(Reach::Any)
+    } else {
+        None
+    }
+}
+
 /// One part of an allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
     /// The member's token.
     pub token: String,
-    /// The amount, positive, in the member's currency.
+    /// The part of the invoice the member covers, positive, in the invoice's currency.
     pub amount: Money,
 }
 
@@ -118,7 +207,7 @@ pub struct Part {
 pub struct Allocation {
     /// Positive parts, in member priority order.
     pub parts: Vec<Part>,
-    /// What no member could take, per currency (only non-zero amounts).
+    /// What no member could take, in the invoice's currency (only a non-zero amount).
     pub uncovered: Vec<Money>,
 }
 
@@ -132,6 +221,14 @@ pub struct PolicyError {
     pub description: String,
 }
 
+impl PolicyError {
+    /// True when no member can pay the invoice (or one of its lines): an error of
+    /// `invoice.amount.currency_code` or `invoice.lines[i].currency_code`.
+    pub fn is_unpayable(&self) -> bool {
+        self.field.starts_with("invoice.") && self.field.ends_with("currency_code")
+    }
+}
+
 fn policy_error(field: impl Into<String>, description: impl Into<String>) -> PolicyError {
     PolicyError {
         field: field.into(),
@@ -140,13 +237,14 @@ fn policy_error(field: impl Into<String>, description: impl Into<String>) -> Pol
 }
 
 /// Checks `strategy` against the group's `members` and the invoice: weights sum to 10000, every
-/// token is a member and appears once, fixed amounts are positive, some active member holds each
-/// currency the invoice needs. Returns every violation.
+/// token is a member and appears once, fixed amounts are positive, some active member can pay
+/// the invoice (or each `BY_CURRENCY` line). Returns every violation.
 pub fn check_policy(
     strategy: &Strategy,
     members: &[Member],
     amount: Money,
-    lines: &[Money],
+    lines: &[Line],
+    exchange: &Exchange<'_>,
 ) -> Result<(), Vec<PolicyError>> {
     let mut errors = Vec::new();
     let is_member = |token: &str| members.iter().any(|m| m.token == token);
@@ -219,26 +317,28 @@ pub fn check_policy(
                 ));
             }
             for (i, line) in lines.iter().enumerate() {
-                if !members
-                    .iter()
-                    .any(|m| m.active && m.currency == line.currency)
-                {
+                if line_reach(members, line.currency, exchange.allow_conversion).is_none() {
                     errors.push(policy_error(
-                        format!("invoice.lines[{i}].amount.currency_code"),
-                        format!("no active member of the group holds {}", line.currency),
+                        format!("invoice.lines[{i}].currency_code"),
+                        format!(
+                            "no active member of the group holds {} and the policy does not \
+                             allow conversion",
+                            line.currency
+                        ),
                     ));
                 }
             }
         }
     }
     if !matches!(strategy, Strategy::ByCurrency)
-        && !members
-            .iter()
-            .any(|m| m.active && m.currency == amount.currency)
+        && !members.iter().any(|m| m.active && exchange.payable(m))
     {
         errors.push(policy_error(
             "invoice.amount.currency_code",
-            format!("no active member of the group holds {}", amount.currency),
+            format!(
+                "no active member of the group holds {} or has a rate from it",
+                amount.currency
+            ),
         ));
     }
     if errors.is_empty() {
@@ -254,29 +354,32 @@ pub fn check_policy(
 /// not members are ignored.
 pub fn allocate(
     amount: Money,
-    lines: &[Money],
+    lines: &[Line],
     members: &[Member],
     strategy: &Strategy,
     fallback: bool,
+    exchange: &Exchange<'_>,
 ) -> Allocation {
+    assert_eq!(
+        amount.currency, exchange.invoice,
+        "an allocation divides an amount in the invoice's currency"
+    );
     let ordered = by_priority(members);
-    let mut book = Book::default();
+    let mut book = Book::new(*exchange);
+    let any = Reach::Any;
     match strategy {
         Strategy::ByCurrency => {
             for line in lines {
-                let rest = fill_in_order(&mut book, &ordered, line.currency, line.minor_units, &[]);
-                book.leave_uncovered(line.currency, rest);
+                let rest = match line_reach(members, line.currency, exchange.allow_conversion) {
+                    Some(reach) => fill_in_order(&mut book, &ordered, reach, line.amount, &[]),
+                    None => line.amount,
+                };
+                book.leave_uncovered(rest);
             }
         }
         Strategy::Sequential => {
-            let rest = fill_in_order(
-                &mut book,
-                &ordered,
-                amount.currency,
-                amount.minor_units,
-                &[],
-            );
-            book.leave_uncovered(amount.currency, rest);
+            let rest = fill_in_order(&mut book, &ordered, any, amount.minor_units, &[]);
+            book.leave_uncovered(rest);
         }
         Strategy::Weighted { weights } | Strategy::Parallel { weights } if !weights.is_empty() => {
             let shares: Vec<(&Member, u64)> = ordered
@@ -294,72 +397,63 @@ pub fn allocate(
         Strategy::Weighted { .. } | Strategy::Parallel { .. } => {
             let shares: Vec<(&Member, u64)> = ordered
                 .iter()
-                .filter(|m| eligible(m, amount.currency))
+                .filter(|m| book.eligible(m, any))
                 .map(|m| (*m, 1))
                 .collect();
             let proposed = split(amount.minor_units, &shares);
             cap_and_spill(&mut book, &ordered, amount, proposed, fallback);
         }
         Strategy::Fixed { amounts, remainder } => {
-            let proposed = fixed(amount, &ordered, amounts, *remainder);
+            let proposed = fixed(&book, amount, &ordered, amounts, *remainder);
             cap_and_spill(&mut book, &ordered, amount, proposed, fallback);
         }
     }
     let allocation = book.finish(&ordered);
-    match strategy {
-        Strategy::ByCurrency => assert_sums(&allocation, lines),
-        _ => assert_sums(&allocation, &[amount]),
-    }
+    let total = match strategy {
+        Strategy::ByCurrency => lines.iter().map(|line| line.amount).sum(),
+        _ => amount.minor_units,
+    };
+    assert_sums(&allocation, total);
     allocation
 }
 
-/// Asserts that `allocation`'s parts and what it leaves uncovered sum exactly, per currency, to
-/// the `totals` it divided.
-fn assert_sums(allocation: &Allocation, totals: &[Money]) {
-    let mut left: BTreeMap<Currency, i64> = BTreeMap::new();
-    for total in totals {
-        *left.entry(total.currency).or_default() += total.minor_units;
-    }
-    for money in allocation
+/// Asserts that `allocation`'s parts and what it leaves uncovered sum exactly to the `total` it
+/// divided.
+fn assert_sums(allocation: &Allocation, total: i64) {
+    let given: i64 = allocation
         .parts
         .iter()
         .map(|part| &part.amount)
         .chain(&allocation.uncovered)
-    {
-        *left.entry(money.currency).or_default() -= money.minor_units;
-    }
-    assert!(
-        left.values().all(|amount| *amount == 0),
-        "an allocation's parts and uncovered amounts sum to what it divides: {left:?} left over"
+        .map(|money| money.minor_units)
+        .sum();
+    assert_eq!(
+        given, total,
+        "an allocation's parts and uncovered amount sum to what it divides"
     );
 }
 
-/// Moves `amount` not covered (a decline, a partial approval) to the eligible members not in
-/// `excluded`, in priority order, within what their room leaves after `already` (the amounts
-/// this payment already asks of them; a member may appear several times). The runtime side of
-/// the fallback policy.
+/// Moves `amount` not covered (a decline, a partial approval) to the members in `reach` not in
+/// `excluded`, in priority order, within what their room leaves after `charged` (what this
+/// payment already asks of each, in the member's currency; a member may appear several times).
+/// The runtime side of the fallback policy.
 pub fn reallocate(
     amount: Money,
     members: &[Member],
     excluded: &[&str],
-    already: &[Part],
+    charged: &[(String, i64)],
+    reach: Reach,
+    exchange: &Exchange<'_>,
 ) -> Allocation {
     let ordered = by_priority(members);
-    let mut book = Book::default();
-    for part in already {
-        *book.already.entry(part.token.clone()).or_default() += part.amount.minor_units;
+    let mut book = Book::new(*exchange);
+    for (token, charge) in charged {
+        *book.charged.entry(token.clone()).or_default() += charge;
     }
-    let rest = fill_in_order(
-        &mut book,
-        &ordered,
-        amount.currency,
-        amount.minor_units,
-        excluded,
-    );
-    book.leave_uncovered(amount.currency, rest);
-    book.already.clear();
+    let rest = fill_in_order(&mut book, &ordered, reach, amount.minor_units, excluded);
+    book.leave_uncovered(rest);
     let allocation = book.finish(&ordered);
-    assert_sums(&allocation, &[amount]);
+    assert_sums(&allocation, amount.minor_units);
     allocation
 }
 
@@ -373,74 +467,90 @@ fn by_priority(members: &[Member]) -> Vec<&Member> {
     ordered
 }
 
-fn eligible(member: &Member, currency: Currency) -> bool {
-    member.active && member.currency == currency && member.room.is_none_or(|room| room > 0)
-}
-
 /// Parts being built, per member, and what stays uncovered.
-#[derive(Default)]
-struct Book {
-    parts: BTreeMap<String, (Currency, i64)>,
-    /// Amounts asked of members before this allocation (for [`reallocate`]).
-    already: BTreeMap<String, i64>,
-    uncovered: BTreeMap<Currency, i64>,
+struct Book<'q> {
+    exchange: Exchange<'q>,
+    /// Parts, in minor units of the invoice's currency.
+    parts: BTreeMap<String, i64>,
+    /// What members were asked before this allocation (for [`reallocate`]), in minor units of
+    /// each member's currency.
+    charged: BTreeMap<String, i64>,
+    uncovered: i64,
 }
 
-impl Book {
-    /// What `member` can still take in this allocation.
+impl<'q> Book<'q> {
+    fn new(exchange: Exchange<'q>) -> Book<'q> {
+        Book {
+            exchange,
+            parts: BTreeMap::new(),
+            charged: BTreeMap::new(),
+            uncovered: 0,
+        }
+    }
+
+    /// True if `member` may take a part within `reach`: active, payable, with room.
+    fn eligible(&self, member: &Member, reach: Reach) -> bool {
+        let in_reach = match reach {
+            Reach::Any => true,
+            Reach::Currency(currency) => member.currency == currency,
+        };
+        in_reach
+            && member.active
+            && self.exchange.payable(member)
+            && member.room.is_none_or(|room| room > 0)
+    }
+
+    /// What `member` can still take in this allocation, in the invoice's currency: what its
+    /// room left after earlier charges covers, less its part so far.
     fn room_left(&self, member: &Member) -> i64 {
-        let taken = self
-            .parts
-            .get(&member.token)
-            .map_or(0, |(_, amount)| *amount)
-            + self.already.get(&member.token).copied().unwrap_or(0);
-        member.room.map_or(i64::MAX, |room| (room - taken).max(0))
+        let Some(room) = member.room else {
+            return i64::MAX;
+        };
+        let charged = self.charged.get(&member.token).copied().unwrap_or(0);
+        let covers = self.exchange.covers(member, (room - charged).max(0));
+        let taken = self.parts.get(&member.token).copied().unwrap_or(0);
+        (covers - taken).max(0)
     }
 
     fn add(&mut self, member: &Member, amount: i64) {
         assert!(amount >= 0, "a part is never negative");
         if amount > 0 {
-            self.parts
-                .entry(member.token.clone())
-                .or_insert((member.currency, 0))
-                .1 += amount;
+            *self.parts.entry(member.token.clone()).or_default() += amount;
         }
     }
 
-    fn leave_uncovered(&mut self, currency: Currency, amount: i64) {
-        if amount > 0 {
-            *self.uncovered.entry(currency).or_default() += amount;
-        }
+    fn leave_uncovered(&mut self, amount: i64) {
+        self.uncovered += amount.max(0);
     }
 
     fn finish(self, ordered: &[&Member]) -> Allocation {
+        let invoice = self.exchange.invoice;
         let parts = ordered
             .iter()
             .filter_map(|m| {
                 self.parts
                     .get(&m.token)
-                    .filter(|(_, amount)| *amount > 0)
-                    .map(|(currency, amount)| Part {
+                    .filter(|amount| **amount > 0)
+                    .map(|amount| Part {
                         token: m.token.clone(),
-                        amount: Money::new(*currency, *amount),
+                        amount: Money::new(invoice, *amount),
                     })
             })
             .collect();
-        let uncovered = self
-            .uncovered
+        let uncovered = (self.uncovered > 0)
+            .then(|| Money::new(invoice, self.uncovered))
             .into_iter()
-            .map(|(currency, amount)| Money::new(currency, amount))
             .collect();
         Allocation { parts, uncovered }
     }
 }
 
-/// Gives `amount` to the eligible members (not in `excluded`) in priority order, each up to its
-/// room; returns what is left.
+/// Gives `amount` to the eligible members in `reach` (not in `excluded`) in priority order,
+/// each up to its room; returns what is left.
 fn fill_in_order(
-    book: &mut Book,
+    book: &mut Book<'_>,
     ordered: &[&Member],
-    currency: Currency,
+    reach: Reach,
     amount: i64,
     excluded: &[&str],
 ) -> i64 {
@@ -449,7 +559,7 @@ fn fill_in_order(
         if rest == 0 {
             break;
         }
-        if !eligible(member, currency) || excluded.contains(&member.token.as_str()) {
+        if !book.eligible(member, reach) || excluded.contains(&member.token.as_str()) {
             continue;
         }
         let take = rest.min(book.room_left(member));
@@ -505,6 +615,7 @@ pub fn split<T: Copy>(amount: i64, shares: &[(T, u64)]) -> Vec<(T, i64)> {
 /// The proposed parts of a `FIXED` allocation, before caps. A remainder no member is proposed
 /// for is left out (the cap step treats it as cut off).
 fn fixed<'m>(
+    book: &Book<'_>,
     amount: Money,
     ordered: &[&'m Member],
     amounts: &[FixedAmount],
@@ -524,7 +635,7 @@ fn fixed<'m>(
     }
     let without_fixed: Vec<&Member> = ordered
         .iter()
-        .filter(|m| eligible(m, amount.currency) && !amounts.iter().any(|a| a.token == m.token))
+        .filter(|m| book.eligible(m, Reach::Any) && !amounts.iter().any(|a| a.token == m.token))
         .copied()
         .collect();
     match remainder {
@@ -535,7 +646,7 @@ fn fixed<'m>(
                 if rest == 0 {
                     break;
                 }
-                let take = member.room.map_or(rest, |room| room.min(rest)).max(0);
+                let take = book.room_left(member).min(rest).max(0);
                 parts.push((member, take));
                 rest -= take;
             }
@@ -565,18 +676,17 @@ fn fixed<'m>(
 /// Books `proposed` parts capped by each member's room; what a cap (or ineligibility) cuts off
 /// is spilled to the next members in priority order with `fallback`, or left uncovered.
 fn cap_and_spill(
-    book: &mut Book,
+    book: &mut Book<'_>,
     ordered: &[&Member],
     amount: Money,
     proposed: Vec<(&Member, i64)>,
     fallback: bool,
 ) {
-    let currency = amount.currency;
     // What no member was proposed for (no eligible member, a remainder nobody takes) is cut
     // off like a capped part.
     let mut cut = amount.minor_units - proposed.iter().map(|(_, part)| part).sum::<i64>();
     for (member, part) in proposed {
-        let take = if eligible(member, currency) {
+        let take = if book.eligible(member, Reach::Any) {
             part.min(book.room_left(member))
         } else {
             0
@@ -585,11 +695,11 @@ fn cap_and_spill(
         cut += part - take;
     }
     let rest = if fallback {
-        fill_in_order(book, ordered, currency, cut, &[])
+        fill_in_order(book, ordered, Reach::Any, cut, &[])
     } else {
         cut
     };
-    book.leave_uncovered(currency, rest);
+    book.leave_uncovered(rest);
 }
 
 #[cfg(test)]
@@ -600,6 +710,16 @@ mod tests {
 
     fn usd() -> Currency {
         Currency::parse("USD").unwrap()
+    }
+
+    fn quote(from: Currency, to: Currency, rate: &str) -> Quote {
+        Quote {
+            from,
+            to,
+            rate: rate.parse().unwrap(),
+            source: "test".into(),
+            as_of: time::OffsetDateTime::UNIX_EPOCH,
+        }
     }
 
     fn member(token: &str, priority: u16, room: Option<i64>) -> Member {
@@ -650,7 +770,14 @@ mod tests {
                      fallback,
                      expected: &[(&str, i64)],
                      uncovered: i64| {
-            let result = allocate(Money::new(usd(), amount), &[], members, &strategy, fallback);
+            let result = allocate(
+                Money::new(usd(), amount),
+                &[],
+                members,
+                &strategy,
+                fallback,
+                &Exchange::none(usd()),
+            );
             assert_eq!(amounts(&result), pairs(expected), "{strategy:?}");
             let left: i64 = result.uncovered.iter().map(|m| m.minor_units).sum();
             assert_eq!(left, uncovered, "{strategy:?}");
@@ -766,28 +893,96 @@ mod tests {
             0,
         );
 
+        // BY_CURRENCY: each line to its currency's members (the EUR line converted at the
+        // quote, within the EUR member's room in euros), a line of a currency nobody holds to
+        // every member when conversion is allowed.
         let eur = Currency::parse("EUR").unwrap();
+        let gbp = Currency::parse("GBP").unwrap();
+        let quotes = [quote(usd(), eur, "0.9238")];
         let mixed = [
             member("a", 1, Some(1000)),
             Member {
                 currency: eur,
-                ..member("e", 2, None)
+                ..member("e", 2, Some(1201))
             },
             member("b", 3, None),
         ];
-        let lines = [Money::new(usd(), 1500), Money::new(eur, 700)];
+        let lines = [
+            Line {
+                amount: 1500,
+                currency: usd(),
+            },
+            Line {
+                amount: 1400,
+                currency: eur,
+            },
+        ];
+        let exchange = Exchange {
+            invoice: usd(),
+            quotes: &quotes,
+            allow_conversion: false,
+        };
         let result = allocate(
-            Money::new(usd(), 0),
+            Money::new(usd(), 2900),
             &lines,
             &mixed,
             &Strategy::ByCurrency,
             false,
+            &exchange,
         );
         assert_eq!(
             amounts(&result),
-            pairs(&[("a", 1000), ("e", 700), ("b", 500)])
+            pairs(&[("a", 1000), ("e", 1300), ("b", 500)])
         );
-        assert!(result.uncovered.is_empty());
+        assert_eq!(result.uncovered, [Money::new(usd(), 100)]);
+        let pounds = [Line {
+            amount: 2000,
+            currency: gbp,
+        }];
+        let converting = Exchange {
+            allow_conversion: true,
+            ..exchange
+        };
+        let result = allocate(
+            Money::new(usd(), 2000),
+            &pounds,
+            &mixed,
+            &Strategy::ByCurrency,
+            false,
+            &converting,
+        );
+        assert_eq!(amounts(&result), pairs(&[("a", 1000), ("e", 1000)]));
+        let result = allocate(
+            Money::new(usd(), 2000),
+            &pounds,
+            &mixed,
+            &Strategy::ByCurrency,
+            false,
+            &exchange,
+        );
+        assert_eq!(result.uncovered, [Money::new(usd(), 2000)]);
+        // Other strategies: a member in another currency takes part only with a quote.
+        let result = allocate(
+            Money::new(usd(), 3000),
+            &[],
+            &mixed,
+            &Strategy::Sequential,
+            false,
+            &exchange,
+        );
+        assert_eq!(
+            amounts(&result),
+            pairs(&[("a", 1000), ("e", 1300), ("b", 700)])
+        );
+        let result = allocate(
+            Money::new(usd(), 3000),
+            &[],
+            &mixed,
+            &Strategy::Sequential,
+            false,
+            &Exchange::none(usd()),
+        );
+        assert_eq!(amounts(&result), pairs(&[("a", 1000), ("b", 2000)]));
     }
 
     /// Invalid policies name the field at fault.
@@ -795,8 +990,8 @@ mod tests {
     fn invalid_policies() {
         let group = [member("a", 1, None), member("b", 2, None)];
         let amount = Money::new(usd(), 100);
-        let fields = |strategy: Strategy, lines: &[Money]| -> Vec<String> {
-            check_policy(&strategy, &group, amount, lines)
+        let fields = |strategy: Strategy, lines: &[Line]| -> Vec<String> {
+            check_policy(&strategy, &group, amount, lines, &Exchange::none(usd()))
                 .err()
                 .unwrap_or_default()
                 .into_iter()
@@ -850,11 +1045,24 @@ mod tests {
         );
         let eur = Currency::parse("EUR").unwrap();
         assert_eq!(
-            fields(Strategy::ByCurrency, &[Money::new(eur, 5)]),
-            ["invoice.lines[0].amount.currency_code"]
+            fields(
+                Strategy::ByCurrency,
+                &[Line {
+                    amount: 5,
+                    currency: eur
+                }]
+            ),
+            ["invoice.lines[0].currency_code"]
         );
         assert_eq!(
-            check_policy(&Strategy::Sequential, &group, Money::new(eur, 5), &[]).unwrap_err()[0]
+            check_policy(
+                &Strategy::Sequential,
+                &group,
+                Money::new(eur, 5),
+                &[],
+                &Exchange::none(eur)
+            )
+            .unwrap_err()[0]
                 .field,
             "invoice.amount.currency_code"
         );
@@ -869,44 +1077,49 @@ mod tests {
             member("b", 2, Some(1000)),
             member("c", 3, None),
         ];
-        let already = [Part {
-            token: "b".into(),
-            amount: Money::new(usd(), 800),
-        }];
-        let result = reallocate(Money::new(usd(), 500), &group, &["a"], &already);
+        let none = Exchange::none(usd());
+        let realloc = |amount, members: &[Member], charged: &[(String, i64)]| {
+            reallocate(
+                Money::new(usd(), amount),
+                members,
+                &["a"],
+                charged,
+                Reach::Any,
+                &none,
+            )
+        };
+        let already = [("b".to_owned(), 800)];
+        let result = realloc(500, &group, &already);
         assert_eq!(amounts(&result), pairs(&[("b", 200), ("c", 300)]));
         // A member carrying two legs has the room both leave.
-        let twice = [
-            Part {
-                token: "b".into(),
-                amount: Money::new(usd(), 300),
-            },
-            Part {
-                token: "b".into(),
-                amount: Money::new(usd(), 600),
-            },
-        ];
-        let result = reallocate(Money::new(usd(), 500), &group, &["a"], &twice);
+        let twice = [("b".to_owned(), 300), ("b".to_owned(), 600)];
+        let result = realloc(500, &group, &twice);
         assert_eq!(amounts(&result), pairs(&[("b", 100), ("c", 400)]));
-        let none_left = reallocate(Money::new(usd(), 500), &group[..2], &["a"], &already);
+        let none_left = realloc(500, &group[..2], &already);
         assert_eq!(amounts(&none_left), pairs(&[("b", 200)]));
         assert_eq!(none_left.uncovered, [Money::new(usd(), 300)]);
     }
 
     fn arb_members() -> impl proptest::strategy::Strategy<Value = Vec<Member>> {
+        arb_members_in(&["USD", "EUR"])
+    }
+
+    fn arb_members_in(
+        currencies: &'static [&'static str],
+    ) -> impl proptest::strategy::Strategy<Value = Vec<Member>> {
         proptest::collection::vec(
             (any::<bool>(), proptest::option::of(0i64..5_000), 0u8..3),
             1..8,
         )
-        .prop_map(|specs| {
-            let currencies = ["USD", "EUR", "JPY"];
+        .prop_map(move |specs| {
             specs
                 .into_iter()
                 .enumerate()
                 .map(|(i, (active, room, currency))| Member {
                     token: format!("tok{i}"),
                     priority: (i as u16) * 3 + 1,
-                    currency: Currency::parse(currencies[usize::from(currency) % 2]).unwrap(),
+                    currency: Currency::parse(currencies[usize::from(currency) % currencies.len()])
+                        .unwrap(),
                     active: active || i == 0,
                     room,
                 })
@@ -977,7 +1190,8 @@ mod tests {
             fallback in any::<bool>(),
         ) {
             let usd = Currency::parse("USD").unwrap();
-            let result = allocate(Money::new(usd, amount), &[], &members, &strategy, fallback);
+            let none = Exchange::none(usd);
+            let result = allocate(Money::new(usd, amount), &[], &members, &strategy, fallback, &none);
             let parts: i64 = result.parts.iter().map(|p| p.amount.minor_units).sum();
             let uncovered: i64 = result.uncovered.iter().map(|m| m.minor_units).sum();
             prop_assert_eq!(parts + uncovered, amount);
@@ -991,7 +1205,88 @@ mod tests {
                     prop_assert!(part.amount.minor_units <= room);
                 }
             }
-            let again = allocate(Money::new(usd, amount), &[], &members, &strategy, fallback);
+            let again = allocate(Money::new(usd, amount), &[], &members, &strategy, fallback, &none);
+            prop_assert_eq!(again, result);
+        }
+
+        /// Across currencies of exponents 0, 2 and 3 at random rates, for any strategy (and
+        /// BY_CURRENCY lines of any currency, with or without conversion): the parts and the
+        /// uncovered rest cover the invoice exactly in its currency; every part goes to an
+        /// active member that is in the invoice's currency, the line's, or has a quote; its
+        /// charge in the member's currency (rounded up) is within the member's room and differs
+        /// from the exact conversion by less than one minor unit.
+        #[test]
+        fn allocations_across_currencies_cover_the_invoice_exactly(
+            (members, strategy) in arb_members_in(&["JPY", "USD", "BHD"]).prop_flat_map(|members| {
+                let tokens = members.iter().map(|m| m.token.clone()).collect();
+                (Just(members), arb_strategy(tokens))
+            }),
+            invoice in 0usize..3,
+            rates in proptest::collection::vec((1u64..2_000_000, 0u32..7), 3),
+            amount in 0i64..50_000,
+            by_currency in any::<bool>(),
+            line_currencies in proptest::collection::vec(0usize..4, 1..4),
+            allow_conversion in any::<bool>(),
+            fallback in any::<bool>(),
+        ) {
+            let codes = ["JPY", "USD", "BHD", "GBP"];
+            let invoice = Currency::parse(codes[invoice]).unwrap();
+            let quotes: Vec<Quote> = codes[..3]
+                .iter()
+                .zip(&rates)
+                .map(|(code, (mantissa, scale))| Quote {
+                    from: invoice,
+                    to: Currency::parse(code).unwrap(),
+                    rate: tandem_money::fx::Rate::new(rust_decimal::Decimal::new(
+                        *mantissa as i64,
+                        *scale,
+                    ))
+                    .unwrap(),
+                    source: "test".into(),
+                    as_of: time::OffsetDateTime::UNIX_EPOCH,
+                })
+                .filter(|q| q.to != invoice)
+                .collect();
+            let exchange = Exchange { invoice, quotes: &quotes, allow_conversion };
+            let (strategy, lines) = if by_currency {
+                let share = amount / line_currencies.len() as i64;
+                let mut lines: Vec<Line> = line_currencies
+                    .iter()
+                    .map(|c| Line { amount: share, currency: Currency::parse(codes[*c]).unwrap() })
+                    .collect();
+                lines[0].amount += amount - share * line_currencies.len() as i64;
+                (Strategy::ByCurrency, lines)
+            } else {
+                (strategy, Vec::new())
+            };
+            let total = Money::new(invoice, amount);
+            let result = allocate(total, &lines, &members, &strategy, fallback, &exchange);
+            let parts: i64 = result.parts.iter().map(|p| p.amount.minor_units).sum();
+            let uncovered: i64 = result.uncovered.iter().map(|m| m.minor_units).sum();
+            prop_assert_eq!(parts + uncovered, amount);
+            for part in &result.parts {
+                let member = members.iter().find(|m| m.token == part.token).unwrap();
+                prop_assert!(part.amount.minor_units > 0);
+                prop_assert_eq!(part.amount.currency, invoice);
+                prop_assert!(member.active);
+                let charge = if member.currency == invoice {
+                    part.amount.minor_units
+                } else {
+                    let quote = exchange.quote(member.currency);
+                    prop_assert!(quote.is_some());
+                    let conversion = quote.unwrap().convert(part.amount.minor_units).unwrap();
+                    prop_assert!((0..=1).contains(&conversion.rounding));
+                    conversion.charge
+                };
+                if let Some(room) = member.room {
+                    prop_assert!(charge <= room, "{} > room {}", charge, room);
+                }
+                if by_currency {
+                    let in_line = lines.iter().any(|l| l.currency == member.currency);
+                    prop_assert!(in_line || allow_conversion);
+                }
+            }
+            let again = allocate(total, &lines, &members, &strategy, fallback, &exchange);
             prop_assert_eq!(again, result);
         }
 
@@ -1011,12 +1306,14 @@ mod tests {
                 .filter(|(i, _)| excluded_mask & (1 << i) != 0)
                 .map(|(_, m)| m.token.as_str())
                 .collect();
-            let already: Vec<Part> = members
+            let already: Vec<(String, i64)> = members
                 .iter()
                 .take(1)
-                .map(|m| Part { token: m.token.clone(), amount: Money::new(usd, already_amount) })
+                .map(|m| (m.token.clone(), already_amount))
                 .collect();
-            let result = reallocate(Money::new(usd, amount), &members, &excluded, &already);
+            let none = Exchange::none(usd);
+            let result =
+                reallocate(Money::new(usd, amount), &members, &excluded, &already, Reach::Any, &none);
             let parts: i64 = result.parts.iter().map(|p| p.amount.minor_units).sum();
             let uncovered: i64 = result.uncovered.iter().map(|m| m.minor_units).sum();
             prop_assert_eq!(parts + uncovered, amount);
@@ -1024,7 +1321,7 @@ mod tests {
                 let member = members.iter().find(|m| m.token == part.token).unwrap();
                 prop_assert!(!excluded.contains(&part.token.as_str()));
                 prop_assert!(member.active && member.currency == usd);
-                let carried = already.iter().find(|p| p.token == part.token).map_or(0, |p| p.amount.minor_units);
+                let carried = already.iter().find(|p| p.0 == part.token).map_or(0, |p| p.1);
                 if let Some(room) = member.room {
                     prop_assert!(part.amount.minor_units + carried <= room.max(carried));
                 }

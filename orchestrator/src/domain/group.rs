@@ -31,6 +31,10 @@ pub struct Policy {
     pub completion: Completion,
     /// Windows of other limits.
     pub windows: Vec<CeilingWindow>,
+    /// `BY_CURRENCY`: a line whose currency no active member holds is converted to the other
+    /// members (refused otherwise).
+    #[serde(default)]
+    pub allow_conversion: bool,
 }
 
 impl Policy {

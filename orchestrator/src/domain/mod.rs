@@ -3,6 +3,7 @@
 pub mod actor;
 pub mod allocation;
 pub mod booking;
+pub mod fx;
 pub mod group;
 pub mod planning;
 pub mod reconciliation;

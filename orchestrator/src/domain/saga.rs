@@ -19,7 +19,8 @@
 
 use tandem_money::{Currency, Money};
 
-use super::allocation::{Member, Part, reallocate};
+use super::allocation::{Exchange, Member, Reach, reallocate};
+use super::fx::Quote;
 
 /// The lifecycle of a payment (`PaymentState` in the proto, refunds aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -161,7 +162,25 @@ pub enum LegState {
     Voided,
 }
 
+/// Where the amount a card did not cover may go (the fallback's reach).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Reallocation {
+    /// To any member that can pay the invoice.
+    #[default]
+    Any,
+    /// To the members of the declined card's currency (`BY_CURRENCY`), then, when the policy
+    /// allows conversion, to any member.
+    SameCurrency {
+        /// Conversion allowed.
+        then_any: bool,
+    },
+}
+
 /// One member's part of a payment.
+///
+/// `amount` and `approved` are the part of the invoice the leg covers, in the invoice's
+/// currency. A leg of a member in another currency is charged in the member's currency at the
+/// payment's quote ([`Payment::ask`], [`Payment::hold`], [`Payment::capture`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Leg {
     /// The member's token.
@@ -170,6 +189,9 @@ pub struct Leg {
     pub amount: i64,
     /// The amount approved (0 until authorized).
     pub approved: i64,
+    /// For a converted leg, the hold the card's issuer approved, in the member's currency.
+    #[serde(default)]
+    pub held: i64,
     /// State.
     pub state: LegState,
     /// Authorization attempts made on this leg (retries of the same card count).
@@ -199,6 +221,12 @@ pub struct Payment {
     pub dispatch: Dispatch,
     /// A `DO_NOT_RETRY` decline stopped all further authorization.
     pub stopped: bool,
+    /// Where declined amounts may go.
+    #[serde(default)]
+    pub reallocation: Reallocation,
+    /// The rates fixed when the payment was planned, from `currency` to members' currencies.
+    #[serde(default)]
+    pub quotes: Vec<Quote>,
 }
 
 /// A vault operation to run for leg `leg` (its index).
@@ -263,6 +291,74 @@ pub enum SagaError {
 }
 
 impl Payment {
+    /// The payment's currencies and quotes, as allocation takes them.
+    pub fn exchange(&self) -> Exchange<'_> {
+        Exchange {
+            invoice: self.currency,
+            quotes: &self.quotes,
+            allow_conversion: matches!(
+                self.reallocation,
+                Reallocation::SameCurrency { then_any: true }
+            ),
+        }
+    }
+
+    /// The currency `token`'s card is charged in (the invoice's for a token that is not a
+    /// member, which never happens for a leg).
+    pub fn member_currency(&self, token: &str) -> Currency {
+        self.members
+            .iter()
+            .find(|m| m.token == token)
+            .map_or(self.currency, |m| m.currency)
+    }
+
+    /// The quote leg `leg` is converted at; `None` when its card is in the invoice's currency.
+    pub fn quote(&self, leg: usize) -> Option<&Quote> {
+        let currency = self.member_currency(&self.legs[leg].token);
+        (currency != self.currency)
+            .then(|| self.exchange().quote(currency))
+            .flatten()
+    }
+
+    /// `amount` of the invoice's currency charged to `token`'s card: converted and rounded up
+    /// when the card is in another currency.
+    fn charge_of(&self, token: &str, amount: i64) -> i64 {
+        let currency = self.member_currency(token);
+        if currency == self.currency {
+            return amount;
+        }
+        self.exchange()
+            .quote(currency)
+            .and_then(|q| q.convert(amount))
+            .map_or(i64::MAX, |c| c.charge)
+    }
+
+    /// What leg `leg`'s authorization asks of the card, in its currency.
+    pub fn ask(&self, leg: usize) -> i64 {
+        self.charge_of(&self.legs[leg].token, self.legs[leg].amount)
+    }
+
+    /// The hold leg `leg` has on its card, in the card's currency.
+    pub fn hold(&self, leg: usize) -> i64 {
+        let l = &self.legs[leg];
+        if self.quote(leg).is_some() {
+            l.held
+        } else {
+            l.approved
+        }
+    }
+
+    /// What leg `leg`'s capture takes from its card, in the card's currency: the approved part
+    /// converted (never more than the hold; the rest of the hold is released).
+    pub fn capture(&self, leg: usize) -> i64 {
+        let l = &self.legs[leg];
+        if self.quote(leg).is_some() {
+            self.charge_of(&l.token, l.approved).min(l.held)
+        } else {
+            l.approved
+        }
+    }
+
     fn covered(&self) -> i64 {
         self.legs
             .iter()
@@ -308,12 +404,28 @@ pub fn apply(payment: &mut Payment, outcome: Outcome) -> Result<(), SagaError> {
     };
     match outcome {
         Outcome::Authorized { approved, .. } => {
-            if leg.state != LegState::Authorizing || !(1..=leg.amount).contains(&approved) {
+            let asked = leg.amount;
+            if leg.state != LegState::Authorizing {
                 return Err(unexpected);
             }
+            let covers = match payment.quote(index) {
+                // What a converted hold covers of the invoice; a hold worth less than its
+                // minor unit covers nothing and is voided (see `decide`).
+                Some(quote) if (1..=payment.ask(index)).contains(&approved) => {
+                    quote.covered_by(approved).unwrap_or(0).clamp(0, asked)
+                }
+                Some(_) => return Err(unexpected),
+                None if (1..=asked).contains(&approved) => approved,
+                None => return Err(unexpected),
+            };
+            let converted = payment.quote(index).is_some();
+            let leg = &mut payment.legs[index];
             leg.state = LegState::Authorized;
-            leg.approved = approved;
-            let short = leg.amount - approved;
+            leg.approved = covers;
+            if converted {
+                leg.held = approved;
+            }
+            let short = asked - covers;
             if short > 0 {
                 move_on(payment, index, short);
             }
@@ -397,20 +509,18 @@ fn move_on(payment: &mut Payment, from: usize, amount: i64) {
         .map(|(_, l)| l.token.clone())
         .collect();
     let carrying: Vec<String> = payment.legs.iter().map(|l| l.token.clone()).collect();
-    let already: Vec<Part> = payment
+    let mut charged: Vec<(String, i64)> = payment
         .legs
         .iter()
-        .filter(|l| l.state != LegState::Declined)
-        .map(|l| Part {
-            token: l.token.clone(),
-            amount: Money::new(
-                payment.currency,
-                if l.state == LegState::Pending || l.state == LegState::Authorizing {
-                    l.amount
-                } else {
-                    l.approved
-                },
-            ),
+        .enumerate()
+        .filter(|(_, l)| l.state != LegState::Declined)
+        .map(|(i, l)| {
+            let charge = if l.state == LegState::Pending || l.state == LegState::Authorizing {
+                payment.ask(i)
+            } else {
+                payment.hold(i)
+            };
+            (l.token.clone(), charge)
         })
         .collect();
     let first_excluded: Vec<&str> = declined
@@ -418,25 +528,49 @@ fn move_on(payment: &mut Payment, from: usize, amount: i64) {
         .chain(&carrying)
         .map(String::as_str)
         .collect();
-    let first = reallocate(
-        Money::new(payment.currency, amount),
-        &payment.members,
-        &first_excluded,
-        &already,
-    );
-    let rest = first.uncovered.iter().map(|m| m.minor_units).sum::<i64>();
     let declined: Vec<&str> = declined.iter().map(String::as_str).collect();
-    let second = reallocate(
-        Money::new(payment.currency, rest),
-        &payment.members,
-        &declined,
-        &already,
-    );
-    for part in first.parts.into_iter().chain(second.parts) {
+    let reaches = match payment.reallocation {
+        Reallocation::Any => vec![Reach::Any],
+        Reallocation::SameCurrency { then_any } => {
+            let currency = payment.member_currency(&payment.legs[from].token);
+            let mut reaches = vec![Reach::Currency(currency)];
+            if then_any {
+                reaches.push(Reach::Any);
+            }
+            reaches
+        }
+    };
+    // Members carrying no leg first (the amount replaces the card), then members already
+    // carrying legs; each pass within what earlier passes left of their room.
+    let mut rest = amount;
+    let mut parts = Vec::new();
+    for reach in reaches {
+        for excluded in [&first_excluded, &declined] {
+            if rest == 0 {
+                break;
+            }
+            let allocation = reallocate(
+                Money::new(payment.currency, rest),
+                &payment.members,
+                excluded,
+                &charged,
+                reach,
+                &payment.exchange(),
+            );
+            rest = allocation.uncovered.iter().map(|m| m.minor_units).sum();
+            for part in allocation.parts {
+                let charge = payment.charge_of(&part.token, part.amount.minor_units);
+                charged.push((part.token.clone(), charge));
+                parts.push(part);
+            }
+        }
+    }
+    for part in parts {
         payment.legs.push(Leg {
             token: part.token,
             amount: part.amount.minor_units,
             approved: 0,
+            held: 0,
             state: LegState::Pending,
             attempts: 0,
         });
@@ -474,11 +608,13 @@ fn settle(payment: &mut Payment) -> Result<(), InvalidTransition> {
                 }
             }
             PaymentState::Capturing => {
-                if payment
-                    .legs
-                    .iter()
-                    .any(|l| matches!(l.state, LegState::Authorized | LegState::Capturing))
-                {
+                // A hold that covers nothing is voided meanwhile; the payment ends once it is.
+                if payment.legs.iter().any(|l| {
+                    matches!(
+                        l.state,
+                        LegState::Authorized | LegState::Capturing | LegState::Voiding
+                    )
+                }) {
                     return Ok(());
                 }
                 StateEvent::AllCaptured {
@@ -546,7 +682,15 @@ pub fn decide(payment: &mut Payment) -> Result<Vec<Command>, InvalidTransition> 
         }
         PaymentState::Capturing => {
             for (index, leg) in payment.legs.iter_mut().enumerate() {
-                if leg.state == LegState::Authorized {
+                if leg.state != LegState::Authorized {
+                    continue;
+                }
+                // A converted hold worth less than the invoice's minor unit covers nothing:
+                // released, never captured.
+                if leg.approved == 0 {
+                    leg.state = LegState::Voiding;
+                    commands.push(Command::Void(index));
+                } else {
                     leg.state = LegState::Capturing;
                     commands.push(Command::Capture(index));
                 }
@@ -603,6 +747,7 @@ mod tests {
                     token: (*token).to_owned(),
                     amount: *amount,
                     approved: 0,
+                    held: 0,
                     state: LegState::Pending,
                     attempts: 0,
                 })
@@ -613,6 +758,8 @@ mod tests {
             completion,
             dispatch,
             stopped: false,
+            reallocation: Reallocation::Any,
+            quotes: Vec::new(),
         }
     }
 
@@ -708,6 +855,111 @@ mod tests {
             apply(&mut p, Outcome::Captured { leg: 2 }).is_err(),
             "an outcome applies once"
         );
+    }
+
+    /// A converted leg asks its card the converted amount, a partial approval covers what the
+    /// hold covers at the rate (the rest moves on), and the capture takes the covered part
+    /// converted, never more than the hold. Under BY_CURRENCY a declined card's part goes to
+    /// the members of its currency, and to the others only when conversion is allowed.
+    #[test]
+    fn converted_legs_and_reallocation_by_currency() {
+        let eur = Currency::parse("EUR").unwrap();
+        let quote = crate::domain::fx::Quote {
+            from: usd(),
+            to: eur,
+            rate: "0.9238".parse().unwrap(),
+            source: "test".into(),
+            as_of: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        let euro = |token: &str, priority| Member {
+            currency: eur,
+            ..member(token, priority, None)
+        };
+        let mut p = payment(
+            &[("e", 1300)],
+            vec![euro("e", 1), member("a", 2, None)],
+            Completion::AllOrNothing,
+            Dispatch::OneAtATime,
+        );
+        p.quotes = vec![quote.clone()];
+        assert_eq!(p.ask(0), 1201);
+        assert_eq!(decide(&mut p).unwrap(), [Command::Authorize(0)]);
+        // 10.00 EUR covers 10.82 USD; 2.18 USD moves to card a.
+        apply(
+            &mut p,
+            Outcome::Authorized {
+                leg: 0,
+                approved: 1000,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (p.legs[0].approved, p.hold(0), p.capture(0)),
+            (1082, 1000, 1000)
+        );
+        assert_eq!((p.legs[1].token.as_str(), p.legs[1].amount), ("a", 218));
+        assert_eq!(decide(&mut p).unwrap(), [Command::Authorize(1)]);
+        assert!(
+            apply(
+                &mut p,
+                Outcome::Authorized {
+                    leg: 1,
+                    approved: 219,
+                },
+            )
+            .is_err(),
+            "no approval above what was asked"
+        );
+
+        let declined = |reallocation| {
+            let mut p = payment(
+                &[("a", 500)],
+                vec![member("a", 1, None), euro("e", 2), member("c", 3, None)],
+                Completion::AllOrNothing,
+                Dispatch::OneAtATime,
+            );
+            p.quotes = vec![quote.clone()];
+            p.reallocation = reallocation;
+            decide(&mut p).unwrap();
+            apply(
+                &mut p,
+                Outcome::Declined {
+                    leg: 0,
+                    next_action: NextAction::TryNextCard,
+                },
+            )
+            .unwrap();
+            p.legs[1..]
+                .iter()
+                .map(|l| l.token.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(declined(Reallocation::Any), ["e"]);
+        assert_eq!(
+            declined(Reallocation::SameCurrency { then_any: false }),
+            ["c"]
+        );
+        let mut lone = payment(
+            &[("a", 500)],
+            vec![member("a", 1, None), euro("e", 2)],
+            Completion::AllOrNothing,
+            Dispatch::OneAtATime,
+        );
+        lone.quotes = vec![quote];
+        for (then_any, moved) in [(false, 0), (true, 1)] {
+            let mut p = lone.clone();
+            p.reallocation = Reallocation::SameCurrency { then_any };
+            decide(&mut p).unwrap();
+            apply(
+                &mut p,
+                Outcome::Declined {
+                    leg: 0,
+                    next_action: NextAction::TryNextCard,
+                },
+            )
+            .unwrap();
+            assert_eq!(p.legs.len() - 1, moved, "then_any {then_any}");
+        }
     }
 
     /// All or nothing: a shortfall voids every hold and ends FAILED; allow partial keeps the

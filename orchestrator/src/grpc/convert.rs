@@ -24,6 +24,7 @@ use crate::domain::group::{
 use crate::domain::saga::Completion;
 use crate::storage::Cursor;
 
+pub mod fx;
 pub mod groups;
 pub mod ledger;
 pub mod payments;
@@ -286,6 +287,7 @@ pub fn policy(
         attempts_max,
         completion,
         windows,
+        allow_conversion: wire.allow_conversion,
     })
 }
 

@@ -1,7 +1,8 @@
 //! The one map from [`Error`] to `tonic::Status` (AIP-193): every status carries an
 //! `ErrorInfo` with a reason clients can switch on and the domain `orchestrator.tandem`;
 //! `INVALID_ARGUMENT` also carries a `BadRequest` naming each field, `TOKEN_NOT_USABLE` a
-//! `PreconditionFailure` naming the member. Internal failures give the client a generic
+//! `PreconditionFailure` naming the member, `FX_RATE_MISSING` and `FX_RATE_STALE` metadata naming
+//! the pair (`base_currency_code`, `quote_currency_code`). Internal failures give the client a generic
 //! message; their detail goes to the log only.
 
 use std::collections::HashMap;
@@ -98,6 +99,17 @@ pub fn to_status(error: Error) -> Status {
             Code::FailedPrecondition,
             "webhooks are off: the orchestrator has no webhook.secret_key",
         ),
+        Error::FxRateNotFound => (Code::NotFound, "no rate for the currency pair"),
+        Error::FxRateMissing { .. } => (
+            Code::FailedPrecondition,
+            "the rate source has no rate for a conversion the payment needs; set one \
+             (FxService.SetFxRate or the rates file)",
+        ),
+        Error::FxRateStale { .. } => (
+            Code::FailedPrecondition,
+            "the rate of a conversion the payment needs is older than fx.rate_age_s_max; set a \
+             fresh one",
+        ),
         Error::RequestIdReused => (
             Code::AlreadyExists,
             "request_id was already used for a different request",
@@ -117,7 +129,13 @@ pub fn to_status(error: Error) -> Status {
         }
         Error::Database(e) => tandem_runtime::database::to_status_parts(e),
     };
-    let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+    // A conversion's errors name their pair in the metadata, as `FxRate` names its fields.
+    let mut metadata = HashMap::new();
+    if let Error::FxRateMissing { from, to } | Error::FxRateStale { from, to } = &error {
+        metadata.insert("base_currency_code".to_owned(), from.code().to_owned());
+        metadata.insert("quote_currency_code".to_owned(), to.code().to_owned());
+    }
+    let mut details = ErrorDetails::with_error_info(reason, DOMAIN, metadata);
     // Two kinds of error carry details beyond ErrorInfo (the map above is the exhaustive one).
     if let Error::InvalidArgument(violations) = &error {
         for violation in violations {
@@ -173,6 +191,7 @@ mod tests {
                 "REQUEST_ID_REUSED",
             ),
             (Error::EtagMismatch, Code::Aborted, "ETAG_MISMATCH"),
+            (Error::FxRateNotFound, Code::NotFound, "FX_RATE_NOT_FOUND"),
             (Error::Corrupt("x".into()), Code::Internal, "INTERNAL"),
             (
                 Error::Database(sqlx::Error::PoolTimedOut),
@@ -183,6 +202,23 @@ mod tests {
             let status = to_status(error);
             assert_eq!(status.code(), code);
             assert_eq!(status.get_details_error_info().unwrap().reason, reason);
+        }
+        // A conversion's errors name their pair.
+        let usd = tandem_money::Currency::parse("USD").unwrap();
+        let eur = tandem_money::Currency::parse("EUR").unwrap();
+        for (error, reason) in [
+            (
+                Error::FxRateMissing { from: usd, to: eur },
+                "FX_RATE_MISSING",
+            ),
+            (Error::FxRateStale { from: usd, to: eur }, "FX_RATE_STALE"),
+        ] {
+            let status = to_status(error);
+            assert_eq!(status.code(), Code::FailedPrecondition);
+            let info = status.get_details_error_info().unwrap();
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.metadata["base_currency_code"], "USD");
+            assert_eq!(info.metadata["quote_currency_code"], "EUR");
         }
     }
 }

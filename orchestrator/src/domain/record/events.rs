@@ -154,11 +154,24 @@ impl PaymentRecord {
                     } else {
                         "voided"
                     };
-                    format!(
-                        "{} {verb} {}",
-                        self.card(l),
-                        self.money(self.saga.legs[l].approved)
-                    )
+                    let covers = self.money(self.saga.legs[l].approved);
+                    match self.saga.quote(l) {
+                        // What the card paid (or was released from), in its currency.
+                        Some(quote) => {
+                            let charge = if kind == EventKind::LegCaptured {
+                                self.saga.capture(l)
+                            } else {
+                                self.saga.hold(l)
+                            };
+                            format!(
+                                "{} {verb} {covers} ({} at {})",
+                                self.card(l),
+                                self.card_money(l, charge),
+                                quote.rate
+                            )
+                        }
+                        None => format!("{} {verb} {covers}", self.card(l)),
+                    }
                 })
                 .unwrap_or_default(),
             EventKind::LegRefunded => leg
@@ -168,11 +181,15 @@ impl PaymentRecord {
                         .iter()
                         .find(|r| Some(r.id.as_str()) == refund)?;
                     let part = refund.parts.iter().find(|p| p.leg == l)?;
-                    Some(format!(
-                        "{} refunded {}",
-                        self.card(l),
-                        self.money(part.amount)
-                    ))
+                    let refunded = self.money(part.amount);
+                    Some(match part.charge {
+                        Some(charge) => format!(
+                            "{} refunded {refunded} ({})",
+                            self.card(l),
+                            self.card_money(l, charge)
+                        ),
+                        None => format!("{} refunded {refunded}", self.card(l)),
+                    })
                 })
                 .unwrap_or_default(),
             EventKind::RefundCreated | EventKind::RefundSucceeded | EventKind::RefundFailed => {

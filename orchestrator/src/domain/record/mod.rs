@@ -281,7 +281,8 @@ impl PaymentRecord {
         self.creator.as_ref()
     }
 
-    /// The currency of the invoice and of every leg.
+    /// The currency of the invoice: of every leg's covered amount and of refunds (a leg of a
+    /// card in another currency is charged in the card's: [`PaymentRecord::card_money`]).
     pub fn currency(&self) -> Currency {
         self.saga.currency
     }
@@ -291,7 +292,13 @@ impl PaymentRecord {
         Money::new(self.saga.currency, minor_units)
     }
 
-    /// The member of `token`.
+    /// `minor_units` in the currency of leg `leg`'s card.
+    pub fn card_money(&self, leg: usize, minor_units: i64) -> Money {
+        let currency = self.saga.member_currency(&self.saga.legs[leg].token);
+        Money::new(currency, minor_units)
+    }
+
+    /// The member `token` as the payment saw it.
     pub fn member(&self, token: &str) -> Option<&MemberSnapshot> {
         self.members.iter().find(|m| m.token == token)
     }
@@ -336,6 +343,17 @@ impl PaymentRecord {
             .iter()
             .filter(|l| l.state == LegState::Captured)
             .map(|l| l.approved)
+            .sum()
+    }
+
+    /// What leg `leg`'s card got back, in minor units of the card's currency (succeeded refund
+    /// parts).
+    pub fn card_refunded(&self, leg: usize) -> i64 {
+        self.refunds
+            .iter()
+            .flat_map(|r| &r.parts)
+            .filter(|p| p.leg == leg && p.state == RefundState::Succeeded)
+            .map(|p| p.charge.unwrap_or(p.amount))
             .sum()
     }
 

@@ -2,6 +2,7 @@
 //! vault answers.
 
 use serde::{Deserialize, Serialize};
+use tandem_money::Currency;
 use time::OffsetDateTime;
 
 use super::events::{Event, EventKind};
@@ -9,6 +10,7 @@ use super::steps::SpendChange;
 use super::{PaymentRecord, Status};
 use crate::domain::actor::Actor;
 use crate::domain::allocation::split;
+use crate::domain::booking::RefundedPart;
 use crate::domain::saga::{LegState, PaymentState};
 
 /// Most refunds per payment.
@@ -30,8 +32,12 @@ pub enum RefundState {
 pub struct RefundPart {
     /// The leg refunded.
     pub leg: usize,
-    /// Minor units.
+    /// Minor units of the invoice's currency.
     pub amount: i64,
+    /// For a converted leg, what the card gets back, in minor units of its currency, at the
+    /// leg's recorded rate (fixed when the refund is planned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge: Option<i64>,
     /// The vault refund.
     pub charge_refund_id: Option<String>,
     /// State.
@@ -73,7 +79,9 @@ pub struct RefundStep {
     pub request_id: String,
     /// The leg's charge.
     pub charge_id: String,
-    /// Minor units.
+    /// The card's currency, that of `amount`.
+    pub currency: Currency,
+    /// Minor units of the card's currency.
     pub amount: i64,
 }
 
@@ -154,6 +162,7 @@ impl PaymentRecord {
             .map(|(leg, part)| RefundPart {
                 leg,
                 amount: part,
+                charge: self.refund_charge(leg, part),
                 charge_refund_id: None,
                 state: RefundState::Pending,
             })
@@ -173,6 +182,35 @@ impl PaymentRecord {
         self.refunds.push(refund.clone());
         let event = self.event(EventKind::RefundCreated, None, None, Some(&refund.id));
         Ok((refund, vec![event]))
+    }
+
+    /// What a converted leg's card gets back for `amount` more of the invoice refunded; `None`
+    /// for a leg in the invoice's currency. Cumulative, so that the parts of a leg refunded in
+    /// full return exactly what its capture took: the card is owed the conversion of all that
+    /// is refunded of the leg (rounded up like the capture, the capture itself once the whole
+    /// leg is refunded), less what earlier parts returned or are returning; possibly zero.
+    fn refund_charge(&self, leg: usize, amount: i64) -> Option<i64> {
+        let quote = self.saga.quote(leg)?;
+        let captured = self.saga.capture(leg);
+        let live = self
+            .refunds
+            .iter()
+            .flat_map(|r| &r.parts)
+            .filter(|p| p.leg == leg && p.state != RefundState::Failed);
+        let (before, charged) = live.fold((0, 0), |(a, c), p| {
+            (a + p.amount, c + p.charge.unwrap_or(p.amount))
+        });
+        let after = before + amount;
+        let owed = if after >= self.saga.legs[leg].approved {
+            captured
+        } else {
+            quote
+                .convert(after)
+                .map_or(captured, |c| c.charge.min(captured))
+        };
+        // Zero when the part converts to less than what earlier parts' rounding already gave
+        // back: the part is then done without a call to the vault.
+        Some((owed - charged).clamp(0, (captured - charged).max(0)))
     }
 
     fn pending_refund(&self, leg: usize) -> i64 {
@@ -198,10 +236,31 @@ impl PaymentRecord {
                         leg: p.leg,
                         request_id: format!("{}/refund/{}/leg/{}", self.id, refund.id, p.leg + 1),
                         charge_id: self.legs[p.leg].charge_id.clone().unwrap_or_default(),
-                        amount: p.amount,
+                        currency: self.saga.member_currency(&self.saga.legs[p.leg].token),
+                        amount: p.charge.unwrap_or(p.amount),
                     })
             })
             .collect()
+    }
+
+    /// What the ledger books for the refund part `step` once it succeeded (recorded with
+    /// [`PaymentRecord::record_refund`]): its amounts and what the leg had refunded before it.
+    pub fn refunded_part<'s>(
+        &self,
+        step: &'s RefundStep,
+        processor_reference: Option<String>,
+    ) -> RefundedPart<'s> {
+        let amount = self
+            .refund(&step.refund)
+            .and_then(|r| r.parts.iter().find(|p| p.leg == step.leg))
+            .map_or(0, |p| p.amount);
+        RefundedPart {
+            refund_id: &step.refund,
+            amount,
+            charge: step.amount,
+            before: self.legs[step.leg].refunded - amount,
+            processor_reference,
+        }
     }
 
     /// Records the vault's final answer for a refund part. Returns true when it was pending
@@ -225,12 +284,14 @@ impl PaymentRecord {
             RefundState::Failed
         };
         part.charge_refund_id = charge_refund_id;
+        let refunded = part.amount;
         let mut events = Vec::new();
         let mut spend = Vec::new();
         if succeeded {
-            self.legs[step.leg].refunded += step.amount;
+            self.legs[step.leg].refunded += refunded;
             spend.push(SpendChange {
                 token: self.saga.legs[step.leg].token.clone(),
+                currency: step.currency,
                 delta: -step.amount,
                 limit: None,
             });

@@ -1,6 +1,7 @@
 //! A payment's authorizations, captures and voids: the vault operations to run (intents, with
 //! their deterministic request ids) and the recording of each answer.
 
+use tandem_money::Currency;
 use time::OffsetDateTime;
 
 use super::events::{Event, EventKind};
@@ -23,6 +24,8 @@ pub struct Suspension {
 pub struct SpendChange {
     /// The card.
     pub token: String,
+    /// The card's currency, that of `delta` and `limit`.
+    pub currency: Currency,
     /// Minor units: positive holds, negative releases.
     pub delta: i64,
     /// For a positive change, the monthly limit it must stay within.
@@ -109,7 +112,9 @@ pub struct Step {
     pub request_id: String,
     /// The card.
     pub token: String,
-    /// Minor units: asked (authorize) or approved (capture); 0 for a void.
+    /// The card's currency, that of `amount`.
+    pub currency: Currency,
+    /// Minor units of the card's currency: asked (authorize) or to capture; 0 for a void.
     pub amount: i64,
     /// The charge, for capture and void.
     pub charge_id: Option<String>,
@@ -148,7 +153,7 @@ impl PaymentRecord {
                 self.attempts.push(Attempt {
                     number,
                     leg,
-                    requested: self.saga.legs[leg].amount,
+                    requested: self.saga.ask(leg),
                     approved: 0,
                     outcome: AttemptOutcome::Pending,
                     decline_code: None,
@@ -190,7 +195,7 @@ impl PaymentRecord {
             LegState::Capturing => (
                 Command::Capture(leg),
                 self.leg_request_id(leg, "capture"),
-                saga_leg.approved,
+                self.saga.capture(leg),
                 None,
             ),
             LegState::Voiding => (
@@ -205,6 +210,7 @@ impl PaymentRecord {
             command,
             request_id,
             token: saga_leg.token.clone(),
+            currency: self.saga.member_currency(&saga_leg.token),
             amount,
             charge_id: detail.charge_id.clone(),
             attempt,
@@ -328,6 +334,7 @@ impl PaymentRecord {
         self.state_events(before, now, &mut events);
         let spend = if released > 0 {
             vec![SpendChange {
+                currency: self.saga.member_currency(&token),
                 token,
                 delta: -released,
                 limit: None,
@@ -366,6 +373,7 @@ impl PaymentRecord {
     pub fn reservation(&self, step: &Step) -> SpendChange {
         SpendChange {
             token: step.token.clone(),
+            currency: step.currency,
             delta: step.amount,
             limit: self.member(&step.token).and_then(|m| m.limit_per_month),
         }
@@ -400,13 +408,22 @@ impl PaymentRecord {
         saga::apply(&mut self.saga, outcome)?;
         let mut events = vec![self.event(kind, Some(leg), None, None)];
         self.state_events(before, now, &mut events);
-        let spend = match command {
-            Command::Void(_) => vec![SpendChange {
-                token: self.saga.legs[leg].token.clone(),
-                delta: -self.saga.legs[leg].approved,
+        // A void releases the hold; a capture of less than the hold (a converted leg's
+        // partial approval) releases the rest.
+        let released = match command {
+            Command::Void(_) => self.saga.hold(leg),
+            _ => self.saga.hold(leg) - self.saga.capture(leg),
+        };
+        let spend = if released > 0 {
+            let token = self.saga.legs[leg].token.clone();
+            vec![SpendChange {
+                currency: self.saga.member_currency(&token),
+                token,
+                delta: -released,
                 limit: None,
-            }],
-            _ => Vec::new(),
+            }]
+        } else {
+            Vec::new()
         };
         Ok(Some((outcome, events, spend)))
     }

@@ -27,19 +27,25 @@ impl PaymentRecord {
         let card = self.card(attempt.leg);
         match attempt.outcome {
             AttemptOutcome::Approved => {
-                format!("{card} approved {}", self.money(attempt.approved))
+                format!(
+                    "{card} approved {}",
+                    self.card_money(attempt.leg, attempt.approved)
+                )
             }
             AttemptOutcome::PartiallyApproved => format!(
                 "{card} approved {} of {}",
-                self.money(attempt.approved),
-                self.money(attempt.requested)
+                self.card_money(attempt.leg, attempt.approved),
+                self.card_money(attempt.leg, attempt.requested)
             ),
             AttemptOutcome::Declined | AttemptOutcome::Error => format!(
                 "{card} declined {} ({})",
-                self.money(attempt.requested),
+                self.card_money(attempt.leg, attempt.requested),
                 reason_text(attempt)
             ),
-            AttemptOutcome::Pending => format!("{card} asked {}", self.money(attempt.requested)),
+            AttemptOutcome::Pending => format!(
+                "{card} asked {}",
+                self.card_money(attempt.leg, attempt.requested)
+            ),
         }
     }
 
@@ -65,14 +71,16 @@ impl PaymentRecord {
             .iter()
             .enumerate()
             .filter(|(_, l)| {
-                matches!(
-                    l.state,
-                    LegState::Authorized
-                        | LegState::Capturing
-                        | LegState::Captured
-                        | LegState::Voiding
-                        | LegState::Voided
-                )
+                // A converted hold worth less than the invoice's minor unit covers nothing.
+                l.approved > 0
+                    && matches!(
+                        l.state,
+                        LegState::Authorized
+                            | LegState::Capturing
+                            | LegState::Captured
+                            | LegState::Voiding
+                            | LegState::Voided
+                    )
             })
             .map(|(i, _)| i)
             .collect();
@@ -80,21 +88,34 @@ impl PaymentRecord {
             let token = &self.saga.legs[i].token;
             (self.member(token).map_or(u16::MAX, |m| m.priority), i)
         });
-        // One entry per card, its legs added up (a card may carry a fallback leg too).
-        let mut per_card: Vec<(usize, i64)> = Vec::new();
+        // One entry per card, its legs added up (a card may carry a fallback leg too), with
+        // what a card in another currency pays in its own.
+        let mut per_card: Vec<(usize, i64, i64)> = Vec::new();
         for &i in &covering {
             let token = &self.saga.legs[i].token;
+            let (covers, charge) = (self.saga.legs[i].approved, self.saga.capture(i));
             match per_card
                 .iter_mut()
-                .find(|(first, _)| self.saga.legs[*first].token == *token)
+                .find(|(first, _, _)| self.saga.legs[*first].token == *token)
             {
-                Some((_, total)) => *total += self.saga.legs[i].approved,
-                None => per_card.push((i, self.saga.legs[i].approved)),
+                Some((_, total, charged)) => {
+                    *total += covers;
+                    *charged += charge;
+                }
+                None => per_card.push((i, covers, charge)),
             }
         }
         let parts = per_card
             .iter()
-            .map(|&(i, total)| format!("{} {}", self.card(i), self.money(total).decimal()))
+            .map(|&(i, total, charged)| {
+                let paid = format!("{} {}", self.card(i), self.money(total).decimal());
+                match self.saga.quote(i) {
+                    Some(quote) => {
+                        format!("{paid} ({} at {})", self.card_money(i, charged), quote.rate)
+                    }
+                    None => paid,
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let mut replacements = Vec::new();

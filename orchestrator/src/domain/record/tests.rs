@@ -6,7 +6,7 @@ use super::steps::{AuthorizeAnswer, Step};
 use super::*;
 use crate::domain::allocation::Member;
 use crate::domain::saga::{Command, NextAction};
-use crate::domain::saga::{Completion, Dispatch, Leg};
+use crate::domain::saga::{Completion, Dispatch, Leg, Reallocation};
 
 fn usd() -> Currency {
     Currency::parse("USD").unwrap()
@@ -27,6 +27,7 @@ fn record(legs: &[(&str, i64)], members: &[(&str, &str, &str)]) -> PaymentRecord
                 token: (*t).to_owned(),
                 amount: *a,
                 approved: 0,
+                held: 0,
                 state: LegState::Pending,
                 attempts: 0,
             })
@@ -47,6 +48,8 @@ fn record(legs: &[(&str, i64)], members: &[(&str, &str, &str)]) -> PaymentRecord
         completion: Completion::AllOrNothing,
         dispatch: Dispatch::OneAtATime,
         stopped: false,
+        reallocation: Reallocation::Any,
+        quotes: Vec::new(),
     };
     let members = members
         .iter()
@@ -423,4 +426,215 @@ fn events_name_their_actor_and_notes_append() {
             .add_note(long, actor("treasury", "bob"), now())
             .is_none()
     );
+}
+
+/// The effect of bookings on a ledger kept in memory: per account, (pending debits, pending
+/// credits, posted debits, posted credits), and each pending transfer's amount.
+#[derive(Default)]
+struct Books {
+    accounts: std::collections::BTreeMap<String, [i64; 4]>,
+    pending: std::collections::BTreeMap<String, (String, String, i64)>,
+}
+
+impl Books {
+    /// Applies `transfers`, checking each moves money within one currency (every account id
+    /// ends with its currency code).
+    fn book(&mut self, transfers: &[tandem_ledger::types::Transfer]) {
+        use tandem_ledger::types::TransferKind as K;
+        let currency = |id: &str| id[id.len() - 3..].to_owned();
+        for transfer in transfers {
+            let (debit, credit, amount, posted) = match &transfer.kind {
+                K::Single {
+                    debit,
+                    credit,
+                    amount,
+                } => (
+                    debit.as_str().to_owned(),
+                    credit.as_str().to_owned(),
+                    *amount,
+                    true,
+                ),
+                K::Pending {
+                    debit,
+                    credit,
+                    amount,
+                    ..
+                } => {
+                    self.pending.insert(
+                        transfer.id.as_str().to_owned(),
+                        (
+                            debit.as_str().to_owned(),
+                            credit.as_str().to_owned(),
+                            *amount,
+                        ),
+                    );
+                    (
+                        debit.as_str().to_owned(),
+                        credit.as_str().to_owned(),
+                        *amount,
+                        false,
+                    )
+                }
+                K::PostPending { pending_id, amount } => {
+                    let (debit, credit, held) = self.pending.remove(pending_id.as_str()).unwrap();
+                    let posted = amount.unwrap_or(held);
+                    assert!(posted <= held, "{transfer:?}");
+                    self.move_money(&debit, &credit, -held, false);
+                    (debit, credit, posted, true)
+                }
+                K::VoidPending { pending_id } => {
+                    let (debit, credit, held) = self.pending.remove(pending_id.as_str()).unwrap();
+                    (debit, credit, -held, false)
+                }
+            };
+            assert_eq!(currency(&debit), currency(&credit), "{transfer:?}");
+            assert!(amount != 0, "{transfer:?}");
+            self.move_money(&debit, &credit, amount, posted);
+        }
+    }
+
+    fn move_money(&mut self, debit: &str, credit: &str, amount: i64, posted: bool) {
+        let column = if posted { 2 } else { 0 };
+        self.accounts.entry(debit.to_owned()).or_default()[column] += amount;
+        self.accounts.entry(credit.to_owned()).or_default()[column + 1] += amount;
+    }
+
+    /// Posted debits less posted credits.
+    fn net(&self, id: &str) -> i64 {
+        self.accounts.get(id).map_or(0, |a| a[2] - a[3])
+    }
+}
+
+proptest::proptest! {
+    /// A converted leg through the record and its bookings, at a random rate into currencies
+    /// of exponents 0, 2 and 3, approved in full or in part, then refunded in random parts:
+    /// every transfer stays within one currency; the capture's rounding is at most one minor
+    /// unit; the card pays no more than its hold; and once refunded in full the card got back
+    /// exactly what it paid and every account is back at zero.
+    #[test]
+    fn converted_legs_book_balanced_and_refund_exactly(
+        amount in 1i64..5_000_000,
+        mantissa in 1i64..50_000_000,
+        scale in 0u32..8,
+        to in 0usize..3,
+        approved_percent in proptest::option::of(1i64..100),
+        shares in proptest::collection::vec(1i64..100, 1..5),
+        last_unit_apart in proptest::prelude::any::<bool>(),
+    ) {
+        use crate::domain::booking::{self, BookingContext};
+        let to = Currency::parse(["JPY", "EUR", "BHD"][to]).unwrap();
+        let Ok(rate) = tandem_money::fx::Rate::new(rust_decimal::Decimal::new(mantissa, scale))
+        else {
+            return Ok(());
+        };
+        let mut record = record(&[("tok_x", amount)], &[("tok_x", "card X", "4444")]);
+        record.saga.members[0].currency = to;
+        record.saga.completion = Completion::AllowPartial;
+        record.saga.quotes = vec![crate::domain::fx::Quote {
+            from: usd(),
+            to,
+            rate,
+            source: "test".into(),
+            as_of: now(),
+        }];
+        let ask = record.saga.ask(0);
+        proptest::prop_assume!(ask > 0 && ask < i64::MAX / 2);
+        let context = BookingContext {
+            payment_id: "pay_x".into(),
+            invoice_id: "12345".into(),
+            billing_account: "acct".into(),
+            cost_center: None,
+            processor_reference: None,
+        };
+        let mut books = Books::default();
+        for _ in 0..10 {
+            let (steps, _) = record.next_steps(now()).unwrap();
+            if steps.is_empty() {
+                break;
+            }
+            for step in steps {
+                let recorded = match step.command {
+                    Command::Authorize(leg) => {
+                        proptest::prop_assert_eq!(step.currency, to);
+                        proptest::prop_assert_eq!(step.amount, ask);
+                        let approved = approved_percent
+                            .map_or(ask, |percent| (ask * percent / 100).max(1));
+                        let answer = AuthorizeAnswer::Approved {
+                            charge_id: "ch_x".into(),
+                            approved,
+                            authorization_code: "A".into(),
+                            processor_reference: "ref".into(),
+                            last4: "4444".into(),
+                        };
+                        record.record_authorization(leg, None, answer, now())
+                    }
+                    command => record.record_settlement(command, now()),
+                };
+                let (outcome, _, _) = recorded.unwrap().unwrap();
+                books.book(&booking::booking(&context, &record.saga, &outcome).unwrap());
+            }
+        }
+        proptest::prop_assert!(record.is_settled());
+        proptest::prop_assert!(books.pending.is_empty());
+        if record.saga.legs[0].approved == 0 {
+            // A hold worth less than a cent covers nothing: voided, the payment failed, no
+            // money moved.
+            proptest::prop_assert_eq!(record.saga.state, crate::domain::saga::PaymentState::Failed);
+            for (id, balances) in &books.accounts {
+                proptest::prop_assert_eq!(balances[2] - balances[3], 0, "{}", id);
+            }
+            return Ok(());
+        }
+        let card = format!("funding_source:tok_x:{to}");
+        let clearing_to = format!("fx_clearing:USD-{to}:{to}");
+        let rounding = format!("fx_rounding:{to}");
+        let captured = record.saga.capture(0);
+        let covered = record.saga.legs[0].approved;
+        proptest::prop_assert!(covered >= 1 && covered <= amount);
+        proptest::prop_assert!(captured <= record.saga.hold(0));
+        proptest::prop_assert_eq!(books.net(&card), captured);
+        proptest::prop_assert_eq!(books.net("receivable:acct:USD"), -covered);
+        proptest::prop_assert_eq!(books.net(&format!("receivable:acct:{to}")), 0);
+        proptest::prop_assert!((-1..=0).contains(&books.net(&rounding)));
+
+        // Refunds in parts proportional to `shares`, the last taking what is left; or all but
+        // the last minor unit, then that unit (its conversion may be nothing more).
+        let shares = if last_unit_apart && covered > 1 {
+            vec![covered - 1, 1]
+        } else {
+            shares
+        };
+        let total: i64 = shares.iter().sum();
+        let mut left = covered;
+        for (i, share) in shares.iter().enumerate() {
+            let part = if i + 1 == shares.len() { left } else { covered * share / total };
+            if part == 0 || left == 0 {
+                continue;
+            }
+            left -= part;
+            record
+                .plan_refund(
+                    format!("prf_{i}"),
+                    format!("r{i}"),
+                    Some(part),
+                    String::new(),
+                    actor("payer", "refunder"),
+                    now(),
+                )
+                .unwrap();
+            for step in record.refund_steps() {
+                proptest::prop_assert_eq!(step.currency, to);
+                proptest::prop_assert!(step.amount >= 0);
+                record.record_refund(&step, true, Some("rf".into()), now()).unwrap();
+                let part = record.refunded_part(&step, None);
+                books.book(&booking::refund_booking(&context, &record.saga, 0, part).unwrap());
+            }
+        }
+        proptest::prop_assert_eq!(record.status(), Status::Refunded);
+        proptest::prop_assert_eq!(record.card_refunded(0), captured);
+        for (id, balances) in &books.accounts {
+            proptest::prop_assert_eq!(balances[2] - balances[3], 0, "{} {:?}", id, balances);
+        }
+        proptest::prop_assert_eq!(books.net(&clearing_to), 0);
+    }
 }

@@ -114,6 +114,7 @@ pub fn group_input(v: &mut Violations, group: &pb::CardGroup) -> Option<GroupInp
                 &domain,
                 Money::new(currency, 1),
                 &[],
+                &crate::domain::allocation::Exchange::none(currency),
             ) {
                 let errors = errors
                     .into_iter()
@@ -596,9 +597,15 @@ mod tests {
             cost_center: None,
             lines: Vec::new(),
         };
-        let plan =
-            crate::domain::planning::plan(&group.rules(), &group.policy, &invoice, |_| 0, time)
-                .unwrap();
+        let plan = crate::domain::planning::plan(
+            &group.rules(),
+            &group.policy,
+            &invoice,
+            |_| 0,
+            time,
+            Vec::new(),
+        )
+        .unwrap();
         let legs: Vec<_> = plan
             .saga
             .legs

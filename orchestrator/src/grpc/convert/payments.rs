@@ -12,7 +12,7 @@ use crate::commands::{
     EventQuery, NewNote, NewPayment, NewRefund, PaymentQuery, PolicyOverride, Watch,
 };
 use crate::config::PaymentSettings;
-use crate::domain::allocation::PolicyError;
+use crate::domain::allocation::{Line, PolicyError};
 use crate::domain::group::MemberRules;
 use crate::domain::planning::Invoice;
 use crate::domain::record::events::{Event, EventKind};
@@ -67,13 +67,13 @@ pub fn invoice(v: &mut Violations, wire: Option<&pb::Invoice>, max: i64) -> Opti
         ) else {
             continue;
         };
-        if !line.currency_code.is_empty() && line.currency_code != total.currency.code() {
-            v.add(
-                field("currency_code"),
-                "must be empty or the invoice's currency: this orchestrator has no FX rates \
-                 configured to convert between currencies",
-            );
-        }
+        let currency = if line.currency_code.is_empty() {
+            Some(total.currency)
+        } else {
+            Currency::parse(&line.currency_code)
+                .map_err(|e| v.add(field("currency_code"), e.to_string()))
+                .ok()
+        };
         free_text(v, &field("cost_center"), &line.cost_center, 64, false);
         free_text(
             v,
@@ -82,11 +82,17 @@ pub fn invoice(v: &mut Violations, wire: Option<&pb::Invoice>, max: i64) -> Opti
             TEXT_CHARS_MAX,
             false,
         );
-        lines.push(line_amount);
+        if let Some(currency) = currency {
+            lines.push(Line {
+                amount: line_amount.minor_units,
+                currency,
+            });
+        }
     }
     if let Some(total) = total
         && !lines.is_empty()
-        && lines.iter().map(|l| l.minor_units).sum::<i64>() != total.minor_units
+        && lines.len() == wire.lines.len()
+        && lines.iter().map(|l| l.amount).sum::<i64>() != total.minor_units
     {
         v.add("invoice.lines", "must sum exactly to invoice.amount");
     }
@@ -154,9 +160,10 @@ pub fn refund_to_wire(record: &PaymentRecord, refund: &Refund) -> pb::PaymentRef
             .iter()
             .map(|p| pb::PaymentRefundPart {
                 leg_index: p.leg as i32 + 1,
-                amount: Some(money(currency, p.amount)),
+                amount: Some(card_money(record, p.leg, p.charge.unwrap_or(p.amount))),
                 charge_refund_id: p.charge_refund_id.clone().unwrap_or_default(),
                 state: refund_state(p.state) as i32,
+                invoice_amount: Some(money(currency, p.amount)),
             })
             .collect(),
         create_time: Some(wire_time(refund.create_time)),
@@ -172,6 +179,12 @@ pub fn note_to_wire(note: &Note) -> pb::PaymentNote {
         author: Some(actor(&note.author)),
         create_time: Some(wire_time(note.create_time)),
     }
+}
+
+/// `minor_units` of the currency of leg `leg`'s card.
+fn card_money(record: &PaymentRecord, leg: usize, minor_units: i64) -> types::Money {
+    let amount = record.card_money(leg, minor_units);
+    money(amount.currency, amount.minor_units)
 }
 
 /// A payment on the wire: the record, with the invoice and policy as they were given.
@@ -210,6 +223,13 @@ pub fn payment_to_wire(stored: &StoredPayment, update_time: OffsetDateTime) -> p
                 leg.state,
                 LegState::Authorized | LegState::Capturing | LegState::Voiding
             );
+            let card = |minor_units: i64| Some(card_money(record, i, minor_units));
+            let charge = match leg.state {
+                LegState::Declined => 0,
+                LegState::Pending | LegState::Authorizing => record.saga.ask(i),
+                _ => record.saga.capture(i),
+            };
+            let quote = record.saga.quote(i);
             pb::PaymentLeg {
                 index: i as i32 + 1,
                 token: leg.token.clone(),
@@ -224,21 +244,20 @@ pub fn payment_to_wire(stored: &StoredPayment, update_time: OffsetDateTime) -> p
                     .or(record.cost_center.clone())
                     .unwrap_or_default(),
                 amount: Some(money(currency, covers)),
-                charge_amount: Some(money(currency, covers)),
-                fx_rate: String::new(),
+                charge_amount: card(charge),
+                fx_rate: quote.map(|q| q.rate.to_string()).unwrap_or_default(),
                 state: state as i32,
-                authorized: Some(money(currency, if held { leg.approved } else { 0 })),
-                captured: Some(money(
-                    currency,
-                    if leg.state == LegState::Captured {
-                        leg.approved
-                    } else {
-                        0
-                    },
-                )),
-                refunded: Some(money(currency, detail.refunded)),
+                authorized: card(if held { record.saga.hold(i) } else { 0 }),
+                captured: card(if leg.state == LegState::Captured {
+                    record.saga.capture(i)
+                } else {
+                    0
+                }),
+                refunded: card(record.card_refunded(i)),
                 charge_id: detail.charge_id.clone().unwrap_or_default(),
                 authorization_code: detail.authorization_code.clone().unwrap_or_default(),
+                fx_rate_source: quote.map(|q| q.source.clone()).unwrap_or_default(),
+                fx_rate_as_of_time: quote.map(|q| wire_time(q.as_of)),
             }
         })
         .collect();
@@ -258,8 +277,8 @@ pub fn payment_to_wire(stored: &StoredPayment, update_time: OffsetDateTime) -> p
                     .clone()
                     .or(member.map(|m| m.last4.clone()))
                     .unwrap_or_default(),
-                requested: Some(money(currency, a.requested)),
-                approved: Some(money(currency, a.approved)),
+                requested: Some(card_money(record, a.leg, a.requested)),
+                approved: Some(card_money(record, a.leg, a.approved)),
                 outcome: match a.outcome {
                     AttemptOutcome::Pending => pb::AttemptOutcome::Pending,
                     AttemptOutcome::Approved => pb::AttemptOutcome::Approved,
