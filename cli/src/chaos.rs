@@ -3,7 +3,8 @@
 //! It runs the vault and the orchestrator as separate OS processes (the `tandem-vault` and
 //! `tandem-orchestrator` binaries beside `tandemctl`) on fresh databases, drives a stream of
 //! payments across policies and sandbox test cards (declines, partial approvals, latency,
-//! transient failures, timeouts after authorization), and meanwhile kills -9 the orchestrator
+//! transient failures, timeouts after authorization, a card in euros whose legs are converted),
+//! and meanwhile kills -9 the orchestrator
 //! and, separately, the vault at random moments and restarts them. At the end it verifies:
 //!
 //! - every payment is terminal;
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
+use tandem_proto::tandem::orchestrator::v1::fx_service_client::FxServiceClient;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
 use tandem_proto::tandem::orchestrator::v1::reconciliation_service_client::ReconciliationServiceClient;
 use tandem_proto::tandem::r#type::v1 as types;
@@ -352,6 +354,8 @@ async fn seed_groups(
         "4000009900000046",
         "4000009900000038",
         "4000056655665556",
+        // A second token of the Mastercard, held in euros: its legs are converted.
+        "5555555555554444",
     ] {
         let card = tokens
             .tokenize(vault_pb::TokenizeRequest {
@@ -379,9 +383,10 @@ async fn seed_groups(
         flaky,
         timeout,
         slow,
-    ]: [String; 9] = tokenized
+        euro,
+    ]: [String; 10] = tokenized
         .try_into()
-        .map_err(|_| anyhow::anyhow!("nine cards"))?;
+        .map_err(|_| anyhow::anyhow!("ten cards"))?;
     // Faults injected at run time: latency on one card; transient failures come from the
     // fail-first card and timeouts after authorization from the timeout card.
     let mut sandbox = SandboxServiceClient::new(connect(vault, certs, Role::Admin).await?);
@@ -395,8 +400,20 @@ async fn seed_groups(
             }),
         })
         .await?;
-    let mut treasury =
-        CardGroupServiceClient::new(connect(orchestrator, certs, Role::Treasury).await?);
+    let treasury_channel = connect(orchestrator, certs, Role::Treasury).await?;
+    // The euro card's legs convert at this rate, fixed by each payment when it is created.
+    FxServiceClient::new(treasury_channel.clone())
+        .set_fx_rate(pb::SetFxRateRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            rate: Some(pb::FxRate {
+                base_currency_code: "USD".into(),
+                quote_currency_code: "EUR".into(),
+                rate: "0.9238".into(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let mut treasury = CardGroupServiceClient::new(treasury_channel);
     let member = |token: &str, label: &str, priority: i32| pb::CardGroupMember {
         token: token.to_owned(),
         label: label.to_owned(),
@@ -422,12 +439,15 @@ async fn seed_groups(
         (
             vec![
                 member(&visa, "A", 1),
-                member(&mastercard, "B", 2),
+                pb::CardGroupMember {
+                    currency_code: "EUR".into(),
+                    ..member(&euro, "E", 2)
+                },
                 member(&amex, "C", 3),
             ],
             pb::AllocationPolicy {
                 strategy: pb::AllocationStrategy::Weighted as i32,
-                weights: weights(&[(&visa, 6000), (&mastercard, 2000), (&amex, 2000)]),
+                weights: weights(&[(&visa, 6000), (&euro, 2000), (&amex, 2000)]),
                 fallback,
                 ..Default::default()
             },
@@ -712,6 +732,9 @@ async fn verify(
     }
     let invariants =
         tandem_ledger::invariants::check(&pool, time::OffsetDateTime::now_utc()).await?;
+    for journal in &invariants.journals {
+        println!("chaos: {journal}");
+    }
     for violation in invariants.violations {
         report.violations.push(format!("ledger: {violation}"));
     }

@@ -32,6 +32,7 @@ use sqlx::{Connection as _, Executor as _, PgConnection};
 use tandem_orchestrator::config::ServiceSettings as _;
 use tandem_proto::tandem::orchestrator::v1 as orchestrator_pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
+use tandem_proto::tandem::orchestrator::v1::fx_service_client::FxServiceClient;
 use tandem_proto::tandem::vault::v1 as pb;
 use tandem_tls::TlsFiles;
 use tandem_tls::identity::Role;
@@ -120,6 +121,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some(port) => Some(webhook::Receiver::start(port, treasury.clone()).await?),
         None => None,
     };
+    // GlobalOps pays from a euro card too: the treasury's rate, observed now at every start.
+    seed_rate(treasury.clone(), "USD", "EUR", DEMO_USD_EUR).await?;
     let mut groups = CardGroupServiceClient::new(treasury);
     let globalops = seed_group(&mut groups, globalops_group(&cards)).await?;
     print_instructions(&args.dir, vault.addr, orchestrator.addr, &globalops);
@@ -587,18 +590,51 @@ fn weighted(weights: &[(&str, i32)]) -> orchestrator_pb::AllocationPolicy {
     }
 }
 
-/// GlobalOps (DESIGN section 8, item 1): up to 60% on the primary corporate card, the rest
-/// split evenly over two secondaries, which cover what the primary declines, in priority order.
+/// The demo's rate from USD to EUR.
+pub(crate) const DEMO_USD_EUR: &str = "0.9238";
+
+/// Sets the rate from `base` to `quote` as the treasury, observed now (a rate is refused once
+/// older than `fx.rate_age_s_max`, so each start of the stack renews it).
+async fn seed_rate(
+    treasury: tonic::transport::Channel,
+    base: &str,
+    quote: &str,
+    rate: &str,
+) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    FxServiceClient::new(treasury)
+        .set_fx_rate(orchestrator_pb::SetFxRateRequest {
+            request_id: format!("dev-rate-{base}-{quote}-{}", now.unix_timestamp_nanos()),
+            rate: Some(orchestrator_pb::FxRate {
+                base_currency_code: base.to_owned(),
+                quote_currency_code: quote.to_owned(),
+                rate: rate.to_owned(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(failure)
+        .with_context(|| format!("setting the {base}/{quote} rate"))?;
+    Ok(())
+}
+
+/// GlobalOps (DESIGN section 8, item 1): three cards across two currencies, up to 60% on the
+/// primary corporate card, the rest split evenly over two secondaries (card B in euros,
+/// charged its part converted at the treasury's rate), which cover what the primary declines,
+/// in priority order.
 fn globalops_group(cards: &DemoTokens) -> GroupSeed {
     GroupSeed {
-        slug: "globalops",
+        slug: "globalops-eur",
         group: orchestrator_pb::CardGroup {
             billing_account_id: "globalops".to_owned(),
             display_name: "GlobalOps".to_owned(),
             default_currency_code: "USD".to_owned(),
             members: vec![
                 member(&cards.a, "card A", 1),
-                member(&cards.b, "card B", 2),
+                orchestrator_pb::CardGroupMember {
+                    currency_code: "EUR".to_owned(),
+                    ..member(&cards.b, "card B", 2)
+                },
                 member(&cards.c, "card C", 3),
             ],
             default_policy: Some(weighted(&[
@@ -637,7 +673,18 @@ async fn seed_group(
         .into_inner()
         .card_group
         .context("no card group in the response")?;
-    let members: Vec<&str> = group.members.iter().map(|m| m.label.as_str()).collect();
+    // A card in another currency than the group's says so: `card B (EUR)`.
+    let members: Vec<String> = group
+        .members
+        .iter()
+        .map(|m| {
+            if m.currency_code == group.default_currency_code {
+                m.label.clone()
+            } else {
+                format!("{} ({})", m.label, m.currency_code)
+            }
+        })
+        .collect();
     println!(
         "\ncard group {} {}: {} ({})",
         group.display_name,

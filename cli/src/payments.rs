@@ -490,18 +490,37 @@ fn render_payment(payment: &pb::Payment) -> String {
         }
     };
 
+    // A converted leg shows what the card pays in its currency and the rate:
+    // `13.00 USD (12.01 EUR at 0.9238)`.
+    let amounts: Vec<String> = payment
+        .legs
+        .iter()
+        .map(|leg| {
+            let amount = show(leg.amount.as_ref());
+            if leg.fx_rate.is_empty() {
+                amount
+            } else {
+                format!(
+                    "{amount} ({} at {})",
+                    show(leg.charge_amount.as_ref()),
+                    leg.fx_rate
+                )
+            }
+        })
+        .collect();
+    let amount_width = column_width("amount", amounts.iter().map(String::as_str)).max(16);
     lines.push(String::new());
     lines.push(format!(
-        "{:>3}  {:<label_width$}  {:<5}  {:>16}  {:<18}  {:<29}  authorization",
+        "{:>3}  {:<label_width$}  {:<5}  {:>amount_width$}  {:<18}  {:<29}  authorization",
         "leg", "label", "card", "amount", "state", "charge"
     ));
-    for leg in &payment.legs {
+    for (leg, amount) in payment.legs.iter().zip(&amounts) {
         lines.push(format!(
-            "{:>3}  {:<label_width$}  ·{:<4}  {:>16}  {:<18}  {:<29}  {}",
+            "{:>3}  {:<label_width$}  ·{:<4}  {:>amount_width$}  {:<18}  {:<29}  {}",
             leg.index,
             leg.label,
             leg.last4,
-            show(leg.amount.as_ref()),
+            amount,
             value_name(leg.state, "LEG_STATE_", pb::LegState::as_str_name),
             dash(&leg.charge_id),
             dash(&leg.authorization_code)

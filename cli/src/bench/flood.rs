@@ -91,6 +91,7 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
         &run_id,
         tokens.chunks(1),
         SplitStrategy::Weighted,
+        0,
     )
     .await?;
     let [steady_group, flood_group] = <[String; 2]>::try_from(group_ids)

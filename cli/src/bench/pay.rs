@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tandem_proto::tandem::orchestrator::v1 as orchestrator_pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
+use tandem_proto::tandem::orchestrator::v1::fx_service_client::FxServiceClient;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
 use tandem_proto::tandem::r#type::v1::Money;
 use tandem_tls::identity::Role;
@@ -46,6 +47,11 @@ pub struct PayArgs {
     /// are tokenized.
     #[arg(long, requires = "vault")]
     orchestrator: Option<String>,
+    /// How many of each group's cards (the last ones) are held in euros: their legs are
+    /// charged converted from the invoice's USD at a rate the bench sets, and booked through
+    /// the FX clearing accounts.
+    #[arg(long, default_value_t = 0)]
+    converted: usize,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -80,6 +86,10 @@ pub(super) async fn run(args: PayArgs) -> anyhow::Result<()> {
         (1..=GROUPS_MAX).contains(&args.groups),
         "--groups must be 1 to {GROUPS_MAX}"
     );
+    anyhow::ensure!(
+        args.converted <= args.cards,
+        "--converted must be at most --cards"
+    );
     dev::ensure_certificates(&load.certs)?;
     let baseline = baseline(&load.shape).await?;
     let mut stack = Stack::new()?;
@@ -90,12 +100,16 @@ pub(super) async fn run(args: PayArgs) -> anyhow::Result<()> {
     let run_id = super::run_id();
     let tokens = tokenize_cards(&vault_uri, &load.certs, &run_id, args.cards * args.groups).await?;
 
+    if args.converted > 0 {
+        set_euro_rate(&orchestrator_uri, &load.certs, &run_id).await?;
+    }
     let group_ids = create_groups(
         &orchestrator_uri,
         &load.certs,
         &run_id,
         tokens.chunks(args.cards),
         args.strategy,
+        args.converted,
     )
     .await?;
 
@@ -158,8 +172,13 @@ pub(super) async fn run(args: PayArgs) -> anyhow::Result<()> {
     })
     .await?;
     stack.stop();
+    let converted = if args.converted > 0 {
+        format!(", {} converted to EUR", args.converted)
+    } else {
+        String::new()
+    };
     println!(
-        "pay ({} cards, {}; one authorize + capture per card; {} card groups): {}",
+        "pay ({} cards{converted}, {}; one authorize + capture per card; {} card groups): {}",
         args.cards,
         args.strategy.name(),
         args.groups,
@@ -172,14 +191,37 @@ pub(super) async fn run(args: PayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One card group per chunk of `cards` (each [`bench_group`] of its tokens), made as
-/// `treasury`; their ids, in order.
+/// Sets the rate from USD to EUR the converted cards of `bench pay --converted` are charged at,
+/// as `treasury`, observed now.
+async fn set_euro_rate(orchestrator_uri: &str, certs: &Path, run_id: &str) -> anyhow::Result<()> {
+    let treasury = channels(orchestrator_uri, certs, Role::Treasury, 1, CALL_TIMEOUT)
+        .await?
+        .remove(0);
+    FxServiceClient::new(treasury)
+        .set_fx_rate(orchestrator_pb::SetFxRateRequest {
+            request_id: format!("bench-{run_id}-rate"),
+            rate: Some(orchestrator_pb::FxRate {
+                base_currency_code: "USD".to_owned(),
+                quote_currency_code: "EUR".to_owned(),
+                rate: "0.9238".to_owned(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(crate::connect::failure)
+        .context("setting the bench's USD/EUR rate")?;
+    Ok(())
+}
+
+/// One card group per chunk of `cards` (each [`bench_group`] of its tokens, the last
+/// `converted` of them in euros), made as `treasury`; their ids, in order.
 pub(super) async fn create_groups<'a>(
     orchestrator_uri: &str,
     certs: &Path,
     run_id: &str,
     cards: impl IntoIterator<Item = &'a [String]>,
     strategy: SplitStrategy,
+    converted: usize,
 ) -> anyhow::Result<Vec<String>> {
     let mut treasury = CardGroupServiceClient::new(
         channels(orchestrator_uri, certs, Role::Treasury, 1, CALL_TIMEOUT)
@@ -191,7 +233,7 @@ pub(super) async fn create_groups<'a>(
         let group = treasury
             .create_card_group(orchestrator_pb::CreateCardGroupRequest {
                 request_id: format!("bench-{run_id}-group-{index}"),
-                card_group: Some(bench_group(run_id, index, tokens, strategy)),
+                card_group: Some(bench_group(run_id, index, tokens, strategy, converted)),
             })
             .await
             .map_err(crate::connect::failure)
@@ -204,21 +246,24 @@ pub(super) async fn create_groups<'a>(
     Ok(group_ids)
 }
 
-/// Card group `index` of `bench pay`: the cards of `tokens`, without limits, split evenly by
-/// `strategy`, all or nothing, on a billing account of its own.
+/// Card group `index` of `bench pay`: the cards of `tokens` (the last `converted` in euros),
+/// without limits, split evenly by `strategy`, all or nothing, on a billing account of its own.
 pub(super) fn bench_group(
     run_id: &str,
     index: usize,
     tokens: &[String],
     strategy: SplitStrategy,
+    converted: usize,
 ) -> orchestrator_pb::CardGroup {
+    let euros_from = tokens.len().saturating_sub(converted);
     let members = tokens
         .iter()
         .zip(1..)
-        .map(|(token, priority)| orchestrator_pb::CardGroupMember {
+        .enumerate()
+        .map(|(i, (token, priority))| orchestrator_pb::CardGroupMember {
             token: token.clone(),
             label: format!("bench card {priority}"),
-            currency_code: "USD".to_owned(),
+            currency_code: if i >= euros_from { "EUR" } else { "USD" }.to_owned(),
             priority,
             state: orchestrator_pb::CardGroupMemberState::Active.into(),
             ..Default::default()
@@ -295,7 +340,7 @@ mod tests {
     #[test]
     fn bench_groups() {
         let tokens: Vec<String> = (1..=3).map(|i| format!("tok_{i}")).collect();
-        let group = bench_group("run", 0, &tokens, SplitStrategy::Weighted);
+        let group = bench_group("run", 0, &tokens, SplitStrategy::Weighted, 0);
         let members: Vec<(&str, i32)> = group
             .members
             .iter()
@@ -310,7 +355,7 @@ mod tests {
             .collect();
         assert_eq!(weights, [("tok_1", 3334), ("tok_2", 3333), ("tok_3", 3333)]);
 
-        let policy = bench_group("run", 0, &tokens, SplitStrategy::Parallel)
+        let policy = bench_group("run", 0, &tokens, SplitStrategy::Parallel, 0)
             .default_policy
             .unwrap();
         assert_eq!(

@@ -264,6 +264,7 @@ async fn setup(
         run_id,
         cards,
         SplitStrategy::Weighted,
+        0,
     )
     .await?;
     let mut payer = PaymentServiceClient::new(

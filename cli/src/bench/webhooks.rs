@@ -175,6 +175,7 @@ async fn measure(args: &WebhooksArgs, stack: &mut Stack) -> anyhow::Result<()> {
         &run_id,
         tokens.chunks(args.cards),
         SplitStrategy::Parallel,
+        0,
     )
     .await?;
     let payers: Vec<_> = channels(

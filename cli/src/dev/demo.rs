@@ -2,7 +2,8 @@
 //! scenarios of DESIGN section 8 that one process can pay, through the orchestrator. Each
 //! payment is printed with its split and checked, so a broken stack fails the demo:
 //!
-//! 1. GlobalOps, month 1: 20.50 USD split 60/20/20 over cards A, B and C.
+//! 1. GlobalOps, month 1: 20.50 USD split 60/20/20 over cards A, B and C (card B in euros,
+//!    converted at the treasury's rate).
 //! 2. GlobalOps, month 2: the primary card is blocked; the secondaries cover its part.
 //! 3. Invoice 12345: exactly card A 7.00, card B 13.00, card C 0.50 (a FIXED policy for that
 //!    payment only).
@@ -117,7 +118,10 @@ pub(super) async fn pay_scenarios(
     let peak = seed_group(groups, peak_week_group(cards)).await?;
     let mut paid = 0;
 
-    heading("GlobalOps, month 1: 20.50 USD split 60/20/20 over cards A, B and C");
+    heading(
+        "GlobalOps, month 1: 20.50 USD split 60/20/20 over cards A, B and C; card B is a euro \
+         card, charged its 4.10 USD converted at the treasury's rate",
+    );
     let payment = pay(
         &mut payments,
         request("globalops-month-1", globalops, "GO-M1", 2050),
@@ -147,7 +151,10 @@ pub(super) async fn pay_scenarios(
     );
     paid += 1;
 
-    heading("Invoice 12345: exactly card A 7.00, card B 13.00, card C 0.50 (a FIXED policy)");
+    heading(
+        "Invoice 12345: exactly card A 7.00, card B 13.00, card C 0.50 (a FIXED policy); the \
+         euro card pays its 13.00 USD in euros, rounded up so the invoice is covered exactly",
+    );
     let mut invoice_12345 = request("invoice-12345", globalops, "12345", 2050);
     invoice_12345.policy_override = Some(fixed_policy(&[
         (&cards.a, 700),
@@ -160,6 +167,12 @@ pub(super) async fn pay_scenarios(
         &payment,
         &[("card A", 700), ("card B", 1300), ("card C", 50)],
     )?;
+    let converted = format!("13.00 (12.01 EUR at {})", super::DEMO_USD_EUR);
+    anyhow::ensure!(
+        payment.summary.contains(&converted),
+        "the summary of invoice 12345 does not show card B's conversion ({converted}): {}",
+        payment.summary
+    );
     paid += 1;
 
     heading(
