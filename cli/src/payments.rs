@@ -73,6 +73,11 @@ pub(crate) struct PayArgs {
     /// An operator note to record with the payment.
     #[arg(long, default_value = "")]
     note: String,
+    /// An invoice line, repeatable: its amount in major units of the invoice's currency,
+    /// optionally with the currency of the cards that pay it under BY_CURRENCY (`80.00:JPY`,
+    /// converted at the rate). The lines sum to `--amount`.
+    #[arg(long = "line", value_name = "AMOUNT[:CURRENCY]")]
+    lines: Vec<String>,
     /// A policy for this payment only; the group's default without `--strategy`.
     #[command(flatten)]
     policy: PolicyArgs,
@@ -191,9 +196,34 @@ impl From<State> for pb::PaymentState {
     }
 }
 
+/// An invoice line of `--line AMOUNT[:CURRENCY]`: the amount in the invoice's `currency`, the
+/// cards' currency when given.
+fn invoice_line(text: &str, currency: &str) -> anyhow::Result<pb::InvoiceLine> {
+    let (amount, cards) = match text.split_once(':') {
+        Some((amount, cards)) => (amount, cards),
+        None => (text, ""),
+    };
+    let amount = parse_amount(amount, currency)
+        .with_context(|| format!("--line {text}: the amount, in {currency}"))?;
+    anyhow::ensure!(
+        cards.is_empty() || tandem_money::Currency::parse(cards).is_ok(),
+        "--line {text}: the currency after ':' must be an active ISO 4217 code such as JPY"
+    );
+    Ok(pb::InvoiceLine {
+        amount: Some(wire(amount)),
+        currency_code: cards.to_owned(),
+        ..Default::default()
+    })
+}
+
 /// Runs `tandemctl pay`: creates the payment, by default waits for it, and prints it.
 pub(crate) async fn pay(args: PayArgs) -> anyhow::Result<()> {
     let amount = parse_amount(&args.amount, &args.currency)?;
+    let lines = args
+        .lines
+        .iter()
+        .map(|line| invoice_line(line, &args.currency))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let policy_override = args.policy.policy(&args.currency)?;
     let id = request_id(args.request_id);
     let wait = !args.no_wait;
@@ -213,7 +243,7 @@ pub(crate) async fn pay(args: PayArgs) -> anyhow::Result<()> {
                 amount: Some(wire(amount)),
                 description: args.description,
                 cost_center: args.cost_center,
-                lines: Vec::new(),
+                lines,
             }),
             card_group_id: args.card_group_id,
             policy_override,
@@ -601,6 +631,22 @@ mod tests {
             currency_code: "USD".to_owned(),
             minor_units,
         })
+    }
+
+    /// `--line` takes an amount in the invoice's currency and, after a colon, the cards'
+    /// currency; anything else is refused with the flag named.
+    #[test]
+    fn invoice_lines_from_the_command_line() {
+        let line = invoice_line("80.00:JPY", "USD").unwrap();
+        assert_eq!(line.amount, usd(8000));
+        assert_eq!(line.currency_code, "JPY");
+        let line = invoice_line("120.5", "USD").unwrap();
+        assert_eq!(line.amount, usd(12050));
+        assert!(line.currency_code.is_empty());
+        for bad in ["80.00:jpy", "80.00:YEN", "eighty:JPY", "1.234:JPY"] {
+            let error = invoice_line(bad, "USD").unwrap_err();
+            assert!(format!("{error:#}").contains("--line"), "{bad}: {error:#}");
+        }
     }
 
     /// Event types print as their webhook wire names.
