@@ -586,6 +586,35 @@ async fn the_rates_file_is_loaded_and_reloaded() {
         ("0.94", "treasury:test")
     );
     assert_eq!(history_rows(&orchestrator).await, 5);
+
+    // A file refused for an as-of time too far ahead is applied, unchanged, once that time is
+    // near enough, and logged once meanwhile.
+    let ahead = now_micros() + time::Duration::minutes(5) + time::Duration::seconds(2);
+    write_rates(
+        &path,
+        &rates_file(&[
+            ("USD", "GBP", "0.7912", hours_ago(1)),
+            ("USD", "CHF", "0.8811", ahead),
+        ]),
+    );
+    let early = |text: &str| {
+        text.lines()
+            .filter(|line| line.contains("rates file refused") && line.contains("as_of"))
+            .count()
+    };
+    wait_for(
+        &mut treasury,
+        "USD",
+        "CHF",
+        "the file once its time came",
+        |read| read.as_ref().is_ok_and(|r| r.rate == "0.8811"),
+    )
+    .await;
+    assert_eq!(
+        early(&logs.text()),
+        1,
+        "refused and logged once, then applied"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -13,7 +13,9 @@
 //! changed too, applies it. The whole file is checked first ([`parse`], by the rule
 //! `SetFxRate` uses, plus: `as_of` required, each pair once, at most [`RATES_MAX`] rates and
 //! [`FILE_BYTES_MAX`] bytes); a bad file changes nothing and its problems are logged once per
-//! change, each with its line or its entry's index, never the file's content. A good file's
+//! change, each with its line or its entry's index, never the file's content; a refused file is
+//! checked again every [`REFUSED_RECHECK_LOOKS`] looks even unchanged (an as-of time refused as
+//! too far ahead may have come), and applied once it passes. A good file's
 //! rates are written in one transaction, each only over an older rate of its pair
 //! ([`super::Fx::merge_file`]). Removing a pair from the file leaves its rate as it is.
 
@@ -40,6 +42,9 @@ pub const FILE_BYTES_MAX: u64 = 1 << 20;
 pub const RATES_MAX: usize = 10_000;
 /// The most problems of one bad file logged (the rest are counted).
 const PROBLEMS_LOGGED_MAX: usize = 20;
+/// A refused file is checked again, although it did not change, after this many looks: an
+/// as-of time refused as too far in the future may have come since.
+const REFUSED_RECHECK_LOOKS: u32 = 10;
 
 /// What the file looked like when it was last read: its modification time and size.
 type Stamp = (Option<SystemTime>, u64);
@@ -58,6 +63,8 @@ pub struct Watcher {
     /// The last problem logged that is not about the content (the file missing, unreadable,
     /// too large; the database failing), so that it is logged once until it changes.
     problem: Option<String>,
+    /// The problems of the content last refused, logged once, and the looks since.
+    refused: Option<(Vec<String>, u32)>,
 }
 
 impl Watcher {
@@ -78,6 +85,7 @@ impl Watcher {
             stamp: None,
             hash: None,
             problem: None,
+            refused: None,
         })
     }
 
@@ -103,7 +111,14 @@ impl Watcher {
                 return self.report(format!("cannot be read: {}", e.kind()));
             }
         };
-        if self.stamp == Some(stamp) {
+        let recheck = match self.refused.as_mut() {
+            Some((_, looks)) => {
+                *looks += 1;
+                *looks >= REFUSED_RECHECK_LOOKS
+            }
+            None => false,
+        };
+        if self.stamp == Some(stamp) && !recheck {
             return;
         }
         if stamp.1 > FILE_BYTES_MAX {
@@ -115,7 +130,7 @@ impl Watcher {
             Err(e) => return self.report(format!("cannot be read: {}", e.kind())),
         };
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        if self.hash == Some(hash) {
+        if self.hash == Some(hash) && !recheck {
             self.stamp = Some(stamp);
             return;
         }
@@ -126,10 +141,18 @@ impl Watcher {
         let rates = match rates {
             Ok(rates) => rates,
             Err(problems) => {
+                let same = self.hash == Some(hash)
+                    && self
+                        .refused
+                        .as_ref()
+                        .is_some_and(|(logged, _)| *logged == problems);
                 self.stamp = Some(stamp);
                 self.hash = Some(hash);
                 self.problem = None;
-                log_refused(&self.name, &problems);
+                if !same {
+                    log_refused(&self.name, &problems);
+                }
+                self.refused = Some((problems, 0));
                 return;
             }
         };
@@ -138,6 +161,7 @@ impl Watcher {
                 self.stamp = Some(stamp);
                 self.hash = Some(hash);
                 self.problem = None;
+                self.refused = None;
                 tracing::info!(
                     file = %self.name,
                     rates = rates.len(),
