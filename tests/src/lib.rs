@@ -361,6 +361,19 @@ pub fn orchestrator_settings(
     settings
 }
 
+/// [`orchestrator_settings`] for crash tests: shorter leases and vault timeouts, so a crashed
+/// drive is resumed within about a second.
+pub fn crash_test_settings(
+    database: &TestDatabase,
+    vault: &RunningVault,
+) -> tandem_orchestrator::config::Settings {
+    let mut settings = orchestrator_settings(database, vault);
+    settings.vault.timeout_ms = 250;
+    settings.payments.lease_ms = 1_000;
+    settings.payments.recovery_interval_ms = 100;
+    settings
+}
+
 /// An in-process orchestrator over real mutual TLS.
 #[derive(Debug)]
 pub struct RunningOrchestrator {

@@ -307,6 +307,22 @@ impl Stack {
             .expect("configure sandbox card");
     }
 
+    /// Asserts that no operation was authorized twice at the sandbox on `tokens`' cards: every
+    /// authorization it processed (replays aside) has its own idempotency key. Returns how many
+    /// there were.
+    pub async fn assert_single_authorizations(&self, tokens: &[&str]) -> usize {
+        let mut keys = std::collections::HashSet::new();
+        for token in tokens {
+            for operation in authorizations(&self.sandbox_operations(token).await) {
+                assert!(
+                    keys.insert(operation.idempotency_key.clone()),
+                    "authorized twice: {operation:?}"
+                );
+            }
+        }
+        keys.len()
+    }
+
     /// Runs the ledger's invariant check on the orchestrator's database and asserts it holds.
     pub async fn assert_ledger_invariants(&self) {
         let pool = self.orchestrator.pool().await;

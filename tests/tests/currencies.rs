@@ -71,6 +71,25 @@ async fn net(stack: &Stack, id: AccountId) -> i64 {
     b.debits_posted - b.credits_posted
 }
 
+/// The sandbox's operations of `kind` on `token`'s card (replays aside): the amount each
+/// approved, with its currency.
+async fn operations(
+    stack: &Stack,
+    token: &str,
+    kind: vault_pb::SandboxOperationType,
+) -> Vec<(String, i64)> {
+    stack
+        .sandbox_operations(token)
+        .await
+        .iter()
+        .filter(|o| {
+            o.r#type == kind as i32
+                && o.outcome != vault_pb::SandboxOperationOutcome::Replayed as i32
+        })
+        .map(|o| minor(&o.approved))
+        .collect()
+}
+
 fn leg<'p>(payment: &'p pb::Payment, label: &str) -> &'p pb::PaymentLeg {
     payment
         .legs
@@ -124,17 +143,10 @@ async fn globalops_pays_usd_with_a_converted_eur_card_and_refunds_it_at_the_same
         "{}",
         payment.summary
     );
-    let authorized: Vec<(String, i64)> = stack
-        .sandbox_operations(&b)
-        .await
-        .iter()
-        .filter(|o| {
-            o.r#type == vault_pb::SandboxOperationType::Authorize as i32
-                && o.outcome != vault_pb::SandboxOperationOutcome::Replayed as i32
-        })
-        .map(|o| minor(&o.requested))
-        .collect();
-    assert_eq!(authorized, [("EUR".to_owned(), 12_010)]);
+    assert_eq!(
+        operations(&stack, &b, vault_pb::SandboxOperationType::Authorize).await,
+        [("EUR".to_owned(), 12_010)]
+    );
 
     let (u, e) = (currency("USD"), currency("EUR"));
     assert_eq!(
@@ -188,17 +200,10 @@ async fn globalops_pays_usd_with_a_converted_eur_card_and_refunds_it_at_the_same
         minor(&leg(&refunded, "card B").refunded),
         ("EUR".into(), 12_010)
     );
-    let refunds: Vec<(String, i64)> = stack
-        .sandbox_operations(&b)
-        .await
-        .iter()
-        .filter(|o| {
-            o.r#type == vault_pb::SandboxOperationType::Refund as i32
-                && o.outcome != vault_pb::SandboxOperationOutcome::Replayed as i32
-        })
-        .map(|o| minor(&o.approved))
-        .collect();
-    assert_eq!(refunds, [("EUR".to_owned(), 12_010)]);
+    assert_eq!(
+        operations(&stack, &b, vault_pb::SandboxOperationType::Refund).await,
+        [("EUR".to_owned(), 12_010)]
+    );
     for id in [
         funding_source(&b, "EUR").unwrap(),
         fx_clearing(u, e, e).unwrap(),
@@ -406,14 +411,11 @@ async fn by_currency_sends_each_line_to_its_currency() {
 #[tokio::test]
 async fn a_crash_replays_a_converted_leg_at_its_recorded_rate() {
     use tandem_orchestrator::workflow::{CrashPlan, CrashPoint};
-    use tandem_tests::{RunningOrchestrator, RunningVault, TestDatabase, orchestrator_settings};
+    use tandem_tests::{RunningOrchestrator, RunningVault, TestDatabase, crash_test_settings};
 
     let vault = RunningVault::start().await;
     let database = TestDatabase::create().await;
-    let mut settings = orchestrator_settings(&database, &vault);
-    settings.vault.timeout_ms = 250;
-    settings.payments.lease_ms = 1_000;
-    settings.payments.recovery_interval_ms = 100;
+    let settings = crash_test_settings(&database, &vault);
     let orchestrator =
         RunningOrchestrator::start_with(settings.clone(), database.clone(), None).await;
     let mut stack = Stack {
@@ -483,18 +485,10 @@ async fn a_crash_replays_a_converted_leg_at_its_recorded_rate() {
             paid.push(created.id);
         }
     }
-    let mut keys = std::collections::HashSet::new();
-    for token in [&declining, &euro] {
-        for operation in tandem_tests::stack::authorizations(&stack.sandbox_operations(token).await)
-        {
-            assert!(
-                keys.insert(operation.idempotency_key.clone()),
-                "authorized twice: {operation:?}"
-            );
-        }
-    }
     assert_eq!(
-        keys.len(),
+        stack
+            .assert_single_authorizations(&[&declining, &euro])
+            .await,
         2 * paid.len(),
         "a decline and a conversion per payment"
     );

@@ -4,45 +4,18 @@
 //! every case each payment ends in the right state, the sandbox authorized each operation
 //! once, and the ledger's invariants hold.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use tandem_orchestrator::workflow::{CrashPlan, CrashPoint};
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
-use tandem_tests::stack::{
-    Stack, authorizations, group, legs, member, payment_request, policy, state,
-};
-use tandem_tests::{RunningOrchestrator, RunningVault, TestDatabase, orchestrator_settings};
+use tandem_tests::stack::{Stack, group, legs, member, payment_request, policy, state};
+use tandem_tests::{RunningOrchestrator, RunningVault, TestDatabase, crash_test_settings};
 use tandem_tls::identity::Role;
 
 const INSUFFICIENT_FUNDS: &str = "4000000000009995";
 const VISA: &str = "4242424242424242";
 const MASTERCARD: &str = "5555555555554444";
-
-/// Settings with short leases, so a crashed drive is resumed within about a second.
-fn quick(database: &TestDatabase, vault: &RunningVault) -> tandem_orchestrator::config::Settings {
-    let mut settings = orchestrator_settings(database, vault);
-    settings.vault.timeout_ms = 250;
-    settings.payments.lease_ms = 1_000;
-    settings.payments.recovery_interval_ms = 100;
-    settings
-}
-
-/// Asserts that no operation was authorized twice at the sandbox: every authorization it
-/// processed (replays aside) has its own idempotency key.
-async fn assert_single_authorizations(stack: &Stack, tokens: &[&str]) -> usize {
-    let mut keys = HashSet::new();
-    for token in tokens {
-        for operation in authorizations(&stack.sandbox_operations(token).await) {
-            assert!(
-                keys.insert(operation.idempotency_key.clone()),
-                "authorized twice: {operation:?}"
-            );
-        }
-    }
-    keys.len()
-}
 
 /// A group whose first card declines (insufficient funds) and two that approve, WEIGHTED
 /// 5000/2500/2500 with fallback: every payment authorizes three legs, the decline's half moves
@@ -72,7 +45,7 @@ async fn fallback_group(stack: &Stack, tokens: &[String]) -> pb::CardGroup {
 async fn a_crash_at_any_recovery_point_ends_in_the_right_state() {
     let vault = RunningVault::start().await;
     let database = TestDatabase::create().await;
-    let settings = quick(&database, &vault);
+    let settings = crash_test_settings(&database, &vault);
     let mut orchestrator =
         RunningOrchestrator::start_with(settings.clone(), database.clone(), None).await;
     let mut stack = Stack {
@@ -144,7 +117,7 @@ async fn a_crash_at_any_recovery_point_ends_in_the_right_state() {
         }
     }
     let token_refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    let authorized = assert_single_authorizations(&stack, &token_refs).await;
+    let authorized = stack.assert_single_authorizations(&token_refs).await;
     assert_eq!(authorized, 4 * payments, "four authorizations per payment");
     for (token, per_payment) in tokens[1..].iter().zip([2, 1]) {
         let captures = stack
@@ -174,7 +147,7 @@ async fn a_crash_at_any_recovery_point_ends_in_the_right_state() {
 async fn two_instances_share_one_database_without_double_charges() {
     let vault = RunningVault::start().await;
     let database = TestDatabase::create().await;
-    let settings = quick(&database, &vault);
+    let settings = crash_test_settings(&database, &vault);
     let first = RunningOrchestrator::start_with(settings.clone(), database.clone(), None).await;
     let second = RunningOrchestrator::start_with(settings.clone(), database.clone(), None).await;
     let stack = Stack {
@@ -223,7 +196,7 @@ async fn two_instances_share_one_database_without_double_charges() {
     }
     let token_refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
     assert_eq!(
-        assert_single_authorizations(&stack, &token_refs).await,
+        stack.assert_single_authorizations(&token_refs).await,
         4 * ids.len()
     );
     stack.assert_ledger_invariants().await;
