@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use tandem_orchestrator::workflow::CrashPlan;
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
 use tandem_proto::tandem::orchestrator::v1::ledger_service_client::LedgerServiceClient;
@@ -14,7 +15,7 @@ use tandem_proto::tandem::vault::v1::sandbox_service_client::SandboxServiceClien
 use tandem_tls::identity::Role;
 use tonic::transport::Channel;
 
-use crate::{RunningOrchestrator, RunningVault};
+use crate::{RunningOrchestrator, RunningVault, TestDatabase};
 
 /// A vault and an orchestrator in front of it.
 #[derive(Debug)]
@@ -156,14 +157,46 @@ impl Stack {
         amount: i64,
         policy: Option<pb::AllocationPolicy>,
     ) -> pb::Payment {
+        self.create_payment(payment_request(group, invoice, amount, policy))
+            .await
+    }
+
+    /// Sends `request` as `payer` and returns the payment it answers with.
+    pub async fn create_payment(&self, request: pb::CreatePaymentRequest) -> pb::Payment {
         self.payments()
             .await
-            .create_payment(payment_request(group, invoice, amount, policy))
+            .create_payment(request)
             .await
             .expect("create payment")
             .into_inner()
             .payment
             .expect("payment")
+    }
+
+    /// Creates the payment of `request`, not waiting for it, on an orchestrator started with
+    /// `plan` (the one running is stopped first), waits until the drive stops dead at the
+    /// plan's point, and starts a fresh instance in its place, as after a process killed there.
+    /// Returns the stack, with its new orchestrator, and the payment as it was created.
+    pub async fn pay_through_a_crash(
+        mut self,
+        settings: &tandem_orchestrator::config::Settings,
+        database: &TestDatabase,
+        plan: std::sync::Arc<CrashPlan>,
+        mut request: pb::CreatePaymentRequest,
+    ) -> (Stack, pb::Payment) {
+        self.orchestrator.stop().await;
+        self.orchestrator =
+            RunningOrchestrator::start_with(settings.clone(), database.clone(), Some(plan.clone()))
+                .await;
+        request.wait = false;
+        let created = self.create_payment(request).await;
+        tokio::time::timeout(Duration::from_secs(30), plan.crashed.notified())
+            .await
+            .unwrap_or_else(|_| panic!("no crash at {:?} #{}", plan.point, plan.nth));
+        self.orchestrator.stop().await;
+        self.orchestrator =
+            RunningOrchestrator::start_with(settings.clone(), database.clone(), None).await;
+        (self, created)
     }
 
     /// Every sandbox operation on `token`'s card, oldest first.

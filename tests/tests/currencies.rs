@@ -237,15 +237,7 @@ async fn a_rate_changed_in_flight_does_not_change_the_legs() {
     stack.sandbox_latency(&b, 1_500).await;
     let mut request = payment_request(&group_id, "GO-FX-2", 10_000, None);
     request.wait = false;
-    let created = stack
-        .payments()
-        .await
-        .create_payment(request)
-        .await
-        .expect("create")
-        .into_inner()
-        .payment
-        .expect("payment");
+    let created = stack.create_payment(request).await;
     set_rate(&stack, "USD", "EUR", "1.5000", Duration::from_secs(0)).await;
     let paid = stack.settled(&created.id).await;
     assert_eq!(state(&paid), "SUCCEEDED", "{}", paid.summary);
@@ -355,13 +347,7 @@ async fn by_currency_sends_each_line_to_its_currency() {
         request
     };
     let mut payer = stack.payments().await;
-    let paid = payer
-        .create_payment(invoice(&both.id, "BC-1"))
-        .await
-        .expect("pay")
-        .into_inner()
-        .payment
-        .expect("payment");
+    let paid = stack.create_payment(invoice(&both.id, "BC-1")).await;
     assert_eq!(state(&paid), "SUCCEEDED", "{}", paid.summary);
     assert_eq!(
         minor(&leg(&paid, "card A").captured),
@@ -389,13 +375,7 @@ async fn by_currency_sends_each_line_to_its_currency() {
     );
     let mut converting = invoice(&usd_only.id, "BC-3");
     converting.policy_override = Some(by_currency(true));
-    let paid = payer
-        .create_payment(converting)
-        .await
-        .expect("pay")
-        .into_inner()
-        .payment
-        .expect("payment");
+    let paid = stack.create_payment(converting).await;
     assert_eq!(state(&paid), "SUCCEEDED", "{}", paid.summary);
     assert_eq!(
         minor(&leg(&paid, "card A").captured),
@@ -445,31 +425,11 @@ async fn a_crash_replays_a_converted_leg_at_its_recorded_rate() {
     {
         for nth in 1..=3 {
             set_rate(&stack, "USD", "EUR", "0.9238", Duration::from_secs(60)).await;
-            stack.orchestrator.stop().await;
-            let plan = CrashPlan::new(point, nth);
-            stack.orchestrator = RunningOrchestrator::start_with(
-                settings.clone(),
-                database.clone(),
-                Some(plan.clone()),
-            )
-            .await;
-            let mut request = payment_request(&group_id, &format!("FX-{round}-{nth}"), 1_300, None);
-            request.wait = false;
-            let created = stack
-                .payments()
-                .await
-                .create_payment(request)
-                .await
-                .expect("create payment")
-                .into_inner()
-                .payment
-                .expect("payment");
-            tokio::time::timeout(Duration::from_secs(30), plan.crashed.notified())
-                .await
-                .unwrap_or_else(|_| panic!("no crash at {point:?} #{nth}"));
-            stack.orchestrator.stop().await;
-            stack.orchestrator =
-                RunningOrchestrator::start_with(settings.clone(), database.clone(), None).await;
+            let request = payment_request(&group_id, &format!("FX-{round}-{nth}"), 1_300, None);
+            let created;
+            (stack, created) = stack
+                .pay_through_a_crash(&settings, &database, CrashPlan::new(point, nth), request)
+                .await;
             // The treasury moves the rate while the payment is being recovered.
             set_rate(&stack, "USD", "EUR", "2.5", Duration::from_secs(0)).await;
             let payment = stack.settled(&created.id).await;

@@ -4,8 +4,6 @@
 //! every case each payment ends in the right state, the sandbox authorized each operation
 //! once, and the ledger's invariants hold.
 
-use std::time::Duration;
-
 use tandem_orchestrator::workflow::{CrashPlan, CrashPoint};
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
@@ -46,7 +44,7 @@ async fn a_crash_at_any_recovery_point_ends_in_the_right_state() {
     let vault = RunningVault::start().await;
     let database = TestDatabase::create().await;
     let settings = crash_test_settings(&database, &vault);
-    let mut orchestrator =
+    let orchestrator =
         RunningOrchestrator::start_with(settings.clone(), database.clone(), None).await;
     let mut stack = Stack {
         vault,
@@ -65,36 +63,13 @@ async fn a_crash_at_any_recovery_point_ends_in_the_right_state() {
         CrashPoint::AfterResult,
     ] {
         for nth in 1..=4 {
-            // Restart with a crash plan.
-            stack.orchestrator.stop().await;
-            let plan = CrashPlan::new(point, nth);
-            orchestrator = RunningOrchestrator::start_with(
-                settings.clone(),
-                database.clone(),
-                Some(plan.clone()),
-            )
-            .await;
-            stack.orchestrator = orchestrator;
-            let mut request =
-                payment_request(&group.id, &format!("INV-{point:?}-{nth}"), 2000, None);
-            request.wait = false;
-            let created = stack
-                .payments()
-                .await
-                .create_payment(request)
-                .await
-                .expect("create payment")
-                .into_inner()
-                .payment
-                .unwrap();
+            // The drive stops dead at the plan's point; a fresh instance takes over.
+            let request = payment_request(&group.id, &format!("INV-{point:?}-{nth}"), 2000, None);
+            let created;
+            (stack, created) = stack
+                .pay_through_a_crash(&settings, &database, CrashPlan::new(point, nth), request)
+                .await;
             payments += 1;
-            tokio::time::timeout(Duration::from_secs(30), plan.crashed.notified())
-                .await
-                .unwrap_or_else(|_| panic!("no crash at {point:?} #{nth}"));
-            // The process dies: stop it with the drive frozen, start a fresh instance.
-            stack.orchestrator.stop().await;
-            stack.orchestrator =
-                RunningOrchestrator::start_with(settings.clone(), database.clone(), None).await;
             let payment = stack.settled(&created.id).await;
             assert_eq!(
                 state(&payment),
