@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
-use tandem_proto::tandem::orchestrator::v1::fx_service_client::FxServiceClient;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
 use tandem_proto::tandem::orchestrator::v1::reconciliation_service_client::ReconciliationServiceClient;
 use tandem_proto::tandem::r#type::v1 as types;
@@ -402,17 +401,16 @@ async fn seed_groups(
         .await?;
     let treasury_channel = connect(orchestrator, certs, Role::Treasury).await?;
     // The euro card's legs convert at this rate, fixed by each payment when it is created.
-    FxServiceClient::new(treasury_channel.clone())
-        .set_fx_rate(pb::SetFxRateRequest {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            rate: Some(pb::FxRate {
-                base_currency_code: "USD".into(),
-                quote_currency_code: "EUR".into(),
-                rate: "0.9238".into(),
-                ..Default::default()
-            }),
-        })
-        .await?;
+    let rate_id = uuid::Uuid::new_v4().to_string();
+    crate::fx::set_rate(
+        treasury_channel.clone(),
+        &rate_id,
+        "USD",
+        "EUR",
+        crate::dev::DEMO_USD_EUR,
+        None,
+    )
+    .await?;
     let mut treasury = CardGroupServiceClient::new(treasury_channel);
     let member = |token: &str, label: &str, priority: i32| pb::CardGroupMember {
         token: token.to_owned(),

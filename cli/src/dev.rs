@@ -32,7 +32,6 @@ use sqlx::{Connection as _, Executor as _, PgConnection};
 use tandem_orchestrator::config::ServiceSettings as _;
 use tandem_proto::tandem::orchestrator::v1 as orchestrator_pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
-use tandem_proto::tandem::orchestrator::v1::fx_service_client::FxServiceClient;
 use tandem_proto::tandem::vault::v1 as pb;
 use tandem_tls::TlsFiles;
 use tandem_tls::identity::Role;
@@ -122,7 +121,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         None => None,
     };
     // GlobalOps pays from a euro card too: the treasury's rate, observed now at every start.
-    seed_rate(treasury.clone(), "USD", "EUR", DEMO_USD_EUR).await?;
+    // The rate is as of now (one older than fx.rate_age_s_max is refused), so each start
+    // renews it.
+    let rate_id = format!(
+        "dev-rate-USD-EUR-{}",
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+    );
+    crate::fx::set_rate(treasury.clone(), &rate_id, "USD", "EUR", DEMO_USD_EUR, None).await?;
     let mut groups = CardGroupServiceClient::new(treasury);
     let globalops = seed_group(&mut groups, globalops_group(&cards)).await?;
     print_instructions(&args.dir, vault.addr, orchestrator.addr, &globalops);
@@ -590,33 +595,8 @@ fn weighted(weights: &[(&str, i32)]) -> orchestrator_pb::AllocationPolicy {
     }
 }
 
-/// The demo's rate from USD to EUR.
+/// The demo's rate from USD to EUR (also the bench's and the chaos run's).
 pub(crate) const DEMO_USD_EUR: &str = "0.9238";
-
-/// Sets the rate from `base` to `quote` as the treasury, observed now (a rate is refused once
-/// older than `fx.rate_age_s_max`, so each start of the stack renews it).
-async fn seed_rate(
-    treasury: tonic::transport::Channel,
-    base: &str,
-    quote: &str,
-    rate: &str,
-) -> anyhow::Result<()> {
-    let now = time::OffsetDateTime::now_utc();
-    FxServiceClient::new(treasury)
-        .set_fx_rate(orchestrator_pb::SetFxRateRequest {
-            request_id: format!("dev-rate-{base}-{quote}-{}", now.unix_timestamp_nanos()),
-            rate: Some(orchestrator_pb::FxRate {
-                base_currency_code: base.to_owned(),
-                quote_currency_code: quote.to_owned(),
-                rate: rate.to_owned(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(failure)
-        .with_context(|| format!("setting the {base}/{quote} rate"))?;
-    Ok(())
-}
 
 /// GlobalOps (DESIGN section 8, item 1): three cards across two currencies, up to 60% on the
 /// primary corporate card, the rest split evenly over two secondaries (card B in euros,

@@ -100,24 +100,8 @@ pub(crate) async fn run(command: FxCommand) -> anyhow::Result<()> {
         } => {
             let as_of_time = as_of.map(|text| parse_time("--as-of", &text)).transpose()?;
             let id = request_id(given_id);
-            let rate = client(&target, Role::Treasury)
-                .await?
-                .set_fx_rate(pb::SetFxRateRequest {
-                    request_id: id.clone(),
-                    rate: Some(pb::FxRate {
-                        base_currency_code: base,
-                        quote_currency_code: quote,
-                        rate,
-                        as_of_time,
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map_err(failure)
-                .with_context(|| format!("request {id}"))?
-                .into_inner()
-                .rate
-                .context("no rate in the response")?;
+            let channel = orchestrator_channel(&target, Role::Treasury, CALL_TIMEOUT).await?;
+            let rate = set_rate(channel, &id, &base, &quote, &rate, as_of_time).await?;
             print_header(format, RATE_COLUMNS);
             print_row(format, RATE_COLUMNS, &rate_row(&rate));
         }
@@ -173,6 +157,37 @@ pub(crate) async fn run(command: FxCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sets the rate from `base` to `quote` over `treasury` (a channel with a `treasury` identity)
+/// under `request_id`, as of `as_of_time` (now when `None`), and returns it as set; a failure
+/// names the request. `tandemctl fx set` and the dev stack, the bench and the chaos run, which
+/// set the rates their euro cards convert at, all set rates here.
+pub(crate) async fn set_rate(
+    treasury: tonic::transport::Channel,
+    request_id: &str,
+    base: &str,
+    quote: &str,
+    rate: &str,
+    as_of_time: Option<prost_types::Timestamp>,
+) -> anyhow::Result<pb::FxRate> {
+    FxServiceClient::new(treasury)
+        .set_fx_rate(pb::SetFxRateRequest {
+            request_id: request_id.to_owned(),
+            rate: Some(pb::FxRate {
+                base_currency_code: base.to_owned(),
+                quote_currency_code: quote.to_owned(),
+                rate: rate.to_owned(),
+                as_of_time,
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(failure)
+        .with_context(|| format!("setting the {base}/{quote} rate (request {request_id})"))?
+        .into_inner()
+        .rate
+        .context("no rate in the response")
 }
 
 async fn client(target: &OrchestratorTarget, role: Role) -> anyhow::Result<Client> {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tandem_proto::tandem::orchestrator::v1 as orchestrator_pb;
 use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
-use tandem_proto::tandem::orchestrator::v1::fx_service_client::FxServiceClient;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
 use tandem_proto::tandem::r#type::v1::Money;
 use tandem_tls::identity::Role;
@@ -18,6 +17,7 @@ use super::stack::{CALL_TIMEOUT, Stack, channels};
 use super::tokenize::tokenize_cards;
 use super::{LoadArgs, baseline, check_shape};
 use crate::dev;
+use crate::dev::DEMO_USD_EUR;
 
 /// How long the orchestrator may wait for a payment to finish before answering.
 pub(super) const PAYMENT_WAIT_TIMEOUT_MS: i64 = 30_000;
@@ -101,7 +101,17 @@ pub(super) async fn run(args: PayArgs) -> anyhow::Result<()> {
     let tokens = tokenize_cards(&vault_uri, &load.certs, &run_id, args.cards * args.groups).await?;
 
     if args.converted > 0 {
-        set_euro_rate(&orchestrator_uri, &load.certs, &run_id).await?;
+        let treasury = channels(
+            &orchestrator_uri,
+            &load.certs,
+            Role::Treasury,
+            1,
+            CALL_TIMEOUT,
+        )
+        .await?
+        .remove(0);
+        let rate_id = format!("bench-{run_id}-rate");
+        crate::fx::set_rate(treasury, &rate_id, "USD", "EUR", DEMO_USD_EUR, None).await?;
     }
     let group_ids = create_groups(
         &orchestrator_uri,
@@ -188,28 +198,6 @@ pub(super) async fn run(args: PayArgs) -> anyhow::Result<()> {
     if let Some(error) = first_error.get() {
         println!("  first error: {error}");
     }
-    Ok(())
-}
-
-/// Sets the rate from USD to EUR the converted cards of `bench pay --converted` are charged at,
-/// as `treasury`, observed now.
-async fn set_euro_rate(orchestrator_uri: &str, certs: &Path, run_id: &str) -> anyhow::Result<()> {
-    let treasury = channels(orchestrator_uri, certs, Role::Treasury, 1, CALL_TIMEOUT)
-        .await?
-        .remove(0);
-    FxServiceClient::new(treasury)
-        .set_fx_rate(orchestrator_pb::SetFxRateRequest {
-            request_id: format!("bench-{run_id}-rate"),
-            rate: Some(orchestrator_pb::FxRate {
-                base_currency_code: "USD".to_owned(),
-                quote_currency_code: "EUR".to_owned(),
-                rate: "0.9238".to_owned(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(crate::connect::failure)
-        .context("setting the bench's USD/EUR rate")?;
     Ok(())
 }
 

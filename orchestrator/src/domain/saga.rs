@@ -320,17 +320,29 @@ impl Payment {
             .flatten()
     }
 
-    /// `amount` of the invoice's currency charged to `token`'s card: converted and rounded up
-    /// when the card is in another currency.
+    /// `amount` (at most the invoice) of the invoice's currency charged to `token`'s card (one
+    /// allocation gives parts to): converted and rounded up when the card is in another
+    /// currency.
     fn charge_of(&self, token: &str, amount: i64) -> i64 {
         let currency = self.member_currency(token);
         if currency == self.currency {
             return amount;
         }
-        self.exchange()
+        assert!(
+            amount <= self.amount,
+            "a part of the invoice is at most the invoice"
+        );
+        // Allocation gives parts only to members in the invoice's currency or with a quote,
+        // and planning refuses an invoice that does not convert at every quote; a part is at
+        // most the invoice, so it converts too.
+        let quote = self
+            .exchange()
             .quote(currency)
-            .and_then(|q| q.convert(amount))
-            .map_or(i64::MAX, |c| c.charge)
+            .expect("a card in another currency takes a part only with a quote");
+        quote
+            .convert(amount)
+            .expect("the invoice converts at every quote of its payment, so a part of it does")
+            .charge
     }
 
     /// What leg `leg`'s authorization asks of the card, in its currency.
@@ -911,10 +923,12 @@ mod tests {
             "no approval above what was asked"
         );
 
-        let declined = |reallocation| {
+        // Card a (USD) declines its 5.00 USD: where each reallocation sends it, in a group with
+        // another USD card (c) and without.
+        let moved_to = |members: Vec<Member>, reallocation| {
             let mut p = payment(
                 &[("a", 500)],
-                vec![member("a", 1, None), euro("e", 2), member("c", 3, None)],
+                members,
                 Completion::AllOrNothing,
                 Dispatch::OneAtATime,
             );
@@ -934,31 +948,20 @@ mod tests {
                 .map(|l| l.token.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(declined(Reallocation::Any), ["e"]);
-        assert_eq!(
-            declined(Reallocation::SameCurrency { then_any: false }),
-            ["c"]
-        );
-        let mut lone = payment(
-            &[("a", 500)],
-            vec![member("a", 1, None), euro("e", 2)],
-            Completion::AllOrNothing,
-            Dispatch::OneAtATime,
-        );
-        lone.quotes = vec![quote];
-        for (then_any, moved) in [(false, 0), (true, 1)] {
-            let mut p = lone.clone();
-            p.reallocation = Reallocation::SameCurrency { then_any };
-            decide(&mut p).unwrap();
-            apply(
-                &mut p,
-                Outcome::Declined {
-                    leg: 0,
-                    next_action: NextAction::TryNextCard,
-                },
-            )
-            .unwrap();
-            assert_eq!(p.legs.len() - 1, moved, "then_any {then_any}");
+        let with_c = || vec![member("a", 1, None), euro("e", 2), member("c", 3, None)];
+        let without_c = || vec![member("a", 1, None), euro("e", 2)];
+        let same_currency = |then_any| Reallocation::SameCurrency { then_any };
+        for (members, reallocation, expected) in [
+            (with_c(), Reallocation::Any, vec!["e"]),
+            (with_c(), same_currency(false), vec!["c"]),
+            (without_c(), same_currency(false), vec![]),
+            (without_c(), same_currency(true), vec!["e"]),
+        ] {
+            assert_eq!(
+                moved_to(members, reallocation),
+                expected,
+                "{reallocation:?}"
+            );
         }
     }
 

@@ -154,24 +154,18 @@ impl PaymentRecord {
                     } else {
                         "voided"
                     };
-                    let covers = self.money(self.saga.legs[l].approved);
-                    match self.saga.quote(l) {
-                        // What the card paid (or was released from), in its currency.
-                        Some(quote) => {
-                            let charge = if kind == EventKind::LegCaptured {
-                                self.saga.capture(l)
-                            } else {
-                                self.saga.hold(l)
-                            };
-                            format!(
-                                "{} {verb} {covers} ({} at {})",
-                                self.card(l),
-                                self.card_money(l, charge),
-                                quote.rate
-                            )
-                        }
-                        None => format!("{} {verb} {covers}", self.card(l)),
-                    }
+                    // What the card paid (or was released from), in its currency.
+                    let charge = if kind == EventKind::LegCaptured {
+                        self.saga.capture(l)
+                    } else {
+                        self.saga.hold(l)
+                    };
+                    format!(
+                        "{} {verb} {}{}",
+                        self.card(l),
+                        self.money(self.saga.legs[l].approved),
+                        self.conversion(l, charge)
+                    )
                 })
                 .unwrap_or_default(),
             EventKind::LegRefunded => leg

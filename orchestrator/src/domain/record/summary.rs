@@ -23,6 +23,16 @@ impl PaymentRecord {
         }
     }
 
+    /// What leg `leg`'s card pays in its own currency when the leg is converted, after the
+    /// part of the invoice it covers: ` (12.01 EUR at 0.9238)` for `charge` minor units of the
+    /// card's currency; empty for a leg in the invoice's currency.
+    pub(super) fn conversion(&self, leg: usize, charge: i64) -> String {
+        match self.saga.quote(leg) {
+            Some(quote) => format!(" ({} at {})", self.card_money(leg, charge), quote.rate),
+            None => String::new(),
+        }
+    }
+
     pub(super) fn attempt_line(&self, attempt: &Attempt) -> String {
         let card = self.card(attempt.leg);
         match attempt.outcome {
@@ -108,13 +118,12 @@ impl PaymentRecord {
         let parts = per_card
             .iter()
             .map(|&(i, total, charged)| {
-                let paid = format!("{} {}", self.card(i), self.money(total).decimal());
-                match self.saga.quote(i) {
-                    Some(quote) => {
-                        format!("{paid} ({} at {})", self.card_money(i, charged), quote.rate)
-                    }
-                    None => paid,
-                }
+                format!(
+                    "{} {}{}",
+                    self.card(i),
+                    self.money(total).decimal(),
+                    self.conversion(i, charged)
+                )
             })
             .collect::<Vec<_>>()
             .join(", ");
