@@ -30,6 +30,18 @@ pub(crate) fn parse_amount(text: &str, currency: &str) -> anyhow::Result<Money> 
     Ok(Money::new(currency, minor_units))
 }
 
+/// An amount with its currency as people type it, `"0.01 USD"`: a positive decimal exactly in
+/// the currency's minor units (`--amount` of `recon propose`, `sum_max` of a risk policy file).
+pub(crate) fn parse_money(text: &str) -> anyhow::Result<types::Money> {
+    let mut words = text.split_whitespace();
+    let (Some(amount), Some(code), None) = (words.next(), words.next(), words.next()) else {
+        anyhow::bail!("{text:?} must be an amount and its currency, such as \"0.01 USD\"");
+    };
+    // Checked here so that an unknown currency is not reported as a `--currency` flag.
+    Currency::parse(code).map_err(|_| anyhow::anyhow!("{code:?} is not an ISO 4217 currency"))?;
+    Ok(wire(parse_amount(amount, code)?))
+}
+
 /// An amount as the wire's `Money`.
 pub(crate) fn wire(money: Money) -> types::Money {
     types::Money {
@@ -103,5 +115,38 @@ mod tests {
         ] {
             assert_eq!(minor(text, currency), None, "{text} {currency}");
         }
+    }
+
+    /// An amount with its currency (`"0.01 USD"`) is a positive decimal and an ISO 4217 code,
+    /// exactly in the currency's minor units; anything else is refused.
+    #[test]
+    fn amounts_with_currencies() {
+        let parse = |text: &str| {
+            parse_money(text)
+                .map(|m| (m.currency_code, m.minor_units))
+                .ok()
+        };
+        assert_eq!(parse("0.01 USD"), Some(("USD".to_owned(), 1)));
+        assert_eq!(parse("  12.5   EUR "), Some(("EUR".to_owned(), 1250)));
+        assert_eq!(parse("1200 JPY"), Some(("JPY".to_owned(), 1200)));
+        assert_eq!(parse("0.001 BHD"), Some(("BHD".to_owned(), 1)));
+        for bad in [
+            "0.01",
+            "USD",
+            "USD 0.01",
+            "0.01 usd",
+            "0.01 XXX",
+            "0.01 USD extra",
+            "-0.01 USD",
+            "0 USD",
+            "0.001 USD",
+            "1.5 JPY",
+            "1,00 USD",
+            "",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        let unknown = parse_money("1 XXX").expect_err("XXX").to_string();
+        assert!(unknown.contains("ISO 4217"), "{unknown}");
     }
 }

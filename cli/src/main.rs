@@ -22,6 +22,9 @@
 //!   locally.
 //! - `tandemctl fx`: set, read and list the exchange rates payments across currencies convert
 //!   at.
+//! - `tandemctl risk`: show a billing account's risk policy, set it from a TOML file.
+//! - `tandemctl review`: list the payments risk holds for review; approve or reject one (as a
+//!   reviewer, never the payment's creator).
 //! - `tandemctl bench`: throughput and latency over real mTLS and Postgres.
 //! - `tandemctl chaos`: kills the servers at random while paying, then verifies the money.
 
@@ -45,6 +48,8 @@ mod policy;
 mod print;
 mod process;
 mod recon;
+mod review;
+mod risk;
 mod webhooks;
 
 use std::process::ExitCode;
@@ -56,7 +61,8 @@ use clap::{Parser, Subcommand};
     name = "tandemctl",
     version,
     about = "Operate Tandem: certificates, the dev stack, charges, keys, audit, card groups, \
-             payments, the ledger, events, reconciliation, webhooks, exchange rates, benchmarks"
+             payments, the ledger, events, reconciliation, webhooks, exchange rates, risk policies, \
+             reviews, benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -103,6 +109,12 @@ enum Command {
     /// Set, read and list the exchange rates payments across currencies convert at.
     #[command(subcommand)]
     Fx(fx::FxCommand),
+    /// Show and set billing accounts' risk policies.
+    #[command(subcommand)]
+    Risk(risk::RiskCommand),
+    /// List the payments held for review; approve or reject them.
+    #[command(subcommand)]
+    Review(review::ReviewCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -128,6 +140,8 @@ async fn main() -> ExitCode {
         Command::Recon(command) => recon::run(command).await,
         Command::Webhooks(command) => webhooks::run(command).await,
         Command::Fx(command) => fx::run(command).await,
+        Command::Risk(command) => risk::run(command).await,
+        Command::Review(command) => review::run(command).await,
         Command::Bench(command) => bench::run(command).await,
         Command::Chaos(args) => chaos::run(args).await,
     };

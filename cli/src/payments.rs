@@ -15,9 +15,10 @@
 //! tandemctl refund pay_... [--amount 5.00] [--reason "credit note"]
 //! ```
 //!
-//! `pay` waits until the payment is terminal (at most 30 s) unless `--no-wait`. A payment that
-//! could not be covered is not an error of the command: it is printed in state `failed` or
-//! `partially_paid` with the attempts that say why. Mutating commands take `--request-id` (a new
+//! `pay` waits until the payment is terminal or held for review (at most 30 s) unless
+//! `--no-wait`. A payment that could not be covered is not an error of the command: it is
+//! printed in state `failed` or `partially_paid` with the attempts that say why; one its risk
+//! assessment holds, in state `in_review` (see `tandemctl review`). Mutating commands take `--request-id` (a new
 //! UUID by default): re-running a command with the same id is safe.
 
 use std::time::Duration;
@@ -34,6 +35,7 @@ use crate::connect::{
 };
 use crate::policy::PolicyArgs;
 use crate::print::{column_width, show_actor, show_time, value_name};
+use crate::risk::{assessment_line, fired_line};
 
 /// How long `pay` asks the orchestrator to wait for the payment to finish (its default).
 const WAIT_TIMEOUT_MS: u32 = 30_000;
@@ -169,6 +171,8 @@ pub(crate) enum PaymentsCommand {
 pub(crate) enum State {
     Pending,
     Authorizing,
+    #[value(alias = "in_review")]
+    InReview,
     Capturing,
     Succeeded,
     #[value(alias = "partially_paid")]
@@ -185,6 +189,7 @@ impl From<State> for pb::PaymentState {
         match state {
             State::Pending => Self::Pending,
             State::Authorizing => Self::Authorizing,
+            State::InReview => Self::InReview,
             State::Capturing => Self::Capturing,
             State::Succeeded => Self::Succeeded,
             State::PartiallyPaid => Self::PartiallyPaid,
@@ -258,6 +263,12 @@ pub(crate) async fn pay(args: PayArgs) -> anyhow::Result<()> {
         .context("no payment in the response")?;
     println!("request {id}");
     print_payment(&payment);
+    if payment.state == i32::from(pb::PaymentState::InReview) {
+        println!(
+            "\nheld for review; a reviewer decides it with: tandemctl review approve|reject {}",
+            payment.id
+        );
+    }
     if wait && !is_terminal(payment.state) {
         println!(
             "\nstill {} after {} s; follow it with: tandemctl payments watch {}",
@@ -459,19 +470,26 @@ async fn get(client: &mut Client, payment_id: String) -> anyhow::Result<pb::Paym
         .context("no payment in the response")
 }
 
-/// Whether a payment has reached a state in which `CreatePayment` stops waiting.
-fn is_terminal(state: i32) -> bool {
+/// Whether a payment has reached a state in which `CreatePayment` stops waiting: terminal, or
+/// waiting for a reviewer.
+pub(crate) fn is_terminal(state: i32) -> bool {
     use pb::PaymentState as S;
     match S::try_from(state) {
-        Ok(S::Succeeded | S::PartiallyPaid | S::Failed | S::PartiallyRefunded | S::Refunded) => {
-            true
-        }
+        Ok(
+            S::Succeeded
+            | S::PartiallyPaid
+            | S::Failed
+            | S::PartiallyRefunded
+            | S::Refunded
+            | S::InReview,
+        ) => true,
         Ok(S::Unspecified | S::Pending | S::Authorizing | S::Capturing | S::Reversing) => false,
         Err(_) => false,
     }
 }
 
-fn state_name(state: i32) -> String {
+/// A payment state's name: `in_review`.
+pub(crate) fn state_name(state: i32) -> String {
     value_name(state, "PAYMENT_STATE_", pb::PaymentState::as_str_name)
 }
 
@@ -486,9 +504,40 @@ fn event_type_name(value: i32) -> String {
     .replacen('_', ".", 1)
 }
 
-/// Prints a payment: a header line, its summary, its legs, its attempts and its refunds.
+/// Prints a payment: a header line, its summary, its creator, why it failed, its risk assessment
+/// and review, its legs, its attempts, its refunds and its notes.
 pub(crate) fn print_payment(payment: &pb::Payment) {
     println!("{}", render_payment(payment));
+}
+
+/// A payment's review: waiting until when, or who decided what when and why.
+fn review_lines(review: &pb::PaymentReview) -> Vec<String> {
+    use pb::ReviewVerdict as V;
+    let time = |t: Option<&prost_types::Timestamp>| show_time(t.map(|t| t.seconds));
+    let decided = |verdict: &str| {
+        format!(
+            "review: {verdict} {} by {}",
+            time(review.decide_time.as_ref()),
+            show_actor(review.reviewer.as_ref())
+        )
+    };
+    let mut lines = vec![match V::try_from(review.verdict) {
+        Ok(V::Unspecified) => format!(
+            "review: waiting since {}, expires {}",
+            time(review.start_time.as_ref()),
+            time(review.expire_time.as_ref())
+        ),
+        Ok(V::Approve) => decided("approved"),
+        Ok(V::Reject) => decided("rejected"),
+        Ok(V::Expired) => format!(
+            "review: expired {} (nobody decided)",
+            time(review.decide_time.as_ref())
+        ),
+        Err(_) => decided(&format!("unknown({})", review.verdict)),
+    }];
+    // A note may span lines; each is indented under the review.
+    lines.extend(review.note.lines().map(|line| format!("  {line}")));
+    lines
 }
 
 fn render_payment(payment: &pb::Payment) -> String {
@@ -505,6 +554,16 @@ fn render_payment(payment: &pb::Payment) -> String {
     }
     if let Some(creator) = &payment.creator {
         lines.push(format!("created by {}", show_actor(Some(creator))));
+    }
+    if !payment.failure_reason.is_empty() {
+        lines.push(format!("failure reason: {}", payment.failure_reason));
+    }
+    if let Some(risk) = &payment.risk {
+        lines.push(assessment_line(risk));
+        lines.extend(risk.fired.iter().map(|f| format!("  {}", fired_line(f))));
+    }
+    if let Some(review) = &payment.review {
+        lines.extend(review_lines(review));
     }
     // One width for the labels of both tables, so that they line up with each other.
     let labels = payment.legs.iter().map(|leg| leg.label.as_str());
@@ -763,7 +822,115 @@ note 2025-01-01T00:00:00Z  alice (treasury)
         assert_eq!(render_payment(&payment), expected);
     }
 
-    /// `pay` stops waiting exactly in the terminal states.
+    /// A payment risk held shows its assessment (action, score, each fired rule's explanation)
+    /// and its review under the creator, before the legs; a rejected one also why it failed,
+    /// who rejected it when, and the reviewer's note.
+    #[test]
+    fn risk_and_review_rendering() {
+        let time = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let held = pb::Payment {
+            id: "pay_1".to_owned(),
+            invoice: Some(pb::Invoice {
+                id: "INV-7".to_owned(),
+                amount: usd(2050),
+                ..Default::default()
+            }),
+            state: pb::PaymentState::InReview.into(),
+            creator: Some(types::Actor {
+                name: "billing-service".to_owned(),
+                role: "payer".to_owned(),
+            }),
+            risk: Some(pb::RiskAssessment {
+                action: pb::RiskAction::Review.into(),
+                score: 60,
+                policy_version: 3,
+                fired: vec![
+                    pb::RiskRuleFired {
+                        rule: "big_amount".to_owned(),
+                        action: pb::RiskAction::Review.into(),
+                        score: 50,
+                        explanation: "20.50 USD is over 5x the median 2.00 USD".to_owned(),
+                        ..Default::default()
+                    },
+                    pb::RiskRuleFired {
+                        rule: "new_card".to_owned(),
+                        action: pb::RiskAction::Allow.into(),
+                        score: 10,
+                        explanation: "card ·4242 was never charged".to_owned(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
+            review: Some(pb::PaymentReview {
+                start_time: time(1_735_689_600),
+                expire_time: time(1_735_776_000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let rendered = render_payment(&held);
+        assert!(
+            rendered.starts_with(
+                "\
+payment pay_1  in_review  invoice INV-7  20.50 USD
+created by billing-service (payer)
+risk: REVIEW, score 60 (policy version 3)
+  big_amount (review, +50): 20.50 USD is over 5x the median 2.00 USD
+  new_card (allow, +10): card ·4242 was never charged
+review: waiting since 2025-01-01T00:00:00Z, expires 2025-01-02T00:00:00Z
+
+leg  label"
+            ),
+            "{rendered}"
+        );
+
+        let rejected = pb::Payment {
+            state: pb::PaymentState::Failed.into(),
+            failure_reason: "REVIEW_REJECTED".to_owned(),
+            review: Some(pb::PaymentReview {
+                verdict: pb::ReviewVerdict::Reject.into(),
+                reviewer: Some(types::Actor {
+                    name: "dev-reviewer".to_owned(),
+                    role: "reviewer".to_owned(),
+                }),
+                note: "address does not match\nticket RISK-7".to_owned(),
+                decide_time: time(1_735_693_200),
+                ..held.review.clone().unwrap_or_default()
+            }),
+            ..held.clone()
+        };
+        let rendered = render_payment(&rejected);
+        assert!(
+            rendered.starts_with(
+                "\
+payment pay_1  failed  invoice INV-7  20.50 USD
+created by billing-service (payer)
+failure reason: REVIEW_REJECTED
+risk: REVIEW, score 60 (policy version 3)
+  big_amount (review, +50): 20.50 USD is over 5x the median 2.00 USD
+  new_card (allow, +10): card ·4242 was never charged
+review: rejected 2025-01-01T01:00:00Z by dev-reviewer (reviewer)
+  address does not match
+  ticket RISK-7
+
+leg"
+            ),
+            "{rendered}"
+        );
+
+        let expired = pb::PaymentReview {
+            verdict: pb::ReviewVerdict::Expired.into(),
+            decide_time: time(1_735_776_000),
+            ..Default::default()
+        };
+        assert_eq!(
+            review_lines(&expired),
+            ["review: expired 2025-01-02T00:00:00Z (nobody decided)"]
+        );
+    }
+
+    /// `pay` stops waiting exactly in the terminal states and in review.
     #[test]
     fn terminal_states() {
         use pb::PaymentState as S;
@@ -778,6 +945,7 @@ note 2025-01-01T00:00:00Z  alice (treasury)
             (S::Failed, true),
             (S::PartiallyRefunded, true),
             (S::Refunded, true),
+            (S::InReview, true),
         ] {
             assert_eq!(is_terminal(state.into()), terminal, "{state:?}");
         }

@@ -318,7 +318,7 @@ fn csv_field(text: &str) -> String {
 }
 
 /// A timestamp as RFC 3339 in UTC with its fraction of a second, for machines.
-fn rfc3339(time: &prost_types::Timestamp) -> Option<String> {
+pub(crate) fn rfc3339(time: &prost_types::Timestamp) -> Option<String> {
     use time::format_description::well_known::Rfc3339;
     let nanos = i128::from(time.seconds) * 1_000_000_000 + i128::from(time.nanos);
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)

@@ -23,13 +23,12 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tandem_money::Currency;
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::reconciliation_service_client::ReconciliationServiceClient;
 use tandem_proto::tandem::r#type::v1 as types;
 use tandem_tls::identity::Role;
 
-use crate::amounts::{parse_amount, show, wire};
+use crate::amounts::{parse_money, show};
 use crate::connect::{
     CALL_TIMEOUT, LIST_PAGES_MAX, OrchestratorTarget, failure, orchestrator_channel, request_id,
 };
@@ -163,7 +162,7 @@ pub(crate) enum ReconCommand {
         discrepancy_id: String,
         /// The discrepancy's correction without its sign, with its currency, e.g. `"0.01 USD"`
         /// (checked by the orchestrator).
-        #[arg(long, value_parser = parse_amount_arg)]
+        #[arg(long, value_parser = parse_money)]
         amount: types::Money,
         /// Why (1-1000 characters, no card number).
         #[arg(long)]
@@ -357,18 +356,6 @@ async fn client(
     Ok(ReconciliationServiceClient::new(
         orchestrator_channel(target, role, call_timeout).await?,
     ))
-}
-
-/// `--amount` of `propose`: a positive decimal and its currency, `"0.01 USD"`, exactly in
-/// minor units.
-fn parse_amount_arg(text: &str) -> anyhow::Result<types::Money> {
-    let mut words = text.split_whitespace();
-    let (Some(amount), Some(code), None) = (words.next(), words.next(), words.next()) else {
-        anyhow::bail!("{text:?} must be an amount and its currency, such as \"0.01 USD\"");
-    };
-    // Checked here so that an unknown currency is not reported as a `--currency` flag.
-    Currency::parse(code).map_err(|_| anyhow::anyhow!("{code:?} is not an ISO 4217 currency"))?;
-    Ok(wire(parse_amount(amount, code)?))
 }
 
 /// A run for people (a short block) or machines (one CSV row under its header, or one JSON
@@ -830,39 +817,6 @@ transfer dsc_1/adjustment/adj_1/2"
             "{}",
             render_adjustment(&rejected)
         );
-    }
-
-    /// `--amount` takes a positive decimal and its currency, exactly in the currency's minor
-    /// units; anything else is refused.
-    #[test]
-    fn amounts() {
-        let parse = |text: &str| {
-            parse_amount_arg(text)
-                .map(|m| (m.currency_code, m.minor_units))
-                .ok()
-        };
-        assert_eq!(parse("0.01 USD"), Some(("USD".to_owned(), 1)));
-        assert_eq!(parse("  12.5   EUR "), Some(("EUR".to_owned(), 1250)));
-        assert_eq!(parse("1200 JPY"), Some(("JPY".to_owned(), 1200)));
-        assert_eq!(parse("0.001 BHD"), Some(("BHD".to_owned(), 1)));
-        for bad in [
-            "0.01",
-            "USD",
-            "USD 0.01",
-            "0.01 usd",
-            "0.01 XXX",
-            "0.01 USD extra",
-            "-0.01 USD",
-            "0 USD",
-            "0.001 USD",
-            "1.5 JPY",
-            "1,00 USD",
-            "",
-        ] {
-            assert_eq!(parse(bad), None, "{bad:?}");
-        }
-        let unknown = parse_amount_arg("1 XXX").expect_err("XXX").to_string();
-        assert!(unknown.contains("ISO 4217"), "{unknown}");
     }
 
     /// The command line: `discrepancies` needs a run or a processor but not both, `--date`

@@ -75,11 +75,17 @@ pub enum Rpc {
     GetFxRate,
     /// `FxService/ListFxRates`
     ListFxRates,
+    /// `PaymentService/ReviewPayment`
+    ReviewPayment,
+    /// `RiskService/GetRiskPolicy`
+    GetRiskPolicy,
+    /// `RiskService/SetRiskPolicy`
+    SetRiskPolicy,
 }
 
 impl Rpc {
     /// Every RPC, for tests that check the table is complete.
-    pub const ALL: [Rpc; 33] = [
+    pub const ALL: [Rpc; 36] = [
         Rpc::CreateCardGroup,
         Rpc::GetCardGroup,
         Rpc::ListCardGroups,
@@ -113,6 +119,9 @@ impl Rpc {
         Rpc::SetFxRate,
         Rpc::GetFxRate,
         Rpc::ListFxRates,
+        Rpc::ReviewPayment,
+        Rpc::GetRiskPolicy,
+        Rpc::SetRiskPolicy,
     ];
 
     /// The full gRPC method name.
@@ -173,6 +182,9 @@ impl Rpc {
             Rpc::SetFxRate => "tandem.orchestrator.v1.FxService/SetFxRate",
             Rpc::GetFxRate => "tandem.orchestrator.v1.FxService/GetFxRate",
             Rpc::ListFxRates => "tandem.orchestrator.v1.FxService/ListFxRates",
+            Rpc::ReviewPayment => "tandem.orchestrator.v1.PaymentService/ReviewPayment",
+            Rpc::GetRiskPolicy => "tandem.orchestrator.v1.RiskService/GetRiskPolicy",
+            Rpc::SetRiskPolicy => "tandem.orchestrator.v1.RiskService/SetRiskPolicy",
         }
     }
 
@@ -182,9 +194,14 @@ impl Rpc {
             Rpc::CreateCardGroup | Rpc::UpdateCardGroup | Rpc::DeleteCardGroup => &[Role::Treasury],
             Rpc::GetCardGroup | Rpc::ListCardGroups => &[Role::Treasury, Role::Payer, Role::Reader],
             Rpc::CreatePayment | Rpc::RefundPayment => &[Role::Payer],
+            // Reviewers read payments to decide them (the review queue is a list).
             Rpc::GetPayment | Rpc::ListPayments | Rpc::WatchPayment => {
-                &[Role::Payer, Role::Treasury, Role::Reader]
+                &[Role::Payer, Role::Treasury, Role::Reader, Role::Reviewer]
             }
+            Rpc::ReviewPayment => &[Role::Reviewer],
+            // Risk policies are set by the treasury and read by whoever judges by them.
+            Rpc::SetRiskPolicy => &[Role::Treasury],
+            Rpc::GetRiskPolicy => &[Role::Treasury, Role::Reviewer, Role::Reader],
             Rpc::AddPaymentNote => &[Role::Payer, Role::Treasury],
             Rpc::ListEvents
             | Rpc::GetBalances
@@ -232,7 +249,8 @@ impl Rpc {
             | Rpc::ListWebhookEndpoints
             | Rpc::ListWebhookDeliveries
             | Rpc::GetFxRate
-            | Rpc::ListFxRates => RpcClass::Read,
+            | Rpc::ListFxRates
+            | Rpc::GetRiskPolicy => RpcClass::Read,
             Rpc::CreateCardGroup
             | Rpc::UpdateCardGroup
             | Rpc::DeleteCardGroup
@@ -248,7 +266,9 @@ impl Rpc {
             | Rpc::DeleteWebhookEndpoint
             | Rpc::RotateWebhookSecret
             | Rpc::RedeliverEvents
-            | Rpc::SetFxRate => RpcClass::Write,
+            | Rpc::SetFxRate
+            | Rpc::ReviewPayment
+            | Rpc::SetRiskPolicy => RpcClass::Write,
             Rpc::WatchPayment | Rpc::ExportLedger => RpcClass::Stream,
         }
     }
@@ -301,10 +321,33 @@ mod tests {
     /// groups, and the vault's roles reach nothing here. Reconciliation: treasury runs and
     /// proposes, approvers alone decide, all three read. Webhooks are the treasury's alone.
     /// Rates (DESIGN section 10): treasury sets, treasury and readers (the ledger's readers)
-    /// read.
+    /// read. Risk (section 12): treasury sets policies, treasury, reviewers and readers read
+    /// them; reviewers alone review, and read payments.
     #[test]
     fn role_table() {
         for rpc in Rpc::ALL {
+            let payment_reads =
+                matches!(rpc, Rpc::GetPayment | Rpc::ListPayments | Rpc::WatchPayment);
+            assert_eq!(
+                rpc.allows(Role::Reviewer),
+                payment_reads || matches!(rpc, Rpc::ReviewPayment | Rpc::GetRiskPolicy),
+                "{rpc:?}"
+            );
+            if rpc == Rpc::ReviewPayment {
+                for role in Role::ALL {
+                    assert_eq!(rpc.allows(role), role == Role::Reviewer, "{rpc:?} {role}");
+                }
+                continue;
+            }
+            if rpc.method().contains("RiskService/") {
+                let reads = rpc == Rpc::GetRiskPolicy;
+                for role in Role::ALL {
+                    let allowed = role == Role::Treasury
+                        || (reads && matches!(role, Role::Reader | Role::Reviewer));
+                    assert_eq!(rpc.allows(role), allowed, "{rpc:?} {role}");
+                }
+                continue;
+            }
             if rpc.method().contains("FxService/") {
                 let reads = matches!(rpc, Rpc::GetFxRate | Rpc::ListFxRates);
                 for role in Role::ALL {

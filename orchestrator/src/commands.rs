@@ -402,3 +402,33 @@ pub struct RateQuery {
     /// The page size.
     pub size: i32,
 }
+
+/// A checked `SetRiskPolicy`.
+#[derive(Debug)]
+pub struct RiskPolicyChange {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The billing account.
+    pub billing_account_id: String,
+    /// The policy to set.
+    pub policy: crate::domain::risk::Policy,
+    /// Replace only this version (`None`: whatever is current).
+    pub expected_version: Option<i64>,
+}
+
+/// A checked `ReviewPayment`.
+#[derive(Debug)]
+pub struct NewReview {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The payment.
+    pub payment_id: String,
+    /// Approve or reject (never `Expired`).
+    pub verdict: crate::domain::saga::Verdict,
+    /// The reviewer's note.
+    pub note: Option<String>,
+}

@@ -43,6 +43,30 @@ pub struct Settings {
     pub notify: NotifySettings,
     /// The rate source of payments across currencies (`FxService`, the rates file).
     pub fx: FxSettings,
+    /// Risk assessment and review.
+    pub risk: RiskSettings,
+}
+
+/// Risk (DESIGN section 12): how long a payment waits for a reviewer, and how often the
+/// features' old buckets are pruned.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RiskSettings {
+    /// How long a payment held for review waits, in seconds from when it is covered, before its
+    /// holds are voided and it ends FAILED (`REVIEW_EXPIRED`). Card holds lapse after a few
+    /// days, so at most 5 days.
+    pub review_timeout_s: u64,
+    /// How often old feature buckets and forgotten cards are deleted, in milliseconds.
+    pub prune_interval_ms: u64,
+}
+
+impl Default for RiskSettings {
+    fn default() -> Self {
+        Self {
+            review_timeout_s: 86_400,
+            prune_interval_ms: 60_000,
+        }
+    }
 }
 
 /// The rate source (`FxService`, DESIGN section 10): how old a rate a payment may convert at,
@@ -298,6 +322,7 @@ impl Default for Settings {
             webhook: WebhookSettings::default(),
             notify: NotifySettings::default(),
             fx: FxSettings::default(),
+            risk: RiskSettings::default(),
         }
     }
 }
@@ -476,7 +501,14 @@ impl ServiceSettings for Settings {
         let w = &self.webhook;
         let n = &self.notify;
         let f = &self.fx;
-        let checks: [Check; 22] = [
+        let k = &self.risk;
+        let checks: [Check; 23] = [
+            (
+                (1..=432_000).contains(&k.review_timeout_s)
+                    && (1_000..=3_600_000).contains(&k.prune_interval_ms),
+                "risk.review_timeout_s",
+                "must be 1 to 432000 (5 days; and risk.prune_interval_ms 1000 to 3600000)",
+            ),
             (
                 self.vault.endpoint.starts_with("https://"),
                 "vault.endpoint",

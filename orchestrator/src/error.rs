@@ -74,9 +74,16 @@ pub enum Error {
     /// The adjustment was approved or rejected already.
     #[error("the adjustment is not proposed")]
     AdjustmentNotProposed,
-    /// An adjustment's proposer tried to decide it (four eyes).
-    #[error("the proposer may not decide their own adjustment")]
+    /// An adjustment's proposer tried to decide it, or a payment's creator to review it (four
+    /// eyes).
+    #[error("the identity that made a change may not decide it")]
     SameIdentity,
+    /// `ReviewPayment` on a payment not waiting for review.
+    #[error("the payment is not in review")]
+    PaymentNotInReview,
+    /// `SetRiskPolicy` named a version that is no longer current.
+    #[error("the risk policy changed since the version given")]
+    RiskPolicyChanged,
     /// The processor's settlement file is malformed, too large, or was refused by the vault.
     #[error("the settlement file cannot be read: {0}")]
     SettlementFileInvalid(String),
@@ -164,6 +171,8 @@ impl Error {
             Error::AdjustmentNotFound => "ADJUSTMENT_NOT_FOUND",
             Error::AdjustmentNotProposed => "ADJUSTMENT_NOT_PROPOSED",
             Error::SameIdentity => "SAME_IDENTITY",
+            Error::PaymentNotInReview => "PAYMENT_NOT_IN_REVIEW",
+            Error::RiskPolicyChanged => "RISK_POLICY_CHANGED",
             Error::SettlementFileInvalid(_) => "SETTLEMENT_FILE_INVALID",
             Error::WebhookEndpointNotFound => "WEBHOOK_ENDPOINT_NOT_FOUND",
             Error::WebhookEndpointsExhausted => "WEBHOOK_ENDPOINTS_EXHAUSTED",

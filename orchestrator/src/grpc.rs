@@ -1,6 +1,7 @@
 //! Thin gRPC handlers: check the caller's role, check the request into a
 //! [`crate::commands`] value with [`convert`], call [`crate::groups`], [`crate::payments`] or
-//! [`crate::ledger_reads`], [`crate::reconciliation`], [`crate::webhooks`] or [`crate::fx`],
+//! [`crate::ledger_reads`], [`crate::reconciliation`], [`crate::webhooks`], [`crate::fx`] or
+//! [`crate::risk`],
 //! turn the answer into its wire message with [`convert`], and map errors with
 //! [`status::to_status`].
 
@@ -17,6 +18,7 @@ use tandem_proto::tandem::orchestrator::v1::fx_service_server::FxService;
 use tandem_proto::tandem::orchestrator::v1::ledger_service_server::LedgerService;
 use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentService;
 use tandem_proto::tandem::orchestrator::v1::reconciliation_service_server::ReconciliationService;
+use tandem_proto::tandem::orchestrator::v1::risk_service_server::RiskService;
 use tandem_proto::tandem::orchestrator::v1::webhook_service_server::WebhookService;
 use tonic::{Request, Response, Status};
 
@@ -27,6 +29,7 @@ use crate::groups::Groups;
 use crate::ledger_reads::LedgerReads;
 use crate::payments::{Call, Payments};
 use crate::reconciliation::Reconciliation;
+use crate::risk::Risk;
 use crate::webhooks::Webhooks;
 use status::to_status;
 use tandem_runtime::admission::InFlight;
@@ -293,6 +296,26 @@ impl PaymentService for PaymentApi {
             .map_err(to_status)?;
         let response = convert::payments::note_response(&payment, index).map_err(to_status)?;
         Ok(Response::new(response))
+    }
+
+    async fn review_payment(
+        &self,
+        request: Request<pb::ReviewPaymentRequest>,
+    ) -> Result<Response<pb::ReviewPaymentResponse>, Status> {
+        let actor = self.check(&request, Rpc::ReviewPayment)?;
+        let call = call(&request, actor);
+        let review = convert::payments::review_payment(request.get_ref()).map_err(to_status)?;
+        let payment = self
+            .payments
+            .review(review, call)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ReviewPaymentResponse {
+            payment: Some(convert::payments::payment_to_wire(
+                &payment,
+                payment.update_time,
+            )),
+        }))
     }
 
     async fn list_events(
@@ -716,5 +739,46 @@ impl FxService for FxApi {
         let (query, scope) = convert::fx::list_fx_rates(request.get_ref()).map_err(to_status)?;
         let (page, more) = self.fx.list(&query).await.map_err(to_status)?;
         Ok(Response::new(convert::fx::rates_page(&page, more, &scope)))
+    }
+}
+
+/// `RiskService`.
+pub struct RiskApi {
+    risk: Arc<Risk>,
+    uri_prefix: String,
+}
+
+impl RiskApi {
+    /// The service over `risk`; callers are read from certificates with `uri_prefix`.
+    pub fn new(risk: Arc<Risk>, uri_prefix: &str) -> Self {
+        Self {
+            risk,
+            uri_prefix: uri_prefix.to_owned(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RiskService for RiskApi {
+    async fn get_risk_policy(
+        &self,
+        request: Request<pb::GetRiskPolicyRequest>,
+    ) -> Result<Response<pb::GetRiskPolicyResponse>, Status> {
+        check(&request, &self.uri_prefix, Rpc::GetRiskPolicy)?;
+        let account = convert::risk::get_risk_policy(request.get_ref()).map_err(to_status)?;
+        let policy = self.risk.get(&account).await.map_err(to_status)?;
+        Ok(Response::new(pb::GetRiskPolicyResponse {
+            policy: Some(convert::risk::policy_to_wire(&account, &policy)),
+        }))
+    }
+
+    async fn set_risk_policy(
+        &self,
+        request: Request<pb::SetRiskPolicyRequest>,
+    ) -> Result<Response<pb::SetRiskPolicyResponse>, Status> {
+        let actor = check(&request, &self.uri_prefix, Rpc::SetRiskPolicy)?;
+        let command = convert::risk::set_risk_policy(request.get_ref()).map_err(to_status)?;
+        let response = self.risk.set(command, actor).await.map_err(to_status)?;
+        Ok(Response::new(stored(&response)?))
     }
 }

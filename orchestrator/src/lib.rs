@@ -9,7 +9,8 @@
 //!   state machine and the next vault operations ([`domain::saga`]); the payment record
 //!   ([`domain::record`], split into its steps, refunds, events and summary); the ledger
 //!   transfer each outcome books ([`domain::booking`]); card groups' member rules, ceiling
-//!   windows, each member's room and the group as stored ([`domain::group`]).
+//!   windows, each member's room and the group as stored ([`domain::group`]); risk policies,
+//!   their features and the assessment ([`domain::risk`]).
 //! - [`config`]: typed settings from TOML and `TANDEM_ORCHESTRATOR__...` overrides.
 //! - [`server`]: assembles everything and runs the tonic server (mTLS, limits, health,
 //!   reflection, graceful shutdown).
@@ -31,6 +32,9 @@
 //! - [`fx`]: the operations of `FxService`, the rate source: each currency pair's rate, set by
 //!   the treasury or read from the rates file ([`fx::file`], reloaded when it changes), and the
 //!   quotes a payment converts at ([`fx::Fx::quotes`]).
+//! - [`risk`]: the operations of `RiskService`: each billing account's risk policy, and the
+//!   pruning of the features' old buckets. Payments are assessed, and reviewed
+//!   (`ReviewPayment`), in [`payments`].
 //! - [`workflow`]: drives payments (intent, vault call, result), the leases and the recovery
 //!   worker.
 //! - [`feeds`]: the events of watched payments, read once per instance for every
@@ -59,6 +63,10 @@
 //! - The event feed lists an event only once no running transaction can commit one before it
 //!   (`storage::feed_after`), so a cursor never skips or repeats an event.
 //! - Every mutating RPC is idempotent by `request_id`.
+//! - A payment is assessed before any vault call; the risk features are written by the
+//!   statements that record what they count (the payment's insert, the saves of its results).
+//! - A payment in review is captured only after a reviewer other than its creator approves;
+//!   a rejection or the review's expiry voids every hold.
 
 pub mod auth;
 pub mod commands;
@@ -72,6 +80,7 @@ pub mod grpc;
 pub mod ledger_reads;
 pub mod payments;
 pub mod reconciliation;
+pub mod risk;
 pub mod server;
 pub mod storage;
 pub mod vault;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tandem_runtime::admission::InFlight;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::commands::{EventQuery, NewNote, NewPayment, NewRefund, PaymentQuery, Watch};
-use crate::config::PaymentSettings;
+use crate::commands::{EventQuery, NewNote, NewPayment, NewRefund, NewReview, PaymentQuery, Watch};
+use crate::config::{PaymentSettings, RiskSettings};
 use crate::domain::actor::Actor;
 use crate::domain::allocation::PolicyError;
 use crate::domain::booking;
@@ -20,10 +20,13 @@ use crate::domain::planning;
 use crate::domain::record::PaymentRecord;
 use crate::domain::record::events::Event;
 use crate::domain::record::refunds::{RefundError, RefundState};
+use crate::domain::record::review::ReviewError;
+use crate::domain::risk;
 use crate::error::Error;
 use crate::feeds::{Subscription, Update};
 use crate::fx::Fx;
 use crate::grpc::convert;
+use crate::storage::risk::{Counts, PaymentFeatures};
 use crate::storage::{self, Cursor, FeedPage, StoredPayment};
 use crate::workflow::{Committed, Round, Workflow, booking_context, outbox_rows};
 use tandem_runtime::fields::Violations;
@@ -33,6 +36,7 @@ use tandem_runtime::time::now_micros as now;
 pub struct Payments {
     workflow: Arc<Workflow>,
     fx: Arc<Fx>,
+    risk: RiskSettings,
     request_timeout: Duration,
 }
 
@@ -50,12 +54,18 @@ pub struct Call {
 }
 
 impl Payments {
-    /// Payments driven by `workflow`, converting at `fx`'s rates; waits end before the
-    /// server's `request_timeout`.
-    pub fn new(workflow: Arc<Workflow>, fx: Arc<Fx>, request_timeout: Duration) -> Self {
+    /// Payments driven by `workflow`, converting at `fx`'s rates, assessed and reviewed under
+    /// `risk`; waits end before the server's `request_timeout`.
+    pub fn new(
+        workflow: Arc<Workflow>,
+        fx: Arc<Fx>,
+        risk: RiskSettings,
+        request_timeout: Duration,
+    ) -> Self {
         Self {
             workflow,
             fx,
+            risk,
             request_timeout,
         }
     }
@@ -112,7 +122,8 @@ impl Payments {
         }
         let (wait, wait_ms, request_id) =
             (payment.wait, payment.wait_ms, payment.request_id.clone());
-        let (mut stored, mut events) = self.prepare(&mut tx, payment, id.clone(), actor).await?;
+        let (mut stored, mut events, features) =
+            self.prepare(&mut tx, payment, id.clone(), actor).await?;
         stored.record.correlation_id = correlation_id;
         let now = stored.update_time;
         let accounts = self.workflow.unknown_accounts(
@@ -128,30 +139,31 @@ impl Payments {
             .plan_round(&mut tx, &mut stored, &mut events, now)
             .await?;
         let rows = outbox_rows(&mut stored, &events, now)?;
-        storage::insert_payment(&mut tx, &stored, &request_id, &rows).await?;
+        storage::insert_payment(&mut tx, &stored, &request_id, &rows, &features).await?;
         tx.commit().await?;
         self.workflow.remember_accounts(accounts);
         self.workflow
-            .announce(&id, stored.record.saga.state.is_terminal());
+            .announce(&id, stored.record.saga.state.is_at_rest());
         let first = Round::of(steps, refunds, stored.record.clone());
         self.workflow.spawn_from(id.clone(), admitted, Some(first));
         // The payment as just committed: no read unless the wait needs one.
-        if !wait || stored.record.saga.state.is_terminal() {
+        if !wait || stored.record.saga.state.is_at_rest() {
             return Ok(stored);
         }
         self.wait(&id, wait_ms, deadline).await
     }
 
     /// The new payment by `creator`, planned from its card group (read in `tx`) and the spend
-    /// of the group's cards this month, leased to this instance; with its `payment.created`
-    /// event, and its note's event when it has one.
+    /// of the group's cards this month, assessed under its billing account's risk policy,
+    /// leased to this instance; with its `payment.created` event, its note's event when it has
+    /// one, and its `payment.risk_assessed` event; and what it adds to the risk features.
     async fn prepare(
         &self,
         tx: &mut sqlx::PgConnection,
         payment: NewPayment,
         id: String,
         creator: Actor,
-    ) -> Result<(StoredPayment, Vec<Event>), Error> {
+    ) -> Result<(StoredPayment, Vec<Event>, PaymentFeatures), Error> {
         let stored = storage::group(&mut *tx, &payment.card_group_id, false)
             .await?
             .ok_or(Error::CardGroupNotFound)?;
@@ -179,7 +191,18 @@ impl Payments {
             .ok_or_else(|| Error::invalid(prefix, "is invalid"))?;
         let now = now();
         let tokens: Vec<String> = members.iter().map(|m| m.token.clone()).collect();
-        let spent = storage::month_to_date(&mut *tx, &tokens, storage::month_of(now)).await?;
+        // What planning and risk read, in one statement: this month's spend of the group's
+        // cards, the account's risk policy and the features it is assessed against.
+        let (spent, risk_policy, features) = storage::risk::payment_reads(
+            &mut *tx,
+            &tokens,
+            storage::month_of(now),
+            &group.billing_account_id,
+            &payment.card_group_id,
+            currency,
+            now,
+        )
+        .await?;
         let month_to_date = |rules: &MemberRules| {
             let key = (rules.token.clone(), rules.currency.code().to_owned());
             spent.get(&key).copied().unwrap_or(0)
@@ -228,6 +251,17 @@ impl Payments {
                 .ok_or(Error::NoteLimitReached)?;
             events.push(added);
         }
+        // Risk, before any step, from the features read before planning; the payment's own
+        // counts ride its insert.
+        let subject = record.risk_subject(&group.billing_account_id, &payment.card_group_id, now);
+        let tokens: Vec<String> = subject.cards.iter().map(|c| c.token.clone()).collect();
+        let assessment = risk::assess(&risk_policy, &features, &subject);
+        events.extend(record.assess(assessment, self.risk.review_timeout_s, now));
+        let features = PaymentFeatures {
+            counts: Counts::of(&risk::payment_counts(&subject)),
+            history: (currency, invoice.amount.minor_units),
+            cards: tokens,
+        };
         let stored = StoredPayment {
             record,
             request: payment.request,
@@ -239,7 +273,7 @@ impl Payments {
             lease_until: self.workflow.lease_until(now),
             update_time: now,
         };
-        Ok((stored, events))
+        Ok((stored, events, features))
     }
 
     /// The payment `id`, after waiting for its end when asked.
@@ -251,7 +285,7 @@ impl Payments {
         deadline: Option<Duration>,
     ) -> Result<StoredPayment, Error> {
         let payment = self.get(id).await?;
-        if !wait || payment.record.saga.state.is_terminal() {
+        if !wait || payment.record.saga.state.is_at_rest() {
             return Ok(payment);
         }
         self.wait(id, wait_ms, deadline).await
@@ -283,7 +317,7 @@ impl Payments {
                 }
             }
             let payment = self.get(id).await?;
-            if payment.record.saga.state.is_terminal() {
+            if payment.record.saga.state.is_at_rest() {
                 return Ok(payment);
             }
         }
@@ -417,11 +451,74 @@ impl Payments {
             .await?;
         tx.commit().await?;
         self.workflow
-            .announce(id, stored.record.saga.state.is_terminal());
+            .announce(id, stored.record.saga.state.is_at_rest());
         if take {
             self.workflow.spawn(id.clone(), admitted);
         }
         Ok(refund_id)
+    }
+
+    /// `ReviewPayment`: records the reviewer's verdict on a payment in review (once per request
+    /// id) with the intents of its captures or voids, and drives it on; the payment as the
+    /// verdict left it. Four eyes: the payment's creator may not review it.
+    pub async fn review(&self, review: NewReview, call: Call) -> Result<StoredPayment, Error> {
+        let Call {
+            admitted, actor, ..
+        } = call;
+        let method = "ReviewPayment";
+        let mut tx = self.workflow.pool().begin().await?;
+        if let Some(earlier) = storage::claim_request_id(
+            &mut tx,
+            &review.request_id,
+            method,
+            &review.request_hash,
+            &review.payment_id,
+            self.settings().request_id_wait_ms,
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            if earlier.method != method || earlier.request_hash != review.request_hash {
+                return Err(Error::RequestIdReused);
+            }
+            return self.get(&earlier.resource_id).await;
+        }
+        let id = &review.payment_id;
+        let mut stored = storage::payment(&mut *tx, id, true)
+            .await?
+            .ok_or(Error::PaymentNotFound)?;
+        let now = now();
+        let mut events = stored
+            .record
+            .decide_review(review.verdict, Some(actor.clone()), review.note, now)
+            .map_err(|e| match e {
+                ReviewError::NotInReview => Error::PaymentNotInReview,
+                ReviewError::SameIdentity => Error::SameIdentity,
+            })?;
+        // The payment waits leased to nobody; the reviewer's instance drives it on, its
+        // captures' or voids' intents committed with the verdict.
+        stored.lease_owner = Some(self.workflow.owner().to_owned());
+        stored.lease_until = self.workflow.lease_until(now);
+        let (steps, refunds) = self
+            .workflow
+            .plan_round(&mut tx, &mut stored, &mut events, now)
+            .await?;
+        self.workflow
+            .save(&mut tx, &mut stored, &events, now)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(
+            payment_id = %id,
+            verdict = ?review.verdict,
+            reviewer = %actor,
+            "payment reviewed"
+        );
+        self.workflow
+            .announce(id, stored.record.saga.state.is_at_rest());
+        let first = Round::of(steps, refunds, stored.record.clone());
+        self.workflow.spawn_from(id.clone(), admitted, Some(first));
+        stored.update_time = now;
+        Ok(stored)
     }
 
     /// `AddPaymentNote`: appends the note (once per request id) and publishes its event; the
@@ -468,7 +565,7 @@ impl Payments {
         storage::store_response(&mut tx, &note.request_id, index.to_string().as_bytes()).await?;
         tx.commit().await?;
         self.workflow
-            .announce(&note.payment_id, stored.record.saga.state.is_terminal());
+            .announce(&note.payment_id, stored.record.saga.state.is_at_rest());
         stored.update_time = now;
         Ok((stored, index))
     }

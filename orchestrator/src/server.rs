@@ -12,6 +12,7 @@ use tandem_proto::tandem::orchestrator::v1::fx_service_server::FxServiceServer;
 use tandem_proto::tandem::orchestrator::v1::ledger_service_server::LedgerServiceServer;
 use tandem_proto::tandem::orchestrator::v1::payment_service_server::PaymentServiceServer;
 use tandem_proto::tandem::orchestrator::v1::reconciliation_service_server::ReconciliationServiceServer;
+use tandem_proto::tandem::orchestrator::v1::risk_service_server::RiskServiceServer;
 use tandem_proto::tandem::orchestrator::v1::webhook_service_server::WebhookServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,23 +21,27 @@ use crate::config::Settings;
 use crate::fx::Fx;
 use crate::fx::file::Watcher as RatesFileWatcher;
 use crate::groups::Groups;
-use crate::grpc::{CardGroupApi, FxApi, LedgerApi, PaymentApi, ReconciliationApi, WebhookApi};
+use crate::grpc::{
+    CardGroupApi, FxApi, LedgerApi, PaymentApi, ReconciliationApi, RiskApi, WebhookApi,
+};
 use crate::ledger_reads::LedgerReads;
 use crate::payments::Payments;
 use crate::reconciliation::Reconciliation;
+use crate::risk::Risk;
 use crate::vault::VaultClient;
 use crate::webhooks::Webhooks;
 use crate::webhooks::delivery::Worker as WebhookWorker;
 use crate::workflow::{CrashPlan, Workflow};
 
 /// The gRPC services this server registers, as reflection advertises them.
-const SERVED_SERVICES: [&str; 9] = [
+const SERVED_SERVICES: [&str; 10] = [
     "tandem.orchestrator.v1.CardGroupService",
     "tandem.orchestrator.v1.PaymentService",
     "tandem.orchestrator.v1.LedgerService",
     "tandem.orchestrator.v1.ReconciliationService",
     "tandem.orchestrator.v1.WebhookService",
     "tandem.orchestrator.v1.FxService",
+    "tandem.orchestrator.v1.RiskService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -110,8 +115,15 @@ pub async fn run_with(
     let payments = Arc::new(Payments::new(
         workflow.clone(),
         fx.clone(),
+        settings.risk.clone(),
         settings.server.request_timeout(),
     ));
+    let risk = Arc::new(Risk::new(
+        pool.clone(),
+        settings.risk.clone(),
+        settings.payments.request_id_wait_ms,
+    ));
+    let prune_task = tokio::spawn(risk.clone().prune_loop(stop.clone()));
     let ledger = Arc::new(LedgerReads::new(pool.clone(), settings.ledger.clone()));
     let reconciliation = Arc::new(Reconciliation::new(
         pool.clone(),
@@ -177,6 +189,9 @@ pub async fn run_with(
     health_reporter
         .set_serving::<FxServiceServer<FxApi>>()
         .await;
+    health_reporter
+        .set_serving::<RiskServiceServer<RiskApi>>()
+        .await;
     let (reflection_v1, reflection_v1alpha) =
         tandem_runtime::serving::reflection(&SERVED_SERVICES)?;
 
@@ -208,6 +223,10 @@ pub async fn run_with(
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(message_bytes_max);
 
+    let risk_service = RiskServiceServer::new(RiskApi::new(risk, uri_prefix))
+        .max_decoding_message_size(message_bytes_max)
+        .max_encoding_message_size(message_bytes_max);
+
     let address = listener.local_addr().ok();
     let incoming = tandem_tls::server::incoming(
         listener,
@@ -231,6 +250,7 @@ pub async fn run_with(
         .add_service(reconciliation_service)
         .add_service(webhook_service)
         .add_service(fx_service)
+        .add_service(risk_service)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -251,6 +271,9 @@ pub async fn run_with(
         health_reporter
             .set_not_serving::<FxServiceServer<FxApi>>()
             .await;
+        health_reporter
+            .set_not_serving::<RiskServiceServer<RiskApi>>()
+            .await;
     };
     let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
     let result = tandem_runtime::serving::serve_until(
@@ -266,6 +289,7 @@ pub async fn run_with(
     committer_task.abort();
     feeds_task.abort();
     delay_task.abort();
+    prune_task.abort();
     for task in [reconciliation_task, webhook_task, rates_file_task]
         .into_iter()
         .flatten()

@@ -3,6 +3,7 @@
 //! payment's state, its events, its ledger transfers and its spend commit together.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use sqlx::{PgConnection, PgExecutor, PgPool, Row as _};
 use time::{Date, OffsetDateTime};
@@ -15,6 +16,7 @@ use crate::error::{Error, is_lock_timeout};
 
 pub mod fx;
 pub mod reconciliation;
+pub mod risk;
 pub mod webhooks;
 
 /// The orchestrator's migrations (the ledger's are numbered from 10001 and share the table of
@@ -438,6 +440,7 @@ pub fn state_name(record: &PaymentRecord) -> &'static str {
     match record.status() {
         Status::Saga(S::Pending) => "pending",
         Status::Saga(S::Authorizing) => "authorizing",
+        Status::Saga(S::InReview) => "in_review",
         Status::Saga(S::Capturing) => "capturing",
         Status::Saga(S::Succeeded) => "succeeded",
         Status::Saga(S::PartiallyPaid) => "partially_paid",
@@ -448,47 +451,51 @@ pub fn state_name(record: &PaymentRecord) -> &'static str {
     }
 }
 
-/// Inserts a new payment with its first events (the outbox insert as a CTE of the insert:
-/// one statement).
+/// Inserts a new payment with its first events and what it adds to the risk features (the
+/// outbox insert and the features' function as CTEs of the insert: one statement).
 pub async fn insert_payment(
     conn: &mut PgConnection,
     payment: &StoredPayment,
     request_id: &str,
     events: &[NewEvent],
+    features: &risk::PaymentFeatures,
 ) -> Result<(), Error> {
-    let record = &payment.record;
-    sqlx::query(
-        "WITH outbox AS (INSERT INTO payment_events \
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH outbox AS (INSERT INTO payment_events \
          (payment_id, sequence, id, type, body, create_time, feed_key) \
          SELECT $1, e.sequence, e.id, e.type, e.body, $13, pg_current_xact_id() \
          FROM UNNEST($15::bigint[], $16::text[], $17::text[], $18::bytea[]) \
-         AS e (sequence, id, type, body)) \
+         AS e (sequence, id, type, body)), {} \
          INSERT INTO payments (id, request_id, card_group_id, billing_account_id, invoice_id, \
          state, settled, record, request, events, lease_owner, lease_until, create_time, \
          update_time, policy, feed_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, \
-         pg_current_xact_id())",
-    )
-    .bind(&record.id)
-    .bind(request_id)
-    .bind(&payment.card_group_id)
-    .bind(&payment.billing_account_id)
-    .bind(&record.invoice_id)
-    .bind(state_name(record))
-    .bind(record.is_settled())
-    .bind(sqlx::types::Json(record))
-    .bind(&payment.request)
-    .bind(payment.events)
-    .bind(&payment.lease_owner)
-    .bind(payment.lease_until)
-    .bind(record.create_time)
-    .bind(&payment.policy)
-    .bind(events.iter().map(|e| e.sequence).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, \
+         pg_current_xact_id() FROM risk",
+            risk::payment_features_cte(19)
+        )
+    });
+    let record = &payment.record;
+    let query = sqlx::query(&SQL)
+        .bind(&record.id)
+        .bind(request_id)
+        .bind(&payment.card_group_id)
+        .bind(&payment.billing_account_id)
+        .bind(&record.invoice_id)
+        .bind(state_name(record))
+        .bind(record.is_settled())
+        .bind(sqlx::types::Json(record))
+        .bind(&payment.request)
+        .bind(payment.events)
+        .bind(&payment.lease_owner)
+        .bind(payment.lease_until)
+        .bind(record.create_time)
+        .bind(&payment.policy)
+        .bind(events.iter().map(|e| e.sequence).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>());
+    features.bind(query).execute(conn).await?;
     Ok(())
 }
 
@@ -511,40 +518,57 @@ pub async fn payment(
 /// Writes a payment's record, event count and lease, and appends `events` (the change's, in
 /// sequence, up to `payment.events`) to its outbox, in one statement. The caller holds the
 /// payment's row lock: the events' feed key is this transaction's id raised to the payment's
-/// last key, so the feed lists a payment's events in the order of their commits.
+/// last key, so the feed lists a payment's events in the order of their commits. The declines
+/// the change records are counted for risk in the same statement.
 pub async fn save_payment(
     conn: &mut PgConnection,
     payment: &StoredPayment,
     events: &[NewEvent],
+    declines: &risk::Counts,
     now: OffsetDateTime,
 ) -> Result<(), Error> {
+    // The statement without the risk CTE when nothing was declined (most saves): a statement
+    // Postgres plans as before.
+    static SQL: LazyLock<[String; 2]> = LazyLock::new(|| {
+        let statement = |risk: &str| {
+            format!(
+                "WITH feed AS (SELECT greatest(pg_current_xact_id(), feed_key) AS key \
+                 FROM payments WHERE id = $1), \
+                 outbox AS (INSERT INTO payment_events \
+                 (payment_id, sequence, id, type, body, create_time, feed_key) \
+                 SELECT $1, e.sequence, e.id, e.type, e.body, $8, (SELECT key FROM feed) \
+                 FROM UNNEST($9::bigint[], $10::text[], $11::text[], $12::bytea[]) \
+                 AS e (sequence, id, type, body)){risk} \
+                 UPDATE payments SET state = $2, settled = $3, record = $4, events = $5, \
+                 lease_owner = $6, lease_until = $7, update_time = $8, \
+                 feed_key = (SELECT key FROM feed) WHERE id = $1"
+            )
+        };
+        [
+            statement(""),
+            statement(&format!(", {}", risk::counts_cte(13))),
+        ]
+    });
     let record = &payment.record;
-    sqlx::query(
-        "WITH feed AS (SELECT greatest(pg_current_xact_id(), feed_key) AS key FROM payments \
-         WHERE id = $1), \
-         outbox AS (INSERT INTO payment_events \
-         (payment_id, sequence, id, type, body, create_time, feed_key) \
-         SELECT $1, e.sequence, e.id, e.type, e.body, $8, (SELECT key FROM feed) \
-         FROM UNNEST($9::bigint[], $10::text[], $11::text[], $12::bytea[]) \
-         AS e (sequence, id, type, body)) \
-         UPDATE payments SET state = $2, settled = $3, record = $4, events = $5, \
-         lease_owner = $6, lease_until = $7, update_time = $8, \
-         feed_key = (SELECT key FROM feed) WHERE id = $1",
-    )
-    .bind(&record.id)
-    .bind(state_name(record))
-    .bind(record.is_settled())
-    .bind(sqlx::types::Json(record))
-    .bind(payment.events)
-    .bind(&payment.lease_owner)
-    .bind(payment.lease_until)
-    .bind(now)
-    .bind(events.iter().map(|e| e.sequence).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
+    let sql = &SQL[usize::from(!declines.is_empty())];
+    let query = sqlx::query(sql)
+        .bind(&record.id)
+        .bind(state_name(record))
+        .bind(record.is_settled())
+        .bind(sqlx::types::Json(record))
+        .bind(payment.events)
+        .bind(&payment.lease_owner)
+        .bind(payment.lease_until)
+        .bind(now)
+        .bind(events.iter().map(|e| e.sequence).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>());
+    if declines.is_empty() {
+        query.execute(conn).await?;
+        return Ok(());
+    }
+    declines.bind(query).execute(conn).await?;
     Ok(())
 }
 

@@ -42,6 +42,7 @@ use crate::domain::record::PaymentRecord;
 use crate::domain::record::events::Event;
 use crate::domain::record::refunds::RefundStep;
 use crate::domain::record::steps::{AuthorizeAnswer, SpendChange, Step, Suspension};
+use crate::domain::risk;
 use crate::domain::saga::{Command, Outcome};
 use crate::error::Error;
 use crate::feeds::Feeds;
@@ -472,7 +473,7 @@ impl Workflow {
         self.save(&mut tx, &mut stored, &events, now).await?;
         tx.commit().await?;
         if !events.is_empty() {
-            self.announce(payment_id, stored.record.saga.state.is_terminal());
+            self.announce(payment_id, stored.record.saga.state.is_at_rest());
         }
         Ok(Round::of(steps, refunds, stored.record))
     }
@@ -549,11 +550,16 @@ impl Workflow {
         Ok((steps, refunds))
     }
 
-    /// Releases the lease of a settled payment; renews it otherwise.
+    /// Releases the lease of a settled payment; of a payment waiting for a reviewer, until its
+    /// review expires (then the recovery worker leases it, and the expiry voids its holds);
+    /// renews it otherwise.
     fn keep_lease(&self, stored: &mut StoredPayment, now: OffsetDateTime) {
         if stored.record.is_settled() {
             stored.lease_owner = None;
             stored.lease_until = now;
+        } else if let Some(expire) = stored.record.review_expire_time() {
+            stored.lease_owner = None;
+            stored.lease_until = expire;
         } else {
             self.renew_lease(stored, now);
         }
@@ -802,7 +808,7 @@ impl Workflow {
         self.save(&mut *tx, &mut stored, &events, now).await?;
         Ok(Some(Written {
             transfers,
-            terminal: stored.record.saga.state.is_terminal(),
+            terminal: stored.record.saga.state.is_at_rest(),
             next: planned.map(|(steps, refunds)| Round::of(steps, refunds, stored.record)),
         }))
     }
@@ -906,7 +912,15 @@ impl Workflow {
         now: OffsetDateTime,
     ) -> Result<(), Error> {
         let rows = outbox_rows(stored, events, now)?;
-        storage::save_payment(conn, stored, &rows, now).await
+        // The issuers' declines it records count for risk, in the same statement.
+        let declined = stored.record.declined_cards(events);
+        let declines = storage::risk::Counts::of(&risk::decline_counts(
+            &stored.billing_account_id,
+            &stored.card_group_id,
+            &declined,
+            now,
+        ));
+        storage::save_payment(conn, stored, &rows, &declines, now).await
     }
 
     /// One round of the recovery worker: leases payments whose lease expired and drives each.

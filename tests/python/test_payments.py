@@ -229,6 +229,7 @@ def test_orchestrator_reflection_and_health(vault):
         "tandem.orchestrator.v1.ReconciliationService",
         "tandem.orchestrator.v1.WebhookService",
         "tandem.orchestrator.v1.FxService",
+        "tandem.orchestrator.v1.RiskService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",

@@ -120,6 +120,13 @@ impl TestPki {
         TlsFiles::in_dir(&self.dir, "approver-same-name")
     }
 
+    /// A reviewer with the same name as every other identity of the set (`reviewer/test`): the
+    /// name that created the set's payments, so four eyes refuse its reviews; the set's own
+    /// reviewer is `reviewer/test-reviewer`.
+    pub fn same_name_reviewer(&self) -> TlsFiles {
+        TlsFiles::in_dir(&self.dir, "reviewer-same-name")
+    }
+
     /// The vault server's files.
     pub fn vault_server(&self) -> TlsFiles {
         TlsFiles::in_dir(&self.dir, "vault-server")
@@ -159,6 +166,9 @@ pub fn pki() -> &'static TestPki {
         authority
             .write_identity(&dir, "approver-same-name", Role::Approver.as_str(), "test")
             .expect("same-name approver identity");
+        authority
+            .write_identity(&dir, "reviewer-same-name", Role::Reviewer.as_str(), "test")
+            .expect("same-name reviewer identity");
         tandem_tls::issue::write_set(&rogue_dir, prefix, &hosts, "test", 1).expect("rogue PKI");
         TestPki { dir, rogue_dir }
     })

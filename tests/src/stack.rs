@@ -366,6 +366,19 @@ impl Stack {
         pool.close().await;
     }
 
+    /// Payment `id` as a reader sees it now.
+    pub async fn payment(&self, id: &str) -> pb::Payment {
+        PaymentServiceClient::new(self.orchestrator.channel(Role::Reader).await)
+            .get_payment(pb::GetPaymentRequest {
+                payment_id: id.to_owned(),
+            })
+            .await
+            .expect("get payment")
+            .into_inner()
+            .payment
+            .expect("payment")
+    }
+
     /// Waits until payment `id` is settled (terminal with no refund pending) and returns it.
     pub async fn settled(&self, id: &str) -> pb::Payment {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

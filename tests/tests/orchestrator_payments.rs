@@ -697,6 +697,7 @@ async fn watch_streams_the_outbox_in_order() {
         kinds,
         [
             E::PaymentCreated,
+            E::PaymentRiskAssessed,
             E::PaymentAuthorizing,
             E::LegDeclined,
             E::LegReallocated,
@@ -715,13 +716,13 @@ async fn watch_streams_the_outbox_in_order() {
          insufficient funds)"
     );
     assert_eq!(
-        events[2].summary,
+        events[3].summary,
         "card D ·9995 declined 15.00 USD (insufficient funds)"
     );
-    assert_eq!(events[2].attempt_number, 1);
-    let rest = watch(3).await;
-    assert_eq!(rest.first().map(|e| e.sequence), Some(4));
-    assert_eq!(rest.len(), events.len() - 3);
+    assert_eq!(events[3].attempt_number, 1);
+    let rest = watch(4).await;
+    assert_eq!(rest.first().map(|e| e.sequence), Some(5));
+    assert_eq!(rest.len(), events.len() - 4);
     let unknown = format!("pay_{}", "b".repeat(25) + "a");
     let error = payer
         .watch_payment(pb::WatchPaymentRequest {

@@ -107,6 +107,7 @@ async fn seeded_sagas_book_a_consistent_ledger() {
             stopped: false,
             reallocation: Reallocation::Any,
             quotes: Vec::new(),
+            review: false,
         };
         let context = BookingContext {
             payment_id: format!("pay_{seed}"),

@@ -708,9 +708,16 @@ async fn the_feed_keeps_a_payments_commits_in_order() {
             kind,
             body: Vec::new(),
         };
-        storage::save_payment(conn, &stored, &[event], time::OffsetDateTime::now_utc())
-            .await
-            .expect("save");
+        let no_declines = storage::risk::Counts::default();
+        storage::save_payment(
+            conn,
+            &stored,
+            &[event],
+            &no_declines,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        .expect("save");
     };
     // The late writer takes its transaction id first...
     let mut late = pool.begin().await.unwrap();

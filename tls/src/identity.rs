@@ -43,13 +43,16 @@ pub enum Role {
     /// Orchestrator: approves or rejects reconciliation adjustments others proposed (four
     /// eyes).
     Approver,
+    /// Orchestrator: approves or rejects payments their risk assessment held for review (four
+    /// eyes: never the payment's creator).
+    Reviewer,
     /// A Tandem server's own certificate (not a caller role).
     Service,
 }
 
 impl Role {
     /// Every role, in a stable order.
-    pub const ALL: [Role; 9] = [
+    pub const ALL: [Role; 10] = [
         Role::Tokenizer,
         Role::Orchestrator,
         Role::Admin,
@@ -58,11 +61,12 @@ impl Role {
         Role::Treasury,
         Role::Reader,
         Role::Approver,
+        Role::Reviewer,
         Role::Service,
     ];
 
     /// The caller roles, for which `tandemctl` issues client identities.
-    pub const CALLERS: [Role; 8] = [
+    pub const CALLERS: [Role; 9] = [
         Role::Tokenizer,
         Role::Orchestrator,
         Role::Admin,
@@ -71,6 +75,7 @@ impl Role {
         Role::Treasury,
         Role::Reader,
         Role::Approver,
+        Role::Reviewer,
     ];
 
     /// The role as it appears in certificates, file names and audit rows.
@@ -84,6 +89,7 @@ impl Role {
             Role::Treasury => "treasury",
             Role::Reader => "reader",
             Role::Approver => "approver",
+            Role::Reviewer => "reviewer",
             Role::Service => "service",
         }
     }

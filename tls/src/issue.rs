@@ -163,10 +163,12 @@ impl Authority {
             ));
         }
         for role in Role::CALLERS {
-            // The approver is a second person: four eyes refuse an approval by the proposer's
-            // own name, and every other identity of the set has `name`.
+            // The approver and the reviewer are second people: four eyes refuse an approval by
+            // the proposer's own name and a review by the payment creator's, and every other
+            // identity of the set has `name`.
             let holder = match role {
                 Role::Approver => format!("{name}-approver"),
+                Role::Reviewer => format!("{name}-reviewer"),
                 _ => name.to_owned(),
             };
             identities.push((role.to_string(), self.issue_client(role, &holder)?));

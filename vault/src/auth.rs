@@ -268,6 +268,7 @@ mod tests {
                     | Role::Treasury
                     | Role::Reader
                     | Role::Approver
+                    | Role::Reviewer
                     | Role::Service => false,
                 };
                 assert_eq!(rpc.allows(role), expected, "{rpc:?} {role}");

@@ -8,5 +8,6 @@ pub mod group;
 pub mod planning;
 pub mod reconciliation;
 pub mod record;
+pub mod risk;
 pub mod saga;
 pub mod webhooks;

@@ -167,6 +167,7 @@ pub fn plan(
             _ => Reallocation::Any,
         },
         quotes,
+        review: false,
     };
     Ok(Plan {
         saga,

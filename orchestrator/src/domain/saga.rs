@@ -29,6 +29,9 @@ pub enum PaymentState {
     Pending,
     /// Legs are being authorized, reallocated or retried.
     Authorizing,
+    /// Covered, every hold in place, waiting for a reviewer because the risk assessment asked
+    /// for review.
+    InReview,
     /// Covered (or as covered as it will be): legs are being captured.
     Capturing,
     /// Every leg captured, the whole amount paid. Final (but for refunds).
@@ -61,6 +64,14 @@ pub enum StateEvent {
     },
     /// Every hold is voided.
     AllVoided,
+    /// The risk assessment blocked the payment before any leg was sent.
+    Blocked,
+    /// Every leg is settled and covered, and the risk assessment asked for review.
+    HeldForReview,
+    /// A reviewer approved the payment.
+    Approved,
+    /// A reviewer rejected the payment, or nobody decided in time.
+    Rejected,
 }
 
 /// A transition the state machine does not allow.
@@ -82,7 +93,11 @@ pub fn transition(
     use StateEvent as E;
     let to = match (from, event) {
         (S::Pending, E::Start) => S::Authorizing,
+        (S::Pending, E::Blocked) => S::Failed,
         (S::Pending | S::Authorizing, E::Covered) => S::Capturing,
+        (S::Pending | S::Authorizing, E::HeldForReview) => S::InReview,
+        (S::InReview, E::Approved) => S::Capturing,
+        (S::InReview, E::Rejected) => S::Reversing,
         (S::Pending | S::Authorizing, E::ShortfallWithHolds) => S::Reversing,
         (S::Pending | S::Authorizing, E::ShortfallWithoutHolds) => S::Failed,
         (S::Capturing, E::AllCaptured { complete: true }) => S::Succeeded,
@@ -91,6 +106,7 @@ pub fn transition(
         (
             S::Pending
             | S::Authorizing
+            | S::InReview
             | S::Capturing
             | S::Succeeded
             | S::PartiallyPaid
@@ -109,6 +125,12 @@ impl PaymentState {
             self,
             PaymentState::Succeeded | PaymentState::PartiallyPaid | PaymentState::Failed
         )
+    }
+
+    /// True when nothing more happens until someone acts: terminal, or waiting for a reviewer.
+    /// A caller's wait for the payment ends here.
+    pub fn is_at_rest(self) -> bool {
+        self.is_terminal() || self == PaymentState::InReview
     }
 }
 
@@ -227,6 +249,21 @@ pub struct Payment {
     /// The rates fixed when the payment was planned, from `currency` to members' currencies.
     #[serde(default)]
     pub quotes: Vec<Quote>,
+    /// The risk assessment asked for review: once covered, the payment waits in
+    /// [`PaymentState::InReview`] instead of capturing.
+    #[serde(default)]
+    pub review: bool,
+}
+
+/// A reviewer's decision, or the lack of one in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Verdict {
+    /// Capture.
+    Approve,
+    /// Void every hold.
+    Reject,
+    /// Nobody decided within the review timeout: void every hold.
+    Expired,
 }
 
 /// A vault operation to run for leg `leg` (its index).
@@ -611,7 +648,9 @@ fn settle(payment: &mut Payment) -> Result<(), InvalidTransition> {
                 }
                 let covered = payment.covered();
                 let keep = payment.completion == Completion::AllowPartial && covered > 0;
-                if covered == payment.amount || keep {
+                if (covered == payment.amount || keep) && payment.review {
+                    StateEvent::HeldForReview
+                } else if covered == payment.amount || keep {
                     StateEvent::Covered
                 } else if payment.holds() {
                     StateEvent::ShortfallWithHolds
@@ -639,12 +678,36 @@ fn settle(payment: &mut Payment) -> Result<(), InvalidTransition> {
                 }
                 StateEvent::AllVoided
             }
-            PaymentState::Succeeded | PaymentState::PartiallyPaid | PaymentState::Failed => {
+            PaymentState::InReview
+            | PaymentState::Succeeded
+            | PaymentState::PartiallyPaid
+            | PaymentState::Failed => {
                 return Ok(());
             }
         };
         payment.state = transition(payment.state, event)?;
     }
+}
+
+/// Ends a payment the risk assessment blocked, before any leg is sent: every leg declined
+/// unsent, the payment FAILED with no financial effect.
+pub fn block(payment: &mut Payment) -> Result<(), InvalidTransition> {
+    payment.state = transition(payment.state, StateEvent::Blocked)?;
+    for leg in &mut payment.legs {
+        leg.state = LegState::Declined;
+    }
+    Ok(())
+}
+
+/// Records a review's verdict on a payment in review: approval moves it on to capture, a
+/// rejection or an expiry to voiding every hold.
+pub fn review(payment: &mut Payment, verdict: Verdict) -> Result<(), InvalidTransition> {
+    let event = match verdict {
+        Verdict::Approve => StateEvent::Approved,
+        Verdict::Reject | Verdict::Expired => StateEvent::Rejected,
+    };
+    payment.state = transition(payment.state, event)?;
+    settle(payment)
 }
 
 /// The vault operations to run now, marking their legs in flight. Empty when the payment waits
@@ -717,6 +780,7 @@ pub fn decide(payment: &mut Payment) -> Result<Vec<Command>, InvalidTransition> 
             }
         }
         PaymentState::Pending
+        | PaymentState::InReview
         | PaymentState::Succeeded
         | PaymentState::PartiallyPaid
         | PaymentState::Failed => {}
@@ -772,6 +836,7 @@ mod tests {
             stopped: false,
             reallocation: Reallocation::Any,
             quotes: Vec::new(),
+            review: false,
         }
     }
 
@@ -796,6 +861,10 @@ mod tests {
                 S::PartiallyPaid,
             ),
             (S::Reversing, E::AllVoided, S::Failed),
+            (S::Pending, E::Blocked, S::Failed),
+            (S::Authorizing, E::HeldForReview, S::InReview),
+            (S::InReview, E::Approved, S::Capturing),
+            (S::InReview, E::Rejected, S::Reversing),
         ];
         for (from, event, to) in allowed {
             assert_eq!(transition(from, event), Ok(to));
@@ -806,6 +875,12 @@ mod tests {
             (S::Capturing, E::ShortfallWithHolds),
             (S::Reversing, E::Covered),
             (S::Authorizing, E::AllCaptured { complete: true }),
+            (S::Authorizing, E::Blocked),
+            (S::Authorizing, E::Approved),
+            (S::InReview, E::Covered),
+            (S::InReview, E::Blocked),
+            (S::Capturing, E::Rejected),
+            (S::Failed, E::Approved),
         ] {
             assert!(transition(from, event).is_err(), "{from:?} {event:?}");
         }
@@ -1146,6 +1221,7 @@ mod tests {
             allow_partial in any::<bool>(),
             parallel in any::<bool>(),
             fallback in any::<bool>(),
+            reviewed in proptest::option::of(proptest::sample::select(vec![Verdict::Approve, Verdict::Reject, Verdict::Expired])),
         ) {
             let members = vec![
                 member("a", 1, Some(2_000)),
@@ -1158,12 +1234,22 @@ mod tests {
             let mut p = payment(&[("a", 1_000), ("b", 1_500)], members, completion, dispatch);
             p.fallback = fallback;
             p.attempts_max = 6;
+            p.review = reviewed.is_some();
             let mut draws = seed.into_iter().cycle();
             let mut captured_while_authorizing = false;
+            let mut was_in_review = false;
             // Cards declined with advice not to retry them.
             let mut not_again: Vec<String> = Vec::new();
             for _ in 0..200 {
-                let commands = decide(&mut p).unwrap();
+                let mut commands = decide(&mut p).unwrap();
+                if p.state == PaymentState::InReview {
+                    // Waiting: nothing is sent until the verdict.
+                    prop_assert!(commands.is_empty());
+                    prop_assert!(p.legs.iter().all(|l| matches!(l.state, LegState::Authorized | LegState::Declined)));
+                    was_in_review = true;
+                    review(&mut p, reviewed.unwrap()).unwrap();
+                    commands = decide(&mut p).unwrap();
+                }
                 if commands.is_empty() {
                     break;
                 }
@@ -1186,6 +1272,7 @@ mod tests {
                         }
                         Command::Capture(leg) => {
                             captured_while_authorizing |= p.legs.iter().any(|l| l.state == LegState::Authorizing);
+                            prop_assert!(reviewed.is_none() || (was_in_review && reviewed == Some(Verdict::Approve)), "captured without approval");
                             Outcome::Captured { leg }
                         }
                         Command::Void(leg) => Outcome::Voided { leg },
@@ -1199,6 +1286,9 @@ mod tests {
             prop_assert!(p.state.is_terminal(), "stuck in {:?}", p.state);
             prop_assert!(p.attempts() <= p.attempts_max);
             prop_assert!(!captured_while_authorizing);
+            if was_in_review && reviewed != Some(Verdict::Approve) {
+                prop_assert_eq!(p.state, PaymentState::Failed);
+            }
             let captured: i64 = p.legs.iter().filter(|l| l.state == LegState::Captured).map(|l| l.approved).sum();
             match p.state {
                 PaymentState::Succeeded => prop_assert_eq!(captured, p.amount),

@@ -29,6 +29,7 @@ pub mod groups;
 pub mod ledger;
 pub mod payments;
 pub mod reconciliation;
+pub mod risk;
 pub mod webhooks;
 
 /// Records domain policy errors in `v`, their `policy.` prefix replaced by `prefix`.

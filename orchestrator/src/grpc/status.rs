@@ -76,7 +76,16 @@ pub fn to_status(error: Error) -> Status {
         ),
         Error::SameIdentity => (
             Code::PermissionDenied,
-            "an adjustment must be decided by another identity than its proposer",
+            "four eyes: an adjustment is decided by another identity than its proposer, a payment \
+             reviewed by another than its creator",
+        ),
+        Error::PaymentNotInReview => (
+            Code::FailedPrecondition,
+            "the payment is not in review (state IN_REVIEW)",
+        ),
+        Error::RiskPolicyChanged => (
+            Code::FailedPrecondition,
+            "the risk policy changed since the version given; read it again",
         ),
         Error::SettlementFileInvalid(what) => {
             tracing::warn!(detail = %what, "settlement file refused");

@@ -53,6 +53,12 @@ pub enum EventKind {
     /// `payment.delayed`: the payment is not terminal `notify.pending_after_s` after it was
     /// created.
     PaymentDelayed,
+    /// `payment.risk_assessed`: the risk assessment, before any step.
+    RiskAssessed,
+    /// `payment.in_review`: covered, waiting for a reviewer.
+    PaymentInReview,
+    /// `payment.reviewed`: approved, rejected or expired.
+    PaymentReviewed,
 }
 
 /// An event to publish with the state change that caused it.
@@ -86,6 +92,9 @@ impl PaymentRecord {
         if after.is_terminal() && self.complete_time.is_none() {
             self.complete_time = Some(now);
         }
+        if after == PaymentState::InReview {
+            self.open_review(now);
+        }
         // A payment may pass several states in one step (PENDING -> AUTHORIZING -> FAILED):
         // each state entered gets its event, in order.
         let path: &[PaymentState] = match (before, after) {
@@ -105,6 +114,7 @@ impl PaymentRecord {
             let kind = match state {
                 PaymentState::Pending => continue,
                 PaymentState::Authorizing => EventKind::PaymentAuthorizing,
+                PaymentState::InReview => EventKind::PaymentInReview,
                 PaymentState::Capturing => EventKind::PaymentCapturing,
                 PaymentState::Succeeded => EventKind::PaymentSucceeded,
                 PaymentState::PartiallyPaid => EventKind::PaymentPartiallyPaid,
@@ -200,6 +210,17 @@ impl PaymentRecord {
                 format!("Refund of {} {verb}", self.money(amount))
             }
             EventKind::PaymentDelayed => format!("Still in progress: {}", self.summary()),
+            EventKind::RiskAssessed => self.risk.as_ref().map(|r| r.summary()).unwrap_or_default(),
+            EventKind::PaymentInReview => {
+                let expires = self
+                    .review
+                    .as_ref()
+                    .and_then(|r| r.expire_time)
+                    .map(|t| format!(" until {t}"))
+                    .unwrap_or_default();
+                format!("Waiting for review{expires}: {}", self.summary())
+            }
+            EventKind::PaymentReviewed => self.review_line().unwrap_or_default(),
             EventKind::NoteAdded => self
                 .notes
                 .last()

@@ -25,6 +25,7 @@ use super::saga::{LegState, NextAction, Payment, PaymentState};
 
 pub mod events;
 pub mod refunds;
+pub mod review;
 pub mod steps;
 pub mod summary;
 #[cfg(test)]
@@ -32,6 +33,9 @@ mod tests;
 
 use events::{Event, EventKind};
 use refunds::{Refund, RefundState};
+use review::Review;
+
+use super::risk::Assessment;
 
 /// A member as the payment saw it at creation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +166,38 @@ pub struct PaymentRecord {
     /// payment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delayed_time: Option<OffsetDateTime>,
+    /// The risk assessment made before any step; `None` for payments created before risk was
+    /// assessed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<Assessment>,
+    /// The review the assessment asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
+    /// Why the payment failed, when no card's answer says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<FailureReason>,
+}
+
+/// Why a FAILED payment failed when no card's answer says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureReason {
+    /// The risk assessment blocked it.
+    RiskBlocked,
+    /// A reviewer rejected it.
+    ReviewRejected,
+    /// Nobody reviewed it in time.
+    ReviewExpired,
+}
+
+impl FailureReason {
+    /// The reason as clients switch on it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::RiskBlocked => "RISK_BLOCKED",
+            FailureReason::ReviewRejected => "REVIEW_REJECTED",
+            FailureReason::ReviewExpired => "REVIEW_EXPIRED",
+        }
+    }
 }
 
 /// The decline codes that make a card ineligible until the treasury acts (a `card.ineligible`
@@ -226,6 +262,9 @@ impl PaymentRecord {
             creator: Some(creator),
             notes: Vec::new(),
             delayed_time: None,
+            risk: None,
+            review: None,
+            failure_reason: None,
         };
         let event = record.event(EventKind::PaymentCreated, None, None, None);
         (record, event)
@@ -270,6 +309,9 @@ impl PaymentRecord {
     pub fn actor_of(&self, event: &Event) -> Option<&Actor> {
         if let Some(note) = event.note {
             return self.notes.get(note).map(|n| &n.author);
+        }
+        if event.kind == EventKind::PaymentReviewed {
+            return self.review.as_ref().and_then(|r| r.reviewer.as_ref());
         }
         if let Some(refund) = &event.refund {
             return self

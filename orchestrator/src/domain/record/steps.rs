@@ -8,7 +8,7 @@ use super::events::{Event, EventKind};
 use super::{
     Attempt, AttemptOutcome, LegDetail, PaymentRecord, makes_card_ineligible, suspends_member,
 };
-use crate::domain::saga::{self, Command, LegState, NextAction, Outcome, SagaError};
+use crate::domain::saga::{self, Command, LegState, NextAction, Outcome, SagaError, Verdict};
 
 /// A member to suspend in its card group, learned from a decline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +142,16 @@ impl PaymentRecord {
         &mut self,
         now: OffsetDateTime,
     ) -> Result<(Vec<Step>, Vec<Event>), SagaError> {
+        // A review nobody decided in time expires: the holds are voided.
+        let mut events = Vec::new();
+        if self
+            .review_expire_time()
+            .is_some_and(|expire| expire <= now)
+        {
+            events = self
+                .decide_review(Verdict::Expired, None, None, now)
+                .expect("a payment in review takes the expiry");
+        }
         let before = self.saga.state;
         let mut steps: Vec<Step> = (0..self.saga.legs.len())
             .filter_map(|leg| self.in_flight(leg))
@@ -173,7 +183,6 @@ impl PaymentRecord {
                 steps.push(step);
             }
         }
-        let mut events = Vec::new();
         self.state_events(before, now, &mut events);
         Ok((steps, events))
     }

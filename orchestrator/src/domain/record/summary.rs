@@ -2,7 +2,7 @@
 //! remains.
 
 use super::PaymentRecord;
-use super::{Attempt, AttemptOutcome};
+use super::{Attempt, AttemptOutcome, FailureReason};
 use crate::domain::saga::{LegState, PaymentState};
 
 impl PaymentRecord {
@@ -177,7 +177,15 @@ impl PaymentRecord {
                 self.money(self.remaining())
             ),
             PaymentState::Failed => {
-                let why = if declines.is_empty() {
+                let reviewed = self.review_line().filter(|_| self.failure_reason.is_some());
+                let blocked = self
+                    .risk
+                    .as_ref()
+                    .filter(|_| self.failure_reason == Some(FailureReason::RiskBlocked))
+                    .map(|r| format!("blocked by {}", r.summary()));
+                let why = if let Some(why) = blocked.or(reviewed) {
+                    why
+                } else if declines.is_empty() {
                     "no card had room for it".to_owned()
                 } else {
                     declines
@@ -187,14 +195,27 @@ impl PaymentRecord {
                     self.invoice_id
                 )
             }
-            PaymentState::Reversing => format!(
-                "Invoice {} not covered ({amount}): releasing holds on {parts}",
-                self.invoice_id
-            ),
-            PaymentState::Pending | PaymentState::Authorizing | PaymentState::Capturing => {
+            PaymentState::Reversing => {
+                match self.review_line().filter(|_| self.failure_reason.is_some()) {
+                    // Rejected or expired in review: covered, but not to be paid.
+                    Some(review) => format!(
+                        "Invoice {} not paid ({amount}): {review}; releasing holds on {parts}",
+                        self.invoice_id
+                    ),
+                    None => format!(
+                        "Invoice {} not covered ({amount}): releasing holds on {parts}",
+                        self.invoice_id
+                    ),
+                }
+            }
+            PaymentState::Pending
+            | PaymentState::Authorizing
+            | PaymentState::InReview
+            | PaymentState::Capturing => {
                 let state = match self.saga.state {
                     PaymentState::Pending => "pending",
                     PaymentState::Authorizing => "authorizing",
+                    PaymentState::InReview => "in review",
                     _ => "capturing",
                 };
                 if parts.is_empty() {

@@ -50,6 +50,7 @@ fn record(legs: &[(&str, i64)], members: &[(&str, &str, &str)]) -> PaymentRecord
         stopped: false,
         reallocation: Reallocation::Any,
         quotes: Vec::new(),
+        review: false,
     };
     let members = members
         .iter()
@@ -636,4 +637,159 @@ proptest::proptest! {
         }
         proptest::prop_assert_eq!(books.net(&clearing_to), 0);
     }
+}
+
+fn assessment(action: crate::domain::risk::Action) -> crate::domain::risk::Assessment {
+    crate::domain::risk::Assessment {
+        action,
+        score: 50,
+        fired: vec![crate::domain::risk::Fired {
+            rule: "big".into(),
+            action,
+            score: 50,
+            feature: "billing_account.median_amount".into(),
+            value: "10.00 USD".into(),
+            threshold: "5 x 1.00 USD".into(),
+            explanation: "10.00 USD is more than 5 times the median".into(),
+        }],
+        policy_version: 2,
+        default_policy: false,
+        assess_time: now(),
+    }
+}
+
+fn approved(step: &Step) -> AuthorizeAnswer {
+    AuthorizeAnswer::Approved {
+        charge_id: format!("ch_{}", step.token),
+        approved: step.amount,
+        authorization_code: "A".into(),
+        processor_reference: "sbx_ref".into(),
+        last4: "0001".into(),
+    }
+}
+
+/// A blocked payment ends FAILED before any step, with its reason and the rule in its events
+/// and summary; nothing is ever sent.
+#[test]
+fn a_blocked_payment_sends_nothing() {
+    use crate::domain::risk::Action;
+    let mut record = record(&[("tok_a", 1000)], &[("tok_a", "card A", "0001")]);
+    let events = record.assess(assessment(Action::Block), 60, now());
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::RiskAssessed, EventKind::PaymentFailed]);
+    assert!(events[0].summary.contains("risk BLOCK, score 50: big"));
+    assert_eq!(record.saga.state, PaymentState::Failed);
+    assert_eq!(record.failure_reason, Some(FailureReason::RiskBlocked));
+    assert!(
+        record.summary().contains("blocked by risk BLOCK"),
+        "{}",
+        record.summary()
+    );
+    let (steps, more) = record.next_steps(now()).unwrap();
+    assert!(steps.is_empty() && more.is_empty());
+    assert!(record.attempts.is_empty());
+}
+
+/// A reviewed payment authorizes, waits in review without capturing, and moves on only by a
+/// verdict from another identity than its creator: approval captures; a rejection, or the
+/// expiry, voids every hold.
+#[test]
+fn a_reviewed_payment_waits_for_its_verdict() {
+    use crate::domain::risk::Action;
+    use crate::domain::saga::Verdict;
+    let members = [("tok_a", "card A", "0001"), ("tok_b", "card B", "0002")];
+    let reviewer = actor("reviewer", "ana");
+    for verdict in [Verdict::Approve, Verdict::Reject, Verdict::Expired] {
+        let mut record = record(&[("tok_a", 600), ("tok_b", 400)], &members);
+        let events = record.assess(assessment(Action::Review), 60, now());
+        assert_eq!(events.len(), 1);
+        // Both legs authorize; then nothing is sent.
+        run(&mut record, approved);
+        assert_eq!(record.saga.state, PaymentState::InReview);
+        let review = record.review.clone().unwrap();
+        assert_eq!(
+            review.expire_time,
+            Some(now() + time::Duration::seconds(60))
+        );
+        assert!(
+            record.summary().contains("in review"),
+            "{}",
+            record.summary()
+        );
+        assert_eq!(
+            record.decide_review(
+                Verdict::Approve,
+                Some(actor("reviewer", "billing")),
+                None,
+                now()
+            ),
+            Err(review::ReviewError::SameIdentity),
+            "the creator's own name may not review"
+        );
+        // Before its expiry, the review waits.
+        let (steps, events) = record
+            .next_steps(now() + time::Duration::seconds(59))
+            .unwrap();
+        assert!(steps.is_empty() && events.is_empty());
+        let later = now() + time::Duration::seconds(60);
+        let events = match verdict {
+            Verdict::Expired => record.next_steps(later).unwrap().1,
+            _ => record
+                .decide_review(
+                    verdict,
+                    Some(reviewer.clone()),
+                    Some("checked".into()),
+                    later,
+                )
+                .unwrap(),
+        };
+        assert_eq!(events[0].kind, EventKind::PaymentReviewed);
+        assert_eq!(
+            record.actor_of(&events[0]),
+            (verdict != Verdict::Expired).then_some(&reviewer)
+        );
+        run(&mut record, approved);
+        match verdict {
+            Verdict::Approve => {
+                assert_eq!(record.saga.state, PaymentState::Succeeded);
+                assert_eq!(record.captured(), 1000);
+                assert_eq!(record.failure_reason, None);
+            }
+            _ => {
+                assert_eq!(record.saga.state, PaymentState::Failed);
+                assert_eq!(record.captured(), 0);
+                assert!(record.saga.legs.iter().all(|l| l.state == LegState::Voided));
+                let reason = if verdict == Verdict::Reject {
+                    FailureReason::ReviewRejected
+                } else {
+                    FailureReason::ReviewExpired
+                };
+                assert_eq!(record.failure_reason, Some(reason));
+            }
+        }
+        assert_eq!(
+            record.decide_review(Verdict::Approve, Some(reviewer.clone()), None, later),
+            Err(review::ReviewError::NotInReview),
+            "a verdict is given once"
+        );
+    }
+}
+
+/// A quiet assessment (nothing fired) is kept on the payment, with no event of its own; one
+/// that found something is an event even when it allows the payment.
+#[test]
+fn only_an_assessment_that_found_something_is_an_event() {
+    use crate::domain::risk::Action;
+    let mut record = record(&[("tok_a", 1000)], &[("tok_a", "card A", "0001")]);
+    let mut quiet = assessment(Action::Allow);
+    quiet.fired.clear();
+    quiet.score = 0;
+    assert!(record.assess(quiet, 60, now()).is_empty());
+    assert_eq!(record.risk.as_ref().map(|r| r.action), Some(Action::Allow));
+    assert_eq!(record.saga.state, PaymentState::Pending);
+    let mut record = super::tests::record(&[("tok_a", 1000)], &[("tok_a", "card A", "0001")]);
+    let events = record.assess(assessment(Action::Allow), 60, now());
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventKind::RiskAssessed);
+    assert!(!record.saga.review);
 }

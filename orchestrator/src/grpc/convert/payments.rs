@@ -9,7 +9,7 @@ use tandem_runtime::fields::Violations;
 use time::OffsetDateTime;
 
 use crate::commands::{
-    EventQuery, NewNote, NewPayment, NewRefund, PaymentQuery, PolicyOverride, Watch,
+    EventQuery, NewNote, NewPayment, NewRefund, NewReview, PaymentQuery, PolicyOverride, Watch,
 };
 use crate::config::PaymentSettings;
 use crate::domain::allocation::{Line, PolicyError};
@@ -18,7 +18,7 @@ use crate::domain::planning::Invoice;
 use crate::domain::record::events::{Event, EventKind};
 use crate::domain::record::refunds::{Refund, RefundState};
 use crate::domain::record::{AttemptOutcome, Note, PaymentRecord, Status};
-use crate::domain::saga::{LegState, NextAction, PaymentState};
+use crate::domain::saga::{LegState, NextAction, PaymentState, Verdict};
 use crate::error::Error;
 use crate::storage::{
     Cursor, FeedEvent, FeedPage, FeedPosition, FeedSource, PaymentFilter, StoredPayment,
@@ -110,6 +110,7 @@ pub fn state_filter(v: &mut Violations, state: i32) -> Option<&'static str> {
         Ok(pb::PaymentState::Unspecified) => None,
         Ok(pb::PaymentState::Pending) => Some("pending"),
         Ok(pb::PaymentState::Authorizing) => Some("authorizing"),
+        Ok(pb::PaymentState::InReview) => Some("in_review"),
         Ok(pb::PaymentState::Capturing) => Some("capturing"),
         Ok(pb::PaymentState::Succeeded) => Some("succeeded"),
         Ok(pb::PaymentState::PartiallyPaid) => Some("partially_paid"),
@@ -128,6 +129,7 @@ fn status_to_wire(status: Status) -> pb::PaymentState {
     match status {
         Status::Saga(PaymentState::Pending) => pb::PaymentState::Pending,
         Status::Saga(PaymentState::Authorizing) => pb::PaymentState::Authorizing,
+        Status::Saga(PaymentState::InReview) => pb::PaymentState::InReview,
         Status::Saga(PaymentState::Capturing) => pb::PaymentState::Capturing,
         Status::Saga(PaymentState::Succeeded) => pb::PaymentState::Succeeded,
         Status::Saga(PaymentState::PartiallyPaid) => pb::PaymentState::PartiallyPaid,
@@ -333,6 +335,12 @@ pub fn payment_to_wire(stored: &StoredPayment, update_time: OffsetDateTime) -> p
         complete_time: record.complete_time.map(wire_time),
         creator: record.creator.as_ref().map(actor),
         notes: record.notes.iter().map(note_to_wire).collect(),
+        risk: record.risk.as_ref().map(super::risk::assessment_to_wire),
+        review: record.review.as_ref().map(super::risk::review_to_wire),
+        failure_reason: record
+            .failure_reason
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default(),
     }
 }
 
@@ -435,6 +443,34 @@ pub(super) fn note_text(v: &mut Violations, field: &str, text: &str) {
             "must not contain a card number (12 or more digits with only separators between)",
         );
     }
+}
+
+/// The checks of `ReviewPayment`.
+pub fn review_payment(request: &pb::ReviewPaymentRequest) -> Result<NewReview, Error> {
+    let mut v = Violations::default();
+    request_id(&mut v, "request_id", &request.request_id);
+    let payment_id = resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
+    let verdict = match pb::ReviewVerdict::try_from(request.verdict) {
+        Ok(pb::ReviewVerdict::Approve) => Some(Verdict::Approve),
+        Ok(pb::ReviewVerdict::Reject) => Some(Verdict::Reject),
+        _ => {
+            v.add("verdict", "must be APPROVE or REJECT");
+            None
+        }
+    };
+    if !request.note.is_empty() {
+        note_text(&mut v, "note", &request.note);
+    } else if verdict == Some(Verdict::Reject) {
+        v.add("note", "is required to reject: say why");
+    }
+    let verdict = v.finish_with::<_, Error>(|| verdict)?;
+    Ok(NewReview {
+        request_id: request.request_id.clone(),
+        request_hash: request_hash("ReviewPayment", request),
+        payment_id,
+        verdict,
+        note: (!request.note.is_empty()).then(|| request.note.clone()),
+    })
 }
 
 /// The checks of `AddPaymentNote`.
@@ -821,11 +857,14 @@ fn event_type(kind: EventKind) -> (&'static str, pb::PaymentEventType) {
         EventKind::CardIneligible => ("card.ineligible", T::CardIneligible),
         EventKind::NoteAdded => ("payment.note_added", T::NoteAdded),
         EventKind::PaymentDelayed => ("payment.delayed", T::PaymentDelayed),
+        EventKind::RiskAssessed => ("payment.risk_assessed", T::PaymentRiskAssessed),
+        EventKind::PaymentInReview => ("payment.in_review", T::PaymentInReview),
+        EventKind::PaymentReviewed => ("payment.reviewed", T::PaymentReviewed),
     }
 }
 
 /// Every kind of payment event, for the feed's type names.
-const EVENT_KINDS: [EventKind; 21] = [
+const EVENT_KINDS: [EventKind; 24] = [
     EventKind::PaymentCreated,
     EventKind::PaymentAuthorizing,
     EventKind::PaymentCapturing,
@@ -847,6 +886,9 @@ const EVENT_KINDS: [EventKind; 21] = [
     EventKind::CardIneligible,
     EventKind::NoteAdded,
     EventKind::PaymentDelayed,
+    EventKind::RiskAssessed,
+    EventKind::PaymentInReview,
+    EventKind::PaymentReviewed,
 ];
 
 #[cfg(test)]
