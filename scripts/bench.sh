@@ -44,4 +44,6 @@ bench() { ./target/release/tandemctl bench "$@" --duration "$duration" --baselin
   # Webhooks: the events of 200 payments delivered as a backlog, then their lag behind the
   # commits at 40 payments/s (WEBHOOK_PAY_RATE).
   bench webhooks --payments 200 --rate "${WEBHOOK_PAY_RATE:-40}" --no-baseline
+  # Risk: what an assessment under every rule kind adds to a payment's latency at half load.
+  bench risk --cards 3 --groups 32 --windows 3 --duration 20s --no-baseline
 } 2>&1 | tee "$out"

@@ -29,6 +29,8 @@
 //!   records, each matching a capture in the ledger ([`recon`]).
 //! - `tandemctl bench webhooks`: webhooks delivered per second to a receiver that answers at
 //!   once, and their lag behind the commit under steady payments ([`webhooks`]).
+//! - `tandemctl bench risk`: what a payment's risk assessment adds to its latency at half load
+//!   ([`risk`]).
 //!
 //! Apart from `flood`, the servers run without limits per caller: the benchmarks measure what
 //! an instance sustains, which is what those limits are set against.
@@ -43,6 +45,7 @@ mod measure;
 mod pay;
 mod postgres;
 mod recon;
+mod risk;
 mod stack;
 mod tokenize;
 mod treasury;
@@ -87,6 +90,9 @@ pub enum BenchCommand {
     /// Webhooks: a backlog's events delivered per second to a receiver that answers at once,
     /// and the delivery lag (arrival minus commit) under steady payments.
     Webhooks(webhooks::WebhooksArgs),
+    /// Risk: what a payment's assessment under every rule kind adds to its latency at half
+    /// load, beside payments assessed under no rule.
+    Risk(risk::RiskArgs),
 }
 
 /// How hard, how long, and beside which baseline a benchmark runs.
@@ -164,6 +170,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Treasury(args) => treasury::run(args).await,
         BenchCommand::Recon(args) => recon::run(args).await,
         BenchCommand::Webhooks(args) => webhooks::run(args).await,
+        BenchCommand::Risk(args) => risk::run(args).await,
     }
 }
 
