@@ -119,8 +119,9 @@ $$;
 -- What a new payment adds to the features, called by the statement that inserts the payment (in
 -- its transaction, never apart): its counts per scope key and bucket (the arrays, sorted by key so
 -- that concurrent payments lock rows in one order, with no key twice), its amount to the
--- account's history in its currency, and its cards' last use (moved on at most once a day). A
--- function for the same reason as `risk_payment_reads`: one plan per connection. Returns 1.
+-- account's history in its currency (none when `p_currency` is NULL: a blocked payment), and its
+-- cards' last use (sorted; moved on at most once a day). A function for the same reason as
+-- `risk_payment_reads`: one plan per connection. Returns 1.
 CREATE FUNCTION risk_record_payment(
     p_scopes text[], p_keys text[], p_currencies text[], p_spans text[],
     p_buckets timestamptz[], p_payments bigint[], p_amounts bigint[], p_declines bigint[],
@@ -137,10 +138,12 @@ BEGIN
         payments = r.payments + excluded.payments,
         amount = r.amount + excluded.amount,
         declines = r.declines + excluded.declines;
-    INSERT INTO risk_history AS h (billing_account_id, currency, amounts)
-    VALUES (p_account, p_currency, ARRAY[p_amount])
-    ON CONFLICT (billing_account_id, currency) DO UPDATE SET
-        amounts = (excluded.amounts || h.amounts)[1:100];
+    IF p_currency IS NOT NULL THEN
+        INSERT INTO risk_history AS h (billing_account_id, currency, amounts)
+        VALUES (p_account, p_currency, ARRAY[p_amount])
+        ON CONFLICT (billing_account_id, currency) DO UPDATE SET
+            amounts = (excluded.amounts || h.amounts)[1:100];
+    END IF;
     INSERT INTO risk_cards AS c (token, last_use_time)
     SELECT token, p_now FROM unnest(p_cards) AS token
     ON CONFLICT (token) DO UPDATE SET last_use_time = excluded.last_use_time

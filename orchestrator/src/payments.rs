@@ -256,11 +256,16 @@ impl Payments {
         let subject = record.risk_subject(&group.billing_account_id, &payment.card_group_id, now);
         let tokens: Vec<String> = subject.cards.iter().map(|c| c.token.clone()).collect();
         let assessment = risk::assess(&risk_policy, &features, &subject);
+        let blocked = assessment.action == risk::Action::Block;
         events.extend(record.assess(assessment, self.risk.review_timeout_s, now));
+        // A blocked payment counts in the velocity features, but neither sets the account's
+        // usual amount nor makes its cards known: a refused attempt must not ease the next.
+        let mut cards = if blocked { Vec::new() } else { tokens };
+        cards.sort_unstable();
         let features = PaymentFeatures {
             counts: Counts::of(&risk::payment_counts(&subject)),
-            history: (currency, invoice.amount.minor_units),
-            cards: tokens,
+            history: (!blocked).then_some((currency, invoice.amount.minor_units)),
+            cards,
         };
         let stored = StoredPayment {
             record,

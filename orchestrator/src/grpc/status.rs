@@ -81,7 +81,7 @@ pub fn to_status(error: Error) -> Status {
         ),
         Error::PaymentNotInReview => (
             Code::FailedPrecondition,
-            "the payment is not in review (state IN_REVIEW)",
+            "the payment is not in review (state IN_REVIEW), or its review expired",
         ),
         Error::RiskPolicyChanged => (
             Code::FailedPrecondition,

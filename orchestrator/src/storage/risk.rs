@@ -122,9 +122,9 @@ pub fn counts_cte(first: usize) -> String {
 pub struct PaymentFeatures {
     /// The counts.
     pub counts: Counts,
-    /// The invoice's currency and amount.
-    pub history: (Currency, i64),
-    /// The planned cards.
+    /// The invoice's currency and amount, for the account's history (`None`: not kept).
+    pub history: Option<(Currency, i64)>,
+    /// The planned cards to mark used, sorted.
     pub cards: Vec<String>,
 }
 
@@ -149,8 +149,8 @@ impl PaymentFeatures {
     ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
         self.counts
             .bind(query)
-            .bind(self.history.0.code())
-            .bind(self.history.1)
+            .bind(self.history.map(|(currency, _)| currency.code()))
+            .bind(self.history.map(|(_, amount)| amount))
             .bind(&self.cards)
     }
 }
@@ -303,7 +303,8 @@ pub async fn prune(
            SELECT ctid FROM risk_counters WHERE (span = 'm' AND bucket < $1) \
            OR (span = 'h' AND bucket < $2) LIMIT $4)) RETURNING 1), \
          cards AS (DELETE FROM risk_cards WHERE token = ANY(ARRAY(\
-           SELECT token FROM risk_cards WHERE last_use_time < $3 LIMIT $4)) RETURNING 1) \
+           SELECT token FROM risk_cards WHERE last_use_time < $3 LIMIT $4)) \
+           AND last_use_time < $3 RETURNING 1) \
          SELECT (SELECT count(*) FROM counters) + (SELECT count(*) FROM cards) AS deleted",
     )
     .bind(Span::Minute.bucket(now) - Span::Minute.kept())

@@ -125,6 +125,15 @@ impl PaymentRecord {
         if self.saga.state != PaymentState::InReview {
             return Err(ReviewError::NotInReview);
         }
+        // A review past its expiry takes no verdict but the expiry (the recovery worker records
+        // it): its holds are voided however late a reviewer comes.
+        if reviewer.is_some()
+            && self
+                .review_expire_time()
+                .is_some_and(|expire| expire <= now)
+        {
+            return Err(ReviewError::NotInReview);
+        }
         if let (Some(reviewer), Some(creator)) = (&reviewer, &self.creator)
             && reviewer.name == creator.name
         {

@@ -726,14 +726,20 @@ fn a_reviewed_payment_waits_for_its_verdict() {
             Err(review::ReviewError::SameIdentity),
             "the creator's own name may not review"
         );
-        // Before its expiry, the review waits.
-        let (steps, events) = record
-            .next_steps(now() + time::Duration::seconds(59))
-            .unwrap();
+        // Before its expiry, the review waits; from it on, no reviewer may decide.
+        let later = now() + time::Duration::seconds(59);
+        let (steps, events) = record.next_steps(later).unwrap();
         assert!(steps.is_empty() && events.is_empty());
-        let later = now() + time::Duration::seconds(60);
+        let expired = now() + time::Duration::seconds(60);
+        assert_eq!(
+            record
+                .clone()
+                .decide_review(Verdict::Approve, Some(reviewer.clone()), None, expired),
+            Err(review::ReviewError::NotInReview),
+            "an expired review takes no approval"
+        );
         let events = match verdict {
-            Verdict::Expired => record.next_steps(later).unwrap().1,
+            Verdict::Expired => record.next_steps(expired).unwrap().1,
             _ => record
                 .decide_review(
                     verdict,

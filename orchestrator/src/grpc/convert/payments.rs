@@ -460,7 +460,8 @@ pub fn review_payment(request: &pb::ReviewPaymentRequest) -> Result<NewReview, E
     };
     if !request.note.is_empty() {
         note_text(&mut v, "note", &request.note);
-    } else if verdict == Some(Verdict::Reject) {
+    }
+    if verdict == Some(Verdict::Reject) && request.note.trim().is_empty() {
         v.add("note", "is required to reject: say why");
     }
     let verdict = v.finish_with::<_, Error>(|| verdict)?;
