@@ -766,6 +766,9 @@ pub fn decline_counts(
     now: OffsetDateTime,
 ) -> Vec<Count> {
     let mut counts: Vec<Count> = Vec::new();
+    if tokens.is_empty() {
+        return counts;
+    }
     for span in Span::ALL {
         let bucket = span.bucket(now);
         let keys = [(Scope::Account, account), (Scope::Group, group)]
@@ -790,9 +793,6 @@ pub fn decline_counts(
                 }),
             }
         }
-    }
-    if tokens.is_empty() {
-        counts.clear();
     }
     counts
 }

@@ -188,15 +188,13 @@ impl PaymentRecord {
         now: OffsetDateTime,
     ) -> Subject {
         let mut cards: Vec<PlannedCard> = Vec::new();
-        for leg in &self.saga.legs {
+        for (index, leg) in self.saga.legs.iter().enumerate() {
             match cards.iter_mut().find(|c| c.token == leg.token) {
                 Some(card) => card.amount += leg.amount,
                 None => cards.push(PlannedCard {
                     token: leg.token.clone(),
-                    label: self.member(&leg.token).map_or_else(
-                        || leg.token.clone(),
-                        |m| format!("{} ·{}", m.label, m.last4),
-                    ),
+                    // The card as every other line for people names it ("card A ·4242").
+                    label: self.card(index),
                     amount: leg.amount,
                 }),
             }

@@ -131,7 +131,9 @@ fn policy(v: &mut Violations, wire: &pb::RiskPolicy) -> Option<Policy> {
             );
         }
     }
-    (whole).then_some(())?;
+    if !whole {
+        return None;
+    }
     Some(Policy {
         rules,
         review_score: review_score?,
