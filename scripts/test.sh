@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs every test of Tandem on a fresh machine: starts Postgres if it is down, installs the
-# Python tools into .venv, lints the protos with buf, checks the formatting and clippy's lints
-# (warnings are errors), runs the Rust suite (unit, Postgres and end-to-end over mTLS), the
-# Python client suite (which also drives the Node client and grpcurl), a smoke run of
+# Runs every test of Tandem on a fresh machine: starts Postgres if it is down, installs
+# Prometheus (Debian's package) and the Python tools into .venv, checks the alert rules with
+# promtool, lints the protos with buf, checks the formatting and clippy's lints (warnings are
+# errors), runs the Rust suite (unit, Postgres and end-to-end over mTLS), the Python client
+# suite (which also drives the Node client and grpcurl), scans both suites' logs for card
+# numbers, a smoke run of
 # `tandemctl dev --demo` (with its webhook receiver), a short `tandemctl bench treasury`,
 # `tandemctl bench recon` and `tandemctl bench webhooks`, the fuzz targets (30 s each) and the
 # chaos harness (500 payments, 20+ kills).
@@ -33,6 +35,14 @@ disk
 # Databases left by earlier test runs.
 drop_test_databases
 
+step "prometheus (Debian's package: the metrics tests scrape with it, promtool checks the alerts)"
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+fi
+prometheus --version 2>&1 | head -1
+promtool check rules ops/prometheus/alerts.yml
+
 step "python tools (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
@@ -49,6 +59,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build"
 cargo build --workspace --all-targets --locked
 
+# Every test's server logs go here too; they are scanned for card numbers once both suites ran.
+export TANDEM_TEST_LOG_DIR="$PWD/target/test-logs"
+rm -rf "$TANDEM_TEST_LOG_DIR"
+
 step "rust tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
@@ -64,6 +78,9 @@ npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 step "python client suite"
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/pytest -q tests/python
 drop_test_databases
+
+step "scan the suites' logs for card numbers"
+bash scripts/scan-logs.sh "$TANDEM_TEST_LOG_DIR"
 
 step "tandemctl dev --demo"
 dev_dir="$(mktemp -d)"

@@ -82,8 +82,6 @@ pub struct DevArgs {
 
 /// Runs the dev stack.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    // Warnings only by default, so the demo's tables stay readable; RUST_LOG=info for more.
-    tandem_runtime::telemetry::init(tandem_runtime::telemetry::LogFormat::Text, "warn");
     ensure_certificates(&args.dir)?;
     let vault_url = ensure_database(&args.database_url, &args.vault_database).await?;
     let orchestrator_url = ensure_database(&args.database_url, &args.orchestrator_database).await?;
@@ -94,67 +92,83 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // it).
     let vault_uri = format!("https://{}", vault_listener.local_addr()?);
     let orchestrator_settings = orchestrator_settings(&args.dir, &orchestrator_url, &vault_uri)?;
-    let orchestrator_listener =
-        bind(orchestrator_settings.server.listen_addr, "the orchestrator").await?;
-
-    let mut vault = Server::spawn("vault", vault_listener, move |listener, shutdown| {
-        tandem_vault::run(listener, vault_settings, shutdown)
-    })?;
-    let mut orchestrator = Server::spawn(
-        "orchestrator",
-        orchestrator_listener,
-        move |listener, shutdown| {
-            tandem_orchestrator::run(listener, orchestrator_settings, shutdown)
-        },
+    // Warnings only by default, so the demo's tables stay readable; RUST_LOG=info for more.
+    // Both servers share the process and so its exporter: the orchestrator's `[telemetry]`
+    // (TANDEM_ORCHESTRATOR__TELEMETRY__OTLP_ENDPOINT) sets it; each call's span names its
+    // service.
+    let telemetry = tandem_runtime::telemetry::init(
+        tandem_runtime::telemetry::LogFormat::Text,
+        "warn",
+        "tandem-dev",
+        &orchestrator_settings.telemetry,
     )?;
+    // Whatever ends the run, the spans it made are flushed.
+    let result = async {
+        let orchestrator_listener =
+            bind(orchestrator_settings.server.listen_addr, "the orchestrator").await?;
 
-    let tokenizer = vault
-        .connect(&args.dir, Role::Tokenizer, CONNECT_TIMEOUT)
-        .await?;
-    let cards = seed_cards(tokenizer).await?;
-    let treasury = orchestrator
-        .connect(&args.dir, Role::Treasury, CONNECT_TIMEOUT)
-        .await?;
-    // Before the seed group, so that a first run's receiver sees its creation too.
-    let receiver = match args.webhook_listen {
-        Some(port) => Some(webhook::Receiver::start(port, treasury.clone()).await?),
-        None => None,
-    };
-    // GlobalOps pays from a euro card too: the treasury's rate, observed now at every start.
-    // The rate is as of now (one older than fx.rate_age_s_max is refused), so each start
-    // renews it.
-    let rate_id = format!(
-        "dev-rate-USD-EUR-{}",
-        time::OffsetDateTime::now_utc().unix_timestamp_nanos()
-    );
-    crate::fx::set_rate(treasury.clone(), &rate_id, "USD", "EUR", DEMO_USD_EUR, None).await?;
-    let mut groups = CardGroupServiceClient::new(treasury);
-    let globalops = seed_group(&mut groups, globalops_group(&cards)).await?;
-    print_instructions(&args.dir, vault.addr, orchestrator.addr, &globalops);
+        let mut vault = Server::spawn("vault", vault_listener, move |listener, shutdown| {
+            tandem_vault::run(listener, vault_settings, shutdown)
+        })?;
+        let mut orchestrator = Server::spawn(
+            "orchestrator",
+            orchestrator_listener,
+            move |listener, shutdown| {
+                tandem_orchestrator::run(listener, orchestrator_settings, shutdown)
+            },
+        )?;
 
-    if args.demo {
-        let charger = vault
-            .connect(&args.dir, Role::Orchestrator, CONNECT_TIMEOUT)
+        let tokenizer = vault
+            .connect(&args.dir, Role::Tokenizer, CONNECT_TIMEOUT)
             .await?;
-        demo::charge(charger, &cards.a).await?;
-        let payer = orchestrator
-            .connect(&args.dir, Role::Payer, demo::PAYMENT_CALL_TIMEOUT)
+        let cards = seed_cards(tokenizer).await?;
+        let treasury = orchestrator
+            .connect(&args.dir, Role::Treasury, CONNECT_TIMEOUT)
             .await?;
-        demo::pay_scenarios(&mut groups, payer, &cards, &globalops).await?;
+        // Before the seed group, so that a first run's receiver sees its creation too.
+        let receiver = match args.webhook_listen {
+            Some(port) => Some(webhook::Receiver::start(port, treasury.clone()).await?),
+            None => None,
+        };
+        // GlobalOps pays from a euro card too: the treasury's rate, observed now at every start.
+        // The rate is as of now (one older than fx.rate_age_s_max is refused), so each start
+        // renews it.
+        let rate_id = format!(
+            "dev-rate-USD-EUR-{}",
+            time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+        );
+        crate::fx::set_rate(treasury.clone(), &rate_id, "USD", "EUR", DEMO_USD_EUR, None).await?;
+        let mut groups = CardGroupServiceClient::new(treasury);
+        let globalops = seed_group(&mut groups, globalops_group(&cards)).await?;
+        print_instructions(&args.dir, vault.addr, orchestrator.addr, &globalops);
+
+        if args.demo {
+            let charger = vault
+                .connect(&args.dir, Role::Orchestrator, CONNECT_TIMEOUT)
+                .await?;
+            demo::charge(charger, &cards.a).await?;
+            let payer = orchestrator
+                .connect(&args.dir, Role::Payer, demo::PAYMENT_CALL_TIMEOUT)
+                .await?;
+            demo::pay_scenarios(&mut groups, payer, &cards, &globalops).await?;
+        }
+        if !args.exit {
+            println!("\nserving; press Ctrl-C to stop");
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+        }
+        if let Some(receiver) = receiver {
+            // With `--exit`, what the run committed arrives before the stack stops.
+            receiver.stop(args.exit).await?;
+        }
+        // The orchestrator first: it calls the vault until it stops.
+        orchestrator.stop().await?;
+        vault.stop().await
     }
-    if !args.exit {
-        println!("\nserving; press Ctrl-C to stop");
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
-    }
-    if let Some(receiver) = receiver {
-        // With `--exit`, what the run committed arrives before the stack stops.
-        receiver.stop(args.exit).await?;
-    }
-    // The orchestrator first: it calls the vault until it stops.
-    orchestrator.stop().await?;
-    vault.stop().await
+    .await;
+    telemetry.shutdown().await;
+    result
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {

@@ -152,6 +152,8 @@ impl Server {
                 "TANDEM_ORCHESTRATOR__VAULT__CA_PATH",
                 &path_text(&client.ca_path)?,
             ),
+            // Any free port: several may run at once (replicas, a `tandemctl dev` beside).
+            ("TANDEM_ORCHESTRATOR__METRICS__LISTEN_ADDR", "127.0.0.1:0"),
         ]);
         env.extend(pairs(extra));
         Server::new("orchestrator", "tandem-orchestrator", address, env, log)

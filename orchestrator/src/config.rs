@@ -10,9 +10,11 @@ use serde::Deserialize;
 use tandem_money::fx::Rate;
 pub use tandem_runtime::admission::{ClassLimits, LimitSettings};
 pub use tandem_runtime::binary::ServiceSettings;
+pub use tandem_runtime::metrics::MetricsSettings;
 pub use tandem_runtime::settings::{
     Check, ConfigError, DatabaseSettings, SecretString, ServerSettings, TlsSettings, first_failure,
 };
+pub use tandem_runtime::telemetry::TelemetrySettings;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "TANDEM_ORCHESTRATOR__";
@@ -45,6 +47,10 @@ pub struct Settings {
     pub fx: FxSettings,
     /// Risk assessment and review.
     pub risk: RiskSettings,
+    /// The Prometheus metrics endpoint (loopback port 9465 by default).
+    pub metrics: MetricsSettings,
+    /// Traces (OpenTelemetry over OTLP; off by default).
+    pub telemetry: TelemetrySettings,
 }
 
 /// Risk (DESIGN section 12): how long a payment waits for a reviewer, and how often the
@@ -323,6 +329,8 @@ impl Default for Settings {
             notify: NotifySettings::default(),
             fx: FxSettings::default(),
             risk: RiskSettings::default(),
+            metrics: MetricsSettings::on_port(9465),
+            telemetry: TelemetrySettings::default(),
         }
     }
 }
@@ -489,6 +497,10 @@ impl ServiceSettings for Settings {
 
     fn limits(&self) -> &LimitSettings {
         &self.limits
+    }
+
+    fn observability(&self) -> (&MetricsSettings, &TelemetrySettings) {
+        (&self.metrics, &self.telemetry)
     }
 
     /// Checks every value's range; the first failure names its key.
@@ -667,7 +679,14 @@ impl ServiceSettings for Settings {
                 "must be 10 to 3600000",
             ),
         ];
-        first_failure(common.into_iter().chain(self.limits.checks()).chain(checks))
+        first_failure(
+            common
+                .into_iter()
+                .chain(self.limits.checks())
+                .chain(self.metrics.checks())
+                .chain(self.telemetry.checks())
+                .chain(checks),
+        )
     }
 }
 

@@ -42,6 +42,9 @@
 //! - [`vault`]: the vault client, the edge to the vault: it builds the vault's requests and
 //!   answers in domain terms.
 //! - [`storage`]: all of the orchestrator's SQL (the ledger's is in `tandem-ledger`).
+//! - [`metrics`]: the orchestrator's metric families, their labels and descriptions, and the
+//!   samples a committed change's events give ([`metrics::Observed`], recorded once the change
+//!   commits).
 //!
 //! # Invariants
 //!
@@ -78,6 +81,7 @@ pub mod fx;
 pub mod groups;
 pub mod grpc;
 pub mod ledger_reads;
+pub mod metrics;
 pub mod payments;
 pub mod reconciliation;
 pub mod risk;

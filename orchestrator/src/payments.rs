@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::feeds::{Subscription, Update};
 use crate::fx::Fx;
 use crate::grpc::convert;
+use crate::metrics::Observed;
 use crate::storage::risk::{Counts, PaymentFeatures};
 use crate::storage::{self, Cursor, FeedPage, StoredPayment};
 use crate::workflow::{Committed, Round, Workflow, booking_context, outbox_rows};
@@ -141,6 +142,7 @@ impl Payments {
         let rows = outbox_rows(&mut stored, &events, now)?;
         storage::insert_payment(&mut tx, &stored, &request_id, &rows, &features).await?;
         tx.commit().await?;
+        Observed::of(&stored.record, &stored.card_group_id, &events).record();
         self.workflow.remember_accounts(accounts);
         self.workflow
             .announce(&id, stored.record.saga.state.is_at_rest());
@@ -451,10 +453,12 @@ impl Payments {
             stored.lease_owner = Some(self.workflow.owner().to_owned());
             stored.lease_until = self.workflow.lease_until(now);
         }
-        self.workflow
+        let observed = self
+            .workflow
             .save(&mut tx, &mut stored, &events, now)
             .await?;
         tx.commit().await?;
+        observed.record();
         self.workflow
             .announce(id, stored.record.saga.state.is_at_rest());
         if take {
@@ -508,10 +512,12 @@ impl Payments {
             .workflow
             .plan_round(&mut tx, &mut stored, &mut events, now)
             .await?;
-        self.workflow
+        let observed = self
+            .workflow
             .save(&mut tx, &mut stored, &events, now)
             .await?;
         tx.commit().await?;
+        observed.record();
         tracing::info!(
             payment_id = %id,
             verdict = ?review.verdict,
@@ -564,11 +570,13 @@ impl Payments {
             .record
             .add_note(note.text, actor, now)
             .ok_or(Error::NoteLimitReached)?;
-        self.workflow
+        let observed = self
+            .workflow
             .save(&mut tx, &mut stored, &[event], now)
             .await?;
         storage::store_response(&mut tx, &note.request_id, index.to_string().as_bytes()).await?;
         tx.commit().await?;
+        observed.record();
         self.workflow
             .announce(&note.payment_id, stored.record.saga.state.is_at_rest());
         stored.update_time = now;
@@ -592,10 +600,12 @@ impl Payments {
             let Some(event) = stored.record.mark_delayed(now) else {
                 continue;
             };
-            self.workflow
+            let observed = self
+                .workflow
                 .save(&mut tx, &mut stored, &[event], now)
                 .await?;
             tx.commit().await?;
+            observed.record();
             self.workflow.announce(&id, false);
             tracing::warn!(payment_id = %id, "payment delayed: not terminal in time");
             marked += 1;

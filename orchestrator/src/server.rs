@@ -68,6 +68,9 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The metrics endpoint could not listen.
+    #[error("metrics: cannot listen: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// Opens the orchestrator's pool and applies its and the ledger's migrations.
@@ -98,6 +101,15 @@ pub async fn run_with(
     let pool = connect_database(&settings).await?;
     let vault = VaultClient::connect_lazy(&settings.vault)?;
     let (stop_sender, stop) = watch::channel(false);
+    // Before anything records: what the server records from its start is kept.
+    let metrics_task = tandem_runtime::metrics::start(
+        &settings.metrics,
+        || metrics_endpoint(pool.clone()),
+        stop.clone(),
+    )
+    .await
+    .map_err(RunError::Metrics)?
+    .map(|(_, task)| task);
     let workflow = Workflow::new(
         pool.clone(),
         vault,
@@ -238,6 +250,7 @@ pub async fn run_with(
     let serve = tandem_runtime::serving::builder(&settings.server)
         .layer(tandem_runtime::wire::layer(crate::grpc::status::DOMAIN))
         .layer(tandem_runtime::correlation::layer())
+        .layer(tandem_runtime::telemetry::layer("tandem-orchestrator"))
         .layer(tandem_runtime::admission::layer(
             settings.limits.clone(),
             uri_prefix,
@@ -290,9 +303,14 @@ pub async fn run_with(
     feeds_task.abort();
     delay_task.abort();
     prune_task.abort();
-    for task in [reconciliation_task, webhook_task, rates_file_task]
-        .into_iter()
-        .flatten()
+    for task in [
+        reconciliation_task,
+        webhook_task,
+        rates_file_task,
+        metrics_task,
+    ]
+    .into_iter()
+    .flatten()
     {
         task.abort();
     }
@@ -300,4 +318,44 @@ pub async fn run_with(
     // restart) resumes them once the leases expire.
     pool.close().await;
     result.map_err(RunError::from)
+}
+
+/// The orchestrator's metrics endpoint: the families of [`crate::metrics`], with the gauges of
+/// the database read at a scrape (the payments in flight, the open discrepancies; at most every
+/// few seconds: scrapes in between reuse them).
+fn metrics_endpoint(pool: PgPool) -> tandem_runtime::metrics::Endpoint {
+    const READ_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+    /// When the gauges were last read, and the discrepancy series reported then.
+    #[derive(Default)]
+    struct Read {
+        at: Option<std::time::Instant>,
+        discrepancies: std::collections::BTreeSet<(String, String)>,
+    }
+    crate::metrics::describe();
+    let read: Arc<tokio::sync::Mutex<Read>> = Arc::default();
+    let refresh: tandem_runtime::metrics::Refresh = Arc::new(move || {
+        let (pool, read) = (pool.clone(), read.clone());
+        Box::pin(async move {
+            let mut read = read.lock().await;
+            if read.at.is_some_and(|at| at.elapsed() < READ_TTL) {
+                return;
+            }
+            let in_flight = crate::storage::in_flight(&pool).await;
+            let discrepancies = crate::storage::reconciliation::open_discrepancies(&pool).await;
+            match (in_flight, discrepancies) {
+                (Ok((count, oldest)), Ok(discrepancies)) => {
+                    crate::metrics::in_flight(count, oldest, time::OffsetDateTime::now_utc());
+                    crate::metrics::open_discrepancies(&discrepancies, &mut read.discrepancies);
+                    read.at = Some(std::time::Instant::now());
+                }
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::warn!(%error, "database gauges unavailable for metrics");
+                }
+            }
+        })
+    });
+    tandem_runtime::metrics::Endpoint {
+        prefix: "tandem_orchestrator_",
+        refresh: Some(refresh),
+    }
 }

@@ -625,21 +625,51 @@ pub async fn lease_expired(
     owner: &str,
     lease_until: OffsetDateTime,
     limit: i64,
-) -> Result<Vec<String>, Error> {
+) -> Result<Vec<Expired>, Error> {
     let rows = sqlx::query(
-        "UPDATE payments SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
-           SELECT id FROM payments WHERE NOT settled AND lease_until < now() \
-           ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id",
+        "WITH expired AS (SELECT id, lease_until FROM payments \
+           WHERE NOT settled AND lease_until < now() \
+           ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         UPDATE payments p SET lease_owner = $1, lease_until = $2 FROM expired \
+         WHERE p.id = expired.id RETURNING p.id, expired.lease_until AS expired_at, now() AS now",
     )
     .bind(owner)
     .bind(lease_until)
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| row.try_get("id"))
-        .collect::<Result<_, _>>()?)
+    rows.into_iter()
+        .map(|row| {
+            let expired_at: OffsetDateTime = row.try_get("expired_at")?;
+            let now: OffsetDateTime = row.try_get("now")?;
+            Ok(Expired {
+                id: row.try_get("id")?,
+                lag: now - expired_at,
+            })
+        })
+        .collect()
+}
+
+/// A payment [`lease_expired`] took over.
+#[derive(Debug, Clone)]
+pub struct Expired {
+    /// Its id.
+    pub id: String,
+    /// How long ago its lease had expired.
+    pub lag: time::Duration,
+}
+
+/// How many payments are on their way (neither terminal nor in review: a terminal payment
+/// with a refund pending is not), and when the oldest was created (the partial index of
+/// unsettled payments finds them), for the metrics.
+pub async fn in_flight(pool: &PgPool) -> Result<(i64, Option<OffsetDateTime>), Error> {
+    let row = sqlx::query(
+        "SELECT count(*) AS n, min(create_time) AS oldest FROM payments \
+         WHERE NOT settled AND state IN ('pending', 'authorizing', 'capturing', 'reversing')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.try_get("n")?, row.try_get("oldest")?))
 }
 
 /// Up to `limit` payments not terminal that were created before `cutoff` and have no

@@ -4,6 +4,7 @@
 //! outcome (timeout, unavailable, in progress) that is re-sent later with the same request id.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -14,6 +15,7 @@ use tandem_proto::tandem::vault::v1::charge_service_client::ChargeServiceClient;
 use tandem_proto::tandem::vault::v1::token_service_client::TokenServiceClient;
 use tonic::transport::Channel;
 use tonic_types::{ErrorDetails, StatusExt as _};
+use tracing::Instrument as _;
 
 use crate::config::VaultSettings;
 use crate::domain::record::steps::AuthorizeAnswer;
@@ -151,13 +153,15 @@ impl VaultClient {
                 SettlementFileError::Refused(format!("{}: {}", describe(&status), status.message()))
             }
         };
-        let mut stream = self
-            .charges
-            .clone()
-            .download_settlement_file(request)
-            .await
-            .map_err(refused)?
-            .into_inner();
+        let mut stream = observed("DownloadSettlementFile", async {
+            self.charges
+                .clone()
+                .download_settlement_file(traced(request))
+                .await
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
         let mut file = Vec::new();
         while let Some(chunk) = stream.message().await.map_err(refused)? {
             if file.len() + chunk.data.len() > bytes_max {
@@ -175,7 +179,10 @@ impl VaultClient {
         let request = pb::GetTokenRequest {
             token: token.to_owned(),
         };
-        match self.tokens.clone().get_token(request).await {
+        let read = observed("GetToken", async {
+            self.tokens.clone().get_token(traced(request)).await
+        });
+        match read.await {
             Ok(response) => {
                 let card = response.into_inner().card.unwrap_or_default();
                 if card.state == pb::TokenState::Active as i32 {
@@ -216,8 +223,11 @@ impl VaultClient {
                 metadata: Default::default(),
             })
             .collect();
-        let request = correlated(pb::BatchAuthorizeRequest { requests }, correlation_id);
-        let results = self.charges.clone().batch_authorize(request).await;
+        let results = observed("BatchAuthorize", async {
+            let request = correlated(pb::BatchAuthorizeRequest { requests }, correlation_id);
+            self.charges.clone().batch_authorize(request).await
+        })
+        .await;
         let results = per_item(results.map(|r| r.into_inner().results), items.len());
         results
             .into_iter()
@@ -237,7 +247,10 @@ impl VaultClient {
                 request_id.to_owned(),
             )),
         };
-        match self.charges.clone().get_charge(request).await {
+        let read = observed("GetCharge", async {
+            self.charges.clone().get_charge(traced(request)).await
+        });
+        match read.await {
             Ok(response) => match answer(response.into_inner().charge.unwrap_or_default()) {
                 Ok(answer) => Ok(Some(answer)),
                 Err(_) => Ok(None),
@@ -266,8 +279,11 @@ impl VaultClient {
                 amount: Some(money(item.currency, item.amount)),
             })
             .collect();
-        let request = correlated(pb::BatchCaptureRequest { requests }, correlation_id);
-        let results = self.charges.clone().batch_capture(request).await;
+        let results = observed("BatchCapture", async {
+            let request = correlated(pb::BatchCaptureRequest { requests }, correlation_id);
+            self.charges.clone().batch_capture(request).await
+        })
+        .await;
         let results = per_item(results.map(|r| r.into_inner().results), items.len());
         self.settled_all(results, items, pb::ChargeState::Captured)
             .await
@@ -291,8 +307,11 @@ impl VaultClient {
                 reason: "split payment not covered".to_owned(),
             })
             .collect();
-        let request = correlated(pb::BatchVoidRequest { requests }, correlation_id);
-        let results = self.charges.clone().batch_void(request).await;
+        let results = observed("BatchVoid", async {
+            let request = correlated(pb::BatchVoidRequest { requests }, correlation_id);
+            self.charges.clone().batch_void(request).await
+        })
+        .await;
         let results = per_item(results.map(|r| r.into_inner().results), items.len());
         self.settled_all(results, items, pb::ChargeState::Voided)
             .await
@@ -330,15 +349,14 @@ impl VaultClient {
                         charge_id.to_owned(),
                     )),
                 };
-                let charge = self
-                    .charges
-                    .clone()
-                    .get_charge(read)
-                    .await
-                    .map_err(|e| Unknown(describe(&e)))?
-                    .into_inner()
-                    .charge
-                    .unwrap_or_default();
+                let charge = observed("GetCharge", async {
+                    self.charges.clone().get_charge(traced(read)).await
+                })
+                .await
+                .map_err(|e| Unknown(describe(&e)))?
+                .into_inner()
+                .charge
+                .unwrap_or_default();
                 if charge.state != expected as i32 {
                     tracing::error!(
                         charge_id,
@@ -376,16 +394,19 @@ impl VaultClient {
         amount: i64,
         reason_text: &str,
     ) -> Result<RefundAnswer, Unknown> {
-        let request = correlated(
-            pb::RefundRequest {
-                request_id: op.request_id.to_owned(),
-                charge_id: charge_id.to_owned(),
-                amount: Some(money(currency, amount)),
-                reason: reason_text.to_owned(),
-            },
-            op.correlation_id,
-        );
-        match self.charges.clone().refund(request).await {
+        let refund = observed("Refund", async {
+            let request = correlated(
+                pb::RefundRequest {
+                    request_id: op.request_id.to_owned(),
+                    charge_id: charge_id.to_owned(),
+                    amount: Some(money(currency, amount)),
+                    reason: reason_text.to_owned(),
+                },
+                op.correlation_id,
+            );
+            self.charges.clone().refund(request).await
+        });
+        match refund.await {
             Ok(response) => {
                 let refund = response.into_inner().refund.unwrap_or_default();
                 match pb::RefundState::try_from(refund.state) {
@@ -478,13 +499,67 @@ fn money(currency: Currency, minor_units: i64) -> types::Money {
 }
 
 /// The request with `x-request-id` set to the caller's correlation id, so the vault's logs and
-/// audit rows carry it beside the operation's own id (the message's `request_id`).
+/// audit rows carry it beside the operation's own id (the message's `request_id`), and with
+/// the current span's trace context (`traceparent`), so the vault's spans join the trace.
 fn correlated<T>(message: T, correlation_id: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
+    let mut request = traced(message);
     if let Ok(value) = correlation_id.parse() {
         request.metadata_mut().insert("x-request-id", value);
     }
     request
+}
+
+/// The request with the current span's trace context (`traceparent`).
+fn traced<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    tandem_runtime::telemetry::inject(request.metadata_mut());
+    request
+}
+
+/// Runs one vault call of `rpc` in a client span (whose context [`correlated`] sends with
+/// it), timed by outcome.
+async fn observed<T>(
+    rpc: &'static str,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    let span = tracing::info_span!(
+        "vault",
+        otel.name = %format_args!("vault {rpc}"),
+        otel.kind = "client",
+        rpc,
+    );
+    let started = std::time::Instant::now();
+    let result = call.instrument(span).await;
+    let outcome = match &result {
+        Ok(_) => "OK",
+        Err(status) => code_label(status.code()),
+    };
+    crate::metrics::vault_call(rpc, outcome, started.elapsed());
+    result
+}
+
+/// A gRPC code as the protocol names it.
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 /// An authorization's charge as an answer; a PENDING charge has none yet.

@@ -35,6 +35,7 @@ use tandem_ledger::types::{NewAccount, TransferResult};
 use tandem_runtime::admission::InFlight;
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tracing::Instrument as _;
 
 use crate::config::PaymentSettings;
 use crate::domain::booking::{self, BookingContext};
@@ -47,6 +48,7 @@ use crate::domain::saga::{Command, Outcome};
 use crate::error::Error;
 use crate::feeds::Feeds;
 use crate::grpc::convert;
+use crate::metrics::Observed;
 use crate::storage::{self, StoredContent, StoredPayment};
 use crate::vault::{AuthorizeItem, Operation, RefundAnswer, SettleItem, Unknown, VaultClient};
 use tandem_runtime::ids::random_fraction as jitter;
@@ -316,29 +318,41 @@ impl Workflow {
         }
         let workflow = self.clone();
         let mut stop = self.stop.clone();
-        tokio::spawn(async move {
-            let _admitted = admitted;
-            let _driving = Driving {
-                workflow: &workflow,
-                payment_id: payment_id.clone(),
-            };
-            let drive = async {
-                let Ok(_slot) = workflow.slots.clone().acquire_owned().await else {
-                    return;
+        // The drive's span: a child of the call that started it (none for recovery), with the
+        // payment's correlation id once its record is read, on every line it logs (at ERROR, so
+        // whatever RUST_LOG lets through carries it).
+        let span = tracing::error_span!(
+            "drive",
+            otel.name = "payment drive",
+            payment_id = %payment_id,
+            correlation_id = tracing::field::Empty,
+        );
+        tokio::spawn(
+            async move {
+                let _admitted = admitted;
+                let _driving = Driving {
+                    workflow: &workflow,
+                    payment_id: payment_id.clone(),
                 };
-                if let Err(error) = workflow.drive_from(&payment_id, first).await {
-                    tracing::warn!(
-                        payment_id,
-                        %error,
-                        "payment drive stopped; recovery resumes it"
-                    );
+                let drive = async {
+                    let Ok(_slot) = workflow.slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    if let Err(error) = workflow.drive_from(&payment_id, first).await {
+                        tracing::warn!(
+                            payment_id,
+                            %error,
+                            "payment drive stopped; recovery resumes it"
+                        );
+                    }
+                };
+                tokio::select! {
+                    () = drive => {}
+                    _ = stop.wait_for(|stopped| *stopped) => {}
                 }
-            };
-            tokio::select! {
-                () = drive => {}
-                _ = stop.wait_for(|stopped| *stopped) => {}
             }
-        });
+            .instrument(span),
+        );
     }
 
     /// Drives a payment (leased to this instance) until nothing is left to do, the lease is
@@ -355,16 +369,35 @@ impl Workflow {
             Some(round) => round,
             None => self.intents(payment_id).await?,
         };
+        let mut rounds = 0u32;
         loop {
             let (steps, refunds, record) = match round {
                 Round::Steps(steps, refunds, record) => (steps, refunds, record),
                 Round::Settled | Round::Lost => return Ok(()),
             };
+            if rounds == 0
+                && let Some(id) = &record.correlation_id
+            {
+                tracing::Span::current().record("correlation_id", id.as_str());
+            }
+            rounds += 1;
             self.crash_point(CrashPoint::AfterIntent).await;
-            let (answers, refund_answers) = tokio::join!(
-                self.calls(&record, &steps),
-                join_all(refunds.iter().map(|step| self.call_refund(&record, step))),
+            // Each round of the saga is a span: its steps' vault calls are its children.
+            let span = tracing::info_span!(
+                "round",
+                otel.name = "saga round",
+                round = rounds,
+                steps = %round_steps(&steps, refunds.len()),
+                state = crate::metrics::state_label(record.saga.state),
             );
+            let (answers, refund_answers) = async {
+                tokio::join!(
+                    self.calls(&record, &steps),
+                    join_all(refunds.iter().map(|step| self.call_refund(&record, step))),
+                )
+            }
+            .instrument(span)
+            .await;
             self.crash_point(CrashPoint::AfterCall).await;
             let unknown = answers.iter().filter(|a| a.is_err()).count()
                 + refund_answers.iter().filter(|a| a.is_err()).count();
@@ -470,8 +503,9 @@ impl Workflow {
         let (steps, refunds) = self
             .plan_round(&mut tx, &mut stored, &mut events, now)
             .await?;
-        self.save(&mut tx, &mut stored, &events, now).await?;
+        let observed = self.save(&mut tx, &mut stored, &events, now).await?;
         tx.commit().await?;
+        observed.record();
         if !events.is_empty() {
             self.announce(payment_id, stored.record.saga.state.is_at_rest());
         }
@@ -695,6 +729,7 @@ impl Workflow {
         };
         book(&mut tx, &[written.transfers.as_slice()]).await?;
         tx.commit().await?;
+        written.observed.record();
         self.announce(&job.payment_id, written.terminal);
         Ok(written.next)
     }
@@ -805,9 +840,10 @@ impl Workflow {
             self.keep_lease(&mut stored, now);
             None
         };
-        self.save(&mut *tx, &mut stored, &events, now).await?;
+        let observed = self.save(&mut *tx, &mut stored, &events, now).await?;
         Ok(Some(Written {
             transfers,
+            observed,
             terminal: stored.record.saga.state.is_at_rest(),
             next: planned.map(|(steps, refunds)| Round::of(steps, refunds, stored.record)),
         }))
@@ -869,10 +905,12 @@ impl Workflow {
         let mut tx = self.pool.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut transfers = Vec::new();
+        let mut observed = Observed::default();
         for (job, _) in batch {
             match self.prepare_results(&mut tx, job).await? {
                 Some(written) => {
                     transfers.push(written.transfers);
+                    observed.append(written.observed);
                     outcomes.push(Some((written.terminal, written.next)));
                 }
                 None => outcomes.push(None),
@@ -882,6 +920,7 @@ impl Workflow {
             transfers.iter().map(Vec::as_slice).collect();
         book(&mut tx, &batches).await?;
         tx.commit().await?;
+        observed.record();
         Ok(outcomes)
     }
 
@@ -903,14 +942,15 @@ impl Workflow {
     }
 
     /// Saves the payment with `events` appended to its outbox, each event with the payment as
-    /// it is after the change.
+    /// it is after the change; returns what the change shows the metrics, to record once it
+    /// commits.
     pub(crate) async fn save(
         &self,
         conn: &mut sqlx::PgConnection,
         stored: &mut StoredPayment,
         events: &[Event],
         now: OffsetDateTime,
-    ) -> Result<(), Error> {
+    ) -> Result<Observed, Error> {
         let rows = outbox_rows(stored, events, now)?;
         // The issuers' declines it records count for risk, in the same statement.
         let declined = stored.record.declined_cards(events);
@@ -920,7 +960,8 @@ impl Workflow {
             &declined,
             now,
         ));
-        storage::save_payment(conn, stored, &rows, &declines, now).await
+        storage::save_payment(conn, stored, &rows, &declines, now).await?;
+        Ok(Observed::of(&stored.record, &stored.card_group_id, events))
     }
 
     /// One round of the recovery worker: leases payments whose lease expired and drives each.
@@ -940,9 +981,10 @@ impl Workflow {
             i64::try_from(available).unwrap_or(i64::MAX),
         )
         .await?;
-        for id in &ids {
-            tracing::info!(payment_id = %id, "resuming payment");
-            self.spawn(id.clone(), None);
+        for expired in &ids {
+            tracing::info!(payment_id = %expired.id, "resuming payment");
+            crate::metrics::recovered(expired.lag);
+            self.spawn(expired.id.clone(), None);
         }
         Ok(ids.len())
     }
@@ -974,6 +1016,30 @@ impl Workflow {
             }
         }
     }
+}
+
+/// What a round sends, for its span: `authorize x2, capture x1, refund x1`.
+fn round_steps(steps: &[Step], refunds: usize) -> String {
+    let mut counts = [
+        ("authorize", 0),
+        ("capture", 0),
+        ("void", 0),
+        ("refund", refunds),
+    ];
+    for step in steps {
+        let kind = match step.command {
+            Command::Authorize(_) => 0,
+            Command::Capture(_) => 1,
+            Command::Void(_) => 2,
+        };
+        counts[kind].1 += 1;
+    }
+    counts
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(kind, n)| format!("{kind} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Converts, once, the card groups still held as encoded `CardGroup` messages (written before
@@ -1022,6 +1088,8 @@ type Reply = tokio::sync::oneshot::Sender<Result<Option<Round>, Error>>;
 /// is now terminal, and its next round if it was planned (its intents written with them).
 struct Written {
     transfers: Vec<tandem_ledger::types::Transfer>,
+    /// What it shows the metrics, once committed.
+    observed: Observed,
     terminal: bool,
     next: Option<Round>,
 }

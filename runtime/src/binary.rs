@@ -1,6 +1,7 @@
-//! The entry point every server binary shares: JSON logs, `--config PATH`, settings from the
-//! file and the environment ([`ServiceSettings`], [`load_service`]), the listening socket, and
-//! serving until SIGINT or SIGTERM. A bad setting or an unusable address stops the process
+//! The entry point every server binary shares: `--config PATH`, settings from the file and the
+//! environment ([`ServiceSettings`], [`load_service`]), JSON logs and traces as the settings
+//! say, the listening socket, and serving until SIGINT or SIGTERM (then the spans still
+//! waiting are exported). A bad setting or an unusable address stops the process
 //! with one line on stderr.
 
 use std::fmt::Display;
@@ -13,17 +14,18 @@ use tokio::net::TcpListener;
 use serde::de::DeserializeOwned;
 
 use crate::admission::LimitSettings;
+use crate::metrics::MetricsSettings;
 use crate::settings::{
     ConfigError, DatabaseSettings, ServerSettings, TlsSettings, load, service_base,
 };
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::{self, LogFormat, TelemetrySettings};
 
 /// Runs server binary `name`: `load` reads its settings (from the `--config` file, if given,
 /// and the environment), `server` picks its server section (where and how it listens), and
 /// `run` serves until the
 /// shutdown future completes. Exit codes: 0 after a clean shutdown, 1 when serving fails, 2
 /// for bad usage or settings.
-pub async fn serve<S, E, Run, Served>(
+pub async fn serve<S: ServiceSettings, E, Run, Served>(
     name: &str,
     load: impl FnOnce(Option<&Path>) -> Result<S, ConfigError>,
     server: impl FnOnce(&S) -> ServerSettings,
@@ -34,7 +36,6 @@ where
     Served: Future<Output = Result<(), E>>,
     E: Display,
 {
-    telemetry::init(LogFormat::Json, "info");
     let mut args = std::env::args().skip(1);
     let config = match (args.next().as_deref(), args.next()) {
         (None, _) => None,
@@ -51,6 +52,14 @@ where
             return ExitCode::from(2);
         }
     };
+    let telemetry = match telemetry::init(LogFormat::Json, "info", name, settings.observability().1)
+    {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let server = server(&settings);
     let listener = match crate::serving::bind(&server) {
         Ok(listener) => listener,
@@ -59,7 +68,9 @@ where
             return ExitCode::from(1);
         }
     };
-    match run(listener, settings, Box::pin(crate::shutdown_signal())).await {
+    let served = run(listener, settings, Box::pin(crate::shutdown_signal())).await;
+    telemetry.shutdown().await;
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("{name}: {error}");
@@ -80,6 +91,9 @@ pub trait ServiceSettings: DeserializeOwned + Default {
     /// Its `[limits]` section.
     fn limits(&self) -> &LimitSettings;
 
+    /// Its `[metrics]` and `[telemetry]` sections.
+    fn observability(&self) -> (&MetricsSettings, &TelemetrySettings);
+
     /// Checks every value's range; the first failure names its key.
     fn validate(&self) -> Result<(), ConfigError>;
 }
@@ -96,6 +110,15 @@ pub fn load_service<S: ServiceSettings>(
     let (server, tls, database) = defaults.common();
     let mut base = service_base(server, tls, database);
     base.insert("limits".to_owned(), defaults.limits().base());
+    // A file that sets some keys of `[metrics]` keeps the server's own port for the others.
+    let (metrics, _) = defaults.observability();
+    let mut section = toml::Table::new();
+    section.insert("enabled".into(), toml::Value::Boolean(metrics.enabled));
+    section.insert(
+        "listen_addr".into(),
+        toml::Value::String(metrics.listen_addr.to_string()),
+    );
+    base.insert("metrics".to_owned(), toml::Value::Table(section));
     let settings: S = load(base, path, env, S::ENV_PREFIX)?;
     settings.validate()?;
     Ok(settings)

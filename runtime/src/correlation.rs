@@ -16,7 +16,8 @@ pub const BYTES_MAX: usize = 128;
 const DIGITS_IN_A_ROW_MAX: usize = 11;
 
 /// `value` if it is a safe correlation id: 1 to [`BYTES_MAX`] printable ASCII characters with
-/// no run of digits as long as a card number.
+/// no run of digits as long as a card number, and no card number written in groups (digits
+/// joined by `-`, `.`, `:` or `/` that hold 12 to 19 digits passing the Luhn check).
 pub fn accept(value: &str) -> Option<&str> {
     let printable = !value.is_empty()
         && value.len() <= BYTES_MAX
@@ -26,7 +27,44 @@ pub fn accept(value: &str) -> Option<&str> {
         run = if b.is_ascii_digit() { run + 1 } else { 0 };
         run <= DIGITS_IN_A_ROW_MAX
     });
-    (printable && digits_ok).then_some(value)
+    (printable && digits_ok && !grouped_card_number(value)).then_some(value)
+}
+
+/// Whether digits joined by separators (`4242-4242-4242-4242`) hold a Luhn-valid run of 12 to
+/// 19 digits.
+fn grouped_card_number(value: &str) -> bool {
+    let mut joined: Vec<u8> = Vec::new();
+    let mut found = false;
+    let mut check = |digits: &mut Vec<u8>| {
+        found |= (12..=19).any(|len| digits.windows(len).any(luhn_valid));
+        digits.clear();
+    };
+    for b in value.bytes() {
+        match b {
+            b'0'..=b'9' => joined.push(b - b'0'),
+            b'-' | b'.' | b':' | b'/' => {}
+            _ => check(&mut joined),
+        }
+    }
+    check(&mut joined);
+    found
+}
+
+fn luhn_valid(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            let d = u32::from(*d);
+            if i % 2 == 1 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
 }
 
 /// The request's correlation id as [`layer`] left it (absent only without the layer).
@@ -86,6 +124,10 @@ mod tests {
             ("tab\tinside", false),
             ("pan-4242424242424242", false),
             ("123456789012", false),
+            ("card-4242-4242-4242-4242", false),
+            ("4242.4242.4242.4242", false),
+            ("3782-822463-10005", false),
+            ("billing-2026-12-07-0002", true),
         ] {
             assert_eq!(accept(value).is_some(), ok, "{value:?}");
         }

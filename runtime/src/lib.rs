@@ -13,10 +13,12 @@
 //!   invariant), one classification for both services.
 //! - [`fields`]: bad input field by field, for `INVALID_ARGUMENT`'s `BadRequest`.
 //! - [`ids`]: random ids of 128 bits with a type prefix.
+//! - [`metrics`]: the process's Prometheus registry and each server's `/metrics` endpoint.
 //! - [`pages`]: page tokens bound to the query they page.
 //! - [`serving`]: the listening socket, the tonic server with the shared limits, reflection,
 //!   and the graceful stop.
-//! - [`telemetry`]: `tracing` with JSON output.
+//! - [`telemetry`]: JSON logs, and traces over OTLP: every call a span, joined to the caller's
+//!   W3C `traceparent`, with its correlation id on every line.
 //! - [`time`]: now, in the microseconds Postgres keeps.
 //! - [`wire`]: tonic's own request errors (undecodable, oversized) in the client's terms.
 
@@ -27,6 +29,7 @@ pub mod database;
 pub mod fields;
 pub mod headers;
 pub mod ids;
+pub mod metrics;
 pub mod pages;
 pub mod serving;
 pub mod settings;

@@ -136,13 +136,19 @@ def _running_stack(extra_env=None):
         TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR=f"127.0.0.1:{orchestrator_port}",
         # Not the fixed default (9464): a module's own stack runs beside the shared one.
         TANDEM_VAULT__METRICS__LISTEN_ADDR=f"127.0.0.1:{_free_port()}",
+        TANDEM_ORCHESTRATOR__METRICS__LISTEN_ADDR=f"127.0.0.1:{_free_port()}",
+        # What the servers log at INFO joins the suite's logs scanned for card numbers.
+        RUST_LOG=os.environ.get("RUST_LOG", "info"),
         # The ledger suite exports ranges that end at the moment of the call; a deployment
         # keeps the default settling time (a minute) so an export never changes once taken.
         TANDEM_ORCHESTRATOR__LEDGER__EXPORT_SETTLE_MS="0",
     )
     env.update(extra_env or {})
     database = f"tandem_test_py_{uuid.uuid4().hex[:12]}"
-    log = open(certs / "vault.log", "wb")
+    # What `tandemctl dev` prints (its instructions, with a grpcurl example's test card) apart
+    # from what its servers log.
+    out = open(certs / "dev.out", "wb")
+    log = open(certs / "servers.log", "wb")
     process = subprocess.Popen(
         [
             str(TANDEMCTL),
@@ -156,20 +162,25 @@ def _running_stack(extra_env=None):
         ],
         cwd=ROOT,
         env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        stdout=out,
+        stderr=log,
     )
     # Ready once it says so: it has then reached both servers (it seeds a group through them).
     # Listening is not enough: a server may still fail after its port is bound (its metrics
     # port taken, say), and `tandemctl dev` then exits.
     deadline = time.monotonic() + 60
-    while b"serving; press Ctrl-C to stop" not in (certs / "vault.log").read_bytes():
+    while b"serving; press Ctrl-C to stop" not in (certs / "dev.out").read_bytes():
         if process.poll() is not None or time.monotonic() > deadline:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+            out.close()
             log.close()
-            pytest.fail("tandemctl dev did not start:\n" + (certs / "vault.log").read_text())
+            pytest.fail(
+                "tandemctl dev did not start:\n"
+                + (certs / "dev.out").read_text()
+                + (certs / "servers.log").read_text()
+            )
         time.sleep(0.1)
     try:
         yield Vault(f"127.0.0.1:{port}", certs, f"127.0.0.1:{orchestrator_port}")
@@ -180,7 +191,13 @@ def _running_stack(extra_env=None):
         finally:
             if process.poll() is None:
                 process.kill()
+            out.close()
             log.close()
+        # The stack's log joins the suite's, which the test script scans for card numbers.
+        log_dir = os.environ.get("TANDEM_TEST_LOG_DIR")
+        if log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+            shutil.copy(certs / "servers.log", pathlib.Path(log_dir) / f"python-{database}.log")
         shutil.rmtree(certs, ignore_errors=True)
 
 

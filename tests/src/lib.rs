@@ -218,6 +218,7 @@ impl RunningVault {
 
     /// Starts a vault with `settings` on `database`.
     pub async fn start_with(settings: Settings, database: TestDatabase) -> RunningVault {
+        LogCapture::suite();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -368,6 +369,8 @@ pub fn orchestrator_settings(
     settings.reconciliation.worker_enabled = false;
     settings.server.shutdown_grace_ms = 2_000;
     settings.limits = LimitSettings::uniform(ClassLimits::UNLIMITED);
+    // Tests run in parallel: each orchestrator's metrics endpoint takes a free port.
+    settings.metrics.listen_addr = "127.0.0.1:0".parse().expect("socket address");
     settings
 }
 
@@ -411,6 +414,7 @@ impl RunningOrchestrator {
         database: TestDatabase,
         crash: Option<Arc<tandem_orchestrator::workflow::CrashPlan>>,
     ) -> RunningOrchestrator {
+        LogCapture::suite();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -507,23 +511,46 @@ pub fn orchestrator_reason(status: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
-/// Captured log output of this test process.
+/// Captured log output of this test process: kept in memory for the test that reads it, and
+/// appended to a file under `TANDEM_TEST_LOG_DIR` when it is set, which `scripts/test.sh`
+/// scans for card numbers once the whole suite ran.
 #[derive(Clone, Default)]
-pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+pub struct LogCapture {
+    text: Arc<Mutex<Vec<u8>>>,
+    file: Option<Arc<Mutex<std::fs::File>>>,
+}
 
 impl LogCapture {
     /// Installs a global subscriber at TRACE level (everything, including dependencies) that
     /// writes JSON lines into the capture. Every call in a process returns the same capture
-    /// (tests sharing a process, as under `cargo test`, share it).
+    /// (tests sharing a process, as under `cargo test`, share it); so does [`LogCapture::suite`]
+    /// once either ran.
     pub fn install() -> LogCapture {
+        LogCapture::install_with("trace")
+    }
+
+    /// The capture every test's servers log into: Tandem's crates at TRACE, the rest at INFO
+    /// (dependencies' frame-level tracing would slow the suite down), unless the test already
+    /// installed [`LogCapture::install`].
+    pub fn suite() -> LogCapture {
+        LogCapture::install_with(
+            "info,tandem_vault=trace,tandem_orchestrator=trace,tandem_runtime=trace,\
+             tandem_ledger=trace,tandem_tls=trace,tandem_tests=trace",
+        )
+    }
+
+    fn install_with(filter: &str) -> LogCapture {
         static CAPTURE: OnceLock<LogCapture> = OnceLock::new();
         CAPTURE
             .get_or_init(|| {
-                let capture = LogCapture::default();
+                let capture = LogCapture {
+                    text: Arc::default(),
+                    file: suite_log_file().map(|file| Arc::new(Mutex::new(file))),
+                };
                 let writer = capture.clone();
                 tracing_subscriber::fmt()
                     .json()
-                    .with_max_level(tracing::Level::TRACE)
+                    .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
                     .with_writer(move || writer.clone())
                     .init();
                 capture
@@ -533,13 +560,34 @@ impl LogCapture {
 
     /// Everything logged so far.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+        String::from_utf8_lossy(&self.text.lock().expect("log buffer")).into_owned()
     }
+}
+
+/// This process's file of the suite's logs: `$TANDEM_TEST_LOG_DIR/<test binary>-<pid>.jsonl`.
+fn suite_log_file() -> Option<std::fs::File> {
+    let dir = PathBuf::from(std::env::var_os("TANDEM_TEST_LOG_DIR")?);
+    std::fs::create_dir_all(&dir).ok()?;
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "test".to_owned());
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{binary}-{}.jsonl", std::process::id())))
+        .ok()
 }
 
 impl std::io::Write for LogCapture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").write_all(buf)?;
+        self.text.lock().expect("log buffer").write_all(buf)?;
+        if let Some(file) = &self.file {
+            file.lock().expect("log file").write_all(buf)?;
+        }
         Ok(buf.len())
     }
 

@@ -37,8 +37,10 @@ pub struct Settings {
     pub charges: ChargeSettings,
     /// The processor connector.
     pub connector: ConnectorSettings,
-    /// The Prometheus metrics endpoint.
+    /// The Prometheus metrics endpoint (loopback port 9464 by default).
     pub metrics: MetricsSettings,
+    /// Traces (OpenTelemetry over OTLP; off by default).
+    pub telemetry: TelemetrySettings,
 }
 
 impl Default for Settings {
@@ -59,33 +61,16 @@ impl Default for Settings {
             audit: AuditSettings::default(),
             charges: ChargeSettings::default(),
             connector: ConnectorSettings::default(),
-            metrics: MetricsSettings::default(),
+            metrics: MetricsSettings::on_port(9464),
+            telemetry: TelemetrySettings::default(),
         }
     }
 }
 
-/// The Prometheus metrics endpoint (plain HTTP: keep it on loopback or a private network).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsSettings {
-    /// Whether to serve `/metrics`.
-    pub enabled: bool,
-    /// Address of the metrics endpoint.
-    pub listen_addr: SocketAddr,
-    /// The endpoint is unauthenticated plain HTTP: a non-loopback `listen_addr` is refused
-    /// unless this is set (for a private network or a scraping sidecar).
-    pub allow_non_loopback: bool,
-}
-
-impl Default for MetricsSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            allow_non_loopback: false,
-        }
-    }
-}
+/// The Prometheus metrics endpoint (`[metrics]`, on loopback port 9464 by default).
+pub use tandem_runtime::metrics::MetricsSettings;
+/// Traces (`[telemetry]`).
+pub use tandem_runtime::telemetry::TelemetrySettings;
 
 /// Where the root key comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -277,11 +262,15 @@ impl ServiceSettings for Settings {
         &self.limits
     }
 
+    fn observability(&self) -> (&MetricsSettings, &TelemetrySettings) {
+        (&self.metrics, &self.telemetry)
+    }
+
     /// Checks every value's range; the first failure names its key.
     fn validate(&self) -> Result<(), ConfigError> {
         let common =
             tandem_runtime::settings::common_checks(&self.server, &self.tls, &self.database);
-        let checks: [Check; 19] = [
+        let checks: [Check; 18] = [
             (
                 (1..=1 << 32).contains(&self.keys.dek_encryptions_max),
                 "keys.dek_encryptions_max",
@@ -333,14 +322,6 @@ impl ServiceSettings for Settings {
                 "keys.rewrap_rows_per_s_max",
                 "must be 1 to 1000000 (and keys.rewrap_batch_max 1 to 10000, \
                  keys.rewrap_interval_ms 10 to 3600000)",
-            ),
-            (
-                !self.metrics.enabled
-                    || self.metrics.allow_non_loopback
-                    || self.metrics.listen_addr.ip().is_loopback(),
-                "metrics.listen_addr",
-                "must be a loopback address (the endpoint is plain, unauthenticated HTTP), \
-                 or set metrics.allow_non_loopback",
             ),
             (
                 (1..=1_000_000_000_000_000).contains(&self.charges.amount_minor_max),
@@ -399,7 +380,14 @@ impl ServiceSettings for Settings {
                 "must be 1 to 5000000",
             ),
         ];
-        first_failure(common.into_iter().chain(self.limits.checks()).chain(checks))
+        first_failure(
+            common
+                .into_iter()
+                .chain(self.limits.checks())
+                .chain(self.metrics.checks())
+                .chain(self.telemetry.checks())
+                .chain(checks),
+        )
     }
 }
 

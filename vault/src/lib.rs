@@ -42,9 +42,10 @@
 //! - `locked`: locked pages, left out of core dumps, that hold every key.
 //! - [`hardening`]: the process settings and the wiping allocator that keep card data and keys
 //!   out of memory dumps.
-//! - [`metrics`]: the operation counters the writer feeds (a leaf: it imports nothing of the
-//!   vault); [`scrape`]: the Prometheus endpoint on a loopback port that renders them with
-//!   gauges of the seal, the connector and the keys.
+//! - [`metrics`]: the vault's metric families, their labels and descriptions, and what records
+//!   them (the writer counts audit rows, the connector times processor calls; a leaf: it
+//!   imports nothing of the vault); [`scrape`]: the vault's endpoint, which reads the gauges of
+//!   the seal, the connector and the keys at each scrape.
 //!
 //! # Invariants
 //!

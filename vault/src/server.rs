@@ -104,13 +104,11 @@ pub async fn run(
             None
         }
     };
-    let metrics = Arc::new(crate::metrics::Metrics::default());
     let (writer, writer_task) = Writer::spawn(
         pool.clone(),
         settings.audit.batch_size_max,
         settings.audit.queue_max,
         settings.audit.writer_tasks,
-        metrics.clone(),
     );
     let vault = Arc::new(Vault::new(
         pool.clone(),
@@ -139,20 +137,14 @@ pub async fn run(
     let key_admin = Arc::new(KeyAdmin::new(vault.clone(), settings.keys.clone()));
 
     let (stop_sender, stop) = watch::channel(false);
-    let metrics_task = if settings.metrics.enabled {
-        let listener = TcpListener::bind(settings.metrics.listen_addr)
-            .await
-            .map_err(RunError::Metrics)?;
-        tracing::info!(address = ?listener.local_addr().ok(), "metrics serving");
-        let sources = crate::scrape::Sources::new(metrics, charges.clone(), key_admin.clone());
-        Some(tokio::spawn(crate::scrape::serve(
-            listener,
-            sources,
-            stop.clone(),
-        )))
-    } else {
-        None
-    };
+    let metrics_task = tandem_runtime::metrics::start(
+        &settings.metrics,
+        || crate::scrape::endpoint(charges.clone(), key_admin.clone()),
+        stop.clone(),
+    )
+    .await
+    .map_err(RunError::Metrics)?
+    .map(|(_, task)| task);
     let rewrap_task = tokio::spawn(key_admin.clone().rewrap_loop(stop.clone()));
     let purge_task = tokio::spawn(purge_loop(
         vault.clone(),
@@ -217,6 +209,7 @@ pub async fn run(
 
     let serve = tandem_runtime::serving::builder(&settings.server)
         .layer(tandem_runtime::wire::layer(crate::grpc::status::DOMAIN))
+        .layer(tandem_runtime::telemetry::layer("tandem-vault"))
         .layer(tandem_runtime::admission::layer(
             settings.limits.clone(),
             uri_prefix,

@@ -27,7 +27,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit::chain;
 use crate::domain::audit::AuditEntry;
 use crate::error::Error;
-use crate::metrics::Metrics;
 use crate::storage;
 use crate::storage::tokens::CardInsert;
 
@@ -237,20 +236,12 @@ impl Writer {
         batch_size_max: usize,
         queue_max: usize,
         tasks: usize,
-        metrics: Arc<Metrics>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         assert!(batch_size_max > 0 && queue_max > 0 && tasks > 0);
         let (sender, receiver) = mpsc::channel(queue_max);
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         let workers: Vec<_> = (0..tasks)
-            .map(|_| {
-                tokio::spawn(run(
-                    pool.clone(),
-                    receiver.clone(),
-                    batch_size_max,
-                    metrics.clone(),
-                ))
-            })
+            .map(|_| tokio::spawn(run(pool.clone(), receiver.clone(), batch_size_max)))
             .collect();
         let task = tokio::spawn(async move {
             for worker in workers {
@@ -317,7 +308,7 @@ impl Writer {
     }
 }
 
-async fn run(pool: PgPool, receiver: SharedReceiver, batch_size_max: usize, metrics: Arc<Metrics>) {
+async fn run(pool: PgPool, receiver: SharedReceiver, batch_size_max: usize) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(batch_size_max);
     loop {
         // Hold the queue only while taking a batch, never while committing it.
@@ -329,7 +320,7 @@ async fn run(pool: PgPool, receiver: SharedReceiver, batch_size_max: usize, metr
         if received == 0 {
             return;
         }
-        commit(&pool, std::mem::take(&mut batch), &metrics).await;
+        commit(&pool, std::mem::take(&mut batch)).await;
         batch.reserve(batch_size_max);
     }
 }
@@ -337,8 +328,8 @@ async fn run(pool: PgPool, receiver: SharedReceiver, batch_size_max: usize, metr
 type SharedReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<Box<dyn Job>>>>;
 
 /// Commits a batch and answers every job in it.
-async fn commit(pool: &PgPool, mut jobs: Vec<Box<dyn Job>>, metrics: &Metrics) {
-    match try_commit(pool, &mut jobs, metrics).await {
+async fn commit(pool: &PgPool, mut jobs: Vec<Box<dyn Job>>) {
+    match try_commit(pool, &mut jobs).await {
         Ok(()) => jobs.into_iter().for_each(|job| job.complete(Ok(()))),
         Err(error) if jobs.len() == 1 => {
             tracing::error!(error = %error, "vault write failed");
@@ -350,7 +341,7 @@ async fn commit(pool: &PgPool, mut jobs: Vec<Box<dyn Job>>, metrics: &Metrics) {
             tracing::warn!(error = %error, jobs = jobs.len(), "batch failed; retrying one by one");
             for job in jobs {
                 let mut single = vec![job];
-                let result = try_commit(pool, &mut single, metrics).await;
+                let result = try_commit(pool, &mut single).await;
                 if let Err(error) = &result {
                     tracing::error!(error = %error, "vault write failed");
                 }
@@ -361,11 +352,7 @@ async fn commit(pool: &PgPool, mut jobs: Vec<Box<dyn Job>>, metrics: &Metrics) {
     }
 }
 
-async fn try_commit(
-    pool: &PgPool,
-    jobs: &mut [Box<dyn Job>],
-    metrics: &Metrics,
-) -> Result<(), Error> {
+async fn try_commit(pool: &PgPool, jobs: &mut [Box<dyn Job>]) -> Result<(), Error> {
     // The jobs of a batch were all in flight at once, so any order of them is one they could
     // have taken. The new cards go first, in one statement and in request-id order, and so do
     // their jobs, so that the audit chain records the order the batch took effect in.
@@ -400,7 +387,7 @@ async fn try_commit(
     storage::audit::append_audit_rows(&mut tx, &rows).await?;
     tx.commit().await?;
     for row in &rows {
-        metrics.record_operation(&row.entry.rpc, &row.entry.outcome);
+        crate::metrics::operation(&row.entry.rpc, &row.entry.outcome);
     }
     Ok(())
 }

@@ -883,3 +883,25 @@ pub async fn insert_event(conn: &mut PgConnection, event: &NewEvent) -> Result<(
     .await?;
     Ok(())
 }
+
+/// The open discrepancies (pending records apart) by processor and class, for the metrics: a
+/// partial index holds them.
+pub async fn open_discrepancies(
+    executor: impl PgExecutor<'_>,
+) -> Result<Vec<(String, String, i64)>, Error> {
+    let rows = sqlx::query(
+        "SELECT processor, class, count(*) AS n FROM recon_discrepancies \
+         WHERE state = 'open' AND class <> 'pending' GROUP BY processor, class",
+    )
+    .fetch_all(executor)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok((
+                row.try_get("processor")?,
+                row.try_get("class")?,
+                row.try_get("n")?,
+            ))
+        })
+        .collect()
+}

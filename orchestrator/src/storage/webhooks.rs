@@ -418,6 +418,10 @@ pub struct Claimed {
     pub previous_secret_sealed: Option<Vec<u8>>,
     /// Since when the endpoint has been failing, if it is.
     pub failing_since: Option<OffsetDateTime>,
+    /// When its event happened.
+    pub event_time: OffsetDateTime,
+    /// Whether it is a redelivery the treasury asked for.
+    pub redelivery: bool,
 }
 
 /// Claims up to `limit` due attempts for `owner` until `lease_ms` from now: the heads of lanes
@@ -465,6 +469,7 @@ pub async fn claim(
     // lanes' last writers committed.
     let rows = sqlx::query(
         "SELECT d.seq, d.endpoint_id, d.lane, d.event_id, d.body, d.attempts, d.round_attempts, \
+           d.event_time, d.redelivery, \
            e.url, e.secret_version, e.secret_sealed, \
            CASE WHEN e.previous_secret_until > now() THEN e.previous_secret_sealed END \
              AS previous_secret_sealed, e.failing_since \
@@ -489,6 +494,8 @@ pub async fn claim(
                 secret_sealed: row.try_get("secret_sealed")?,
                 previous_secret_sealed: row.try_get("previous_secret_sealed")?,
                 failing_since: row.try_get("failing_since")?,
+                event_time: row.try_get("event_time")?,
+                redelivery: row.try_get("redelivery")?,
             })
         })
         .collect()

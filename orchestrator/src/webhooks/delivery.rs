@@ -105,7 +105,9 @@ impl Worker {
                     lost = batch.len() - recorded,
                     "webhook claims lost to another instance"
                 ),
-                Ok(_) => {}
+                // Counted once recorded (a batch with a lost claim is not: which one is unknown,
+                // and its lane's new owner sends it again).
+                Ok(_) => batch.iter().for_each(observe_attempt),
                 Err(error) => tracing::warn!(%error, attempts = batch.len(),
                     "webhook attempts not recorded; they will be made again"),
             }
@@ -424,4 +426,16 @@ impl Worker {
             },
         }
     }
+}
+
+/// A recorded attempt's metrics: its effect, and for a first delivery the time since its event.
+fn observe_attempt(finished: &store::Finished) {
+    let effect = match finished.effect {
+        store::AttemptEffect::Delivered => "delivered",
+        store::AttemptEffect::Retry { .. } => "retry",
+        store::AttemptEffect::Disable(_) => "disabled",
+    };
+    let lag = (effect == "delivered" && !finished.claimed.redelivery)
+        .then(|| finished.attempt.time - finished.claimed.event_time);
+    crate::metrics::webhook_attempt(effect, lag);
 }

@@ -33,6 +33,7 @@ mod settlement;
 use std::sync::Arc;
 
 use sqlx::PgConnection;
+use tracing::Instrument as _;
 
 use crate::config::{ChargeSettings, ConnectorSettings};
 use crate::connector::Guarded;
@@ -100,15 +101,17 @@ impl Charges {
     }
 
     /// Runs `work` in a task of its own, so that a caller who goes away does not cut a
-    /// processor call in half; the work always runs to its end.
+    /// processor call in half; the work always runs to its end, in the caller's span.
     async fn detached<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl Future<Output = Result<T, Error>> + Send + 'static,
     ) -> Result<T, Error> {
-        tokio::spawn(work).await.map_err(|error| {
-            tracing::error!(%error, "charge task failed");
-            Error::Corrupt("charge task failed")
-        })?
+        tokio::spawn(work.in_current_span())
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "charge task failed");
+                Error::Corrupt("charge task failed")
+            })?
     }
 
     fn request_hash(&self, ctx: &RequestContext, parts: &[&[u8]]) -> Result<[u8; 32], Error> {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_money::Money;
+use tracing::Instrument as _;
 
 use crate::domain::charge::DeclineCode;
 use crate::domain::settlement::{ChunkedFile, SettlementFile};
@@ -287,15 +288,40 @@ impl Guarded {
     /// counts as a transport failure; any answer (a decline included) as a success; a failure
     /// of the connector's own storage as neither (Tandem's database having a hiccup says
     /// nothing about the processor, and must not open the breaker on it).
+    ///
+    /// Each call is a span (`processor <operation>`) and is timed by operation and outcome.
     async fn call<T>(
         &self,
+        operation: &'static str,
         call: impl Future<Output = Result<T, ConnectorError>>,
     ) -> Result<T, ConnectorError> {
-        let permit = self.breaker.try_acquire()?;
-        let result = match tokio::time::timeout(self.timeout, call).await {
+        let started = std::time::Instant::now();
+        let permit = match self.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(open) => {
+                let refused = Err(open);
+                crate::metrics::connector_call(
+                    operation,
+                    outcome_label(&refused),
+                    started.elapsed(),
+                );
+                return refused;
+            }
+        };
+        let span = tracing::info_span!(
+            "processor",
+            otel.name = %format_args!("processor {operation}"),
+            otel.kind = "client",
+            connector = self.inner.name(),
+        );
+        let result = match tokio::time::timeout(self.timeout, call)
+            .instrument(span)
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(ConnectorError::Timeout),
         };
+        crate::metrics::connector_call(operation, outcome_label(&result), started.elapsed());
         match &result {
             Err(ConnectorError::Storage(_)) => permit.release(),
             // The processor answered; the file is only too large for the vault.
@@ -311,23 +337,23 @@ impl Guarded {
         call: AuthorizeCall<'_>,
     ) -> Result<AuthorizeAnswer, ConnectorError> {
         let amount = call.amount;
-        let answer = self.call(self.inner.authorize(call)).await?;
+        let answer = self.call("authorize", self.inner.authorize(call)).await?;
         check_authorize_answer(amount, answer)
     }
 
     /// [`Connector::capture`], guarded.
     pub async fn capture(&self, call: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
-        check_follow_up_answer(self.call(self.inner.capture(call)).await?)
+        check_follow_up_answer(self.call("capture", self.inner.capture(call)).await?)
     }
 
     /// [`Connector::void`], guarded.
     pub async fn void(&self, call: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
-        check_follow_up_answer(self.call(self.inner.void(call)).await?)
+        check_follow_up_answer(self.call("void", self.inner.void(call)).await?)
     }
 
     /// [`Connector::refund`], guarded.
     pub async fn refund(&self, call: FollowUpCall<'_>) -> Result<FollowUpAnswer, ConnectorError> {
-        check_follow_up_answer(self.call(self.inner.refund(call)).await?)
+        check_follow_up_answer(self.call("refund", self.inner.refund(call)).await?)
     }
 
     /// [`Connector::inquire`], guarded; `requested` is the amount of the authorization asked
@@ -339,7 +365,7 @@ impl Guarded {
         requested: Money,
     ) -> Result<Option<AuthorizeAnswer>, ConnectorError> {
         match self
-            .call(self.inner.inquire(idempotency_key, token))
+            .call("inquire", self.inner.inquire(idempotency_key, token))
             .await?
         {
             Some(answer) => check_authorize_answer(requested, answer).map(Some),
@@ -356,11 +382,26 @@ impl Guarded {
         day: time::Date,
         chunk_bytes_max: usize,
     ) -> Result<ChunkedFile, ConnectorError> {
-        let file = self.call(self.inner.settlement_file(day)).await?;
+        let file = self
+            .call("settlement_file", self.inner.settlement_file(day))
+            .await?;
         file.chunked(chunk_bytes_max).map_err(|error| {
             tracing::error!(%error, %day, "processor delivered a settlement file outside its contract");
             ConnectorError::Unavailable(format!("settlement file outside the connector contract: {error}"))
         })
+    }
+}
+
+/// The outcome label of a processor call: `ok` for any answer (a decline included), else the
+/// kind of failure.
+fn outcome_label<T>(result: &Result<T, ConnectorError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(ConnectorError::Timeout) => "timeout",
+        Err(ConnectorError::Unavailable(_)) => "unavailable",
+        Err(ConnectorError::CircuitOpen) => "circuit_open",
+        Err(ConnectorError::Storage(_)) => "storage",
+        Err(ConnectorError::SettlementFileTooLarge { .. }) => "file_too_large",
     }
 }
 

@@ -76,6 +76,9 @@ pub struct Event {
     pub note: Option<usize>,
     /// One line for people; the payment's summary for terminal events.
     pub summary: String,
+    /// For the first state event of a change: the state the payment left and how long it was
+    /// in it (for the metrics' time per stage).
+    pub left: Option<(PaymentState, time::Duration)>,
 }
 
 impl PaymentRecord {
@@ -110,6 +113,9 @@ impl PaymentRecord {
             (PaymentState::Authorizing, PaymentState::Failed) => &[PaymentState::Failed],
             _ => std::slice::from_ref(&self.saga.state),
         };
+        let entered = self.state_time.unwrap_or(self.create_time);
+        self.state_time = Some(now);
+        let mut left = Some((before, now - entered));
         for state in path.iter().copied() {
             let kind = match state {
                 PaymentState::Pending => continue,
@@ -121,7 +127,9 @@ impl PaymentRecord {
                 PaymentState::Reversing => EventKind::PaymentReversing,
                 PaymentState::Failed => EventKind::PaymentFailed,
             };
-            events.push(self.event(kind, None, None, None));
+            let mut event = self.event(kind, None, None, None);
+            event.left = left.take();
+            events.push(event);
         }
     }
 
@@ -235,6 +243,7 @@ impl PaymentRecord {
             refund: refund.map(str::to_owned),
             note: None,
             summary,
+            left: None,
         }
     }
 }

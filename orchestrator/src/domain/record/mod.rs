@@ -29,7 +29,7 @@ pub mod review;
 pub mod steps;
 pub mod summary;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use events::{Event, EventKind};
 use refunds::{Refund, RefundState};
@@ -176,6 +176,10 @@ pub struct PaymentRecord {
     /// Why the payment failed, when no card's answer says it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<FailureReason>,
+    /// When the saga entered its current state; `None` until it first leaves `PENDING` (the
+    /// creation time is then when it entered), and for payments recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_time: Option<OffsetDateTime>,
 }
 
 /// Why a FAILED payment failed when no card's answer says it.
@@ -265,6 +269,7 @@ impl PaymentRecord {
             risk: None,
             review: None,
             failure_reason: None,
+            state_time: None,
         };
         let event = record.event(EventKind::PaymentCreated, None, None, None);
         (record, event)

@@ -799,3 +799,63 @@ fn only_an_assessment_that_found_something_is_an_event() {
     assert_eq!(events[0].kind, EventKind::RiskAssessed);
     assert!(!record.saga.review);
 }
+
+/// A one-card payment whose only card is declined (`INSUFFICIENT_FUNDS`, no fallback), a
+/// second between each step: the record and every event it wrote, in order.
+pub(crate) fn declined_then_failed() -> (PaymentRecord, Vec<super::events::Event>) {
+    let mut record = record(&[("tok_a", 500)], &[("tok_a", "card A", "4242")]);
+    record.saga.fallback = false;
+    let mut events = vec![record.event(EventKind::PaymentCreated, None, None, None)];
+    let mut at = now();
+    for _ in 0..10 {
+        at += time::Duration::seconds(1);
+        let (steps, mut more) = record.next_steps(at).unwrap();
+        events.append(&mut more);
+        if steps.is_empty() {
+            break;
+        }
+        for step in steps {
+            let Command::Authorize(leg) = step.command else {
+                panic!("only an authorization is sent");
+            };
+            let answer = AuthorizeAnswer::Declined {
+                charge_id: "ch_a".into(),
+                last4: "4242".into(),
+                decline_code: "INSUFFICIENT_FUNDS".into(),
+                next_action: NextAction::TryNextCard,
+            };
+            at += time::Duration::seconds(1);
+            if let Some((_, mut more, _)) =
+                record.record_authorization(leg, None, answer, at).unwrap()
+            {
+                events.append(&mut more);
+            }
+        }
+    }
+    assert_eq!(record.saga.state, PaymentState::Failed);
+    (record, events)
+}
+
+/// Each change of state says, on its first state event, the state it left and how long the
+/// payment was in it; the record keeps when it entered the one it is in.
+#[test]
+fn state_events_say_the_stage_left() {
+    let (record, events) = declined_then_failed();
+    let stages: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            e.left
+                .map(|(state, time)| (e.kind, state, time.whole_seconds()))
+        })
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            (EventKind::PaymentAuthorizing, PaymentState::Pending, 1),
+            (EventKind::PaymentFailed, PaymentState::Authorizing, 1),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(record.state_time, Some(now() + time::Duration::seconds(2)));
+    assert_eq!(record.complete_time, record.state_time);
+}
