@@ -15,7 +15,10 @@
 //! [`InFlight`] ticket, taken from the request's extensions, until that work ends.
 //!
 //! The layer also puts the caller it identified into the request's extensions, where
-//! `tandem_tls::identity::caller_of` finds it without parsing the certificate again.
+//! `tandem_tls::identity::caller_of` finds it without parsing the certificate again. For the
+//! dashboard, that caller is the person it calls for ([`ON_BEHALF_OF`]): the dashboard's own
+//! role may call nothing, so every role check, limit, four-eyes rule and recorded actor is the
+//! person's. Any other caller naming a person is refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -25,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tandem_tls::identity::{IdentityError, caller_from_certificate};
+use tandem_tls::identity::{Caller, IdentityError, Role, caller_from_certificate, parse_identity};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -446,26 +449,47 @@ impl Limiter {
         }
     }
 
-    /// The identity calls are counted under: the certificate's caller, the raw identity of a
-    /// certificate whose role is unknown here (its handler refuses it), or one shared name for
-    /// a certificate that names no caller.
-    fn identify<B>(&self, request: &mut http::Request<B>) -> String {
+    /// The identity calls are counted under: the certificate's caller (or the person a
+    /// dashboard calls for, [`ON_BEHALF_OF`]), the raw identity of a certificate whose role is
+    /// unknown here (its handler refuses it), or one shared name for a certificate that names
+    /// no caller. A delegation the caller may not make is refused (`PERMISSION_DENIED`,
+    /// `DELEGATION_REFUSED`).
+    fn identify<B>(&self, request: &mut http::Request<B>) -> Result<String, Status> {
         let certs = request
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|info| info.peer_certs());
+        let on_behalf_of = request.headers().get(ON_BEHALF_OF).cloned();
         let Some(leaf) = certs.as_ref().and_then(|certs| certs.first()) else {
-            return UNIDENTIFIED.to_owned();
+            return match on_behalf_of {
+                Some(_) => Err(self.delegation_refused()),
+                None => Ok(UNIDENTIFIED.to_owned()),
+            };
         };
-        match caller_from_certificate(leaf, &self.uri_prefix) {
-            Ok(caller) => {
-                let identity = caller.to_string();
-                request.extensions_mut().insert(caller);
-                identity
-            }
-            Err(IdentityError::UnknownRole { identity, .. }) => identity,
-            Err(_) => UNIDENTIFIED.to_owned(),
-        }
+        let caller = match caller_from_certificate(leaf, &self.uri_prefix) {
+            Ok(caller) => caller,
+            Err(_) if on_behalf_of.is_some() => return Err(self.delegation_refused()),
+            Err(IdentityError::UnknownRole { identity, .. }) => return Ok(identity),
+            Err(_) => return Ok(UNIDENTIFIED.to_owned()),
+        };
+        let caller = match on_behalf_of {
+            None => caller,
+            Some(person) => delegated(&caller, &person).ok_or_else(|| {
+                tracing::warn!(%caller, "delegation refused");
+                self.delegation_refused()
+            })?,
+        };
+        let identity = caller.to_string();
+        request.extensions_mut().insert(caller);
+        Ok(identity)
+    }
+
+    fn delegation_refused(&self) -> Status {
+        Status::with_error_details(
+            Code::PermissionDenied,
+            "only the dashboard calls on behalf of a person, and only for a person's role",
+            ErrorDetails::with_error_info("DELEGATION_REFUSED", self.domain, HashMap::new()),
+        )
     }
 
     /// The status of `refusal`, answered after `held` of its wait.
@@ -495,6 +519,32 @@ impl Limiter {
 
 /// The name calls without a caller identity are counted under.
 const UNIDENTIFIED: &str = "(unidentified)";
+
+/// The header in which the dashboard names the person it calls for (`<role>/<name>`, as in a
+/// certificate): the person whose client certificate the dashboard verified.
+pub const ON_BEHALF_OF: &str = "x-tandem-on-behalf-of";
+
+/// The roles of people, which the dashboard may call for; never a service's (the orchestrator's
+/// charging role, a tokenizer's, a server's) nor its own.
+const DELEGABLE: [Role; 7] = [
+    Role::Admin,
+    Role::Auditor,
+    Role::Payer,
+    Role::Treasury,
+    Role::Reader,
+    Role::Approver,
+    Role::Reviewer,
+];
+
+/// The person `caller` calls for as `person` (an [`ON_BEHALF_OF`] value), when `caller` is a
+/// dashboard and `person` a well-formed identity of a person's role.
+fn delegated(caller: &Caller, person: &http::HeaderValue) -> Option<Caller> {
+    if caller.role != Role::Dashboard {
+        return None;
+    }
+    let person = parse_identity(person.to_str().ok()?).ok()?;
+    DELEGABLE.contains(&person.role).then_some(person)
+}
 
 /// A call's place among its caller's calls in flight: the call counts until the last clone is
 /// dropped. The admission layer puts one in the request's extensions.
@@ -534,7 +584,16 @@ where
 
     fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
         let class = (self.limiter.classify)(request.uri().path());
-        let identity = self.limiter.identify(&mut request);
+        let identity = match self.limiter.identify(&mut request) {
+            Ok(identity) => identity,
+            Err(status) => {
+                let response = status.into_http::<ResponseBody>().map(|body| Admitted {
+                    inner: body,
+                    _ticket: None,
+                });
+                return Box::pin(std::future::ready(Ok(response)));
+            }
+        };
         match self.limiter.admit(&identity, class, Instant::now()) {
             Ok(ticket) => {
                 request.extensions_mut().insert(ticket.clone());
@@ -677,6 +736,42 @@ mod tests {
         drop(kept);
         let third = limiter.admit("payer/a", RpcClass::Write, now).unwrap();
         drop((first, third));
+    }
+
+    /// Only a dashboard calls for someone, and only for a person's role named in full.
+    #[test]
+    fn delegations() {
+        let caller = |text: &str| parse_identity(text).expect("identity");
+        let value = |text: &str| http::HeaderValue::from_str(text).expect("header value");
+        let dashboard = caller("dashboard/web-1");
+        assert_eq!(
+            delegated(&dashboard, &value("reviewer/alice")),
+            Some(caller("reviewer/alice"))
+        );
+        assert_eq!(
+            delegated(&dashboard, &value("approver/bob")),
+            Some(caller("approver/bob"))
+        );
+        for refused in [
+            "orchestrator/x",
+            "tokenizer/x",
+            "dashboard/web-2",
+            "service/x",
+            "system/x",
+            "root/x",
+            "reviewer",
+            "reviewer/",
+            "Reviewer/alice",
+        ] {
+            assert_eq!(delegated(&dashboard, &value(refused)), None, "{refused}");
+        }
+        for role in ["treasury/t", "reviewer/r", "admin/a", "orchestrator/o"] {
+            assert_eq!(
+                delegated(&caller(role), &value("reader/alice")),
+                None,
+                "{role}"
+            );
+        }
     }
 
     /// A caller's own limits replace the defaults for the classes it names only.

@@ -46,13 +46,17 @@ pub enum Role {
     /// Orchestrator: approves or rejects payments their risk assessment held for review (four
     /// eyes: never the payment's creator).
     Reviewer,
+    /// The dashboard (`tandem-dashboard`): may call nothing as itself; it calls on behalf of
+    /// the person whose certificate it verified, named in `x-tandem-on-behalf-of`, with that
+    /// person's role (`tandem_runtime::admission`).
+    Dashboard,
     /// A Tandem server's own certificate (not a caller role).
     Service,
 }
 
 impl Role {
     /// Every role, in a stable order.
-    pub const ALL: [Role; 10] = [
+    pub const ALL: [Role; 11] = [
         Role::Tokenizer,
         Role::Orchestrator,
         Role::Admin,
@@ -62,11 +66,12 @@ impl Role {
         Role::Reader,
         Role::Approver,
         Role::Reviewer,
+        Role::Dashboard,
         Role::Service,
     ];
 
     /// The caller roles, for which `tandemctl` issues client identities.
-    pub const CALLERS: [Role; 9] = [
+    pub const CALLERS: [Role; 10] = [
         Role::Tokenizer,
         Role::Orchestrator,
         Role::Admin,
@@ -76,6 +81,7 @@ impl Role {
         Role::Reader,
         Role::Approver,
         Role::Reviewer,
+        Role::Dashboard,
     ];
 
     /// The role as it appears in certificates, file names and audit rows.
@@ -90,6 +96,7 @@ impl Role {
             Role::Reader => "reader",
             Role::Approver => "approver",
             Role::Reviewer => "reviewer",
+            Role::Dashboard => "dashboard",
             Role::Service => "service",
         }
     }

@@ -269,6 +269,7 @@ mod tests {
                     | Role::Reader
                     | Role::Approver
                     | Role::Reviewer
+                    | Role::Dashboard
                     | Role::Service => false,
                 };
                 assert_eq!(rpc.allows(role), expected, "{rpc:?} {role}");
