@@ -179,7 +179,10 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpLis
 
 /// Writes the dev certificate set unless every file is already there.
 pub fn ensure_certificates(dir: &Path) -> anyhow::Result<()> {
-    let mut stems = vec!["vault-server".to_owned(), "orchestrator-server".to_owned()];
+    let mut stems: Vec<String> = tandem_tls::issue::SERVERS
+        .iter()
+        .map(|server| format!("{server}-server"))
+        .collect();
     stems.extend(Role::CALLERS.iter().map(|r| r.as_str().to_owned()));
     let complete = dir.join("ca.pem").exists()
         && stems.iter().all(|s| {

@@ -136,6 +136,11 @@ impl TestPki {
     pub fn orchestrator_server(&self) -> TlsFiles {
         TlsFiles::in_dir(&self.dir, "orchestrator-server")
     }
+
+    /// The dashboard's HTTPS certificate and key.
+    pub fn dashboard_server(&self) -> TlsFiles {
+        TlsFiles::in_dir(&self.dir, "dashboard-server")
+    }
 }
 
 /// The identity of [`TestPki::unknown_role_client`]: well formed, from the trusted CA, with a

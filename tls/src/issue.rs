@@ -123,7 +123,7 @@ fn set_validity(params: &mut CertificateParams, validity: Duration) {
 }
 
 /// The servers a full set of certificates covers, with the file stem of each.
-pub const SERVERS: [&str; 2] = ["vault", "orchestrator"];
+pub const SERVERS: [&str; 3] = ["vault", "orchestrator", "dashboard"];
 
 /// Writes a complete set under `dir`: `ca.pem`, `<server>-server.pem/.key` for each of
 /// [`SERVERS`] (valid for `hosts`), and `<role>.pem/.key` for every caller role with the

@@ -39,6 +39,14 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// [`server_config`] for a web server speaking HTTP/1.1 to browsers (ALPN `http/1.1`): the same
+/// TLS 1.3 and the same required client certificate.
+pub fn web_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = Arc::unwrap_or_clone(server_config(files)?);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Limits of the accept loop.
 #[derive(Debug, Clone, Copy)]
 pub struct AcceptLimits {
@@ -131,6 +139,13 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(receiver)
+}
+
+impl Connection {
+    /// The peer's certificate chain, leaf first (always present: the handshake required one).
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.stream.get_ref().1.peer_certificates()
+    }
 }
 
 impl tonic::transport::server::Connected for Connection {

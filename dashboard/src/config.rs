@@ -1,0 +1,146 @@
+//! The dashboard's settings: a TOML file (`--config`) with `TANDEM_DASHBOARD__<SECTION>__<KEY>`
+//! environment overrides, as the servers read theirs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tandem_runtime::settings::{ConfigError, TlsSettings, first_failure};
+use tandem_runtime::telemetry::TelemetrySettings;
+use tandem_tls::TlsFiles;
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "TANDEM_DASHBOARD__";
+
+/// All dashboard settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where and how it listens.
+    pub server: WebSettings,
+    /// Its HTTPS certificate and the CA people's client certificates chain to.
+    pub tls: TlsSettings,
+    /// The orchestrator it calls, with the dashboard's own identity.
+    pub orchestrator: Upstream,
+    /// The vault it calls (key status), with the dashboard's own identity.
+    pub vault: Upstream,
+    /// Traces.
+    pub telemetry: TelemetrySettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let client = TlsFiles::in_dir(Path::new(".tandem/dev"), "dashboard");
+        let upstream = |endpoint: &str| Upstream {
+            endpoint: endpoint.to_owned(),
+            cert_path: client.cert_path.clone(),
+            key_path: client.key_path.clone(),
+            ca_path: client.ca_path.clone(),
+            timeout_ms: 10_000,
+        };
+        Settings {
+            server: WebSettings::default(),
+            tls: TlsSettings::dev("dashboard-server"),
+            orchestrator: upstream("https://127.0.0.1:50052"),
+            vault: upstream("https://127.0.0.1:50051"),
+            telemetry: TelemetrySettings::default(),
+        }
+    }
+}
+
+/// The HTTPS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSettings {
+    /// Where it listens.
+    pub listen_addr: SocketAddr,
+    /// Connections open at once.
+    pub connections_max: usize,
+    /// Time a browser has to finish its TLS handshake, in milliseconds.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50053)),
+            connections_max: 256,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A service the dashboard calls, and the dashboard's identity there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `https://host:port`.
+    pub endpoint: String,
+    /// The dashboard's client certificate (role `dashboard`).
+    pub cert_path: PathBuf,
+    /// Its key.
+    pub key_path: PathBuf,
+    /// The CA the service's certificate chains to.
+    pub ca_path: PathBuf,
+    /// How long one call may take, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Upstream {
+    /// The identity files.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert_path: self.cert_path.clone(),
+            key_path: self.key_path.clone(),
+            ca_path: self.ca_path.clone(),
+        }
+    }
+
+    /// The call timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+impl Settings {
+    /// Reads the settings: defaults, then the file at `path` (if any), then the overrides in
+    /// `env`; then checks them.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let settings: Settings =
+            tandem_runtime::settings::load(toml::Table::new(), path, env, ENV_PREFIX)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let upstream_ok = |u: &Upstream| {
+            u.endpoint.starts_with("https://") && (1..=600_000).contains(&u.timeout_ms)
+        };
+        first_failure(
+            [
+                (
+                    (1..=65_536).contains(&self.server.connections_max)
+                        && (1..=600_000).contains(&self.server.handshake_timeout_ms),
+                    "server.connections_max",
+                    "must be 1 to 65536 (and server.handshake_timeout_ms 1 to 600000)",
+                ),
+                (
+                    upstream_ok(&self.orchestrator),
+                    "orchestrator.endpoint",
+                    "must be an https:// URL (and orchestrator.timeout_ms 1 to 600000)",
+                ),
+                (
+                    upstream_ok(&self.vault),
+                    "vault.endpoint",
+                    "must be an https:// URL (and vault.timeout_ms 1 to 600000)",
+                ),
+            ]
+            .into_iter()
+            .chain(self.telemetry.checks()),
+        )
+    }
+}
