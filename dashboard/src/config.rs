@@ -111,7 +111,7 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
         let settings: Settings =
-            tandem_runtime::settings::load(toml::Table::new(), path, env, ENV_PREFIX)?;
+            tandem_runtime::settings::load(base(&Settings::default()), path, env, ENV_PREFIX)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -142,5 +142,98 @@ impl Settings {
             .into_iter()
             .chain(self.telemetry.checks()),
         )
+    }
+}
+
+/// The defaults of the sections whose keys a file or an override may set one at a time
+/// without losing the dashboard's own defaults for the others (its certificate files, the
+/// services' endpoints).
+fn base(defaults: &Settings) -> toml::Table {
+    let text = |value: String| toml::Value::String(value);
+    let path = |value: &Path| text(value.display().to_string());
+    let upstream = |u: &Upstream| {
+        toml::Value::Table(toml::Table::from_iter([
+            ("endpoint".to_owned(), text(u.endpoint.clone())),
+            ("cert_path".to_owned(), path(&u.cert_path)),
+            ("key_path".to_owned(), path(&u.key_path)),
+            ("ca_path".to_owned(), path(&u.ca_path)),
+            (
+                "timeout_ms".to_owned(),
+                toml::Value::Integer(i64::try_from(u.timeout_ms).unwrap_or(i64::MAX)),
+            ),
+        ]))
+    };
+    let tls = &defaults.tls;
+    toml::Table::from_iter([
+        (
+            "tls".to_owned(),
+            toml::Value::Table(toml::Table::from_iter([
+                ("cert_path".to_owned(), path(&tls.cert_path)),
+                ("key_path".to_owned(), path(&tls.key_path)),
+                ("ca_path".to_owned(), path(&tls.ca_path)),
+            ])),
+        ),
+        ("orchestrator".to_owned(), upstream(&defaults.orchestrator)),
+        ("vault".to_owned(), upstream(&defaults.vault)),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// The defaults load; overrides replace single keys; a bad value names its key.
+    #[test]
+    fn settings_load_and_are_checked() {
+        let settings = Settings::load(None, env(&[])).expect("defaults");
+        assert_eq!(settings.server.listen_addr.port(), 50053);
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("TANDEM_DASHBOARD__SERVER__LISTEN_ADDR", "127.0.0.1:6000"),
+                (
+                    "TANDEM_DASHBOARD__ORCHESTRATOR__ENDPOINT",
+                    "https://orch:50052",
+                ),
+            ]),
+        )
+        .expect("overrides");
+        assert_eq!(settings.server.listen_addr.port(), 6000);
+        assert_eq!(settings.orchestrator.endpoint, "https://orch:50052");
+        assert_eq!(settings.orchestrator.timeout_ms, 10_000);
+        assert_eq!(
+            settings.orchestrator.cert_path,
+            Settings::default().orchestrator.cert_path
+        );
+        let settings = Settings::load(
+            None,
+            env(&[("TANDEM_DASHBOARD__TLS__CA_PATH", "/etc/tandem/ca.pem")]),
+        )
+        .expect("one tls key");
+        assert_eq!(settings.tls.cert_path, Settings::default().tls.cert_path);
+        for (key, value, named) in [
+            (
+                "TANDEM_DASHBOARD__ORCHESTRATOR__ENDPOINT",
+                "http://orch",
+                "orchestrator.endpoint",
+            ),
+            (
+                "TANDEM_DASHBOARD__SERVER__CONNECTIONS_MAX",
+                "0",
+                "server.connections_max",
+            ),
+        ] {
+            match Settings::load(None, env(&[(key, value)])) {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, named),
+                other => panic!("{value}: {other:?}"),
+            }
+        }
     }
 }
