@@ -64,8 +64,11 @@ pub async fn run(
             connection = incoming.next() => connection,
             () = &mut shutdown => return Ok(()),
         };
-        let Some(Ok(connection)) = connection else {
-            continue;
+        let connection = match connection {
+            Some(Ok(connection)) => connection,
+            Some(Err(_)) => continue,
+            // The accept loop ended: nothing more will come.
+            None => return Ok(()),
         };
         let person = connection
             .peer_certificates()
