@@ -532,34 +532,10 @@ async fn observed<T>(
     let result = call.instrument(span).await;
     let outcome = match &result {
         Ok(_) => "OK",
-        Err(status) => code_label(status.code()),
+        Err(status) => tandem_runtime::wire::code_name(status.code()),
     };
     crate::metrics::vault_call(rpc, outcome, started.elapsed());
     result
-}
-
-/// A gRPC code as the protocol names it.
-fn code_label(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// An authorization's charge as an answer; a PENDING charge has none yet.

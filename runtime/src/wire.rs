@@ -17,6 +17,30 @@ const UNDECODABLE_PREFIX: &str = "failed to decode Protobuf message";
 /// How tonic words a request above the decoding limit.
 const TOO_LARGE_PREFIX: &str = "Error, decoded message length too large";
 
+/// A status code's name as the gRPC specification spells it (`DEADLINE_EXCEEDED`), for audit
+/// rows and metric labels.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// The layer that rewrites tonic's own decode and size errors with `ErrorInfo` domain
 /// `domain` (`vault.tandem`, `orchestrator.tandem`).
 pub fn layer(domain: &'static str) -> HookLayer<WireErrors> {

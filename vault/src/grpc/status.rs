@@ -135,29 +135,6 @@ pub fn code(reason: ErrorReason) -> Code {
     }
 }
 
-/// The name of a status code, as `AuditEvent.status_code` carries it.
-fn code_name_of(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// The gRPC status code name of an audited outcome (`OK` or an `ErrorInfo` reason), for
 /// `AuditEvent.status_code`, from [`code`]. An outcome this vault does not write (a reason
 /// retired since its row was written) reads as `FAILED_PRECONDITION`, as refusals do.
@@ -165,7 +142,9 @@ pub fn code_name(outcome: &str) -> &'static str {
     if outcome == "OK" {
         return "OK";
     }
-    ErrorReason::parse(outcome).map_or("FAILED_PRECONDITION", |reason| code_name_of(code(reason)))
+    ErrorReason::parse(outcome).map_or("FAILED_PRECONDITION", |reason| {
+        tandem_runtime::wire::code_name(code(reason))
+    })
 }
 
 #[cfg(test)]
