@@ -2,6 +2,7 @@
 //! (`x-tandem-on-behalf-of`): the services check the person's role, never the dashboard's.
 
 use tandem_proto::tandem::orchestrator::v1 as pb;
+use tandem_proto::tandem::orchestrator::v1::card_group_service_client::CardGroupServiceClient;
 use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServiceClient;
 use tandem_runtime::admission::ON_BEHALF_OF;
 use tandem_tls::identity::Caller;
@@ -84,6 +85,35 @@ impl Api {
             .await?
             .into_inner()
             .payment
+            .ok_or(ApiError::NotFound)
+    }
+}
+
+impl Api {
+    /// A page of card groups, as `person` may see them.
+    pub async fn card_groups(
+        &self,
+        person: &Caller,
+        query: pb::ListCardGroupsRequest,
+    ) -> Result<pb::ListCardGroupsResponse, ApiError> {
+        let mut client = CardGroupServiceClient::new(self.orchestrator.clone());
+        Ok(client
+            .list_card_groups(for_person(query, person))
+            .await?
+            .into_inner())
+    }
+
+    /// One card group with its members' month-to-date spend, as `person` may see it.
+    pub async fn card_group(&self, person: &Caller, id: &str) -> Result<pb::CardGroup, ApiError> {
+        let mut client = CardGroupServiceClient::new(self.orchestrator.clone());
+        let request = pb::GetCardGroupRequest {
+            card_group_id: id.to_owned(),
+        };
+        client
+            .get_card_group(for_person(request, person))
+            .await?
+            .into_inner()
+            .card_group
             .ok_or(ApiError::NotFound)
     }
 }

@@ -56,7 +56,8 @@ pub fn page(title: &str, person: &Caller, body: &str) -> String {
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <title>{title} · Tandem</title>\n<style>{STYLE}</style>\n</head>\n<body>\n\
          <header><a class=\"brand\" href=\"/payments\">Tandem</a>\n\
-         <nav aria-label=\"Main\"><a href=\"/payments\">Payments</a></nav>\n\
+         <nav aria-label=\"Main\"><a href=\"/payments\">Payments</a> \
+         <a href=\"/card-groups\">Card groups</a></nav>\n\
          <p class=\"who\">Signed in as <strong>{person}</strong></p></header>\n\
          <main>\n<h1>{title}</h1>\n{body}\n</main>\n</body>\n</html>\n",
         title = escape(title),

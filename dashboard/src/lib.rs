@@ -12,8 +12,9 @@
 //! - [`pages`]: what each page reads and shows; [`html`]: escaping and the layout.
 //! - [`api`]: the services' clients, calling on behalf of the person.
 //!
-//! Pages so far: payments (filters in the query string, a page at a time) and a payment (its
-//! invoice, the split by card, every attempt, the risk decision).
+//! Pages so far: payments (filters in the query string, a page at a time), a payment (its
+//! invoice, the split by card, every attempt, the risk decision), card groups, and a card group
+//! (its cards with their limits and this month's spend, its policy).
 
 pub mod api;
 pub mod config;

@@ -111,12 +111,16 @@ async fn respond<B>(api: &Api, person: Option<&Caller>, request: http::Request<B
     let answer = match path {
         "/" => return redirect("/payments"),
         "/payments" => pages::payments(api, person, query).await,
-        _ => match path.strip_prefix("/payments/") {
-            Some(id) if !id.is_empty() && !id.contains('/') => {
+        "/card-groups" => pages::card_groups(api, person, query).await,
+        _ => {
+            if let Some(id) = one_segment(path, "/payments/") {
                 pages::payment(api, person, id).await
+            } else if let Some(id) = one_segment(path, "/card-groups/") {
+                pages::card_group(api, person, id).await
+            } else {
+                Err(ApiError::NotFound)
             }
-            _ => Err(ApiError::NotFound),
-        },
+        }
     };
     match answer {
         Ok(html) => html_response(http::StatusCode::OK, html),
@@ -137,6 +141,12 @@ async fn respond<B>(api: &Api, person: Option<&Caller>, request: http::Request<B
             )
         }
     }
+}
+
+/// The one path segment after `prefix` (an id), if `path` is that.
+fn one_segment<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    path.strip_prefix(prefix)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// Headers every answer carries: no caching of what a person saw, no framing, no sniffing, and

@@ -125,8 +125,9 @@ async fn people_see_the_payments_their_role_may_read() {
     let created = stack
         .create_group(group(
             vec![
-                member(&a, "corporate Visa", 1, None, None),
-                member(&b, "regional Mastercard", 2, None, None),
+                // Limits per month, so that the group keeps each card's month-to-date spend.
+                member(&a, "corporate Visa", 1, None, Some(100_000)),
+                member(&b, "regional Mastercard", 2, None, Some(100_000)),
             ],
             policy(S::Weighted, &[(&a, 6000), (&b, 4000)], C::AllOrNothing),
         ))
@@ -164,6 +165,39 @@ async fn people_see_the_payments_their_role_may_read() {
     }
     let (status, _) = dashboard.page(Role::Reader, "/payments/pay_nothing").await;
     assert!(status == 404 || status == 400, "{status}");
+
+    // The group: listed, and its cards with this month's spend as GetCardGroup has it.
+    let (status, groups) = dashboard.page(Role::Treasury, "/card-groups").await;
+    assert_eq!(status, 200, "{groups}");
+    assert!(groups.contains(&created.id), "{groups}");
+    let (status, shown) = dashboard
+        .page(Role::Treasury, &format!("/card-groups/{}", created.id))
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    let read = stack
+        .groups()
+        .await
+        .get_card_group(pb::GetCardGroupRequest {
+            card_group_id: created.id.clone(),
+        })
+        .await
+        .expect("get the group")
+        .into_inner()
+        .card_group
+        .expect("group");
+    for member in &read.members {
+        let spent = member.month_to_date_spend.as_ref().expect("spend");
+        let spent = tandem_money::Money::new(
+            tandem_money::Currency::parse(&spent.currency_code).expect("currency"),
+            spent.minor_units,
+        );
+        assert!(spent.minor_units > 0, "{member:?}");
+        let row = shown
+            .lines()
+            .find(|line| line.contains(&format!("<td>{}</td>", member.label)))
+            .unwrap_or_else(|| panic!("{} missing from:\n{shown}", member.label));
+        assert!(row.contains(&spent.to_string()), "{row} without {spent}");
+    }
 }
 
 /// A certificate that is not a person's gets no page; a browser without a certificate gets no
