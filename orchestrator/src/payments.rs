@@ -109,16 +109,9 @@ impl Payments {
         .await?
         {
             tx.rollback().await?;
-            if earlier.method != "CreatePayment" || earlier.request_hash != payment.request_hash {
-                return Err(Error::RequestIdReused);
-            }
+            let resource = earlier.resource_of("CreatePayment", &payment.request_hash)?;
             return self
-                .answer(
-                    &earlier.resource_id,
-                    payment.wait,
-                    payment.wait_ms,
-                    deadline,
-                )
+                .answer(resource, payment.wait, payment.wait_ms, deadline)
                 .await;
         }
         let (wait, wait_ms, request_id) =
@@ -416,10 +409,9 @@ impl Payments {
         .await?
         {
             tx.rollback().await?;
-            if earlier.method != "RefundPayment" || earlier.request_hash != refund.request_hash {
-                return Err(Error::RequestIdReused);
-            }
-            return Ok(earlier.resource_id);
+            return Ok(earlier
+                .resource_of("RefundPayment", &refund.request_hash)?
+                .to_owned());
         }
         let id = &refund.payment_id;
         let mut stored = storage::payment(&mut *tx, id, true)
@@ -487,10 +479,9 @@ impl Payments {
         .await?
         {
             tx.rollback().await?;
-            if earlier.method != method || earlier.request_hash != review.request_hash {
-                return Err(Error::RequestIdReused);
-            }
-            return self.get(&earlier.resource_id).await;
+            return self
+                .get(earlier.resource_of(method, &review.request_hash)?)
+                .await;
         }
         let id = &review.payment_id;
         let mut stored = storage::payment(&mut *tx, id, true)
@@ -552,15 +543,13 @@ impl Payments {
         .await?
         {
             tx.rollback().await?;
-            if earlier.method != method || earlier.request_hash != note.request_hash {
-                return Err(Error::RequestIdReused);
-            }
+            let resource = earlier.resource_of(method, &note.request_hash)?;
             let index = earlier
                 .response
                 .as_deref()
                 .and_then(|r| std::str::from_utf8(r).ok()?.parse().ok())
                 .ok_or_else(|| Error::Corrupt("note request without its note".into()))?;
-            return Ok((self.get(&earlier.resource_id).await?, index));
+            return Ok((self.get(resource).await?, index));
         }
         let mut stored = storage::payment(&mut *tx, &note.payment_id, true)
             .await?

@@ -288,12 +288,19 @@ pub struct StoredRequest {
 }
 
 impl StoredRequest {
-    /// The response stored with this request id, for a request of `method` with `hash`: a
-    /// replay answers with it; another request under the id is `REQUEST_ID_REUSED`.
-    pub fn replay(self, method: &str, hash: &[u8]) -> Result<Vec<u8>, Error> {
+    /// The resource this request id made, for a request of `method` with `hash`: a replay
+    /// answers with it; another request under the id is `REQUEST_ID_REUSED`.
+    pub fn resource_of(&self, method: &str, hash: &[u8]) -> Result<&str, Error> {
         if self.method != method || self.request_hash != hash {
             return Err(Error::RequestIdReused);
         }
+        Ok(&self.resource_id)
+    }
+
+    /// The response stored with this request id, for a request of `method` with `hash`: a
+    /// replay answers with it; another request under the id is `REQUEST_ID_REUSED`.
+    pub fn replay(self, method: &str, hash: &[u8]) -> Result<Vec<u8>, Error> {
+        self.resource_of(method, hash)?;
         self.response
             .ok_or_else(|| Error::Corrupt(format!("a {method} request id without its response")))
     }
