@@ -20,17 +20,6 @@ use crate::config::Settings;
 use crate::html::page;
 use crate::pages;
 
-/// The roles of the people the dashboard serves (the roles the services let it act for).
-const PEOPLE: [Role; 7] = [
-    Role::Admin,
-    Role::Auditor,
-    Role::Payer,
-    Role::Treasury,
-    Role::Reader,
-    Role::Approver,
-    Role::Reviewer,
-];
-
 /// Why the dashboard could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -94,7 +83,7 @@ type Response = http::Response<Full<Bytes>>;
 
 /// The answer to one request from `person` (the certificate's caller, if it names one).
 async fn respond<B>(api: &Api, person: Option<&Caller>, request: http::Request<B>) -> Response {
-    let Some(person) = person.filter(|p| PEOPLE.contains(&p.role)) else {
+    let Some(person) = person.filter(|p| Role::PEOPLE.contains(&p.role)) else {
         return plain(
             http::StatusCode::FORBIDDEN,
             "This certificate is not a person's: the dashboard serves people's roles only.",

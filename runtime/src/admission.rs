@@ -524,18 +524,6 @@ const UNIDENTIFIED: &str = "(unidentified)";
 /// certificate): the person whose client certificate the dashboard verified.
 pub const ON_BEHALF_OF: &str = "x-tandem-on-behalf-of";
 
-/// The roles of people, which the dashboard may call for; never a service's (the orchestrator's
-/// charging role, a tokenizer's, a server's) nor its own.
-const DELEGABLE: [Role; 7] = [
-    Role::Admin,
-    Role::Auditor,
-    Role::Payer,
-    Role::Treasury,
-    Role::Reader,
-    Role::Approver,
-    Role::Reviewer,
-];
-
 /// The person `caller` calls for as `person` (an [`ON_BEHALF_OF`] value), when `caller` is a
 /// dashboard and `person` a well-formed identity of a person's role.
 fn delegated(caller: &Caller, person: &http::HeaderValue) -> Option<Caller> {
@@ -543,7 +531,7 @@ fn delegated(caller: &Caller, person: &http::HeaderValue) -> Option<Caller> {
         return None;
     }
     let person = parse_identity(person.to_str().ok()?).ok()?;
-    DELEGABLE.contains(&person.role).then_some(person)
+    Role::PEOPLE.contains(&person.role).then_some(person)
 }
 
 /// A call's place among its caller's calls in flight: the call counts until the last clone is

@@ -84,6 +84,18 @@ impl Role {
         Role::Dashboard,
     ];
 
+    /// The roles of people (not of a service, a server or the dashboard): those the
+    /// dashboard serves and may call on behalf of.
+    pub const PEOPLE: [Role; 7] = [
+        Role::Admin,
+        Role::Auditor,
+        Role::Payer,
+        Role::Treasury,
+        Role::Reader,
+        Role::Approver,
+        Role::Reviewer,
+    ];
+
     /// The role as it appears in certificates, file names and audit rows.
     pub const fn as_str(self) -> &'static str {
         match self {
