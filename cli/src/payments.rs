@@ -357,6 +357,7 @@ pub(crate) async fn run(command: PaymentsCommand) -> anyhow::Result<()> {
                             .into(),
                         invoice_id: invoice_id.clone().unwrap_or_default(),
                         billing_account_id: billing_account.clone().unwrap_or_default(),
+                        ..Default::default()
                     })
                     .await
                     .map_err(failure)?

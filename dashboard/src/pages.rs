@@ -65,6 +65,8 @@ impl PaymentFilters {
             state: state as i32,
             invoice_id: self.invoice_id.clone(),
             billing_account_id: String::new(),
+            start_time: None,
+            end_time: None,
         })
     }
 

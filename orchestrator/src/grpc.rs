@@ -241,11 +241,12 @@ impl PaymentService for PaymentApi {
         let page_size_max = self.payments.settings().page_size_max;
         let (query, scope) = convert::payments::list_payments(request.get_ref(), page_size_max)
             .map_err(to_status)?;
-        let (payments, next) = self.payments.list(&query).await.map_err(to_status)?;
+        let (payments, more) = self.payments.list(&query).await.map_err(to_status)?;
         Ok(Response::new(convert::payments::payments_page(
             &payments,
-            next.as_ref(),
+            more,
             &scope,
+            self.reply_bytes_max,
         )))
     }
 

@@ -28,7 +28,7 @@ use crate::fx::Fx;
 use crate::grpc::convert;
 use crate::metrics::Observed;
 use crate::storage::risk::{Counts, PaymentFeatures};
-use crate::storage::{self, Cursor, FeedPage, StoredPayment};
+use crate::storage::{self, FeedPage, StoredPayment};
 use crate::workflow::{Committed, Round, Workflow, booking_context, outbox_rows};
 use tandem_runtime::fields::Violations;
 use tandem_runtime::time::now_micros as now;
@@ -330,11 +330,12 @@ impl Payments {
             .ok_or(Error::PaymentNotFound)
     }
 
-    /// `ListPayments`, newest first: a page, and where the next one starts if there is one.
+    /// `ListPayments`, newest first: a page of payments with their creation times, and whether
+    /// more follow.
     pub async fn list(
         &self,
         query: &PaymentQuery,
-    ) -> Result<(Vec<StoredPayment>, Option<Cursor>), Error> {
+    ) -> Result<(Vec<(StoredPayment, time::OffsetDateTime)>, bool), Error> {
         let mut rows = storage::list_payments(
             self.workflow.pool(),
             &query.filter,
@@ -345,14 +346,7 @@ impl Payments {
         let size = query.size as usize;
         let more = rows.len() > size;
         rows.truncate(size);
-        let next = match (more, rows.last()) {
-            (true, Some((last, create_time))) => Some(Cursor {
-                create_time: *create_time,
-                id: last.record.id.clone(),
-            }),
-            _ => None,
-        };
-        Ok((rows.into_iter().map(|(payment, _)| payment).collect(), next))
+        Ok((rows, more))
     }
 
     /// `RefundPayment`: records the refund spread over the captured legs, drives it, and

@@ -590,6 +590,10 @@ pub struct PaymentFilter {
     pub invoice_id: Option<String>,
     /// Of this billing account.
     pub billing_account_id: Option<String>,
+    /// Created at or after.
+    pub created_from: Option<OffsetDateTime>,
+    /// Created before.
+    pub created_before: Option<OffsetDateTime>,
 }
 
 /// A page of payments, newest first.
@@ -605,6 +609,8 @@ pub async fn list_payments(
          AND ($3::text IS NULL OR invoice_id = $3) \
          AND ($4::text IS NULL OR billing_account_id = $4) \
          AND ($5::timestamptz IS NULL OR (create_time, id) < ($5, $6)) \
+         AND ($8::timestamptz IS NULL OR create_time >= $8) \
+         AND ($9::timestamptz IS NULL OR create_time < $9) \
          ORDER BY create_time DESC, id DESC LIMIT $7"
     ))
     .bind(filter.card_group_id.as_deref())
@@ -614,6 +620,8 @@ pub async fn list_payments(
     .bind(after.map(|c| c.create_time))
     .bind(after.map(|c| c.id.as_str()))
     .bind(limit)
+    .bind(filter.created_from)
+    .bind(filter.created_before)
     .fetch_all(pool)
     .await?;
     rows.into_iter()

@@ -826,3 +826,45 @@ async fn refunds_and_group_updates_name_their_own_caller() {
     assert_eq!(updates.len(), 1);
     assert_eq!(updates[0].actor, updated.updater);
 }
+
+/// A page of payments is cut short to fit the server's message size (three-card payments
+/// weigh over a kilobyte each: a page of 50 would not fit in 64 KiB), and its token carries on
+/// where it was cut: every payment is listed once.
+#[tokio::test]
+async fn payment_pages_are_cut_to_fit_the_messages() {
+    let (stack, group, _) = stack_with_messages_of(4 * 1024).await;
+    let mut paid = HashSet::new();
+    for i in 0..6 {
+        let payment = stack
+            .pay(&group.id, &format!("INV-PAGE-{i}"), 1_000 + i, None)
+            .await;
+        paid.insert(payment.id);
+    }
+    let mut payments = stack.payments().await;
+    let (mut listed, mut pages, mut page_token) = (Vec::new(), 0, String::new());
+    loop {
+        let page = payments
+            .list_payments(pb::ListPaymentsRequest {
+                page_size: 100,
+                page_token,
+                card_group_id: group.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("a page that fits")
+            .into_inner();
+        pages += 1;
+        assert!(
+            !page.payments.is_empty(),
+            "a page holds at least one payment"
+        );
+        listed.extend(page.payments.into_iter().map(|p| p.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert!(pages > 1, "six payments do not fit in 4 KiB");
+    assert_eq!(listed.len(), paid.len(), "{listed:?}");
+    assert_eq!(listed.into_iter().collect::<HashSet<_>>(), paid);
+}

@@ -111,6 +111,29 @@ pub fn balances(accounts: &[Account]) -> pb::GetBalancesResponse {
     }
 }
 
+/// The time in `field`: a missing one is named when `required`, one outside protobuf's range
+/// (years 1 to 9999, which Postgres also holds) always.
+pub(super) fn read_time(
+    v: &mut Violations,
+    field: &str,
+    wire: Option<&prost_types::Timestamp>,
+    required: bool,
+) -> Option<OffsetDateTime> {
+    let Some(wire) = wire else {
+        if required {
+            v.add(field, "is required: a range has a start and an end");
+        }
+        return None;
+    };
+    let time = Some(wire)
+        .filter(|w| (TIMESTAMP_SECONDS_MIN..=TIMESTAMP_SECONDS_MAX).contains(&w.seconds))
+        .and_then(|w| timestamp(Some(w)));
+    if time.is_none() {
+        v.add(field, "must be a time from year 1 to 9999");
+    }
+    time
+}
+
 /// A time range `[start, end)`: both required when `required`, else both or neither; end
 /// after start, at most `days_max` days long.
 pub(super) fn time_range(
@@ -120,25 +143,10 @@ pub(super) fn time_range(
     required: bool,
     days_max: i64,
 ) -> (Option<OffsetDateTime>, Option<OffsetDateTime>) {
-    let mut read = |field: &str, time: Option<&prost_types::Timestamp>| match time {
-        None => {
-            if required {
-                v.add(field, "is required: a range has a start and an end");
-            }
-            None
-        }
-        Some(wire) => {
-            // Protobuf's range (years 1 to 9999), which Postgres also holds.
-            let time = Some(wire)
-                .filter(|w| (TIMESTAMP_SECONDS_MIN..=TIMESTAMP_SECONDS_MAX).contains(&w.seconds))
-                .and_then(|w| timestamp(Some(w)));
-            if time.is_none() {
-                v.add(field, "must be a time from year 1 to 9999");
-            }
-            time
-        }
-    };
-    let (start, end) = (read("start_time", start), read("end_time", end));
+    let (start, end) = (
+        read_time(v, "start_time", start, required),
+        read_time(v, "end_time", end, required),
+    );
     match (start, end) {
         (Some(start), Some(end)) => {
             if end <= start {

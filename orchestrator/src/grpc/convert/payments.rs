@@ -705,15 +705,31 @@ pub fn list_payments(
         resource_id(&mut v, "card_group_id", "cg_", &request.card_group_id);
     }
     let state = state_filter(&mut v, request.state);
+    // Either bound alone is a range open on the other side.
+    let start = super::ledger::read_time(&mut v, "start_time", request.start_time.as_ref(), false);
+    let end = super::ledger::read_time(&mut v, "end_time", request.end_time.as_ref(), false);
+    if let (Some(start), Some(end)) = (start, end)
+        && end <= start
+    {
+        v.add("end_time", "must be after start_time");
+    }
     let filter = PaymentFilter {
         card_group_id: Some(request.card_group_id.clone()).filter(|s| !s.is_empty()),
         state,
         invoice_id: Some(request.invoice_id.clone()).filter(|s| !s.is_empty()),
         billing_account_id: Some(request.billing_account_id.clone()).filter(|s| !s.is_empty()),
+        created_from: start,
+        created_before: end,
     };
+    let bound = |time: Option<OffsetDateTime>| time.map(|t| t.unix_timestamp_nanos());
     let scope = format!(
-        "{}|{}|{}|{}",
-        request.card_group_id, request.state, request.invoice_id, request.billing_account_id
+        "{}|{}|{}|{}|{:?}|{:?}",
+        request.card_group_id,
+        request.state,
+        request.invoice_id,
+        request.billing_account_id,
+        bound(start),
+        bound(end),
     );
     let after = page_after(&mut v, &request.page_token, &scope);
     v.finish((
@@ -726,18 +742,35 @@ pub fn list_payments(
     ))
 }
 
-/// A page of `ListPayments`.
+/// A page of `ListPayments`: the payments of `rows` that fit in `bytes_max` (at least one),
+/// and the token of the next page when some were left out or `more` follow.
 pub fn payments_page(
-    payments: &[StoredPayment],
-    next: Option<&Cursor>,
+    rows: &[(StoredPayment, OffsetDateTime)],
+    more: bool,
     scope: &str,
+    bytes_max: usize,
 ) -> pb::ListPaymentsResponse {
+    let mut payments = Vec::with_capacity(rows.len());
+    let mut bytes = 0;
+    for (stored, _) in rows {
+        let wire = payment_to_wire(stored, stored.update_time);
+        bytes += wire.encoded_len() + 8;
+        if bytes > bytes_max && !payments.is_empty() {
+            break;
+        }
+        payments.push(wire);
+    }
+    let cut = payments.len() < rows.len();
+    let next = rows
+        .get(payments.len().wrapping_sub(1))
+        .filter(|_| cut || more)
+        .map(|(stored, create_time)| Cursor {
+            create_time: *create_time,
+            id: stored.record.id.clone(),
+        });
     pb::ListPaymentsResponse {
-        payments: payments
-            .iter()
-            .map(|p| payment_to_wire(p, p.update_time))
-            .collect(),
-        next_page_token: next_page_token(next, scope),
+        payments,
+        next_page_token: next_page_token(next.as_ref(), scope),
     }
 }
 
@@ -895,6 +928,55 @@ const EVENT_KINDS: [EventKind; 24] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A creation-time range may be open on either side; an inverted or out-of-range bound
+    /// names its field; the bounds are part of the page tokens' scope.
+    #[test]
+    fn payment_lists_filter_by_creation_time() {
+        let at = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+        let list = |start, end| {
+            list_payments(
+                &pb::ListPaymentsRequest {
+                    start_time: start,
+                    end_time: end,
+                    ..Default::default()
+                },
+                100,
+            )
+        };
+        let (query, scope) = list(Some(at(1_000)), None).expect("open end");
+        assert_eq!(
+            query
+                .filter
+                .created_from
+                .map(OffsetDateTime::unix_timestamp),
+            Some(1_000)
+        );
+        assert!(query.filter.created_before.is_none());
+        let (_, other_scope) = list(Some(at(2_000)), None).expect("open end");
+        assert_ne!(
+            scope, other_scope,
+            "a token of one range is foreign to another"
+        );
+        let (query, _) = list(None, Some(at(3_000))).expect("open start");
+        assert_eq!(
+            query
+                .filter
+                .created_before
+                .map(OffsetDateTime::unix_timestamp),
+            Some(3_000)
+        );
+        let field = |result: Result<(PaymentQuery, String), Error>| match result {
+            Err(Error::InvalidArgument(v)) => v.into_iter().map(|f| f.field).collect::<Vec<_>>(),
+            other => panic!("not invalid: {other:?}"),
+        };
+        assert_eq!(field(list(Some(at(2_000)), Some(at(1_000)))), ["end_time"]);
+        assert_eq!(
+            field(list(Some(at(i64::MAX)), None)),
+            ["start_time"],
+            "beyond year 9999"
+        );
+    }
 
     /// A note may not hold a card number however its digits are separated or written.
     #[test]
