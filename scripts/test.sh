@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of Tandem on a fresh machine: starts Postgres if it is down, installs
-# Prometheus (Debian's package) and the Python tools into .venv, checks the alert rules with
-# promtool, lints the protos with buf, checks the formatting and clippy's lints (warnings are
-# errors), runs the Rust suite (unit, Postgres and end-to-end over mTLS), the Python client
-# suite (which also drives the Node client and grpcurl), scans both suites' logs for card
-# numbers, a smoke run of
+# Prometheus and Chromium (Debian's packages) and the Python tools into .venv, checks the alert
+# rules with promtool, checks the dashboard's committed script against a rebuild of
+# dashboard/web, lints the protos with buf, checks the formatting and clippy's lints (warnings
+# are errors), runs the Rust suite (unit, Postgres and end-to-end over mTLS), the Python client
+# suite (which also drives the Node client, grpcurl, and the dashboard in headless Chromium
+# through Playwright), scans both suites' logs for card numbers, a smoke run of
 # `tandemctl dev --demo` (with its webhook receiver), a short `tandemctl bench treasury`,
-# `tandemctl bench recon` and `tandemctl bench webhooks`, the fuzz targets (30 s each) and the
-# chaos harness (500 payments, 20+ kills).
+# `tandemctl bench dashboard`, `tandemctl bench recon` and `tandemctl bench webhooks`, the fuzz
+# targets (30 s each) and the chaos harness (500 payments, 20+ kills).
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,16 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
 fi
 prometheus --version 2>&1 | head -1
 promtool check rules ops/prometheus/alerts.yml
+
+step "chromium (Debian's package: the dashboard's browser tests drive it)"
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+fi
+chromium --version 2>/dev/null | head -1
+
+step "dashboard script (rebuilt from dashboard/web with npm; must equal the committed bundle)"
+bash dashboard/web/check.sh
 
 step "python tools (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -88,6 +99,7 @@ dev_dir="$(mktemp -d)"
 # earlier step may still hold.
 TANDEM_VAULT__SERVER__LISTEN_ADDR="127.0.0.1:30151" \
   TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR="127.0.0.1:30152" \
+  TANDEM_DASHBOARD__SERVER__LISTEN_ADDR="127.0.0.1:30154" \
   ./target/debug/tandemctl dev --demo --exit --dir "$dev_dir" \
   --vault-database "tandem_test_dev_$$" \
   --orchestrator-database "tandem_test_dev_orchestrator_$$" \
@@ -105,6 +117,15 @@ bench_out="$(mktemp)"
 ./target/debug/tandemctl bench treasury --payments 2000 --samples 5 --no-baseline | tee "$bench_out"
 grep -q "^GetSpendReport over 2000 payments" "$bench_out"
 grep -q "^ExportLedger (CSV, chunks of 10000): 12000 entries" "$bench_out"
+rm -f "$bench_out"
+for db in tandem_bench_vault tandem_bench_orchestrator; do
+  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+done
+
+step "tandemctl bench dashboard (100,000 payments; the first page of /payments, timed at the server)"
+bench_out="$(mktemp)"
+./target/debug/tandemctl bench dashboard --payments 100000 --samples 5 --no-baseline | tee "$bench_out"
+grep -q "^dashboard /payments first page over 100000 payments: at the server" "$bench_out"
 rm -f "$bench_out"
 for db in tandem_bench_vault tandem_bench_orchestrator; do
   psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"

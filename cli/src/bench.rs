@@ -31,6 +31,8 @@
 //!   once, and their lag behind the commit under steady payments ([`webhooks`]).
 //! - `tandemctl bench risk`: what a payment's risk assessment adds to its latency at half load
 //!   ([`risk`]).
+//! - `tandemctl bench dashboard`: the dashboard's first page of payments over many payments,
+//!   timed at the server ([`dashboard`]).
 //!
 //! Apart from `flood`, the servers run without limits per caller: the benchmarks measure what
 //! an instance sustains, which is what those limits are set against.
@@ -39,6 +41,7 @@
 //! figures.
 
 mod charge;
+mod dashboard;
 mod flood;
 mod ledger;
 mod measure;
@@ -93,6 +96,8 @@ pub enum BenchCommand {
     /// Risk: what a payment's assessment under every rule kind adds to its latency at half
     /// load, beside payments assessed under no rule.
     Risk(risk::RiskArgs),
+    /// The dashboard's payments page over many payments: its first page's time at the server.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 /// How hard, how long, and beside which baseline a benchmark runs.
@@ -171,6 +176,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Recon(args) => recon::run(args).await,
         BenchCommand::Webhooks(args) => webhooks::run(args).await,
         BenchCommand::Risk(args) => risk::run(args).await,
+        BenchCommand::Dashboard(args) => dashboard::run(args).await,
     }
 }
 

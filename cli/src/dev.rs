@@ -18,6 +18,7 @@
 //! registers it as an endpoint for every event ([`webhook`]), so each event prints as it
 //! arrives.
 
+mod browser;
 mod demo;
 mod webhook;
 
@@ -118,6 +119,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             },
         )?;
 
+        let dashboard_settings =
+            dashboard_settings(&args.dir, &orchestrator.uri(), &vault.uri())?;
+        let dashboard_listener = bind(dashboard_settings.server.listen_addr, "the dashboard").await?;
+        let dashboard = Server::spawn("dashboard", dashboard_listener, move |listener, shutdown| {
+            tandem_dashboard::run(listener, dashboard_settings, shutdown)
+        })?;
+
         let tokenizer = vault
             .connect(&args.dir, Role::Tokenizer, CONNECT_TIMEOUT)
             .await?;
@@ -141,6 +149,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let mut groups = CardGroupServiceClient::new(treasury);
         let globalops = seed_group(&mut groups, globalops_group(&cards)).await?;
         print_instructions(&args.dir, vault.addr, orchestrator.addr, &globalops);
+        println!(
+            "\nThe dashboard is on https://{} (a person's client certificate from the Tandem CA).\n{}",
+            dashboard.addr,
+            browser::import_instructions(&args.dir)
+        );
 
         if args.demo {
             let charger = vault
@@ -162,7 +175,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             // With `--exit`, what the run committed arrives before the stack stops.
             receiver.stop(args.exit).await?;
         }
-        // The orchestrator first: it calls the vault until it stops.
+        // The dashboard first, then the orchestrator: each calls the next until it stops.
+        dashboard.stop().await?;
         orchestrator.stop().await?;
         vault.stop().await
     }
@@ -199,6 +213,7 @@ pub fn ensure_certificates(dir: &Path) -> anyhow::Result<()> {
         .context("writing dev certificates")?;
         println!("wrote dev certificates to {}", dir.display());
     }
+    browser::write_pkcs12(dir)?;
     Ok(())
 }
 
@@ -301,6 +316,32 @@ pub fn orchestrator_settings(
         settings.webhook.allow_hosts = WEBHOOK_ALLOW_HOSTS.map(str::to_owned).to_vec();
     }
     settings.validate()?;
+    Ok(settings)
+}
+
+/// Dashboard settings for the dev stack: the defaults plus `TANDEM_DASHBOARD__...` overrides,
+/// with the certificates of `dir`, calling the orchestrator and the vault where they listen
+/// with the `dashboard` identity of `dir`.
+pub fn dashboard_settings(
+    dir: &Path,
+    orchestrator_uri: &str,
+    vault_uri: &str,
+) -> anyhow::Result<tandem_dashboard::config::Settings> {
+    let mut settings = tandem_dashboard::config::Settings::load(None, std::env::vars())?;
+    let server = TlsFiles::in_dir(dir, "dashboard-server");
+    settings.tls.cert_path = server.cert_path;
+    settings.tls.key_path = server.key_path;
+    settings.tls.ca_path = server.ca_path;
+    let client = TlsFiles::in_dir(dir, Role::Dashboard.as_str());
+    for (upstream, uri) in [
+        (&mut settings.orchestrator, orchestrator_uri),
+        (&mut settings.vault, vault_uri),
+    ] {
+        upstream.endpoint = uri.to_owned();
+        upstream.cert_path = client.cert_path.clone();
+        upstream.key_path = client.key_path.clone();
+        upstream.ca_path = client.ca_path.clone();
+    }
     Ok(settings)
 }
 

@@ -189,6 +189,14 @@ mod tests {
             .collect()
     }
 
+    /// The example file holds every key at its default.
+    #[test]
+    fn example_file_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/dashboard.example.toml");
+        let example = Settings::load(Some(&path), Vec::new()).expect("the example loads");
+        assert_eq!(format!("{example:?}"), format!("{:?}", Settings::default()));
+    }
+
     /// The defaults load; overrides replace single keys; a bad value names its key.
     #[test]
     fn settings_load_and_are_checked() {

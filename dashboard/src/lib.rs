@@ -18,7 +18,9 @@
 
 pub mod api;
 pub mod config;
+pub mod forms;
 pub mod html;
+pub mod live;
 pub mod pages;
 pub mod server;
 

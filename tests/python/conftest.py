@@ -58,12 +58,14 @@ def _free_port():
 
 
 class Vault:
-    """A running vault (and the orchestrator beside it) and how to reach them."""
+    """A running vault (and the orchestrator and the dashboard beside it) and how to reach
+    them."""
 
-    def __init__(self, address, certs, orchestrator_address):
+    def __init__(self, address, certs, orchestrator_address, dashboard_address):
         self.address = address
         self.certs = certs
         self.orchestrator_address = orchestrator_address
+        self.dashboard_address = dashboard_address
 
     def credentials(self, role):
         read = lambda name: (self.certs / name).read_bytes()
@@ -129,11 +131,13 @@ def _running_stack(extra_env=None):
         pytest.fail(f"{TANDEMCTL} is missing: run `cargo build -p tandemctl` first")
     port = _free_port()
     orchestrator_port = _free_port()
+    dashboard_port = _free_port()
     certs = pathlib.Path(tempfile.mkdtemp(prefix="tandem-py-"))
     env = dict(
         os.environ,
         TANDEM_VAULT__SERVER__LISTEN_ADDR=f"127.0.0.1:{port}",
         TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR=f"127.0.0.1:{orchestrator_port}",
+        TANDEM_DASHBOARD__SERVER__LISTEN_ADDR=f"127.0.0.1:{dashboard_port}",
         # Not the fixed default (9464): a module's own stack runs beside the shared one.
         TANDEM_VAULT__METRICS__LISTEN_ADDR=f"127.0.0.1:{_free_port()}",
         TANDEM_ORCHESTRATOR__METRICS__LISTEN_ADDR=f"127.0.0.1:{_free_port()}",
@@ -183,7 +187,12 @@ def _running_stack(extra_env=None):
             )
         time.sleep(0.1)
     try:
-        yield Vault(f"127.0.0.1:{port}", certs, f"127.0.0.1:{orchestrator_port}")
+        yield Vault(
+            f"127.0.0.1:{port}",
+            certs,
+            f"127.0.0.1:{orchestrator_port}",
+            f"127.0.0.1:{dashboard_port}",
+        )
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -37,9 +37,12 @@ impl Dashboard {
         settings.tls.ca_path = server.ca_path;
         let client = pki().client(Role::Dashboard);
         settings.orchestrator.endpoint = format!("https://{}", stack.orchestrator.addr);
-        settings.orchestrator.cert_path = client.cert_path;
-        settings.orchestrator.key_path = client.key_path;
-        settings.orchestrator.ca_path = client.ca_path;
+        settings.vault.endpoint = format!("https://{}", stack.vault.addr);
+        for upstream in [&mut settings.orchestrator, &mut settings.vault] {
+            upstream.cert_path = client.cert_path.clone();
+            upstream.key_path = client.key_path.clone();
+            upstream.ca_path = client.ca_path.clone();
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -150,6 +153,21 @@ async fn people_see_the_payments_their_role_may_read() {
     assert!(!failed.contains(&payment.id) && failed.contains("No payment matches"));
     let (status, refused) = dashboard.page(Role::Reader, "/payments?state=PAID").await;
     assert_eq!(status, 400, "{refused}");
+    // Creation days (UTC), through ListPayments' time range: today's payment is in a range
+    // from today, not in one that ended yesterday.
+    let today = time::OffsetDateTime::now_utc().date();
+    let yesterday = today.previous_day().expect("a day before");
+    let (_, from_today) = dashboard
+        .page(Role::Reader, &format!("/payments?from={today}"))
+        .await;
+    assert!(from_today.contains(&payment.id), "{from_today}");
+    let (_, until_yesterday) = dashboard
+        .page(Role::Reader, &format!("/payments?until={yesterday}"))
+        .await;
+    assert!(
+        !until_yesterday.contains(&payment.id) && until_yesterday.contains("No payment matches"),
+        "{until_yesterday}"
+    );
 
     let (status, shown) = dashboard
         .page(Role::Treasury, &format!("/payments/{}", payment.id))
@@ -201,7 +219,8 @@ async fn people_see_the_payments_their_role_may_read() {
 }
 
 /// A certificate that is not a person's gets no page; a browser without a certificate gets no
-/// connection; nothing but GET is served.
+/// connection; a post not from the dashboard's own pages is refused; nothing but GET and POST
+/// is served.
 #[tokio::test]
 async fn only_people_with_certificates_get_pages() {
     let stack = Stack::start().await;
@@ -217,8 +236,21 @@ async fn only_people_with_certificates_get_pages() {
         anonymous.as_ref().map_or(true, |(status, _)| *status == 0),
         "{anonymous:?}"
     );
+    // Key status is the vault's, for admin alone: read on the admin's behalf.
+    let (status, keys) = dashboard.page(Role::Admin, "/keys").await;
+    assert_eq!(status, 200, "{keys}");
+    assert!(keys.contains("data-field=\"seal\">UNSEALED"), "{keys}");
+    assert!(keys.contains("<td>ACTIVE</td>"), "{keys}");
+    let (status, _) = dashboard.page(Role::Treasury, "/keys").await;
+    assert_eq!(status, 403);
+    // A form's post from no origin (not the dashboard's pages) is refused before it is read.
     let (status, _) = dashboard
-        .request(Some(Role::Treasury), "POST", "/payments")
+        .request(Some(Role::Treasury), "POST", "/review/pay_x")
+        .await
+        .expect("an answer");
+    assert_eq!(status, 403);
+    let (status, _) = dashboard
+        .request(Some(Role::Treasury), "DELETE", "/payments")
         .await
         .expect("an answer");
     assert_eq!(status, 405);
