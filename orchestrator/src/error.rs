@@ -138,6 +138,12 @@ pub enum Error {
     Database(#[from] sqlx::Error),
 }
 
+impl tandem_runtime::database::TransactionError for Error {
+    fn is_transaction_conflict(&self) -> bool {
+        matches!(self, Error::Database(e) if tandem_runtime::database::is_transaction_conflict(e))
+    }
+}
+
 impl From<tandem_ledger::LedgerError> for Error {
     fn from(error: tandem_ledger::LedgerError) -> Self {
         match error {

@@ -45,9 +45,11 @@ pub const WEBHOOK_LAG: &str = "tandem_orchestrator_webhook_delivery_lag_seconds"
 pub const WEBHOOK_ATTEMPTS: &str = "tandem_orchestrator_webhook_attempts_total";
 /// Open discrepancies by processor and class, read at each scrape.
 pub const DISCREPANCIES: &str = "tandem_orchestrator_reconciliation_open_discrepancies";
+/// Transactions run again after losing a serialization or deadlock race, by transaction.
+pub const TRANSACTION_RETRIES: &str = "tandem_orchestrator_transaction_retries_total";
 
 /// Every family's name.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     PAYMENTS,
     TIME_TO_TERMINAL,
     ATTEMPTS,
@@ -61,11 +63,16 @@ pub const ALL: [&str; 13] = [
     WEBHOOK_LAG,
     WEBHOOK_ATTEMPTS,
     DISCREPANCIES,
+    TRANSACTION_RETRIES,
 ];
 
 /// Describes every family.
 pub fn describe() {
     use metrics::Unit;
+    metrics::describe_counter!(
+        TRANSACTION_RETRIES,
+        "Transactions run again after losing a serialization or deadlock race, by transaction."
+    );
     metrics::describe_counter!(
         PAYMENTS,
         "Payments that entered each state (PENDING at creation), by state and card group."

@@ -33,6 +33,7 @@ use futures::future::join_all;
 use sqlx::PgPool;
 use tandem_ledger::types::{NewAccount, TransferResult};
 use tandem_runtime::admission::InFlight;
+use tandem_runtime::database::ConflictRetry;
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tracing::Instrument as _;
@@ -130,6 +131,11 @@ pub struct Workflow {
 
 /// Most ledger accounts [`Workflow`] remembers; past it, it forgets them all and starts over.
 const KNOWN_ACCOUNTS_MAX: usize = 100_000;
+
+/// How the saga's transactions run again after losing a serialization or deadlock race
+/// (nothing of the lost run was committed; the payment is read again).
+pub(crate) const CONFLICT_RETRY: ConflictRetry =
+    ConflictRetry::counted_in(crate::metrics::TRANSACTION_RETRIES);
 
 /// Removes a payment from [`Workflow::driving`] when its drive ends, however it ends.
 struct Driving<'w> {
@@ -491,6 +497,12 @@ impl Workflow {
     /// round's results, the next round's intents are recorded with them:
     /// [`Workflow::prepare_results`].)
     async fn intents(&self, payment_id: &str) -> Result<Round, Error> {
+        CONFLICT_RETRY
+            .run("intents", || self.intents_once(payment_id))
+            .await
+    }
+
+    async fn intents_once(&self, payment_id: &str) -> Result<Round, Error> {
         let mut tx = self.pool.begin().await?;
         let Some(mut stored) = storage::payment(&mut *tx, payment_id, true).await? else {
             return Err(Error::PaymentNotFound);
@@ -723,6 +735,12 @@ impl Workflow {
 
     /// Step 3 in a transaction of its own; returns as [`Workflow::results`] does.
     async fn results_alone(&self, job: &ResultsJob) -> Result<Option<Round>, Error> {
+        CONFLICT_RETRY
+            .run("results", || self.results_alone_once(job))
+            .await
+    }
+
+    async fn results_alone_once(&self, job: &ResultsJob) -> Result<Option<Round>, Error> {
         let mut tx = self.pool.begin().await?;
         let Some(written) = self.prepare_results(&mut tx, job).await? else {
             return Ok(Some(Round::Lost));

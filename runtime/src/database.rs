@@ -99,9 +99,186 @@ pub fn to_status_parts(error: &sqlx::Error) -> (tonic::Code, &'static str) {
     }
 }
 
+/// Whether `error` is a transaction losing a race it can win when run again: a
+/// serialization failure (40001) or a deadlock (40P01). Postgres rolled the whole transaction
+/// back; nothing of it was committed.
+pub fn is_transaction_conflict(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| is_transaction_conflict_code(&code))
+}
+
+/// Whether a SQLSTATE is a serialization failure or a deadlock.
+fn is_transaction_conflict_code(code: &str) -> bool {
+    code == "40001" || code == "40P01"
+}
+
+/// An error that may be a transaction conflict ([`is_transaction_conflict`]).
+pub trait TransactionError {
+    /// Whether the transaction lost a serialization or deadlock race.
+    fn is_transaction_conflict(&self) -> bool;
+}
+
+impl TransactionError for sqlx::Error {
+    fn is_transaction_conflict(&self) -> bool {
+        is_transaction_conflict(self)
+    }
+}
+
+/// How a transaction that lost a serialization or deadlock race is run again: at most
+/// `attempts` runs in all, the n-th retry after a random wait (full jitter) of up to
+/// `base * 2^(n-1)`, never above `cap`, so that the transactions that collided do not meet
+/// again at the same moment.
+/// Each retry counts in the service's own counter (by transaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConflictRetry {
+    /// Runs in all, the first included.
+    pub attempts: u32,
+    /// The first retry's longest wait.
+    pub base: std::time::Duration,
+    /// The longest wait.
+    pub cap: std::time::Duration,
+    /// The counter of retries, labelled `transaction` (the service's own family).
+    pub counter: &'static str,
+}
+
+impl ConflictRetry {
+    /// Five runs, waits of up to 5, 10, 20 and 40 ms, counted in `counter`: a race lost five
+    /// times in a row is contention a caller should hear about (`UNAVAILABLE`,
+    /// `STORAGE_UNAVAILABLE`).
+    pub const fn counted_in(counter: &'static str) -> ConflictRetry {
+        ConflictRetry {
+            attempts: 5,
+            base: std::time::Duration::from_millis(5),
+            cap: std::time::Duration::from_millis(200),
+            counter,
+        }
+    }
+
+    /// The longest wait before retry `n` (1 for the first).
+    pub fn ceiling(&self, n: u32) -> std::time::Duration {
+        self.base
+            .saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX))
+            .min(self.cap)
+    }
+
+    /// Runs `transaction` (a whole transaction: begin, statements, commit) until it succeeds,
+    /// fails otherwise than by a conflict, or has run [`ConflictRetry::attempts`] times.
+    /// `what` names it in the log line of each retry and the counter's `transaction` label.
+    pub async fn run<T, E, F, Fut>(&self, what: &'static str, mut transaction: F) -> Result<T, E>
+    where
+        E: TransactionError,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut run = 1;
+        loop {
+            match transaction().await {
+                Err(error) if error.is_transaction_conflict() && self.again(what, run).await => {
+                    run += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// After run `run` of the transaction `what` lost a race: false once it has run
+    /// [`ConflictRetry::attempts`] times; otherwise counts the retry, waits its jittered time
+    /// and answers true. For loops [`ConflictRetry::run`] cannot hold (a transaction over
+    /// data borrowed mutably).
+    pub async fn again(&self, what: &'static str, run: u32) -> bool {
+        if run >= self.attempts {
+            return false;
+        }
+        let wait = jitter(self.ceiling(run));
+        tracing::debug!(
+            transaction = what,
+            run,
+            ?wait,
+            "transaction conflict; retrying"
+        );
+        metrics::counter!(self.counter, "transaction" => what).increment(1);
+        tokio::time::sleep(wait).await;
+        true
+    }
+}
+
+/// A random wait from zero to `ceiling`.
+fn jitter(ceiling: std::time::Duration) -> std::time::Duration {
+    ceiling.mul_f64(crate::ids::random_fraction())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in error: a conflict or not.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Failed {
+        Conflict,
+        Other,
+    }
+
+    impl TransactionError for Failed {
+        fn is_transaction_conflict(&self) -> bool {
+            *self == Failed::Conflict
+        }
+    }
+
+    /// A conflict is run again, up to the attempts; another failure, or success, is final.
+    /// (The waits are real: at most 75 ms in all.)
+    #[tokio::test]
+    async fn conflicts_are_retried_within_bounds() {
+        let retry = ConflictRetry::counted_in("tandem_test_transaction_retries_total");
+        let runs = std::cell::Cell::new(0);
+        let outcome = retry
+            .run("test", || {
+                runs.set(runs.get() + 1);
+                let run = runs.get();
+                async move {
+                    if run < 3 {
+                        Err(Failed::Conflict)
+                    } else {
+                        Ok(run)
+                    }
+                }
+            })
+            .await;
+        assert_eq!(outcome, Ok(3));
+        runs.set(0);
+        let outcome: Result<(), Failed> = retry
+            .run("test", || {
+                runs.set(runs.get() + 1);
+                async { Err(Failed::Conflict) }
+            })
+            .await;
+        assert_eq!((outcome, runs.get()), (Err(Failed::Conflict), 5));
+        runs.set(0);
+        let outcome: Result<(), Failed> = retry
+            .run("test", || {
+                runs.set(runs.get() + 1);
+                async { Err(Failed::Other) }
+            })
+            .await;
+        assert_eq!((outcome, runs.get()), (Err(Failed::Other), 1));
+    }
+
+    /// The waits double from the base up to the cap, and a jittered wait stays under its
+    /// ceiling.
+    #[test]
+    fn waits_double_up_to_the_cap() {
+        let retry = ConflictRetry::counted_in("tandem_test_transaction_retries_total");
+        let ms = |n| retry.ceiling(n).as_millis();
+        assert_eq!([ms(1), ms(2), ms(3), ms(4)], [5, 10, 20, 40]);
+        assert_eq!(ms(7), 200);
+        assert_eq!(ms(100), 200);
+        for _ in 0..100 {
+            assert!(jitter(retry.ceiling(3)) <= retry.ceiling(3));
+        }
+        assert!(is_transaction_conflict_code("40001") && is_transaction_conflict_code("40P01"));
+        assert!(!is_transaction_conflict_code("23505"));
+    }
 
     /// Every constraint violation is a conflict or a broken invariant, never "other"; the
     /// retryable server states are unavailable.

@@ -389,3 +389,9 @@ impl Error {
         matches!(self, Error::Database(_))
     }
 }
+
+impl tandem_runtime::database::TransactionError for Error {
+    fn is_transaction_conflict(&self) -> bool {
+        matches!(self, Error::Database(e) if tandem_runtime::database::is_transaction_conflict(e))
+    }
+}

@@ -31,9 +31,11 @@ pub const REWRAP_ROWS_DONE: &str = "tandem_vault_rewrap_rows_done";
 pub const REWRAP_ROWS_PER_SECOND: &str = "tandem_vault_rewrap_rows_per_second";
 /// Time the processor took to answer a charge operation, by operation and outcome.
 pub const CONNECTOR_SECONDS: &str = "tandem_vault_connector_call_seconds";
+/// Writes run again after losing a serialization or deadlock race, by transaction.
+pub const TRANSACTION_RETRIES: &str = "tandem_vault_transaction_retries_total";
 
 /// Every family's name.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     OPERATIONS,
     CARD_DATA_UNREADABLE,
     SEALED,
@@ -46,6 +48,7 @@ pub const ALL: [&str; 12] = [
     REWRAP_ROWS_DONE,
     REWRAP_ROWS_PER_SECOND,
     CONNECTOR_SECONDS,
+    TRANSACTION_RETRIES,
 ];
 
 /// Describes every family, and sets the alarm counter to zero so that it is always exported
@@ -61,6 +64,10 @@ pub fn describe() {
          ciphertext): an integrity alarm, see the key runbook."
     );
     metrics::counter!(CARD_DATA_UNREADABLE).increment(0);
+    metrics::describe_counter!(
+        TRANSACTION_RETRIES,
+        "Writes run again after losing a serialization or deadlock race, by transaction."
+    );
     metrics::describe_gauge!(SEALED, "1 while the vault is sealed.");
     metrics::describe_gauge!(
         BREAKER_STATE,

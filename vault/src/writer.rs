@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use sqlx::{PgConnection, PgPool};
+use tandem_runtime::database::{ConflictRetry, TransactionError as _};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -327,9 +328,14 @@ async fn run(pool: PgPool, receiver: SharedReceiver, batch_size_max: usize) {
 
 type SharedReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<Box<dyn Job>>>>;
 
+/// How a write runs again after losing a serialization or deadlock race: nothing of the lost
+/// run was committed, and a job's `apply` sets its output anew on each run.
+const CONFLICT_RETRY: ConflictRetry =
+    ConflictRetry::counted_in(crate::metrics::TRANSACTION_RETRIES);
+
 /// Commits a batch and answers every job in it.
 async fn commit(pool: &PgPool, mut jobs: Vec<Box<dyn Job>>) {
-    match try_commit(pool, &mut jobs).await {
+    match try_commit_retrying(pool, &mut jobs).await {
         Ok(()) => jobs.into_iter().for_each(|job| job.complete(Ok(()))),
         Err(error) if jobs.len() == 1 => {
             tracing::error!(error = %error, "vault write failed");
@@ -341,13 +347,29 @@ async fn commit(pool: &PgPool, mut jobs: Vec<Box<dyn Job>>) {
             tracing::warn!(error = %error, jobs = jobs.len(), "batch failed; retrying one by one");
             for job in jobs {
                 let mut single = vec![job];
-                let result = try_commit(pool, &mut single).await;
+                let result = try_commit_retrying(pool, &mut single).await;
                 if let Err(error) = &result {
                     tracing::error!(error = %error, "vault write failed");
                 }
                 let job = single.pop().expect("one job in a single batch");
                 job.complete(result);
             }
+        }
+    }
+}
+
+/// [`try_commit`], run again while it loses serialization or deadlock races
+/// ([`CONFLICT_RETRY`]).
+async fn try_commit_retrying(pool: &PgPool, jobs: &mut [Box<dyn Job>]) -> Result<(), Error> {
+    let mut run = 1;
+    loop {
+        match try_commit(pool, jobs).await {
+            Err(error)
+                if error.is_transaction_conflict() && CONFLICT_RETRY.again("write", run).await =>
+            {
+                run += 1;
+            }
+            other => return other,
         }
     }
 }

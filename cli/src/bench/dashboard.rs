@@ -207,7 +207,10 @@ async fn time_first_page(
         let request = http::Request::get("/payments")
             .header("host", address.to_string())
             .body(Empty::<bytes::Bytes>::new())?;
-        sender.ready().await.context("the connection to the dashboard")?;
+        sender
+            .ready()
+            .await
+            .context("the connection to the dashboard")?;
         let start = Instant::now();
         let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(request))
             .await
