@@ -183,6 +183,10 @@ async fn get<B>(
     let query = request.uri().query();
     let html = match path {
         "/" => return Ok(Answer::Redirect("/payments".to_owned())),
+        // Browsers ask for it on a first visit; there is none.
+        "/favicon.ico" => {
+            return Ok(Answer::Plain(http::StatusCode::NO_CONTENT, ""));
+        }
         SCRIPT_PATH => return Ok(Answer::Script),
         "/payments" => pages::payments::payments(api, visit, query).await,
         "/card-groups" => pages::card_groups::card_groups(api, visit, query).await,
@@ -290,7 +294,9 @@ fn secured(mut builder: http::response::Builder) -> http::response::Builder {
         ("cache-control", "no-store"),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        // Not `no-referrer`: under it a browser posts a form with `Origin: null`, which
+        // the origin check refuses. Other sites still get no referrer.
+        ("referrer-policy", "same-origin"),
         (
             "content-security-policy",
             "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; \

@@ -628,8 +628,11 @@ async fn deliveries(
     for found in found {
         deliveries.extend(found?);
     }
-    deliveries
-        .sort_by_key(|d| std::cmp::Reverse(d.create_time.as_ref().map(|t| (t.seconds, t.nanos))));
+    // Newest first; deliveries made together, newest event first.
+    let at = |t: Option<&prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos));
+    deliveries.sort_by_key(|d| {
+        std::cmp::Reverse((at(d.create_time.as_ref()), at(d.event_time.as_ref())))
+    });
     Ok(deliveries)
 }
 

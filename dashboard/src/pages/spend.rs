@@ -29,19 +29,21 @@ pub async fn spend(api: &Api, visit: &Visit<'_>, query: Option<&str>) -> Page {
         return Err(ApiError::Invalid("until must not be before from".into()));
     }
     let groups = card_groups(api, person).await?;
-    let mut accounts: Vec<&str> = groups
+    let mut accounts: Vec<String> = groups
         .iter()
-        .map(|g| g.billing_account_id.as_str())
+        .map(|g| g.billing_account_id.clone())
         .collect();
-    accounts.sort_unstable();
-    accounts.dedup();
     let account = match query.get("billing_account_id") {
         chosen if !chosen.is_empty() => chosen,
-        _ => accounts
-            .first()
-            .map(|a| (*a).to_owned())
-            .unwrap_or_default(),
+        _ => accounts.iter().min().cloned().unwrap_or_default(),
     };
+    // The account asked for is offered even when no group of the first page holds it, so
+    // the form never shows one account over another's report.
+    if !account.is_empty() {
+        accounts.push(account.clone());
+    }
+    accounts.sort_unstable();
+    accounts.dedup();
     let mut body = String::new();
     body.push_str(
         "<form class=\"filters\" method=\"get\" action=\"/spend\" role=\"search\" data-live \
@@ -172,6 +174,17 @@ fn chart(
     lines: &[pb::SpendLine],
     label: impl Fn(&pb::SpendLine) -> String,
 ) {
+    if lines.is_empty() {
+        let _ = writeln!(
+            body,
+            "<h2>{}</h2>\n<p>Nothing spent in these days.</p>",
+            escape(title)
+        );
+        return;
+    }
+    // A label spent in several currencies has a bar per currency: each says which.
+    let labels: Vec<String> = lines.iter().map(&label).collect();
+    let repeated = |name: &String| labels.iter().filter(|other| *other == name).count() > 1;
     let _ = write!(
         body,
         "<figure class=\"chart\" data-chart=\"bar\" id=\"{id}\">\n<figcaption>{title}</figcaption>\n\
@@ -179,11 +192,16 @@ fn chart(
          <th scope=\"col\">Captured</th><th scope=\"col\">Refunded</th></tr></thead>\n<tbody>\n",
         title = escape(title),
     );
-    for line in lines {
+    for (line, name) in lines.iter().zip(&labels) {
+        let shown = if repeated(name) {
+            format!("{name} ({})", line.currency_code)
+        } else {
+            name.clone()
+        };
         let _ = writeln!(
             body,
             "<tr><th scope=\"row\">{label}</th>{net}{captured}{refunded}</tr>",
-            label = escape(&label(line)),
+            label = escape(&shown),
             net = cell(line.net.as_ref()),
             captured = cell(line.captured.as_ref()),
             refunded = cell(line.refunded.as_ref()),
@@ -230,12 +248,25 @@ mod tests {
             ..Default::default()
         };
         let mut body = String::new();
-        chart(&mut body, "c", "By cost center", &[line], |l| {
+        chart(
+            &mut body,
+            "c",
+            "By cost center",
+            &[line.clone(), line],
+            |l| l.cost_center.clone(),
+        );
+        // Twice the same label: each bar says its currency.
+        assert!(
+            body.contains("<th scope=\"row\">&lt;ops&gt; (USD)</th>"),
+            "{body}"
+        );
+        let mut empty = String::new();
+        chart(&mut empty, "c", "By cost center", &[], |l| {
             l.cost_center.clone()
         });
         assert!(
-            body.contains("<th scope=\"row\">&lt;ops&gt;</th>"),
-            "{body}"
+            !empty.contains("<figure") && empty.contains("Nothing spent"),
+            "{empty}"
         );
         assert!(
             body.contains(
