@@ -19,6 +19,7 @@
 //! arrives.
 
 mod browser;
+mod cluster;
 mod demo;
 mod webhook;
 
@@ -84,8 +85,13 @@ pub struct DevArgs {
 /// Runs the dev stack.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     ensure_certificates(&args.dir)?;
-    let vault_url = ensure_database(&args.database_url, &args.vault_database).await?;
-    let orchestrator_url = ensure_database(&args.database_url, &args.orchestrator_database).await?;
+    // Stopped when the run ends, however it ends.
+    let cluster = cluster::PrivateCluster::start_if_needed(&args.database_url, &args.dir).await?;
+    let server_url = cluster
+        .as_ref()
+        .map_or(args.database_url.as_str(), |cluster| cluster.url());
+    let vault_url = ensure_database(server_url, &args.vault_database).await?;
+    let orchestrator_url = ensure_database(server_url, &args.orchestrator_database).await?;
 
     let vault_settings = vault_settings(&args.dir, &vault_url)?;
     let vault_listener = bind(vault_settings.server.listen_addr, "the vault").await?;

@@ -3,7 +3,10 @@ on-call engineer use on the vault (keys status/rotate, audit list/verify, charge
 authorize/capture/get) and the treasury and payment commands on the orchestrator (groups
 create/get/list/delete, pay, payments show/list/watch, refund)."""
 
+import os
+import pathlib
 import re
+import shutil
 import subprocess
 import uuid
 
@@ -234,3 +237,53 @@ def test_groups_pay_payments_refund_commands(vault):
         vault, "groups", "list", "--billing-account", account, "--show-archived"
     )
     assert re.search(rf"^{group}\s+archived\s", listed, re.M), listed
+
+
+def test_dev_starts_a_private_cluster_when_no_postgres_answers():
+    """With no Postgres at DATABASE_URL (a port of this machine nothing listens on),
+    `tandemctl dev` makes and starts a cluster of its own under its directory, says so in one
+    line, runs the stack on it, and stops it on exit; a second run reuses the cluster."""
+    import socket
+    import tempfile
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    dev_dir = pathlib.Path(tempfile.mkdtemp(prefix="tandem-private-"))
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:{free_port()}/postgres",
+        TANDEM_VAULT__SERVER__LISTEN_ADDR=f"127.0.0.1:{free_port()}",
+        TANDEM_ORCHESTRATOR__SERVER__LISTEN_ADDR=f"127.0.0.1:{free_port()}",
+        TANDEM_DASHBOARD__SERVER__LISTEN_ADDR=f"127.0.0.1:{free_port()}",
+        TANDEM_VAULT__METRICS__LISTEN_ADDR=f"127.0.0.1:{free_port()}",
+        TANDEM_ORCHESTRATOR__METRICS__LISTEN_ADDR=f"127.0.0.1:{free_port()}",
+    )
+    try:
+        for run in range(2):
+            result = subprocess.run(
+                [str(TANDEMCTL), "dev", "--exit", "--dir", str(dev_dir)],
+                capture_output=True,
+                text=True,
+                timeout=180,
+                env=env,
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            started = re.search(
+                r"^no Postgres reachable: started a private cluster in (\S+) on 127\.0\.0\.1:(\d+) "
+                r"\(stopped on exit\)$",
+                result.stdout,
+                re.M,
+            )
+            assert started, result.stdout
+            assert pathlib.Path(started.group(1)) == dev_dir / "postgres" / "data"
+            assert (dev_dir / "postgres" / "data" / "PG_VERSION").exists()
+            # The stack ran on it: the seed group was made.
+            assert "GlobalOps" in result.stdout, result.stdout
+            # Stopped on exit: nothing listens on its port any more.
+            with socket.socket() as probe:
+                assert probe.connect_ex(("127.0.0.1", int(started.group(2)))) != 0, f"run {run}"
+    finally:
+        shutil.rmtree(dev_dir, ignore_errors=True)
