@@ -8,7 +8,8 @@
 # through Playwright), scans both suites' logs for card numbers, a smoke run of
 # `tandemctl dev --demo` (with its webhook receiver), a short `tandemctl bench treasury`,
 # `tandemctl bench dashboard`, `tandemctl bench recon` and `tandemctl bench webhooks`, the fuzz
-# targets (30 s each) and the chaos harness (500 payments, 20+ kills).
+# targets (30 s each) and the chaos harness (500 payments, 20+ kills; then 300 payments over two
+# replicas of each server).
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -163,6 +164,12 @@ disk
 step "tandemctl chaos (kill -9 the servers while paying, then verify the money)"
 ./target/debug/tandemctl chaos --payments 500 --kills-min 20 | tee /tmp/tandem-chaos-$$.txt
 grep -q "^chaos: 500 payments, [0-9]* kills, 0 double charges, 0 lost captures, 0 orphan holds" \
+  /tmp/tandem-chaos-$$.txt
+rm -f /tmp/tandem-chaos-$$.txt
+
+step "tandemctl chaos --replicas 2 (two vaults and two orchestrators on the same databases, any killed)"
+./target/debug/tandemctl chaos --payments 300 --kills-min 12 --replicas 2 | tee /tmp/tandem-chaos-$$.txt
+grep -q "^chaos: 300 payments, [0-9]* kills across 2 replicas of each server, 0 double charges, 0 lost captures, 0 orphan holds, .*audit chain intact" \
   /tmp/tandem-chaos-$$.txt
 rm -f /tmp/tandem-chaos-$$.txt
 

@@ -17,7 +17,13 @@
 //! - a reconciliation run of every day the sandbox settled matches every settlement record
 //!   with its ledger capture or refund, and finds no discrepancy of any class;
 //! - every event of the feed reached a webhook receiver in this process, registered before the
-//!   first payment, signed, at least once ([`webhooks`]); duplicates are counted.
+//!   first payment, signed, at least once ([`webhooks`]); duplicates are counted;
+//! - the vault's audit log verifies as one intact hash chain.
+//!
+//! With `--replicas N` it runs N vault and N orchestrator processes on the same two databases
+//! (orchestrator i calls vault i), spreads the payments across the orchestrators and kills any
+//! of the 2N: the checks are the same. Several vaults append one audit chain because each
+//! write locks the chain's head row last and extends the chain from it (docs/database.md).
 //!
 //! It prints one line such as `chaos: 500 payments, 37 kills, 0 double charges, 0 lost
 //! captures, 0 orphan holds, ...` and exits non-zero on any violation.
@@ -37,6 +43,7 @@ use tandem_proto::tandem::orchestrator::v1::payment_service_client::PaymentServi
 use tandem_proto::tandem::orchestrator::v1::reconciliation_service_client::ReconciliationServiceClient;
 use tandem_proto::tandem::r#type::v1 as types;
 use tandem_proto::tandem::vault::v1 as vault_pb;
+use tandem_proto::tandem::vault::v1::key_admin_service_client::KeyAdminServiceClient;
 use tandem_proto::tandem::vault::v1::sandbox_service_client::SandboxServiceClient;
 use tandem_proto::tandem::vault::v1::token_service_client::TokenServiceClient;
 use tandem_tls::identity::Role;
@@ -44,6 +51,9 @@ use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
 use crate::process::{ORCHESTRATOR_UNLIMITED, Server, VAULT_UNLIMITED, connect, free_address};
+
+/// Most replicas of each server.
+const REPLICAS_MAX: usize = 8;
 
 /// Arguments of `tandemctl chaos`.
 #[derive(Debug, clap::Args)]
@@ -57,6 +67,11 @@ pub struct ChaosArgs {
     /// Concurrent payment drivers.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Vault processes, and as many orchestrator processes, on the same two databases: the
+    /// payments are spread across the orchestrators (each calls its own vault), and any of
+    /// them may be killed.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Seed of the random choices (payments, kill moments); printed so a run can be repeated.
     #[arg(long)]
     seed: Option<u64>,
@@ -126,55 +141,68 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         &format!("tandem_test_chaos_orchestrator_{suffix}"),
     )
     .await?;
-    let vault_address = free_address()?;
-    let orchestrator_address = free_address()?;
+    anyhow::ensure!(
+        (1..=REPLICAS_MAX).contains(&args.replicas),
+        "--replicas must be 1 to {REPLICAS_MAX}"
+    );
     let webhook_env = webhooks::orchestrator_env()?;
-    let mut vault = Server::vault(
-        &vault_address,
-        &certs,
-        &vault_url,
-        &dir.join("root.key"),
-        dir.join("vault.log"),
-        &[
-            &VAULT_UNLIMITED[..],
+    let mut vaults = Vec::new();
+    let mut orchestrators = Vec::new();
+    let mut orchestrator_addresses = Vec::new();
+    for replica in 0..args.replicas {
+        let vault_address = free_address()?;
+        let orchestrator_address = free_address()?;
+        let mut vault = Server::vault(
+            &vault_address,
+            &certs,
+            &vault_url,
+            &dir.join("root.key"),
+            dir.join(format!("vault-{replica}.log")),
             &[
-                ("TANDEM_VAULT__METRICS__ENABLED", "false"),
-                ("TANDEM_VAULT__CONNECTOR__TIMEOUT_MS", "300"),
-                ("TANDEM_VAULT__CHARGES__RECOVERY_AFTER_MS", "600"),
-                ("TANDEM_VAULT__CHARGES__RECOVERY_INTERVAL_MS", "200"),
-            ],
-        ]
-        .concat(),
-    )?;
-    let mut orchestrator = Server::orchestrator(
-        &orchestrator_address,
-        &certs,
-        &orchestrator_url,
-        &vault_address,
-        dir.join("orchestrator.log"),
-        &[
-            &ORCHESTRATOR_UNLIMITED[..],
+                &VAULT_UNLIMITED[..],
+                &[
+                    ("TANDEM_VAULT__METRICS__ENABLED", "false"),
+                    ("TANDEM_VAULT__CONNECTOR__TIMEOUT_MS", "300"),
+                    ("TANDEM_VAULT__CHARGES__RECOVERY_AFTER_MS", "600"),
+                    ("TANDEM_VAULT__CHARGES__RECOVERY_INTERVAL_MS", "200"),
+                ],
+            ]
+            .concat(),
+        )?;
+        let mut orchestrator = Server::orchestrator(
+            &orchestrator_address,
+            &certs,
+            &orchestrator_url,
+            &vault_address,
+            dir.join(format!("orchestrator-{replica}.log")),
             &[
-                ("TANDEM_ORCHESTRATOR__VAULT__TIMEOUT_MS", "1000"),
-                ("TANDEM_ORCHESTRATOR__PAYMENTS__LEASE_MS", "4000"),
-                ("TANDEM_ORCHESTRATOR__PAYMENTS__RECOVERY_INTERVAL_MS", "200"),
-            ],
-            &webhook_env
-                .iter()
-                .map(|(name, value)| (*name, value.as_str()))
-                .collect::<Vec<_>>(),
-        ]
-        .concat(),
-    )?;
-    vault.start()?;
-    vault.wait_ready(&certs).await?;
-    orchestrator.start()?;
-    orchestrator.wait_ready(&certs).await?;
+                &ORCHESTRATOR_UNLIMITED[..],
+                &[
+                    ("TANDEM_ORCHESTRATOR__VAULT__TIMEOUT_MS", "1000"),
+                    ("TANDEM_ORCHESTRATOR__PAYMENTS__LEASE_MS", "4000"),
+                    ("TANDEM_ORCHESTRATOR__PAYMENTS__RECOVERY_INTERVAL_MS", "200"),
+                ],
+                &webhook_env
+                    .iter()
+                    .map(|(name, value)| (*name, value.as_str()))
+                    .collect::<Vec<_>>(),
+            ]
+            .concat(),
+        )?;
+        // One at a time: the first of each migrates its database.
+        vault.start()?;
+        vault.wait_ready(&certs).await?;
+        orchestrator.start()?;
+        orchestrator.wait_ready(&certs).await?;
+        vaults.push(Arc::new(Mutex::new(vault)));
+        orchestrators.push(Arc::new(Mutex::new(orchestrator)));
+        orchestrator_addresses.push(orchestrator_address);
+    }
+    let vault_address = vaults[0].lock().await.address.clone();
+    let orchestrator_address = orchestrator_addresses[0].clone();
     let watch = webhooks::Watch::start(&orchestrator_address, &certs).await?;
 
     let groups = seed_groups(&vault_address, &orchestrator_address, &certs).await?;
-    let vault = Arc::new(Mutex::new(vault));
-    let orchestrator = Arc::new(Mutex::new(orchestrator));
 
     // The payments, driven by `concurrency` workers; each request is retried with its own
     // request id until the orchestrator answers (it may be down or restarting).
@@ -188,7 +216,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         let created = created.clone();
         let groups = groups.clone();
         let certs = certs.clone();
-        let address = orchestrator_address.clone();
+        let addresses = orchestrator_addresses.clone();
         let total = args.payments;
         let mut draws = Draws(seed ^ (worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         workers.push(tokio::spawn(async move {
@@ -215,8 +243,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                     note: String::new(),
                 };
                 let deadline = Instant::now() + Duration::from_secs(120);
+                // Spread across the orchestrators; a retry may go to another one.
+                let mut replica = index;
                 loop {
-                    let answer = match connect(&address, &certs, Role::Payer).await {
+                    let address = &addresses[replica % addresses.len()];
+                    replica += 1;
+                    let answer = match connect(address, &certs, Role::Payer).await {
                         Ok(channel) => PaymentServiceClient::new(channel)
                             .create_payment(request.clone())
                             .await
@@ -242,11 +274,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         }));
     }
 
-    // The killer: every 150-650 ms, kill -9 the orchestrator (three times in four) or the
-    // vault, and start it again after a moment.
+    // The killer: every 150-650 ms, kill -9 an orchestrator (three times in four) or a vault,
+    // any of the replicas, and start it again after a moment.
     let killer = {
-        let vault = vault.clone();
-        let orchestrator = orchestrator.clone();
+        let vaults = vaults.clone();
+        let orchestrators = orchestrators.clone();
         let done = done_creating.clone();
         let kills = kills.clone();
         let certs = certs.clone();
@@ -258,11 +290,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                     return Ok::<(), anyhow::Error>(());
                 }
                 tokio::time::sleep(Duration::from_millis(150 + draws.below(500))).await;
-                let server = if draws.below(4) == 0 {
-                    &vault
+                let kind = if draws.below(4) == 0 {
+                    &vaults
                 } else {
-                    &orchestrator
+                    &orchestrators
                 };
+                let server = &kind[draws.below(kind.len() as u64) as usize];
                 let mut server = server.lock().await;
                 server.kill();
                 kills.fetch_add(1, Ordering::SeqCst);
@@ -296,11 +329,18 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         .check(&orchestrator_address, &certs, Duration::from_secs(120))
         .await?;
     report.violations.extend(delivered.violations);
-    orchestrator.lock().await.kill();
-    vault.lock().await.kill();
+    for server in orchestrators.iter().chain(&vaults) {
+        server.lock().await.kill();
+    }
+    let replicas = if args.replicas > 1 {
+        format!(" across {} replicas of each server", args.replicas)
+    } else {
+        String::new()
+    };
     println!(
-        "chaos: {} payments, {} kills, {} double charges, {} lost captures, {} orphan holds, \
-         {} settlement records reconciled, {} events delivered by webhook ({} duplicates)",
+        "chaos: {} payments, {} kills{replicas}, {} double charges, {} lost captures, {} orphan \
+         holds, {} settlement records reconciled, {} events delivered by webhook ({} \
+         duplicates), audit chain intact over {} events",
         payments.len(),
         kills.load(Ordering::SeqCst),
         report.double_charges,
@@ -308,7 +348,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         report.orphan_holds,
         report.reconciled,
         delivered.events,
-        delivered.duplicates
+        delivered.duplicates,
+        report.audit_events,
     );
     if report.violations.is_empty() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -565,6 +606,8 @@ struct Report {
     lost_captures: usize,
     orphan_holds: usize,
     reconciled: i64,
+    /// Audit events whose hash chain was verified.
+    audit_events: i64,
     violations: Vec<String>,
 }
 
@@ -577,6 +620,19 @@ async fn verify(
     orchestrator_url: &str,
 ) -> anyhow::Result<Report> {
     let mut report = Report::default();
+    // The vault's audit log is one hash chain however many vault processes appended to it,
+    // and whichever of them were killed mid-write.
+    let audit = KeyAdminServiceClient::new(connect(vault, certs, Role::Auditor).await?)
+        .verify_audit_log(vault_pb::VerifyAuditLogRequest::default())
+        .await?
+        .into_inner();
+    report.audit_events = audit.events_checked;
+    if !audit.intact {
+        report.violations.push(format!(
+            "the audit chain breaks at event {}",
+            audit.first_broken_sequence
+        ));
+    }
     let mut sandbox = SandboxServiceClient::new(connect(vault, certs, Role::Admin).await?);
     // Per card: the attempts the payments recorded as approved, and their captures. (A
     // decline may come from the vault without reaching the sandbox, for example while its
@@ -773,17 +829,26 @@ async fn verify(
     let mut recon =
         ReconciliationServiceClient::new(connect(orchestrator, certs, Role::Treasury).await?);
     for day in days {
-        let run = recon
-            .run_reconciliation(pb::RunReconciliationRequest {
-                request_id: format!("chaos-final-check-{day}-{}", uuid::Uuid::new_v4()),
-                processor: "sandbox".to_owned(),
-                settlement_date: day.clone(),
-            })
-            .await
-            .with_context(|| format!("reconcile {day}"))?
-            .into_inner()
-            .run
-            .context("a run")?;
+        let request = pb::RunReconciliationRequest {
+            request_id: format!("chaos-final-check-{day}-{}", uuid::Uuid::new_v4()),
+            processor: "sandbox".to_owned(),
+            settlement_date: day.clone(),
+        };
+        // The orchestrator's connection to a vault killed last may need a moment to come
+        // back: UNAVAILABLE is retried, with the same request id.
+        let mut tries = 0;
+        let run = loop {
+            match recon.run_reconciliation(request.clone()).await {
+                Err(status) if status.code() == tonic::Code::Unavailable && tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                answer => break answer.with_context(|| format!("reconcile {day}"))?,
+            }
+        }
+        .into_inner()
+        .run
+        .context("a run")?;
         let found = run.missing_in_ledger
             + run.missing_at_processor
             + run.amount_mismatch

@@ -1,6 +1,8 @@
 //! The chaos run's webhook check: a receiver in this process, registered for every event before
 //! the first payment, counts what arrives while the orchestrator is killed -9 again and again.
-//! At the end every event of the feed must have arrived, signed, at least once; a duplicate is
+//! At the end every event of the feed committed after the endpoint was registered (others may
+//! have been fanned out before it existed: the reconciliation worker's first runs, say) must
+//! have arrived, signed, at least once; a duplicate is
 //! counted (it must carry the id of an event of the feed, so a receiver deduplicating on
 //! `webhook-id` sees each event once).
 
@@ -57,6 +59,8 @@ struct Seen {
 /// The receiver of the run.
 pub struct Watch {
     seen: Arc<Mutex<Seen>>,
+    /// The feed's position once the endpoint was registered.
+    registered_at: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -88,6 +92,9 @@ impl Watch {
                 .context("registering the chaos webhook endpoint")?
                 .into_inner();
         let secret = SigningSecret::parse(&created.secret)?;
+        // Events committed before the endpoint may have been fanned out before it existed:
+        // only those after this position must arrive.
+        let (_, registered_at) = feed_ids(orchestrator, certs, String::new()).await?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let sink = {
             let seen = seen.clone();
@@ -107,6 +114,7 @@ impl Watch {
         }));
         Ok(Watch {
             seen,
+            registered_at,
             stop: Some(stop),
         })
     }
@@ -119,7 +127,8 @@ impl Watch {
         certs: &Path,
         within: Duration,
     ) -> anyhow::Result<Delivered> {
-        let ids = feed_ids(orchestrator, certs).await?;
+        let (ids, _) = feed_ids(orchestrator, certs, self.registered_at.clone()).await?;
+        let (all, _) = feed_ids(orchestrator, certs, String::new()).await?;
         let deadline = Instant::now() + within;
         let missing = loop {
             let missing: Vec<&String> = {
@@ -137,7 +146,7 @@ impl Watch {
             let _ = stop.send(());
         }
         let seen = self.seen.lock().expect("chaos webhook state");
-        let known: HashSet<&String> = ids.iter().collect();
+        let known: HashSet<&String> = all.iter().collect();
         let mut report = Delivered {
             events: ids.len(),
             duplicates: seen.accepted.values().map(|n| n - 1).sum(),
@@ -169,11 +178,15 @@ impl Watch {
     }
 }
 
-/// The id of every event of the feed, as it stands now.
-async fn feed_ids(orchestrator: &str, certs: &Path) -> anyhow::Result<Vec<String>> {
+/// The id of every event of the feed after `page_token` (empty: from the start) as it stands
+/// now, and the position past them.
+async fn feed_ids(
+    orchestrator: &str,
+    certs: &Path,
+    mut page_token: String,
+) -> anyhow::Result<(Vec<String>, String)> {
     let mut feed = PaymentServiceClient::new(connect(orchestrator, certs, Role::Treasury).await?);
     let mut ids = Vec::new();
-    let mut page_token = String::new();
     loop {
         let page = feed
             .list_events(pb::ListEventsRequest {
@@ -185,7 +198,7 @@ async fn feed_ids(orchestrator: &str, certs: &Path) -> anyhow::Result<Vec<String
             .into_inner();
         ids.extend(page.events.into_iter().map(|e| e.id));
         if page.next_page_token.is_empty() {
-            return Ok(ids);
+            return Ok((ids, page.resume_page_token));
         }
         page_token = page.next_page_token;
     }
