@@ -6,8 +6,8 @@
 # are errors), runs the Rust suite (unit, Postgres and end-to-end over mTLS), the Python client
 # suite (which also drives the Node client, grpcurl, and the dashboard in headless Chromium
 # through Playwright), scans both suites' logs for card numbers, a smoke run of
-# `tandemctl dev --demo` (with its webhook receiver), a short `tandemctl bench treasury`,
-# `tandemctl bench dashboard`, `tandemctl bench recon` and `tandemctl bench webhooks`, the fuzz
+# `tandemctl dev --demo` (with its webhook receiver), the backup and restore drill, short runs of
+# `tandemctl bench treasury`, `bench dashboard`, `bench recon` and `bench webhooks`, the fuzz
 # targets (30 s each) and the chaos harness (500 payments, 20+ kills; then 300 payments over two
 # replicas of each server).
 # CI runs exactly this (.ci/run).
@@ -122,6 +122,12 @@ rm -f "$bench_out"
 for db in tandem_bench_vault tandem_bench_orchestrator; do
   psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
 done
+
+step "restore drill (a base backup of a stack with payments, restored into a fresh cluster, checked)"
+bash scripts/restore-drill.sh | tee /tmp/tandem-restore-$$.txt
+grep -q "^restore drill: backup of [0-9]* payments, .*ledger check ok; audit chain intact; a new payment's events follow the restored ones" \
+  /tmp/tandem-restore-$$.txt
+rm -f /tmp/tandem-restore-$$.txt
 
 step "tandemctl bench dashboard (100,000 payments; the first page of /payments, timed at the server)"
 bench_out="$(mktemp)"

@@ -1,5 +1,6 @@
 //! `tandemctl ledger`: read the orchestrator's ledger (`LedgerService`) with a `treasury`
-//! identity (`--as-reader` for a `reader` one): balances, entries, spend reports and exports.
+//! identity (`--as-reader` for a `reader` one): balances, entries, spend reports and exports;
+//! and check its invariants on the orchestrator's database.
 //!
 //! ```text
 //! tandemctl ledger balances (--card-token tok_... | --billing-account acct-42 | --cost-center ops)
@@ -10,7 +11,13 @@
 //! tandemctl ledger export --start 2025-01-01T00:00:00Z --end 2025-02-01T00:00:00Z \
 //!     [--format csv|jsonl] [--out ledger.csv] [--billing-account ...] [--cost-center ...] \
 //!     [--card-token ...] [--cursor C]
+//! tandemctl ledger check --database-url postgres://.../tandem_orchestrator
 //! ```
+//!
+//! `check` is the one command that reads the database instead of calling the orchestrator: it
+//! runs the ledger's own invariant check ([`tandem_ledger::invariants::check`]) on the
+//! orchestrator's database, read-only, so it also serves before any orchestrator is started on
+//! it (after a restore, say).
 //!
 //! `balances`, `entries` and `spend` take `--format table|csv|json` (see [`crate::print`]).
 //! `export` writes the server's chunks unchanged (the server makes the CSV or JSON lines) and
@@ -21,6 +28,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use sqlx::Connection as _;
 use tandem_proto::tandem::orchestrator::v1 as pb;
 use tandem_proto::tandem::orchestrator::v1::ledger_service_client::LedgerServiceClient;
 use tandem_tls::identity::Role;
@@ -33,6 +41,9 @@ use crate::print::{Column, Format, Value, parse_time, print_header, print_row, v
 
 /// How long an export may stream; past it the command stops with the cursor to resume from.
 const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// How long `check` may take to connect to the database.
+const CHECK_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Client = LedgerServiceClient<tonic::transport::Channel>;
 
@@ -196,6 +207,21 @@ pub(crate) enum LedgerCommand {
         #[arg(long, value_parser = clap::value_parser!(i32).range(1..=10_000))]
         chunk_entries: Option<i32>,
     },
+    /// Check the ledger's invariants on the orchestrator's database, read-only: every
+    /// currency's journal balances, every account and flow equals the sum of its transfers, no
+    /// hold is open past its timeout, conversions are booked on both sides. Prints each
+    /// currency's journal; exits non-zero listing the violations.
+    Check {
+        /// The orchestrator's database, which holds the ledger
+        /// (`postgres://user@host:5432/tandem_orchestrator`).
+        #[arg(
+            long,
+            env = "TANDEM_ORCHESTRATOR__DATABASE__URL",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
+        database_url: String,
+    },
 }
 
 /// Runs a ledger command.
@@ -322,8 +348,70 @@ pub(crate) async fn run(command: LedgerCommand) -> anyhow::Result<()> {
             let mut client = target.client(EXPORT_TIMEOUT).await?;
             export(&mut client, request, sink).await?;
         }
+        LedgerCommand::Check { database_url } => {
+            let report = check(&database_url).await?;
+            for line in check_lines(&report) {
+                println!("{line}");
+            }
+            anyhow::ensure!(
+                report.holds(),
+                "the ledger's invariants do not hold: {} violations",
+                report.violations.len()
+            );
+        }
     }
     Ok(())
+}
+
+/// Runs the ledger's invariant check on the database at `url`, in read-only transactions: a
+/// check never writes, not even to a database a running orchestrator serves.
+async fn check(url: &str) -> anyhow::Result<tandem_ledger::invariants::InvariantReport> {
+    let options: sqlx::postgres::PgConnectOptions = url
+        .parse()
+        .context("--database-url is not a Postgres URL")?;
+    let options = options.options([("default_transaction_read_only", "on")]);
+    // One connection first, for its error: a pool that cannot connect reports only that it
+    // timed out.
+    let probe = tokio::time::timeout(
+        CHECK_CONNECT_TIMEOUT,
+        sqlx::PgConnection::connect_with(&options),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {CHECK_CONNECT_TIMEOUT:?}"))
+    .and_then(|connected| connected.map_err(anyhow::Error::from))
+    .context("connecting to the orchestrator's database")?;
+    probe.close().await.ok();
+    // The check needs an executor it can copy: a pool, of the one connection.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(CHECK_CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await
+        .context("connecting to the orchestrator's database")?;
+    let report = tandem_ledger::invariants::check(&pool, time::OffsetDateTime::now_utc())
+        .await
+        .context("checking the ledger (is this the orchestrator's database?)");
+    pool.close().await;
+    report
+}
+
+/// What `ledger check` prints: each currency's journal, then `ledger check: ok` with what was
+/// checked, or one line per violation.
+fn check_lines(report: &tandem_ledger::invariants::InvariantReport) -> Vec<String> {
+    let journals = report.journals.iter().map(ToString::to_string);
+    let verdict: Vec<String> = if report.holds() {
+        vec![format!(
+            "ledger check: ok ({} accounts, {} transfers)",
+            report.accounts, report.transfers
+        )]
+    } else {
+        report
+            .violations
+            .iter()
+            .map(|violation| format!("ledger check: violation: {violation}"))
+            .collect()
+    };
+    journals.chain(verdict).collect()
 }
 
 /// Streams an export into `sink`, chunk by chunk, and reports on stderr how many entries it
@@ -602,8 +690,8 @@ mod tests {
     }
 
     /// `ledger export` and `ledger entries` parse their flags: the format names the wire's
-    /// values, `--page-token` and `--all` exclude each other, and `balances` needs exactly one
-    /// of its three subjects.
+    /// values, `--page-token` and `--all` exclude each other, `balances` needs exactly one of
+    /// its three subjects, and `check` takes the database's URL.
     #[test]
     fn command_line() {
         use clap::Parser as _;
@@ -634,5 +722,62 @@ mod tests {
         assert!(parse(&["balances"]).is_err());
         assert!(parse(&["balances", "--card-token", "t", "--cost-center", "c"]).is_err());
         assert!(parse(&["balances", "--cost-center", "c", "--format", "json"]).is_ok());
+        let url = "postgres://postgres@127.0.0.1:5432/tandem_orchestrator";
+        let Ok(Cli {
+            command: LedgerCommand::Check { database_url },
+        }) = parse(&["check", "--database-url", url])
+        else {
+            panic!("check with --database-url does not parse");
+        };
+        assert_eq!(database_url, url);
+    }
+
+    /// `ledger check` prints each currency's journal, then `ok` with what it checked when the
+    /// ledger holds, or each violation (and no `ok`) when it does not.
+    #[test]
+    fn check_report() {
+        use tandem_ledger::invariants::{InvariantReport, Journal};
+        use tandem_ledger::types::Currency;
+
+        let journal = |currency: &str, debits_posted, credits_posted| Journal {
+            currency: Currency::new(currency).expect("an ISO 4217 code"),
+            debits_pending: 0,
+            credits_pending: 0,
+            debits_posted,
+            credits_posted,
+        };
+        let holds = InvariantReport {
+            accounts: 9,
+            transfers: 14,
+            journals: vec![journal("EUR", 1300, 1300), journal("USD", 9075, 9075)],
+            violations: Vec::new(),
+        };
+        assert_eq!(
+            check_lines(&holds),
+            [
+                "EUR journal: debits 1,300 = credits 1,300 (posted)",
+                "USD journal: debits 9,075 = credits 9,075 (posted)",
+                "ledger check: ok (9 accounts, 14 transfers)",
+            ]
+        );
+        let broken = InvariantReport {
+            journals: vec![journal("USD", 9075, 9000)],
+            violations: vec![
+                "USD: debits pending 0 / posted 9075 differ from credits pending 0 / posted 9000"
+                    .to_owned(),
+                "account clearing:USD: balances differ from the sum of its transfers".to_owned(),
+            ],
+            ..holds
+        };
+        assert_eq!(
+            check_lines(&broken),
+            [
+                "USD journal: debits 9,075 != credits 9,000 (posted)",
+                "ledger check: violation: USD: debits pending 0 / posted 9075 differ from \
+                 credits pending 0 / posted 9000",
+                "ledger check: violation: account clearing:USD: balances differ from the sum of \
+                 its transfers",
+            ]
+        );
     }
 }

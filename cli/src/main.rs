@@ -12,7 +12,8 @@
 //!   suspend and resume their members.
 //! - `tandemctl pay`, `tandemctl payments`, `tandemctl refund`: pay an invoice from a card
 //!   group, read, list and watch payments, note and refund them.
-//! - `tandemctl ledger`: the ledger's balances, entries, spend reports and exports.
+//! - `tandemctl ledger`: the ledger's balances, entries, spend reports and exports, and its
+//!   invariant check on a database (`ledger check`).
 //! - `tandemctl events`: the feed of every payment's and card group's events, followed live
 //!   with `--follow`.
 //! - `tandemctl recon`: reconcile the ledger with a processor's settlement day, list the
@@ -94,7 +95,7 @@ enum Command {
     Payments(payments::PaymentsCommand),
     /// Refund all or part of a payment.
     Refund(payments::RefundArgs),
-    /// Read the ledger: balances, entries, spend reports, exports.
+    /// Read the ledger: balances, entries, spend reports, exports; check its invariants.
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
     /// Read the feed of payment and card group events; `--follow` to keep reading.
