@@ -155,7 +155,10 @@ pub enum Refused {
     #[error("this form must be posted from the dashboard's own pages")]
     Origin,
     /// Its token is missing or not this person's for this action.
-    #[error("this form has expired or is not yours: reload the page and try again")]
+    #[error(
+        "this form is not yours, or is from before the dashboard restarted: reload the page \
+         and try again"
+    )]
     Token,
 }
 

@@ -14,7 +14,7 @@ use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tandem_tls::identity::{Caller, Role, caller_from_certificate};
 use tokio::net::TcpListener;
 
@@ -101,7 +101,11 @@ pub async fn run(
                     Ok::<_, Infallible>(response)
                 }
             });
+            // A request's head must arrive in time, also the next one on a kept-alive
+            // connection: a client holding a connection idle gives its place up.
             if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(connection), service)
                 .await
             {
@@ -110,6 +114,10 @@ pub async fn run(
         });
     }
 }
+
+/// How long a request's head may take to arrive, and a kept-alive connection may wait for the
+/// next one.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every connection shares: the services' clients and the key of form tokens.
 struct Shared {

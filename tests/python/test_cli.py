@@ -286,4 +286,12 @@ def test_dev_starts_a_private_cluster_when_no_postgres_answers():
             with socket.socket() as probe:
                 assert probe.connect_ex(("127.0.0.1", int(started.group(2)))) != 0, f"run {run}"
     finally:
+        # A run killed by the timeout could not stop its cluster: stop it before its files go.
+        data = dev_dir / "postgres" / "data"
+        if (data / "postmaster.pid").exists():
+            pg_ctl = sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]
+            stop = [str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"]
+            if os.geteuid() == 0:
+                stop = ["runuser", "-u", "postgres", "--", *stop]
+            subprocess.run(stop, capture_output=True, timeout=60)
         shutil.rmtree(dev_dir, ignore_errors=True)

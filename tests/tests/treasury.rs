@@ -828,21 +828,23 @@ async fn refunds_and_group_updates_name_their_own_caller() {
 }
 
 /// A page of payments is cut short to fit the server's message size (three-card payments
-/// weigh over a kilobyte each: a page of 50 would not fit in 64 KiB), and its token carries on
-/// where it was cut: every payment is listed once.
+/// weigh over a kilobyte each: a default page of 50 would not fit the default 64 KiB), and its
+/// token carries on where it was cut: every payment is listed once.
 #[tokio::test]
 async fn payment_pages_are_cut_to_fit_the_messages() {
-    let (stack, group, _) = stack_with_messages_of(4 * 1024).await;
+    // 4 KiB of the message are kept for the reply's own fields: about 6 KiB for payments,
+    // room for a few of these.
+    let (stack, group, _) = stack_with_messages_of(10 * 1024).await;
     let mut paid = HashSet::new();
-    for i in 0..6 {
+    for i in 0..8 {
         let payment = stack
             .pay(&group.id, &format!("INV-PAGE-{i}"), 1_000 + i, None)
             .await;
         paid.insert(payment.id);
     }
     let mut payments = stack.payments().await;
-    let (mut listed, mut pages, mut page_token) = (Vec::new(), 0, String::new());
-    loop {
+    let (mut listed, mut sizes, mut page_token) = (Vec::new(), Vec::new(), String::new());
+    for _ in 0..20 {
         let page = payments
             .list_payments(pb::ListPaymentsRequest {
                 page_size: 100,
@@ -853,18 +855,22 @@ async fn payment_pages_are_cut_to_fit_the_messages() {
             .await
             .expect("a page that fits")
             .into_inner();
-        pages += 1;
-        assert!(
-            !page.payments.is_empty(),
-            "a page holds at least one payment"
-        );
+        sizes.push(page.payments.len());
         listed.extend(page.payments.into_iter().map(|p| p.id));
-        if page.next_page_token.is_empty() {
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
             break;
         }
-        page_token = page.next_page_token;
     }
-    assert!(pages > 1, "six payments do not fit in 4 KiB");
+    assert!(page_token.is_empty(), "no end after 20 pages: {sizes:?}");
+    assert!(
+        sizes.len() > 1,
+        "eight payments do not fit in 10 KiB: {sizes:?}"
+    );
+    assert!(
+        sizes.iter().any(|n| *n > 1) && sizes.iter().all(|n| *n >= 1),
+        "pages hold as many as fit, at least one: {sizes:?}"
+    );
     assert_eq!(listed.len(), paid.len(), "{listed:?}");
     assert_eq!(listed.into_iter().collect::<HashSet<_>>(), paid);
 }

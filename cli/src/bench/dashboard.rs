@@ -135,6 +135,10 @@ async fn measure(args: &DashboardArgs, stack: &mut Stack) -> anyhow::Result<()> 
         median(&client),
         server.len(),
     );
+    anyhow::ensure!(
+        median(&server) <= FIRST_PAGE_MS_MAX,
+        "the first page's median at the server is over the target of {FIRST_PAGE_MS_MAX} ms"
+    );
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! A Postgres cluster of `tandemctl dev`'s own, for a machine where PostgreSQL is installed but
 //! no server is reachable: made once with the installed `initdb` under the dev directory
-//! (`<dir>/postgres`), started on a spare port of 127.0.0.1 with trust authentication on its
-//! Unix socket and loopback only, and stopped when the dev stack stops.
+//! (`<dir>/postgres`), started on a spare port of 127.0.0.1 and its Unix socket only, with a
+//! superuser password made with it and kept beside it (0600), and stopped when the dev stack
+//! stops.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -32,16 +33,24 @@ impl PrivateCluster {
     /// PostgreSQL's programs are installed, starts the private cluster of `dir` (made on first
     /// use) and returns it; else the connection's error.
     pub async fn start_if_needed(server_url: &str, dir: &Path) -> anyhow::Result<Option<Self>> {
-        let reached = tokio::time::timeout(PROBE_TIMEOUT, sqlx::PgConnection::connect(server_url))
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer within {PROBE_TIMEOUT:?}"))
-            .and_then(|connected| connected.map_err(anyhow::Error::from));
+        let reached =
+            tokio::time::timeout(PROBE_TIMEOUT, sqlx::PgConnection::connect(server_url)).await;
+        // Only a server that is not there is replaced: one that answers and refuses (a wrong
+        // password, a missing database) is reported, never run around.
         let error = match reached {
-            Ok(conn) => {
+            Ok(Ok(conn)) => {
                 conn.close().await.ok();
                 return Ok(None);
             }
-            Err(error) => error,
+            Ok(Err(sqlx::Error::Io(io))) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                anyhow::Error::from(io)
+            }
+            Ok(Err(other)) => {
+                return Err(anyhow::Error::from(other).context(
+                    "cannot connect to Postgres (set DATABASE_URL, or start it)".to_owned(),
+                ));
+            }
+            Err(_) => anyhow::anyhow!("no answer within {PROBE_TIMEOUT:?}"),
         };
         let local = url::Url::parse(server_url)
             .ok()
@@ -53,11 +62,18 @@ impl PrivateCluster {
                  for tandemctl dev to start its own)",
             ));
         };
-        let cluster = tokio::task::spawn_blocking({
-            let dir = std::path::absolute(dir)?;
-            move || PrivateCluster::start(bin, &dir)
-        })
-        .await??;
+        let dir = std::path::absolute(dir)?;
+        // pg_ctl passes its paths through a shell: only plain path characters go there.
+        anyhow::ensure!(
+            path_str(&dir)?
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)),
+            "the dev directory {} holds characters a private cluster's path may not \
+             (A-Z a-z 0-9 / . _ -): choose another --dir",
+            dir.display()
+        );
+        let cluster =
+            tokio::task::spawn_blocking(move || PrivateCluster::start(bin, &dir)).await??;
         // Ready once it accepts a connection (pg_ctl -w waited for the socket already).
         let mut last = None;
         for _ in 0..50 {
@@ -110,8 +126,18 @@ impl PrivateCluster {
             as_service_user,
             url: String::new(),
         };
+        // The superuser's password: made with the cluster, kept beside it (0600), so that
+        // other users of the machine cannot connect over loopback or the socket.
+        let password_file = root.join("password");
         if !cluster.data.join("PG_VERSION").exists() {
+            let mut password = [0u8; 24];
+            getrandom::getrandom(&mut password).context("random source")?;
+            write_private(&password_file, hex::encode(password).as_bytes())?;
+            if as_service_user {
+                run(Command::new("chown").args([SERVICE_USER, path_str(&password_file)?]))?;
+            }
             let data = path_str(&cluster.data)?.to_owned();
+            let pwfile = format!("--pwfile={}", path_str(&password_file)?);
             run(&mut cluster.command(
                 "initdb",
                 &[
@@ -119,7 +145,9 @@ impl PrivateCluster {
                     &data,
                     "-U",
                     "postgres",
-                    "--auth=trust",
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=scram-sha-256",
+                    &pwfile,
                     "-E",
                     "UTF8",
                     "--no-instructions",
@@ -127,6 +155,12 @@ impl PrivateCluster {
             ))
             .context("initdb of the private cluster")?;
         }
+        let password = std::fs::read_to_string(&password_file).with_context(|| {
+            format!(
+                "the private cluster's password ({})",
+                password_file.display()
+            )
+        })?;
         // A cluster an earlier run left running (killed before it could stop it) is stopped
         // first: it listens on a port that run chose.
         cluster.stop();
@@ -153,7 +187,10 @@ impl PrivateCluster {
             ],
         ))
         .with_context(|| format!("starting the private cluster (its log: {})", log.display()))?;
-        cluster.url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        cluster.url = format!(
+            "postgres://postgres:{}@127.0.0.1:{port}/postgres",
+            password.trim()
+        );
         println!(
             "no Postgres reachable: started a private cluster in {} on 127.0.0.1:{port} \
              (stopped on exit)",
@@ -234,6 +271,21 @@ fn spare_port() -> anyhow::Result<u16> {
 fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// Writes `contents` to `path`, readable by its owner only.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    file.write_all(contents)?;
+    Ok(())
 }
 
 /// Runs `command`, failing with its output if it fails.

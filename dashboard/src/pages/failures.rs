@@ -14,9 +14,11 @@ use crate::api::{Api, as_person};
 use crate::forms::Visit;
 use crate::html::{escape, page};
 
-/// Payments read per call, and the most payments one page looks at.
+/// Payments read per call, the most payments one page looks at, and the most calls it makes
+/// (a page of payments is cut to fit the orchestrator's messages, so it may hold fewer).
 const BATCH: i32 = 100;
 const PAYMENTS_MAX: usize = 1_000;
+const CALLS_MAX: usize = 20;
 
 /// What the latest payments' attempts add up to.
 #[derive(Debug, Default)]
@@ -79,7 +81,7 @@ pub async fn failures(api: &Api, visit: &Visit<'_>, query: Option<&str>) -> Page
     let group = query.get("card_group_id");
     let mut failures = Failures::default();
     let mut page_token = String::new();
-    loop {
+    for _ in 0..CALLS_MAX {
         let request = pb::ListPaymentsRequest {
             page_size: BATCH,
             page_token,

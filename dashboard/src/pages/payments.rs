@@ -258,7 +258,7 @@ pub async fn payment(api: &Api, visit: &Visit<'_>, id: &str) -> Page {
         &mut body,
         "Webhook deliveries",
         deliveries,
-        |body, found| deliveries_table(body, found),
+        deliveries_section,
     );
     body.push_str("</section>\n");
     Ok(page(&format!("Payment {}", payment.id), person, &body))
@@ -519,8 +519,9 @@ fn ledger_table(body: &mut String, entries: &[pb::LedgerEntry]) {
 /// How long the events of a running payment are waited for: the stored ones come at once,
 /// and the page's live updates bring what commits later.
 const EVENTS_QUIET: Duration = Duration::from_millis(200);
-/// The most events read for one page.
+/// The most events read for one page, and the longest time spent reading them.
 const EVENTS_MAX: usize = 500;
+const EVENTS_TOTAL: Duration = Duration::from_secs(2);
 
 /// The payment's events so far, from `WatchPayment`: the stored ones arrive first; the stream
 /// ends by itself once a payment is settled, and a running one's is left once it goes quiet.
@@ -539,7 +540,8 @@ async fn events(
         .await?
         .into_inner();
     let mut events = Vec::new();
-    while events.len() < EVENTS_MAX {
+    let started = std::time::Instant::now();
+    while events.len() < EVENTS_MAX && started.elapsed() < EVENTS_TOTAL {
         match tokio::time::timeout(EVENTS_QUIET, stream.next()).await {
             Ok(Some(Ok(message))) => events.extend(message.event),
             Ok(Some(Err(status))) => return Err(status.into()),
@@ -574,28 +576,41 @@ fn events_list(body: &mut String, events: &[pb::PaymentEvent]) {
     body.push_str("</ol>\n");
 }
 
-/// The most endpoints whose deliveries a payment page looks up, and the most lookups.
+/// The most endpoints whose deliveries a payment page looks up, and the most lookups (one
+/// per endpoint and event).
 const ENDPOINTS_MAX: i32 = 20;
-const LOOKUPS_MAX: usize = 200;
+const LOOKUPS_MAX: usize = 100;
 
-/// Deliveries of the payment's events to every endpoint (each endpoint's deliveries of each
-/// event, looked up a few at a time), newest first.
+/// A payment's webhook deliveries as far as the page looked them up.
+#[derive(Debug, Default)]
+struct Deliveries {
+    /// Newest first; deliveries made together, newest event first.
+    found: Vec<pb::WebhookDelivery>,
+    /// Endpoints or events left out by the bounds above.
+    incomplete: bool,
+    /// Lookups that failed.
+    failed: usize,
+}
+
+/// Deliveries of the payment's events to the first [`ENDPOINTS_MAX`] endpoints (each
+/// endpoint's deliveries of each event, looked up a few at a time).
 async fn deliveries(
     api: &Api,
     person: &Caller,
     events: &[pb::PaymentEvent],
-) -> Result<Vec<pb::WebhookDelivery>, ApiError> {
+) -> Result<Deliveries, ApiError> {
     let request = pb::ListWebhookEndpointsRequest {
         page_size: ENDPOINTS_MAX,
         page_token: String::new(),
     };
-    let endpoints = api
+    let listed = api
         .webhooks()
         .list_webhook_endpoints(as_person(request, person))
         .await?
-        .into_inner()
-        .endpoints;
-    let lookups: Vec<(String, String)> = endpoints
+        .into_inner();
+    let wanted = listed.endpoints.len() * events.len();
+    let lookups: Vec<(String, String)> = listed
+        .endpoints
         .iter()
         .flat_map(|endpoint| {
             events
@@ -604,6 +619,10 @@ async fn deliveries(
         })
         .take(LOOKUPS_MAX)
         .collect();
+    let mut deliveries = Deliveries {
+        incomplete: !listed.next_page_token.is_empty() || wanted > lookups.len(),
+        ..Deliveries::default()
+    };
     let found: Vec<Result<Vec<pb::WebhookDelivery>, ApiError>> =
         futures::stream::iter(lookups.into_iter().map(|(endpoint_id, event_id)| {
             let mut client = api.webhooks();
@@ -624,16 +643,37 @@ async fn deliveries(
         .buffered(8)
         .collect()
         .await;
-    let mut deliveries = Vec::new();
     for found in found {
-        deliveries.extend(found?);
+        match found {
+            Ok(found) => deliveries.found.extend(found),
+            Err(_) => deliveries.failed += 1,
+        }
     }
-    // Newest first; deliveries made together, newest event first.
     let at = |t: Option<&prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos));
-    deliveries.sort_by_key(|d| {
+    deliveries.found.sort_by_key(|d| {
         std::cmp::Reverse((at(d.create_time.as_ref()), at(d.event_time.as_ref())))
     });
     Ok(deliveries)
+}
+
+/// The deliveries found, and what the page could not look up.
+fn deliveries_section(body: &mut String, deliveries: &Deliveries) {
+    deliveries_table(body, &deliveries.found);
+    if deliveries.incomplete {
+        let _ = writeln!(
+            body,
+            "<p class=\"unavailable\">Looked up for the first {ENDPOINTS_MAX} endpoints and \
+             {LOOKUPS_MAX} endpoint-event pairs only: <code>tandemctl webhooks deliveries</code> \
+             lists the rest.</p>"
+        );
+    }
+    if deliveries.failed > 0 {
+        let _ = writeln!(
+            body,
+            "<p class=\"unavailable\">{} lookups failed: reload to try again.</p>",
+            deliveries.failed
+        );
+    }
 }
 
 /// A table of webhook deliveries, or a line saying there is none.

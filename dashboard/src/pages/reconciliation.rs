@@ -65,13 +65,17 @@ pub async fn reconciliation(api: &Api, visit: &Visit<'_>, query: Option<&str>) -
         _ => runs
             .as_ref()
             .ok()
-            .and_then(|runs| runs.first())
+            .and_then(|(runs, _)| runs.first())
             .map_or(DEFAULT_PROCESSOR, |run| run.processor.as_str())
             .to_owned(),
     };
     body.push_str("<h2>Runs</h2>\n");
     match &runs {
-        Ok(runs) => runs_table(&mut body, runs),
+        Ok((runs, true)) => runs_table(&mut body, runs),
+        Ok((_, false)) => body.push_str(
+            "<p class=\"unavailable\">More runs than this page reads from the event feed: \
+             see <code>tandemctl recon show</code> for the latest.</p>\n",
+        ),
         Err(error) => {
             let _ = writeln!(
                 body,
@@ -133,10 +137,13 @@ pub async fn reconciliation(api: &Api, visit: &Visit<'_>, query: Option<&str>) -
     Ok(page("Reconciliation", person, &body))
 }
 
-/// The newest runs, from the event feed's `reconciliation.run_completed` events.
-async fn runs(api: &Api, person: &Caller) -> Result<Vec<pb::ReconciliationRun>, ApiError> {
+/// The runs the feed's `reconciliation.run_completed` events hold, newest first (at most
+/// [`RUNS_SHOWN`]), and whether the feed was read to its end: the feed is oldest first, and a
+/// page reads at most [`RUN_PAGES_MAX`] of its pages.
+async fn runs(api: &Api, person: &Caller) -> Result<(Vec<pb::ReconciliationRun>, bool), ApiError> {
     let mut runs = Vec::new();
     let mut page_token = String::new();
+    let mut complete = false;
     for _ in 0..RUN_PAGES_MAX {
         let request = pb::ListEventsRequest {
             page_size: 1000,
@@ -161,13 +168,14 @@ async fn runs(api: &Api, person: &Caller) -> Result<Vec<pb::ReconciliationRun>, 
                 }),
         );
         if page_of.next_page_token.is_empty() {
+            complete = true;
             break;
         }
         page_token = page_of.next_page_token;
     }
     runs.reverse();
     runs.truncate(RUNS_SHOWN);
-    Ok(runs)
+    Ok((runs, complete))
 }
 
 fn runs_table(body: &mut String, runs: &[pb::ReconciliationRun]) {
