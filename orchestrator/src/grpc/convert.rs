@@ -137,6 +137,33 @@ fn optional_limit(
     money.and_then(|m| amount(v, field, Some(m), expected, i64::MAX).map(|m| m.minor_units))
 }
 
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range of a protobuf `Timestamp`.
+const TIMESTAMP_SECONDS_MIN: i64 = -62_135_596_800;
+const TIMESTAMP_SECONDS_MAX: i64 = 253_402_300_799;
+
+/// The time in `field`: a missing one is named when `required`, one outside protobuf's range
+/// (years 1 to 9999, which Postgres also holds) always.
+fn read_time(
+    v: &mut Violations,
+    field: &str,
+    wire: Option<&prost_types::Timestamp>,
+    required: bool,
+) -> Option<OffsetDateTime> {
+    let Some(wire) = wire else {
+        if required {
+            v.add(field, "is required: a range has a start and an end");
+        }
+        return None;
+    };
+    let time = Some(wire)
+        .filter(|w| (TIMESTAMP_SECONDS_MIN..=TIMESTAMP_SECONDS_MAX).contains(&w.seconds))
+        .and_then(|w| timestamp(Some(w)));
+    if time.is_none() {
+        v.add(field, "must be a time from year 1 to 9999");
+    }
+    time
+}
+
 fn timestamp(time: Option<&prost_types::Timestamp>) -> Option<OffsetDateTime> {
     let time = time?;
     let nanos = i128::from(time.seconds) * 1_000_000_000 + i128::from(time.nanos);

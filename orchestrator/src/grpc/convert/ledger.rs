@@ -17,11 +17,7 @@ use crate::error::Error;
 use crate::ledger_reads::{ExportChunk, Spend, SpendReport};
 
 use super::payments::strict_page_size;
-use super::{PAGES, is_id_text, timestamp, wire_time};
-
-/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range of a protobuf `Timestamp`.
-const TIMESTAMP_SECONDS_MIN: i64 = -62_135_596_800;
-const TIMESTAMP_SECONDS_MAX: i64 = 253_402_300_799;
+use super::{PAGES, is_id_text, read_time, wire_time};
 
 /// Longest cost center, as invoices and members name them.
 const COST_CENTER_CHARS_MAX: usize = 64;
@@ -109,29 +105,6 @@ pub fn balances(accounts: &[Account]) -> pb::GetBalancesResponse {
             })
             .collect(),
     }
-}
-
-/// The time in `field`: a missing one is named when `required`, one outside protobuf's range
-/// (years 1 to 9999, which Postgres also holds) always.
-pub(super) fn read_time(
-    v: &mut Violations,
-    field: &str,
-    wire: Option<&prost_types::Timestamp>,
-    required: bool,
-) -> Option<OffsetDateTime> {
-    let Some(wire) = wire else {
-        if required {
-            v.add(field, "is required: a range has a start and an end");
-        }
-        return None;
-    };
-    let time = Some(wire)
-        .filter(|w| (TIMESTAMP_SECONDS_MIN..=TIMESTAMP_SECONDS_MAX).contains(&w.seconds))
-        .and_then(|w| timestamp(Some(w)));
-    if time.is_none() {
-        v.add(field, "must be a time from year 1 to 9999");
-    }
-    time
 }
 
 /// A time range `[start, end)`: both required when `required`, else both or neither; end

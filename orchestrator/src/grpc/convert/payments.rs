@@ -706,8 +706,8 @@ pub fn list_payments(
     }
     let state = state_filter(&mut v, request.state);
     // Either bound alone is a range open on the other side.
-    let start = super::ledger::read_time(&mut v, "start_time", request.start_time.as_ref(), false);
-    let end = super::ledger::read_time(&mut v, "end_time", request.end_time.as_ref(), false);
+    let start = super::read_time(&mut v, "start_time", request.start_time.as_ref(), false);
+    let end = super::read_time(&mut v, "end_time", request.end_time.as_ref(), false);
     if let (Some(start), Some(end)) = (start, end)
         && end <= start
     {
