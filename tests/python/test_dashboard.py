@@ -88,7 +88,7 @@ EXPONENTS = {"USD": 2, "EUR": 2}
 SLOW_CARD = "4000056655665556"
 SLOW_CARD_LATENCY_MS = 2000
 # What the dashboard answers a form it refuses (dashboard/src/forms.rs).
-NOT_YOURS = "this form has expired or is not yours"
+NOT_YOURS = "this form is not yours"
 NOT_FROM_HERE = "this form must be posted from the dashboard's own pages"
 
 
