@@ -5,8 +5,11 @@
 /// What a failed statement means for the request that ran it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageFailure {
-    /// The pool or the server is unreachable or busy, or the transaction lost a serialization
-    /// or deadlock race: nothing was committed and the same request may simply be retried.
+    /// The pool or the server is unreachable or busy, the transaction lost a serialization or
+    /// deadlock race, or the server is a standby or a primary not yet writable after a
+    /// failover: the same request may simply be retried. Nothing was committed, except when
+    /// the connection broke during the COMMIT itself, whose outcome is then unknown: the retry,
+    /// with the same request id, finds out.
     Unavailable,
     /// A concurrent transaction wrote the same key first (a unique, exclusion or foreign-key
     /// violation): nothing was committed; the request, retried, sees the other write.
@@ -36,8 +39,9 @@ pub fn classify(error: &sqlx::Error) -> StorageFailure {
 pub fn classify_sqlstate(code: &str) -> StorageFailure {
     match code {
         // serialization_failure, deadlock_detected, admin_shutdown, crash_shutdown,
-        // cannot_connect_now, insufficient_resources, out_of_memory, too_many_connections
-        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53000" | "53200" | "53300" => {
+        // cannot_connect_now, insufficient_resources, out_of_memory, too_many_connections,
+        // read_only_sql_transaction (a standby, or a promoted one not yet writable)
+        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53000" | "53200" | "53300" | "25006" => {
             StorageFailure::Unavailable
         }
         // connection_exception and its subclasses
@@ -289,6 +293,7 @@ mod tests {
             ("40P01", StorageFailure::Unavailable),
             ("57P01", StorageFailure::Unavailable),
             ("57P03", StorageFailure::Unavailable),
+            ("25006", StorageFailure::Unavailable),
             ("53300", StorageFailure::Unavailable),
             ("08006", StorageFailure::Unavailable),
             ("23505", StorageFailure::Conflict),
