@@ -246,11 +246,7 @@ def test_dev_starts_a_private_cluster_when_no_postgres_answers():
     import socket
     import tempfile
 
-    def free_port():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
+    free_port = conftest._free_port
     dev_dir = pathlib.Path(tempfile.mkdtemp(prefix="tandem-private-"))
     env = dict(
         os.environ,
