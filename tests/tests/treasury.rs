@@ -733,9 +733,23 @@ async fn the_feed_keeps_a_payments_commits_in_order() {
     append(&mut late, "refund.created").await;
     late.commit().await.unwrap();
 
-    let page = storage::feed_after(&pool, &FeedPosition::default(), &[], 1000)
-        .await
-        .expect("feed");
+    // The feed lists a commit only once no older transaction is still open (its frontier is
+    // the snapshot's xmin), and the services' background work may hold one for a moment: read
+    // until the late writer's event is listed.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let page = loop {
+        let page = storage::feed_after(&pool, &FeedPosition::default(), &[], 1000)
+            .await
+            .expect("feed");
+        if page.events.iter().any(|e| e.kind == "refund.created") {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the feed never listed the late commit"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let sequences: Vec<i64> = page
         .events
         .iter()
