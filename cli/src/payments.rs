@@ -149,6 +149,27 @@ pub(crate) enum PaymentsCommand {
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
         after: i64,
     },
+    /// Resolve a payment in needs_operator (the vault refused a capture or void for good), as
+    /// the treasury: --retry sends the refused operations again under new request ids,
+    /// --confirm records them as done (after checking at the processor that they took effect).
+    Resolve {
+        #[command(flatten)]
+        target: OrchestratorTarget,
+        /// The payment id.
+        payment_id: String,
+        /// Send the refused captures or voids again.
+        #[arg(long, conflicts_with = "confirm", required_unless_present = "confirm")]
+        retry: bool,
+        /// Record the refused captures or voids as done at the processor.
+        #[arg(long)]
+        confirm: bool,
+        /// Why (what the processor showed): 1-1000 characters, no card number.
+        #[arg(long)]
+        note: String,
+        /// Idempotency key; a new UUID by default.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
     /// Add an operator note to a payment (notes are append-only).
     Note {
         #[command(flatten)]
@@ -182,6 +203,8 @@ pub(crate) enum State {
     #[value(alias = "partially_refunded")]
     PartiallyRefunded,
     Refunded,
+    #[value(alias = "needs_operator")]
+    NeedsOperator,
 }
 
 impl From<State> for pb::PaymentState {
@@ -197,6 +220,7 @@ impl From<State> for pb::PaymentState {
             State::Failed => Self::Failed,
             State::PartiallyRefunded => Self::PartiallyRefunded,
             State::Refunded => Self::Refunded,
+            State::NeedsOperator => Self::NeedsOperator,
         }
     }
 }
@@ -420,6 +444,36 @@ pub(crate) async fn run(command: PaymentsCommand) -> anyhow::Result<()> {
                 );
             }
         }
+        PaymentsCommand::Resolve {
+            target,
+            payment_id,
+            retry,
+            confirm: _,
+            note,
+            request_id: given_id,
+        } => {
+            let mut client = PaymentServiceClient::new(
+                orchestrator_channel(&target, Role::Treasury, CALL_TIMEOUT).await?,
+            );
+            let decision = if retry {
+                pb::ResolutionDecision::Retry
+            } else {
+                pb::ResolutionDecision::Confirm
+            };
+            let payment = client
+                .resolve_payment(pb::ResolvePaymentRequest {
+                    request_id: request_id(given_id),
+                    payment_id,
+                    decision: decision.into(),
+                    note,
+                })
+                .await
+                .map_err(failure)?
+                .into_inner()
+                .payment
+                .context("no payment in the response")?;
+            print_payment(&payment);
+        }
         PaymentsCommand::Note {
             target,
             payment_id,
@@ -472,7 +526,7 @@ async fn get(client: &mut Client, payment_id: String) -> anyhow::Result<pb::Paym
 }
 
 /// Whether a payment has reached a state in which `CreatePayment` stops waiting: terminal, or
-/// waiting for a reviewer.
+/// waiting for a reviewer or an operator.
 pub(crate) fn is_terminal(state: i32) -> bool {
     use pb::PaymentState as S;
     match S::try_from(state) {
@@ -482,7 +536,8 @@ pub(crate) fn is_terminal(state: i32) -> bool {
             | S::Failed
             | S::PartiallyRefunded
             | S::Refunded
-            | S::InReview,
+            | S::InReview
+            | S::NeedsOperator,
         ) => true,
         Ok(S::Unspecified | S::Pending | S::Authorizing | S::Capturing | S::Reversing) => false,
         Err(_) => false,
@@ -565,6 +620,31 @@ fn render_payment(payment: &pb::Payment) -> String {
     }
     if let Some(review) = &payment.review {
         lines.extend(review_lines(review));
+    }
+    for leg in payment.legs.iter().filter(|l| l.refusals > 0) {
+        lines.push(format!(
+            "leg {}: capture or void refused by the vault {} times ({})",
+            leg.index, leg.refusals, leg.refusal_reason
+        ));
+    }
+    if payment.state == i32::from(pb::PaymentState::NeedsOperator) {
+        lines.push(format!(
+            "needs an operator: tandemctl payments resolve {} --retry|--confirm --note '...'",
+            payment.id
+        ));
+    }
+    for resolution in &payment.resolutions {
+        lines.push(format!(
+            "resolved {} by {} ({}): {}",
+            show_time(resolution.create_time.as_ref().map(|t| t.seconds)),
+            show_actor(resolution.operator.as_ref()),
+            value_name(
+                resolution.decision,
+                "RESOLUTION_DECISION_",
+                pb::ResolutionDecision::as_str_name
+            ),
+            resolution.note
+        ));
     }
     // One width for the labels of both tables, so that they line up with each other.
     let labels = payment.legs.iter().map(|leg| leg.label.as_str());
@@ -947,9 +1027,59 @@ leg"
             (S::PartiallyRefunded, true),
             (S::Refunded, true),
             (S::InReview, true),
+            (S::NeedsOperator, true),
         ] {
             assert_eq!(is_terminal(state.into()), terminal, "{state:?}");
         }
         assert!(!is_terminal(99));
+    }
+
+    /// A payment that needs an operator says which legs the vault refused, why, and the
+    /// command that resolves it; its resolutions are listed with who decided and why.
+    #[test]
+    fn needs_operator_rendering() {
+        let time = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let waiting = pb::Payment {
+            id: "pay_1".to_owned(),
+            state: pb::PaymentState::NeedsOperator.into(),
+            legs: vec![pb::PaymentLeg {
+                index: 2,
+                refusals: 3,
+                refusal_reason: "CHARGE_NOT_CAPTURABLE".to_owned(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let rendered = render_payment(&waiting);
+        assert!(
+            rendered.contains(
+                "leg 2: capture or void refused by the vault 3 times (CHARGE_NOT_CAPTURABLE)\n\
+                 needs an operator: tandemctl payments resolve pay_1 --retry|--confirm --note"
+            ),
+            "{rendered}"
+        );
+        let resolved = pb::Payment {
+            state: pb::PaymentState::Capturing.into(),
+            legs: vec![pb::PaymentLeg::default()],
+            resolutions: vec![pb::PaymentResolution {
+                decision: pb::ResolutionDecision::Retry.into(),
+                operator: Some(types::Actor {
+                    name: "ana".to_owned(),
+                    role: "treasury".to_owned(),
+                }),
+                note: "processor back".to_owned(),
+                create_time: time(1_735_693_200),
+            }],
+            ..waiting
+        };
+        let rendered = render_payment(&resolved);
+        assert!(!rendered.contains("needs an operator"), "{rendered}");
+        assert!(!rendered.contains("refused"), "{rendered}");
+        assert!(
+            rendered.contains(
+                "resolved 2025-01-01T01:00:00Z by ana (treasury) (retry): processor back"
+            ),
+            "{rendered}"
+        );
     }
 }

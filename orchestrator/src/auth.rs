@@ -77,6 +77,8 @@ pub enum Rpc {
     ListFxRates,
     /// `PaymentService/ReviewPayment`
     ReviewPayment,
+    /// `PaymentService/ResolvePayment`
+    ResolvePayment,
     /// `RiskService/GetRiskPolicy`
     GetRiskPolicy,
     /// `RiskService/SetRiskPolicy`
@@ -85,7 +87,7 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC, for tests that check the table is complete.
-    pub const ALL: [Rpc; 36] = [
+    pub const ALL: [Rpc; 37] = [
         Rpc::CreateCardGroup,
         Rpc::GetCardGroup,
         Rpc::ListCardGroups,
@@ -120,6 +122,7 @@ impl Rpc {
         Rpc::GetFxRate,
         Rpc::ListFxRates,
         Rpc::ReviewPayment,
+        Rpc::ResolvePayment,
         Rpc::GetRiskPolicy,
         Rpc::SetRiskPolicy,
     ];
@@ -183,6 +186,7 @@ impl Rpc {
             Rpc::GetFxRate => "tandem.orchestrator.v1.FxService/GetFxRate",
             Rpc::ListFxRates => "tandem.orchestrator.v1.FxService/ListFxRates",
             Rpc::ReviewPayment => "tandem.orchestrator.v1.PaymentService/ReviewPayment",
+            Rpc::ResolvePayment => "tandem.orchestrator.v1.PaymentService/ResolvePayment",
             Rpc::GetRiskPolicy => "tandem.orchestrator.v1.RiskService/GetRiskPolicy",
             Rpc::SetRiskPolicy => "tandem.orchestrator.v1.RiskService/SetRiskPolicy",
         }
@@ -199,6 +203,8 @@ impl Rpc {
                 &[Role::Payer, Role::Treasury, Role::Reader, Role::Reviewer]
             }
             Rpc::ReviewPayment => &[Role::Reviewer],
+            // The treasury steers the money: it resolves what the vault refused for good.
+            Rpc::ResolvePayment => &[Role::Treasury],
             // Risk policies are set by the treasury and read by whoever judges by them.
             Rpc::SetRiskPolicy => &[Role::Treasury],
             Rpc::GetRiskPolicy => &[Role::Treasury, Role::Reviewer, Role::Reader],
@@ -268,6 +274,7 @@ impl Rpc {
             | Rpc::RedeliverEvents
             | Rpc::SetFxRate
             | Rpc::ReviewPayment
+            | Rpc::ResolvePayment
             | Rpc::SetRiskPolicy => RpcClass::Write,
             Rpc::WatchPayment | Rpc::ExportLedger => RpcClass::Stream,
         }
@@ -322,7 +329,8 @@ mod tests {
     /// proposes, approvers alone decide, all three read. Webhooks are the treasury's alone.
     /// Rates (DESIGN section 10): treasury sets, treasury and readers (the ledger's readers)
     /// read. Risk (section 12): treasury sets policies, treasury, reviewers and readers read
-    /// them; reviewers alone review, and read payments.
+    /// them; reviewers alone review, and read payments. The treasury alone resolves a payment
+    /// that needs an operator.
     #[test]
     fn role_table() {
         for rpc in Rpc::ALL {
@@ -383,14 +391,15 @@ mod tests {
                     | Rpc::WatchPayment
             );
             let notes = rpc == Rpc::AddPaymentNote;
+            let resolves = rpc == Rpc::ResolvePayment;
             assert_eq!(
                 rpc.allows(Role::Treasury),
-                groups || reads || books || notes,
+                groups || reads || books || notes || resolves,
                 "{rpc:?}"
             );
             assert_eq!(
                 rpc.allows(Role::Payer),
-                (!groups && !books) || reads,
+                (!groups && !books && !resolves) || reads,
                 "{rpc:?}"
             );
             assert_eq!(rpc.allows(Role::Reader), reads || books, "{rpc:?}");

@@ -418,6 +418,21 @@ pub struct RiskPolicyChange {
     pub expected_version: Option<i64>,
 }
 
+/// A checked `ResolvePayment`.
+#[derive(Debug)]
+pub struct NewResolution {
+    /// The caller's idempotency key.
+    pub request_id: String,
+    /// The hash of the request.
+    pub request_hash: Vec<u8>,
+    /// The payment.
+    pub payment_id: String,
+    /// Retry or confirm.
+    pub decision: crate::domain::record::operator::Decision,
+    /// Why.
+    pub note: String,
+}
+
 /// A checked `ReviewPayment`.
 #[derive(Debug)]
 pub struct NewReview {

@@ -402,6 +402,10 @@ pub struct PaymentSettings {
     /// Re-sends of a vault call whose answer was lost, within one drive of a payment, before
     /// leaving it to the recovery worker.
     pub vault_retries_max: u32,
+    /// Refusals of one capture or void by the vault (the charge not captured or voided, and
+    /// the vault saying it will not do it as asked) before the payment stops in
+    /// NEEDS_OPERATOR; each refusal before that is sent again after a growing wait.
+    pub settle_refusals_max: u32,
     /// The shortest wait before a card is tried again after a transient decline
     /// (`RETRY_SAME_CARD`) or a vault call is re-sent; each further try of the same card
     /// doubles it, up to `retry_delay_ms_max` (and never above a quarter of `lease_ms`), and
@@ -437,6 +441,7 @@ impl Default for PaymentSettings {
             request_id_wait_ms: 2_000,
             results_batch_max: 64,
             vault_retries_max: 3,
+            settle_refusals_max: 3,
             retry_delay_ms_min: 250,
             retry_delay_ms_max: 4_000,
             retry_window_ms: 30_000,
@@ -514,7 +519,7 @@ impl ServiceSettings for Settings {
         let n = &self.notify;
         let f = &self.fx;
         let k = &self.risk;
-        let checks: [Check; 23] = [
+        let checks: [Check; 24] = [
             (
                 (1..=432_000).contains(&k.review_timeout_s)
                     && (1_000..=3_600_000).contains(&k.prune_interval_ms),
@@ -566,6 +571,11 @@ impl ServiceSettings for Settings {
                 "must be 1 to 100000 (and payments.results_batch_max 1 to 1000, \
                  payments.request_id_wait_ms 1 to 60000, \
                  payments.vault_retries_max at most 100)",
+            ),
+            (
+                (1..=100).contains(&p.settle_refusals_max),
+                "payments.settle_refusals_max",
+                "must be 1 to 100",
             ),
             (
                 (1..=3_600_000).contains(&p.wait_timeout_ms_max),

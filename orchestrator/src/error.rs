@@ -81,6 +81,9 @@ pub enum Error {
     /// `ReviewPayment` on a payment not waiting for review.
     #[error("the payment is not in review")]
     PaymentNotInReview,
+    /// `ResolvePayment` on a payment not waiting for an operator.
+    #[error("the payment does not need an operator")]
+    PaymentNotNeedingOperator,
     /// `SetRiskPolicy` named a version that is no longer current.
     #[error("the risk policy changed since the version given")]
     RiskPolicyChanged,
@@ -178,6 +181,7 @@ impl Error {
             Error::AdjustmentNotProposed => "ADJUSTMENT_NOT_PROPOSED",
             Error::SameIdentity => "SAME_IDENTITY",
             Error::PaymentNotInReview => "PAYMENT_NOT_IN_REVIEW",
+            Error::PaymentNotNeedingOperator => "PAYMENT_NOT_NEEDING_OPERATOR",
             Error::RiskPolicyChanged => "RISK_POLICY_CHANGED",
             Error::SettlementFileInvalid(_) => "SETTLEMENT_FILE_INVALID",
             Error::WebhookEndpointNotFound => "WEBHOOK_ENDPOINT_NOT_FOUND",

@@ -319,6 +319,27 @@ impl PaymentService for PaymentApi {
         }))
     }
 
+    async fn resolve_payment(
+        &self,
+        request: Request<pb::ResolvePaymentRequest>,
+    ) -> Result<Response<pb::ResolvePaymentResponse>, Status> {
+        let actor = self.check(&request, Rpc::ResolvePayment)?;
+        let call = call(&request, actor);
+        let resolution =
+            convert::payments::resolve_payment(request.get_ref()).map_err(to_status)?;
+        let payment = self
+            .payments
+            .resolve(resolution, call)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ResolvePaymentResponse {
+            payment: Some(convert::payments::payment_to_wire(
+                &payment,
+                payment.update_time,
+            )),
+        }))
+    }
+
     async fn list_events(
         &self,
         request: Request<pb::ListEventsRequest>,

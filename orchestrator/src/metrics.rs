@@ -47,9 +47,15 @@ pub const WEBHOOK_ATTEMPTS: &str = "tandem_orchestrator_webhook_attempts_total";
 pub const DISCREPANCIES: &str = "tandem_orchestrator_reconciliation_open_discrepancies";
 /// Transactions run again after losing a serialization or deadlock race, by transaction.
 pub const TRANSACTION_RETRIES: &str = "tandem_orchestrator_transaction_retries_total";
+/// Captures and voids the vault refused, by operation.
+pub const SETTLEMENT_REFUSALS: &str = "tandem_orchestrator_settlement_refusals_total";
+/// Payments waiting for an operator (NEEDS_OPERATOR), read at each scrape.
+pub const NEEDING_OPERATOR: &str = "tandem_orchestrator_payments_needing_operator";
+/// Calls refused by admission (a caller over its limits), by class and reason.
+pub const ADMISSION_REFUSALS: &str = "tandem_orchestrator_admission_refusals_total";
 
 /// Every family's name.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 17] = [
     PAYMENTS,
     TIME_TO_TERMINAL,
     ATTEMPTS,
@@ -64,6 +70,9 @@ pub const ALL: [&str; 14] = [
     WEBHOOK_ATTEMPTS,
     DISCREPANCIES,
     TRANSACTION_RETRIES,
+    SETTLEMENT_REFUSALS,
+    NEEDING_OPERATOR,
+    ADMISSION_REFUSALS,
 ];
 
 /// Describes every family.
@@ -128,6 +137,21 @@ pub fn describe() {
     );
     // Exported from the start, so that an alert on its increase sees the first one.
     metrics::counter!(WEBHOOK_ATTEMPTS, "effect" => "disabled").increment(0);
+    metrics::describe_counter!(
+        ADMISSION_REFUSALS,
+        "Calls refused with RESOURCE_EXHAUSTED by admission (a caller over its [limits]), by \
+         class (read, write, stream) and reason (RATE_LIMITED, TOO_MANY_IN_FLIGHT)."
+    );
+    metrics::describe_counter!(
+        SETTLEMENT_REFUSALS,
+        "Captures and voids the vault refused (the charge left uncaptured or unvoided), by \
+         operation (capture, void); each is sent again until payments.settle_refusals_max."
+    );
+    metrics::describe_gauge!(
+        NEEDING_OPERATOR,
+        "Payments in NEEDS_OPERATOR: a capture or void the vault refused for good waits for the \
+         treasury's ResolvePayment (read at each scrape)."
+    );
     metrics::describe_gauge!(
         DISCREPANCIES,
         "Open reconciliation discrepancies by processor and class (missing_in_ledger, \
@@ -147,6 +171,7 @@ pub fn state_label(state: PaymentState) -> &'static str {
         PaymentState::PartiallyPaid => "PARTIALLY_PAID",
         PaymentState::Reversing => "REVERSING",
         PaymentState::Failed => "FAILED",
+        PaymentState::NeedsOperator => "NEEDS_OPERATOR",
     }
 }
 
@@ -207,6 +232,7 @@ impl Observed {
                 EventKind::PaymentPartiallyPaid => Some(PaymentState::PartiallyPaid),
                 EventKind::PaymentReversing => Some(PaymentState::Reversing),
                 EventKind::PaymentFailed => Some(PaymentState::Failed),
+                EventKind::PaymentNeedsOperator => Some(PaymentState::NeedsOperator),
                 EventKind::LegDeclined => {
                     let code = event
                         .attempt
@@ -312,11 +338,24 @@ pub fn recovered(lag: time::Duration) {
     metrics::histogram!(RECOVERY_LAG).record(lag.as_seconds_f64().max(0.0));
 }
 
-/// The payments not at rest: how many, and since when the oldest was created.
-pub fn in_flight(count: i64, oldest: Option<OffsetDateTime>, now: OffsetDateTime) {
-    metrics::gauge!(IN_FLIGHT).set(count as f64);
-    let age = oldest.map_or(0.0, |oldest| (now - oldest).as_seconds_f64().max(0.0));
+/// The payments not at rest (how many, and since when the oldest was created), and those
+/// waiting for an operator.
+pub fn in_flight(read: crate::storage::InFlight, now: OffsetDateTime) {
+    metrics::gauge!(IN_FLIGHT).set(read.count as f64);
+    let age = read
+        .oldest
+        .map_or(0.0, |oldest| (now - oldest).as_seconds_f64().max(0.0));
     metrics::gauge!(OLDEST_IN_FLIGHT).set(age);
+    metrics::gauge!(NEEDING_OPERATOR).set(read.needing_operator as f64);
+}
+
+/// A capture or void (`command`) the vault refused.
+pub fn settlement_refused(command: crate::domain::saga::Command) {
+    let operation = match command {
+        crate::domain::saga::Command::Void(_) => "void",
+        _ => "capture",
+    };
+    metrics::counter!(SETTLEMENT_REFUSALS, "operation" => operation).increment(1);
 }
 
 /// One recorded webhook attempt with `effect` (`delivered`, `retry`, `disabled`), and, for a

@@ -10,7 +10,9 @@ use std::time::Duration;
 use tandem_runtime::admission::InFlight;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::commands::{EventQuery, NewNote, NewPayment, NewRefund, NewReview, PaymentQuery, Watch};
+use crate::commands::{
+    EventQuery, NewNote, NewPayment, NewRefund, NewResolution, NewReview, PaymentQuery, Watch,
+};
 use crate::config::{PaymentSettings, RiskSettings};
 use crate::domain::actor::Actor;
 use crate::domain::allocation::PolicyError;
@@ -19,6 +21,7 @@ use crate::domain::group::MemberRules;
 use crate::domain::planning;
 use crate::domain::record::PaymentRecord;
 use crate::domain::record::events::Event;
+use crate::domain::record::operator::ResolveError;
 use crate::domain::record::refunds::{RefundError, RefundState};
 use crate::domain::record::review::ReviewError;
 use crate::domain::risk;
@@ -508,6 +511,75 @@ impl Payments {
             verdict = ?review.verdict,
             reviewer = %actor,
             "payment reviewed"
+        );
+        self.workflow
+            .announce(id, stored.record.saga.state.is_at_rest());
+        let first = Round::of(steps, refunds, stored.record.clone());
+        self.workflow.spawn_from(id.clone(), admitted, Some(first));
+        stored.update_time = now;
+        Ok(stored)
+    }
+
+    /// `ResolvePayment`: records a treasury operator's decision on a payment that needs one
+    /// (once per request id), with what it books (a confirmed capture or void) and the intents
+    /// of what it sends again, and drives the payment on; the payment as the decision left it.
+    pub async fn resolve(
+        &self,
+        resolution: NewResolution,
+        call: Call,
+    ) -> Result<StoredPayment, Error> {
+        let Call {
+            admitted, actor, ..
+        } = call;
+        let method = "ResolvePayment";
+        let mut tx = self.workflow.pool().begin().await?;
+        if let Some(earlier) = storage::claim_request_id(
+            &mut tx,
+            &resolution.request_id,
+            method,
+            &resolution.request_hash,
+            &resolution.payment_id,
+            self.settings().request_id_wait_ms,
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            return self
+                .get(earlier.resource_of(method, &resolution.request_hash)?)
+                .await;
+        }
+        let id = &resolution.payment_id;
+        let mut stored = storage::payment(&mut *tx, id, true)
+            .await?
+            .ok_or(Error::PaymentNotFound)?;
+        let now = now();
+        let (mut events, confirmed) = stored
+            .record
+            .resolve(resolution.decision, actor.clone(), resolution.note, now)
+            .map_err(|e| match e {
+                ResolveError::NotNeedingOperator => Error::PaymentNotNeedingOperator,
+                ResolveError::Saga(e) => Error::Corrupt(format!("saga: {e}")),
+            })?;
+        self.workflow
+            .record_confirmed(&mut tx, &stored, &confirmed)
+            .await?;
+        stored.lease_owner = Some(self.workflow.owner().to_owned());
+        stored.lease_until = self.workflow.lease_until(now);
+        let (steps, refunds) = self
+            .workflow
+            .plan_round(&mut tx, &mut stored, &mut events, now)
+            .await?;
+        let observed = self
+            .workflow
+            .save(&mut tx, &mut stored, &events, now)
+            .await?;
+        tx.commit().await?;
+        observed.record();
+        tracing::info!(
+            payment_id = %id,
+            decision = ?resolution.decision,
+            operator = %actor,
+            "payment resolved"
         );
         self.workflow
             .announce(id, stored.record.saga.state.is_at_rest());

@@ -343,8 +343,8 @@ fn metrics_endpoint(pool: PgPool) -> tandem_runtime::metrics::Endpoint {
             let in_flight = crate::storage::in_flight(&pool).await;
             let discrepancies = crate::storage::reconciliation::open_discrepancies(&pool).await;
             match (in_flight, discrepancies) {
-                (Ok((count, oldest)), Ok(discrepancies)) => {
-                    crate::metrics::in_flight(count, oldest, time::OffsetDateTime::now_utc());
+                (Ok(in_flight), Ok(discrepancies)) => {
+                    crate::metrics::in_flight(in_flight, time::OffsetDateTime::now_utc());
                     crate::metrics::open_discrepancies(&discrepancies, &mut read.discrepancies);
                     read.at = Some(std::time::Instant::now());
                 }

@@ -453,6 +453,7 @@ pub fn state_name(record: &PaymentRecord) -> &'static str {
         Status::Saga(S::PartiallyPaid) => "partially_paid",
         Status::Saga(S::Reversing) => "reversing",
         Status::Saga(S::Failed) => "failed",
+        Status::Saga(S::NeedsOperator) => "needs_operator",
         Status::PartiallyRefunded => "partially_refunded",
         Status::Refunded => "refunded",
     }
@@ -674,17 +675,34 @@ pub struct Expired {
     pub lag: time::Duration,
 }
 
-/// How many payments are on their way (neither terminal nor in review: a terminal payment
-/// with a refund pending is not), and when the oldest was created (the partial index of
-/// unsettled payments finds them), for the metrics.
-pub async fn in_flight(pool: &PgPool) -> Result<(i64, Option<OffsetDateTime>), Error> {
+/// Payments on their way and payments waiting for an operator, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight {
+    /// Neither terminal nor in review nor waiting for an operator (a terminal payment with a
+    /// refund pending is not).
+    pub count: i64,
+    /// When the oldest of those was created.
+    pub oldest: Option<OffsetDateTime>,
+    /// In NEEDS_OPERATOR.
+    pub needing_operator: i64,
+}
+
+/// [`InFlight`] now, in one statement (the partial index of unsettled payments finds them).
+pub async fn in_flight(pool: &PgPool) -> Result<InFlight, Error> {
     let row = sqlx::query(
-        "SELECT count(*) AS n, min(create_time) AS oldest FROM payments \
-         WHERE NOT settled AND state IN ('pending', 'authorizing', 'capturing', 'reversing')",
+        "SELECT count(*) FILTER (WHERE state <> 'needs_operator') AS n, \
+                min(create_time) FILTER (WHERE state <> 'needs_operator') AS oldest, \
+                count(*) FILTER (WHERE state = 'needs_operator') AS waiting \
+         FROM payments WHERE NOT settled \
+         AND state IN ('pending', 'authorizing', 'capturing', 'reversing', 'needs_operator')",
     )
     .fetch_one(pool)
     .await?;
-    Ok((row.try_get("n")?, row.try_get("oldest")?))
+    Ok(InFlight {
+        count: row.try_get("n")?,
+        oldest: row.try_get("oldest")?,
+        needing_operator: row.try_get("waiting")?,
+    })
 }
 
 /// Up to `limit` payments not terminal that were created before `cutoff` and have no

@@ -267,7 +267,7 @@ impl VaultClient {
         &self,
         correlation_id: &str,
         items: &[SettleItem<'_>],
-    ) -> Vec<Result<(), Unknown>> {
+    ) -> Vec<Result<Settled, Unknown>> {
         if items.is_empty() {
             return Vec::new();
         }
@@ -295,7 +295,7 @@ impl VaultClient {
         &self,
         correlation_id: &str,
         items: &[SettleItem<'_>],
-    ) -> Vec<Result<(), Unknown>> {
+    ) -> Vec<Result<Settled, Unknown>> {
         if items.is_empty() {
             return Vec::new();
         }
@@ -323,7 +323,7 @@ impl VaultClient {
         results: Vec<Result<pb::Charge, tonic::Status>>,
         items: &[SettleItem<'_>],
         expected: pb::ChargeState,
-    ) -> Vec<Result<(), Unknown>> {
+    ) -> Vec<Result<Settled, Unknown>> {
         let checks = results
             .into_iter()
             .zip(items)
@@ -333,13 +333,14 @@ impl VaultClient {
 
     /// Checks that a capture or void left the charge in `expected`; a refusal is checked
     /// against the charge as the vault has it (a capture or void that already happened is
-    /// success), and anything else stays unknown, to be retried and looked at.
+    /// done, one that did not is refused, with the vault's reason), and anything else stays
+    /// unknown, to be retried.
     async fn settled(
         &self,
         result: Result<pb::Charge, tonic::Status>,
         charge_id: &str,
         expected: pb::ChargeState,
-    ) -> Result<(), Unknown> {
+    ) -> Result<Settled, Unknown> {
         let charge = match result {
             Ok(charge) => charge,
             Err(status) if is_unknown(&status) => return Err(Unknown(describe(&status))),
@@ -357,26 +358,19 @@ impl VaultClient {
                 .into_inner()
                 .charge
                 .unwrap_or_default();
-                if charge.state != expected as i32 {
+                if charge.state != expected as i32 && !captured_enough(expected, &charge) {
                     tracing::error!(
                         charge_id,
                         reason = %reason(&status),
                         "the vault refused a capture or void the payment needs"
                     );
-                    return Err(Unknown(describe(&status)));
+                    return Ok(Settled::Refused(reason(&status)));
                 }
                 charge
             }
         };
-        let captured_enough = expected == pb::ChargeState::Captured
-            && matches!(
-                pb::ChargeState::try_from(charge.state),
-                Ok(pb::ChargeState::Captured
-                    | pb::ChargeState::PartiallyRefunded
-                    | pb::ChargeState::Refunded)
-            );
-        if charge.state == expected as i32 || captured_enough {
-            Ok(())
+        if charge.state == expected as i32 || captured_enough(expected, &charge) {
+            Ok(Settled::Done)
         } else {
             Err(Unknown(format!(
                 "charge is {:?} after the call",
@@ -607,6 +601,26 @@ fn is_unknown(status: &tonic::Status) -> bool {
             | Code::Cancelled
             | Code::ResourceExhausted
     )
+}
+
+/// A capture's or void's end, as the vault confirms it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// The charge is captured (or refunded since) or voided, as asked.
+    Done,
+    /// The vault refused, and the charge is not as asked: the vault's reason.
+    Refused(String),
+}
+
+/// True when a capture was asked and the charge is captured, or refunded since.
+fn captured_enough(expected: pb::ChargeState, charge: &pb::Charge) -> bool {
+    expected == pb::ChargeState::Captured
+        && matches!(
+            pb::ChargeState::try_from(charge.state),
+            Ok(pb::ChargeState::Captured
+                | pb::ChargeState::PartiallyRefunded
+                | pb::ChargeState::Refunded)
+        )
 }
 
 /// The vault's `ErrorInfo` reason, or the status code's name.

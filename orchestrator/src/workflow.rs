@@ -45,13 +45,15 @@ use crate::domain::record::events::Event;
 use crate::domain::record::refunds::RefundStep;
 use crate::domain::record::steps::{AuthorizeAnswer, SpendChange, Step, Suspension};
 use crate::domain::risk;
-use crate::domain::saga::{Command, Outcome};
+use crate::domain::saga::{Command, Outcome, PaymentState};
 use crate::error::Error;
 use crate::feeds::Feeds;
 use crate::grpc::convert;
 use crate::metrics::Observed;
 use crate::storage::{self, StoredContent, StoredPayment};
-use crate::vault::{AuthorizeItem, Operation, RefundAnswer, SettleItem, Unknown, VaultClient};
+use crate::vault::{
+    AuthorizeItem, Operation, RefundAnswer, SettleItem, Settled, Unknown, VaultClient,
+};
 use tandem_runtime::ids::random_fraction as jitter;
 use tandem_runtime::time::now_micros as now;
 
@@ -371,6 +373,7 @@ impl Workflow {
     /// [`Workflow::drive`], starting with `first` if its intents are committed already.
     async fn drive_from(&self, payment_id: &str, first: Option<Round>) -> Result<(), Error> {
         let mut unknown_rounds = 0;
+        let mut refused_rounds = 0;
         let mut round = match first {
             Some(round) => round,
             None => self.intents(payment_id).await?,
@@ -417,7 +420,14 @@ impl Workflow {
                 .zip(refund_answers)
                 .filter_map(|(step, answer)| answer.ok().map(|a| (step, a)))
                 .collect();
-            let retry_wait = self.retry_wait(&record, &known);
+            let mut retry_wait = self.retry_wait(&record, &known);
+            // A capture or void the vault refused is sent again after a growing wait, until
+            // the payment stops for an operator (`settle_refusals_max`).
+            if known.iter().any(|(_, a)| matches!(a, Answer::Refused(_))) {
+                refused_rounds += 1;
+                let resend = self.settings.retry_delay(refused_rounds, jitter());
+                retry_wait = Some(retry_wait.map_or(resend, |w| w.max(resend)));
+            }
             // The results commit with the next round's intents, unless a wait comes first:
             // then (and when no answer is known) the intents are recorded after the wait, so
             // that an attempt starts when it is sent.
@@ -596,11 +606,12 @@ impl Workflow {
         Ok((steps, refunds))
     }
 
-    /// Releases the lease of a settled payment; of a payment waiting for a reviewer, until its
+    /// Releases the lease of a settled payment and of one waiting for an operator (the
+    /// recovery worker never takes those); of a payment waiting for a reviewer, until its
     /// review expires (then the recovery worker leases it, and the expiry voids its holds);
     /// renews it otherwise.
     fn keep_lease(&self, stored: &mut StoredPayment, now: OffsetDateTime) {
-        if stored.record.is_settled() {
+        if stored.record.is_settled() || stored.record.saga.state == PaymentState::NeedsOperator {
             stored.lease_owner = None;
             stored.lease_until = now;
         } else if let Some(expire) = stored.record.review_expire_time() {
@@ -672,10 +683,12 @@ impl Workflow {
         let authorized = authorized
             .into_iter()
             .map(|answer| answer.map(Answer::Authorization));
-        let settled = captured
-            .into_iter()
-            .chain(voided)
-            .map(|answer| answer.map(|()| Answer::Settled));
+        let settled = captured.into_iter().chain(voided).map(|answer| {
+            answer.map(|settled| match settled {
+                Settled::Done => Answer::Settled,
+                Settled::Refused(reason) => Answer::Refused(reason),
+            })
+        });
         let sent = authorizations.into_iter().chain(captures).chain(voids);
         for (i, answer) in sent.zip(authorized.chain(settled)) {
             answers[i] = Some(answer);
@@ -788,6 +801,18 @@ impl Workflow {
                     stored
                         .record
                         .record_authorization(leg, step.attempt, answer, now)
+                }
+                (command, Answer::Refused(reason)) => {
+                    let refusals_max = self.settings.settle_refusals_max;
+                    if let Some(mut new_events) =
+                        stored
+                            .record
+                            .record_refusal(command, reason, refusals_max, now)
+                    {
+                        crate::metrics::settlement_refused(command);
+                        events.append(&mut new_events);
+                    }
+                    continue;
                 }
                 (command, _) => stored.record.record_settlement(command, now),
             }
@@ -940,6 +965,34 @@ impl Workflow {
         tx.commit().await?;
         observed.record();
         Ok(outcomes)
+    }
+
+    /// Books captures and voids an operator confirmed ([`PaymentRecord::resolve`]) and
+    /// releases their spend, in `conn`, as their confirmation by the vault would have.
+    pub(crate) async fn record_confirmed(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        stored: &StoredPayment,
+        confirmed: &[crate::domain::record::steps::Recorded],
+    ) -> Result<(), Error> {
+        if confirmed.is_empty() {
+            return Ok(());
+        }
+        let context = booking_context(stored);
+        let mut transfers = Vec::new();
+        let mut spend = Vec::new();
+        for (outcome, _, changes) in confirmed {
+            transfers.extend(self.booking(&context, &stored.record, outcome)?);
+            spend.extend(
+                changes
+                    .iter()
+                    .filter(|c| stored.record.tracks_spend(&c.token))
+                    .cloned(),
+            );
+        }
+        let month = storage::month_of(stored.record.create_time);
+        storage::add_spends(&mut *conn, month, &spend).await?;
+        book(conn, &[transfers.as_slice()]).await
     }
 
     fn booking(
@@ -1149,6 +1202,9 @@ async fn book(
 enum Answer {
     Authorization(AuthorizeAnswer),
     Settled,
+    /// The vault refused a capture or void and the charge is not captured or voided: its
+    /// reason.
+    Refused(String),
 }
 
 /// The outbox rows of `events`, numbered after `stored`'s last (its count moves on with them).

@@ -479,6 +479,38 @@ def test_bad_input(vault):
     assert details(missing.value)[0] == "PAYMENT_NOT_FOUND"
 
 
+def test_resolve_payment_through_the_generated_client(vault):
+    """ResolvePayment (a payment the vault refused a capture or void of, DESIGN section 14) as
+    the Python stub sends it: treasury only, a decision and a note required, and refused for a
+    payment that does not need an operator. The refusal end to end is tests/tests/operator.rs."""
+    account = new_account()
+    assert set_policy(vault, account).version == 1
+    payment = pay(vault, group_in(vault, account))
+    assert payment.state == pay_pb.PAYMENT_STATE_SUCCEEDED, (state(payment), payment.summary)
+
+    def resolve(payment_id, decision, note, role="treasury"):
+        request = pay_pb.ResolvePaymentRequest(
+            request_id=str(uuid.uuid4()), payment_id=payment_id, decision=decision, note=note
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            payments(vault, role).ResolvePayment(request, timeout=30)
+        return refused.value
+
+    retry = pay_pb.RESOLUTION_DECISION_RETRY
+    denied = resolve(payment.id, retry, "ticket 1", role="payer")
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+    bad = resolve(payment.id, pay_pb.RESOLUTION_DECISION_UNSPECIFIED, "")
+    assert details(bad) == ("INVALID_ARGUMENT", ["decision", "note"])
+    settled_already = resolve(payment.id, pay_pb.RESOLUTION_DECISION_CONFIRM, "ticket 1")
+    assert settled_already.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details(settled_already)[0] == "PAYMENT_NOT_NEEDING_OPERATOR"
+    missing = resolve(unknown_payment_id(), retry, "ticket 1")
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    assert pay_pb.PaymentState.Name(pay_pb.PAYMENT_STATE_NEEDS_OPERATOR) == (
+        "PAYMENT_STATE_NEEDS_OPERATOR"
+    )
+
+
 def test_health(vault):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 

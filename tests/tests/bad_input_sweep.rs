@@ -225,6 +225,64 @@ async fn every_rpc_names_the_bad_field_and_writes_nothing() {
             .await,
         "amount.currency_code",
     );
+    let mut resolver = pb::payment_service_client::PaymentServiceClient::new(
+        stack
+            .orchestrator
+            .channel(tandem_tls::identity::Role::Treasury)
+            .await,
+    );
+    let resolution = || pb::ResolvePaymentRequest {
+        request_id: "rs-1".into(),
+        payment_id: format!("pay_{}", "a".repeat(26)),
+        decision: pb::ResolutionDecision::Retry as i32,
+        note: "acquirer ticket 7".into(),
+    };
+    for (request, field) in [
+        (
+            pb::ResolvePaymentRequest {
+                request_id: String::new(),
+                ..resolution()
+            },
+            "request_id",
+        ),
+        (
+            pb::ResolvePaymentRequest {
+                payment_id: "pay_short".into(),
+                ..resolution()
+            },
+            "payment_id",
+        ),
+        (
+            pb::ResolvePaymentRequest {
+                decision: 99,
+                ..resolution()
+            },
+            "decision",
+        ),
+        (
+            pb::ResolvePaymentRequest {
+                note: String::new(),
+                ..resolution()
+            },
+            "note",
+        ),
+        (
+            pb::ResolvePaymentRequest {
+                note: "card 4242 4242 4242 4242".into(),
+                ..resolution()
+            },
+            "note",
+        ),
+        (
+            pb::ResolvePaymentRequest {
+                note: "x".repeat(1_001),
+                ..resolution()
+            },
+            "note",
+        ),
+    ] {
+        assert_invalid(resolver.resolve_payment(request).await, field);
+    }
 
     // An oversized message never reaches a handler.
     let mut huge = valid_group();

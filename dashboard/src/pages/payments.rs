@@ -17,11 +17,12 @@ use crate::forms::Visit;
 use crate::html::{duration_between, escape, money, page, time};
 
 /// The states a payment can be in, as the filter offers them.
-const STATES: [&str; 10] = [
+const STATES: [&str; 11] = [
     "PENDING",
     "AUTHORIZING",
     "IN_REVIEW",
     "CAPTURING",
+    "NEEDS_OPERATOR",
     "SUCCEEDED",
     "PARTIALLY_PAID",
     "REVERSING",

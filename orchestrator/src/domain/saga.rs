@@ -43,6 +43,10 @@ pub enum PaymentState {
     Reversing,
     /// No financial effect: every hold voided, nothing captured. Final.
     Failed,
+    /// The vault refused a capture or void for good (the configured number of times): nothing
+    /// more is sent until an operator resolves the payment ([`resume`]), back to capturing or
+    /// reversing.
+    NeedsOperator,
 }
 
 /// What moves a payment from one state to another.
@@ -72,6 +76,12 @@ pub enum StateEvent {
     Approved,
     /// A reviewer rejected the payment, or nobody decided in time.
     Rejected,
+    /// The vault refused a capture or void for good.
+    SettlementRefused,
+    /// An operator resolved a payment whose capture the vault refused.
+    ResumedCapture,
+    /// An operator resolved a payment whose void the vault refused.
+    ResumedReversal,
 }
 
 /// A transition the state machine does not allow.
@@ -103,6 +113,9 @@ pub fn transition(
         (S::Capturing, E::AllCaptured { complete: true }) => S::Succeeded,
         (S::Capturing, E::AllCaptured { complete: false }) => S::PartiallyPaid,
         (S::Reversing, E::AllVoided) => S::Failed,
+        (S::Capturing | S::Reversing, E::SettlementRefused) => S::NeedsOperator,
+        (S::NeedsOperator, E::ResumedCapture) => S::Capturing,
+        (S::NeedsOperator, E::ResumedReversal) => S::Reversing,
         (
             S::Pending
             | S::Authorizing
@@ -111,7 +124,8 @@ pub fn transition(
             | S::Succeeded
             | S::PartiallyPaid
             | S::Reversing
-            | S::Failed,
+            | S::Failed
+            | S::NeedsOperator,
             _,
         ) => return Err(InvalidTransition { from, event }),
     };
@@ -127,10 +141,10 @@ impl PaymentState {
         )
     }
 
-    /// True when nothing more happens until someone acts: terminal, or waiting for a reviewer.
-    /// A caller's wait for the payment ends here.
+    /// True when nothing more happens until someone acts: terminal, or waiting for a reviewer
+    /// or an operator. A caller's wait for the payment ends here.
     pub fn is_at_rest(self) -> bool {
-        self.is_terminal() || self == PaymentState::InReview
+        self.is_terminal() || matches!(self, PaymentState::InReview | PaymentState::NeedsOperator)
     }
 }
 
@@ -681,12 +695,37 @@ fn settle(payment: &mut Payment) -> Result<(), InvalidTransition> {
             PaymentState::InReview
             | PaymentState::Succeeded
             | PaymentState::PartiallyPaid
-            | PaymentState::Failed => {
+            | PaymentState::Failed
+            | PaymentState::NeedsOperator => {
                 return Ok(());
             }
         };
         payment.state = transition(payment.state, event)?;
     }
+}
+
+/// Stops a capturing or reversing payment whose capture or void the vault refused for good:
+/// its legs stay as they are (the refused ones capturing or voiding) and nothing is sent until
+/// an operator resolves it.
+pub fn hold_for_operator(payment: &mut Payment) -> Result<(), InvalidTransition> {
+    payment.state = transition(payment.state, StateEvent::SettlementRefused)?;
+    Ok(())
+}
+
+/// Moves a payment an operator resolved back to where it stopped: capturing when any of its
+/// legs captures or was captured, reversing otherwise (a reversal never captures).
+pub fn resume(payment: &mut Payment) -> Result<(), InvalidTransition> {
+    let capturing = payment
+        .legs
+        .iter()
+        .any(|l| matches!(l.state, LegState::Capturing | LegState::Captured));
+    let event = if capturing {
+        StateEvent::ResumedCapture
+    } else {
+        StateEvent::ResumedReversal
+    };
+    payment.state = transition(payment.state, event)?;
+    settle(payment)
 }
 
 /// Ends a payment the risk assessment blocked, before any leg is sent: every leg declined
@@ -783,7 +822,8 @@ pub fn decide(payment: &mut Payment) -> Result<Vec<Command>, InvalidTransition> 
         | PaymentState::InReview
         | PaymentState::Succeeded
         | PaymentState::PartiallyPaid
-        | PaymentState::Failed => {}
+        | PaymentState::Failed
+        | PaymentState::NeedsOperator => {}
     }
     Ok(commands)
 }
@@ -865,6 +905,10 @@ mod tests {
             (S::Authorizing, E::HeldForReview, S::InReview),
             (S::InReview, E::Approved, S::Capturing),
             (S::InReview, E::Rejected, S::Reversing),
+            (S::Capturing, E::SettlementRefused, S::NeedsOperator),
+            (S::Reversing, E::SettlementRefused, S::NeedsOperator),
+            (S::NeedsOperator, E::ResumedCapture, S::Capturing),
+            (S::NeedsOperator, E::ResumedReversal, S::Reversing),
         ];
         for (from, event, to) in allowed {
             assert_eq!(transition(from, event), Ok(to));
@@ -881,6 +925,11 @@ mod tests {
             (S::InReview, E::Blocked),
             (S::Capturing, E::Rejected),
             (S::Failed, E::Approved),
+            (S::Authorizing, E::SettlementRefused),
+            (S::Succeeded, E::SettlementRefused),
+            (S::NeedsOperator, E::Covered),
+            (S::NeedsOperator, E::AllVoided),
+            (S::Capturing, E::ResumedCapture),
         ] {
             assert!(transition(from, event).is_err(), "{from:?} {event:?}");
         }
@@ -942,6 +991,71 @@ mod tests {
             apply(&mut p, Outcome::Captured { leg: 2 }).is_err(),
             "an outcome applies once"
         );
+    }
+
+    /// A payment whose capture the vault refused for good sends nothing until an operator
+    /// resumes it, and then goes back to capturing where it stopped; one whose void was refused
+    /// goes back to reversing.
+    #[test]
+    fn a_payment_held_for_an_operator_sends_nothing_until_resumed() {
+        let members = vec![member("a", 1, None), member("b", 2, None)];
+        let mut p = payment(
+            &[("a", 700), ("b", 300)],
+            members.clone(),
+            Completion::AllOrNothing,
+            Dispatch::AllAtOnce,
+        );
+        decide(&mut p).unwrap();
+        for (leg, approved) in [(0, 700), (1, 300)] {
+            apply(&mut p, Outcome::Authorized { leg, approved }).unwrap();
+        }
+        assert_eq!(
+            decide(&mut p).unwrap(),
+            [Command::Capture(0), Command::Capture(1)]
+        );
+        apply(&mut p, Outcome::Captured { leg: 0 }).unwrap();
+        hold_for_operator(&mut p).unwrap();
+        assert_eq!(p.state, PaymentState::NeedsOperator);
+        assert!(p.state.is_at_rest() && !p.state.is_terminal());
+        assert!(decide(&mut p).unwrap().is_empty(), "nothing is sent");
+        assert!(hold_for_operator(&mut p).is_err(), "held once");
+        resume(&mut p).unwrap();
+        assert_eq!(p.state, PaymentState::Capturing);
+        assert_eq!(p.legs[1].state, LegState::Capturing, "the refused capture");
+        apply(&mut p, Outcome::Captured { leg: 1 }).unwrap();
+        assert_eq!(p.state, PaymentState::Succeeded);
+        assert!(resume(&mut p).is_err(), "only a held payment resumes");
+
+        let mut p = payment(
+            &[("a", 700), ("b", 300)],
+            members,
+            Completion::AllOrNothing,
+            Dispatch::AllAtOnce,
+        );
+        decide(&mut p).unwrap();
+        apply(
+            &mut p,
+            Outcome::Authorized {
+                leg: 0,
+                approved: 700,
+            },
+        )
+        .unwrap();
+        apply(
+            &mut p,
+            Outcome::Declined {
+                leg: 1,
+                next_action: NextAction::DoNotRetry,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.state, PaymentState::Reversing);
+        assert_eq!(decide(&mut p).unwrap(), [Command::Void(0)]);
+        hold_for_operator(&mut p).unwrap();
+        resume(&mut p).unwrap();
+        assert_eq!(p.state, PaymentState::Reversing);
+        apply(&mut p, Outcome::Voided { leg: 0 }).unwrap();
+        assert_eq!(p.state, PaymentState::Failed);
     }
 
     /// A converted leg asks its card the converted amount, a partial approval covers what the

@@ -83,6 +83,10 @@ pub fn to_status(error: Error) -> Status {
             Code::FailedPrecondition,
             "the payment is not in review (state IN_REVIEW), or its review expired",
         ),
+        Error::PaymentNotNeedingOperator => (
+            Code::FailedPrecondition,
+            "the payment does not need an operator (state NEEDS_OPERATOR)",
+        ),
         Error::RiskPolicyChanged => (
             Code::FailedPrecondition,
             "the risk policy changed since the version given; read it again",

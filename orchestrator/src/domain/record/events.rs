@@ -59,6 +59,10 @@ pub enum EventKind {
     PaymentInReview,
     /// `payment.reviewed`: approved, rejected or expired.
     PaymentReviewed,
+    /// `payment.needs_operator`: the vault refused a capture or void for good.
+    PaymentNeedsOperator,
+    /// `payment.resolved`: an operator resolved a payment that needed one.
+    PaymentResolved,
 }
 
 /// An event to publish with the state change that caused it.
@@ -126,6 +130,7 @@ impl PaymentRecord {
                 PaymentState::PartiallyPaid => EventKind::PaymentPartiallyPaid,
                 PaymentState::Reversing => EventKind::PaymentReversing,
                 PaymentState::Failed => EventKind::PaymentFailed,
+                PaymentState::NeedsOperator => EventKind::PaymentNeedsOperator,
             };
             let mut event = self.event(kind, None, None, None);
             event.left = left.take();
@@ -229,6 +234,8 @@ impl PaymentRecord {
                 format!("Waiting for review{expires}: {}", self.summary())
             }
             EventKind::PaymentReviewed => self.review_line().unwrap_or_default(),
+            EventKind::PaymentNeedsOperator => self.refusal_line(),
+            EventKind::PaymentResolved => self.resolution_line().unwrap_or_default(),
             EventKind::NoteAdded => self
                 .notes
                 .last()

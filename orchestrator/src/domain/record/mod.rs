@@ -9,7 +9,8 @@
 //!
 //! Vault request ids are deterministic per payment, leg, attempt and operation
 //! (`<payment>/leg/<n>/attempt/<k>/authorize`, `<payment>/leg/<n>/capture`,
-//! `<payment>/leg/<n>/void`, `<payment>/refund/<refund>/leg/<n>`), so re-sending an operation
+//! `<payment>/leg/<n>/void`, `<payment>/refund/<refund>/leg/<n>`; a capture or void an
+//! operator had sent again adds `/resend/<k>`), so re-sending an operation
 //! after a crash is the vault's replay of the same request, never a second charge.
 //!
 //! Split by concern: the record and its totals here; [`steps`] (authorizations, captures and
@@ -24,6 +25,7 @@ use super::actor::Actor;
 use super::saga::{LegState, NextAction, Payment, PaymentState};
 
 pub mod events;
+pub mod operator;
 pub mod refunds;
 pub mod review;
 pub mod steps;
@@ -32,6 +34,7 @@ pub mod summary;
 pub(crate) mod tests;
 
 use events::{Event, EventKind};
+use operator::Resolution;
 use refunds::{Refund, RefundState};
 use review::Review;
 
@@ -71,6 +74,22 @@ pub struct LegDetail {
     pub replaced: Option<usize>,
     /// Minor units refunded to the card.
     pub refunded: i64,
+    /// How often the vault refused the leg's capture or void as it is sent now (its request
+    /// id); back to 0 when an operator has it sent again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refusals: u32,
+    /// The vault's reason for the last refusal (`PROCESSOR_REFUSED`, `CHARGE_NOT_CAPTURABLE`),
+    /// while the leg's capture or void stands refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// How often an operator had the leg's capture or void sent again: each time under a new
+    /// request id, so that the vault asks its processor again instead of replaying its answer.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resends: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How one authorization attempt ended.
@@ -180,6 +199,9 @@ pub struct PaymentRecord {
     /// creation time is then when it entered), and for payments recorded before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_time: Option<OffsetDateTime>,
+    /// Operators' resolutions of the payment while it needed one, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolutions: Vec<Resolution>,
 }
 
 /// Why a FAILED payment failed when no card's answer says it.
@@ -270,6 +292,7 @@ impl PaymentRecord {
             review: None,
             failure_reason: None,
             state_time: None,
+            resolutions: Vec::new(),
         };
         let event = record.event(EventKind::PaymentCreated, None, None, None);
         (record, event)
@@ -317,6 +340,9 @@ impl PaymentRecord {
         }
         if event.kind == EventKind::PaymentReviewed {
             return self.review.as_ref().and_then(|r| r.reviewer.as_ref());
+        }
+        if event.kind == EventKind::PaymentResolved {
+            return self.resolutions.last().map(|r| &r.operator);
         }
         if let Some(refund) = &event.refund {
             return self

@@ -8,7 +8,9 @@ use super::events::{Event, EventKind};
 use super::{
     Attempt, AttemptOutcome, LegDetail, PaymentRecord, makes_card_ineligible, suspends_member,
 };
-use crate::domain::saga::{self, Command, LegState, NextAction, Outcome, SagaError, Verdict};
+use crate::domain::saga::{
+    self, Command, LegState, NextAction, Outcome, PaymentState, SagaError, Verdict,
+};
 
 /// A member to suspend in its card group, learned from a decline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,8 +133,13 @@ impl PaymentRecord {
         format!("{}/leg/{}/attempt/{attempt}/authorize", self.id, leg + 1)
     }
 
+    /// The request id of `leg`'s capture or void: `<payment>/leg/<n>/capture`, then
+    /// `.../capture/resend/<k>` once an operator had it sent again `k` times.
     fn leg_request_id(&self, leg: usize, operation: &str) -> String {
-        format!("{}/leg/{}/{operation}", self.id, leg + 1)
+        match self.legs[leg].resends {
+            0 => format!("{}/leg/{}/{operation}", self.id, leg + 1),
+            resends => format!("{}/leg/{}/{operation}/resend/{resends}", self.id, leg + 1),
+        }
     }
 
     /// The vault operations to run now: those in flight from before (re-sent with the same
@@ -187,8 +194,12 @@ impl PaymentRecord {
         Ok((steps, events))
     }
 
-    /// The operation in flight on `leg`, if any.
+    /// The operation in flight on `leg`, if any; none while the payment waits for an
+    /// operator.
     fn in_flight(&self, leg: usize) -> Option<Step> {
+        if self.saga.state == PaymentState::NeedsOperator {
+            return None;
+        }
         let saga_leg = &self.saga.legs[leg];
         let detail = &self.legs[leg];
         let (command, request_id, amount, attempt) = match saga_leg.state {

@@ -208,6 +208,11 @@ impl PaymentRecord {
                     ),
                 }
             }
+            PaymentState::NeedsOperator => format!(
+                "Invoice {} waits for an operator ({amount}): {}",
+                self.invoice_id,
+                self.refusals_text()
+            ),
             PaymentState::Pending
             | PaymentState::Authorizing
             | PaymentState::InReview

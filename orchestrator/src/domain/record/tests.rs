@@ -1,11 +1,12 @@
 //! The record's steps, refunds and summary, driven through whole payments.
 
 use super::events::EventKind;
+use super::operator::{self, Decision};
 use super::refunds::RefundError;
 use super::steps::{AuthorizeAnswer, Step};
 use super::*;
 use crate::domain::allocation::Member;
-use crate::domain::saga::{Command, NextAction};
+use crate::domain::saga::{Command, NextAction, Outcome};
 use crate::domain::saga::{Completion, Dispatch, Leg, Reallocation};
 
 fn usd() -> Currency {
@@ -858,4 +859,118 @@ fn state_events_say_the_stage_left() {
     );
     assert_eq!(record.state_time, Some(now() + time::Duration::seconds(2)));
     assert_eq!(record.complete_time, record.state_time);
+}
+
+/// A capture the vault refuses is sent again with the same request id until it was refused
+/// `refusals_max` times; then the payment stops in NEEDS_OPERATOR with its event and sends
+/// nothing. An operator's retry sends it under a new request id; a confirmation records and
+/// settles it. Either way the payment says who decided and why.
+#[test]
+fn a_refused_capture_waits_for_an_operator() {
+    let setup = || {
+        let mut record = record(
+            &[("tok_a", 700), ("tok_b", 300)],
+            &[("tok_a", "card A", "4242"), ("tok_b", "card B", "1881")],
+        );
+        for leg in 0..2 {
+            record.next_steps(now()).unwrap();
+            approve(&mut record, leg, [700, 300][leg], ["4242", "1881"][leg]);
+        }
+        let (captures, _) = record.next_steps(now()).unwrap();
+        assert_eq!(captures.len(), 2);
+        record
+            .record_settlement(Command::Capture(0), now())
+            .unwrap()
+            .unwrap();
+        record
+    };
+    let refuse = |record: &mut PaymentRecord| {
+        record
+            .record_refusal(
+                Command::Capture(1),
+                "CHARGE_NOT_CAPTURABLE".into(),
+                3,
+                now(),
+            )
+            .expect("the leg waits for its capture")
+    };
+    let mut record = setup();
+    for _ in 0..2 {
+        assert!(refuse(&mut record).is_empty());
+        let (again, _) = record.next_steps(now()).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].request_id, "pay_x/leg/2/capture");
+    }
+    let events = refuse(&mut record);
+    assert_eq!(record.saga.state, PaymentState::NeedsOperator);
+    assert_eq!(
+        events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::PaymentNeedsOperator]
+    );
+    assert_eq!(
+        events[0].summary,
+        "Needs an operator: the vault refused the capture of card B ·1881 3 times \
+         (CHARGE_NOT_CAPTURABLE)"
+    );
+    assert!(
+        record.next_steps(now()).unwrap().0.is_empty(),
+        "nothing is sent"
+    );
+    assert!(!record.is_settled());
+    assert!(
+        refuse(&mut record).is_empty(),
+        "a late refusal changes no state"
+    );
+    let ana = actor("treasury", "ana");
+    let (events, confirmed) = record
+        .resolve(Decision::Retry, ana.clone(), "processor back".into(), now())
+        .unwrap();
+    assert!(confirmed.is_empty());
+    assert_eq!(
+        events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::PaymentResolved, EventKind::PaymentCapturing]
+    );
+    assert_eq!(
+        events[0].summary,
+        "Resolved by treasury/ana: sent again: processor back"
+    );
+    assert_eq!(record.actor_of(&events[0]), Some(&ana));
+    let (again, _) = record.next_steps(now()).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].request_id, "pay_x/leg/2/capture/resend/1");
+    assert_eq!(
+        (record.legs[1].refusals, record.legs[1].refusal.as_deref()),
+        (0, None)
+    );
+    assert_eq!(
+        record.resolve(Decision::Retry, ana.clone(), "again".into(), now()),
+        Err(operator::ResolveError::NotNeedingOperator)
+    );
+
+    let mut record = setup();
+    for _ in 0..3 {
+        refuse(&mut record);
+    }
+    let (events, confirmed) = record
+        .resolve(
+            Decision::Confirm,
+            ana,
+            "captured at the processor".into(),
+            now(),
+        )
+        .unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [
+            EventKind::PaymentResolved,
+            EventKind::PaymentCapturing,
+            EventKind::LegCaptured,
+            EventKind::PaymentSucceeded
+        ]
+    );
+    assert_eq!(confirmed.len(), 1);
+    assert_eq!(confirmed[0].0, Outcome::Captured { leg: 1 });
+    assert_eq!(record.saga.state, PaymentState::Succeeded);
+    assert_eq!(record.captured(), 1000);
+    assert!(record.next_steps(now()).unwrap().0.is_empty());
 }

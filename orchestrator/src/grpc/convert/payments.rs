@@ -9,13 +9,15 @@ use tandem_runtime::fields::Violations;
 use time::OffsetDateTime;
 
 use crate::commands::{
-    EventQuery, NewNote, NewPayment, NewRefund, NewReview, PaymentQuery, PolicyOverride, Watch,
+    EventQuery, NewNote, NewPayment, NewRefund, NewResolution, NewReview, PaymentQuery,
+    PolicyOverride, Watch,
 };
 use crate::config::PaymentSettings;
 use crate::domain::allocation::{Line, PolicyError};
 use crate::domain::group::MemberRules;
 use crate::domain::planning::Invoice;
 use crate::domain::record::events::{Event, EventKind};
+use crate::domain::record::operator::{Decision, Resolution};
 use crate::domain::record::refunds::{Refund, RefundState};
 use crate::domain::record::{AttemptOutcome, Note, PaymentRecord, Status};
 use crate::domain::saga::{LegState, NextAction, PaymentState, Verdict};
@@ -118,6 +120,7 @@ pub fn state_filter(v: &mut Violations, state: i32) -> Option<&'static str> {
         Ok(pb::PaymentState::Failed) => Some("failed"),
         Ok(pb::PaymentState::PartiallyRefunded) => Some("partially_refunded"),
         Ok(pb::PaymentState::Refunded) => Some("refunded"),
+        Ok(pb::PaymentState::NeedsOperator) => Some("needs_operator"),
         Err(_) => {
             v.add("state", "is not a known payment state");
             None
@@ -135,6 +138,7 @@ fn status_to_wire(status: Status) -> pb::PaymentState {
         Status::Saga(PaymentState::PartiallyPaid) => pb::PaymentState::PartiallyPaid,
         Status::Saga(PaymentState::Reversing) => pb::PaymentState::Reversing,
         Status::Saga(PaymentState::Failed) => pb::PaymentState::Failed,
+        Status::Saga(PaymentState::NeedsOperator) => pb::PaymentState::NeedsOperator,
         Status::PartiallyRefunded => pb::PaymentState::PartiallyRefunded,
         Status::Refunded => pb::PaymentState::Refunded,
     }
@@ -260,6 +264,8 @@ pub fn payment_to_wire(stored: &StoredPayment, update_time: OffsetDateTime) -> p
                 authorization_code: detail.authorization_code.clone().unwrap_or_default(),
                 fx_rate_source: quote.map(|q| q.source.clone()).unwrap_or_default(),
                 fx_rate_as_of_time: quote.map(|q| wire_time(q.as_of)),
+                refusal_reason: detail.refusal.clone().unwrap_or_default(),
+                refusals: i32::try_from(detail.refusals).unwrap_or(i32::MAX),
             }
         })
         .collect();
@@ -341,6 +347,19 @@ pub fn payment_to_wire(stored: &StoredPayment, update_time: OffsetDateTime) -> p
             .failure_reason
             .map(|r| r.as_str().to_owned())
             .unwrap_or_default(),
+        resolutions: record.resolutions.iter().map(resolution_to_wire).collect(),
+    }
+}
+
+fn resolution_to_wire(resolution: &Resolution) -> pb::PaymentResolution {
+    pb::PaymentResolution {
+        decision: match resolution.decision {
+            Decision::Retry => pb::ResolutionDecision::Retry,
+            Decision::Confirm => pb::ResolutionDecision::Confirm,
+        } as i32,
+        operator: Some(actor(&resolution.operator)),
+        note: resolution.note.clone(),
+        create_time: Some(wire_time(resolution.create_time)),
     }
 }
 
@@ -471,6 +490,34 @@ pub fn review_payment(request: &pb::ReviewPaymentRequest) -> Result<NewReview, E
         payment_id,
         verdict,
         note: (!request.note.is_empty()).then(|| request.note.clone()),
+    })
+}
+
+/// The checks of `ResolvePayment`.
+pub fn resolve_payment(request: &pb::ResolvePaymentRequest) -> Result<NewResolution, Error> {
+    let mut v = Violations::default();
+    request_id(&mut v, "request_id", &request.request_id);
+    let payment_id = resource_id(&mut v, "payment_id", "pay_", &request.payment_id);
+    let decision = match pb::ResolutionDecision::try_from(request.decision) {
+        Ok(pb::ResolutionDecision::Retry) => Some(Decision::Retry),
+        Ok(pb::ResolutionDecision::Confirm) => Some(Decision::Confirm),
+        _ => {
+            v.add("decision", "must be RETRY or CONFIRM");
+            None
+        }
+    };
+    if request.note.trim().is_empty() {
+        v.add("note", "is required: say what the processor showed");
+    } else {
+        note_text(&mut v, "note", &request.note);
+    }
+    let decision = v.finish_with::<_, Error>(|| decision)?;
+    Ok(NewResolution {
+        request_id: request.request_id.clone(),
+        request_hash: request_hash("ResolvePayment", request),
+        payment_id,
+        decision,
+        note: request.note.clone(),
     })
 }
 
@@ -894,11 +941,13 @@ fn event_type(kind: EventKind) -> (&'static str, pb::PaymentEventType) {
         EventKind::RiskAssessed => ("payment.risk_assessed", T::PaymentRiskAssessed),
         EventKind::PaymentInReview => ("payment.in_review", T::PaymentInReview),
         EventKind::PaymentReviewed => ("payment.reviewed", T::PaymentReviewed),
+        EventKind::PaymentNeedsOperator => ("payment.needs_operator", T::PaymentNeedsOperator),
+        EventKind::PaymentResolved => ("payment.resolved", T::PaymentResolved),
     }
 }
 
 /// Every kind of payment event, for the feed's type names.
-const EVENT_KINDS: [EventKind; 24] = [
+const EVENT_KINDS: [EventKind; 26] = [
     EventKind::PaymentCreated,
     EventKind::PaymentAuthorizing,
     EventKind::PaymentCapturing,
@@ -923,6 +972,8 @@ const EVENT_KINDS: [EventKind; 24] = [
     EventKind::RiskAssessed,
     EventKind::PaymentInReview,
     EventKind::PaymentReviewed,
+    EventKind::PaymentNeedsOperator,
+    EventKind::PaymentResolved,
 ];
 
 #[cfg(test)]
