@@ -256,6 +256,7 @@ pub async fn run_with(
             uri_prefix,
             crate::auth::Rpc::class_of_path,
             crate::grpc::status::DOMAIN,
+            crate::metrics::ADMISSION_REFUSALS,
         ))
         .add_service(card_group_service)
         .add_service(payment_service)

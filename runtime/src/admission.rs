@@ -260,12 +260,14 @@ pub type Classifier = fn(&str) -> RpcClass;
 
 /// The admission layer for `tonic::transport::Server::builder().layer(..)`: limits from
 /// `settings`, callers identified under `uri_prefix`, classes by `classify`, refusals in
-/// `domain` (`vault.tandem`, `orchestrator.tandem`).
+/// `domain` (`vault.tandem`, `orchestrator.tandem`) and counted in the counter family
+/// `refusals` (`tandem_orchestrator_admission_refusals_total`) by `class` and `reason`.
 pub fn layer(
     settings: LimitSettings,
     uri_prefix: &str,
     classify: Classifier,
     domain: &'static str,
+    refusals: &'static str,
 ) -> AdmissionLayer {
     AdmissionLayer {
         limiter: Arc::new(Limiter {
@@ -273,6 +275,7 @@ pub fn layer(
             uri_prefix: uri_prefix.to_owned(),
             classify,
             domain,
+            refusals,
             entries: Mutex::new(HashMap::new()),
         }),
     }
@@ -309,6 +312,8 @@ struct Limiter {
     uri_prefix: String,
     classify: Classifier,
     domain: &'static str,
+    /// The counter family of refusals.
+    refusals: &'static str,
     entries: Mutex<HashMap<(String, RpcClass), Entry>>,
 }
 
@@ -357,6 +362,14 @@ impl Refusal {
     fn wait(self) -> Duration {
         match self {
             Refusal::RateLimited(wait) | Refusal::TooManyInFlight(wait) => wait,
+        }
+    }
+
+    /// The `ErrorInfo` reason.
+    fn reason(self) -> &'static str {
+        match self {
+            Refusal::RateLimited(_) => "RATE_LIMITED",
+            Refusal::TooManyInFlight(_) => "TOO_MANY_IN_FLIGHT",
         }
     }
 }
@@ -494,16 +507,15 @@ impl Limiter {
 
     /// The status of `refusal`, answered after `held` of its wait.
     fn refusal_status(&self, refusal: Refusal, held: Duration, class: RpcClass) -> Status {
-        let (reason, message) = match refusal {
-            Refusal::RateLimited(_) => (
-                "RATE_LIMITED",
-                "this caller's calls of this class are over its rate; retry after the delay",
-            ),
-            Refusal::TooManyInFlight(_) => (
-                "TOO_MANY_IN_FLIGHT",
+        let reason = refusal.reason();
+        let message = match refusal {
+            Refusal::RateLimited(_) => {
+                "this caller's calls of this class are over its rate; retry after the delay"
+            }
+            Refusal::TooManyInFlight(_) => {
                 "this caller has as many calls of this class in flight as it may; retry after \
-                 the delay",
-            ),
+                 the delay"
+            }
         };
         let wait = refusal.wait().saturating_sub(held);
         let mut details = ErrorDetails::with_error_info(
@@ -608,6 +620,12 @@ where
                     ?hold,
                     "call refused by admission"
                 );
+                metrics::counter!(
+                    self.limiter.refusals,
+                    "class" => class.as_str(),
+                    "reason" => refusal.reason()
+                )
+                .increment(1);
                 let status = self.limiter.refusal_status(refusal, hold, class);
                 let response = status.into_http::<ResponseBody>().map(|body| Admitted {
                     inner: body,
@@ -666,6 +684,7 @@ mod tests {
             "spiffe://tandem.local/",
             |_| RpcClass::Write,
             "test.tandem",
+            "tandem_test_admission_refusals_total",
         )
         .limiter
     }

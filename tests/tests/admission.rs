@@ -22,6 +22,7 @@ async fn stack_with(limits: LimitSettings) -> Stack {
     let database = TestDatabase::create().await;
     let mut settings = orchestrator_settings(&database, &vault);
     settings.limits = limits;
+    settings.metrics.listen_addr = tandem_tests::free_local_addr();
     let orchestrator = RunningOrchestrator::start_with(settings, database, None).await;
     Stack {
         vault,
@@ -73,6 +74,15 @@ async fn a_caller_over_its_rate_is_refused_with_retry_info_and_others_are_not() 
     assert!(
         retry > Duration::ZERO && retry <= Duration::from_secs(1),
         "{retry:?}"
+    );
+    // Counted for the operators, by class and reason (never by caller).
+    let metrics =
+        tandem_tests::scrape_metrics(stack.orchestrator.settings.metrics.listen_addr).await;
+    assert!(
+        metrics.lines().any(|line| line.starts_with(
+            "tandem_orchestrator_admission_refusals_total{class=\"write\",reason=\"RATE_LIMITED\"}"
+        )),
+        "{metrics}"
     );
 
     // Reads are another class.

@@ -33,9 +33,11 @@ pub const REWRAP_ROWS_PER_SECOND: &str = "tandem_vault_rewrap_rows_per_second";
 pub const CONNECTOR_SECONDS: &str = "tandem_vault_connector_call_seconds";
 /// Writes run again after losing a serialization or deadlock race, by transaction.
 pub const TRANSACTION_RETRIES: &str = "tandem_vault_transaction_retries_total";
+/// Calls refused by admission (a caller over its limits), by class and reason.
+pub const ADMISSION_REFUSALS: &str = "tandem_vault_admission_refusals_total";
 
 /// Every family's name.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     OPERATIONS,
     CARD_DATA_UNREADABLE,
     SEALED,
@@ -49,11 +51,17 @@ pub const ALL: [&str; 13] = [
     REWRAP_ROWS_PER_SECOND,
     CONNECTOR_SECONDS,
     TRANSACTION_RETRIES,
+    ADMISSION_REFUSALS,
 ];
 
 /// Describes every family, and sets the alarm counter to zero so that it is always exported
 /// (an alert on its increase then needs no label).
 pub fn describe() {
+    metrics::describe_counter!(
+        ADMISSION_REFUSALS,
+        "Calls refused with RESOURCE_EXHAUSTED by admission (a caller over its [limits]), by \
+         class (read, write, stream) and reason (RATE_LIMITED, TOO_MANY_IN_FLIGHT)."
+    );
     metrics::describe_counter!(
         OPERATIONS,
         "Vault calls and jobs by method and outcome (OK or the error reason), as audited."

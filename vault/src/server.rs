@@ -215,6 +215,7 @@ pub async fn run(
             uri_prefix,
             crate::auth::Rpc::class_of_path,
             crate::grpc::status::DOMAIN,
+            crate::metrics::ADMISSION_REFUSALS,
         ))
         .add_service(token_service)
         .add_service(charge_service)
