@@ -203,6 +203,8 @@ enum Observation {
     Declined { code: String },
     /// The new payment's risk decision.
     Assessed { action: &'static str },
+    /// The vault refused a capture or void (`operation`).
+    SettlementRefused { operation: &'static str },
 }
 
 /// What committed changes of payments show the metrics: build it with the change, record it
@@ -268,6 +270,15 @@ impl Observed {
         Observed(seen)
     }
 
+    /// A capture or void (`command`) the vault refused, recorded by the change.
+    pub fn settlement_refused(command: crate::domain::saga::Command) -> Observed {
+        let operation = match command {
+            crate::domain::saga::Command::Void(_) => "void",
+            _ => "capture",
+        };
+        Observed(vec![Observation::SettlementRefused { operation }])
+    }
+
     /// Adds `other`'s observations.
     pub fn append(&mut self, mut other: Observed) {
         self.0.append(&mut other.0);
@@ -298,6 +309,9 @@ impl Observed {
                 }
                 Observation::Assessed { action } => {
                     metrics::counter!(RISK_DECISIONS, "action" => action).increment(1);
+                }
+                Observation::SettlementRefused { operation } => {
+                    metrics::counter!(SETTLEMENT_REFUSALS, "operation" => operation).increment(1);
                 }
             }
         }
@@ -347,15 +361,6 @@ pub fn in_flight(read: crate::storage::InFlight, now: OffsetDateTime) {
         .map_or(0.0, |oldest| (now - oldest).as_seconds_f64().max(0.0));
     metrics::gauge!(OLDEST_IN_FLIGHT).set(age);
     metrics::gauge!(NEEDING_OPERATOR).set(read.needing_operator as f64);
-}
-
-/// A capture or void (`command`) the vault refused.
-pub fn settlement_refused(command: crate::domain::saga::Command) {
-    let operation = match command {
-        crate::domain::saga::Command::Void(_) => "void",
-        _ => "capture",
-    };
-    metrics::counter!(SETTLEMENT_REFUSALS, "operation" => operation).increment(1);
 }
 
 /// One recorded webhook attempt with `effect` (`delivered`, `retry`, `disabled`), and, for a

@@ -790,6 +790,7 @@ impl Workflow {
         let mut events = Vec::new();
         let mut transfers = Vec::new();
         let mut spend: Vec<SpendChange> = Vec::new();
+        let mut refused = Observed::default();
         let context = booking_context(&stored);
         for (step, answer) in answers {
             let recorded = match (step.command, answer) {
@@ -809,7 +810,7 @@ impl Workflow {
                             .record
                             .record_refusal(command, reason, refusals_max, now)
                     {
-                        crate::metrics::settlement_refused(command);
+                        refused.append(Observed::settlement_refused(command));
                         events.append(&mut new_events);
                     }
                     continue;
@@ -883,7 +884,8 @@ impl Workflow {
             self.keep_lease(&mut stored, now);
             None
         };
-        let observed = self.save(&mut *tx, &mut stored, &events, now).await?;
+        let mut observed = self.save(&mut *tx, &mut stored, &events, now).await?;
+        observed.append(refused);
         Ok(Some(Written {
             transfers,
             observed,

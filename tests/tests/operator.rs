@@ -17,7 +17,10 @@ use tandem_proto::tandem::orchestrator::v1::risk_service_client::RiskServiceClie
 use tandem_proto::tandem::vault::v1 as vault_pb;
 use tandem_proto::tandem::vault::v1::charge_service_client::ChargeServiceClient;
 use tandem_tests::stack::{Stack, member, policy, read_feed, state};
-use tandem_tests::{orchestrator_reason, violated_fields};
+use tandem_tests::{
+    RunningOrchestrator, RunningVault, TestDatabase, orchestrator_reason, orchestrator_settings,
+    violated_fields,
+};
 use tandem_tls::identity::Role;
 use tonic::Code;
 
@@ -56,7 +59,16 @@ async fn treasury(stack: &Stack) -> PaymentServiceClient<tonic::transport::Chann
 
 #[tokio::test]
 async fn a_capture_refused_for_good_waits_for_the_treasury() {
-    let stack = Stack::start().await;
+    // Its own metrics endpoint: the refusals and the payment waiting are counted.
+    let vault = RunningVault::start().await;
+    let database = TestDatabase::create().await;
+    let mut settings = orchestrator_settings(&database, &vault);
+    settings.metrics.listen_addr = tandem_tests::free_local_addr();
+    let orchestrator = RunningOrchestrator::start_with(settings, database, None).await;
+    let stack = Stack {
+        vault,
+        orchestrator,
+    };
     let a = stack.vault.tokenize("4242424242424242").await;
     let b = stack.vault.tokenize("5555555555554444").await;
     let mut group = tandem_tests::stack::group(
@@ -149,6 +161,14 @@ async fn a_capture_refused_for_good_waits_for_the_treasury() {
     // Nothing more is sent while it waits: the recovery worker leaves it alone.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(stack.payment(&held.id).await.legs[1].refusals, 3);
+    let metrics =
+        tandem_tests::scrape_metrics(stack.orchestrator.settings.metrics.listen_addr).await;
+    for line in [
+        "tandem_orchestrator_settlement_refusals_total{operation=\"capture\"} 3",
+        "tandem_orchestrator_payments_needing_operator 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 
     // Only the treasury resolves, and only with a decision and a note.
     let denied = stack
