@@ -167,6 +167,11 @@ bash scripts/fuzz.sh 30
 if [ "${CI:-}" = "true" ]; then rm -rf fuzz/target; fi
 disk
 
+step "simulation (100,000 payments of the real saga under seeded faults; docs/simulation.md)"
+./target/debug/tandem-sim --seed 20261207 --payments 100000 | tee /tmp/tandem-sim-$$.txt
+grep -q "^sim: 100000 payments, [0-9]* faults, .*every invariant held" /tmp/tandem-sim-$$.txt
+rm -f /tmp/tandem-sim-$$.txt
+
 step "tandemctl chaos (kill -9 the servers while paying, then verify the money)"
 ./target/debug/tandemctl chaos --payments 500 --kills-min 20 | tee /tmp/tandem-chaos-$$.txt
 grep -q "^chaos: 500 payments, [0-9]* kills, 0 double charges, 0 lost captures, 0 orphan holds" \
