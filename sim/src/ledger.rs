@@ -111,9 +111,10 @@ impl Books {
         self.pending.len()
     }
 
-    /// Posted debits less posted credits of account `id` (what a card's funding source paid).
-    pub fn posted_debit(&self, id: &str) -> i64 {
-        self.accounts.get(id).map_or(0, |a| a[2] - a[3])
+    /// Posted debits and posted credits of account `id` (of a card's funding source: what the
+    /// card paid, and what it got back).
+    pub fn posted(&self, id: &str) -> (i64, i64) {
+        self.accounts.get(id).map_or((0, 0), |a| (a[2], a[3]))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Tandem's deterministic simulator (DESIGN section 15).
 //!
 //! Each simulated payment runs the orchestrator's real decision code: the payment record and
-//! its saga (`next_steps`, the `record_*` functions, `decide_review`, `resolve`), the bookings
+//! its saga (`next_steps`, the `record_*` functions, `decide_review`, `resolve`, and refunds:
+//! `plan_refund`, `refund_steps`, `record_refund`), the bookings
 //! the ledger receives (`domain::booking`) and the risk review, against a simulated vault and
 //! acquirer ([`vault`]), ledger ([`ledger`]) and clock, driven the way the workflow drives a
 //! payment: intents committed before any call, answers recorded with their bookings in one
@@ -17,8 +18,8 @@
 //! that still fail: the shortest schedule that shows the bug.
 //!
 //! What it does not cover yet: the workflow's own control flow (its IO is not behind traits:
-//! this driver restates it), payments across currencies, refunds, and the vault's own code (its
-//! charge rules are restated in [`vault`]).
+//! this driver restates it), payments across currencies, and the vault's own code (its charge
+//! rules are restated in [`vault`]).
 
 pub mod ledger;
 pub mod rng;
@@ -31,6 +32,7 @@ use tandem_orchestrator::domain::actor::Actor;
 use tandem_orchestrator::domain::allocation::Member;
 use tandem_orchestrator::domain::booking::{self, BookingContext};
 use tandem_orchestrator::domain::record::operator::Decision;
+use tandem_orchestrator::domain::record::refunds::RefundStep;
 use tandem_orchestrator::domain::record::steps::{AuthorizeAnswer, Recorded, Step};
 use tandem_orchestrator::domain::record::{MemberSnapshot, PaymentRecord};
 use tandem_orchestrator::domain::risk::{Action, Assessment};
@@ -108,6 +110,8 @@ pub struct Ended {
     pub faults: usize,
     /// Times an operator resolved it.
     pub resolutions: usize,
+    /// Refunds made of it.
+    pub refunds: usize,
 }
 
 /// The fault draws of one payment, minus the ones [`shrink`] leaves out.
@@ -173,6 +177,7 @@ pub fn run_payment(
     let mut clock = OffsetDateTime::UNIX_EPOCH + Duration::days(20_000);
     let mut committed = scenario.record(clock);
     let mut round = 0;
+    let mut refunds_asked = 0;
     let fail = |what: String, round: u32, log: &[Injected]| Failure {
         payment: index,
         what,
@@ -243,14 +248,40 @@ pub fn run_payment(
             }
             _ => {}
         }
-        if committed.is_settled() {
+        // The payer asks for its refunds once the payment ended, one after the other.
+        let refundable = matches!(
+            working.saga.state,
+            PaymentState::Succeeded | PaymentState::PartiallyPaid
+        );
+        if refundable && refunds_asked < scenario.refunds.len() && working.refund_steps().is_empty()
+        {
+            let left = working.captured() - working.refunded();
+            let amount = scenario.refunds[refunds_asked].map(|percent| left * percent / 100);
+            refunds_asked += 1;
+            if left > 0 && amount != Some(0) {
+                working
+                    .plan_refund(
+                        format!("prf_{refunds_asked}"),
+                        format!("refund-{refunds_asked}"),
+                        amount,
+                        "sim".into(),
+                        actor("payer", "sim"),
+                        clock,
+                    )
+                    .map_err(|e| fail(format!("refund: {e}"), round, &faults.log))?;
+                committed = working;
+            }
+            continue;
+        }
+        if committed.is_settled() && (!refundable || refunds_asked >= scenario.refunds.len()) {
             break;
         }
         // Step 1: the intents.
         let (steps, _) = working
             .next_steps(clock)
             .map_err(|e| fail(format!("saga: {e}"), round, &faults.log))?;
-        if steps.is_empty() {
+        let refund_steps = working.refund_steps();
+        if steps.is_empty() && refund_steps.is_empty() {
             if working.is_settled() || working.saga.state.is_at_rest() {
                 committed = working;
                 continue;
@@ -294,8 +325,23 @@ pub fn run_payment(
             }
             answers.push((step, answer));
         }
+        let mut refunded: Vec<(RefundStep, Result<String, String>)> = Vec::new();
+        for step in refund_steps {
+            if faults.roll(round, Fault::RequestLost) {
+                continue;
+            }
+            let answer = vault.refund(&step.request_id, &step.charge_id, step.amount);
+            if faults.roll(round, Fault::AnswerLost) {
+                continue;
+            }
+            if faults.roll(round, Fault::AnswerDuplicated) {
+                refunded.push((step.clone(), answer.clone()));
+            }
+            refunded.push((step, answer));
+        }
         if faults.roll(round, Fault::OutOfOrder) {
             rng.shuffle(&mut answers);
+            rng.shuffle(&mut refunded);
         }
         if faults.roll(round, Fault::CrashAfterCalls) || faults.roll(round, Fault::LeaseTakenOver) {
             continue;
@@ -322,6 +368,34 @@ pub fn run_payment(
                 );
             }
         }
+        for (step, answer) in refunded {
+            let id = match answer {
+                Ok(id) => id,
+                // The payment spread the refund over what its legs captured: the vault never has
+                // a reason to refuse a part.
+                Err(reason) => {
+                    return Err(fail(
+                        format!(
+                            "the vault refused refund part {}: {reason}",
+                            step.request_id
+                        ),
+                        round,
+                        &faults.log,
+                    ));
+                }
+            };
+            if working
+                .record_refund(&step, true, Some(id), clock)
+                .is_some()
+            {
+                let part = working.refunded_part(&step, None);
+                let context = context(&working, step.leg);
+                transfers.extend(
+                    booking::refund_booking(&context, &working.saga, step.leg, part)
+                        .map_err(|e| fail(format!("booking: {e}"), round, &faults.log))?,
+                );
+            }
+        }
         books
             .book(&transfers)
             .map_err(|e| fail(e, round, &faults.log))?;
@@ -334,6 +408,7 @@ pub fn run_payment(
         state: committed.saga.state,
         faults: faults.log.len(),
         resolutions: committed.resolutions.len(),
+        refunds: committed.refunds.len(),
     })
 }
 
@@ -377,19 +452,23 @@ fn bookings(
             | tandem_orchestrator::domain::saga::Outcome::Captured { leg }
             | tandem_orchestrator::domain::saga::Outcome::Voided { leg } => leg,
         };
-        let context = BookingContext {
-            payment_id: record.id.clone(),
-            invoice_id: record.invoice_id.clone(),
-            billing_account: "acct-sim".into(),
-            cost_center: None,
-            processor_reference: record.legs[leg].processor_reference.clone(),
-        };
         transfers.extend(
-            booking::booking(&context, &record.saga, outcome)
+            booking::booking(&context(record, leg), &record.saga, outcome)
                 .map_err(|e| format!("booking: {e}"))?,
         );
     }
     Ok(transfers)
+}
+
+/// The booking context of `leg`, as the workflow builds it.
+fn context(record: &PaymentRecord, leg: usize) -> BookingContext {
+    BookingContext {
+        payment_id: record.id.clone(),
+        invoice_id: record.invoice_id.clone(),
+        billing_account: "acct-sim".into(),
+        cost_center: None,
+        processor_reference: record.legs[leg].processor_reference.clone(),
+    }
 }
 
 /// The vault charge holding `leg`'s money, if any.
@@ -402,18 +481,19 @@ fn charge_of<'a>(
 }
 
 /// The invariants that hold after every commit: the ledger balances per currency; no charge
-/// captured more than it held; no two holds for one leg at the vault; no operation carried out
-/// twice by the processor; the ledger never books a capture the vault did not make.
+/// captured more than it held, nor refunded more than it captured; no two holds for one leg at
+/// the vault; no operation carried out twice by the processor; the ledger never books a capture
+/// or a refund the vault did not make.
 fn check(record: &PaymentRecord, vault: &Vault, books: &Books) -> Result<(), String> {
     books.check_balanced()?;
     if let Some((request, n)) = vault.processor_calls.iter().find(|(_, n)| **n > 1) {
         return Err(format!("the processor carried out {request} {n} times"));
     }
     for (id, charge) in vault.charges() {
-        if charge.captured > charge.held {
+        if charge.captured > charge.held || charge.refunded > charge.captured {
             return Err(format!(
-                "{id} captured {} of {}",
-                charge.captured, charge.held
+                "{id} held {}, captured {}, refunded {}",
+                charge.held, charge.captured, charge.refunded
             ));
         }
     }
@@ -432,35 +512,61 @@ fn check(record: &PaymentRecord, vault: &Vault, books: &Books) -> Result<(), Str
             ));
         }
     }
-    for token in record.saga.members.iter().map(|m| &m.token) {
-        let at_vault: i64 = vault
-            .charges()
-            .values()
-            .filter(|c| &c.token == token)
-            .map(|c| c.captured)
-            .sum();
-        let funding = booking::funding_source(token, "USD").map_err(|e| e.to_string())?;
-        let booked = books.posted_debit(funding.as_str());
-        if booked > at_vault {
+    for card in cards(record, vault, books)? {
+        if card.booked_captured > card.captured || card.booked_refunded > card.refunded {
             return Err(format!(
-                "the ledger booked {booked} captured of {token}, the vault {at_vault}"
+                "the ledger is ahead of the vault on {}: {card:?}",
+                card.token
             ));
         }
     }
     Ok(())
 }
 
+/// One card's money at the vault and in the ledger.
+#[derive(Debug)]
+struct CardMoney {
+    token: String,
+    captured: i64,
+    refunded: i64,
+    booked_captured: i64,
+    booked_refunded: i64,
+}
+
+/// Every member card's money at the vault and in the ledger (its funding source's posted
+/// debits and credits).
+fn cards(record: &PaymentRecord, vault: &Vault, books: &Books) -> Result<Vec<CardMoney>, String> {
+    record
+        .saga
+        .members
+        .iter()
+        .map(|member| {
+            let charges = || vault.charges().values().filter(|c| c.token == member.token);
+            let funding =
+                booking::funding_source(&member.token, "USD").map_err(|e| e.to_string())?;
+            let (booked_captured, booked_refunded) = books.posted(funding.as_str());
+            Ok(CardMoney {
+                token: member.token.clone(),
+                captured: charges().map(|c| c.captured).sum(),
+                refunded: charges().map(|c| c.refunded).sum(),
+                booked_captured,
+                booked_refunded,
+            })
+        })
+        .collect()
+}
+
 /// The invariants of an ended payment: all or nothing under ALL_OR_NOTHING; no hold left at the
-/// vault or pending in the ledger; the ledger's captures equal the vault's, card by card; what
-/// the payment says it captured is what the cards paid.
+/// vault or pending in the ledger; the ledger's captures and refunds equal the vault's, card by
+/// card; what the payment says it captured and refunded is what the cards paid and got back.
 fn check_end(
     record: &PaymentRecord,
     scenario: &Scenario,
     vault: &Vault,
     books: &Books,
 ) -> Result<(), String> {
-    if !record.saga.state.is_terminal() {
-        return Err(format!("ended {:?}", record.saga.state));
+    if !record.is_settled() {
+        return Err(format!("ended {:?}", record.status()));
     }
     if let Some((id, _)) = vault
         .charges()
@@ -475,27 +581,22 @@ fn check_end(
             books.pending()
         ));
     }
-    let mut captured = 0;
-    for token in record.saga.members.iter().map(|m| &m.token) {
-        let at_vault: i64 = vault
-            .charges()
-            .values()
-            .filter(|c| &c.token == token)
-            .map(|c| c.captured)
-            .sum();
-        let funding = booking::funding_source(token, "USD").map_err(|e| e.to_string())?;
-        let booked = books.posted_debit(funding.as_str());
-        if booked != at_vault {
+    let (mut captured, mut refunded) = (0, 0);
+    for card in cards(record, vault, books)? {
+        if card.booked_captured != card.captured || card.booked_refunded != card.refunded {
             return Err(format!(
-                "the ledger booked {booked} captured of {token}, the vault {at_vault}"
+                "the ledger and the vault differ on {}: {card:?}",
+                card.token
             ));
         }
-        captured += at_vault;
+        captured += card.captured;
+        refunded += card.refunded;
     }
-    if captured != record.captured() {
+    if (captured, refunded) != (record.captured(), record.refunded()) {
         return Err(format!(
-            "the payment says {} captured, the cards paid {captured}",
-            record.captured()
+            "the payment says {} captured and {} refunded, the cards {captured} and {refunded}",
+            record.captured(),
+            record.refunded()
         ));
     }
     let whole = captured == record.saga.amount;
@@ -531,6 +632,9 @@ struct Scenario {
     fallback: bool,
     review: bool,
     approve: bool,
+    /// Refunds asked for once the payment ends, one after the other: a percentage of what is
+    /// left refundable, or all of it.
+    refunds: Vec<Option<i64>>,
 }
 
 impl Scenario {
@@ -587,6 +691,9 @@ impl Scenario {
             fallback: rng.chance(80),
             review: rng.chance(15),
             approve: rng.chance(70),
+            refunds: (0..rng.below(3))
+                .map(|_| rng.chance(70).then(|| rng.between(1, 100)))
+                .collect(),
         }
     }
 
@@ -698,6 +805,8 @@ pub struct Report {
     pub ended: [u64; 3],
     /// Operator resolutions.
     pub resolutions: u64,
+    /// Refunds.
+    pub refunds: u64,
 }
 
 /// Simulates payments `first..first + count` of `seed`; stops at the first failure.
@@ -709,6 +818,7 @@ pub fn run(seed: u64, first: u64, count: u64, percent: u64) -> Result<Report, Fa
         report.payments += 1;
         report.faults += ended.faults as u64;
         report.resolutions += ended.resolutions as u64;
+        report.refunds += ended.refunds as u64;
         match ended.state {
             PaymentState::Succeeded => report.ended[0] += 1,
             PaymentState::PartiallyPaid => report.ended[1] += 1,
@@ -729,7 +839,7 @@ mod tests {
         assert_eq!(first.payments, 2_000);
         assert!(first.faults > 1_000, "{first:?}");
         assert!(first.ended.iter().all(|&n| n > 0), "{first:?}");
-        assert!(first.resolutions > 0, "{first:?}");
+        assert!(first.resolutions > 0 && first.refunds > 0, "{first:?}");
         assert_eq!(
             run(42, 0, 2_000, 8).unwrap_or_else(|f| panic!("{f:?}")),
             first

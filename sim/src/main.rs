@@ -112,13 +112,14 @@ fn main() -> ExitCode {
         Ok(report) => {
             println!(
                 "sim: {} payments, {} faults, {} succeeded, {} partially paid, {} failed, {} \
-                 operator resolutions, every invariant held, in {:.1} s",
+                 operator resolutions, {} refunds, every invariant held, in {:.1} s",
                 report.payments,
                 report.faults,
                 report.ended[0],
                 report.ended[1],
                 report.ended[2],
                 report.resolutions,
+                report.refunds,
                 started.elapsed().as_secs_f64()
             );
             ExitCode::SUCCESS

@@ -1,6 +1,6 @@
 //! The simulated vault and acquirer: charges with the vault's rules (an answer per request id,
 //! replayed for a repeated one; a capture of at most the hold, only of an authorized charge; a
-//! void only of an authorized one) and cards that approve, approve in part, decline with each
+//! void only of an authorized one; refunds of at most what was captured) and cards that approve, approve in part, decline with each
 //! next action, or have their captures refused by the processor.
 
 use std::collections::HashMap;
@@ -45,6 +45,8 @@ pub struct Charge {
     pub held: i64,
     /// Minor units captured.
     pub captured: i64,
+    /// Minor units refunded.
+    pub refunded: i64,
     /// Its state.
     pub state: ChargeState,
 }
@@ -54,6 +56,7 @@ pub struct Charge {
 enum Stored {
     Authorize(AuthorizeAnswer),
     Settle(Result<(), String>),
+    Refund(Result<String, String>),
 }
 
 /// The vault with its acquirer.
@@ -132,6 +135,7 @@ impl Vault {
                 request_id: request_id.to_owned(),
                 held,
                 captured: 0,
+                refunded: 0,
                 state,
             },
         );
@@ -181,6 +185,35 @@ impl Vault {
         self.processed(request_id);
         self.requests
             .insert(request_id.to_owned(), Stored::Settle(answer.clone()));
+        answer
+    }
+
+    /// `Refund`: the refund's id, or the refusal's reason.
+    pub fn refund(
+        &mut self,
+        request_id: &str,
+        charge_id: &str,
+        amount: i64,
+    ) -> Result<String, String> {
+        if let Some(Stored::Refund(answer)) = self.requests.get(request_id) {
+            return answer.clone();
+        }
+        let answer = match self.charges.get_mut(charge_id) {
+            None => Err("CHARGE_NOT_FOUND".to_owned()),
+            Some(charge) if charge.state != ChargeState::Captured => {
+                Err("CHARGE_NOT_CAPTURED".to_owned())
+            }
+            Some(charge) if amount < 1 || charge.refunded + amount > charge.captured => {
+                Err("AMOUNT_EXCEEDS_REFUNDABLE".to_owned())
+            }
+            Some(charge) => {
+                charge.refunded += amount;
+                Ok(format!("rf_{request_id}"))
+            }
+        };
+        self.processed(request_id);
+        self.requests
+            .insert(request_id.to_owned(), Stored::Refund(answer.clone()));
         answer
     }
 
@@ -250,6 +283,14 @@ mod tests {
             vault.void("v1", &charge_id).unwrap_err(),
             "CHARGE_NOT_AUTHORIZED"
         );
+        assert!(vault.refund("f1", &charge_id, 300).is_ok());
+        assert!(vault.refund("f1", &charge_id, 300).is_ok(), "replayed");
+        assert!(
+            vault.refund("f2", &charge_id, 201).is_err(),
+            "over what was captured"
+        );
+        assert!(vault.refund("f3", &charge_id, 200).is_ok());
+        assert_eq!(vault.charges()[&charge_id].refunded, 500);
         assert!(vault.processor_calls.values().all(|&n| n == 1));
     }
 }
