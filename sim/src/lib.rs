@@ -3,8 +3,9 @@
 //! Each simulated payment runs the orchestrator's real decision code: the payment record and
 //! its saga (`next_steps`, the `record_*` functions, `decide_review`, `resolve`, and refunds:
 //! `plan_refund`, `refund_steps`, `record_refund`), the bookings
-//! the ledger receives (`domain::booking`) and the risk review, against a simulated vault and
-//! acquirer ([`vault`]), ledger ([`ledger`]) and clock, driven the way the workflow drives a
+//! the ledger receives (`domain::booking`) and the risk review, and the vault's charge rules
+//! (`tandem_vault::domain::charge_rules`), against a simulated vault and acquirer ([`vault`]),
+//! ledger ([`ledger`]) and clock, driven the way the workflow drives a
 //! payment: intents committed before any call, answers recorded with their bookings in one
 //! commit, an authorization in flight from before looked up by its request id before it is sent
 //! again. Faults are drawn from the payment's seed: a crash before and after each commit, a
@@ -18,8 +19,8 @@
 //! that still fail: the shortest schedule that shows the bug.
 //!
 //! What it does not cover yet: the workflow's own control flow (its IO is not behind traits:
-//! this driver restates it), payments across currencies, and the vault's own code (its charge
-//! rules are restated in [`vault`]).
+//! this driver restates it), payments across currencies, and the vault's request handling and
+//! storage (restated in [`vault`] around its charge rules).
 
 pub mod ledger;
 pub mod rng;

@@ -1,12 +1,16 @@
-//! The simulated vault and acquirer: charges with the vault's rules (an answer per request id,
-//! replayed for a repeated one; a capture of at most the hold, only of an authorized charge; a
-//! void only of an authorized one; refunds of at most what was captured) and cards that approve, approve in part, decline with each
+//! The simulated vault and acquirer: charges under the vault's own charge rules
+//! (`tandem_vault::domain::charge_rules::decide`: a capture of at most the hold, only of an
+//! authorized charge; a void only of one not captured; refunds of at most what was captured),
+//! an answer per request id, replayed for a repeated one, and cards that approve, approve in part, decline with each
 //! next action, or have their captures refused by the processor.
 
 use std::collections::HashMap;
 
+use tandem_money::{Currency, Money};
 use tandem_orchestrator::domain::record::steps::AuthorizeAnswer;
 use tandem_orchestrator::domain::saga::NextAction;
+use tandem_vault::domain::charge::ChargeState as VaultState;
+use tandem_vault::domain::charge_rules::{self, ChargeFacts, Decision, Operation};
 
 /// How a simulated card answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +51,8 @@ pub struct Charge {
     pub captured: i64,
     /// Minor units refunded.
     pub refunded: i64,
+    /// Refunds made.
+    pub refunds: usize,
     /// Its state.
     pub state: ChargeState,
 }
@@ -55,8 +61,7 @@ pub struct Charge {
 #[derive(Debug, Clone)]
 enum Stored {
     Authorize(AuthorizeAnswer),
-    Settle(Result<(), String>),
-    Refund(Result<String, String>),
+    FollowUp(Result<String, String>),
 }
 
 /// The vault with its acquirer.
@@ -136,6 +141,7 @@ impl Vault {
                 held,
                 captured: 0,
                 refunded: 0,
+                refunds: 0,
                 state,
             },
         );
@@ -152,89 +158,105 @@ impl Vault {
         }
     }
 
-    /// `Capture`: `Ok`, or the refusal's reason.
+    /// Decides `operation` on `charge_id` by the vault's own charge rules
+    /// (`tandem_vault::domain::charge_rules::decide`), applies what they allow and returns the
+    /// answer (a refund's id for a refund), stored for `request_id` and replayed for it.
+    fn follow_up(
+        &mut self,
+        request_id: &str,
+        charge_id: &str,
+        operation: Operation,
+    ) -> Result<String, String> {
+        if let Some(Stored::FollowUp(answer)) = self.requests.get(request_id) {
+            return answer.clone();
+        }
+        let answer = match self.charges.get_mut(charge_id) {
+            None => Err("CHARGE_NOT_FOUND".to_owned()),
+            Some(charge) => match charge_rules::decide(&charge.facts(), &operation) {
+                Err(refusal) => Err(refusal.reason().to_owned()),
+                Ok(Decision::Capture { amount_minor }) => {
+                    let card = self.cards.get_mut(&charge.token).expect("a known card");
+                    if card.capture_refusals > 0 {
+                        card.capture_refusals -= 1;
+                        Err("PROCESSOR_REFUSED".to_owned())
+                    } else {
+                        charge.state = ChargeState::Captured;
+                        charge.captured = amount_minor;
+                        Ok(String::new())
+                    }
+                }
+                Ok(Decision::Void) => {
+                    charge.state = ChargeState::Voided;
+                    Ok(String::new())
+                }
+                Ok(Decision::AlreadyReleased) => Ok(String::new()),
+                Ok(Decision::Refund { amount }) => {
+                    charge.refunded += amount.minor_units;
+                    charge.refunds += 1;
+                    Ok(format!("rf_{request_id}"))
+                }
+            },
+        };
+        self.processed(request_id);
+        self.requests
+            .insert(request_id.to_owned(), Stored::FollowUp(answer.clone()));
+        answer
+    }
+
+    /// `Capture` of `amount`: `Ok`, or the refusal's reason.
     pub fn capture(
         &mut self,
         request_id: &str,
         charge_id: &str,
         amount: i64,
     ) -> Result<(), String> {
-        if let Some(Stored::Settle(answer)) = self.requests.get(request_id) {
-            return answer.clone();
-        }
-        let answer = match self.charges.get_mut(charge_id) {
-            None => Err("CHARGE_NOT_FOUND".to_owned()),
-            Some(charge) if charge.state != ChargeState::Authorized => {
-                Err("CHARGE_NOT_AUTHORIZED".to_owned())
-            }
-            Some(charge) if amount < 1 || amount > charge.held => {
-                Err("AMOUNT_EXCEEDS_AUTHORIZED".to_owned())
-            }
-            Some(charge) => {
-                let card = self.cards.get_mut(&charge.token).expect("a known card");
-                if card.capture_refusals > 0 {
-                    card.capture_refusals -= 1;
-                    Err("PROCESSOR_REFUSED".to_owned())
-                } else {
-                    charge.state = ChargeState::Captured;
-                    charge.captured = amount;
-                    Ok(())
-                }
-            }
-        };
-        self.processed(request_id);
-        self.requests
-            .insert(request_id.to_owned(), Stored::Settle(answer.clone()));
-        answer
+        let amount = Some(Money::new(usd(), amount));
+        self.follow_up(request_id, charge_id, Operation::Capture { amount })
+            .map(drop)
     }
 
-    /// `Refund`: the refund's id, or the refusal's reason.
+    /// `Void`: `Ok`, or the refusal's reason.
+    pub fn void(&mut self, request_id: &str, charge_id: &str) -> Result<(), String> {
+        self.follow_up(request_id, charge_id, Operation::Void)
+            .map(drop)
+    }
+
+    /// `Refund` of `amount`: the refund's id, or the refusal's reason.
     pub fn refund(
         &mut self,
         request_id: &str,
         charge_id: &str,
         amount: i64,
     ) -> Result<String, String> {
-        if let Some(Stored::Refund(answer)) = self.requests.get(request_id) {
-            return answer.clone();
-        }
-        let answer = match self.charges.get_mut(charge_id) {
-            None => Err("CHARGE_NOT_FOUND".to_owned()),
-            Some(charge) if charge.state != ChargeState::Captured => {
-                Err("CHARGE_NOT_CAPTURED".to_owned())
-            }
-            Some(charge) if amount < 1 || charge.refunded + amount > charge.captured => {
-                Err("AMOUNT_EXCEEDS_REFUNDABLE".to_owned())
-            }
-            Some(charge) => {
-                charge.refunded += amount;
-                Ok(format!("rf_{request_id}"))
-            }
-        };
-        self.processed(request_id);
-        self.requests
-            .insert(request_id.to_owned(), Stored::Refund(answer.clone()));
-        answer
+        let amount = Money::new(usd(), amount);
+        self.follow_up(request_id, charge_id, Operation::Refund { amount })
     }
+}
 
-    /// `Void`: `Ok`, or the refusal's reason.
-    pub fn void(&mut self, request_id: &str, charge_id: &str) -> Result<(), String> {
-        if let Some(Stored::Settle(answer)) = self.requests.get(request_id) {
-            return answer.clone();
-        }
-        let answer = match self.charges.get_mut(charge_id) {
-            None => Err("CHARGE_NOT_FOUND".to_owned()),
-            Some(charge) if charge.state == ChargeState::Authorized => {
-                charge.state = ChargeState::Voided;
-                Ok(())
-            }
-            Some(_) => Err("CHARGE_NOT_AUTHORIZED".to_owned()),
+impl Charge {
+    /// What the vault's charge rules read of the charge.
+    fn facts(&self) -> ChargeFacts {
+        let state = match self.state {
+            ChargeState::Authorized => VaultState::Authorized,
+            ChargeState::Voided => VaultState::Voided,
+            ChargeState::Declined => VaultState::Declined,
+            ChargeState::Captured if self.refunded == 0 => VaultState::Captured,
+            ChargeState::Captured if self.refunded < self.captured => VaultState::PartiallyRefunded,
+            ChargeState::Captured => VaultState::Refunded,
         };
-        self.processed(request_id);
-        self.requests
-            .insert(request_id.to_owned(), Stored::Settle(answer.clone()));
-        answer
+        ChargeFacts {
+            state,
+            busy: false,
+            approved: Money::new(usd(), self.held),
+            refundable_minor: self.captured - self.refunded,
+            refunds: self.refunds,
+        }
     }
+}
+
+/// The simulation's one currency.
+fn usd() -> Currency {
+    Currency::parse("USD").expect("USD")
 }
 
 #[cfg(test)]
@@ -250,8 +272,9 @@ mod tests {
         }
     }
 
-    /// A repeated request id replays its answer; a capture takes at most the hold, once; a
-    /// refused capture stays refused for its request id and not for a new one.
+    /// A repeated request id replays its answer; the vault's rules: a capture takes at most the
+    /// hold, once; no void after a capture; refunds up to what was captured. A refused capture
+    /// stays refused for its request id and not for a new one.
     #[test]
     fn charge_rules() {
         let mut vault = Vault::new(vec![card("tok_a")]);
@@ -264,7 +287,7 @@ mod tests {
         };
         assert_eq!(
             vault.capture("c1", &charge_id, 600).unwrap_err(),
-            "AMOUNT_EXCEEDS_AUTHORIZED"
+            "AMOUNT_EXCEEDS_APPROVED"
         );
         assert_eq!(
             vault.capture("c2", &charge_id, 500).unwrap_err(),
@@ -281,7 +304,7 @@ mod tests {
         );
         assert_eq!(
             vault.void("v1", &charge_id).unwrap_err(),
-            "CHARGE_NOT_AUTHORIZED"
+            "CHARGE_ALREADY_CAPTURED"
         );
         assert!(vault.refund("f1", &charge_id, 300).is_ok());
         assert!(vault.refund("f1", &charge_id, 300).is_ok(), "replayed");
