@@ -3,7 +3,8 @@
 //! Each simulated payment runs the orchestrator's real decision code: the payment record and
 //! its saga (`next_steps`, the `record_*` functions, `decide_review`, `resolve`, and refunds:
 //! `plan_refund`, `refund_steps`, `record_refund`), the bookings
-//! the ledger receives (`domain::booking`) and the risk review, and the vault's charge rules
+//! the ledger receives (`domain::booking`), the planner with its allocation and conversions
+//! (`domain::planning`), the risk review, and the vault's charge rules
 //! (`tandem_vault::domain::charge_rules`), against a simulated vault and acquirer ([`vault`]),
 //! ledger ([`ledger`]) and clock, driven the way the workflow drives a
 //! payment: intents committed before any call, answers recorded with their bookings in one
@@ -19,8 +20,9 @@
 //! that still fail: the shortest schedule that shows the bug.
 //!
 //! What it does not cover yet: the workflow's own control flow (its IO is not behind traits:
-//! this driver restates it), payments across currencies, and the vault's request handling and
-//! storage (restated in [`vault`] around its charge rules).
+//! this driver restates it), invoices in other currencies than USD and the other strategies,
+//! payments sharing cards, and the vault's request handling and storage (restated in [`vault`]
+//! around its charge rules).
 
 pub mod ledger;
 pub mod rng;
@@ -28,18 +30,20 @@ pub mod vault;
 
 use std::collections::BTreeSet;
 
-use tandem_money::Currency;
+use tandem_money::{Currency, Money};
 use tandem_orchestrator::domain::actor::Actor;
-use tandem_orchestrator::domain::allocation::Member;
+use tandem_orchestrator::domain::allocation::Strategy;
 use tandem_orchestrator::domain::booking::{self, BookingContext};
+use tandem_orchestrator::domain::fx::Quote;
+use tandem_orchestrator::domain::group::{MemberRules, Policy};
+use tandem_orchestrator::domain::planning::{self, Invoice};
+use tandem_orchestrator::domain::record::PaymentRecord;
 use tandem_orchestrator::domain::record::operator::Decision;
 use tandem_orchestrator::domain::record::refunds::RefundStep;
 use tandem_orchestrator::domain::record::steps::{AuthorizeAnswer, Recorded, Step};
-use tandem_orchestrator::domain::record::{MemberSnapshot, PaymentRecord};
 use tandem_orchestrator::domain::risk::{Action, Assessment};
 use tandem_orchestrator::domain::saga::{
-    Command, Completion, Dispatch, Leg, LegState, NextAction, Payment, PaymentState, Reallocation,
-    Verdict,
+    Command, Completion, LegState, NextAction, PaymentState, Verdict,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -113,6 +117,8 @@ pub struct Ended {
     pub resolutions: usize,
     /// Refunds made of it.
     pub refunds: usize,
+    /// Its legs charged in another currency than the invoice's.
+    pub converted: usize,
 }
 
 /// The fault draws of one payment, minus the ones [`shrink`] leaves out.
@@ -176,7 +182,12 @@ pub fn run_payment(
     let mut vault = Vault::new(scenario.cards.clone());
     let mut books = Books::default();
     let mut clock = OffsetDateTime::UNIX_EPOCH + Duration::days(20_000);
-    let mut committed = scenario.record(clock);
+    let mut committed = scenario.record(clock).map_err(|what| Failure {
+        payment: index,
+        what,
+        schedule: Vec::new(),
+        round: 0,
+    })?;
     let mut round = 0;
     let mut refunds_asked = 0;
     let fail = |what: String, round: u32, log: &[Injected]| Failure {
@@ -410,6 +421,9 @@ pub fn run_payment(
         faults: faults.log.len(),
         resolutions: committed.resolutions.len(),
         refunds: committed.refunds.len(),
+        converted: (0..committed.saga.legs.len())
+            .filter(|&leg| committed.saga.quote(leg).is_some())
+            .count(),
     })
 }
 
@@ -422,6 +436,7 @@ fn call(vault: &mut Vault, step: &Step) -> Answer {
             return Answer::Authorization(vault.authorize(
                 &step.request_id,
                 &step.token,
+                step.currency,
                 step.amount,
             ));
         }
@@ -543,8 +558,8 @@ fn cards(record: &PaymentRecord, vault: &Vault, books: &Books) -> Result<Vec<Car
         .iter()
         .map(|member| {
             let charges = || vault.charges().values().filter(|c| c.token == member.token);
-            let funding =
-                booking::funding_source(&member.token, "USD").map_err(|e| e.to_string())?;
+            let funding = booking::funding_source(&member.token, member.currency.code())
+                .map_err(|e| e.to_string())?;
             let (booked_captured, booked_refunded) = books.posted(funding.as_str());
             Ok(CardMoney {
                 token: member.token.clone(),
@@ -582,7 +597,6 @@ fn check_end(
             books.pending()
         ));
     }
-    let (mut captured, mut refunded) = (0, 0);
     for card in cards(record, vault, books)? {
         if card.booked_captured != card.captured || card.booked_refunded != card.refunded {
             return Err(format!(
@@ -590,16 +604,25 @@ fn check_end(
                 card.token
             ));
         }
-        captured += card.captured;
-        refunded += card.refunded;
+        // What the payment says the card paid and got back, in the card's currency.
+        let (mut paid, mut back) = (0, 0);
+        for leg in 0..record.saga.legs.len() {
+            if record.saga.legs[leg].token != card.token {
+                continue;
+            }
+            if record.saga.legs[leg].state == LegState::Captured {
+                paid += record.saga.capture(leg);
+            }
+            back += record.card_refunded(leg);
+        }
+        if (paid, back) != (card.captured, card.refunded) {
+            return Err(format!(
+                "the payment says {} paid {paid} and got {back} back: {card:?}",
+                card.token
+            ));
+        }
     }
-    if (captured, refunded) != (record.captured(), record.refunded()) {
-        return Err(format!(
-            "the payment says {} captured and {} refunded, the cards {captured} and {refunded}",
-            record.captured(),
-            record.refunded()
-        ));
-    }
+    let captured = record.captured();
     let whole = captured == record.saga.amount;
     match (record.saga.state, scenario.completion) {
         (PaymentState::Succeeded, _) if !whole => Err("SUCCEEDED without the whole amount".into()),
@@ -622,20 +645,29 @@ fn actor(role: &str, name: &str) -> Actor {
     }
 }
 
-/// A payment to simulate: its cards, its split, its policy, its review.
+/// A payment to simulate: its cards, its policy, its review, its refunds.
 #[derive(Debug, Clone)]
 struct Scenario {
     index: u64,
     cards: Vec<Card>,
-    legs: Vec<(usize, i64)>,
+    /// Each card's currency and limit per payment (minor units of its currency).
+    members: Vec<(Currency, Option<i64>)>,
+    /// The invoice, in USD minor units.
+    amount: i64,
+    /// The rates of the cards' currencies, fixed at creation as a payment fixes them.
+    quotes: Vec<Quote>,
+    parallel: bool,
     completion: Completion,
-    dispatch: Dispatch,
     fallback: bool,
     review: bool,
     approve: bool,
     /// Refunds asked for once the payment ends, one after the other: a percentage of what is
     /// left refundable, or all of it.
     refunds: Vec<Option<i64>>,
+}
+
+fn currency(code: &str) -> Currency {
+    Currency::parse(code).expect("an ISO 4217 currency")
 }
 
 impl Scenario {
@@ -666,28 +698,45 @@ impl Scenario {
                 }
             })
             .collect::<Vec<_>>();
-        // Every card but the last carries a leg; the last may be left for fallback.
-        let carrying = if count > 1 && rng.chance(50) {
-            count - 1
-        } else {
-            count
-        };
-        let legs = (0..carrying)
-            .map(|i| (i, rng.between(1, 100_000)))
+        let amount = rng.between(1, 200_000);
+        let members = (0..count)
+            .map(|_| {
+                let code = match rng.below(100) {
+                    0..60 => "USD",
+                    60..85 => "EUR",
+                    _ => "JPY",
+                };
+                let limit = rng.chance(40).then(|| rng.between(1, 150_000));
+                (currency(code), limit)
+            })
             .collect();
+        let as_of = OffsetDateTime::UNIX_EPOCH + Duration::days(20_000);
+        let quote = |to: &str, rate: String| Quote {
+            from: currency("USD"),
+            to: currency(to),
+            rate: rate.parse().expect("a rate"),
+            source: "sim".into(),
+            as_of,
+        };
+        // The rates move from payment to payment: each fixes its own.
+        let quotes = vec![
+            quote("EUR", format!("0.{:04}", rng.between(5_000, 9_999))),
+            quote(
+                "JPY",
+                format!("{}.{:02}", rng.between(80, 200), rng.below(100)),
+            ),
+        ];
         Scenario {
             index,
             cards,
-            legs,
+            members,
+            amount,
+            quotes,
+            parallel: rng.chance(50),
             completion: if rng.chance(70) {
                 Completion::AllOrNothing
             } else {
                 Completion::AllowPartial
-            },
-            dispatch: if rng.chance(50) {
-                Dispatch::OneAtATime
-            } else {
-                Dispatch::AllAtOnce
             },
             fallback: rng.chance(80),
             review: rng.chance(15),
@@ -698,63 +747,53 @@ impl Scenario {
         }
     }
 
-    fn record(&self, now: OffsetDateTime) -> PaymentRecord {
-        let usd = Currency::parse("USD").expect("USD");
-        let saga = Payment {
-            state: PaymentState::Pending,
-            currency: usd,
-            amount: self.legs.iter().map(|(_, a)| a).sum(),
-            legs: self
-                .legs
-                .iter()
-                .map(|&(card, amount)| Leg {
-                    token: self.cards[card].token.clone(),
-                    amount,
-                    approved: 0,
-                    held: 0,
-                    state: LegState::Pending,
-                    attempts: 0,
-                })
-                .collect(),
-            members: self
-                .cards
-                .iter()
-                .enumerate()
-                .map(|(i, card)| Member {
-                    token: card.token.clone(),
-                    priority: i as u16 + 1,
-                    currency: usd,
-                    active: true,
-                    room: None,
-                })
-                .collect(),
+    /// The payment as `CreatePayment` records it: planned by the orchestrator's planner from
+    /// the members, the policy and the invoice, assessed, in state PENDING.
+    fn record(&self, now: OffsetDateTime) -> Result<PaymentRecord, String> {
+        let rules: Vec<MemberRules> = self
+            .cards
+            .iter()
+            .zip(&self.members)
+            .enumerate()
+            .map(|(i, (card, &(currency, limit)))| MemberRules {
+                token: card.token.clone(),
+                label: format!("card {i}"),
+                currency,
+                priority: i as u16 + 1,
+                cost_center: None,
+                limit_per_payment: limit,
+                limit_per_month: None,
+                active: true,
+            })
+            .collect();
+        let policy = Policy {
+            strategy: if self.parallel {
+                Strategy::Parallel {
+                    weights: Vec::new(),
+                }
+            } else {
+                Strategy::Sequential
+            },
             fallback: self.fallback,
             attempts_max: 10,
             completion: self.completion,
-            dispatch: self.dispatch,
-            stopped: false,
-            reallocation: Reallocation::Any,
-            quotes: Vec::new(),
-            review: false,
+            windows: Vec::new(),
+            allow_conversion: true,
         };
-        let members = self
-            .cards
-            .iter()
-            .enumerate()
-            .map(|(i, card)| MemberSnapshot {
-                token: card.token.clone(),
-                label: format!("card {i}"),
-                priority: i as u16 + 1,
-                cost_center: None,
-                limit_per_month: None,
-                last4: "0001".into(),
-            })
-            .collect();
+        let invoice = Invoice {
+            id: format!("INV-{}", self.index),
+            amount: Money::new(currency("USD"), self.amount),
+            cost_center: None,
+            lines: Vec::new(),
+        };
+        let plan = planning::plan(&rules, &policy, &invoice, |_| 0, now, self.quotes.clone())
+            .map_err(|errors| format!("the planner refused the payment: {errors:?}"))?;
+        let members = planning::snapshots(&rules, &policy.windows, now, |_| "0001".into());
         let (mut record, _) = PaymentRecord::new(
             format!("pay_sim{:022}", self.index),
-            format!("INV-{}", self.index),
+            invoice.id,
             None,
-            saga,
+            plan.saga,
             members,
             actor("payer", "sim"),
             now,
@@ -773,7 +812,7 @@ impl Scenario {
                 now,
             );
         }
-        record
+        Ok(record)
     }
 }
 
@@ -808,6 +847,8 @@ pub struct Report {
     pub resolutions: u64,
     /// Refunds.
     pub refunds: u64,
+    /// Legs charged in another currency than their invoice's.
+    pub converted: u64,
 }
 
 /// Simulates payments `first..first + count` of `seed`; stops at the first failure.
@@ -820,6 +861,7 @@ pub fn run(seed: u64, first: u64, count: u64, percent: u64) -> Result<Report, Fa
         report.faults += ended.faults as u64;
         report.resolutions += ended.resolutions as u64;
         report.refunds += ended.refunds as u64;
+        report.converted += ended.converted as u64;
         match ended.state {
             PaymentState::Succeeded => report.ended[0] += 1,
             PaymentState::PartiallyPaid => report.ended[1] += 1,
@@ -840,7 +882,10 @@ mod tests {
         assert_eq!(first.payments, 2_000);
         assert!(first.faults > 1_000, "{first:?}");
         assert!(first.ended.iter().all(|&n| n > 0), "{first:?}");
-        assert!(first.resolutions > 0 && first.refunds > 0, "{first:?}");
+        assert!(
+            first.resolutions > 0 && first.refunds > 0 && first.converted > 0,
+            "{first:?}"
+        );
         assert_eq!(
             run(42, 0, 2_000, 8).unwrap_or_else(|f| panic!("{f:?}")),
             first

@@ -112,7 +112,8 @@ fn main() -> ExitCode {
         Ok(report) => {
             println!(
                 "sim: {} payments, {} faults, {} succeeded, {} partially paid, {} failed, {} \
-                 operator resolutions, {} refunds, every invariant held, in {:.1} s",
+                 operator resolutions, {} refunds, {} converted legs, every invariant held, in \
+                 {:.1} s",
                 report.payments,
                 report.faults,
                 report.ended[0],
@@ -120,6 +121,7 @@ fn main() -> ExitCode {
                 report.ended[2],
                 report.resolutions,
                 report.refunds,
+                report.converted,
                 started.elapsed().as_secs_f64()
             );
             ExitCode::SUCCESS

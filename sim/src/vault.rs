@@ -45,6 +45,8 @@ pub struct Charge {
     pub token: String,
     /// The request id that created it.
     pub request_id: String,
+    /// The card's currency, that of every amount of the charge.
+    pub currency: Currency,
     /// Minor units held.
     pub held: i64,
     /// Minor units captured.
@@ -96,7 +98,13 @@ impl Vault {
     }
 
     /// `Authorize`: the stored answer of `request_id`, or the card's.
-    pub fn authorize(&mut self, request_id: &str, token: &str, amount: i64) -> AuthorizeAnswer {
+    pub fn authorize(
+        &mut self,
+        request_id: &str,
+        token: &str,
+        currency: Currency,
+        amount: i64,
+    ) -> AuthorizeAnswer {
         if let Some(Stored::Authorize(answer)) = self.requests.get(request_id) {
             return answer.clone();
         }
@@ -138,6 +146,7 @@ impl Vault {
             Charge {
                 token: token.to_owned(),
                 request_id: request_id.to_owned(),
+                currency,
                 held,
                 captured: 0,
                 refunded: 0,
@@ -165,37 +174,39 @@ impl Vault {
         &mut self,
         request_id: &str,
         charge_id: &str,
-        operation: Operation,
+        operation: impl Fn(Currency) -> Operation,
     ) -> Result<String, String> {
         if let Some(Stored::FollowUp(answer)) = self.requests.get(request_id) {
             return answer.clone();
         }
         let answer = match self.charges.get_mut(charge_id) {
             None => Err("CHARGE_NOT_FOUND".to_owned()),
-            Some(charge) => match charge_rules::decide(&charge.facts(), &operation) {
-                Err(refusal) => Err(refusal.reason().to_owned()),
-                Ok(Decision::Capture { amount_minor }) => {
-                    let card = self.cards.get_mut(&charge.token).expect("a known card");
-                    if card.capture_refusals > 0 {
-                        card.capture_refusals -= 1;
-                        Err("PROCESSOR_REFUSED".to_owned())
-                    } else {
-                        charge.state = ChargeState::Captured;
-                        charge.captured = amount_minor;
+            Some(charge) => {
+                match charge_rules::decide(&charge.facts(), &operation(charge.currency)) {
+                    Err(refusal) => Err(refusal.reason().to_owned()),
+                    Ok(Decision::Capture { amount_minor }) => {
+                        let card = self.cards.get_mut(&charge.token).expect("a known card");
+                        if card.capture_refusals > 0 {
+                            card.capture_refusals -= 1;
+                            Err("PROCESSOR_REFUSED".to_owned())
+                        } else {
+                            charge.state = ChargeState::Captured;
+                            charge.captured = amount_minor;
+                            Ok(String::new())
+                        }
+                    }
+                    Ok(Decision::Void) => {
+                        charge.state = ChargeState::Voided;
                         Ok(String::new())
                     }
+                    Ok(Decision::AlreadyReleased) => Ok(String::new()),
+                    Ok(Decision::Refund { amount }) => {
+                        charge.refunded += amount.minor_units;
+                        charge.refunds += 1;
+                        Ok(format!("rf_{request_id}"))
+                    }
                 }
-                Ok(Decision::Void) => {
-                    charge.state = ChargeState::Voided;
-                    Ok(String::new())
-                }
-                Ok(Decision::AlreadyReleased) => Ok(String::new()),
-                Ok(Decision::Refund { amount }) => {
-                    charge.refunded += amount.minor_units;
-                    charge.refunds += 1;
-                    Ok(format!("rf_{request_id}"))
-                }
-            },
+            }
         };
         self.processed(request_id);
         self.requests
@@ -210,14 +221,15 @@ impl Vault {
         charge_id: &str,
         amount: i64,
     ) -> Result<(), String> {
-        let amount = Some(Money::new(usd(), amount));
-        self.follow_up(request_id, charge_id, Operation::Capture { amount })
-            .map(drop)
+        self.follow_up(request_id, charge_id, |currency| Operation::Capture {
+            amount: Some(Money::new(currency, amount)),
+        })
+        .map(drop)
     }
 
     /// `Void`: `Ok`, or the refusal's reason.
     pub fn void(&mut self, request_id: &str, charge_id: &str) -> Result<(), String> {
-        self.follow_up(request_id, charge_id, Operation::Void)
+        self.follow_up(request_id, charge_id, |_| Operation::Void)
             .map(drop)
     }
 
@@ -228,8 +240,9 @@ impl Vault {
         charge_id: &str,
         amount: i64,
     ) -> Result<String, String> {
-        let amount = Money::new(usd(), amount);
-        self.follow_up(request_id, charge_id, Operation::Refund { amount })
+        self.follow_up(request_id, charge_id, |currency| Operation::Refund {
+            amount: Money::new(currency, amount),
+        })
     }
 }
 
@@ -247,16 +260,11 @@ impl Charge {
         ChargeFacts {
             state,
             busy: false,
-            approved: Money::new(usd(), self.held),
+            approved: Money::new(self.currency, self.held),
             refundable_minor: self.captured - self.refunded,
             refunds: self.refunds,
         }
     }
-}
-
-/// The simulation's one currency.
-fn usd() -> Currency {
-    Currency::parse("USD").expect("USD")
 }
 
 #[cfg(test)]
@@ -277,11 +285,16 @@ mod tests {
     /// stays refused for its request id and not for a new one.
     #[test]
     fn charge_rules() {
+        let usd = Currency::parse("USD").unwrap();
         let mut vault = Vault::new(vec![card("tok_a")]);
-        let declined = vault.authorize("r1", "tok_a", 500);
+        let declined = vault.authorize("r1", "tok_a", usd, 500);
         assert!(matches!(declined, AuthorizeAnswer::Declined { .. }));
-        assert_eq!(vault.authorize("r1", "tok_a", 500), declined, "replayed");
-        let AuthorizeAnswer::Approved { charge_id, .. } = vault.authorize("r2", "tok_a", 500)
+        assert_eq!(
+            vault.authorize("r1", "tok_a", usd, 500),
+            declined,
+            "replayed"
+        );
+        let AuthorizeAnswer::Approved { charge_id, .. } = vault.authorize("r2", "tok_a", usd, 500)
         else {
             panic!("approved")
         };
