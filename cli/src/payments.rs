@@ -1045,7 +1045,7 @@ leg"
             legs: vec![pb::PaymentLeg {
                 index: 2,
                 refusals: 3,
-                refusal_reason: "CHARGE_NOT_CAPTURABLE".to_owned(),
+                refusal_reason: "CHARGE_NOT_AUTHORIZED".to_owned(),
                 ..Default::default()
             }],
             ..Default::default()
@@ -1053,7 +1053,7 @@ leg"
         let rendered = render_payment(&waiting);
         assert!(
             rendered.contains(
-                "leg 2: capture or void refused by the vault 3 times (CHARGE_NOT_CAPTURABLE)\n\
+                "leg 2: capture or void refused by the vault 3 times (CHARGE_NOT_AUTHORIZED)\n\
                  needs an operator: tandemctl payments resolve pay_1 --retry|--confirm --note"
             ),
             "{rendered}"

@@ -84,6 +84,12 @@ pub enum Error {
     /// `ResolvePayment` on a payment not waiting for an operator.
     #[error("the payment does not need an operator")]
     PaymentNotNeedingOperator,
+    /// `ResolvePayment` confirmed a capture or void the vault does not show done.
+    #[error("the vault does not show charge {charge_id} captured or released")]
+    ChargeNotSettled {
+        /// The charge.
+        charge_id: String,
+    },
     /// `SetRiskPolicy` named a version that is no longer current.
     #[error("the risk policy changed since the version given")]
     RiskPolicyChanged,
@@ -182,6 +188,7 @@ impl Error {
             Error::SameIdentity => "SAME_IDENTITY",
             Error::PaymentNotInReview => "PAYMENT_NOT_IN_REVIEW",
             Error::PaymentNotNeedingOperator => "PAYMENT_NOT_NEEDING_OPERATOR",
+            Error::ChargeNotSettled { .. } => "CHARGE_NOT_SETTLED",
             Error::RiskPolicyChanged => "RISK_POLICY_CHANGED",
             Error::SettlementFileInvalid(_) => "SETTLEMENT_FILE_INVALID",
             Error::WebhookEndpointNotFound => "WEBHOOK_ENDPOINT_NOT_FOUND",

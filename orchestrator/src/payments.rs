@@ -21,10 +21,11 @@ use crate::domain::group::MemberRules;
 use crate::domain::planning;
 use crate::domain::record::PaymentRecord;
 use crate::domain::record::events::Event;
-use crate::domain::record::operator::ResolveError;
+use crate::domain::record::operator::{Decision, ResolveError};
 use crate::domain::record::refunds::{RefundError, RefundState};
 use crate::domain::record::review::ReviewError;
 use crate::domain::risk;
+use crate::domain::saga::{LegState, PaymentState};
 use crate::error::Error;
 use crate::feeds::{Subscription, Update};
 use crate::fx::Fx;
@@ -532,6 +533,9 @@ impl Payments {
             admitted, actor, ..
         } = call;
         let method = "ResolvePayment";
+        if resolution.decision == Decision::Confirm {
+            self.check_confirmed(&resolution.payment_id).await?;
+        }
         let mut tx = self.workflow.pool().begin().await?;
         if let Some(earlier) = storage::claim_request_id(
             &mut tx,
@@ -587,6 +591,34 @@ impl Payments {
         self.workflow.spawn_from(id.clone(), admitted, Some(first));
         stored.update_time = now;
         Ok(stored)
+    }
+
+    /// Refuses an operator's confirmation of a payment's refused captures or voids unless the
+    /// vault shows each of them done: the ledger books only what the vault holds. (A payment
+    /// that no longer needs an operator is left to the resolution's own checks: a replay
+    /// answers, anything else is refused there.)
+    async fn check_confirmed(&self, payment_id: &str) -> Result<(), Error> {
+        let Some(stored) = storage::payment(self.workflow.pool(), payment_id, false).await? else {
+            return Err(Error::PaymentNotFound);
+        };
+        let record = &stored.record;
+        if record.saga.state != PaymentState::NeedsOperator {
+            return Ok(());
+        }
+        for leg in record.refused_legs() {
+            let charge_id = record.legs[leg].charge_id.clone().unwrap_or_default();
+            let capture = record.saga.legs[leg].state == LegState::Capturing;
+            let done = self
+                .workflow
+                .vault()
+                .shows_settled(&charge_id, capture)
+                .await
+                .map_err(|_| Error::VaultUnavailable)?;
+            if !done {
+                return Err(Error::ChargeNotSettled { charge_id });
+            }
+        }
+        Ok(())
     }
 
     /// `AddPaymentNote`: appends the note (once per request id) and publishes its event; the

@@ -634,8 +634,8 @@ pub async fn list_payments(
 }
 
 /// Leases up to `limit` unsettled payments whose lease expired to `owner` until
-/// `lease_until`, skipping rows another instance is taking at the same moment. Returns their
-/// ids.
+/// `lease_until`, skipping rows another instance is taking at the same moment and payments
+/// waiting for an operator (only `ResolvePayment` moves those on). Returns their ids.
 pub async fn lease_expired(
     pool: &PgPool,
     owner: &str,
@@ -644,7 +644,7 @@ pub async fn lease_expired(
 ) -> Result<Vec<Expired>, Error> {
     let rows = sqlx::query(
         "WITH expired AS (SELECT id, lease_until FROM payments \
-           WHERE NOT settled AND lease_until < now() \
+           WHERE NOT settled AND lease_until < now() AND state <> 'needs_operator' \
            ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED) \
          UPDATE payments p SET lease_owner = $1, lease_until = $2 FROM expired \
          WHERE p.id = expired.id RETURNING p.id, expired.lease_until AS expired_at, now() AS now",

@@ -379,6 +379,33 @@ impl VaultClient {
         }
     }
 
+    /// Whether the vault shows `charge_id` captured (or refunded since), for `capture`, or
+    /// released (voided or declined) otherwise: what an operator's confirmation of a refused
+    /// capture or void must find before it is recorded.
+    pub async fn shows_settled(&self, charge_id: &str, capture: bool) -> Result<bool, Unknown> {
+        let read = pb::GetChargeRequest {
+            lookup: Some(pb::get_charge_request::Lookup::ChargeId(
+                charge_id.to_owned(),
+            )),
+        };
+        let charge = observed("GetCharge", async {
+            self.charges.clone().get_charge(traced(read)).await
+        })
+        .await
+        .map_err(|e| Unknown(describe(&e)))?
+        .into_inner()
+        .charge
+        .unwrap_or_default();
+        Ok(if capture {
+            captured_enough(pb::ChargeState::Captured, &charge)
+        } else {
+            matches!(
+                pb::ChargeState::try_from(charge.state),
+                Ok(pb::ChargeState::Voided | pb::ChargeState::Declined)
+            )
+        })
+    }
+
     /// Refunds `amount` of `charge_id`.
     pub async fn refund(
         &self,

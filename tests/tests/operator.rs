@@ -1,9 +1,9 @@
 //! A capture the vault refuses for good (DESIGN section 14, "payment stuck"), end to end over
 //! mutual TLS with the sandbox acquirer: the refused capture is sent again a bounded number
-//! of times, then the payment stops in NEEDS_OPERATOR with its event and sends nothing more;
-//! the treasury resolves it with `ResolvePayment` (retry under a new request id, or confirm),
-//! which is idempotent by request id, refused to other roles and for bad input naming the
-//! field, and ends with the ledger balanced.
+//! of times, then the payment stops in NEEDS_OPERATOR with its event, its metrics, and nothing
+//! more sent (the recovery worker leaves it alone); the treasury's `ResolvePayment` retries it
+//! under a new request id, idempotent by request id, refused to other roles and for bad input
+//! naming the field; a confirmation the vault does not bear out is refused and books nothing.
 //!
 //! The refusal is made real: the payment is held in review with its holds in place, one
 //! charge is voided at the vault behind its back, and the approval's capture of that charge is
@@ -229,36 +229,37 @@ async fn a_capture_refused_for_good_waits_for_the_treasury() {
         "a replay changes nothing"
     );
 
-    // A confirmation records the capture as done and books it.
-    let paid = treasury(&stack)
+    // A confirmation is refused while the vault does not show the charge captured (it shows
+    // it voided), and changes nothing: the ledger books only what the vault holds.
+    let refused = treasury(&stack)
         .await
         .resolve_payment(resolution(
             &held.id,
             pb::ResolutionDecision::Confirm,
-            "captured by phone with the acquirer, ref 77",
+            "the acquirer says captured",
         ))
         .await
-        .expect("confirm")
-        .into_inner()
-        .payment
-        .expect("payment");
-    assert_eq!(state(&paid), "SUCCEEDED");
-    assert_eq!(paid.resolutions.len(), 2);
-    assert_eq!(paid.legs[1].refusals, 0);
-    let (_, captured, _) = stack.ledger_card(&b).await;
-    assert_eq!(captured, 400);
-    stack.assert_ledger_invariants().await;
-    let (resolved, _) = read_feed(&mut feed, &["payment.resolved"], String::new(), 100, 2).await;
-    assert_eq!(resolved.len(), 2);
+        .expect_err("the vault shows the charge voided");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(orchestrator_reason(&refused), "CHARGE_NOT_SETTLED");
+    let waiting = stack.payment(&held.id).await;
     assert_eq!(
-        resolved[1].actor.as_ref().map(|a| a.role.as_str()),
+        (state(&waiting), waiting.resolutions.len()),
+        ("NEEDS_OPERATOR", 1)
+    );
+    let (_, captured, _) = stack.ledger_card(&b).await;
+    assert_eq!(captured, 0, "nothing booked for card B");
+    stack.assert_ledger_invariants().await;
+    let (resolved, _) = read_feed(&mut feed, &["payment.resolved"], String::new(), 100, 1).await;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(
+        resolved[0].actor.as_ref().map(|a| a.role.as_str()),
         Some("treasury")
     );
-    let late = treasury(&stack)
-        .await
-        .resolve_payment(resolution(&held.id, pb::ResolutionDecision::Retry, "late"))
-        .await
-        .expect_err("nothing to resolve");
-    assert_eq!(late.code(), Code::FailedPrecondition);
-    assert_eq!(orchestrator_reason(&late), "PAYMENT_NOT_NEEDING_OPERATOR");
+
+    // Waiting, it is left alone: the recovery worker never takes it (it would rewrite the row
+    // at every round).
+    let before = stack.payment(&held.id).await.update_time;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(stack.payment(&held.id).await.update_time, before);
 }

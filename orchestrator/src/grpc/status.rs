@@ -87,6 +87,11 @@ pub fn to_status(error: Error) -> Status {
             Code::FailedPrecondition,
             "the payment does not need an operator (state NEEDS_OPERATOR)",
         ),
+        Error::ChargeNotSettled { .. } => (
+            Code::FailedPrecondition,
+            "the vault does not show a refused capture captured (or a refused void released): \
+             CONFIRM records only what the vault shows done; RETRY sends it again",
+        ),
         Error::RiskPolicyChanged => (
             Code::FailedPrecondition,
             "the risk policy changed since the version given; read it again",

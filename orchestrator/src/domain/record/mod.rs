@@ -78,7 +78,7 @@ pub struct LegDetail {
     /// id); back to 0 when an operator has it sent again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub refusals: u32,
-    /// The vault's reason for the last refusal (`PROCESSOR_REFUSED`, `CHARGE_NOT_CAPTURABLE`),
+    /// The vault's reason for the last refusal (`PROCESSOR_REFUSED`, `CHARGE_NOT_AUTHORIZED`),
     /// while the leg's capture or void stands refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<String>,

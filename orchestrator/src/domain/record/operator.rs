@@ -71,6 +71,10 @@ impl PaymentRecord {
         if self.saga.legs.get(leg).map(|l| l.state) != Some(waiting) {
             return None;
         }
+        // A late answer of a round sent before the payment stopped changes nothing.
+        if self.saga.state == PaymentState::NeedsOperator {
+            return Some(Vec::new());
+        }
         let detail = &mut self.legs[leg];
         detail.refusals = detail.refusals.saturating_add(1);
         detail.refusal = Some(reason);

@@ -426,6 +426,10 @@ impl PaymentRecord {
         }
         let before = self.saga.state;
         saga::apply(&mut self.saga, outcome)?;
+        // Done: a refusal before no longer stands.
+        let detail = &mut self.legs[leg];
+        detail.refusals = 0;
+        detail.refusal = None;
         let mut events = vec![self.event(kind, Some(leg), None, None)];
         self.state_events(before, now, &mut events);
         // A void releases the hold; a capture of less than the hold (a converted leg's

@@ -888,7 +888,7 @@ fn a_refused_capture_waits_for_an_operator() {
         record
             .record_refusal(
                 Command::Capture(1),
-                "CHARGE_NOT_CAPTURABLE".into(),
+                "CHARGE_NOT_AUTHORIZED".into(),
                 3,
                 now(),
             )
@@ -910,7 +910,7 @@ fn a_refused_capture_waits_for_an_operator() {
     assert_eq!(
         events[0].summary,
         "Needs an operator: the vault refused the capture of card B ·1881 3 times \
-         (CHARGE_NOT_CAPTURABLE)"
+         (CHARGE_NOT_AUTHORIZED)"
     );
     assert!(
         record.next_steps(now()).unwrap().0.is_empty(),
@@ -921,6 +921,7 @@ fn a_refused_capture_waits_for_an_operator() {
         refuse(&mut record).is_empty(),
         "a late refusal changes no state"
     );
+    assert_eq!(record.legs[1].refusals, 3, "nor counts");
     let ana = actor("treasury", "ana");
     let (events, confirmed) = record
         .resolve(Decision::Retry, ana.clone(), "processor back".into(), now())
