@@ -121,5 +121,6 @@ pub fn load_service<S: ServiceSettings>(
     base.insert("metrics".to_owned(), toml::Value::Table(section));
     let settings: S = load(base, path, env, S::ENV_PREFIX)?;
     settings.validate()?;
+    settings.common().2.check_url()?;
     Ok(settings)
 }

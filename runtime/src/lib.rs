@@ -15,6 +15,8 @@
 //! - [`ids`]: random ids of 128 bits with a type prefix.
 //! - [`metrics`]: the process's Prometheus registry and each server's `/metrics` endpoint.
 //! - [`pages`]: page tokens bound to the query they page.
+//! - [`primary`]: the Postgres primary among the hosts of a multi-host database URL, found at
+//!   start and followed across a failover.
 //! - [`serving`]: the listening socket, the tonic server with the shared limits, reflection,
 //!   and the graceful stop.
 //! - [`telemetry`]: JSON logs, and traces over OTLP: every call a span, joined to the caller's
@@ -31,6 +33,7 @@ pub mod headers;
 pub mod ids;
 pub mod metrics;
 pub mod pages;
+pub mod primary;
 pub mod serving;
 pub mod settings;
 pub mod telemetry;

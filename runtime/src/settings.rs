@@ -143,12 +143,21 @@ impl TlsSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// Postgres URL of the service's own database.
+    /// Postgres URL of the service's own database. Several hosts, as libpq takes them
+    /// (`postgres://user@h1:5432,h2:5432/db?target_session_attrs=read-write`), make the pool
+    /// find the primary among them and follow it across a failover ([`crate::primary`]).
     pub url: SecretString,
     /// Pool size.
     pub connections_max: u32,
     /// Longest wait for a pooled connection.
     pub acquire_timeout_ms: u64,
+    /// With several hosts in `url`: how often the pool's host is checked to still be what the
+    /// URL asks for (the primary, with `target_session_attrs=read-write`). A failover is
+    /// followed at most this long after the new primary accepts writes.
+    pub primary_check_interval_ms: u64,
+    /// With several hosts in `url`: how long one host may take to accept a connection and
+    /// answer the check, before the next is tried.
+    pub host_connect_timeout_ms: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -159,12 +168,29 @@ impl Default for DatabaseSettings {
 
 impl DatabaseSettings {
     /// Opens the pool these settings describe (without migrations: each server runs its own).
+    /// A URL of one host without `target_session_attrs` is opened as sqlx opens it; otherwise
+    /// the pool opens on the first host that accepts the session the URL asks for, and with
+    /// several hosts a watcher follows the primary until the pool is closed
+    /// ([`crate::primary`]).
     pub async fn connect(&self) -> Result<sqlx::PgPool, sqlx::Error> {
-        sqlx::postgres::PgPoolOptions::new()
+        let acquire_timeout = Duration::from_millis(self.acquire_timeout_ms);
+        let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(self.connections_max)
-            .acquire_timeout(Duration::from_millis(self.acquire_timeout_ms))
-            .connect(self.url.expose())
-            .await
+            .acquire_timeout(acquire_timeout);
+        let watch = crate::primary::Watch {
+            interval: Duration::from_millis(self.primary_check_interval_ms),
+            connect_timeout: Duration::from_millis(self.host_connect_timeout_ms),
+            start_timeout: acquire_timeout,
+        };
+        crate::primary::open_pool(pool, self.url.expose(), watch).await
+    }
+
+    /// Checks that `url`'s host list and `target_session_attrs` can be taken (a URL of one
+    /// host without that parameter is sqlx's to judge when the pool opens).
+    pub fn check_url(&self) -> Result<(), ConfigError> {
+        crate::primary::Hosts::parse(self.url.expose())
+            .map(|_| ())
+            .map_err(|error| ConfigError::Parse(format!("database.url: {error}")))
     }
 
     /// The defaults for database `name` on the local Postgres.
@@ -173,6 +199,8 @@ impl DatabaseSettings {
             url: SecretString::new(format!("postgres://postgres@127.0.0.1:5432/{name}")),
             connections_max: 16,
             acquire_timeout_ms: 5_000,
+            primary_check_interval_ms: 1_000,
+            host_connect_timeout_ms: 2_000,
         }
     }
 }
@@ -217,7 +245,7 @@ pub fn common_checks(
     server: &ServerSettings,
     tls: &TlsSettings,
     database: &DatabaseSettings,
-) -> [Check; 11] {
+) -> [Check; 13] {
     let prefix = &tls.identity_uri_prefix;
     [
         (
@@ -277,6 +305,16 @@ pub fn common_checks(
             (1..=600_000).contains(&database.acquire_timeout_ms),
             "database.acquire_timeout_ms",
             "must be 1 to 600000",
+        ),
+        (
+            (100..=60_000).contains(&database.primary_check_interval_ms),
+            "database.primary_check_interval_ms",
+            "must be 100 to 60000",
+        ),
+        (
+            (100..=60_000).contains(&database.host_connect_timeout_ms),
+            "database.host_connect_timeout_ms",
+            "must be 100 to 60000",
         ),
     ]
 }
@@ -447,5 +485,32 @@ mod tests {
         let bad = vec![("TANDEM_X__SERVER__NOPE".to_owned(), "1".to_owned())];
         let error = load::<Example>(base(), None, bad, "TANDEM_X__").unwrap_err();
         assert!(error.to_string().contains("nope"), "{error}");
+    }
+
+    /// A database URL whose host list or `target_session_attrs` cannot be taken stops the
+    /// service with a line naming the key and the part, never the password; a URL of one
+    /// host, or of several with a value Tandem takes, passes.
+    #[test]
+    fn a_bad_host_list_names_the_key() {
+        let with_url = |url: &str| DatabaseSettings {
+            url: SecretString::new(url),
+            ..DatabaseSettings::local("example")
+        };
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/example",
+            "postgres://u:secret@h1:5432,h2:5432/example?target_session_attrs=read-write",
+            "postgres://u:secret@h1,h2/example?target_session_attrs=any",
+        ] {
+            assert!(with_url(url).check_url().is_ok(), "{url}");
+        }
+        let error = with_url("postgres://u:secret@h1,h2/example?target_session_attrs=standby")
+            .check_url()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("database.url") && error.contains("target_session_attrs"),
+            "{error}"
+        );
+        assert!(!error.contains("secret"), "{error}");
     }
 }
