@@ -8,8 +8,10 @@
 # through Playwright), scans both suites' logs for card numbers, a smoke run of
 # `tandemctl dev --demo` (with its webhook receiver), the backup and restore drill, short runs of
 # `tandemctl bench treasury`, `bench dashboard`, `bench recon` and `bench webhooks`, the fuzz
-# targets (30 s each) and the chaos harness (500 payments, 20+ kills; then 300 payments over two
-# replicas of each server).
+# targets (30 s each), the simulator (100,000 payments under seeded faults), the chaos harness
+# (500 payments, 20+ kills; then 300 payments over two replicas of each server) and the HA drill
+# (a pg_auto_failover formation from Debian's packages, its primary killed -9 during 200
+# payments; the servers find the new primary by themselves).
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -183,5 +185,11 @@ step "tandemctl chaos --replicas 2 (two vaults and two orchestrators on the same
 grep -q "^chaos: 300 payments, [0-9]* kills across 2 replicas of each server, 0 double charges, 0 lost captures, 0 orphan holds, .*audit chain intact" \
   /tmp/tandem-chaos-$$.txt
 rm -f /tmp/tandem-chaos-$$.txt
+
+step "HA drill (pg_auto_failover, synchronous: kill -9 the Postgres primary while paying; the servers follow the new primary)"
+bash scripts/ha-drill.sh ci | tee /tmp/tandem-ha-$$.txt
+grep -q "^ha drill: 200 payments, failover in [0-9.]* s (writes resumed after [0-9.]* s), [0-9]* in flight at the kill, 0 lost, 0 double charges, 0 orphan holds, ledger check ok, audit chain intact over [0-9]* events, services not restarted" \
+  /tmp/tandem-ha-$$.txt
+rm -f /tmp/tandem-ha-$$.txt
 
 printf '\nall tests passed\n'

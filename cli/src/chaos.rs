@@ -27,7 +27,16 @@
 //!
 //! It prints one line such as `chaos: 500 payments, 37 kills, 0 double charges, 0 lost
 //! captures, 0 orphan holds, ...` and exits non-zero on any violation.
+//!
+//! With `--ha` it is the HA drill ([`ha`], `scripts/ha-drill.sh`): the servers run on the
+//! multi-host URLs of a highly available Postgres, are never killed, and must find the new
+//! primary by themselves after a command kills the old one mid-run. On top of the checks
+//! above, nothing a client saw acknowledged or read before the kill is missing afterwards, and
+//! the servers are the processes that started, each having logged its move to the new
+//! primary. It prints `ha drill: 200 payments, failover in 12.2 s (writes resumed after 13.6
+//! s), 118 in flight at the kill, 0 lost, 0 double charges, ...`.
 
+mod ha;
 mod webhooks;
 
 use std::collections::HashMap;
@@ -54,6 +63,8 @@ use crate::process::{ORCHESTRATOR_UNLIMITED, Server, VAULT_UNLIMITED, connect, f
 
 /// Most replicas of each server.
 const REPLICAS_MAX: usize = 8;
+/// Most kills of the Postgres primary in one HA drill.
+const PRIMARY_KILLS_MAX: usize = 20;
 
 /// Arguments of `tandemctl chaos`.
 #[derive(Debug, clap::Args)]
@@ -62,7 +73,7 @@ pub struct ChaosArgs {
     #[arg(long, default_value_t = 500)]
     payments: usize,
     /// Keep killing until at least this many kills happened (and every payment was created).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, conflicts_with = "ha")]
     kills_min: u32,
     /// Concurrent payment drivers.
     #[arg(long, default_value_t = 8)]
@@ -85,6 +96,39 @@ pub struct ChaosArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     database_url: String,
+    /// The HA drill: the servers run on the databases given by `--vault-database-url` and
+    /// `--orchestrator-database-url` (multi-host URLs of a highly available Postgres, created
+    /// empty), no server is killed, and `--kill-primary-command` kills the Postgres primary
+    /// mid-run. The servers must find the new primary by themselves.
+    #[arg(
+        long,
+        requires_all = ["vault_database_url", "orchestrator_database_url", "kill_primary_command"]
+    )]
+    ha: bool,
+    /// With `--ha`: the vault's database, empty (the vault migrates it).
+    #[arg(long, requires = "ha")]
+    vault_database_url: Option<String>,
+    /// With `--ha`: the orchestrator's database, empty; its hosts are probed for the primary.
+    #[arg(long, requires = "ha")]
+    orchestrator_database_url: Option<String>,
+    /// With `--ha`: a shell command (`sh -c`) that kills the Postgres primary and returns once
+    /// it is dead. It runs once half the payments are acknowledged (with `--primary-kills N`,
+    /// at 1/(N+1), 2/(N+1), ... of them), and may first wait for the formation to be whole
+    /// again.
+    #[arg(long, requires = "ha")]
+    kill_primary_command: Option<String>,
+    /// With `--ha`: how many times the primary is killed.
+    #[arg(long, default_value_t = 1, requires = "ha")]
+    primary_kills: usize,
+    /// With `--ha`: the longest a failover may take, from the kill until another host accepts
+    /// writes.
+    #[arg(
+        long,
+        default_value = "120s",
+        value_parser = crate::bench::parse_duration,
+        requires = "ha"
+    )]
+    failover_timeout: Duration,
 }
 
 /// A small deterministic generator (xorshift), so a run can be replayed from its seed.
@@ -131,20 +175,53 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         1,
     )?;
     let suffix = std::process::id();
-    let vault_url = crate::dev::ensure_fresh_database(
-        &args.database_url,
-        &format!("tandem_test_chaos_vault_{suffix}"),
-    )
-    .await?;
-    let orchestrator_url = crate::dev::ensure_fresh_database(
-        &args.database_url,
-        &format!("tandem_test_chaos_orchestrator_{suffix}"),
-    )
-    .await?;
     anyhow::ensure!(
         (1..=REPLICAS_MAX).contains(&args.replicas),
         "--replicas must be 1 to {REPLICAS_MAX}"
     );
+    let ha = match (
+        args.ha,
+        &args.vault_database_url,
+        &args.orchestrator_database_url,
+        &args.kill_primary_command,
+    ) {
+        (true, Some(_), Some(orchestrator_url), Some(kill_command)) => {
+            anyhow::ensure!(
+                (1..=PRIMARY_KILLS_MAX).contains(&args.primary_kills)
+                    && args.payments >= 4 * (args.primary_kills + 1),
+                "--primary-kills must be 1 to {PRIMARY_KILLS_MAX}, with at least 4 payments \
+                 per share"
+            );
+            Some(ha::Plan {
+                orchestrator_url: orchestrator_url.clone(),
+                kill_command: kill_command.clone(),
+                kills: args.primary_kills,
+                failover_timeout: args.failover_timeout,
+            })
+        }
+        _ => None,
+    };
+    let (vault_url, orchestrator_url) = match (&ha, &args.vault_database_url) {
+        (Some(plan), Some(vault_url)) => (vault_url.clone(), plan.orchestrator_url.clone()),
+        _ => (
+            crate::dev::ensure_fresh_database(
+                &args.database_url,
+                &format!("tandem_test_chaos_vault_{suffix}"),
+            )
+            .await?,
+            crate::dev::ensure_fresh_database(
+                &args.database_url,
+                &format!("tandem_test_chaos_orchestrator_{suffix}"),
+            )
+            .await?,
+        ),
+    };
+    // A charge whose processor never received its call is declined once it is this old.
+    // The sandbox acquirer keeps its state in the vault's own database, so a failover stalls
+    // it with the vault, which no real processor does: an authorization still queued at the
+    // sandbox when a short wait ran out would be declined as never received, then approved.
+    // The HA drill keeps the vault's default (30 s), the other runs a short one.
+    let recovery_after_ms = if ha.is_some() { "30000" } else { "600" };
     let webhook_env = webhooks::orchestrator_env()?;
     let mut vaults = Vec::new();
     let mut orchestrators = Vec::new();
@@ -163,7 +240,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 &[
                     ("TANDEM_VAULT__METRICS__ENABLED", "false"),
                     ("TANDEM_VAULT__CONNECTOR__TIMEOUT_MS", "300"),
-                    ("TANDEM_VAULT__CHARGES__RECOVERY_AFTER_MS", "600"),
+                    (
+                        "TANDEM_VAULT__CHARGES__RECOVERY_AFTER_MS",
+                        recovery_after_ms,
+                    ),
                     ("TANDEM_VAULT__CHARGES__RECOVERY_INTERVAL_MS", "200"),
                 ],
             ]
@@ -200,6 +280,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     }
     let vault_address = vaults[0].lock().await.address.clone();
     let orchestrator_address = orchestrator_addresses[0].clone();
+    // The processes as started: the HA drill checks at the end that they are the same.
+    let mut started = Vec::new();
+    for server in orchestrators.iter().chain(&vaults) {
+        started.push(server.lock().await.pid());
+    }
     let watch = webhooks::Watch::start(&orchestrator_address, &certs).await?;
 
     let groups = seed_groups(&vault_address, &orchestrator_address, &certs).await?;
@@ -208,12 +293,17 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     // request id until the orchestrator answers (it may be down or restarting).
     let next = Arc::new(AtomicUsize::new(0));
     let created: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let writes = Arc::new(ha::Writes::default());
     let done_creating = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicU32::new(0));
     let mut workers = Vec::new();
     for worker in 0..args.concurrency {
         let next = next.clone();
         let created = created.clone();
+        let acknowledged = acknowledged.clone();
+        let writes = writes.clone();
+        let ha = ha.clone();
         let groups = groups.clone();
         let certs = certs.clone();
         let addresses = orchestrator_addresses.clone();
@@ -224,6 +314,18 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 let index = next.fetch_add(1, Ordering::SeqCst);
                 if index >= total {
                     return Ok::<(), anyhow::Error>(());
+                }
+                // In the HA drill, payments well after a kill's moment wait for it, so that
+                // some are always sent after it.
+                if let Some(plan) = &ha {
+                    loop {
+                        match writes.may_send(plan, index, total) {
+                            Some(true) => break,
+                            Some(false) => tokio::time::sleep(Duration::from_millis(20)).await,
+                            // The kills failed: their task reports why.
+                            None => return Ok(()),
+                        }
+                    }
                 }
                 let group = &groups[draws.below(groups.len() as u64) as usize];
                 let amount = 100 + draws.below(40_000) as i64;
@@ -245,9 +347,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 let deadline = Instant::now() + Duration::from_secs(120);
                 // Spread across the orchestrators; a retry may go to another one.
                 let mut replica = index;
+                writes.creating.fetch_add(1, Ordering::SeqCst);
                 loop {
                     let address = &addresses[replica % addresses.len()];
                     replica += 1;
+                    let sent = Instant::now();
                     let answer = match connect(address, &certs, Role::Payer).await {
                         Ok(channel) => PaymentServiceClient::new(channel)
                             .create_payment(request.clone())
@@ -257,11 +361,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                     };
                     match answer {
                         Ok(response) => {
+                            writes.acknowledged(sent);
                             let id = response.into_inner().payment.map(|p| p.id);
                             created
                                 .lock()
                                 .await
                                 .push((id.context("no payment")?, group.1));
+                            acknowledged.fetch_add(1, Ordering::SeqCst);
+                            writes.creating.fetch_sub(1, Ordering::SeqCst);
                             break;
                         }
                         Err(error) if Instant::now() > deadline => {
@@ -274,9 +381,30 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         }));
     }
 
+    // The HA drill kills the Postgres primary instead, at its moments, and no server.
+    let primary_kills = ha.clone().map(|plan| {
+        let acknowledged = acknowledged.clone();
+        let writes = writes.clone();
+        let certs = certs.clone();
+        let orchestrator_address = orchestrator_address.clone();
+        let vault_address = vault_address.clone();
+        let total = args.payments;
+        tokio::spawn(async move {
+            ha::run_kills(
+                &plan,
+                total,
+                &acknowledged,
+                &writes,
+                &orchestrator_address,
+                &vault_address,
+                &certs,
+            )
+            .await
+        })
+    });
     // The killer: every 150-650 ms, kill -9 an orchestrator (three times in four) or a vault,
     // any of the replicas, and start it again after a moment.
-    let killer = {
+    let killer = ha.is_none().then(|| {
         let vaults = vaults.clone();
         let orchestrators = orchestrators.clone();
         let done = done_creating.clone();
@@ -304,12 +432,18 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 server.wait_ready(&certs).await?;
             }
         })
-    };
+    });
     for worker in workers {
         worker.await??;
     }
     done_creating.store(true, Ordering::SeqCst);
-    killer.await??;
+    if let Some(killer) = killer {
+        killer.await??;
+    }
+    let primary_kills = match primary_kills {
+        Some(task) => task.await??,
+        None => Vec::new(),
+    };
 
     // Let everything settle, then verify.
     let created = created.lock().await.clone();
@@ -329,8 +463,98 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         .check(&orchestrator_address, &certs, Duration::from_secs(120))
         .await?;
     report.violations.extend(delivered.violations);
+    let drill = match &ha {
+        Some(_) => {
+            let outcome = ha::check(
+                &primary_kills,
+                &writes,
+                &created,
+                &orchestrator_address,
+                &vault_address,
+                &certs,
+            )
+            .await?;
+            report.violations.extend(outcome.violations.iter().cloned());
+            Some(outcome)
+        }
+        None => None,
+    };
+    // Every server is still the process that started (the HA drill never restarts one), and
+    // each logged that its pool moved to the new primary, once per kill.
+    let mut restarted = Vec::new();
+    let mut moves = Vec::new();
+    for (server, pid) in orchestrators.iter().chain(&vaults).zip(&started) {
+        let mut server = server.lock().await;
+        if !server.running() || server.pid() != *pid {
+            restarted.push(server.name);
+        }
+        let log = std::fs::read_to_string(server.log()).unwrap_or_default();
+        moves.push((server.name, log.matches(ha::MOVED_LOG_LINE).count()));
+    }
     for server in orchestrators.iter().chain(&vaults) {
         server.lock().await.kill();
+    }
+    if let Some(outcome) = &drill {
+        for name in &restarted {
+            report.violations.push(format!(
+                "the {name} is not the process that started (it exited or was restarted)"
+            ));
+        }
+        for (name, count) in &moves {
+            if *count != primary_kills.len() {
+                report.violations.push(format!(
+                    "the {name} logged {count} moves of its pool to a new primary, not {}",
+                    primary_kills.len()
+                ));
+            }
+        }
+        println!(
+            "ha drill: {} settlement records reconciled, {} lost captures, {} events delivered \
+             by webhook ({} duplicates); {}",
+            report.reconciled,
+            report.lost_captures,
+            delivered.events,
+            delivered.duplicates,
+            outcome.compared,
+        );
+        let (kill_count, in_flight) = match outcome.in_flight.as_slice() {
+            [one] => (String::new(), format!("{one} in flight at the kill")),
+            [first @ .., last] => (
+                format!("{} primary kills, slowest ", primary_kills.len()),
+                format!(
+                    "{} and {last} in flight at the kills",
+                    first
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            [] => (String::new(), "no kill".to_owned()),
+        };
+        println!(
+            "ha drill: {} payments, {kill_count}failover in {:.1} s (writes resumed after {:.1} s), \
+             {in_flight}, {} lost, {} double charges, {} orphan holds, ledger check {}, audit \
+             chain {}, services {}",
+            payments.len(),
+            outcome.failover.as_secs_f64(),
+            outcome.resumed.as_secs_f64(),
+            outcome.lost,
+            report.double_charges,
+            report.orphan_holds,
+            if report.ledger_violations == 0 {
+                "ok"
+            } else {
+                "failed"
+            },
+            report.audit_chain,
+            if restarted.is_empty() {
+                "not restarted"
+            } else {
+                "restarted"
+            },
+        );
+        return finish(&report, seed, &dir, None).await;
     }
     let replicas = if args.replicas > 1 {
         format!(" across {} replicas of each server", args.replicas)
@@ -351,18 +575,28 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         delivered.duplicates,
         report.audit_chain,
     );
+    finish(&report, seed, &dir, Some((&args.database_url, suffix))).await
+}
+
+/// Ends a run: on success removes its directory and the databases it made (on the server of
+/// `made`, with the run's suffix), otherwise lists the violations and fails.
+async fn finish(
+    report: &Report,
+    seed: u64,
+    dir: &Path,
+    made: Option<(&str, u32)>,
+) -> anyhow::Result<()> {
     if report.violations.is_empty() {
-        let _ = std::fs::remove_dir_all(&dir);
-        crate::dev::drop_database(
-            &args.database_url,
-            &format!("tandem_test_chaos_vault_{suffix}"),
-        )
-        .await;
-        crate::dev::drop_database(
-            &args.database_url,
-            &format!("tandem_test_chaos_orchestrator_{suffix}"),
-        )
-        .await;
+        let _ = std::fs::remove_dir_all(dir);
+        if let Some((server_url, suffix)) = made {
+            for database in ["vault", "orchestrator"] {
+                crate::dev::drop_database(
+                    server_url,
+                    &format!("tandem_test_chaos_{database}_{suffix}"),
+                )
+                .await;
+            }
+        }
         Ok(())
     } else {
         for violation in &report.violations {
@@ -558,6 +792,16 @@ async fn seed_groups(
     Ok(groups)
 }
 
+/// Whether a read that failed with `status` is worth asking again: UNAVAILABLE while a server
+/// finds its database again (after a failover), CANCELLED or DEADLINE_EXCEEDED when it timed
+/// out while a busy server catches up.
+fn read_again(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+    )
+}
+
 /// Waits until every payment is settled (terminal, no refund pending); returns them with
 /// whether their policy is ALL_OR_NOTHING.
 async fn settle(
@@ -569,14 +813,18 @@ async fn settle(
     let mut settled = Vec::with_capacity(created.len());
     for (id, all_or_nothing) in created {
         loop {
-            let payment = reader
+            let answer = reader
                 .get_payment(pb::GetPaymentRequest {
                     payment_id: id.clone(),
                 })
-                .await?
-                .into_inner()
-                .payment
-                .context("no payment")?;
+                .await;
+            let payment = match answer {
+                Err(status) if read_again(&status) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                answer => answer?.into_inner().payment.context("no payment")?,
+            };
             let terminal = matches!(
                 pb::PaymentState::try_from(payment.state),
                 Ok(pb::PaymentState::Succeeded
@@ -605,6 +853,8 @@ struct Report {
     double_charges: usize,
     lost_captures: usize,
     orphan_holds: usize,
+    /// Violations of the ledger's invariants.
+    ledger_violations: usize,
     reconciled: i64,
     /// What the audit chain's verification found: `intact over N events` or where it breaks.
     audit_chain: String,
@@ -760,7 +1010,14 @@ async fn verify(
     }
     // The ledger: posts per card match the captures, nothing pending, invariants hold, and the
     // settlement report matches it.
-    let pool = sqlx::PgPool::connect(orchestrator_url).await?;
+    // Through the services' own pool, which takes the HA drill's multi-host URL.
+    let pool = tandem_runtime::settings::DatabaseSettings {
+        url: tandem_runtime::settings::SecretString::new(orchestrator_url),
+        connections_max: 4,
+        ..tandem_runtime::settings::DatabaseSettings::local("unused")
+    }
+    .connect()
+    .await?;
     let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
         "SELECT card_token, debits_pending, debits_posted, \
          (SELECT count(*) FROM ledger_transfers t WHERE t.kind = 'post_pending' \
@@ -791,6 +1048,7 @@ async fn verify(
     for journal in &invariants.journals {
         println!("chaos: {journal}");
     }
+    report.ledger_violations = invariants.violations.len();
     for violation in invariants.violations {
         report.violations.push(format!("ledger: {violation}"));
     }

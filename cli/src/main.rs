@@ -27,7 +27,8 @@
 //! - `tandemctl review`: list the payments risk holds for review; approve or reject one (as a
 //!   reviewer, never the payment's creator).
 //! - `tandemctl bench`: throughput and latency over real mTLS and Postgres.
-//! - `tandemctl chaos`: kills the servers at random while paying, then verifies the money.
+//! - `tandemctl chaos`: kills the servers at random while paying, then verifies the money;
+//!   `--ha`, the HA drill, kills the Postgres primary instead (`scripts/ha-drill.sh`).
 
 // A CLI's output is its stdout.
 #![allow(clippy::print_stdout)]
@@ -119,7 +120,8 @@ enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Kill the servers at random while paying, then verify no money was lost or doubled.
+    /// Kill the servers at random while paying, then verify no money was lost or doubled
+    /// (with --ha: kill the Postgres primary instead, and verify no committed write was lost).
     Chaos(chaos::ChaosArgs),
 }
 

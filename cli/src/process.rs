@@ -205,6 +205,23 @@ impl Server {
         Ok(())
     }
 
+    /// Where its output goes.
+    pub(crate) fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// The running process's id; `None` when it is not running.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process started last is still running (it neither exited nor was killed).
+    pub(crate) fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
     /// kill -9, as a crash; waits until the process is gone.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
