@@ -486,7 +486,7 @@ impl Payments {
             .await?
             .ok_or(Error::PaymentNotFound)?;
         let now = now();
-        let mut events = stored
+        let events = stored
             .record
             .decide_review(review.verdict, Some(actor.clone()), review.note, now)
             .map_err(|e| match e {
@@ -495,6 +495,29 @@ impl Payments {
             })?;
         // The payment waits leased to nobody; the reviewer's instance drives it on, its
         // captures' or voids' intents committed with the verdict.
+        let stored = self
+            .commit_and_drive(tx, stored, events, now, admitted)
+            .await?;
+        tracing::info!(
+            payment_id = %id,
+            verdict = ?review.verdict,
+            reviewer = %actor,
+            "payment reviewed"
+        );
+        Ok(stored)
+    }
+
+    /// Leases a payment a person moved on (a verdict, a resolution) to this instance, commits
+    /// `tx` with the change, its `events` and the intents of its next round, and drives it from
+    /// that round.
+    async fn commit_and_drive(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        mut stored: StoredPayment,
+        mut events: Vec<Event>,
+        now: time::OffsetDateTime,
+        admitted: Option<InFlight>,
+    ) -> Result<StoredPayment, Error> {
         stored.lease_owner = Some(self.workflow.owner().to_owned());
         stored.lease_until = self.workflow.lease_until(now);
         let (steps, refunds) = self
@@ -507,16 +530,11 @@ impl Payments {
             .await?;
         tx.commit().await?;
         observed.record();
-        tracing::info!(
-            payment_id = %id,
-            verdict = ?review.verdict,
-            reviewer = %actor,
-            "payment reviewed"
-        );
+        let id = stored.record.id.clone();
         self.workflow
-            .announce(id, stored.record.saga.state.is_at_rest());
+            .announce(&id, stored.record.saga.state.is_at_rest());
         let first = Round::of(steps, refunds, stored.record.clone());
-        self.workflow.spawn_from(id.clone(), admitted, Some(first));
+        self.workflow.spawn_from(id, admitted, Some(first));
         stored.update_time = now;
         Ok(stored)
     }
@@ -557,7 +575,7 @@ impl Payments {
             .await?
             .ok_or(Error::PaymentNotFound)?;
         let now = now();
-        let (mut events, confirmed) = stored
+        let (events, confirmed) = stored
             .record
             .resolve(resolution.decision, actor.clone(), resolution.note, now)
             .map_err(|e| match e {
@@ -567,29 +585,15 @@ impl Payments {
         self.workflow
             .record_confirmed(&mut tx, &stored, &confirmed)
             .await?;
-        stored.lease_owner = Some(self.workflow.owner().to_owned());
-        stored.lease_until = self.workflow.lease_until(now);
-        let (steps, refunds) = self
-            .workflow
-            .plan_round(&mut tx, &mut stored, &mut events, now)
+        let stored = self
+            .commit_and_drive(tx, stored, events, now, admitted)
             .await?;
-        let observed = self
-            .workflow
-            .save(&mut tx, &mut stored, &events, now)
-            .await?;
-        tx.commit().await?;
-        observed.record();
         tracing::info!(
             payment_id = %id,
             decision = ?resolution.decision,
             operator = %actor,
             "payment resolved"
         );
-        self.workflow
-            .announce(id, stored.record.saga.state.is_at_rest());
-        let first = Round::of(steps, refunds, stored.record.clone());
-        self.workflow.spawn_from(id.clone(), admitted, Some(first));
-        stored.update_time = now;
         Ok(stored)
     }
 

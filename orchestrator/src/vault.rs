@@ -345,19 +345,7 @@ impl VaultClient {
             Ok(charge) => charge,
             Err(status) if is_unknown(&status) => return Err(Unknown(describe(&status))),
             Err(status) => {
-                let read = pb::GetChargeRequest {
-                    lookup: Some(pb::get_charge_request::Lookup::ChargeId(
-                        charge_id.to_owned(),
-                    )),
-                };
-                let charge = observed("GetCharge", async {
-                    self.charges.clone().get_charge(traced(read)).await
-                })
-                .await
-                .map_err(|e| Unknown(describe(&e)))?
-                .into_inner()
-                .charge
-                .unwrap_or_default();
+                let charge = self.charge(charge_id).await?;
                 if charge.state != expected as i32 && !captured_enough(expected, &charge) {
                     tracing::error!(
                         charge_id,
@@ -383,19 +371,7 @@ impl VaultClient {
     /// released (voided or declined) otherwise: what an operator's confirmation of a refused
     /// capture or void must find before it is recorded.
     pub async fn shows_settled(&self, charge_id: &str, capture: bool) -> Result<bool, Unknown> {
-        let read = pb::GetChargeRequest {
-            lookup: Some(pb::get_charge_request::Lookup::ChargeId(
-                charge_id.to_owned(),
-            )),
-        };
-        let charge = observed("GetCharge", async {
-            self.charges.clone().get_charge(traced(read)).await
-        })
-        .await
-        .map_err(|e| Unknown(describe(&e)))?
-        .into_inner()
-        .charge
-        .unwrap_or_default();
+        let charge = self.charge(charge_id).await?;
         Ok(if capture {
             captured_enough(pb::ChargeState::Captured, &charge)
         } else {
@@ -404,6 +380,23 @@ impl VaultClient {
                 Ok(pb::ChargeState::Voided | pb::ChargeState::Declined)
             )
         })
+    }
+
+    /// The charge `charge_id` as the vault has it (`GetCharge`).
+    async fn charge(&self, charge_id: &str) -> Result<pb::Charge, Unknown> {
+        let read = pb::GetChargeRequest {
+            lookup: Some(pb::get_charge_request::Lookup::ChargeId(
+                charge_id.to_owned(),
+            )),
+        };
+        Ok(observed("GetCharge", async {
+            self.charges.clone().get_charge(traced(read)).await
+        })
+        .await
+        .map_err(|e| Unknown(describe(&e)))?
+        .into_inner()
+        .charge
+        .unwrap_or_default())
     }
 
     /// Refunds `amount` of `charge_id`.
